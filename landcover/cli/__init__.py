@@ -1,0 +1,100 @@
+"""The ``landcover`` command line.
+
+Each sub-command lives in its own module ``landcover.cli.<name>`` exposing
+``register(subparsers)``, which adds an ``argparse`` parser whose default
+``func`` takes the parsed namespace and returns an exit status. Heavy imports
+(torch, dask, rasterio) happen inside those functions, so ``--help`` is fast.
+
+Errors: any :class:`landcover.errors.LandcoverError` (and any other exception)
+is printed as a single line ``landcover: <message>`` with exit status 1; pass
+``--debug`` to get the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from .._version import __version__
+
+__all__ = ["main", "build_parser"]
+
+# Order = order in --help.
+COMMANDS: tuple[str, ...] = (
+    "synth",
+    "scene",
+    "labels",
+    "fetch",
+    "cube",
+    "train",
+    "compare",
+    "predict",
+    "transfer",
+    "publish",
+    "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="landcover",
+        description="Machine learning on multispectral Landsat data with CORINE land-cover labels.",
+    )
+    parser.add_argument("--version", action="version", version=f"landcover {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="less console output (no progress bars)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:  # a command not built yet
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("landcover: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the CLI's job is to turn any failure into one line
+        if args.debug:
+            raise
+        print(f"landcover: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """Render an exception as a single line (file-naming errors keep their ``file: problem`` form)."""
+    from ..errors import LandcoverError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, LandcoverError):
+        return text
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"{exc.filename}: no such file or directory"
+    return f"{type(exc).__name__}: {text}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
