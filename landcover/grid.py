@@ -205,14 +205,14 @@ class Grid:
         c0, c1, _ = cols.indices(self.width)
         if r1 <= r0 or c1 <= c0:
             raise EmptyOverlapError(f"empty sub-grid rows={rows} cols={cols} of {self.shape}")
-        return Grid(self.crs, self.transform * Affine.translation(c0, r0), (r1 - r0, c1 - c0))
+        return Grid(self.crs, self.transform @ Affine.translation(c0, r0), (r1 - r0, c1 - c0))
 
     def window_of_bounds(self, bounds: Bounds) -> tuple[slice, slice]:
         """Row/col slices of the pixels touched by ``bounds`` (same CRS), clipped to the grid."""
         inv = ~self.transform
         left, bottom, right, top = bounds
-        c0, r0 = inv * (left, top)
-        c1, r1 = inv * (right, bottom)
+        c0, r0 = inv @ (left, top)
+        c1, r1 = inv @ (right, bottom)
         r0i, c0i = max(math.floor(r0 + _EPS), 0), max(math.floor(c0 + _EPS), 0)
         r1i = min(math.ceil(r1 - _EPS), self.height)
         c1i = min(math.ceil(c1 - _EPS), self.width)

@@ -82,7 +82,9 @@ def encode_fractions(frac: np.ndarray) -> np.ndarray:
     # give one extra step to the classes with the largest remainders
     order = np.argsort(-rem, axis=0, kind="stable")
     ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(frac.shape[0])[(slice(None),) + (None,) * (frac.ndim - 1)], axis=0)
+    np.put_along_axis(
+        ranks, order, np.arange(frac.shape[0])[(slice(None),) + (None,) * (frac.ndim - 1)], axis=0
+    )
     total = scaled.sum(axis=0)
     q = q + (ranks < missing[None]).astype("int16") * (total[None] > 0)
     out = np.clip(q, 0, LABEL_STEPS).astype("uint8")
