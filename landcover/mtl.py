@@ -1,0 +1,509 @@
+"""Landsat MTL metadata: one typed structure from the ODL (``.txt``), XML and JSON encodings.
+
+Collection 2 MTL files (``LANDSAT_METADATA_FILE``) and Collection 1 ``MTL.txt``
+files (``L1_METADATA_FILE``, groups ``METADATA_FILE_INFO``, ``PRODUCT_METADATA``,
+``RADIOMETRIC_RESCALING``, ``THERMAL_CONSTANTS``/``TIRS_THERMAL_CONSTANTS`` ...)
+are parsed into the same frozen :class:`Mtl`.
+
+Every value is looked up **per group**: Level-1 and Level-2 groups reuse key
+names (``REFLECTANCE_MULT_BAND_1`` is a TOA factor such as ``1.2e-03`` in
+``LEVEL1_RADIOMETRIC_RESCALING`` and the surface-reflectance factor ``2.75e-05``
+in ``LEVEL2_SURFACE_REFLECTANCE_PARAMETERS``), so flattening the file would
+silently mix them up.
+
+Scale tables are keyed by the band-file suffix they apply to, so that they can
+be matched to files directly: ``"SR_B1"`` (L2 surface reflectance), ``"ST_B6"``
+(L2 surface temperature), ``"B1"``/``"B6_VCID_1"``/``"B10"`` (Level-1 DN bands:
+radiance, TOA reflectance, thermal K1/K2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import InputFileError
+
+__all__ = ["Mtl", "Scale", "read_mtl", "parse_mtl", "MtlEncoding", "PRODUCT_ID_RE"]
+
+MtlEncoding = Literal["odl", "xml", "json"]
+
+PRODUCT_ID_RE = re.compile(r"L[A-Z]\d{2}_L[12][A-Z]{2}_\d{6}_\d{8}_\d{8}_\d{2}_[A-Z0-9]{2}")
+"""A Landsat product identifier (``LXSS_LLLL_PPPRRR_YYYYMMDD_yyyymmdd_CC_TX``)."""
+
+_ROOTS = ("LANDSAT_METADATA_FILE", "L1_METADATA_FILE")
+_MAX_BYTES = 4 * 1024 * 1024  # real MTL files are ~10-25 kB
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A linear rescaling ``value = mult * DN + add``."""
+
+    mult: float
+    add: float
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.mult) and np.isfinite(self.add)):
+            raise ValueError(f"scale must be finite, got {self.mult}, {self.add}")
+
+
+@dataclass(frozen=True)
+class Mtl:
+    """Parsed Landsat MTL metadata (Collection 1 or 2, any level, any encoding).
+
+    Attributes
+    ----------
+    path
+        The file it was read from (for error messages).
+    encoding
+        ``"odl"`` (MTL.txt), ``"xml"`` or ``"json"``.
+    product_id
+        ``LANDSAT_PRODUCT_ID``, e.g. ``LT05_L2SP_090084_19980308_20200909_02_T1``.
+    sensor
+        Sensor/satellite code from the product id: ``"LT05"``, ``"LE07"``, ``"LC08"`` ...
+    spacecraft, sensor_id
+        ``SPACECRAFT_ID`` (``"LANDSAT_5"``) and ``SENSOR_ID`` (``"TM"``).
+    collection
+        Collection number (1 or 2).
+    category
+        ``"T1"``, ``"T2"`` or ``"RT"``.
+    level
+        Processing level: ``"L1TP"``, ``"L2SP"``, ``"L2SR"`` ...
+    wrs_path, wrs_row
+        WRS-2 path and row.
+    acquired
+        Acquisition time (``DATE_ACQUIRED`` + ``SCENE_CENTER_TIME``), timezone-aware UTC,
+        truncated to microseconds; :attr:`acquired_datetime64` keeps the full precision.
+    sun_azimuth, sun_elevation
+        Scene-centre sun angles in degrees.
+    earth_sun_distance
+        In astronomical units (``None`` when absent).
+    cloud_cover, cloud_cover_land
+        Percent (``None`` when absent; USGS uses -1 for "not computed").
+    map_projection, utm_zone, epsg
+        ``MAP_PROJECTION`` (``"UTM"`` or ``"PS"``), zone, and the EPSG code of the
+        GeoTIFFs (Landsat always uses *north* UTM zones, EPSG:326nn; ``None`` for polar scenes).
+    grid_cell_size
+        Reflective grid cell size in metres.
+    lines, samples
+        Reflective image size in the full product.
+    corners
+        Pixel-centre projection coordinates of the product corners ``(ul_x, ul_y, lr_x, lr_y)``,
+        or ``None``.
+    band_files
+        File-name suffix (``"SR_B1"``, ``"ST_B6"``, ``"B6_VCID_1"``, ``"QA_PIXEL"`` ...) -> file name,
+        for the files of *this* product only.
+    sr_scale, st_scale
+        Level-2 surface reflectance / surface temperature rescaling by suffix (``"SR_B1"``, ``"ST_B6"``).
+    radiance, toa_reflectance
+        Level-1 radiance / TOA reflectance (without sun-angle correction) rescaling by suffix (``"B1"``).
+        In a Level-2 MTL these are the constants of its Level-1 source.
+    thermal_constants
+        ``(K1, K2)`` per Level-1 thermal band suffix (``"B6"``, ``"B6_VCID_1"``, ``"B10"``).
+    groups
+        The raw file content: group -> key -> value as written (strings, quotes removed).
+    """
+
+    path: Path
+    encoding: MtlEncoding
+    product_id: str
+    sensor: str
+    spacecraft: str
+    sensor_id: str
+    collection: int
+    category: str
+    level: str
+    wrs_path: int
+    wrs_row: int
+    acquired: datetime
+    sun_azimuth: float
+    sun_elevation: float
+    earth_sun_distance: float | None
+    cloud_cover: float | None
+    cloud_cover_land: float | None
+    map_projection: str | None
+    utm_zone: int | None
+    epsg: int | None
+    grid_cell_size: float | None
+    lines: int | None
+    samples: int | None
+    corners: tuple[float, float, float, float] | None
+    band_files: dict[str, str] = field(repr=False)
+    sr_scale: dict[str, Scale] = field(repr=False)
+    st_scale: dict[str, Scale] = field(repr=False)
+    radiance: dict[str, Scale] = field(repr=False)
+    toa_reflectance: dict[str, Scale] = field(repr=False)
+    thermal_constants: dict[str, tuple[float, float]] = field(repr=False)
+    groups: dict[str, dict[str, str]] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not -90.0 <= self.sun_elevation <= 90.0:
+            raise ValueError(f"sun elevation {self.sun_elevation} outside [-90, 90]")
+        if self.acquired.tzinfo is None:
+            raise ValueError("acquired must be timezone-aware (UTC)")
+
+    def __hash__(self) -> int:
+        return hash((str(self.path), self.product_id, self.encoding))
+
+    @property
+    def acquired_datetime64(self) -> np.datetime64:
+        """Acquisition time as ``numpy.datetime64[ns]`` (UTC, naive), full MTL precision."""
+        date = _get(self.groups, ("IMAGE_ATTRIBUTES", "PRODUCT_METADATA"), "DATE_ACQUIRED")
+        time = _get(self.groups, ("IMAGE_ATTRIBUTES", "PRODUCT_METADATA"), "SCENE_CENTER_TIME")
+        if date is None or time is None:  # pragma: no cover - guarded at parse time
+            return np.datetime64(self.acquired.replace(tzinfo=None), "ns")
+        hms, frac = _split_time(time)
+        return np.datetime64(f"{date}T{hms}.{(frac + '000000000')[:9]}", "ns")
+
+    @property
+    def is_level2(self) -> bool:
+        """True for Level-2 (``L2SP``/``L2SR``) products."""
+        return self.level.startswith("L2")
+
+    @property
+    def scene_id(self) -> str | None:
+        """``LANDSAT_SCENE_ID`` (21 characters) when present."""
+        return _get(
+            self.groups,
+            ("LEVEL1_PROCESSING_RECORD", "METADATA_FILE_INFO", "PRODUCT_CONTENTS"),
+            "LANDSAT_SCENE_ID",
+        )
+
+
+# -- public entry points ----------------------------------------------------------------------
+
+
+def read_mtl(path: str | os.PathLike[str]) -> Mtl:
+    """Read and parse an MTL file in any encoding (``_MTL.txt``, ``_MTL.xml``, ``_MTL.json``).
+
+    Parameters
+    ----------
+    path
+        The MTL file. The encoding is detected from the content, not the name.
+
+    Returns
+    -------
+    Mtl
+        The typed metadata.
+
+    Raises
+    ------
+    InputFileError
+        If the file is missing, unreadable, not an MTL or lacks required fields.
+    """
+    p = Path(path)
+    try:
+        if p.stat().st_size > _MAX_BYTES:
+            raise InputFileError(p, f"too large for an MTL file ({p.stat().st_size} bytes)")
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputFileError(p, "MTL file not found") from None
+    except IsADirectoryError:
+        raise InputFileError(p, "is a directory, not an MTL file") from None
+    except OSError as exc:
+        raise InputFileError(p, f"cannot read MTL file ({exc.strerror or exc})") from None
+    return parse_mtl(data, source=p)
+
+
+def parse_mtl(data: bytes | str, *, source: str | os.PathLike[str] = "<MTL>") -> Mtl:
+    """Parse MTL content already in memory (e.g. a member of a ``.tar`` bundle).
+
+    Parameters
+    ----------
+    data
+        File content (bytes are decoded as UTF-8).
+    source
+        Name used in error messages and stored as :attr:`Mtl.path`.
+    """
+    src = Path(source)
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise InputFileError(src, "not an MTL file (not UTF-8 text)") from None
+    else:
+        text = data
+    stripped = text.lstrip()
+    if not stripped:
+        raise InputFileError(src, "MTL file is empty")
+    encoding: MtlEncoding
+    if stripped.startswith("{"):
+        encoding, groups = "json", _parse_json(stripped, src)
+    elif stripped.startswith("<"):
+        encoding, groups = "xml", _parse_xml(stripped, src)
+    else:
+        encoding, groups = "odl", _parse_odl(text, src)
+    return _build(groups, src, encoding)
+
+
+# -- the three encodings ----------------------------------------------------------------------
+
+_ODL_LINE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*=\s*(.*?)\s*$")
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def _parse_odl(text: str, src: Path) -> dict[str, dict[str, str]]:
+    groups: dict[str, dict[str, str]] = {}
+    stack: list[str] = []
+    ended = False
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line == "END":
+            ended = True
+            break
+        m = _ODL_LINE.match(line)
+        if m is None:
+            raise InputFileError(src, f"not a valid MTL file (line {lineno}: {line[:60]!r})")
+        key, value = m.group(1), _unquote(m.group(2))
+        if key == "GROUP":
+            stack.append(value)
+            if len(stack) > 1:
+                groups.setdefault(value, {})
+        elif key == "END_GROUP":
+            if not stack or stack[-1] != value:
+                raise InputFileError(
+                    src, f"not a valid MTL file (line {lineno}: unmatched END_GROUP {value})"
+                )
+            stack.pop()
+        else:
+            if len(stack) < 2:
+                raise InputFileError(src, f"not a valid MTL file (line {lineno}: {key} outside a group)")
+            groups[stack[-1]][key] = value
+    if stack:
+        raise InputFileError(src, f"truncated MTL file (group {stack[-1]} is not closed)")
+    if not ended and not groups:
+        raise InputFileError(src, "not an MTL file (no GROUP = ... found)")
+    return groups
+
+
+def _parse_xml(text: str, src: Path) -> dict[str, dict[str, str]]:
+    if "<!ENTITY" in text or "<!DOCTYPE" in text:
+        raise InputFileError(src, "MTL XML must not contain a DOCTYPE/ENTITY declaration")
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise InputFileError(src, f"not a valid MTL XML file ({exc})") from None
+    if root.tag not in _ROOTS:
+        raise InputFileError(src, f"not an MTL XML file (root element <{root.tag}>)")
+    groups: dict[str, dict[str, str]] = {}
+    for grp in root:
+        groups[grp.tag] = {item.tag: (item.text or "").strip() for item in grp}
+    return groups
+
+
+def _parse_json(text: str, src: Path) -> dict[str, dict[str, str]]:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputFileError(src, f"not a valid MTL JSON file ({exc.msg} at line {exc.lineno})") from None
+    root: Any = None
+    if isinstance(obj, dict):
+        for name in _ROOTS:
+            if name in obj:
+                root = obj[name]
+                break
+    if not isinstance(root, dict):
+        raise InputFileError(src, "not an MTL JSON file (no LANDSAT_METADATA_FILE object)")
+    groups: dict[str, dict[str, str]] = {}
+    for gname, grp in root.items():
+        if isinstance(grp, dict):
+            groups[gname] = {k: "" if v is None else str(v) for k, v in grp.items()}
+    return groups
+
+
+# -- typed view -------------------------------------------------------------------------------
+
+_ID_GROUPS = ("PRODUCT_CONTENTS", "METADATA_FILE_INFO", "PRODUCT_METADATA")
+_IMG_GROUPS = ("IMAGE_ATTRIBUTES", "PRODUCT_METADATA")
+_PROJ_GROUPS = ("PROJECTION_ATTRIBUTES", "PROJECTION_PARAMETERS", "LEVEL1_PROJECTION_PARAMETERS")
+_DIM_GROUPS = ("PROJECTION_ATTRIBUTES", "PRODUCT_METADATA")
+_FILE_GROUPS = ("PRODUCT_CONTENTS", "PRODUCT_METADATA")
+_L1_RESCALE = ("LEVEL1_RADIOMETRIC_RESCALING", "RADIOMETRIC_RESCALING")
+_L1_THERMAL = ("LEVEL1_THERMAL_CONSTANTS", "THERMAL_CONSTANTS", "TIRS_THERMAL_CONSTANTS")
+_L2_SR = "LEVEL2_SURFACE_REFLECTANCE_PARAMETERS"
+_L2_ST = "LEVEL2_SURFACE_TEMPERATURE_PARAMETERS"
+
+# File-name keys that are not FILE_NAME_BAND_* but name pixel files we care about.
+_QA_KEYS = {
+    "FILE_NAME_QUALITY_L1_PIXEL": "QA_PIXEL",
+    "FILE_NAME_QUALITY_L1_RADIOMETRIC_SATURATION": "QA_RADSAT",
+    "FILE_NAME_BAND_QUALITY": "BQA",
+}
+
+
+def _get(groups: dict[str, dict[str, str]], names: tuple[str, ...], key: str) -> str | None:
+    for g in names:
+        value = groups.get(g, {}).get(key)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _split_time(value: str) -> tuple[str, str]:
+    t = value.strip().rstrip("Z")
+    hms, _, frac = t.partition(".")
+    if not re.fullmatch(r"\d{2}:\d{2}:\d{2}", hms) or (frac and not frac.isdigit()):
+        raise ValueError(value)
+    return hms, frac
+
+
+def _band_suffix(key_rest: str, file_name: str, product_id: str) -> str:
+    stem = Path(file_name).stem
+    if stem.startswith(product_id + "_"):
+        return stem[len(product_id) + 1 :]
+    return key_rest
+
+
+def _build(groups: dict[str, dict[str, str]], src: Path, encoding: MtlEncoding) -> Mtl:
+    def need(names: tuple[str, ...], key: str) -> str:
+        value = _get(groups, names, key)
+        if value is None:
+            raise InputFileError(src, f"MTL lacks {key} (looked in {', '.join(names)})")
+        return value
+
+    def num(names: tuple[str, ...], key: str, *, required: bool = False) -> float | None:
+        value = need(names, key) if required else _get(groups, names, key)
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            raise InputFileError(src, f"MTL value {key} = {value!r} is not a number") from None
+
+    def need_num(names: tuple[str, ...], key: str) -> float:
+        value = num(names, key, required=True)
+        if value is None:  # pragma: no cover - need() raised already
+            raise InputFileError(src, f"MTL lacks {key}")
+        return value
+
+    def integer(names: tuple[str, ...], key: str, *, required: bool = False) -> int | None:
+        value = num(names, key, required=required)
+        return None if value is None else int(round(value))
+
+    if not groups:
+        raise InputFileError(src, "not an MTL file (no metadata groups)")
+    product_id = need(_ID_GROUPS, "LANDSAT_PRODUCT_ID")
+    if not PRODUCT_ID_RE.fullmatch(product_id):
+        raise InputFileError(src, f"LANDSAT_PRODUCT_ID {product_id!r} is not a Landsat product id")
+    level = _get(groups, ("PRODUCT_CONTENTS",), "PROCESSING_LEVEL") or need(
+        ("PRODUCT_METADATA",), "DATA_TYPE"
+    )
+    collection = integer(_ID_GROUPS, "COLLECTION_NUMBER") or int(product_id.split("_")[5])
+    category = _get(groups, _ID_GROUPS, "COLLECTION_CATEGORY") or product_id.split("_")[6]
+
+    date = need(_IMG_GROUPS, "DATE_ACQUIRED")
+    time = _get(groups, _IMG_GROUPS, "SCENE_CENTER_TIME") or "00:00:00Z"
+    try:
+        hms, frac = _split_time(time)
+        acquired = datetime.fromisoformat(f"{date}T{hms}.{(frac + '000000')[:6]}").replace(tzinfo=UTC)
+    except ValueError:
+        raise InputFileError(
+            src, f"MTL acquisition time {date!r} {time!r} is not a valid date/time"
+        ) from None
+
+    sun_el = need_num(_IMG_GROUPS, "SUN_ELEVATION")
+    sun_az = need_num(_IMG_GROUPS, "SUN_AZIMUTH")
+    if not -90.0 <= sun_el <= 90.0:
+        raise InputFileError(src, f"MTL SUN_ELEVATION {sun_el} is outside [-90, 90]")
+
+    projection = _get(groups, _PROJ_GROUPS, "MAP_PROJECTION")
+    zone = integer(_PROJ_GROUPS, "UTM_ZONE")
+    epsg = 32600 + abs(zone) if projection == "UTM" and zone else None
+
+    corners: tuple[float, float, float, float] | None = None
+    corner_keys = tuple(f"CORNER_{c}_PROJECTION_{a}_PRODUCT" for c in ("UL", "LR") for a in ("X", "Y"))
+    cvals = [num(("PROJECTION_ATTRIBUTES", "PRODUCT_METADATA"), k) for k in corner_keys]
+    if all(v is not None for v in cvals):
+        corners = (float(cvals[0]), float(cvals[1]), float(cvals[2]), float(cvals[3]))  # type: ignore[arg-type]
+
+    band_files: dict[str, str] = {}
+    for gname in _FILE_GROUPS:
+        for key, value in groups.get(gname, {}).items():
+            if not value:
+                continue
+            if key.startswith("FILE_NAME_BAND_") and key != "FILE_NAME_BAND_QUALITY":
+                rest = key[len("FILE_NAME_BAND_") :]
+                band_files.setdefault(_band_suffix(f"B{rest}", value, product_id), value)
+            elif key in _QA_KEYS:
+                band_files.setdefault(_band_suffix(_QA_KEYS[key], value, product_id), value)
+        if band_files:
+            break
+
+    def scales(names: tuple[str, ...], prefix: str, fmt: str) -> dict[str, Scale]:
+        out: dict[str, Scale] = {}
+        for gname in names:
+            grp = groups.get(gname)
+            if not grp:
+                continue
+            for key in grp:
+                if key.startswith(f"{prefix}_MULT_BAND_"):
+                    band = key[len(f"{prefix}_MULT_BAND_") :]
+                    mult = num((gname,), key)
+                    add = num((gname,), f"{prefix}_ADD_BAND_{band}")
+                    if mult is not None and add is not None:
+                        out[fmt.format(band)] = Scale(mult, add)
+            break  # first group present only: never mix L1 and L2 groups
+        return out
+
+    thermal: dict[str, tuple[float, float]] = {}
+    for gname in _L1_THERMAL:
+        grp = groups.get(gname)
+        if not grp:
+            continue
+        for key in grp:
+            if key.startswith("K1_CONSTANT_BAND_"):
+                band = key[len("K1_CONSTANT_BAND_") :]
+                k1, k2 = num((gname,), key), num((gname,), f"K2_CONSTANT_BAND_{band}")
+                if k1 is not None and k2 is not None:
+                    thermal[f"B{band}"] = (k1, k2)
+        break
+
+    cloud = num(_IMG_GROUPS, "CLOUD_COVER")
+    return Mtl(
+        path=src,
+        encoding=encoding,
+        product_id=product_id,
+        sensor=product_id[:4],
+        spacecraft=_get(groups, _IMG_GROUPS, "SPACECRAFT_ID") or "",
+        sensor_id=_get(groups, _IMG_GROUPS, "SENSOR_ID") or "",
+        collection=collection,
+        category=category,
+        level=level,
+        wrs_path=integer(_IMG_GROUPS, "WRS_PATH") or int(product_id.split("_")[2][:3]),
+        wrs_row=integer(_IMG_GROUPS, "WRS_ROW") or int(product_id.split("_")[2][3:]),
+        acquired=acquired,
+        sun_azimuth=sun_az,
+        sun_elevation=sun_el,
+        earth_sun_distance=num(_IMG_GROUPS, "EARTH_SUN_DISTANCE"),
+        cloud_cover=cloud,
+        cloud_cover_land=num(_IMG_GROUPS, "CLOUD_COVER_LAND"),
+        map_projection=projection,
+        utm_zone=zone,
+        epsg=epsg,
+        grid_cell_size=num(_PROJ_GROUPS, "GRID_CELL_SIZE_REFLECTIVE"),
+        lines=integer(_DIM_GROUPS, "REFLECTIVE_LINES"),
+        samples=integer(_DIM_GROUPS, "REFLECTIVE_SAMPLES"),
+        corners=corners,
+        band_files=band_files,
+        sr_scale=scales((_L2_SR,), "REFLECTANCE", "SR_B{}"),
+        st_scale=scales((_L2_ST,), "TEMPERATURE", "{}"),
+        radiance=scales(_L1_RESCALE, "RADIANCE", "B{}"),
+        toa_reflectance=scales(_L1_RESCALE, "REFLECTANCE", "B{}"),
+        thermal_constants=thermal,
+        groups=groups,
+    )
