@@ -1,0 +1,237 @@
+"""Streaming segmentation metrics for soft (fractional) labels at CLC levels 1, 2 and 3.
+
+:class:`SegmentationMetrics` accumulates, batch by batch, one confusion matrix per
+CORINE level plus sums of absolute fraction errors, and computes at the end:
+
+``acc``
+    Pixel accuracy against the dominant class (argmax of the true fractions).
+``miou``, ``f1``
+    Mean IoU and macro F1 over classes. A class absent from both the truth and the
+    predictions (no true and no predicted pixel) has undefined IoU/F1 and is left out
+    of the averages; a class that is present in only one of them counts with 0.
+``mae``
+    Mean absolute error between predicted (softmax) and true fractions, averaged over
+    valid pixels and over the classes of that level.
+``tv``
+    Total-variation distance ``0.5 * sum_k |p_k - t_k|`` averaged over valid pixels:
+    the share of a pixel's area given to the wrong classes (in [0, 1]).
+
+Levels: the class codes are 3-digit CLC codes (111 ... 523). Level 3 is the codes
+themselves, level 2 the first two digits (``code // 10``), level 1 the first digit
+(``code // 100``). Fractions and predicted probabilities are summed within each group
+before the dominant class is taken. The module is self-contained: it needs only the
+codes. Codes that are not 3-digit CLC codes can still be scored at level 3 with
+``levels=(3,)``.
+
+Only valid pixels (``mask``) count. Everything stays on the logits' device until
+:meth:`SegmentationMetrics.compute`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["SegmentationMetrics", "level_codes", "METRIC_NAMES", "scores_from_confusion"]
+
+METRIC_NAMES = ("acc", "miou", "f1", "mae", "tv")
+
+
+def level_codes(class_codes: Sequence[int], level: int) -> list[int]:
+    """Group code of every class at a CLC level (3: unchanged, 2: ``code // 10``, 1: ``code // 100``)."""
+    if level not in (1, 2, 3):
+        raise ValueError(f"CLC level must be 1, 2 or 3, got {level}")
+    codes = [int(c) for c in class_codes]
+    if level == 3:
+        return codes
+    bad = [c for c in codes if not 100 <= c <= 999]
+    if bad:
+        raise ValueError(f"levels 1 and 2 need 3-digit CLC codes; got {bad[:5]} (use levels=(3,))")
+    return [c // (10 ** (3 - level)) for c in codes]
+
+
+def scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class precision, recall, IoU and F1 from a confusion matrix (rows truth, columns prediction).
+
+    Entries are NaN for classes with no true and no predicted pixel (precision: no
+    predicted pixel; recall: no true pixel).
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    union = support + predicted - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+        recall = np.where(support > 0, tp / support, np.nan)
+        iou = np.where(union > 0, tp / union, np.nan)
+        f1 = np.where(union > 0, 2 * tp / (support + predicted), np.nan)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "iou": iou,
+        "f1": f1,
+        "support": support,
+        "predicted": predicted,
+    }
+
+
+class SegmentationMetrics:
+    """Accumulate metrics over batches; :meth:`compute` returns a flat dict.
+
+    Parameters
+    ----------
+    class_codes
+        CLC code of each of the ``K`` model output channels / target channels.
+    levels
+        CLC levels to score (default 1, 2 and 3).
+
+    Examples
+    --------
+    >>> m = SegmentationMetrics([111, 211, 311])
+    >>> m.update(logits, target, mask)  # doctest: +SKIP
+    >>> m.compute()["miou_l3"]  # doctest: +SKIP
+    """
+
+    def __init__(self, class_codes: Sequence[int], *, levels: Sequence[int] = (1, 2, 3)) -> None:
+        self.class_codes = [int(c) for c in class_codes]
+        if not self.class_codes:
+            raise ValueError("class_codes is empty")
+        if len(set(self.class_codes)) != len(self.class_codes):
+            raise ValueError("class_codes has duplicates")
+        self.levels = tuple(sorted({int(lv) for lv in levels}))
+        self._groups: dict[int, list[int]] = {}
+        self._index: dict[int, list[int]] = {}
+        for lv in self.levels:
+            per_class = level_codes(self.class_codes, lv)
+            groups = sorted(set(per_class))
+            self._groups[lv] = groups
+            self._index[lv] = [groups.index(g) for g in per_class]
+        self._agg: dict[tuple[int, str], torch.Tensor] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far."""
+        self._cm = {lv: torch.zeros((len(g), len(g)), dtype=torch.int64) for lv, g in self._groups.items()}
+        self._abs = dict.fromkeys(self.levels, 0.0)
+        self._n_valid = 0
+
+    def groups(self, level: int) -> list[int]:
+        """Class (group) codes of a level, in the order of the confusion matrix rows."""
+        return list(self._groups[level])
+
+    def _aggregator(self, level: int, device: torch.device) -> torch.Tensor:
+        key = (level, str(device))
+        if key not in self._agg:
+            k, g = len(self.class_codes), len(self._groups[level])
+            a = torch.zeros((k, g), dtype=torch.float32)
+            a[torch.arange(k), torch.tensor(self._index[level])] = 1.0
+            self._agg[key] = a.to(device)
+        return self._agg[key]
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Add one batch.
+
+        Parameters
+        ----------
+        logits
+            ``(B, K, H, W)`` model output (any float dtype).
+        target
+            ``(B, K, H, W)`` true class fractions.
+        mask
+            ``(B, H, W)`` bool valid pixels; None means all valid.
+        """
+        k = len(self.class_codes)
+        if logits.ndim != 4 or logits.shape != target.shape or logits.shape[1] != k:
+            raise ValueError(
+                f"logits and target must be (B, {k}, H, W); got {tuple(logits.shape)}, {tuple(target.shape)}"
+            )
+        if mask is None:
+            mask = torch.ones(logits.shape[:1] + logits.shape[2:], dtype=torch.bool, device=logits.device)
+        valid = mask.to(torch.bool).reshape(-1)
+        n = int(valid.sum())
+        if n == 0:
+            return
+        # (N, K) rows of valid pixels only
+        prob = torch.softmax(logits.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, k)[valid]
+        true = torch.nan_to_num(target.float(), nan=0.0).permute(0, 2, 3, 1).reshape(-1, k)[valid]
+        self._n_valid += n
+        for lv in self.levels:
+            g = len(self._groups[lv])
+            if lv == 3:
+                p_l, t_l = prob, true
+            else:
+                a = self._aggregator(lv, prob.device)
+                p_l, t_l = prob @ a, true @ a
+            pred_idx = p_l.argmax(dim=1)
+            true_idx = t_l.argmax(dim=1)
+            flat = (true_idx * g + pred_idx).cpu()
+            self._cm[lv] += torch.bincount(flat, minlength=g * g).reshape(g, g)
+            self._abs[lv] += float((p_l - t_l).abs().sum(dtype=torch.float64))
+
+    @property
+    def n_valid(self) -> int:
+        """Number of valid pixels seen."""
+        return self._n_valid
+
+    def confusion_matrix(self, level: int = 3) -> np.ndarray:
+        """``(G, G)`` int64 confusion matrix at a level: rows truth, columns prediction (:meth:`groups`)."""
+        return self._cm[level].numpy().copy()
+
+    def per_class(self, level: int = 3) -> list[dict[str, Any]]:
+        """Per-class table at a level: code, iou, f1, precision, recall, support, predicted (pixel counts)."""
+        s = scores_from_confusion(self.confusion_matrix(level))
+        rows = []
+        for i, code in enumerate(self._groups[level]):
+            rows.append(
+                {
+                    "code": code,
+                    "iou": float(s["iou"][i]),
+                    "f1": float(s["f1"][i]),
+                    "precision": float(s["precision"][i]),
+                    "recall": float(s["recall"][i]),
+                    "support": int(s["support"][i]),
+                    "predicted": int(s["predicted"][i]),
+                }
+            )
+        return rows
+
+    def compute(self) -> dict[str, float]:
+        """Return ``{"acc_l3": ..., "miou_l3": ..., "f1_l3": ..., "mae_l3": ..., "tv_l3": ..., ...}``.
+
+        One entry per metric and level (``_l1``, ``_l2``, ``_l3``), plus ``n_valid``. All
+        values are NaN when no valid pixel was seen.
+        """
+        out: dict[str, float] = {}
+        for lv in self.levels:
+            cm = self.confusion_matrix(lv)
+            total = cm.sum()
+            s = scores_from_confusion(cm)
+            nan = math.nan
+            out[f"acc_l{lv}"] = float(np.trace(cm) / total) if total else nan
+            out[f"miou_l{lv}"] = float(np.nanmean(s["iou"])) if total else nan
+            out[f"f1_l{lv}"] = float(np.nanmean(s["f1"])) if total else nan
+            g = len(self._groups[lv])
+            out[f"mae_l{lv}"] = self._abs[lv] / (self._n_valid * g) if self._n_valid else nan
+            out[f"tv_l{lv}"] = 0.5 * self._abs[lv] / self._n_valid if self._n_valid else nan
+        out["n_valid"] = float(self._n_valid)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as JSON-ready primitives: summary, per-class tables and confusion matrices per level."""
+        return {
+            "summary": self.compute(),
+            "levels": {
+                str(lv): {
+                    "codes": self.groups(lv),
+                    "per_class": self.per_class(lv),
+                    "confusion_matrix": self.confusion_matrix(lv).tolist(),
+                }
+                for lv in self.levels
+            },
+        }

@@ -1,0 +1,769 @@
+"""Segmentation models: native multispectral vs ImageNet-RGB, chosen by name.
+
+Every model is a U-Net-style network on a ResNet encoder built from torchvision's
+residual blocks with torchvision's parameter names, so that a torchvision ResNet
+state dict (``resnet18-f37072fd.pth`` and friends) loads into it unchanged. It maps an
+image ``(B, C, H, W)`` float32 to class logits ``(B, K, H, W)`` at the input
+resolution, for any ``H`` and ``W``.
+
+Names (see :func:`build_model`):
+
+``native``
+    All TM reflective bands (6 channels, or 7 with thermal), trained from scratch.
+``rgb-imagenet``
+    The same architecture on 3 channels, encoder initialised from ImageNet weights.
+``rgb-scratch``
+    The control: 3 channels, random initialisation.
+``native-imagenet-init``
+    Multispectral input, the first convolution adapted from ImageNet: the red, green
+    and blue filters go to the channels named ``red``, ``green`` and ``blue``; every
+    other band gets the mean of the three RGB filters; all input filters are then
+    scaled by ``3 / C`` so that, for correlated unit-variance bands, the first layer's
+    activations keep the magnitude they had with 3 channels (the convention of timm's
+    ``adapt_input_conv``).
+
+Input normalisation
+-------------------
+The datasets standardise every band with its own mean and standard deviation
+(z-scores). ImageNet normalisation does the same thing for ImageNet photographs: it
+makes each channel zero-mean, unit-variance. So for z-scored inputs the ImageNet
+models need nothing more (``input_norm="zscore"``, the default, an identity). When a
+model is fed reflectance in ``[0, 1]`` instead, pass ``input_norm="imagenet"``: the
+model then applies ``(x - IMAGENET_MEAN) / IMAGENET_STD`` itself (a buffer of the
+network, so it travels with checkpoints). Either way the choice is recorded in
+:class:`ModelSpec`.
+
+ImageNet weights are never downloaded. They are read from a file given explicitly
+or from the torch hub cache (``torch.hub.get_dir()/checkpoints``); see
+:func:`find_imagenet_weights`.
+
+Checkpoints hold plain tensors and primitive types only and are read back with
+``torch.load(weights_only=True)``; the :class:`ModelSpec` travels with them so that
+:func:`model_from_checkpoint` can rebuild the network without other information.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
+
+from .errors import ConfigError, InputFileError, LandcoverError
+
+__all__ = [
+    "ModelName",
+    "EncoderName",
+    "MODEL_NAMES",
+    "PRESETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGENET_WEIGHT_FILES",
+    "TM_BANDS",
+    "ModelSpec",
+    "SegmentationModel",
+    "build_model",
+    "build_from_spec",
+    "default_bands",
+    "find_imagenet_weights",
+    "load_imagenet_state_dict",
+    "adapt_input_conv",
+    "save_checkpoint",
+    "load_checkpoint",
+    "save_model",
+    "model_from_checkpoint",
+    "count_parameters",
+    "receptive_multiple",
+]
+
+ModelName = Literal["native", "rgb-imagenet", "rgb-scratch", "native-imagenet-init"]
+EncoderName = Literal["resnet18", "resnet34", "resnet50"]
+InputNorm = Literal["zscore", "imagenet"]
+Preset = Literal["tiny", "small", "base"]
+
+MODEL_NAMES: Final[tuple[str, ...]] = get_args(ModelName)
+IMAGENET_NAMES: Final = frozenset({"rgb-imagenet", "native-imagenet-init"})
+RGB_NAMES: Final = frozenset({"rgb-imagenet", "rgb-scratch"})
+
+TM_BANDS: Final[tuple[str, ...]] = ("blue", "green", "red", "nir08", "swir16", "swir22", "lwir")
+"""Landsat 5 TM band names in cube order (``lwir`` = thermal band 6)."""
+
+IMAGENET_MEAN: Final[tuple[float, float, float]] = (0.485, 0.456, 0.406)
+IMAGENET_STD: Final[tuple[float, float, float]] = (0.229, 0.224, 0.225)
+_IMAGENET_ORDER: Final[tuple[str, str, str]] = ("red", "green", "blue")
+"""Channel order of torchvision's ImageNet ``conv1.weight``."""
+
+IMAGENET_WEIGHT_FILES: Final[dict[str, str]] = {
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+}
+"""torchvision's ImageNet (IMAGENET1K_V1) file names, as the torch hub cache stores them."""
+
+_ENCODERS: Final[dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+}
+_BASE_DECODER: Final = (256, 128, 64, 32, 16)
+
+PRESETS: Final[dict[str, dict[str, Any]]] = {
+    "tiny": {"encoder": "resnet18", "width": 0.25, "depth": 3},
+    "small": {"encoder": "resnet18", "width": 0.5, "depth": 4},
+    "base": {"encoder": "resnet18", "width": 1.0, "depth": 4},
+}
+"""Size presets for :func:`build_model` (``preset=``); explicit arguments override them.
+
+``tiny`` (~0.2 M parameters) is meant for CPU demos and tests, ``base`` is a full
+ResNet-18 U-Net (the only width that can take ImageNet weights).
+"""
+
+
+def default_bands(name: str, in_channels: int) -> tuple[str, ...]:
+    """Band names a model of this name and channel count expects, in channel order.
+
+    Parameters
+    ----------
+    name
+        Model name (one of :data:`MODEL_NAMES`).
+    in_channels
+        Number of input channels.
+
+    Returns
+    -------
+    tuple of str
+        ``("red", "green", "blue")`` for the RGB models, otherwise the first
+        ``in_channels`` of :data:`TM_BANDS` (6 reflective bands, 7 with thermal).
+    """
+    if name in RGB_NAMES:
+        return _IMAGENET_ORDER
+    if 1 <= in_channels <= len(TM_BANDS):
+        return TM_BANDS[:in_channels]
+    return tuple(f"band{i + 1}" for i in range(in_channels))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model and feed it correctly.
+
+    Parameters
+    ----------
+    name
+        One of :data:`MODEL_NAMES`.
+    in_channels
+        Number of input bands ``C``.
+    num_classes
+        Number of output classes ``K``.
+    encoder
+        torchvision ResNet variant of the encoder.
+    width
+        Channel multiplier of the encoder (1.0 = torchvision's 64 base channels).
+    depth
+        Number of residual stages used (1-4); the encoder downsamples by ``2 ** (depth + 1)``.
+    decoder_channels
+        Output channels of the ``depth + 1`` decoder blocks, deepest first.
+    bands
+        Band names in channel order (length ``in_channels``), e.g. ``("red", "green", "blue")``.
+    class_codes
+        CLC codes of the output channels (length ``num_classes``), or empty when unknown.
+    input_norm
+        ``"zscore"``: inputs are per-band standardised, the model applies nothing;
+        ``"imagenet"``: inputs are reflectance in [0, 1] and the model applies ImageNet
+        mean/std (3-channel models only).
+    pretrained
+        Provenance of the initial weights: ``"none"`` or ``"imagenet:<file name>"``.
+    band_mean, band_std
+        Per-band statistics the dataset used to standardise the inputs (recorded for
+        prediction; not applied by the model). Empty when unknown.
+    """
+
+    name: str
+    in_channels: int
+    num_classes: int
+    encoder: str = "resnet18"
+    width: float = 1.0
+    depth: int = 4
+    decoder_channels: tuple[int, ...] = ()
+    bands: tuple[str, ...] = ()
+    class_codes: tuple[int, ...] = ()
+    input_norm: str = "zscore"
+    pretrained: str = "none"
+    band_mean: tuple[float, ...] = ()
+    band_std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.name not in MODEL_NAMES:
+            raise ValueError(f"unknown model name {self.name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        if self.encoder not in _ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(_ENCODERS)}")
+        if self.in_channels < 1 or self.num_classes < 1:
+            raise ValueError("in_channels and num_classes must be >= 1")
+        if self.name in RGB_NAMES and self.in_channels != 3:
+            raise ValueError(
+                f"model {self.name!r} takes 3 channels (RGB), got in_channels={self.in_channels}"
+            )
+        if self.name == "native-imagenet-init" and self.in_channels < 3:
+            raise ValueError("native-imagenet-init needs at least the red, green and blue bands")
+        if not 0 < self.width <= 4:
+            raise ValueError(f"width must be in (0, 4], got {self.width}")
+        if not 1 <= self.depth <= 4:
+            raise ValueError(f"depth must be 1..4, got {self.depth}")
+        if len(self.decoder_channels) != self.depth + 1 or min(self.decoder_channels) < 1:
+            raise ValueError(f"decoder_channels needs depth + 1 = {self.depth + 1} positive entries")
+        if len(self.bands) != self.in_channels:
+            raise ValueError(f"bands has {len(self.bands)} names for {self.in_channels} channels")
+        if self.class_codes and len(self.class_codes) != self.num_classes:
+            raise ValueError(f"class_codes has {len(self.class_codes)} codes for {self.num_classes} classes")
+        if self.input_norm not in get_args(InputNorm):
+            raise ValueError(f"input_norm must be 'zscore' or 'imagenet', got {self.input_norm!r}")
+        if self.input_norm == "imagenet" and self.in_channels != 3:
+            raise ValueError("input_norm='imagenet' applies to 3-channel (RGB) models only")
+        for stats in (self.band_mean, self.band_std):
+            if stats and len(stats) != self.in_channels:
+                raise ValueError("band_mean/band_std need one value per input channel")
+        if self.name in IMAGENET_NAMES and self.pretrained != "none":
+            missing = [b for b in _IMAGENET_ORDER if b not in self.bands]
+            if missing:
+                raise ValueError(f"ImageNet initialisation needs bands named {missing} in 'bands'")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the spec as primitive types (lists for tuples), safe for JSON and ``weights_only``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        """Rebuild a spec from :meth:`to_dict` output (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {
+            k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names
+        }
+        return cls(**kwargs)
+
+
+class _ResNetEncoder(nn.Module):
+    """torchvision-style ResNet trunk with configurable width, depth and input channels.
+
+    Parameter names (``conv1``, ``bn1``, ``layer1``..``layer4``) equal torchvision's, so
+    at ``width=1`` its ImageNet state dict (minus ``fc``) loads directly.
+    """
+
+    def __init__(self, encoder: str, in_channels: int, width: float, depth: int) -> None:
+        super().__init__()
+        block, layers = _ENCODERS[encoder]
+        base = max(8, int(round(64 * width)))
+        self.inplanes = base
+        self.conv1 = nn.Conv2d(in_channels, base, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.out_channels: list[int] = [base]
+        stages = []
+        for i in range(depth):
+            stages.append(self._make_layer(block, base * 2**i, layers[i], stride=1 if i == 0 else 2))
+            self.out_channels.append(base * 2**i * block.expansion)
+        for i, stage in enumerate(stages):
+            self.add_module(f"layer{i + 1}", stage)
+        self.depth = depth
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(
+        self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int
+    ) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        mods: list[nn.Module] = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        mods.extend(block(self.inplanes, planes) for _ in range(1, blocks))
+        return nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.relu(self.bn1(self.conv1(x)))
+        feats = [x]
+        x = self.maxpool(x)
+        for i in range(self.depth):
+            x = getattr(self, f"layer{i + 1}")(x)
+            feats.append(x)
+        return feats
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _DecoderBlock(nn.Module):
+    def __init__(self, cin: int, cskip: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn_relu(cin + cskip, cout)
+        self.conv2 = _conv_bn_relu(cout, cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+        x = F.interpolate(x, size=size, mode="nearest")
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        out: torch.Tensor = self.conv2(self.conv1(x))
+        return out
+
+
+class SegmentationModel(nn.Module):
+    """U-Net on a ResNet encoder; ``forward(image (B, C, H, W)) -> logits (B, K, H, W)``.
+
+    Build it with :func:`build_model` (or :func:`build_from_spec`); ``model.spec`` is the
+    :class:`ModelSpec` it was built from.
+    """
+
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.encoder = _ResNetEncoder(spec.encoder, spec.in_channels, spec.width, spec.depth)
+        enc = self.encoder.out_channels  # [stem, layer1, ..., layerD]
+        blocks = []
+        cin = enc[-1]
+        skips = enc[:-1][::-1]  # layer(D-1) ... layer1, stem
+        for i, cout in enumerate(spec.decoder_channels):
+            cskip = skips[i] if i < len(skips) else 0
+            blocks.append(_DecoderBlock(cin, cskip, cout))
+            cin = cout
+        self.decoder = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(cin, spec.num_classes, kernel_size=1)
+        if spec.input_norm == "imagenet":
+            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        else:
+            mean = torch.zeros(1, spec.in_channels, 1, 1)
+            std = torch.ones(1, spec.in_channels, 1, 1)
+        self.register_buffer("input_mean", mean)
+        self.register_buffer("input_std", std)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Return class logits.
+
+        Parameters
+        ----------
+        image
+            ``(B, C, H, W)`` float, standardised per band (or reflectance in [0, 1]
+            when ``spec.input_norm == "imagenet"``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, K, H, W)`` unnormalised class scores at the input resolution.
+        """
+        if image.ndim != 4 or image.shape[1] != self.spec.in_channels:
+            raise ValueError(
+                f"expected an image of shape (B, {self.spec.in_channels}, H, W), got {tuple(image.shape)}"
+            )
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        if self.spec.input_norm == "imagenet":
+            image = (image - self.input_mean) / self.input_std
+        feats = self.encoder(image)
+        x = feats[-1]
+        skips: list[torch.Tensor | None] = list(feats[:-1][::-1])
+        for i, block in enumerate(self.decoder):
+            skip = skips[i] if i < len(skips) else None
+            target = (int(skip.shape[-2]), int(skip.shape[-1])) if skip is not None else size
+            x = block(x, skip, target)
+        out: torch.Tensor = self.head(x)
+        return out
+
+
+def _hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _get_command(encoder: str) -> str:
+    fname = IMAGENET_WEIGHT_FILES[encoder]
+    return (
+        f'mkdir -p "{_hub_checkpoint_dir()}" && curl -L -o "{_hub_checkpoint_dir() / fname}" '
+        f"https://download.pytorch.org/models/{fname}"
+    )
+
+
+def find_imagenet_weights(
+    encoder: str = "resnet18", path: str | os.PathLike[str] | None = None
+) -> Path | None:
+    """Locate torchvision ImageNet weights for ``encoder`` without downloading anything.
+
+    Parameters
+    ----------
+    encoder
+        ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+    path
+        An explicit file (a torchvision ResNet state dict ``.pth``) or a directory holding
+        the torchvision file name (:data:`IMAGENET_WEIGHT_FILES`). When given, only this
+        place is searched.
+
+    Returns
+    -------
+    Path or None
+        The weights file, or None when it is not there. Without ``path`` the torch hub
+        cache ``torch.hub.get_dir()/checkpoints/<file>`` is checked (``TORCH_HOME``
+        moves it).
+    """
+    if encoder not in IMAGENET_WEIGHT_FILES:
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(IMAGENET_WEIGHT_FILES)}")
+    fname = IMAGENET_WEIGHT_FILES[encoder]
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            p = p / fname
+        return p if p.is_file() else None
+    candidate = _hub_checkpoint_dir() / fname
+    return candidate if candidate.is_file() else None
+
+
+def _missing_weights_error(encoder: str, path: str | os.PathLike[str] | None) -> LandcoverError:
+    fname = IMAGENET_WEIGHT_FILES[encoder]
+    where = (
+        f"'{path}' is not a file" if path is not None else f"'{_hub_checkpoint_dir() / fname}' does not exist"
+    )
+    return LandcoverError(
+        f"ImageNet weights for {encoder} not found: {where}. Nothing is downloaded at run time. "
+        f"Put torchvision's {fname} in {_hub_checkpoint_dir()} (or pass its path with --imagenet-weights), "
+        f"e.g.: {_get_command(encoder)}"
+    )
+
+
+def load_imagenet_state_dict(
+    encoder: str = "resnet18", path: str | os.PathLike[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Read a torchvision ImageNet ResNet state dict (``weights_only=True``), never downloading.
+
+    Parameters
+    ----------
+    encoder
+        ResNet variant.
+    path
+        File or directory, as in :func:`find_imagenet_weights`; None searches the hub cache.
+
+    Raises
+    ------
+    LandcoverError
+        When the file is missing, with the place to put it and the command to fetch it.
+    InputFileError
+        When the file is not a readable ResNet state dict.
+    """
+    found = find_imagenet_weights(encoder, path)
+    if found is None:
+        raise _missing_weights_error(encoder, path)
+    try:
+        state = torch.load(found, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means a bad file
+        raise InputFileError(found, f"not a readable PyTorch state dict ({exc})") from exc
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or "conv1.weight" not in state:
+        raise InputFileError(found, f"not a torchvision {encoder} state dict (no 'conv1.weight')")
+    return {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def adapt_input_conv(weight: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
+    """Adapt an ImageNet first-layer kernel ``(O, 3, kh, kw)`` (RGB order) to named bands.
+
+    Parameters
+    ----------
+    weight
+        torchvision ``conv1.weight``, input channels in red, green, blue order.
+    bands
+        Band names of the new input, in channel order; must include ``red``, ``green``
+        and ``blue``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(O, len(bands), kh, kw)``: each of red/green/blue gets its ImageNet filter, every
+        other band the mean of the three; everything scaled by ``3 / len(bands)``.
+    """
+    if weight.ndim != 4 or weight.shape[1] != 3:
+        raise ValueError(f"expected an RGB kernel (O, 3, kh, kw), got {tuple(weight.shape)}")
+    mean = weight.mean(dim=1)
+    chans = []
+    for band in bands:
+        if band in _IMAGENET_ORDER:
+            chans.append(weight[:, _IMAGENET_ORDER.index(band)])
+        else:
+            chans.append(mean)
+    out = torch.stack(chans, dim=1) * (3.0 / len(bands))
+    return out.contiguous()
+
+
+def _load_encoder_weights(model: SegmentationModel, state: Mapping[str, torch.Tensor]) -> None:
+    spec = model.spec
+    own = model.encoder.state_dict()
+    new: dict[str, torch.Tensor] = {}
+    for key, value in own.items():
+        if key not in state:
+            raise LandcoverError(f"ImageNet state dict lacks {key!r}: is it a torchvision {spec.encoder}?")
+        src = state[key]
+        if key == "conv1.weight":
+            src = adapt_input_conv(src, spec.bands) if list(spec.bands) != list(_IMAGENET_ORDER) else src
+        if src.shape != value.shape:
+            raise LandcoverError(
+                f"ImageNet weight {key!r} has shape {tuple(src.shape)}, the model needs {tuple(value.shape)} "
+                f"(ImageNet weights need width=1.0 and a matching encoder)"
+            )
+        new[key] = src.to(value.dtype)
+    model.encoder.load_state_dict(new, strict=True)
+
+
+def build_model(
+    name: ModelName,
+    in_channels: int,
+    num_classes: int,
+    *,
+    pretrained: str | os.PathLike[str] | None = None,
+    encoder: EncoderName | None = None,
+    width: float | None = None,
+    depth: int | None = None,
+    decoder_channels: Sequence[int] | None = None,
+    preset: Preset | None = None,
+    bands: Sequence[str] | None = None,
+    class_codes: Sequence[int] | None = None,
+    input_norm: InputNorm = "zscore",
+    band_mean: Sequence[float] | None = None,
+    band_std: Sequence[float] | None = None,
+    seed: int | None = None,
+) -> SegmentationModel:
+    """Build a segmentation model by name.
+
+    Parameters
+    ----------
+    name
+        ``"native"``, ``"rgb-imagenet"``, ``"rgb-scratch"`` or ``"native-imagenet-init"``
+        (see the module docstring).
+    in_channels
+        Input bands: 3 for the RGB models, 6 (reflective) or 7 (with thermal) for the
+        native ones.
+    num_classes
+        Output classes ``K``.
+    pretrained
+        Only for the ImageNet names: None or ``"hub"`` searches the torch hub cache; a
+        path names the torchvision state dict file (or a directory holding it). Giving
+        it for ``native``/``rgb-scratch`` is an error.
+    encoder, width, depth
+        ResNet variant, channel multiplier and number of residual stages (1-4). Defaults
+        come from ``preset`` (``"base"`` when no preset: resnet18, width 1, depth 4).
+        ImageNet weights need ``width=1.0``.
+    decoder_channels
+        ``depth + 1`` decoder widths, deepest first; default ``(256, 128, 64, 32, 16)``
+        scaled by ``width`` (at least 8), trimmed to ``depth + 1``.
+    preset
+        ``"tiny"``, ``"small"`` or ``"base"`` (:data:`PRESETS`).
+    bands
+        Band names in channel order; default :func:`default_bands`. The ImageNet RGB
+        filters are placed by these names.
+    class_codes
+        CLC codes of the output classes (recorded in the spec).
+    input_norm
+        ``"zscore"`` (inputs standardised per band; default) or ``"imagenet"`` (inputs
+        are [0, 1] reflectance, the model applies ImageNet mean/std).
+    band_mean, band_std
+        The dataset's normalisation statistics, recorded in the spec for prediction.
+    seed
+        When given, random initialisation uses ``torch.manual_seed(seed)`` in a forked RNG
+        scope (the global RNG is untouched).
+
+    Returns
+    -------
+    SegmentationModel
+        With ``.spec`` describing it.
+
+    Raises
+    ------
+    LandcoverError
+        When ImageNet weights are needed and not found (nothing is downloaded).
+    ConfigError
+        For inconsistent options.
+    """
+    if name not in MODEL_NAMES:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    base = dict(PRESETS["base"] if preset is None else PRESETS.get(preset, {}))
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    enc = encoder if encoder is not None else base["encoder"]
+    w = float(width if width is not None else base["width"])
+    d = int(depth if depth is not None else base["depth"])
+    if decoder_channels is None:
+        dec = tuple(max(8, int(round(c * w))) for c in _BASE_DECODER[-(d + 1) :])
+    else:
+        dec = tuple(int(c) for c in decoder_channels)
+    wants_imagenet = name in IMAGENET_NAMES
+    if not wants_imagenet and pretrained is not None:
+        raise ConfigError(
+            f"model {name!r} is trained from scratch; 'pretrained' applies to rgb-imagenet only"
+        )
+    weights_file: Path | None = None
+    if wants_imagenet:
+        if enc not in IMAGENET_WEIGHT_FILES:
+            raise ConfigError(f"no ImageNet weights known for encoder {enc!r}")
+        if w != 1.0:
+            raise ConfigError(f"ImageNet weights need width=1.0 (got width={w}); use preset 'base'")
+        search = None if pretrained is None or str(pretrained) == "hub" else pretrained
+        weights_file = find_imagenet_weights(enc, search)
+        if weights_file is None:
+            raise _missing_weights_error(enc, search)
+    try:
+        spec = ModelSpec(
+            name=name,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            encoder=enc,
+            width=w,
+            depth=d,
+            decoder_channels=dec,
+            bands=tuple(bands) if bands is not None else default_bands(name, in_channels),
+            class_codes=tuple(int(c) for c in class_codes) if class_codes is not None else (),
+            input_norm=input_norm,
+            pretrained=f"imagenet:{weights_file.name}" if weights_file is not None else "none",
+            band_mean=tuple(float(v) for v in band_mean) if band_mean is not None else (),
+            band_std=tuple(float(v) for v in band_std) if band_std is not None else (),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = SegmentationModel(spec)
+    else:
+        model = SegmentationModel(spec)
+    if weights_file is not None:
+        _load_encoder_weights(model, load_imagenet_state_dict(enc, weights_file))
+    return model
+
+
+def build_from_spec(spec: ModelSpec) -> SegmentationModel:
+    """Build an untrained network of the architecture ``spec`` describes (no weights loaded)."""
+    return SegmentationModel(spec)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
+    """Write a checkpoint dict atomically (temp file, then rename).
+
+    Parameters
+    ----------
+    path
+        Destination file (``.pt``); parent directories are created.
+    state
+        Tensors, primitive types and (nested) dicts/lists/tuples of them only, so that
+        :func:`load_checkpoint` can read it with ``weights_only=True``.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        torch.save(dict(state), tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` (no arbitrary code runs).
+
+    Raises
+    ------
+    InputFileError
+        When the file is missing or not a safe, readable checkpoint.
+    """
+    src = Path(path)
+    if not src.is_file():
+        raise InputFileError(src, "checkpoint file not found")
+    try:
+        state = torch.load(src, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise InputFileError(src, f"not a readable landcover checkpoint ({exc})") from exc
+    if not isinstance(state, dict):
+        raise InputFileError(src, "not a landcover checkpoint (expected a dict)")
+    return state
+
+
+def save_model(path: str | os.PathLike[str], model: SegmentationModel, **extra: Any) -> Path:
+    """Save a model's weights with its :class:`ModelSpec` (for predict/publish).
+
+    Parameters
+    ----------
+    path
+        Destination ``.pt`` file.
+    model
+        A model built by :func:`build_model`.
+    **extra
+        Primitive metadata to store alongside (e.g. ``metrics=...``).
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return save_checkpoint(
+        path, {"format": "landcover-model/1", "spec": model.spec.to_dict(), "model": state, **extra}
+    )
+
+
+def model_from_checkpoint(
+    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+) -> SegmentationModel:
+    """Rebuild a model (architecture and weights) from a model or training checkpoint.
+
+    Raises
+    ------
+    InputFileError
+        When the file holds no model spec or its weights do not fit the spec.
+    """
+    state = load_checkpoint(path, map_location=map_location)
+    spec_dict = state.get("spec")
+    weights = state.get("model")
+    if not isinstance(spec_dict, dict) or not isinstance(weights, dict):
+        raise InputFileError(path, "checkpoint has no model spec/weights (was it written by landcover?)")
+    try:
+        model = SegmentationModel(ModelSpec.from_dict(spec_dict))
+        model.load_state_dict(weights, strict=True)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise InputFileError(path, f"weights do not match the stored model spec ({exc})") from exc
+    model.eval()
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def receptive_multiple(spec: ModelSpec) -> int:
+    """Spatial downsampling factor of the encoder (inputs of any size work; multiples of this are exact)."""
+    return int(2 ** (spec.depth + 1))

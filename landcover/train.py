@@ -1,0 +1,1159 @@
+"""Device-agnostic training loop with soft labels, one-cycle AdamW, checkpoints and history.
+
+Entry points
+------------
+:class:`TrainConfig`
+    Frozen, validated options of a run.
+:func:`fit`
+    Train a model on a loader of batches, validate, checkpoint every epoch, resume, stop
+    early; returns a :class:`History` (per-epoch rows and per-N-samples rows).
+:func:`evaluate`
+    Loss and :class:`~landcover.metrics.SegmentationMetrics` of a model on a loader.
+:func:`lr_find`
+    fastai-style learning-rate range test, with its plot.
+:func:`make_loader`
+    A seeded :class:`~torch.utils.data.DataLoader` built from a config.
+
+Batches are dicts with ``image`` float32 ``(B, C, H, W)``, ``target`` float32
+``(B, K, H, W)`` class fractions and ``mask`` bool ``(B, H, W)`` valid pixels (other keys
+are ignored); ``(image, target, mask)`` tuples work too.
+
+Reproducibility: :func:`fit` seeds Python, NumPy and torch from ``config.seed``, reseeds
+the loader's ``generator`` (and its sampler's) with ``(seed, epoch)`` at the start of
+every epoch, and calls ``dataset.set_epoch(epoch)`` when the dataset has it. Checkpoints
+hold every RNG state as tensors/primitives, so a run resumed from ``last.pt`` continues
+exactly as the uninterrupted run would have (on the same device, with the same data
+order and deterministic kernels).
+
+Data-wait share: for every step the time spent waiting for the next batch (from the end
+of the previous step until the batch arrives) and the compute time (transfer, forward,
+backward, optimiser step, synchronised by reading the loss) are measured;
+``data_wait_share = wait / (wait + compute)`` is logged per epoch and per log row.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import ConfigError, InputFileError
+from .losses import SoftLabelLoss
+from .metrics import SegmentationMetrics
+from .models import load_checkpoint, save_checkpoint, save_model
+
+__all__ = [
+    "TrainConfig",
+    "History",
+    "EvalResult",
+    "LRFindResult",
+    "Callback",
+    "fit",
+    "evaluate",
+    "lr_find",
+    "make_loader",
+    "seed_everything",
+    "resolve_device",
+]
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+AmpMode = Literal["auto", "off"]
+Mode = Literal["auto", "min", "max"]
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+Callback = Callable[[str, dict[str, Any]], bool | None]
+"""``callback(kind, row)`` with kind ``"samples"`` or ``"epoch"``; returning True stops the run
+(as an interruption: a later ``resume`` continues it)."""
+
+LAST_CHECKPOINT = "last.pt"
+BEST_MODEL = "best.pt"
+_CKPT_FORMAT = "landcover-train/1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of a training run (all validated on construction).
+
+    Parameters
+    ----------
+    epochs
+        Passes over the training loader.
+    batch_size
+        Used by :func:`make_loader` (``fit`` takes the loader's own batch size).
+    lr
+        Peak learning rate of the one-cycle schedule.
+    weight_decay
+        AdamW decoupled weight decay.
+    pct_start, div_factor, final_div_factor
+        OneCycleLR warm-up share, initial ``lr / div_factor`` and final
+        ``lr / div_factor / final_div_factor``.
+    max_samples
+        Training-sample budget: stop after this many windows (the schedule is sized to
+        it). None trains all epochs.
+    steps_per_epoch
+        Batches per epoch for loaders without ``len()`` (iterable datasets).
+    seed
+        Seed of every RNG (Python, NumPy, torch, loader generator).
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    amp
+        ``"auto"``: mixed precision on CUDA (bfloat16 where supported, else float16 with
+        a GradScaler), float32 on CPU; ``"off"``: always float32.
+    loss
+        ``"ce"`` soft cross-entropy or ``"kl"`` (same gradients, KL values).
+    class_weights
+        Per-class loss weights (see :func:`landcover.losses.class_weights_from_frequencies`).
+    grad_clip
+        Max gradient norm, or None.
+    log_every_samples
+        Append a row to ``History.samples`` every this many training samples (train loss,
+        lr, time, data-wait share). None: no sample rows.
+    val_every_samples
+        Also validate every this many samples (the row gets ``val_*`` columns); the
+        learning-speed curves use these. None: validate per epoch only.
+    monitor, monitor_mode
+        Validation column driving early stopping and ``best.pt`` (e.g. ``"val_loss"``,
+        ``"val_miou_l3"``); mode ``"auto"`` is "min" for loss/mae/tv, else "max".
+    patience, min_delta
+        Early stopping: stop after ``patience`` epochs without an improvement larger than
+        ``min_delta``. None disables it.
+    checkpoint_dir
+        Where ``last.pt`` (full state, every epoch), ``best.pt`` (model + spec) and
+        ``history.json``/``history_epochs.csv``/``history_samples.csv`` go. None: no files.
+    resume
+        Continue from ``checkpoint_dir/last.pt`` when it exists.
+    num_workers, prefetch_factor, pin_memory
+        DataLoader options for :func:`make_loader` (``pin_memory="auto"``: on with CUDA).
+    progress
+        Show a tqdm progress bar (stderr).
+    deterministic
+        Ask torch for deterministic kernels during the run (``warn_only``).
+    tensorboard
+        Also write TensorBoard scalars to ``checkpoint_dir/tb`` if tensorboard is installed.
+    levels
+        CLC levels scored in validation.
+    """
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    max_samples: int | None = None
+    steps_per_epoch: int | None = None
+    seed: int = 0
+    device: DeviceName = "auto"
+    amp: AmpMode = "auto"
+    loss: Literal["ce", "kl"] = "ce"
+    class_weights: tuple[float, ...] | None = None
+    grad_clip: float | None = None
+    log_every_samples: int | None = None
+    val_every_samples: int | None = None
+    monitor: str = "val_loss"
+    monitor_mode: Mode = "auto"
+    patience: int | None = None
+    min_delta: float = 0.0
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    num_workers: int = 0
+    prefetch_factor: int = 2
+    pin_memory: Literal["auto", "on", "off"] = "auto"
+    progress: bool = True
+    deterministic: bool = False
+    tensorboard: bool = False
+    levels: tuple[int, ...] = (1, 2, 3)
+
+    def __post_init__(self) -> None:
+        def positive(name: str, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+        for name in ("epochs", "batch_size", "prefetch_factor"):
+            positive(name)
+        for name in ("max_samples", "steps_per_epoch", "log_every_samples", "val_every_samples", "patience"):
+            positive(name, allow_none=True)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError("weight_decay must be >= 0")
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"pct_start must be in (0, 1), got {self.pct_start}")
+        if self.div_factor <= 0 or self.final_div_factor <= 0:
+            raise ValueError("div_factor and final_div_factor must be positive")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.amp not in ("auto", "off"):
+            raise ValueError(f"amp must be 'auto' or 'off', got {self.amp!r}")
+        if self.loss not in ("ce", "kl"):
+            raise ValueError(f"loss must be 'ce' or 'kl', got {self.loss!r}")
+        if self.monitor_mode not in ("auto", "min", "max"):
+            raise ValueError(f"monitor_mode must be 'auto', 'min' or 'max', got {self.monitor_mode!r}")
+        if not self.monitor.startswith(("val_", "train_")):
+            raise ValueError(f"monitor must name a history column such as 'val_loss', got {self.monitor!r}")
+        if self.min_delta < 0:
+            raise ValueError("min_delta must be >= 0")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError("grad_clip must be positive")
+        if self.num_workers < 0:
+            raise ValueError("num_workers must be >= 0")
+        if self.pin_memory not in ("auto", "on", "off"):
+            raise ValueError("pin_memory must be 'auto', 'on' or 'off'")
+        if self.class_weights is not None:
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+            if any(w < 0 or not math.isfinite(w) for w in self.class_weights):
+                raise ValueError("class_weights must be finite and >= 0")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, Path):
+            object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
+        object.__setattr__(self, "levels", tuple(int(lv) for lv in self.levels))
+        if not self.levels or any(lv not in (1, 2, 3) for lv in self.levels):
+            raise ValueError(f"levels must be a non-empty subset of (1, 2, 3), got {self.levels}")
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        """Resolved direction of :attr:`monitor`."""
+        if self.monitor_mode != "auto":
+            return self.monitor_mode
+        return "min" if self.monitor.rsplit("_l", 1)[0].endswith(("loss", "mae", "tv")) else "max"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Primitive-typed dict (paths as strings, tuples as lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = str(v) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw: dict[str, Any] = {}
+        for k, v in data.items():
+            if k not in names:
+                continue
+            if k == "checkpoint_dir" and v is not None:
+                v = Path(v)
+            elif isinstance(v, list):
+                v = tuple(v)
+            kw[k] = v
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """Return a copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- history
+
+
+def _nan_to_none(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+@dataclass
+class History:
+    """What a run recorded.
+
+    Attributes
+    ----------
+    epochs
+        One row per (possibly partial) epoch: ``epoch``, ``samples_seen``, ``train_loss``,
+        ``val_loss`` and ``val_<metric>_l<level>`` (metric in acc, miou, f1, mae, tv),
+        ``lr``, ``time`` (s since the start of training, resumes included),
+        ``epoch_time``, ``samples_per_s``, ``data_wait_share``.
+    samples
+        One row per ``log_every_samples`` / ``val_every_samples`` point, same columns
+        (``val_*`` only at validation points; ``train_loss`` is the mean since the
+        previous row).
+    meta
+        Run facts: ``stop_reason``, ``best_epoch``, ``best_value``, ``monitor``, ``device``,
+        ``amp``, ``total_steps``, model spec.
+    """
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self, kind: Literal["epochs", "samples"] = "epochs") -> list[dict[str, Any]]:
+        """The rows of one kind."""
+        if kind not in ("epochs", "samples"):
+            raise ValueError("kind must be 'epochs' or 'samples'")
+        return self.epochs if kind == "epochs" else self.samples
+
+    def column(
+        self, name: str, kind: Literal["epochs", "samples"] = "epochs"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(samples_seen, values)`` of the rows that have column ``name`` (float64 arrays)."""
+        rows = [r for r in self.rows(kind) if r.get(name) is not None]
+        x = np.array([r["samples_seen"] for r in rows], dtype=np.float64)
+        y = np.array([r[name] for r in rows], dtype=np.float64)
+        return x, y
+
+    def best(self, name: str, mode: Literal["min", "max"] = "max") -> dict[str, Any] | None:
+        """The epoch row with the best finite value of ``name`` (None when there is none)."""
+        rows = [r for r in self.epochs if isinstance(r.get(name), int | float) and math.isfinite(r[name])]
+        if not rows:
+            return None
+        return (min if mode == "min" else max)(rows, key=lambda r: r[name])
+
+    def samples_to_reach(
+        self,
+        name: str,
+        threshold: float,
+        *,
+        mode: Literal["min", "max"] = "max",
+        kind: Literal["epochs", "samples", "auto"] = "auto",
+    ) -> int | None:
+        """Training samples seen when ``name`` first reached ``threshold`` (None if never).
+
+        ``kind="auto"`` uses the per-sample rows when they hold ``name``, else the epoch rows.
+        """
+        if kind == "auto":
+            kind = "samples" if any(r.get(name) is not None for r in self.samples) else "epochs"
+        for r in self.rows(kind):
+            v = r.get(name)
+            if v is None or not math.isfinite(v):
+                continue
+            if (mode == "max" and v >= threshold) or (mode == "min" and v <= threshold):
+                return int(r["samples_seen"])
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (NaN as None)."""
+        return {
+            "epochs": [{k: _nan_to_none(v) for k, v in r.items()} for r in self.epochs],
+            "samples": [{k: _nan_to_none(v) for k, v in r.items()} for r in self.samples],
+            "meta": copy.deepcopy(self.meta),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> History:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            epochs=[dict(r) for r in data.get("epochs", [])],
+            samples=[dict(r) for r in data.get("samples", [])],
+            meta=dict(data.get("meta", {})),
+        )
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write the history as JSON (atomically)."""
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default))
+        tmp.replace(dest)
+        return dest
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> History:
+        """Read a history written by :meth:`to_json`."""
+        src = Path(path)
+        try:
+            return cls.from_dict(json.loads(src.read_text()))
+        except (OSError, ValueError) as exc:
+            raise InputFileError(src, f"not a readable training history ({exc})") from exc
+
+    def to_csv(self, path: str | Path, *, kind: Literal["epochs", "samples"] = "epochs") -> Path:
+        """Write one kind of rows as CSV (columns = union of the rows' keys, in first-seen order)."""
+        rows = self.rows(kind)
+        cols: list[str] = []
+        for r in rows:
+            cols.extend(k for k in r if k not in cols)
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=cols)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: ("" if _nan_to_none(r.get(k)) is None else r.get(k)) for k in cols})
+        tmp.replace(dest)
+        return dest
+
+    def _to_ckpt(self) -> dict[str, Any]:
+        return self.to_dict()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------- seeds & devices
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + 17) % 2**63
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: derive NumPy/Python seeds from torch's per-worker seed."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is a ConfigError."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' was asked for but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def _amp_setup(device: torch.device, amp: str) -> tuple[torch.dtype | None, bool]:
+    """Return (autocast dtype or None, use GradScaler)."""
+    if amp == "off" or device.type != "cuda":
+        return None, False
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_loader(
+    dataset: Dataset[Any],
+    config: TrainConfig,
+    *,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    batch_size: int | None = None,
+) -> DataLoader[Any]:
+    """A DataLoader following ``config``: batch size, workers, seeded generator.
+
+    Workers start with ``multiprocessing_context="spawn"`` (fork hangs once Dask has run
+    in the parent), persist across epochs, and get NumPy/Python seeds derived from
+    torch's per-worker seed. ``pin_memory`` follows ``config.pin_memory``.
+    """
+    device = resolve_device(config.device)
+    pin = config.pin_memory == "on" or (config.pin_memory == "auto" and device.type == "cuda")
+    workers = config.num_workers
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs.update(
+            multiprocessing_context="spawn",
+            persistent_workers=True,
+            prefetch_factor=config.prefetch_factor,
+            worker_init_fn=_seed_worker,
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size or config.batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=workers,
+        pin_memory=pin,
+        generator=torch.Generator().manual_seed(config.seed),
+        **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------- RNG state (weights_only-safe)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # legacy=True always gives a tuple
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {
+            "version": int(py_version),
+            "internal": torch.tensor(py_internal, dtype=torch.int64),
+            "gauss": py_gauss,
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# --------------------------------------------------------------------------- batches & evaluation
+
+
+def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    if isinstance(batch, Mapping):
+        try:
+            return batch["image"], batch["target"], batch.get("mask")
+        except KeyError as exc:
+            raise ValueError(f"batch dict needs 'image' and 'target' keys, has {sorted(batch)}") from exc
+    if isinstance(batch, list | tuple) and len(batch) in (2, 3):
+        return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
+    raise ValueError("a batch must be a dict with image/target/mask or an (image, target[, mask]) tuple")
+
+
+def _to(
+    batch: Any, device: torch.device, non_blocking: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    image, target, mask = _unpack(batch)
+    image = image.to(device, non_blocking=non_blocking).float()
+    target = target.to(device, non_blocking=non_blocking).float()
+    if mask is not None:
+        mask = mask.to(device, non_blocking=non_blocking).bool()
+    return image, target, mask
+
+
+@dataclass
+class EvalResult:
+    """Loss and metrics of a model on a loader."""
+
+    loss: float
+    metrics: SegmentationMetrics
+
+    def summary(self, prefix: str = "") -> dict[str, float]:
+        """Flat dict ``{prefix+"loss": ..., prefix+"acc_l3": ..., ...}``."""
+        out = {f"{prefix}loss": self.loss}
+        out.update({f"{prefix}{k}": v for k, v in self.metrics.compute().items() if k != "n_valid"})
+        return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    class_codes: Sequence[int],
+    loss_fn: LossFn | None = None,
+    device: str | torch.device = "auto",
+    amp: AmpMode = "auto",
+    levels: Sequence[int] = (1, 2, 3),
+    max_batches: int | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` (in eval mode, restored afterwards) on every batch of ``loader``.
+
+    The loss is the mean over batches weighted by their valid-pixel counts (so it equals
+    the masked mean over the whole set for unweighted losses).
+    """
+    dev = resolve_device(device)
+    dtype, _ = _amp_setup(dev, amp)
+    fn: LossFn = loss_fn if loss_fn is not None else SoftLabelLoss("ce").to(dev)
+    metrics = SegmentationMetrics(class_codes, levels=levels)
+    was_training = model.training
+    model.eval()
+    total, weight = 0.0, 0
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            image, target, mask = _to(batch, dev, non_blocking=False)
+            with _autocast(dev, dtype):
+                logits = model(image)
+            logits = logits.float()
+            loss = fn(logits, target, mask)
+            n = int(mask.sum()) if mask is not None else int(target[:, 0].numel())
+            total += float(loss) * n
+            weight += n
+            metrics.update(logits, target, mask)
+    finally:
+        model.train(was_training)
+    return EvalResult(loss=total / weight if weight else math.nan, metrics=metrics)
+
+
+# --------------------------------------------------------------------------- fit
+
+
+class _Stop(Exception):
+    pass
+
+
+def _loader_len(loader: Iterable[Any], config: TrainConfig) -> int:
+    if config.steps_per_epoch is not None:
+        return config.steps_per_epoch
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ConfigError("the training loader has no len(); set TrainConfig.steps_per_epoch") from exc
+
+
+def _reseed_loader(loader: Iterable[Any], seed: int, epoch: int) -> None:
+    gens = []
+    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        g = getattr(obj, "generator", None)
+        if isinstance(g, torch.Generator):
+            gens.append(g)
+    inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+    if isinstance(getattr(inner, "generator", None), torch.Generator):
+        gens.append(inner.generator)  # type: ignore[union-attr]
+    for g in {id(g): g for g in gens}.values():
+        g.manual_seed(_epoch_seed(seed, epoch))
+    dataset = getattr(loader, "dataset", None)
+    set_epoch = getattr(dataset, "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch)
+
+
+class _TensorBoard:
+    def __init__(self, directory: Path | None, enabled: bool) -> None:
+        self.writer: Any = None
+        if not enabled or directory is None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard not installed
+            warnings.warn("tensorboard is not installed; TensorBoard logging is off", stacklevel=3)
+            return
+        self.writer = SummaryWriter(log_dir=str(directory / "tb"))
+
+    def log(self, row: Mapping[str, Any], prefix: str) -> None:
+        if self.writer is None:
+            return
+        step = int(row["samples_seen"])
+        for k, v in row.items():
+            if isinstance(v, int | float) and k not in ("samples_seen",) and math.isfinite(v):
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None = None,
+    config: TrainConfig | None = None,
+    *,
+    class_codes: Sequence[int],
+    callbacks: Sequence[Callback] | None = None,
+    loss_fn: LossFn | None = None,
+) -> History:
+    """Train ``model`` and return its :class:`History`.
+
+    Parameters
+    ----------
+    model
+        Any module mapping ``(B, C, H, W)`` to logits ``(B, K, H, W)``; a
+        :class:`~landcover.models.SegmentationModel` also gets its spec stored in
+        checkpoints and ``best.pt``. Moved to the run's device in place.
+    train_loader, val_loader
+        Iterables of batches (see the module docstring). Without ``val_loader`` there are
+        no ``val_*`` columns and ``monitor`` must be a ``train_*`` column.
+    config
+        :class:`TrainConfig` (defaults when None).
+    class_codes
+        CLC code of each output channel (metrics per level).
+    callbacks
+        ``callback(kind, row)`` after each sample row (``"samples"``) and epoch row
+        (``"epoch"``); returning True stops the run like an interruption.
+    loss_fn
+        ``loss(logits, target, mask) -> scalar``; default from ``config.loss`` and
+        ``config.class_weights``.
+
+    Returns
+    -------
+    History
+        Rows per epoch and per N samples; ``meta["stop_reason"]`` is one of
+        ``"completed"``, ``"max_samples"``, ``"early_stopping"``, ``"callback"``.
+    """
+    cfg = config if config is not None else TrainConfig()
+    codes = [int(c) for c in class_codes]
+    if val_loader is None and cfg.monitor.startswith("val_") and cfg.patience is not None:
+        raise ConfigError("early stopping on a val_* column needs a val_loader")
+    device = resolve_device(cfg.device)
+    amp_dtype, use_scaler = _amp_setup(device, cfg.amp)
+    ckdir = cfg.checkpoint_dir
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _fit(
+            model,
+            train_loader,
+            val_loader,
+            cfg,
+            codes,
+            callbacks or [],
+            loss_fn,
+            device,
+            amp_dtype,
+            use_scaler,
+            ckdir,
+        )
+    finally:
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(prev_det, warn_only=True)
+
+
+def _fit(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None,
+    cfg: TrainConfig,
+    codes: list[int],
+    callbacks: Sequence[Callback],
+    loss_fn: LossFn | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    use_scaler: bool,
+    ckdir: Path | None,
+) -> History:
+    from tqdm.auto import tqdm
+
+    resume_state: dict[str, Any] | None = None
+    if cfg.resume and ckdir is not None and (ckdir / LAST_CHECKPOINT).is_file():
+        resume_state = load_checkpoint(ckdir / LAST_CHECKPOINT)
+        if resume_state.get("format") != _CKPT_FORMAT:
+            raise InputFileError(ckdir / LAST_CHECKPOINT, "not a landcover training checkpoint")
+    if resume_state is None:
+        seed_everything(cfg.seed)
+
+    model.to(device)
+    fn: LossFn
+    if loss_fn is not None:
+        fn = loss_fn
+    else:
+        fn = SoftLabelLoss(cfg.loss, class_weights=cfg.class_weights).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = _loader_len(train_loader, cfg)
+    batch_size = getattr(train_loader, "batch_size", None) or cfg.batch_size
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_samples is not None:
+        total_steps = min(total_steps, math.ceil(cfg.max_samples / batch_size))
+    total_steps = max(total_steps, 1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=cfg.lr,
+        total_steps=total_steps,
+        pct_start=cfg.pct_start,
+        div_factor=cfg.div_factor,
+        final_div_factor=cfg.final_div_factor,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    spec = getattr(model, "spec", None)
+    spec_dict = spec.to_dict() if spec is not None and hasattr(spec, "to_dict") else None
+
+    history = History(
+        meta={
+            "monitor": cfg.monitor,
+            "mode": cfg.mode,
+            "device": str(device),
+            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
+            "total_steps": total_steps,
+            "steps_per_epoch": steps_per_epoch,
+            "batch_size": batch_size,
+            "class_codes": codes,
+            "config": cfg.to_dict(),
+            "model_spec": spec_dict,
+        }
+    )
+    start_epoch, samples_seen, step, elapsed_before = 0, 0, 0, 0.0
+    best_value: float | None = None
+    bad_epochs = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        history = History.from_dict(resume_state["history"])
+        start_epoch = int(resume_state["epoch"])
+        samples_seen = int(resume_state["samples_seen"])
+        step = int(resume_state["step"])
+        elapsed_before = float(resume_state["elapsed"])
+        best_value = resume_state["best_value"]
+        bad_epochs = int(resume_state["bad_epochs"])
+        _set_rng_state(resume_state["rng"])
+        if resume_state.get("done"):
+            return history
+
+    tb = _TensorBoard(ckdir, cfg.tensorboard)
+    non_blocking = device.type == "cuda"
+    t_start = time.perf_counter() - elapsed_before
+    last_log_mark = samples_seen // cfg.log_every_samples if cfg.log_every_samples else 0
+    last_val_mark = samples_seen // cfg.val_every_samples if cfg.val_every_samples else 0
+    win_loss, win_n, win_wait, win_compute = 0.0, 0, 0.0, 0.0
+    stop_reason = "completed"
+
+    def validate(prefix: str = "val_") -> dict[str, float]:
+        if val_loader is None:
+            return {}
+        amp: AmpMode = "off" if amp_dtype is None else "auto"
+        res = evaluate(
+            model, val_loader, class_codes=codes, loss_fn=fn, device=device, amp=amp, levels=cfg.levels
+        )
+        return res.summary(prefix)
+
+    def emit(kind: str, row: dict[str, Any]) -> bool:
+        tb.log(row, kind)
+        stop = False
+        for cb in callbacks:
+            stop = bool(cb(kind, row)) or stop
+        return stop
+
+    def checkpoint(epoch_done: int, done: bool) -> None:
+        if ckdir is None:
+            return
+        history.meta.update(best_value=best_value)
+        state = {
+            "format": _CKPT_FORMAT,
+            "spec": spec_dict,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": _rng_state(),
+            "history": history.to_dict(),
+            "config": cfg.to_dict(),
+            "epoch": epoch_done,
+            "samples_seen": samples_seen,
+            "step": step,
+            "elapsed": time.perf_counter() - t_start,
+            "best_value": best_value,
+            "bad_epochs": bad_epochs,
+            "done": done,
+        }
+        save_checkpoint(ckdir / LAST_CHECKPOINT, state)
+        history.to_json(ckdir / "history.json")
+        history.to_csv(ckdir / "history_epochs.csv", kind="epochs")
+        if history.samples:
+            history.to_csv(ckdir / "history_samples.csv", kind="samples")
+
+    model.train()
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            _reseed_loader(train_loader, cfg.seed, epoch)
+            ep_loss, ep_n, ep_wait, ep_compute, ep_samples = 0.0, 0, 0.0, 0.0, 0
+            t_epoch = time.perf_counter()
+            bar = tqdm(
+                total=steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not cfg.progress,
+                leave=False,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+            budget_hit = False
+            callback_stop = False
+            t_end = time.perf_counter()
+            for i, batch in enumerate(train_loader):
+                if i >= steps_per_epoch:
+                    break
+                t_got = time.perf_counter()
+                wait = t_got - t_end
+                image, target, mask = _to(batch, device, non_blocking)
+                with _autocast(device, amp_dtype):
+                    logits = model(image)
+                loss = fn(logits.float(), target, mask)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                if scheduler.last_epoch < total_steps:
+                    scheduler.step()
+                loss_value = float(loss.detach())
+                step += 1
+                bs = int(image.shape[0])
+                samples_seen += bs
+                ep_samples += bs
+                compute = time.perf_counter() - t_got
+                ep_loss += loss_value * bs
+                ep_n += bs
+                ep_wait += wait
+                ep_compute += compute
+                win_loss += loss_value * bs
+                win_n += bs
+                win_wait += wait
+                win_compute += compute
+                bar.update(1)
+                if cfg.progress:
+                    bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+                budget_hit = cfg.max_samples is not None and samples_seen >= cfg.max_samples
+                log_mark = samples_seen // cfg.log_every_samples if cfg.log_every_samples else 0
+                val_mark = samples_seen // cfg.val_every_samples if cfg.val_every_samples else 0
+                if log_mark > last_log_mark or val_mark > last_val_mark:
+                    row: dict[str, Any] = {
+                        "epoch": epoch + (i + 1) / steps_per_epoch,
+                        "samples_seen": samples_seen,
+                        "step": step,
+                        "train_loss": win_loss / max(win_n, 1),
+                        "lr": scheduler.get_last_lr()[0],
+                        "time": time.perf_counter() - t_start,
+                        "data_wait_share": win_wait / max(win_wait + win_compute, 1e-12),
+                    }
+                    if val_mark > last_val_mark:
+                        row.update(validate())
+                    last_log_mark, last_val_mark = log_mark, val_mark
+                    win_loss, win_n, win_wait, win_compute = 0.0, 0, 0.0, 0.0
+                    history.samples.append(row)
+                    if emit("samples", row):
+                        callback_stop = True
+                if budget_hit or callback_stop:
+                    break
+                t_end = time.perf_counter()
+            bar.close()
+            epoch_time = time.perf_counter() - t_epoch
+            row = {
+                "epoch": epoch + 1,
+                "samples_seen": samples_seen,
+                "step": step,
+                "train_loss": ep_loss / ep_n if ep_n else math.nan,
+                "lr": scheduler.get_last_lr()[0],
+                "time": time.perf_counter() - t_start,
+                "epoch_time": epoch_time,
+                "samples_per_s": ep_samples / max(ep_wait + ep_compute, 1e-12),
+                "data_wait_share": ep_wait / max(ep_wait + ep_compute, 1e-12),
+            }
+            row.update(validate())
+            row["epoch_time"] = time.perf_counter() - t_epoch
+            history.epochs.append(row)
+
+            value = row.get(cfg.monitor)
+            improved = False
+            if value is not None and math.isfinite(value):
+                if best_value is None:
+                    improved = True
+                elif cfg.mode == "min":
+                    improved = value < best_value - cfg.min_delta
+                else:
+                    improved = value > best_value + cfg.min_delta
+            if improved:
+                best_value = float(value)  # type: ignore[arg-type]
+                bad_epochs = 0
+                history.meta.update(best_epoch=epoch + 1, best_value=best_value)
+                if ckdir is not None and hasattr(model, "spec"):
+                    save_model(ckdir / BEST_MODEL, model, history_row=_primitive_row(row))  # type: ignore[arg-type]
+            else:
+                bad_epochs += 1
+            early = cfg.patience is not None and bad_epochs >= cfg.patience
+            done = budget_hit or early or epoch + 1 == cfg.epochs
+            if budget_hit:
+                stop_reason = "max_samples"
+            elif early:
+                stop_reason = "early_stopping"
+            history.meta["stop_reason"] = stop_reason if done else "interrupted"
+            checkpoint(epoch + 1, done)
+            if emit("epoch", row) or callback_stop:
+                stop_reason = "callback"
+                raise _Stop
+            if done:
+                break
+    except _Stop:
+        pass
+    finally:
+        tb.close()
+    history.meta["stop_reason"] = stop_reason
+    return history
+
+
+def _primitive_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if isinstance(v, int | float | str | None)}
+
+
+# --------------------------------------------------------------------------- lr_find
+
+
+@dataclass
+class LRFindResult:
+    """Outcome of :func:`lr_find`.
+
+    Attributes
+    ----------
+    lrs, losses, raw_losses
+        Learning rates tried and the bias-corrected exponentially smoothed / raw losses.
+    lr_steep
+        LR at the steepest descent of the smoothed loss against ``log10(lr)``.
+    lr_min10
+        LR of the minimum smoothed loss divided by 10.
+    suggestion
+        The suggested peak LR (``lr_steep`` or ``lr_min10`` per ``method``).
+    method
+        ``"steep"`` or ``"min10"``.
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    raw_losses: list[float]
+    lr_steep: float
+    lr_min10: float
+    suggestion: float
+    method: str
+
+    def plot(self, path: str | Path) -> Path:
+        """Write the loss-vs-LR plot as PNG (see :func:`landcover.plotting.plot_lr_find`)."""
+        from .plotting import plot_lr_find
+
+        return plot_lr_find(self, path)
+
+
+def lr_find(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_steps: int = 100,
+    beta: float = 0.98,
+    diverge: float = 4.0,
+    weight_decay: float = 1e-4,
+    method: Literal["steep", "min10"] = "steep",
+    loss_fn: LossFn | None = None,
+    device: str | torch.device = "auto",
+    amp: AmpMode = "auto",
+    seed: int = 0,
+    plot_path: str | Path | None = None,
+) -> LRFindResult:
+    """LR range test (Smith 2015, as in fastai): exponentially increase the LR, record the loss.
+
+    The model's weights and the global RNG state are restored afterwards. The sweep stops
+    early when the smoothed loss exceeds ``diverge`` times its minimum (or turns NaN).
+
+    Parameters
+    ----------
+    model, loader
+        As for :func:`fit`; the loader is cycled if it has fewer than ``num_steps`` batches.
+    start_lr, end_lr, num_steps
+        Geometric LR sweep ``start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))``.
+    beta
+        Smoothing factor of the exponential moving average (bias-corrected).
+    method
+        Which heuristic gives ``suggestion``: ``"steep"`` (steepest descent; the first 10 %
+        and last 5 % of points are skipped, as fastai does) or ``"min10"``.
+    plot_path
+        When given, the plot is written there as PNG.
+    """
+    if not 0 < start_lr < end_lr:
+        raise ValueError("need 0 < start_lr < end_lr")
+    if num_steps < 5:
+        raise ValueError("num_steps must be >= 5")
+    dev = resolve_device(device)
+    dtype, use_scaler = _amp_setup(dev, amp)
+    saved = copy.deepcopy(model.state_dict())
+    was_training = model.training
+    fn: LossFn = loss_fn if loss_fn is not None else SoftLabelLoss("ce").to(dev)
+    lrs: list[float] = []
+    raw: list[float] = []
+    smooth: list[float] = []
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            model.to(dev)
+            model.train()
+            opt = torch.optim.AdamW(model.parameters(), lr=start_lr, weight_decay=weight_decay)
+            scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
+            factor = (end_lr / start_lr) ** (1.0 / (num_steps - 1))
+            avg, best = 0.0, math.inf
+            it = iter(loader)
+            for i in range(num_steps):
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    it = iter(loader)
+                    batch = next(it)
+                lr = start_lr * factor**i
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                image, target, mask = _to(batch, dev, non_blocking=False)
+                with _autocast(dev, dtype):
+                    logits = model(image)
+                loss = fn(logits.float(), target, mask)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                value = float(loss.detach())
+                avg = beta * avg + (1 - beta) * value
+                sm = avg / (1 - beta ** (i + 1))
+                lrs.append(lr)
+                raw.append(value)
+                smooth.append(sm)
+                if not math.isfinite(sm) or (i > 0 and sm > diverge * best):
+                    break
+                best = min(best, sm)
+    finally:
+        model.load_state_dict(saved)
+        model.train(was_training)
+    lr_steep, lr_min10 = _suggest(lrs, smooth)
+    result = LRFindResult(
+        lrs=lrs,
+        losses=smooth,
+        raw_losses=raw,
+        lr_steep=lr_steep,
+        lr_min10=lr_min10,
+        suggestion=lr_steep if method == "steep" else lr_min10,
+        method=method,
+    )
+    if plot_path is not None:
+        result.plot(plot_path)
+    return result
+
+
+def _suggest(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, float]:
+    lr = np.asarray(lrs, dtype=np.float64)
+    loss = np.asarray(losses, dtype=np.float64)
+    finite = np.isfinite(loss)
+    lr, loss = lr[finite], loss[finite]
+    if lr.size < 3:
+        v = float(lr[0]) if lr.size else math.nan
+        return v, v / 10
+    i_min = int(np.argmin(loss))
+    lr_min10 = float(lr[i_min] / 10)
+    skip_start = max(1, lr.size // 10)
+    skip_end = max(1, lr.size // 20)
+    lo, hi = skip_start, lr.size - skip_end
+    if hi - lo < 2:
+        lo, hi = 0, lr.size
+    grad = np.gradient(loss[lo:hi], np.log10(lr[lo:hi]))
+    lr_steep = float(lr[lo + int(np.argmin(grad))])
+    return lr_steep, lr_min10
