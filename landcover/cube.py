@@ -1,0 +1,864 @@
+"""Align, intersect and mask Landsat scenes and CORINE labels into one lazy cube.
+
+:func:`assemble_cube` builds the cube as a lazy (Dask-backed) ``xr.Dataset`` that
+is exactly what gets stored (raw integer encodings, see :mod:`landcover.schema`
+and ``docs/cube-schema.md``); :func:`build_cube` hands it to
+:func:`landcover.store.write_cube`, the only writer.
+
+Grid
+----
+``grid=None`` (``"scene"``)
+    The scenes' own UTM grid: every scene must lie on the grid of the first one
+    (same CRS, resolution and pixel phase; neighbouring rows of one path do), and
+    no imagery is resampled. The cube covers the union of the scenes cropped to
+    the bounding box of the CORINE raster (in whole pixels).
+``"utm-first"``
+    The CRS and pixel phase of the first scene; other scenes (e.g. from a
+    neighbouring UTM zone) are resampled onto it. Union of the scenes, cropped to CORINE.
+any CRS (``"EPSG:3035"``)
+    A grid in that CRS with ``resolution`` (default: the first scene's) and edges
+    on multiples of the resolution. Union of the scenes, cropped to CORINE.
+a :class:`~landcover.grid.Grid`
+    Used exactly as given (NODATA where there is no scene or no CORINE).
+
+Where a scene is not aligned with the cube grid it is resampled lazily, one output
+chunk at a time from the source window that chunk needs: bilinear for
+reflectance and thermal (fill excluded from the weights), nearest for QA. The
+cube attribute ``resampling`` records what was done.
+
+NODATA, both ways
+-----------------
+* ``label_ok (y, x)`` = CORINE coverage >= ``min_coverage`` (fractions defined).
+* ``usable (time, y, x)`` = the scene covers the pixel, no reflective band is fill
+  and QA passes the usable policy (default: not cloud, dilated cloud or shadow).
+* ``valid = usable & label_ok``.
+* ``reflectance`` and ``thermal`` are set to fill (0) wherever ``label_ok`` is
+  false (for every time step); cloudy pixels keep their values (``valid`` is False).
+* ``labels`` are set to fill (255) wherever the pixel is valid at no time step
+  (``~valid.any("time")``), i.e. no label where there is no usable image.
+* ``coverage`` is stored unmasked; ``qa_pixel`` is the raw bit field (fill bit
+  set, value 1, outside the scene), not masked by labels.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from . import schema
+from ._version import __version__
+from .errors import ConfigError, EmptyOverlapError, GridMismatchError, InputFileError
+from .grid import Grid
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray as xr
+    from distributed import Client
+
+    from .landsat import UsablePolicy
+
+__all__ = [
+    "GridSpec",
+    "REFLECTANCE_SCALE",
+    "REFLECTANCE_OFFSET",
+    "THERMAL_SCALE",
+    "THERMAL_OFFSET",
+    "QA_FILL",
+    "target_grid",
+    "assemble_cube",
+    "build_cube",
+]
+
+GridSpec = Grid | str | None
+"""``None``/``"scene"``, ``"utm-first"``, a CRS string such as ``"EPSG:3035"``, or a :class:`Grid`."""
+
+REFLECTANCE_SCALE = 2.75e-05
+REFLECTANCE_OFFSET = -0.2
+THERMAL_SCALE = 0.00341802
+THERMAL_OFFSET = 149.0
+QA_FILL = 1
+"""QA_PIXEL value stored where no scene covers the pixel (only the fill bit set)."""
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scene:
+    path: str
+    ds: Any  # xr.Dataset, lazy
+    grid: Grid
+    time: np.datetime64
+    product_id: str
+
+
+def _open_scenes(scenes: Sequence[str | os.PathLike[str]], chunk: int) -> list[_Scene]:
+    from .landsat import open_scene
+
+    out: list[_Scene] = []
+    for p in scenes:
+        ds = open_scene(p, chunks={"y": chunk, "x": chunk, "band": -1})
+        grid = Grid.from_xarray(ds)
+        t = np.datetime64(ds["time"].values, "ns")
+        out.append(_Scene(str(p), ds, grid, t, str(ds.attrs.get("product_id", Path(p).name))))
+    times = [s.time for s in out]
+    dup = {str(t) for t in times if times.count(t) > 1}
+    if dup:
+        raise ConfigError(
+            f"several scenes have the same acquisition time {sorted(dup)}; give each scene once"
+        )
+    return sorted(out, key=lambda s: s.time)
+
+
+def _clc_grid(corine: str | os.PathLike[str]) -> Grid:
+    return Grid.from_raster(corine)
+
+
+def _label_fractions(
+    corine: str | os.PathLike[str], grid: Grid, *, level: int, min_coverage: float, chunk: int
+) -> tuple[Any, Any, dict[str, Any]]:
+    """``(fractions (class, y, x) float32 NaN=NODATA, coverage (y, x) float32, attrs)`` on ``grid``."""
+    import xarray as xr
+
+    from . import corine as clc_mod
+
+    clc = clc_mod.read_clc(corine)
+    res = clc_mod.fractions(clc, grid, level=level, min_coverage=min_coverage, chunks=chunk)
+    if isinstance(res, xr.Dataset):
+        name = "fractions" if "fractions" in res else next(iter(res.data_vars))
+        frac = res[name]
+        cov = res["coverage"] if "coverage" in res else None
+        attrs = {**res.attrs, **frac.attrs}
+    else:
+        frac = res
+        cov = res.coords.get("coverage")
+        attrs = dict(res.attrs)
+    if cov is None:
+        cov = frac.notnull().any("class").astype("float32")
+    frac = frac.drop_vars([c for c in frac.coords if c not in ("class", "y", "x")])
+    cov = cov.drop_vars([c for c in cov.coords if c not in ("y", "x")])
+    return frac, cov, attrs
+
+
+# -- grid ------------------------------------------------------------------------------------------
+
+
+def _union_bounds(bounds: Sequence[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
+    return (
+        min(b[0] for b in bounds),
+        min(b[1] for b in bounds),
+        max(b[2] for b in bounds),
+        max(b[3] for b in bounds),
+    )
+
+
+def _crop(grid: Grid, bounds: tuple[float, float, float, float], what: str) -> Grid:
+    rows, cols = grid.window_of_bounds(bounds)  # raises EmptyOverlapError
+    return grid.subgrid(rows, cols)
+
+
+def target_grid(
+    scene_grids: Sequence[Grid],
+    clc_grid: Grid,
+    *,
+    grid: GridSpec = None,
+    resolution: float | None = None,
+    names: Sequence[str] = (),
+    clc_name: str = "CORINE",
+) -> Grid:
+    """The cube grid for scenes on ``scene_grids`` and a CORINE raster on ``clc_grid``.
+
+    See the module docstring for the meaning of ``grid``. Raises
+    :class:`EmptyOverlapError` (naming the scene and the CORINE file) when a scene
+    does not overlap CORINE, and :class:`GridMismatchError` when ``grid=None`` and
+    the scenes are not on one grid.
+    """
+    if not scene_grids:
+        raise ConfigError("no scenes given")
+    names = list(names) or [f"scene {i}" for i in range(len(scene_grids))]
+    first = scene_grids[0]
+    for g, n in zip(scene_grids, names, strict=True):
+        try:
+            clc_b = clc_grid.bounds_in(g.crs)
+            g.window_of_bounds(clc_b)
+        except EmptyOverlapError:
+            raise EmptyOverlapError(
+                f"{n}: the scene does not overlap the CORINE raster {clc_name} "
+                f"(scene bounds {tuple(round(v) for v in g.bounds)} in {g.crs.to_string()}, "
+                f"CORINE bounds {tuple(round(v) for v in clc_b)} there)"
+            ) from None
+    if isinstance(grid, Grid):
+        out = grid
+    elif grid is None or grid == "scene":
+        for g, n in zip(scene_grids[1:], names[1:], strict=True):
+            if not first.is_aligned(g):
+                raise GridMismatchError(
+                    f"{n} is not on the grid of {names[0]} ({g!r} vs {first!r}); "
+                    'build on a common grid with grid="utm-first" or grid="EPSG:3035" (--grid)'
+                )
+        rx, ry = first.resolution
+        anchor = (first.transform.c % rx, first.transform.f % ry)
+        union = Grid.from_bounds(
+            _union_bounds([g.bounds for g in scene_grids]), first.crs, resolution=(rx, ry), anchor=anchor
+        )
+        out = _crop(union, clc_grid.bounds_in(first.crs), "CORINE")
+    else:
+        if grid == "utm-first":
+            crs = first.crs
+            rx, ry = first.resolution if resolution is None else (resolution, resolution)
+            anchor: tuple[float, float] = (first.transform.c % rx, first.transform.f % ry)
+        else:
+            from rasterio.crs import CRS
+
+            try:
+                crs = CRS.from_user_input(grid)
+            except Exception as exc:  # noqa: BLE001 - rasterio raises several types
+                raise ConfigError(
+                    f"grid {grid!r} is neither 'scene', 'utm-first' nor a CRS ({exc})"
+                ) from None
+            rx, ry = first.resolution if resolution is None else (resolution, resolution)
+            anchor = (0.0, 0.0)
+        union_b = _union_bounds([g.bounds_in(crs) for g in scene_grids])
+        union = Grid.from_bounds(union_b, crs, resolution=(rx, ry), anchor=anchor)
+        out = _crop(union, clc_grid.bounds_in(crs), "CORINE")
+    return out
+
+
+# -- placing a scene on the cube grid ------------------------------------------------------------
+
+
+def _place_aligned(arr: Any, src: Grid, dst: Grid, fill: float | int, chunk: int) -> Any:
+    """Slice/pad a Dask array ``(..., y, x)`` on ``src`` onto the aligned grid ``dst`` (no resampling)."""
+    import dask.array as da
+
+    r0, c0 = dst.offset_of(src)  # src upper-left in dst pixels
+    sr0, sc0 = max(-r0, 0), max(-c0, 0)
+    sr1, sc1 = min(src.height, dst.height - r0), min(src.width, dst.width - c0)
+    lead = arr.shape[:-2]
+    if sr1 <= sr0 or sc1 <= sc0:
+        return da.full(lead + dst.shape, fill, dtype=arr.dtype, chunks=lead + (chunk, chunk))
+    piece = arr[..., sr0:sr1, sc0:sc1]
+    top, left = r0 + sr0, c0 + sc0
+    pad = [(0, 0)] * len(lead) + [
+        (top, dst.height - top - (sr1 - sr0)),
+        (left, dst.width - left - (sc1 - sc0)),
+    ]
+    if any(p != (0, 0) for p in pad):
+        piece = da.pad(piece, pad, mode="constant", constant_values=fill)
+    return piece.rechunk(lead + (chunk, chunk))
+
+
+def _reproject_block(
+    src: np.ndarray,
+    src_grid: Grid,
+    dst_grid: Grid,
+    method: Literal["bilinear", "nearest"],
+    fill: float | int,
+) -> np.ndarray:
+    from rasterio.warp import Resampling, reproject
+
+    lead = src.shape[:-2]
+    out = np.full(lead + dst_grid.shape, fill, dtype=src.dtype)
+    src3 = src.reshape((-1,) + src.shape[-2:])
+    out3 = out.reshape((-1,) + dst_grid.shape)
+    nodata = np.nan if np.issubdtype(src.dtype, np.floating) else None
+    for i in range(src3.shape[0]):
+        reproject(
+            np.ascontiguousarray(src3[i]),
+            out3[i],
+            src_transform=src_grid.transform,
+            src_crs=src_grid.crs,
+            dst_transform=dst_grid.transform,
+            dst_crs=dst_grid.crs,
+            src_nodata=nodata,
+            dst_nodata=fill if nodata is not None else None,
+            resampling=Resampling.bilinear if method == "bilinear" else Resampling.nearest,
+            init_dest_nodata=True,
+            num_threads=1,
+        )
+    return out
+
+
+def _place_resampled(
+    arr: Any, src: Grid, dst: Grid, fill: float | int, chunk: int, method: Literal["bilinear", "nearest"]
+) -> Any:
+    """Lazily resample a Dask array ``(..., y, x)`` on ``src`` onto ``dst``, one output chunk per task."""
+    import dask
+    import dask.array as da
+
+    lead = arr.shape[:-2]
+    rows: list[list[Any]] = []
+    fn = dask.delayed(_reproject_block, pure=True)
+    for r in range(0, dst.height, chunk):
+        row: list[Any] = []
+        for c in range(0, dst.width, chunk):
+            sub = dst.subgrid(slice(r, min(r + chunk, dst.height)), slice(c, min(c + chunk, dst.width)))
+            shape = lead + sub.shape
+            try:
+                rs, cs = src.window_of_bounds(sub.bounds_in(src.crs))
+            except EmptyOverlapError:
+                row.append(da.full(shape, fill, dtype=arr.dtype, chunks=shape))
+                continue
+            pad = 2  # bilinear needs neighbours beyond the footprint
+            rs = slice(max(rs.start - pad, 0), min(rs.stop + pad, src.height))
+            cs = slice(max(cs.start - pad, 0), min(cs.stop + pad, src.width))
+            block = fn(arr[..., rs, cs], src.subgrid(rs, cs), sub, method, fill)
+            row.append(da.from_delayed(block, shape=shape, dtype=arr.dtype))
+        rows.append(row)
+    nested: Any = rows
+    for _ in lead:
+        nested = [nested]
+    return da.block(nested)
+
+
+def _place(arr: Any, src: Grid, dst: Grid, fill: float | int, chunk: int, method: Any) -> Any:
+    if dst.is_aligned(src):
+        return _place_aligned(arr, src, dst, fill, chunk)
+    return _place_resampled(arr, src, dst, fill, chunk, method)
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+
+def _encode_u16(x: np.ndarray, keep: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """Decoded float -> raw uint16 (1..65535), 0 where NaN or not ``keep`` (broadcast)."""
+    x64 = x.astype("float64")
+    ok = np.isfinite(x64) & keep
+    raw = np.rint((np.where(ok, x64, offset) - offset) / scale)
+    raw = np.clip(raw, 1, 65535)
+    return np.where(ok, raw, 0).astype("uint16")
+
+
+def _encode_labels(frac: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    out = schema.encode_fractions(frac)
+    out[:, ~keep[0]] = schema.LABEL_FILL
+    return out
+
+
+def _encode_coverage(cov: np.ndarray) -> np.ndarray:
+    c = cov.astype("float32")
+    out = np.rint(np.clip(np.nan_to_num(c, nan=0.0), 0, 1) * schema.LABEL_STEPS).astype("uint8")
+    out[np.isnan(c)] = schema.LABEL_FILL
+    return out
+
+
+# -- the lazy cube ---------------------------------------------------------------------------------
+
+
+def _scene_layers(
+    scene: _Scene, dst: Grid, chunk: int, policy: UsablePolicy | None
+) -> tuple[Any, Any, Any, Any, str]:
+    """``(reflectance, thermal, qa, usable, resampling)`` of one scene on ``dst`` (lazy, decoded)."""
+    import dask.array as da
+    import xarray as xr
+
+    from .landsat import usable_mask
+
+    ds = scene.ds
+    aligned = dst.is_aligned(scene.grid)
+    refl = _place(ds["reflectance"].data, scene.grid, dst, np.float32(np.nan), chunk, "bilinear")
+    if "thermal" in ds:
+        th = _place(ds["thermal"].data, scene.grid, dst, np.float32(np.nan), chunk, "bilinear")
+    else:
+        th = da.full(dst.shape, np.nan, dtype="float32", chunks=chunk)
+    if "qa_pixel" in ds:
+        qa = _place(ds["qa_pixel"].data, scene.grid, dst, np.uint16(QA_FILL), chunk, "nearest")
+    else:
+        qa = None
+    coords = {"band": ds["band"].values, **dst.coords()}
+    tmp = xr.Dataset({"reflectance": (("band", "y", "x"), refl)}, coords=coords)
+    if qa is not None:
+        tmp["qa_pixel"] = (("y", "x"), qa)
+    usable = usable_mask(tmp, policy).data
+    if qa is None:
+        qa = da.where(usable, np.uint16(0), np.uint16(QA_FILL)).astype("uint16")
+    return refl, th, qa, usable, "none" if aligned else "bilinear (reflectance, thermal), nearest (qa_pixel)"
+
+
+def _layers_on_grid(
+    scenes: Sequence[_Scene], dst: Grid, chunk: int, policy: UsablePolicy | None, label_ok: Any
+) -> tuple[dict[str, Any], list[str]]:
+    """Raw-encoded time-dependent arrays of ``scenes`` on ``dst`` (lazy)."""
+    import dask.array as da
+
+    refl_l, th_l, qa_l, valid_l, how = [], [], [], [], []
+    keep2 = label_ok  # (y, x) bool
+    for s in scenes:
+        refl, th, qa, usable, resampling = _scene_layers(s, dst, chunk, policy)
+        refl_l.append(
+            da.map_blocks(
+                _encode_u16, refl, keep2[None], REFLECTANCE_SCALE, REFLECTANCE_OFFSET, dtype="uint16"
+            )
+        )
+        th_l.append(da.map_blocks(_encode_u16, th, keep2, THERMAL_SCALE, THERMAL_OFFSET, dtype="uint16"))
+        qa_l.append(qa)
+        valid_l.append(usable & keep2)
+        how.append(resampling)
+    arrays = {
+        "reflectance": da.stack(refl_l, axis=0),
+        "thermal": da.stack(th_l, axis=0),
+        "qa_pixel": da.stack(qa_l, axis=0),
+        "valid": da.stack(valid_l, axis=0),
+    }
+    return arrays, how
+
+
+def _class_attrs(codes: Sequence[int], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``class_names``/``class_colors`` from the CORINE legend (best effort)."""
+    out: dict[str, Any] = {}
+    for key in ("class_names", "class_colors", "clc_version"):
+        if key in extra:
+            out[key] = extra[key]
+    if "class_names" in out and "class_colors" in out:
+        return out
+    try:
+        from . import corine as clc_mod
+
+        legend = getattr(clc_mod, "LEGEND", None) or getattr(clc_mod, "legend", None)
+        if callable(legend):
+            legend = legend()
+        names, colors = [], []
+        for code in codes:
+            entry = legend[int(code)] if legend is not None else None
+            names.append(str(getattr(entry, "name", entry.get("name") if isinstance(entry, dict) else code)))
+            rgb = getattr(entry, "rgb", None) or getattr(entry, "color", None)
+            colors.append([int(v) for v in rgb][:3] if rgb is not None else [0, 0, 0])
+        out.setdefault("class_names", names)
+        out.setdefault("class_colors", colors)
+    except Exception:  # noqa: BLE001 - legend lookup is cosmetic; never fail a build on it
+        pass
+    return out
+
+
+def assemble_cube(
+    scenes: Sequence[str | os.PathLike[str]],
+    corine: str | os.PathLike[str],
+    *,
+    grid: GridSpec = None,
+    resolution: float | None = None,
+    level: Literal[1, 2, 3] = 3,
+    min_coverage: float = 0.5,
+    policy: UsablePolicy | None = None,
+    chunk: int = schema.DEFAULT_CHUNK,
+) -> xr.Dataset:
+    """The cube as a lazy Dataset, exactly as it will be stored (raw encodings).
+
+    Parameters
+    ----------
+    scenes
+        Landsat products (anything :func:`landcover.landsat.open_scene` accepts);
+        one ``time`` step each, sorted by acquisition time.
+    corine
+        CORINE Land Cover raster (any CRS; see :mod:`landcover.corine`).
+    grid, resolution
+        Cube grid, see the module docstring.
+    level
+        CLC nomenclature level of the ``labels`` classes.
+    min_coverage
+        Minimum share of a pixel covered by valid CORINE for its label to be valid.
+    policy
+        Usable-pixel QA policy (default :class:`landcover.landsat.UsablePolicy`).
+    chunk
+        Spatial chunk size (pixels) of every lazy array (and of the store).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``reflectance (time, band, y, x)`` uint16, ``thermal (time, y, x)`` uint16,
+        ``qa_pixel (time, y, x)`` uint16, ``valid (time, y, x)`` bool,
+        ``labels (class, y, x)`` uint8, ``coverage (y, x)`` uint8, CF attrs,
+        ``spatial_ref``, provenance attrs. Nothing is computed.
+    """
+    if not 0 < min_coverage <= 1:
+        raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage}")
+    if chunk < 16:
+        raise ValueError(f"chunk must be at least 16 pixels, got {chunk}")
+    opened = _open_scenes(scenes, chunk)
+    clc_grid = _clc_grid(corine)
+    dst = target_grid(
+        [s.grid for s in opened], clc_grid, grid=grid, resolution=resolution,
+        names=[s.path for s in opened], clc_name=str(corine),
+    )  # fmt: skip
+    return _assemble(
+        opened,
+        corine,
+        dst,
+        level=level,
+        min_coverage=min_coverage,
+        policy=policy,
+        chunk=chunk,
+        grid_mode=_grid_mode(grid),
+    )
+
+
+def _grid_mode(grid: GridSpec) -> str:
+    if isinstance(grid, Grid):
+        return "explicit"
+    return "scene" if grid is None else str(grid)
+
+
+def _assemble(
+    opened: Sequence[_Scene],
+    corine: str | os.PathLike[str],
+    dst: Grid,
+    *,
+    level: int,
+    min_coverage: float,
+    policy: UsablePolicy | None,
+    chunk: int,
+    grid_mode: str,
+    static_valid: Any = None,
+) -> xr.Dataset:
+    import dask.array as da
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    frac, cov, clc_attrs = _label_fractions(corine, dst, level=level, min_coverage=min_coverage, chunk=chunk)
+    frac_d = frac.transpose("class", "y", "x").data.astype("float32").rechunk((-1, chunk, chunk))
+    cov_d = cov.transpose("y", "x").data.rechunk((chunk, chunk))
+    label_ok = da.isfinite(frac_d).all(axis=0) & (da.nan_to_num(cov_d) >= np.float32(min_coverage) - 1e-6)
+    arrays, how = _layers_on_grid(opened, dst, chunk, policy, label_ok)
+    any_valid = arrays["valid"].any(axis=0)
+    if static_valid is not None:
+        any_valid = any_valid | static_valid
+    labels = da.map_blocks(_encode_labels, frac_d, any_valid[None], dtype="uint8")
+    coverage = da.map_blocks(_encode_coverage, cov_d, dtype="uint8")
+    codes = np.asarray(frac["class"].values).astype("int16")
+    bands = np.asarray(opened[0].ds["band"].values, dtype=object)
+    for s in opened[1:]:
+        if list(s.ds["band"].values) != list(bands):
+            raise GridMismatchError(
+                f"{s.path}: bands {list(s.ds['band'].values)} differ from {list(bands)} of {opened[0].path}; "
+                "a cube holds one sensor's band set"
+            )
+    times = np.array([s.time for s in opened], dtype="datetime64[ns]")
+    fill16 = {"_FillValue": 0}
+    ds = xr.Dataset(
+        {
+            "reflectance": (
+                ("time", "band", "y", "x"),
+                arrays["reflectance"],
+                {
+                    "long_name": "reflectance",
+                    "units": "1",
+                    "scale_factor": REFLECTANCE_SCALE,
+                    "add_offset": REFLECTANCE_OFFSET,
+                },
+            ),
+            "thermal": (
+                ("time", "y", "x"),
+                arrays["thermal"],
+                {
+                    "long_name": "surface or brightness temperature",
+                    "units": "K",
+                    "scale_factor": THERMAL_SCALE,
+                    "add_offset": THERMAL_OFFSET,
+                },
+            ),
+            "qa_pixel": (
+                ("time", "y", "x"),
+                arrays["qa_pixel"],
+                {
+                    "long_name": "QA_PIXEL bit field (Collection 2); 1 = no scene here",
+                },
+            ),
+            "valid": (
+                ("time", "y", "x"),
+                arrays["valid"],
+                {
+                    "long_name": "image usable and label valid",
+                },
+            ),
+            "labels": (
+                ("class", "y", "x"),
+                labels,
+                {
+                    "long_name": "CORINE class fractions",
+                    "units": "1",
+                    "scale_factor": schema.LABEL_SCALE,
+                    "add_offset": 0.0,
+                },
+            ),
+            "coverage": (
+                ("y", "x"),
+                coverage,
+                {
+                    "long_name": "share of the pixel covered by valid CORINE",
+                    "units": "1",
+                    "scale_factor": schema.LABEL_SCALE,
+                    "add_offset": 0.0,
+                },
+            ),
+        },  # fmt: skip
+        coords={
+            "time": ("time", times),
+            "band": ("band", bands),
+            "class": ("class", codes),
+            "y": ("y", dst.y, {"units": "metre" if dst.crs.is_projected else "degree", "axis": "Y"}),
+            "x": ("x", dst.x, {"units": "metre" if dst.crs.is_projected else "degree", "axis": "X"}),
+        },
+    )
+    for name in ("reflectance", "thermal"):
+        ds[name].encoding = dict(fill16)
+    ds["labels"].encoding = {"_FillValue": schema.LABEL_FILL}
+    ds["coverage"].encoding = {"_FillValue": schema.LABEL_FILL}
+    ds["qa_pixel"].encoding = {"_FillValue": None}
+    ds["valid"].encoding = {"_FillValue": None}
+    ds = ds.rio.write_crs(dst.crs)
+    ds = ds.rio.write_transform(dst.transform)
+    clc_path = Path(corine)
+    ds.attrs = {
+        "title": "landcover cube: Landsat reflectance with CORINE land-cover fractions",
+        "schema_version": schema.SCHEMA_VERSION,
+        "software": f"landcover {__version__}",
+        "product_ids": [s.product_id for s in opened],
+        "scenes": [os.path.basename(os.path.normpath(s.path)) for s in opened],
+        "clc_file": clc_path.name,
+        "clc_level": int(level),
+        "min_coverage": float(min_coverage),
+        "usable_policy": repr(policy) if policy is not None else "UsablePolicy()",
+        "grid_mode": grid_mode,
+        "resampling": sorted(set(how)) if len(set(how)) > 1 else how[0],
+        "nodata_rules": (
+            "valid = usable image (scene present, no band fill, QA policy) AND "
+            "label coverage >= min_coverage; "
+            "reflectance/thermal = fill where the label is NODATA; labels = fill where no time step is valid"
+        ),
+        **_class_attrs(codes, clc_attrs),
+    }
+    return ds
+
+
+# -- building --------------------------------------------------------------------------------------
+
+
+def _fingerprint(params: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _file_id(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    st = p.stat() if p.exists() else None
+    size = st.st_size if st is not None and p.is_file() else None
+    return {"name": os.path.basename(os.path.normpath(p)), "size": size}
+
+
+def build_cube(
+    scenes: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    corine: str | os.PathLike[str],
+    store: str | os.PathLike[str],
+    *,
+    grid: GridSpec = None,
+    resolution: float | None = None,
+    level: Literal[1, 2, 3] = 3,
+    min_coverage: float = 0.5,
+    policy: UsablePolicy | None = None,
+    chunks: int | Mapping[str, int] = schema.DEFAULT_CHUNK,
+    compressor: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd",
+    client: Client | None = None,
+    append: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    _kill_after: int | None = None,
+) -> Path:
+    """Build (or extend) a cube store from Landsat scenes and a CORINE raster.
+
+    Parameters
+    ----------
+    scenes
+        One or several Landsat products; each becomes a ``time`` step.
+    corine
+        CORINE Land Cover raster.
+    store
+        Output Zarr v3 store (directory).
+    grid, resolution, level, min_coverage, policy
+        See :func:`assemble_cube`.
+    chunks
+        Spatial chunk size in pixels (int) or ``{"y": ..., "x": ...}``; chunks always
+        hold one time step and all bands/classes.
+    compressor
+        Chunk compression (see :func:`landcover.store.compressor_codecs`).
+    client
+        ``distributed.Client`` to run on (see :func:`landcover.distributed.get_client`);
+        ``None`` = local threads.
+    append
+        Add the scenes as new time steps to an existing cube (its grid and CORINE
+        file); scenes already in the cube are skipped.
+    overwrite
+        Replace an existing store built with other parameters.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    Path
+        The store. Rerunning the same call after an interruption finishes the build.
+
+    Warns
+    -----
+    UserWarning
+        For every time step with no valid pixel (e.g. an all-cloud scene).
+    """
+    from . import store as store_mod
+
+    scene_list = [scenes] if isinstance(scenes, str | os.PathLike) else list(scenes)
+    if isinstance(chunks, int):
+        cy = cx = int(chunks)
+    else:
+        cy, cx = int(chunks.get("y", schema.DEFAULT_CHUNK)), int(chunks.get("x", schema.DEFAULT_CHUNK))
+    if cy != cx:
+        raise ValueError("chunks: y and x chunk sizes must be equal")
+    if not Path(corine).exists():
+        raise InputFileError(corine, "CORINE raster not found")
+    for s in scene_list:
+        if not Path(s).exists():
+            raise InputFileError(s, "scene not found")
+    if append:
+        return _append(
+            scene_list, corine, Path(store), grid=grid, client=client, progress=progress,
+            kill_after=_kill_after, policy=policy,
+        )  # fmt: skip
+    ds = assemble_cube(
+        scene_list, corine, grid=grid, resolution=resolution, level=level, min_coverage=min_coverage,
+        policy=policy, chunk=cy,
+    )  # fmt: skip
+    params = {
+        "scenes": [_file_id(s) for s in scene_list],
+        "product_ids": ds.attrs["product_ids"],
+        "corine": _file_id(corine),
+        "grid": repr(grid) if isinstance(grid, Grid) else grid,
+        "resolution": resolution,
+        "level": int(level),
+        "min_coverage": float(min_coverage),
+        "policy": repr(policy),
+        "chunk": cy,
+        "compressor": compressor,
+        "schema_version": schema.SCHEMA_VERSION,
+        "software": __version__,
+    }
+    fp = _fingerprint(params)
+    ds.attrs["build_params"] = json.dumps(params, sort_keys=True)
+    ds.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    sizes = {"time": 1, "band": ds.sizes["band"], "class": ds.sizes["class"], "y": cy, "x": cx}
+    out = store_mod.write_cube(
+        ds, store, fingerprint=fp, chunks=sizes, compressor=compressor, client=client,
+        overwrite=overwrite, progress=progress, kill_after=_kill_after,
+    )  # fmt: skip
+    _warn_empty(out, ds.attrs["product_ids"])
+    return out
+
+
+def _warn_empty(store: Path, product_ids: Sequence[str]) -> list[str]:
+    """Warn for every listed product whose time step has no valid pixel; return them."""
+    from .store import open_cube
+
+    ds = open_cube(store, decode=False)
+    pids = list(ds.attrs.get("product_ids", []))
+    wanted = [i for i, p in enumerate(pids) if p in set(product_ids)]
+    if not wanted:
+        return []
+    anyv = ds["valid"].isel(time=wanted).any(dim=("y", "x")).values
+    empty = [pids[i] for i, a in zip(wanted, anyv, strict=True) if not a]
+    for pid in empty:
+        warnings.warn(
+            f"{pid}: no valid pixel in the cube (all cloud, fill or outside CORINE); "
+            "stored with an empty mask",
+            UserWarning,
+            stacklevel=3,
+        )
+    return empty
+
+
+def _append(
+    scene_list: Sequence[str | os.PathLike[str]],
+    corine: str | os.PathLike[str],
+    store: Path,
+    *,
+    grid: GridSpec,
+    client: Client | None,
+    progress: bool,
+    kill_after: int | None,
+    policy: UsablePolicy | None,
+) -> Path:
+    import xarray as xr
+
+    from . import store as store_mod
+
+    if not (store / "zarr.json").is_file():
+        raise InputFileError(store, "cannot append: no cube here (build it first without --append)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        old = xr.open_zarr(str(store), consolidated=False, mask_and_scale=False, zarr_format=3)
+    state = store_mod._read_state(store)
+    resuming = state is not None and state.get("mode") == "append" and not store_mod.is_complete(store)
+    if not resuming and not store_mod.is_complete(store):
+        raise store_mod.IncompleteStoreError(
+            store, "cannot append to an incomplete cube; rerun its build command first to finish it"
+        )
+    dst = Grid.from_xarray(old)
+    if isinstance(grid, Grid) and grid != dst:
+        raise GridMismatchError(f"{store}: the cube grid {dst!r} differs from the requested grid {grid!r}")
+    params = json.loads(old.attrs.get("build_params", "{}"))
+    if params.get("corine", {}).get("name") not in (None, _file_id(corine)["name"]):
+        raise ConfigError(
+            f"{corine}: the cube {store} was built with CORINE file {params['corine']['name']}; "
+            "append with the same CORINE file"
+        )
+    chunk = int(params.get("chunk", old["reflectance"].encoding.get("chunks", (1, 1, 512))[-1]))
+    opened = _open_scenes(scene_list, chunk)
+    have = set(old.attrs.get("product_ids", []))
+    new = [s for s in opened if s.product_id not in have]
+    for s in opened:
+        if s.product_id in have:
+            warnings.warn(f"{s.product_id}: already in the cube {store}; skipped", UserWarning, stacklevel=3)
+    if not new:
+        return store
+    mode = old.attrs.get("grid_mode", "scene")
+    for s in new:
+        if mode == "scene" and not dst.is_aligned(s.grid):
+            raise GridMismatchError(
+                f"{s.path}: the scene is not on the cube's grid ({s.grid!r} vs {dst!r}); "
+                "the cube was built on "
+                'the scenes\' own grid: rebuild it with a common grid (grid="utm-first" or "EPSG:3035")'
+            )
+        try:
+            dst.window_of_bounds(s.grid.bounds_in(dst.crs))
+        except EmptyOverlapError:
+            raise EmptyOverlapError(f"{s.path}: the scene does not overlap the cube {store}") from None
+    n_old = int(state["n_old"]) if resuming and state is not None else old.sizes["time"]
+    old_valid = old["valid"].isel(time=slice(0, n_old)).data.rechunk((-1, chunk, chunk)).any(axis=0)
+    level = int(old.attrs.get("clc_level", 3))
+    min_cov = float(old.attrs.get("min_coverage", 0.5))
+    ds = _assemble(
+        new, corine, dst, level=level, min_coverage=min_cov, policy=policy, chunk=chunk, grid_mode=mode,
+        static_valid=old_valid,
+    )  # fmt: skip
+    if list(ds["band"].values) != list(old["band"].values):
+        raise GridMismatchError(f"{new[0].path}: bands differ from the cube's {list(old['band'].values)}")
+    fp = _fingerprint({"base": old.attrs.get(store_mod.FINGERPRINT_ATTR), "add": [s.product_id for s in new]})
+    pids = list(old.attrs.get("product_ids", [])) + [s.product_id for s in new]
+    scenes_attr = list(old.attrs.get("scenes", [])) + [
+        os.path.basename(os.path.normpath(s.path)) for s in new
+    ]
+    appends = list(old.attrs.get("appends", [])) + [
+        {
+            "product_ids": [s.product_id for s in new],
+            "at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+    ]
+    tvars = ["reflectance", "thermal", "qa_pixel", "valid"]
+    store_mod.append_time(
+        ds[tvars], store, fingerprint=fp, static=ds[["labels"]],
+        attrs={"product_ids": pids, "scenes": scenes_attr, "appends": appends},
+        client=client, progress=progress, kill_after=kill_after,
+    )  # fmt: skip
+    _warn_empty(store, [s.product_id for s in new])
+    return store

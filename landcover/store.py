@@ -1,0 +1,745 @@
+"""Zarr v3 cube stores: encoding, atomic/resumable region writes, completion marker, opening.
+
+This is the only module that writes cubes. A build goes through four steps, each
+safe to interrupt at any moment (``kill -9`` included):
+
+1. **Template.** Metadata, coordinates and attributes of every variable are
+   written into a temporary sibling directory ``<store>.tmp-<pid>`` which is then
+   renamed to ``<store>`` (a directory rename is atomic): the store path either
+   does not exist or holds a complete template plus a build state file.
+2. **Regions.** The data variables are written by *regions*: blocks of whole
+   chunks along ``y``/``x`` (and, for appends, the new ``time`` steps). Every
+   region is computed by Dask and written with zarr-python (each chunk file is
+   written atomically by zarr's ``LocalStore``); only after all its chunks are on
+   disk is an empty marker file ``landcover-journal/<region>`` created.
+3. **Consolidate.** Consolidated metadata is written into the root ``zarr.json``.
+4. **Marker.** The root attribute :data:`landcover.schema.COMPLETE_ATTR` is set
+   to ``True`` (an atomic rewrite of ``zarr.json``) and the journal is removed.
+
+A rerun with the same build fingerprint skips the journaled regions and rewrites
+the others, so it ends bit-identical to an uninterrupted build (the data are a
+pure function of the inputs). A rerun with different parameters raises
+:class:`~landcover.errors.ConfigError` unless ``overwrite=True``.
+:func:`open_cube` refuses a store without the marker
+(:class:`~landcover.errors.IncompleteStoreError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from . import schema
+from .errors import ConfigError, IncompleteStoreError, InputFileError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray as xr
+    from distributed import Client
+
+__all__ = [
+    "Compressor",
+    "STATE_FILE",
+    "JOURNAL_DIR",
+    "FINGERPRINT_ATTR",
+    "Region",
+    "compressor_codecs",
+    "write_cube",
+    "append_time",
+    "open_cube",
+    "is_complete",
+    "update_attrs",
+    "add_variables",
+    "store_size",
+]
+
+Compressor = Literal["blosc-zstd", "blosc-lz4", "zstd", "none"]
+"""Chunk compression: Blosc+zstd (bit-shuffle, the default), Blosc+lz4 (bit-shuffle), plain zstd, none."""
+
+STATE_FILE = "landcover-build.json"
+JOURNAL_DIR = "landcover-journal"
+FINGERPRINT_ATTR = "landcover:fingerprint"
+_TMP_PREFIX = ".tmp-"
+
+
+def compressor_codecs(compressor: Compressor, *, level: int | None = None) -> list[Any]:
+    """Zarr v3 codecs (the ``compressors`` encoding) for ``compressor``.
+
+    Parameters
+    ----------
+    compressor
+        One of :data:`Compressor`.
+    level
+        Compression level; ``None`` uses the benchmarked default (zstd 3, lz4 5).
+    """
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if compressor == "blosc-zstd":
+        return [BloscCodec(cname="zstd", clevel=3 if level is None else level, shuffle="bitshuffle")]
+    if compressor == "blosc-lz4":
+        return [BloscCodec(cname="lz4", clevel=5 if level is None else level, shuffle="bitshuffle")]
+    if compressor == "zstd":
+        return [ZstdCodec(level=3 if level is None else level)]
+    if compressor == "none":
+        return []
+    raise ValueError(f"unknown compressor {compressor!r}; choose one of blosc-zstd, blosc-lz4, zstd, none")
+
+
+# -- regions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Region:
+    """A block of whole chunks written in one task.
+
+    Parameters
+    ----------
+    rows, cols
+        Pixel ranges ``(start, stop)`` along ``y`` and ``x``.
+    times
+        ``(start, stop)`` along ``time`` for time-dependent variables; ``None`` = all.
+    static
+        Whether the static variables (no ``time`` dim) are written by this region too.
+    """
+
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    times: tuple[int, int] | None = None
+    static: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rows[1] <= self.rows[0] or self.cols[1] <= self.cols[0]:
+            raise ValueError(f"empty region rows={self.rows} cols={self.cols}")
+
+    @property
+    def key(self) -> str:
+        """Stable journal name of the region."""
+        t = "" if self.times is None else f"_t{self.times[0]}-{self.times[1]}"
+        return f"y{self.rows[0]}-{self.rows[1]}_x{self.cols[0]}-{self.cols[1]}{t}"
+
+    def selection(self, dims: Sequence[str]) -> tuple[slice, ...]:
+        """Index tuple of this region for an array with ``dims``."""
+        out: list[slice] = []
+        for d in dims:
+            if d == "y":
+                out.append(slice(*self.rows))
+            elif d == "x":
+                out.append(slice(*self.cols))
+            elif d == "time" and self.times is not None:
+                out.append(slice(*self.times))
+            else:
+                out.append(slice(None))
+        return tuple(out)
+
+
+def plan_regions(
+    shape: tuple[int, int],
+    chunk: tuple[int, int],
+    *,
+    times: tuple[int, int] | None = None,
+    static: bool = True,
+) -> list[Region]:
+    """Regions of one chunk each covering a ``(height, width)`` grid, row-major."""
+    h, w = shape
+    ch, cw = chunk
+    return [
+        Region((r, min(r + ch, h)), (c, min(c + cw, w)), times, static)
+        for r in range(0, h, ch)
+        for c in range(0, w, cw)
+    ]
+
+
+def _write_region(
+    store: str, region: Region, arrays: Mapping[str, np.ndarray], *, journal: bool = True
+) -> str:
+    """Write the computed ``arrays`` of ``region`` with zarr-python, then journal it (runs on workers)."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    zstore = LocalStore(store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, data in arrays.items():
+            arr = zarr.open_array(zstore, path=name, mode="r+")
+            dims = arr.metadata.dimension_names  # type: ignore[union-attr]
+            arr[region.selection(tuple(dims or ()))] = np.asarray(data)
+    if journal:
+        (Path(store) / JOURNAL_DIR / region.key).touch()
+    return region.key
+
+
+# -- state ---------------------------------------------------------------------------------------
+
+
+def _read_state(store: Path) -> dict[str, Any] | None:
+    p = store / STATE_FILE
+    if not p.is_file():
+        return None
+    try:
+        return dict(json.loads(p.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _done_regions(store: Path) -> set[str]:
+    d = store / JOURNAL_DIR
+    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+
+
+def _root_attrs(store: Path) -> dict[str, Any]:
+    p = store / "zarr.json"
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(meta.get("attributes") or {})
+
+
+def is_complete(store: str | os.PathLike[str]) -> bool:
+    """True when ``store`` is a finished landcover cube (completion marker present)."""
+    return bool(_root_attrs(Path(store)).get(schema.COMPLETE_ATTR) is True)
+
+
+def _set_root_attrs(store: Path, attrs: Mapping[str, Any], *, delete: Iterable[str] = ()) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = zarr.open_group(str(store), mode="r+")
+        current = dict(g.attrs)
+        for k in delete:
+            current.pop(k, None)
+        current.update(attrs)
+        g.attrs.put(current)
+
+
+def _consolidate(store: Path) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(store))
+
+
+def _finalize(store: Path) -> None:
+    """Consolidate, write the completion marker LAST, then drop the journal."""
+    _consolidate(store)
+    _set_root_attrs(store, {schema.COMPLETE_ATTR: True})
+    shutil.rmtree(store / JOURNAL_DIR, ignore_errors=True)
+    (store / STATE_FILE).unlink(missing_ok=True)
+
+
+def _clean_tmp_siblings(store: Path) -> None:
+    for p in store.parent.glob(f"{store.name}{_TMP_PREFIX}*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# -- execution -----------------------------------------------------------------------------------
+
+
+def _run_regions(
+    tasks: Sequence[Any],
+    *,
+    client: Client | None,
+    progress: bool,
+    desc: str,
+) -> None:
+    """Compute the delayed region writers on ``client`` or the local threaded scheduler."""
+    import dask
+    from tqdm.auto import tqdm
+
+    if not tasks:
+        return
+    bar = tqdm(total=len(tasks), desc=desc, unit="region", disable=not progress, leave=False)
+    try:
+        if client is not None:
+            from distributed import as_completed
+
+            futures = client.compute(list(tasks))
+            try:
+                for fut in as_completed(futures):
+                    fut.result()  # re-raise a worker error here
+                    bar.update()
+            finally:
+                client.cancel(futures)
+        else:
+            from dask.callbacks import Callback
+
+            names = {t.key for t in tasks}
+
+            def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+                if key in names:
+                    bar.update()
+
+            with Callback(posttask=posttask):
+                dask.compute(*tasks, scheduler="threads")
+    finally:
+        bar.close()
+
+
+def _region_tasks(
+    ds: xr.Dataset,
+    store: Path,
+    regions: Sequence[Region],
+    *,
+    time_offset: int = 0,
+    variables: Sequence[str] | None = None,
+) -> list[Any]:
+    """One delayed writer per region; ``ds`` time index 0 maps to store index ``time_offset``."""
+    import dask
+
+    names = list(variables) if variables is not None else list(ds.data_vars)
+    tasks = []
+    writer = dask.delayed(_write_region, pure=True)
+    for region in regions:
+        arrays: dict[str, Any] = {}
+        for name in names:
+            var = ds[name]
+            if "time" not in var.dims and not region.static:
+                continue
+            sel = region.selection(var.dims)
+            if region.times is not None and "time" in var.dims:
+                i = var.dims.index("time")
+                t0, t1 = region.times
+                sel = sel[:i] + (slice(t0 - time_offset, t1 - time_offset),) + sel[i + 1 :]
+            arrays[name] = var.data[sel]
+        tasks.append(writer(str(store), region, arrays, dask_key_name=f"write-region-{region.key}"))
+    return tasks
+
+
+# -- public writers -------------------------------------------------------------------------------
+
+
+def _encoding(
+    ds: xr.Dataset, chunks: Mapping[str, int], compressor: Compressor, level: int | None
+) -> dict[str, dict[str, Any]]:
+    codecs = compressor_codecs(compressor, level=level)
+    enc: dict[str, dict[str, Any]] = {}
+    for name, var in ds.data_vars.items():
+        e: dict[str, Any] = {"chunks": tuple(min(chunks.get(d, n), n) for d, n in var.sizes.items())}
+        e["compressors"] = codecs
+        fill = var.encoding.get("_FillValue")
+        e["_FillValue"] = fill
+        enc[str(name)] = e
+    if "time" in ds.coords:
+        enc["time"] = {
+            "units": "microseconds since 1970-01-01",
+            "calendar": "proleptic_gregorian",
+            "dtype": "int64",
+            "chunks": (1024,),
+        }
+    return enc
+
+
+def _check_existing(store: Path, fingerprint: str, *, overwrite: bool) -> Literal["new", "resume", "done"]:
+    """Decide what to do with an existing ``store`` path."""
+    _clean_tmp_siblings(store)
+    if not store.exists():
+        return "new"
+    if overwrite:
+        shutil.rmtree(store) if store.is_dir() else store.unlink()
+        return "new"
+    attrs = _root_attrs(store)
+    state = _read_state(store)
+    if attrs.get(schema.COMPLETE_ATTR) is True:
+        if attrs.get(FINGERPRINT_ATTR) == fingerprint:
+            shutil.rmtree(store / JOURNAL_DIR, ignore_errors=True)
+            (store / STATE_FILE).unlink(missing_ok=True)
+            return "done"
+        raise ConfigError(
+            f"{store}: a cube built with different parameters already exists; "
+            "pass overwrite=True (--overwrite) to replace it, or --append to add scenes"
+        )
+    if state is not None and state.get("fingerprint") == fingerprint and state.get("mode") == "build":
+        return "resume"
+    if state is not None:
+        raise ConfigError(
+            f"{store}: an unfinished build with different parameters is in this store; rerun it with its "
+            "original arguments to finish it, or pass overwrite=True (--overwrite) to start again"
+        )
+    raise InputFileError(store, "exists and is not a landcover cube; choose another path or pass --overwrite")
+
+
+def write_cube(
+    ds: xr.Dataset,
+    store: str | os.PathLike[str],
+    *,
+    fingerprint: str,
+    chunks: Mapping[str, int] | None = None,
+    compressor: Compressor = "blosc-zstd",
+    level: int | None = None,
+    client: Client | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    kill_after: int | None = None,
+) -> Path:
+    """Write a lazy cube Dataset to a Zarr v3 store, resumably.
+
+    Parameters
+    ----------
+    ds
+        The cube exactly as it is to be stored (raw integer/bool dtypes; CF
+        ``scale_factor``/``add_offset`` in attrs, ``_FillValue`` in encoding),
+        Dask-backed with chunks aligned to ``chunks``; rioxarray ``spatial_ref``.
+    store
+        Path of the Zarr store (a directory).
+    fingerprint
+        Digest of the build parameters; a rerun resumes only when it matches.
+    chunks
+        Chunk size per dimension (default ``time=1``, all bands/classes, 512 x 512).
+    compressor, level
+        Chunk compression, see :func:`compressor_codecs`.
+    client
+        A ``distributed.Client``; ``None`` uses the local threaded scheduler.
+    overwrite
+        Replace an existing store of different parameters.
+    progress
+        Show a progress bar over regions.
+    kill_after
+        Testing hook: stop the process with SIGKILL after this many regions have
+        been written by this run (used to test resumption; never set in production).
+
+    Returns
+    -------
+    Path
+        The store path.
+    """
+    store = Path(store)
+    chunks = dict(_default_chunks(ds) if chunks is None else chunks)
+    action = _check_existing(store, fingerprint, overwrite=overwrite)
+    if action == "done":
+        return store
+    if action == "new":
+        _write_template(ds, store, fingerprint=fingerprint, chunks=chunks, compressor=compressor, level=level)
+    regions = plan_regions((ds.sizes["y"], ds.sizes["x"]), (chunks["y"], chunks["x"]))
+    done = _done_regions(store)
+    todo = [r for r in regions if r.key not in done]
+    _execute(ds, store, todo, client=client, progress=progress, kill_after=kill_after, desc="cube")
+    _finalize(store)
+    return store
+
+
+def _default_chunks(ds: xr.Dataset) -> dict[str, int]:
+    out = {d: n for d, n in ds.sizes.items()}
+    out.update({"time": 1, "y": schema.DEFAULT_CHUNK, "x": schema.DEFAULT_CHUNK})
+    return {str(k): int(v) for k, v in out.items()}
+
+
+def _execute(
+    ds: xr.Dataset,
+    store: Path,
+    todo: list[Region],
+    *,
+    client: Client | None,
+    progress: bool,
+    kill_after: int | None,
+    desc: str,
+    time_offset: int = 0,
+) -> None:
+    if kill_after is not None:  # testing hook: write regions one by one, then SIGKILL ourselves
+        import signal
+
+        for i, region in enumerate(todo):
+            if i >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            _run_regions(
+                _region_tasks(ds, store, [region], time_offset=time_offset),
+                client=client,
+                progress=False,
+                desc=desc,
+            )
+        return
+    _run_regions(
+        _region_tasks(ds, store, todo, time_offset=time_offset), client=client, progress=progress, desc=desc
+    )
+
+
+def _write_template(
+    ds: xr.Dataset,
+    store: Path,
+    *,
+    fingerprint: str,
+    chunks: Mapping[str, int],
+    compressor: Compressor,
+    level: int | None,
+) -> None:
+    """Write metadata + coordinates into a temp dir and rename it to ``store`` (atomic)."""
+    tmp = store.with_name(f"{store.name}{_TMP_PREFIX}{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmpl = ds.copy()
+    tmpl.attrs = {**ds.attrs, FINGERPRINT_ATTR: fingerprint}
+    # Keep spatial_ref a coordinate after a plain xr.open_zarr (grid_mapping alone is not decoded
+    # as a coordinate by default) so that ``.rio.crs``/``.rio.transform()`` work after a reopen.
+    if "spatial_ref" in tmpl.coords:
+        tmpl.attrs["coordinates"] = "spatial_ref"
+        for name in tmpl.data_vars:
+            if {"y", "x"} <= set(tmpl[name].dims):
+                tmpl[name].attrs["grid_mapping"] = "spatial_ref"
+                tmpl[name].encoding.pop("grid_mapping", None)
+    for name in tmpl.data_vars:
+        tmpl[name].attrs.pop("_FillValue", None)
+    enc = _encoding(tmpl, chunks, compressor, level)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tmpl.to_zarr(str(tmp), mode="w-", compute=False, encoding=enc, consolidated=False, zarr_format=3)
+    (tmp / JOURNAL_DIR).mkdir()
+    _write_json_atomic(tmp / STATE_FILE, {"mode": "build", "fingerprint": fingerprint})
+    os.rename(tmp, store)
+
+
+def append_time(
+    ds_time: xr.Dataset,
+    store: str | os.PathLike[str],
+    *,
+    fingerprint: str,
+    static: xr.Dataset | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    client: Client | None = None,
+    progress: bool = True,
+    kill_after: int | None = None,
+) -> Path:
+    """Append new ``time`` steps to a complete cube without rewriting existing time steps.
+
+    Parameters
+    ----------
+    ds_time
+        Raw-encoded time-dependent variables ``(time, ...)`` for the new steps only,
+        on exactly the store's grid.
+    store
+        A complete cube, or one whose interrupted append has the same ``fingerprint``.
+    fingerprint
+        Digest of the append parameters (for resuming).
+    static
+        Static variables to rewrite in full (e.g. ``labels``, whose NODATA mask
+        depends on the union of usable time steps).
+    attrs
+        Root attributes to set when the append completes (e.g. the new product ids).
+    client, progress, kill_after
+        As in :func:`write_cube`.
+    """
+    import xarray as xr
+    import zarr
+
+    store = Path(store)
+    state = _read_state(store)
+    resuming = (
+        state is not None
+        and state.get("mode") == "append"
+        and state.get("fingerprint") == fingerprint
+        and not is_complete(store)
+    )
+    if not resuming:
+        if not is_complete(store):
+            raise IncompleteStoreError(
+                store, "cannot append to an incomplete cube; rerun its build command first to finish it"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            n_old = zarr.open_group(str(store), mode="r")["time"].shape[0]
+        state = {"mode": "append", "fingerprint": fingerprint, "n_old": int(n_old)}
+        # Order matters: the marker goes first, so a killed append never looks complete.
+        (store / JOURNAL_DIR).mkdir(exist_ok=True)
+        _write_json_atomic(store / STATE_FILE, state)
+        _set_root_attrs(store, {schema.COMPLETE_ATTR: False})
+    assert state is not None
+    n_old = int(state["n_old"])
+    n_new = ds_time.sizes["time"]
+    # Idempotent: resize every time-dependent array and write the new time coordinates.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = zarr.open_group(str(store), mode="r+")
+        for name in list(ds_time.data_vars) + ["time"]:
+            arr = g[name]
+            shape = list(arr.shape)
+            shape[0] = n_old + n_new
+            if list(arr.shape) != shape:
+                arr.resize(tuple(shape))
+        tarr = g["time"]
+        units = tarr.attrs.get("units", "microseconds since 1970-01-01")
+        calendar = tarr.attrs.get("calendar", "proleptic_gregorian")
+        enc, _, _ = xr.coding.times.encode_cf_datetime(
+            ds_time["time"].values, units, calendar, dtype=tarr.dtype
+        )
+        tarr[n_old : n_old + n_new] = np.asarray(enc, dtype=tarr.dtype)
+        chunk_y, chunk_x = g[next(iter(ds_time.data_vars))].chunks[-2:]
+    shape = (ds_time.sizes["y"], ds_time.sizes["x"])
+    regions = plan_regions(shape, (chunk_y, chunk_x), times=(n_old, n_old + n_new), static=False)
+    if static is not None:
+        regions += plan_regions(shape, (chunk_y, chunk_x), times=None, static=True)
+    todo = [r for r in regions if r.key not in _done_regions(store)]
+    merged = ds_time if static is None else xr.merge([ds_time, static], compat="override", join="override")
+    tvars = [v for v in merged.data_vars if "time" in merged[v].dims]
+    svars = [v for v in merged.data_vars if "time" not in merged[v].dims]
+
+    def tasks_for(rs: list[Region]) -> list[Any]:
+        out: list[Any] = []
+        for r in rs:
+            out += _region_tasks(
+                merged, store, [r], time_offset=n_old, variables=svars if r.static else tvars
+            )
+        return out
+
+    if kill_after is not None:
+        import signal
+
+        for i, r in enumerate(todo):
+            if i >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            _run_regions(tasks_for([r]), client=client, progress=False, desc="append")
+    else:
+        _run_regions(tasks_for(todo), client=client, progress=progress, desc="append")
+    if attrs:
+        _set_root_attrs(store, dict(attrs))
+    _finalize(store)
+    return store
+
+
+# -- readers and post-build updates -----------------------------------------------------------------
+
+
+def _require_store(store: Path) -> None:
+    if not store.exists():
+        raise InputFileError(store, "no such cube store")
+    if not (store / "zarr.json").is_file():
+        raise InputFileError(
+            store, "not a Zarr v3 store (no zarr.json); build it with `landcover cube build`"
+        )
+    if not is_complete(store):
+        raise IncompleteStoreError(
+            store,
+            "the cube build did not finish (no completion marker); rerun the same `landcover cube build` "
+            "command to finish it",
+        )
+
+
+def open_cube(
+    store: str | os.PathLike[str],
+    *,
+    decode: bool = True,
+    chunks: Mapping[str, int] | Literal["auto"] | None = None,
+) -> xr.Dataset:
+    """Open a complete cube lazily.
+
+    Parameters
+    ----------
+    store
+        Path of a cube written by :func:`landcover.build_cube`.
+    decode
+        ``True``: reflectance/thermal/labels/coverage decoded to float32 with NaN
+        at fill (CF scale/offset applied); ``False``: the raw stored integers.
+    chunks
+        Dask chunks; ``None`` uses the stored chunks.
+
+    Raises
+    ------
+    IncompleteStoreError
+        If the build did not finish (rerun it).
+    InputFileError
+        If ``store`` is missing or not a Zarr v3 store.
+    """
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    path = Path(store)
+    _require_store(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = xr.open_zarr(
+            str(path),
+            consolidated=True,
+            chunks=chunks if chunks is not None else {},
+            mask_and_scale=decode,
+            zarr_format=3,
+        )
+    if decode:
+        for name in ("reflectance", "thermal", "labels", "coverage"):
+            if name in ds and ds[name].dtype != np.float32:
+                enc = ds[name].encoding
+                ds[name] = ds[name].astype("float32")
+                ds[name].encoding = enc
+    return ds
+
+
+def update_attrs(store: str | os.PathLike[str], **attrs: Any) -> None:
+    """Add or change root attributes of a complete cube; it stays complete.
+
+    Values must be JSON-serialisable. The completion marker cannot be changed here.
+    """
+    path = Path(store)
+    _require_store(path)
+    if schema.COMPLETE_ATTR in attrs:
+        raise ValueError(f"{schema.COMPLETE_ATTR} is managed by the store; do not set it")
+    _set_root_attrs(path, attrs)
+
+
+def add_variables(
+    store: str | os.PathLike[str], ds: xr.Dataset, *, compressor: Compressor = "blosc-zstd"
+) -> None:
+    """Add extra variables (e.g. per-band statistics) to a complete cube; it stays complete.
+
+    ``ds`` may only use dimensions that the cube already has (with the same sizes)
+    or new ones. Existing variables are not touched; root attributes of ``ds`` are
+    merged into the cube's. Consolidated metadata is refreshed.
+    """
+    path = Path(store)
+    _require_store(path)
+    clash = [v for v in ds.data_vars if (path / str(v)).exists()]
+    if clash:
+        raise ValueError(f"{path}: variable(s) {', '.join(map(str, clash))} already exist in the cube")
+    extra = ds.drop_vars([c for c in ds.coords if (path / str(c)).exists()])
+    codecs = compressor_codecs(compressor)
+    enc = {str(v): {"compressors": codecs} for v in extra.data_vars}
+    root = _root_attrs(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extra.attrs = {}
+        extra.to_zarr(str(path), mode="a", encoding=enc, consolidated=False, zarr_format=3)
+    _set_root_attrs(path, {**root, **dict(ds.attrs)})
+    _consolidate(path)
+
+
+def store_size(store: str | os.PathLike[str]) -> int:
+    """Bytes on disk of every file under ``store``."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(store):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(dirpath, f))
+    return total
+
+
+def _iter_arrays(store: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for meta in sorted(store.glob("*/zarr.json")):
+        with contextlib.suppress(OSError, ValueError):
+            doc = json.loads(meta.read_text())
+            if doc.get("node_type") == "array":
+                yield meta.parent.name, doc
+
+
+def raw_nbytes(store: str | os.PathLike[str]) -> int:
+    """Uncompressed bytes of all arrays in ``store`` (shape x itemsize), for compression ratios."""
+    itemsize = {"bool": 1, "uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int32": 4}
+    itemsize |= {"float32": 4, "float64": 8, "int64": 8, "uint64": 8}
+    total = 0
+    for _name, doc in _iter_arrays(Path(store)):
+        n = int(np.prod(doc.get("shape") or [1]))
+        total += n * itemsize.get(str(doc.get("data_type")), 8)
+    return total
+
+
+Progress = Callable[[int], None]
