@@ -583,6 +583,7 @@ def download_all(
     seed: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
     verify_existing: bool = False,
+    chunk_size: int = 1 << 20,
 ) -> DownloadReport:
     """Download many files in parallel, scene by scene, skipping scenes the manifest has as complete.
 
@@ -608,6 +609,8 @@ def download_all(
         Wait function between retries.
     verify_existing
         Re-hash files of scenes the manifest lists as complete before skipping them.
+    chunk_size
+        Bytes per read (a dropped connection loses at most one chunk before the resume).
 
     Returns
     -------
@@ -670,7 +673,14 @@ def download_all(
             with lock:
                 wrng = random.Random(rng.random())
             res = download_file(
-                task, dest, session=session(), retry=retry, on_bytes=tick, rng=wrng, sleep=sleep
+                task,
+                dest,
+                session=session(),
+                retry=retry,
+                on_bytes=tick,
+                rng=wrng,
+                sleep=sleep,
+                chunk_size=chunk_size,
             )
         finally:
             bar.close()

@@ -82,6 +82,8 @@ class FetchConfig:
         Retry policy of every HTTP transfer.
     rate_limit_wait
         Seconds to wait after an M2M ``RATE_LIMIT``.
+    chunk_size
+        Bytes per read of a download.
     username_var, token_var, netrc, netrc_machine
         Where the CLI/pipeline looks for credentials.
     """
@@ -117,6 +119,7 @@ class FetchConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     rate_limit_wait: float = 3.0
+    chunk_size: int = 1 << 20
     username_var: str = USERNAME_VAR
     token_var: str = TOKEN_VAR
     netrc: Path | None = Path("~/.netrc")
@@ -127,6 +130,8 @@ class FetchConfig:
             raise ValueError(f"source must be 'm2m' or 'stac', not {self.source!r}")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        if self.chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
         if self.poll_interval < 0 or self.poll_timeout < 0:
             raise ValueError("poll_interval and poll_timeout must be >= 0")
         self.retry()  # validates the retry numbers
@@ -352,7 +357,13 @@ def fetch(
         return summary
     manifest = manifest or Manifest.in_dir(out)
     summary.report = download_all(
-        tasks, out_dir=out, manifest=manifest, workers=config.workers, retry=config.retry(), progress=progress
+        tasks,
+        out_dir=out,
+        manifest=manifest,
+        workers=config.workers,
+        retry=config.retry(),
+        progress=progress,
+        chunk_size=config.chunk_size,
     )
     for pid, why in pre_failed.items():
         summary.report.failed[pid] = why
