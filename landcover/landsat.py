@@ -231,7 +231,7 @@ class BandSource:
                 raw = src.read(self.index, window=window)
         except RasterioError as exc:
             raise InputFileError(
-                _display(self.href), f"read failed, file corrupt or truncated? ({exc})"
+                _display(self.href), f"read failed, file corrupt or truncated? ({_short(exc)})"
             ) from None
         return self.apply(raw)
 
@@ -473,6 +473,11 @@ class _Listing:
             return member.read()
 
 
+def _short(exc: BaseException) -> str:
+    """An exception's text on one line (some libraries put newlines in messages)."""
+    return " ".join(str(exc).split())[:300]
+
+
 def _display(href: str) -> str:
     return href[len("/vsitar/") :] if href.startswith("/vsitar/") else href
 
@@ -481,7 +486,7 @@ def _list_dir(path: Path) -> _Listing:
     try:
         names = {p.name: p.name for p in path.iterdir() if p.is_file()}
     except OSError as exc:
-        raise InputFileError(path, f"cannot list directory ({exc.strerror or exc})") from None
+        raise InputFileError(path, f"cannot list directory ({exc.strerror or _short(exc)})") from None
     return _Listing(path, "directory", names)
 
 
@@ -490,7 +495,7 @@ def _list_tar(path: Path) -> _Listing:
         with tarfile.open(path, "r:*") as tar:
             members = [m for m in tar.getmembers() if m.isfile()]
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise InputFileError(path, f"not a readable tar archive ({exc})") from None
+        raise InputFileError(path, f"not a readable tar archive ({_short(exc)})") from None
     names: dict[str, str] = {}
     for m in members:
         names.setdefault(Path(m.name).name, m.name)
@@ -553,7 +558,7 @@ def _locate(path: Path) -> tuple[_Listing, Mtl, str | None]:
     try:
         data = listing.read_bytes(mtl_name)
     except OSError as exc:
-        raise InputFileError(listing.display(mtl_name), f"cannot read MTL ({exc})") from None
+        raise InputFileError(listing.display(mtl_name), f"cannot read MTL ({_short(exc)})") from None
     mtl = parse_mtl(data, source=listing.display(mtl_name))
     if mtl.product_id != pid:
         raise InputFileError(
@@ -604,9 +609,11 @@ def _header(href: str, shown: str | Path) -> tuple[Grid, str, int]:
                 raise InputFileError(shown, "raster has no CRS")
             return Grid(src.crs, src.transform, (src.height, src.width)), src.dtypes[0], src.count
     except RasterioError as exc:
-        raise InputFileError(shown, f"cannot be read as a GeoTIFF, corrupt or truncated? ({exc})") from None
+        raise InputFileError(
+            shown, f"cannot be read as a GeoTIFF, corrupt or truncated? ({_short(exc)})"
+        ) from None
     except ValueError as exc:  # Grid rejects a rotated / degenerate transform
-        raise InputFileError(shown, f"unsupported raster geometry ({exc})") from None
+        raise InputFileError(shown, f"unsupported raster geometry ({_short(exc)})") from None
 
 
 def _check_against_mtl(grid: Grid, mtl: Mtl, shown: str | Path, *, clip: bool) -> str | None:
@@ -909,7 +916,7 @@ def _check_readable(plan: ScenePlan) -> None:
                 src.read(s.index, window=Window(c0, r0, w - c0, h - r0))
         except RasterioError as exc:
             raise InputFileError(
-                _display(s.href), f"cannot read pixels, corrupt or truncated TIFF? ({exc})"
+                _display(s.href), f"cannot read pixels, corrupt or truncated TIFF? ({_short(exc)})"
             ) from None
 
 

@@ -178,6 +178,11 @@ class Mtl:
         )
 
 
+def _short(exc: BaseException) -> str:
+    """An exception's text on one line (some libraries put newlines in messages)."""
+    return " ".join(str(exc).split())[:300]
+
+
 # -- public entry points ----------------------------------------------------------------------
 
 
@@ -209,7 +214,7 @@ def read_mtl(path: str | os.PathLike[str]) -> Mtl:
     except IsADirectoryError:
         raise InputFileError(p, "is a directory, not an MTL file") from None
     except OSError as exc:
-        raise InputFileError(p, f"cannot read MTL file ({exc.strerror or exc})") from None
+        raise InputFileError(p, f"cannot read MTL file ({exc.strerror or _short(exc)})") from None
     return parse_mtl(data, source=p)
 
 
@@ -297,7 +302,7 @@ def _parse_xml(text: str, src: Path) -> dict[str, dict[str, str]]:
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
-        raise InputFileError(src, f"not a valid MTL XML file ({exc})") from None
+        raise InputFileError(src, f"not a valid MTL XML file ({_short(exc)})") from None
     if root.tag not in _ROOTS:
         raise InputFileError(src, f"not an MTL XML file (root element <{root.tag}>)")
     groups: dict[str, dict[str, str]] = {}
