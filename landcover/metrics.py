@@ -16,12 +16,13 @@ CORINE level plus sums of absolute fraction errors, and computes at the end:
     Total-variation distance ``0.5 * sum_k |p_k - t_k|`` averaged over valid pixels:
     the share of a pixel's area given to the wrong classes (in [0, 1]).
 
-Levels: the class codes are 3-digit CLC codes (111 ... 523). Level 3 is the codes
-themselves, level 2 the first two digits (``code // 10``), level 1 the first digit
-(``code // 100``). Fractions and predicted probabilities are summed within each group
-before the dominant class is taken. The module is self-contained: it needs only the
-codes. Codes that are not 3-digit CLC codes can still be scored at level 3 with
-``levels=(3,)``.
+Levels: for 3-digit CLC codes (111 ... 523) level 3 is the codes themselves, level 2
+the first two digits (``code // 10``), level 1 the first digit (``code // 100``). For
+classes already aggregated to level 2 (11 ... 52) or 1, level 3 (and 2) mean the classes
+as they are, so the ``_l3`` keys always exist and mean "the finest level available".
+Fractions and predicted probabilities are summed within each group before the dominant
+class is taken. The module is self-contained: it needs only the codes. Codes that are
+not CLC codes of one level are scored at level 3 (the classes as given) only.
 
 Only valid pixels (``mask``) count. Everything stays on the logits' device until
 :meth:`SegmentationMetrics.compute`.
@@ -36,22 +37,46 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SegmentationMetrics", "level_codes", "METRIC_NAMES", "scores_from_confusion"]
+__all__ = ["SegmentationMetrics", "level_codes", "available_levels", "METRIC_NAMES", "scores_from_confusion"]
 
 METRIC_NAMES = ("acc", "miou", "f1", "mae", "tv")
 
 
+def _digits(codes: Sequence[int]) -> int | None:
+    """Common number of digits of CLC codes (1, 2 or 3), or None for other / mixed codes."""
+    lengths = {len(str(c)) if 0 < c < 1000 else 0 for c in codes}
+    if len(lengths) == 1 and (d := lengths.pop()) in (1, 2, 3):
+        return d
+    return None
+
+
+def available_levels(class_codes: Sequence[int]) -> tuple[int, ...]:
+    """CLC levels that :func:`level_codes` can compute for these codes.
+
+    (1, 2, 3) for codes of a common CLC level (level 3 being the classes themselves when
+    they are coarser), (3,) for other codes (only the classes as given).
+    """
+    return (1, 2, 3) if _digits([int(c) for c in class_codes]) is not None else (3,)
+
+
 def level_codes(class_codes: Sequence[int], level: int) -> list[int]:
-    """Group code of every class at a CLC level (3: unchanged, 2: ``code // 10``, 1: ``code // 100``)."""
+    """Group code of every class at a CLC level.
+
+    Codes of ``d`` digits (CLC level ``d``) map to ``code // 10 ** (d - level)`` at a
+    coarser ``level`` (so 311 -> 31 at level 2 and 3 at level 1). At ``level >= d`` the
+    classes are returned unchanged: level 3 always means "the classes themselves".
+    """
     if level not in (1, 2, 3):
         raise ValueError(f"CLC level must be 1, 2 or 3, got {level}")
     codes = [int(c) for c in class_codes]
-    if level == 3:
+    d = _digits(codes)
+    if d is None:
+        if level == 3:
+            return codes
+        raise ValueError(f"levels 1 and 2 need CLC codes of one level (e.g. 111..523); got {codes[:5]}...")
+    if level >= d:
         return codes
-    bad = [c for c in codes if not 100 <= c <= 999]
-    if bad:
-        raise ValueError(f"levels 1 and 2 need 3-digit CLC codes; got {bad[:5]} (use levels=(3,))")
-    return [c // (10 ** (3 - level)) for c in codes]
+    return [c // 10 ** (d - level) for c in codes]
 
 
 def scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
@@ -88,7 +113,7 @@ class SegmentationMetrics:
     class_codes
         CLC code of each of the ``K`` model output channels / target channels.
     levels
-        CLC levels to score (default 1, 2 and 3).
+        CLC levels to score; None (default): all of :func:`available_levels`.
 
     Examples
     --------
@@ -97,12 +122,14 @@ class SegmentationMetrics:
     >>> m.compute()["miou_l3"]  # doctest: +SKIP
     """
 
-    def __init__(self, class_codes: Sequence[int], *, levels: Sequence[int] = (1, 2, 3)) -> None:
+    def __init__(self, class_codes: Sequence[int], *, levels: Sequence[int] | None = None) -> None:
         self.class_codes = [int(c) for c in class_codes]
         if not self.class_codes:
             raise ValueError("class_codes is empty")
         if len(set(self.class_codes)) != len(self.class_codes):
             raise ValueError("class_codes has duplicates")
+        if levels is None:
+            levels = available_levels(self.class_codes)
         self.levels = tuple(sorted({int(lv) for lv in levels}))
         self._groups: dict[int, list[int]] = {}
         self._index: dict[int, list[int]] = {}

@@ -146,7 +146,8 @@ class TrainConfig:
     tensorboard
         Also write TensorBoard scalars to ``checkpoint_dir/tb`` if tensorboard is installed.
     levels
-        CLC levels scored in validation.
+        CLC levels scored in validation; None: every level the class codes allow
+        (see :func:`landcover.metrics.available_levels`).
     """
 
     epochs: int = 10
@@ -178,7 +179,7 @@ class TrainConfig:
     progress: bool = True
     deterministic: bool = False
     tensorboard: bool = False
-    levels: tuple[int, ...] = (1, 2, 3)
+    levels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_none: bool = False) -> None:
@@ -226,9 +227,10 @@ class TrainConfig:
             raise ValueError("resume=True needs a checkpoint_dir")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, Path):
             object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
-        object.__setattr__(self, "levels", tuple(int(lv) for lv in self.levels))
-        if not self.levels or any(lv not in (1, 2, 3) for lv in self.levels):
-            raise ValueError(f"levels must be a non-empty subset of (1, 2, 3), got {self.levels}")
+        if self.levels is not None:
+            object.__setattr__(self, "levels", tuple(int(lv) for lv in self.levels))
+            if not self.levels or any(lv not in (1, 2, 3) for lv in self.levels):
+                raise ValueError(f"levels must be a non-empty subset of (1, 2, 3), got {self.levels}")
 
     @property
     def mode(self) -> Literal["min", "max"]:
@@ -574,7 +576,7 @@ def evaluate(
     loss_fn: LossFn | None = None,
     device: str | torch.device = "auto",
     amp: AmpMode = "auto",
-    levels: Sequence[int] = (1, 2, 3),
+    levels: Sequence[int] | None = None,
     max_batches: int | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (in eval mode, restored afterwards) on every batch of ``loader``.

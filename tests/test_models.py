@@ -1,0 +1,212 @@
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from landcover.errors import ConfigError, InputFileError, LandcoverError
+from landcover.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    IMAGENET_WEIGHT_FILES,
+    MODEL_NAMES,
+    ModelSpec,
+    build_model,
+    find_imagenet_weights,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_model,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Any attempt to download fails loudly; the torch hub cache starts empty."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+@pytest.fixture(scope="module")
+def resnet18_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    torch.manual_seed(123)
+    state = torchvision.models.resnet18().state_dict()  # random weights, no download
+    path = tmp_path_factory.mktemp("weights") / "my_resnet18.pth"
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.mark.parametrize(
+    ("name", "channels"),
+    [("native", 6), ("native", 7), ("rgb-scratch", 3), ("native-imagenet-init", 6), ("rgb-imagenet", 3)],
+)
+def test_output_shapes_every_model(
+    name: str, channels: int, resnet18_state: tuple[Path, dict[str, torch.Tensor]]
+) -> None:
+    pretrained = resnet18_state[0] if name in ("rgb-imagenet", "native-imagenet-init") else None
+    preset = "base" if pretrained is not None else "tiny"
+    model = build_model(name, channels, 5, preset=preset, pretrained=pretrained)  # type: ignore[arg-type]
+    model.eval()
+    with torch.no_grad():
+        for h, w in ((64, 64), (48, 80), (37, 51)):
+            out = model(torch.randn(2, channels, h, w))
+            assert out.shape == (2, 5, h, w)
+            assert out.dtype == torch.float32
+    assert model.spec.name == name and len(model.spec.bands) == channels
+    assert set(MODEL_NAMES) == {"native", "rgb-imagenet", "rgb-scratch", "native-imagenet-init"}
+
+
+@pytest.mark.parametrize(("encoder", "depth"), [("resnet34", 2), ("resnet50", 1), ("resnet18", 4)])
+def test_encoders_width_depth(encoder: str, depth: int) -> None:
+    model = build_model("native", 6, 3, encoder=encoder, width=0.125, depth=depth)  # type: ignore[arg-type]
+    assert model(torch.randn(2, 6, 64, 64)).shape == (2, 3, 64, 64)
+    assert len(model.spec.decoder_channels) == depth + 1
+    small = sum(p.numel() for p in build_model("native", 6, 3, preset="tiny").parameters())
+    big = sum(p.numel() for p in build_model("native", 6, 3, preset="small").parameters())
+    assert small * 4 < big
+
+
+def test_wrong_channel_count_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="3 channels"):
+        build_model("rgb-scratch", 6, 3, preset="tiny")
+    model = build_model("native", 6, 3, preset="tiny")
+    with pytest.raises(ValueError, match=r"\(B, 6, H, W\)"):
+        model(torch.randn(1, 7, 16, 16))
+    with pytest.raises(ConfigError, match="scratch"):
+        build_model("native", 6, 3, pretrained="hub")
+
+
+State = tuple[Path, dict[str, torch.Tensor]]
+
+
+def test_rgb_imagenet_loads_the_given_state_dict(resnet18_state: State) -> None:
+    path, state = resnet18_state
+    model = build_model("rgb-imagenet", 3, 4, pretrained=path)
+    enc = model.encoder.state_dict()
+    assert set(enc) == {k for k in state if not k.startswith("fc.")}
+    for key, value in enc.items():
+        assert torch.equal(value, state[key]), key
+    assert model.spec.pretrained == f"imagenet:{path.name}"
+    assert model.spec.bands == ("red", "green", "blue")
+
+
+def test_native_imagenet_init_places_rgb_filters_by_band_name(
+    resnet18_state: tuple[Path, dict[str, torch.Tensor]],
+) -> None:
+    path, state = resnet18_state
+    model = build_model("native-imagenet-init", 6, 4, pretrained=path)
+    w = model.encoder.conv1.weight.detach()
+    rgb = state["conv1.weight"]  # torchvision order: red, green, blue
+    scale = 3 / 6
+    assert model.spec.bands == ("blue", "green", "red", "nir08", "swir16", "swir22")
+    assert torch.allclose(w[:, 0], rgb[:, 2] * scale)  # blue
+    assert torch.allclose(w[:, 1], rgb[:, 1] * scale)  # green
+    assert torch.allclose(w[:, 2], rgb[:, 0] * scale)  # red
+    for extra in (3, 4, 5):
+        assert torch.allclose(w[:, extra], rgb.mean(dim=1) * scale)
+    # the rest of the encoder is copied unchanged
+    assert torch.equal(model.encoder.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
+    # activations keep their magnitude for identical (perfectly correlated) bands
+    x = torch.randn(1, 1, 32, 32)
+    conv6 = torch.nn.functional.conv2d(x.expand(1, 6, 32, 32), w, stride=2, padding=3)
+    conv3 = torch.nn.functional.conv2d(x.expand(1, 3, 32, 32), rgb, stride=2, padding=3)
+    assert conv6.std().item() == pytest.approx(conv3.std().item(), rel=1e-4)
+
+
+def test_hub_cache_is_used_and_nothing_is_downloaded(
+    resnet18_state: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    assert str(hub).startswith(str(tmp_path))
+    assert find_imagenet_weights("resnet18") is None
+    with pytest.raises(LandcoverError) as err:
+        build_model("rgb-imagenet", 3, 4)
+    msg = str(err.value)
+    assert IMAGENET_WEIGHT_FILES["resnet18"] in msg and str(hub) in msg and "--imagenet-weights" in msg
+    assert "curl" in msg
+    with pytest.raises(LandcoverError, match="not a file"):
+        build_model("rgb-imagenet", 3, 4, pretrained=tmp_path / "nope.pth")
+    hub.mkdir(parents=True)
+    (hub / IMAGENET_WEIGHT_FILES["resnet18"]).write_bytes(resnet18_state[0].read_bytes())
+    assert find_imagenet_weights("resnet18") == hub / IMAGENET_WEIGHT_FILES["resnet18"]
+    assert find_imagenet_weights("resnet18", hub) == hub / IMAGENET_WEIGHT_FILES["resnet18"]
+    model = build_model("rgb-imagenet", 3, 4, pretrained="hub")
+    assert torch.equal(model.encoder.conv1.weight, resnet18_state[1]["conv1.weight"])
+
+
+def test_bad_weight_files(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(InputFileError, match="junk.pth"):
+        build_model("rgb-imagenet", 3, 4, pretrained=junk)
+    other = tmp_path / "other.pth"
+    torch.save({"foo": torch.zeros(1)}, other)
+    with pytest.raises(InputFileError, match="conv1.weight"):
+        build_model("rgb-imagenet", 3, 4, pretrained=other)
+    with pytest.raises(ConfigError, match="width=1.0"):
+        build_model("rgb-imagenet", 3, 4, pretrained=other, preset="tiny")
+
+
+def test_imagenet_input_norm_is_applied_inside_the_model() -> None:
+    a = build_model("rgb-scratch", 3, 2, preset="tiny", input_norm="imagenet", seed=0).eval()
+    b = build_model("rgb-scratch", 3, 2, preset="tiny", seed=0).eval()
+    b.load_state_dict(a.state_dict(), strict=False)
+    b.encoder.load_state_dict(a.encoder.state_dict())
+    x = torch.rand(1, 3, 32, 32)
+    z = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(a(x), b(z), atol=1e-5)
+    with pytest.raises(ConfigError):
+        build_model("native", 6, 2, input_norm="imagenet")
+
+
+def test_checkpoint_roundtrip_rebuilds_the_model(tmp_path: Path) -> None:
+    model = build_model(
+        "native", 7, 3, preset="tiny", class_codes=[211, 311, 512], band_mean=[0.1] * 7, band_std=[1.0] * 7
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    path = save_model(tmp_path / "m.pt", model, metrics={"miou": 0.5})
+    raw = torch.load(path, weights_only=True)  # primitives and tensors only
+    assert raw["metrics"] == {"miou": 0.5}
+    again = model_from_checkpoint(path)
+    assert again.spec == model.spec
+    assert again.spec.bands[-1] == "lwir" and again.spec.class_codes == (211, 311, 512)
+    x = torch.randn(1, 7, 40, 40)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    assert ModelSpec.from_dict(model.spec.to_dict()) == model.spec
+
+
+def test_unsafe_or_foreign_checkpoints_are_refused(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, evil)
+    with pytest.raises(InputFileError, match="evil.pt"):
+        load_checkpoint(evil)
+    plain = tmp_path / "plain.pt"
+    torch.save({"model": {}}, plain)
+    with pytest.raises(InputFileError, match="spec"):
+        model_from_checkpoint(plain)
+    with pytest.raises(InputFileError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(ValueError, match="bands"):
+        ModelSpec("native", 6, 3, decoder_channels=(8,) * 5, bands=("a",))
+    with pytest.raises(ValueError, match="unknown model"):
+        ModelSpec("unet", 6, 3, decoder_channels=(8,) * 5, bands=("a",) * 6)
+    with pytest.raises(ValueError, match="decoder_channels"):
+        ModelSpec("native", 6, 3, decoder_channels=(8,), bands=("a",) * 6)
