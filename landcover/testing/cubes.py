@@ -32,7 +32,14 @@ import numpy as np
 
 from .. import schema
 
-__all__ = ["CLC_CODES", "REFLECTANCE_SCALE", "REFLECTANCE_OFFSET", "THERMAL_SCALE", "THERMAL_OFFSET", "make_cube"]
+__all__ = [
+    "CLC_CODES",
+    "REFLECTANCE_SCALE",
+    "REFLECTANCE_OFFSET",
+    "THERMAL_SCALE",
+    "THERMAL_OFFSET",
+    "make_cube",
+]
 
 CLC_CODES: tuple[int, ...] = (
     111, 112, 121, 122, 123, 124, 131, 132, 133, 141, 142,

@@ -1,0 +1,987 @@
+"""PyTorch datasets over cube windows: fast block reads, band selection, normalisation.
+
+Entry points: :class:`WindowDataset` (map-style), :class:`WindowIterableDataset`
+(streaming) and :func:`make_loader` (a ``DataLoader`` with safe defaults).
+
+Read path
+---------
+Window geometry comes from :mod:`landcover.windows` (xbatcher's selector table, random
+positions, rotation footprints, valid-share filter, spatial splits), planned once in
+``__init__`` from the ``valid`` mask only. Pixels never go through xarray or Dask:
+
+* each process (the main one, or each DataLoader worker) opens the stores lazily with
+  zarr-python on first use; the pickled dataset holds only plain metadata and the window
+  table (no zarr handles, no Dask graph), so it travels cheaply to spawned workers;
+* reads are per *chunk*: a chunk is fetched from the store and decoded once (for local
+  stores with a plain ``bytes`` + blosc/zstd/gzip codec chain, the raw chunk file is
+  decoded straight into a numpy buffer with numcodecs; any other layout goes through
+  ``zarr.Array.__getitem__``) and kept in a per-process LRU cache bounded in bytes
+  (``cache_mb``), so the many windows cut from one chunk cost one decode and peak RSS
+  per worker stays bounded;
+* a window is a numpy view of one cached chunk when it fits in it (otherwise it is
+  assembled from the chunks it touches), decoded from uint16/uint8 to float32 with one
+  fused multiply-add per band (CF scale/offset and the normalisation together);
+* the iterable dataset visits windows in chunk order and splits that order into
+  contiguous parts across workers, so each chunk is decoded about once per epoch.
+
+Normalisation statistics (per-band mean/std of the decoded values over valid pixels) are
+computed once per cube with Dask in the *parent* process, stored in the cube (root
+attribute ``landcover:band_stats`` through :func:`landcover.store.update_attrs`, or a
+``landcover-stats.json`` sidecar in the store directory when that is not possible), and
+pooled over cubes.
+
+Multiprocessing: once Dask (or any threaded library) has run in the parent, fork-started
+workers can deadlock. :func:`make_loader` therefore uses the ``"spawn"`` start method by
+default (``"forkserver"`` works too), sets ``persistent_workers`` and ``pin_memory`` (when
+CUDA is present) and keeps torch to one thread per worker. Dask is never used in workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from . import schema
+from .errors import IncompleteStoreError, InputFileError
+from .windows import (
+    SPLITS,
+    Angle,
+    Split,
+    WindowIndex,
+    WindowSpec,
+    plan_windows,
+    rotated_transform,
+    sample_rotated,
+)
+
+__all__ = [
+    "BandSelection",
+    "BandStats",
+    "CubeInfo",
+    "WindowDataset",
+    "WindowIterableDataset",
+    "inspect_cube",
+    "cube_stats",
+    "make_loader",
+    "STATS_ATTR",
+    "STATS_FILE",
+]
+
+BandSelection = Literal["all", "reflective", "rgb"] | Sequence[str]
+STATS_ATTR = "landcover:band_stats"
+STATS_FILE = "landcover-stats.json"
+_STATS_VERSION = 1
+_RGB_ALIASES: dict[str, tuple[str, ...]] = {
+    "red": ("red", "SR_B3", "B3", "b3"),
+    "green": ("green", "SR_B2", "B2", "b2"),
+    "blue": ("blue", "SR_B1", "B1", "b1"),
+}
+
+
+# -- cube metadata -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CubeInfo:
+    """Plain (picklable) metadata of one cube store, read without touching pixels."""
+
+    path: str
+    shape: tuple[int, int]
+    transform: tuple[float, float, float, float, float, float]
+    crs: str
+    times: int
+    bands: tuple[str, ...]
+    classes: tuple[int, ...]
+    has_thermal: bool
+    scale: Mapping[str, tuple[float, float]]
+    chunk: tuple[int, int]
+    clc_level: int
+    fingerprint: str
+
+    @property
+    def grid(self) -> Any:
+        """The cube's :class:`landcover.grid.Grid`."""
+        from affine import Affine
+
+        from .grid import Grid
+
+        return Grid(self.crs, Affine(*self.transform), self.shape)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        out: dict[str, Any] = json.load(fh)
+    return out
+
+
+def _check_complete(path: Path) -> dict[str, Any]:
+    """Root attributes of a complete Zarr v3 cube, or a clear error naming the store."""
+    if not path.exists():
+        raise InputFileError(path, "no such cube store")
+    meta_path = path / "zarr.json"
+    if not meta_path.is_file():
+        raise InputFileError(path, "not a Zarr v3 store (no zarr.json); build it with `landcover cube build`")
+    try:
+        meta = _read_json(meta_path)
+    except (OSError, ValueError) as exc:
+        raise InputFileError(path, f"unreadable zarr.json ({exc})") from None
+    attrs: dict[str, Any] = meta.get("attributes", {}) or {}
+    if attrs.get(schema.COMPLETE_ATTR) is not True:
+        raise IncompleteStoreError(
+            path,
+            "the cube build did not finish (no completion marker); "
+            "rerun the same `landcover cube build` command to finish it",
+        )
+    return attrs
+
+
+def inspect_cube(store: str | os.PathLike[str]) -> CubeInfo:
+    """Read the metadata of a complete cube (refuses incomplete or non-conforming stores).
+
+    Parameters
+    ----------
+    store
+        Path of the cube's Zarr v3 store directory.
+    """
+    import zarr
+
+    path = Path(store)
+    attrs = _check_complete(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group = zarr.open_group(str(path), mode="r", zarr_format=3)
+        names = set(group.array_keys())
+        for name in schema.REQUIRED:
+            if name not in names:
+                raise InputFileError(path, f"cube lacks required variable {name!r}")
+        refl = group["reflectance"]
+        labels = group["labels"]
+        t, nb, h, w = refl.shape
+        x = np.asarray(group["x"][:2], dtype="float64") if "x" in names else None
+        y = np.asarray(group["y"][:2], dtype="float64") if "y" in names else None
+        gm = dict(group["spatial_ref"].attrs) if "spatial_ref" in names else {}
+        bands = (
+            tuple(str(b) for b in group["band"][:]) if "band" in names else tuple(f"b{i}" for i in range(nb))
+        )
+        classes = (
+            tuple(int(c) for c in group["class"][:]) if "class" in names else tuple(range(labels.shape[0]))
+        )
+        scale = {}
+        for name in ("reflectance", "thermal", "labels"):
+            if name in names:
+                a = group[name].attrs
+                scale[name] = (float(a.get("scale_factor", 1.0)), float(a.get("add_offset", 0.0)))
+        chunk = tuple(int(v) for v in refl.chunks[-2:])
+    crs = gm.get("crs_wkt") or gm.get("spatial_ref")
+    if not crs:
+        raise InputFileError(
+            path, "cube has no spatial_ref/crs_wkt; rebuild it with landcover (rioxarray write_crs)"
+        )
+    if x is not None and y is not None and len(x) == 2 and len(y) == 2:
+        a_, e_ = float(x[1] - x[0]), float(y[1] - y[0])
+        transform = (a_, 0.0, float(x[0] - a_ / 2), 0.0, e_, float(y[0] - e_ / 2))
+    elif "GeoTransform" in gm:
+        c0, a_, b_, f0, d_, e_ = (float(v) for v in str(gm["GeoTransform"]).split())
+        transform = (a_, b_, c0, d_, e_, f0)
+    else:
+        raise InputFileError(
+            path, "cannot derive the grid transform (x/y coordinates or GeoTransform missing)"
+        )
+    if labels.shape[1:] != (h, w) or group["valid"].shape != (t, h, w):
+        raise InputFileError(
+            path, f"cube variables disagree in shape: reflectance {refl.shape}, labels {labels.shape}"
+        )
+    fp = hashlib.sha1(
+        json.dumps(
+            [list(refl.shape), list(labels.shape), list(bands), list(classes), attrs.get("product_ids")],
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
+    return CubeInfo(
+        path=str(path),
+        shape=(int(h), int(w)),
+        transform=transform,
+        crs=str(crs),
+        times=int(t),
+        bands=bands,
+        classes=classes,
+        has_thermal="thermal" in names,
+        scale=scale,
+        chunk=(int(chunk[0]), int(chunk[1])),
+        clc_level=int(attrs.get("clc_level", 3)),
+        fingerprint=fp,
+    )
+
+
+# -- chunk reader with a bounded LRU cache ------------------------------------------------------------------
+
+
+class _Array:
+    """One zarr array with a fast chunk decoder (numcodecs on the raw chunk file) when possible."""
+
+    def __init__(self, arr: Any) -> None:
+        self.arr = arr
+        self.shape = tuple(int(s) for s in arr.shape)
+        self.chunks = tuple(int(c) for c in arr.chunks)
+        self.dtype = np.dtype(arr.dtype)
+        self.fill = arr.fill_value
+        self.root: Path | None = None
+        self.codec: Any = None
+        self._fast_setup()
+
+    def _fast_setup(self) -> None:
+        import numcodecs
+        import zarr.codecs as zc
+        from zarr.storage import LocalStore
+
+        meta = self.arr.metadata
+        codecs = list(getattr(meta, "codecs", ()))
+        if not isinstance(self.arr.store, LocalStore) or not codecs or self.dtype.byteorder == ">":
+            return
+        first, rest = codecs[0], codecs[1:]
+        if not isinstance(first, zc.BytesCodec) or (
+            first.endian is not None and first.endian.value != "little"
+        ):
+            return
+        if len(rest) > 1:
+            return
+        if not rest:
+            self.codec = "raw"
+        elif isinstance(rest[0], zc.BloscCodec):
+            self.codec = numcodecs.Blosc()
+        elif isinstance(rest[0], zc.ZstdCodec):
+            self.codec = numcodecs.Zstd()
+        elif isinstance(rest[0], zc.GzipCodec):
+            self.codec = numcodecs.GZip()
+        else:
+            return
+        self.root = Path(self.arr.store.root) / self.arr.path
+
+    def chunk(self, coords: tuple[int, ...]) -> np.ndarray:
+        """Decoded chunk at chunk-grid ``coords``, clipped to the array extent."""
+        clip = tuple(
+            slice(0, min(c, s - i * c)) for i, c, s in zip(coords, self.chunks, self.shape, strict=True)
+        )
+        if self.root is not None:
+            key = self.arr.metadata.encode_chunk_key(coords)
+            try:
+                data = (self.root / key).read_bytes()
+            except FileNotFoundError:
+                return np.full(self.chunks, self.fill, dtype=self.dtype)[clip]
+            out = np.empty(self.chunks, dtype=self.dtype)
+            if self.codec == "raw":
+                out[...] = np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
+            else:
+                self.codec.decode(data, out=out)
+            return out[clip]
+        sel = tuple(
+            slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(coords, self.chunks, self.shape, strict=True)
+        )
+        return np.asarray(self.arr[sel])
+
+
+class ChunkCache:
+    """Per-process LRU cache of decoded chunks, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._data: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[Any, ...], load: Any) -> np.ndarray:
+        """Cached value of ``key``, computing it with ``load()`` on a miss."""
+        val = self._data.get(key)
+        if val is not None:
+            self._data.move_to_end(key)
+            self.hits += 1
+            return val
+        self.misses += 1
+        val = load()
+        self._data[key] = val
+        self.nbytes += val.nbytes
+        while self.nbytes > self.max_bytes and len(self._data) > 1:
+            _, old = self._data.popitem(last=False)
+            self.nbytes -= old.nbytes
+        return val
+
+    def clear(self) -> None:
+        """Drop everything."""
+        self._data.clear()
+        self.nbytes = 0
+
+
+class CubeReader:
+    """Chunk-aligned reads of one cube through zarr-python, in the current process."""
+
+    def __init__(self, path: str, cache: ChunkCache, key: int) -> None:
+        import zarr
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.group = zarr.open_group(path, mode="r", zarr_format=3)
+            self.arrays = {
+                name: _Array(self.group[name])
+                for name in ("reflectance", "thermal", "labels", "valid")
+                if name in self.group.array_keys()
+            }
+        self.cache = cache
+        self.key = key
+
+    def region(
+        self, name: str, lead: tuple[int | None, ...], r0: int, r1: int, c0: int, c1: int
+    ) -> np.ndarray:
+        """``name[lead..., r0:r1, c0:c1]``; ``None`` in ``lead`` keeps a whole dimension.
+
+        Returns a view of a cached chunk when the region lies in one chunk (do not write to it).
+        """
+        arr = self.arrays[name]
+        ranges: list[tuple[int, int]] = []
+        squeeze: list[int] = []
+        for d, v in enumerate(lead):
+            if v is None:
+                ranges.append((0, arr.shape[d]))
+            else:
+                ranges.append((int(v), int(v) + 1))
+                squeeze.append(d)
+        ranges += [(r0, r1), (c0, c1)]
+        if any(a < 0 or b > s or b <= a for (a, b), s in zip(ranges, arr.shape, strict=True)):
+            raise IndexError(f"region {ranges} outside {name} {arr.shape}")
+        cranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(ranges, arr.chunks, strict=True)]
+        ncoords = math.prod(len(r) for r in cranges)
+
+        def fetch(coords: tuple[int, ...]) -> np.ndarray:
+            return self.cache.get((self.key, name, coords), lambda: arr.chunk(coords))
+
+        if ncoords == 1:
+            coords = tuple(r[0] for r in cranges)
+            chunk = fetch(coords)
+            sel = tuple(
+                slice(a - i * c, b - i * c) for (a, b), i, c in zip(ranges, coords, arr.chunks, strict=True)
+            )
+            out = chunk[sel]
+        else:
+            out = np.empty(tuple(b - a for a, b in ranges), dtype=arr.dtype)
+            import itertools
+
+            for coords in itertools.product(*cranges):
+                chunk = fetch(coords)
+                src, dst = [], []
+                for (a, b), i, c in zip(ranges, coords, arr.chunks, strict=True):
+                    lo, hi = max(a, i * c), min(b, (i + 1) * c)
+                    src.append(slice(lo - i * c, hi - i * c))
+                    dst.append(slice(lo - a, hi - a))
+                out[tuple(dst)] = chunk[tuple(src)]
+        return out.reshape(tuple(s for d, s in enumerate(out.shape) if d not in squeeze))
+
+
+# -- statistics ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Per-channel normalisation statistics of decoded values over valid pixels."""
+
+    names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    count: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        return {
+            "names": list(self.names),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "count": list(self.count),
+        }
+
+
+def _compute_stats(info: CubeInfo) -> dict[str, Any]:
+    """Sums over valid pixels per band (reflectance) and for thermal, with Dask (threads, in this process)."""
+    import dask
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = xr.open_zarr(info.path, chunks={}, mask_and_scale=True, zarr_format=3)
+    valid = ds["valid"]
+    dims = ("time", "y", "x")
+    todo: dict[str, Any] = {}
+    refl = ds["reflectance"].astype("float64").where(valid)
+    todo["reflectance"] = (refl.count(dims), refl.sum(dims), (refl**2).sum(dims))
+    if "thermal" in ds:
+        th = ds["thermal"].astype("float64").where(valid)
+        todo["thermal"] = (th.count(dims), th.sum(dims), (th**2).sum(dims))
+    (done,) = dask.compute(todo, scheduler="threads")
+    out: dict[str, Any] = {"version": _STATS_VERSION, "fingerprint": info.fingerprint}
+    for name, (cnt, s, ss) in done.items():
+        out[name] = {
+            "bands": list(info.bands) if name == "reflectance" else ["thermal"],
+            "count": np.atleast_1d(cnt.values).astype("int64").tolist(),
+            "sum": np.atleast_1d(s.values).astype("float64").tolist(),
+            "sumsq": np.atleast_1d(ss.values).astype("float64").tolist(),
+        }
+    return out
+
+
+def cube_stats(info: CubeInfo, *, recompute: bool = False, save: bool = True) -> dict[str, Any]:
+    """Per-band count/sum/sum-of-squares of one cube, computed once and stored with the cube.
+
+    Looks for the root attribute :data:`STATS_ATTR`, then the sidecar :data:`STATS_FILE`;
+    computes with Dask when neither matches the cube's fingerprint, then saves through
+    :func:`landcover.store.update_attrs` when available (else the sidecar). A store that
+    cannot be written keeps the statistics in memory only (with a warning).
+    """
+    path = Path(info.path)
+    if not recompute:
+        attrs = _read_json(path / "zarr.json").get("attributes", {}) or {}
+        for cand in (attrs.get(STATS_ATTR), _read_sidecar(path / STATS_FILE)):
+            if isinstance(cand, dict) and cand.get("fingerprint") == info.fingerprint:
+                return cand
+    stats = _compute_stats(info)
+    if save:
+        try:
+            try:
+                from .store import update_attrs
+            except ImportError:
+                update_attrs = None  # type: ignore[assignment]
+            if update_attrs is not None:
+                update_attrs(path, **{STATS_ATTR: stats})
+            else:  # pragma: no cover - depends on the store module
+                _write_sidecar(path / STATS_FILE, stats)
+        except Exception as exc:  # noqa: BLE001 - read-only stores keep working
+            try:
+                _write_sidecar(path / STATS_FILE, stats)
+            except OSError:
+                warnings.warn(f"{path}: cannot store band statistics ({exc}); kept in memory", stacklevel=2)
+    return stats
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    try:
+        return _read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_sidecar(path: Path, stats: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(stats), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _pool_stats(per_cube: Sequence[dict[str, Any]], channels: Sequence[str]) -> BandStats:
+    mean, std, count = [], [], []
+    for ch in channels:
+        n = s = ss = 0.0
+        for st in per_cube:
+            var = "thermal" if ch == "thermal" else "reflectance"
+            block = st.get(var)
+            if not block or ch not in block["bands"]:
+                continue
+            i = block["bands"].index(ch)
+            n += block["count"][i]
+            s += block["sum"][i]
+            ss += block["sumsq"][i]
+        if n <= 0:
+            mean.append(0.0)
+            std.append(1.0)
+            count.append(0)
+            continue
+        m = s / n
+        v = max(ss / n - m * m, 0.0)
+        mean.append(float(m))
+        std.append(float(math.sqrt(v)) if v > 1e-20 else 1.0)
+        count.append(int(n))
+    return BandStats(tuple(channels), tuple(mean), tuple(std), tuple(count))
+
+
+# -- class aggregation --------------------------------------------------------------------------------------
+
+
+def _class_groups(
+    codes: Sequence[int], level: int, cube_level: int
+) -> tuple[tuple[int, ...], list[np.ndarray]]:
+    """Output codes and, per output class, the indices of the cube classes summed into it."""
+    if level >= cube_level:
+        return tuple(codes), [np.array([i]) for i in range(len(codes))]
+    mapping: dict[int, int] | None = None
+    if cube_level == 3:
+        try:  # the CLC table owns the hierarchy when it is there
+            from .corine import aggregation
+
+            mapping = {int(k): int(v) for k, v in aggregation(level).target if v is not None}  # type: ignore[arg-type]
+        except (ImportError, ValueError, KeyError):
+            mapping = None
+    if mapping is None or any(c not in mapping for c in codes):
+        div = 10 ** (cube_level - level)  # CLC codes: the parent is the leading digits
+        mapping = {int(c): int(c) // div for c in codes}
+    out = sorted({mapping[int(c)] for c in codes})
+    groups = [np.array([i for i, c in enumerate(codes) if mapping[int(c)] == o]) for o in out]
+    return tuple(out), groups
+
+
+# -- datasets ----------------------------------------------------------------------------------------------
+
+
+class _WindowSource:
+    """What both datasets share: planning in ``__init__``, lazy readers, item decoding."""
+
+    def __init__(
+        self,
+        cubes: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        size: int | tuple[int, int] = 256,
+        stride: int | tuple[int, int] | None = None,
+        offset: int | tuple[int, int] = (0, 0),
+        angle: Angle = None,
+        bands: BandSelection = "all",
+        thermal: bool = False,
+        min_valid: float = 0.5,
+        split: Split | None = None,
+        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        block: int | None = None,
+        split_seed: int = 0,
+        sampling: Literal["grid", "random"] = "grid",
+        count: int | None = None,
+        seed: int = 0,
+        shuffle: bool = False,
+        augment: bool = False,
+        normalize: bool = True,
+        level: int = 3,
+        max_windows: int | None = None,
+        cache_mb: float = 512,
+    ) -> None:
+        if isinstance(cubes, str | os.PathLike):
+            cubes = [cubes]
+        if not cubes:
+            raise ValueError("WindowDataset needs at least one cube")
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+        if level not in (1, 2, 3):
+            raise ValueError(f"level must be 1, 2 or 3, got {level!r}")
+        self.spec = WindowSpec(
+            size=size,  # type: ignore[arg-type]
+            stride=stride,  # type: ignore[arg-type]
+            offset=offset,  # type: ignore[arg-type]
+            angle=angle,
+            min_valid=min_valid,
+            sampling=sampling,
+            count=count,
+            seed=seed,
+            shuffle=shuffle,
+        )
+        self.cubes: tuple[CubeInfo, ...] = tuple(inspect_cube(c) for c in cubes)
+        first = self.cubes[0]
+        for c in self.cubes[1:]:
+            if c.classes != first.classes:
+                raise InputFileError(
+                    c.path, f"class codes differ from {first.path}; all cubes must share them"
+                )
+        self.split = split
+        self.augment = bool(augment)
+        self.normalize = bool(normalize)
+        self.level = level
+        self.cache_mb = float(cache_mb)
+        self._channels = self._resolve_bands(bands, thermal)
+        self.band_names: tuple[str, ...] = tuple(ch for ch in self._channels)
+        self.class_codes, self._groups = _class_groups(first.classes, level, first.clc_level)
+        self._group_starts: np.ndarray | None = None
+        flat = np.concatenate(self._groups)
+        if len(self._groups) != len(first.classes) and np.array_equal(flat, np.arange(len(flat))):
+            self._group_starts = np.array([g[0] for g in self._groups])
+        fh, fw = self.spec.footprint
+        self.block = int(block) if block is not None else max(512, 2 * max(fh, fw))
+        if split is not None and self.block < max(fh, fw):
+            raise ValueError(f"block ({self.block}) must be at least the window footprint {(fh, fw)}")
+        self.split_fractions = split_fractions
+        self.split_seed = split_seed
+        if normalize:
+            self.stats = _pool_stats([cube_stats(c) for c in self.cubes], self.band_names)
+        else:
+            self.stats = BandStats(
+                self.band_names,
+                (0.0,) * len(self.band_names),
+                (1.0,) * len(self.band_names),
+                (0,) * len(self.band_names),
+            )
+        self._affine = [self._channel_affine(c) for c in self.cubes]
+        self.windows = self._plan(max_windows)
+        self._readers: dict[int, CubeReader] | None = None
+        self._cache: ChunkCache | None = None
+
+    # -- configuration helpers
+    def _resolve_bands(self, bands: BandSelection, thermal: bool) -> tuple[str, ...]:
+        names = self.cubes[0].bands
+        for c in self.cubes[1:]:
+            if c.bands != names:
+                raise InputFileError(
+                    c.path, f"band names {c.bands} differ from {names} in {self.cubes[0].path}"
+                )
+        if isinstance(bands, str):
+            if bands in ("all", "reflective"):
+                chosen = list(names)
+            elif bands == "rgb":
+                chosen = []
+                for want, aliases in _RGB_ALIASES.items():
+                    hit = next((a for a in aliases if a in names), None)
+                    if hit is None:
+                        raise ValueError(f"bands='rgb' needs a {want!r} band; the cube has {names}")
+                    chosen.append(hit)
+            else:
+                raise ValueError(
+                    f"bands must be 'all', 'reflective', 'rgb' or a list of names, got {bands!r}"
+                )
+        else:
+            chosen = [str(b) for b in bands]
+            bad = [b for b in chosen if b not in names and b != "thermal"]
+            if bad or not chosen:
+                raise ValueError(f"unknown band(s) {bad}; the cube has {names} (+ 'thermal')")
+        if thermal and "thermal" not in chosen:
+            chosen.append("thermal")
+        if "thermal" in chosen:
+            for c in self.cubes:
+                if not c.has_thermal:
+                    raise InputFileError(c.path, "thermal requested but the cube has no 'thermal' variable")
+        return tuple(chosen)
+
+    def _channel_affine(self, info: CubeInfo) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
+        """Per-channel ``a``, ``b`` (raw * a + b = normalised value) and source band index (None: thermal)."""
+        a, b, src = [], [], []
+        for k, ch in enumerate(self.band_names):
+            var = "thermal" if ch == "thermal" else "reflectance"
+            sc, off = info.scale.get(var, (1.0, 0.0))
+            m, s = self.stats.mean[k], self.stats.std[k]
+            a.append(sc / s)
+            b.append((off - m) / s)
+            src.append(None if ch == "thermal" else info.bands.index(ch))
+        return np.asarray(a, dtype="float32"), np.asarray(b, dtype="float32"), src
+
+    def _plan(self, max_windows: int | None) -> WindowIndex:
+        import zarr
+
+        split_idx = None if self.split is None else SPLITS.index(self.split)
+        parts = []
+        from .windows import global_origin
+
+        for ci, info in enumerate(self.cubes):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                valid = zarr.open_group(info.path, mode="r", zarr_format=3)["valid"]
+            strip = int(valid.chunks[1])
+            for t in range(info.times):
+
+                def read(r0: int, r1: int, _v: Any = valid, _t: int = t) -> np.ndarray:
+                    return np.asarray(_v[_t, r0:r1, :])
+
+                parts.append(
+                    plan_windows(
+                        info.shape,
+                        self.spec,
+                        cube=ci,
+                        time=t,
+                        read_valid_rows=read,
+                        strip=strip,
+                        split=split_idx,
+                        block=self.block,
+                        origin=global_origin(info.transform),
+                        fractions=self.split_fractions,
+                        split_seed=self.split_seed,
+                    )
+                )
+        table = WindowIndex.concat(parts)
+        if self.spec.shuffle:
+            table = table.take(np.random.default_rng([self.spec.seed, 7]).permutation(len(table)))
+        if max_windows is not None:
+            table = table.take(np.arange(min(int(max_windows), len(table))))
+        return table
+
+    # -- public properties
+    @property
+    def num_classes(self) -> int:
+        """Number of target classes ``K``."""
+        return len(self.class_codes)
+
+    @property
+    def in_channels(self) -> int:
+        """Number of image channels ``C``."""
+        return len(self.band_names)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Window size ``(H, W)``."""
+        return self.spec.size
+
+    # -- pickling: drop per-process handles
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_readers"] = None
+        state["_cache"] = None
+        return state
+
+    def _reader(self, cube: int) -> CubeReader:
+        if self._readers is None:
+            self._readers = {}
+            self._cache = ChunkCache(int(self.cache_mb * 2**20))
+        r = self._readers.get(cube)
+        if r is None:
+            assert self._cache is not None
+            r = CubeReader(self.cubes[cube].path, self._cache, cube)
+            self._readers[cube] = r
+        return r
+
+    # -- reading one window
+    def _window(self, i: int) -> dict[str, Any]:
+        w = self.windows
+        ci, t, row, col = int(w.cube[i]), int(w.time[i]), int(w.row[i]), int(w.col[i])
+        angle = float(w.angle[i])
+        info = self.cubes[ci]
+        reader = self._reader(ci)
+        (h, wd), (py, px) = self.spec.size, self.spec.pad
+        r0, c0 = row - py, col - px
+        r1, c1 = row + h + py, col + wd + px
+        a, b, src = self._affine[ci]
+        need_refl = any(s is not None for s in src)
+        refl = reader.region("reflectance", (t, None), r0, r1, c0, c1) if need_refl else None
+        therm = reader.region("thermal", (t,), r0, r1, c0, c1) if None in src else None
+        image = np.empty((len(src), r1 - r0, c1 - c0), dtype="float32")
+        for k, s in enumerate(src):
+            plane = therm if s is None else refl[s]  # type: ignore[index]
+            np.multiply(plane, a[k], out=image[k], dtype="float32")
+            image[k] += b[k]
+        valid = reader.region("valid", (t,), r0, r1, c0, c1)
+        raw = reader.region("labels", (None,), r0, r1, c0, c1)
+        valid = valid & (raw[0] != schema.LABEL_FILL)
+        if self._group_starts is not None:
+            raw = np.add.reduceat(raw, self._group_starts, axis=0, dtype="uint16")
+        elif len(self._groups) != raw.shape[0]:
+            raw = np.stack([raw[g].sum(axis=0, dtype="uint16") for g in self._groups])
+        if self.spec.angle is None:
+            mask = np.ascontiguousarray(valid)
+            target = np.multiply(raw, np.float32(schema.LABEL_SCALE), dtype="float32")
+            transform = (
+                info.transform[0],
+                info.transform[1],
+                info.transform[2] + info.transform[0] * col + info.transform[1] * row,
+                info.transform[3],
+                info.transform[4],
+                info.transform[5] + info.transform[3] * col + info.transform[4] * row,
+            )
+            if not mask.all():
+                inv = ~mask
+                image[:, inv] = 0.0
+                target[:, inv] = 0.0
+        else:
+            image, target_opt, mask = sample_rotated(image, raw, valid, (h, wd), (py, px), angle)
+            assert target_opt is not None
+            target = target_opt
+            transform = rotated_transform(info.transform, row, col, (h, wd), angle)
+        return {
+            "image": torch.from_numpy(image),
+            "target": torch.from_numpy(target),
+            "mask": torch.from_numpy(mask),
+            "transform": torch.tensor(transform, dtype=torch.float64),
+            "crs": info.crs,
+            "position": torch.tensor([ci, t, row, col], dtype=torch.int64),
+            "angle": torch.tensor(angle, dtype=torch.float32),
+        }
+
+    def _item(self, i: int) -> dict[str, Any]:
+        sample = self._window(i)
+        if self.augment:
+            from .transforms import random_dihedral
+
+            sample = random_dihedral(sample)
+        return sample
+
+
+class WindowDataset(_WindowSource, Dataset[dict[str, Any]]):
+    """Map-style dataset of cube windows (``dataset[i]`` -> dict of tensors).
+
+    Parameters
+    ----------
+    cubes
+        One cube store path or several; all cubes and time steps form one dataset,
+        indexed by (cube, time, row, col) in :attr:`windows`.
+    size
+        Window ``(H, W)`` in pixels (int for square), any size that fits the cube.
+    stride
+        Grid step ``(rows, cols)``; ``None`` = ``size`` (no overlap).
+    offset
+        Grid origin ``(row, col)``.
+    angle
+        ``None`` (axis-aligned), degrees, or ``"random"`` (seeded per window): windows read
+        at an angle (image bilinear, fractions bilinear and renormalised, mask nearest).
+    bands
+        ``"all"``/``"reflective"`` (every reflectance band), ``"rgb"`` (red, green, blue: the
+        ImageNet baseline), or a list of band names (``"thermal"`` allowed).
+    thermal
+        Append the thermal band as the last channel.
+    min_valid
+        Skip windows with a smaller share of valid pixels (decided from ``valid`` only).
+    split, split_fractions, block, split_seed
+        Spatially blocked split: ``block`` x ``block`` pixel blocks (default: the larger of
+        512 and twice the footprint) go wholly to train/val/test with ``split_fractions``;
+        only windows inside one split's blocks are kept. ``split_seed`` is separate from
+        ``seed`` so that datasets with different sampling seeds still partition alike.
+    sampling, count
+        ``"grid"`` or ``"random"`` positions; ``count`` random windows per (cube, time).
+    seed
+        Seed of random positions/angles and of ``shuffle``.
+    shuffle
+        Shuffle the window table once (seeded); otherwise row-major per (cube, time).
+    augment
+        Random 90-degree rotations and flips (:func:`landcover.transforms.random_dihedral`).
+    normalize
+        Normalise with per-band mean/std (:attr:`stats`); otherwise decoded physical
+        values (reflectance, Kelvin). Pixels where ``mask`` is False are 0 in both cases.
+    level
+        CLC nomenclature level of the targets: 3 (as stored), 2 or 1 (fractions summed).
+    max_windows
+        Keep at most this many windows (after shuffling).
+    cache_mb
+        Per-process bound of the decoded-chunk cache.
+
+    Items
+    -----
+    ``image`` float32 (C, H, W); ``target`` float32 (K, H, W) class fractions (sum 1 where
+    ``mask``, 0 elsewhere); ``mask`` bool (H, W); ``transform`` float64 (6,) GDAL/rasterio
+    affine ``(a, b, c, d, e, f)`` of the returned pixels (rotation included); ``crs`` str
+    (WKT); ``position`` int64 (4,) = (cube, time, row, col) of the axis-aligned box in its
+    cube; ``angle`` float32 degrees (0 for aligned windows).
+    """
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self.windows)
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"window index {index} out of range for {n} windows")
+        return self._item(i)
+
+
+class WindowIterableDataset(_WindowSource, IterableDataset[dict[str, Any]]):
+    """Streaming variant of :class:`WindowDataset` (same parameters and items).
+
+    Windows are visited chunk by chunk (each decoded chunk serves all its windows before
+    it is evicted) and the visiting order is split into contiguous parts across DataLoader
+    workers. With ``shuffle=True`` the order of (cube, time) pairs and of chunk rows is
+    reshuffled every epoch (seeded by ``seed`` and the epoch), as is the order of windows
+    inside each chunk; the table itself stays in chunk order.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch number that seeds the next iteration's order."""
+        self._epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def order(self, epoch: int = 0) -> np.ndarray:
+        """Window indices in visiting order for ``epoch`` (all workers together)."""
+        w = self.windows
+        py, px = self.spec.pad
+        ch, cw = np.array([c.chunk[0] for c in self.cubes]), np.array([c.chunk[1] for c in self.cubes])
+        crow = (w.row - py) // ch[w.cube]
+        ccol = (w.col - px) // cw[w.cube]
+        pair = w.cube * (max(c.times for c in self.cubes)) + w.time
+        if not self.spec.shuffle:
+            return np.lexsort((w.col, w.row, ccol, crow, pair))
+        rng = np.random.default_rng([self.spec.seed, 11, epoch])
+        pair_rank = rng.permutation(int(pair.max()) + 1)[pair] if len(pair) else pair
+        row_rank = rng.permutation(int(crow.max()) + 1)[crow] if len(crow) else crow
+        return np.lexsort((rng.random(len(w)), ccol, row_rank, pair_rank))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        order = self.order(self._epoch)
+        self._epoch += 1
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1:
+            bounds = np.linspace(0, len(order), info.num_workers + 1).round().astype(int)
+            order = order[bounds[info.id] : bounds[info.id + 1]]
+        for i in order:
+            yield self._item(int(i))
+
+
+# -- loader --------------------------------------------------------------------------------------------------
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: Dataset[Any],
+    batch_size: int,
+    num_workers: int = 0,
+    *,
+    shuffle: bool | None = None,
+    multiprocessing_context: Literal["spawn", "forkserver", "fork"] = "spawn",
+    pin_memory: bool | None = None,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+) -> DataLoader[Any]:
+    """A ``DataLoader`` over a window dataset with safe multiprocessing defaults.
+
+    Parameters
+    ----------
+    dataset
+        A :class:`WindowDataset` or :class:`WindowIterableDataset` (or any dataset).
+    batch_size, num_workers
+        As in ``DataLoader``.
+    shuffle
+        Map-style datasets only; default False (the iterable dataset orders itself).
+    multiprocessing_context
+        Start method of the workers. ``"spawn"`` (default) and ``"forkserver"`` are safe after
+        Dask or other threads have run in the parent; ``"fork"`` can deadlock then.
+    pin_memory
+        Default: True when CUDA is available.
+    persistent_workers
+        Default: True when ``num_workers > 0`` (stores and chunk caches stay open).
+    prefetch_factor, drop_last, generator
+        As in ``DataLoader``.
+    """
+    iterable = isinstance(dataset, IterableDataset)
+    if iterable and shuffle:
+        raise ValueError("shuffle an iterable window dataset with its own shuffle=True, not the loader")
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["multiprocessing_context"] = multiprocessing_context
+        kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
+        kwargs["worker_init_fn"] = _worker_init
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=bool(shuffle) and not iterable,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        generator=generator,
+        **kwargs,
+    )

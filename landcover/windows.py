@@ -1,0 +1,630 @@
+"""Window geometry: sizes, strides, offsets, rotation, valid-share filter and spatial splits.
+
+This module is pure geometry on numpy (no torch, no pixel I/O of imagery). It decides
+*which* windows exist; :mod:`landcover.datasets` reads them.
+
+Design
+------
+**Positions.** A window is an ``(H, W)`` box at ``(row, col)`` (its upper-left pixel) in
+one time step of one cube. On a regular grid the positions are ``offset + k * stride``
+along each axis; they are enumerated with xbatcher's :class:`~xbatcher.BatchSchema`
+(the selector table behind :class:`xbatcher.BatchGenerator`, with
+``input_dims={"y": H, "x": W}`` and ``input_overlap = size - stride``) over a zero-cost
+broadcast DataArray of the admissible extent, so the counting rule is exactly
+xbatcher's, ``n = (L - offset - size) // stride + 1``. Only the slice selectors are
+used: xbatcher's per-window ``isel`` (~70 us per window) and its ``cache=`` (broken
+with zarr 3) never touch pixels. Random sampling draws seeded integer positions
+instead. The order is reproducible: row-major per (cube, time) unless ``shuffle``.
+
+**Rotated windows.** With ``angle`` set, the output is still an ``(H, W)`` box with the
+same centre as the axis-aligned box at ``(row, col)``, turned by ``angle`` degrees
+(counter-clockwise in array display, so ``angle=90`` equals ``np.rot90`` of the aligned
+window). It is sampled from an axis-aligned *footprint* (the box padded by
+:attr:`WindowSpec.pad`) that is read in one piece: image bilinear, class fractions with
+the same bilinear weights (renormalised, so they still sum to 1), mask nearest; invalid
+neighbours get zero weight. See :func:`sample_rotated`. Positions are kept only where
+the whole footprint lies inside the cube, so every window is inside the valid extent.
+
+**Valid share.** Windows whose footprint holds less than ``min_valid`` valid pixels are
+dropped. The share is computed from the ``valid`` mask only (never the imagery): the
+mask is streamed in strips of rows; each strip gets a summed-area table and adds its
+part of every window's rectangle sum (:func:`valid_shares`), so memory stays at one
+strip whatever the scene size and any set of positions (grid or random) is exact.
+
+**Spatial splits.** Pixels are grouped into ``B x B`` blocks on a *global* pixel grid
+(pixel indices counted from the CRS origin, so aligned cubes of neighbouring scenes share
+blocks). Each block goes to train/val/test by a seeded hash of its block indices and the
+given fractions (:func:`block_splits`). A window belongs to a split only when its whole
+footprint lies in blocks of that split; windows straddling two splits are dropped, so
+overlapping windows cannot leak pixels between splits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "Angle",
+    "Split",
+    "SPLITS",
+    "WindowSpec",
+    "WindowIndex",
+    "grid_positions",
+    "random_positions",
+    "grid_count",
+    "valid_shares",
+    "block_splits",
+    "window_splits",
+    "rotation_coords",
+    "rotated_transform",
+    "sample_rotated",
+]
+
+Angle = float | Literal["random"] | None
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int | np.integer):
+        return (int(value), int(value))
+    vals = tuple(int(v) for v in value)
+    if len(vals) != 2:
+        raise ValueError(f"{name} must be an int or a pair (rows, cols), got {value!r}")
+    return (vals[0], vals[1])
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Which windows to cut from a cube.
+
+    Parameters
+    ----------
+    size
+        ``(H, W)`` window size in pixels (an int means square); any size >= 1.
+    stride
+        Step between grid positions ``(rows, cols)``; ``None`` means ``size`` (no overlap).
+        A stride smaller than the size overlaps windows, a larger one leaves gaps.
+    offset
+        Origin of the grid ``(row, col)`` in pixels (>= 0).
+    angle
+        ``None`` for axis-aligned windows, a fixed angle in degrees, or ``"random"`` for
+        a seeded uniform angle in [0, 360) per window.
+    min_valid
+        Minimum share (0..1) of valid pixels in the window's footprint.
+    sampling
+        ``"grid"`` (regular positions) or ``"random"`` (seeded uniform positions).
+    count
+        Random sampling only: windows per (cube, time) before filtering; ``None`` means
+        as many as the regular grid would give.
+    seed
+        Seed of random positions, random angles and shuffling.
+    shuffle
+        Shuffle the window order (seeded); otherwise row-major per (cube, time).
+    """
+
+    size: tuple[int, int]
+    stride: tuple[int, int] | None = None
+    offset: tuple[int, int] = (0, 0)
+    angle: Angle = None
+    min_valid: float = 0.5
+    sampling: Literal["grid", "random"] = "grid"
+    count: int | None = None
+    seed: int = 0
+    shuffle: bool = False
+
+    def __post_init__(self) -> None:
+        size = _pair(self.size, "size")
+        object.__setattr__(self, "size", size)
+        stride = size if self.stride is None else _pair(self.stride, "stride")
+        object.__setattr__(self, "stride", stride)
+        object.__setattr__(self, "offset", _pair(self.offset, "offset"))
+        if min(size) < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        if min(stride) < 1:
+            raise ValueError(f"stride must be positive, got {stride}")
+        if min(self.offset) < 0:
+            raise ValueError(f"offset must be >= 0, got {self.offset}")
+        if self.angle is not None and self.angle != "random":
+            if isinstance(self.angle, str) or not math.isfinite(float(self.angle)):
+                raise ValueError(f"angle must be None, a number of degrees or 'random', got {self.angle!r}")
+            object.__setattr__(self, "angle", float(self.angle))
+        if not 0.0 <= float(self.min_valid) <= 1.0:
+            raise ValueError(f"min_valid must be within [0, 1], got {self.min_valid}")
+        if self.sampling not in ("grid", "random"):
+            raise ValueError(f"sampling must be 'grid' or 'random', got {self.sampling!r}")
+        if self.count is not None and self.count < 0:
+            raise ValueError(f"count must be >= 0, got {self.count}")
+
+    @property
+    def stride_(self) -> tuple[int, int]:
+        """The effective stride (``size`` when ``stride`` was None)."""
+        assert self.stride is not None  # set in __post_init__
+        return self.stride
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        """Margin ``(rows, cols)`` read around the box for rotated windows (0 when aligned)."""
+        return rotation_pad(self.size, self.angle)
+
+    @property
+    def footprint(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the axis-aligned region read for one window."""
+        (h, w), (py, px) = self.size, self.pad
+        return (h + 2 * py, w + 2 * px)
+
+
+def rotation_pad(size: tuple[int, int], angle: Angle) -> tuple[int, int]:
+    """Margin around an ``(H, W)`` box that holds it turned by ``angle`` plus one bilinear pixel."""
+    if angle is None:
+        return (0, 0)
+    h, w = size
+    if angle == "random":
+        diag = math.hypot(h, w)
+        return (math.ceil((diag - h) / 2 - 1e-9) + 1, math.ceil((diag - w) / 2 - 1e-9) + 1)
+    c, s = _cos_sin(float(angle))
+    ext_h = h * abs(c) + w * abs(s)
+    ext_w = h * abs(s) + w * abs(c)
+    return (max(0, math.ceil((ext_h - h) / 2 - 1e-9)) + 1, max(0, math.ceil((ext_w - w) / 2 - 1e-9)) + 1)
+
+
+def _cos_sin(angle: float) -> tuple[float, float]:
+    """Cosine and sine of ``angle`` degrees, exact for multiples of 90."""
+    a = angle % 360.0
+    exact = {0.0: (1.0, 0.0), 90.0: (0.0, 1.0), 180.0: (-1.0, 0.0), 270.0: (0.0, -1.0)}
+    if a in exact:
+        return exact[a]
+    r = math.radians(a)
+    return (math.cos(r), math.sin(r))
+
+
+# -- positions --------------------------------------------------------------------------------------
+
+
+def _axis_range(length: int, size: int, pad: int, offset: int, stride: int) -> tuple[int, int]:
+    """First admissible grid position and the end of the admissible extent along one axis."""
+    first = offset
+    if first < pad:
+        first += -(-(pad - first) // stride) * stride
+    return first, length - pad
+
+
+def grid_count(length: int, size: int, stride: int, offset: int = 0, pad: int = 0) -> int:
+    """Number of grid windows along one axis: ``(L - pad - first - size) // stride + 1`` (or 0)."""
+    first, end = _axis_range(length, size, pad, offset, stride)
+    if end - first < size:
+        return 0
+    return (end - first - size) // stride + 1
+
+
+def grid_positions(shape: tuple[int, int], spec: WindowSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major regular-grid positions ``(rows, cols)`` (int64) of ``spec`` in a ``shape`` grid.
+
+    The positions are enumerated with xbatcher's batch schema over a broadcast (zero-memory)
+    DataArray of the admissible extent; only windows whose footprint fits are returned.
+    """
+    import xarray as xr
+    from xbatcher import BatchSchema
+
+    (h, w), (sy, sx), (oy, ox), (py, px) = spec.size, spec.stride_, spec.offset, spec.pad
+    y0, y1 = _axis_range(shape[0], h, py, oy, sy)
+    x0, x1 = _axis_range(shape[1], w, px, ox, sx)
+    if y1 - y0 < h or x1 - x0 < w:
+        return np.zeros(0, dtype="int64"), np.zeros(0, dtype="int64")
+    extent = xr.DataArray(np.broadcast_to(np.uint8(0), (y1 - y0, x1 - x0)), dims=("y", "x"))
+    # the selectors BatchGenerator(extent, input_dims, input_overlap) would isel with, one per window
+    schema = BatchSchema(
+        extent,
+        input_dims={"y": h, "x": w},
+        input_overlap={"y": h - sy, "x": w - sx},
+        concat_input_bins=False,
+        preload_batch=False,
+    )
+    sels = [sel[0] for sel in schema.selectors.values()]
+    rows = np.fromiter((s["y"].start for s in sels), dtype="int64", count=len(sels))
+    cols = np.fromiter((s["x"].start for s in sels), dtype="int64", count=len(sels))
+    return rows + y0, cols + x0
+
+
+def random_positions(
+    shape: tuple[int, int], spec: WindowSpec, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` seeded uniform positions whose footprint fits in ``shape`` (empty if none fit)."""
+    (h, w), (py, px) = spec.size, spec.pad
+    hi_r, hi_c = shape[0] - py - h, shape[1] - px - w
+    if hi_r < py or hi_c < px or count <= 0:
+        return np.zeros(0, dtype="int64"), np.zeros(0, dtype="int64")
+    rows = rng.integers(py, hi_r + 1, size=count, dtype="int64")
+    cols = rng.integers(px, hi_c + 1, size=count, dtype="int64")
+    return rows, cols
+
+
+# -- valid share ------------------------------------------------------------------------------------
+
+
+def valid_shares(
+    read_rows: Callable[[int, int], np.ndarray],
+    height: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    size: tuple[int, int],
+    *,
+    strip: int = 512,
+) -> np.ndarray:
+    """Share (float64, 0..1) of valid pixels in each ``size`` rectangle at ``(rows, cols)``.
+
+    Parameters
+    ----------
+    read_rows
+        ``read_rows(r0, r1)`` returns the ``valid`` mask rows ``r0:r1`` (bool, (r1 - r0, width)).
+        Called once per strip, in order; nothing else is read.
+    height
+        Number of rows of the mask.
+    rows, cols
+        Upper-left corners (int) of the rectangles; they must lie inside the mask.
+    size
+        ``(h, w)`` of every rectangle.
+    strip
+        Rows per strip (use the chunk height of the mask).
+    """
+    rows = np.asarray(rows, dtype="int64")
+    cols = np.asarray(cols, dtype="int64")
+    h, w = size
+    total = np.zeros(len(rows), dtype="int64")
+    if len(rows) == 0:
+        return total.astype("float64")
+    top, bottom = int(rows.min()), int((rows + h).max())
+    start = (top // strip) * strip
+    for a in range(start, min(bottom, height), strip):
+        b = min(a + strip, height)
+        hit = np.flatnonzero((rows < b) & (rows + h > a))
+        if len(hit) == 0:
+            continue
+        block = np.asarray(read_rows(a, b), dtype=bool)
+        sat = np.zeros((b - a + 1, block.shape[1] + 1), dtype="int64")
+        np.cumsum(np.cumsum(block, axis=0, dtype="int64"), axis=1, out=sat[1:, 1:])
+        ra = np.clip(rows[hit] - a, 0, b - a)
+        rb = np.clip(rows[hit] + h - a, 0, b - a)
+        c0, c1 = cols[hit], cols[hit] + w
+        total[hit] += sat[rb, c1] - sat[ra, c1] - sat[rb, c0] + sat[ra, c0]
+    return total / float(h * w)
+
+
+# -- spatial splits -----------------------------------------------------------------------------------
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x.astype("uint64")
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def block_splits(
+    block_rows: np.ndarray,
+    block_cols: np.ndarray,
+    *,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+) -> np.ndarray:
+    """Split (0 train, 1 val, 2 test; int8) of global blocks ``(block_rows, block_cols)``.
+
+    Each block draws a seeded uniform number from a hash of ``(seed, block_row, block_col)``
+    and falls into the split whose cumulative ``fractions`` interval holds it, so the
+    assignment depends only on the block's place (not on the cube or the order of cubes).
+    """
+    fr = np.asarray(fractions, dtype="float64")
+    if fr.shape != (3,) or (fr < 0).any() or not math.isclose(float(fr.sum()), 1.0, abs_tol=1e-6):
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    br = np.asarray(block_rows, dtype="int64").astype("uint64")
+    bc = np.asarray(block_cols, dtype="int64").astype("uint64")
+    with np.errstate(over="ignore"):
+        key = _splitmix64(
+            np.uint64(seed & 0xFFFFFFFFFFFFFFFF) + _splitmix64(br) * np.uint64(3) + _splitmix64(bc)
+        )
+    u = (key >> np.uint64(11)).astype("float64") / float(1 << 53)
+    edges = np.cumsum(fr)[:2]
+    return np.searchsorted(edges, u, side="right").astype("int8")
+
+
+def window_splits(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    footprint: tuple[int, int],
+    *,
+    block: int,
+    origin: tuple[int, int] = (0, 0),
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+) -> np.ndarray:
+    """Split index (0/1/2) of each window footprint, or -1 where it straddles two splits.
+
+    Parameters
+    ----------
+    rows, cols
+        Upper-left pixel of each footprint in the cube.
+    footprint
+        ``(h, w)`` of the footprint; both must be <= ``block``.
+    block
+        Block side ``B`` in pixels.
+    origin
+        Global pixel index ``(row, col)`` of the cube's upper-left pixel (see
+        :func:`global_origin`), so aligned cubes share blocks.
+    fractions, seed
+        As in :func:`block_splits`.
+    """
+    fh, fw = footprint
+    if block < max(fh, fw):
+        raise ValueError(f"split block ({block} px) must be at least the window footprint {footprint}")
+    gr = np.asarray(rows, dtype="int64") + origin[0]
+    gc = np.asarray(cols, dtype="int64") + origin[1]
+    r0, r1 = gr // block, (gr + fh - 1) // block
+    c0, c1 = gc // block, (gc + fw - 1) // block
+    s = block_splits(r0, c0, fractions=fractions, seed=seed)
+    same = (
+        (s == block_splits(r0, c1, fractions=fractions, seed=seed))
+        & (s == block_splits(r1, c0, fractions=fractions, seed=seed))
+        & (s == block_splits(r1, c1, fractions=fractions, seed=seed))
+    )
+    return np.where(same, s, np.int8(-1)).astype("int8")
+
+
+def global_origin(transform: Sequence[float]) -> tuple[int, int]:
+    """Global pixel index ``(row, col)`` of a grid's upper-left pixel: its edge / resolution, rounded."""
+    a, _b, c, _d, e, f = (float(v) for v in tuple(transform)[:6])
+    return (int(round(f / e)), int(round(c / a)))
+
+
+# -- the window table -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowIndex:
+    """Flat table of windows over many cubes and time steps: one row per window.
+
+    ``cube``, ``time``, ``row``, ``col`` are int64 arrays (``row``/``col`` the upper-left
+    pixel of the ``(H, W)`` box); ``angle`` is float64 degrees (0 for aligned windows).
+    """
+
+    cube: np.ndarray
+    time: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    angle: np.ndarray
+    share: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.cube)
+
+    @classmethod
+    def empty(cls) -> WindowIndex:
+        """A table with no windows."""
+        z = np.zeros(0, dtype="int64")
+        return cls(z, z, z, z, np.zeros(0), np.zeros(0))
+
+    @classmethod
+    def concat(cls, parts: Sequence[WindowIndex]) -> WindowIndex:
+        """Concatenate tables in order."""
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
+
+    def take(self, idx: np.ndarray) -> WindowIndex:
+        """Rows ``idx`` (indices or a boolean mask) as a new table."""
+        return WindowIndex(*(getattr(self, f)[idx] for f in _FIELDS))
+
+    def positions(self) -> np.ndarray:
+        """``(n, 4)`` int64 array of (cube, time, row, col)."""
+        return np.stack([self.cube, self.time, self.row, self.col], axis=1)
+
+
+_FIELDS = ("cube", "time", "row", "col", "angle", "share")
+
+
+def plan_windows(
+    shape: tuple[int, int],
+    spec: WindowSpec,
+    *,
+    cube: int,
+    time: int,
+    read_valid_rows: Callable[[int, int], np.ndarray] | None,
+    strip: int = 512,
+    split: int | None = None,
+    block: int | None = None,
+    origin: tuple[int, int] = (0, 0),
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    split_seed: int = 0,
+) -> WindowIndex:
+    """All windows of one (cube, time) that pass the footprint, split and valid-share tests.
+
+    Parameters
+    ----------
+    shape
+        ``(height, width)`` of the cube.
+    spec
+        The window specification.
+    cube, time
+        Indices recorded in the table (and mixed into the random seed).
+    read_valid_rows
+        ``read(r0, r1)`` -> ``valid[time, r0:r1, :]`` (bool); ``None`` skips the share test.
+    strip
+        Rows per strip when streaming the mask.
+    split
+        Keep only windows wholly in this split (0 train, 1 val, 2 test); ``None`` keeps all.
+    block, origin, fractions, split_seed
+        Split blocks, see :func:`window_splits`.
+    """
+    (py, px) = spec.pad
+    fh, fw = spec.footprint
+    rng = np.random.default_rng([spec.seed, cube, time])
+    if spec.sampling == "grid":
+        rows, cols = grid_positions(shape, spec)
+    else:
+        n = spec.count
+        if n is None:
+            n = grid_count(shape[0], spec.size[0], spec.stride_[0], spec.offset[0], py) * grid_count(
+                shape[1], spec.size[1], spec.stride_[1], spec.offset[1], px
+            )
+        rows, cols = random_positions(shape, spec, n, rng)
+    if spec.angle == "random":
+        angle = rng.uniform(0.0, 360.0, size=len(rows))
+    else:
+        angle = np.full(len(rows), 0.0 if spec.angle is None else float(spec.angle))
+    keep = np.ones(len(rows), dtype=bool)
+    if split is not None:
+        if block is None:
+            raise ValueError("a split needs a block size")
+        s = window_splits(
+            rows - py, cols - px, (fh, fw), block=block, origin=origin, fractions=fractions, seed=split_seed
+        )
+        keep &= s == split
+    share = np.ones(len(rows))
+    if read_valid_rows is not None and spec.min_valid > 0 and keep.any():
+        idx = np.flatnonzero(keep)
+        share[idx] = valid_shares(
+            read_valid_rows, shape[0], rows[idx] - py, cols[idx] - px, (fh, fw), strip=strip
+        )
+        keep &= share >= spec.min_valid
+    n = int(keep.sum())
+    return WindowIndex(
+        np.full(n, cube, dtype="int64"),
+        np.full(n, time, dtype="int64"),
+        rows[keep],
+        cols[keep],
+        angle[keep],
+        share[keep],
+    )
+
+
+# -- rotated sampling -------------------------------------------------------------------------------------
+
+
+def rotation_coords(
+    size: tuple[int, int], pad: tuple[int, int], angle: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source pixel-centre coordinates ``(rows, cols)`` (float64, (H, W)) in the footprint.
+
+    Output pixel ``(i, j)`` of the turned window samples the footprint at these
+    coordinates; ``angle=0`` gives the box ``pad[0]:pad[0]+H, pad[1]:pad[1]+W`` and
+    ``angle=90`` gives ``np.rot90`` of it (for square windows).
+    """
+    h, w = size
+    c, s = _cos_sin(angle)
+    v = np.arange(h, dtype="float64")[:, None] - (h - 1) / 2.0
+    u = np.arange(w, dtype="float64")[None, :] - (w - 1) / 2.0
+    cy = pad[0] + (h - 1) / 2.0
+    cx = pad[1] + (w - 1) / 2.0
+    return cy + v * c + u * s, cx + u * c - v * s
+
+
+def rotated_transform(
+    transform: Sequence[float], row: int, col: int, size: tuple[int, int], angle: float
+) -> tuple[float, float, float, float, float, float]:
+    """Affine ``(a, b, c, d, e, f)`` of a window turned by ``angle`` about the centre of its box.
+
+    ``transform`` is the cube's (GDAL edge convention); the result maps output pixel
+    edges ``(col, row)`` to CRS coordinates, rotation included.
+    """
+    from affine import Affine
+
+    h, w = size
+    c, s = _cos_sin(angle)
+    cy, cx = row + h / 2.0, col + w / 2.0  # box centre in pixel-edge coordinates
+    # source edge coords: X = cx + c*(j - w/2) - s*(i - h/2);  Y = cy + s*(j - w/2) + c*(i - h/2)
+    local = Affine(c, -s, cx - c * w / 2.0 + s * h / 2.0, s, c, cy - s * w / 2.0 - c * h / 2.0)
+    out = Affine(*tuple(transform)[:6]) * local
+    return (out.a, out.b, out.c, out.d, out.e, out.f)
+
+
+def sample_rotated(
+    image: np.ndarray,
+    labels: np.ndarray | None,
+    valid: np.ndarray,
+    size: tuple[int, int],
+    pad: tuple[int, int],
+    angle: float,
+    *,
+    label_scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Sample a turned ``(H, W)`` window from an axis-aligned footprint.
+
+    Parameters
+    ----------
+    image
+        ``(C, fh, fw)`` float32 footprint (already decoded/normalised).
+    labels
+        ``(K, fh, fw)`` class fractions in any numeric dtype (e.g. raw uint8 steps with
+        ``label_scale=1/250``), or None.
+    valid
+        ``(fh, fw)`` bool: pixels usable as interpolation sources.
+    size, pad, angle
+        Window size, footprint margin (see :attr:`WindowSpec.pad`) and angle in degrees.
+    label_scale
+        Factor turning ``labels`` into fractions.
+
+    Returns
+    -------
+    image, labels, mask
+        ``(C, H, W)`` float32 bilinear (over valid neighbours only, weights renormalised);
+        ``(K, H, W)`` float32 fractions with the same weights, renormalised to sum to 1;
+        ``(H, W)`` bool: the nearest source pixel is valid. Image and labels are 0 where
+        the mask is False.
+    """
+    h, w = size
+    fh, fw = valid.shape
+    ry, rx = rotation_coords(size, pad, angle)
+    i0 = np.floor(ry).astype("int64")
+    j0 = np.floor(rx).astype("int64")
+    fy = (ry - i0).astype("float32").ravel()
+    fx = (rx - j0).astype("float32").ravel()
+    if ry.min() < -1e-9 or rx.min() < -1e-9 or ry.max() > fh - 1 + 1e-9 or rx.max() > fw - 1 + 1e-9:
+        raise ValueError(f"footprint {valid.shape} too small for a {size} window at {angle} degrees")
+    i1 = np.minimum(i0 + 1, fh - 1)
+    j1 = np.minimum(j0 + 1, fw - 1)
+    idx = [
+        (i0 * fw + j0).ravel(),
+        (i0 * fw + j1).ravel(),
+        (i1 * fw + j0).ravel(),
+        (i1 * fw + j1).ravel(),
+    ]
+    wts = [(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx]
+    vflat = valid.reshape(-1)
+    wv = [wk * vflat[ik] for wk, ik in zip(wts, idx, strict=True)]
+    wsum = wv[0] + wv[1] + wv[2] + wv[3]
+    ni = np.where(fy >= 0.5, idx[2] // fw, idx[0] // fw)
+    nj = np.where(fx >= 0.5, idx[1] % fw, idx[0] % fw)
+    mask = vflat[ni * fw + nj] & (wsum > 0)
+    inv = np.zeros_like(wsum)
+    np.divide(1.0, wsum, out=inv, where=mask)
+    wn = [wk * inv for wk in wv]
+
+    def interp(arr: np.ndarray) -> np.ndarray:
+        flat = arr.reshape(arr.shape[0], -1)
+        out = np.take(flat, idx[0], axis=1) * wn[0]
+        for k in range(1, 4):
+            out += np.take(flat, idx[k], axis=1) * wn[k]
+        return out
+
+    img = interp(np.asarray(image, dtype="float32")).reshape(image.shape[0], h, w)
+    lab_out: np.ndarray | None = None
+    if labels is not None:
+        k = labels.shape[0]
+        lab_out = np.zeros((k, h * w), dtype="float32")
+        lflat = labels.reshape(k, -1)
+        present = np.flatnonzero(np.where(vflat[None, :], lflat, 0).any(axis=1))
+        if len(present):
+            sub = lflat[present].astype("float32")
+            vals = interp(sub)
+            tot = vals.sum(axis=0)
+            np.divide(vals, tot, out=vals, where=tot > 0)
+            lab_out[present] = vals
+        lab_out = lab_out.reshape(k, h, w)
+        del label_scale  # fractions are renormalised, so the scale cancels out
+    return img, lab_out, mask.reshape(h, w)
