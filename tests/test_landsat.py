@@ -652,3 +652,48 @@ def test_cli_scene_info(lt05_dir: Path, capsys: pytest.CaptureFixture[str]) -> N
     info = json.loads(capsys.readouterr().out)
     assert info["product_id"] == LT05 and info["crs"] == "EPSG:32655" and info["shape"] == [60, 60]
     assert info["bands"] == TM_BANDS and info["cloud_cover"] == 12.0 and info["thermal"] == "ST_B6"
+
+
+# -- landcover.testing.scenes products (all sensors and levels) -------------------------------
+
+SYNTH_THERMAL = {("LT05", "L2SP"): "ST_B6", ("LE07", "L2SP"): "ST_B6", ("LC08", "L2SP"): "ST_B10"}
+SYNTH_THERMAL |= {("LT05", "L1TP"): "B6", ("LE07", "L1TP"): "B6_VCID_1", ("LC08", "L1TP"): "B10"}
+
+
+@pytest.mark.parametrize("level", ["L2SP", "L1TP"])
+@pytest.mark.parametrize("sensor", ["LT05", "LE07", "LC08"])
+def test_make_scene_products(tmp_path: Path, sensor: str, level: str) -> None:
+    from landcover.mtl import read_mtl
+    from landcover.testing.scenes import make_bundle, make_scene
+
+    d = make_scene(tmp_path, size=48, seed=3, level=level, sensor=sensor)  # type: ignore[arg-type]
+    pid = d.name
+    mtls = [read_mtl(d / f"{pid}_MTL.{ext}") for ext in ("txt", "xml", "json")]
+    assert mtls[0].groups == mtls[1].groups == mtls[2].groups
+    text = (d / f"{pid}_MTL.txt").read_text()
+    ds = open_scene(d, chunks=32).compute()
+    assert list(ds.band.values) == TM_BANDS and ds.attrs["sensor"] == sensor
+    t = ds.rio.transform()
+    assert round(t.c) % 30 == 15 and round(t.f) % 30 == 15  # edges on 15 m mod 30 m
+    numbers = ["2", "3", "4", "5", "6", "7"] if sensor == "LC08" else TM_NUMBERS
+    sun = math.sin(math.radians(_mtl_value(text, "SUN_ELEVATION")))
+    for i, n in enumerate(numbers):
+        if level == "L2SP":
+            expected = _linear(_read(d / f"{pid}_SR_B{n}.TIF"), 2.75e-05, -0.2)
+        else:
+            dn = _read(d / f"{pid}_B{n}.TIF")
+            m, a = (
+                _mtl_value(text, f"REFLECTANCE_MULT_BAND_{n}"),
+                _mtl_value(text, f"REFLECTANCE_ADD_BAND_{n}"),
+            )
+            expected = np.clip((dn * m + a) / sun, -0.2 + 2.75e-05, 1.6022125).astype("float32")
+            expected[dn == 0] = np.nan
+        np.testing.assert_allclose(ds.reflectance.isel(band=i).values, expected, rtol=0, atol=1e-6)
+    assert ds.thermal.attrs["source_band"] == SYNTH_THERMAL[(sensor, level)]
+    assert 250 < float(ds.thermal.mean()) < 330
+    qa = _read(d / f"{pid}_QA_PIXEL.TIF")
+    usable = ((qa & 0b11011) == 0) & ~np.isnan(ds.reflectance.values).any(axis=0)
+    np.testing.assert_array_equal(usable_mask(ds).values, usable)
+    assert usable.any() and not usable.all()
+    bundle = open_scene(make_bundle(d), chunks=32).compute()
+    xr.testing.assert_identical(bundle.drop_attrs(), ds.drop_attrs())
