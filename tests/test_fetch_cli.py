@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET = "LT05_L2SP_090084_19980308_20200909_02_T1"
 OTHER = "LT05_L2SP_010067_19860424_20200918_02_T2"
 FAILING = "LT05_L2SR_087017_20090621_20200827_02_T2"
-FAST = ["--attempts", "3", "--backoff", "0.01", "--read-timeout", "0.5", "--poll-interval", "0.01"]
+FAST = ["--attempts", "3", "--backoff", "0.01", "--read-timeout", "2", "--poll-interval", "0.01"]
 
 
 @pytest.fixture()

@@ -20,7 +20,7 @@ from landcover.fetch import (
     tasks_for_records,
 )
 
-FAST = RetryPolicy(attempts=3, backoff=0.01, backoff_max=0.02, connect_timeout=2.0, read_timeout=0.5)
+FAST = RetryPolicy(attempts=3, backoff=0.01, backoff_max=0.02, connect_timeout=2.0, read_timeout=2.0)
 EVER = {"start": date(1980, 1, 1), "end": date(2020, 12, 31)}
 
 
@@ -124,3 +124,14 @@ def test_download_assets_verified_with_usgs_multihash(
         == hashlib.sha256(sample_file(shared_data, "SR_B3.TIF")).hexdigest()
     )
     assert not (out / bad.dest).exists()
+
+
+def test_unsafe_remote_names_are_skipped(server: USGSServer) -> None:
+    item = server.stac_item("LT05_L2SP_010067_19860424_20200918_02_T2_SR")
+    item["assets"]["red"]["href"] = server.file_url("x/..")
+    item["assets"]["blue"]["href"] = server.file_url("x/.hidden")
+    recs = stac_search(SceneQuery(path_rows=((10, 67),), **EVER), url=server.stac_url)
+    tasks = tasks_for_records(recs, asset_keys=["red", "blue", "green"])
+    assert [t.dest.name for t in tasks] == ["LT05_L2SP_010067_19860424_20200918_02_T2_SR_B2.TIF"]
+    evil = record_from_item({**item, "id": "../../etc"})
+    assert tasks_for_records([evil]) == []

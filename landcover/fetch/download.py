@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -43,6 +44,7 @@ __all__ = [
     "download_all",
     "new_session",
     "tasks_for_records",
+    "safe_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -766,5 +768,15 @@ def tasks_for_records(
                     chk = Checksum.parse(a.checksum)
                 except ValueError:
                     log.warning("%s: ignoring unparseable checksum of asset %s", rec.product_id, a.key)
+            if not (safe_name(rec.product_id) and safe_name(a.filename)):
+                log.warning(
+                    "%s: skipping asset %s with an unsafe file name %r", rec.product_id, a.key, a.filename
+                )
+                continue
             out.append(DownloadTask(href, Path(rec.product_id) / a.filename, rec.product_id, a.size, chk))
     return out
+
+
+def safe_name(name: str) -> bool:
+    """Whether a remote-supplied name is a plain file name (no separators, no leading dot, no ``..``)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,200}", name)) and ".." not in name

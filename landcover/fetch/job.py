@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ..errors import ConfigError, FetchError, InputFileError
 from .archive import safe_extract
 from .credentials import NETRC_MACHINE, TOKEN_VAR, USERNAME_VAR, Credentials
-from .download import DownloadReport, DownloadTask, RetryPolicy, download_all, tasks_for_records
+from .download import DownloadReport, DownloadTask, RetryPolicy, download_all, safe_name, tasks_for_records
 from .m2m import M2M_URL, M2MClient
 from .manifest import Manifest
 from .query import SceneQuery, SceneRecord, parse_date, parse_path_row
@@ -346,6 +346,9 @@ def fetch(
                     else ({}, {})
                 )
                 pre_failed.update(failed)
+                for pid in [p for p in staged if not safe_name(p)]:
+                    pre_failed[pid] = "unsafe product id for a file name"
+                    del staged[pid]
                 tasks = [DownloadTask(s.url, Path(f"{pid}.tar"), pid) for pid, s in staged.items()]
                 done = [r for r in summary.records if r not in todo]
                 tasks += [
