@@ -166,13 +166,12 @@ def _write_region(
     import zarr
     from zarr.storage import LocalStore
 
+    # No warnings.catch_warnings() here: it is not thread-safe and this runs in worker threads.
     zstore = LocalStore(store)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, data in arrays.items():
-            arr = zarr.open_array(zstore, path=name, mode="r+")
-            dims = arr.metadata.dimension_names  # type: ignore[union-attr]
-            arr[region.selection(tuple(dims or ()))] = np.asarray(data)
+    for name, data in arrays.items():
+        arr = zarr.open_array(zstore, path=name, mode="r+")
+        dims = arr.metadata.dimension_names  # type: ignore[union-attr]
+        arr[region.selection(tuple(dims or ()))] = np.asarray(data)
     if journal:
         (Path(store) / JOURNAL_DIR / region.key).touch()
     return region.key

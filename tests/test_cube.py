@@ -1,0 +1,443 @@
+"""Tests of landcover.cube (+ store, distributed, CLI, pipeline) on real files.
+
+Scenes: the real LT05 C2 L2 product in ../shared/data/real (downsampled, 60 x 60 px,
+with a fill border) and synthetic products from ``landcover.testing.scenes``;
+CORINE: synthetic rasters written here with rasterio, and the real Aachen clip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401
+import xarray as xr
+from rasterio.transform import from_origin
+
+from landcover import schema
+from landcover.cube import assemble_cube, build_cube
+from landcover.errors import EmptyOverlapError, IncompleteStoreError
+from landcover.grid import Grid
+from landcover.store import is_complete, open_cube
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+REAL_L2 = "landsat/LT05_L2SP_090084_19980308_20200909_02_T1"
+
+
+def write_clc(
+    path: Path,
+    *,
+    crs: str,
+    left: float,
+    top: float,
+    shape: tuple[int, int],
+    res: float,
+    seed: int = 0,
+    holes: bool = False,
+) -> Path:
+    """A CLC-like raster (indices 1..44, nodata 255) with coherent patches."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    coarse = rng.integers(1, 45, size=(h // 4 + 2, w // 4 + 2))
+    arr = np.kron(coarse, np.ones((4, 4), dtype=int))[:h, :w].astype("uint8")
+    if holes:
+        arr[h // 3 : h // 2, w // 3 : w // 2] = 255
+        arr[-3:, :] = 48  # the CLC "NODATA" class
+    with rasterio.open(
+        path, "w", driver="GTiff", height=h, width=w, count=1, dtype="uint8", crs=crs,
+        transform=from_origin(left, top, res, res), nodata=255,
+    ) as dst:  # fmt: skip
+        dst.write(arr, 1)
+    return path
+
+
+@pytest.fixture
+def real_scene(shared_data: Path) -> Path:
+    return shared_data / REAL_L2
+
+
+def real_clc(tmp_path: Path, *, cover: float = 1.0, holes: bool = False, name: str = "clc.tif") -> Path:
+    """Synthetic CLC in the real scene's CRS (UTM 55N), 1 km pixels, covering ``cover`` of its width."""
+    left, top = 638085.0, -3724785.0
+    width_m = 60 * 4035.5 * cover
+    return write_clc(
+        tmp_path / name, crs="EPSG:32655", left=left - 2000, top=top + 2000,
+        shape=(225, int(width_m / 1000) + 4), res=1000.0, holes=holes,
+    )  # fmt: skip
+
+
+def arrays(store: Path) -> dict[str, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = xr.open_zarr(store, mask_and_scale=False)
+        return {str(k): ds[k].values for k in ds.data_vars}
+
+
+def assert_same_arrays(a: Path, b: Path) -> None:
+    x, y = arrays(a), arrays(b)
+    assert x.keys() == y.keys()
+    for k in x:
+        np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def check_nodata_symmetry(ds: xr.Dataset, min_coverage: float = 0.5) -> None:
+    """The documented NODATA rules, checked on a decoded cube."""
+    refl = ds["reflectance"].values
+    labels = ds["labels"].values
+    valid = ds["valid"].values
+    cov = ds["coverage"].values
+    label_ok = ~np.isnan(labels).any(axis=0)
+    image_fill = np.isnan(refl).any(axis=1)  # (time, y, x)
+    # no valid where the image is fill, no valid where the label is NODATA
+    assert not (valid & image_fill).any()
+    assert not (valid & ~((cov >= min_coverage - 1e-6) & ~np.isnan(cov))[None]).any()
+    # no image where the label is NODATA (coverage below threshold)
+    no_label = ~(cov >= min_coverage - 1e-6)
+    assert np.isnan(refl[:, :, no_label]).all()
+    # labels present exactly where some time step is valid
+    np.testing.assert_array_equal(label_ok, valid.any(axis=0))
+    # fractions sum to 1 where valid
+    if label_ok.any():
+        np.testing.assert_allclose(labels[:, label_ok].sum(axis=0), 1.0, atol=1e-5)
+
+
+# -- the real LT05 L2 product with a synthetic CORINE over it ---------------------------------------
+
+
+@pytest.mark.real
+def test_real_scene_full_overlap_reopen_and_values(real_scene: Path, tmp_path: Path) -> None:
+    clc = real_clc(tmp_path)
+    store = build_cube([real_scene], clc, tmp_path / "c.zarr", chunks=32, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = xr.open_zarr(store)
+    scene_grid = Grid.from_raster(next(real_scene.glob("*_SR_B1.TIF")))
+    assert plain.rio.crs == scene_grid.crs
+    assert tuple(plain.rio.transform())[:6] == pytest.approx(tuple(scene_grid.transform)[:6])
+    assert (plain.sizes["y"], plain.sizes["x"]) == scene_grid.shape
+    assert plain.attrs["resampling"] == "none" and plain.attrs[schema.COMPLETE_ATTR] is True
+    # raw DN identical to the band files where the label is valid (no resampling, no requantisation)
+    raw = open_cube(store, decode=False)
+    with rasterio.open(next(real_scene.glob("*_SR_B4.TIF"))) as src:
+        b4 = src.read(1)
+    ok = raw["coverage"].values >= 125
+    np.testing.assert_array_equal(raw["reflectance"].sel(band="nir").values[0][ok], b4[ok])
+    with rasterio.open(next(real_scene.glob("*_QA_PIXEL.TIF"))) as src:
+        qa = src.read(1)
+    np.testing.assert_array_equal(raw["qa_pixel"].values[0], qa)
+    ds = open_cube(store)
+    check_nodata_symmetry(ds)
+    # the real product has a fill border: it must be invalid and unlabelled
+    fill = qa == 1
+    assert fill.any() and not ds["valid"].values[0][fill].any()
+    assert np.isnan(ds["labels"].values[:, fill]).all()
+    assert 0.3 < float(ds["valid"].mean()) < 1.0
+
+
+@pytest.mark.real
+def test_real_scene_partial_overlap_and_clc_holes(real_scene: Path, tmp_path: Path) -> None:
+    clc = real_clc(tmp_path, cover=0.5, holes=True)
+    store = build_cube([real_scene], clc, tmp_path / "c.zarr", chunks=16, progress=False)
+    ds = open_cube(store)
+    scene_grid = Grid.from_raster(next(real_scene.glob("*_SR_B1.TIF")))
+    cube_grid = Grid.from_xarray(ds)
+    assert scene_grid.is_aligned(cube_grid)
+    assert cube_grid.width < scene_grid.width and cube_grid.height == scene_grid.height
+    clc_right = Grid.from_raster(clc).bounds[2]
+    assert cube_grid.bounds[2] - 4035.5 < clc_right <= cube_grid.bounds[2] + 1e-6  # whole pixels
+    check_nodata_symmetry(ds)
+    cov = ds["coverage"].values
+    assert (cov < 0.5).any()  # the holes are there...
+    assert np.isnan(ds["reflectance"].values[0][:, cov < 0.5]).all()  # ...and blank the image
+
+
+@pytest.mark.real
+def test_real_scene_no_overlap(real_scene: Path, tmp_path: Path) -> None:
+    far = write_clc(
+        tmp_path / "far.tif", crs="EPSG:3035", left=4_025_500, top=3_111_100, shape=(50, 50), res=100
+    )
+    with pytest.raises(EmptyOverlapError) as err:
+        build_cube([real_scene], far, tmp_path / "c.zarr", progress=False)
+    assert "far.tif" in str(err.value) and real_scene.name in str(err.value)
+    assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(real_scene: Path, tmp_path: Path) -> None:
+    clc = real_clc(tmp_path, holes=True)
+    ref = build_cube([real_scene], clc, tmp_path / "ref.zarr", chunks=16, progress=False)
+    store = tmp_path / "killed.zarr"
+    script = textwrap.dedent(
+        f"""
+        from landcover.cube import build_cube
+        build_cube([{str(real_scene)!r}], {str(clc)!r}, {str(store)!r}, chunks=16, progress=False,
+                   _kill_after=int(__import__("sys").argv[1]))
+        """
+    )
+    proc = subprocess.run([PY, "-c", script, "5"], cwd=REPO, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert store.exists() and not is_complete(store)
+    done = list((store / "landcover-journal").iterdir())
+    assert len(done) == 5
+    with pytest.raises(IncompleteStoreError, match="rerun"):
+        open_cube(store)
+    # rerun with the same arguments, in a separate process too, killed again, then finished here
+    proc = subprocess.run([PY, "-c", script, "3"], cwd=REPO, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(list((store / "landcover-journal").iterdir())) == 8
+    build_cube([real_scene], clc, store, chunks=16, progress=False)
+    assert is_complete(store)
+    assert_same_arrays(ref, store)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_killed_by_timing_at_random_moments_then_finished(real_scene: Path, tmp_path: Path) -> None:
+    """SIGKILL from outside after a delay (template write, regions or finalisation), then rerun."""
+    clc = real_clc(tmp_path)
+    ref = build_cube([real_scene], clc, tmp_path / "ref.zarr", chunks=16, progress=False)
+    store = tmp_path / "c.zarr"
+    script = f"from landcover.cube import build_cube; build_cube([{str(real_scene)!r}], {str(clc)!r}, " \
+             f"{str(store)!r}, chunks=16, progress=False)"  # fmt: skip
+    for delay in (1.0, 1.8, 2.6):
+        proc = subprocess.Popen([PY, "-c", script], cwd=REPO)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    build_cube([real_scene], clc, store, chunks=16, progress=False)
+    assert_same_arrays(ref, store)
+    assert not list(tmp_path.glob("c.zarr.tmp-*"))
+
+
+@pytest.mark.real
+def test_rerun_with_other_parameters_refused(real_scene: Path, tmp_path: Path) -> None:
+    clc = real_clc(tmp_path)
+    store = build_cube([real_scene], clc, tmp_path / "c.zarr", chunks=32, progress=False)
+    from landcover.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="overwrite"):
+        build_cube([real_scene], clc, store, chunks=16, progress=False)
+    build_cube([real_scene], clc, store, chunks=16, progress=False, overwrite=True)
+    assert open_cube(store)["reflectance"].encoding["chunks"][-1] == 16
+
+
+@pytest.mark.real
+def test_common_grid_epsg3035_resamples(real_scene: Path, tmp_path: Path) -> None:
+    clc = real_clc(tmp_path)
+    ds = assemble_cube([real_scene], clc, grid="EPSG:3035", resolution=4000.0, chunk=16)
+    assert ds.rio.crs.to_epsg() == 3035
+    assert "bilinear" in ds.attrs["resampling"]
+    store = build_cube([real_scene], clc, tmp_path / "c.zarr", grid="EPSG:3035", resolution=4000.0, chunks=16,
+                       progress=False)  # fmt: skip
+    cube = open_cube(store)
+    check_nodata_symmetry(cube)
+    assert cube.rio.crs.to_epsg() == 3035 and cube.attrs["grid_mode"] == "EPSG:3035"
+    # resampled reflectance has the same distribution as the source (mean within 5 %)
+    src = open_cube(build_cube([real_scene], clc, tmp_path / "u.zarr", chunks=16, progress=False))
+    a = float(cube["reflectance"].sel(band="red").mean())
+    b = float(src["reflectance"].sel(band="red").mean())
+    assert a == pytest.approx(b, rel=0.05)
+
+
+# -- several times, append, all-cloud: copies of the real product with edited pixels ---------------
+
+
+def copy_scene(src: Path, dst_root: Path, *, pid_date: str | None = None, cloud: bool = False) -> Path:
+    """Copy the real product, optionally renamed to another acquisition date and/or all cloud."""
+    old_pid = src.name
+    new_pid = old_pid if pid_date is None else old_pid.replace("19980308", pid_date, 1)
+    dst = dst_root / new_pid
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        target = dst / f.name.replace(old_pid, new_pid)
+        if f.name.endswith(("MTL.txt", "MTL.xml", "MTL.json")):
+            text = f.read_text().replace(old_pid, new_pid)
+            if pid_date is not None:
+                iso = f"{pid_date[:4]}-{pid_date[4:6]}-{pid_date[6:]}"
+                text = text.replace("1998-03-08", iso)
+            target.write_text(text)
+        else:
+            shutil.copy(f, target)
+    if cloud:
+        qa_path = next(dst.glob("*_QA_PIXEL.TIF"))
+        with rasterio.open(qa_path, "r+") as q:
+            qa = q.read(1)
+            q.write(np.where(qa == 1, 1, 0b0000_0011_0000_1010).astype("uint16"), 1)  # cloud + dilated
+    return dst
+
+
+@pytest.mark.real
+def test_several_times_equal_build_then_append(real_scene: Path, tmp_path: Path) -> None:
+    s1 = copy_scene(real_scene, tmp_path / "a", pid_date="19980308")
+    s2 = copy_scene(real_scene, tmp_path / "b", pid_date="19980510", cloud=True)
+    clc = real_clc(tmp_path, holes=True)
+    with pytest.warns(UserWarning, match="no valid pixel"):
+        both = build_cube([s2, s1], clc, tmp_path / "both.zarr", chunks=32, progress=False)
+    ds = open_cube(both)
+    assert ds.sizes["time"] == 2 and list(ds.attrs["product_ids"]) == [s1.name, s2.name]  # sorted by time
+    assert ds["valid"].values[1].sum() == 0  # the all-cloud step
+    check_nodata_symmetry(ds)
+    # the same cube built incrementally
+    inc = build_cube([s1], clc, tmp_path / "inc.zarr", chunks=32, progress=False)
+    with pytest.warns(UserWarning, match="no valid pixel"):
+        build_cube([s2], clc, inc, append=True, progress=False)
+    assert_same_arrays(both, inc)
+    assert open_cube(inc).attrs["product_ids"] == [s1.name, s2.name]
+    # appending a scene already in the cube does nothing
+    chunk = next((inc / "reflectance").rglob("c/0/*/*/*"))
+    mtime = chunk.stat().st_mtime_ns
+    with pytest.warns(UserWarning, match="already in the cube"):
+        build_cube([s1], clc, inc, append=True, progress=False)
+    assert chunk.stat().st_mtime_ns == mtime and open_cube(inc).sizes["time"] == 2
+
+
+@pytest.mark.real
+def test_all_cloud_scene_alone(real_scene: Path, tmp_path: Path) -> None:
+    s = copy_scene(real_scene, tmp_path / "c", cloud=True)
+    with pytest.warns(UserWarning, match="no valid pixel"):
+        store = build_cube([s], real_clc(tmp_path), tmp_path / "c.zarr", chunks=32, progress=False)
+    ds = open_cube(store)
+    assert not ds["valid"].values.any()
+    assert np.isnan(ds["labels"].values).all()  # no usable image anywhere -> no label anywhere
+    assert not np.isnan(ds["reflectance"].values).all()  # cloudy pixels keep their values
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_append_killed_then_resumed(real_scene: Path, tmp_path: Path) -> None:
+    s1 = copy_scene(real_scene, tmp_path / "a", pid_date="19980308")
+    s2 = copy_scene(real_scene, tmp_path / "b", pid_date="19980510")
+    clc = real_clc(tmp_path, holes=True)
+    both = build_cube([s1, s2], clc, tmp_path / "both.zarr", chunks=16, progress=False)
+    inc = build_cube([s1], clc, tmp_path / "inc.zarr", chunks=16, progress=False)
+    script = f"from landcover.cube import build_cube; build_cube([{str(s2)!r}], {str(clc)!r}, {str(inc)!r}, " \
+             "append=True, progress=False, _kill_after=6)"  # fmt: skip
+    proc = subprocess.run([PY, "-c", script], cwd=REPO, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    with pytest.raises(IncompleteStoreError):
+        open_cube(inc)
+    build_cube([s2], clc, inc, append=True, progress=False)
+    assert_same_arrays(both, inc)
+
+
+# -- clusters -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.real
+@pytest.mark.cluster
+def test_local_cluster_build_matches_threads(real_scene: Path, tmp_path: Path) -> None:
+    from landcover.distributed import cluster, round_robin
+
+    clc = real_clc(tmp_path, holes=True)
+    ref = build_cube([real_scene], clc, tmp_path / "ref.zarr", chunks=16, progress=False)
+    with cluster("local", n_workers=2, threads_per_worker=1) as client:
+        assert client is not None
+        out = build_cube([real_scene], clc, tmp_path / "lc.zarr", chunks=16, client=client, progress=False)
+        rr = round_robin(list(range(5)), client)
+        assert sorted(sum(rr.values(), [])) == list(range(5)) and len(rr) == 2
+    assert_same_arrays(ref, out)
+
+
+@pytest.mark.real
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_dask_scheduler_and_worker_processes(real_scene: Path, tmp_path: Path) -> None:
+    bindir = Path(PY).parent
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    sched = subprocess.Popen(
+        [str(bindir / "dask"), "scheduler", "--scheduler-file", str(sched_file), "--port", "0",
+         "--dashboard-address", ":0", "--no-show"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    worker = None
+    try:
+        for _ in range(300):
+            if sched_file.exists() and sched_file.stat().st_size > 0:
+                break
+            time.sleep(0.1)
+        import json
+
+        address = json.loads(sched_file.read_text())["address"]
+        worker = subprocess.Popen(
+            [str(bindir / "dask"), "worker", address, "--nthreads", "2", "--nworkers", "1",
+             "--no-dashboard", "--memory-limit", "1GiB"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        clc = real_clc(tmp_path)
+        out = tmp_path / "cluster.zarr"
+        from landcover.cli import main
+
+        rc = main(["-q", "cube", "build", "--scene", str(real_scene), "--corine", str(clc), "--out", str(out),
+                   "--chunk", "16", "--scheduler", address])  # fmt: skip
+        assert rc == 0
+        ref = build_cube([real_scene], clc, tmp_path / "ref.zarr", chunks=16, progress=False)
+        assert_same_arrays(ref, out)
+    finally:
+        for p in (worker, sched):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+# -- CLI and pipeline -------------------------------------------------------------------------------------
+
+
+@pytest.mark.real
+def test_cli_build_info_and_errors(
+    real_scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from landcover.cli import main
+
+    clc = real_clc(tmp_path)
+    cloudy = copy_scene(real_scene, tmp_path / "c", cloud=True)
+    out = tmp_path / "c.zarr"
+    assert main(["-q", "cube", "build", "--scene", str(cloudy), "--corine", str(clc), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "landcover: warning:" in err and "no valid pixel" in err
+    assert main(["cube", "info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "EPSG:32655" in text and "valid share" in text and "1 x 60 x 60" in text
+    assert main(["cube", "build", "--scene", str(real_scene), "--corine", str(tmp_path / "nope.tif"),
+                 "--out", str(tmp_path / "x.zarr")]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("landcover: ") and "nope.tif" in err[0]
+    inc = tmp_path / "inc.zarr"
+    shutil.copytree(out, inc)
+    (inc / "zarr.json").write_text(
+        (inc / "zarr.json").read_text().replace('"landcover:complete": true', '"x": 1')
+    )
+    assert main(["cube", "info", str(inc)]) == 1
+    assert "rerun" in capsys.readouterr().err
+
+
+@pytest.mark.real
+def test_pipeline_with_toml_config(real_scene: Path, tmp_path: Path) -> None:
+    clc = real_clc(tmp_path)
+    cfg = tmp_path / "cube.toml"
+    cfg.write_text(f'[cube]\nscenes = ["{real_scene}"]\ncorine = "clc.tif"\nout = "out.zarr"\nchunk = 32\n'
+                   "progress = false\n")  # fmt: skip
+    proc = subprocess.run([PY, str(REPO / "pipelines" / "build_cube.py"), str(cfg)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert is_complete(tmp_path / "out.zarr")
+    cfg.write_text('[cube]\nscenes = ["nowhere"]\ncorine = "clc.tif"\nbogus = 1\n')
+    proc = subprocess.run([PY, str(REPO / "pipelines" / "build_cube.py"), str(cfg)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1 and "bogus" in proc.stderr
