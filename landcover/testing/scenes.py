@@ -734,7 +734,7 @@ def make_scene(
 
     # geometry and sun
     to_ll = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
-    cxy = grid.transform * (w / 2, h / 2)
+    cxy = grid.transform @ (w / 2, h / 2)
     lon_c, lat_c = to_ll.transform(*cxy)
     k_time = nz.key(path, row, d.toordinal())
     minutes = 5 + nz.unit(np.array([k_time], dtype=np.uint64))[0] * 25
@@ -782,7 +782,7 @@ def make_scene(
             files[f"SR_B{num}"] = (tmp / f"SR_B{num}.raw.tif", "uint16", h, w, gt, crs, 0)
         files[spec.l2_thermal] = (tmp / f"{spec.l2_thermal}.raw.tif", "uint16", h, w, gt, crs, 0)
     else:
-        pan_t = gt * Affine.scale(0.5)
+        pan_t = gt @ Affine.scale(0.5)
         for cal, _ in calib:
             b = cal.band
             if b.kind == "pan":
