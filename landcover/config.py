@@ -58,7 +58,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any or value is None:
         return value
-    if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
         return _build(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):

@@ -95,7 +95,7 @@ def encode_fractions(frac: np.ndarray) -> np.ndarray:
 def decode_fractions(raw: np.ndarray) -> np.ndarray:
     """Inverse of :func:`encode_fractions`: float32 fractions, NaN at fill."""
     raw = np.asarray(raw)
-    out = raw.astype("float32") * np.float32(LABEL_SCALE)
+    out: np.ndarray = raw.astype("float32") * np.float32(LABEL_SCALE)
     out[raw == LABEL_FILL] = np.nan
     return out
 
