@@ -87,7 +87,7 @@ def encode_fractions(frac: np.ndarray) -> np.ndarray:
     )
     total = scaled.sum(axis=0)
     q = q + (ranks < missing[None]).astype("int16") * (total[None] > 0)
-    out = np.clip(q, 0, LABEL_STEPS).astype("uint8")
+    out: np.ndarray = np.clip(q, 0, LABEL_STEPS).astype("uint8")
     out[:, nan] = LABEL_FILL
     return out
 
