@@ -322,8 +322,10 @@ def test_append_killed_then_resumed(real_scene: Path, tmp_path: Path) -> None:
     clc = real_clc(tmp_path, holes=True)
     both = build_cube([s1, s2], clc, tmp_path / "both.zarr", chunks=16, progress=False)
     inc = build_cube([s1], clc, tmp_path / "inc.zarr", chunks=16, progress=False)
-    script = f"from landcover.cube import build_cube; build_cube([{str(s2)!r}], {str(clc)!r}, {str(inc)!r}, " \
-             "append=True, progress=False, _kill_after=6)"  # fmt: skip
+    script = (
+        f"from landcover.cube import build_cube; build_cube([{str(s2)!r}], {str(clc)!r}, {str(inc)!r}, "
+        "append=True, progress=False, _kill_after=6)"
+    )
     proc = subprocess.run([PY, "-c", script], cwd=REPO, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     with pytest.raises(IncompleteStoreError):
@@ -428,7 +430,7 @@ def test_cli_build_info_and_errors(
 
 @pytest.mark.real
 def test_pipeline_with_toml_config(real_scene: Path, tmp_path: Path) -> None:
-    clc = real_clc(tmp_path)
+    real_clc(tmp_path)  # writes clc.tif beside the config
     cfg = tmp_path / "cube.toml"
     cfg.write_text(f'[cube]\nscenes = ["{real_scene}"]\ncorine = "clc.tif"\nout = "out.zarr"\nchunk = 32\n'
                    "progress = false\n")  # fmt: skip
