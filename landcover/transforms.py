@@ -41,7 +41,7 @@ def _pixel_affine(k: int, flip: bool, h: int, w: int) -> tuple[float, ...]:
     for _ in range(k % 4):
         # torch.rot90 (dims -2, -1): new[i, j] = prev[j, W - 1 - i], new shape (W, H)
         # prev edge x = W - y', prev y = x'
-        m = m * Affine(0, -1, ww, 1, 0, 0)
+        m = m @ Affine(0, -1, ww, 1, 0, 0)
         hh, ww = ww, hh
     return tuple(m)[:6]
 
@@ -68,7 +68,7 @@ def dihedral(sample: Sample, k: int, flip: bool) -> Sample:
     if "transform" in sample:
         t = sample["transform"]
         old = Affine(*[float(v) for v in t.tolist()])
-        new = old * Affine(*_pixel_affine(k, flip, int(h), int(w)))
+        new = old @ Affine(*_pixel_affine(k, flip, int(h), int(w)))
         out["transform"] = torch.tensor(tuple(new)[:6], dtype=t.dtype)
     return out
 

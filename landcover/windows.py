@@ -539,7 +539,7 @@ def rotated_transform(
     cy, cx = row + h / 2.0, col + w / 2.0  # box centre in pixel-edge coordinates
     # source edge coords: X = cx + c*(j - w/2) - s*(i - h/2);  Y = cy + s*(j - w/2) + c*(i - h/2)
     local = Affine(c, -s, cx - c * w / 2.0 + s * h / 2.0, s, c, cy - s * w / 2.0 - c * h / 2.0)
-    out = Affine(*tuple(transform)[:6]) * local
+    out = Affine(*tuple(transform)[:6]) @ local
     return (out.a, out.b, out.c, out.d, out.e, out.f)
 
 

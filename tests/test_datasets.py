@@ -1,0 +1,315 @@
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+
+from landcover import schema
+from landcover.datasets import (
+    STATS_ATTR,
+    WindowDataset,
+    WindowIterableDataset,
+    inspect_cube,
+    make_loader,
+)
+from landcover.errors import IncompleteStoreError, InputFileError
+from landcover.testing.cubes import make_cube
+
+warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+
+
+@pytest.fixture(scope="module")
+def cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # small chunks so that windows at offsets straddle several chunks
+    return make_cube(
+        tmp_path_factory.mktemp("cubes") / "a.zarr",
+        shape=(150, 130),
+        times=2,
+        chunks=32,
+        nodata_border=6,
+        cloud=0.15,
+        label_holes=1,
+        seed=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def cube_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_cube(tmp_path_factory.mktemp("cubes") / "b.zarr", shape=(90, 110), times=1, chunks=48, seed=2)
+
+
+def _group(path: Path) -> zarr.Group:
+    return zarr.open_group(str(path), mode="r", zarr_format=3)
+
+
+def _expected(ds: WindowDataset, path: Path, t: int, r: int, c: int) -> dict[str, np.ndarray]:
+    """Direct numpy slice of the store (zarr-python indexing), decoded by hand."""
+    g = _group(path)
+    h, w = ds.size
+    sl = (slice(r, r + h), slice(c, c + w))
+    refl = g["reflectance"][(t, slice(None), *sl)].astype("float64")
+    ra = g["reflectance"].attrs
+    planes = []
+    for k, name in enumerate(ds.band_names):
+        if name == "thermal":
+            th = g["thermal"].attrs
+            phys = g["thermal"][(t, *sl)].astype("float64") * th["scale_factor"] + th["add_offset"]
+        else:
+            bi = list(g["band"][:]).index(name)
+            phys = refl[bi] * ra["scale_factor"] + ra["add_offset"]
+        planes.append((phys - ds.stats.mean[k]) / ds.stats.std[k])
+    labels = g["labels"][(slice(None), *sl)]
+    mask = g["valid"][(t, *sl)] & (labels[0] != schema.LABEL_FILL)
+    image = np.where(mask, np.stack(planes), 0.0)
+    target = np.where(mask, labels.astype("float64") / 250.0, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        xds = xr.open_zarr(path)
+    transform = tuple(xds.isel(y=sl[0], x=sl[1]).rio.transform(recalc=True))[:6]
+    return {"image": image, "target": target, "mask": mask, "transform": np.array(transform)}
+
+
+def test_every_window_matches_a_direct_slice(cube: Path) -> None:
+    ds = WindowDataset(cube, size=(24, 20), stride=(17, 23), offset=(5, 3), thermal=True, min_valid=0.3)
+    assert len(ds) > 10
+    assert ds.in_channels == 7 and ds.band_names[-1] == "thermal" and ds.num_classes == 44
+    info = inspect_cube(cube)
+    for i in range(len(ds)):
+        item = ds[i]
+        ci, t, r, c = item["position"].tolist()
+        assert ci == 0 and 0 <= t < 2
+        exp = _expected(ds, cube, t, r, c)
+        assert torch.equal(item["mask"], torch.from_numpy(exp["mask"]))
+        np.testing.assert_allclose(item["image"].numpy(), exp["image"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(item["target"].numpy(), exp["target"], atol=1e-6)
+        np.testing.assert_allclose(item["transform"].numpy(), exp["transform"], atol=1e-6)
+        assert item["crs"] == info.crs
+        assert item["image"].dtype == torch.float32 and item["target"].dtype == torch.float32
+        assert item["transform"].dtype == torch.float64 and item["position"].dtype == torch.int64
+        m = item["mask"].numpy()
+        np.testing.assert_allclose(item["target"].numpy().sum(axis=0)[m], 1.0, atol=1e-5)
+        assert m.mean() >= 0.3
+
+
+def test_valid_share_filter_is_exact(cube: Path) -> None:
+    size, stride = (20, 20), (9, 11)
+    ds = WindowDataset(cube, size=size, stride=stride, min_valid=0.8, normalize=False)
+    g = _group(cube)
+    valid = g["valid"][:]
+    labels0 = g["labels"][0]
+    want = set()
+    for t in range(2):
+        for r in range(0, 150 - 20 + 1, 9):
+            for c in range(0, 130 - 20 + 1, 11):
+                if valid[t, r : r + 20, c : c + 20].mean() >= 0.8:
+                    want.add((0, t, r, c))
+    got = {tuple(p) for p in ds.windows.positions().tolist()}
+    assert got == want and 0 < len(want)
+    # the filter is on `valid`; label NODATA is never valid in a conforming cube
+    assert not (valid & (labels0 == schema.LABEL_FILL)).any()
+
+
+def test_band_selection(cube: Path) -> None:
+    rgb = WindowDataset(cube, size=16, bands="rgb")
+    assert rgb.band_names == ("red", "green", "blue") and rgb.in_channels == 3
+    sel = WindowDataset(cube, size=16, bands=["nir", "thermal"])
+    assert sel.band_names == ("nir", "thermal")
+    full = WindowDataset(cube, size=16, bands="all", thermal=True)
+    a, b = sel[0], full[0]
+    assert torch.equal(a["position"], b["position"])
+    np.testing.assert_allclose(a["image"][0], b["image"][3], atol=1e-6)
+    np.testing.assert_allclose(a["image"][1], b["image"][6], atol=1e-6)
+    with pytest.raises(ValueError, match="unknown band"):
+        WindowDataset(cube, size=16, bands=["nope"])
+
+
+def test_stats_computed_once_and_stored(cube: Path) -> None:
+    ds = WindowDataset(cube, size=16, thermal=True)
+    g = _group(cube)
+    refl = g["reflectance"][:].astype("float64") * 2.75e-5 - 0.2
+    valid = g["valid"][:]
+    for k in range(len(ds.band_names) - 1):
+        vals = refl[:, k][valid]
+        assert ds.stats.count[k] == valid.sum()
+        np.testing.assert_allclose(ds.stats.mean[k], vals.mean(), rtol=1e-9)
+        np.testing.assert_allclose(ds.stats.std[k], vals.std(), rtol=1e-6)
+    attrs = json.loads((cube / "zarr.json").read_text())["attributes"]
+    sidecar = cube / "landcover-stats.json"
+    assert STATS_ATTR in attrs or sidecar.is_file()
+    # the cube still opens as a complete, georeferenced cube
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert xr.open_zarr(cube).rio.crs is not None
+    ds2 = WindowDataset(cube, size=16, thermal=True)
+    assert ds2.stats == ds.stats
+
+
+def test_incomplete_and_missing_stores_are_refused(tmp_path: Path) -> None:
+    p = make_cube(tmp_path / "half.zarr", shape=(40, 40), chunks=20, complete=False)
+    with pytest.raises(IncompleteStoreError, match="half.zarr"):
+        WindowDataset(p, size=8)
+    with pytest.raises(InputFileError, match="nothing.zarr"):
+        WindowDataset(tmp_path / "nothing.zarr", size=8)
+
+
+def test_multi_cube_multi_time_indexing(cube: Path, cube_b: Path) -> None:
+    ds = WindowDataset([cube, cube_b], size=24, stride=24, min_valid=0.0, normalize=False)
+    pos = ds.windows.positions()
+    assert set(pos[:, 0].tolist()) == {0, 1}
+    assert set(pos[pos[:, 0] == 0, 1].tolist()) == {0, 1} and set(pos[pos[:, 0] == 1, 1].tolist()) == {0}
+    n0 = len(ds.windows.cube[ds.windows.cube == 0])
+    assert n0 == 2 * (150 // 24) * (130 // 24)
+    assert len(ds) - n0 == (90 // 24) * (110 // 24)
+    for i in (0, n0 - 1, n0, len(ds) - 1):
+        item = ds[i]
+        ci, t, r, c = item["position"].tolist()
+        path = [cube, cube_b][ci]
+        exp = _expected(ds, path, t, r, c)
+        np.testing.assert_allclose(item["image"].numpy(), exp["image"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(item["transform"].numpy(), exp["transform"])
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+
+def test_blocked_splits_are_disjoint(cube: Path) -> None:
+    kw = dict(size=16, stride=8, min_valid=0.0, block=24, split_fractions=(0.5, 0.25, 0.25), normalize=False)
+    for split_seed in range(10):  # a tiny cube holds few blocks: take the first seed that fills every split
+        parts = {
+            s: WindowDataset(cube, split=s, split_seed=split_seed, **kw) for s in ("train", "val", "test")
+        }
+        if all(len(d) for d in parts.values()):
+            break
+    everything = WindowDataset(cube, **kw)
+    owner = np.full((2, 150, 130), -1)
+    total = 0
+    for k, name in enumerate(("train", "val", "test")):
+        ds = parts[name]
+        assert len(ds) > 0
+        total += len(ds)
+        for _, t, r, c in ds.windows.positions().tolist():
+            area = owner[t, r : r + 16, c : c + 16]
+            assert ((area == -1) | (area == k)).all(), f"{name} window overlaps another split"
+            owner[t, r : r + 16, c : c + 16] = k
+    # same place, other time: the split does not depend on time
+    assert ((owner[0] == owner[1]) | (owner[0] == -1) | (owner[1] == -1)).all()
+    assert total < len(everything)  # straddling windows were dropped
+
+
+def test_seeded_reproducibility(cube: Path) -> None:
+    kw = dict(size=16, sampling="random", count=30, angle="random", min_valid=0.2, normalize=False)
+    a = WindowDataset(cube, seed=5, **kw)
+    b = WindowDataset(cube, seed=5, **kw)
+    c = WindowDataset(cube, seed=6, **kw)
+    assert np.array_equal(a.windows.positions(), b.windows.positions())
+    assert np.array_equal(a.windows.angle, b.windows.angle)
+    assert not np.array_equal(a.windows.positions(), c.windows.positions())
+    s1 = WindowDataset(cube, size=16, shuffle=True, seed=1, normalize=False)
+    s2 = WindowDataset(cube, size=16, shuffle=True, seed=1, normalize=False)
+    plain = WindowDataset(cube, size=16, normalize=False)
+    assert np.array_equal(s1.windows.positions(), s2.windows.positions())
+    assert not np.array_equal(s1.windows.positions(), plain.windows.positions())
+    assert sorted(map(tuple, s1.windows.positions().tolist())) == sorted(
+        map(tuple, plain.windows.positions().tolist())
+    )
+    assert torch.equal(a[3]["image"], b[3]["image"])
+
+
+def test_rotated_windows_against_aligned(cube: Path) -> None:
+    aligned = WindowDataset(cube, size=20, stride=10, min_valid=0.0)
+    lookup = {tuple(p): i for i, p in enumerate(aligned.windows.positions().tolist())}
+    for angle, k in ((0.0, 0), (90.0, 1), (270.0, 3)):
+        rot = WindowDataset(cube, size=20, stride=10, min_valid=0.0, angle=angle)
+        assert len(rot) > 5
+        for i in range(0, len(rot), 3):
+            item = rot[i]
+            ref = aligned[lookup[tuple(item["position"].tolist())]]
+            m = item["mask"].numpy()
+            assert np.array_equal(m, np.rot90(ref["mask"].numpy(), k))
+            np.testing.assert_allclose(
+                item["image"].numpy(), np.rot90(ref["image"].numpy(), k, axes=(1, 2)), atol=1e-5
+            )
+            np.testing.assert_allclose(
+                item["target"].numpy(), np.rot90(ref["target"].numpy(), k, axes=(1, 2)), atol=1e-5
+            )
+            assert float(item["angle"]) == angle
+
+
+def test_random_angle_labels_sum_to_one(cube: Path) -> None:
+    ds = WindowDataset(
+        cube, size=(20, 14), sampling="random", count=12, angle="random", min_valid=0.5, seed=3
+    )
+    assert len(ds) > 0
+    for i in range(len(ds)):
+        item = ds[i]
+        m = item["mask"].numpy()
+        t = item["target"].numpy()
+        np.testing.assert_allclose(t.sum(axis=0)[m], 1.0, atol=1e-5)
+        assert (t[:, ~m] == 0).all() and (item["image"].numpy()[:, ~m] == 0).all()
+        assert 0 <= float(item["angle"]) < 360
+
+
+def test_level_aggregation(cube: Path) -> None:
+    l3 = WindowDataset(cube, size=24, normalize=False)
+    l1 = WindowDataset(cube, size=24, normalize=False, level=1)
+    assert l1.class_codes == (1, 2, 3, 4, 5) and l1.num_classes == 5
+    a, b = l3[2], l1[2]
+    codes = np.array(l3.class_codes)
+    for j, code in enumerate(l1.class_codes):
+        np.testing.assert_allclose(
+            b["target"][j].numpy(), a["target"][codes // 100 == code].sum(0).numpy(), atol=1e-5
+        )
+
+
+def test_iterable_visits_each_window_once_in_chunk_order(cube: Path) -> None:
+    it = WindowIterableDataset(cube, size=16, stride=12, offset=(3, 5), min_valid=0.3, normalize=False)
+    mp = WindowDataset(cube, size=16, stride=12, offset=(3, 5), min_valid=0.3, normalize=False)
+    seen = [tuple(s["position"].tolist()) for s in it]
+    assert sorted(seen) == sorted(map(tuple, mp.windows.positions().tolist()))
+    it_s = WindowIterableDataset(cube, size=16, stride=12, shuffle=True, seed=2, normalize=False)
+    e0 = [tuple(s["position"].tolist()) for s in it_s]
+    e1 = [tuple(s["position"].tolist()) for s in it_s]
+    assert sorted(e0) == sorted(e1) and e0 != e1  # reshuffled per epoch
+
+
+def test_chunk_cache_is_bounded(cube: Path) -> None:
+    ds = WindowDataset(cube, size=16, stride=8, min_valid=0.0, cache_mb=0.5, normalize=False)
+    for i in range(len(ds)):
+        ds[i]
+    cache = ds._cache
+    assert cache is not None and cache.nbytes <= 0.5 * 2**20 + 44 * 32 * 32  # at most one chunk over
+    assert cache.hits > cache.misses
+
+
+@pytest.mark.slow
+def test_loader_workers_after_dask_compute_in_parent(cube: Path) -> None:
+    import dask.array as da
+
+    # Dask has run threads in this process: fork-started workers could now deadlock
+    assert int(da.ones((64, 64), chunks=16).sum().compute()) == 64 * 64
+    ds = WindowDataset(cube, size=16, stride=16, min_valid=0.2, thermal=True)
+    loader = make_loader(ds, batch_size=8, num_workers=2, pin_memory=False)
+    # the default start method is not fork
+    assert loader.multiprocessing_context.get_start_method() in ("forkserver", "spawn")
+    assert loader.persistent_workers
+    seen = []
+    for _epoch in range(2):
+        for batch in loader:
+            assert batch["image"].shape[1:] == (7, 16, 16) and batch["target"].shape[1:] == (44, 16, 16)
+            assert batch["transform"].dtype == torch.float64 and len(batch["crs"]) == batch["image"].shape[0]
+            seen.extend(map(tuple, batch["position"].tolist()))
+    want = sorted(map(tuple, ds.windows.positions().tolist()))
+    assert sorted(seen[: len(ds)]) == want and sorted(seen[len(ds) :]) == want
+    ref = ds[0]
+    first = next(iter(loader))
+    np.testing.assert_array_equal(first["image"][0].numpy(), ref["image"].numpy())
+
+    it = WindowIterableDataset(cube, size=16, stride=16, min_valid=0.2, normalize=False)
+    loader2 = make_loader(it, batch_size=4, num_workers=2, pin_memory=False)
+    got = [tuple(p) for b in loader2 for p in b["position"].tolist()]
+    assert sorted(got) == sorted(map(tuple, it.windows.positions().tolist()))

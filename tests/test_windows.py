@@ -1,0 +1,271 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from landcover.windows import (
+    WindowSpec,
+    block_splits,
+    global_origin,
+    grid_count,
+    grid_positions,
+    plan_windows,
+    random_positions,
+    rotated_transform,
+    rotation_coords,
+    sample_rotated,
+    valid_shares,
+    window_splits,
+)
+
+# -- spec validation --------------------------------------------------------------------------------
+
+
+def test_spec_normalises_and_validates() -> None:
+    s = WindowSpec(size=64)
+    assert s.size == (64, 64) and s.stride == (64, 64) and s.pad == (0, 0) and s.footprint == (64, 64)
+    r = WindowSpec(size=(32, 48), angle=45)
+    assert r.angle == 45.0
+    diag = (32 + 48) / math.sqrt(2)
+    assert r.footprint[0] >= diag and r.footprint[1] >= diag
+    for bad in (
+        dict(size=0),
+        dict(size=8, stride=0),
+        dict(size=8, offset=-1),
+        dict(size=8, min_valid=1.5),
+        dict(size=8, angle="sideways"),
+        dict(size=8, angle=float("nan")),
+        dict(size=(1, 2, 3)),
+    ):
+        with pytest.raises(ValueError):
+            WindowSpec(**bad)  # type: ignore[arg-type]
+
+
+# -- positions ------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    h=st.integers(1, 120),
+    w=st.integers(1, 120),
+    size=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    stride=st.tuples(st.integers(1, 50), st.integers(1, 50)),
+    offset=st.tuples(st.integers(0, 30), st.integers(0, 30)),
+    angle=st.sampled_from([None, 0.0, 30.0, 90.0, "random"]),
+)
+def test_grid_positions_count_and_extent(h, w, size, stride, offset, angle) -> None:
+    spec = WindowSpec(size=size, stride=stride, offset=offset, angle=angle)
+    rows, cols = grid_positions((h, w), spec)
+    py, px = spec.pad
+    fh, fw = spec.footprint
+
+    # the stride formula, written out independently of the implementation
+    def count(length: int, n: int, s: int, o: int, p: int) -> int:
+        return len([k for k in range(0, length + 1) if o + k * s - p >= 0 and o + k * s + n + p <= length])
+
+    assert len(rows) == count(h, size[0], stride[0], offset[0], py) * count(
+        w, size[1], stride[1], offset[1], px
+    )
+    assert grid_count(h, size[0], stride[0], offset[0], py) == count(h, size[0], stride[0], offset[0], py)
+    if angle is None:
+        assert grid_count(h, size[0], stride[0], offset[0]) == max(
+            0, (h - offset[0] - size[0]) // stride[0] + 1
+        )
+    # footprints inside the cube, positions on the grid, row-major order
+    assert ((rows - py) >= 0).all() and ((rows - py + fh) <= h).all()
+    assert ((cols - px) >= 0).all() and ((cols - px + fw) <= w).all()
+    assert ((rows - offset[0]) % stride[0] == 0).all() and ((cols - offset[1]) % stride[1] == 0).all()
+    assert np.all(np.diff(rows * (w + 1) + cols) > 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(1, 100),
+    w=st.integers(1, 100),
+    size=st.integers(1, 30),
+    angle=st.sampled_from([None, 17.0, "random"]),
+    seed=st.integers(0, 5),
+)
+def test_random_positions_inside_and_seeded(h, w, size, angle, seed) -> None:
+    spec = WindowSpec(size=size, angle=angle, sampling="random")
+    rows, cols = random_positions((h, w), spec, 50, np.random.default_rng(seed))
+    rows2, cols2 = random_positions((h, w), spec, 50, np.random.default_rng(seed))
+    assert np.array_equal(rows, rows2) and np.array_equal(cols, cols2)
+    py, px = spec.pad
+    fh, fw = spec.footprint
+    if fh > h or fw > w:
+        assert len(rows) == 0
+    else:
+        assert len(rows) == 50
+        assert ((rows - py) >= 0).all() and ((rows - py + fh) <= h).all()
+        assert ((cols - px) >= 0).all() and ((cols - px + fw) <= w).all()
+
+
+def test_random_positions_differ_by_seed() -> None:
+    spec = WindowSpec(size=8, sampling="random")
+    a = random_positions((500, 500), spec, 20, np.random.default_rng(1))
+    b = random_positions((500, 500), spec, 20, np.random.default_rng(2))
+    assert not np.array_equal(a[0], b[0])
+
+
+# -- valid share ------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 1000), strip=st.integers(1, 40), h=st.integers(5, 60), w=st.integers(5, 60))
+def test_valid_shares_match_direct_sums(seed, strip, h, w) -> None:
+    rng = np.random.default_rng(seed)
+    mask = rng.random((h, w)) < 0.6
+    size = (int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1)))
+    rows = rng.integers(0, h - size[0] + 1, 25)
+    cols = rng.integers(0, w - size[1] + 1, 25)
+    calls: list[tuple[int, int]] = []
+
+    def read(a: int, b: int) -> np.ndarray:
+        calls.append((a, b))
+        return mask[a:b]
+
+    got = valid_shares(read, h, rows, cols, size, strip=strip)
+    want = [mask[r : r + size[0], c : c + size[1]].mean() for r, c in zip(rows, cols, strict=True)]
+    np.testing.assert_allclose(got, want)
+    assert all(b - a <= strip for a, b in calls) and len(set(calls)) == len(calls)  # each strip read once
+
+
+def test_plan_windows_filters_on_valid_only() -> None:
+    h, w = 64, 64
+    valid = np.zeros((h, w), dtype=bool)
+    valid[:, :40] = True
+    spec = WindowSpec(size=16, stride=8, min_valid=0.5)
+    idx = plan_windows((h, w), spec, cube=0, time=0, read_valid_rows=lambda a, b: valid[a:b])
+    rows, cols = grid_positions((h, w), spec)
+    want = {(r, c) for r, c in zip(rows, cols, strict=True) if valid[r : r + 16, c : c + 16].mean() >= 0.5}
+    assert set(zip(idx.row.tolist(), idx.col.tolist(), strict=True)) == want
+    assert 0 < len(want) < len(rows)
+
+
+# -- splits ------------------------------------------------------------------------------------------------
+
+
+def test_block_splits_fractions_and_seed() -> None:
+    br, bc = np.meshgrid(np.arange(-50, 50), np.arange(100, 200), indexing="ij")
+    s = block_splits(br.ravel(), bc.ravel(), fractions=(0.6, 0.3, 0.1), seed=3)
+    share = np.bincount(s, minlength=3) / s.size
+    np.testing.assert_allclose(share, (0.6, 0.3, 0.1), atol=0.02)
+    assert np.array_equal(s, block_splits(br.ravel(), bc.ravel(), fractions=(0.6, 0.3, 0.1), seed=3))
+    assert not np.array_equal(s, block_splits(br.ravel(), bc.ravel(), fractions=(0.6, 0.3, 0.1), seed=4))
+    with pytest.raises(ValueError):
+        block_splits(br, bc, fractions=(0.5, 0.5, 0.5))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    size=st.integers(4, 24),
+    stride=st.integers(2, 24),
+    block=st.integers(24, 48),
+    origin=st.tuples(st.integers(-1000, 1000), st.integers(-1000, 1000)),
+    seed=st.integers(0, 100),
+)
+def test_window_splits_never_straddle(size, stride, block, origin, seed) -> None:
+    h = w = 150
+    spec = WindowSpec(size=size, stride=stride)
+    rows, cols = grid_positions((h, w), spec)
+    s = window_splits(rows, cols, (size, size), block=block, origin=origin, seed=seed)
+    # split of every pixel, from the block it lies in
+    gy, gx = np.meshgrid(np.arange(h) + origin[0], np.arange(w) + origin[1], indexing="ij")
+    pix = block_splits(gy // block, gx // block, seed=seed)
+    owner = np.full((h, w), -1)
+    for r, c, k in zip(rows, cols, s, strict=True):
+        area = pix[r : r + size, c : c + size]
+        if k >= 0:
+            assert (area == k).all()
+            # no pixel of a window of one split inside a window of another split
+            seen = owner[r : r + size, c : c + size]
+            assert ((seen == -1) | (seen == k)).all()
+            owner[r : r + size, c : c + size] = k
+        else:
+            assert len(np.unique(area)) > 1
+
+
+def test_window_splits_rejects_small_blocks() -> None:
+    with pytest.raises(ValueError, match="block"):
+        window_splits(np.array([0]), np.array([0]), (64, 64), block=32)
+
+
+def test_global_origin_aligns_neighbours() -> None:
+    t1 = (30.0, 0.0, 399985.0, 0.0, -30.0, 5500015.0)
+    t2 = (30.0, 0.0, 399985.0 + 30 * 77, 0.0, -30.0, 5500015.0 - 30 * 5)
+    o1, o2 = global_origin(t1), global_origin(t2)
+    assert (o2[0] - o1[0], o2[1] - o1[1]) == (5, 77)
+
+
+# -- rotation -----------------------------------------------------------------------------------------------
+
+
+def _footprint(seed: int, fh: int, fw: int, k: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    img = rng.normal(size=(3, fh, fw)).astype("float32")
+    raw = rng.integers(0, 50, size=(k, fh, fw)).astype("float32")
+    raw[rng.integers(0, k), :, : fw // 2] = 0
+    lab = np.round(raw / raw.sum(axis=0) * 250).astype("uint16")
+    valid = rng.random((fh, fw)) < 0.85
+    return img, lab, valid
+
+
+def test_rotation_angle_zero_is_the_box() -> None:
+    spec = WindowSpec(size=(12, 9), angle=0.0)
+    py, px = spec.pad
+    img, lab, valid = _footprint(0, *spec.footprint)
+    out, t, m = sample_rotated(img, lab, valid, spec.size, spec.pad, 0.0)
+    box = (slice(py, py + 12), slice(px, px + 9))
+    vb = valid[box]
+    assert np.array_equal(m, vb)
+    np.testing.assert_array_equal(out[:, vb], img[(slice(None), *box)][:, vb])
+    want = lab[(slice(None), *box)].astype("float32")
+    want = want / want.sum(axis=0)
+    np.testing.assert_allclose(t[:, vb], want[:, vb], rtol=1e-6)
+    assert (out[:, ~m] == 0).all() and (t[:, ~m] == 0).all()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_rotation_multiples_of_90_are_rot90(k: int) -> None:
+    spec = WindowSpec(size=10, angle=90.0 * k)
+    py, px = spec.pad
+    img, lab, valid = _footprint(k, *spec.footprint)
+    out, t, m = sample_rotated(img, lab, valid, spec.size, spec.pad, 90.0 * k)
+    box = (slice(py, py + 10), slice(px, px + 10))
+    assert np.array_equal(m, np.rot90(valid[box], k))
+    ref = np.rot90(img[(slice(None), *box)], k, axes=(1, 2))
+    np.testing.assert_array_equal(out[:, m], ref[:, m])
+
+
+@settings(max_examples=40, deadline=None)
+@given(angle=st.floats(0, 360), seed=st.integers(0, 100), h=st.integers(3, 20), w=st.integers(3, 20))
+def test_rotated_labels_sum_to_one_where_valid(angle, seed, h, w) -> None:
+    spec = WindowSpec(size=(h, w), angle=angle)
+    img, lab, valid = _footprint(seed, *spec.footprint)
+    out, t, m = sample_rotated(img, lab, valid, spec.size, spec.pad, angle)
+    assert t is not None and out.shape == (3, h, w) and t.shape == (5, h, w)
+    np.testing.assert_allclose(t.sum(axis=0)[m], 1.0, atol=1e-5)
+    assert (t >= 0).all() and (t[:, ~m] == 0).all()
+    # the image is a convex combination of valid source values
+    assert out.max() <= img.max() + 1e-5 and out.min() >= img.min() - 1e-5
+
+
+def test_rotated_transform_matches_sampling_coordinates() -> None:
+    cube_t = Affine(30.0, 0.0, 1000.0, 0.0, -30.0, 9000.0)
+    row, col, size, angle = 40, 55, (16, 12), 33.0
+    spec = WindowSpec(size=size, angle=angle)
+    py, px = spec.pad
+    ry, rx = rotation_coords(size, spec.pad, angle)
+    wt = Affine(*rotated_transform(tuple(cube_t)[:6], row, col, size, angle))
+    for i, j in [(0, 0), (5, 7), (15, 11)]:
+        world_out = wt @ (j + 0.5, i + 0.5)
+        world_src = cube_t @ (col - px + rx[i, j] + 0.5, row - py + ry[i, j] + 0.5)
+        np.testing.assert_allclose(world_out, world_src, atol=1e-6)
+    aligned = rotated_transform(tuple(cube_t)[:6], row, col, size, 0.0)
+    assert Affine(*aligned) == cube_t @ Affine.translation(col, row)
