@@ -148,6 +148,9 @@ class TrainConfig:
     levels
         CLC levels scored in validation; None: every level the class codes allow
         (see :func:`landcover.metrics.available_levels`).
+    num_threads
+        torch intra-op threads during the run (restored afterwards); None leaves torch's
+        setting. Small models on a busy CPU are often fastest with 1.
     """
 
     epochs: int = 10
@@ -180,6 +183,7 @@ class TrainConfig:
     deterministic: bool = False
     tensorboard: bool = False
     levels: tuple[int, ...] | None = None
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_none: bool = False) -> None:
@@ -191,7 +195,8 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size", "prefetch_factor"):
             positive(name)
-        for name in ("max_samples", "steps_per_epoch", "log_every_samples", "val_every_samples", "patience"):
+        optional = ("max_samples", "steps_per_epoch", "log_every_samples", "val_every_samples", "patience")
+        for name in (*optional, "num_threads"):
             positive(name, allow_none=True)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be positive, got {self.lr}")
@@ -713,8 +718,11 @@ def fit(
     amp_dtype, use_scaler = _amp_setup(device, cfg.amp)
     ckdir = cfg.checkpoint_dir
     prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_threads = torch.get_num_threads()
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     try:
         return _fit(
             model,
@@ -732,6 +740,8 @@ def fit(
     finally:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(prev_det, warn_only=True)
+        if cfg.num_threads is not None:
+            torch.set_num_threads(prev_threads)
 
 
 def _fit(
@@ -822,6 +832,9 @@ def _fit(
     last_log_mark = samples_seen // cfg.log_every_samples if cfg.log_every_samples else 0
     last_val_mark = samples_seen // cfg.val_every_samples if cfg.val_every_samples else 0
     win_loss, win_n, win_wait, win_compute = 0.0, 0, 0.0, 0.0
+    if resume_state is not None and "window" in resume_state:
+        wl, wn, ww, wc = resume_state["window"]
+        win_loss, win_n, win_wait, win_compute = float(wl), int(wn), float(ww), float(wc)
     stop_reason = "completed"
 
     def validate(prefix: str = "val_") -> dict[str, float]:
@@ -860,6 +873,7 @@ def _fit(
             "elapsed": time.perf_counter() - t_start,
             "best_value": best_value,
             "bad_epochs": bad_epochs,
+            "window": [win_loss, win_n, win_wait, win_compute],
             "done": done,
         }
         save_checkpoint(ckdir / LAST_CHECKPOINT, state)

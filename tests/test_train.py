@@ -1,0 +1,228 @@
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from landcover.errors import ConfigError
+from landcover.models import build_model, load_checkpoint, model_from_checkpoint
+from landcover.train import History, TrainConfig, evaluate, fit, lr_find, make_loader
+
+CODES = (211, 311, 512)
+TIME_KEYS = {"time", "epoch_time", "samples_per_s", "data_wait_share"}
+
+
+class Patches(Dataset[dict[str, Any]]):
+    """Synthetic windows whose classes differ only in NIR (band 4) and SWIR (band 5).
+
+    Class regions are 8x8 blocks, fractions are a 2x2 box blur of the one-hot map, the
+    two top rows are invalid (NaN targets), and bands are standardised-ish noise plus
+    a class signature.
+    """
+
+    def __init__(self, n: int, *, size: int = 32, seed: int = 0, sleep: float = 0.0) -> None:
+        g = np.random.default_rng(seed)
+        k = len(CODES)
+        low = g.normal(size=(n, k, size // 8, size // 8))
+        cls = np.repeat(np.repeat(low, 8, axis=2), 8, axis=3).argmax(1)
+        onehot = np.eye(k, dtype=np.float32)[cls].transpose(0, 3, 1, 2)
+        frac = (onehot + np.roll(onehot, 1, 2) + np.roll(onehot, 1, 3) + np.roll(onehot, (1, 1), (2, 3))) / 4
+        sig = np.zeros((k, 6), dtype=np.float32)
+        sig[:, 3] = (1.0, -1.0, -1.0)
+        sig[:, 4] = (-1.0, 1.0, -1.0)
+        img = g.normal(scale=0.5, size=(n, 6, size, size)).astype(np.float32)
+        img += np.einsum("nkhw,kc->nchw", frac, sig)
+        mask = np.ones((n, size, size), dtype=bool)
+        mask[:, :2] = False
+        frac = np.where(mask[:, None], frac, np.nan).astype(np.float32)
+        self.image, self.target, self.mask = (
+            torch.from_numpy(img),
+            torch.from_numpy(frac),
+            torch.from_numpy(mask),
+        )
+        self.sleep = sleep
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.sleep:
+            time.sleep(self.sleep)
+        return {"image": self.image[i], "target": self.target[i], "mask": self.mask[i], "position": (0, i, 0)}
+
+
+def _config(**kw: Any) -> TrainConfig:
+    base: dict[str, Any] = dict(epochs=3, batch_size=8, lr=1e-2, device="cpu", progress=False, seed=7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    return build_model("native", 6, len(CODES), preset="tiny", class_codes=CODES, seed=seed)
+
+
+def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rows]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """Tiny models run fastest (and without oversubscription on a shared machine) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Patches, Patches]:
+    return Patches(48, seed=1), Patches(16, seed=2)
+
+
+def test_fit_lowers_the_loss_and_logs(data: tuple[Patches, Patches], tmp_path: Path) -> None:
+    train, val = data
+    cfg = _config(checkpoint_dir=tmp_path, log_every_samples=16, val_every_samples=24, monitor="val_miou_l3")
+    torch.manual_seed(0)
+    before = evaluate(_model(), make_loader(val, cfg, shuffle=False), class_codes=CODES, device="cpu")
+    seen: list[str] = []
+    hist = fit(
+        _model(), make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg,
+        class_codes=CODES, callbacks=[lambda kind, row: seen.append(kind)],
+    )  # fmt: skip
+    assert [r["epoch"] for r in hist.epochs] == [1, 2, 3]
+    assert hist.epochs[-1]["train_loss"] < 0.8 * hist.epochs[0]["train_loss"]
+    assert hist.epochs[-1]["val_loss"] < before.loss
+    assert hist.epochs[-1]["val_acc_l3"] > max(0.6, before.summary()["acc_l3"])
+    assert hist.meta["stop_reason"] == "completed" and hist.meta["device"] == "cpu"
+    for key in ("val_miou_l1", "val_f1_l2", "val_mae_l3", "val_tv_l3", "lr", "data_wait_share"):
+        assert key in hist.epochs[0]
+    assert 0.0 <= hist.epochs[0]["data_wait_share"] <= 1.0
+    # per-N-samples rows: every 16 samples, validation every 24
+    assert [r["samples_seen"] for r in hist.samples] == [16, 24, 32, 48, 64, 72, 80, 96, 112, 120, 128, 144]
+    assert ["val_loss" in r for r in hist.samples][:4] == [False, True, False, True]
+    assert seen.count("epoch") == 3 and seen.count("samples") == 12
+    # one-cycle: the lr peaks in the middle and ends far below the peak
+    lrs = [r["lr"] for r in hist.samples]
+    assert max(lrs) > 10 * lrs[-1]
+    # files written every epoch
+    for name in ("last.pt", "best.pt", "history.json", "history_epochs.csv", "history_samples.csv"):
+        assert (tmp_path / name).is_file(), name
+    again = History.from_json(tmp_path / "history.json")
+    assert _strip(again.epochs) == _strip(hist.epochs)
+    header = (tmp_path / "history_epochs.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["epoch", "samples_seen", "step"] and "val_miou_l3" in header
+    json.loads((tmp_path / "history.json").read_text())  # strict JSON (NaN written as null)
+    best = model_from_checkpoint(tmp_path / "best.pt")
+    assert best.spec.class_codes == CODES
+    assert hist.meta["best_value"] == pytest.approx(max(r["val_miou_l3"] for r in hist.epochs))
+    assert hist.samples_to_reach("val_acc_l3", 0.0) == 24
+
+
+def test_resume_continues_identically(data: tuple[Patches, Patches], tmp_path: Path) -> None:
+    train, val = data
+    kw: dict[str, Any] = dict(epochs=2, log_every_samples=20, val_every_samples=40, deterministic=True)
+    straight_cfg = _config(checkpoint_dir=tmp_path / "a", **kw)
+    straight_model = _model()
+    straight = fit(
+        straight_model, make_loader(train, straight_cfg), make_loader(val, straight_cfg, shuffle=False),
+        straight_cfg, class_codes=CODES,
+    )  # fmt: skip
+
+    cfg = _config(checkpoint_dir=tmp_path / "b", **kw)
+    first = fit(
+        _model(), make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg, class_codes=CODES,
+        callbacks=[lambda kind, row: kind == "epoch" and row["epoch"] == 1],
+    )  # fmt: skip
+    assert first.meta["stop_reason"] == "callback" and len(first.epochs) == 1
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
+    torch.manual_seed(999)  # a new process: different global RNG, different initial weights
+    resumed_model = _model(seed=5)
+    resumed = fit(
+        resumed_model, make_loader(train, cfg), make_loader(val, cfg, shuffle=False),
+        cfg.replace(resume=True), class_codes=CODES,
+    )  # fmt: skip
+    a, b = straight_model.state_dict(), resumed_model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _strip(resumed.epochs) == _strip(straight.epochs)
+    assert _strip(resumed.samples) == _strip(straight.samples)
+    assert resumed.meta["stop_reason"] == "completed"
+    # resuming a finished run trains nothing more
+    done = fit(_model(), make_loader(train, cfg), None, cfg.replace(resume=True), class_codes=CODES)
+    assert len(done.epochs) == 2
+
+
+def test_early_stopping_and_sample_budget(data: tuple[Patches, Patches]) -> None:
+    train, val = data
+    cfg = _config(epochs=5, patience=1, min_delta=1e9, lr=1e-3)
+    hist = fit(
+        _model(), make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg, class_codes=CODES
+    )
+    assert hist.meta["stop_reason"] == "early_stopping" and len(hist.epochs) == 2
+    cfg = _config(epochs=5, max_samples=20)
+    hist = fit(_model(), make_loader(train, cfg), None, cfg, class_codes=CODES)
+    assert hist.meta["stop_reason"] == "max_samples"
+    assert hist.epochs[-1]["samples_seen"] == 24 and hist.meta["total_steps"] == 3
+    assert "val_loss" not in hist.epochs[-1]
+    with pytest.raises(ConfigError, match="val_loader"):
+        fit(_model(), make_loader(train, cfg), None, cfg.replace(patience=2), class_codes=CODES)
+
+
+def test_data_wait_share_is_measured(data: tuple[Patches, Patches]) -> None:
+    cfg = _config(epochs=1, batch_size=4, max_samples=16)
+    fast = fit(_model(), make_loader(Patches(16, seed=3), cfg), None, cfg, class_codes=CODES)
+    slow = fit(_model(), make_loader(Patches(16, seed=3, sleep=0.03), cfg), None, cfg, class_codes=CODES)
+    assert slow.epochs[0]["data_wait_share"] > 0.4
+    assert slow.epochs[0]["data_wait_share"] > fast.epochs[0]["data_wait_share"]
+
+
+def test_lr_find_suggests_a_sensible_rate(data: tuple[Patches, Patches], tmp_path: Path) -> None:
+    train, _ = data
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    loader = DataLoader(train, batch_size=8, shuffle=False)
+    res = lr_find(
+        model, loader, num_steps=40, start_lr=1e-5, end_lr=10.0, device="cpu", plot_path=tmp_path / "lr.png"
+    )
+    assert (tmp_path / "lr.png").stat().st_size > 5000
+    assert 1e-5 < res.suggestion < 1.0
+    assert res.lr_min10 < max(res.lrs)
+    # the loss fell somewhere in the sweep and the range test stopped on divergence or at the end
+    assert min(res.losses) < res.losses[0]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="pct_start"):
+        TrainConfig(pct_start=1.5)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        TrainConfig(resume=True)
+    with pytest.raises(ValueError, match="monitor"):
+        TrainConfig(monitor="miou")
+    cfg = TrainConfig(checkpoint_dir="x", class_weights=[1, 2])  # type: ignore[arg-type]
+    assert cfg.checkpoint_dir == Path("x") and cfg.class_weights == (1.0, 2.0)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig(monitor="val_mae_l2").mode == "min" and TrainConfig(monitor="val_f1_l3").mode == "max"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            fit(_model(), [], None, TrainConfig(device="cuda"), class_codes=CODES)
+
+
+def test_class_weighted_training_and_tuple_batches() -> None:
+    ds = Patches(16, seed=4)
+    batches = [(ds.image[i : i + 8], ds.target[i : i + 8], ds.mask[i : i + 8]) for i in (0, 8)]
+    cfg = _config(epochs=1, class_weights=(1.0, 2.0, 0.5), loss="kl")
+    hist = fit(_model(), batches, batches, cfg, class_codes=CODES)
+    assert math.isfinite(hist.epochs[0]["train_loss"]) and hist.epochs[0]["val_loss"] >= 0
