@@ -626,7 +626,8 @@ def _assemble(
         "min_coverage": float(min_coverage),
         "usable_policy": repr(policy) if policy is not None else "UsablePolicy()",
         "grid_mode": grid_mode,
-        "resampling": sorted(set(how)) if len(set(how)) > 1 else how[0],
+        "resampling": next((h for h in how if h != "none"), "none"),
+        "resampled": [h != "none" for h in how],
         "nodata_rules": (
             "valid = usable image (scene present, no band fill, QA policy) AND "
             "label coverage >= min_coverage; "
@@ -857,7 +858,12 @@ def _append(
     tvars = ["reflectance", "thermal", "qa_pixel", "valid"]
     store_mod.append_time(
         ds[tvars], store, fingerprint=fp, static=ds[["labels"]],
-        attrs={"product_ids": pids, "scenes": scenes_attr, "appends": appends},
+        attrs={
+            "product_ids": pids,
+            "scenes": scenes_attr,
+            "appends": appends,
+            "resampled": list(old.attrs.get("resampled", [])) + list(ds.attrs["resampled"]),
+        },
         client=client, progress=progress, kill_after=kill_after,
     )  # fmt: skip
     _warn_empty(store, [s.product_id for s in new])

@@ -443,3 +443,110 @@ def test_pipeline_with_toml_config(real_scene: Path, tmp_path: Path) -> None:
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 1
     assert len(proc.stderr.strip().splitlines()) == 1 and "bogus" in proc.stderr
+
+
+# -- synthetic products from landcover.testing.scenes -------------------------------------------------
+
+
+def test_synthetic_pair_partial_overlap(tmp_path: Path) -> None:
+    from landcover.testing import make_pair
+
+    pair = make_pair(tmp_path, size=64, seed=3, overlap=0.6, cloud_fraction=0.2)
+    store = build_cube([pair.scene_dir], pair.clc_path, tmp_path / "c.zarr", chunks=32, progress=False)
+    ds = open_cube(store)
+    scene = Grid.from_raster(next(pair.scene_dir.glob("*_SR_B1.TIF")))
+    cube = Grid.from_xarray(ds)
+    assert scene.is_aligned(cube) and cube.shape[0] <= 64 and cube.shape[1] <= 64
+    r0, c0 = scene.offset_of(cube)
+    assert (r0, c0) != (0, 0) or cube.shape != scene.shape  # cropped to the CORINE extent
+    check_nodata_symmetry(ds)
+    share = float(ds["valid"].mean())
+    assert 0.1 < share < 0.9
+    assert ds.attrs["product_ids"] == [pair.product_id] and ds.attrs["clc_file"] == pair.clc_path.name
+    assert len(ds.attrs["class_names"]) == ds.sizes["class"] == 44
+
+
+def test_synthetic_acquisitions_stack_in_time(tmp_path: Path) -> None:
+    from landcover.testing import make_acquisitions, make_clc, scene_grid
+
+    grid = scene_grid(size=48)
+    left, bottom, right, top = grid.bounds_in("EPSG:3035")
+    clc = make_clc(tmp_path / "clc.tif", bounds=(left - 500, bottom - 500, right + 500, top + 500), seed=1)
+    scenes = make_acquisitions(tmp_path, dates=("1995-08-31", "1995-06-12", "1995-07-14"), size=48, clc=clc)
+    store = build_cube(scenes, clc, tmp_path / "c.zarr", chunks=16, progress=False)
+    ds = open_cube(store)
+    assert ds.sizes["time"] == 3 and (np.diff(ds["time"].values) > np.timedelta64(0)).all()
+    assert Grid.from_xarray(ds).shape == grid.shape  # CLC covers the whole scene
+    check_nodata_symmetry(ds)
+    per_time = ds["valid"].mean(("y", "x")).values
+    assert (per_time > 0.2).all() and len(set(np.round(per_time, 6))) > 1  # clouds differ per date
+
+
+def test_neighbouring_utm_zones_need_a_common_grid(tmp_path: Path) -> None:
+    from pyproj import Transformer
+
+    from landcover.errors import GridMismatchError
+    from landcover.testing import make_clc, make_scene
+
+    # two scenes straddling the 32/33 zone border at 12 E, 51 N
+    origins = {}
+    for epsg, lon in ((32632, 11.985), (32633, 12.015)):
+        x, y = Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True).transform(lon, 51.0)
+        origins[epsg] = (round(x / 30) * 30 - 30 * 20, round(y / 30) * 30 + 30 * 20)
+    a = make_scene(tmp_path / "a", size=40, seed=1, epsg=32632, origin=origins[32632], date="1995-06-12",
+                   path=193, cloud_fraction=0.0)  # fmt: skip
+    b = make_scene(tmp_path / "b", size=40, seed=2, epsg=32633, origin=origins[32633], date="1995-06-13",
+                   path=192, cloud_fraction=0.0)  # fmt: skip
+    ga, gb = (Grid.from_raster(next(p.glob("*_SR_B1.TIF"))) for p in (a, b))
+    bl = [g.bounds_in("EPSG:3035") for g in (ga, gb)]
+    box = (min(v[0] for v in bl) - 300, min(v[1] for v in bl) - 300, max(v[2] for v in bl) + 300,
+           max(v[3] for v in bl) + 300)  # fmt: skip
+    clc = make_clc(tmp_path / "clc.tif", bounds=box, seed=4)
+    with pytest.raises(GridMismatchError, match="utm-first"):
+        assemble_cube([a, b], clc)
+    for spec in ("utm-first", "EPSG:3035"):
+        store = build_cube([a, b], clc, tmp_path / f"{spec.replace(':', '')}.zarr", grid=spec, chunks=32,
+                           progress=False)  # fmt: skip
+        ds = open_cube(store)
+        assert ds.sizes["time"] == 2
+        check_nodata_symmetry(ds)
+        valid = ds["valid"].values
+        assert valid[0].any() and valid[1].any()
+        assert (valid[0] & ~valid[1]).any() and (valid[1] & ~valid[0]).any()  # a mosaic, not a copy
+        if spec == "utm-first":
+            assert ds.rio.crs.to_epsg() == 32632 and "bilinear" in ds.attrs["resampling"]
+            assert ds.attrs["resampled"] == [False, True]
+            # the first scene is on this grid: its pixels are copied without resampling
+            raw = open_cube(store, decode=False)["reflectance"].isel(time=0, band=2)
+            cube_grid = Grid.from_xarray(ds)
+            assert cube_grid.is_aligned(ga)
+            r0, c0 = cube_grid.offset_of(ga)
+            with rasterio.open(next(a.glob("*_SR_B3.TIF"))) as src:
+                b3 = src.read(1)
+            sub = raw.values[max(r0, 0) : r0 + 40, max(c0, 0) : c0 + 40]
+            src_sub = b3[max(-r0, 0) : max(-r0, 0) + sub.shape[0], max(-c0, 0) : max(-c0, 0) + sub.shape[1]]
+            keep = sub > 0
+            np.testing.assert_array_equal(sub[keep], src_sub[keep])
+        else:
+            assert ds.rio.crs.to_epsg() == 3035
+
+
+@pytest.mark.real
+def test_real_aachen_clc_with_synthetic_scene(shared_data: Path, tmp_path: Path) -> None:
+    from pyproj import Transformer
+
+    from landcover.testing import make_scene
+
+    clc = shared_data / "corine" / "clc-aachen_clipped.tif"
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True).transform(6.1, 50.75)
+    scene = make_scene(tmp_path, size=64, seed=0, epsg=32632, origin=(round(x / 30) * 30, round(y / 30) * 30),
+                       clc=clc, cloud_fraction=0.1)  # fmt: skip
+    store = build_cube([scene], clc, tmp_path / "c.zarr", chunks=32, progress=False)
+    ds = open_cube(store)
+    check_nodata_symmetry(ds)
+    assert ds.attrs["clc_file"] == "clc-aachen_clipped.tif"
+    share = ds["labels"].mean(("y", "x")).to_series().dropna()
+    assert share.sum() == pytest.approx(1.0, abs=1e-3)
+    # Aachen surroundings: mostly agriculture/forest/urban codes, never marine classes
+    assert share.loc[[c for c in share.index if c >= 500]].sum() < 0.05
+    assert share.max() > 0.1
