@@ -387,6 +387,21 @@ def test_truth_is_clc_nearest_and_continues_beyond_it(pair, tmp_path):
     assert np.array_equal(truth[~has_class], full[row, col][~has_class])
 
 
+def test_code_valued_corine_drives_the_scene_too(tmp_path):
+    p = make_pair(tmp_path, size=48, seed=4, overlap=1.0, clc_values="code", cloud_fraction=0.0)
+    truth = read_truth(p.scene_dir, clc=p.clc_path)
+    g = scene_grid(size=48)
+    gx, gy = np.meshgrid(g.x, g.y)
+    x, y = Transformer.from_crs(32632, 3035, always_xy=True).transform(gx, gy)
+    with rasterio.open(p.clc_path) as src:
+        assert src.dtypes == ("uint16",)
+        codes, t = src.read(1), src.transform
+    got = codes[np.floor((y - t.f) / t.e).astype(int), np.floor((x - t.c) / t.a).astype(int)]
+    ok = got != 999
+    assert ok.mean() > 0.5
+    assert np.array_equal(truth[ok], np.vectorize(CLASS_INDEX.get)(got[ok]))
+
+
 def test_scene_from_real_corine(tmp_path, shared_data):
     clc = shared_data / "corine" / "clc-aachen_clipped.tif"
     d = make_scene(tmp_path, size=160, clc=clc, cloud_fraction=0.0)

@@ -37,7 +37,8 @@ def _mix(h: np.ndarray) -> np.ndarray:
     h = h * _U64(0xBF58476D1CE4E5B9)
     h = h ^ (h >> _U64(27))
     h = h * _U64(0x94D049BB133111EB)
-    return h ^ (h >> _U64(31))
+    out: np.ndarray = h ^ (h >> _U64(31))
+    return out
 
 
 def hash2(ix: np.ndarray, iy: np.ndarray, k: int) -> np.ndarray:
@@ -55,11 +56,12 @@ def unit(h: np.ndarray) -> np.ndarray:
 
 def rehash(h: np.ndarray, salt: int) -> np.ndarray:
     """A new, independent hash derived from ``h``."""
-    return _mix(h ^ _U64(key(salt)))
+    return _mix(np.asarray(h ^ _U64(key(salt))))
 
 
 def _smooth(t: np.ndarray) -> np.ndarray:
-    return t * t * (3.0 - 2.0 * t)
+    out: np.ndarray = t * t * (3.0 - 2.0 * t)
+    return out
 
 
 def value_noise(xs: np.ndarray, ys: np.ndarray, *, wavelength: float, k: int) -> np.ndarray:
@@ -93,7 +95,8 @@ def value_noise(xs: np.ndarray, ys: np.ndarray, *, wavelength: float, k: int) ->
     # interpolate along x for each lattice row, then along y
     along_x = lattice[:, cu] * (1.0 - tu) + lattice[:, cu + 1] * tu
     cv = iv - v0
-    return along_x[cv] * (1.0 - tv)[:, None] + along_x[cv + 1] * tv[:, None]
+    out: np.ndarray = along_x[cv] * (1.0 - tv)[:, None] + along_x[cv + 1] * tv[:, None]
+    return out
 
 
 def fbm(xs: np.ndarray, ys: np.ndarray, *, wavelength: float, octaves: int, k: int) -> np.ndarray:

@@ -113,7 +113,7 @@ _DN_MAX = 65455  # largest valid L2 DN (USGS FAQ)
 DEFAULT_CENTRE = (302370.0, 5622420.0)
 
 _FileSpec = tuple[Path, str, int, int, Affine, Any, "float | None"]
-_STRIP = 512  # rows per streamed block; fixed so the output never depends on it
+_STRIP = 256  # rows per streamed block; fixed so the output never depends on it
 _LAEA = "EPSG:3035"
 _CELL = 100.0  # virtual CLC cell size (m)
 _WATER_CODES = (511, 512, 521, 522, 523)
@@ -330,8 +330,8 @@ def make_clc(
     grid = Grid.from_bounds(bounds, crs, resolution=resolution)
     h, w = grid.shape
     lut = np.zeros(256, dtype=dtype)
-    for code, idx in CLASS_INDEX.items():
-        lut[idx] = idx if values == "index" else code
+    for code, value in CLASS_INDEX.items():
+        lut[value] = value if values == "index" else code
     nodata_class = NODATA_INDEX if values == "index" else NODATA_CODE
     blobs = _hole_blobs(h, w, seed) if holes else []
     to_laea = None
@@ -364,7 +364,8 @@ def make_clc(
                 rows = slice(r0, min(h, r0 + _STRIP))
                 x, y = _cell_centres(grid, rows)
                 if to_laea is not None:
-                    x, y = (np.asarray(a) for a in to_laea.transform(x, y))
+                    tx, ty = to_laea.transform(x, y)
+                    x, y = np.asarray(tx), np.asarray(ty)
                 idx, _ = _landscape(np.ascontiguousarray(x), np.ascontiguousarray(y), seed)
                 block = lut[idx]
                 rr = np.arange(rows.start, rows.stop, dtype="float64")
@@ -441,9 +442,10 @@ def _bilinear(
         along = v[:, ic] * (1 - tc) + v[:, ic + 1] * tc
     else:
         along = v[:, ic]
+    out: np.ndarray = along[ir]
     if len(nr) > 1:
-        return along[ir] * (1 - tr)[:, None] + along[ir + 1] * tr[:, None]
-    return along[ir]
+        out = along[ir] * (1 - tr)[:, None] + along[ir + 1] * tr[:, None]
+    return out
 
 
 class _Labels:
@@ -758,7 +760,14 @@ def make_scene(
     cloud_wl = 64.0
     sub_r = np.unique(np.linspace(0, h - 1, min(h, 256)).round()).astype("float64")
     sub_c = np.unique(np.linspace(0, w - 1, min(w, 256)).round()).astype("float64")
-    sample = nz.fbm(sub_c, sub_r, wavelength=cloud_wl, octaves=4, k=kc)
+    big_wl = max(256.0, min(h, w) / 3.0)
+
+    def cloudiness(cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        small = nz.fbm(cols, rows, wavelength=cloud_wl, octaves=4, k=kc)
+        large = nz.value_noise(cols, rows, wavelength=big_wl, k=nz.key(kc, 1))
+        return np.float32(0.7) * small + np.float32(0.3) * large
+
+    sample = cloudiness(sub_c, sub_r)
     foot = _footprint(h, w, sub_r.astype(int)) if fill_border else np.ones(sample.shape, bool)
     foot = foot[:, sub_c.astype(int)] if fill_border else foot
     vals = sample[foot] if foot.any() else sample.ravel()
@@ -806,8 +815,8 @@ def make_scene(
                 rng = np.random.default_rng([int(seed), 0x5CE7E, r0])
                 idx, fac = labels.strip(r0, r1)
                 valid = _footprint(h, w, rows) if fill_border else np.ones((hh, w), bool)
-                cn = nz.fbm(cols_f, rows_f, wavelength=cloud_wl, octaves=4, k=kc)
-                sn = nz.fbm(cols_f + sh_dc, rows_f + sh_dr, wavelength=cloud_wl, octaves=4, k=kc)
+                cn = cloudiness(cols_f, rows_f)
+                sn = cloudiness(cols_f + sh_dc, rows_f + sh_dr)
                 cloud = (cn > t_cloud) & valid
                 dil = (cn > t_dil) & ~cloud & valid
                 med = (cn > t_med) & ~cloud & ~dil & valid
