@@ -1,0 +1,457 @@
+"""Whole-scene prediction: stitching, blending, Zarr/COG/PNG outputs, memory bound."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from affine import Affine
+
+from landcover.errors import ConfigError, InputFileError
+from landcover.predict import (
+    ModelBundle,
+    blend_weights,
+    legend_for,
+    predict_cube,
+    predict_map,
+    quantise_fractions,
+    window_origins,
+    write_fractions_cog,
+)
+from landcover.schema import COMPLETE_ATTR
+
+CODES = (111, 211, 311, 411, 512)
+SCALE = 1e-4
+
+
+def write_test_cube(
+    path: Path,
+    image: np.ndarray,
+    *,
+    chunks: int = 32,
+    codes: tuple[int, ...] = CODES,
+    crs: str = "EPSG:32633",
+    origin: tuple[float, float] = (500_015.0, 6_000_015.0),
+) -> Path:
+    """Write a schema-shaped cube whose decoded reflectance equals ``image`` (C, H, W), NaN = fill."""
+    import rioxarray  # noqa: F401
+
+    c, h, w = image.shape
+    raw = np.where(np.isnan(image), 0, np.rint(image / SCALE)).astype("uint16")
+    t = Affine(30.0, 0.0, origin[0], 0.0, -30.0, origin[1])
+    x = origin[0] + 30.0 * (np.arange(w) + 0.5)
+    y = origin[1] - 30.0 * (np.arange(h) + 0.5)
+    valid = ~np.isnan(image).any(axis=0)
+    labels = np.zeros((len(codes), h, w), dtype="uint8")
+    labels[0] = 250
+    ds = xr.Dataset(
+        {
+            "reflectance": (("time", "band", "y", "x"), raw[None]),
+            "labels": (("class", "y", "x"), labels),
+            "valid": (("time", "y", "x"), valid[None]),
+        },
+        coords={
+            "time": np.array(["2000-06-01"], dtype="datetime64[ns]"),
+            "band": [f"b{i}" for i in range(c)],
+            "class": np.asarray(codes, dtype="int64"),
+            "y": y,
+            "x": x,
+        },
+    )
+    ds = ds.rio.write_crs(crs).rio.write_transform(t)
+    for v in ds.data_vars:
+        ds[v].attrs["grid_mapping"] = "spatial_ref"
+    ds["reflectance"].attrs.update(scale_factor=SCALE, add_offset=0.0, _FillValue=0)
+    enc = {
+        "reflectance": {"chunks": (1, c, chunks, chunks)},
+        "labels": {"chunks": (len(codes), chunks, chunks)},
+        "valid": {"chunks": (1, chunks, chunks)},
+    }
+    ds.to_zarr(path, mode="w", encoding=enc, zarr_format=3, consolidated=True)
+    return mark_complete(path)
+
+
+def mark_complete(path: Path) -> Path:
+    import zarr
+
+    zarr.open_group(str(path), mode="r+").attrs[COMPLETE_ATTR] = True
+    zarr.consolidate_metadata(str(path))
+    return path
+
+
+class LogIdentity(torch.nn.Module):
+    """Logits = log(input): softmax gives back the input channels divided by their sum."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x.clamp_min(1e-6))
+
+
+def random_image(shape: tuple[int, int, int], seed: int, nan_share: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.round(rng.uniform(0.05, 1.0, size=shape), 4).astype("float32")
+    if nan_share:
+        holes = rng.random(shape[1:]) < nan_share
+        img[rng.integers(0, shape[0]), holes] = np.nan
+        img[:, :3, :5] = np.nan  # a corner block of fill
+    return img
+
+
+def expected_fractions(img: np.ndarray) -> np.ndarray:
+    decoded = np.rint(np.nan_to_num(img) / SCALE) * SCALE
+    return (decoded / decoded.sum(axis=0, keepdims=True)).astype("float32")
+
+
+# ------------------------------------------------------------------------------------------------
+def test_window_origins_cover_every_pixel_with_flush_last_window() -> None:
+    for length, win, stride in [(100, 32, 24), (97, 40, 27), (64, 64, 64), (20, 32, 24), (257, 256, 192)]:
+        o = window_origins(length, win, stride)
+        covered = np.zeros(max(length, win), dtype=int)
+        for s in o:
+            covered[s : s + win] += 1
+        assert (covered[:length] > 0).all()
+        assert o[0] == 0 and (np.diff(o) > 0).all() and (np.diff(o) <= stride).all()
+        if length >= win:
+            assert o[-1] + win == length
+
+
+def test_blend_weights_are_smooth_positive_and_symmetric() -> None:
+    for mode in ("cosine", "gaussian", "none"):
+        w = blend_weights((48, 40), overlap=(12, 10), mode=mode)  # type: ignore[arg-type]
+        assert w.shape == (48, 40) and w.dtype == np.float32
+        assert w.min() > 0 and w.max() <= 1
+        np.testing.assert_allclose(w, w[::-1, ::-1], rtol=1e-6)
+    cos = blend_weights(64, overlap=16, mode="cosine")
+    assert (cos[16:48, 16:48] == 1).all() and cos[0, 32] < 0.01
+    with pytest.raises(ValueError):
+        blend_weights(8, overlap=2, mode="bogus")  # type: ignore[arg-type]
+
+
+def test_quantise_fractions_sums_to_250_within_one_step() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.full(7, 0.3), size=(20, 30)).transpose(2, 0, 1).astype("float32")
+    q = quantise_fractions(p)
+    assert q.dtype == np.uint8 and (q.astype(int).sum(axis=0) == 250).all()
+    assert np.abs(q / 250.0 - p).max() <= 1 / 250 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("shape", "window", "overlap", "chunks", "band_width", "blend", "batch"),
+    [
+        ((100, 130), 32, 8, 24, 48, "cosine", 3),
+        ((97, 61), (40, 24), (13, 5), 17, None, "gaussian", 8),
+        ((64, 64), 64, 0, 64, None, "none", 1),
+        ((20, 50), 32, 8, 16, 16, "cosine", 2),  # scene shorter than the window
+        ((75, 90), 30, 29, 25, 50, "cosine", 16),  # stride 1 vertically, many overlaps
+    ],
+)
+def test_identity_model_puts_every_pixel_back(
+    tmp_path: Path, shape, window, overlap, chunks, band_width, blend, batch
+) -> None:
+    img = random_image((len(CODES), *shape), seed=sum(shape), nan_share=0.02)
+    cube = write_test_cube(tmp_path / "c.zarr", img, chunks=chunks)
+    pred = predict_cube(
+        LogIdentity(),
+        cube,
+        window=window,
+        overlap=overlap,
+        chunks=chunks,
+        band_width=band_width,
+        blend=blend,
+        batch_size=batch,
+        fractions_dtype="float32",
+        device="cpu",
+    )
+    usable = ~np.isnan(img).any(axis=0)
+    exp = expected_fractions(img)
+    got = pred["fractions"].values
+    assert got.shape == img.shape
+    np.testing.assert_allclose(got[:, usable], exp[:, usable], atol=2e-6)
+    assert np.isnan(got[:, ~usable]).all()
+    cmap = pred["class_map"].values
+    assert cmap.dtype == np.uint16
+    np.testing.assert_array_equal(cmap[usable], np.asarray(CODES)[exp.argmax(axis=0)][usable])
+    assert (cmap[~usable] == 0).all()
+
+
+def test_result_independent_of_processing_blocks(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 5, padding=2)
+    img = random_image((3, 90, 110), seed=5)
+    cube = write_test_cube(tmp_path / "c.zarr", img, chunks=16, codes=CODES[:4])
+    kw = dict(window=40, overlap=12, fractions_dtype="float32", device="cpu", batch_size=4)
+    a = predict_cube(conv, cube, chunks=16, band_width=16, **kw)
+    b = predict_cube(conv, cube, chunks=64, band_width=512, **kw)
+    np.testing.assert_allclose(a["fractions"].values, b["fractions"].values, atol=1e-6)
+    np.testing.assert_array_equal(a["class_map"].values, b["class_map"].values)
+
+
+def test_cosine_blending_hides_window_edge_artefacts(tmp_path: Path) -> None:
+    # A 5x5 convolution with zero padding is wrong near every window edge; blending
+    # must down-weight those edges so the mosaic approaches the whole-image result.
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(3, 3, 5, padding=2, bias=False)
+    img = random_image((3, 96, 96), seed=2)
+    cube = write_test_cube(tmp_path / "c.zarr", img, chunks=32, codes=CODES[:3])
+    with torch.no_grad():
+        decoded = torch.from_numpy((np.rint(img / SCALE) * SCALE).astype("float32"))
+        ref = torch.softmax(conv(decoded[None]), 1)[0].numpy()
+    inner = (slice(None), slice(2, -2), slice(2, -2))  # the scene border is wrong in both
+    err = {}
+    for blend in ("none", "cosine", "gaussian"):
+        p = predict_cube(
+            conv, cube, window=32, overlap=16, blend=blend, fractions_dtype="float32", device="cpu"
+        )
+        err[blend] = float(np.abs(p["fractions"].values - ref)[inner].max())
+    assert err["cosine"] < 0.2 * err["none"], err
+    assert err["gaussian"] < err["none"], err
+
+
+def test_zarr_output_reopens_with_grid_and_is_atomic(tmp_path: Path) -> None:
+    import rioxarray  # noqa: F401
+
+    img = random_image((len(CODES), 70, 50), seed=9, nan_share=0.05)
+    cube = write_test_cube(tmp_path / "c.zarr", img, chunks=32)
+    out = tmp_path / "pred.zarr"
+    pred = predict_cube(LogIdentity(), cube, out=out, window=32, overlap=8, device="cpu")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    again = xr.open_zarr(out)
+    src = xr.open_zarr(cube)
+    assert again.rio.crs == src.rio.crs
+    assert again.rio.transform() == src.rio.transform()
+    assert list(again["class"].values) == list(CODES)
+    assert again.attrs["landcover:complete"] is True
+    assert again["class_map"].dtype == np.uint16
+    usable = ~np.isnan(img).any(axis=0)
+    frac = pred["fractions"].values
+    assert frac.dtype == np.float32
+    np.testing.assert_allclose(frac[:, usable], expected_fractions(img)[:, usable], atol=1 / 250 + 1e-6)
+    np.testing.assert_allclose(frac[:, usable].sum(axis=0), 1.0, atol=1e-5)
+    assert np.isnan(frac[:, ~usable]).all()
+    with pytest.raises(InputFileError, match="already exists"):
+        predict_cube(LogIdentity(), cube, out=out, window=32, overlap=8, device="cpu")
+
+
+def test_bad_options_and_inputs_are_clear(tmp_path: Path) -> None:
+    img = random_image((len(CODES), 40, 40), seed=1)
+    cube = write_test_cube(tmp_path / "c.zarr", img)
+    with pytest.raises(ConfigError, match="overlap"):
+        predict_cube(LogIdentity(), cube, window=32, overlap=32, device="cpu")
+    with pytest.raises(ConfigError, match="not in cube bands"):
+        predict_cube(LogIdentity(), cube, bands=["red"], class_codes=[1], device="cpu")
+    with pytest.raises(InputFileError, match="missing.zarr: no such cube store"):
+        predict_cube(LogIdentity(), tmp_path / "missing.zarr", device="cpu")
+    with pytest.raises(ValueError, match="std"):
+        ModelBundle(LogIdentity(), bands=("b0",), mean=(0.0,), std=(0.0,), class_codes=(1,))
+
+
+# ------------------------------------------------------------------------------------------------
+def _tiff_ifds(path: Path) -> list[dict[int, list[int]]]:
+    """Minimal classic/BigTIFF IFD reader: per IFD, {tag: values} for the offset/size tags we check."""
+    data = path.read_bytes()
+    bo = "<" if data[:2] == b"II" else ">"
+    magic = struct.unpack(bo + "H", data[2:4])[0]
+    big = magic == 43
+    types = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
+    off = struct.unpack(bo + "Q", data[8:16])[0] if big else struct.unpack(bo + "I", data[4:8])[0]
+    ifds = []
+    while off:
+        n = struct.unpack(bo + ("Q" if big else "H"), data[off : off + (8 if big else 2)])[0]
+        pos = off + (8 if big else 2)
+        entry = 20 if big else 12
+        tags: dict[int, list[int]] = {"_offset": [off]}  # type: ignore[dict-item]
+        for i in range(n):
+            e = data[pos + i * entry : pos + (i + 1) * entry]
+            tag, typ = struct.unpack(bo + "HH", e[:4])
+            cnt = struct.unpack(bo + ("Q" if big else "I"), e[4 : 12 if big else 8])[0]
+            if tag in (256, 257, 324, 325) and typ in types:
+                fmt, size = types[typ]
+                raw = e[12:] if big else e[8:]
+                if cnt * size <= len(raw):
+                    vals = struct.unpack(bo + fmt * cnt, raw[: cnt * size])
+                else:
+                    p = struct.unpack(bo + ("Q" if big else "I"), raw)[0]
+                    vals = struct.unpack(bo + fmt * cnt, data[p : p + cnt * size])
+                tags[tag] = list(vals)
+        ifds.append(tags)
+        np_ = pos + n * entry
+        off = struct.unpack(bo + ("Q" if big else "I"), data[np_ : np_ + (8 if big else 4)])[0]
+    return ifds
+
+
+def assert_valid_cog(path: Path, *, blocksize: int = 512) -> None:
+    """The checks of GDAL's validate_cloud_optimized_geotiff.py that matter, offline."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        assert src.driver == "GTiff"
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert src.profile["tiled"] and src.block_shapes[0] == (blocksize, blocksize)
+        ovr = src.overviews(1)
+        if max(src.height, src.width) > blocksize:
+            assert ovr, "no overviews"
+    head = path.read_bytes()[:400]
+    assert b"GDAL_STRUCTURAL_METADATA_SIZE" in head and b"LAYOUT=IFDS_BEFORE_DATA" in head
+    ifds = _tiff_ifds(path)
+    offsets = [d["_offset"][0] for d in ifds]
+    assert offsets == sorted(offsets), "IFDs must come first, full resolution first"
+    data_starts = [min(v for v in d[324] if v) for d in ifds]
+    # image data: smallest overview first, full-resolution image last
+    assert data_starts == sorted(data_starts, reverse=True)
+    assert max(offsets) < min(data_starts), "all IFDs must precede the image data"
+
+
+def test_predict_map_writes_valid_cog_zarr_and_quicklook(tmp_path: Path) -> None:
+    import rasterio
+
+    rng = np.random.default_rng(4)
+    # a blocky class pattern so overviews and the quick-look have something to show
+    blocks = rng.integers(0, len(CODES), size=(9, 11))
+    cls = np.kron(blocks, np.ones((80, 80), dtype=int))[:700, :820]
+    img = np.full((len(CODES), *cls.shape), 0.05, dtype="float32")
+    np.put_along_axis(img, cls[None], 0.9, axis=0)
+    img[:, :40, :60] = np.nan
+    cube = write_test_cube(tmp_path / "c.zarr", img, chunks=256)
+    outs = predict_map(
+        LogIdentity(),
+        cube,
+        tmp_path / "out",
+        window=128,
+        overlap=32,
+        batch_size=8,
+        device="cpu",
+        fractions_cog=True,
+    )
+    assert outs.class_map_cog is not None and outs.quicklook is not None and outs.fractions_cog is not None
+    assert_valid_cog(outs.class_map_cog)
+    assert_valid_cog(outs.fractions_cog)
+    legend = legend_for(CODES)
+    with rasterio.open(outs.class_map_cog) as src:
+        assert src.dtypes == ("uint8",) and src.nodata == 0
+        assert src.crs.to_epsg() == 32633
+        assert src.transform == Affine(30.0, 0.0, 500_015.0, 0.0, -30.0, 6_000_015.0)
+        cmap = src.colormap(1)
+        for i, c in enumerate(CODES):
+            assert cmap[i + 1][:3] == legend[c][1]
+        assert src.tags(1)["CLASS_1"] == f"{CODES[0]} {legend[CODES[0]][0]}"
+        band = src.read(1)
+        # the palette index decodes to the class pattern; nodata in the fill corner
+        assert (band[:40, :60] == 0).all()
+        np.testing.assert_array_equal(band[40:, 60:], cls[40:, 60:] + 1)
+        assert src.overviews(1) and src.read(1, out_shape=(7, 8)).max() > 0
+    aux = ET.parse(f"{outs.class_map_cog}.aux.xml").getroot()
+    cats = [c.text for c in aux.iter("Category")]
+    assert cats == ["nodata"] + [legend[c][0] for c in CODES]
+    assert len(list(aux.iter("Row"))) == len(CODES)
+    with rasterio.open(outs.fractions_cog) as src:
+        assert src.count == len(CODES) and src.scales[0] == pytest.approx(1 / 250)
+        f0 = src.read(1, window=((100, 101), (100, 101)))[0, 0] / 250
+        assert f0 == pytest.approx(0.9 if cls[100, 100] == 0 else 0.05 / (0.9 + 0.2), abs=0.005)
+    png = outs.quicklook.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    leg = json.loads(outs.legend.read_text())  # type: ignore[union-attr]
+    assert [e["code"] for e in leg[1:]] == list(CODES)
+    z = xr.open_zarr(outs.zarr)
+    np.testing.assert_array_equal(z["class_map"].values[40:, 60:], np.asarray(CODES)[cls[40:, 60:]])
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []
+
+
+def test_fractions_cog_refuses_nothing_and_roundtrips_small(tmp_path: Path) -> None:
+    img = random_image((len(CODES), 30, 20), seed=8)
+    cube = write_test_cube(tmp_path / "c.zarr", img, chunks=16)
+    pred = predict_cube(LogIdentity(), cube, window=16, overlap=4, device="cpu")
+    path = write_fractions_cog(pred, tmp_path / "f.tif", blocksize=16)
+    import rasterio
+
+    with rasterio.open(path) as src:
+        vals = src.read().astype("float32") / 250
+    np.testing.assert_allclose(vals, pred["fractions"].values, atol=0.5 / 250 + 1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+class _PeakRSS:
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc = psutil.Process()
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __enter__(self) -> _PeakRSS:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def _write_big_cube(path: Path, h: int, w: int, codes: tuple[int, ...]) -> Path:
+    import dask.array as da
+    import rioxarray  # noqa: F401
+
+    raw = da.random.default_rng(0).integers(
+        1, 10_000, size=(1, 3, h, w), chunks=(1, 3, 512, 512), dtype="uint16"
+    )
+    ds = xr.Dataset(
+        {"reflectance": (("time", "band", "y", "x"), raw)},
+        coords={
+            "time": np.array(["2000-06-01"], dtype="datetime64[ns]"),
+            "band": ["b0", "b1", "b2"],
+            "class": np.asarray(codes),
+            "y": 6_000_000.0 - 30.0 * (np.arange(h) + 0.5),
+            "x": 500_000.0 + 30.0 * (np.arange(w) + 0.5),
+        },
+    )
+    ds["reflectance"].attrs.update(scale_factor=SCALE, add_offset=0.0, _FillValue=0)
+    ds = ds.rio.write_crs("EPSG:32633")
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=True)
+    return mark_complete(path)
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_on_a_large_scene(tmp_path: Path) -> None:
+    import tracemalloc
+
+    h = w = 3000
+    k = 32
+    codes = tuple(range(1, k + 1))
+    model = torch.nn.Conv2d(3, k, 1)
+    kw = dict(window=256, overlap=32, batch_size=4, device="cpu", band_width=512, chunks=256)
+    # warm up on a smaller scene with the same chunking: one-time allocations of torch,
+    # zarr's thread pool and malloc arenas are not what this test is about
+    predict_cube(
+        model, _write_big_cube(tmp_path / "s.zarr", 1024, 1024, codes), out=tmp_path / "s_p.zarr", **kw
+    )
+    cube = _write_big_cube(tmp_path / "big.zarr", h, w, codes)
+    full_scene = k * h * w * 4  # float32 probabilities of the whole scene: 1152 MB
+    tracemalloc.start()
+    try:
+        with _PeakRSS() as m:
+            pred = predict_cube(model, cube, out=tmp_path / "p.zarr", **kw)
+        traced_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    increase = m.peak - m.base
+    print(f"traced peak {traced_peak / 2**20:.0f} MiB, RSS increase {increase / 2**20:.0f} MiB")
+    assert pred.sizes == {"class": k, "y": h, "x": w}
+    # numpy/python allocations (exact) and process RSS (noisier) both stay far below the scene
+    assert traced_peak < full_scene / 10, f"traced peak {traced_peak / 2**20:.0f} MiB"
+    assert increase < full_scene / 3, f"peak RSS grew by {increase / 2**20:.0f} MiB"
+    sample = pred["fractions"].isel(y=slice(1000, 1010), x=slice(2990, 3000)).values
+    assert np.isfinite(sample).all()
+    np.testing.assert_allclose(sample.sum(axis=0), 1.0, atol=0.01)
