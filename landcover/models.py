@@ -72,6 +72,7 @@ __all__ = [
     "SegmentationModel",
     "build_model",
     "build_from_spec",
+    "build_model_for_dataset",
     "default_bands",
     "find_imagenet_weights",
     "load_imagenet_state_dict",
@@ -100,6 +101,17 @@ IMAGENET_MEAN: Final[tuple[float, float, float]] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final[tuple[float, float, float]] = (0.229, 0.224, 0.225)
 _IMAGENET_ORDER: Final[tuple[str, str, str]] = ("red", "green", "blue")
 """Channel order of torchvision's ImageNet ``conv1.weight``."""
+_RGB_ALIASES: Final[dict[str, str]] = {
+    **{a: "red" for a in ("red", "sr_b3", "b3")},
+    **{a: "green" for a in ("green", "sr_b2", "b2")},
+    **{a: "blue" for a in ("blue", "sr_b1", "b1")},
+}
+"""Band names (lower-cased) that mean TM red/green/blue (Landsat 4-5 TM band numbers)."""
+
+
+def _rgb_of(band: str) -> str | None:
+    return _RGB_ALIASES.get(band.lower())
+
 
 IMAGENET_WEIGHT_FILES: Final[dict[str, str]] = {
     "resnet18": "resnet18-f37072fd.pth",
@@ -230,7 +242,8 @@ class ModelSpec:
             if stats and len(stats) != self.in_channels:
                 raise ValueError("band_mean/band_std need one value per input channel")
         if self.name in IMAGENET_NAMES and self.pretrained != "none":
-            missing = [b for b in _IMAGENET_ORDER if b not in self.bands]
+            named = {_rgb_of(b) for b in self.bands}
+            missing = [b for b in _IMAGENET_ORDER if b not in named]
             if missing:
                 raise ValueError(f"ImageNet initialisation needs bands named {missing} in 'bands'")
 
@@ -492,8 +505,9 @@ def adapt_input_conv(weight: torch.Tensor, bands: Sequence[str]) -> torch.Tensor
     weight
         torchvision ``conv1.weight``, input channels in red, green, blue order.
     bands
-        Band names of the new input, in channel order; must include ``red``, ``green``
-        and ``blue``.
+        Band names of the new input, in channel order; ``red``, ``green`` and ``blue``
+        (or the TM names ``SR_B3``/``B3``, ``SR_B2``/``B2``, ``SR_B1``/``B1``) get the
+        ImageNet filters.
 
     Returns
     -------
@@ -506,8 +520,9 @@ def adapt_input_conv(weight: torch.Tensor, bands: Sequence[str]) -> torch.Tensor
     mean = weight.mean(dim=1)
     chans = []
     for band in bands:
-        if band in _IMAGENET_ORDER:
-            chans.append(weight[:, _IMAGENET_ORDER.index(band)])
+        rgb = _rgb_of(band)
+        if rgb is not None:
+            chans.append(weight[:, _IMAGENET_ORDER.index(rgb)])
         else:
             chans.append(mean)
     out = torch.stack(chans, dim=1) * (3.0 / len(bands))
@@ -523,7 +538,8 @@ def _load_encoder_weights(model: SegmentationModel, state: Mapping[str, torch.Te
             raise LandcoverError(f"ImageNet state dict lacks {key!r}: is it a torchvision {spec.encoder}?")
         src = state[key]
         if key == "conv1.weight":
-            src = adapt_input_conv(src, spec.bands) if list(spec.bands) != list(_IMAGENET_ORDER) else src
+            if [_rgb_of(b) for b in spec.bands] != list(_IMAGENET_ORDER):
+                src = adapt_input_conv(src, spec.bands)
         if src.shape != value.shape:
             raise LandcoverError(
                 f"ImageNet weight {key!r} has shape {tuple(src.shape)}, the model needs {tuple(value.shape)} "
@@ -656,6 +672,31 @@ def build_model(
     if weights_file is not None:
         _load_encoder_weights(model, load_imagenet_state_dict(enc, weights_file))
     return model
+
+
+def build_model_for_dataset(name: ModelName, dataset: Any, **kwargs: Any) -> SegmentationModel:
+    """:func:`build_model` with channels, band names, class codes and band statistics from a dataset.
+
+    Parameters
+    ----------
+    name
+        Model name.
+    dataset
+        A :class:`landcover.datasets.WindowDataset` (anything with ``band_names`` and
+        ``class_codes``; ``stats.mean``/``stats.std`` are recorded when present). Ask it
+        for ``bands="rgb"`` for the RGB models.
+    **kwargs
+        Passed on to :func:`build_model` (``preset``, ``pretrained``, ``seed``, ...).
+    """
+    bands = tuple(str(b) for b in dataset.band_names)
+    codes = tuple(int(c) for c in dataset.class_codes)
+    stats = getattr(dataset, "stats", None)
+    kwargs.setdefault("bands", bands)
+    kwargs.setdefault("class_codes", codes)
+    if stats is not None:
+        kwargs.setdefault("band_mean", tuple(stats.mean))
+        kwargs.setdefault("band_std", tuple(stats.std))
+    return build_model(name, len(bands), len(codes), **kwargs)
 
 
 def build_from_spec(spec: ModelSpec) -> SegmentationModel:

@@ -425,13 +425,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % 2**63
 
 
-def _seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: derive NumPy/Python seeds from torch's per-worker seed."""
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is a ConfigError."""
     if isinstance(device, torch.device):
@@ -466,32 +459,28 @@ def make_loader(
     drop_last: bool = False,
     batch_size: int | None = None,
 ) -> DataLoader[Any]:
-    """A DataLoader following ``config``: batch size, workers, seeded generator.
+    """A DataLoader following ``config``: batch size, workers, pinning, seeded generator.
 
-    Workers start with ``multiprocessing_context="spawn"`` (fork hangs once Dask has run
-    in the parent), persist across epochs, and get NumPy/Python seeds derived from
-    torch's per-worker seed. ``pin_memory`` follows ``config.pin_memory``.
+    Delegates to :func:`landcover.datasets.make_loader` (workers started with
+    ``forkserver``/``spawn``, never fork, persistent across epochs). The generator is
+    seeded with ``config.seed``; :func:`fit` reseeds it per epoch. ``shuffle`` is ignored
+    (False) for iterable datasets, which order themselves.
     """
+    from torch.utils.data import IterableDataset
+
+    from .datasets import make_loader as _dataset_loader
+
     device = resolve_device(config.device)
     pin = config.pin_memory == "on" or (config.pin_memory == "auto" and device.type == "cuda")
-    workers = config.num_workers
-    kwargs: dict[str, Any] = {}
-    if workers > 0:
-        kwargs.update(
-            multiprocessing_context="spawn",
-            persistent_workers=True,
-            prefetch_factor=config.prefetch_factor,
-            worker_init_fn=_seed_worker,
-        )
-    return DataLoader(
+    return _dataset_loader(
         dataset,
-        batch_size=batch_size or config.batch_size,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        num_workers=workers,
+        batch_size or config.batch_size,
+        config.num_workers,
+        shuffle=shuffle and not isinstance(dataset, IterableDataset),
         pin_memory=pin,
+        prefetch_factor=config.prefetch_factor if config.num_workers > 0 else None,
+        drop_last=drop_last,
         generator=torch.Generator().manual_seed(config.seed),
-        **kwargs,
     )
 
 

@@ -226,3 +226,29 @@ def test_class_weighted_training_and_tuple_batches() -> None:
     cfg = _config(epochs=1, class_weights=(1.0, 2.0, 0.5), loss="kl")
     hist = fit(_model(), batches, batches, cfg, class_codes=CODES)
     assert math.isfinite(hist.epochs[0]["train_loss"]) and hist.epochs[0]["val_loss"] >= 0
+
+
+def test_fit_on_a_real_window_dataset(tmp_path: Path) -> None:
+    from landcover.datasets import WindowDataset
+    from landcover.models import build_model_for_dataset
+    from landcover.testing.cubes import make_cube
+
+    cube = make_cube(tmp_path / "cube.zarr", shape=(128, 128), classes_present=4, chunks=64, seed=0)
+    other = make_cube(tmp_path / "other.zarr", shape=(64, 64), classes_present=4, chunks=64, seed=1)
+    train = WindowDataset(cube, size=32, stride=16)
+    val = WindowDataset(other, size=32)
+    assert len(train) >= 8 and len(val) >= 1
+    model = build_model_for_dataset("native", train, preset="tiny", seed=0)
+    assert model.spec.bands == train.band_names and model.spec.class_codes == train.class_codes
+    assert model.spec.band_std == pytest.approx(train.stats.std)
+    cfg = _config(epochs=4, batch_size=4, lr=2e-2, checkpoint_dir=tmp_path / "run")
+    hist = fit(model, make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg,
+               class_codes=train.class_codes)  # fmt: skip
+    assert hist.epochs[-1]["train_loss"] < hist.epochs[0]["train_loss"]
+    assert math.isfinite(hist.epochs[-1]["val_miou_l1"])
+    rebuilt = model_from_checkpoint(tmp_path / "run" / "last.pt")
+    assert rebuilt.spec == model.spec
+    rgb = WindowDataset(cube, size=32, bands="rgb", level=2, max_windows=2)
+    rgb_model = build_model_for_dataset("rgb-scratch", rgb, preset="tiny")
+    batch = next(iter(make_loader(rgb, cfg, shuffle=False)))
+    assert rgb_model(batch["image"]).shape == batch["target"].shape
