@@ -337,10 +337,38 @@ def _encode_u16(x: np.ndarray, keep: np.ndarray, scale: float, offset: float) ->
     return np.where(ok, raw, 0).astype("uint16")
 
 
-def _encode_labels(frac: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    out = schema.encode_fractions(frac)
-    out[:, ~keep[0]] = schema.LABEL_FILL
+def encode_fractions_fast(frac: np.ndarray) -> np.ndarray:
+    """Same result as :func:`landcover.schema.encode_fractions`, several times faster.
+
+    Only pixels whose floored steps do not already sum to 250 (mixed pixels) need the
+    largest-remainder correction, and only those are sorted. Fractions are >= 0, so
+    truncation equals ``floor``; a NaN in any class makes the pixel's sum NaN.
+    """
+    frac = np.asarray(frac, dtype="float32")
+    nan = np.isnan(frac.sum(axis=0))
+    scaled = frac * np.float32(schema.LABEL_STEPS)
+    np.nan_to_num(scaled, copy=False, nan=0.0)
+    q = scaled.astype("int16")
+    missing = schema.LABEL_STEPS - q.sum(axis=0, dtype="int32")
+    total = scaled.sum(axis=0)
+    todo = (missing > 0) & (total > 0)
+    if todo.any():
+        sub_s = scaled[:, todo]
+        sub_q = q[:, todo]
+        order = np.argsort(-(sub_s - sub_q), axis=0, kind="stable")
+        ranks = np.empty_like(order)
+        np.put_along_axis(ranks, order, np.arange(frac.shape[0])[:, None], axis=0)
+        q[:, todo] = sub_q + (ranks < missing[todo][None]).astype("int16")
+    np.clip(q, 0, schema.LABEL_STEPS, out=q)
+    out = q.astype("uint8")
+    if nan.any():
+        out[:, nan] = schema.LABEL_FILL
     return out
+
+
+def _encode_labels(frac: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    out = encode_fractions_fast(frac)
+    return np.where(keep, out, np.uint8(schema.LABEL_FILL))
 
 
 def _encode_coverage(cov: np.ndarray) -> np.ndarray:

@@ -1,0 +1,194 @@
+"""Benchmark of the cube build: time, MB/s, peak RSS, ratio against a raw Zarr write.
+
+Usage::
+
+    .venv/bin/python bench/bench_cube.py [--size 7000] [--scenes 1 2 4] [--chunk 512] [--workdir DIR]
+
+For each scene count N: builds a cube from N synthetic acquisitions (``size`` x ``size``
+px, 6 reflective bands + thermal + QA, Landsat 5 L2SP-like COGs) and a synthetic CORINE
+raster covering them, and reports the build time, throughput (uncompressed cube bytes
+per second), peak RSS of the whole process tree, store size and compression ratio.
+The baseline, measured in the same run on the same machine: writing the very same arrays
+(read back from the built cube, no processing) to a new Zarr store with the same chunks
+and codec. Also compares codecs (blosc-zstd, blosc-lz4, zstd, none) on that raw write.
+Targets: peak RSS < 2 GiB whatever the size; build speed >= 50 % of the raw write.
+Synthetic data generation is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import psutil
+
+
+class PeakRSS:
+    """Samples the RSS of this process and all its children every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        proc = psutil.Process()
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+
+def raw_write(src: Path, dst: Path, compressor: str, chunk: int) -> float:
+    """Copy the stored arrays of ``src`` (raw integers, no processing) to ``dst``; seconds."""
+    import xarray as xr
+
+    from landcover.store import compressor_codecs
+
+    shutil.rmtree(dst, ignore_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = xr.open_zarr(src, mask_and_scale=False, decode_times=False)
+        ds = ds.drop_vars("spatial_ref")
+        codecs = compressor_codecs(compressor)  # type: ignore[arg-type]
+        enc = {}
+        for name, var in ds.data_vars.items():
+            chunks = tuple(
+                1 if d == "time" else chunk if d in ("y", "x") else n for d, n in var.sizes.items()
+            )
+            enc[name] = {"compressors": codecs, "chunks": chunks}
+        ds = ds.chunk({"time": 1, "y": chunk, "x": chunk})
+        ds.attrs = {}
+        for v in ds.variables.values():
+            v.encoding = {}
+            v.attrs = {}
+        t0 = time.perf_counter()
+        ds.to_zarr(dst, mode="w", encoding=enc, consolidated=True, zarr_format=3)
+        return time.perf_counter() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=7000)
+    p.add_argument("--scenes", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--chunk", type=int, default=512)
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--no-codecs", action="store_true", help="skip the codec comparison")
+    args = p.parse_args()
+
+    from landcover.cube import build_cube
+    from landcover.store import raw_nbytes, store_size
+    from landcover.testing import make_acquisitions, make_clc, scene_grid
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_cube_"))
+    work.mkdir(parents=True, exist_ok=True)
+    n_max = max(args.scenes)
+    print(
+        f"# bench_cube: size {args.size} px, scenes {args.scenes}, chunk {args.chunk}, cpus {os.cpu_count()}"
+    )
+    t0 = time.perf_counter()
+    grid = scene_grid(size=args.size)
+    left, bottom, right, top = grid.bounds_in("EPSG:3035")
+    clc = work / "clc.tif"
+    if not clc.exists():
+        make_clc(clc, bounds=(left - 1000, bottom - 1000, right + 1000, top + 1000), seed=1)
+    dates = [f"1995-{m:02d}-{d:02d}" for m, d in [(6, 12), (7, 14), (8, 15), (9, 16), (5, 11), (4, 9)]][
+        :n_max
+    ]
+    scene_root = work / "scenes"
+    existing = sorted(scene_root.glob("LT05_*")) if scene_root.exists() else []
+    if len(existing) >= n_max:
+        scenes = existing[:n_max]
+    else:
+        shutil.rmtree(scene_root, ignore_errors=True)
+        scenes = make_acquisitions(
+            scene_root, dates=dates, size=args.size, seed=1, clc=clc, cloud_fraction=0.1
+        )
+    print(f"# synthetic data ready in {time.perf_counter() - t0:.1f} s (not timed) under {work}")
+
+    # warm-up (imports, GDAL/PROJ initialisation) so that the first timed build is not penalised
+    from landcover.testing import make_pair
+
+    pair = make_pair(work / "warmup", size=64, seed=0, overlap=0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_cube([pair.scene_dir], pair.clc_path, work / "warmup.zarr", progress=False, overwrite=True)
+    rows = []
+    first_store = None
+    for n in args.scenes:
+        store = work / f"cube_{n}.zarr"
+        shutil.rmtree(store, ignore_errors=True)
+        with PeakRSS() as rss, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = time.perf_counter()
+            build_cube(scenes[:n], clc, store, chunks=args.chunk, progress=False)
+            dt = time.perf_counter() - t
+        raw = raw_nbytes(store)
+        size = store_size(store)
+        with PeakRSS() as rss_raw:
+            dt_raw = raw_write(store, work / f"raw_{n}.zarr", "blosc-zstd", args.chunk)
+        shutil.rmtree(work / f"raw_{n}.zarr", ignore_errors=True)
+        rows.append((n, dt, raw, size, rss.peak, dt_raw, rss_raw.peak))
+        if first_store is None:
+            first_store = store
+        print(
+            f"scenes={n}: build {dt:7.1f} s  {raw / dt / 1e6:7.1f} MB/s  "
+            f"peak RSS {rss.peak / 2**30:5.2f} GiB  "
+            f"store {size / 1e6:8.1f} MB (raw {raw / 1e6:8.1f} MB, ratio {raw / size:5.2f}x)  |  "
+            f"raw write {dt_raw:6.1f} s {raw / dt_raw / 1e6:7.1f} MB/s "
+            f"peak {rss_raw.peak / 2**30:5.2f} GiB  |  "
+            f"build speed = {dt_raw / dt * 100:5.1f} % of raw write"
+        )
+    if len(rows) > 1:
+        base_n, base_t = rows[0][0], rows[0][1]
+        print("# linearity (time per scene relative to the first run):")
+        for n, dt, *_ in rows:
+            print(f"  scenes={n}: {dt:7.1f} s, {dt / n:6.1f} s/scene, {dt / n / (base_t / base_n):5.2f}x")
+    if not args.no_codecs and first_store is not None:
+        print("# codec comparison on the raw write of the first cube:")
+        raw = raw_nbytes(first_store)
+        for codec in ("blosc-zstd", "blosc-lz4", "zstd", "none"):
+            dst = work / f"codec_{codec}.zarr"
+            dt = raw_write(first_store, dst, codec, args.chunk)
+            size = store_size(dst)
+            shutil.rmtree(dst, ignore_errors=True)
+            print(
+                f"  {codec:10s}: {dt:6.1f} s  {raw / dt / 1e6:7.1f} MB/s  {size / 1e6:8.1f} MB  "
+                f"ratio {raw / size:5.2f}x"
+            )
+    print(
+        f"# targets: peak RSS < 2 GiB -> max {max(r[4] for r in rows) / 2**30:.2f} GiB; "
+        f"build >= 50 % of raw write -> min {min(r[5] / r[1] for r in rows) * 100:.1f} %"
+    )
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
