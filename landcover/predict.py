@@ -170,21 +170,29 @@ def bundle_from_spec(model: Any, spec: Any, *, cube: Any = None, where: str = "m
 
 
 def _cube_band_stats(ds: Any, bands: Sequence[str]) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """Per-band mean/std stored with a cube (variables or root attrs keyed by band name), if any."""
-    for mkey, skey in (("band_mean", "band_std"), ("mean", "std")):
-        if mkey in ds.variables and skey in ds.variables and "band" in ds[mkey].dims:
-            m = ds[mkey].load()
-            s = ds[skey].load()
-            names = [str(b) for b in m["band"].values]
-            if all(b in names for b in bands):
-                return (
-                    tuple(float(m.sel(band=b)) for b in bands),
-                    tuple(float(s.sel(band=b)) for b in bands),
-                )
-        am, as_ = ds.attrs.get(mkey), ds.attrs.get(skey)
-        if isinstance(am, dict) and isinstance(as_, dict) and all(b in am and b in as_ for b in bands):
-            return tuple(float(am[b]) for b in bands), tuple(float(as_[b]) for b in bands)
-    return None
+    """Per-band mean/std stored with a cube by :func:`landcover.datasets.cube_stats`, if any.
+
+    Reads the root attribute ``landcover:band_stats`` (count/sum/sumsq per band of the
+    ``reflectance`` and ``thermal`` variables over valid pixels).
+    """
+    stats = ds.attrs.get("landcover:band_stats")
+    if not isinstance(stats, dict):
+        return None
+    mean: list[float] = []
+    std: list[float] = []
+    for b in bands:
+        block = stats.get("thermal" if b == "thermal" else "reflectance")
+        if not isinstance(block, dict) or b not in block.get("bands", []):
+            return None
+        i = block["bands"].index(b)
+        n, s, ss = float(block["count"][i]), float(block["sum"][i]), float(block["sumsq"][i])
+        if n <= 0:
+            return None
+        m = s / n
+        v = max(ss / n - m * m, 0.0)
+        mean.append(m)
+        std.append(math.sqrt(v) if v > 1e-20 else 1.0)
+    return tuple(mean), tuple(std)
 
 
 def _resolve_device(device: str) -> torch.device:

@@ -1,0 +1,970 @@
+"""Publishing: the cubes as a STAC-described dataset package, the model as safetensors + card.
+
+Dataset package (:func:`publish_dataset`)::
+
+    OUT/
+      README.md                      dataset card (sources, processing, classes, licence, citation)
+      collection.json                STAC Collection (projection, datacube, classification extensions)
+      <item-id>/<item-id>.json       one STAC Item per cube, its asset = the Zarr store
+      data/<name>.zarr               the cube(s), copied (or referenced in place with copy=False)
+
+Model package (:func:`publish_model`)::
+
+    OUT/
+      model.safetensors              weights (tensors only; the spec also in its metadata)
+      model.json                     spec, bands, normalisation, classes, metrics, training data
+      README.md                      model card
+
+:func:`load_published_model` rebuilds the network from such a folder in one call.
+
+Licensing: the cubes are derived from Landsat (public domain, courtesy of the U.S.
+Geological Survey) and CORINE Land Cover (Copernicus Land Monitoring Service, free
+and open use with attribution). The STAC licence is ``"other"`` with links to both
+terms and the attribution lines are written into the collection and the card.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InputFileError, LandcoverError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pystac
+    import torch
+
+__all__ = [
+    "CLMS_TERMS_URL",
+    "USGS_TERMS_URL",
+    "clc_attribution",
+    "LANDSAT_ATTRIBUTION",
+    "publish_dataset",
+    "publish_model",
+    "load_published_model",
+    "read_published_spec",
+    "validate_stac",
+]
+
+MODEL_FORMAT = "landcover-published-model/1"
+WEIGHTS_FILE = "model.safetensors"
+SPEC_FILE = "model.json"
+CLMS_TERMS_URL = "https://land.copernicus.eu/en/data-policy"
+USGS_TERMS_URL = "https://www.usgs.gov/information-policies-and-instructions/copyrights-and-credits"
+DEFAULT_TITLE = "Landsat 5 TM surface reflectance with CORINE Land Cover fractions (Zarr cubes)"
+LANDSAT_ATTRIBUTION = "Landsat data courtesy of the U.S. Geological Survey (public domain)."
+
+
+def clc_attribution(year: int | str) -> str:
+    """The attribution line required by the Copernicus Land Monitoring Service for CORINE data."""
+    return (
+        "Contains modified Copernicus Land Monitoring Service information (CORINE Land Cover). "
+        f"© European Union, Copernicus Land Monitoring Service {year}, European Environment Agency (EEA)."
+    )
+
+
+def _software() -> str:
+    from ._version import __version__
+
+    return f"landcover {__version__}"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _fresh_dir(out: Path, *, overwrite: bool) -> Path:
+    """A temporary sibling of ``out`` to build into (renamed over ``out`` by :func:`_commit`)."""
+    if out.exists() and not overwrite:
+        raise InputFileError(out, "output already exists (pass overwrite=True / --overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    return tmp
+
+
+def _commit(tmp: Path, out: Path) -> Path:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _hex(rgb: Sequence[int]) -> str:
+    return "{:02X}{:02X}{:02X}".format(*(int(v) for v in rgb[:3]))
+
+
+def _legend(codes: Sequence[int]) -> dict[int, tuple[str, tuple[int, int, int]]]:
+    from .predict import legend_for
+
+    return legend_for(codes)
+
+
+# ================================================================================================
+# model package
+# ================================================================================================
+def _load_model_and_extras(checkpoint: Any) -> tuple[Any, dict[str, Any]]:
+    from . import models
+
+    if isinstance(checkpoint, str | os.PathLike):
+        path = Path(checkpoint)
+        state = models.load_checkpoint(path)
+        model = models.model_from_checkpoint(path)
+        extras = {
+            k: v for k, v in state.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")
+        }
+        extras["source_checkpoint"] = path.name
+        return model, extras
+    if hasattr(checkpoint, "spec"):
+        return checkpoint, {}
+    raise LandcoverError("publish_model needs a checkpoint path or a model with a .spec (landcover.models)")
+
+
+def _metrics_from_report(report: Path, model_name: str) -> dict[str, Any] | None:
+    """Return the model's entry of a compare/transfer report's ``metrics.json`` (None when absent)."""
+    path = report / "metrics.json" if report.is_dir() else report
+    if not path.is_file():
+        raise InputFileError(
+            path, "report has no metrics.json (give the folder of a compare/transfer report)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputFileError(path, f"not valid JSON ({exc})") from None
+    models = data.get("models") if isinstance(data, dict) else None
+    if isinstance(models, dict):
+        entry = models.get(model_name)
+        if entry is None and len(models) == 1:
+            entry = next(iter(models.values()))
+        if entry is not None:
+            return {
+                "report": path.parent.name,
+                "model": model_name,
+                "primary_metric": data.get("primary_metric"),
+                **{k: entry[k] for k in ("test", "final_val", "seeds", "train_windows") if k in entry},
+            }
+    return None
+
+
+def _primitive(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _primitive(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_primitive(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return _primitive(obj.item())
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return str(obj)
+
+
+def publish_model(
+    checkpoint: Any,
+    out: str | os.PathLike[str],
+    *,
+    report: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    training_data: Sequence[str] | None = None,
+    intended_use: str | None = None,
+    license: str = "CC-BY-4.0",
+    overwrite: bool = False,
+) -> Path:
+    """Export a model as ``model.safetensors`` + ``model.json`` + ``README.md`` (model card).
+
+    Parameters
+    ----------
+    checkpoint
+        A checkpoint written by :mod:`landcover.train` / :func:`landcover.models.save_model`
+        (``best.pt``, ``last.pt``), or a model built by :func:`landcover.models.build_model`.
+    out
+        Package folder (written atomically: a temporary sibling renamed at the end).
+    report
+        A compare (or transfer) report folder: its ``metrics.json`` entry for this model
+        goes into the card and ``model.json``.
+    name
+        Display name (default: the model spec's name).
+    training_data
+        Free-text lines about the training data (cube names, scenes); the checkpoint's
+        recorded configuration is added automatically.
+    intended_use
+        Replaces the default intended-use paragraph.
+    license
+        Licence of the weights (SPDX id).
+    """
+    from safetensors.torch import save_file
+
+    model, extras = _load_model_and_extras(checkpoint)
+    spec = model.spec
+    spec_dict = spec.to_dict()
+    codes = [int(c) for c in spec.class_codes]
+    legend = _legend(codes) if codes else {}
+    metrics = _metrics_from_report(Path(report), spec.name) if report is not None else None
+    best_row = extras.get("history_row")
+    dest = Path(out)
+    tmp = _fresh_dir(dest, overwrite=overwrite)
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(
+            tensors,
+            str(tmp / WEIGHTS_FILE),
+            metadata={"format": MODEL_FORMAT, "spec": json.dumps(spec_dict, sort_keys=True)},
+        )
+        info: dict[str, Any] = {
+            "format": MODEL_FORMAT,
+            "name": name or spec.name,
+            "created": _now(),
+            "software": _software(),
+            "license": license,
+            "spec": spec_dict,
+            "bands": list(spec.bands),
+            "normalization": {
+                "mean": list(spec.band_mean),
+                "std": list(spec.band_std),
+                "applies_to": "decoded surface reflectance (thermal: Kelvin); x' = (x - mean) / std",
+                "input_norm": spec.input_norm,
+            },
+            "classes": [{"code": c, "name": legend[c][0], "color": _hex(legend[c][1])} for c in codes],
+            "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(tmp / WEIGHTS_FILE), "tensors": len(tensors)},
+            "parameters": int(sum(int(t.numel()) for t in tensors.values())),
+            "metrics": _primitive(metrics),
+            "best_epoch_validation": _primitive(best_row),
+            "training": _primitive(
+                {
+                    "data": list(training_data or []),
+                    "checkpoint": extras.get("source_checkpoint"),
+                    "config": extras.get("config"),
+                }
+            ),
+        }
+        (tmp / SPEC_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(_model_card(info, intended_use), encoding="utf-8")
+        return _commit(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fmt_metric(v: Any) -> str:
+    if isinstance(v, dict) and "mean" in v:
+        m, s = v.get("mean"), v.get("std")
+        if m is None:
+            return "n/a"
+        return f"{m:.3f} ± {s:.3f}" if s is not None else f"{m:.3f}"
+    if isinstance(v, int | float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def _model_card(info: dict[str, Any], intended_use: str | None) -> str:
+    spec = info["spec"]
+    lines = [
+        f"# Model card: {info['name']}",
+        "",
+        f"A land-cover segmentation model for Landsat 5 TM imagery, predicting per-pixel fractions of "
+        f"{len(info['classes'])} CORINE Land Cover classes. Architecture: U-Net on a "
+        f"{spec['encoder']} encoder (width {spec['width']}, depth {spec['depth']}), "
+        f"{info['parameters']:,} parameters, model name `{spec['name']}` "
+        f"(initial weights: {spec['pretrained']}).",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "from landcover.publish import load_published_model",
+        "model = load_published_model('path/to/this/folder')  # torch.nn.Module, eval mode, .spec attached",
+        "```",
+        "",
+        "or predict a whole cube: `landcover predict path/to/this/folder --cube CUBE.zarr --out DIR`.",
+        "",
+        "## Inputs",
+        "",
+        "`(B, C, H, W)` float32, bands in this order, each standardised as `(x - mean) / std` where `x` is",
+        "decoded surface reflectance (Collection 2 Level-2 scale/offset applied; thermal in Kelvin).",
+        "Pixels that are fill are set to 0 after standardisation.",
+        "",
+        "| # | band | mean | std |",
+        "|---|---|---|---|",
+    ]
+    mean, std = info["normalization"]["mean"], info["normalization"]["std"]
+    for i, b in enumerate(info["bands"]):
+        m = f"{mean[i]:.5g}" if i < len(mean) else "not recorded"
+        s = f"{std[i]:.5g}" if i < len(std) else "not recorded"
+        lines.append(f"| {i} | {b} | {m} | {s} |")
+    if spec.get("input_norm") == "imagenet":
+        lines += ["", "The network applies ImageNet mean/std internally (inputs are reflectance in [0, 1])."]
+    lines += [
+        "",
+        "## Outputs",
+        "",
+        "`(B, K, H, W)` logits; softmax gives the class fractions. Classes (CORINE Land Cover codes):",
+        "",
+        "| channel | code | name | colour |",
+        "|---|---|---|---|",
+    ]
+    for i, c in enumerate(info["classes"]):
+        lines.append(f"| {i} | {c['code']} | {c['name']} | `#{c['color']}` |")
+    lines += ["", "## Training data", ""]
+    tr = info.get("training") or {}
+    for d in tr.get("data") or []:
+        lines.append(f"- {d}")
+    lines.append(
+        "- Landsat 5 TM Collection 2 Level-2 surface reflectance, labelled with CORINE Land Cover fractions "
+        "on the Landsat 30 m grid (soft labels: the share of each class in each pixel)."
+    )
+    if tr.get("checkpoint"):
+        lines.append(f"- Exported from checkpoint `{tr['checkpoint']}`.")
+    cfg = tr.get("config")
+    if isinstance(cfg, dict):
+        keys = ("epochs", "batch_size", "lr", "weight_decay", "max_samples", "seed", "loss")
+        lines.append(
+            "- Training configuration: " + ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg) + "."
+        )
+    lines += ["", "## Metrics", ""]
+    met = info.get("metrics")
+    if isinstance(met, dict) and isinstance(met.get("test"), dict):
+        lines += [
+            f"From report `{met.get('report')}` (held-out test split, mean ± std over seeds "
+            f"{met.get('seeds', '')}):",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
+        for k, v in met["test"].items():
+            lines.append(f"| {k} | {_fmt_metric(v)} |")
+    elif info.get("best_epoch_validation"):
+        row = info["best_epoch_validation"]
+        lines += [
+            "Validation scores at the best epoch (no report given):",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
+        for k, v in row.items():
+            if str(k).startswith("val_") and v is not None:
+                lines.append(f"| {k} | {_fmt_metric(v)} |")
+    else:
+        lines.append(
+            "No metrics were supplied (publish with `--report` to include the experiment's numbers)."
+        )
+    lines += [
+        "",
+        "## Intended use",
+        "",
+        intended_use
+        or (
+            "Research on land-cover mapping from Landsat 5 TM (1984-2011) in the CORINE nomenclature: "
+            "mapping regions and years that CORINE does not cover, change studies, and as a pretrained "
+            "backbone for related tasks (see `landcover transfer`)."
+        ),
+        "",
+        "## Limitations",
+        "",
+        "- Trained on the scenes, region and CORINE edition listed above; accuracy elsewhere (other biomes, "
+        "seasons, sensors) is unknown and likely lower.",
+        "- CORINE is mapped at 25 ha minimum mapping unit from 100 m data; labels are fractions of "
+        "generalised polygons, so the model learns that generalisation, not field-level truth.",
+        "- Inputs must be Collection 2 Level-2 surface reflectance standardised with the statistics above; "
+        "other processing levels or sensors need re-normalisation or fine-tuning.",
+        "- Clouds, shadows and fill must be masked before use; the model has no cloud class.",
+        "",
+        "## Licence and attribution",
+        "",
+        f"Weights: {info['license']}. Training data: {LANDSAT_ATTRIBUTION} "
+        f"{clc_attribution('(edition year of the CORINE data used)')}",
+        "",
+        f"Created {info['created']} with {info['software']}. Weights SHA-256: `{info['weights']['sha256']}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def read_published_spec(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``model.json`` of a published model folder."""
+    d = Path(directory)
+    path = d / SPEC_FILE
+    if not path.is_file():
+        raise InputFileError(d, f"not a published landcover model (no {SPEC_FILE})")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputFileError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:
+        raise InputFileError(
+            path, f"unknown format {info.get('format') if isinstance(info, dict) else None!r}"
+        )
+    return info
+
+
+def load_published_model(
+    directory: str | os.PathLike[str], *, device: str = "cpu", verify: bool = True
+) -> torch.nn.Module:
+    """Rebuild a published model (architecture from ``model.json``, weights from safetensors).
+
+    Returns the ``landcover.models.SegmentationModel`` in eval mode with ``.spec``
+    (bands, normalisation ``band_mean``/``band_std``, ``class_codes``).
+
+    Raises
+    ------
+    InputFileError
+        When the folder is not a published model, the weights' checksum does not
+        match ``model.json`` (with ``verify``), or the weights do not fit the spec.
+    """
+    from safetensors.torch import load_file
+
+    from .models import ModelSpec, SegmentationModel
+
+    d = Path(directory)
+    info = read_published_spec(d)
+    weights = d / info.get("weights", {}).get("file", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise InputFileError(weights, "weights file missing")
+    if verify and info.get("weights", {}).get("sha256") not in (None, _sha256(weights)):
+        raise InputFileError(weights, "checksum does not match model.json (file corrupted or replaced)")
+    try:
+        model = SegmentationModel(ModelSpec.from_dict(info["spec"]))
+        model.load_state_dict(load_file(str(weights), device=device), strict=True)
+    except (ValueError, RuntimeError, TypeError, KeyError) as exc:
+        raise InputFileError(weights, f"weights do not match the published spec ({exc})") from None
+    return model.to(device).eval()
+
+
+# ================================================================================================
+# dataset package
+# ================================================================================================
+def _clc_year(attrs: dict[str, Any]) -> str | None:
+    for key in ("clc_version", "clc_file", "clc_year"):
+        v = attrs.get(key)
+        if v is None:
+            continue
+        m = re.search(r"(?:CLC|clc)[_ ]?((?:19|20)\d\d)", str(v)) or re.search(r"\b((?:19|20)\d\d)\b", str(v))
+        if m:
+            return m.group(1)
+    return None
+
+
+def _cube_meta(store: Path) -> dict[str, Any]:
+    """Grid, extent, times, bands, classes and provenance of one cube (metadata only)."""
+    import warnings
+
+    import xarray as xr
+
+    from .grid import Grid
+    from .store import _require_store
+
+    _require_store(store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = xr.open_zarr(store, chunks=None, decode_coords="all", mask_and_scale=False, zarr_format=3)
+    grid = Grid.from_xarray(ds["reflectance"])
+    times = [np.datetime64(t, "s") for t in ds["time"].values] if "time" in ds.coords else []
+    codes = [int(c) for c in ds["class"].values] if "class" in ds.coords else []
+    variables = {}
+    for name, var in ds.data_vars.items():
+        if name == "spatial_ref":
+            continue
+        attrs = {**var.encoding, **var.attrs}
+        variables[str(name)] = {
+            "dims": [str(d) for d in var.dims],
+            "dtype": str(var.dtype),
+            "scale_factor": attrs.get("scale_factor"),
+            "add_offset": attrs.get("add_offset"),
+            "fill": attrs.get("_FillValue"),
+            "units": attrs.get("units"),
+            "chunks": list(attrs.get("chunks") or attrs.get("preferred_chunks", {}).values() or []),
+        }
+    return {
+        "path": store,
+        "grid": grid,
+        "times": times,
+        "bands": [str(b) for b in ds["band"].values] if "band" in ds.coords else [],
+        "codes": codes,
+        "variables": variables,
+        "attrs": dict(ds.attrs),
+    }
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def publish_dataset(
+    stores: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    copy: bool = True,
+    collection_id: str = "landcover-landsat5-corine",
+    title: str = DEFAULT_TITLE,
+    description: str | None = None,
+    clc_year: str | int | None = None,
+    href_base: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Package cube stores as a STAC-described dataset with a dataset card.
+
+    Parameters
+    ----------
+    stores
+        One or more complete cube stores.
+    out
+        Package folder (built in a temporary sibling, renamed at the end).
+    copy
+        Copy the stores into ``OUT/data/`` (asset hrefs relative); otherwise the
+        assets reference the stores where they are (absolute paths, or
+        ``href_base + name`` when given).
+    collection_id, title, description
+        STAC Collection identity.
+    clc_year
+        CORINE edition year for the attribution; default: parsed from the cube
+        provenance (``clc_file``/``clc_version``).
+    href_base
+        With ``copy=False``: public URL prefix under which the stores will be served.
+
+    Returns
+    -------
+    Path
+        The package folder; ``collection.json`` is its STAC entry point.
+    """
+    import pystac
+    from pystac.extensions.classification import Classification, ClassificationExtension
+    from pystac.extensions.datacube import (
+        DatacubeExtension,
+        Dimension,
+        DimensionType,
+        HorizontalSpatialDimension,
+        TemporalDimension,
+        Variable,
+    )
+    from pystac.extensions.projection import ProjectionExtension
+
+    paths = [Path(stores)] if isinstance(stores, str | os.PathLike) else [Path(s) for s in stores]
+    if not paths:
+        raise LandcoverError("publish_dataset needs at least one cube store")
+    metas = [_cube_meta(p) for p in paths]
+    names = [p.name if p.name.endswith(".zarr") else f"{p.name}.zarr" for p in paths]
+    if len(set(names)) != len(names):
+        raise LandcoverError(f"cube store names must be unique within a package, got {names}")
+    year = str(clc_year) if clc_year is not None else (_clc_year(metas[0]["attrs"]) or "<year>")
+    attributions = [clc_attribution(year), LANDSAT_ATTRIBUTION]
+    dest = Path(out)
+    tmp = _fresh_dir(dest, overwrite=overwrite)
+    try:
+        items: list[pystac.Item] = []
+        for meta, name in zip(metas, names, strict=True):
+            grid = meta["grid"]
+            if copy:
+                (tmp / "data").mkdir(exist_ok=True)
+                shutil.copytree(meta["path"], tmp / "data" / name)
+                href = f"../data/{name}"
+            elif href_base:
+                href = href_base.rstrip("/") + "/" + name
+            else:
+                href = str(Path(meta["path"]).resolve())
+            w, s, e, n = grid.bounds_in("EPSG:4326")
+            geom = {
+                "type": "Polygon",
+                "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]],
+            }
+            times = meta["times"]
+            start = _to_dt(min(times)) if times else None
+            end = _to_dt(max(times)) if times else None
+            item_id = name.removesuffix(".zarr")
+            item = pystac.Item(
+                id=item_id,
+                geometry=geom,
+                bbox=[w, s, e, n],
+                datetime=start if start == end else None,
+                start_datetime=start if start != end else None,
+                end_datetime=end if start != end else None,
+                properties={
+                    "title": meta["attrs"].get("title", item_id),
+                    "platform": "landsat-5",
+                    "instruments": ["tm"],
+                    "landcover:product_ids": list(meta["attrs"].get("product_ids", [])),
+                    "landcover:clc_level": meta["attrs"].get("clc_level"),
+                    "landcover:schema_version": meta["attrs"].get("schema_version"),
+                    "landcover:software": meta["attrs"].get("software"),
+                    "gsd": float(grid.resolution[0]),
+                },
+            )
+            item.properties = {k: v for k, v in item.properties.items() if v is not None}
+            if start is None:
+                item.datetime = _to_dt(np.datetime64(meta["attrs"].get("created", _now())[:19]))
+            proj = ProjectionExtension.ext(item, add_if_missing=True)
+            epsg = grid.crs.to_epsg()
+            if epsg:
+                proj.code = f"EPSG:{epsg}"
+            else:
+                proj.wkt2 = grid.crs.to_wkt()
+            proj.shape = [grid.height, grid.width]
+            proj.transform = list(tuple(grid.transform)[:6])
+            proj.bbox = list(grid.bounds)
+            asset = pystac.Asset(
+                href=href,
+                media_type=pystac.MediaType.ZARR,
+                title="Zarr v3 cube (reflectance, thermal, labels, valid, ...)",
+                description="See landcover.schema / the dataset card for variables and encodings.",
+                roles=["data"],
+                extra_fields={"zarr:format": 3, "size": _dir_size(meta["path"])},
+            )
+            item.add_asset("zarr", asset)
+            dc = DatacubeExtension.ext(item, add_if_missing=True)
+            xres, yres = grid.resolution
+            dims: dict[str, Dimension] = {
+                "x": HorizontalSpatialDimension(
+                    {
+                        "type": DimensionType.SPATIAL,
+                        "axis": "x",
+                        "extent": [grid.bounds[0], grid.bounds[2]],
+                        "step": xres,
+                        "reference_system": epsg or grid.crs.to_wkt(),
+                    }
+                ),
+                "y": HorizontalSpatialDimension(
+                    {
+                        "type": DimensionType.SPATIAL,
+                        "axis": "y",
+                        "extent": [grid.bounds[1], grid.bounds[3]],
+                        "step": -yres,
+                        "reference_system": epsg or grid.crs.to_wkt(),
+                    }
+                ),
+                "time": TemporalDimension(
+                    {
+                        "type": DimensionType.TEMPORAL,
+                        "extent": [_iso(min(times)), _iso(max(times))] if times else [None, None],
+                        "values": [_iso(t) for t in times],
+                    }
+                ),
+                "band": Dimension({"type": "bands", "values": meta["bands"]}),
+                "class": Dimension({"type": "class", "values": meta["codes"], "description": "CLC codes"}),
+            }
+            dc.dimensions = dims
+            dc.variables = {
+                vname: Variable(
+                    {
+                        "dimensions": v["dims"],
+                        "type": "data",
+                        "description": _VAR_DESCRIPTIONS.get(vname, vname),
+                        **({"unit": v["units"]} if v.get("units") else {}),
+                    }
+                )
+                for vname, v in meta["variables"].items()
+            }
+            legend = _legend(meta["codes"])
+            cls_ext = ClassificationExtension.ext(item.assets["zarr"], add_if_missing=True)
+            cls_ext.classes = [
+                Classification.create(
+                    value=int(c),
+                    name=f"clc_{c}",
+                    description=legend[c][0],
+                    color_hint=_hex(legend[c][1]),
+                )
+                for c in meta["codes"]
+            ]
+            items.append(item)
+
+        all_bbox = [
+            min(i.bbox[0] for i in items),  # type: ignore[index]
+            min(i.bbox[1] for i in items),  # type: ignore[index]
+            max(i.bbox[2] for i in items),  # type: ignore[index]
+            max(i.bbox[3] for i in items),  # type: ignore[index]
+        ]
+        starts = [i.common_metadata.start_datetime or i.datetime for i in items]
+        ends = [i.common_metadata.end_datetime or i.datetime for i in items]
+        collection = pystac.Collection(
+            id=collection_id,
+            title=title,
+            description=description
+            or (
+                "Analysis-ready Zarr v3 cubes pairing Landsat 5 TM Collection 2 Level-2 surface reflectance "
+                "(and thermal) with CORINE Land Cover class fractions on the Landsat 30 m grid, with a "
+                "`valid` mask where both are usable. " + " ".join(attributions)
+            ),
+            extent=pystac.Extent(
+                pystac.SpatialExtent([all_bbox]),
+                pystac.TemporalExtent([[min(s for s in starts if s), max(e for e in ends if e)]]),
+            ),
+            license="other",
+            keywords=["landsat", "landsat-5", "corine", "land cover", "zarr", "machine learning"],
+            providers=[
+                pystac.Provider(
+                    "Copernicus Land Monitoring Service / European Environment Agency (EEA)",
+                    roles=[pystac.ProviderRole.LICENSOR, pystac.ProviderRole.PRODUCER],
+                    url="https://land.copernicus.eu/en/products/corine-land-cover",
+                ),
+                pystac.Provider(
+                    "U.S. Geological Survey",
+                    roles=[pystac.ProviderRole.LICENSOR, pystac.ProviderRole.PRODUCER],
+                    url="https://www.usgs.gov/landsat-missions",
+                ),
+                pystac.Provider("landcover", roles=[pystac.ProviderRole.PROCESSOR]),
+            ],
+            extra_fields={"attribution": " ".join(attributions)},
+        )
+        collection.add_link(pystac.Link("license", CLMS_TERMS_URL, "text/html", "Copernicus data policy"))
+        collection.add_link(
+            pystac.Link("license", USGS_TERMS_URL, "text/html", "USGS copyrights and credits")
+        )
+        collection.add_link(pystac.Link("describedby", "./README.md", "text/markdown", "Dataset card"))
+        codes_all = sorted({c for m in metas for c in m["codes"]})
+        legend_all = _legend(codes_all)
+        collection.summaries.add("platform", ["landsat-5"])
+        collection.summaries.add("instruments", ["tm"])
+        collection.summaries.add("gsd", sorted({float(m["grid"].resolution[0]) for m in metas}))
+        collection.summaries.add(
+            "classification:classes",
+            [
+                {
+                    "value": c,
+                    "name": f"clc_{c}",
+                    "description": legend_all[c][0],
+                    "color_hint": _hex(legend_all[c][1]),
+                }
+                for c in codes_all
+            ],
+        )
+        for item in items:
+            collection.add_item(item)
+        # a file path: pystac treats a directory name with a dot as a file and would use its parent
+        collection.normalize_hrefs(str(tmp / "collection.json"))
+        collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        (tmp / "README.md").write_text(
+            _dataset_card(collection, metas, names, attributions, year, copy=copy), encoding="utf-8"
+        )
+        _commit(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _to_dt(t: Any) -> _dt.datetime:
+    s = str(np.datetime_as_string(np.asarray(t).astype("datetime64[s]")))
+    return _dt.datetime.fromisoformat(s).replace(tzinfo=_dt.UTC)
+
+
+def _iso(t: Any) -> str:
+    return _to_dt(t).isoformat().replace("+00:00", "Z")
+
+
+_VAR_DESCRIPTIONS = {
+    "reflectance": "Landsat surface reflectance, raw Collection 2 DN (uint16); scale/offset decode it",
+    "thermal": "Landsat surface temperature (band 6), raw DN; decodes to Kelvin",
+    "labels": "CORINE Land Cover class fractions in steps of 1/250 (uint8), 255 = NODATA",
+    "coverage": "share of the pixel covered by valid CORINE data (1/250 steps)",
+    "valid": "true where both the image and the label are usable",
+    "qa_pixel": "Landsat QA_PIXEL bit field",
+}
+
+
+def _dataset_card(
+    collection: pystac.Collection,
+    metas: list[dict[str, Any]],
+    names: list[str],
+    attributions: list[str],
+    year: str,
+    *,
+    copy: bool,
+) -> str:
+    codes = sorted({c for m in metas for c in m["codes"]})
+    legend = _legend(codes)
+    ext = collection.extent
+    bbox = ext.spatial.bboxes[0]
+    t0, t1 = ext.temporal.intervals[0]
+    lines = [
+        f"# {collection.title}",
+        "",
+        collection.description,
+        "",
+        "## Contents",
+        "",
+        f"- STAC Collection `{collection.id}`: [`collection.json`](collection.json), one Item per cube.",
+        f"- Spatial extent (WGS84): {bbox[0]:.4f}, {bbox[1]:.4f}, {bbox[2]:.4f}, {bbox[3]:.4f}; "
+        f"time: {t0:%Y-%m-%d} to {t1:%Y-%m-%d}."
+        if t0 and t1
+        else "",
+        "",
+        "| cube | CRS | shape (y, x) | resolution | times | bands | classes | Landsat products |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m, name in zip(metas, names, strict=True):
+        g = m["grid"]
+        epsg = g.crs.to_epsg()
+        pids = ", ".join(m["attrs"].get("product_ids", [])) or "n/a"
+        where = f"data/{name}" if copy else str(m["path"])
+        lines.append(
+            f"| `{where}` | {'EPSG:' + str(epsg) if epsg else 'custom'} | {g.height} x {g.width} | "
+            f"{g.resolution[0]:g} m | {len(m['times'])} | {', '.join(m['bands'])} | "
+            f"{len(m['codes'])} | {pids} |"
+        )
+    lines += [
+        "",
+        "Open a cube with `landcover.open_cube(path)` or plain xarray: "
+        "`xr.open_zarr(path, decode_coords='all')` (Zarr v3; `.rio.crs` / `.rio.transform()` via rioxarray).",
+        "",
+        "## Variables",
+        "",
+        "| variable | dims | stored dtype | decoding | description |",
+        "|---|---|---|---|---|",
+    ]
+    for vname, v in metas[0]["variables"].items():
+        dec = []
+        if v.get("scale_factor") is not None:
+            dec.append(f"x * {v['scale_factor']:g} + {v.get('add_offset') or 0:g}")
+        if v.get("fill") is not None:
+            dec.append(f"fill {v['fill']}")
+        lines.append(
+            f"| `{vname}` | ({', '.join(v['dims'])}) | {v['dtype']} | {'; '.join(dec) or '-'} | "
+            f"{_VAR_DESCRIPTIONS.get(vname, '')} |"
+        )
+    lines += [
+        "",
+        "## Sources",
+        "",
+        "- **Landsat 5 TM Collection 2 Level-2** surface reflectance and surface temperature (USGS EROS); "
+        "product identifiers are listed per cube above and in each STAC Item (`landcover:product_ids`).",
+        f"- **CORINE Land Cover {year}** 100 m raster (Copernicus Land Monitoring Service, EEA)"
+        + (f", file `{metas[0]['attrs']['clc_file']}`" if metas[0]["attrs"].get("clc_file") else "")
+        + ".",
+        "",
+        "## Processing",
+        "",
+        "1. Each Landsat scene is read on its own 30 m UTM grid (or a common grid; the cube records any "
+        "resampling); QA_PIXEL flags fill, cloud, cloud shadow and saturation.",
+        "2. CORINE classes are converted to per-class area fractions on the Landsat 30 m grid (exact "
+        "area weights of the 100 m cells in each 30 m pixel), quantised to 1/250 steps.",
+        "3. The image and the labels are intersected; NODATA propagates both ways: no label where the "
+        "image is unusable and no image where the label is NODATA; `valid` marks pixels where both are "
+        "usable.",
+        "4. Everything is written chunk by chunk to a Zarr v3 store with blosc/zstd compression; a "
+        "completion marker is written last.",
+    ]
+    for m, name in zip(metas, names, strict=True):
+        bp = m["attrs"].get("build_params")
+        if bp:
+            lines.append(f"\nBuild parameters of `{name}`: `{bp}`")
+        if m["attrs"].get("software"):
+            lines.append(f"\n`{name}` was built with {m['attrs']['software']}.")
+    lines += [
+        "",
+        "## Classes",
+        "",
+        "| code | name | colour |",
+        "|---|---|---|",
+    ]
+    for c in codes:
+        lines.append(f"| {c} | {legend[c][0]} | `#{_hex(legend[c][1])}` |")
+    lines += [
+        "",
+        "## Licence and attribution",
+        "",
+        "This dataset is a derived product of two sources with their own terms (STAC `license: other`):",
+        "",
+        "- CORINE Land Cover: free, full and open access under the Copernicus data policy "
+        f"({CLMS_TERMS_URL}); "
+        f"reuse requires the attribution: *{attributions[0]}*",
+        f"- Landsat: public domain ({USGS_TERMS_URL}); *{attributions[1]}*",
+        "",
+        "## Citation",
+        "",
+        "If you use this dataset, cite it as:",
+        "",
+        f"> {collection.title}. Derived from Landsat 5 TM Collection 2 Level-2 (USGS) and CORINE Land Cover "
+        f"{year} (Copernicus Land Monitoring Service, EEA). Produced with {_software()}, {_now()[:10]}.",
+        "",
+        "and acknowledge the sources with the attribution lines above.",
+        "",
+    ]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def validate_stac(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check a published STAC tree offline; return what was checked.
+
+    Every object is read back with ``pystac`` (links resolve, Items belong to the
+    Collection); the core STAC JSON schemas bundled with pystac are applied with
+    ``jsonschema`` when it is installed. Extension schemas live on remote servers and
+    are *not* fetched (nothing downloads at run time); instead the extension fields
+    are read back through pystac's extension classes.
+
+    Raises
+    ------
+    InputFileError
+        When an object fails to load or fails core schema validation.
+    """
+    import pystac
+    from pystac.extensions.classification import ClassificationExtension
+    from pystac.extensions.projection import ProjectionExtension
+
+    root = Path(path)
+    coll_path = root / "collection.json" if root.is_dir() else root
+    try:
+        collection = pystac.read_file(str(coll_path))
+    except Exception as exc:  # noqa: BLE001
+        raise InputFileError(coll_path, f"not a readable STAC collection ({exc})") from None
+    if not isinstance(collection, pystac.Collection):
+        raise InputFileError(coll_path, "not a STAC Collection")
+    try:
+        import jsonschema  # noqa: F401
+        from pystac.validation.stac_validator import JsonSchemaSTACValidator
+
+        validator: Any = JsonSchemaSTACValidator()
+    except ImportError:
+        validator = None
+    checked = {"objects": 0, "core_schema_validated": 0, "items": 0, "extensions_read_back": 0}
+
+    def core(obj: pystac.STACObject) -> None:
+        checked["objects"] += 1
+        if validator is None:
+            return
+        d = obj.to_dict(include_self_link=False)
+        try:
+            validator.validate_core(d, obj.STAC_OBJECT_TYPE, d["stac_version"], obj.get_self_href())
+        except Exception as exc:  # noqa: BLE001 - a schema failure is a bad package
+            raise InputFileError(Path(obj.get_self_href() or coll_path), f"STAC core schema: {exc}") from None
+        checked["core_schema_validated"] += 1
+
+    core(collection)
+    for item in collection.get_items(recursive=True):
+        core(item)
+        checked["items"] += 1
+        if item.collection_id != collection.id:
+            raise InputFileError(Path(item.get_self_href() or coll_path), "item does not name its collection")
+        proj = ProjectionExtension.ext(item)
+        if proj.shape is None or proj.transform is None or (proj.code is None and proj.wkt2 is None):
+            raise InputFileError(Path(item.get_self_href() or coll_path), "projection fields missing")
+        for asset in item.assets.values():
+            if ClassificationExtension.has_extension(item):
+                classes = ClassificationExtension.ext(asset).classes or []
+                if not classes:
+                    raise InputFileError(
+                        Path(item.get_self_href() or coll_path), "classification classes missing"
+                    )
+        checked["extensions_read_back"] += 1
+    if checked["items"] == 0:
+        raise InputFileError(coll_path, "collection has no items")
+    return checked

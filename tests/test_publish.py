@@ -1,0 +1,186 @@
+"""Publishing: model package (safetensors + card) and dataset package (Zarr + STAC + card) round trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import torch
+import xarray as xr
+
+from landcover.errors import IncompleteStoreError, InputFileError
+from landcover.models import build_model, save_model
+from landcover.predict import predict_cube
+from landcover.publish import (
+    LANDSAT_ATTRIBUTION,
+    clc_attribution,
+    load_published_model,
+    publish_dataset,
+    publish_model,
+    read_published_spec,
+    validate_stac,
+)
+from landcover.store import open_cube
+from landcover.testing.cubes import make_cube
+
+BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
+CODES = (111, 211, 311, 312, 411, 512)
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    return build_model(
+        "native",
+        len(BANDS),
+        len(CODES),
+        preset="tiny",
+        bands=BANDS,
+        class_codes=CODES,
+        band_mean=[0.05, 0.07, 0.06, 0.25, 0.2, 0.12],
+        band_std=[0.02, 0.03, 0.03, 0.08, 0.07, 0.05],
+        seed=seed,
+    )
+
+
+def write_report(path: Path) -> Path:
+    path.mkdir(parents=True)
+    metrics = {
+        "primary_metric": "miou_l3",
+        "models": {
+            "native": {
+                "seeds": [0, 1],
+                "test": {"acc_l3": {"mean": 0.8125, "std": 0.0125}, "miou_l3": {"mean": 0.4375, "std": 0.02}},
+            },
+            "rgb-scratch": {"seeds": [0, 1], "test": {"acc_l3": {"mean": 0.5, "std": 0.1}}},
+        },
+    }
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return path
+
+
+def test_model_package_round_trips_to_identical_predictions(tmp_path: Path) -> None:
+    model = tiny_model(seed=3)
+    ckpt = save_model(tmp_path / "best.pt", model, history_row={"epoch": 2, "val_miou_l3": 0.4})
+    out = publish_model(
+        ckpt, tmp_path / "pkg", report=write_report(tmp_path / "report"), training_data=["cube A"]
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.json", "model.safetensors"]
+
+    loaded = load_published_model(out)
+    assert loaded.spec == model.spec
+    x = torch.randn(2, len(BANDS), 48, 40, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+    info = read_published_spec(out)
+    assert info["bands"] == list(BANDS)
+    assert [c["code"] for c in info["classes"]] == list(CODES)
+    assert info["normalization"]["mean"] == pytest.approx([0.05, 0.07, 0.06, 0.25, 0.2, 0.12])
+    assert info["metrics"]["test"]["acc_l3"]["mean"] == 0.8125  # the entry of *this* model
+    card = (out / "README.md").read_text()
+    for text in ("| 3 | nir |", "Continuous urban fabric", "0.812 ± 0.013", "cube A", "## Limitations"):
+        assert text in card, text
+    assert LANDSAT_ATTRIBUTION in card
+
+    # the whole-scene predictor accepts the published folder like a checkpoint
+    cube = make_cube(tmp_path / "c.zarr", shape=(64, 72), classes=CODES, chunks=32)
+    a = predict_cube(out, cube, window=32, overlap=8, fractions_dtype="float32", device="cpu")
+    b = predict_cube(ckpt, cube, window=32, overlap=8, fractions_dtype="float32", device="cpu")
+    np.testing.assert_array_equal(a["fractions"].values, b["fractions"].values)
+    np.testing.assert_array_equal(a["class_map"].values, b["class_map"].values)
+    assert set(np.unique(a["class_map"].values)) <= set(CODES) | {0}
+
+
+def test_model_package_detects_tampering_and_refuses_overwrite(tmp_path: Path) -> None:
+    out = publish_model(tiny_model(), tmp_path / "pkg")
+    with pytest.raises(InputFileError, match="already exists"):
+        publish_model(tiny_model(), out)
+    publish_model(tiny_model(seed=1), out, overwrite=True)
+    info = json.loads((out / "model.json").read_text())
+    assert info["metrics"] is None and "No metrics were supplied" in (out / "README.md").read_text()
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(InputFileError, match="checksum"):
+        load_published_model(out)
+    with pytest.raises(InputFileError, match="not a published landcover model"):
+        load_published_model(tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_dataset_package_stac_and_card(tmp_path: Path) -> None:
+    c1 = make_cube(tmp_path / "in" / "a.zarr", shape=(40, 50), times=2, classes=CODES, chunks=32, seed=1)
+    c2 = make_cube(
+        tmp_path / "in" / "b.zarr",
+        shape=(30, 30),
+        classes=CODES,
+        chunks=32,
+        seed=2,
+        origin=(420_015.0, 5_480_015.0),
+    )
+    out = publish_dataset([c1, c2], tmp_path / "pkg", clc_year=2018)
+
+    checked = validate_stac(out)
+    assert checked["items"] == 2 and checked["objects"] == 3
+    assert checked["core_schema_validated"] == 3  # jsonschema + pystac's bundled core schemas, offline
+
+    coll = pystac.read_file(str(out / "collection.json"))
+    assert isinstance(coll, pystac.Collection)
+    assert coll.license == "other"
+    hrefs = [link.href for link in coll.links if link.rel == "license"]
+    assert any("copernicus" in h for h in hrefs) and any("usgs" in h for h in hrefs)
+    assert clc_attribution(2018) in coll.extra_fields["attribution"]
+    assert "European Environment Agency (EEA)" in coll.extra_fields["attribution"]
+    assert LANDSAT_ATTRIBUTION in coll.extra_fields["attribution"]
+    items = {i.id: i for i in coll.get_items(recursive=True)}
+    assert set(items) == {"a", "b"}
+    a = items["a"]
+    src = open_cube(c1)
+    assert a.properties["proj:code"] == "EPSG:32632"
+    assert a.properties["proj:shape"] == [40, 50]
+    assert a.properties["proj:transform"] == pytest.approx(list(src.rio.transform())[:6])
+    assert a.common_metadata.start_datetime is not None  # two times -> a range
+    classes = a.assets["zarr"].extra_fields["classification:classes"]
+    assert [c["value"] for c in classes] == list(CODES)
+    assert a.properties["cube:dimensions"]["band"]["values"] == list(BANDS)
+    # the asset is the copied store, and it opens to the same data
+    store = Path(a.assets["zarr"].get_absolute_href())
+    assert store.is_relative_to(out.resolve()) or store.is_relative_to(out)
+    copied = open_cube(store)
+    np.testing.assert_array_equal(copied["labels"].values, src["labels"].values)
+    w, s, e, n = coll.extent.spatial.bboxes[0]
+    assert w < a.bbox[0] + 1e-9 and n >= items["b"].bbox[3]  # type: ignore[index]
+
+    card = (out / "README.md").read_text()
+    for text in (
+        "## Sources",
+        "## Processing",
+        "## Classes",
+        "| 311 | Broad-leaved forest | `#",
+        "## Citation",
+        clc_attribution(2018),
+        LANDSAT_ATTRIBUTION,
+        "data/a.zarr",
+    ):
+        assert text in card, text
+
+
+def test_dataset_package_by_reference_and_bad_input(tmp_path: Path) -> None:
+    c1 = make_cube(tmp_path / "a.zarr", shape=(20, 20), classes=CODES, chunks=32)
+    out = publish_dataset(c1, tmp_path / "pkg", copy=False)
+    assert not (out / "data").exists()
+    item = next(iter(pystac.read_file(str(out / "collection.json")).get_items(recursive=True)))
+    assert Path(item.assets["zarr"].href) == c1.resolve()
+    assert validate_stac(out)["items"] == 1
+    broken = make_cube(tmp_path / "broken.zarr", shape=(20, 20), classes=CODES, complete=False)
+    with pytest.raises(IncompleteStoreError):
+        publish_dataset(broken, tmp_path / "pkg2")
+    assert not (tmp_path / "pkg2").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    with pytest.raises(InputFileError, match="not a readable STAC"):
+        validate_stac(tmp_path)
+    xr.open_zarr(c1)  # the referenced store is untouched
