@@ -339,6 +339,16 @@ def _open_cube_dataset(cube: Any) -> xr.Dataset:
     return ds
 
 
+_BAND_ALIASES: dict[str, str] = {
+    # STAC / Earth Search names (landcover.models.TM_BANDS) -> cube band names (landcover.landsat)
+    "nir08": "nir",
+    "swir16": "swir1",
+    "swir22": "swir2",
+    "lwir": "thermal",
+    "lwir11": "thermal",
+}
+
+
 def _cube_source(ds: xr.Dataset, bands: Sequence[str], time: int | str | np.datetime64) -> _Source:
     import rioxarray  # noqa: F401
 
@@ -360,9 +370,10 @@ def _cube_source(ds: xr.Dataset, bands: Sequence[str], time: int | str | np.date
     cube_bands = [str(b) for b in ds["band"].values]
     parts: list[tuple[str, Any]] = []
     for b in bands:
-        if b in cube_bands:
-            parts.append(("reflectance", cube_bands.index(b)))
-        elif b == "thermal" and "thermal" in ds.variables:
+        alias = _BAND_ALIASES.get(b, b)
+        if b in cube_bands or alias in cube_bands:
+            parts.append(("reflectance", cube_bands.index(b if b in cube_bands else alias)))
+        elif alias == "thermal" and "thermal" in ds.variables:
             parts.append(("thermal", None))
         else:
             raise ConfigError(f"model band {b!r} not in cube bands {cube_bands}")

@@ -455,3 +455,52 @@ def test_memory_stays_bounded_on_a_large_scene(tmp_path: Path) -> None:
     sample = pred["fractions"].isel(y=slice(1000, 1010), x=slice(2990, 3000)).values
     assert np.isfinite(sample).all()
     np.testing.assert_allclose(sample.sum(axis=0), 1.0, atol=0.01)
+
+
+# ------------------------------------------------------------------------------------------------
+def test_cli_and_pipeline_predict_from_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from landcover.cli import main
+    from landcover.models import build_model, save_model
+    from landcover.testing.cubes import make_cube
+
+    codes = (111, 211, 311, 512)
+    cube = make_cube(tmp_path / "c.zarr", shape=(70, 90), classes=codes, chunks=32, nodata_border=3)
+    model = build_model("native", 6, len(codes), preset="tiny", class_codes=codes, seed=0)
+    ckpt = save_model(tmp_path / "best.pt", model)
+    args = ["-q", "predict", str(ckpt), "--cube", str(cube), "--out", str(tmp_path / "out")]
+    assert main([*args, "--window", "32", "--overlap", "8", "--device", "cpu"]) == 0
+    for name in ("prediction.zarr", "class_map.tif", "class_map.tif.aux.xml", "quicklook.png", "legend.json"):
+        assert (tmp_path / "out" / name).exists(), name
+    assert_valid_cog(tmp_path / "out" / "class_map.tif")
+    z = xr.open_zarr(tmp_path / "out" / "prediction.zarr")
+    cmap = z["class_map"].values
+    assert (cmap[:3] == 0).all() and set(np.unique(cmap[10:-10, 10:-10])) <= set(codes)
+    # a second run refuses to overwrite, with one line naming the store
+    capsys.readouterr()
+    assert main([*args, "--window", "32", "--overlap", "8", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prediction.zarr: output already exists" in err[0]
+    assert (
+        main(["predict", str(tmp_path / "nope.pt"), "--cube", str(cube), "--out", str(tmp_path / "o2")]) == 1
+    )
+    assert "nope.pt" in capsys.readouterr().err
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
+    try:
+        import predict_map
+    finally:
+        sys.path.pop(0)
+    cfg = tmp_path / "job.toml"
+    cfg.write_text(
+        f'[predict]\ncheckpoint = "{ckpt}"\ncube = "{cube}"\nout = "{tmp_path / "p2"}"\n'
+        "window = 48\noverlap = 16\n"
+        'device = "cpu"\nprogress = false\nquicklook = false\n'
+    )
+    assert predict_map.main([str(cfg)]) == 0
+    z2 = xr.open_zarr(tmp_path / "p2" / "prediction.zarr")
+    assert z2.attrs["window"] == [48, 48] and not (tmp_path / "p2" / "quicklook.png").exists()
+    assert predict_map.main([str(cfg), "--cube", str(tmp_path / "missing.zarr")]) == 1

@@ -184,3 +184,19 @@ def test_dataset_package_by_reference_and_bad_input(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="not a readable STAC"):
         validate_stac(tmp_path)
     xr.open_zarr(c1)  # the referenced store is untouched
+
+
+def test_publish_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from landcover.cli import main
+
+    ckpt = save_model(tmp_path / "best.pt", tiny_model())
+    report = write_report(tmp_path / "report")
+    assert main(["publish", "model", str(ckpt), "--report", str(report), "--out", str(tmp_path / "m")]) == 0
+    assert load_published_model(tmp_path / "m").spec.class_codes == CODES
+    cube = make_cube(tmp_path / "c.zarr", shape=(20, 24), classes=CODES, chunks=32)
+    assert main(["publish", "dataset", str(cube), "--out", str(tmp_path / "d"), "--clc-year", "2012"]) == 0
+    out = capsys.readouterr().out
+    assert "core schema checks: 2/2" in out
+    assert clc_attribution(2012) in (tmp_path / "d" / "README.md").read_text()
+    assert main(["publish", "model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m2")]) == 1
+    assert "missing.pt" in capsys.readouterr().err
