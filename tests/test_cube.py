@@ -22,6 +22,8 @@ import pytest
 import rasterio
 import rioxarray  # noqa: F401
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rasterio.transform import from_origin
 
 from landcover import schema
@@ -234,16 +236,16 @@ def test_rerun_with_other_parameters_refused(real_scene: Path, tmp_path: Path) -
 
 
 @pytest.mark.real
-def test_common_grid_epsg3035_resamples(real_scene: Path, tmp_path: Path) -> None:
+def test_common_grid_albers_resamples(real_scene: Path, tmp_path: Path) -> None:
     clc = real_clc(tmp_path)
-    ds = assemble_cube([real_scene], clc, grid="EPSG:3035", resolution=4000.0, chunk=16)
-    assert ds.rio.crs.to_epsg() == 3035
+    ds = assemble_cube([real_scene], clc, grid="EPSG:3577", resolution=4000.0, chunk=16)
+    assert ds.rio.crs.to_epsg() == 3577
     assert "bilinear" in ds.attrs["resampling"]
-    store = build_cube([real_scene], clc, tmp_path / "c.zarr", grid="EPSG:3035", resolution=4000.0, chunks=16,
+    store = build_cube([real_scene], clc, tmp_path / "c.zarr", grid="EPSG:3577", resolution=4000.0, chunks=16,
                        progress=False)  # fmt: skip
     cube = open_cube(store)
     check_nodata_symmetry(cube)
-    assert cube.rio.crs.to_epsg() == 3035 and cube.attrs["grid_mode"] == "EPSG:3035"
+    assert cube.rio.crs.to_epsg() == 3577 and cube.attrs["grid_mode"] == "EPSG:3577"
     # resampled reflectance has the same distribution as the source (mean within 5 %)
     src = open_cube(build_cube([real_scene], clc, tmp_path / "u.zarr", chunks=16, progress=False))
     a = float(cube["reflectance"].sel(band="red").mean())
@@ -550,3 +552,22 @@ def test_real_aachen_clc_with_synthetic_scene(shared_data: Path, tmp_path: Path)
     # Aachen surroundings: mostly agriculture/forest/urban codes, never marine classes
     assert share.loc[[c for c in share.index if c >= 500]].sum() < 0.05
     assert share.max() > 0.1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=st.integers(1, 12),
+    n=st.integers(1, 40),
+    seed=st.integers(0, 2**31),
+    power=st.integers(1, 8),
+)
+def test_fast_label_encoding_equals_schema(k: int, n: int, seed: int, power: int) -> None:
+    from landcover.cube import encode_fractions_fast
+
+    rng = np.random.default_rng(seed)
+    f = rng.random((k, n)).astype("float32") ** power
+    f[:, rng.random(n) < 0.3] = 0
+    f[0, f.sum(0) == 0] = 1
+    f /= f.sum(0, keepdims=True)
+    f[:, rng.random(n) < 0.1] = np.nan
+    np.testing.assert_array_equal(encode_fractions_fast(f), schema.encode_fractions(f))
