@@ -56,7 +56,7 @@ import numpy as np
 
 from . import schema
 from ._version import __version__
-from .errors import ConfigError, EmptyOverlapError, GridMismatchError, InputFileError
+from .errors import ConfigError, EmptyOverlapError, GridMismatchError, IncompleteStoreError, InputFileError
 from .grid import Grid
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -829,7 +829,7 @@ def _append(
     state = store_mod._read_state(store)
     resuming = state is not None and state.get("mode") == "append" and not store_mod.is_complete(store)
     if not resuming and not store_mod.is_complete(store):
-        raise store_mod.IncompleteStoreError(
+        raise IncompleteStoreError(
             store, "cannot append to an incomplete cube; rerun its build command first to finish it"
         )
     dst = Grid.from_xarray(old)
