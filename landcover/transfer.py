@@ -386,9 +386,8 @@ def train_transfer(
                 history.samples.append({k: v for k, v in row.items() if k != "train_loss"})
             if log is not None:
                 score = row.get(f"val_{PRIMARY_METRIC}")
-                log(
-                    f"  epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}, val {PRIMARY_METRIC} {score}"
-                )
+                loss_txt = f"{row['train_loss']:.4f}"
+                log(f"  epoch {epoch + 1}/{epochs}: loss {loss_txt}, val {PRIMARY_METRIC} {score}")
         model.eval()
         history.meta["stop_reason"] = "completed"
         return history
@@ -442,8 +441,8 @@ class LabelVariableDataset:
             raise InputFileError(
                 first, f"no variable {variable!r} (add it with landcover.store.add_variables)"
             )
-        arr = group[variable]
-        dims = list(arr.metadata.dimension_names or [])
+        arr: Any = group[variable]
+        dims = list(getattr(arr.metadata, "dimension_names", None) or [])
         self.kind: Literal["codes", "fractions"] = "codes" if arr.ndim == 2 else "fractions"
         self.fill = arr.fill_value
         if self.kind == "codes":
@@ -457,7 +456,8 @@ class LabelVariableDataset:
                     raise ConfigError(
                         f"class_codes needed: {variable!r} has no coordinate for its class axis"
                     )
-                class_codes = [int(c) for c in group[dim][:]]
+                coord: Any = group[dim]
+                class_codes = [int(c) for c in coord[:]]
             self.class_codes = tuple(int(c) for c in class_codes)
             if arr.shape[0] != len(self.class_codes):
                 raise ConfigError(
@@ -726,8 +726,8 @@ def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print) -> 
             why = (
                 "the backbone is narrower than ResNet (width != 1) so ImageNet weights cannot fit"
                 if spec.width != 1.0
-                else f"no local ImageNet weights for {spec.encoder} (give --imagenet-weights or fill the torch "
-                "hub cache; nothing is downloaded)"
+                else f"no local ImageNet weights for {spec.encoder} (give --imagenet-weights or fill the "
+                "torch hub cache; nothing is downloaded)"
             )
             note = f"ImageNet init skipped: {why}."
             result.notes.append(note)
@@ -927,8 +927,9 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
         f"Strategy of the pretrained inits: **{cfg.strategy}** (encoder LR x {cfg.encoder_lr_factor}"
         + (f", last {cfg.partial_stages} stage(s) unfrozen" if cfg.strategy == "partial" else "")
         + "); scratch trains everything at the full LR.",
-        f"Budgets: {', '.join(f'{b:.0%}' for b in cfg.budgets)} of the training windows (nested subsets per "
-        f"seed); seeds {', '.join(map(str, cfg.seeds))}; {cfg.epochs} epochs, at least {cfg.min_steps} steps.",
+        f"Budgets: {', '.join(f'{b:.0%}' for b in cfg.budgets)} of the training windows (nested subsets "
+        f"per seed); seeds {', '.join(map(str, cfg.seeds))}; {cfg.epochs} epochs, at least "
+        f"{cfg.min_steps} steps.",
         "",
     ]
     for note in result.notes:
