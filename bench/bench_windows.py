@@ -239,6 +239,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "windows")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    # one intra-op thread in the main process too (workers get one from make_loader): on a small
+    # shared machine torch's threaded collate (torch.stack of 16 x 11.5 MB targets) otherwise spins
+    torch.set_num_threads(1)
 
     from landcover.datasets import WindowDataset, WindowIterableDataset
 

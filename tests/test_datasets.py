@@ -313,3 +313,24 @@ def test_loader_workers_after_dask_compute_in_parent(cube: Path) -> None:
     loader2 = make_loader(it, batch_size=4, num_workers=2, pin_memory=False)
     got = [tuple(p) for b in loader2 for p in b["position"].tolist()]
     assert sorted(got) == sorted(map(tuple, it.windows.positions().tolist()))
+
+
+def test_augment_is_a_dihedral_of_the_plain_window(cube: Path) -> None:
+    from affine import Affine
+
+    plain = WindowDataset(cube, size=16, stride=16, min_valid=0.5)
+    aug = WindowDataset(cube, size=16, stride=16, min_valid=0.5, augment=True)
+    torch.manual_seed(0)
+    for i in range(4):
+        a, p = aug[i], plain[i]
+        assert torch.equal(a["position"], p["position"])
+        variants = []
+        for k in range(4):
+            for flip in (False, True):
+                x = p["image"].flip(-1) if flip else p["image"]
+                variants.append(torch.equal(a["image"], torch.rot90(x, k, (-2, -1))))
+        assert any(variants)
+        # the returned transform still places the window on the same ground footprint
+        corners = {Affine(*a["transform"].tolist()) @ xy for xy in [(0, 0), (16, 0), (0, 16), (16, 16)]}
+        ref = {Affine(*p["transform"].tolist()) @ xy for xy in [(0, 0), (16, 0), (0, 16), (16, 16)]}
+        assert {tuple(np.round(c, 6)) for c in corners} == {tuple(np.round(c, 6)) for c in ref}
