@@ -1,0 +1,145 @@
+"""Round-robin training: the models travel to the repositories, on real dask scheduler/worker processes."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from landcover.errors import ConfigError
+from landcover.roundrobin import LegConfig, Repository, schedule, train_round_robin
+
+
+def test_schedule_visits_every_repository_once_per_cycle():
+    plan = schedule(2, 3, 3)
+    assert plan == [[0, 1], [1, 2], [2, 0]]
+    for i in range(2):
+        assert sorted(r[i] for r in plan) == [0, 1, 2]
+    for r in plan:  # models are never at the same repository in one round when n_models <= n_repos
+        assert len(set(r)) == len(r)
+    with pytest.raises(ConfigError):
+        schedule(1, 0, 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def two_repo_cluster(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes named repo-a and repo-b."""
+    bin_dir = Path(sys.executable).parent
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    procs = [
+        subprocess.Popen(
+            [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", ":0", "--no-show"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        )
+    ]  # fmt: skip
+    for name in ("repo-a", "repo-b"):
+        procs.append(
+            subprocess.Popen(
+                [str(bin_dir / "dask"), "worker", address, "--name", name, "--nthreads", "1",
+                 "--nworkers", "1", "--no-dashboard", "--local-directory", str(tmp_path / name)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            )
+        )  # fmt: skip
+    from distributed import Client
+
+    client = None
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                client = Client(address, timeout=5)
+                client.wait_for_workers(2, timeout=60)
+                break
+            except (OSError, TimeoutError):
+                time.sleep(0.5)
+        assert client is not None, "cluster did not start"
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_models_travel_round_robin_to_repositories(tmp_path, two_repo_cluster):
+    from landcover.models import build_model
+    from landcover.testing.cubes import make_cube
+
+    cube_a = make_cube(tmp_path / "a" / "cube.zarr", shape=(320, 320), seed=1)
+    cube_b = make_cube(tmp_path / "b" / "cube.zarr", shape=(320, 320), seed=2)
+    repo_a = Repository("A", (str(cube_a),), "repo-a")
+    repo_b = Repository("B", (str(cube_b),), "repo-b")
+    from landcover.datasets import WindowDataset
+
+    # a split seed under which both repositories have train and validation windows
+    split_seed = next(
+        k
+        for k in range(20)
+        if all(
+            len(WindowDataset(c, size=32, split=sp, block=64, split_seed=k)) > 0
+            for c in (cube_a, cube_b)
+            for sp in ("train", "val")
+        )
+    )
+    ds = WindowDataset(repo_a.cubes[0], size=32, bands="reflective")
+    rgb = WindowDataset(repo_a.cubes[0], size=32, bands="rgb")
+    models = {
+        "native": build_model(
+            "native", ds.in_channels, ds.num_classes, preset="tiny", bands=ds.band_names,
+            class_codes=ds.class_codes, seed=0,
+        ),
+        "rgb-scratch": build_model(
+            "rgb-scratch", rgb.in_channels, rgb.num_classes, preset="tiny", bands=rgb.band_names,
+            class_codes=rgb.class_codes, seed=0,
+        ),
+    }  # fmt: skip
+    before = {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in models.items()}
+    results = train_round_robin(
+        models,
+        [repo_a, repo_b],
+        client=two_repo_cluster,
+        leg=LegConfig(window=32, batch_size=8, max_samples=32, device="cpu", split_seed=split_seed),
+        log=lambda _m: None,
+    )
+    # native visits A then B; rgb-scratch visits B then A; each leg ran on the repository's own worker
+    assert [(leg.repository, leg.worker) for leg in results["native"].legs] == [
+        ("A", "repo-a"),
+        ("B", "repo-b"),
+    ]
+    assert [(leg.repository, leg.worker) for leg in results["rgb-scratch"].legs] == [
+        ("B", "repo-b"),
+        ("A", "repo-a"),
+    ]
+    for name, res in results.items():
+        assert all(leg.samples > 0 for leg in res.legs)
+        assert all("val_miou_l3" in leg.val for leg in res.legs)
+        # the weights changed and the second leg started from the first leg's weights
+        trained = res.build().state_dict()
+        changed = [
+            k for k, v in trained.items() if v.dtype.is_floating_point and not np.allclose(v, before[name][k])
+        ]
+        assert changed
+        # the module passed in is not modified
+        assert all(
+            np.array_equal(v.numpy(), before[name][k].numpy()) for k, v in models[name].state_dict().items()
+        )
