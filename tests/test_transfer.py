@@ -188,3 +188,35 @@ def test_experiment_end_to_end_writes_the_report(cube: Path, phase1: Path, tmp_p
     assert 0.0 <= entry["test"]["acc_l3"]["mean"] <= 1.0
     text = report.read_text()
     assert "ImageNet init skipped" in text and "| phase1 |" in text and "| scratch |" in text
+
+
+def test_transfer_cli_and_pipeline(
+    cube: Path, phase1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from landcover.cli import main
+
+    common = ["--window", "48", "--epochs", "1", "--min-steps", "1", "--batch-size", "8", "--device", "cpu"]
+    common += ["--min-valid", "0.1", "--split-block", "96", "--split-fractions", "0.5,0.25,0.25"]
+    args = ["-q", "transfer", str(phase1), "--cube", str(cube), "--out", str(tmp_path / "r"), "--level", "2"]
+    assert main([*args, "--inits", "phase1", "--budgets", "1", "--seeds", "0", *common]) == 0
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["phase1@1"] and all(c > 10 for c in metrics["class_codes"])
+    assert main([*args, "--inits", "phase1,bogus", *common]) == 1
+    assert "inits must be" in capsys.readouterr().err
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
+    try:
+        import transfer as transfer_pipeline
+    finally:
+        sys.path.pop(0)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(
+        f'[transfer]\ncubes = ["{cube}"]\ncheckpoint = "{phase1}"\nout = "p"\ninits = ["scratch"]\n'
+        'budgets = [0.5]\nseeds = [1]\nwindow = 48\nepochs = 1\nmin_steps = 1\ndevice = "cpu"\n'
+        "min_valid = 0.1\nsplit_block = 96\nsplit_fractions = [0.5, 0.25, 0.25]\n"
+    )
+    assert transfer_pipeline.main([str(cfg)]) == 0
+    assert (tmp_path / "p" / "report.md").is_file()
+    assert transfer_pipeline.main([str(cfg), "--checkpoint", str(tmp_path / "none.pt")]) == 1

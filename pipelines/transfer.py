@@ -1,0 +1,67 @@
+"""Batch job: the phase-2 transfer experiment from a TOML/YAML config.
+
+Usage::
+
+    python pipelines/transfer.py [CONFIG.toml] [--checkpoint PATH] [--cube STORE ...] [--out DIR]
+
+The config (table ``[transfer]`` or top level) has the fields of
+:class:`landcover.transfer.TransferConfig`; command-line values override it; embedded
+defaults fill the rest. Errors are printed as one line and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Phase-2 transfer experiment (report in --out).")
+    parser.add_argument("config", nargs="?", help="TOML/YAML/JSON config file")
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--cube", action="append", dest="cubes")
+    parser.add_argument("--out")
+    parser.add_argument("--device")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        from landcover.config import load_config, read_config_file
+        from landcover.transfer import TransferConfig, run_transfer, write_report
+
+        section = "transfer" if args.config and "transfer" in read_config_file(args.config) else None
+        overrides = {
+            "checkpoint": args.checkpoint,
+            "cubes": tuple(args.cubes) if args.cubes else None,
+            "out": args.out,
+            "device": args.device,
+        }
+        cfg = load_config(TransferConfig, args.config, section=section, overrides=overrides)
+        if args.config:
+            base = Path(args.config).parent
+
+            def resolve(p: str) -> str:
+                return p if not p or Path(p).is_absolute() else str(base / p)
+
+            from dataclasses import replace
+
+            cfg = replace(
+                cfg,
+                cubes=tuple(resolve(c) for c in cfg.cubes),
+                checkpoint=resolve(cfg.checkpoint),
+                out=resolve(cfg.out),
+            )
+        result = run_transfer(cfg)
+        print(f"report: {write_report(result)}")
+        return 0
+    except Exception as exc:  # noqa: BLE001 - batch job: one line, exit 1
+        if args.debug:
+            raise
+        from landcover.cli import one_line
+
+        print(f"transfer: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
