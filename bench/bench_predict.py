@@ -1,0 +1,181 @@
+"""Benchmark whole-scene prediction: throughput, overhead vs bare model compute, peak RSS.
+
+Usage::
+
+    .venv/bin/python bench/bench_predict.py [--size 3000] [--classes 44] [--window 256] [--overlap 64]
+                                            [--batch-size 8] [--preset tiny] [--device auto]
+
+Writes a synthetic ``size x size`` 6-band cube (uint16, 512 chunks), then measures in one run:
+
+* ``predict_cube`` to Zarr (windows/s, Mpx/s, peak RSS increase over the baseline process);
+* the baseline: the same model's forward pass + softmax on the same number of windows from
+  memory (no reading, blending, encoding or writing), so ``predict / compute`` is the
+  pipeline's overhead factor;
+* the class-map COG and quick-look writing time;
+* peak RSS against the size of the whole scene's float32 class probabilities (what a naive
+  in-memory mosaic would hold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+class PeakRSS:
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc = psutil.Process()
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRSS:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+    @property
+    def increase_mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def write_cube(path: Path, size: int, codes: tuple[int, ...]) -> None:
+    import dask.array as da
+    import rioxarray  # noqa: F401
+    import xarray as xr
+    import zarr
+
+    bands = ["blue", "green", "red", "nir", "swir1", "swir2"]
+    raw = da.random.default_rng(0).integers(
+        7000, 30000, size=(1, len(bands), size, size), chunks=(1, len(bands), 512, 512), dtype="uint16"
+    )
+    ds = xr.Dataset(
+        {"reflectance": (("time", "band", "y", "x"), raw)},
+        coords={
+            "time": np.array(["1995-06-01"], dtype="datetime64[ns]"),
+            "band": bands,
+            "class": np.asarray(codes),
+            "y": 5_500_000.0 - 30.0 * (np.arange(size) + 0.5),
+            "x": 400_000.0 + 30.0 * (np.arange(size) + 0.5),
+        },
+    )
+    ds["reflectance"].attrs.update(scale_factor=2.75e-5, add_offset=-0.2, _FillValue=0)
+    ds = ds.rio.write_crs("EPSG:32632")
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=True)
+    zarr.open_group(str(path), mode="r+").attrs["landcover:complete"] = True
+    zarr.consolidate_metadata(str(path))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=3000)
+    parser.add_argument("--classes", type=int, default=44)
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "small", "base"))
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+
+    import torch
+
+    from landcover.models import build_model
+    from landcover.predict import (
+        ModelBundle,
+        _Engine,
+        _resolve_device,
+        predict_cube,
+        window_origins,
+        write_class_map_cog,
+        write_quicklook,
+    )
+    from landcover.testing.cubes import CLC_CODES
+
+    codes = tuple(CLC_CODES[: args.classes])
+    model = build_model("native", 6, len(codes), preset=args.preset, class_codes=codes, seed=0)
+    bundle = ModelBundle(
+        model,
+        bands=("blue", "green", "red", "nir", "swir1", "swir2"),
+        mean=(0.05, 0.07, 0.06, 0.25, 0.2, 0.12),
+        std=(0.02, 0.03, 0.03, 0.08, 0.07, 0.05),
+        class_codes=codes,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    try:
+        cube = tmp / "cube.zarr"
+        t = time.perf_counter()
+        write_cube(cube, args.size, codes)
+        print(
+            f"synthetic cube {args.size} x {args.size} x 6 bands written in {time.perf_counter() - t:.1f} s"
+        )
+        stride = args.window - args.overlap
+        n_win = len(window_origins(args.size, args.window, stride)) ** 2
+        device = _resolve_device(args.device)
+        print(
+            f"device {device}, torch threads {torch.get_num_threads()}, {n_win} windows of {args.window} px"
+        )
+
+        # baseline: bare forward + softmax on the same number of windows, from memory
+        engine = _Engine(model, device, amp=True)
+        batch = np.random.default_rng(0).standard_normal((args.batch_size, 6, args.window, args.window))
+        batch = batch.astype("float32")
+        engine(batch)  # warm-up
+        t = time.perf_counter()
+        done = 0
+        while done < n_win:
+            engine(batch[: min(args.batch_size, n_win - done)])
+            done += args.batch_size
+        t_compute = time.perf_counter() - t
+
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            pred = predict_cube(
+                bundle, cube, out=tmp / "pred.zarr", window=args.window, overlap=args.overlap,
+                batch_size=args.batch_size, device=args.device,
+            )  # fmt: skip
+            t_pred = time.perf_counter() - t
+        t = time.perf_counter()
+        cog = write_class_map_cog(pred, tmp / "class_map.tif")
+        t_cog = time.perf_counter() - t
+        t = time.perf_counter()
+        write_quicklook(cog, tmp / "quicklook.png")
+        t_ql = time.perf_counter() - t
+
+        mpx = args.size * args.size / 1e6
+        full = len(codes) * args.size * args.size * 4 / 2**20
+        print(f"bare model compute:   {t_compute:8.1f} s  {n_win / t_compute:7.1f} windows/s")
+        rate = f"{n_win / t_pred:7.1f} windows/s  {mpx / t_pred:6.2f} Mpx/s"
+        print(f"predict_cube (Zarr):  {t_pred:8.1f} s  {rate}")
+        print(f"overhead factor predict / bare compute: {t_pred / t_compute:.2f}x")
+        print(f"class-map COG: {t_cog:.1f} s, quick-look PNG: {t_ql:.1f} s")
+        print(
+            f"peak RSS increase during predict: {mem.increase_mib:.0f} MiB; whole-scene float32 "
+            f"probabilities would be {full:.0f} MiB (ratio {mem.increase_mib / full:.3f})"
+        )
+        zarr_mib = sum(f.stat().st_size for f in (tmp / "pred.zarr").rglob("*") if f.is_file()) / 2**20
+        print(f"output sizes: zarr {zarr_mib:.0f} MiB, COG {cog.stat().st_size / 2**20:.1f} MiB")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
