@@ -78,7 +78,7 @@ import io
 import math
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -678,8 +678,8 @@ def _clip_edges_x(edges: list[Edge], xcut: float) -> list[Edge]:
         xa = np.minimum(x1, xcut)
         xb = np.minimum(x2, xcut)
         dy = y2 - y1
-        ya = y1 + np.clip((xa - x1) * inv, 0.0, 1.0) * dy
-        yb = y1 + np.clip((xb - x1) * inv, 0.0, 1.0) * dy
+        ya = y1 + np.minimum(np.maximum((xa - x1) * inv, 0.0), 1.0) * dy
+        yb = y1 + np.minimum(np.maximum((xb - x1) * inv, 0.0), 1.0) * dy
         out.append((xa, ya, xb, yb))
     return out
 
@@ -719,6 +719,25 @@ def area_weights(
         (int64, may lie outside the raster), and the share of the pixel's footprint area
         inside that cell (float64, the shares of a pixel sum to 1).
     """
+    fin = np.isfinite(cx) & np.isfinite(cy)
+    if not fin.any():
+        return
+    ox, oy = float(np.floor(cx[fin].min())), float(np.floor(cy[fin].min()))
+    stride = int(np.ceil(cx[fin].max() - ox)) + 2
+    for pix, cell, share in _weights(cx - ox, cy - oy, stride):
+        row, col = np.divmod(cell, stride)
+        yield pix, row + int(oy), col + int(ox), np.ones(pix.size) if share is None else share
+
+
+def _weights(
+    cx: np.ndarray, cy: np.ndarray, stride: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Core of :func:`area_weights`: yields ``(pix, row * stride + col, share)``.
+
+    ``share`` is None for pixels inside a single cell (share 1). ``stride`` must exceed every
+    column index touched (``ceil(max cx) + 1``); corners must be >= 0 for the flat index to be
+    unambiguous.
+    """
     w = cx.shape[1] - 1
     cx = np.ascontiguousarray(cx, dtype="float64")
     cy = np.ascontiguousarray(cy, dtype="float64")
@@ -757,8 +776,9 @@ def area_weights(
         pix = np.flatnonzero(key == g)
         ii, jj = i0[pix], j0[pix]
         i0i, j0i = ii.astype("int64"), jj.astype("int64")
+        cell = j0i * stride + i0i
         if kk == 1 and mm == 1:
-            yield pix, j0i, i0i, np.ones(pix.size)
+            yield pix, cell, None
             continue
         lat = pix + pix // w  # lattice index of each pixel's upper-left corner
         vx = [flat_x[lat + o] - ii for o in offsets]
@@ -782,7 +802,7 @@ def area_weights(
         for di in range(kk):
             for dj in range(mm):
                 a = f_at(di + 1, dj + 1) - f_at(di, dj + 1) - f_at(di + 1, dj) + f_at(di, dj)
-                yield pix, j0i + dj, i0i + di, np.maximum(a * inv_total, 0.0)
+                yield pix, cell + (dj * stride + di), np.maximum(a * inv_total, 0.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -805,7 +825,11 @@ def _source_window(src: ClcSource, cx: np.ndarray, cy: np.ndarray) -> tuple[slic
 def _value_positions(src: ClcSource, agg: Aggregation, values: np.ndarray) -> np.ndarray:
     """Map raster values to output class positions; -1 = NODATA; unknown -> InputFileError."""
     ints = _as_int_values(values, src.path)
-    uniq, inv = np.unique(ints, return_inverse=True)
+    if ints.dtype.kind == "u" and ints.dtype.itemsize <= 2:  # uint8/uint16: O(n) via bincount
+        uniq = np.flatnonzero(np.bincount(ints.reshape(-1), minlength=1))
+        inv = None
+    else:
+        uniq, inv = np.unique(ints, return_inverse=True)
     nodata = src.nodata_values()
     code_of = src.code_of_value()
     pos_of_code = agg.position_of_code()
@@ -820,6 +844,11 @@ def _value_positions(src: ClcSource, agg: Aggregation, values: np.ndarray) -> np
             bad.append(v)
     if bad:
         raise _bad_values_error(src.path, bad, src.kind)
+    if inv is None:
+        full = np.full(int(uniq[-1]) + 1 if uniq.size else 1, -1, dtype="int32")
+        full[uniq] = lut
+        out: np.ndarray = full[ints]
+        return out
     return lut[inv.reshape(values.shape)]
 
 
@@ -846,10 +875,14 @@ def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage:
     pos_flat = pos.reshape(-1)
     pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     valid = np.zeros(npix)
-    for pix, r, c, share in area_weights(cx - c0, cy - r0):
-        cls = pos_flat[r * ww + c]
+    for pix, cell, share in _weights(cx - c0, cy - r0, ww):
+        cls = pos_flat[cell]
+        if share is None:  # whole footprint in one cell
+            share = np.ones(pix.size)
+            valid[pix] = cls < n
+        else:
+            valid[pix] += np.where(cls < n, share, 0.0)  # each pixel occurs once per piece
         pieces.append((pix, cls, share))
-        valid[pix] += np.where(cls < n, share, 0.0)  # each pixel occurs once per piece
     cov = np.minimum(valid, 1.0)
     keep = (valid > 0) & (cov >= min_coverage)
     with np.errstate(divide="ignore"):
@@ -900,7 +933,7 @@ def quantize_fractions(frac: np.ndarray) -> np.ndarray:
         best = np.argmax(flat_rem[:, sel], axis=0)
         flat_q[best, sel] += 1
         flat_rem[best, sel] = -np.inf
-    out = np.clip(q, 0, LABEL_STEPS).astype("uint8")
+    out: np.ndarray = np.clip(q, 0, LABEL_STEPS).astype("uint8")
     out[:, nan] = LABEL_FILL
     return out
 

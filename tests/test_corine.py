@@ -509,7 +509,9 @@ def test_graph_is_lazy_pickleable_and_reads_only_windows(tmp_path: Path) -> None
     ds = fractions(src, grid, chunks=40)
     graph = dict(ds.fractions.data.__dask_graph__())
     nchunks = -(-grid.height // 40) * -(-grid.width // 40)
-    assert len([k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("clc-fractions")]) == nchunks
+    assert (
+        len([k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("clc-fractions")]) == nchunks
+    )
     pickle.loads(pickle.dumps(graph))  # plain pickle: no open handles, no lambdas
     reads: list[tuple[slice, slice]] = []
 
@@ -656,14 +658,24 @@ def test_cli_geotiff_output(tmp_path: Path, clc_and_like: tuple[Path, Path, Grid
     assert np.abs(raw[:15, valid] * 0.004 - ref.fractions.values[:, valid]).max() < 0.004
 
 
-def test_cli_like_product_directory(tmp_path: Path, clc_and_like: tuple[Path, Path, Grid]) -> None:
+def test_cli_like_product_directory_tar_and_mtl(
+    tmp_path: Path, clc_and_like: tuple[Path, Path, Grid]
+) -> None:
+    import tarfile
+
     clc, like, grid = clc_and_like
-    product = tmp_path / "LT05_L2SP_196025_19950714_20200912_02_T1"
+    name = "LT05_L2SP_196025_19950714_20200912_02_T1"
+    product = tmp_path / name
     product.mkdir()
-    (product / f"{product.name}_SR_B1.TIF").write_bytes(like.read_bytes())
-    out = tmp_path / "p.tif"
-    assert main(["-q", "labels", str(clc), "--like", str(product), "--out", str(out)]) == 0
-    assert Grid.from_raster(out) == grid
+    (product / f"{name}_SR_B1.TIF").write_bytes(like.read_bytes())
+    (product / f"{name}_MTL.txt").write_text("GROUP = LANDSAT_METADATA_FILE\n")
+    bundle = tmp_path / f"{name}.tar"
+    with tarfile.open(bundle, "w") as tar:
+        tar.add(product / f"{name}_SR_B1.TIF", arcname=f"{name}_SR_B1.TIF")
+    for i, target in enumerate([product, bundle, product / f"{name}_MTL.txt"]):
+        out = tmp_path / f"p{i}.tif"
+        assert main(["-q", "labels", str(clc), "--like", str(target), "--out", str(out), "--level", "1"]) == 0
+        assert Grid.from_raster(out) == grid
 
 
 def test_cli_errors_are_one_line_and_leave_nothing(
