@@ -56,6 +56,7 @@ __all__ = [
     "blend_weights",
     "window_origins",
     "predict_cube",
+    "predict_scene",
     "predict_map",
     "write_class_map_cog",
     "write_fractions_cog",
@@ -389,6 +390,8 @@ def _cube_source(ds: xr.Dataset, bands: Sequence[str], time: int | str | np.date
     r_dec = _decoder(r_da)
     t_dec = _decoder(t_da) if t_da is not None else None
     band_idx = [i for kind, i in parts if kind == "reflectance"]
+    # a scene opened with a usable policy (landcover.landsat.open_scene) carries its cloud/QA mask
+    u_da = _select("usable") if "usable" in ds.variables else None
 
     def read(rows: slice, cols: slice) -> np.ndarray:
         out = np.empty((len(parts), rows.stop - rows.start, cols.stop - cols.start), dtype="float32")
@@ -403,6 +406,8 @@ def _cube_source(ds: xr.Dataset, bands: Sequence[str], time: int | str | np.date
                 k += 1
             elif t_vals is not None:
                 out[j] = t_vals
+        if u_da is not None:
+            out[:, ~np.asarray(u_da.isel(y=rows, x=cols).values, dtype=bool)] = np.nan
         return out
 
     grid = Grid.from_xarray(ds["reflectance"])
@@ -804,6 +809,66 @@ def predict_cube(
     )
 
 
+def predict_scene(
+    model_or_checkpoint: Any,
+    scene: str | os.PathLike[str],
+    *,
+    mask_clouds: bool = True,
+    bands: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    class_codes: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> xr.Dataset:
+    """Predict a Landsat scene directly (product directory, ``.tar`` bundle or any of its files).
+
+    The scene is opened lazily on its own grid with :func:`landcover.landsat.open_scene`;
+    the model's bands and normalisation select and scale the decoded reflectance.
+    With ``mask_clouds`` the default :class:`~landcover.landsat.UsablePolicy` (fill,
+    cloud, dilated cloud, cloud shadow from QA_PIXEL) marks pixels unusable: their
+    class map is nodata (0) and their fractions NaN. Other keyword arguments are those
+    of :func:`predict_cube` (window, overlap, out, ...).
+    """
+    from .landsat import UsablePolicy, open_scene
+
+    path = Path(scene)
+    if not path.exists():
+        raise InputFileError(path, "scene not found")
+    bundle = _as_bundle(model_or_checkpoint, None, bands=bands, mean=mean, std=std, class_codes=class_codes)
+    wants_thermal = any(_BAND_ALIASES.get(b, b) == "thermal" for b in bundle.bands)
+    ds = open_scene(
+        path,
+        thermal=wants_thermal,
+        qa=mask_clouds,
+        policy=UsablePolicy() if mask_clouds else None,
+        chunks=512,
+    )
+    source = _cube_source(ds, bundle.bands, 0)
+    return _predict_source(
+        bundle,
+        source,
+        window=kwargs.pop("window", 256),
+        overlap=kwargs.pop("overlap", 64),
+        batch_size=kwargs.pop("batch_size", 8),
+        blend=kwargs.pop("blend", "cosine"),
+        device=kwargs.pop("device", "auto"),
+        out=kwargs.pop("out", None),
+        chunks=kwargs.pop("chunks", None),
+        band_width=kwargs.pop("band_width", None),
+        fractions_dtype=kwargs.pop("fractions_dtype", "uint8"),
+        amp=kwargs.pop("amp", True),
+        progress=kwargs.pop("progress", False),
+        overwrite=kwargs.pop("overwrite", False),
+        attrs={"source_scene": str(path), **_no_extra(kwargs)},
+    )
+
+
+def _no_extra(kwargs: dict[str, Any]) -> dict[str, Any]:
+    if kwargs:
+        raise ConfigError(f"unexpected options for predict_scene: {sorted(kwargs)}")
+    return {}
+
+
 def _as_bundle(
     model: Any,
     cube: Any,
@@ -820,6 +885,8 @@ def _as_bundle(
     spec = getattr(model, "spec", None)
     if spec is not None and bands is None and class_codes is None and mean is None and std is None:
         return bundle_from_spec(model, spec, cube=cube)
+    if cube is None and (bands is None or class_codes is None):
+        raise ConfigError("a bare torch model needs bands= and class_codes= to predict a scene")
     ds = _open_cube_dataset(cube) if (bands is None or class_codes is None) else None
     if bands is None:
         assert ds is not None
@@ -1280,13 +1347,24 @@ def predict_map(
 ) -> PredictionOutputs:
     """Predict a whole cube into ``out_dir``: ``prediction.zarr``, ``class_map.tif``, ``quicklook.png``.
 
-    ``kwargs`` go to :func:`predict_cube` (window, overlap, batch_size, blend,
-    device, time, ...). Also writes ``legend.json`` (index, code, name, colour).
+    ``cube`` is a cube store, an opened cube, or a Landsat scene (product directory,
+    ``.tar`` bundle; see :func:`predict_scene`). ``kwargs`` go to :func:`predict_cube`
+    (window, overlap, batch_size, blend, device, time, ...). Also writes
+    ``legend.json`` (index, code, name, colour).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     zarr_path = out / "prediction.zarr"
-    pred = predict_cube(model_or_checkpoint, cube, out=zarr_path, overwrite=overwrite, **kwargs)
+    is_scene = (
+        isinstance(cube, str | os.PathLike)
+        and Path(cube).exists()
+        and not (Path(cube) / "zarr.json").exists()
+    )
+    if is_scene:  # a Landsat product directory, bundle or file
+        kwargs.pop("time", None)
+        pred = predict_scene(model_or_checkpoint, cube, out=zarr_path, overwrite=overwrite, **kwargs)
+    else:
+        pred = predict_cube(model_or_checkpoint, cube, out=zarr_path, overwrite=overwrite, **kwargs)
     codes = [int(c) for c in pred["class"].values]
     legend = legend_for(codes)
     legend_path = out / "legend.json"

@@ -504,3 +504,32 @@ def test_cli_and_pipeline_predict_from_a_checkpoint(
     z2 = xr.open_zarr(tmp_path / "p2" / "prediction.zarr")
     assert z2.attrs["window"] == [48, 48] and not (tmp_path / "p2" / "quicklook.png").exists()
     assert predict_map.main([str(cfg), "--cube", str(tmp_path / "missing.zarr")]) == 1
+
+
+def test_predict_scene_directly_masks_clouds_and_fill(tmp_path: Path) -> None:
+    from landcover.cli import main
+    from landcover.grid import Grid
+    from landcover.landsat import UsablePolicy, open_scene, usable_mask
+    from landcover.models import build_model, save_model
+    from landcover.predict import predict_scene
+    from landcover.testing.scenes import make_scene
+
+    scene = make_scene(tmp_path / "scenes", size=80, seed=3, cloud_fraction=0.2)
+    codes = (1, 2, 3, 4, 5)
+    model = build_model("native", 6, len(codes), preset="tiny", class_codes=codes, seed=0)
+    pred = predict_scene(model, scene, window=32, overlap=8, device="cpu")
+    ds = open_scene(scene, policy=UsablePolicy())
+    usable = usable_mask(ds, UsablePolicy()).values
+    assert 0 < usable.mean() < 1  # the scene has clouds / fill to mask
+    assert Grid.from_xarray(pred.set_coords("spatial_ref")["class_map"]) == Grid.from_xarray(
+        ds["reflectance"]
+    )
+    cmap = pred["class_map"].values
+    np.testing.assert_array_equal(cmap == 0, ~usable)
+    assert set(np.unique(cmap[usable])) <= set(codes)
+    assert np.isnan(pred["fractions"].values[:, ~usable]).all()
+    ckpt = save_model(tmp_path / "m.pt", model)
+    args = ["-q", "predict", str(ckpt), "--scene", str(scene), "--out", str(tmp_path / "o")]
+    assert main([*args, "--window", "32", "--overlap", "8", "--device", "cpu"]) == 0
+    z = xr.open_zarr(tmp_path / "o" / "prediction.zarr")
+    np.testing.assert_array_equal(z["class_map"].values, cmap)

@@ -21,7 +21,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="model checkpoint (.pt) or published model folder"
     )
-    p.add_argument("--cube", required=True, metavar="STORE", help="landcover Zarr cube")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cube", metavar="STORE", help="landcover Zarr cube")
+    src.add_argument(
+        "--scene", metavar="PATH", help="Landsat product directory or .tar bundle (clouds masked)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--window", type=int, default=256, help="window size in pixels (default 256)")
     p.add_argument("--overlap", type=int, default=64, help="window overlap in pixels (default 64)")
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     time: int | str = int(args.time) if str(args.time).lstrip("-").isdigit() else str(args.time)
     outs = predict_map(
         args.checkpoint,
-        args.cube,
+        args.cube or args.scene,
         args.out,
         window=args.window,
         overlap=args.overlap,
