@@ -46,7 +46,15 @@ import numpy as np
 from .config import config_to_dict
 from .errors import ConfigError, InputFileError
 
-__all__ = ["CompareConfig", "RunResult", "CompareResult", "run_compare", "write_report", "PRIMARY_METRIC"]
+__all__ = [
+    "CompareConfig",
+    "RunResult",
+    "CompareResult",
+    "run_compare",
+    "train_model",
+    "write_report",
+    "PRIMARY_METRIC",
+]
 
 ModelChoice = Literal["native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch"]
 IMAGENET_MODELS: tuple[str, ...] = ("rgb-imagenet", "native-imagenet-init")
@@ -225,13 +233,39 @@ def _datasets(cfg: CompareConfig, model: str, seed: int) -> tuple[Any, Any, Any]
     return train, val, test
 
 
-def _run_one(cfg: CompareConfig, model_name: str, seed: int, preset: str, weights: str | None) -> RunResult:
-    """Train and evaluate one (model, seed) run; usable inside a Dask task."""
-    import torch
-    from torch.utils.data import DataLoader
+def train_model(
+    cfg: CompareConfig,
+    model_name: str,
+    seed: int,
+    *,
+    preset: str = "tiny",
+    weights: str | None = None,
+    run_dir: Path | None = None,
+    find_lr: bool = False,
+    resume: bool = False,
+) -> RunResult:
+    """Train and evaluate one model on the configured cubes/split/budget (one compare run).
 
+    Parameters
+    ----------
+    cfg
+        Data, split and training options (``cfg.models``/``cfg.seeds`` are ignored).
+    model_name, seed
+        What to train.
+    preset, weights
+        Model size preset and ImageNet weights file (for the ImageNet models).
+    run_dir
+        Where checkpoints, history and plots go (default ``cfg.out/runs/<model>/seed<k>``).
+    find_lr
+        Run the LR range test first (plot ``lr_find.png``) and train at its suggestion.
+    resume
+        Continue from ``run_dir/last.pt`` when it exists.
+    """
+    import torch
+
+    from .datasets import make_loader
     from .models import build_model
-    from .train import TrainConfig, evaluate, fit
+    from .train import TrainConfig, evaluate, fit, lr_find
 
     t0 = time.perf_counter()
     train_ds, val_ds, test_ds = _datasets(cfg, model_name, seed)
@@ -241,24 +275,41 @@ def _run_one(cfg: CompareConfig, model_name: str, seed: int, preset: str, weight
             f"test={len(test_ds)}); use a smaller --window or bigger cubes"
         )
     stats = train_ds.stats
-    model = build_model(
-        model_name,  # type: ignore[arg-type]
-        train_ds.in_channels,
-        train_ds.num_classes,
-        preset=preset,  # type: ignore[arg-type]
-        pretrained=weights if model_name in IMAGENET_MODELS else None,
-        bands=train_ds.band_names,
-        class_codes=train_ds.class_codes,
-        band_mean=getattr(stats, "mean", None),
-        band_std=getattr(stats, "std", None),
-        seed=seed,
-    )
-    run_dir = Path(cfg.out) / "runs" / model_name / f"seed{seed}"
+
+    def new_model() -> Any:
+        return build_model(
+            model_name,  # type: ignore[arg-type]
+            train_ds.in_channels,
+            train_ds.num_classes,
+            preset=preset,  # type: ignore[arg-type]
+            pretrained=weights if model_name in IMAGENET_MODELS else None,
+            bands=train_ds.band_names,
+            class_codes=train_ds.class_codes,
+            band_mean=getattr(stats, "mean", None),
+            band_std=getattr(stats, "std", None),
+            seed=seed,
+        )
+
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.out) / "runs" / model_name / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    def loader(ds: Any, shuffle: bool) -> Any:
+        gen = torch.Generator().manual_seed(seed) if shuffle else None
+        return make_loader(ds, cfg.batch_size, cfg.num_workers, shuffle=shuffle, generator=gen)
+
+    train_loader = loader(train_ds, True)
+    lr = cfg.lr
+    if find_lr:
+        found = lr_find(
+            new_model(), train_loader, device=cfg.device, seed=seed, plot_path=run_dir / "lr_find.png"
+        )
+        lr = float(found.suggestion)
+    model = new_model()
     val_every = cfg.val_every_samples or max(cfg.batch_size, len(train_ds) // 2)
     tcfg = TrainConfig(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
-        lr=cfg.lr,
+        lr=lr,
         weight_decay=cfg.weight_decay,
         seed=seed,
         device=cfg.device,
@@ -266,29 +317,30 @@ def _run_one(cfg: CompareConfig, model_name: str, seed: int, preset: str, weight
         val_every_samples=val_every,
         log_every_samples=val_every,
         checkpoint_dir=run_dir,
+        resume=resume,
         num_workers=cfg.num_workers,
         progress=cfg.progress,
     )
-    gen = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=0)
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
-    history = fit(model, train_loader, val_loader, tcfg, class_codes=train_ds.class_codes)
+    history = fit(model, train_loader, loader(val_ds, False), tcfg, class_codes=train_ds.class_codes)
     history.to_json(run_dir / "history.json")
     history.to_csv(run_dir / "history_epochs.csv", kind="epochs")
     history.to_csv(run_dir / "history_samples.csv", kind="samples")
-    test_loader = DataLoader(test_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
-    result = evaluate(model, test_loader, class_codes=train_ds.class_codes, device=cfg.device)
-    per_class = result.metrics.per_class(3)
+    result = evaluate(model, loader(test_ds, False), class_codes=train_ds.class_codes, device=cfg.device)
     return RunResult(
         model=model_name,
         seed=seed,
         history=history,
         test=result.summary(),
-        per_class=per_class,
+        per_class=result.metrics.per_class(3),
         run_dir=run_dir,
         train_windows=len(train_ds),
         seconds=time.perf_counter() - t0,
     )
+
+
+def _run_one(cfg: CompareConfig, model_name: str, seed: int, preset: str, weights: str | None) -> RunResult:
+    """One compare run (module-level so that Dask can ship it to a worker)."""
+    return train_model(cfg, model_name, seed, preset=preset, weights=weights)
 
 
 def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> CompareResult:
@@ -323,7 +375,9 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
                 log(f"  {m} seed {s}: done ({runs[-1].seconds:.0f} s)")
         finally:
             if cfg.scheduler == "local":
-                client.close()
+                from .distributed import close_client
+
+                close_client(client)
     else:
         for m, s in jobs:
             log(f"  training {m} seed {s} ...")

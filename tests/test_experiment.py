@@ -116,3 +116,16 @@ def test_config_and_input_errors(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("landcover: ") and "nope.zarr" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_cli_lr_find_and_outputs(demo_cube, tmp_path):
+    out = tmp_path / "run"
+    code = main(
+        ["-q", "train", str(demo_cube), "--window", "32", "--epochs", "1", "--budget", "16", "--lr-find",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    for name in ("lr_find.png", "history.png", "history.json", "last.pt", "test_metrics.json"):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert 0.0 <= metrics["acc_l3"] <= 1.0

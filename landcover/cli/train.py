@@ -1,0 +1,90 @@
+"""``landcover train``: train one model on cubes (spatial split, checkpoints, resume, LR finder)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("train", help="train one model on cubes (checkpoints, resume, LR range test, curves)")
+    p.add_argument("cubes", nargs="*", help="cube stores (or give them in --config)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default train-output/<model>-seed<k>)")
+    p.add_argument("--config", type=Path, default=None, help="TOML/YAML with compare-style options")
+    p.add_argument(
+        "--model",
+        default="native",
+        choices=["native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch"],
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument(
+        "--lr-find", action="store_true", help="run the LR range test first and use its suggestion"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--budget", type=int, default=None, help="training windows (random subset by seed)")
+    p.add_argument("--preset", choices=["tiny", "small", "base"], default=None)
+    p.add_argument("--thermal", action="store_true", default=None)
+    p.add_argument("--level", type=int, choices=[1, 2, 3], default=None)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    p.add_argument("--imagenet-weights", default=None, help="torchvision resnet18 state dict (.pth)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config, read_config_file
+    from ..experiment import IMAGENET_MODELS, CompareConfig, train_model
+    from ..models import find_imagenet_weights
+    from ..plotting import plot_history
+
+    section = "train" if args.config is not None and "train" in read_config_file(args.config) else None
+    cfg = load_config(
+        CompareConfig,
+        args.config,
+        section=section,
+        overrides={
+            "cubes": tuple(args.cubes) if args.cubes else None,
+            "window": args.window,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "max_train_windows": args.budget,
+            "thermal": args.thermal,
+            "level": args.level,
+            "num_workers": args.workers,
+            "imagenet_weights": args.imagenet_weights,
+            "device": args.device,
+            "progress": False if args.quiet else None,
+        },
+    )
+    if not cfg.cubes:
+        from ..errors import ConfigError
+
+        raise ConfigError("no cubes given (build one with `landcover cube build`)")
+    weights = None
+    if args.model in IMAGENET_MODELS:
+        found = find_imagenet_weights("resnet18", cfg.imagenet_weights)
+        if found is None:
+            from ..models import build_model
+
+            build_model(args.model, 3, 2, pretrained=cfg.imagenet_weights)  # raises the how-to-get-it error
+        weights = str(found)
+    preset = args.preset or ("base" if weights else "tiny")
+    out = args.out or Path("train-output") / f"{args.model}-seed{args.seed}"
+    result = train_model(
+        cfg, args.model, args.seed, preset=preset, weights=weights, run_dir=out, find_lr=args.lr_find,
+        resume=args.resume,
+    )  # fmt: skip
+    plot_history(result.history, out / "history.png", title=f"{args.model} (seed {args.seed})")
+    (out / "test_metrics.json").write_text(json.dumps(result.test, indent=2), encoding="utf-8")
+    print(
+        f"{args.model}: test acc {result.test.get('acc_l3', float('nan')):.3f}, "
+        f"mIoU {result.test.get('miou_l3', float('nan')):.3f}; run folder {out}"
+    )
+    return 0
