@@ -185,7 +185,7 @@ def _resolve_models(
             raise InputFileError(cfg.imagenet_weights, "ImageNet weights file not found")
         found = find_imagenet_weights("resnet18", cfg.imagenet_weights)
         weights = str(found) if found is not None else None
-    models = list(cfg.models)
+    models: list[str] = list(cfg.models)
     if wants and weights is None:
         msg = (
             "ImageNet weights not found (no --imagenet-weights file and nothing in the torch hub cache): "
@@ -480,9 +480,7 @@ def _prediction_panel(result: CompareResult, path: Path) -> Path | None:
         if truth is None:
             truth = item["target"].argmax(0).numpy()
             mask = item["mask"].numpy()
-        if rgb_ds is None and m.startswith("native"):
-            rgb_ds = (val_ds, item)
-        elif rgb_ds is None:
+        if rgb_ds is None:  # every band selection holds red/green/blue
             rgb_ds = (val_ds, item)
         best = rs[0].run_dir / "best.pt"
         ckpt = best if best.exists() else rs[0].run_dir / "last.pt"
@@ -491,7 +489,7 @@ def _prediction_panel(result: CompareResult, path: Path) -> Path | None:
         with torch.no_grad():
             logits = model(item["image"][None].float())
         pred = logits[0].argmax(0).numpy()
-        preds[m] = np.where(mask, pred, -1)
+        preds[m] = np.where(np.asarray(mask), pred, -1)
     assert truth is not None and mask is not None and rgb_ds is not None
     ds, item = rgb_ds
     names = list(ds.band_names)
@@ -530,7 +528,9 @@ def _prediction_panel(result: CompareResult, path: Path) -> Path | None:
         label = {c.code: c.name for c in legend(3)}
     except Exception:  # noqa: BLE001 - legend names are decoration only
         label = {}
-    handles = [Patch(color=np.array(colors[c]) / 255, label=f"{c} {label.get(c, '')}"[:38]) for c in present]
+    handles = [
+        Patch(color=tuple(v / 255 for v in colors[c]), label=f"{c} {label.get(c, '')}"[:38]) for c in present
+    ]
     fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
     fig.subplots_adjust(right=1 - 2.8 / (3.0 * len(panels) + 3.0), wspace=0.05)
     tmp = path.with_name(f".{path.name}.tmp.png")
