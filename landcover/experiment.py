@@ -528,9 +528,12 @@ def _prediction_panel(result: CompareResult, path: Path) -> Path | None:
         label = {c.code: c.name for c in legend(3)}
     except Exception:  # noqa: BLE001 - legend names are decoration only
         label = {}
-    handles = [
-        Patch(color=tuple(v / 255 for v in colors[c]), label=f"{c} {label.get(c, '')}"[:38]) for c in present
-    ]
+
+    def rgb01(c: int) -> tuple[float, float, float]:
+        r, g, b = colors[c]
+        return (r / 255, g / 255, b / 255)
+
+    handles = [Patch(color=rgb01(c), label=f"{c} {label.get(c, '')}"[:38]) for c in present]
     fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
     fig.subplots_adjust(right=1 - 2.8 / (3.0 * len(panels) + 3.0), wspace=0.05)
     tmp = path.with_name(f".{path.name}.tmp.png")
