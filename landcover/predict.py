@@ -76,6 +76,7 @@ NODATA_CODE = 0
 NODATA_INDEX = 0
 """Class-map COG value where the input is unusable; classes are 1..K in model order."""
 _WEIGHT_FLOOR = 1e-3
+_FINALIZE_COLS = 256  # columns encoded at a time (bounds the float temporaries)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -681,15 +682,21 @@ def _sweep(
             n_final = nxt - a0
             if n_final > 0:
                 _, usable = reader.rows(a0, nxt)
-                frac = acc[:, :n_final] / wsum[None, :n_final]
                 ucols = usable[:, c0 - in_c0 : c1 - in_c0]
-                cmap = np.where(ucols, codes[np.argmax(frac, axis=0)], NODATA_CODE).astype("uint16")
-                if fractions_dtype == "uint8":
-                    enc = quantise_fractions(frac)
-                    enc[:, ~ucols] = LABEL_FILL
-                else:
-                    enc = frac.copy()
-                    enc[:, ~ucols] = np.nan
+                enc = np.empty((k, n_final, bw), dtype="uint8" if fractions_dtype == "uint8" else "float32")
+                cmap = np.empty((n_final, bw), dtype="uint16")
+                for x0 in range(0, bw, _FINALIZE_COLS):  # in pieces: bounded temporaries
+                    xs = slice(x0, min(x0 + _FINALIZE_COLS, bw))
+                    frac = acc[:, :n_final, xs] / wsum[None, :n_final, xs]
+                    ok = ucols[:, xs]
+                    cmap[:, xs] = np.where(ok, codes[np.argmax(frac, axis=0)], NODATA_CODE)
+                    if fractions_dtype == "uint8":
+                        piece = quantise_fractions(frac)
+                        piece[:, ~ok] = LABEL_FILL
+                    else:
+                        piece = frac
+                        piece[:, ~ok] = np.nan
+                    enc[:, :, xs] = piece
                 pend_f.append(enc)
                 pend_c.append(cmap)
                 keep = wh - n_final
