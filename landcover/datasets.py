@@ -40,15 +40,16 @@ CUDA is present) and keeps torch to one thread per worker. Dask is never used in
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import torch
@@ -56,6 +57,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from . import schema
 from .errors import IncompleteStoreError, InputFileError
+
+if TYPE_CHECKING:
+    import zarr
 from .windows import (
     SPLITS,
     Angle,
@@ -70,17 +74,26 @@ from .windows import (
 __all__ = [
     "BandSelection",
     "BandStats",
+    "BatchedWindows",
     "CubeInfo",
+    "TargetDtype",
+    "WindowBatch",
     "WindowDataset",
     "WindowIterableDataset",
+    "collate_windows",
+    "decode_target",
     "inspect_cube",
     "cube_stats",
     "make_loader",
     "STATS_ATTR",
     "STATS_FILE",
+    "TARGET_SCALE",
 ]
 
 BandSelection = Literal["all", "reflective", "rgb"] | Sequence[str]
+TargetDtype = Literal["float32", "uint8"]
+TARGET_SCALE: float = schema.LABEL_SCALE
+"""Fraction per step of a compact (``uint8``) target: ``fraction = step * TARGET_SCALE``."""
 STATS_ATTR = "landcover:band_stats"
 STATS_FILE = "landcover-stats.json"
 _STATS_VERSION = 1
@@ -148,6 +161,16 @@ def _check_complete(path: Path) -> dict[str, Any]:
     return attrs
 
 
+def _zarray(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    """``group[name]`` as an array, or a clear error naming the store when it is a sub-group."""
+    import zarr
+
+    arr = group[name]
+    if not isinstance(arr, zarr.Array):
+        raise InputFileError(str(group.store), f"{name!r} is a group, not an array")
+    return arr
+
+
 def inspect_cube(store: str | os.PathLike[str]) -> CubeInfo:
     """Read the metadata of a complete cube (refuses incomplete or non-conforming stores).
 
@@ -167,22 +190,26 @@ def inspect_cube(store: str | os.PathLike[str]) -> CubeInfo:
         for name in schema.REQUIRED:
             if name not in names:
                 raise InputFileError(path, f"cube lacks required variable {name!r}")
-        refl = group["reflectance"]
-        labels = group["labels"]
+        refl = _zarray(group, "reflectance")
+        labels = _zarray(group, "labels")
         t, nb, h, w = refl.shape
-        x = np.asarray(group["x"][:2], dtype="float64") if "x" in names else None
-        y = np.asarray(group["y"][:2], dtype="float64") if "y" in names else None
-        gm = dict(group["spatial_ref"].attrs) if "spatial_ref" in names else {}
+        x = np.asarray(_zarray(group, "x")[:2], dtype="float64") if "x" in names else None
+        y = np.asarray(_zarray(group, "y")[:2], dtype="float64") if "y" in names else None
+        gm: dict[str, Any] = dict(_zarray(group, "spatial_ref").attrs) if "spatial_ref" in names else {}
         bands = (
-            tuple(str(b) for b in group["band"][:]) if "band" in names else tuple(f"b{i}" for i in range(nb))
+            tuple(str(b) for b in np.asarray(_zarray(group, "band")[:]).tolist())
+            if "band" in names
+            else tuple(f"b{i}" for i in range(nb))
         )
         classes = (
-            tuple(int(c) for c in group["class"][:]) if "class" in names else tuple(range(labels.shape[0]))
+            tuple(int(c) for c in np.asarray(_zarray(group, "class")[:]).tolist())
+            if "class" in names
+            else tuple(range(labels.shape[0]))
         )
         scale = {}
         for name in ("reflectance", "thermal", "labels"):
             if name in names:
-                a = group[name].attrs
+                a: dict[str, Any] = dict(_zarray(group, name).attrs)
                 scale[name] = (float(a.get("scale_factor", 1.0)), float(a.get("add_offset", 0.0)))
         chunk = tuple(int(v) for v in refl.chunks[-2:])
     crs = gm.get("crs_wkt") or gm.get("spatial_ref")
@@ -200,7 +227,7 @@ def inspect_cube(store: str | os.PathLike[str]) -> CubeInfo:
         raise InputFileError(
             path, "cannot derive the grid transform (x/y coordinates or GeoTransform missing)"
         )
-    if labels.shape[1:] != (h, w) or group["valid"].shape != (t, h, w):
+    if labels.shape[1:] != (h, w) or _zarray(group, "valid").shape != (t, h, w):
         raise InputFileError(
             path, f"cube variables disagree in shape: reflectance {refl.shape}, labels {labels.shape}"
         )
@@ -290,7 +317,8 @@ class _Array:
         sel = tuple(
             slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(coords, self.chunks, self.shape, strict=True)
         )
-        return np.asarray(self.arr[sel])
+        got: np.ndarray = np.asarray(self.arr[sel])
+        return got
 
 
 class ChunkCache:
@@ -303,7 +331,7 @@ class ChunkCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[Any, ...], load: Any) -> np.ndarray:
+    def get(self, key: tuple[Any, ...], load: Callable[[], np.ndarray]) -> np.ndarray:
         """Cached value of ``key``, computing it with ``load()`` on a miss."""
         val = self._data.get(key)
         if val is not None:
@@ -413,8 +441,8 @@ class BandStats:
 
 def _compute_stats(info: CubeInfo) -> dict[str, Any]:
     """Sums over valid pixels per band (reflectance) and for thermal, with Dask (threads, in this process)."""
-    import dask
     import xarray as xr
+    from dask.base import compute
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -427,7 +455,7 @@ def _compute_stats(info: CubeInfo) -> dict[str, Any]:
     if "thermal" in ds:
         th = ds["thermal"].astype("float64").where(valid)
         todo["thermal"] = (th.count(dims), th.sum(dims), (th**2).sum(dims))
-    (done,) = dask.compute(todo, scheduler="threads")
+    (done,) = compute(todo, scheduler="threads")
     out: dict[str, Any] = {"version": _STATS_VERSION, "fingerprint": info.fingerprint}
     for name, (cnt, s, ss) in done.items():
         out[name] = {
@@ -457,9 +485,11 @@ def cube_stats(info: CubeInfo, *, recompute: bool = False, save: bool = True) ->
     if save:
         try:
             try:
-                from .store import update_attrs
-            except ImportError:
-                update_attrs = None  # type: ignore[assignment]
+                # looked up at run time: the store module is type-checked on its own, and this
+                # keeps its typing state out of this module's check (one call, kwargs only)
+                update_attrs = importlib.import_module(f"{__package__}.store").update_attrs
+            except (ImportError, AttributeError):
+                update_attrs = None
             if update_attrs is not None:
                 update_attrs(path, **{STATS_ATTR: stats})
             else:  # pragma: no cover - depends on the store module
@@ -566,6 +596,7 @@ class _WindowSource:
         level: int = 3,
         max_windows: int | None = None,
         cache_mb: float = 512,
+        target_dtype: TargetDtype = "float32",
     ) -> None:
         if isinstance(cubes, str | os.PathLike):
             cubes = [cubes]
@@ -575,6 +606,9 @@ class _WindowSource:
             raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
         if level not in (1, 2, 3):
             raise ValueError(f"level must be 1, 2 or 3, got {level!r}")
+        if target_dtype not in ("float32", "uint8"):
+            raise ValueError(f"target_dtype must be 'float32' or 'uint8', got {target_dtype!r}")
+        self.target_dtype: TargetDtype = target_dtype
         self.spec = WindowSpec(
             size=size,  # type: ignore[arg-type]
             stride=stride,  # type: ignore[arg-type]
@@ -621,6 +655,8 @@ class _WindowSource:
                 (0,) * len(self.band_names),
             )
         self._affine = [self._channel_affine(c) for c in self.cubes]
+        self._need_refl = any(ch != "thermal" for ch in self.band_names)
+        self._transforms = np.array([c.transform for c in self.cubes], dtype="float64")
         self.windows = self._plan(max_windows)
         self._readers: dict[int, CubeReader] | None = None
         self._cache: ChunkCache | None = None
@@ -682,7 +718,7 @@ class _WindowSource:
         for ci, info in enumerate(self.cubes):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                valid = zarr.open_group(info.path, mode="r", zarr_format=3)["valid"]
+                valid = _zarray(zarr.open_group(info.path, mode="r", zarr_format=3), "valid")
             strip = int(valid.chunks[1])
             for t in range(info.times):
 
@@ -745,70 +781,176 @@ class _WindowSource:
             self._readers[cube] = r
         return r
 
-    # -- reading one window
-    def _window(self, i: int) -> dict[str, Any]:
+    # -- reading windows
+    def _read_into(self, i: int, image: np.ndarray, target: np.ndarray, mask: np.ndarray) -> None:
+        """Decode window ``i`` into preallocated slots ``(C, H, W)``, ``(K, H, W)``, ``(H, W)``."""
         w = self.windows
         ci, t, row, col = int(w.cube[i]), int(w.time[i]), int(w.row[i]), int(w.col[i])
-        angle = float(w.angle[i])
-        info = self.cubes[ci]
         reader = self._reader(ci)
         (h, wd), (py, px) = self.spec.size, self.spec.pad
         r0, c0 = row - py, col - px
         r1, c1 = row + h + py, col + wd + px
+        rotated = self.spec.angle is not None
+        img = np.empty((image.shape[0], r1 - r0, c1 - c0), dtype="float32") if rotated else image
         a, b, src = self._affine[ci]
-        need_refl = any(s is not None for s in src)
-        refl = reader.region("reflectance", (t, None), r0, r1, c0, c1) if need_refl else None
+        refl = reader.region("reflectance", (t, None), r0, r1, c0, c1) if self._need_refl else None
         therm = reader.region("thermal", (t,), r0, r1, c0, c1) if None in src else None
-        image = np.empty((len(src), r1 - r0, c1 - c0), dtype="float32")
         for k, s in enumerate(src):
-            plane = therm if s is None else refl[s]  # type: ignore[index]
-            np.multiply(plane, a[k], out=image[k], dtype="float32")
-            image[k] += b[k]
-        valid = reader.region("valid", (t,), r0, r1, c0, c1)
+            plane = therm if s is None else None if refl is None else refl[s]
+            if plane is None:  # pragma: no cover - src names only variables read above
+                raise RuntimeError(f"channel {k} of window {i} was not read")
+            np.multiply(plane, a[k], out=img[k], dtype="float32")
+            img[k] += b[k]
         raw = reader.region("labels", (None,), r0, r1, c0, c1)
-        valid = valid & (raw[0] != schema.LABEL_FILL)
+        ok = reader.region("valid", (t,), r0, r1, c0, c1) & (raw[0] != schema.LABEL_FILL)
         if self._group_starts is not None:
             raw = np.add.reduceat(raw, self._group_starts, axis=0, dtype="uint16")
         elif len(self._groups) != raw.shape[0]:
             raw = np.stack([raw[g].sum(axis=0, dtype="uint16") for g in self._groups])
-        if self.spec.angle is None:
-            mask = np.ascontiguousarray(valid)
-            if mask.all():
-                target = np.multiply(raw, np.float32(schema.LABEL_SCALE), dtype="float32")
-            else:  # zero outside the mask in the same pass (boolean indexing is far slower)
-                keep = mask.astype("float32")
-                image *= keep
-                target = np.multiply(raw, keep * np.float32(schema.LABEL_SCALE), dtype="float32")
-            transform = (
-                info.transform[0],
-                info.transform[1],
-                info.transform[2] + info.transform[0] * col + info.transform[1] * row,
-                info.transform[3],
-                info.transform[4],
-                info.transform[5] + info.transform[3] * col + info.transform[4] * row,
+        compact = self.target_dtype == "uint8"
+        if rotated:
+            rimg, rlab, rmask = sample_rotated(
+                img, raw, ok, (h, wd), (py, px), float(w.angle[i]), quantize=compact
             )
-        else:
-            image, target_opt, mask = sample_rotated(image, raw, valid, (h, wd), (py, px), angle)
-            assert target_opt is not None
-            target = target_opt
-            transform = rotated_transform(info.transform, row, col, (h, wd), angle)
-        return {
-            "image": torch.from_numpy(image),
-            "target": torch.from_numpy(target),
-            "mask": torch.from_numpy(mask),
-            "transform": torch.tensor(transform, dtype=torch.float64),
-            "crs": info.crs,
-            "position": torch.tensor([ci, t, row, col], dtype=torch.int64),
-            "angle": torch.tensor(angle, dtype=torch.float32),
-        }
+            image[...] = rimg
+            target[...] = rlab
+            mask[...] = rmask
+            return
+        mask[...] = ok
+        if ok.all():
+            if compact:
+                np.copyto(target, raw, casting="unsafe")
+            else:
+                np.multiply(raw, np.float32(schema.LABEL_SCALE), out=target, dtype="float32")
+        else:  # zero outside the mask in the same pass (boolean indexing is far slower)
+            np.multiply(image, ok, out=image)
+            if compact:
+                np.multiply(raw, ok, out=target, casting="unsafe")
+            else:
+                keep = np.multiply(ok, np.float32(schema.LABEL_SCALE), dtype="float32")
+                np.multiply(raw, keep, out=target, dtype="float32")
 
-    def _item(self, i: int) -> dict[str, Any]:
-        sample = self._window(i)
+    def _geo(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """``transform`` (n, 6) float64, ``position`` (n, 4) int64, ``angle`` (n,) float32, CRS list."""
+        w = self.windows
+        cube, time, row, col = w.cube[idx], w.time[idx], w.row[idx], w.col[idx]
+        angle = w.angle[idx].astype("float32")
+        position = np.stack([cube, time, row, col], axis=1).astype("int64")
+        if self.spec.angle is None:
+            tr = self._transforms[cube]
+            transform = tr.copy()
+            transform[:, 2] = tr[:, 2] + tr[:, 0] * col + tr[:, 1] * row
+            transform[:, 5] = tr[:, 5] + tr[:, 3] * col + tr[:, 4] * row
+        else:
+            transform = np.array(
+                [
+                    rotated_transform(self.cubes[int(c)].transform, int(r), int(q), self.spec.size, float(a))
+                    for c, r, q, a in zip(cube, row, col, w.angle[idx], strict=True)
+                ],
+                dtype="float64",
+            ).reshape(len(idx), 6)
+        return transform, position, angle, [self.cubes[int(c)].crs for c in cube]
+
+    def _batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
+        """Windows ``indices`` decoded straight into batch tensors (no per-window tensors, no stacking).
+
+        Inside a DataLoader worker the large tensors are allocated in shared memory, so
+        handing the batch to the main process copies nothing.
+        """
+        idx = np.asarray(indices, dtype="int64").reshape(-1)
+        n = len(idx)
+        h, wd = self.spec.size
+        shared = get_worker_info() is not None
+        tdtype = torch.uint8 if self.target_dtype == "uint8" else torch.float32
+        image = _empty((n, self.in_channels, h, wd), torch.float32, shared)
+        target = _empty((n, self.num_classes, h, wd), tdtype, shared)
+        mask = _empty((n, h, wd), torch.bool, shared)
+        im, tg, mk = image.numpy(), target.numpy(), mask.numpy()
+        for j in range(n):
+            self._read_into(int(idx[j]), im[j], tg[j], mk[j])
+        transform, position, angle, crs = self._geo(idx)
+        batch: dict[str, Any] = {
+            "image": image,
+            "target": target,
+            "mask": mask,
+            "transform": torch.from_numpy(transform),
+            "crs": crs,
+            "position": torch.from_numpy(position),
+            "angle": torch.from_numpy(angle),
+        }
         if self.augment:
             from .transforms import random_dihedral
 
-            sample = random_dihedral(sample)
-        return sample
+            for j in range(n):
+                one = {k: batch[k][j] for k in ("image", "target", "mask", "transform")}
+                moved = random_dihedral(one)
+                for k in ("image", "target", "mask"):
+                    batch[k][j].copy_(moved[k])
+                batch["transform"][j] = moved["transform"]
+        return batch
+
+    def _item(self, i: int) -> dict[str, Any]:
+        batch = self._batch([i])
+        return {k: v[0] for k, v in batch.items()}
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor, in shared memory when ``shared`` (as DataLoader's collate does)."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(nbytes)  # type: ignore[attr-defined]
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
+class WindowBatch(list[dict[str, Any]]):
+    """Windows read as one batch: a list of per-window dicts (views) plus the batch itself.
+
+    Returned by ``WindowDataset.__getitems__`` (which ``DataLoader`` calls with a whole
+    batch of indices). :func:`collate_windows` returns :attr:`batch` as it is, without
+    copying; any other ``collate_fn`` (e.g. ``default_collate``) sees an ordinary list
+    of samples and still works.
+    """
+
+    def __init__(self, batch: dict[str, Any]) -> None:
+        n = int(batch["image"].shape[0])
+        super().__init__({k: v[j] for k, v in batch.items()} for j in range(n))
+        self.batch = batch
+
+
+def collate_windows(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``collate_fn`` for window datasets: a :class:`WindowBatch` as is, else ``default_collate``."""
+    if isinstance(samples, WindowBatch):
+        return samples.batch
+    from torch.utils.data import default_collate
+
+    out: dict[str, Any] = default_collate(list(samples))
+    return out
+
+
+def _passthrough(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
+
+
+@overload
+def decode_target(target: torch.Tensor) -> torch.Tensor: ...
+@overload
+def decode_target(target: Mapping[str, Any]) -> dict[str, Any]: ...
+def decode_target(target: torch.Tensor | Mapping[str, Any]) -> torch.Tensor | dict[str, Any]:
+    """Class fractions as float32 from a target (or a batch dict holding one) of either dtype.
+
+    A compact ``uint8`` target (``target_dtype="uint8"``) holds steps of 1/250 and is
+    decoded as ``target.float() * (1 / 250)`` (exactly what the float32 path computes;
+    0 outside the mask); a float target is returned as float32. Decode after moving the
+    batch to its device, so that only the compact bytes travel.
+    """
+    if isinstance(target, Mapping):
+        out = dict(target)
+        out["target"] = decode_target(target["target"])
+        return out
+    if target.dtype == torch.uint8:
+        return target.float().mul_(TARGET_SCALE)
+    return target.float()
 
 
 class WindowDataset(_WindowSource, Dataset[dict[str, Any]]):
@@ -847,7 +989,8 @@ class WindowDataset(_WindowSource, Dataset[dict[str, Any]]):
     shuffle
         Shuffle the window table once (seeded); otherwise row-major per (cube, time).
     augment
-        Random 90-degree rotations and flips (:func:`landcover.transforms.random_dihedral`).
+        Random 90-degree rotations and flips (:func:`landcover.transforms.random_dihedral`;
+        non-square windows only get the shape-keeping half of them, so batches stack).
     normalize
         Normalise with per-band mean/std (:attr:`stats`); otherwise decoded physical
         values (reflectance, Kelvin). Pixels where ``mask`` is False are 0 in both cases.
@@ -857,27 +1000,51 @@ class WindowDataset(_WindowSource, Dataset[dict[str, Any]]):
         Keep at most this many windows (after shuffling).
     cache_mb
         Per-process bound of the decoded-chunk cache.
+    target_dtype
+        ``"float32"``: fractions (default, for code that reads items directly);
+        ``"uint8"``: the stored steps of 1/250 (a quarter of the bytes to build, collate
+        and pass between processes), decoded with :func:`decode_target`, i.e.
+        ``target.float() * (1 / 250)`` (0 outside the mask, as in the float32 path;
+        the stored NODATA 255 never appears: such pixels have ``mask`` False).
+        Rotated windows are resampled in float and re-quantised with the cube's
+        largest-remainder encoder, so each valid pixel's steps sum to exactly 250.
+        :func:`landcover.train.fit` decodes either transparently.
 
     Items
     -----
-    ``image`` float32 (C, H, W); ``target`` float32 (K, H, W) class fractions (sum 1 where
-    ``mask``, 0 elsewhere); ``mask`` bool (H, W); ``transform`` float64 (6,) GDAL/rasterio
+    ``image`` float32 (C, H, W); ``target`` (K, H, W) class fractions as float32 (sum 1
+    where ``mask``, 0 elsewhere) or uint8 steps (sum 250 where ``mask``), see
+    ``target_dtype``; ``mask`` bool (H, W); ``transform`` float64 (6,) GDAL/rasterio
     affine ``(a, b, c, d, e, f)`` of the returned pixels (rotation included); ``crs`` str
     (WKT); ``position`` int64 (4,) = (cube, time, row, col) of the axis-aligned box in its
     cube; ``angle`` float32 degrees (0 for aligned windows).
+
+    Batches
+    -------
+    ``DataLoader`` fetches a whole batch with :meth:`__getitems__`, which decodes every
+    window straight into the batch tensors (in shared memory inside workers);
+    :func:`collate_windows` (the ``collate_fn`` that :func:`make_loader` sets) hands
+    that batch on without the copy ``default_collate`` would make.
     """
 
     def __len__(self) -> int:
         return len(self.windows)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _index(self, index: int) -> int:
         n = len(self.windows)
         i = int(index)
         if i < 0:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"window index {index} out of range for {n} windows")
-        return self._item(i)
+        return i
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._item(self._index(index))
+
+    def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
+        """Windows ``indices`` as one batch (see :class:`WindowBatch`)."""
+        return WindowBatch(self._batch([self._index(i) for i in indices]))
 
 
 class WindowIterableDataset(_WindowSource, IterableDataset[dict[str, Any]]):
@@ -926,12 +1093,66 @@ class WindowIterableDataset(_WindowSource, IterableDataset[dict[str, Any]]):
         for i in order:
             yield self._item(int(i))
 
+    def batched(self, batch_size: int, *, drop_last: bool = False) -> BatchedWindows:
+        """Iterate over whole batches instead of windows (see :class:`BatchedWindows`)."""
+        return BatchedWindows(self, batch_size, drop_last=drop_last)
+
+
+class BatchedWindows(IterableDataset[dict[str, Any]]):
+    """Batches of a :class:`WindowIterableDataset`, each decoded straight into batch tensors.
+
+    The visiting order (:meth:`WindowIterableDataset.order`) is cut into batches of
+    ``batch_size`` consecutive windows, and the batches into contiguous runs, one per
+    DataLoader worker, so that only the very last batch can be short. Use it with
+    ``DataLoader(batch_size=None)`` (as :func:`make_loader` does). Other attributes
+    (``windows``, ``num_classes``, ...) are those of the wrapped dataset.
+    """
+
+    def __init__(self, dataset: WindowIterableDataset, batch_size: int, *, drop_last: bool = False) -> None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.drop_last = bool(drop_last)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or "dataset" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["dataset"], name)
+
+    def __len__(self) -> int:
+        n, b = len(self.dataset), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch number that seeds the next iteration's order."""
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        ds = self.dataset
+        order = ds.order(ds._epoch)
+        ds._epoch += 1
+        nb, b = len(self), self.batch_size
+        lo, hi = 0, nb
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1:
+            bounds = np.linspace(0, nb, info.num_workers + 1).round().astype(int)
+            lo, hi = int(bounds[info.id]), int(bounds[info.id + 1])
+        for k in range(lo, hi):
+            yield ds._batch(order[k * b : (k + 1) * b])
+
 
 # -- loader --------------------------------------------------------------------------------------------------
 
 
 def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
+    info = get_worker_info()
+    if info is not None:  # share the cores among workers: blosc decodes with threads too
+        import numcodecs.blosc
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        numcodecs.blosc.set_nthreads(max(1, cores // max(1, info.num_workers)))
 
 
 def make_loader(
@@ -946,6 +1167,7 @@ def make_loader(
     prefetch_factor: int | None = None,
     drop_last: bool = False,
     generator: torch.Generator | None = None,
+    collate_fn: Callable[[Any], Any] | None = None,
 ) -> DataLoader[Any]:
     """A ``DataLoader`` over a window dataset with safe multiprocessing defaults.
 
@@ -968,11 +1190,30 @@ def make_loader(
         Default: True when ``num_workers > 0`` (stores and chunk caches stay open).
     prefetch_factor, drop_last, generator
         As in ``DataLoader``.
+    collate_fn
+        Override the ``collate_fn`` chosen below (default: :func:`collate_windows` for a
+        :class:`WindowDataset`, torch's default otherwise).
+
+    Window datasets are read a batch at a time, decoded straight into the batch tensors
+    (in shared memory inside workers), so nothing is stacked or copied afterwards: a
+    :class:`WindowDataset` through ``__getitems__`` and :func:`collate_windows`, a
+    :class:`WindowIterableDataset` through :class:`BatchedWindows` (the loader's
+    ``batch_size`` is then None and its ``dataset`` the wrapper). Batches are the same
+    dicts as with ``default_collate``.
     """
     iterable = isinstance(dataset, IterableDataset)
     if iterable and shuffle:
         raise ValueError("shuffle an iterable window dataset with its own shuffle=True, not the loader")
     kwargs: dict[str, Any] = {}
+    loader_batch: int | None = batch_size
+    if isinstance(dataset, WindowIterableDataset):
+        dataset = dataset.batched(batch_size, drop_last=drop_last)
+        loader_batch, drop_last = None, False
+        kwargs["collate_fn"] = _passthrough
+    elif isinstance(dataset, WindowDataset):
+        kwargs["collate_fn"] = collate_windows
+    if collate_fn is not None:
+        kwargs["collate_fn"] = collate_fn
     if num_workers > 0:
         import multiprocessing
 
@@ -989,7 +1230,7 @@ def make_loader(
             kwargs["prefetch_factor"] = prefetch_factor
     return DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=loader_batch,
         shuffle=bool(shuffle) and not iterable,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,

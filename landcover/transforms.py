@@ -74,9 +74,17 @@ def dihedral(sample: Sample, k: int, flip: bool) -> Sample:
 
 
 def random_dihedral(sample: Sample, *, generator: torch.Generator | None = None) -> Sample:
-    """One of the 8 dihedral transforms, uniformly at random (torch RNG, worker-seeded)."""
-    r = int(torch.randint(0, 8, (1,), generator=generator).item())
-    return dihedral(sample, r % 4, bool(r // 4))
+    """One of the 8 dihedral transforms, uniformly at random (torch RNG, worker-seeded).
+
+    Non-square samples (``H != W``) draw from the 4 transforms that keep the shape
+    (identity, half turn, and the two mirrorings), so that samples still stack into batches.
+    """
+    h, w = sample["mask"].shape[-2:]
+    if h == w:
+        r = int(torch.randint(0, 8, (1,), generator=generator).item())
+        return dihedral(sample, r % 4, bool(r // 4))
+    r = int(torch.randint(0, 4, (1,), generator=generator).item())
+    return dihedral(sample, 2 * (r % 2), bool(r // 2))
 
 
 class Compose:

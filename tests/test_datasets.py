@@ -13,8 +13,10 @@ import zarr
 from landcover import schema
 from landcover.datasets import (
     STATS_ATTR,
+    WindowBatch,
     WindowDataset,
     WindowIterableDataset,
+    decode_target,
     inspect_cube,
     make_loader,
 )
@@ -309,10 +311,20 @@ def test_loader_workers_after_dask_compute_in_parent(cube: Path) -> None:
     first = next(iter(loader))
     np.testing.assert_array_equal(first["image"][0].numpy(), ref["image"].numpy())
 
-    it = WindowIterableDataset(cube, size=16, stride=16, min_valid=0.2, normalize=False)
+    # batches decoded in the workers straight into shared memory, compact targets
+    it = WindowIterableDataset(cube, size=16, stride=16, min_valid=0.2, normalize=False, target_dtype="uint8")
     loader2 = make_loader(it, batch_size=4, num_workers=2, pin_memory=False)
-    got = [tuple(p) for b in loader2 for p in b["position"].tolist()]
-    assert sorted(got) == sorted(map(tuple, it.windows.positions().tolist()))
+    ref_ds = WindowDataset(cube, size=16, stride=16, min_valid=0.2, normalize=False)
+    lookup = {tuple(p): i for i, p in enumerate(ref_ds.windows.positions().tolist())}
+    got = []
+    for b in loader2:
+        assert b["target"].dtype == torch.uint8
+        for j, p in enumerate(map(tuple, b["position"].tolist())):
+            got.append(p)
+            ref = ref_ds[lookup[p]]
+            assert torch.equal(b["image"][j], ref["image"]) and torch.equal(b["mask"][j], ref["mask"])
+            torch.testing.assert_close(decode_target(b["target"][j]), ref["target"], rtol=0, atol=1e-7)
+    assert sorted(got) == sorted(lookup)
 
 
 def test_augment_is_a_dihedral_of_the_plain_window(cube: Path) -> None:
@@ -334,3 +346,116 @@ def test_augment_is_a_dihedral_of_the_plain_window(cube: Path) -> None:
         corners = {Affine(*a["transform"].tolist()) @ xy for xy in [(0, 0), (16, 0), (0, 16), (16, 16)]}
         ref = {Affine(*p["transform"].tolist()) @ xy for xy in [(0, 0), (16, 0), (0, 16), (16, 16)]}
         assert {tuple(np.round(c, 6)) for c in corners} == {tuple(np.round(c, 6)) for c in ref}
+
+
+# -- compact (uint8) targets and batch reads ----------------------------------------------------------
+
+
+def test_uint8_target_decodes_to_the_float32_path(cube: Path) -> None:
+    kw = dict(size=(24, 20), stride=(17, 23), offset=(5, 3), thermal=True, min_valid=0.3)
+    f32 = WindowDataset(cube, **kw)
+    u8 = WindowDataset(cube, target_dtype="uint8", **kw)
+    assert len(u8) == len(f32) > 10
+    partial = 0
+    for i in range(len(u8)):
+        a, b = u8[i], f32[i]
+        assert a["target"].dtype == torch.uint8 and a["target"].shape == b["target"].shape
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["image"], b["image"])
+        torch.testing.assert_close(decode_target(a["target"]), b["target"], rtol=0, atol=1e-7)
+        m = a["mask"].numpy()
+        steps = a["target"].numpy().astype("int64")
+        assert (steps.sum(axis=0)[m] == 250).all() and (steps[:, ~m] == 0).all()
+        partial += int(not m.all())
+        # against the store itself: the stored steps, zeroed outside the mask
+        ci, t, r, c = a["position"].tolist()
+        raw = _group(cube)["labels"][:, r : r + 24, c : c + 20]
+        assert np.array_equal(steps, np.where(m, raw, 0))
+    assert partial > 0  # windows with invalid pixels were exercised too
+    decoded = decode_target({"target": u8[0]["target"], "mask": u8[0]["mask"]})
+    assert decoded["target"].dtype == torch.float32 and decoded["mask"] is not None
+    with pytest.raises(ValueError, match="target_dtype"):
+        WindowDataset(cube, size=16, target_dtype="float16")  # type: ignore[arg-type]
+
+
+def test_uint8_level_aggregation_and_rotation(cube: Path) -> None:
+    l1 = WindowDataset(cube, size=24, normalize=False, level=1, target_dtype="uint8")
+    l1f = WindowDataset(cube, size=24, normalize=False, level=1)
+    for i in (0, 3, len(l1) - 1):
+        a, b = l1[i], l1f[i]
+        torch.testing.assert_close(decode_target(a["target"]), b["target"], rtol=0, atol=1e-6)
+    kw = dict(size=(20, 14), sampling="random", count=12, angle="random", min_valid=0.5, seed=3)
+    rot = WindowDataset(cube, target_dtype="uint8", **kw)
+    rotf = WindowDataset(cube, **kw)
+    assert len(rot) > 0
+    for i in range(len(rot)):
+        a, b = rot[i], rotf[i]
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["image"], b["image"])
+        m = a["mask"].numpy()
+        steps = a["target"].numpy().astype("int64")
+        assert (steps.sum(axis=0)[m] == 250).all() and (steps[:, ~m] == 0).all()
+        err = (decode_target(a["target"]) - b["target"]).abs().max().item()
+        assert err <= 1 / 250 + 1e-6
+
+
+def test_loader_batches_equal_stacked_items(cube: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    ds = WindowDataset(
+        cube, size=16, stride=12, offset=(3, 5), min_valid=0.3, target_dtype="uint8", thermal=True
+    )
+    items = [ds[i] for i in range(len(ds))]
+    loader = make_loader(ds, batch_size=5, num_workers=0, pin_memory=False)
+    plain = DataLoader(ds, batch_size=5)  # torch's default collate sees an ordinary list of samples
+    got = list(loader)
+    assert sum(len(b["crs"]) for b in got) == len(ds)
+    for k, (batch, ref) in enumerate(zip(got, plain, strict=True)):
+        want = items[5 * k : 5 * k + 5]
+        for key in ("image", "target", "mask", "transform", "position", "angle"):
+            stacked = torch.stack([w[key] for w in want])
+            assert batch[key].dtype == stacked.dtype and torch.equal(batch[key], stacked), key
+            assert torch.equal(ref[key], stacked), key
+        assert batch["crs"] == [w["crs"] for w in want] == ref["crs"]
+    one = ds.__getitems__([2, -1])
+    assert isinstance(one, WindowBatch) and len(one) == 2
+    assert torch.equal(one[1]["image"], items[-1]["image"])
+
+    it = WindowIterableDataset(
+        cube, size=16, stride=12, offset=(3, 5), min_valid=0.3, target_dtype="uint8", thermal=True
+    )
+    batches = list(make_loader(it, batch_size=4, num_workers=0, pin_memory=False))
+    assert [len(b["crs"]) for b in batches[:-1]] == [4] * (len(batches) - 1) and 0 < len(batches[-1]["crs"])
+    by_pos = {tuple(w["position"].tolist()): w for w in items}
+    seen = []
+    for b in batches:
+        for j, pos in enumerate(map(tuple, b["position"].tolist())):
+            seen.append(pos)
+            assert torch.equal(b["image"][j], by_pos[pos]["image"])
+            assert torch.equal(b["target"][j], by_pos[pos]["target"])
+    assert sorted(seen) == sorted(by_pos)
+    assert len(make_loader(it, batch_size=4, pin_memory=False)) == len(batches)
+
+
+def test_augmented_non_square_windows_still_batch(cube: Path) -> None:
+    ds = WindowDataset(cube, size=(16, 10), stride=16, min_valid=0.5, augment=True)
+    torch.manual_seed(1)
+    batch = next(iter(make_loader(ds, batch_size=6, pin_memory=False)))
+    assert batch["image"].shape[-2:] == (16, 10) and batch["target"].shape[-2:] == (16, 10)
+    plain = WindowDataset(cube, size=(16, 10), stride=16, min_valid=0.5)
+    for j in range(6):
+        p = plain[j]["image"]
+        variants = [p, p.flip(-1), p.flip(-2), p.flip(-1).flip(-2)]
+        assert any(torch.equal(batch["image"][j], v) for v in variants)
+
+
+def test_training_decodes_compact_targets_transparently(cube: Path) -> None:
+    from landcover.train import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(6, 44, kernel_size=1)
+    res = {}
+    for dtype in ("float32", "uint8"):
+        ds = WindowDataset(cube, size=16, stride=16, min_valid=0.3, target_dtype=dtype)  # type: ignore[arg-type]
+        loader = make_loader(ds, batch_size=8, pin_memory=False)
+        res[dtype] = evaluate(model, loader, class_codes=ds.class_codes, device="cpu", amp="off")
+    assert res["uint8"].loss == pytest.approx(res["float32"].loss, rel=1e-6)
+    assert res["uint8"].summary() == pytest.approx(res["float32"].summary(), rel=1e-6)

@@ -73,3 +73,18 @@ def test_normalize_and_compose() -> None:
     s = _sample(4, 4)
     both = Compose([lambda d: dihedral(d, 1, False), lambda d: dihedral(d, 3, False)])(s)
     assert torch.equal(both["image"], s["image"]) and torch.allclose(both["transform"], s["transform"])
+
+
+def test_random_dihedral_keeps_the_shape_of_non_square_samples() -> None:
+    s = _sample(4, 7)
+    seen = set()
+    for i in range(40):
+        out = random_dihedral(s, generator=torch.Generator().manual_seed(i))
+        assert out["image"].shape == s["image"].shape and out["mask"].shape == (4, 7)
+        seen.add(tuple(out["transform"].tolist()))
+        # every moved pixel still carries its own centre coordinates
+        t = Affine(*out["transform"].tolist())
+        for r, c in [(0, 0), (3, 6), (2, 1)]:
+            xy = t @ (c + 0.5, r + 0.5)
+            np.testing.assert_allclose(out["image"][:, r, c].numpy(), xy, atol=1e-6)
+    assert len(seen) == 4

@@ -15,6 +15,7 @@ from landcover.windows import (
     grid_count,
     grid_positions,
     plan_windows,
+    quantize_fractions,
     random_positions,
     rotated_transform,
     rotation_coords,
@@ -254,6 +255,40 @@ def test_rotated_labels_sum_to_one_where_valid(angle, seed, h, w) -> None:
     assert (t >= 0).all() and (t[:, ~m] == 0).all()
     # the image is a convex combination of valid source values
     assert out.max() <= img.max() + 1e-5 and out.min() >= img.min() - 1e-5
+
+
+@settings(max_examples=40, deadline=None)
+@given(angle=st.floats(0, 360), seed=st.integers(0, 100), h=st.integers(3, 20), w=st.integers(3, 20))
+def test_rotated_quantized_labels_sum_to_250_where_valid(angle, seed, h, w) -> None:
+    spec = WindowSpec(size=(h, w), angle=angle)
+    img, lab, valid = _footprint(seed, *spec.footprint)
+    _, t, m = sample_rotated(img, lab, valid, spec.size, spec.pad, angle)
+    out, q, mq = sample_rotated(img, lab, valid, spec.size, spec.pad, angle, quantize=True)
+    assert q is not None and t is not None and q.dtype == np.uint8 and q.shape == (5, h, w)
+    assert np.array_equal(m, mq)
+    sums = q.sum(axis=0, dtype="int64")
+    assert (sums[m] == 250).all() and (q[:, ~m] == 0).all()
+    # largest-remainder rounding: within one step of the float fractions
+    assert np.abs(q / 250.0 - t).max() <= 1 / 250 + 1e-6
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 12), pure=st.floats(0, 1))
+def test_quantize_fractions_is_the_cube_encoding(seed, k, pure) -> None:
+    from landcover import schema
+
+    rng = np.random.default_rng(seed)
+    frac = rng.dirichlet(np.full(k, 0.3), size=(9, 11)).transpose(2, 0, 1).astype("float32")
+    pure_px = rng.random((9, 11)) < pure
+    frac[:, pure_px] = 0
+    frac[rng.integers(0, k, size=int(pure_px.sum())), *np.nonzero(pure_px)] = 1
+    frac[:, 0, 0] = 0  # an empty pixel stays empty
+    q = quantize_fractions(frac)
+    assert q.dtype == np.uint8 and q.shape == frac.shape
+    assert (q.sum(axis=0, dtype="int64")[frac.sum(axis=0) > 0] == 250).all() and (q[:, 0, 0] == 0).all()
+    ref = schema.encode_fractions(frac)
+    valid = frac.sum(axis=0) > 0
+    assert np.array_equal(q[:, valid], ref[:, valid])
 
 
 def test_rotated_transform_matches_sampling_coordinates() -> None:
