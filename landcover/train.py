@@ -539,9 +539,11 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None
 def _to(
     batch: Any, device: torch.device, non_blocking: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    from .datasets import decode_target  # uint8 targets (steps of 1/250) travel compact, decoded here
+
     image, target, mask = _unpack(batch)
     image = image.to(device, non_blocking=non_blocking).float()
-    target = target.to(device, non_blocking=non_blocking).float()
+    target = decode_target(target.to(device, non_blocking=non_blocking))
     if mask is not None:
         mask = mask.to(device, non_blocking=non_blocking).bool()
     return image, target, mask
