@@ -27,10 +27,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import schema
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = [
     "CLC_CODES",
@@ -128,6 +132,16 @@ def _clouds(r0: int, r1: int, c0: int, c1: int, seeds: np.ndarray, cover: float)
 
     thr = NormalDist(0.0, 0.5 / np.sqrt(len(seeds))).inv_cdf(1.0 - min(cover, 0.999))
     return np.asarray(field > thr)
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    """``group[name]`` as an array (a clear error if it is a sub-group)."""
+    import zarr
+
+    arr = group[name]
+    if not isinstance(arr, zarr.Array):
+        raise TypeError(f"{name!r} in {group.store} is a group, not an array")
+    return arr
 
 
 def make_cube(
@@ -308,6 +322,7 @@ def make_cube(
     ds.to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True, encoding=encoding)
 
     group = zarr.open_group(tmp, mode="r+", zarr_format=3)
+    arrays = {name: _array(group, name) for name in group.array_keys()}
     class_names = {c: f"CLC {c}" for c in classes}
     group.attrs["class_names"] = [class_names[c] for c in classes]
     group.attrs["class_colors"] = [[int(v) for v in rng.integers(0, 256, 3)] for _ in classes]
@@ -322,30 +337,31 @@ def make_cube(
             label_nodata = fill | holes
             frac_nan = frac.copy()
             frac_nan[:, label_nodata] = np.nan
-            group["labels"][:, r0:r1, c0:c1] = schema.encode_fractions(frac_nan)
+            arrays["labels"][:, r0:r1, c0:c1] = schema.encode_fractions(frac_nan)
             cov = np.where(label_nodata, 0, schema.LABEL_STEPS).astype("uint8")
             cov[fill] = schema.LABEL_FILL
-            group["coverage"][r0:r1, c0:c1] = cov
+            arrays["coverage"][r0:r1, c0:c1] = cov
             mix = np.tensordot(frac, spectra, axes=(0, 0)).transpose(2, 0, 1)  # (nb, h, w)
             tmix = np.tensordot(frac, temps, axes=(0, 0))
             for ti in range(times):
                 trng = np.random.default_rng([seed, ti, r0, c0])
                 cl = _clouds(r0, r1, c0, c1, cloud_seeds[ti], cloud)
-                refl = mix * np.float32(1.0 + 0.05 * ti) + trng.normal(0, 0.01, mix.shape).astype("float32")
+                noise = np.asarray(trng.normal(0, 0.01, mix.shape), dtype="float32")
+                refl = mix * np.float32(1.0 + 0.05 * ti) + noise
                 refl[:, cl] = 0.6 + 0.05 * trng.random((nb, int(cl.sum())), dtype="float32")
                 dn = np.clip(np.round((refl - REFLECTANCE_OFFSET) / REFLECTANCE_SCALE), 1, 65455)
                 dn = dn.astype("uint16")
                 dn[:, fill] = 0
-                group["reflectance"][ti, :, r0:r1, c0:c1] = dn
+                arrays["reflectance"][ti, :, r0:r1, c0:c1] = dn
                 if thermal:
                     kel = tmix + trng.normal(0, 0.5, tmix.shape) - 15.0 * cl
                     tdn = np.clip(np.round((kel - THERMAL_OFFSET) / THERMAL_SCALE), 1, 65455).astype("uint16")
                     tdn[fill] = 0
-                    group["thermal"][ti, r0:r1, c0:c1] = tdn
+                    arrays["thermal"][ti, r0:r1, c0:c1] = tdn
                 qa = np.where(cl, (1 << 3) | (3 << 8), (1 << 6) | (1 << 8)).astype("uint16")
                 qa[fill] = 1
-                group["qa_pixel"][ti, r0:r1, c0:c1] = qa
-                group["valid"][ti, r0:r1, c0:c1] = ~(fill | cl | holes)
+                arrays["qa_pixel"][ti, r0:r1, c0:c1] = qa
+                arrays["valid"][ti, r0:r1, c0:c1] = ~(fill | cl | holes)
     zarr.consolidate_metadata(tmp)
     tmp.rename(path)
     if complete:
