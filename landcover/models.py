@@ -94,8 +94,8 @@ MODEL_NAMES: Final[tuple[str, ...]] = get_args(ModelName)
 IMAGENET_NAMES: Final = frozenset({"rgb-imagenet", "native-imagenet-init"})
 RGB_NAMES: Final = frozenset({"rgb-imagenet", "rgb-scratch"})
 
-TM_BANDS: Final[tuple[str, ...]] = ("blue", "green", "red", "nir08", "swir16", "swir22", "lwir")
-"""Landsat 5 TM band names in cube order (``lwir`` = thermal band 6)."""
+TM_BANDS: Final[tuple[str, ...]] = ("blue", "green", "red", "nir", "swir1", "swir2", "thermal")
+"""Landsat 5 TM band names in cube order, as in :mod:`landcover.landsat` (``thermal`` = band 6)."""
 
 IMAGENET_MEAN: Final[tuple[float, float, float]] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final[tuple[float, float, float]] = (0.229, 0.224, 0.225)

@@ -341,16 +341,6 @@ def _open_cube_dataset(cube: Any) -> xr.Dataset:
     return ds
 
 
-_BAND_ALIASES: dict[str, str] = {
-    # STAC / Earth Search names (landcover.models.TM_BANDS) -> cube band names (landcover.landsat)
-    "nir08": "nir",
-    "swir16": "swir1",
-    "swir22": "swir2",
-    "lwir": "thermal",
-    "lwir11": "thermal",
-}
-
-
 def _cube_source(ds: xr.Dataset, bands: Sequence[str], time: int | str | np.datetime64) -> _Source:
     import rioxarray  # noqa: F401
 
@@ -372,10 +362,9 @@ def _cube_source(ds: xr.Dataset, bands: Sequence[str], time: int | str | np.date
     cube_bands = [str(b) for b in ds["band"].values]
     parts: list[tuple[str, Any]] = []
     for b in bands:
-        alias = _BAND_ALIASES.get(b, b)
-        if b in cube_bands or alias in cube_bands:
-            parts.append(("reflectance", cube_bands.index(b if b in cube_bands else alias)))
-        elif alias == "thermal" and "thermal" in ds.variables:
+        if b in cube_bands:
+            parts.append(("reflectance", cube_bands.index(b)))
+        elif b == "thermal" and "thermal" in ds.variables:
             parts.append(("thermal", None))
         else:
             raise ConfigError(f"model band {b!r} not in cube bands {cube_bands}")
@@ -842,7 +831,7 @@ def predict_scene(
     if not path.exists():
         raise InputFileError(path, "scene not found")
     bundle = _as_bundle(model_or_checkpoint, None, bands=bands, mean=mean, std=std, class_codes=class_codes)
-    wants_thermal = any(_BAND_ALIASES.get(b, b) == "thermal" for b in bundle.bands)
+    wants_thermal = "thermal" in bundle.bands
     ds = open_scene(
         path,
         thermal=wants_thermal,

@@ -618,16 +618,12 @@ class TransferResult:
 
 def _cube_bands(cube: str, wanted: Sequence[str]) -> list[str]:
     from .datasets import inspect_cube
-    from .predict import _BAND_ALIASES
 
     have = list(inspect_cube(cube).bands)
-    out = []
     for b in wanted:
-        name = b if b in have or b == "thermal" else _BAND_ALIASES.get(b, b)
-        if name not in have and name != "thermal":
+        if b not in have and b != "thermal":
             raise ConfigError(f"backbone band {b!r} is not in cube {cube} (bands {have})")
-        out.append(name)
-    return out
+    return list(wanted)
 
 
 def _datasets(cfg: TransferConfig, bands: list[str]) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def test_native_imagenet_init_places_rgb_filters_by_band_name(
     w = model.encoder.conv1.weight.detach()
     rgb = state["conv1.weight"]  # torchvision order: red, green, blue
     scale = 3 / 6
-    assert model.spec.bands == ("blue", "green", "red", "nir08", "swir16", "swir22")
+    assert model.spec.bands == ("blue", "green", "red", "nir", "swir1", "swir2")
     assert torch.allclose(w[:, 0], rgb[:, 2] * scale)  # blue
     assert torch.allclose(w[:, 1], rgb[:, 1] * scale)  # green
     assert torch.allclose(w[:, 2], rgb[:, 0] * scale)  # red
@@ -178,7 +178,7 @@ def test_checkpoint_roundtrip_rebuilds_the_model(tmp_path: Path) -> None:
     assert raw["metrics"] == {"miou": 0.5}
     again = model_from_checkpoint(path)
     assert again.spec == model.spec
-    assert again.spec.bands[-1] == "lwir" and again.spec.class_codes == (211, 311, 512)
+    assert again.spec.bands[-1] == "thermal" and again.spec.class_codes == (211, 311, 512)
     x = torch.randn(1, 7, 40, 40)
     model.eval()
     with torch.no_grad():
