@@ -639,30 +639,38 @@ def sample_rotated(
     vflat = valid.reshape(-1)
     wv = [wk * vflat[ik] for wk, ik in zip(wts, idx, strict=True)]
     wsum = wv[0] + wv[1] + wv[2] + wv[3]
-    ni = np.where(fy >= 0.5, idx[2] // fw, idx[0] // fw)
-    nj = np.where(fx >= 0.5, idx[1] % fw, idx[0] % fw)
+    ni = np.where(fy >= 0.5, i1.ravel(), i0.ravel())
+    nj = np.where(fx >= 0.5, j1.ravel(), j0.ravel())
     mask = vflat[ni * fw + nj] & (wsum > 0)
     inv = np.zeros_like(wsum)
     np.divide(1.0, wsum, out=inv, where=mask)
     wn = [wk * inv for wk in wv]
 
-    def interp(arr: np.ndarray) -> np.ndarray:
-        flat = arr.reshape(arr.shape[0], -1)
-        out: np.ndarray = np.take(flat, idx[0], axis=1) * wn[0]
+    def interp(flat: np.ndarray) -> np.ndarray:
+        """Bilinear samples (float32, (n, H*W)) of the rows of ``flat`` ((n, fh*fw), any dtype)."""
+        out = np.empty((flat.shape[0], len(wsum)), dtype="float32")
+        tmp = np.empty_like(out)
+        np.multiply(np.take(flat, idx[0], axis=1), wn[0], out=out)
         for k in range(1, 4):
-            out += np.take(flat, idx[k], axis=1) * wn[k]
+            np.multiply(np.take(flat, idx[k], axis=1), wn[k], out=tmp)
+            out += tmp
         return out
 
-    img = interp(np.asarray(image, dtype="float32")).reshape(image.shape[0], h, w)
+    img = interp(np.asarray(image, dtype="float32").reshape(image.shape[0], -1)).reshape(image.shape[0], h, w)
     lab_out: np.ndarray | None = None
     if labels is not None:
         k = labels.shape[0]
         lab_out = np.zeros((k, h * w), dtype="uint8" if quantize else "float32")
         lflat = labels.reshape(k, -1)
-        present = np.flatnonzero(np.where(vflat[None, :], lflat, 0).any(axis=1))
+        top = lflat.max(axis=1) if labels.dtype == np.uint8 else None
+        if top is not None and int(top.max(initial=0)) < 255:
+            # no label NODATA (255) in the footprint: a class absent from every pixel is 0
+            # everywhere; one present only at invalid pixels gets zero weight below
+            present = np.flatnonzero(top)
+        else:
+            present = np.flatnonzero(np.where(vflat[None, :], lflat, 0).any(axis=1))
         if len(present):
-            sub = lflat[present].astype("float32")
-            vals = interp(sub)
+            vals = interp(lflat[present])
             tot = vals.sum(axis=0)
             np.divide(vals, tot, out=vals, where=tot > 0)
             if quantize:  # only the classes present in the footprint: the others stay 0
