@@ -25,6 +25,12 @@ hold every RNG state as tensors/primitives, so a run resumed from ``last.pt`` co
 exactly as the uninterrupted run would have (on the same device, with the same data
 order and deterministic kernels).
 
+Parameter groups: ``fit(..., param_groups=[{"params": [...], "lr_scale": 0.1, "name": "encoder"},
+...])`` trains each group at its own peak LR (``config.lr * lr_scale``, or an absolute ``lr``)
+under one one-cycle schedule; parameters in no group must have ``requires_grad=False``.
+``frozen_modules`` stay in eval mode while training (BatchNorm statistics fixed). Checkpoints
+record the group layout and a resume with another layout is refused.
+
 Data-wait share: for every step the time spent waiting for the next batch (from the end
 of the previous step until the batch arrives) and the compute time (transfer, forward,
 backward, optimiser step, synchronised by reading the loss) are measured;
@@ -125,7 +131,12 @@ class TrainConfig:
         lr, time, data-wait share). None: no sample rows.
     val_every_samples
         Also validate every this many samples (the row gets ``val_*`` columns); the
-        learning-speed curves use these. None: validate per epoch only.
+        learning-speed curves use these. None: validate per epoch only. An epoch row that
+        falls on the same step as a validated sample row reuses its ``val_*`` values.
+    val_at_start
+        Validate once before the first step and add that row (``samples_seen`` 0) to
+        ``History.samples``: the starting point of learning curves. Ignored without a
+        ``val_loader`` and when resuming.
     monitor, monitor_mode
         Validation column driving early stopping and ``best.pt`` (e.g. ``"val_loss"``,
         ``"val_miou_l3"``); mode ``"auto"`` is "min" for loss/mae/tv, else "max".
@@ -170,6 +181,7 @@ class TrainConfig:
     grad_clip: float | None = None
     log_every_samples: int | None = None
     val_every_samples: int | None = None
+    val_at_start: bool = False
     monitor: str = "val_loss"
     monitor_mode: Mode = "auto"
     patience: int | None = None
@@ -575,16 +587,18 @@ def evaluate(
     levels: Sequence[int] | None = None,
     max_batches: int | None = None,
 ) -> EvalResult:
-    """Evaluate ``model`` (in eval mode, restored afterwards) on every batch of ``loader``.
+    """Evaluate ``model`` (in eval mode) on every batch of ``loader``.
 
-    The loss is the mean over batches weighted by their valid-pixel counts (so it equals
+    Afterwards every submodule gets back its own train/eval flag (so modules that a
+    training run keeps in eval mode, such as frozen BatchNorm layers, stay there). The
+    loss is the mean over batches weighted by their valid-pixel counts (so it equals
     the masked mean over the whole set for unweighted losses).
     """
     dev = resolve_device(device)
     dtype, _ = _amp_setup(dev, amp)
     fn: LossFn = loss_fn if loss_fn is not None else SoftLabelLoss("ce").to(dev)
     metrics = SegmentationMetrics(class_codes, levels=levels)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     total, weight = 0.0, 0
     try:
@@ -601,8 +615,133 @@ def evaluate(
             weight += n
             metrics.update(logits, target, mask)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     return EvalResult(loss=total / weight if weight else math.nan, metrics=metrics)
+
+
+# --------------------------------------------------------------------------- parameter groups
+
+_GROUP_KEYS = ("params", "name", "lr", "lr_scale", "weight_decay")
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One optimizer parameter group of :func:`fit` (validated)."""
+
+    name: str
+    params: tuple[nn.Parameter, ...]
+    lr_scale: float
+    weight_decay: float | None = None
+
+
+def _resolve_groups(
+    model: nn.Module,
+    param_groups: Sequence[Mapping[str, Any]] | None,
+    frozen_modules: Sequence[nn.Module],
+    cfg: TrainConfig,
+) -> tuple[list[_Group], dict[str, Any]]:
+    """Validate ``param_groups``/``frozen_modules``; return the groups and their layout.
+
+    The layout (group names, LR scales, parameter names; frozen module names) is what a
+    checkpoint records and what a resume must match.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups: list[_Group] = []
+    if param_groups is None:
+        params = tuple(p for p in model.parameters() if p.requires_grad)
+        if not params:
+            raise ConfigError("the model has no trainable parameters (all have requires_grad=False)")
+        groups.append(_Group("all", params, 1.0))
+    else:
+        if isinstance(param_groups, Mapping) or not param_groups:
+            raise ValueError("param_groups must be a non-empty sequence of mappings, one per group")
+        owner: dict[int, str] = {}
+        for i, g in enumerate(param_groups):
+            if not isinstance(g, Mapping) or "params" not in g:
+                raise ValueError(f"param_groups[{i}] must be a mapping with a 'params' entry")
+            unknown = sorted(set(g) - set(_GROUP_KEYS))
+            if unknown:
+                raise ValueError(
+                    f"param_groups[{i}] has unknown keys {unknown}; allowed: {', '.join(_GROUP_KEYS)}"
+                )
+            name = str(g.get("name", f"group{i}"))
+            if not name.isidentifier():
+                raise ValueError(f"parameter group name {name!r} must be an identifier (it names lr_<name>)")
+            if any(x.name == name for x in groups):
+                raise ValueError(f"two parameter groups are named {name!r}")
+            raw: Any = g["params"]
+            params = tuple([raw] if isinstance(raw, nn.Parameter) else raw)
+            if not params:
+                raise ValueError(f"parameter group {name!r} is empty")
+            for prm in params:
+                if id(prm) not in names:
+                    raise ValueError(
+                        f"parameter group {name!r} holds a tensor that is not a parameter of the model"
+                    )
+                pname = names[id(prm)]
+                if not prm.requires_grad:
+                    raise ValueError(
+                        f"{pname} (group {name!r}) has requires_grad=False; "
+                        "frozen parameters belong in no group"
+                    )
+                if id(prm) in owner:
+                    raise ValueError(f"{pname} is in parameter groups {owner[id(prm)]!r} and {name!r}")
+                owner[id(prm)] = name
+            if "lr" in g and "lr_scale" in g:
+                raise ValueError(f"parameter group {name!r}: give 'lr' or 'lr_scale', not both")
+            scale = float(g["lr"]) / cfg.lr if "lr" in g else float(g.get("lr_scale", 1.0))
+            if not (scale > 0 and math.isfinite(scale)):
+                raise ValueError(f"parameter group {name!r}: the peak LR must be positive and finite")
+            wd = g.get("weight_decay")
+            if wd is not None and not (float(wd) >= 0 and math.isfinite(float(wd))):
+                raise ValueError(f"parameter group {name!r}: weight_decay must be >= 0")
+            groups.append(_Group(name, params, scale, None if wd is None else float(wd)))
+        loose = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owner]
+        if loose:
+            raise ValueError(
+                f"{len(loose)} trainable parameter(s) are in no parameter group "
+                f"(e.g. {', '.join(loose[:3])}); add them to a group or freeze them (requires_grad_(False))"
+            )
+    module_names = {id(m): (n or "<model>") for n, m in model.named_modules()}
+    frozen: list[str] = []
+    for m in frozen_modules:
+        if id(m) not in module_names:
+            raise ValueError(f"frozen module {type(m).__name__} is not a submodule of the model")
+        frozen.append(module_names[id(m)])
+    layout = {
+        "groups": [
+            {"name": g.name, "lr_scale": g.lr_scale, "params": [names[id(p)] for p in g.params]}
+            for g in groups
+        ],
+        "frozen_modules": frozen,
+    }
+    return groups, layout
+
+
+def _describe_layout(layout: Mapping[str, Any]) -> str:
+    groups = ", ".join(
+        f"{g['name']} (lr x {g['lr_scale']:g}, {len(g['params'])} tensors)" for g in layout.get("groups", [])
+    )
+    frozen = layout.get("frozen_modules") or []
+    return f"[{groups}]" + (f" with {len(frozen)} frozen module(s)" if frozen else "")
+
+
+def _layout_difference(saved: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
+    """Why two layouts differ (None when they match)."""
+    a, b = list(saved.get("groups", [])), list(now.get("groups", []))
+    if [g["name"] for g in a] != [g["name"] for g in b]:
+        return "the group names differ"
+    for ga, gb in zip(a, b, strict=True):
+        if not math.isclose(float(ga["lr_scale"]), float(gb["lr_scale"]), rel_tol=1e-9):
+            return f"group {ga['name']!r} has lr x {ga['lr_scale']:g} there and lr x {gb['lr_scale']:g} here"
+        if list(ga["params"]) != list(gb["params"]):
+            extra = sorted(set(gb["params"]) ^ set(ga["params"]))
+            what = f" (e.g. {extra[0]})" if extra else " (order)"
+            return f"group {ga['name']!r} holds other parameters{what}"
+    if list(saved.get("frozen_modules", [])) != list(now.get("frozen_modules", [])):
+        return "the frozen modules differ"
+    return None
 
 
 # --------------------------------------------------------------------------- fit
@@ -672,6 +811,8 @@ def fit(
     class_codes: Sequence[int],
     callbacks: Sequence[Callback] | None = None,
     loss_fn: LossFn | None = None,
+    param_groups: Sequence[Mapping[str, Any]] | None = None,
+    frozen_modules: Sequence[nn.Module] = (),
 ) -> History:
     """Train ``model`` and return its :class:`History`.
 
@@ -694,15 +835,35 @@ def fit(
     loss_fn
         ``loss(logits, target, mask) -> scalar``; default from ``config.loss`` and
         ``config.class_weights``.
+    param_groups
+        Optimizer groups with their own peak LR: mappings with ``params`` (parameters of
+        ``model``), optionally ``name`` (an identifier; default ``group<i>``), ``lr_scale``
+        (peak LR ``config.lr * lr_scale``, default 1) or an absolute peak ``lr``, and
+        ``weight_decay``. One one-cycle schedule drives every group (a list of max LRs).
+        Every parameter with ``requires_grad`` must be in exactly one group; frozen
+        parameters (``requires_grad=False``) are in none. History rows then also get one
+        ``lr_<name>`` column per group (``lr`` stays the schedule at ``config.lr``).
+        None: one group of all trainable parameters at ``config.lr``.
+    frozen_modules
+        Submodules kept in eval mode while training (their BatchNorm running statistics
+        and dropout do not move); pair with ``requires_grad_(False)`` to freeze them fully.
 
     Returns
     -------
     History
         Rows per epoch and per N samples; ``meta["stop_reason"]`` is one of
         ``"completed"``, ``"max_samples"``, ``"early_stopping"``, ``"callback"``.
+
+    Raises
+    ------
+    ValueError
+        Malformed ``param_groups`` (a parameter in two groups, a trainable one in none, ...).
+    ConfigError
+        Resuming a checkpoint whose parameter groups or frozen modules differ.
     """
     cfg = config if config is not None else TrainConfig()
     codes = [int(c) for c in class_codes]
+    groups, layout = _resolve_groups(model, param_groups, frozen_modules, cfg)
     if val_loader is None and cfg.monitor.startswith("val_") and cfg.patience is not None:
         raise ConfigError("early stopping on a val_* column needs a val_loader")
     device = resolve_device(cfg.device)
@@ -727,6 +888,10 @@ def fit(
             amp_dtype,
             use_scaler,
             ckdir,
+            groups,
+            layout,
+            list(frozen_modules),
+            named_groups=param_groups is not None,
         )
     finally:
         if cfg.deterministic:
@@ -747,6 +912,11 @@ def _fit(
     amp_dtype: torch.dtype | None,
     use_scaler: bool,
     ckdir: Path | None,
+    groups: Sequence[_Group],
+    layout: Mapping[str, Any],
+    frozen_modules: Sequence[nn.Module],
+    *,
+    named_groups: bool,
 ) -> History:
     from tqdm.auto import tqdm
 
@@ -755,6 +925,14 @@ def _fit(
         resume_state = load_checkpoint(ckdir / LAST_CHECKPOINT)
         if resume_state.get("format") != _CKPT_FORMAT:
             raise InputFileError(ckdir / LAST_CHECKPOINT, "not a landcover training checkpoint")
+        saved_layout = resume_state.get("layout")  # absent in checkpoints older than param groups
+        why = _layout_difference(saved_layout, layout) if saved_layout is not None else None
+        if why is not None:
+            raise ConfigError(
+                f"{ckdir / LAST_CHECKPOINT}: cannot resume: it was trained with parameter groups "
+                f"{_describe_layout(saved_layout)}, this run has {_describe_layout(layout)} ({why}); "  # type: ignore[arg-type]
+                "resume with the same param_groups and frozen_modules, or use a new checkpoint_dir"
+            )
     if resume_state is None:
         seed_everything(cfg.seed)
 
@@ -764,7 +942,13 @@ def _fit(
         fn = loss_fn
     else:
         fn = SoftLabelLoss(cfg.loss, class_weights=cfg.class_weights).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt_groups: list[dict[str, Any]] = []
+    for g in groups:
+        opt_group: dict[str, Any] = {"params": list(g.params), "lr": cfg.lr * g.lr_scale}
+        if g.weight_decay is not None:
+            opt_group["weight_decay"] = g.weight_decay
+        opt_groups.append(opt_group)
+    optimizer = torch.optim.AdamW(opt_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = _loader_len(train_loader, cfg)
     batch_size = getattr(train_loader, "batch_size", None) or cfg.batch_size
     total_steps = cfg.epochs * steps_per_epoch
@@ -773,7 +957,7 @@ def _fit(
     total_steps = max(total_steps, 1)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=cfg.lr,
+        max_lr=[cfg.lr * g.lr_scale for g in groups],
         total_steps=total_steps,
         pct_start=cfg.pct_start,
         div_factor=cfg.div_factor,
@@ -795,6 +979,17 @@ def _fit(
             "class_codes": codes,
             "config": cfg.to_dict(),
             "model_spec": spec_dict,
+            "param_groups": [
+                {
+                    "name": g.name,
+                    "lr": cfg.lr * g.lr_scale,
+                    "lr_scale": g.lr_scale,
+                    "tensors": len(g.params),
+                    "numel": int(sum(p.numel() for p in g.params)),
+                }
+                for g in groups
+            ],
+            "frozen_modules": list(layout["frozen_modules"]),
         }
     )
     start_epoch, samples_seen, step, elapsed_before = 0, 0, 0, 0.0
@@ -837,6 +1032,18 @@ def _fit(
         )
         return res.summary(prefix)
 
+    def lrs() -> dict[str, float]:
+        current = scheduler.get_last_lr()
+        out = {"lr": float(current[0]) / groups[0].lr_scale}  # the schedule at config.lr
+        if named_groups:
+            out.update({f"lr_{g.name}": float(v) for g, v in zip(groups, current, strict=True)})
+        return out
+
+    def train_mode() -> None:
+        model.train()
+        for m in frozen_modules:
+            m.eval()
+
     def emit(kind: str, row: dict[str, Any]) -> bool:
         tb.log(row, kind)
         stop = False
@@ -865,6 +1072,7 @@ def _fit(
             "best_value": best_value,
             "bad_epochs": bad_epochs,
             "window": [win_loss, win_n, win_wait, win_compute],
+            "layout": dict(layout),
             "done": done,
         }
         save_checkpoint(ckdir / LAST_CHECKPOINT, state)
@@ -873,9 +1081,18 @@ def _fit(
         if history.samples:
             history.to_csv(ckdir / "history_samples.csv", kind="samples")
 
-    model.train()
+    train_mode()
     epoch = start_epoch
+    last_val: tuple[int, dict[str, float]] | None = None  # (step, val_* values) of the latest validation
     try:
+        if resume_state is None and cfg.val_at_start and val_loader is not None:
+            vals = validate()
+            last_val = (step, vals)
+            row0: dict[str, Any] = {"epoch": 0.0, "samples_seen": 0, "step": 0, **lrs(), "time": 0.0, **vals}
+            history.samples.append(row0)
+            if emit("samples", row0):
+                stop_reason = "callback"
+                raise _Stop
         for epoch in range(start_epoch, cfg.epochs):
             _reseed_loader(train_loader, cfg.seed, epoch)
             ep_loss, ep_n, ep_wait, ep_compute, ep_samples = 0.0, 0, 0.0, 0.0, 0
@@ -935,12 +1152,14 @@ def _fit(
                         "samples_seen": samples_seen,
                         "step": step,
                         "train_loss": win_loss / max(win_n, 1),
-                        "lr": scheduler.get_last_lr()[0],
+                        **lrs(),
                         "time": time.perf_counter() - t_start,
                         "data_wait_share": win_wait / max(win_wait + win_compute, 1e-12),
                     }
                     if val_mark > last_val_mark:
-                        row.update(validate())
+                        vals = validate()
+                        last_val = (step, vals)
+                        row.update(vals)
                     last_log_mark, last_val_mark = log_mark, val_mark
                     win_loss, win_n, win_wait, win_compute = 0.0, 0, 0.0, 0.0
                     history.samples.append(row)
@@ -956,13 +1175,14 @@ def _fit(
                 "samples_seen": samples_seen,
                 "step": step,
                 "train_loss": ep_loss / ep_n if ep_n else math.nan,
-                "lr": scheduler.get_last_lr()[0],
+                **lrs(),
                 "time": time.perf_counter() - t_start,
                 "epoch_time": epoch_time,
                 "samples_per_s": ep_samples / max(ep_wait + ep_compute, 1e-12),
                 "data_wait_share": ep_wait / max(ep_wait + ep_compute, 1e-12),
             }
-            row.update(validate())
+            # the weights have not changed since a validation at this very step: reuse it
+            row.update(last_val[1] if last_val is not None and last_val[0] == step else validate())
             row["epoch_time"] = time.perf_counter() - t_epoch
             history.epochs.append(row)
 

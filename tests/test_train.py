@@ -252,3 +252,134 @@ def test_fit_on_a_real_window_dataset(tmp_path: Path) -> None:
     rgb_model = build_model_for_dataset("rgb-scratch", rgb, preset="tiny")
     batch = next(iter(make_loader(rgb, cfg, shuffle=False)))
     assert rgb_model(batch["image"]).shape == batch["target"].shape
+
+
+def _two_groups(model: Any, encoder_scale: float = 0.1) -> list[dict[str, Any]]:
+    """Encoder (less its frozen layer1) at ``encoder_scale``, decoder and head at the full LR."""
+    for p in model.encoder.layer1.parameters():
+        p.requires_grad_(False)
+    enc = [p for p in model.encoder.parameters() if p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    return [
+        {"params": enc, "lr_scale": encoder_scale, "name": "encoder"},
+        {"params": rest, "name": "decoder"},
+    ]
+
+
+def _changes(before: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str) -> float:
+    """Mean absolute change of the weights (parameters, not buffers) under ``prefix``."""
+    diffs = [
+        (p.detach() - before[n]).abs().mean() for n, p in model.named_parameters() if n.startswith(prefix)
+    ]
+    return float(torch.stack(diffs).mean())
+
+
+def test_param_groups_train_at_their_own_peak_lr(data: tuple[Patches, Patches]) -> None:
+    train, val = data
+    cfg = _config(epochs=2, lr=1e-2, log_every_samples=8, val_every_samples=48, val_at_start=True)
+    moved: dict[float, float] = {}
+    for scale in (0.1, 1.0):
+        model = _model()
+        groups = _two_groups(model, scale)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        hist = fit(
+            model, make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg, class_codes=CODES,
+            param_groups=groups, frozen_modules=[model.encoder.layer1],
+        )  # fmt: skip
+        # the frozen stage: weights AND BatchNorm running statistics untouched
+        for k, v in model.encoder.layer1.state_dict().items():
+            assert torch.equal(v, before[f"encoder.layer1.{k}"]), k
+        moved[scale] = _changes(before, model, "encoder.layer2.") / _changes(before, model, "decoder.")
+        meta = {g["name"]: g for g in hist.meta["param_groups"]}
+        assert meta["encoder"]["lr"] == pytest.approx(1e-2 * scale) and meta["decoder"]["lr"] == 1e-2
+        assert hist.meta["frozen_modules"] == ["encoder.layer1"]
+        if scale == 1.0:
+            continue
+        # every row (one per step) shows both groups on one schedule, the encoder at a tenth
+        rows = hist.samples + hist.epochs
+        assert len(hist.samples) == 13 and hist.samples[0]["samples_seen"] == 0  # val_at_start row
+        for r in rows:
+            assert r["lr_encoder"] == pytest.approx(0.1 * r["lr_decoder"], rel=1e-9)
+            assert r["lr"] == pytest.approx(r["lr_decoder"], rel=1e-12)
+        peak = max(r["lr_decoder"] for r in rows)
+        assert 0.5e-2 < peak <= 1e-2 and max(r["lr_encoder"] for r in rows) <= 1e-3 * (1 + 1e-9)
+        assert hist.samples[0]["lr_decoder"] == pytest.approx(1e-2 / cfg.div_factor)
+        # the epoch row at 48 samples reuses the validation of the sample row at the same step
+        at48 = next(r for r in hist.samples if r["samples_seen"] == 48)
+        assert at48["val_loss"] == hist.epochs[0]["val_loss"]
+    # Adam's steps scale with the LR: a tenth of the LR moves the encoder far less (relative
+    # to the decoder, which trains at the same LR in both runs)
+    assert moved[0.1] < 0.4 * moved[1.0]
+
+
+def test_resume_with_param_groups_continues_identically(
+    data: tuple[Patches, Patches], tmp_path: Path
+) -> None:
+    train, val = data
+    kw: dict[str, Any] = dict(epochs=2, log_every_samples=16, val_every_samples=32, deterministic=True)
+    kw.update(val_at_start=True)
+
+    def run(directory: str, *, seed: int = 0, resume: bool = False, stop_after: int | None = None) -> Any:
+        cfg = _config(checkpoint_dir=tmp_path / directory, resume=resume, **kw)
+        model = _model(seed=seed)
+        cbs = [] if stop_after is None else [lambda kind, row: kind == "epoch" and row["epoch"] == stop_after]
+        hist = fit(
+            model, make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg, class_codes=CODES,
+            callbacks=cbs, param_groups=_two_groups(model), frozen_modules=[model.encoder.layer1],
+        )  # fmt: skip
+        return model, hist
+
+    straight_model, straight = run("a")
+    _, first = run("b", stop_after=1)
+    assert first.meta["stop_reason"] == "callback" and len(first.epochs) == 1
+    torch.manual_seed(999)
+    resumed_model, resumed = run("b", seed=5, resume=True)
+    a, b = straight_model.state_dict(), resumed_model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _strip(resumed.epochs) == _strip(straight.epochs)
+    assert _strip(resumed.samples) == _strip(straight.samples)
+    assert "lr_encoder" in resumed.epochs[-1] and resumed.samples[0]["samples_seen"] == 0
+
+    # another layout cannot resume that checkpoint: other LR scale, other membership, no groups
+    _, first = run("c", stop_after=1)
+    cfg = _config(checkpoint_dir=tmp_path / "c", resume=True, **kw)
+    for change in ("scale", "members", "none"):
+        model = _model()
+        groups: list[dict[str, Any]] | None = _two_groups(model, 0.5 if change == "scale" else 0.1)
+        if change == "members":
+            for p in model.encoder.layer1.parameters():
+                p.requires_grad_(True)
+            groups[0]["params"] = [p for p in model.encoder.parameters()]  # type: ignore[index]
+        elif change == "none":
+            groups = None
+        with pytest.raises(ConfigError, match="cannot resume.*parameter groups"):
+            fit(
+                model, make_loader(train, cfg), None, cfg, class_codes=CODES,
+                param_groups=groups, frozen_modules=[model.encoder.layer1],
+            )  # fmt: skip
+
+
+def test_param_groups_are_validated() -> None:
+    model = _model()
+    p0, p1 = list(model.parameters())[:2]
+    everything = list(model.parameters())
+    bad: list[tuple[Any, str]] = [
+        ([{"params": everything}, {"params": [p0]}], "groups 'group0' and 'group1'"),
+        ([{"params": everything[1:]}], "in no parameter group"),
+        ([{"params": everything, "lr": 1e-3, "lr_scale": 0.1}], "not both"),
+        ([{"params": everything, "momentum": 0.9}], "unknown keys"),
+        ([{"params": everything, "name": "a b"}], "identifier"),
+        ([{"params": everything, "lr_scale": 0.0}], "positive"),
+        ([{"params": [torch.nn.Parameter(torch.zeros(1))]}], "not a parameter of the model"),
+        ({"params": everything}, "sequence of mappings"),
+    ]
+    for groups, message in bad:
+        with pytest.raises(ValueError, match=message):
+            fit(model, [], None, _config(), class_codes=CODES, param_groups=groups)
+    p0.requires_grad_(False)
+    with pytest.raises(ValueError, match="requires_grad=False"):
+        fit(model, [], None, _config(), class_codes=CODES, param_groups=[{"params": everything}])
+    with pytest.raises(ValueError, match="not a submodule"):
+        fit(model, [], None, _config(), class_codes=CODES, frozen_modules=[torch.nn.BatchNorm2d(3)])
+    del p1
