@@ -2,15 +2,18 @@
 
 Usage::
 
-    .venv/bin/python bench/bench_cube.py [--size 7000] [--scenes 1 2 4] [--chunk 512] [--workdir DIR]
+    .venv/bin/python bench/bench_cube.py [--size 7000] [--scenes 1 2 4] [--chunk 512] [--threads N]
+                                         [--workdir DIR] [--no-codecs]
 
 For each scene count N: builds a cube from N synthetic acquisitions (``size`` x ``size``
 px, 6 reflective bands + thermal + QA, Landsat 5 L2SP-like COGs) and a synthetic CORINE
 raster covering them, and reports the build time, throughput (uncompressed cube bytes
 per second), peak RSS of the whole process tree, store size and compression ratio.
 The baseline, measured in the same run on the same machine: writing the very same arrays
-(read back from the built cube, no processing) to a new Zarr store with the same chunks
-and codec. Also compares codecs (blosc-zstd, blosc-lz4, zstd, none) on that raw write.
+(read back from the built cube, no processing) to a new Zarr store with the same chunks,
+the same per-array codecs and the same number of scheduler threads. CPU seconds of both
+are printed too (less sensitive to other load on a shared machine than wall time).
+Also compares codecs (blosc-zstd, blosc-lz4, zstd, none) on that raw write.
 Targets: peak RSS < 2 GiB whatever the size; build speed >= 50 % of the raw write.
 Synthetic data generation is not timed.
 """
@@ -64,9 +67,17 @@ class PeakRSS:
         self.peak = max(self.peak, self._sample())
 
 
-def raw_write(src: Path, dst: Path, compressor: str, chunk: int) -> float:
-    """Copy the stored arrays of ``src`` (raw integers, no processing) to ``dst``; seconds."""
+def raw_write(src: Path, dst: Path, compressor: str | None, chunk: int, threads: int) -> tuple[float, float]:
+    """Copy the stored arrays of ``src`` (raw integers, no processing) to ``dst``.
+
+    ``compressor=None`` keeps every array's own codecs (the baseline for the build);
+    otherwise every array gets ``compressor`` (the codec comparison). Runs on Dask's
+    threaded scheduler with ``threads`` threads, as many as the build gets.
+    Returns ``(wall seconds, CPU seconds of this process)``.
+    """
+    import dask
     import xarray as xr
+    import zarr
 
     from landcover.store import compressor_codecs
 
@@ -75,21 +86,32 @@ def raw_write(src: Path, dst: Path, compressor: str, chunk: int) -> float:
         warnings.simplefilter("ignore")
         ds = xr.open_zarr(src, mask_and_scale=False, decode_times=False)
         ds = ds.drop_vars("spatial_ref")
-        codecs = compressor_codecs(compressor)  # type: ignore[arg-type]
+        group = zarr.open_group(str(src), mode="r")
         enc = {}
         for name, var in ds.data_vars.items():
             chunks = tuple(
                 1 if d == "time" else chunk if d in ("y", "x") else n for d, n in var.sizes.items()
             )
+            if compressor is None:
+                codecs = list(group[str(name)].compressors)  # type: ignore[union-attr]
+            else:
+                codecs = compressor_codecs(compressor, dtype=var.dtype)  # type: ignore[arg-type]
             enc[name] = {"compressors": codecs, "chunks": chunks}
         ds = ds.chunk({"time": 1, "y": chunk, "x": chunk})
         ds.attrs = {}
         for v in ds.variables.values():
             v.encoding = {}
             v.attrs = {}
-        t0 = time.perf_counter()
-        ds.to_zarr(dst, mode="w", encoding=enc, consolidated=True, zarr_format=3)
-        return time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), _cpu()
+        with dask.config.set(scheduler="threads", num_workers=threads):
+            ds.to_zarr(dst, mode="w", encoding=enc, consolidated=True, zarr_format=3)
+        return time.perf_counter() - t0, _cpu() - c0
+
+
+def _cpu() -> float:
+    """CPU seconds (user + system) used so far by this process."""
+    t = psutil.Process().cpu_times()
+    return float(t.user + t.system)
 
 
 def main() -> int:
@@ -98,18 +120,22 @@ def main() -> int:
     p.add_argument("--scenes", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=None, help="scheduler threads (default: CPU count + 2)")
     p.add_argument("--no-codecs", action="store_true", help="skip the codec comparison")
     args = p.parse_args()
 
     from landcover.cube import build_cube
-    from landcover.store import raw_nbytes, store_size
+    from landcover.store import default_threads, raw_nbytes, store_size
     from landcover.testing import make_acquisitions, make_clc, scene_grid
 
+    threads = args.threads or default_threads()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_cube_"))
     work.mkdir(parents=True, exist_ok=True)
     n_max = max(args.scenes)
     print(
-        f"# bench_cube: size {args.size} px, scenes {args.scenes}, chunk {args.chunk}, cpus {os.cpu_count()}"
+        f"# bench_cube: size {args.size} px, scenes {args.scenes}, chunk {args.chunk}, "
+        f"cpus {os.cpu_count()}, "
+        f"threads {threads} (build and raw write)"
     )
     t0 = time.perf_counter()
     grid = scene_grid(size=args.size)
@@ -134,6 +160,7 @@ def main() -> int:
     # warm-up (imports, GDAL/PROJ initialisation) so that the first timed build is not penalised
     from landcover.testing import make_pair
 
+    shutil.rmtree(work / "warmup", ignore_errors=True)
     pair = make_pair(work / "warmup", size=64, seed=0, overlap=0.8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -145,15 +172,15 @@ def main() -> int:
         shutil.rmtree(store, ignore_errors=True)
         with PeakRSS() as rss, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t = time.perf_counter()
-            build_cube(scenes[:n], clc, store, chunks=args.chunk, progress=False)
-            dt = time.perf_counter() - t
+            t, c = time.perf_counter(), _cpu()
+            build_cube(scenes[:n], clc, store, chunks=args.chunk, progress=False, threads=threads)
+            dt, cpu = time.perf_counter() - t, _cpu() - c
         raw = raw_nbytes(store)
         size = store_size(store)
         with PeakRSS() as rss_raw:
-            dt_raw = raw_write(store, work / f"raw_{n}.zarr", "blosc-zstd", args.chunk)
+            dt_raw, cpu_raw = raw_write(store, work / f"raw_{n}.zarr", None, args.chunk, threads)
         shutil.rmtree(work / f"raw_{n}.zarr", ignore_errors=True)
-        rows.append((n, dt, raw, size, rss.peak, dt_raw, rss_raw.peak))
+        rows.append((n, dt, raw, size, rss.peak, dt_raw, rss_raw.peak, cpu, cpu_raw))
         if first_store is None:
             first_store = store
         print(
@@ -162,7 +189,8 @@ def main() -> int:
             f"store {size / 1e6:8.1f} MB (raw {raw / 1e6:8.1f} MB, ratio {raw / size:5.2f}x)  |  "
             f"raw write {dt_raw:6.1f} s {raw / dt_raw / 1e6:7.1f} MB/s "
             f"peak {rss_raw.peak / 2**30:5.2f} GiB  |  "
-            f"build speed = {dt_raw / dt * 100:5.1f} % of raw write"
+            f"build speed = {dt_raw / dt * 100:5.1f} % of raw write  |  "
+            f"CPU: build {cpu:6.1f} s, raw {cpu_raw:6.1f} s ({cpu_raw / cpu * 100:5.1f} %)"
         )
     if len(rows) > 1:
         base_n, base_t = rows[0][0], rows[0][1]
@@ -174,7 +202,7 @@ def main() -> int:
         raw = raw_nbytes(first_store)
         for codec in ("blosc-zstd", "blosc-lz4", "zstd", "none"):
             dst = work / f"codec_{codec}.zarr"
-            dt = raw_write(first_store, dst, codec, args.chunk)
+            dt, _ = raw_write(first_store, dst, codec, args.chunk, threads)
             size = store_size(dst)
             shutil.rmtree(dst, ignore_errors=True)
             print(

@@ -329,52 +329,146 @@ def _place(arr: Any, src: Grid, dst: Grid, fill: float | int, chunk: int, method
 
 
 def _encode_u16(x: np.ndarray, keep: np.ndarray, scale: float, offset: float) -> np.ndarray:
-    """Decoded float -> raw uint16 (1..65535), 0 where NaN or not ``keep`` (broadcast)."""
-    x64 = x.astype("float64")
-    ok = np.isfinite(x64) & keep
-    raw = np.rint((np.where(ok, x64, offset) - offset) / scale)
-    raw = np.clip(raw, 1, 65535)
-    return np.where(ok, raw, 0).astype("uint16")
+    """Decoded float -> raw uint16 (1..65535), 0 where NaN or not ``keep`` (broadcast).
 
-
-def encode_fractions_fast(frac: np.ndarray) -> np.ndarray:
-    """Same result as :func:`landcover.schema.encode_fractions`, several times faster.
-
-    Only pixels whose floored steps do not already sum to 250 (mixed pixels) need the
-    largest-remainder correction, and only those are sorted. Fractions are >= 0, so
-    truncation equals ``floor``; a NaN in any class makes the pixel's sum NaN.
+    ``rint((x - offset) / scale)`` in float64, clipped to 1..65535, computed in place
+    on one float64 copy (the invalid pixels are overwritten with 0 afterwards).
     """
-    frac = np.asarray(frac, dtype="float32")
-    nan = np.isnan(frac.sum(axis=0))
-    scaled = frac * np.float32(schema.LABEL_STEPS)
-    np.nan_to_num(scaled, copy=False, nan=0.0)
-    q = scaled.astype("int16")
-    missing = schema.LABEL_STEPS - q.sum(axis=0, dtype="int32")
-    total = scaled.sum(axis=0)
-    todo = (missing > 0) & (total > 0)
-    if todo.any():
-        sub_s = scaled[:, todo]
-        sub_q = q[:, todo]
-        order = np.argsort(-(sub_s - sub_q), axis=0, kind="stable")
-        ranks = np.empty_like(order)
-        np.put_along_axis(ranks, order, np.arange(frac.shape[0])[:, None], axis=0)
-        q[:, todo] = sub_q + (ranks < missing[todo][None]).astype("int16")
-    np.clip(q, 0, schema.LABEL_STEPS, out=q)
-    out = q.astype("uint8")
-    if nan.any():
-        out[:, nan] = schema.LABEL_FILL
+    x64 = np.array(x, dtype="float64")
+    ok = np.isfinite(x64)
+    ok &= keep
+    x64 -= offset
+    x64 /= scale
+    np.rint(x64, out=x64)
+    np.clip(x64, 1, 65535, out=x64)
+    with np.errstate(invalid="ignore"):
+        out = x64.astype("uint16")
+    out[~ok] = 0
     return out
 
 
-def _encode_labels(frac: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    out = encode_fractions_fast(frac)
-    return np.where(keep, out, np.uint8(schema.LABEL_FILL))
+def encode_fractions_fast(frac: np.ndarray) -> np.ndarray:
+    """Same result as :func:`landcover.schema.encode_fractions`, many times faster.
+
+    Parameters
+    ----------
+    frac
+        ``(class, ...)`` fractions (float, NaN = NODATA), normally in [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 of the same shape: steps of 1/250 summing to 250 per valid pixel, 255
+        wherever any class is NaN.
+
+    Notes
+    -----
+    Only the classes with a non-zero value somewhere in the block are quantised (CLC
+    blocks hold a dozen of the 44 classes); all-zero classes stay 0. Fractions are
+    >= 0, so truncation equals ``floor``; a NaN in any class makes the pixel's sum
+    NaN. Only pixels whose truncated steps do not already sum to 250 (mixed pixels)
+    need the largest-remainder correction; it hands out the missing steps with one
+    ``argmax`` per step (ties to the lower class index, as the stable sort of
+    :func:`~landcover.schema.encode_fractions`). Should a pixel need more steps than it
+    has classes with a positive remainder (only for fractions that do not sum to 1),
+    the block is quantised over all classes, as the reference does.
+    """
+    frac = np.asarray(frac, dtype="float32")
+    k = frac.shape[0] if frac.ndim else 0
+    flat = frac.reshape(k, -1)
+    out = np.zeros(flat.shape, dtype="uint8")
+    if out.size:
+        nan = np.isnan(np.add.reduce(flat, axis=0))
+        active = np.flatnonzero(np.bitwise_or.reduce(flat.view(np.uint32), axis=1))  # +-0.0 only: skip
+        q = _quantise_rows(flat, active, nan, k)
+        if q is None:  # a zero-remainder class might get a step: quantise every class
+            active = np.arange(k)
+            q = _quantise_rows(flat, active, nan, k)
+        if q is not None:
+            if active.size == k:
+                out[...] = q
+            else:
+                for i, c in enumerate(active):
+                    out[c] = q[i]
+        if nan.any():
+            out[:, nan] = schema.LABEL_FILL
+    return out.reshape(frac.shape)
+
+
+def _quantise_rows(flat: np.ndarray, active: np.ndarray, nan: np.ndarray, k: int) -> np.ndarray | None:
+    """Largest-remainder steps ``(len(active), n)`` int16 of ``flat[active]`` (garbage where ``nan``).
+
+    None when the other (all-zero) classes could take part in the correction.
+    """
+    if active.size == 0:  # every class is 0 (or NaN): no pixel has a step to hand out
+        return np.zeros((0, flat.shape[1]), dtype="int16")
+    with np.errstate(invalid="ignore"):
+        scaled = flat[active] if active.size < k else flat.copy()
+        scaled *= np.float32(schema.LABEL_STEPS)
+        q = scaled.astype("int16")
+    missing = schema.LABEL_STEPS - np.add.reduce(q, axis=0, dtype="int32")
+    todo = np.flatnonzero((missing > 0) & ~nan)
+    if todo.size:
+        sub_s = scaled[:, todo]
+        keep = np.add.reduce(sub_s, axis=0) > 0
+        todo, sub_s, miss = todo[keep], sub_s[:, keep], missing[todo][keep]
+    if todo.size:
+        sub_q = q[:, todo]
+        rem = sub_s - sub_q
+        if active.size < k and (miss > np.add.reduce(rem > 0, axis=0)).any():
+            return None
+        cols = np.arange(todo.size)
+        for step in range(min(int(miss.max()), active.size)):
+            sel = cols[miss > step] if step else cols
+            best = np.argmax(rem[:, sel], axis=0)
+            sub_q[best, sel] += 1
+            rem[best, sel] = -np.inf
+        q[:, todo] = sub_q
+    np.clip(q, 0, schema.LABEL_STEPS, out=q)
+    return q
 
 
 def _encode_coverage(cov: np.ndarray) -> np.ndarray:
     c = cov.astype("float32")
     out = np.rint(np.clip(np.nan_to_num(c, nan=0.0), 0, 1) * schema.LABEL_STEPS).astype("uint8")
     out[np.isnan(c)] = schema.LABEL_FILL
+    return out
+
+
+def _coverage_and_label_ok(frac: np.ndarray, cov: np.ndarray, min_coverage: float) -> np.ndarray:
+    """``(2, y, x)`` uint8 of one block: the encoded coverage and ``label_ok`` (0/1).
+
+    Parameters
+    ----------
+    frac
+        ``(class, y, x)`` float32 fractions, NaN = NODATA.
+    cov
+        ``(1, y, x)`` float32 CORINE coverage.
+    min_coverage
+        Coverage threshold of a valid label.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[0]``: coverage in 1/250 steps (255 at NaN); ``[1]``: 1 where every
+        fraction is finite and the coverage is at least ``min_coverage``.
+    """
+    c = cov[0]
+    out = np.empty((2,) + c.shape, dtype="uint8")
+    out[0] = _encode_coverage(c)
+    # one pass over the classes: a sum of fractions (each <= 1) is finite iff all of them are
+    ok = np.isfinite(np.add.reduce(np.asarray(frac, dtype="float32"), axis=0))
+    ok &= np.nan_to_num(c) >= np.float32(min_coverage) - 1e-6
+    out[1] = ok
+    return out
+
+
+def _encode_labels(frac: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Encoded fractions ``(class, y, x)`` uint8, fill wherever ``keep (1, y, x)`` is False."""
+    out = encode_fractions_fast(frac)
+    drop = ~np.asarray(keep[0], dtype=bool)
+    if drop.any():
+        out[:, drop] = schema.LABEL_FILL
     return out
 
 
@@ -551,14 +645,19 @@ def _assemble(
 
     frac, cov, clc_attrs = _label_fractions(corine, dst, level=level, min_coverage=min_coverage, chunk=chunk)
     frac_d = frac.transpose("class", "y", "x").data.astype("float32").rechunk((-1, chunk, chunk))
-    cov_d = cov.transpose("y", "x").data.rechunk((chunk, chunk))
-    label_ok = da.isfinite(frac_d).all(axis=0) & (da.nan_to_num(cov_d) >= np.float32(min_coverage) - 1e-6)
+    cov_d = cov.transpose("y", "x").data.astype("float32").rechunk((chunk, chunk))
+    small = da.map_blocks(
+        _coverage_and_label_ok, frac_d, cov_d[None], float(min_coverage), dtype="uint8",
+        chunks=((2,),) + frac_d.chunks[1:],
+    )  # fmt: skip
+    coverage = small[0]
+    label_ok = small[1].astype(bool)
     arrays, how = _layers_on_grid(opened, dst, chunk, policy, label_ok)
     any_valid = arrays["valid"].any(axis=0)
     if static_valid is not None:
         any_valid = any_valid | static_valid
+    # the fractions are quantised once per block, straight into the masked labels
     labels = da.map_blocks(_encode_labels, frac_d, any_valid[None], dtype="uint8")
-    coverage = da.map_blocks(_encode_coverage, cov_d, dtype="uint8")
     codes = np.asarray(frac["class"].values).astype("int16")
     bands = np.asarray(opened[0].ds["band"].values, dtype=object)
     for s in opened[1:]:
@@ -696,6 +795,7 @@ def build_cube(
     append: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    threads: int | None = None,
     _kill_after: int | None = None,
 ) -> Path:
     """Build (or extend) a cube store from Landsat scenes and a CORINE raster.
@@ -725,6 +825,9 @@ def build_cube(
         Replace an existing store built with other parameters.
     progress
         Show a progress bar.
+    threads
+        Threads of the local scheduler when ``client`` is None (default: CPU count + 2,
+        see :func:`landcover.store.default_threads`).
 
     Returns
     -------
@@ -745,6 +848,8 @@ def build_cube(
         cy, cx = int(chunks.get("y", schema.DEFAULT_CHUNK)), int(chunks.get("x", schema.DEFAULT_CHUNK))
     if cy != cx:
         raise ValueError("chunks: y and x chunk sizes must be equal")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     if not Path(corine).exists():
         raise InputFileError(corine, "CORINE raster not found")
     for s in scene_list:
@@ -753,7 +858,7 @@ def build_cube(
     if append:
         return _append(
             scene_list, corine, Path(store), grid=grid, client=client, progress=progress,
-            kill_after=_kill_after, policy=policy,
+            kill_after=_kill_after, policy=policy, threads=threads,
         )  # fmt: skip
     ds = assemble_cube(
         scene_list, corine, grid=grid, resolution=resolution, level=level, min_coverage=min_coverage,
@@ -779,7 +884,7 @@ def build_cube(
     sizes = {"time": 1, "band": ds.sizes["band"], "class": ds.sizes["class"], "y": cy, "x": cx}
     out = store_mod.write_cube(
         ds, store, fingerprint=fp, chunks=sizes, compressor=compressor, client=client,
-        overwrite=overwrite, progress=progress, kill_after=_kill_after,
+        overwrite=overwrite, progress=progress, threads=threads, kill_after=_kill_after,
     )  # fmt: skip
     _warn_empty(out, ds.attrs["product_ids"])
     return out
@@ -816,6 +921,7 @@ def _append(
     progress: bool,
     kill_after: int | None,
     policy: UsablePolicy | None,
+    threads: int | None = None,
 ) -> Path:
     import xarray as xr
 
@@ -892,7 +998,7 @@ def _append(
             "appends": appends,
             "resampled": list(old.attrs.get("resampled", [])) + list(ds.attrs["resampled"]),
         },
-        client=client, progress=progress, kill_after=kill_after,
+        client=client, progress=progress, threads=threads, kill_after=kill_after,
     )  # fmt: skip
     _warn_empty(store, [s.product_id for s in new])
     return store

@@ -52,6 +52,7 @@ __all__ = [
     "FINGERPRINT_ATTR",
     "Region",
     "compressor_codecs",
+    "default_threads",
     "write_cube",
     "append_time",
     "open_cube",
@@ -72,7 +73,7 @@ FINGERPRINT_ATTR = "landcover:fingerprint"
 _TMP_PREFIX = ".tmp-"
 
 
-def compressor_codecs(compressor: Compressor, *, level: int | None = None) -> list[Any]:
+def compressor_codecs(compressor: Compressor, *, level: int | None = None, dtype: Any = None) -> list[Any]:
     """Zarr v3 codecs (the ``compressors`` encoding) for ``compressor``.
 
     Parameters
@@ -81,13 +82,23 @@ def compressor_codecs(compressor: Compressor, *, level: int | None = None) -> li
         One of :data:`Compressor`.
     level
         Compression level; ``None`` uses the benchmarked default (zstd 3, lz4 5).
+    dtype
+        Data type of the array, when known. Blosc bit-shuffles multi-byte and bool data
+        but not other 1-byte data (``labels``, ``coverage``): there bit-shuffling splits
+        runs of equal bytes into 8 bit planes, which compresses worse and 1.4x slower
+        (see ``bench/bench_cube.py``).
     """
     from zarr.codecs import BloscCodec, ZstdCodec
 
+    shuffle = "bitshuffle"
+    if dtype is not None:
+        dt = np.dtype(dtype)
+        if dt.itemsize == 1 and dt.kind != "b":
+            shuffle = "noshuffle"
     if compressor == "blosc-zstd":
-        return [BloscCodec(cname="zstd", clevel=3 if level is None else level, shuffle="bitshuffle")]
+        return [BloscCodec(cname="zstd", clevel=3 if level is None else level, shuffle=shuffle)]
     if compressor == "blosc-lz4":
-        return [BloscCodec(cname="lz4", clevel=5 if level is None else level, shuffle="bitshuffle")]
+        return [BloscCodec(cname="lz4", clevel=5 if level is None else level, shuffle=shuffle)]
     if compressor == "zstd":
         return [ZstdCodec(level=3 if level is None else level)]
     if compressor == "none":
@@ -159,22 +170,37 @@ def plan_regions(
     ]
 
 
-def _write_region(
-    store: str, region: Region, arrays: Mapping[str, np.ndarray], *, journal: bool = True
-) -> str:
-    """Write the computed ``arrays`` of ``region`` with zarr-python, then journal it (runs on workers)."""
+@dataclass(frozen=True)
+class _WritePlan:
+    """Where the computed blocks of one region go (pickleable; travels with the task)."""
+
+    store: str
+    region: Region
+    targets: tuple[tuple[str, tuple[slice, ...]], ...]
+    """``(variable, store selection)`` of every block, in the order of the task's block list."""
+    journal: bool = True
+
+
+def _write_blocks(plan: _WritePlan, blocks: Sequence[np.ndarray]) -> str:
+    """Write the computed ``blocks`` of one region with zarr-python, then journal it (runs on workers).
+
+    Each block is one Dask chunk aligned with the store chunks, written as it is: no
+    concatenation or copy in between (a Dask ``delayed`` over the region's arrays
+    would concatenate them first).
+    """
     import zarr
     from zarr.storage import LocalStore
 
     # No warnings.catch_warnings() here: it is not thread-safe and this runs in worker threads.
-    zstore = LocalStore(store)
-    for name, data in arrays.items():
-        arr = zarr.open_array(zstore, path=name, mode="r+")
-        dims = arr.metadata.dimension_names  # type: ignore[union-attr]
-        arr[region.selection(tuple(dims or ()))] = np.asarray(data)
-    if journal:
-        (Path(store) / JOURNAL_DIR / region.key).touch()
-    return region.key
+    zstore = LocalStore(plan.store)
+    opened: dict[str, Any] = {}
+    for (name, sel), block in zip(plan.targets, blocks, strict=True):
+        if name not in opened:
+            opened[name] = zarr.open_array(zstore, path=name, mode="r+")
+        opened[name][sel] = np.asarray(block)
+    if plan.journal:
+        (Path(plan.store) / JOURNAL_DIR / plan.region.key).touch()
+    return plan.region.key
 
 
 # -- state ---------------------------------------------------------------------------------------
@@ -252,14 +278,25 @@ def _clean_tmp_siblings(store: Path) -> None:
 # -- execution -----------------------------------------------------------------------------------
 
 
+def default_threads() -> int:
+    """Threads of the local scheduler for region writes: CPU count + 2.
+
+    A thread that writes a region waits for zarr's I/O (the chunk compression runs in
+    zarr's own threads, without the GIL); two threads more than cores keep the cores
+    busy meanwhile (``bench/bench_cube.py``: about 15-30 % faster than one per core).
+    """
+    return (os.cpu_count() or 1) + 2
+
+
 def _run_regions(
     tasks: Sequence[Any],
     *,
     client: Client | None,
     progress: bool,
     desc: str,
+    threads: int | None = None,
 ) -> None:
-    """Compute the delayed region writers on ``client`` or the local threaded scheduler."""
+    """Compute the region writers on ``client`` or the local threaded scheduler (``threads`` threads)."""
     import dask
     from tqdm.auto import tqdm
 
@@ -287,39 +324,92 @@ def _run_regions(
                     bar.update()
 
             with Callback(posttask=posttask):
-                dask.compute(*tasks, scheduler="threads")
+                dask.compute(*tasks, scheduler="threads", num_workers=threads or default_threads())
     finally:
         bar.close()
+
+
+def _block_ranges(chunks: Sequence[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of every block along one dimension."""
+    out, start = [], 0
+    for n in chunks:
+        out.append((start, start + int(n)))
+        start += int(n)
+    return out
 
 
 def _region_tasks(
     ds: xr.Dataset,
     store: Path,
     regions: Sequence[Region],
+    chunk: tuple[int, int],
     *,
     time_offset: int = 0,
     variables: Sequence[str] | None = None,
 ) -> list[Any]:
-    """One delayed writer per region; ``ds`` time index 0 maps to store index ``time_offset``."""
-    import dask
+    """One writer task (a ``Delayed``) per region.
 
-    names = list(variables) if variables is not None else list(ds.data_vars)
-    tasks = []
-    writer = dask.delayed(_write_region, pure=True)
+    The task depends directly on the Dask blocks of the region (each variable is
+    rechunked to the store's ``chunk = (y, x)`` first, a no-op for cubes built by
+    :mod:`landcover.cube`). ``ds`` time index 0 maps to store index ``time_offset``.
+    """
+    import itertools
+
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    names = [str(v) for v in (variables if variables is not None else ds.data_vars)]
+    prepared: dict[str, tuple[Any, tuple[str, ...], list[list[tuple[int, int]]]]] = {}
+    for name in names:
+        var = ds[name]
+        dims = tuple(str(d) for d in var.dims)
+        data = var.data
+        if not isinstance(data, da.Array):
+            data = da.from_array(np.asarray(data), chunks=-1)
+        target = {i: chunk[0] if d == "y" else chunk[1] for i, d in enumerate(dims) if d in ("y", "x")}
+        data = data.rechunk(target)
+        prepared[name] = (data, dims, [_block_ranges(c) for c in data.chunks])
+    token = tokenize(str(store), time_offset, chunk, [prepared[n][0].name for n in names])
+    layer: dict[Any, Any] = {}
+    keys: list[str] = []
     for region in regions:
-        arrays: dict[str, Any] = {}
+        targets: list[tuple[str, tuple[slice, ...]]] = []
+        block_keys: list[Any] = []
         for name in names:
-            var = ds[name]
-            if "time" not in var.dims and not region.static:
+            data, dims, ranges = prepared[name]
+            if "time" not in dims and not region.static:
                 continue
-            sel = region.selection(var.dims)
-            if region.times is not None and "time" in var.dims:
-                i = var.dims.index("time")
-                t0, t1 = region.times
-                sel = sel[:i] + (slice(t0 - time_offset, t1 - time_offset),) + sel[i + 1 :]
-            arrays[name] = var.data[sel]
-        tasks.append(writer(str(store), region, arrays, dask_key_name=f"write-region-{region.key}"))
-    return tasks
+            per_dim: list[list[tuple[int, slice]]] = []
+            for d, rng in zip(dims, ranges, strict=True):
+                if d in ("y", "x"):
+                    lo, hi = region.rows if d == "y" else region.cols
+                    hit = [(i, slice(a, b)) for i, (a, b) in enumerate(rng) if a < hi and b > lo]
+                    if not hit or hit[0][1].start != lo or hit[-1][1].stop != hi:
+                        raise ValueError(f"region {region.key} is not aligned with the chunks of {name}")
+                elif d == "time":
+                    lo, hi = (0, rng[-1][1]) if region.times is None else (
+                        region.times[0] - time_offset, region.times[1] - time_offset
+                    )  # fmt: skip
+                    hit = [
+                        (i, slice(a + time_offset, b + time_offset))
+                        for i, (a, b) in enumerate(rng)
+                        if a < hi and b > lo
+                    ]
+                else:
+                    hit = [(i, slice(a, b)) for i, (a, b) in enumerate(rng)]
+                per_dim.append(hit)
+            for combo in itertools.product(*per_dim):
+                block_keys.append((data.name, *(i for i, _ in combo)))
+                targets.append((name, tuple(sl for _, sl in combo)))
+        key = f"write-region-{region.key}-{token}"
+        plan = _WritePlan(str(store), region, tuple(targets))
+        layer[key] = (_write_blocks, plan, block_keys)
+        keys.append(key)
+    layer_name = f"write-regions-{token}"
+    graph = HighLevelGraph.from_collections(layer_name, layer, dependencies=[prepared[n][0] for n in names])
+    return [Delayed(k, graph, layer=layer_name) for k in keys]
 
 
 # -- public writers -------------------------------------------------------------------------------
@@ -328,11 +418,10 @@ def _region_tasks(
 def _encoding(
     ds: xr.Dataset, chunks: Mapping[str, int], compressor: Compressor, level: int | None
 ) -> dict[str, dict[str, Any]]:
-    codecs = compressor_codecs(compressor, level=level)
     enc: dict[str, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
-        e: dict[str, Any] = {"chunks": tuple(min(chunks.get(d, n), n) for d, n in var.sizes.items())}
-        e["compressors"] = codecs
+        e: dict[str, Any] = {"chunks": tuple(min(chunks.get(str(d), n), n) for d, n in var.sizes.items())}
+        e["compressors"] = compressor_codecs(compressor, level=level, dtype=var.dtype)
         fill = var.encoding.get("_FillValue")
         e["_FillValue"] = fill
         enc[str(name)] = e
@@ -386,6 +475,7 @@ def write_cube(
     client: Client | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    threads: int | None = None,
     kill_after: int | None = None,
 ) -> Path:
     """Write a lazy cube Dataset to a Zarr v3 store, resumably.
@@ -410,6 +500,8 @@ def write_cube(
         Replace an existing store of different parameters.
     progress
         Show a progress bar over regions.
+    threads
+        Threads of the local scheduler (``client=None``); default :func:`default_threads`.
     kill_after
         Testing hook: stop the process with SIGKILL after this many regions have
         been written by this run (used to test resumption; never set in production).
@@ -429,7 +521,10 @@ def write_cube(
     regions = plan_regions((ds.sizes["y"], ds.sizes["x"]), (chunks["y"], chunks["x"]))
     done = _done_regions(store)
     todo = [r for r in regions if r.key not in done]
-    _execute(ds, store, todo, client=client, progress=progress, kill_after=kill_after, desc="cube")
+    _execute(
+        ds, store, todo, (chunks["y"], chunks["x"]), client=client, progress=progress, kill_after=kill_after,
+        desc="cube", threads=threads,
+    )  # fmt: skip
     _finalize(store)
     return store
 
@@ -444,12 +539,14 @@ def _execute(
     ds: xr.Dataset,
     store: Path,
     todo: list[Region],
+    chunk: tuple[int, int],
     *,
     client: Client | None,
     progress: bool,
     kill_after: int | None,
     desc: str,
     time_offset: int = 0,
+    threads: int | None = None,
 ) -> None:
     if kill_after is not None:  # testing hook: write regions one by one, then SIGKILL ourselves
         import signal
@@ -458,14 +555,19 @@ def _execute(
             if i >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             _run_regions(
-                _region_tasks(ds, store, [region], time_offset=time_offset),
+                _region_tasks(ds, store, [region], chunk, time_offset=time_offset),
                 client=client,
                 progress=False,
                 desc=desc,
+                threads=threads,
             )
         return
     _run_regions(
-        _region_tasks(ds, store, todo, time_offset=time_offset), client=client, progress=progress, desc=desc
+        _region_tasks(ds, store, todo, chunk, time_offset=time_offset),
+        client=client,
+        progress=progress,
+        desc=desc,
+        threads=threads,
     )
 
 
@@ -512,6 +614,7 @@ def append_time(
     attrs: Mapping[str, Any] | None = None,
     client: Client | None = None,
     progress: bool = True,
+    threads: int | None = None,
     kill_after: int | None = None,
 ) -> Path:
     """Append new ``time`` steps to a complete cube without rewriting existing time steps.
@@ -530,7 +633,7 @@ def append_time(
         depends on the union of usable time steps).
     attrs
         Root attributes to set when the append completes (e.g. the new product ids).
-    client, progress, kill_after
+    client, progress, threads, kill_after
         As in :func:`write_cube`.
     """
     import xarray as xr
@@ -589,10 +692,12 @@ def append_time(
 
     def tasks_for(rs: list[Region]) -> list[Any]:
         out: list[Any] = []
-        for r in rs:
-            out += _region_tasks(
-                merged, store, [r], time_offset=n_old, variables=svars if r.static else tvars
-            )
+        for static_part, names in ((False, tvars), (True, svars)):
+            part = [r for r in rs if r.static == static_part]
+            if part:
+                out += _region_tasks(
+                    merged, store, part, (chunk_y, chunk_x), time_offset=n_old, variables=names
+                )
         return out
 
     if kill_after is not None:
@@ -601,9 +706,9 @@ def append_time(
         for i, r in enumerate(todo):
             if i >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
-            _run_regions(tasks_for([r]), client=client, progress=False, desc="append")
+            _run_regions(tasks_for([r]), client=client, progress=False, desc="append", threads=threads)
     else:
-        _run_regions(tasks_for(todo), client=client, progress=progress, desc="append")
+        _run_regions(tasks_for(todo), client=client, progress=progress, desc="append", threads=threads)
     if attrs:
         _set_root_attrs(store, dict(attrs))
     _finalize(store)
@@ -703,8 +808,9 @@ def add_variables(
     if clash:
         raise ValueError(f"{path}: variable(s) {', '.join(map(str, clash))} already exist in the cube")
     extra = ds.drop_vars([c for c in ds.coords if (path / str(c)).exists()])
-    codecs = compressor_codecs(compressor)
-    enc = {str(v): {"compressors": codecs} for v in extra.data_vars}
+    enc = {
+        str(v): {"compressors": compressor_codecs(compressor, dtype=extra[v].dtype)} for v in extra.data_vars
+    }
     root = _root_attrs(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
