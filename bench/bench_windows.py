@@ -1,22 +1,29 @@
 """Benchmark: cube windows into PyTorch vs rasterio windowed GeoTIFF reads vs raw Zarr chunk decode.
 
 All in one run, on the same synthetic data (a cube from ``landcover.testing.cubes``: 6
-reflective bands + thermal = 7 image channels, 44-class labels) and the same windows:
+reflective bands + thermal = 7 image channels, 44-class labels), the same windows and,
+for every loader, the same decoded content: ``image`` float32 (normalised), ``target``
+as float32 fractions or uint8 steps of 1/250 (``--target``; both by default), ``mask``.
 
-(a) this loader: ``WindowDataset`` / ``WindowIterableDataset`` through ``make_loader``
-    with 0, 1 and 2 workers, aligned grid windows and random offsets;
+(a) this loader: ``WindowDataset`` (map-style) and ``WindowIterableDataset`` through
+    ``make_loader`` with 0, 1 and 2 workers, aligned grid windows and random offsets;
 (b) the old way: rasterio windowed reads of tiled (256), zstd-compressed GeoTIFFs holding
-    the same image, labels and valid mask, decoded to the same float32 tensors, through
-    the same DataLoader settings;
-(c) the ceiling: raw Zarr chunk files decoded with numcodecs, each chunk once, windows cut
-    with numpy slicing (no xarray, no zarr-python indexing, no float conversion); plus
-    (c+) the same followed by the float32 decoding that (a) and (b) do;
-and rotated windows (``angle="random"``) through (a).
+    the same image, labels and valid mask, decoded with the same numpy steps, through the
+    same DataLoader settings: one window per item + ``default_collate`` (``b_rasterio``),
+    and with the batch machinery of (a) (``b_rasterio_batched``: whole batches read
+    straight into shared batch tensors, labels read by GDAL straight into a uint8 target);
+(c) the ceiling, one process: raw Zarr chunk files decoded with numcodecs, each chunk once,
+    windows cut with numpy slicing (no xarray, no zarr-python indexing) -- ``c_raw_decode``;
+    ``c_plus_decode`` adds the same image/target decoding as (a) and (b);
+and rotated windows (``angle="random"``, same random positions) through (a).
 
 windows/s counts windows after the first batch (worker start-up excluded); MB/s is the
 stored-dtype payload per window: 7 x 2 + 44 x 1 bytes per pixel (3.8 MB for 256 x 256).
+Peak RSS per worker is the largest VmHWM of the loader's worker processes (it includes
+the shared-memory batches they wrote). The load average is printed at start and end.
 
     .venv/bin/python bench/bench_windows.py [--size 4096] [--window 256] [--chunk 512]
+        [--workers 0 1 2] [--target uint8 float32]
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -101,25 +109,53 @@ def make_data(out: Path, size: int, chunk: int) -> tuple[Path, dict[str, Path]]:
     return cube, tifs
 
 
-def _target(image: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Fractions float32, image and target zeroed outside the mask: the same steps as WindowDataset."""
-    if mask.all():
-        return np.multiply(labels, np.float32(0.004), dtype="float32")
-    keep = mask.astype("float32")
-    image *= keep
-    return np.multiply(labels, keep * np.float32(0.004), dtype="float32")
+def _decode_into(
+    raw: np.ndarray,
+    lab: np.ndarray,
+    valid: np.ndarray,
+    a: Any,
+    b: Any,
+    image: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray,
+) -> None:
+    """The same decoding steps as WindowDataset: image float32, target float32 or uint8, mask."""
+    for k in range(raw.shape[0]):
+        np.multiply(raw[k], a[k], out=image[k], dtype="float32")
+        image[k] += b[k]
+    ok = valid & (lab[0] != 255)
+    mask[...] = ok
+    compact = target.dtype == np.uint8
+    if ok.all():
+        if compact:
+            if target is not lab:
+                np.copyto(target, lab)
+        else:
+            np.multiply(lab, np.float32(0.004), out=target, dtype="float32")
+    else:
+        np.multiply(image, ok, out=image)
+        if compact:
+            np.multiply(lab, ok, out=target, casting="unsafe")
+        else:
+            np.multiply(lab, np.multiply(ok, np.float32(0.004), dtype="float32"), out=target, dtype="float32")
 
 
 class RasterioWindows(Dataset[dict[str, Any]]):
-    """The old way: rasterio windowed reads of tiled GeoTIFFs, decoded like WindowDataset."""
+    """The old way: rasterio windowed reads of tiled GeoTIFFs, one window per item, default collate."""
 
     def __init__(
-        self, tifs: dict[str, Path], positions: np.ndarray, size: int, affine: tuple[Any, Any]
+        self,
+        tifs: dict[str, Path],
+        positions: np.ndarray,
+        size: int,
+        affine: tuple[Any, Any],
+        target_dtype: str,
     ) -> None:
         self.tifs = {k: str(v) for k, v in tifs.items()}
         self.positions = positions
         self.size = size
         self.a, self.b = affine
+        self.target_dtype = target_dtype
         self._src: dict[str, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -130,7 +166,7 @@ class RasterioWindows(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _read(self, i: int, image: np.ndarray, target: np.ndarray, mask: np.ndarray) -> None:
         import rasterio
         from rasterio.windows import Window
 
@@ -139,14 +175,19 @@ class RasterioWindows(Dataset[dict[str, Any]]):
         r, c = (int(v) for v in self.positions[i, 2:])
         win = Window(c, r, self.size, self.size)
         raw = self._src["image"].read(window=win)
-        lab = self._src["labels"].read(window=win)
+        if target.dtype == np.uint8:  # read the labels straight into the output
+            lab = self._src["labels"].read(window=win, out=target)
+        else:
+            lab = self._src["labels"].read(window=win)
         valid = self._src["valid"].read(1, window=win).astype(bool)
-        image = np.empty(raw.shape, dtype="float32")
-        for k in range(raw.shape[0]):
-            np.multiply(raw[k], self.a[k], out=image[k], dtype="float32")
-            image[k] += self.b[k]
-        mask = valid & (lab[0] != 255)
-        target = _target(image, lab, mask)
+        _decode_into(raw, lab, valid, self.a, self.b, image, target, mask)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.size
+        image = np.empty((7, s, s), dtype="float32")
+        target = np.empty((44, s, s), dtype=self.target_dtype)
+        mask = np.empty((s, s), dtype=bool)
+        self._read(i, image, target, mask)
         return {
             "image": torch.from_numpy(image),
             "target": torch.from_numpy(target),
@@ -155,27 +196,96 @@ class RasterioWindows(Dataset[dict[str, Any]]):
         }
 
 
-def run_loader(dataset: Dataset[Any], workers: int, batch: int) -> tuple[float, int]:
+class RasterioBatched(RasterioWindows):
+    """(b) with the same batch machinery as (a): whole batches read into (shared) batch tensors."""
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        from torch.utils.data import get_worker_info
+
+        from landcover.datasets import WindowBatch, _empty
+
+        n, s = len(indices), self.size
+        shared = get_worker_info() is not None
+        tdtype = torch.uint8 if self.target_dtype == "uint8" else torch.float32
+        image = _empty((n, 7, s, s), torch.float32, shared)
+        target = _empty((n, 44, s, s), tdtype, shared)
+        mask = _empty((n, s, s), torch.bool, shared)
+        im, tg, mk = image.numpy(), target.numpy(), mask.numpy()
+        for j, i in enumerate(indices):
+            self._read(int(i), im[j], tg[j], mk[j])
+        pos = torch.from_numpy(self.positions[np.asarray(indices)])
+        return WindowBatch({"image": image, "target": target, "mask": mask, "position": pos})
+
+
+def _hwm_mb(pid: int) -> float:
+    """Peak resident set size (VmHWM) of a live process, MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (NaN once it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+class Rate(NamedTuple):
+    """One measurement: wall-clock throughput, CPU cost (all processes) and worker peak RSS."""
+
+    windows_s: float
+    cpu_ms: float
+    rss_mb: float = float("nan")
+
+
+def run_loader(dataset: Dataset[Any], workers: int, batch: int, epochs: int, collate: Any = None) -> Rate:
+    """Iterate ``epochs`` times through ``make_loader`` (persistent workers); time after the first batch."""
     from landcover.datasets import make_loader
 
-    loader = make_loader(
-        dataset, batch_size=batch, num_workers=workers, pin_memory=False, persistent_workers=False
-    )
+    loader = make_loader(dataset, batch_size=batch, num_workers=workers, pin_memory=False, collate_fn=collate)
     n = 0
-    t0 = None
-    for b in loader:
-        if t0 is None:
-            t0 = time.perf_counter()  # start after the first batch: worker start-up excluded
-            continue
-        n += int(b["image"].shape[0])
-    dt = time.perf_counter() - (t0 or time.perf_counter())
+    t0 = c0 = 0.0
+    started = False
+    pids: list[int] = []
+    w0: list[float] = []
+    peak = float("nan")
+    for _ in range(epochs):
+        it = iter(loader)
+        if not pids:
+            pids = [p.pid for p in getattr(it, "_workers", [])]
+        for b in it:
+            if not started:  # worker start-up and the first batch are excluded
+                started = True
+                t0, c0, w0 = time.perf_counter(), time.process_time(), [_cpu_s(p) for p in pids]
+                continue
+            n += int(b["image"].shape[0])
+        if pids:
+            peak = max([v for v in (_hwm_mb(p) for p in pids) if v == v] + [peak if peak == peak else 0.0])
+    dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0 + sum(_cpu_s(p) - c for p, c in zip(pids, w0, strict=True))
     del loader
     gc.collect()
-    return (n / dt if dt > 0 else float("nan")), n
+    if n == 0 or dt <= 0:
+        return Rate(float("nan"), float("nan"), peak)
+    return Rate(n / dt, cpu / n * 1e3, peak)
 
 
-def raw_ceiling(cube: Path, positions: np.ndarray, size: int, decode: tuple[Any, Any] | None) -> float:
-    """Decode each needed chunk once with numcodecs, slice every window from it."""
+def raw_ceiling(
+    cube: Path,
+    positions: np.ndarray,
+    size: int,
+    decode: tuple[Any, Any] | None,
+    target_dtype: str,
+    epochs: int,
+) -> Rate:
+    """Decode each needed chunk once with numcodecs, slice every window from it (one process)."""
     import numcodecs
     import zarr
 
@@ -199,8 +309,8 @@ def raw_ceiling(cube: Path, positions: np.ndarray, size: int, decode: tuple[Any,
                 cache.pop(next(iter(cache)))
         return cache[key]
 
-    order = np.lexsort((positions[:, 3], positions[:, 2]))
-    t0 = time.perf_counter()
+    order = np.tile(np.lexsort((positions[:, 3], positions[:, 2])), epochs)
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in order:
         r, c = int(positions[i, 2]), int(positions[i, 3])
         parts = {}
@@ -217,15 +327,14 @@ def raw_ceiling(cube: Path, positions: np.ndarray, size: int, decode: tuple[Any,
             parts[name] = np.ascontiguousarray(block[:, oy : oy + size, ox : ox + size])
         if decode is not None:
             a, b = decode
+            raw = np.concatenate([parts["reflectance"], parts["thermal"]])
             image = np.empty((7, size, size), dtype="float32")
-            for k in range(6):
-                np.multiply(parts["reflectance"][k], a[k], out=image[k], dtype="float32")
-                image[k] += b[k]
-            np.multiply(parts["thermal"][0], a[6], out=image[6], dtype="float32")
-            image[6] += b[6]
-            mask = parts["valid"][0] & (parts["labels"][0] != 255)
-            _target(image, parts["labels"], mask)
-    return len(positions) / (time.perf_counter() - t0)
+            mask = np.empty((size, size), dtype=bool)
+            lab = parts["labels"]
+            target = lab if target_dtype == "uint8" else np.empty(lab.shape, dtype="float32")
+            _decode_into(raw, lab, parts["valid"][0], a, b, image, target, mask)
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return Rate(len(order) / dt, cpu / len(order) * 1e3)
 
 
 def main() -> None:
@@ -234,75 +343,137 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=2, help="passes over the windows per measurement")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--target",
+        nargs="+",
+        choices=("uint8", "float32"),
+        default=["uint8", "float32"],
+        help="target dtype(s) to measure: uint8 steps of 1/250 or float32 fractions",
+    )
     ap.add_argument("--random", type=int, default=None, help="random windows (default: as many as aligned)")
+    ap.add_argument("--cache-mb", type=int, default=512, help="chunk cache (a), GDAL block cache (b)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "windows")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    # one intra-op thread in the main process too (workers get one from make_loader): on a small
-    # shared machine torch's threaded collate (torch.stack of 16 x 11.5 MB targets) otherwise spins
+    # the same decoded-data cache bound for (a) and (b): GDAL's default is 5 % of RAM, which
+    # would hold the whole test GeoTIFF after the first epoch (workers inherit the setting)
+    os.environ["GDAL_CACHEMAX"] = str(args.cache_mb)
+    # one intra-op thread in the main process too (workers get one from make_loader)
     torch.set_num_threads(1)
 
-    from landcover.datasets import WindowDataset, WindowIterableDataset
+    from landcover.datasets import WindowDataset, WindowIterableDataset, collate_windows
 
     cube, tifs = make_data(args.out, args.size, args.chunk)
     w = args.window
     mb = (7 * 2 + 44) * w * w / 1e6
-    common = dict(size=w, thermal=True, min_valid=0.0, cache_mb=512)
-    aligned = WindowDataset(cube, **common)
-    n_random = args.random or len(aligned)
-    random = WindowDataset(cube, sampling="random", count=n_random, seed=1, **common)
-    aligned_it = WindowIterableDataset(cube, **common)
-    random_it = WindowIterableDataset(cube, sampling="random", count=n_random, seed=1, **common)
-    rotated_it = WindowIterableDataset(
-        cube, sampling="random", count=n_random, seed=1, angle="random", **common
-    )
-    ab = aligned._affine[0][:2]
+    load = os.getloadavg()
     _log(
         f"cube {args.size}x{args.size}, chunk {args.chunk}, window {w}x{w}x7 + 44 classes "
-        f"({mb:.2f} MB/window stored), {len(aligned)} aligned / {len(random)} random windows, "
-        f"batch {args.batch}"
+        f"({mb:.2f} MB/window stored), batch {args.batch}, {args.epochs} epochs per measurement, "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
-    results: dict[str, Any] = {"size": args.size, "window": w, "chunk": args.chunk, "mb_per_window": mb}
+    results: dict[str, Any] = {
+        "size": args.size,
+        "window": w,
+        "chunk": args.chunk,
+        "batch": args.batch,
+        "epochs": args.epochs,
+        "cache_mb": args.cache_mb,
+        "mb_per_window": mb,
+        "loadavg_start": load,
+    }
+    rates: dict[str, Rate] = {}
 
-    def record(key: str, rate: float) -> None:
-        results[key] = rate
-        _log(f"  {key:<38s} {rate:8.1f} windows/s {rate * mb:8.1f} MB/s")
+    def record(key: str, rate: Rate) -> None:
+        rates[key] = rate
+        results[key] = rate._asdict()
+        extra = f"   peak RSS/worker {rate.rss_mb:6.0f} MB" if rate.rss_mb == rate.rss_mb else ""
+        _log(
+            f"  {key:<40s} {rate.windows_s:8.1f} windows/s {rate.windows_s * mb:8.1f} MB/s "
+            f"{rate.cpu_ms:6.2f} CPU-ms/window{extra}"
+        )
 
-    for kind, ds, it, pos in (
-        ("aligned", aligned, aligned_it, aligned.windows.positions()),
-        ("random", random, random_it, random.windows.positions()),
-    ):
-        _log(f"[{kind}]")
-        record(f"c_raw_decode_{kind}", raw_ceiling(cube, pos, w, None))
-        record(f"c_plus_float_{kind}", raw_ceiling(cube, pos, w, ab))
-        rio = RasterioWindows(tifs, pos, w, ab)
+    for tdt in args.target:
+        common: dict[str, Any] = dict(
+            size=w, thermal=True, min_valid=0.0, cache_mb=args.cache_mb, target_dtype=tdt
+        )
+        aligned = WindowDataset(cube, **common)
+        n_random = args.random or len(aligned)
+        random = WindowDataset(cube, sampling="random", count=n_random, seed=1, **common)
+        aligned_it = WindowIterableDataset(cube, **common)
+        random_it = WindowIterableDataset(cube, sampling="random", count=n_random, seed=1, **common)
+        rotated_it = WindowIterableDataset(
+            cube, sampling="random", count=n_random, seed=1, angle="random", **common
+        )
+        ab = aligned._affine[0][:2]
+        _log(f"== target {tdt}: {len(aligned)} aligned / {len(random)} random windows")
+        for kind, ds, it, pos in (
+            ("aligned", aligned, aligned_it, aligned.windows.positions()),
+            ("random", random, random_it, random.windows.positions()),
+        ):
+            _log(f"[{tdt} {kind}]")
+            record(f"{tdt}_c_raw_decode_{kind}", raw_ceiling(cube, pos, w, None, tdt, args.epochs))
+            record(f"{tdt}_c_plus_decode_{kind}", raw_ceiling(cube, pos, w, ab, tdt, args.epochs))
+            rio = RasterioWindows(tifs, pos, w, ab, tdt)
+            rio_b = RasterioBatched(tifs, pos, w, ab, tdt)
+            for nw in args.workers:
+                record(f"{tdt}_a_iterable_{kind}_w{nw}", run_loader(it, nw, args.batch, args.epochs))
+                record(f"{tdt}_a_map_{kind}_w{nw}", run_loader(ds, nw, args.batch, args.epochs))
+                record(f"{tdt}_b_rasterio_{kind}_w{nw}", run_loader(rio, nw, args.batch, args.epochs))
+                record(
+                    f"{tdt}_b_rasterio_batched_{kind}_w{nw}",
+                    run_loader(rio_b, nw, args.batch, args.epochs, collate_windows),
+                )
+        _log(f"[{tdt} rotated, angle='random', same random positions]")
         for nw in args.workers:
-            record(f"a_iterable_{kind}_w{nw}", run_loader(it, nw, args.batch)[0])
-            record(f"a_map_{kind}_w{nw}", run_loader(ds, nw, args.batch)[0])
-            record(f"b_rasterio_{kind}_w{nw}", run_loader(rio, nw, args.batch)[0])
-    _log("[rotated, angle='random', same random positions]")
-    for nw in args.workers:
-        record(f"rotated_iterable_w{nw}", run_loader(rotated_it, nw, args.batch)[0])
+            record(f"{tdt}_rotated_iterable_w{nw}", run_loader(rotated_it, nw, args.batch, args.epochs))
+        del aligned, random, aligned_it, random_it, rotated_it
+        gc.collect()
 
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    load = os.getloadavg()
+    results["loadavg_end"] = load
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results["peak_rss_worker_mb"] = children
     results["peak_rss_main_mb"] = self_rss
-    _log(f"peak RSS: any worker {children:.0f} MB, main process {self_rss:.0f} MB (cache bound 512 MB)")
-    _log("ratios (same windows, same workers):")
-    for kind in ("aligned", "random"):
+    _log(
+        f"peak RSS main process {self_rss:.0f} MB (all datasets' caches); "
+        f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    _log("ratios, same windows, workers and decoded content: wall-clock windows/s [CPU cost ratio b/a]")
+    ratios: dict[str, float] = {}
+
+    def ratio(name: str, a: Rate, b: Rate) -> str:
+        ratios[name] = a.windows_s / b.windows_s
+        ratios[name + "_cpu"] = b.cpu_ms / a.cpu_ms
+        return f"{ratios[name]:.2f} [{ratios[name + '_cpu']:.2f}]"
+
+    for tdt in args.target:
+        for kind in ("aligned", "random"):
+            for nw in args.workers:
+                a = rates[f"{tdt}_a_iterable_{kind}_w{nw}"]
+                am = rates[f"{tdt}_a_map_{kind}_w{nw}"]
+                b = rates[f"{tdt}_b_rasterio_{kind}_w{nw}"]
+                bb = rates[f"{tdt}_b_rasterio_batched_{kind}_w{nw}"]
+                _log(
+                    f"  {tdt} {kind} w{nw}: a/b = {ratio(f'{tdt}_{kind}_w{nw}_a/b', a, b)} "
+                    f"(map-style {ratio(f'{tdt}_{kind}_w{nw}_amap/b', am, b)}); "
+                    f"a/b_batched = {ratio(f'{tdt}_{kind}_w{nw}_a/bb', a, bb)} "
+                    f"(map-style {ratio(f'{tdt}_{kind}_w{nw}_amap/bb', am, bb)})"
+                )
+            a0 = rates[f"{tdt}_a_iterable_{kind}_w0"]
+            am0 = rates[f"{tdt}_a_map_{kind}_w0"]
+            c_raw, c_plus = rates[f"{tdt}_c_raw_decode_{kind}"], rates[f"{tdt}_c_plus_decode_{kind}"]
+            _log(
+                f"  {tdt} {kind} w0: a/c_raw = {ratio(f'{tdt}_{kind}_a/c_raw', a0, c_raw)} "
+                f"(map-style {ratio(f'{tdt}_{kind}_amap/c_raw', am0, c_raw)}), "
+                f"a/c_plus_decode = {ratio(f'{tdt}_{kind}_a/c_plus', a0, c_plus)} "
+                f"(map-style {ratio(f'{tdt}_{kind}_amap/c_plus', am0, c_plus)})"
+            )
         for nw in args.workers:
-            a = results[f"a_iterable_{kind}_w{nw}"]
-            am = results[f"a_map_{kind}_w{nw}"]
-            b = results[f"b_rasterio_{kind}_w{nw}"]
-            _log(f"  {kind} w{nw}: a/b = {a / b:.2f} (map-style {am / b:.2f})")
-        a0 = results[f"a_iterable_{kind}_w0"]
-        c_raw, c_plus = results[f"c_raw_decode_{kind}"], results[f"c_plus_float_{kind}"]
-        _log(f"  {kind} w0: a/c_raw = {a0 / c_raw:.2f}, a/c_plus_float = {a0 / c_plus:.2f}")
-    for nw in args.workers:
-        rot, ar = results[f"rotated_iterable_w{nw}"], results[f"a_iterable_random_w{nw}"]
-        _log(f"  rotated/a (random offsets) w{nw}: {rot / ar:.2f}")
+            rot, ar = rates[f"{tdt}_rotated_iterable_w{nw}"], rates[f"{tdt}_a_iterable_random_w{nw}"]
+            _log(f"  {tdt} rotated/a (random offsets) w{nw}: {ratio(f'{tdt}_w{nw}_rotated/a', rot, ar)}")
+    results["ratios"] = ratios
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     _log(f"results -> {args.out / 'results.json'}")
 
