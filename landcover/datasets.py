@@ -21,8 +21,17 @@ positions, rotation footprints, valid-share filter, spatial splits), planned onc
 * a window is a numpy view of one cached chunk when it fits in it (otherwise it is
   assembled from the chunks it touches), decoded from uint16/uint8 to float32 with one
   fused multiply-add per band (CF scale/offset and the normalisation together);
+* batches are read whole: every window is decoded straight into its slot of the batch
+  tensors (``WindowDataset.__getitems__`` + :func:`collate_windows`, or
+  :class:`BatchedWindows` for the iterable dataset), allocated in shared memory inside
+  DataLoader workers, so there are no per-window tensors and no collate copy;
+* targets can travel compact (``target_dtype="uint8"``: the stored 1/250 steps, a
+  quarter of the float32 bytes; :func:`decode_target` turns them into fractions on the
+  device, as :func:`landcover.train.fit` does);
 * the iterable dataset visits windows in chunk order and splits that order into
-  contiguous parts across workers, so each chunk is decoded about once per epoch.
+  contiguous runs of batches across workers, so each chunk is decoded about once per
+  epoch. (A map-style dataset hands consecutive batches to different workers, which
+  then decode some chunks twice; use the iterable one for streaming whole cubes.)
 
 Normalisation statistics (per-band mean/std of the decoded values over valid pixels) are
 computed once per cube with Dask in the *parent* process, stored in the cube (root
