@@ -50,7 +50,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -76,6 +76,9 @@ __all__ = [
     "assemble_cube",
     "build_cube",
 ]
+
+_Fill = float | np.floating[Any] | np.integer[Any]
+"""A fill value: a Python number or a NumPy scalar of the array's dtype."""
 
 GridSpec = Grid | str | None
 """``None``/``"scene"``, ``"utm-first"``, a CRS string such as ``"EPSG:3035"``, or a :class:`Grid`."""
@@ -107,7 +110,7 @@ def _open_scenes(scenes: Sequence[str | os.PathLike[str]], chunk: int) -> list[_
     for p in scenes:
         ds = open_scene(p, chunks={"y": chunk, "x": chunk, "band": -1})
         grid = Grid.from_xarray(ds)
-        t = np.datetime64(ds["time"].values, "ns")
+        t = np.datetime64(np.asarray(ds["time"].values, dtype="datetime64[ns]").reshape(()).item(), "ns")
         out.append(_Scene(str(p), ds, grid, t, str(ds.attrs.get("product_id", Path(p).name))))
     times = [s.time for s in out]
     dup = {str(t) for t in times if times.count(t) > 1}
@@ -119,7 +122,7 @@ def _open_scenes(scenes: Sequence[str | os.PathLike[str]], chunk: int) -> list[_
 
 
 def _clc_grid(corine: str | os.PathLike[str]) -> Grid:
-    return Grid.from_raster(corine)
+    return Grid.from_raster(Path(corine))
 
 
 def _label_fractions(
@@ -130,8 +133,11 @@ def _label_fractions(
 
     from . import corine as clc_mod
 
+    if level not in (1, 2, 3):
+        raise ConfigError(f"CLC level must be 1, 2 or 3, got {level!r}")
     clc = clc_mod.read_clc(corine)
-    res = clc_mod.fractions(clc, grid, level=level, min_coverage=min_coverage, chunks=chunk)
+    lvl = cast("Literal[1, 2, 3]", level)
+    res = clc_mod.fractions(clc, grid, level=lvl, min_coverage=min_coverage, chunks=chunk)
     if isinstance(res, xr.Dataset):
         name = "fractions" if "fractions" in res else next(iter(res.data_vars))
         frac = res[name]
@@ -195,6 +201,7 @@ def target_grid(
                 f"(scene bounds {tuple(round(v) for v in g.bounds)} in {g.crs.to_string()}, "
                 f"CORINE bounds {tuple(round(v) for v in clc_b)} there)"
             ) from None
+    anchor: tuple[float, float]
     if isinstance(grid, Grid):
         out = grid
     elif grid is None or grid == "scene":
@@ -214,7 +221,7 @@ def target_grid(
         if grid == "utm-first":
             crs = first.crs
             rx, ry = first.resolution if resolution is None else (resolution, resolution)
-            anchor: tuple[float, float] = (first.transform.c % rx, first.transform.f % ry)
+            anchor = (first.transform.c % rx, first.transform.f % ry)
         else:
             from rasterio.crs import CRS
 
@@ -235,7 +242,7 @@ def target_grid(
 # -- placing a scene on the cube grid ------------------------------------------------------------
 
 
-def _place_aligned(arr: Any, src: Grid, dst: Grid, fill: float | int, chunk: int) -> Any:
+def _place_aligned(arr: Any, src: Grid, dst: Grid, fill: _Fill, chunk: int) -> Any:
     """Slice/pad a Dask array ``(..., y, x)`` on ``src`` onto the aligned grid ``dst`` (no resampling)."""
     import dask.array as da
 
@@ -261,7 +268,7 @@ def _reproject_block(
     src_grid: Grid,
     dst_grid: Grid,
     method: Literal["bilinear", "nearest"],
-    fill: float | int,
+    fill: _Fill,
 ) -> np.ndarray:
     from rasterio.warp import Resampling, reproject
 
@@ -288,15 +295,15 @@ def _reproject_block(
 
 
 def _place_resampled(
-    arr: Any, src: Grid, dst: Grid, fill: float | int, chunk: int, method: Literal["bilinear", "nearest"]
+    arr: Any, src: Grid, dst: Grid, fill: _Fill, chunk: int, method: Literal["bilinear", "nearest"]
 ) -> Any:
     """Lazily resample a Dask array ``(..., y, x)`` on ``src`` onto ``dst``, one output chunk per task."""
-    import dask
     import dask.array as da
+    from dask.delayed import delayed
 
     lead = arr.shape[:-2]
     rows: list[list[Any]] = []
-    fn = dask.delayed(_reproject_block, pure=True)
+    fn = delayed(_reproject_block, pure=True)
     for r in range(0, dst.height, chunk):
         row: list[Any] = []
         for c in range(0, dst.width, chunk):
@@ -319,7 +326,7 @@ def _place_resampled(
     return da.block(nested)
 
 
-def _place(arr: Any, src: Grid, dst: Grid, fill: float | int, chunk: int, method: Any) -> Any:
+def _place(arr: Any, src: Grid, dst: Grid, fill: _Fill, chunk: int, method: Any) -> Any:
     if dst.is_aligned(src):
         return _place_aligned(arr, src, dst, fill, chunk)
     return _place_resampled(arr, src, dst, fill, chunk, method)
@@ -425,12 +432,13 @@ def _quantise_rows(flat: np.ndarray, active: np.ndarray, nan: np.ndarray, k: int
             rem[best, sel] = -np.inf
         q[:, todo] = sub_q
     np.clip(q, 0, schema.LABEL_STEPS, out=q)
-    return q
+    result: np.ndarray = q
+    return result
 
 
 def _encode_coverage(cov: np.ndarray) -> np.ndarray:
     c = cov.astype("float32")
-    out = np.rint(np.clip(np.nan_to_num(c, nan=0.0), 0, 1) * schema.LABEL_STEPS).astype("uint8")
+    out: np.ndarray = np.rint(np.clip(np.nan_to_num(c, nan=0.0), 0, 1) * schema.LABEL_STEPS).astype("uint8")
     out[np.isnan(c)] = schema.LABEL_FILL
     return out
 
@@ -760,9 +768,10 @@ def _assemble(
             "label coverage >= min_coverage; "
             "reflectance/thermal = fill where the label is NODATA; labels = fill where no time step is valid"
         ),
-        **_class_attrs(codes, clc_attrs),
+        **_class_attrs([int(c) for c in codes], clc_attrs),
     }
-    return ds
+    result: xr.Dataset = ds
+    return result
 
 
 # -- building --------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from .errors import ConfigError, IncompleteStoreError, InputFileError
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
+    import zarr
     from distributed import Client
 
 __all__ = [
@@ -90,7 +91,7 @@ def compressor_codecs(compressor: Compressor, *, level: int | None = None, dtype
     """
     from zarr.codecs import BloscCodec, ZstdCodec
 
-    shuffle = "bitshuffle"
+    shuffle: Literal["noshuffle", "bitshuffle"] = "bitshuffle"
     if dtype is not None:
         dt = np.dtype(dtype)
         if dt.itemsize == 1 and dt.kind != "b":
@@ -203,6 +204,19 @@ def _write_blocks(plan: _WritePlan, blocks: Sequence[np.ndarray]) -> str:
     return plan.region.key
 
 
+def _array(group: zarr.Group, name: str, store: Path) -> zarr.Array[Any]:
+    """The array ``name`` of ``group``; :class:`InputFileError` when it is missing or a group."""
+    import zarr
+
+    try:
+        node = group[name]
+    except KeyError:
+        raise InputFileError(store, f"the cube has no array {name!r}; not a landcover cube") from None
+    if not isinstance(node, zarr.Array):
+        raise InputFileError(store, f"{name!r} is a group, not an array; this is not a landcover cube")
+    return node
+
+
 # -- state ---------------------------------------------------------------------------------------
 
 
@@ -297,7 +311,7 @@ def _run_regions(
     threads: int | None = None,
 ) -> None:
     """Compute the region writers on ``client`` or the local threaded scheduler (``threads`` threads)."""
-    import dask
+    from dask.base import compute
     from tqdm.auto import tqdm
 
     if not tasks:
@@ -324,7 +338,7 @@ def _run_regions(
                     bar.update()
 
             with Callback(posttask=posttask):
-                dask.compute(*tasks, scheduler="threads", num_workers=threads or default_threads())
+                compute(*tasks, scheduler="threads", num_workers=threads or default_threads())
     finally:
         bar.close()
 
@@ -654,7 +668,7 @@ def append_time(
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            n_old = zarr.open_group(str(store), mode="r")["time"].shape[0]
+            n_old = _array(zarr.open_group(str(store), mode="r"), "time", store).shape[0]
         state = {"mode": "append", "fingerprint": fingerprint, "n_old": int(n_old)}
         # Order matters: the marker goes first, so a killed append never looks complete.
         (store / JOURNAL_DIR).mkdir(exist_ok=True)
@@ -667,28 +681,28 @@ def append_time(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         g = zarr.open_group(str(store), mode="r+")
-        for name in list(ds_time.data_vars) + ["time"]:
-            arr = g[name]
-            shape = list(arr.shape)
-            shape[0] = n_old + n_new
-            if list(arr.shape) != shape:
-                arr.resize(tuple(shape))
-        tarr = g["time"]
-        units = tarr.attrs.get("units", "microseconds since 1970-01-01")
-        calendar = tarr.attrs.get("calendar", "proleptic_gregorian")
+        tnames = [str(v) for v in ds_time.data_vars]
+        for name in [*tnames, "time"]:
+            arr = _array(g, name, store)
+            new_shape = (n_old + n_new, *arr.shape[1:])
+            if arr.shape != new_shape:
+                arr.resize(new_shape)
+        tarr = _array(g, "time", store)
+        units = str(tarr.attrs.get("units", "microseconds since 1970-01-01"))
+        calendar = str(tarr.attrs.get("calendar", "proleptic_gregorian"))
         enc, _, _ = xr.coding.times.encode_cf_datetime(
             ds_time["time"].values, units, calendar, dtype=tarr.dtype
         )
         tarr[n_old : n_old + n_new] = np.asarray(enc, dtype=tarr.dtype)
-        chunk_y, chunk_x = g[next(iter(ds_time.data_vars))].chunks[-2:]
+        chunk_y, chunk_x = _array(g, tnames[0], store).chunks[-2:]
     shape = (ds_time.sizes["y"], ds_time.sizes["x"])
     regions = plan_regions(shape, (chunk_y, chunk_x), times=(n_old, n_old + n_new), static=False)
     if static is not None:
         regions += plan_regions(shape, (chunk_y, chunk_x), times=None, static=True)
     todo = [r for r in regions if r.key not in _done_regions(store)]
     merged = ds_time if static is None else xr.merge([ds_time, static], compat="override", join="override")
-    tvars = [v for v in merged.data_vars if "time" in merged[v].dims]
-    svars = [v for v in merged.data_vars if "time" not in merged[v].dims]
+    tvars = [str(v) for v in merged.data_vars if "time" in merged[v].dims]
+    svars = [str(v) for v in merged.data_vars if "time" not in merged[v].dims]
 
     def tasks_for(rs: list[Region]) -> list[Any]:
         out: list[Any] = []
@@ -768,7 +782,7 @@ def open_cube(
         ds = xr.open_zarr(
             str(path),
             consolidated=True,
-            chunks=chunks if chunks is not None else {},
+            chunks=dict(chunks) if isinstance(chunks, Mapping) else chunks if chunks is not None else {},
             mask_and_scale=decode,
             zarr_format=3,
         )
@@ -778,7 +792,8 @@ def open_cube(
                 enc = ds[name].encoding
                 ds[name] = ds[name].astype("float32")
                 ds[name].encoding = enc
-    return ds
+    result: xr.Dataset = ds
+    return result
 
 
 def update_attrs(store: str | os.PathLike[str], **attrs: Any) -> None:
@@ -861,7 +876,7 @@ def cube_info(store: str | os.PathLike[str]) -> dict[str, Any]:
         ``valid_share_per_time`` (list), ``label_share`` (``{code: share of valid-label area}``),
         ``complete``.
     """
-    import dask
+    from dask.base import compute
 
     path = Path(store)
     ds = open_cube(path, decode=False)
@@ -872,7 +887,7 @@ def cube_info(store: str | os.PathLike[str]) -> dict[str, Any]:
     overall = valid.mean()
     sums = labels.where(label_ok).sum(dim=("y", "x"))
     n_ok = label_ok.isel({"class": 0}).sum()
-    per_time_v, overall_v, sums_v, n_ok_v = dask.compute(per_time.data, overall.data, sums.data, n_ok.data)
+    per_time_v, overall_v, sums_v, n_ok_v = compute(per_time.data, overall.data, sums.data, n_ok.data)
     total = float(n_ok_v) * schema.LABEL_STEPS
     codes = [int(c) for c in ds["class"].values]
     share = {c: (float(s) / total if total else 0.0) for c, s in zip(codes, np.asarray(sums_v), strict=True)}
