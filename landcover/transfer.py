@@ -13,10 +13,9 @@ Building blocks
     trained, the encoder at ``lr * encoder_lr_factor``. Implemented with optimizer
     parameter groups (AdamW + one-cycle with one maximum LR per group).
 :func:`train_transfer`
-    The training loop for these groups. It reuses :mod:`landcover.train`'s loss,
-    :func:`~landcover.train.evaluate` and :class:`~landcover.train.History`, but
-    builds its own optimizer: ``train.fit`` creates ``AdamW(model.parameters())``
-    with a single one-cycle maximum LR, which cannot express a lower encoder LR.
+    Trains with these groups through :func:`landcover.train.fit` (its ``param_groups``
+    and ``frozen_modules``), so transfer runs share the phase-1 loop: seeding, loss,
+    validation, history, AMP, checkpoints and resume.
 :func:`budget_indices`
     Label budgets: nested subsets of the training windows (1 % inside 10 % inside
     100 %), deterministic for a seed.
@@ -55,7 +54,7 @@ from .errors import ConfigError, InputFileError, LandcoverError
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from .train import History
+    from .train import History, TrainConfig
 
 __all__ = [
     "Strategy",
@@ -76,6 +75,8 @@ __all__ = [
 ]
 
 Strategy = Literal["frozen", "partial", "full"]
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 Init = Literal["phase1", "imagenet", "scratch"]
 STRATEGIES: tuple[str, ...] = ("frozen", "partial", "full")
 INITS: tuple[str, ...] = ("phase1", "imagenet", "scratch")
@@ -220,27 +221,36 @@ def param_groups(
 
 @dataclass(frozen=True)
 class TransferTrainConfig:
-    """Options of one transfer training run.
+    """Options of one transfer training run (run by :func:`landcover.train.fit`).
 
     Parameters
     ----------
     epochs
         Passes over the (budgeted) training windows.
     min_steps
-        At least this many optimisation steps (the loader is cycled), so that small
-        label budgets still train.
+        At least this many optimisation steps: the number of epochs is raised to
+        ``ceil(min_steps / batches_per_epoch)`` when that is more, so that small label
+        budgets still train.
     batch_size, lr, weight_decay, pct_start
         Loader batch size, peak LR of the decoder/head group, AdamW decay, one-cycle warm-up.
     strategy, encoder_lr_factor, partial_stages
         See :func:`param_groups`.
     val_every_samples
-        Validate every this many training samples (learning curves); None: per epoch only.
+        Validate every this many training samples (the learning-curve points, in
+        ``History.samples``, which also start with a validation before training);
+        None: once per epoch (every ``len(dataset)`` samples).
     seed
         Seeds torch/numpy/python RNGs and the data order.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    amp
+        Mixed precision on CUDA (``"auto"``) or never (``"off"``); see
+        :class:`landcover.train.TrainConfig`.
     num_threads
         torch intra-op threads during the run (None: unchanged).
+    checkpoint_dir, resume
+        Checkpoints and history files of the run, and resuming from them (as in
+        :class:`landcover.train.TrainConfig`). None: no files.
     """
 
     epochs: int = 5
@@ -254,8 +264,11 @@ class TransferTrainConfig:
     partial_stages: int = 1
     val_every_samples: int | None = None
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
+    amp: Literal["auto", "off"] = "auto"
     num_threads: int | None = None
+    checkpoint_dir: str | Path | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -273,6 +286,35 @@ class TransferTrainConfig:
             raise ValueError("pct_start must be in (0, 1)")
         if self.val_every_samples is not None and self.val_every_samples < 1:
             raise ValueError("val_every_samples must be >= 1")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.amp not in ("auto", "off"):
+            raise ValueError(f"amp must be 'auto' or 'off', got {self.amp!r}")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir")
+
+    def train_config(self, batches_per_epoch: int, samples_per_epoch: int) -> TrainConfig:
+        """The :class:`landcover.train.TrainConfig` of a run over a loader of that size."""
+        from .train import TrainConfig
+
+        if batches_per_epoch < 1:
+            raise LandcoverError("no training windows (check the split, min_valid and the budget)")
+        return TrainConfig(
+            epochs=max(self.epochs, math.ceil(self.min_steps / batches_per_epoch)),
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            pct_start=self.pct_start,
+            seed=self.seed,
+            device=self.device,
+            amp=self.amp,
+            val_every_samples=self.val_every_samples or max(samples_per_epoch, 1),
+            val_at_start=True,
+            num_threads=self.num_threads,
+            checkpoint_dir=None if self.checkpoint_dir is None else Path(self.checkpoint_dir),
+            resume=self.resume,
+            progress=False,
+        )
 
 
 def train_transfer(
@@ -284,116 +326,70 @@ def train_transfer(
     class_codes: Sequence[int],
     log: Callable[[str], None] | None = None,
 ) -> History:
-    """Train with per-group learning rates; return a :class:`landcover.train.History`.
+    """Fine-tune ``model`` with a strategy; return its :class:`landcover.train.History`.
 
-    Frozen modules stay in eval mode (their BatchNorm statistics do not move) and get
-    no gradients, so their weights and buffers are unchanged by the run.
+    The strategy becomes optimizer parameter groups (:func:`param_groups`) and frozen
+    modules, and :func:`landcover.train.fit` does the training: frozen modules stay in
+    eval mode (their BatchNorm statistics do not move) and get no gradients, so their
+    weights and buffers are unchanged by the run. ``History.samples`` starts with a
+    validation before the first step. ``meta`` adds ``strategy``, ``groups`` (name ->
+    peak LR), ``trainable_parameters`` and ``transfer_config``. The model is left in
+    eval mode.
     """
-    import torch
-
-    from .losses import SoftLabelLoss
-    from .train import History, evaluate, resolve_device, seed_everything
+    from .train import fit
 
     cfg = config
     codes = [int(c) for c in class_codes]
-    device = resolve_device(cfg.device)
-    prev_threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
     try:
-        seed_everything(cfg.seed)
-        model.to(device)
-        groups, frozen = param_groups(
-            model,
-            cfg.strategy,
-            lr=cfg.lr,
-            encoder_lr_factor=cfg.encoder_lr_factor,
-            partial_stages=cfg.partial_stages,
-        )
-        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         n_batches = len(train_loader)
-        if n_batches == 0:
-            raise LandcoverError("no training windows (check the split, min_valid and the budget)")
-        total = max(cfg.epochs * n_batches, cfg.min_steps, 1)
-        epochs = math.ceil(total / n_batches)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in groups], total_steps=total, pct_start=cfg.pct_start
-        )
-        loss_fn = SoftLabelLoss("ce").to(device)
-        history = History(
-            meta={
-                "strategy": cfg.strategy,
-                "groups": {g["name"]: g["lr"] for g in groups},
-                "total_steps": total,
-                "class_codes": codes,
-                "config": dataclasses.asdict(cfg),
-                "frozen_modules": len(frozen),
-                "trainable_parameters": int(sum(p.numel() for g in groups for p in g["params"])),
-            }
-        )
+    except TypeError as exc:
+        raise ConfigError("train_transfer needs a training loader with len() (e.g. a DataLoader)") from exc
+    tcfg = cfg.train_config(n_batches, _samples_per_epoch(train_loader, n_batches, cfg.batch_size))
+    groups, frozen = param_groups(
+        model,
+        cfg.strategy,
+        lr=cfg.lr,
+        encoder_lr_factor=cfg.encoder_lr_factor,
+        partial_stages=cfg.partial_stages,
+    )
 
-        def set_train() -> None:
-            model.train()
-            for m in frozen:
-                m.eval()
+    def report(kind: str, row: dict[str, Any]) -> None:
+        if log is not None and kind == "epoch":
+            score = row.get(f"val_{PRIMARY_METRIC}")
+            loss = f"{row['train_loss']:.4f}"
+            log(f"  epoch {row['epoch']}/{tcfg.epochs}: loss {loss}, val {PRIMARY_METRIC} {score}")
 
-        def validate() -> dict[str, float]:
-            if val_loader is None:
-                return {}
-            return evaluate(
-                model, val_loader, class_codes=codes, loss_fn=loss_fn, device=device, amp="off"
-            ).summary("val_")
+    history = fit(
+        model,
+        train_loader,
+        val_loader,
+        tcfg,
+        class_codes=codes,
+        callbacks=[report],
+        param_groups=groups,
+        frozen_modules=frozen,
+    )
+    history.meta.update(
+        strategy=cfg.strategy,
+        groups={g["name"]: g["lr"] for g in groups},
+        trainable_parameters=int(sum(p.numel() for g in groups for p in g["params"])),
+        transfer_config={
+            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
+        },
+    )
+    model.eval()
+    return history
 
-        samples, step, t0 = 0, 0, time.perf_counter()
-        next_val = cfg.val_every_samples
-        history.samples.append({"epoch": 0.0, "samples_seen": 0, "step": 0, **validate()})
-        set_train()
-        for epoch in range(epochs):
-            ep_loss, ep_n = 0.0, 0
-            for batch in train_loader:
-                if step >= total:
-                    break
-                image = batch["image"].to(device).float()
-                target = batch["target"].to(device).float()
-                mask = batch["mask"].to(device).bool()
-                loss = loss_fn(model(image), target, mask)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                bs = int(image.shape[0])
-                samples += bs
-                ep_loss += float(loss.detach()) * bs
-                ep_n += bs
-                if next_val is not None and samples >= next_val:
-                    row = {"epoch": epoch + 1, "samples_seen": samples, "step": step, **validate()}
-                    history.samples.append(row)
-                    set_train()
-                    while next_val <= samples:
-                        next_val += cfg.val_every_samples  # type: ignore[operator]
-            row = {
-                "epoch": epoch + 1,
-                "samples_seen": samples,
-                "step": step,
-                "train_loss": ep_loss / ep_n if ep_n else math.nan,
-                "time": time.perf_counter() - t0,
-                **validate(),
-            }
-            set_train()
-            history.epochs.append(row)
-            if not history.samples or history.samples[-1]["samples_seen"] != samples:
-                history.samples.append({k: v for k, v in row.items() if k != "train_loss"})
-            if log is not None:
-                score = row.get(f"val_{PRIMARY_METRIC}")
-                loss_txt = f"{row['train_loss']:.4f}"
-                log(f"  epoch {epoch + 1}/{epochs}: loss {loss_txt}, val {PRIMARY_METRIC} {score}")
-        model.eval()
-        history.meta["stop_reason"] = "completed"
-        return history
-    finally:
-        if cfg.num_threads is not None:
-            torch.set_num_threads(prev_threads)
+
+def _samples_per_epoch(loader: Any, n_batches: int, batch_size: int) -> int:
+    """Windows one pass over ``loader`` yields (its dataset's length unless batches are dropped)."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None and not getattr(loader, "drop_last", False):
+        try:
+            return len(dataset)
+        except TypeError:
+            pass
+    return n_batches * (getattr(loader, "batch_size", None) or batch_size)
 
 
 # ================================================================================================
@@ -565,7 +561,7 @@ class TransferConfig:
     batch_size: int = 8
     lr: float = 1e-3
     val_every_samples: int | None = None
-    device: str = "auto"
+    device: Device = "auto"
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -588,6 +584,8 @@ class TransferConfig:
             raise ValueError("give at least one seed")
         if self.window < 8:
             raise ValueError("window must be >= 8")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
 
 
 @dataclass

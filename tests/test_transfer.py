@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +30,15 @@ from landcover.transfer import (
 
 BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
 CODES = (111, 112, 211, 231, 311, 312, 411, 512)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """Tiny models run fastest (and without oversubscription on a shared machine) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +104,19 @@ def test_frozen_strategy_leaves_encoder_unchanged_while_head_learns(cube: Path, 
     loader = torch.utils.data.DataLoader(
         ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
+    val = torch.utils.data.DataLoader(ds, batch_size=8)
     cfg = TransferTrainConfig(epochs=1, min_steps=4, strategy="frozen", lr=1e-2, device="cpu", seed=0)
-    hist = train_transfer(model, loader, None, cfg, class_codes=codes)
+    messages: list[str] = []
+    hist = train_transfer(model, loader, val, cfg, class_codes=codes, log=messages.append)
     assert hist.meta["strategy"] == "frozen" and hist.epochs
+    n_batches = len(loader)
+    epochs = max(1, -(-4 // n_batches))  # whole epochs, at least min_steps steps
+    assert len(hist.epochs) == epochs and hist.meta["total_steps"] == epochs * n_batches >= 4
+    assert len(messages) == len(hist.epochs) and "val miou_l3" in messages[0]
+    # learning curve: a validation before training, then one per epoch (val_every_samples=None)
+    assert [r["samples_seen"] for r in hist.samples] == [0] + [r["samples_seen"] for r in hist.epochs]
+    assert all("val_miou_l3" in r for r in hist.samples)
+    assert not model.training
     for k, v in _state(model.encoder).items():  # weights AND BatchNorm running statistics
         assert torch.equal(v, enc_before[k]), k
     assert any(not torch.equal(v, head_before[k]) for k, v in _state(model.head).items())
@@ -103,8 +124,46 @@ def test_frozen_strategy_leaves_encoder_unchanged_while_head_learns(cube: Path, 
 
     model2 = transfer_model(phase1, codes)
     cfg2 = TransferTrainConfig(epochs=1, min_steps=4, strategy="full", lr=1e-2, device="cpu", seed=0)
-    train_transfer(model2, loader, None, cfg2, class_codes=codes)
+    hist2 = train_transfer(model2, loader, None, cfg2, class_codes=codes)
     assert any(not torch.equal(v, enc_before[k]) for k, v in _state(model2.encoder).items())
+    assert hist2.meta["groups"] == pytest.approx({"encoder": 1e-3, "decoder": 1e-2})
+    for r in hist2.epochs:  # one schedule, the encoder at a tenth of the decoder's LR
+        assert r["lr_encoder"] == pytest.approx(0.1 * r["lr_decoder"], rel=1e-9)
+
+
+def test_partial_strategy_trains_the_last_stage_and_resumes_from_checkpoints(
+    cube: Path, phase1: Path, tmp_path: Path
+) -> None:
+    ds = WindowDataset(cube, size=64, stride=64, bands=list(BANDS), level=1, min_valid=0.1)
+    codes = tuple(int(c) for c in ds.class_codes)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    model = transfer_model(phase1, codes)
+    before = _state(model.encoder)
+    cfg = TransferTrainConfig(
+        epochs=2, min_steps=0, strategy="partial", partial_stages=1, encoder_lr_factor=0.2, lr=1e-2,
+        device="cpu", checkpoint_dir=tmp_path / "run",
+    )  # fmt: skip
+    hist = train_transfer(model, loader, None, cfg, class_codes=codes)
+    after = _state(model.encoder)
+    last = f"layer{len([k for k in dict(model.encoder.named_children()) if k.startswith('layer')])}."
+    for k, v in after.items():  # stem and early stages: weights and BN statistics untouched
+        if not k.startswith(last):
+            assert torch.equal(v, before[k]), k
+    assert any(not torch.equal(v, before[k]) for k, v in after.items() if k.startswith(last))
+    assert all(r["lr_encoder"] == pytest.approx(0.2 * r["lr_decoder"], rel=1e-9) for r in hist.epochs)
+    assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "history.json").is_file()
+    # resuming the finished run trains nothing more and gives the same history
+    again = transfer_model(phase1, codes)
+    resumed = train_transfer(again, loader, None, dataclasses.replace(cfg, resume=True), class_codes=codes)
+    assert [r["train_loss"] for r in resumed.epochs] == [r["train_loss"] for r in hist.epochs]
+    for k, v in _state(again).items():
+        assert torch.equal(v, _state(model)[k]), k
+    # but not with another strategy (other parameter groups)
+    other = dataclasses.replace(cfg, resume=True, strategy="full")
+    with pytest.raises(ConfigError, match="cannot resume"):
+        train_transfer(transfer_model(phase1, codes), loader, None, other, class_codes=codes)
 
 
 def test_budgets_are_nested_deterministic_and_seeded() -> None:

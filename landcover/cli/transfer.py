@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-every-samples", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(func=run)
 
 
