@@ -962,9 +962,9 @@ def decode_target(target: torch.Tensor | Mapping[str, Any]) -> torch.Tensor | di
     batch to its device, so that only the compact bytes travel.
     """
     if isinstance(target, Mapping):
-        out = dict(target)
-        out["target"] = decode_target(target["target"])
-        return out
+        batch = dict(target)
+        batch["target"] = decode_target(target["target"])
+        return batch
     if target.dtype == torch.uint8:
         if target.device.type == "cpu":  # huge-page buffer: a quarter of the page-fault cost
             out = _empty(tuple(target.shape), torch.float32, shared=False).copy_(target)
