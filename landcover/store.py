@@ -613,7 +613,17 @@ def _write_template(
     store.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tmpl.to_zarr(str(tmp), mode="w-", compute=False, encoding=enc, consolidated=False, zarr_format=3)
+        # compute=False: only metadata and coordinates; the regions are written by _write_blocks,
+        # aligned with the store chunks whatever the Dask chunks (hence safe_chunks=False)
+        tmpl.to_zarr(
+            str(tmp),
+            mode="w-",
+            compute=False,
+            encoding=enc,
+            consolidated=False,
+            zarr_format=3,
+            safe_chunks=False,
+        )
     (tmp / JOURNAL_DIR).mkdir()
     _write_json_atomic(tmp / STATE_FILE, {"mode": "build", "fingerprint": fingerprint})
     os.rename(tmp, store)

@@ -35,6 +35,10 @@ def register(subparsers: Any) -> None:
     b.add_argument("--min-coverage", type=float, default=0.5, help="min CORINE coverage of a valid label")
     b.add_argument("--compressor", choices=("blosc-zstd", "blosc-lz4", "zstd", "none"), default="blosc-zstd")
     b.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler address or 'local'")
+    b.add_argument(
+        "--threads", type=_positive_int, default=None, metavar="N",
+        help="threads of the local scheduler without --scheduler (default: CPU count + 2)",
+    )  # fmt: skip
     b.add_argument("--append", action="store_true", help="add the scenes as new time steps to STORE")
     b.add_argument("--overwrite", action="store_true", help="replace a store built with other parameters")
     b.set_defaults(func=run_build)
@@ -43,6 +47,16 @@ def register(subparsers: Any) -> None:
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     i.set_defaults(func=run_info)
     parser.set_defaults(func=lambda args: _usage(parser))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -71,6 +85,7 @@ def run_build(args: argparse.Namespace) -> int:
             append=args.append,
             overwrite=args.overwrite,
             progress=not getattr(args, "quiet", False),
+            threads=args.threads,
         )
     for w in caught:
         if issubclass(w.category, UserWarning):
