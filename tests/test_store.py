@@ -207,6 +207,10 @@ def test_cube_info_matches_numpy(tmp_path: Path) -> None:
 def test_codecs_and_regions() -> None:
     assert compressor_codecs("none") == []
     assert compressor_codecs("zstd")[0].level == 3
+    # bit-shuffle for multi-byte and bool arrays, none for other 1-byte arrays (labels)
+    dtypes = ("uint16", "bool", "uint8")
+    shuffles = {dt: compressor_codecs("blosc-zstd", dtype=dt)[0].shuffle.value for dt in dtypes}
+    assert shuffles == {"uint16": "bitshuffle", "bool": "bitshuffle", "uint8": "noshuffle"}
     with pytest.raises(ValueError, match="unknown compressor"):
         compressor_codecs("gzip")  # type: ignore[arg-type]
     regions = plan_regions((70, 90), (32, 32))
@@ -218,3 +222,18 @@ def test_codecs_and_regions() -> None:
     assert len({r.key for r in regions}) == len(regions)
     with pytest.raises(ValueError):
         Region((5, 5), (0, 1))
+
+
+def test_dask_chunks_other_than_the_store_chunks_and_one_thread(tmp_path: Path) -> None:
+    """Variables chunked unlike the store (and numpy-backed ones) are rechunked, not misplaced."""
+    raw = _raw(3)
+    ds = _dataset(raw).chunk({"y": 20, "x": 45})
+    ds["coverage"] = (("y", "x"), raw["coverage"])  # numpy, not Dask
+    ds["coverage"].encoding = {"_FillValue": schema.LABEL_FILL}
+    store = write_cube(ds, tmp_path / "c.zarr", fingerprint="f", chunks=CHUNKS, progress=False, threads=1)
+    got = _raw_arrays(store)
+    for k, v in raw.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    meta = json.loads((store / "labels" / "zarr.json").read_text())
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [K, 32, 32]
+    assert meta["codecs"][-1]["configuration"]["shuffle"] == "noshuffle"
