@@ -1,7 +1,8 @@
 """The end-to-end demo on embedded defaults (``make demo`` / ``landcover demo``).
 
 Synthetic Landsat 5 TM scene + CORINE raster -> aligned Zarr cube (local Dask) ->
-windows -> native vs RGB comparison (small models, few epochs) -> report.
+windows -> native vs RGB comparison (small models, few epochs) -> report -> whole-scene
+prediction map (Zarr + COG with the CORINE colour table + PNG) from the best model.
 Nothing is downloaded. Every step is a library call; this module only chains them.
 """
 
@@ -56,12 +57,12 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = out / "data"
-    log(f"[1/3] synthetic Landsat 5 TM scene ({cfg.size} x {cfg.size} px) + CORINE raster -> {data}")
+    log(f"[1/4] synthetic Landsat 5 TM scene ({cfg.size} x {cfg.size} px) + CORINE raster -> {data}")
     pair = make_pair(data, size=cfg.size, seed=cfg.seed, overlap=cfg.overlap)
     store = out / "cube.zarr"
-    log(f"[2/3] cube build (local Dask) -> {store}")
+    log(f"[2/4] cube build (local Dask) -> {store}")
     build_cube([pair.scene_dir], pair.clc_path, store, overwrite=True, progress=cfg.progress, chunks=256)
-    log("[3/3] compare native vs RGB models")
+    log("[3/4] compare native vs RGB models")
     compare = CompareConfig(
         cubes=(str(store),),
         out=out / "report",
@@ -78,5 +79,13 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print) -> Path:
     )
     result = run_compare(compare, log=log)
     report = write_report(result)
+    from .experiment import summarise
+    from .predict import predict_map
+
+    best = summarise(result)["best_model"]
+    run = next(r for r in result.runs if r.model == best)
+    ckpt = run.run_dir / "best.pt" if (run.run_dir / "best.pt").exists() else run.run_dir / "last.pt"
+    log(f"[4/4] whole-scene prediction map with {best} (seed {run.seed}) -> {out / 'map'}")
+    predict_map(ckpt, store, out / "map", window=128, overlap=32, overwrite=True)
     log(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {report}")
     return report

@@ -129,3 +129,20 @@ def test_train_cli_lr_find_and_outputs(demo_cube, tmp_path):
         assert (out / name).stat().st_size > 0, name
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert 0.0 <= metrics["acc_l3"] <= 1.0
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_small(tmp_path, capsys):
+    """`make demo` in miniature: synth -> cube -> compare -> report -> prediction map."""
+    code = main(
+        ["-q", "demo", "--out", str(tmp_path / "demo"), "--size", "320", "--epochs", "1", "--seeds", "0"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "report:" in out
+    root = tmp_path / "demo"
+    assert (root / "report" / "report.md").is_file()
+    assert (root / "map" / "class_map.tif").is_file() and (root / "map" / "quicklook.png").is_file()
+    from landcover.store import open_cube
+
+    assert float(open_cube(root / "cube.zarr").valid.mean()) > 0.3
