@@ -20,8 +20,8 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/landcover demo --out $(OUT)
 
-## make test: set up, then lint and run the test suite.
-test: setup lint
+## make test: set up, then lint (ruff), type-check (mypy strict) and run the test suite.
+test: setup lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests (exit 5)' >&2; exit 1; fi; exit $$rc
 
