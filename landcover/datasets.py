@@ -49,7 +49,6 @@ CUDA is present) and keeps torch to one thread per worker. Dask is never used in
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -493,16 +492,9 @@ def cube_stats(info: CubeInfo, *, recompute: bool = False, save: bool = True) ->
     stats = _compute_stats(info)
     if save:
         try:
-            try:
-                # looked up at run time: the store module is type-checked on its own, and this
-                # keeps its typing state out of this module's check (one call, kwargs only)
-                update_attrs = importlib.import_module(f"{__package__}.store").update_attrs
-            except (ImportError, AttributeError):
-                update_attrs = None
-            if update_attrs is not None:
-                update_attrs(path, **{STATS_ATTR: stats})
-            else:  # pragma: no cover - depends on the store module
-                _write_sidecar(path / STATS_FILE, stats)
+            from .store import update_attrs
+
+            update_attrs(path, **{STATS_ATTR: stats})
         except Exception as exc:  # noqa: BLE001 - read-only stores keep working
             try:
                 _write_sidecar(path / STATS_FILE, stats)

@@ -62,10 +62,10 @@ _PATCH = 41  # mean patch size in pixels
 
 
 def _codec(dtype: str) -> list[object]:
-    from zarr.codecs import BloscCodec, BloscShuffle
+    """The chunk codecs a real cube store uses for ``dtype`` (:func:`landcover.store.compressor_codecs`)."""
+    from ..store import compressor_codecs
 
-    shuffle = BloscShuffle.bitshuffle if np.dtype(dtype).itemsize == 1 else BloscShuffle.shuffle
-    return [BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)]
+    return list(compressor_codecs("blosc-zstd", dtype=dtype))
 
 
 def _class_map(rows: np.ndarray, cols: np.ndarray, coarse: np.ndarray) -> np.ndarray:
