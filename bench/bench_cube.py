@@ -157,14 +157,18 @@ def main() -> int:
         )
     print(f"# synthetic data ready in {time.perf_counter() - t0:.1f} s (not timed) under {work}")
 
-    # warm-up (imports, GDAL/PROJ initialisation) so that the first timed build is not penalised
+    # warm-up (imports, GDAL/PROJ initialisation in every scheduler thread) so that the first timed
+    # build is not penalised: enough chunks for every thread of the pool to run a few tasks
     from landcover.testing import make_pair
 
     shutil.rmtree(work / "warmup", ignore_errors=True)
-    pair = make_pair(work / "warmup", size=64, seed=0, overlap=0.8)
+    pair = make_pair(work / "warmup", size=256, seed=0, overlap=0.8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        build_cube([pair.scene_dir], pair.clc_path, work / "warmup.zarr", progress=False, overwrite=True)
+        build_cube(
+            [pair.scene_dir], pair.clc_path, work / "warmup.zarr", chunks=32, progress=False, overwrite=True,
+            threads=threads,
+        )  # fmt: skip
     rows = []
     first_store = None
     for n in args.scenes:
@@ -197,6 +201,10 @@ def main() -> int:
         print("# linearity (time per scene relative to the first run):")
         for n, dt, *_ in rows:
             print(f"  scenes={n}: {dt:7.1f} s, {dt / n:6.1f} s/scene, {dt / n / (base_t / base_n):5.2f}x")
+        # the labels are computed once per cube, so t(n) = fixed + n * per_scene: linear, not proportional
+        print("# marginal time per added scene (linear growth: about constant):")
+        for (n0, t0_, *_), (n1, t1_, *_) in zip(rows, rows[1:], strict=False):
+            print(f"  scenes {n0} -> {n1}: {(t1_ - t0_) / (n1 - n0):6.2f} s per added scene")
     if not args.no_codecs and first_store is not None:
         print("# codec comparison on the raw write of the first cube:")
         raw = raw_nbytes(first_store)
