@@ -31,7 +31,15 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["Repository", "LegConfig", "LegResult", "RoundRobinResult", "train_round_robin", "schedule"]
+__all__ = [
+    "Repository",
+    "LegConfig",
+    "LegResult",
+    "RoundRobinResult",
+    "train_round_robin",
+    "schedule",
+    "models_for_repository",
+]
 
 
 @dataclass(frozen=True)
@@ -265,3 +273,54 @@ def train_round_robin(
             where = f"{res.repository} ({res.worker})"
             log(f"round {r}: {name} on {where}: {res.samples} samples, val mIoU {score:.3f}")
     return {n: RoundRobinResult(model=n, spec=specs[n], legs=legs[n], state=states[n] or {}) for n in names}
+
+
+def _inspect(path: str) -> Any:
+    from .datasets import inspect_cube
+
+    return inspect_cube(path)
+
+
+def models_for_repository(
+    names: Sequence[str],
+    repository: Repository,
+    *,
+    client: Any = None,
+    preset: Literal["tiny", "small", "base"] = "tiny",
+    thermal: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Build fresh models matching the cubes of ``repository`` (band names and class codes).
+
+    The cube metadata is read where the cube is (a task on the repository's worker), so
+    the client needs no access to the data.
+    """
+    from .models import build_model
+
+    path = repository.cubes[0]
+    if client is None:
+        info = _inspect(path)
+    else:
+        kw: dict[str, Any] = {"pure": False}
+        if repository.worker is not None:
+            kw.update(workers=[repository.worker], allow_other_workers=False)
+        info = client.submit(_inspect, path, **kw).result()
+    out: dict[str, Any] = {}
+    for name in names:
+        if name.startswith("rgb"):
+            bands: tuple[str, ...] = ("red", "green", "blue")
+        else:
+            bands = tuple(info.bands) + (("thermal",) if thermal and info.has_thermal else ())
+        missing = [b for b in bands if b not in info.bands and b != "thermal"]
+        if missing:
+            raise ConfigError(f"{path}: cube lacks bands {missing} needed by model {name!r}")
+        out[name] = build_model(
+            name,  # type: ignore[arg-type]
+            len(bands),
+            len(info.classes),
+            preset=preset,
+            bands=bands,
+            class_codes=info.classes,
+            seed=seed,
+        )
+    return out

@@ -1,5 +1,6 @@
 """Round-robin training: the models travel to the repositories, on real dask scheduler/worker processes."""
 
+import json
 import os
 import socket
 import subprocess
@@ -31,9 +32,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def two_repo_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def two_repo_cluster(tmp_path_factory):
     """A real `dask scheduler` and two `dask worker` processes named repo-a and repo-b."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     bin_dir = Path(sys.executable).parent
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -143,3 +145,42 @@ def test_models_travel_round_robin_to_repositories(tmp_path, two_repo_cluster):
         assert all(
             np.array_equal(v.numpy(), before[name][k].numpy()) for k, v in models[name].state_dict().items()
         )
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_roundrobin_pipeline_on_the_cluster(tmp_path, two_repo_cluster):
+    from landcover.models import model_from_checkpoint
+    from landcover.testing.cubes import make_cube
+
+    cubes = [make_cube(tmp_path / n / "cube.zarr", shape=(256, 256), seed=i) for i, n in enumerate("ab")]
+    config = tmp_path / "rr.toml"
+    config.write_text(
+        'models = ["native"]\nrounds = 2\n'
+        '[leg]\nwindow = 32\nbatch_size = 8\nmax_samples = 16\ndevice = "cpu"\n'
+        f'[[repositories]]\nname = "A"\nworker = "repo-a"\ncubes = ["{cubes[0]}"]\n'
+        f'[[repositories]]\nname = "B"\nworker = "repo-b"\ncubes = ["{cubes[1]}"]\n'
+    )
+    repo = Path(__file__).resolve().parents[1]
+    address = two_repo_cluster.scheduler.address
+    proc = subprocess.run(
+        [sys.executable, str(repo / "pipelines" / "roundrobin_train.py"), str(config), "--scheduler", address,
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    legs = json.loads((tmp_path / "out" / "legs.json").read_text())
+    assert [(leg["repository"], leg["worker"]) for leg in legs["native"]] == [
+        ("A", "repo-a"),
+        ("B", "repo-b"),
+    ]
+    model = model_from_checkpoint(tmp_path / "out" / "native.pt")
+    assert model.spec.name == "native"
+    # bad config: one line, exit 1
+    config.write_text('models = ["native"]\n')
+    proc = subprocess.run(
+        [sys.executable, str(repo / "pipelines" / "roundrobin_train.py"), str(config)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("roundrobin_train: ") and len(proc.stderr.strip().splitlines()) == 1
