@@ -146,3 +146,25 @@ def test_demo_runs_end_to_end_small(tmp_path, capsys):
     from landcover.store import open_cube
 
     assert float(open_cube(root / "cube.zarr").valid.mean()) > 0.3
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_compare_runs_on_a_local_cluster(demo_cube, tmp_path):
+    """Each (model, seed) run is a task on a real LocalCluster; results match the runs' records."""
+    cfg = CompareConfig(
+        cubes=(str(demo_cube),),
+        out=tmp_path / "r",
+        models=("native", "rgb-scratch"),
+        seeds=(0,),
+        window=32,
+        epochs=1,
+        max_train_windows=8,
+        progress=False,
+        scheduler="local",
+    )
+    result = run_compare(cfg, log=lambda _m: None)
+    assert sorted(r.model for r in result.runs) == ["native", "rgb-scratch"]
+    for r in result.runs:
+        assert r.train_windows == 8
+        assert (r.run_dir / "history.json").is_file()
