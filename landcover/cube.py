@@ -422,7 +422,7 @@ def _encode_u16(x: np.ndarray, keep: np.ndarray, scale: float, offset: float) ->
     np.clip(x64, 1, 65535, out=x64)
     with np.errstate(invalid="ignore"):
         out = x64.astype("uint16")
-    out[~ok] = 0
+    np.multiply(out, ok, out=out)  # 0 where not ok (much faster than a boolean-mask assignment)
     return out
 
 
@@ -470,8 +470,21 @@ def encode_fractions_fast(frac: np.ndarray) -> np.ndarray:
                 for i, c in enumerate(active):
                     out[c] = q[i]
         if nan.any():
-            out[:, nan] = schema.LABEL_FILL
+            _fill_where(out, nan)
     return out.reshape(frac.shape)
+
+
+def _fill_where(out: np.ndarray, mask: np.ndarray) -> None:
+    """Set ``out (class, ...)`` uint8 to the label fill (255) wherever ``mask (...)`` is True, in place.
+
+    ``x | 255 == 255`` for uint8: one OR with a 0/255 plane, ~10x faster than ``out[:, mask] = 255``.
+    """
+    flat = out.reshape(out.shape[0], -1)
+    if schema.LABEL_FILL != 0xFF:  # pragma: no cover - the trick needs an all-ones fill
+        flat[:, mask.reshape(-1)] = schema.LABEL_FILL
+        return
+    plane = np.multiply(mask, np.uint8(0xFF), dtype="uint8")
+    np.bitwise_or(flat, plane.reshape(1, -1), out=flat)
 
 
 def _quantise_rows(flat: np.ndarray, active: np.ndarray, nan: np.ndarray, k: int) -> np.ndarray | None:
@@ -548,7 +561,7 @@ def _encode_labels(frac: np.ndarray, keep: np.ndarray) -> np.ndarray:
     out = encode_fractions_fast(frac)
     drop = ~np.asarray(keep[0], dtype=bool)
     if drop.any():
-        out[:, drop] = schema.LABEL_FILL
+        _fill_where(out, drop)
     return out
 
 
