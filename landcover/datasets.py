@@ -76,6 +76,7 @@ from .windows import (
     WindowSpec,
     plan_windows,
     rotated_transform,
+    rotation_pad,
     sample_rotated,
 )
 
@@ -788,20 +789,26 @@ class _WindowSource:
         w = self.windows
         ci, t, row, col = int(w.cube[i]), int(w.time[i]), int(w.row[i]), int(w.col[i])
         reader = self._reader(ci)
-        (h, wd), (py, px) = self.spec.size, self.spec.pad
+        (h, wd) = self.spec.size
+        rotated = self.spec.angle is not None
+        angle = float(w.angle[i])
+        # a rotated window reads the footprint of its own angle (the spec's pad is the largest)
+        (py, px) = rotation_pad((h, wd), angle) if rotated else (0, 0)
         r0, c0 = row - py, col - px
         r1, c1 = row + h + py, col + wd + px
-        rotated = self.spec.angle is not None
-        img = np.empty((image.shape[0], r1 - r0, c1 - c0), dtype="float32") if rotated else image
         a, b, src = self._affine[ci]
         refl = reader.region("reflectance", (t, None), r0, r1, c0, c1) if self._need_refl else None
         therm = reader.region("thermal", (t,), r0, r1, c0, c1) if None in src else None
+        planes = []
         for k, s in enumerate(src):
             plane = therm if s is None else None if refl is None else refl[s]
             if plane is None:  # pragma: no cover - src names only variables read above
                 raise RuntimeError(f"channel {k} of window {i} was not read")
-            np.multiply(plane, a[k], out=img[k], dtype="float32")
-            img[k] += b[k]
+            if rotated:  # resampled raw, decoded afterwards (the decoding is affine)
+                planes.append(plane)
+                continue
+            np.multiply(plane, a[k], out=image[k], dtype="float32")
+            image[k] += b[k]
         raw = reader.region("labels", (None,), r0, r1, c0, c1)
         ok = reader.region("valid", (t,), r0, r1, c0, c1) & (raw[0] != schema.LABEL_FILL)
         if self._group_starts is not None:
@@ -811,7 +818,7 @@ class _WindowSource:
         compact = self.target_dtype == "uint8"
         if rotated:
             rimg, rlab, rmask = sample_rotated(
-                img, raw, ok, (h, wd), (py, px), float(w.angle[i]), quantize=compact
+                np.stack(planes), raw, ok, (h, wd), (py, px), angle, quantize=compact, decode=(a, b)
             )
             image[...] = rimg
             target[...] = rlab

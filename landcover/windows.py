@@ -588,13 +588,15 @@ def sample_rotated(
     *,
     label_scale: float = 1.0,
     quantize: bool = False,
+    decode: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Sample a turned ``(H, W)`` window from an axis-aligned footprint.
 
     Parameters
     ----------
     image
-        ``(C, fh, fw)`` float32 footprint (already decoded/normalised).
+        ``(C, fh, fw)`` footprint: float32 values, or raw values (any numeric dtype) with
+        ``decode``.
     labels
         ``(K, fh, fw)`` class fractions in any numeric dtype (e.g. raw uint8 steps with
         ``label_scale=1/250``), or None.
@@ -604,6 +606,11 @@ def sample_rotated(
         Window size, footprint margin (see :attr:`WindowSpec.pad`) and angle in degrees.
     label_scale
         Factor turning ``labels`` into fractions.
+    decode
+        Per-channel ``(a, b)`` (float32, (C,)) applied after resampling raw ``image``
+        values: ``a * x + b``. Resampling commutes with this affine map (the weights sum
+        to 1), so resampling the raw footprint and decoding the window is the same as
+        decoding the footprint first, at a fraction of the cost.
     quantize
         Return the labels as uint8 steps of 1/250 (:data:`landcover.schema.LABEL_STEPS`)
         instead of float32 fractions: the resampled fractions are quantised with the
@@ -656,7 +663,15 @@ def sample_rotated(
             out += tmp
         return out
 
-    img = interp(np.asarray(image, dtype="float32").reshape(image.shape[0], -1)).reshape(image.shape[0], h, w)
+    nc = image.shape[0]
+    if decode is None:
+        img = interp(np.asarray(image, dtype="float32").reshape(nc, -1)).reshape(nc, h, w)
+    else:
+        img = interp(image.reshape(nc, -1))
+        a, b = (np.asarray(v, dtype="float32").reshape(nc, 1) for v in decode)
+        img *= a
+        img += b * mask.astype("float32")[None, :]  # 0 outside the mask, as without decode
+        img = img.reshape(nc, h, w)
     lab_out: np.ndarray | None = None
     if labels is not None:
         k = labels.shape[0]

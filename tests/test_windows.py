@@ -291,6 +291,22 @@ def test_quantize_fractions_is_the_cube_encoding(seed, k, pure) -> None:
     assert np.array_equal(q[:, valid], ref[:, valid])
 
 
+def test_rotated_decode_after_resampling_equals_decode_first() -> None:
+    spec = WindowSpec(size=(14, 11), angle=27.0)
+    rng = np.random.default_rng(4)
+    fh, fw = spec.footprint
+    raw = rng.integers(7000, 30000, size=(3, fh, fw)).astype("uint16")
+    _, lab, valid = _footprint(4, fh, fw)
+    a = np.array([2.75e-5, 1e-3, -0.5], dtype="float32")
+    b = np.array([-0.2, 3.0, 1.0], dtype="float32")
+    first = raw.astype("float32") * a[:, None, None] + b[:, None, None]
+    ref, t_ref, m_ref = sample_rotated(first, lab, valid, spec.size, spec.pad, 27.0)
+    out, t, m = sample_rotated(raw, lab, valid, spec.size, spec.pad, 27.0, decode=(a, b))
+    assert np.array_equal(m, m_ref) and t is not None and t_ref is not None and np.array_equal(t, t_ref)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    assert (out[:, ~m] == 0).all() and m.any() and (~m).any()
+
+
 def test_rotated_transform_matches_sampling_coordinates() -> None:
     cube_t = Affine(30.0, 0.0, 1000.0, 0.0, -30.0, 9000.0)
     row, col, size, angle = 40, 55, (16, 12), 33.0
