@@ -475,6 +475,8 @@ def plan_windows(
                 shape[1], spec.size[1], spec.stride_[1], spec.offset[1], px
             )
         rows, cols = random_positions(shape, spec, n, rng)
+        order = np.lexsort((cols, rows))  # row-major like the grid: chunk-friendly reading
+        rows, cols = rows[order], cols[order]
     if spec.angle == "random":
         angle = rng.uniform(0.0, 360.0, size=len(rows))
     else:

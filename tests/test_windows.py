@@ -149,6 +149,19 @@ def test_plan_windows_filters_on_valid_only() -> None:
     assert 0 < len(want) < len(rows)
 
 
+def test_random_windows_are_planned_row_major_and_seeded() -> None:
+    spec = WindowSpec(size=12, sampling="random", count=40, angle="random", seed=3)
+    a = plan_windows((200, 150), spec, cube=0, time=1, read_valid_rows=None)
+    b = plan_windows((200, 150), spec, cube=0, time=1, read_valid_rows=None)
+    assert len(a) == 40 and np.array_equal(a.positions(), b.positions()) and np.array_equal(a.angle, b.angle)
+    key = a.row * 1000 + a.col
+    assert (np.diff(key) >= 0).all()  # row-major, like the grid
+    rows, cols = random_positions((200, 150), spec, 40, np.random.default_rng([3, 0, 1]))
+    assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == list(
+        zip(a.row.tolist(), a.col.tolist(), strict=True)
+    )
+
+
 # -- splits ------------------------------------------------------------------------------------------------
 
 
