@@ -49,10 +49,11 @@ import math
 import os
 import re
 import tarfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
@@ -78,6 +79,8 @@ __all__ = [
     "usable_mask",
     "SR_SCALE",
     "ST_SCALE",
+    "GDAL_BLOCK_CACHE_BYTES",
+    "close_open_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -220,14 +223,17 @@ class BandSource:
         return res
 
     def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-        """Read and decode the window ``[rows[0]:rows[1], cols[0]:cols[1]]`` (opens and closes the file)."""
-        import rasterio
+        """Read and decode the window ``[rows[0]:rows[1], cols[0]:cols[1]]``.
+
+        The file is taken from this thread's small cache of open datasets (see
+        :func:`close_open_files`); the plan itself never holds a handle.
+        """
         from rasterio.errors import RasterioError
         from rasterio.windows import Window
 
         window = Window.from_slices(rows, cols)
         try:
-            with rasterio.open(self.href) as src:
+            with _open_cached(self.href) as src:
                 raw = src.read(self.index, window=window)
         except RasterioError as exc:
             raise InputFileError(
@@ -238,6 +244,111 @@ class BandSource:
     def __call__(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Dask task entry point: :meth:`read` of one block."""
         return self.read((r0, r1), (c0, c1))
+
+
+# -- per-thread cache of open datasets -------------------------------------------------------
+
+_HANDLES_PER_THREAD: Final = 16
+"""Open datasets kept per thread (one scene has at most 9 files)."""
+GDAL_BLOCK_CACHE_BYTES: Final = 64 * 1024 * 1024
+"""Upper bound set on GDAL's (process-wide) block cache when :class:`BandSource` first keeps a
+file open, unless ``GDAL_CACHEMAX`` was configured by the user. Open datasets keep their decoded
+tiles in that cache (default 5 % of RAM); our reads never revisit a tile, so it buys nothing."""
+
+_handles = threading.local()
+_VSITAR_LOCAL = re.compile(r"^/vsitar/+(/.+?\.tar)/", re.IGNORECASE)
+_cache_bounded = False
+_cache_lock = threading.Lock()
+
+
+def _bound_gdal_cache() -> None:
+    """Lower GDAL's block cache to :data:`GDAL_BLOCK_CACHE_BYTES` once per process (see there)."""
+    global _cache_bounded
+    if _cache_bounded:
+        return
+    with _cache_lock:
+        if _cache_bounded:
+            return
+        from rasterio.env import get_gdal_config, set_gdal_config
+
+        if "GDAL_CACHEMAX" not in os.environ and get_gdal_config("GDAL_CACHEMAX") is None:
+            set_gdal_config("GDAL_CACHEMAX", GDAL_BLOCK_CACHE_BYTES)
+        _cache_bounded = True
+
+
+def _file_key(href: str) -> tuple[str, int, int, int] | None:
+    """``(href, inode, size, mtime_ns)`` of the local file behind ``href``; None if not local."""
+    local = href
+    if href.startswith("/vsitar/"):
+        m = _VSITAR_LOCAL.match(href)
+        if m is None:  # compressed or remote archive: no cheap identity, open per read
+            return None
+        local = m.group(1)
+    elif href.startswith("/vsi"):
+        return None
+    try:
+        st = os.stat(local)
+    except OSError:
+        return None
+    return (href, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class _Borrowed:
+    """Context manager around a cached dataset: leaves it open on exit."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __enter__(self) -> Any:
+        return self.ds
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _open_cached(href: str) -> Any:
+    """A context manager yielding an open rasterio dataset for ``href``.
+
+    Local files (and members of uncompressed local ``.tar`` bundles) are kept open in a
+    per-thread LRU of :data:`_HANDLES_PER_THREAD` datasets, keyed by path, inode, size and
+    mtime (a rewritten file is reopened). Other paths are opened and closed per call. A dataset
+    is never shared between threads nor inherited across ``fork``.
+    """
+    import rasterio
+
+    key = _file_key(href)
+    if key is None:
+        return rasterio.open(href)
+    cache: dict[tuple[str, int, int, int], Any] | None = getattr(_handles, "cache", None)
+    if cache is None or getattr(_handles, "pid", None) != os.getpid():
+        cache = {}
+        _handles.cache, _handles.pid = cache, os.getpid()
+    ds = cache.pop(key, None)
+    if ds is None or ds.closed:
+        _bound_gdal_cache()
+        ds = rasterio.open(href, sharing=False)
+        while len(cache) >= _HANDLES_PER_THREAD:
+            cache.pop(next(iter(cache))).close()
+    cache[key] = ds  # most recently used last
+    return _Borrowed(ds)
+
+
+def close_open_files() -> int:
+    """Close the datasets this thread keeps open for :meth:`BandSource.read`; returns how many.
+
+    Other threads' datasets close when their thread ends (or at interpreter exit).
+    """
+    cache: dict[tuple[str, int, int, int], Any] | None = getattr(_handles, "cache", None)
+    if not cache or getattr(_handles, "pid", None) != os.getpid():
+        _handles.cache = {}
+        return 0
+    n = 0
+    for ds in cache.values():
+        if not ds.closed:
+            ds.close()
+            n += 1
+    cache.clear()
+    return n
 
 
 @dataclass(frozen=True)
