@@ -700,6 +700,20 @@ def _lattice_area(edges: list[Edge], ycut: float | None) -> np.ndarray:
     return -acc
 
 
+def _lattice_area_x(edges: list[Edge], xcut: float) -> np.ndarray:
+    """``area(quad ∩ {x < xcut})`` of unclipped edges, as ``sum of the integral of min(x - xcut, 0) dy``.
+
+    Green's theorem again (same orientation as :func:`_lattice_area`), with the roles of x and y
+    swapped: no clipping of the edges is needed for a cut in x alone.
+    """
+    acc: np.ndarray | None = None
+    for xa, ya, xb, yb in edges:
+        term = (yb - ya) * _meanmin(xa - xcut, xb - xcut)
+        acc = term if acc is None else acc + term
+    assert acc is not None
+    return acc
+
+
 def area_weights(
     cx: np.ndarray, cy: np.ndarray
 ) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -785,10 +799,13 @@ def _weights(
         vy = [flat_y[lat + o] - jj for o in offsets]
         edges: list[Edge] = [(vx[e], vy[e], vx[(e + 1) % 4], vy[(e + 1) % 4]) for e in range(4)]
         # F[X][Y] = area(quad ∩ {x < X, y < Y}) for X in 1..kk, Y in 1..mm; F[0][*] = F[*][0] = 0.
+        # Cuts in x alone (last column) need no clipping; clip only where both x and y cut.
         lattice: list[list[np.ndarray]] = []
         for xcut in range(1, kk + 1):
-            ex = _clip_edges_x(edges, float(xcut)) if xcut < kk else edges
-            lattice.append([_lattice_area(ex, float(yc_) if yc_ < mm else None) for yc_ in range(1, mm + 1)])
+            ex = _clip_edges_x(edges, float(xcut)) if xcut < kk and mm > 1 else edges
+            col = [_lattice_area(ex, float(yc_)) for yc_ in range(1, mm)]
+            col.append(_lattice_area_x(edges, float(xcut)) if xcut < kk else _lattice_area(edges, None))
+            lattice.append(col)
         total = lattice[-1][-1]
         with np.errstate(divide="ignore", invalid="ignore"):
             inv_total = np.where(total != 0.0, 1.0 / total, 0.0)
@@ -808,15 +825,23 @@ def _weights(
 # ------------------------------------------------------------------------------------------------
 # Per-chunk computation
 # ------------------------------------------------------------------------------------------------
+def _finite_values(cx: np.ndarray, cy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Corners where both coordinates are finite (the arrays themselves when all are)."""
+    if np.isfinite(cx.min() + cx.max() + cy.min() + cy.max()):  # no NaN/inf anywhere
+        return cx, cy
+    fin = np.isfinite(cx) & np.isfinite(cy)
+    return cx[fin], cy[fin]
+
+
 def _source_window(src: ClcSource, cx: np.ndarray, cy: np.ndarray) -> tuple[slice, slice] | None:
     """Source rows/cols touched by the corner lattice, clipped to the raster (None if outside)."""
-    fin = np.isfinite(cx) & np.isfinite(cy)
-    if not fin.any():
+    fx, fy = _finite_values(cx, cy)
+    if not fx.size:
         return None
-    c0 = max(int(np.floor(cx[fin].min())), 0)
-    c1 = min(int(np.ceil(cx[fin].max())), src.grid.width)
-    r0 = max(int(np.floor(cy[fin].min())), 0)
-    r1 = min(int(np.ceil(cy[fin].max())), src.grid.height)
+    c0 = max(int(np.floor(fx.min())), 0)
+    c1 = min(int(np.ceil(fx.max())), src.grid.width)
+    r0 = max(int(np.floor(fy.min())), 0)
+    r1 = min(int(np.ceil(fy.max())), src.grid.height)
     if c1 <= c0 or r1 <= r0:
         return None
     return slice(r0, r1), slice(c0, c1)
@@ -859,14 +884,14 @@ def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage:
     npix = h * w
     out = np.zeros((n + 1, h, w), dtype="float32")
     cx, cy = _corners_in_source(src.grid, target)
-    fin = np.isfinite(cx) & np.isfinite(cy)
     win = _source_window(src, cx, cy)
     if win is None:
         out[:n] = np.nan
         return out
     # Window of every cell touched by a footprint (may extend past the raster: NODATA there).
-    r0, c0 = int(np.floor(cy[fin].min())), int(np.floor(cx[fin].min()))
-    r1, c1 = int(np.ceil(cy[fin].max())), int(np.ceil(cx[fin].max()))
+    fx, fy = _finite_values(cx, cy)
+    r0, c0 = int(np.floor(fy.min())), int(np.floor(fx.min()))
+    r1, c1 = int(np.ceil(fy.max())), int(np.ceil(fx.max()))
     wh, ww = r1 - r0 + 1, c1 - c0 + 1
     rows, cols = win
     pos = np.full((wh, ww), n, dtype="int64")  # n = NODATA (lands in the coverage band, overwritten)
@@ -875,19 +900,19 @@ def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage:
     pos_flat = pos.reshape(-1)
     pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     valid = np.zeros(npix)
+    flat = out.reshape(-1)
     for pix, cell, share in _weights(cx - c0, cy - r0, ww):
         cls = pos_flat[cell]
-        if share is None:  # whole footprint in one cell
-            share = np.ones(pix.size)
+        if share is None:  # whole footprint in one cell: fraction 1 (coverage band n is overwritten)
             valid[pix] = cls < n
+            flat[cls * npix + pix] = 1.0
         else:
             valid[pix] += np.where(cls < n, share, 0.0)  # each pixel occurs once per piece
-        pieces.append((pix, cls, share))
+            pieces.append((pix, cls, share))
     cov = np.minimum(valid, 1.0)
     keep = (valid > 0) & (cov >= min_coverage)
     with np.errstate(divide="ignore"):
         scale = np.where(keep, 1.0 / valid, 0.0)
-    flat = out.reshape(-1)
     for pix, cls, share in pieces:
         flat[cls * npix + pix] += share * scale[pix]
     out[n] = cov.reshape(h, w)
