@@ -80,6 +80,9 @@ class CompareConfig:
         subset and the data order. The spatial split is fixed by ``split_seed``.
     window, stride
         Window size and stride in pixels (stride None: non-overlapping).
+    block
+        Side in pixels of the square blocks of the spatial split (default 4 x ``window``):
+        whole blocks go to train/val/test and windows straddling two splits are dropped.
     max_train_windows
         The window budget: the same random subset (per seed) of training windows for
         every model; None uses them all.
@@ -215,7 +218,7 @@ def _datasets(cfg: CompareConfig, model: str, seed: int) -> tuple[Any, Any, Any]
         thermal=cfg.thermal and not model.startswith("rgb"),
         min_valid=cfg.min_valid,
         split_fractions=cfg.split_fractions,
-        block=cfg.block if cfg.block is not None else 2 * cfg.window,
+        block=cfg.block if cfg.block is not None else 4 * cfg.window,
         split_seed=cfg.split_seed,
         level=cfg.level,
     )

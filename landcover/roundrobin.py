@@ -164,7 +164,7 @@ def _leg(
         min_valid=cfg.min_valid,
         level=cfg.level,
         split_seed=cfg.split_seed,
-        block=2 * cfg.window,
+        block=4 * cfg.window,
     )
     with dask.config.set(scheduler="threads"):  # never the cluster's scheduler from inside a task
         train_ds = WindowDataset(list(cubes), split="train", seed=seed, shuffle=True, augment=True, **common)

@@ -637,7 +637,7 @@ def _datasets(cfg: TransferConfig, bands: list[str]) -> dict[str, Any]:
             min_valid=cfg.min_valid,
             split=split,  # type: ignore[arg-type]
             split_fractions=cfg.split_fractions,
-            block=cfg.split_block,
+            block=cfg.split_block if cfg.split_block is not None else 4 * cfg.window,
             split_seed=cfg.split_seed,
             level=cfg.level if cfg.label_variable is None else 3,
         )

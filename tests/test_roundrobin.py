@@ -98,7 +98,7 @@ def test_models_travel_round_robin_to_repositories(tmp_path, two_repo_cluster):
         k
         for k in range(20)
         if all(
-            len(WindowDataset(c, size=32, split=sp, block=64, split_seed=k)) > 0
+            len(WindowDataset(c, size=32, split=sp, block=128, split_seed=k)) > 0
             for c in (cube_a, cube_b)
             for sp in ("train", "val")
         )
