@@ -24,47 +24,13 @@ import argparse
 import os
 import shutil
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import psutil
 
-
-class PeakRSS:
-    """Samples the RSS of this process and all its children every ``interval`` seconds."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> int:
-        proc = psutil.Process()
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._sample())
+from landcover.testing.memory import PeakRSS
 
 
 def raw_write(src: Path, dst: Path, compressor: str | None, chunk: int, threads: int) -> tuple[float, float]:
@@ -174,14 +140,14 @@ def main() -> int:
     for n in args.scenes:
         store = work / f"cube_{n}.zarr"
         shutil.rmtree(store, ignore_errors=True)
-        with PeakRSS() as rss, warnings.catch_warnings():
+        with PeakRSS(0.05, children=True) as rss, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t, c = time.perf_counter(), _cpu()
             build_cube(scenes[:n], clc, store, chunks=args.chunk, progress=False, threads=threads)
             dt, cpu = time.perf_counter() - t, _cpu() - c
         raw = raw_nbytes(store)
         size = store_size(store)
-        with PeakRSS() as rss_raw:
+        with PeakRSS(0.05, children=True) as rss_raw:
             dt_raw, cpu_raw = raw_write(store, work / f"raw_{n}.zarr", None, args.chunk, threads)
         shutil.rmtree(work / f"raw_{n}.zarr", ignore_errors=True)
         rows.append((n, dt, raw, size, rss.peak, dt_raw, rss_raw.peak, cpu, cpu_raw))

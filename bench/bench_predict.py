@@ -21,40 +21,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-
-class PeakRSS:
-    def __init__(self) -> None:
-        import psutil
-
-        self.proc = psutil.Process()
-        self.base = self.proc.memory_info().rss
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.01)
-
-    def __enter__(self) -> PeakRSS:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
-
-    @property
-    def increase_mib(self) -> float:
-        return (self.peak - self.base) / 2**20
+from landcover.testing.memory import PeakRSS
 
 
 def write_cube(path: Path, size: int, codes: tuple[int, ...]) -> None:

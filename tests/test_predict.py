@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from landcover.predict import (
     write_fractions_cog,
 )
 from landcover.schema import COMPLETE_ATTR
+from landcover.testing.memory import PeakRSS
 
 CODES = (111, 211, 311, 411, 512)
 SCALE = 1e-4
@@ -376,30 +375,6 @@ def test_fractions_cog_refuses_nothing_and_roundtrips_small(tmp_path: Path) -> N
 
 
 # ------------------------------------------------------------------------------------------------
-class _PeakRSS:
-    def __init__(self) -> None:
-        import psutil
-
-        self.proc = psutil.Process()
-        self.base = self.proc.memory_info().rss
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def __enter__(self) -> _PeakRSS:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
-
-
 def _write_big_cube(path: Path, h: int, w: int, codes: tuple[int, ...]) -> Path:
     import dask.array as da
     import rioxarray  # noqa: F401
@@ -441,7 +416,7 @@ def test_memory_stays_bounded_on_a_large_scene(tmp_path: Path) -> None:
     full_scene = k * h * w * 4  # float32 probabilities of the whole scene: 1152 MB
     tracemalloc.start()
     try:
-        with _PeakRSS() as m:
+        with PeakRSS(0.005) as m:
             pred = predict_cube(model, cube, out=tmp_path / "p.zarr", **kw)
         traced_peak = tracemalloc.get_traced_memory()[1]
     finally:
