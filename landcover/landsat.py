@@ -251,9 +251,10 @@ class BandSource:
 _HANDLES_PER_THREAD: Final = 16
 """Open datasets kept per thread (one scene has at most 9 files)."""
 GDAL_BLOCK_CACHE_BYTES: Final = 64 * 1024 * 1024
-"""Upper bound set on GDAL's (process-wide) block cache when :class:`BandSource` first keeps a
-file open, unless ``GDAL_CACHEMAX`` was configured by the user. Open datasets keep their decoded
-tiles in that cache (default 5 % of RAM); our reads never revisit a tile, so it buys nothing."""
+"""Upper bound set on GDAL's (process-wide) block cache when :class:`BandSource` first keeps
+a file open, unless ``GDAL_CACHEMAX`` is set in the environment or already lower. Open datasets
+keep their decoded tiles in that cache (default 5 % of RAM); our reads never revisit a tile, so
+it buys nothing but memory."""
 
 _handles = threading.local()
 _VSITAR_LOCAL = re.compile(r"^/vsitar/+(/.+?\.tar)/", re.IGNORECASE)
@@ -271,7 +272,9 @@ def _bound_gdal_cache() -> None:
             return
         from rasterio.env import get_gdal_config, set_gdal_config
 
-        if "GDAL_CACHEMAX" not in os.environ and get_gdal_config("GDAL_CACHEMAX") is None:
+        current = get_gdal_config("GDAL_CACHEMAX")  # GDAL's effective value (default 5 % of RAM)
+        user_set = "GDAL_CACHEMAX" in os.environ
+        if not user_set and isinstance(current, int) and current > GDAL_BLOCK_CACHE_BYTES:
             set_gdal_config("GDAL_CACHEMAX", GDAL_BLOCK_CACHE_BYTES)
         _cache_bounded = True
 

@@ -71,3 +71,18 @@ def test_bundle_members_read_through_the_cache(tmp_path: Path) -> None:
     bundled = open_scene(make_bundle(d), chunks=16).compute()
     np.testing.assert_array_equal(bundled.reflectance.values, direct.reflectance.values)
     np.testing.assert_array_equal(bundled.qa_pixel.values, direct.qa_pixel.values)
+
+
+def test_gdal_block_cache_is_bounded_once_files_stay_open(tmp_path: Path) -> None:
+    import os
+
+    from rasterio.env import get_gdal_config
+
+    from landcover.landsat import GDAL_BLOCK_CACHE_BYTES
+
+    d = make_scene(tmp_path, size=32, seed=4, level="L2SP", sensor="LT05")
+    src = plan_scene(d).reflective[0]
+    src.read((0, 32), (0, 32))
+    if "GDAL_CACHEMAX" not in os.environ:
+        assert int(get_gdal_config("GDAL_CACHEMAX")) <= GDAL_BLOCK_CACHE_BYTES
+    close_open_files()
