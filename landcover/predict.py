@@ -1165,11 +1165,12 @@ def write_class_map_cog(
             "BIGTIFF": "IF_SAFER",
         }
         with rasterio.open(tmp_tif, "w", **profile) as out:
+            # the palette (photometric tag) must be set before any pixel is written
+            out.write_colormap(1, colormap)
             for rows, cols in _iter_blocks((h, w), blocksize * 4):
                 block = np.asarray(cmap_da.isel(y=rows, x=cols).values)
                 idx = np.where(block == NODATA_CODE, NODATA_INDEX, lut[np.clip(block, 0, len(lut) - 1)])
                 out.write(idx.astype("uint8"), 1, window=((rows.start, rows.stop), (cols.start, cols.stop)))
-            out.write_colormap(1, colormap)
             out.set_band_description(1, "CLC class (palette index; see CLASS_<i> metadata)")
             out.update_tags(
                 1,
