@@ -115,7 +115,8 @@ def load_config(
     cls
         A dataclass whose fields all have defaults.
     path
-        Optional TOML/YAML/JSON file; with ``section`` only that table is used.
+        Optional TOML/YAML/JSON file; with ``section``, that table when the file has
+        one, else the file's top level.
     overrides
         Values from the command line; keys whose value is ``None`` are skipped.
     """
@@ -123,8 +124,8 @@ def load_config(
     where = cls.__name__
     if path is not None:
         raw = read_config_file(path)
-        if section is not None:
-            raw = raw.get(section, {})
+        if section is not None and isinstance(raw.get(section), dict):
+            raw = raw[section]
         data.update(raw)
         where = str(path)
     for k, v in (overrides or {}).items():

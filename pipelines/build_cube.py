@@ -56,14 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     try:
-        from landcover.config import load_config, read_config_file
+        from landcover.config import load_config
         from landcover.cube import build_cube
         from landcover.distributed import cluster
         from landcover.errors import ConfigError
 
-        section = None
-        if args.config and "cube" in read_config_file(args.config):
-            section = "cube"
         overrides = {
             "scenes": tuple(args.scenes) if args.scenes else None,
             "corine": args.corine,
@@ -72,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             "append": args.append,
             "overwrite": args.overwrite,
         }
-        job = load_config(CubeJob, args.config, section=section, overrides=overrides)
+        job = load_config(CubeJob, args.config, section="cube", overrides=overrides)
         if not job.scenes or not job.corine:
             raise ConfigError(
                 "give at least one scene (scenes / --scene) and a CORINE raster (corine / --corine)"

@@ -54,11 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     try:
-        from landcover.config import load_config, read_config_file
+        from landcover.config import load_config
         from landcover.errors import ConfigError
         from landcover.predict import predict_map
 
-        section = "predict" if args.config and "predict" in read_config_file(args.config) else None
         overrides = {
             "checkpoint": args.checkpoint,
             "cube": args.cube,
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device,
             "overwrite": args.overwrite,
         }
-        job = load_config(PredictJob, args.config, section=section, overrides=overrides)
+        job = load_config(PredictJob, args.config, section="predict", overrides=overrides)
         if not job.checkpoint or not job.cube:
             raise ConfigError("give a checkpoint (checkpoint / --checkpoint) and a cube (cube / --cube)")
         base = Path(args.config).parent if args.config else Path.cwd()

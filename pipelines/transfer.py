@@ -26,17 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     try:
-        from landcover.config import load_config, read_config_file
+        from landcover.config import load_config
         from landcover.transfer import TransferConfig, run_transfer, write_report
 
-        section = "transfer" if args.config and "transfer" in read_config_file(args.config) else None
         overrides = {
             "checkpoint": args.checkpoint,
             "cubes": tuple(args.cubes) if args.cubes else None,
             "out": args.out,
             "device": args.device,
         }
-        cfg = load_config(TransferConfig, args.config, section=section, overrides=overrides)
+        cfg = load_config(TransferConfig, args.config, section="transfer", overrides=overrides)
         if args.config:
             base = Path(args.config).parent
 

@@ -54,3 +54,11 @@ def test_errors_name_the_file(tmp_path):
         load_config(Cfg, overrides={"mode": "z"})
     with pytest.raises(InputFileError, match="not found"):
         load_config(Cfg, tmp_path / "missing.toml")
+
+
+def test_section_table_or_top_level(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[compare]\nname = "in-table"\n')
+    assert load_config(Cfg, f, section="compare").name == "in-table"
+    f.write_text('name = "top"\n')
+    assert load_config(Cfg, f, section="compare").name == "top"

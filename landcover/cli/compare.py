@@ -38,16 +38,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config, read_config_file
+    from ..config import load_config
     from ..experiment import CompareConfig, run_compare, write_report
 
-    section = None
-    if args.config is not None and "compare" in read_config_file(args.config):
-        section = "compare"
     cfg = load_config(
         CompareConfig,
         args.config,
-        section=section,
+        section="compare",
         overrides={
             "cubes": tuple(args.cubes) if args.cubes else None,
             "out": args.out,

@@ -38,16 +38,15 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config, read_config_file
+    from ..config import load_config
     from ..experiment import IMAGENET_MODELS, CompareConfig, train_model
     from ..models import find_imagenet_weights
     from ..plotting import plot_history
 
-    section = "train" if args.config is not None and "train" in read_config_file(args.config) else None
     cfg = load_config(
         CompareConfig,
         args.config,
-        section=section,
+        section="train",
         overrides={
             "cubes": tuple(args.cubes) if args.cubes else None,
             "window": args.window,
