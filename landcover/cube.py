@@ -101,17 +101,40 @@ class _Scene:
     grid: Grid
     time: np.datetime64
     product_id: str
+    raw: Any = None
+    """The scene opened with ``decode=False`` (lazy) when it is Level-2, else ``None``."""
+    raw_reflectance: bool = False
+    """The reflective bands' file encoding is the cube's (raw DNs can be stored as they are)."""
+    raw_thermal: bool = False
+    """Same for the thermal band."""
+
+
+def _same_encoding(sources: Sequence[Any], scale: float, offset: float) -> bool:
+    """All ``BandSource``s decode linearly with exactly ``(scale, offset)``, fill 0, no clipping."""
+    return bool(sources) and all(
+        s.decode == "linear" and s.mult == scale and s.add == offset and s.clip is None for s in sources
+    )
 
 
 def _open_scenes(scenes: Sequence[str | os.PathLike[str]], chunk: int) -> list[_Scene]:
-    from .landsat import open_scene
+    from .landsat import open_scene, plan_scene
 
     out: list[_Scene] = []
+    chunks = {"y": chunk, "x": chunk, "band": -1}
     for p in scenes:
-        ds = open_scene(p, chunks={"y": chunk, "x": chunk, "band": -1})
+        plan = plan_scene(p)
+        ds = open_scene(plan, chunks=chunks)
         grid = Grid.from_xarray(ds)
         t = np.datetime64(np.asarray(ds["time"].values, dtype="datetime64[ns]").reshape(()).item(), "ns")
-        out.append(_Scene(str(p), ds, grid, t, str(ds.attrs.get("product_id", Path(p).name))))
+        raw_r = plan.mtl.is_level2 and _same_encoding(plan.reflective, REFLECTANCE_SCALE, REFLECTANCE_OFFSET)
+        raw_t = (
+            plan.mtl.is_level2
+            and plan.thermal is not None
+            and _same_encoding([plan.thermal], THERMAL_SCALE, THERMAL_OFFSET)
+        )
+        raw = open_scene(plan, chunks=chunks, validate=False, decode=False) if raw_r or raw_t else None
+        pid = str(ds.attrs.get("product_id", Path(p).name))
+        out.append(_Scene(str(p), ds, grid, t, pid, raw, raw_r, raw_t))
     times = [s.time for s in out]
     dup = {str(t) for t in times if times.count(t) > 1}
     if dup:
@@ -570,8 +593,15 @@ def _encode_labels(frac: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def _scene_layers(
     scene: _Scene, dst: Grid, chunk: int, policy: UsablePolicy | None
-) -> tuple[Any, Any, Any, Any, str]:
-    """``(reflectance, thermal, qa, usable, resampling)`` of one scene on ``dst`` (lazy, decoded)."""
+) -> tuple[Any, Any, Any, Any, str, bool, bool]:
+    """``(reflectance, thermal, qa, usable, resampling, refl_raw, th_raw)`` of one scene on ``dst`` (lazy).
+
+    Reflectance and thermal are decoded float32 (NaN at fill), except where the scene is
+    aligned with ``dst`` and its file encoding is the cube's (Collection 2 Level-2,
+    ``scene.raw`` set): then that variable is the raw uint16 DNs (0 at fill) and its flag
+    is True. Decoding and re-encoding those DNs is an exact round trip (every DN 1..65535
+    comes back), so both give the same stored bytes.
+    """
     import dask.array as da
     import xarray as xr
 
@@ -580,8 +610,19 @@ def _scene_layers(
     ds = scene.ds
     aligned = dst.is_aligned(scene.grid)
     windows = None if aligned else _source_windows(scene.grid, dst, chunk)
-    refl = _place(ds["reflectance"].data, scene.grid, dst, np.float32(np.nan), chunk, "bilinear", windows)
-    if "thermal" in ds:
+    refl_raw = aligned and scene.raw is not None and scene.raw_reflectance
+    th_raw = aligned and scene.raw is not None and scene.raw_thermal and "thermal" in ds
+    if refl_raw:
+        refl = _place(scene.raw["reflectance"].data, scene.grid, dst, np.uint16(0), chunk, "bilinear")
+        # NaN exactly where a decoded band would be NaN (DN 0), so usable_mask gives the same mask
+        fill = da.any(refl == 0, axis=0)
+        refl_for_mask = da.where(fill, np.float32(np.nan), np.float32(0))[None]
+    else:
+        refl = _place(ds["reflectance"].data, scene.grid, dst, np.float32(np.nan), chunk, "bilinear", windows)
+        refl_for_mask = refl
+    if th_raw:
+        th = _place(scene.raw["thermal"].data, scene.grid, dst, np.uint16(0), chunk, "bilinear")
+    elif "thermal" in ds:
         th = _place(ds["thermal"].data, scene.grid, dst, np.float32(np.nan), chunk, "bilinear", windows)
     else:
         th = da.full(dst.shape, np.nan, dtype="float32", chunks=chunk)
@@ -589,32 +630,49 @@ def _scene_layers(
         qa = _place(ds["qa_pixel"].data, scene.grid, dst, np.uint16(QA_FILL), chunk, "nearest", windows)
     else:
         qa = None
-    coords = {"band": ds["band"].values, **dst.coords()}
-    tmp = xr.Dataset({"reflectance": (("band", "y", "x"), refl)}, coords=coords)
+    coords = dst.coords()
+    tmp = xr.Dataset({"reflectance": (("band", "y", "x"), refl_for_mask)}, coords=coords)
     if qa is not None:
         tmp["qa_pixel"] = (("y", "x"), qa)
     usable = usable_mask(tmp, policy).data
     if qa is None:
         qa = da.where(usable, np.uint16(0), np.uint16(QA_FILL)).astype("uint16")
-    return refl, th, qa, usable, "none" if aligned else "bilinear (reflectance, thermal), nearest (qa_pixel)"
+    how = "none" if aligned else "bilinear (reflectance, thermal), nearest (qa_pixel)"
+    return refl, th, qa, usable, how, refl_raw, th_raw
+
+
+def _mask_u16(raw: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Raw uint16 DNs with 0 wherever not ``keep`` (broadcast); fill (0) stays 0."""
+    out: np.ndarray = np.multiply(raw, keep, dtype="uint16")
+    return out
 
 
 def _layers_on_grid(
     scenes: Sequence[_Scene], dst: Grid, chunk: int, policy: UsablePolicy | None, label_ok: Any
 ) -> tuple[dict[str, Any], list[str]]:
-    """Raw-encoded time-dependent arrays of ``scenes`` on ``dst`` (lazy)."""
+    """Raw-encoded time-dependent arrays of ``scenes`` on ``dst`` (lazy).
+
+    Level-2 DNs already in the cube encoding are stored as they are (only masked); all
+    else is decoded, resampled if needed and encoded with :func:`_encode_u16`.
+    """
     import dask.array as da
 
     refl_l, th_l, qa_l, valid_l, how = [], [], [], [], []
     keep2 = label_ok  # (y, x) bool
     for s in scenes:
-        refl, th, qa, usable, resampling = _scene_layers(s, dst, chunk, policy)
-        refl_l.append(
-            da.map_blocks(
-                _encode_u16, refl, keep2[None], REFLECTANCE_SCALE, REFLECTANCE_OFFSET, dtype="uint16"
+        refl, th, qa, usable, resampling, refl_raw, th_raw = _scene_layers(s, dst, chunk, policy)
+        if refl_raw:
+            refl_l.append(da.map_blocks(_mask_u16, refl, keep2[None], dtype="uint16"))
+        else:
+            refl_l.append(
+                da.map_blocks(
+                    _encode_u16, refl, keep2[None], REFLECTANCE_SCALE, REFLECTANCE_OFFSET, dtype="uint16"
+                )
             )
-        )
-        th_l.append(da.map_blocks(_encode_u16, th, keep2, THERMAL_SCALE, THERMAL_OFFSET, dtype="uint16"))
+        if th_raw:
+            th_l.append(da.map_blocks(_mask_u16, th, keep2, dtype="uint16"))
+        else:
+            th_l.append(da.map_blocks(_encode_u16, th, keep2, THERMAL_SCALE, THERMAL_OFFSET, dtype="uint16"))
         qa_l.append(qa)
         valid_l.append(usable & keep2)
         how.append(resampling)

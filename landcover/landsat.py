@@ -51,7 +51,7 @@ import re
 import tarfile
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -1057,6 +1057,7 @@ def open_scene(
     chunks: int | dict[str, int] = 512,
     policy: UsablePolicy | None = None,
     validate: bool = True,
+    decode: bool = True,
 ) -> xr.Dataset:
     """Open a Landsat scene as a lazy, decoded xarray Dataset on the scene's own grid.
 
@@ -1075,6 +1076,13 @@ def open_scene(
     validate
         Read the first and last block of every file now, so that corrupt or truncated
         files fail at open time rather than inside a later computation.
+    decode
+        ``False``: ``reflectance`` and ``thermal`` hold the raw uint16 DNs of the files
+        (0 = fill), undecoded (no TOA or brightness conversion for Level-1), with the
+        same coordinates and attributes; their ``attrs`` then also carry the
+        ``scale_factor``/``add_offset``/``_FillValue`` of the Level-2 product
+        (CF-style, as ``xr.decode_cf`` expects) and ``.encoding`` only ``dtype=uint16``.
+        Level-2 only: Level-1 DNs are not in that encoding, so this raises ValueError.
 
     Returns
     -------
@@ -1096,8 +1104,15 @@ def open_scene(
     cy, cx, cb = _chunk_sizes(chunks)
     grid = plan.grid
     level2 = plan.mtl.is_level2
+    if not decode and not level2:
+        raise ValueError(f"decode=False needs a Level-2 product, {plan.mtl.product_id} is {plan.mtl.level}")
 
-    refl = da.stack([_lazy_band(s, grid, cy, cx, "float32") for s in plan.reflective], axis=0)
+    def band(s: BandSource) -> da.Array:
+        if decode:
+            return _lazy_band(s, grid, cy, cx, "float32")
+        return _lazy_band(replace(s, decode="raw", clip=None), grid, cy, cx, "uint16")
+
+    refl = da.stack([band(s) for s in plan.reflective], axis=0)
     if cb != 1:
         refl = refl.rechunk({0: cb if cb > 0 else len(plan.reflective)})
     r_mult, r_add = (plan.reflective[0].mult, plan.reflective[0].add) if level2 else SR_SCALE
@@ -1123,7 +1138,7 @@ def open_scene(
         t = plan.thermal
         t_mult, t_add = (t.mult, t.add) if level2 else ST_SCALE
         var = xr.DataArray(
-            _lazy_band(t, grid, cy, cx, "float32"),
+            band(t),
             dims=("y", "x"),
             attrs={
                 "long_name": "surface temperature" if level2 else "top-of-atmosphere brightness temperature",
@@ -1133,6 +1148,11 @@ def open_scene(
         )
         var.encoding = {"dtype": "uint16", "scale_factor": t_mult, "add_offset": t_add, "_FillValue": 0}
         data_vars["thermal"] = var
+    if not decode:
+        for var in (v for k, v in data_vars.items() if k in ("reflectance", "thermal")):
+            var.attrs.update(var.encoding)
+            del var.attrs["dtype"]
+            var.encoding = {"dtype": "uint16"}
     for name, src in (("qa_pixel", plan.qa_pixel), ("qa_radsat", plan.qa_radsat)):
         if src is not None:
             var = xr.DataArray(

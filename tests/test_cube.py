@@ -660,3 +660,53 @@ def test_batched_chunk_bounds_equal_grid_bounds_in() -> None:
         fast = _chunk_bounds_in(grid, crs, chunk)
         assert len(fast) == len(range(0, 100, chunk)) ** 2
         assert fast == {(r, c): tuple(_block(grid, r, c, chunk).bounds_in(crs)) for r, c in fast}
+
+
+def _computed_cube(scenes: list[Any], clc: Path, *, raw: bool, chunk: int) -> dict[str, np.ndarray]:
+    """Every array of the assembled cube; ``raw=False`` forces the decode/encode path."""
+    import dataclasses
+
+    from landcover import cube as cube_mod
+
+    opened = cube_mod._open_scenes(scenes, chunk)
+    if not raw:
+        opened = [dataclasses.replace(s, raw=None) for s in opened]
+    dst = cube_mod.target_grid([s.grid for s in opened], cube_mod._clc_grid(clc))
+    ds = cube_mod._assemble(
+        opened, clc, dst, level=3, min_coverage=0.5, policy=None, chunk=chunk, grid_mode="scene"
+    )
+    graph = str(dict(ds["reflectance"].data.__dask_graph__()))
+    assert ("_mask_u16" in graph) == raw and ("_encode_u16" in graph) != raw
+    return {str(k): ds[k].values for k in ds.data_vars}
+
+
+def test_level2_raw_pass_through_is_bit_identical(tmp_path: Path) -> None:
+    """Storing the L2 DNs as they are gives exactly the bytes of decode + re-encode."""
+    from landcover.testing import make_pair
+
+    pair = make_pair(tmp_path, size=64, seed=5, overlap=0.6, cloud_fraction=0.3)
+    # fill (DN 0) in one band where QA says nothing: must still make the pixel unusable
+    b3 = next(pair.scene_dir.glob("*_SR_B3.TIF"))
+    with rasterio.open(b3, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as f:
+        dn = f.read(1)
+        dn[20:30, 30:50] = 0
+        f.write(dn, 1)
+    new = _computed_cube([pair.scene_dir], pair.clc_path, raw=True, chunk=16)
+    old = _computed_cube([pair.scene_dir], pair.clc_path, raw=False, chunk=16)
+    assert new.keys() == old.keys()
+    for k in new:
+        assert new[k].dtype == old[k].dtype, k
+        np.testing.assert_array_equal(new[k], old[k], err_msg=k)
+    refl = new["reflectance"]
+    assert (refl == 0).any() and (refl > 0).any() and new["valid"].any() and not new["valid"].all()
+
+
+@pytest.mark.real
+def test_real_level2_raw_pass_through_is_bit_identical(real_scene: Path, tmp_path: Path) -> None:
+    """Same on the real LT05 L2 product (fill border, real QA) under CORINE with holes."""
+    clc = real_clc(tmp_path, cover=0.7, holes=True)
+    new = _computed_cube([real_scene], clc, raw=True, chunk=32)
+    old = _computed_cube([real_scene], clc, raw=False, chunk=32)
+    for k in new:
+        np.testing.assert_array_equal(new[k], old[k], err_msg=k)
+    assert (new["qa_pixel"] == 1).any() and new["valid"].any()

@@ -697,3 +697,33 @@ def test_make_scene_products(tmp_path: Path, sensor: str, level: str) -> None:
     assert usable.any() and not usable.all()
     bundle = open_scene(make_bundle(d), chunks=32).compute()
     xr.testing.assert_identical(bundle.drop_attrs(), ds.drop_attrs())
+
+
+def test_synthetic_l2_raw_dns_with_decode_false(tmp_path: Path) -> None:
+    d = make_product(tmp_path)
+    decoded = open_scene(d, chunks=16)
+    raw = open_scene(d, chunks=16, decode=False)
+    assert raw.reflectance.dtype == np.uint16 and raw.thermal.dtype == np.uint16
+    assert raw.reflectance.chunks == decoded.reflectance.chunks
+    for i, n in enumerate(TM_NUMBERS):
+        dn = _read(d / f"{_pid(d)}_SR_B{n}.TIF")
+        np.testing.assert_array_equal(raw.reflectance.isel(band=i).values, dn)
+    np.testing.assert_array_equal(raw.thermal.values, _read(d / f"{_pid(d)}_ST_B6.TIF"))
+    np.testing.assert_array_equal(raw.qa_pixel.values, decoded.qa_pixel.values)
+    assert list(raw.band.values) == list(decoded.band.values)
+    assert raw.attrs == decoded.attrs and raw.rio.crs == decoded.rio.crs
+    assert raw.reflectance.attrs["scale_factor"] == SR_SCALE[0]
+    assert raw.reflectance.attrs["add_offset"] == SR_SCALE[1]
+    assert raw.reflectance.attrs["_FillValue"] == 0
+    assert raw.reflectance.encoding["dtype"] == "uint16" and "scale_factor" not in raw.reflectance.encoding
+    # CF decoding of the raw variables gives the decoded scene
+    cf = xr.decode_cf(raw[["reflectance", "thermal"]]).compute()
+    np.testing.assert_allclose(cf.reflectance.values, decoded.reflectance.values, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(cf.thermal.values, decoded.thermal.values, rtol=0, atol=1e-3)
+    assert np.isnan(decoded.reflectance.values).any()  # the product has fill to check against
+
+
+def test_decode_false_refuses_level1(tmp_path: Path) -> None:
+    d = make_product(tmp_path, level="L1TP")
+    with pytest.raises(ValueError, match="Level-2"):
+        open_scene(d, decode=False)
