@@ -82,8 +82,8 @@ def test_missing_imagenet_weights_runs_rgb_under_honest_name(demo_cube, tmp_path
 
 
 def test_imagenet_weights_from_local_file(demo_cube, tmp_path, monkeypatch):
-    torchvision = pytest.importorskip("torchvision")
     import torch
+    import torchvision
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     weights = tmp_path / "resnet18-f37072fd.pth"
