@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from landcover.cli import run_job
+
 
 @dataclass(frozen=True)
 class CubeJob:
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", default=None)
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         from landcover.config import load_config
         from landcover.cube import build_cube
         from landcover.distributed import cluster
@@ -97,13 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"cube written: {store}")
         return 0
-    except Exception as exc:  # noqa: BLE001 - batch job: one line, exit 1
-        if args.debug:
-            raise
-        from landcover.cli import one_line
 
-        print(f"build_cube: {one_line(exc)}", file=sys.stderr)
-        return 1
+    return run_job("build_cube", body, debug=args.debug)
 
 
 if __name__ == "__main__":

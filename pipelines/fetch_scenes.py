@@ -18,7 +18,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from landcover.cli import one_line
+    from landcover.cli import run_job
     from landcover.cli.fetch import register_actions
 
     parser = argparse.ArgumentParser(description="Search and download Landsat scenes from USGS.")
@@ -26,16 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     register_actions(parser.add_subparsers(dest="action", required=True, metavar="{search,download}"))
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("fetch_scenes: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - one line per failure, exit 1
-        if args.debug:
-            raise
-        print(f"fetch_scenes: {one_line(exc)}", file=sys.stderr)
-        return 1
+    return run_job("fetch_scenes", lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

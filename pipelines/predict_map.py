@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from landcover.cli import run_job
+
 
 @dataclass(frozen=True)
 class PredictJob:
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", default=None)
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         from landcover.config import load_config
         from landcover.errors import ConfigError
         from landcover.predict import predict_map
@@ -91,13 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"prediction written: {outs.zarr.parent}")
         return 0
-    except Exception as exc:  # noqa: BLE001 - batch job: one line, exit 1
-        if args.debug:
-            raise
-        from landcover.cli import one_line
 
-        print(f"predict_map: {one_line(exc)}", file=sys.stderr)
-        return 1
+    return run_job("predict_map", body, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from landcover.cli import run_job
 from landcover.roundrobin import LegConfig, Repository
 
 
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         from landcover.config import load_config
         from landcover.distributed import cluster
         from landcover.models import save_model
@@ -85,13 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(out / "legs.json")
         print(f"round-robin training finished: {out}")
         return 0
-    except Exception as exc:  # noqa: BLE001 - batch job: one line, exit 1
-        if args.debug:
-            raise
-        from landcover.cli import one_line
 
-        print(f"roundrobin_train: {one_line(exc)}", file=sys.stderr)
-        return 1
+    return run_job("roundrobin_train", body, debug=args.debug)
 
 
 if __name__ == "__main__":

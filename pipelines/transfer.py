@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from landcover.cli import run_job
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Phase-2 transfer experiment (report in --out).")
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         from landcover.config import load_config
         from landcover.transfer import TransferConfig, run_transfer, write_report
 
@@ -53,13 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_transfer(cfg)
         print(f"report: {write_report(result)}")
         return 0
-    except Exception as exc:  # noqa: BLE001 - batch job: one line, exit 1
-        if args.debug:
-            raise
-        from landcover.cli import one_line
 
-        print(f"transfer: {one_line(exc)}", file=sys.stderr)
-        return 1
+    return run_job("transfer", body, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._version import __version__
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "run_job", "one_line"]
 
 # Order = order in --help.
 COMMANDS: tuple[str, ...] = (
@@ -70,17 +70,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return run_job("landcover", lambda: args.func(args), debug=args.debug)
+
+
+def run_job(prog: str, job: Callable[[], int | None], *, debug: bool = False) -> int:
+    """Run a command's or batch job's body and return its exit status.
+
+    Any failure becomes one line ``<prog>: <message>`` on stderr and status 1
+    (130 on Ctrl-C); ``debug=True`` re-raises instead, for the traceback.
+    """
     try:
-        return int(args.func(args) or 0)
+        return int(job() or 0)
     except KeyboardInterrupt:
-        print("landcover: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # noqa: BLE001 - the CLI's job is to turn any failure into one line
-        if args.debug:
+    except Exception as exc:  # noqa: BLE001 - the job's contract is to turn any failure into one line
+        if debug:
             raise
-        print(f"landcover: {one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: {one_line(exc)}", file=sys.stderr)
         return 1
 
 
