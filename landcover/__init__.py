@@ -7,7 +7,7 @@ so ``import landcover`` stays light (no torch, no dask) until a name is used.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._version import __version__
 from .errors import EmptyOverlapError, GridMismatchError, InputFileError, LandcoverError
@@ -42,10 +42,6 @@ _LAZY: dict[str, str] = {
     "fit": "landcover.train",
     "predict_cube": "landcover.predict",
 }
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
