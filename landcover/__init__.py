@@ -43,6 +43,7 @@ _LAZY: dict[str, str] = {
     "predict_cube": "landcover.predict",
 }
 
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
