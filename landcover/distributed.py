@@ -1,24 +1,48 @@
-"""Dask cluster helpers: one way to get a client for cube builds and training.
+"""Dask cluster helpers: one way to get a client for cube builds, labels, prediction and training.
 
-``get_client(None)`` returns ``None`` (the caller uses Dask's local threaded
-scheduler); ``get_client("local")`` starts a :class:`distributed.LocalCluster`;
+``get_client(None)`` (or ``"none"``) returns ``None`` (the caller uses Dask's local
+threaded scheduler); ``get_client("local")`` starts a :class:`distributed.LocalCluster`;
 ``get_client("tcp://host:8786")`` connects to a running ``dask scheduler``.
 :func:`cluster` is the context-manager form that closes what it started.
 :func:`round_robin` spreads items (e.g. models to train) over the workers.
+
+Command-line jobs share one option set (:func:`add_cluster_arguments`:
+``--scheduler ADDRESS|local|none``, ``--workers``, ``--threads-per-worker``,
+``--memory-limit``, ``--processes``, ``--dashboard-address``) turned into a
+:class:`ClusterOptions` (:func:`cluster_options_from_args`) and opened with
+:func:`open_cluster`, which prints ``Dask dashboard: http://.../status`` to stderr.
+The default is an in-process ``LocalCluster`` of threads (GDAL, zarr codecs, numpy
+and torch release the GIL, so threads scale without copying chunks between
+processes; ``bench/bench_cube.py`` compares it with the threaded scheduler).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, TypeVar
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from .errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
-__all__ = ["get_client", "close_client", "cluster", "worker_addresses", "round_robin"]
+__all__ = [
+    "get_client",
+    "close_client",
+    "cluster",
+    "worker_addresses",
+    "round_robin",
+    "ClusterOptions",
+    "add_cluster_arguments",
+    "cluster_options_from_args",
+    "open_cluster",
+    "dashboard_link",
+    "cluster_summary",
+]
 
 T = TypeVar("T")
 
@@ -31,30 +55,34 @@ def get_client(
     processes: bool = True,
     memory_limit: str | None = "auto",
     timeout: float = 30.0,
+    dashboard_address: str | None = None,
 ) -> Client | None:
     """A ``distributed.Client`` for ``address``, or ``None`` for the local threaded scheduler.
 
     Parameters
     ----------
     address
-        ``None`` (no cluster), ``"local"`` (start a ``LocalCluster`` in this process)
-        or a scheduler address such as ``"tcp://127.0.0.1:8786"``.
+        ``None`` or ``"none"`` (no cluster), ``"local"`` (start a ``LocalCluster`` in this
+        process) or a scheduler address such as ``"tcp://127.0.0.1:8786"``.
     n_workers, threads_per_worker, processes, memory_limit
         LocalCluster settings (``"local"`` only); defaults size it to the machine.
     timeout
         Seconds to wait for a remote scheduler.
+    dashboard_address
+        Where a LocalCluster serves its dashboard (``"127.0.0.1:0"``: a free port on
+        loopback); ``None``: no dashboard.
 
     Raises
     ------
     ConfigError
         When the scheduler cannot be reached.
     """
-    if address is None or address == "":
+    if address is None or address in ("", "none"):
         return None
     from distributed import Client, LocalCluster
 
     if address == "local":
-        kwargs: dict[str, object] = {"processes": processes, "dashboard_address": None}
+        kwargs: dict[str, object] = {"processes": processes, "dashboard_address": dashboard_address}
         if n_workers is not None:
             kwargs["n_workers"] = n_workers
         if threads_per_worker is not None:
@@ -106,3 +134,278 @@ def round_robin(items: Sequence[T], client: Client) -> dict[str, list[T]]:
     for i, item in enumerate(items):
         out[workers[i % len(workers)]].append(item)
     return out
+
+
+# -- command-line cluster options -------------------------------------------------------------------
+
+SchedulerKind = Literal["none", "local", "remote"]
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where a batch job runs: the options shared by every data-building command.
+
+    Parameters
+    ----------
+    scheduler
+        ``"local"`` (default: start a ``LocalCluster`` for the job), ``"none"`` (Dask's
+        threaded scheduler in this process, no dashboard; for tiny jobs and tests) or the
+        address of a running ``dask scheduler`` (``tcp://HOST:PORT``, ``tls://...``).
+    workers
+        LocalCluster workers (default 1).
+    threads_per_worker
+        LocalCluster threads per worker; with ``scheduler="none"``, the threads of the
+        threaded scheduler. Default: chosen by the job (see :meth:`resolved_threads`).
+    memory_limit
+        LocalCluster memory limit per worker: ``"auto"`` (machine memory / workers),
+        ``"0"`` (none) or a size such as ``"4GiB"``.
+    processes
+        LocalCluster workers as separate processes instead of threads of this process.
+    dashboard_address
+        Where a LocalCluster serves its dashboard (default ``127.0.0.1:0``, a free port on
+        loopback); ``"none"`` disables it.
+    """
+
+    scheduler: str = "local"
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str = "auto"
+    processes: bool = False
+    dashboard_address: str = "127.0.0.1:0"
+
+    def __post_init__(self) -> None:
+        sched = (self.scheduler or "none").strip()
+        object.__setattr__(self, "scheduler", sched)
+        if sched not in ("none", "local") and "://" not in sched:
+            if ":" not in sched:
+                raise ValueError(
+                    f"scheduler must be 'local', 'none' or an address such as tcp://HOST:8786, got {sched!r}"
+                )
+            object.__setattr__(self, "scheduler", f"tcp://{sched}")  # HOST:PORT -> tcp://HOST:PORT
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.threads_per_worker is not None and self.threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be at least 1, got {self.threads_per_worker}")
+        if self.memory_limit not in ("auto", "0"):
+            from dask.utils import parse_bytes
+
+            try:
+                parse_bytes(self.memory_limit)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"memory_limit must be 'auto', '0' or a size such as '4GiB', got {self.memory_limit!r}"
+                ) from None
+        if self.kind != "local" and (self.workers is not None or self.processes):
+            raise ValueError("workers / processes only apply to a local cluster (scheduler 'local')")
+
+    @property
+    def kind(self) -> SchedulerKind:
+        """``"none"``, ``"local"`` or ``"remote"``."""
+        if self.scheduler == "none":
+            return "none"
+        return "local" if self.scheduler == "local" else "remote"
+
+    def resolved_threads(self, default: int | None = None) -> int:
+        """Threads per worker (LocalCluster) or of the threaded scheduler: the option, else ``default``.
+
+        ``default=None`` means :func:`landcover.store.default_threads` (CPU count + 2).
+        """
+        if self.threads_per_worker is not None:
+            return self.threads_per_worker
+        if default is not None:
+            return default
+        from .store import default_threads
+
+        return default_threads()
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_cluster_arguments(
+    parser: argparse.ArgumentParser, *, default: str = "local", threads_help: str = "CPU count + 2"
+) -> None:
+    """Add the shared cluster options to ``parser`` (one argument group, "Dask cluster").
+
+    ``--scheduler ADDRESS|local|none``, ``--workers N``, ``--threads-per-worker N``,
+    ``--memory-limit SIZE``, ``--processes`` and ``--dashboard-address ADDR``; read them
+    back with :func:`cluster_options_from_args`.
+    """
+    g = parser.add_argument_group(
+        "Dask cluster",
+        "Where the job runs. Default: a LocalCluster of threads sized for this machine, its dashboard "
+        "link printed to stderr. 'none' uses Dask's threaded scheduler (no dashboard), an address "
+        "(tcp://HOST:8786) a running `dask scheduler` whose workers see the same paths.",
+    )
+    g.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS|local|none",
+        help=f"Dask scheduler address, 'local' or 'none' (default: {default})",
+    )
+    g.add_argument(
+        "--workers", type=_positive, default=None, metavar="N", help="LocalCluster workers (default 1)"
+    )
+    g.add_argument(
+        "--threads-per-worker",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="LocalCluster threads per worker, or the threaded scheduler's threads with 'none' "
+        f"(default: {threads_help})",
+    )
+    g.add_argument(
+        "--memory-limit",
+        default="auto",
+        metavar="SIZE",
+        help="LocalCluster memory limit per worker: auto, 0 (none) or e.g. 4GiB (default auto)",
+    )
+    g.add_argument(
+        "--processes",
+        action="store_true",
+        help="LocalCluster workers as processes instead of threads (isolates crashes; copies chunks)",
+    )
+    g.add_argument(
+        "--dashboard-address",
+        default="127.0.0.1:0",
+        metavar="ADDR",
+        help="LocalCluster dashboard address (default 127.0.0.1:0 = free port on loopback; 'none' = off)",
+    )
+    parser.set_defaults(_cluster_default=default)
+
+
+def cluster_options_from_args(args: argparse.Namespace, *, scheduler: str | None = None) -> ClusterOptions:
+    """The :class:`ClusterOptions` of a namespace parsed with :func:`add_cluster_arguments`.
+
+    ``scheduler`` overrides the default scheduler when ``--scheduler`` was not given
+    (e.g. ``"none"`` when a legacy ``--threads`` option asked for the threaded scheduler).
+
+    Raises
+    ------
+    ConfigError
+        For an invalid combination (e.g. ``--workers`` with a remote scheduler).
+    """
+    chosen = str(getattr(args, "scheduler", None) or scheduler or getattr(args, "_cluster_default", "local"))
+    try:
+        return ClusterOptions(
+            scheduler=chosen,
+            workers=getattr(args, "workers", None),
+            threads_per_worker=getattr(args, "threads_per_worker", None),
+            memory_limit=str(getattr(args, "memory_limit", "auto")),
+            processes=bool(getattr(args, "processes", False)),
+            dashboard_address=str(getattr(args, "dashboard_address", "127.0.0.1:0")),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def dashboard_link(client: Client) -> str | None:
+    """The dashboard URL of ``client``'s scheduler (``http://HOST:PORT/status``); ``None`` without one."""
+    try:
+        info = client.scheduler_info()
+    except Exception:  # noqa: BLE001 - no scheduler info, no link
+        return None
+    if "dashboard" not in info.get("services", {}):
+        return None
+    link = str(client.dashboard_link)
+    # A LocalCluster's dashboard bound to one interface (127.0.0.1 by default): Dask's link names
+    # the machine's address instead, where nothing listens; name the bound interface.
+    scheduler = getattr(getattr(client, "cluster", None), "scheduler", None)
+    server = getattr(scheduler, "services", {}).get("dashboard") if scheduler is not None else None
+    host = getattr(server, "address", None)
+    port = getattr(server, "port", None)
+    if host and port and host not in ("0.0.0.0", "::", ""):
+        shown = f"[{host}]" if ":" in host else host
+        link = f"http://{shown}:{port}/status"
+    return link
+
+
+def cluster_summary(client: Client) -> str:
+    """One line: scheduler address, workers and threads (e.g. for logs and reports)."""
+    info = client.scheduler_info()
+    workers = info.get("workers", {})
+    threads = sum(int(w.get("nthreads", 0)) for w in workers.values())
+    address = client.scheduler.address if client.scheduler else "?"
+    return f"{address} ({len(workers)} workers, {threads} threads)"
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def open_cluster(
+    options: ClusterOptions,
+    *,
+    default_threads: int | None = None,
+    announce: Callable[[str], None] | None = _stderr,
+    timeout: float = 30.0,
+) -> Iterator[Client | None]:
+    """Start or connect to the cluster of ``options``; close what was started on exit.
+
+    Parameters
+    ----------
+    options
+        The job's :class:`ClusterOptions`.
+    default_threads
+        Threads per LocalCluster worker when ``options.threads_per_worker`` is not set
+        (``None``: CPU count + 2, the cube writer's tuned default).
+    announce
+        Called with ``"Dask dashboard: http://.../status"`` (or a line saying the
+        cluster has no dashboard); ``None`` prints nothing.
+    timeout
+        Seconds to wait for a remote scheduler.
+
+    Yields
+    ------
+    distributed.Client or None
+        ``None`` for ``scheduler="none"`` (use the threaded scheduler with
+        ``options.resolved_threads(default_threads)`` threads).
+
+    Raises
+    ------
+    ConfigError
+        When a remote scheduler cannot be reached or has no workers within ``timeout``.
+    """
+    if options.kind == "none":
+        yield None
+        return
+    if options.kind == "local":
+        mem: str | None = options.memory_limit if options.memory_limit != "0" else None
+        client = get_client(
+            "local",
+            n_workers=options.workers or 1,
+            threads_per_worker=options.resolved_threads(default_threads),
+            processes=options.processes,
+            memory_limit=mem if mem is not None else "0",
+            dashboard_address=None if options.dashboard_address == "none" else options.dashboard_address,
+        )
+    else:
+        client = get_client(options.scheduler, timeout=timeout)
+    assert client is not None
+    try:
+        if options.kind == "remote":
+            try:
+                client.wait_for_workers(1, timeout=timeout)
+            except (TimeoutError, OSError):
+                raise ConfigError(
+                    f"the Dask scheduler at {options.scheduler} has no workers (start `dask worker "
+                    f"{options.scheduler}`)"
+                ) from None
+        if announce is not None:
+            no_dashboard = options.kind == "local" and options.dashboard_address == "none"
+            link = None if no_dashboard else dashboard_link(client)
+            if link is not None:
+                announce(f"Dask dashboard: {link}")
+            else:
+                announce(f"Dask scheduler: {cluster_summary(client)} (no dashboard)")
+        yield client
+    finally:
+        close_client(client)
