@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import accessor as accessor  # noqa: F401  (registers the xarray accessor ds.landcover / ds.lc)
 from ._version import __version__
 from .errors import EmptyOverlapError, GridMismatchError, InputFileError, LandcoverError
 from .grid import Grid
