@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -347,6 +348,7 @@ def open_cluster(
     default_threads: int | None = None,
     announce: Callable[[str], None] | None = _stderr,
     timeout: float = 30.0,
+    quiet_logs: bool = True,
 ) -> Iterator[Client | None]:
     """Start or connect to the cluster of ``options``; close what was started on exit.
 
@@ -362,6 +364,9 @@ def open_cluster(
         cluster has no dashboard); ``None`` prints nothing.
     timeout
         Seconds to wait for a remote scheduler.
+    quiet_logs
+        Keep Dask's own INFO/WARNING log lines (worker start-up, "Compute Failed") off the
+        console while the cluster is open; the job reports failures itself.
 
     Yields
     ------
@@ -377,6 +382,39 @@ def open_cluster(
     if options.kind == "none":
         yield None
         return
+    with _quiet_dask_logs(quiet_logs):
+        with _connect(options, default_threads, timeout) as client:
+            if announce is not None:
+                no_dashboard = options.kind == "local" and options.dashboard_address == "none"
+                link = None if no_dashboard else dashboard_link(client)
+                if link is not None:
+                    announce(f"Dask dashboard: {link}")
+                else:
+                    announce(f"Dask scheduler: {cluster_summary(client)} (no dashboard)")
+            yield client
+
+
+@contextlib.contextmanager
+def _quiet_dask_logs(quiet: bool) -> Iterator[None]:
+    """Raise the ``distributed`` loggers to CRITICAL: the job reports task failures itself."""
+    if not quiet:
+        yield
+        return
+    import distributed  # noqa: F401 - creates its loggers (with their own levels) first
+
+    names = ["distributed", *(n for n in logging.Logger.manager.loggerDict if n.startswith("distributed."))]
+    before = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for n, level in before.items():
+            logging.getLogger(n).setLevel(level)
+
+
+@contextlib.contextmanager
+def _connect(options: ClusterOptions, default_threads: int | None, timeout: float) -> Iterator[Client]:
     if options.kind == "local":
         mem: str | None = options.memory_limit if options.memory_limit != "0" else None
         client = get_client(
@@ -399,13 +437,6 @@ def open_cluster(
                     f"the Dask scheduler at {options.scheduler} has no workers (start `dask worker "
                     f"{options.scheduler}`)"
                 ) from None
-        if announce is not None:
-            no_dashboard = options.kind == "local" and options.dashboard_address == "none"
-            link = None if no_dashboard else dashboard_link(client)
-            if link is not None:
-                announce(f"Dask dashboard: {link}")
-            else:
-                announce(f"Dask scheduler: {cluster_summary(client)} (no dashboard)")
         yield client
     finally:
         close_client(client)

@@ -1,4 +1,14 @@
-"""``landcover cube build`` and ``landcover cube info``."""
+"""``landcover cube build``, ``landcover cube batch`` and ``landcover cube info``.
+
+``build`` and ``batch`` run on a Dask cluster: by default a LocalCluster of threads started
+for the job (its dashboard link printed to stderr), ``--scheduler tcp://HOST:PORT`` for a
+running ``dask scheduler``, ``--scheduler none`` for Dask's threaded scheduler (see
+:func:`landcover.distributed.add_cluster_arguments`).
+
+``batch`` exit status: 0 = every cube built or already complete; 3 = the batch completed
+but some cubes failed (listed on stderr, in the summary table and the JSON report);
+1 = nothing ran (bad options, missing CORINE raster, unreachable scheduler).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,8 @@ import json
 import sys
 import warnings
 from typing import Any
+
+from ..distributed import add_cluster_arguments
 
 __all__ = ["register"]
 
@@ -24,29 +36,79 @@ def register(subparsers: Any) -> None:
     b.add_argument("--scene", action="append", required=True, metavar="PATH", help="Landsat product (repeat)")
     b.add_argument("--corine", required=True, metavar="CLC", help="CORINE Land Cover raster")
     b.add_argument("--out", required=True, metavar="STORE", help="output Zarr store (directory)")
-    b.add_argument(
-        "--grid",
-        default=None,
-        help="'scene' (default: the scenes' own grid, no resampling), 'utm-first', or a CRS (EPSG:3035)",
-    )
-    b.add_argument("--resolution", type=float, default=None, help="pixel size for --grid utm-first/CRS")
-    b.add_argument("--chunk", type=int, default=512, help="spatial chunk size in pixels (default 512)")
-    b.add_argument("--level", type=int, choices=(1, 2, 3), default=3, help="CLC nomenclature level")
-    b.add_argument("--min-coverage", type=float, default=0.5, help="min CORINE coverage of a valid label")
-    b.add_argument("--compressor", choices=("blosc-zstd", "blosc-lz4", "zstd", "none"), default="blosc-zstd")
-    b.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler address or 'local'")
+    _cube_options(b)
     b.add_argument(
         "--threads", type=_positive_int, default=None, metavar="N",
-        help="threads of the local scheduler without --scheduler (default: CPU count + 2)",
+        help="use Dask's threaded scheduler with N threads (same as --scheduler none --threads-per-worker N)",
     )  # fmt: skip
     b.add_argument("--append", action="store_true", help="add the scenes as new time steps to STORE")
     b.add_argument("--overwrite", action="store_true", help="replace a store built with other parameters")
+    add_cluster_arguments(b)
     b.set_defaults(func=run_build)
+    m = sub.add_parser(
+        "batch",
+        help="build one cube per scene (or per path/row) as separate, retried cluster tasks",
+        description="Build one cube per scene (--group-by scene) or one multi-date cube per Landsat "
+        "path/row (--group-by pathrow) into OUT_DIR/NAME.zarr, each as its own Dask task. A cube that "
+        "fails is retried (--retries), then reported (one line on stderr, the summary table, and the "
+        "JSON report OUT_DIR/batch-report.json) and leaves no store; the others complete. Rerun the "
+        "same command to resume: complete cubes are skipped, interrupted ones finished. Exit status: "
+        "0 = all cubes built or already complete, 3 = completed with failures, 1 = nothing ran.",
+    )
+    m.add_argument("scenes", nargs="*", metavar="SCENE", help="Landsat products (directories or .tar)")
+    m.add_argument(
+        "--scenes-from", metavar="FILE", default=None,
+        help="read more scene paths from FILE, one per line ('#' comments; '-' = stdin)",
+    )  # fmt: skip
+    m.add_argument("--corine", required=True, metavar="CLC", help="CORINE Land Cover raster")
+    m.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created)")
+    m.add_argument(
+        "--group-by", choices=("scene", "pathrow"), default="scene",
+        help="one cube per scene (default) or one multi-date cube per sensor and path/row",
+    )  # fmt: skip
+    m.add_argument(
+        "--retries", type=_non_negative_int, default=2, metavar="N",
+        help="extra attempts of a failed cube, on any worker (default 2)",
+    )  # fmt: skip
+    m.add_argument(
+        "--task-threads", type=_positive_int, default=None, metavar="N",
+        help="threads each cube build uses inside its task (default: (CPUs + 2) / worker threads, >= 2)",
+    )  # fmt: skip
+    m.add_argument(
+        "--report", metavar="JSON", default=None, help="report path (default OUT_DIR/batch-report.json)"
+    )
+    _cube_options(m)
+    m.add_argument("--overwrite", action="store_true", help="rebuild cubes that already exist")
+    add_cluster_arguments(m, threads_help="CPUs / 2, at most one per cube: cubes built at once")
+    m.set_defaults(func=run_batch)
     i = sub.add_parser("info", help="summarise a cube", description="Summarise a cube store.")
     i.add_argument("store", metavar="STORE")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     i.set_defaults(func=run_info)
     parser.set_defaults(func=lambda args: _usage(parser))
+
+
+def _cube_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--grid",
+        default=None,
+        help="'scene' (default: the scenes' own grid, no resampling), 'utm-first', or a CRS (EPSG:3035)",
+    )
+    p.add_argument("--resolution", type=float, default=None, help="pixel size for --grid utm-first/CRS")
+    p.add_argument("--chunk", type=int, default=512, help="spatial chunk size in pixels (default 512)")
+    p.add_argument("--level", type=int, choices=(1, 2, 3), default=3, help="CLC nomenclature level")
+    p.add_argument("--min-coverage", type=float, default=0.5, help="min CORINE coverage of a valid label")
+    p.add_argument("--compressor", choices=("blosc-zstd", "blosc-lz4", "zstd", "none"), default="blosc-zstd")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -64,12 +126,47 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def run_build(args: argparse.Namespace) -> int:
-    from ..cube import build_cube
-    from ..distributed import cluster
+def _cluster_options(args: argparse.Namespace) -> Any:
+    """The job's ClusterOptions; the legacy ``--threads N`` means the threaded scheduler."""
+    from ..distributed import ClusterOptions, cluster_options_from_args
+    from ..errors import ConfigError
 
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return cluster_options_from_args(args)
+    if args.scheduler not in (None, "none") or args.threads_per_worker is not None:
+        raise ConfigError(
+            "--threads N is the threaded scheduler (--scheduler none); use --threads-per-worker"
+        )
+    opts = cluster_options_from_args(args, scheduler="none")
+    return ClusterOptions(scheduler="none", threads_per_worker=threads, memory_limit=opts.memory_limit)
+
+
+def _announce(args: argparse.Namespace) -> Any:
+    if getattr(args, "quiet", False):
+        return None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..cube import build_cube
+    from ..distributed import open_cluster
+    from ..errors import InputFileError
+
+    options = _cluster_options(args)
+    # check the inputs before starting a cluster for them
+    if not Path(args.corine).exists():
+        raise InputFileError(args.corine, "CORINE raster not found")
+    for s in args.scene:
+        if not Path(s).exists():
+            raise InputFileError(s, "scene not found")
     grid = None if args.grid in (None, "scene") else args.grid
-    with warnings.catch_warnings(record=True) as caught, cluster(args.scheduler) as client:
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        open_cluster(options, announce=_announce(args)) as client,
+    ):
         warnings.simplefilter("always", UserWarning)
         store = build_cube(
             args.scene,
@@ -85,7 +182,7 @@ def run_build(args: argparse.Namespace) -> int:
             append=args.append,
             overwrite=args.overwrite,
             progress=not getattr(args, "quiet", False),
-            threads=args.threads,
+            threads=options.resolved_threads() if client is None else None,
         )
     for w in caught:
         if issubclass(w.category, UserWarning):
@@ -93,6 +190,89 @@ def run_build(args: argparse.Namespace) -> int:
     if not getattr(args, "quiet", False):
         print(f"cube written: {store}")
     return 0
+
+
+def read_scene_list(path: str) -> list[str]:
+    """Scene paths from a text file (``-`` = stdin): one per line; blank lines and ``#`` comments skipped."""
+    from pathlib import Path
+
+    from ..errors import InputFileError
+
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputFileError(path, f"cannot read the scene list ({exc.strerror})") from None
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line)
+    return out
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from ..batch import ItemResult, build_cubes, plan_batch
+    from ..distributed import ClusterOptions, open_cluster
+    from ..errors import ConfigError, InputFileError
+
+    scenes = list(args.scenes) + (read_scene_list(args.scenes_from) if args.scenes_from else [])
+    if not scenes:
+        raise ConfigError("give scenes (SCENE ... or --scenes-from FILE)")
+    if not Path(args.corine).is_file():
+        raise InputFileError(args.corine, "CORINE raster not found")
+    options = _cluster_options(args)
+    n_items = len(plan_batch(scenes, args.out_dir, group_by=args.group_by))
+    if options.kind == "local" and options.threads_per_worker is None:  # cubes built at once
+        options = ClusterOptions(
+            **{**options.__dict__, "threads_per_worker": max(1, min(n_items, (os.cpu_count() or 2) // 2))}
+        )
+    quiet = getattr(args, "quiet", False)
+
+    def show(r: ItemResult) -> None:
+        if not r.ok:
+            print(
+                f"landcover: failed {r.name} after {r.attempts} attempts: {r.error}",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif not quiet:
+            what = "built" if r.status == "built" else "already complete"
+            print(f"{what}: {r.store} ({r.seconds:.1f} s, {r.worker})", file=sys.stderr, flush=True)
+
+    grid = None if args.grid in (None, "scene") else args.grid
+    with open_cluster(options, announce=_announce(args), default_threads=1) as client:
+        report = build_cubes(
+            scenes,
+            args.corine,
+            args.out_dir,
+            client=client,
+            retries=args.retries,
+            group_by=args.group_by,
+            task_threads=args.task_threads,
+            on_result=show,
+            report=args.report,
+            grid=grid,
+            resolution=args.resolution,
+            level=args.level,
+            min_coverage=args.min_coverage,
+            chunks=args.chunk,
+            compressor=args.compressor,
+            overwrite=args.overwrite,
+        )
+    report_path = args.report or str(Path(args.out_dir) / "batch-report.json")
+    if not quiet:
+        print(report.table())
+        print(f"report: {report_path}")
+    elif report.failed:
+        print(f"landcover: {len(report.failed)} of {len(report.results)} cubes failed; see {report_path}",
+              file=sys.stderr)  # fmt: skip
+    return report.exit_code()
 
 
 def run_info(args: argparse.Namespace) -> int:
