@@ -26,6 +26,7 @@ and a PNG quick-look with a legend.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -309,6 +310,7 @@ class _Source:
     chunks: tuple[int, int]
     spatial_ref: Any = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    factory: Callable[[], _Source] | None = None  # picklable: reopens the source on a Dask worker
 
 
 def _open_cube_dataset(cube: Any) -> xr.Dataset:
@@ -623,6 +625,7 @@ def _sweep(
     band_width: int,
     fractions_dtype: FractionsDType,
     progress: Callable[[int], None] | None,
+    col_range: tuple[int, int] | None = None,
 ) -> None:
     h, w = source.grid.shape
     wh, ww = window
@@ -633,7 +636,8 @@ def _sweep(
     k = len(codes)
     ch = out_chunks[0]
     slab = max(source.chunks[0], 1)
-    for c0 in range(0, w, band_width):
+    first, last = col_range if col_range is not None else (0, w)
+    for c0 in range(first, last, band_width):
         c1 = min(c0 + band_width, w)
         bw = c1 - c0
         cols = col_o[(col_o < c1) & (col_o + ww > c0)]
@@ -736,6 +740,7 @@ def predict_cube(
     amp: bool = True,
     progress: bool = False,
     overwrite: bool = False,
+    client: Any = None,
 ) -> xr.Dataset:
     """Predict class fractions and a class map for one time step of a cube.
 
@@ -773,6 +778,11 @@ def predict_cube(
         ``"uint8"`` (1/250 steps like the cube labels) or ``"float32"``.
     amp
         Use float16 autocast on CUDA.
+    client
+        A ``distributed.Client``: the column bands (``band_width`` wide) are swept as
+        separate tasks on its workers, each writing its own columns of ``out`` (the
+        workers must see ``out`` and the cube); the result equals a local sweep. Needs
+        ``out``; ``None`` sweeps in this process.
 
     Returns
     -------
@@ -786,6 +796,10 @@ def predict_cube(
     bundle = _as_bundle(model_or_checkpoint, cube, bands=bands, mean=mean, std=std, class_codes=class_codes)
     ds = _open_cube_dataset(cube)
     source = _cube_source(ds, bundle.bands, time)
+    if isinstance(cube, str | os.PathLike):
+        source.factory = functools.partial(_cube_source_at, os.fspath(cube), bundle.bands, time)
+    else:
+        source.factory = functools.partial(_cube_source, ds, bundle.bands, time)
     return _predict_source(
         bundle,
         source,
@@ -802,6 +816,7 @@ def predict_cube(
         progress=progress,
         overwrite=overwrite,
         attrs={"source_cube": str(cube) if not isinstance(cube, xr.Dataset) else "<in-memory>"},
+        client=client,
     )
 
 
@@ -823,7 +838,7 @@ def predict_scene(
     With ``mask_clouds`` the default :class:`~landcover.landsat.UsablePolicy` (fill,
     cloud, dilated cloud, cloud shadow from QA_PIXEL) marks pixels unusable: their
     class map is nodata (0) and their fractions NaN. Other keyword arguments are those
-    of :func:`predict_cube` (window, overlap, out, ...).
+    of :func:`predict_cube` (window, overlap, out, client, ...).
     """
     from .landsat import UsablePolicy, open_scene
 
@@ -840,6 +855,7 @@ def predict_scene(
         chunks=512,
     )
     source = _cube_source(ds, bundle.bands, 0)
+    source.factory = functools.partial(_scene_source_at, os.fspath(path), bundle.bands, mask_clouds)
     return _predict_source(
         bundle,
         source,
@@ -855,6 +871,7 @@ def predict_scene(
         amp=kwargs.pop("amp", True),
         progress=kwargs.pop("progress", False),
         overwrite=kwargs.pop("overwrite", False),
+        client=kwargs.pop("client", None),
         attrs={"source_scene": str(path), **_no_extra(kwargs)},
     )
 
@@ -919,6 +936,7 @@ def _predict_source(
     progress: bool,
     overwrite: bool,
     attrs: dict[str, Any],
+    client: Any = None,
 ) -> xr.Dataset:
     import xarray as xr
 
@@ -1005,7 +1023,12 @@ def _predict_source(
                 consolidated=True,
                 zarr_format=3,
             )
-            _sweep(engine, source, _ZarrWriter(tmp), **sweep_kw)  # type: ignore[arg-type]
+            if client is not None and source.factory is not None:
+                _sweep_on_client(
+                    client, bundle, source, tmp, device=device, amp=amp, width=w, sweep_kw=sweep_kw, bar=bar
+                )
+            else:
+                _sweep(engine, source, _ZarrWriter(tmp), **sweep_kw)  # type: ignore[arg-type]
             _mark_complete(tmp)
             if out_path.exists():
                 shutil.rmtree(out_path)
@@ -1020,6 +1043,98 @@ def _predict_source(
     finally:
         if bar is not None:
             bar.close()
+
+
+def _cube_source_at(path: str, bands: Sequence[str], time: int | str | np.datetime64) -> _Source:
+    """Reopen a cube store's source (on a Dask worker)."""
+    return _cube_source(_open_cube_dataset(path), bands, time)
+
+
+def _scene_source_at(path: str, bands: Sequence[str], mask_clouds: bool) -> _Source:
+    """Reopen a Landsat scene's source (on a Dask worker), as :func:`predict_scene` does."""
+    from .landsat import UsablePolicy, open_scene
+
+    ds = open_scene(
+        path,
+        thermal="thermal" in bands,
+        qa=mask_clouds,
+        policy=UsablePolicy() if mask_clouds else None,
+        chunks=512,
+    )
+    return _cube_source(ds, bands, 0)
+
+
+def _sweep_band_task(
+    factory: Callable[[], _Source],
+    bundle: ModelBundle,
+    device: str,
+    amp: bool,
+    store: str,
+    cols: tuple[int, int],
+    sweep_kw: dict[str, Any],
+) -> int:
+    """Sweep the column band ``cols`` into ``store`` (a Dask task); returns the windows predicted."""
+    failure: str | None = None
+    count = 0
+    try:
+        source = factory()
+        engine = _Engine(bundle.model, _resolve_device(device), amp=amp)
+
+        def tally(n: int) -> None:
+            nonlocal count
+            count += n
+
+        _sweep(engine, source, _ZarrWriter(Path(store)), **{**sweep_kw, "progress": tally}, col_range=cols)
+    except Exception as exc:  # noqa: BLE001 - one line crosses the wire (some causes do not pickle)
+        from .cli import one_line
+
+        failure = one_line(exc)
+    if failure is not None:
+        raise LandcoverError(failure)
+    return count
+
+
+def _sweep_on_client(
+    client: Any,
+    bundle: ModelBundle,
+    source: _Source,
+    tmp: Path,
+    *,
+    device: str,
+    amp: bool,
+    width: int,
+    sweep_kw: dict[str, Any],
+    bar: Any,
+) -> None:
+    """Sweep the column bands as tasks on ``client`` (one per band, model scattered once per worker)."""
+    from distributed import as_completed
+
+    band_width = int(sweep_kw["band_width"])
+    kw = {k: v for k, v in sweep_kw.items() if k != "progress"}
+    [model_f] = client.scatter([bundle], broadcast=True, hash=False)
+    token = uuid.uuid4().hex[:8]
+    futures = [
+        client.submit(
+            _sweep_band_task,
+            source.factory,
+            model_f,
+            device,
+            amp,
+            str(tmp),
+            (c0, min(c0 + band_width, width)),
+            kw,
+            pure=False,
+            key=f"predict-band-{c0}-{token}",
+        )
+        for c0 in range(0, width, band_width)
+    ]
+    try:
+        for fut in as_completed(futures):
+            n = fut.result()
+            if bar is not None:
+                bar.update(n)
+    finally:
+        client.cancel(futures)
 
 
 def _mark_complete(store: Path) -> None:

@@ -1,10 +1,18 @@
-"""``landcover predict``: whole-scene class maps from a model and a cube."""
+"""``landcover predict``: whole-scene class maps from a model and a cube.
+
+Runs on a Dask cluster (default: a LocalCluster started for the job, dashboard link on
+stderr; ``--scheduler tcp://HOST:PORT`` for a running scheduler; ``--scheduler none`` to
+sweep in this process): the scene is cut into column bands swept as separate tasks, each
+writing its own columns of ``prediction.zarr``; the result equals a single sweep.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Any
+
+from ..distributed import add_cluster_arguments
 
 __all__ = ["register", "run"]
 
@@ -41,15 +49,53 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-cog", action="store_true", help="skip class_map.tif")
     p.add_argument("--no-quicklook", action="store_true", help="skip quicklook.png")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prediction.zarr")
+    p.add_argument(
+        "--band-width", type=int, default=None, metavar="PX",
+        help="width of the column bands swept as separate tasks (default: 4 chunks, at least 1024)",
+    )  # fmt: skip
+    add_cluster_arguments(p, threads_help="1: bands one at a time per worker, the model uses the cores")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``landcover predict``."""
+    from pathlib import Path
+
+    from ..distributed import cluster_options_from_args, open_cluster
+    from ..errors import ConfigError, InputFileError
+
+    # check the inputs before starting a cluster for them
+    for given in (args.checkpoint, args.cube or args.scene):
+        if not Path(given).exists():
+            raise InputFileError(given, "no such file or directory")
+    zarr_out = Path(args.out) / "prediction.zarr"
+    if zarr_out.exists() and not args.overwrite:
+        raise InputFileError(zarr_out, "output already exists (pass --overwrite to replace it)")
+    if args.band_width is not None and args.band_width < 1:
+        raise ConfigError(f"--band-width must be positive, got {args.band_width}")
+    options = cluster_options_from_args(args)
+    quiet = getattr(args, "quiet", False)
+    announce = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    time: int | str = int(args.time) if str(args.time).lstrip("-").isdigit() else str(args.time)
+    with open_cluster(options, default_threads=1, announce=announce) as client:
+        outs = _predict(args, time, client)
+    if not quiet:
+        for label, path in (
+            ("zarr", outs.zarr),
+            ("class map COG", outs.class_map_cog),
+            ("fractions COG", outs.fractions_cog),
+            ("quick-look", outs.quicklook),
+            ("legend", outs.legend),
+        ):
+            if path is not None:
+                print(f"{label}: {path}", file=sys.stdout)
+    return 0
+
+
+def _predict(args: argparse.Namespace, time: int | str, client: Any) -> Any:
     from ..predict import predict_map
 
-    time: int | str = int(args.time) if str(args.time).lstrip("-").isdigit() else str(args.time)
-    outs = predict_map(
+    return predict_map(
         args.checkpoint,
         args.cube or args.scene,
         args.out,
@@ -64,15 +110,6 @@ def run(args: argparse.Namespace) -> int:
         quicklook=not args.no_quicklook,
         overwrite=args.overwrite,
         progress=not getattr(args, "quiet", False),
+        band_width=args.band_width,
+        client=client,
     )
-    if not getattr(args, "quiet", False):
-        for label, path in (
-            ("zarr", outs.zarr),
-            ("class map COG", outs.class_map_cog),
-            ("fractions COG", outs.fractions_cog),
-            ("quick-look", outs.quicklook),
-            ("legend", outs.legend),
-        ):
-            if path is not None:
-                print(f"{label}: {path}", file=sys.stdout)
-    return 0
