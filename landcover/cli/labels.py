@@ -17,13 +17,22 @@ GeoTIFF (``*.tif``, ``*.tiff``)
     One band per class (band description = the class code) followed by one last band
     ``coverage``; tiled 256 x 256, DEFLATE; nodata 255 (uint8, band scale 0.004) or NaN
     (float32). Class names/colours and the level are in the dataset tags.
+
+Runs on a Dask cluster, one task per chunk (default: a LocalCluster started for the job,
+its dashboard link on stderr; ``--scheduler tcp://HOST:PORT`` for a running scheduler whose
+workers see the paths; ``--scheduler none`` for Dask's threaded scheduler). Zarr chunks are
+written by the workers; GeoTIFF blocks are computed by the workers and written here, a
+bounded number in flight.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 from typing import Any
+
+from ..distributed import add_cluster_arguments
 
 _BAND_PATTERNS = ("*_SR_B1.TIF", "*_B1.TIF")
 
@@ -71,6 +80,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--chunks", type=int, default=512, help="chunk size in pixels (default 512)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    add_cluster_arguments(parser, threads_help="CPU count")
     parser.set_defaults(func=run)
 
 
@@ -165,7 +175,7 @@ def _encode_coverage(cov: Any) -> Any:
     return np.clip(np.rint(np.nan_to_num(cov, nan=0.0) * LABEL_STEPS), 0, LABEL_STEPS).astype("uint8")
 
 
-def _write_geotiff(ds: Any, tmp: Path, dtype: str, progress: bool) -> None:
+def _write_geotiff(ds: Any, tmp: Path, dtype: str, progress: bool, client: Any = None) -> None:
     import json
 
     import dask.array as da
@@ -221,10 +231,13 @@ def _write_geotiff(ds: Any, tmp: Path, dtype: str, progress: bool) -> None:
             ),
         )
         store = [_WindowWriter(dst, 1), _WindowWriter(dst, n + 1)]
-        _run(lambda: da.store([frac, cov], store, lock=True), progress)  # type: ignore[arg-type]
+        if client is not None:
+            _store_via_client(client, [frac, cov], store, progress)
+        else:
+            _run(lambda: da.store([frac, cov], store, lock=True), progress)  # type: ignore[arg-type]
 
 
-def _write_zarr(ds: Any, tmp: Path, dtype: str, progress: bool) -> None:
+def _write_zarr(ds: Any, tmp: Path, dtype: str, progress: bool, client: Any = None) -> None:
     import warnings
 
     import numpy as np
@@ -254,7 +267,56 @@ def _write_zarr(ds: Any, tmp: Path, dtype: str, progress: bool) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         job = out.to_zarr(tmp, mode="w", encoding=encoding, compute=False, consolidated=True, zarr_format=3)
-        _run(job.compute, progress)
+    if client is not None:  # the workers write the chunks
+        fut = client.compute(job)
+        if progress:
+            from distributed import progress as show_progress
+
+            show_progress(fut)
+        fut.result()
+    else:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            _run(job.compute, progress)
+
+
+def _store_via_client(client: Any, sources: list[Any], targets: list[Any], progress: bool) -> None:
+    """Compute the blocks of ``sources`` on ``client`` and write them here into ``targets``.
+
+    At most two blocks per worker thread are in flight (bounded memory); blocks are
+    written as they arrive.
+    """
+    from dask.array.core import slices_from_chunks
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    jobs: list[tuple[Any, tuple[slice, ...], Any]] = []
+    for arr, tgt in zip(sources, targets, strict=True):
+        blocks = arr.to_delayed().ravel()
+        jobs.extend((b, sl, tgt) for b, sl in zip(blocks, slices_from_chunks(arr.chunks), strict=True))
+    threads = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info().get("workers", {}).values())
+    limit = max(2, 2 * threads)
+    todo = iter(jobs)
+    where: dict[Any, tuple[tuple[slice, ...], Any]] = {}
+    bar = tqdm(total=len(jobs), unit="block", desc="labels", disable=not progress, leave=False)
+    pool = as_completed()
+    try:
+        for b, sl, tgt in itertools.islice(todo, limit):
+            fut = client.compute(b)
+            where[fut] = (sl, tgt)
+            pool.add(fut)
+        for fut in pool:
+            sl, tgt = where.pop(fut)
+            tgt[sl] = fut.result()
+            fut.release()
+            bar.update()
+            for b, nsl, ntgt in itertools.islice(todo, 1):
+                nxt = client.compute(b)
+                where[nxt] = (nsl, ntgt)
+                pool.add(nxt)
+    finally:
+        bar.close()
+        client.cancel(list(where))
 
 
 def _run(func: Any, progress: bool) -> None:
@@ -267,10 +329,18 @@ def _run(func: Any, progress: bool) -> None:
         func()
 
 
+def _write(ds: Any, tmp: Path, suffix: str, dtype: str, progress: bool, client: Any) -> None:
+    if suffix == ".zarr":
+        _write_zarr(ds, tmp, dtype, progress, client)
+    else:
+        _write_geotiff(ds, tmp, dtype, progress, client)
+
+
 def run(args: argparse.Namespace) -> int:
     """Compute the fractions and write them atomically."""
     import os
     import shutil
+    import sys
     import uuid
 
     from ..corine import fractions, read_clc
@@ -286,6 +356,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{out}: exists (use --overwrite to replace it)")
     if not out.parent.exists():
         raise ConfigError(f"{out.parent}: output directory does not exist")
+    from ..distributed import cluster_options_from_args, open_cluster
+
+    options = cluster_options_from_args(args)
     grid = grid_of_like(args.like)
     src = read_clc(args.clc)
     ds = fractions(
@@ -299,11 +372,16 @@ def run(args: argparse.Namespace) -> int:
     )
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     progress = not args.quiet
+    announce = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
-        if suffix == ".zarr":
-            _write_zarr(ds, tmp, args.dtype, progress)
-        else:
-            _write_geotiff(ds, tmp, args.dtype, progress)
+        with open_cluster(options, default_threads=os.cpu_count() or 1, announce=announce) as client:
+            if client is None and options.threads_per_worker is not None:
+                import dask
+
+                with dask.config.set(scheduler="threads", num_workers=options.threads_per_worker):
+                    _write(ds, tmp, suffix, args.dtype, progress, None)
+            else:
+                _write(ds, tmp, suffix, args.dtype, progress, client)
         if out.exists():  # --overwrite
             if out.is_dir():
                 shutil.rmtree(out)
