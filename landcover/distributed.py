@@ -231,13 +231,18 @@ def _positive(text: str) -> int:
 
 
 def add_cluster_arguments(
-    parser: argparse.ArgumentParser, *, default: str = "local", threads_help: str = "CPU count + 2"
+    parser: argparse.ArgumentParser,
+    *,
+    default: str = "local",
+    threads_help: str = "CPU count + 2",
+    unset: bool = False,
 ) -> None:
     """Add the shared cluster options to ``parser`` (one argument group, "Dask cluster").
 
     ``--scheduler ADDRESS|local|none``, ``--workers N``, ``--threads-per-worker N``,
     ``--memory-limit SIZE``, ``--processes`` and ``--dashboard-address ADDR``; read them
-    back with :func:`cluster_options_from_args`.
+    back with :func:`cluster_options_from_args`. ``unset=True`` leaves every default
+    ``None`` (batch jobs whose config file fills what the command line does not give).
     """
     g = parser.add_argument_group(
         "Dask cluster",
@@ -264,18 +269,19 @@ def add_cluster_arguments(
     )
     g.add_argument(
         "--memory-limit",
-        default="auto",
+        default=None if unset else "auto",
         metavar="SIZE",
         help="LocalCluster memory limit per worker: auto, 0 (none) or e.g. 4GiB (default auto)",
     )
     g.add_argument(
         "--processes",
         action="store_true",
+        default=None if unset else False,
         help="LocalCluster workers as processes instead of threads (isolates crashes; copies chunks)",
     )
     g.add_argument(
         "--dashboard-address",
-        default="127.0.0.1:0",
+        default=None if unset else "127.0.0.1:0",
         metavar="ADDR",
         help="LocalCluster dashboard address (default 127.0.0.1:0 = free port on loopback; 'none' = off)",
     )
@@ -299,9 +305,9 @@ def cluster_options_from_args(args: argparse.Namespace, *, scheduler: str | None
             scheduler=chosen,
             workers=getattr(args, "workers", None),
             threads_per_worker=getattr(args, "threads_per_worker", None),
-            memory_limit=str(getattr(args, "memory_limit", "auto")),
-            processes=bool(getattr(args, "processes", False)),
-            dashboard_address=str(getattr(args, "dashboard_address", "127.0.0.1:0")),
+            memory_limit=str(getattr(args, "memory_limit", None) or "auto"),
+            processes=bool(getattr(args, "processes", None)),
+            dashboard_address=str(getattr(args, "dashboard_address", None) or "127.0.0.1:0"),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -1,13 +1,25 @@
-"""Batch job: build (or extend) a landcover cube from a TOML/YAML config.
+"""Batch job: build (or extend) a landcover cube, or one cube per scene, from a TOML/YAML config.
 
 Usage::
 
     python pipelines/build_cube.py [CONFIG.toml] [--scene PATH ...] [--corine CLC] [--out STORE]
-                                   [--scheduler ADDRESS] [--append] [--overwrite]
+                                   [--out-dir DIR [--group-by scene|pathrow] [--retries N]]
+                                   [--scheduler ADDRESS|local|none] [--workers N]
+                                   [--threads-per-worker N] [--memory-limit SIZE] [--processes]
+                                   [--append] [--overwrite]
 
 The config (table ``[cube]`` or top level) has the fields of :class:`CubeJob`;
-command-line values override it; embedded defaults fill the rest. Errors are
-printed as one line and the exit status is 1.
+command-line values override it; embedded defaults fill the rest.
+
+- ``out`` (default): every scene becomes a time step of one cube ``out``, its chunks
+  computed on the cluster.
+- ``out_dir``: a batch, one cube per scene (``group_by = "pathrow"``: per path/row) as
+  separate tasks retried ``retries`` times; see :func:`landcover.batch.build_cubes`.
+
+The job runs on a LocalCluster by default (``scheduler = "local"``; the dashboard link is
+printed to stderr), on a running Dask scheduler (``scheduler = "tcp://HOST:8786"``) or on
+Dask's threaded scheduler (``scheduler = "none"``). Exit status: 0 = done; 3 = a batch
+completed with failed cubes (see its report); 1 = error (one line on stderr).
 """
 
 from __future__ import annotations
@@ -16,9 +28,10 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from landcover.cli import run_job
+from landcover.distributed import ClusterOptions, add_cluster_arguments
 
 
 @dataclass(frozen=True)
@@ -26,13 +39,23 @@ class CubeJob:
     scenes: tuple[str, ...] = ()
     corine: str = ""
     out: str = "cube.zarr"
+    out_dir: str = ""
+    group_by: Literal["scene", "pathrow"] = "scene"
+    retries: int = 2
+    task_threads: int | None = None
+    report: str = ""
     grid: str = "scene"
     resolution: float | None = None
     chunk: int = 512
     level: int = 3
     min_coverage: float = 0.5
     compressor: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd"
-    scheduler: str | None = None
+    scheduler: str = "local"
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str = "auto"
+    processes: bool = False
+    dashboard_address: str = "127.0.0.1:0"
     append: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -44,6 +67,24 @@ class CubeJob:
             raise ValueError(f"level must be 1, 2 or 3, got {self.level}")
         if not 0 < self.min_coverage <= 1:
             raise ValueError(f"min_coverage must be in (0, 1], got {self.min_coverage}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.group_by not in ("scene", "pathrow"):
+            raise ValueError(f"group_by must be 'scene' or 'pathrow', got {self.group_by!r}")
+        if self.out_dir and self.append:
+            raise ValueError("append adds scenes to one cube (out); it does not apply to a batch (out_dir)")
+        self.cluster()  # validates the cluster fields
+
+    def cluster(self) -> ClusterOptions:
+        """The job's cluster options."""
+        return ClusterOptions(
+            scheduler=self.scheduler,
+            workers=self.workers,
+            threads_per_worker=self.threads_per_worker,
+            memory_limit=self.memory_limit,
+            processes=self.processes,
+            dashboard_address=self.dashboard_address,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,24 +92,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", nargs="?", help="TOML/YAML/JSON config file")
     parser.add_argument("--scene", action="append", dest="scenes")
     parser.add_argument("--corine")
-    parser.add_argument("--out")
-    parser.add_argument("--scheduler")
+    parser.add_argument("--out", help="one cube from all scenes")
+    parser.add_argument("--out-dir", help="a batch: one cube per scene (or per path/row) in this folder")
+    parser.add_argument("--group-by", choices=("scene", "pathrow"))
+    parser.add_argument("--retries", type=int)
+    parser.add_argument("--report", help="batch report path (default OUT_DIR/batch-report.json)")
     parser.add_argument("--append", action="store_true", default=None)
     parser.add_argument("--overwrite", action="store_true", default=None)
     parser.add_argument("--debug", action="store_true")
+    add_cluster_arguments(parser, unset=True)
     args = parser.parse_args(argv)
 
     def body() -> int:
         from landcover.config import load_config
-        from landcover.cube import build_cube
-        from landcover.distributed import cluster
-        from landcover.errors import ConfigError
+        from landcover.distributed import open_cluster
+        from landcover.errors import ConfigError, InputFileError
 
         overrides = {
             "scenes": tuple(args.scenes) if args.scenes else None,
             "corine": args.corine,
             "out": args.out,
+            "out_dir": args.out_dir,
+            "group_by": args.group_by,
+            "retries": args.retries,
+            "report": args.report,
             "scheduler": args.scheduler,
+            "workers": args.workers,
+            "threads_per_worker": args.threads_per_worker,
+            "memory_limit": args.memory_limit,
+            "processes": args.processes,
+            "dashboard_address": args.dashboard_address,
             "append": args.append,
             "overwrite": args.overwrite,
         }
@@ -82,26 +135,78 @@ def main(argv: list[str] | None = None) -> int:
         def resolve(p: str) -> str:
             return str(p if Path(p).is_absolute() else base / p) if args.config else p
 
-        with cluster(job.scheduler) as client:
+        scenes = [resolve(s) for s in job.scenes]
+        corine = resolve(job.corine)
+        if not Path(corine).is_file():  # before starting a cluster for it
+            raise InputFileError(corine, "CORINE raster not found")
+        cube_kw: dict[str, Any] = dict(
+            grid=None if job.grid == "scene" else job.grid,
+            resolution=job.resolution,
+            level=job.level,
+            min_coverage=job.min_coverage,
+            chunks=job.chunk,
+            compressor=job.compressor,
+            overwrite=job.overwrite,
+        )
+        if job.out_dir:
+            report = resolve(job.report) if job.report else None
+            return _batch(job, scenes, corine, resolve(job.out_dir), report, cube_kw)
+        for s in scenes:
+            if not Path(s).exists():
+                raise InputFileError(s, "scene not found")
+        from landcover.cube import build_cube
+
+        options = job.cluster()
+        with open_cluster(options) as client:
             store = build_cube(
-                [resolve(s) for s in job.scenes],
-                resolve(job.corine),
+                scenes,
+                corine,
                 resolve(job.out),
-                grid=None if job.grid == "scene" else job.grid,
-                resolution=job.resolution,
-                level=job.level,  # type: ignore[arg-type]
-                min_coverage=job.min_coverage,
-                chunks=job.chunk,
-                compressor=job.compressor,
                 client=client,
                 append=job.append,
-                overwrite=job.overwrite,
                 progress=job.progress,
+                threads=options.resolved_threads() if client is None else None,
+                **cube_kw,
             )
         print(f"cube written: {store}")
         return 0
 
     return run_job("build_cube", body, debug=args.debug)
+
+
+def _batch(
+    job: CubeJob, scenes: list[str], corine: str, out_dir: str, report: str | None, cube_kw: dict[str, Any]
+) -> int:
+    import os
+
+    from landcover.batch import ItemResult, build_cubes, plan_batch
+    from landcover.distributed import open_cluster
+
+    options = job.cluster()
+    if options.kind == "local" and options.threads_per_worker is None:  # cubes built at once
+        n_items = len(plan_batch(scenes, out_dir, group_by=job.group_by))
+        options = ClusterOptions(
+            **{**options.__dict__, "threads_per_worker": max(1, min(n_items, (os.cpu_count() or 2) // 2))}
+        )
+
+    def show(r: ItemResult) -> None:
+        if not r.ok:
+            print(
+                f"build_cube: failed {r.name} after {r.attempts} attempts: {r.error}",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif job.progress:
+            print(f"{r.status}: {r.store} ({r.seconds:.1f} s)", file=sys.stderr, flush=True)
+
+    with open_cluster(options) as client:
+        rep = build_cubes(
+            scenes, corine, out_dir, client=client, retries=job.retries, group_by=job.group_by,
+            task_threads=job.task_threads, on_result=show, report=report, **cube_kw,
+        )  # fmt: skip
+    print(rep.table())
+    print(f"report: {report or Path(out_dir) / 'batch-report.json'}")
+    return rep.exit_code()
 
 
 if __name__ == "__main__":

@@ -4,21 +4,30 @@ Usage::
 
     python pipelines/predict_map.py [CONFIG.toml] [--checkpoint PATH] [--cube STORE] [--out DIR]
                                     [--device auto] [--overwrite]
+                                    [--scheduler ADDRESS|local|none] [--workers N]
+                                    [--threads-per-worker N] [--memory-limit SIZE] [--processes]
 
 The config (table ``[predict]`` or top level) has the fields of :class:`PredictJob`;
 command-line values override it; embedded defaults fill the rest. Errors are printed
 as one line and the exit status is 1.
+
+The sweep runs on a LocalCluster by default (``scheduler = "local"``, one thread per
+worker: the model uses the cores; the dashboard link is printed to stderr), on a running
+Dask scheduler (``scheduler = "tcp://HOST:8786"``), or in this process
+(``scheduler = "none"``); column bands of ``band_width`` pixels are the tasks.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from landcover.cli import run_job
+from landcover.distributed import ClusterOptions, add_cluster_arguments
 
 
 @dataclass(frozen=True)
@@ -37,12 +46,33 @@ class PredictJob:
     quicklook: bool = True
     overwrite: bool = False
     progress: bool = True
+    band_width: int | None = None
+    scheduler: str = "local"
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str = "auto"
+    processes: bool = False
+    dashboard_address: str = "127.0.0.1:0"
+
+    def cluster(self) -> ClusterOptions:
+        """The job's cluster options."""
+        return ClusterOptions(
+            scheduler=self.scheduler,
+            workers=self.workers,
+            threads_per_worker=self.threads_per_worker,
+            memory_limit=self.memory_limit,
+            processes=self.processes,
+            dashboard_address=self.dashboard_address,
+        )
 
     def __post_init__(self) -> None:
         if self.window < 1 or not 0 <= self.overlap < self.window:
             raise ValueError(f"need window >= 1 and 0 <= overlap < window, got {self.window}, {self.overlap}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.band_width is not None and self.band_width < 1:
+            raise ValueError(f"band_width must be >= 1, got {self.band_width}")
+        self.cluster()  # validates the cluster fields
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device")
     parser.add_argument("--overwrite", action="store_true", default=None)
     parser.add_argument("--debug", action="store_true")
+    add_cluster_arguments(parser, threads_help="1", unset=True)
     args = parser.parse_args(argv)
 
     def body() -> int:
         from landcover.config import load_config
-        from landcover.errors import ConfigError
-        from landcover.predict import predict_map
+        from landcover.distributed import open_cluster
+        from landcover.errors import ConfigError, InputFileError
 
         overrides = {
             "checkpoint": args.checkpoint,
@@ -67,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             "out": args.out,
             "device": args.device,
             "overwrite": args.overwrite,
+            "scheduler": args.scheduler,
+            "workers": args.workers,
+            "threads_per_worker": args.threads_per_worker,
+            "memory_limit": args.memory_limit,
+            "processes": args.processes,
+            "dashboard_address": args.dashboard_address,
         }
         job = load_config(PredictJob, args.config, section="predict", overrides=overrides)
         if not job.checkpoint or not job.cube:
@@ -76,26 +113,38 @@ def main(argv: list[str] | None = None) -> int:
         def resolve(p: str) -> str:
             return str(p if Path(p).is_absolute() else base / p) if args.config else p
 
-        outs = predict_map(
-            resolve(job.checkpoint),
-            resolve(job.cube),
-            resolve(job.out),
-            window=job.window,
-            overlap=job.overlap,
-            batch_size=job.batch_size,
-            blend=job.blend,
-            device=job.device,
-            time=job.time,
-            class_map_cog=job.class_map_cog,
-            fractions_cog=job.fractions_cog,
-            quicklook=job.quicklook,
-            overwrite=job.overwrite,
-            progress=job.progress,
-        )
+        for given in (job.checkpoint, job.cube):  # before starting a cluster for them
+            if not Path(resolve(given)).exists():
+                raise InputFileError(resolve(given), "no such file or directory")
+        with open_cluster(job.cluster(), default_threads=1) as client:
+            outs = _predict(job, resolve, client)
         print(f"prediction written: {outs.zarr.parent}")
         return 0
 
     return run_job("predict_map", body, debug=args.debug)
+
+
+def _predict(job: PredictJob, resolve: Callable[[str], str], client: Any) -> Any:
+    from landcover.predict import predict_map
+
+    return predict_map(
+        resolve(job.checkpoint),
+        resolve(job.cube),
+        resolve(job.out),
+        window=job.window,
+        overlap=job.overlap,
+        batch_size=job.batch_size,
+        blend=job.blend,
+        device=job.device,
+        time=job.time,
+        class_map_cog=job.class_map_cog,
+        fractions_cog=job.fractions_cog,
+        quicklook=job.quicklook,
+        overwrite=job.overwrite,
+        progress=job.progress,
+        band_width=job.band_width,
+        client=client,
+    )
 
 
 if __name__ == "__main__":
