@@ -71,6 +71,8 @@ REPORT_NAME = "batch-report.json"
 
 _PRODUCT = re.compile(r"^(L[CETMO]0\d)_(L1\w{2}|L2S[PR])_(\d{3})(\d{3})_(\d{8})_", re.IGNORECASE)
 _SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_SETTLE = 0.5  # seconds a discarded store must stay absent (late writes of a failed build)
+_SETTLE_TIMEOUT = 60.0
 
 
 class BatchTaskError(RuntimeError):
@@ -306,11 +308,24 @@ def _discard_partial(store: Path, *, existed: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     if not store.exists() or is_complete(store):
         return
-    if not existed or (store / STATE_FILE).exists():
-        if store.is_dir():
-            shutil.rmtree(store, ignore_errors=True)
-        else:
-            store.unlink(missing_ok=True)
+    if existed and not (store / STATE_FILE).exists():
+        return  # not ours
+    # Dask's threaded scheduler raises at the first failed region while other threads may still
+    # be writing theirs (recreating folders of the store): remove until it stays gone.
+    deadline = time.monotonic() + _SETTLE_TIMEOUT
+    gone_since: float | None = None
+    while time.monotonic() < deadline:
+        if store.exists():
+            if store.is_dir():
+                shutil.rmtree(store, ignore_errors=True)
+            else:
+                store.unlink(missing_ok=True)
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= _SETTLE:
+            return
+        time.sleep(0.05)
 
 
 def _run_item(

@@ -93,10 +93,29 @@ def get_client(
         lc = LocalCluster(**kwargs)  # type: ignore[arg-type]
         client = Client(lc)
         return client
+    _probe(address, timeout)
     try:
         return Client(address, timeout=timeout)
     except (OSError, TimeoutError) as exc:
         raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail fast (not after ``timeout`` of retries) when nothing listens at a ``tcp://`` address."""
+    import socket
+
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"invalid Dask scheduler address {address!r} (expected tcp://HOST:PORT)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout, 10.0)):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot reach the Dask scheduler at {address}: {reason}") from None
 
 
 def close_client(client: Client | None) -> None:
