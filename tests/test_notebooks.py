@@ -8,6 +8,8 @@ that raises fails the test with that cell's traceback.
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,6 +52,13 @@ def test_stored_without_outputs(path: Path):
         assert cell.get("execution_count") is None, f"{path.name}: code cell {i} has an execution count"
     meta = json.loads(path.read_text())["metadata"]
     assert "widgets" not in meta, f"{path.name}: widget state stored"
+
+
+def test_nbstripout_would_change_nothing():
+    """``nbstripout --verify``: the notebooks are exactly what ``nbstripout`` leaves (cell ids too)."""
+    cmd = [sys.executable, "-m", "nbstripout", "--verify", *map(str, NOTEBOOKS)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + "\n(run: .venv/bin/nbstripout notebooks/*.ipynb)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
