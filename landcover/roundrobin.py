@@ -32,6 +32,7 @@ import numpy as np
 from .errors import ConfigError
 
 __all__ = [
+    "Replica",
     "Repository",
     "LegConfig",
     "LegResult",
@@ -43,8 +44,28 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class Replica:
+    """Another worker holding a copy of a repository's cubes.
+
+    Parameters
+    ----------
+    worker
+        Worker address or name.
+    cubes
+        The same stores, as that worker sees them.
+    """
+
+    worker: str
+    cubes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.cubes:
+            raise ValueError(f"replica on {self.worker!r} has no cubes")
+
+
+@dataclass(frozen=True)
 class Repository:
-    """A set of cubes on one machine.
+    """A set of cubes on one machine (and optionally copies on others).
 
     Parameters
     ----------
@@ -55,15 +76,24 @@ class Repository:
     worker
         Worker address or name (``dask worker --name``) that holds the cubes; ``None``
         lets the scheduler pick any worker (only for shared file systems).
+    replicas
+        Other workers holding the same cubes: legs move there when ``worker`` dies
+        (see :func:`landcover.registry.discover_repositories`, which fills this in).
     """
 
     name: str
     cubes: tuple[str, ...]
     worker: str | None = None
+    replicas: tuple[Replica, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.cubes:
             raise ValueError(f"repository {self.name!r} has no cubes")
+
+    @property
+    def locations(self) -> tuple[tuple[str | None, tuple[str, ...]], ...]:
+        """``(worker, cubes)`` of the primary, then of every replica."""
+        return ((self.worker, self.cubes), *((r.worker, r.cubes) for r in self.replicas))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,10 @@
-"""``landcover train``: train one model on cubes (spatial split, checkpoints, resume, LR finder)."""
+"""``landcover train``: train one model on cubes (spatial split, checkpoints, resume, LR finder).
+
+``landcover train --distributed``: train where the data is, on a Dask cluster whose workers
+advertise cube repositories (``dask worker ... --preload landcover.registry --repository
+NAME=DIR``): models travel round-robin over the repositories, or train as federated copies
+(see :mod:`landcover.federated`); ``--mode compare`` runs both and the single-machine baseline.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,9 @@ def register(sub: Any) -> None:
     p.add_argument("--config", type=Path, default=None, help="TOML/YAML with compare-style options")
     p.add_argument(
         "--model",
-        default="native",
+        default=None,
         choices=["native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch"],
+        help="model to train (default native)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, default=None)
@@ -34,10 +41,84 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
     p.add_argument("--imagenet-weights", default=None, help="torchvision resnet18 state dict (.pth)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    d = p.add_argument_group("data-local training on a Dask cluster (--distributed)")
+    d.add_argument(
+        "--distributed",
+        action="store_true",
+        help="send the model to the workers that hold the data (round-robin / federated averaging)",
+    )
+    d.add_argument(
+        "--scheduler",
+        default=None,
+        help="Dask scheduler address (default: a LocalCluster here; then give CUBES)",
+    )
+    d.add_argument("--mode", choices=["round-robin", "fedavg", "compare"], default=None)
+    d.add_argument(
+        "--repository",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="use only this advertised repository (repeatable; default all)",
+    )
+    d.add_argument("--batches", type=int, default=None, help="batches per leg (default from config: 8)")
+    d.add_argument(
+        "--no-ship-optimizer",
+        action="store_true",
+        default=None,
+        help="send only the weights (each leg starts a fresh AdamW)",
+    )
     p.set_defaults(func=run)
 
 
+def run_distributed(args: argparse.Namespace) -> int:
+    """``landcover train --distributed``: :func:`landcover.federated.run_distributed_job` from args/config."""
+    from dataclasses import replace
+
+    from ..config import load_config
+    from ..federated import DistributedTrainConfig, run_distributed_job
+
+    cfg = load_config(
+        DistributedTrainConfig,
+        args.config,
+        section="distributed",
+        overrides={
+            "scheduler": args.scheduler,
+            "mode": args.mode,
+            "models": (args.model,) if args.model else None,
+            "epochs": args.epochs,
+            "seed": args.seed if args.seed != 0 else None,
+            "preset": args.preset,
+            "out": args.out,
+            "names": tuple(args.repository) if args.repository else None,
+            "cubes": tuple(args.cubes) if args.cubes else None,
+        },
+    )
+    step_changes = {
+        "window": args.window,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "batches": args.batches,
+        "level": args.level,
+        "device": args.device,
+        "ship_optimizer": False if args.no_ship_optimizer else None,
+    }
+    step_changes = {k: v for k, v in step_changes.items() if v is not None}
+    if step_changes:
+        try:
+            cfg = replace(cfg, step=replace(cfg.step, **step_changes))
+        except ValueError as exc:
+            from ..errors import ConfigError
+
+            raise ConfigError(str(exc)) from None
+    log = (lambda _m: None) if args.quiet else (lambda m: print(m, flush=True))
+    run_distributed_job(cfg, log=log)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.distributed:
+        return run_distributed(args)
+    args.model = args.model or "native"
     from ..config import load_config
     from ..experiment import IMAGENET_MODELS, CompareConfig, train_model
     from ..models import find_imagenet_weights

@@ -1,0 +1,450 @@
+"""Data-local training: repository discovery, round-robin / FedAvg legs, faults, CLI and pipeline.
+
+The cluster tests start a real ``dask scheduler`` and real ``dask worker`` processes on
+127.0.0.1, each advertising its own data directory (``--preload landcover.registry
+--repository NAME=DIR``) and recording every file it opens under the data root (an audit
+hook preloaded into the worker), so that data locality is checked, not assumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from landcover.errors import ConfigError
+from landcover.federated import (
+    LEG_TOPIC,
+    StepConfig,
+    _dataset,
+    _pooled_stats,
+    average_states,
+    survey_repositories,
+    train_distributed,
+)
+from landcover.registry import parse_repository_option, scan_repository
+from landcover.roundrobin import Replica, Repository
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# tiny cubes: 128 px, 16 px windows in 32 px split blocks; split seed 5 gives every cube
+# training and validation windows
+STEP = StepConfig(window=16, batch_size=8, batches=2, block=32, split_seed=5, device="cpu")
+
+AUDIT = """
+import os, sys
+_ROOT = os.environ["LC_AUDIT_ROOT"]
+_LOG = open(os.environ["LC_AUDIT_LOG"], "a", buffering=1)
+def _hook(event, args):
+    if event in ("open", "os.listdir", "os.scandir") and args:
+        p = args[0]
+        if isinstance(p, (str, bytes, os.PathLike)):
+            p = os.path.abspath(os.fsdecode(p))
+            if p.startswith(_ROOT):
+                _LOG.write(p + "\\n")
+sys.addaudithook(_hook)
+"""
+
+
+def _cube(path: Path, seed: int) -> Path:
+    from landcover.testing.cubes import make_cube
+
+    return make_cube(path, shape=(128, 128), seed=seed, classes_present=5, chunks=64)
+
+
+def _model(survey_entry: dict, seed: int, name: str = "native"):
+    from landcover.models import build_model
+
+    bands = ("red", "green", "blue") if name.startswith("rgb") else tuple(survey_entry["bands"])
+    return build_model(
+        name, len(bands), len(survey_entry["class_codes"]), preset="tiny", bands=bands,
+        class_codes=survey_entry["class_codes"], seed=seed,
+    )  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Cluster:
+    """A real scheduler and ``dask worker`` processes; each worker has its own data directories."""
+
+    def __init__(self, tmp: Path, layout: dict[str, dict[str, Path]]) -> None:
+        from distributed import Client
+
+        self.tmp = tmp
+        self.layout = layout
+        self.data_root = str((tmp / "data").resolve())
+        bin_dir = Path(sys.executable).parent
+        port = _free_port()
+        self.address = f"tcp://127.0.0.1:{port}"
+        audit = tmp / "audit_preload.py"
+        audit.write_text(AUDIT)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs["scheduler"] = subprocess.Popen(
+            [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", ":0", "--no-show"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        for name, repos in layout.items():
+            cmd = [str(bin_dir / "dask"), "worker", self.address, "--name", name, "--nworkers", "1",
+                   "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                   "--local-directory", str(tmp / "scratch" / name),
+                   "--preload", str(audit), "--preload", "landcover.registry"]  # fmt: skip
+            for repo, directory in repos.items():
+                cmd += ["--repository", f"{repo}={directory}"]
+            wenv = {**env, "LC_AUDIT_ROOT": self.data_root, "LC_AUDIT_LOG": str(tmp / f"audit-{name}.log")}
+            self.procs[name] = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w"), env=wenv
+            )
+        self.client = None
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                self.client = Client(self.address, timeout=5)
+                self.client.wait_for_workers(len(layout), timeout=60)
+                break
+            except (OSError, TimeoutError):
+                time.sleep(0.5)
+        if self.client is None:
+            self.close()
+            raise RuntimeError("the test cluster did not start")
+
+    def opened(self, worker: str) -> set[str]:
+        log = self.tmp / f"audit-{worker}.log"
+        return set(log.read_text().split()) if log.exists() else set()
+
+    def kill(self, worker: str) -> None:
+        os.kill(self.procs[worker].pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        for p in list(self.procs.values())[::-1]:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _three_repositories(tmp: Path) -> dict[str, dict[str, Path]]:
+    data = tmp / "data"
+    for i, n in enumerate("abc"):
+        _cube(data / n / "cube.zarr", seed=10 + i)
+    shutil.copytree(data / "a", data / "c-mirror")  # w-c holds a replica of A
+    return {
+        "w-a": {"A": data / "a"},
+        "w-b": {"B": data / "b"},
+        "w-c": {"C": data / "c", "A": data / "c-mirror"},
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster3(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster3")
+    c = _Cluster(tmp, _three_repositories(tmp))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------- no cluster
+
+
+def test_scan_repository_finds_complete_cubes_only(tmp_path):
+    from landcover.testing.cubes import make_cube
+
+    good = _cube(tmp_path / "repo" / "site" / "good.zarr", seed=1)
+    make_cube(tmp_path / "repo" / "unfinished.zarr", shape=(64, 64), seed=2, complete=False)
+    (tmp_path / "repo" / "notes").mkdir()
+    assert scan_repository(tmp_path / "repo") == [str(good.resolve())]
+    assert scan_repository(good) == [str(good.resolve())]  # the directory may be the cube itself
+    with pytest.raises(ConfigError, match="does not exist"):
+        scan_repository(tmp_path / "missing")
+    assert parse_repository_option("site-a=/data/x") == ("site-a", "/data/x")
+    for bad in ("site-a", "=/x", "a="):
+        with pytest.raises(ConfigError, match="NAME=DIR"):
+            parse_repository_option(bad)
+
+
+def test_average_states_weights_by_samples():
+    a = {"w": np.array([0.0, 2.0], dtype=np.float32), "n": np.array(3)}
+    b = {"w": np.array([4.0, 6.0], dtype=np.float32), "n": np.array(5)}
+    out = average_states([a, b], [1, 3])
+    np.testing.assert_allclose(out["w"], [3.0, 5.0])
+    assert out["w"].dtype == np.float32 and int(out["n"]) == 5
+    with pytest.raises(ValueError):
+        average_states([a], [0])
+
+
+def test_repository_locations_and_step_validation():
+    r = Repository("A", ("/a/c.zarr",), "w-a", replicas=(Replica("w-c", ("/m/c.zarr",)),))
+    assert r.locations == (("w-a", ("/a/c.zarr",)), ("w-c", ("/m/c.zarr",)))
+    with pytest.raises(ValueError):
+        Replica("w", ())
+    for bad in ({"batches": 0}, {"window": 4}, {"split_fractions": (0.5, 0.5, 0.5)}, {"pause": -1}):
+        with pytest.raises(ValueError):
+            StepConfig(**bad)
+
+
+def test_one_leg_equals_an_ordinary_fit(tmp_path):
+    """K = N = 1, one round, optimiser shipped: the leg is exactly train.fit on the same loader."""
+    import torch
+
+    from landcover.datasets import make_loader
+    from landcover.train import TrainConfig, fit
+
+    cube = _cube(tmp_path / "a" / "cube.zarr", seed=3)
+    repo = Repository("A", (str(cube),))
+    step = StepConfig(**{**STEP.__dict__, "batches": 3, "validate": False})
+    survey = survey_repositories([repo], step=step, log=lambda _m: None)
+    model = _model(survey["A"], seed=0)
+    run = train_distributed({"m": model}, [repo], step=step, seed=7, survey=survey, log=lambda _m: None)
+    assert run.models["m"].step == 3 and run.models["m"].total_steps == 3
+
+    reference = copy.deepcopy(model)
+    stats = _pooled_stats(survey, list(model.spec.bands))
+    ds = _dataset([str(cube)], list(model.spec.bands), step, "train", stats)
+    loader = make_loader(ds, step.batch_size, 0, shuffle=True, generator=torch.Generator())
+    cfg = TrainConfig(
+        epochs=1, batch_size=8, lr=step.lr, weight_decay=step.weight_decay, max_samples=3 * 8, seed=7,
+        device="cpu", progress=False, monitor="train_loss", deterministic=True, num_threads=1,
+    )  # fmt: skip
+    fit(reference, loader, None, cfg, class_codes=model.spec.class_codes)
+    got = run.models["m"].state
+    changed = 0
+    for k, v in reference.state_dict().items():
+        np.testing.assert_allclose(got[k], v.numpy(), rtol=0, atol=1e-6, err_msg=k)
+        changed += not np.array_equal(v.numpy(), model.state_dict()[k].numpy())
+    assert changed > 0  # it did train
+    # the shipped optimiser state is AdamW's, one entry per trainable tensor
+    opt = run.models["m"].optimizer
+    assert opt is not None and len(opt["state"]) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_localcluster_fedavg_and_roundrobin_match_in_process_runs(tmp_path):
+    """Quick variant: a LocalCluster whose workers advertise repositories through `advertise`."""
+    from distributed import Client, LocalCluster
+
+    from landcover.registry import advertise, discover_repositories
+
+    cubes = [_cube(tmp_path / n / "cube.zarr", seed=20 + i) for i, n in enumerate("ab")]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as lc:
+        with Client(lc) as client:
+            workers = sorted(client.scheduler_info()["workers"])
+            for w, name, cube in zip(workers, "AB", cubes, strict=True):
+                advertise(client, {name: str(cube.parent)}, worker=w)
+            repos = discover_repositories(client)
+            assert [(r.name, r.worker, r.cubes) for r in repos] == [
+                ("A", workers[0], (str(cubes[0].resolve()),)),
+                ("B", workers[1], (str(cubes[1].resolve()),)),
+            ]
+            with pytest.raises(ConfigError, match="no live worker advertises repository Z"):
+                discover_repositories(client, names=["Z"])
+            survey = survey_repositories(repos, client=client, step=STEP, log=lambda _m: None)
+            models = {"m0": _model(survey["A"], 0), "m1": _model(survey["A"], 1)}
+            runs = {
+                mode: train_distributed(models, repos, client=client, mode=mode, step=STEP, survey=survey,
+                                        log=lambda _m: None)
+                for mode in ("fedavg", "round-robin")
+            }  # fmt: skip
+    for mode, run in runs.items():
+        local = train_distributed(models, repos, mode=mode, step=STEP, survey=survey, log=lambda _m: None)
+        for name in models:
+            for k, v in local.models[name].state.items():
+                np.testing.assert_allclose(run.models[name].state[k], v, rtol=0, atol=1e-6)
+            assert [r.get("val_miou_l3") for r in run.models[name].curve] == pytest.approx(
+                [r.get("val_miou_l3") for r in local.models[name].curve], nan_ok=True
+            )
+        assert not run.failures
+    fed = runs["fedavg"]
+    # fedavg: every model trained on both repositories in its one round, legs on the holders
+    for name in models:
+        assert sorted(fed.visits(name)) == [(0, "A"), (0, "B")]
+    assert {(leg.repository, leg.worker) for leg in fed.legs} == {("A", workers[0]), ("B", workers[1])}
+    assert fed.models["m0"].samples_seen == 2 * 2 * 8
+
+
+# --------------------------------------------------------------------------- real scheduler + workers
+
+
+@pytest.mark.cluster
+def test_discovery_on_real_workers_finds_replicas(cluster3):
+    from landcover.registry import discover_repositories
+
+    repos = {r.name: r for r in discover_repositories(cluster3.client)}
+    names = {a: i["name"] for a, i in cluster3.client.scheduler_info()["workers"].items()}
+    assert sorted(repos) == ["A", "B", "C"]
+    assert names[repos["A"].worker] == "w-a"
+    assert [names[r.worker] for r in repos["A"].replicas] == ["w-c"]
+    assert repos["A"].replicas[0].cubes == (
+        str((cluster3.tmp / "data" / "c-mirror" / "cube.zarr").resolve()),
+    )
+    assert names[repos["B"].worker] == "w-b" and repos["B"].replicas == ()
+    assert names[repos["C"].worker] == "w-c"
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_round_robin_on_real_workers_is_local_complete_and_deterministic(cluster3):
+    from landcover.registry import discover_repositories
+
+    repos = discover_repositories(cluster3.client)
+    survey = survey_repositories(repos, client=cluster3.client, step=STEP, log=lambda _m: None)
+    models = {"m0": _model(survey["A"], 0), "m1": _model(survey["A"], 1, "rgb-scratch")}
+    before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in models.items()}
+    lines: list[str] = []
+    run = train_distributed(models, repos, client=cluster3.client, step=STEP, survey=survey, log=lines.append)
+    names = {a: i["name"] for a, i in cluster3.client.scheduler_info()["workers"].items()}
+    holder = {"A": "w-a", "B": "w-b", "C": "w-c"}
+    # each model visits each repository exactly once in the epoch, at (k + r) mod N, on its holder
+    for k, name in enumerate(models):
+        assert run.visits(name) == [(r, "ABC"[(k + r) % 3]) for r in range(3)]
+    for leg in run.legs:
+        assert names[leg.worker] == holder[leg.repository]
+    assert not run.failures and not run.skipped
+    assert sum(1 for ln in lines if " trained on " in ln) == 6
+    # a validation score after every round, from all three repositories
+    for name in models:
+        curve = run.models[name].curve
+        assert [r["round"] for r in curve] == [0, 1, 2, 3]
+        assert all(r["repositories_scored"] == 3 and np.isfinite(r["val_loss"]) for r in curve)
+    # data stayed local: every file a worker opened under the data root is in its own directories
+    for worker, repos_of in cluster3.layout.items():
+        opened = cluster3.opened(worker)
+        own = [str(Path(d).resolve()) for d in repos_of.values()]
+        assert opened, f"{worker} read nothing"
+        foreign = [p for p in opened if not any(p == d or p.startswith(d + os.sep) for d in own)]
+        assert not foreign, f"{worker} opened {foreign[:3]}"
+        for d in own:
+            if "mirror" not in d:  # the replica was not needed
+                assert any(p.startswith(d + os.sep) and p.endswith("zarr.json") for p in opened)
+    # the weights equal an in-process run of the same legs (the client reads the primaries here)
+    local = train_distributed(models, repos, step=STEP, survey=survey, log=lambda _m: None)
+    for name in models:
+        for k, v in local.models[name].state.items():
+            np.testing.assert_allclose(run.models[name].state[k], v, rtol=0, atol=1e-6)
+        assert any(not np.array_equal(run.models[name].state[k], v.numpy()) for k, v in before[name].items())
+    # accounting: weights go out and back per leg, optimiser state too; windows = samples x bytes/window
+    t = run.traffic()
+    legs = [leg for leg in run.legs if leg.kind == "train"]
+    assert t["weights_bytes_per_epoch"] == sum(2 * leg.weights_bytes for leg in legs)
+    assert t["optimizer_bytes_per_epoch"] > t["weights_bytes_per_epoch"]  # AdamW: two moments per weight
+    bpw_native = 16 * 16 * (6 * 2 + 44 * 1 + 1)  # six uint16 bands, 44 uint8 label classes, bool valid
+    assert legs[0].data_bytes == legs[0].samples * (bpw_native if legs[0].model == "m0" else 16 * 16 * 51)
+    util = run.utilisation()
+    assert set(util) == {"w-a", "w-b", "w-c"}
+    assert all(0 < u["utilisation"] <= 1 for u in util.values())
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_cli_and_pipeline_on_real_workers(cluster3, tmp_path, capsys):
+    from landcover.cli import main
+
+    cfg = tmp_path / "dist.toml"
+    cfg.write_text('[step]\nblock = 32\nsplit_seed = 5\ndevice = "cpu"\n')
+    out = tmp_path / "cli-out"
+    address = cluster3.client.scheduler.address
+    rc = main(["train", "--distributed", "--scheduler", address, "--mode", "compare",
+               "--window", "16", "--batch-size", "8", "--batches", "1", "--config", str(cfg),
+               "--out", str(out),
+               "--repository", "A", "--repository", "B"])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "dask dashboard: http" in printed
+    assert printed.count("round-robin round") >= 2 and "fedavg round 0" in printed
+    assert (out / "learning_curves.png").stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["modes"]) == {"round-robin", "fedavg"} and "native" in report["baseline"]
+    rr = report["modes"]["round-robin"]
+    assert rr["traffic"]["data_bytes_per_epoch"] > 0 and rr["traffic"]["model_bytes_per_epoch"] > 0
+    assert {leg["repository"] for leg in rr["legs"]} == {"A", "B"}
+    assert "Bytes moved per epoch" in (out / "report.md").read_text()
+    from landcover.models import model_from_checkpoint
+
+    assert model_from_checkpoint(out / "fedavg-native.pt").spec.name == "native"
+
+    # the batch job, thin over the same library, as a separate process
+    pipe = [sys.executable, str(REPO_ROOT / "pipelines" / "train_distributed.py")]
+    proc = subprocess.run(
+        [*pipe, str(cfg), "--scheduler", cluster3.client.scheduler.address, "--mode", "fedavg",
+         "--out", str(tmp_path / "pipe-out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "pipe-out" / "report.md").is_file()
+    cfg.write_text('mode = "sideways"\n')
+    proc = subprocess.run([*pipe, str(cfg)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    err = proc.stderr.strip()
+    assert err.startswith("train_distributed: ") and len(err.splitlines()) == 1 and "mode" in err
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_killed_workers_lose_no_model(tmp_path):
+    """Kill two workers in their first legs: A moves to its replica on w-c, B is skipped with a warning."""
+    from landcover.registry import discover_repositories
+
+    cluster = _Cluster(tmp_path, _three_repositories(tmp_path))
+    try:
+        client = cluster.client
+        repos = discover_repositories(client)
+        step = StepConfig(**{**STEP.__dict__, "batches": 3, "pause": 0.4, "validate": False})
+        survey = survey_repositories(repos, client=client, step=step, log=lambda _m: None)
+        models = {"m0": _model(survey["A"], 0), "m1": _model(survey["A"], 1)}
+        start = {n: {k: v.numpy().copy() for k, v in m.state_dict().items()} for n, m in models.items()}
+        names = {a: i["name"] for a, i in client.scheduler_info()["workers"].items()}
+        killed: list[str] = []
+
+        def on_leg(event):
+            _, msg = event
+            victim = names.get(msg["worker"])
+            if msg["kind"] == "train" and victim in ("w-a", "w-b") and victim not in killed:
+                killed.append(victim)
+                cluster.kill(victim)
+
+        client.subscribe_topic(LEG_TOPIC, on_leg)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run = train_distributed(
+                models, repos, client=client, step=step, survey=survey, log=lambda _m: None
+            )
+        assert sorted(killed) == ["w-a", "w-b"]
+        skipped_msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert any("on B" in m and "skipped" in m for m in skipped_msgs)
+        by = {(f.model, f.round, f.repository): f for f in run.failures}
+        # round 0: m0 on A (w-a killed) retried on the replica, m1 on B (w-b killed) skipped
+        assert by[("m0", 0, "A")].action == "retried" and by[("m0", 0, "A")].retried_on == "w-c"
+        assert by[("m1", 0, "B")].action == "skipped"
+        assert by[("m0", 1, "B")].action == "skipped"  # B is gone for the rest of the run
+        assert run.visits("m0") == [(0, "A"), (2, "C")]
+        assert run.visits("m1") == [(1, "C"), (2, "A")]
+        assert {names[leg.worker] for leg in run.legs} == {"w-c"}
+        # no model lost: both have weights, finite and trained
+        for name in models:
+            state = run.models[name].state
+            assert set(state) == set(start[name])
+            assert all(np.isfinite(v).all() for v in state.values() if v.dtype.kind == "f")
+            assert any(not np.array_equal(state[k], start[name][k]) for k in state)
+    finally:
+        cluster.close()
