@@ -504,9 +504,6 @@ def _prediction_panel(result: CompareResult, path: Path) -> Path | None:
     else:
         rgb = np.zeros(img.shape[1:] + (3,))
     codes = list(result.class_codes)
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 

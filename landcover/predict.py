@@ -1393,11 +1393,8 @@ def write_quicklook(
     ``source`` is the class-map COG (read from its overviews, cheap) or a
     prediction Dataset (subsampled by striding).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     if isinstance(source, str | os.PathLike):
@@ -1426,7 +1423,8 @@ def write_quicklook(
     colours += [(r / 255, g / 255, b / 255) for r, g, b in (legend[c][1] for c in codes)]
     cmap = ListedColormap(colours)
     present = sorted(int(v) for v in np.unique(idx) if v != NODATA_INDEX)
-    fig, ax = plt.subplots(figsize=(9, 6.5), dpi=110)
+    fig = Figure(figsize=(9, 6.5), dpi=110)
+    ax = fig.subplots()
     ax.imshow(idx, cmap=cmap, vmin=0, vmax=len(colours) - 1, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title or "Predicted land cover (CORINE legend)")
@@ -1441,8 +1439,9 @@ def write_quicklook(
     fig.tight_layout()
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dst)
-    plt.close(fig)
+    tmp = dst.with_name(f".{dst.name}.tmp{dst.suffix}")
+    fig.savefig(tmp)
+    tmp.replace(dst)
     return dst
 
 

@@ -840,12 +840,10 @@ def _fmt(ms: dict[str, Any]) -> str:
 
 
 def _budget_plot(summary: dict[str, Any], path: Path) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    ax = fig.subplots()
     by_init: dict[str, list[tuple[float, float, float]]] = {}
     for entry in summary["models"].values():
         ms = entry["test"][PRIMARY_METRIC]
@@ -865,7 +863,6 @@ def _budget_plot(summary: dict[str, Any], path: Path) -> Path:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     tmp.replace(path)
     return path
 
