@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= demo-output
 
-.PHONY: setup demo test lint typecheck format bench clean
+.PHONY: setup demo test lint typecheck format bench docs cli-docs strip-notebooks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,18 +26,30 @@ test: setup lint typecheck
 	if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests (exit 5)' >&2; exit 1; fi; exit $$rc
 
 lint: setup
-	$(BIN)/ruff check landcover pipelines tests bench
-	$(BIN)/ruff format --check landcover pipelines tests bench
+	$(BIN)/ruff check landcover pipelines tests bench docs/*.py
+	$(BIN)/ruff format --check landcover pipelines tests bench docs/*.py
 
 typecheck: setup
 	$(BIN)/mypy
 
 format: setup
-	$(BIN)/ruff check --fix landcover pipelines tests bench
-	$(BIN)/ruff format landcover pipelines tests bench
+	$(BIN)/ruff check --fix landcover pipelines tests bench docs/*.py
+	$(BIN)/ruff format landcover pipelines tests bench docs/*.py
 
+## make bench: every benchmark at its default (full) size; figures land in bench-output/.
 bench: setup
-	$(BIN)/python -m bench
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+## make docs: API + CLI reference (mkdocs, strict) into build/site; fails if docs/cli.md is stale.
+docs: setup
+	$(BIN)/python docs/gen_cli.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+cli-docs: setup
+	$(BIN)/python docs/gen_cli.py
+
+strip-notebooks: setup
+	$(BIN)/nbstripout notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache .mypy_cache
