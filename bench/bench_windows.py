@@ -157,10 +157,12 @@ class RasterioWindows(Dataset[dict[str, Any]]):
         self.a, self.b = affine
         self.target_dtype = target_dtype
         self._src: dict[str, Any] | None = None
+        self._pool: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         s = self.__dict__.copy()
         s["_src"] = None
+        s["_pool"] = None
         return s
 
     def __len__(self) -> int:
@@ -200,21 +202,24 @@ class RasterioBatched(RasterioWindows):
     """(b) with the same batch machinery as (a): whole batches read into (shared) batch tensors."""
 
     def __getitems__(self, indices: list[int]) -> Any:
-        from torch.utils.data import get_worker_info
+        from landcover.datasets import BatchPool, WindowBatch
 
-        from landcover.datasets import WindowBatch, _empty
-
+        if self._pool is None:
+            self._pool = BatchPool.for_current_process()
         n, s = len(indices), self.size
-        shared = get_worker_info() is not None
         tdtype = torch.uint8 if self.target_dtype == "uint8" else torch.float32
-        image = _empty((n, 7, s, s), torch.float32, shared)
-        target = _empty((n, 44, s, s), tdtype, shared)
-        mask = _empty((n, s, s), torch.bool, shared)
-        im, tg, mk = image.numpy(), target.numpy(), mask.numpy()
+        fields = {
+            "image": ((7, s, s), torch.float32),
+            "target": ((44, s, s), tdtype),
+            "mask": ((s, s), torch.bool),
+        }
+        batch = self._pool.take(n, fields)
+        im, tg, mk = batch["image"].numpy(), batch["target"].numpy(), batch["mask"].numpy()
         for j, i in enumerate(indices):
             self._read(int(i), im[j], tg[j], mk[j])
-        pos = torch.from_numpy(self.positions[np.asarray(indices)])
-        return WindowBatch({"image": image, "target": target, "mask": mask, "position": pos})
+        del im, tg, mk
+        batch["position"] = torch.from_numpy(self.positions[np.asarray(indices)])
+        return WindowBatch(batch)
 
 
 def _hwm_mb(pid: int) -> float:

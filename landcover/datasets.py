@@ -48,10 +48,12 @@ CUDA is present) and keeps torch to one thread per worker. Dask is never used in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -83,6 +85,7 @@ from .windows import (
 __all__ = [
     "BandSelection",
     "BandStats",
+    "BatchPool",
     "BatchedWindows",
     "CubeInfo",
     "TargetDtype",
@@ -94,6 +97,7 @@ __all__ = [
     "inspect_cube",
     "cube_stats",
     "make_loader",
+    "PooledBatch",
     "STATS_ATTR",
     "STATS_FILE",
     "TARGET_SCALE",
@@ -599,6 +603,7 @@ class _WindowSource:
         max_windows: int | None = None,
         cache_mb: float = 512,
         target_dtype: TargetDtype = "float32",
+        reuse_buffers: bool = True,
     ) -> None:
         if isinstance(cubes, str | os.PathLike):
             cubes = [cubes]
@@ -611,6 +616,8 @@ class _WindowSource:
         if target_dtype not in ("float32", "uint8"):
             raise ValueError(f"target_dtype must be 'float32' or 'uint8', got {target_dtype!r}")
         self.target_dtype: TargetDtype = target_dtype
+        self.reuse_buffers = bool(reuse_buffers)
+        self._pool: BatchPool | None = None
         self.spec = WindowSpec(
             size=size,  # type: ignore[arg-type]
             stride=stride,  # type: ignore[arg-type]
@@ -770,7 +777,17 @@ class _WindowSource:
         state = self.__dict__.copy()
         state["_readers"] = None
         state["_cache"] = None
+        state["_pool"] = None
         return state
+
+    def _buffer_pool(self) -> BatchPool | None:
+        """Pool of batch buffers of this process (shared memory inside DataLoader workers)."""
+        if not self.reuse_buffers:
+            return None
+        pool = self.__dict__.get("_pool")
+        if pool is None:
+            pool = self._pool = BatchPool.for_current_process()
+        return pool
 
     def _reader(self, cube: int) -> CubeReader:
         if self._readers is None:
@@ -817,26 +834,38 @@ class _WindowSource:
             raw = np.stack([raw[g].sum(axis=0, dtype="uint16") for g in self._groups])
         compact = self.target_dtype == "uint8"
         if rotated:
-            rimg, rlab, rmask = sample_rotated(
-                np.stack(planes), raw, ok, (h, wd), (py, px), angle, quantize=compact, decode=(a, b)
+            sample_rotated(
+                np.stack(planes),
+                raw,
+                ok,
+                (h, wd),
+                (py, px),
+                angle,
+                quantize=compact,
+                decode=(a, b),
+                out=(image, target, mask),
             )
-            image[...] = rimg
-            target[...] = rlab
-            mask[...] = rmask
             return
         mask[...] = ok
-        if ok.all():
-            if compact:
+        everywhere = bool(ok.all())
+        if not everywhere:  # zero outside the mask (boolean indexing is far slower)
+            np.multiply(image, ok, out=image)
+        if compact:
+            if everywhere:
                 np.copyto(target, raw, casting="unsafe")
             else:
-                np.multiply(raw, np.float32(schema.LABEL_SCALE), out=target, dtype="float32")
-        else:  # zero outside the mask in the same pass (boolean indexing is far slower)
-            np.multiply(image, ok, out=image)
-            if compact:
                 np.multiply(raw, ok, out=target, casting="unsafe")
-            else:
-                keep = np.multiply(ok, np.float32(schema.LABEL_SCALE), dtype="float32")
-                np.multiply(raw, keep, out=target, dtype="float32")
+            return
+        # float32 fractions: convert, then scale (and mask) in place, a few classes at a
+        # time so that the second pass runs in cache: half the memory traffic of one
+        # mixed-dtype multiply, which casts through a buffer
+        scale: np.float32 | np.ndarray = np.float32(schema.LABEL_SCALE)
+        if not everywhere:
+            scale = np.multiply(ok, scale, dtype="float32")
+        for k in range(0, target.shape[0], _CLASS_STEP):
+            part = target[k : k + _CLASS_STEP]
+            np.copyto(part, raw[k : k + _CLASS_STEP], casting="unsafe")
+            np.multiply(part, scale, out=part)
 
     def _geo(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """``transform`` (n, 6) float64, ``position`` (n, 4) int64, ``angle`` (n,) float32, CRS list."""
@@ -868,24 +897,27 @@ class _WindowSource:
         idx = np.asarray(indices, dtype="int64").reshape(-1)
         n = len(idx)
         h, wd = self.spec.size
-        shared = get_worker_info() is not None
         tdtype = torch.uint8 if self.target_dtype == "uint8" else torch.float32
-        image = _empty((n, self.in_channels, h, wd), torch.float32, shared)
-        target = _empty((n, self.num_classes, h, wd), tdtype, shared)
-        mask = _empty((n, h, wd), torch.bool, shared)
-        im, tg, mk = image.numpy(), target.numpy(), mask.numpy()
+        fields = {
+            "image": ((self.in_channels, h, wd), torch.float32),
+            "target": ((self.num_classes, h, wd), tdtype),
+            "mask": ((h, wd), torch.bool),
+        }
+        pool = self._buffer_pool()
+        if pool is not None:
+            batch: dict[str, Any] = pool.take(n, fields)
+        else:
+            shared = get_worker_info() is not None
+            batch = {name: _empty((n, *shape), dt, shared) for name, (shape, dt) in fields.items()}
+        im, tg, mk = batch["image"].numpy(), batch["target"].numpy(), batch["mask"].numpy()
         for j in range(n):
             self._read_into(int(idx[j]), im[j], tg[j], mk[j])
+        del im, tg, mk
         transform, position, angle, crs = self._geo(idx)
-        batch: dict[str, Any] = {
-            "image": image,
-            "target": target,
-            "mask": mask,
-            "transform": torch.from_numpy(transform),
-            "crs": crs,
-            "position": torch.from_numpy(position),
-            "angle": torch.from_numpy(angle),
-        }
+        batch["transform"] = torch.from_numpy(transform)
+        batch["crs"] = crs
+        batch["position"] = torch.from_numpy(position)
+        batch["angle"] = torch.from_numpy(angle)
         if self.augment:
             from .transforms import random_dihedral
 
@@ -902,6 +934,7 @@ class _WindowSource:
         return {k: v[0] for k, v in batch.items()}
 
 
+_CLASS_STEP = 4  # class planes decoded at a time (4 x 256 KB for 256 x 256 windows: in L2)
 _NP_DTYPES = {torch.float32: np.float32, torch.uint8: np.uint8, torch.bool: np.bool_}
 
 
@@ -917,6 +950,284 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Te
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     storage = torch.UntypedStorage._new_shared(nbytes)  # type: ignore[attr-defined]
     return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
+# -- reusable batch buffers -------------------------------------------------------------------------------
+
+_ALIGN = 64
+_DEFAULT_WORKER_SLOTS = 4  # DataLoader's default prefetch_factor (2) + 2, see BatchPool
+_worker_slots: int | None = None  # set in each worker by make_loader's worker_init_fn
+
+
+def _use_count(t: torch.Tensor) -> int:
+    """Strong references to ``t``'s storage (tensors, storage objects) in this process."""
+    return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
+
+
+def _anchor(storage: torch.UntypedStorage) -> torch.Tensor:
+    """A byte tensor over all of ``storage``: the one reference a pool or registry keeps."""
+    return torch.empty(0, dtype=torch.uint8).set_(storage)
+
+
+def _probe_base() -> int:
+    """Use count of a storage that only an anchor refers to (as :func:`_use_count` sees it)."""
+    a = _anchor(torch.UntypedStorage(8))
+    return _use_count(a)
+
+
+Fields = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
+
+
+@dataclass(frozen=True)
+class _Lease:
+    """Which pooled buffer a batch crossing a process boundary lives in, and its busy flag."""
+
+    pid: int
+    pool: str
+    index: int
+    flags: torch.Tensor
+    field: str
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return (self.pid, self.pool, self.index)
+
+
+class PooledBatch(dict[str, Any]):
+    """A batch dict whose large tensors live in a :class:`BatchPool` buffer.
+
+    Behaves as a plain dict. When pickled to another process (a DataLoader worker
+    handing its batch to the main process), a batch from a shared pool marks its
+    buffer busy and arrives as a plain dict that the receiving process *adopts*: the
+    buffer is handed back to the worker once no tensor of that process refers to it
+    any more (see :class:`BatchPool`).
+    """
+
+    __slots__ = ("_lease",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lease: _Lease | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        lease = getattr(self, "_lease", None)
+        if lease is None:
+            return (dict, (dict(self),))
+        lease.flags.numpy()[lease.index] = 1  # busy until the receiver releases it
+        return (_adopt_batch, (dict(self), lease))
+
+
+class BatchPool:
+    """Batch buffers reused once nothing refers to them any more (no fresh pages per batch).
+
+    Every batch is written into one buffer (a single allocation holding all its
+    tensors, 64-byte aligned): ``take(n, fields)`` returns a :class:`PooledBatch` whose
+    tensors are views ``[:n]`` of a free pooled buffer, or of a new one while fewer
+    than ``slots`` exist; when every pooled buffer is in use it allocates a fresh,
+    unpooled one, exactly as without a pool. Fresh buffers cost page faults and
+    zeroing by the kernel (about as much as decoding the windows into them); reused
+    ones cost nothing.
+
+    A buffer is *free* when no tensor, view or storage object of this process refers
+    to its memory any more (its storage use count is back to the pool's own single
+    reference), so a batch that is still held, or any view of it, is never
+    overwritten. With ``shared=True`` (inside DataLoader workers) the buffers are in
+    shared memory and a batch pickled to another process carries a lease: its buffer
+    also stays busy until the receiving process has adopted it and dropped every
+    reference to it (checked whenever that process receives a batch; the flag lives in
+    a small shared array of the pool). Consequences: a receiver must not forward
+    these tensors to a *third* process without cloning them (``pin_memory`` and
+    ``.to(device)`` copy, as does ``.clone()``), and in-process batches pickled to
+    another process must likewise be cloned first.
+
+    Parameters
+    ----------
+    slots
+        Most buffers kept. In-process use needs 2 (the batch the caller holds and the
+        one being read); a DataLoader worker needs ``prefetch_factor + 2`` (batches
+        queued, the one the main process has just received, the one its loop still
+        holds, and the one being read), which :func:`make_loader` sets.
+    shared
+        Allocate in shared memory and lease buffers across processes.
+    """
+
+    def __init__(self, slots: int = 2, *, shared: bool = False) -> None:
+        if int(slots) < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.slots = int(slots)
+        self.shared = bool(shared)
+        self._uid = os.urandom(8).hex()
+        self._pid = os.getpid()
+        self._buffers: list[tuple[torch.Tensor, int, tuple[Any, ...], int]] = []  # anchor, base, layout, cap
+        self._flags = torch.zeros(self.slots, dtype=torch.uint8)
+        if self.shared:
+            self._flags.share_memory_()
+        self._flags_np = self._flags.numpy()
+        self.allocated = 0  # pooled buffers created
+        self.reused = 0  # batches written into a reused buffer
+        self.unpooled = 0  # batches that found every pooled buffer busy
+
+    @classmethod
+    def for_current_process(cls) -> BatchPool:
+        """A pool suited to the calling process.
+
+        Inside a DataLoader worker: shared, with the ``buffer_slots`` that
+        :func:`make_loader` set (default 4); elsewhere private, 2 buffers.
+        """
+        if get_worker_info() is not None:
+            return cls(_worker_slots or _DEFAULT_WORKER_SLOTS, shared=True)
+        return cls(2)
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("a BatchPool belongs to one process; create one per process")
+
+    @staticmethod
+    def _offsets(fields: Fields, n: int) -> tuple[list[int], int]:
+        offsets, pos = [], 0
+        for shape, dtype in fields.values():
+            offsets.append(pos)
+            nbytes = n * math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            pos += -(-nbytes // _ALIGN) * _ALIGN
+        return offsets, max(pos, _ALIGN)
+
+    def _free(self, i: int) -> bool:
+        anchor, base, _, _ = self._buffers[i]
+        return (not self.shared or self._flags_np[i] == 0) and _use_count(anchor) <= base
+
+    def _new(self, nbytes: int) -> torch.UntypedStorage:
+        if self.shared:
+            storage: torch.UntypedStorage = torch.UntypedStorage._new_shared(nbytes)  # type: ignore[attr-defined]
+            return storage
+        # numpy asks Linux for transparent huge pages on large buffers: cheaper first touch
+        return torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).untyped_storage()
+
+    def take(self, n: int, fields: Fields) -> PooledBatch:
+        """Uninitialised tensors ``name: (n, *shape) dtype`` for every entry of ``fields``.
+
+        Parameters
+        ----------
+        n
+            Batch size (leading dimension).
+        fields
+            ``{name: (item shape, dtype)}``, in storage order.
+        """
+        n = int(n)
+        layout = tuple((name, tuple(int(s) for s in shape), dtype) for name, (shape, dtype) in fields.items())
+        pick, spare = None, None
+        for i, (_, _, lay, cap) in enumerate(self._buffers):
+            if not self._free(i):
+                continue
+            if lay == layout and cap >= n:
+                pick = i
+                break
+            spare = i if spare is None else spare
+        if pick is not None:
+            self.reused += 1
+        elif len(self._buffers) < self.slots:
+            pick = len(self._buffers)
+            self._buffers.append((torch.empty(0), 0, (), 0))
+            self._install(pick, layout, n, fields)
+        elif spare is not None:  # a free buffer of another layout: replace it
+            pick = spare
+            self._install(pick, layout, n, fields)
+        if pick is None:  # every pooled buffer is busy: a fresh one, as without a pool
+            self.unpooled += 1
+            offsets, nbytes = self._offsets(fields, n)
+            storage = self._new(nbytes)
+            return self._views(storage, offsets, n, fields)
+        anchor, _, _, cap = self._buffers[pick]
+        offsets, _ = self._offsets(fields, cap)
+        batch = self._views(anchor.untyped_storage(), offsets, n, fields)
+        if self.shared:
+            batch._lease = _Lease(self._pid, self._uid, pick, self._flags, next(iter(fields)))
+        return batch
+
+    def _install(self, i: int, layout: tuple[Any, ...], n: int, fields: Fields) -> None:
+        _, nbytes = self._offsets(fields, n)
+        self._buffers[i] = (torch.empty(0), 0, (), 0)  # drop the old buffer first
+        anchor = _anchor(self._new(nbytes))
+        self._buffers[i] = (anchor, _use_count(anchor), layout, n)
+        self.allocated += 1
+
+    @staticmethod
+    def _views(storage: torch.UntypedStorage, offsets: list[int], n: int, fields: Fields) -> PooledBatch:
+        out = PooledBatch()
+        for off, (name, (shape, dtype)) in zip(offsets, fields.items(), strict=True):
+            size = torch.empty((), dtype=dtype).element_size()
+            full = (n, *shape)
+            stride = [math.prod(full[d + 1 :]) for d in range(len(full))]
+            out[name] = torch.empty(0, dtype=dtype).set_(storage, off // size, full, stride)
+        return out
+
+
+class _LeaseRegistry:
+    """The receiving side of leases: releases a pooled buffer once this process has dropped it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[int, str, int], list[Any]] = {}  # key -> [anchor, flags, index, busy]
+        self._base: int | None = None
+        self.adopted = 0  # batches received in pooled buffers
+        self.reused = 0  # ... in a buffer that had been received (and released) before
+        self.released = 0  # buffers handed back to their worker
+
+    def adopt(self, lease: _Lease, batch: Mapping[str, Any]) -> None:
+        """Track the buffer of ``batch`` (just received) until this process drops it."""
+        anchor = _anchor(batch[lease.field].untyped_storage())
+        with self._lock:
+            if self._base is None:
+                self._base = _probe_base()
+            self._sweep()
+            self.adopted += 1
+            self.reused += lease.key in self._entries
+            self._entries[lease.key] = [anchor, lease.flags, lease.index, True]
+
+    def sweep(self) -> int:
+        """Release every adopted buffer nothing refers to any more; returns how many."""
+        with self._lock:
+            return self._sweep()
+
+    def _sweep(self) -> int:
+        released = 0
+        base = self._base if self._base is not None else _probe_base()
+        for e in self._entries.values():
+            if e[3] and _use_count(e[0]) <= base:
+                e[1].numpy()[e[2]] = 0
+                e[3] = False
+                released += 1
+        self.released += released
+        dead = {k[0] for k in self._entries if not _alive(k[0])}
+        for k in [k for k in self._entries if k[0] in dead]:
+            del self._entries[k]
+        return released
+
+    def clear(self) -> None:
+        """Forget released buffers (unmaps them here; busy ones stay until dropped)."""
+        with self._lock:
+            self._sweep()
+            for k in [k for k, e in self._entries.items() if not e[3]]:
+                del self._entries[k]
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_LEASES = _LeaseRegistry()
+
+
+def _adopt_batch(batch: dict[str, Any], lease: _Lease) -> dict[str, Any]:
+    """Unpickling a leased batch: hand the plain dict on and track its buffer."""
+    _LEASES.adopt(lease, batch)
+    return batch
 
 
 class WindowBatch(list[dict[str, Any]]):
@@ -1165,7 +1476,9 @@ class BatchedWindows(IterableDataset[dict[str, Any]]):
 # -- loader --------------------------------------------------------------------------------------------------
 
 
-def _worker_init(_worker_id: int) -> None:
+def _worker_init(_worker_id: int, buffer_slots: int | None = None) -> None:
+    global _worker_slots
+    _worker_slots = buffer_slots
     torch.set_num_threads(1)
     info = get_worker_info()
     if info is not None:  # share the cores among workers: blosc decodes with threads too
@@ -1188,6 +1501,7 @@ def make_loader(
     drop_last: bool = False,
     generator: torch.Generator | None = None,
     collate_fn: Callable[[Any], Any] | None = None,
+    buffer_slots: int | None = None,
 ) -> DataLoader[Any]:
     """A ``DataLoader`` over a window dataset with safe multiprocessing defaults.
 
@@ -1213,13 +1527,22 @@ def make_loader(
     collate_fn
         Override the ``collate_fn`` chosen below (default: :func:`collate_windows` for a
         :class:`WindowDataset`, torch's default otherwise).
+    buffer_slots
+        Batch buffers each worker keeps for reuse (:class:`BatchPool`); default
+        ``prefetch_factor + 2`` (4), the number that lets a worker always find one free
+        while the main process holds its current batch. Each costs one batch of shared
+        memory (``batch_size * (4 C + K * target bytes + 1) * H * W`` bytes). Ignored for
+        datasets built with ``reuse_buffers=False``.
 
     Window datasets are read a batch at a time, decoded straight into the batch tensors
     (in shared memory inside workers), so nothing is stacked or copied afterwards: a
     :class:`WindowDataset` through ``__getitems__`` and :func:`collate_windows`, a
     :class:`WindowIterableDataset` through :class:`BatchedWindows` (the loader's
     ``batch_size`` is then None and its ``dataset`` the wrapper). Batches are the same
-    dicts as with ``default_collate``.
+    dicts as with ``default_collate``. The batch tensors are written into reused
+    buffers (:class:`BatchPool`): a buffer is written again only once nothing in the
+    receiving process refers to it, so keep a batch (or any view of it) as long as you
+    like, but ``.clone()`` it before sending it on to yet another process.
     """
     iterable = isinstance(dataset, IterableDataset)
     if iterable and shuffle:
@@ -1245,7 +1568,8 @@ def make_loader(
             multiprocessing.set_forkserver_preload(["torch", "landcover.datasets"])
         kwargs["multiprocessing_context"] = multiprocessing_context
         kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
-        kwargs["worker_init_fn"] = _worker_init
+        slots = buffer_slots if buffer_slots is not None else (prefetch_factor or 2) + 2
+        kwargs["worker_init_fn"] = functools.partial(_worker_init, buffer_slots=int(slots))
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
     return DataLoader(

@@ -591,6 +591,7 @@ def sample_rotated(
     label_scale: float = 1.0,
     quantize: bool = False,
     decode: tuple[np.ndarray, np.ndarray] | None = None,
+    out: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Sample a turned ``(H, W)`` window from an axis-aligned footprint.
 
@@ -618,6 +619,10 @@ def sample_rotated(
         instead of float32 fractions: the resampled fractions are quantised with the
         largest-remainder rule of the cube encoding (:func:`quantize_fractions`), so the
         steps of every pixel inside the mask sum to exactly 250.
+    out
+        Optional ``(image, labels, mask)`` arrays to write the results into (float32
+        ``(C, H, W)``, float32 or, with ``quantize``, uint8 ``(K, H, W)`` or None, bool
+        ``(H, W)``), e.g. slots of a batch; they are returned.
 
     Returns
     -------
@@ -626,58 +631,83 @@ def sample_rotated(
         ``(K, H, W)`` float32 fractions with the same weights, renormalised to sum to 1
         (uint8 steps summing to 250 with ``quantize``); ``(H, W)`` bool: the nearest
         source pixel is valid. Image and labels are 0 where the mask is False.
+
+    Notes
+    -----
+    Land-cover fractions are mostly pure (one class per pixel). An output pixel whose
+    four source pixels are valid and pure in the same class is that class, exactly
+    (the renormalised weighted sum of one non-zero class is 1), so only the other
+    pixels are interpolated class by class: the label cost follows the share of
+    mixed pixels rather than the number of classes.
     """
     h, w = size
     fh, fw = valid.shape
+    n = h * w
     ry, rx = rotation_coords(size, pad, angle)
-    i0 = np.floor(ry).astype("int64")
-    j0 = np.floor(rx).astype("int64")
-    fy = (ry - i0).astype("float32").ravel()
-    fx = (rx - j0).astype("float32").ravel()
     if ry.min() < -1e-9 or rx.min() < -1e-9 or ry.max() > fh - 1 + 1e-9 or rx.max() > fw - 1 + 1e-9:
         raise ValueError(f"footprint {valid.shape} too small for a {size} window at {angle} degrees")
-    i1 = np.minimum(i0 + 1, fh - 1)
-    j1 = np.minimum(j0 + 1, fw - 1)
-    idx = [
-        (i0 * fw + j0).ravel(),
-        (i0 * fw + j1).ravel(),
-        (i1 * fw + j0).ravel(),
-        (i1 * fw + j1).ravel(),
-    ]
-    wts = [(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx]
-    vflat = valid.reshape(-1)
-    wv = [wk * vflat[ik] for wk, ik in zip(wts, idx, strict=True)]
-    wsum = wv[0] + wv[1] + wv[2] + wv[3]
-    ni = np.where(fy >= 0.5, i1.ravel(), i0.ravel())
-    nj = np.where(fx >= 0.5, j1.ravel(), j0.ravel())
-    mask = vflat[ni * fw + nj] & (wsum > 0)
+    fl_y, fl_x = np.floor(ry), np.floor(rx)
+    fy = (ry - fl_y).astype("float32").reshape(n)
+    fx = (rx - fl_x).astype("float32").reshape(n)
+    i0 = fl_y.astype(np.intp).reshape(n)
+    j0 = fl_x.astype(np.intp).reshape(n)
+    di = np.where(i0 < fh - 1, fw, 0)  # the next row/column, clamped at the far edge
+    dj = (j0 < fw - 1).astype(np.intp)
+    i00 = i0 * fw + j0
+    idx = (i00, i00 + dj, i00 + di, i00 + di + dj)
+    gx = 1 - fx
+    gy = 1 - fy
+    vflat = np.ascontiguousarray(valid).reshape(-1)
+    vk = [np.take(vflat, ik) for ik in idx]
+    wv = [gy * gx * vk[0], gy * fx * vk[1], fy * gx * vk[2], fy * fx * vk[3]]
+    wsum = wv[0] + wv[1]
+    wsum += wv[2]
+    wsum += wv[3]
+    near = np.where(fy >= 0.5, np.where(fx >= 0.5, vk[3], vk[2]), np.where(fx >= 0.5, vk[1], vk[0]))
+    mask = near & (wsum > 0)
     inv = np.zeros_like(wsum)
     np.divide(1.0, wsum, out=inv, where=mask)
-    wn = [wk * inv for wk in wv]
+    wn = [np.multiply(wk, inv, out=wk) for wk in wv]
 
-    def interp(flat: np.ndarray) -> np.ndarray:
-        """Bilinear samples (float32, (n, H*W)) of the rows of ``flat`` ((n, fh*fw), any dtype)."""
-        out = np.empty((flat.shape[0], len(wsum)), dtype="float32")
-        tmp = np.empty_like(out)
-        np.multiply(np.take(flat, idx[0], axis=1), wn[0], out=out)
-        for k in range(1, 4):
-            np.multiply(np.take(flat, idx[k], axis=1), wn[k], out=tmp)
-            out += tmp
-        return out
+    def interp(flat: np.ndarray, sel: np.ndarray | None = None, dest: np.ndarray | None = None) -> np.ndarray:
+        """Bilinear samples (float32, (rows, m)) of the rows of ``flat`` ((rows, fh*fw)), at ``sel``.
+
+        Row by row: one source row (converted to float32 once) serves its four taps
+        while it is in cache, and every product is formed in place.
+        """
+        ix = idx if sel is None else tuple(ik[sel] for ik in idx)
+        ws = wn if sel is None else [wk[sel] for wk in wn]
+        m = len(ix[0])
+        res = np.empty((flat.shape[0], m), dtype="float32") if dest is None else dest
+        src = np.empty(flat.shape[1], dtype="float32")
+        tap = np.empty(m, dtype="float32")
+        for r in range(flat.shape[0]):
+            row = res[r]
+            np.copyto(src, flat[r], casting="unsafe")
+            np.take(src, ix[0], out=row)
+            row *= ws[0]
+            for k in range(1, 4):
+                np.take(src, ix[k], out=tap)
+                tap *= ws[k]
+                row += tap
+        return res
 
     nc = image.shape[0]
-    if decode is None:
-        img = interp(np.asarray(image, dtype="float32").reshape(nc, -1)).reshape(nc, h, w)
-    else:
-        img = interp(image.reshape(nc, -1))
+    img_out = out[0] if out is not None else np.empty((nc, h, w), dtype="float32")
+    img = img_out.reshape(nc, n)
+    interp(image.reshape(nc, -1), dest=img)
+    if decode is not None:
         a, b = (np.asarray(v, dtype="float32").reshape(nc, 1) for v in decode)
         img *= a
         img += b * mask.astype("float32")[None, :]  # 0 outside the mask, as without decode
-        img = img.reshape(nc, h, w)
+    mask_out = out[2] if out is not None else np.empty((h, w), dtype=bool)
+    mask_out.reshape(n)[...] = mask
     lab_out: np.ndarray | None = None
     if labels is not None:
         k = labels.shape[0]
-        lab_out = np.zeros((k, h * w), dtype="uint8" if quantize else "float32")
+        lab_dtype = np.dtype("uint8" if quantize else "float32")
+        lab_out = out[1] if out is not None and out[1] is not None else np.empty((k, h, w), lab_dtype)
+        lab = lab_out.reshape(k, n)
         lflat = labels.reshape(k, -1)
         top = lflat.max(axis=1) if labels.dtype == np.uint8 else None
         if top is not None and int(top.max(initial=0)) < 255:
@@ -686,14 +716,34 @@ def sample_rotated(
             present = np.flatnonzero(top)
         else:
             present = np.flatnonzero(np.where(vflat[None, :], lflat, 0).any(axis=1))
+        for c in np.setdiff1d(np.arange(k), present, assume_unique=True):
+            lab[c].fill(0)
         if len(present):
-            vals = interp(lflat[present])
-            tot = vals.sum(axis=0)
-            np.divide(vals, tot, out=vals, where=tot > 0)
-            if quantize:  # only the classes present in the footprint: the others stay 0
-                lab_out[present] = quantize_fractions(vals)
-            else:
-                lab_out[present] = vals
-        lab_out = lab_out.reshape(k, h, w)
+            sub = lflat[present]
+            # code: 1 + index (in ``present``) of the only non-zero class, 0 if mixed/invalid
+            ctype = np.dtype("uint8" if len(present) < 255 else "uint16")
+            code: np.ndarray = np.zeros(sub.shape[1], dtype=ctype)
+            count: np.ndarray = np.zeros(sub.shape[1], dtype=ctype)
+            for p in range(len(present)):
+                nz = sub[p] > 0
+                np.add(count, nz, out=count)
+                np.add(code, np.multiply(nz, p + 1, dtype=ctype), out=code)
+            np.multiply(code, (count == 1) & vflat, out=code)
+            c0 = np.take(code, idx[0])
+            same = (c0 == np.take(code, idx[1])) & (c0 == np.take(code, idx[2]))
+            same &= c0 == np.take(code, idx[3])
+            c0 *= same  # the class code of pixels whose four sources agree, else 0
+            pure_value = 250 if quantize else 1.0
+            for p, c in enumerate(present):
+                np.multiply(c0 == p + 1, pure_value, out=lab[c], casting="unsafe")
+            mixed = np.flatnonzero(mask & (c0 == 0))
+            if len(mixed):
+                vals = interp(sub, mixed)
+                tot = vals.sum(axis=0)
+                np.divide(vals, tot, out=vals, where=tot > 0)
+                if quantize:  # only the classes present in the footprint: the others stay 0
+                    vals = quantize_fractions(vals)
+                for p, c in enumerate(present):
+                    lab[c, mixed] = vals[p]
         del label_scale  # fractions are renormalised, so the scale cancels out
-    return img, lab_out, mask.reshape(h, w)
+    return img_out, lab_out, mask_out

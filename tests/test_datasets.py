@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -459,3 +460,110 @@ def test_training_decodes_compact_targets_transparently(cube: Path) -> None:
         res[dtype] = evaluate(model, loader, class_codes=ds.class_codes, device="cpu", amp="off")
     assert res["uint8"].loss == pytest.approx(res["float32"].loss, rel=1e-6)
     assert res["uint8"].summary() == pytest.approx(res["float32"].summary(), rel=1e-6)
+
+
+# -- reused batch buffers ------------------------------------------------------------------------------------
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return int(t.untyped_storage().data_ptr())
+
+
+def test_batch_pool_reuses_only_buffers_nothing_refers_to() -> None:
+    import pickle
+
+    from landcover.datasets import BatchPool, PooledBatch
+
+    fields = {
+        "image": ((3, 4, 5), torch.float32),
+        "target": ((7, 4, 5), torch.uint8),
+        "mask": ((4, 5), torch.bool),
+    }
+    pool = BatchPool(2)
+    a = pool.take(4, fields)
+    assert isinstance(a, PooledBatch) and a["image"].shape == (4, 3, 4, 5) and a["mask"].dtype == torch.bool
+    # the tensors of one buffer do not overlap
+    a["image"].fill_(1.5)
+    a["target"].fill_(7)
+    a["mask"].fill_(True)
+    assert (a["image"] == 1.5).all() and (a["target"] == 7).all() and a["mask"].all()
+    b = pool.take(4, fields)  # a is still held: another buffer
+    assert _ptr(b["image"]) != _ptr(a["image"])
+    c = pool.take(4, fields)  # both pooled buffers held: a fresh, unpooled one
+    assert pool.unpooled == 1 and _ptr(c["image"]) not in (_ptr(a["image"]), _ptr(b["image"]))
+    held_view = a["target"][1, 2]  # a view alone keeps a's buffer busy
+    pa = _ptr(a["image"])
+    del a, c
+    d = pool.take(4, fields)
+    assert _ptr(d["image"]) != pa and pool.unpooled == 2
+    assert (held_view == 7).all()
+    del held_view
+    e = pool.take(3, fields)  # now free; a smaller batch fits into it
+    assert _ptr(e["image"]) == pa and e["image"].shape == (3, 3, 4, 5) and pool.reused == 1
+    del b, d, e
+    other = pool.take(2, {"x": ((9,), torch.float64)})  # another layout replaces a free buffer
+    assert other["x"].shape == (2, 9) and pool.allocated == 3 and len(pool._buffers) == 2
+    # an in-process batch pickles as a plain dict; a pool belongs to its process
+    assert type(pickle.loads(pickle.dumps(other))) is dict
+    with pytest.raises(TypeError):
+        pickle.dumps(pool)
+    with pytest.raises(ValueError):
+        BatchPool(0)
+
+
+def test_in_process_loader_never_overwrites_held_batches(cube: Path) -> None:
+    kw = dict(size=16, stride=9, min_valid=0.2, thermal=True)
+    ds = WindowIterableDataset(cube, **kw)
+    ref = WindowIterableDataset(cube, reuse_buffers=False, **kw)
+    loader = make_loader(ds, batch_size=4, pin_memory=False)
+    want = list(make_loader(ref, batch_size=4, pin_memory=False))
+    held, ptrs = [], set()
+    for k, b in enumerate(loader):
+        for key in ("image", "target", "mask", "position"):
+            assert torch.equal(b[key], want[k][key]), key
+        ptrs.add(_ptr(b["image"]))
+        if k in (3, 6):  # the consumer keeps some batches, or just a view of one
+            held.append((b, {key: b[key].clone() for key in ("image", "target", "mask")}))
+        elif k == 4:
+            view = b["target"][-1, 3:5]
+            held.append(({"view": view}, {"view": view.clone()}))
+    assert len(want) > 8 and ds._pool is not None and ds._pool.reused > 0
+    assert len(ptrs) < len(want)  # buffers were reused
+    for batch, copy in held:
+        for key, value in copy.items():
+            assert torch.equal(batch[key], value), key
+
+
+@pytest.mark.slow
+def test_worker_buffers_are_reused_and_never_overwritten_while_held(cube: Path) -> None:
+    from landcover.datasets import _LEASES
+
+    kw = dict(size=16, stride=8, min_valid=0.2, thermal=True, target_dtype="uint8")
+    ref = WindowDataset(cube, reuse_buffers=False, **kw)
+    lookup = {tuple(p): i for i, p in enumerate(ref.windows.positions().tolist())}
+    reused0 = _LEASES.reused
+    for dataset in (WindowIterableDataset(cube, **kw), WindowDataset(cube, **kw)):
+        # few buffers and a small prefetch: buffers come round again quickly
+        loader = make_loader(
+            dataset, batch_size=4, num_workers=2, pin_memory=False, prefetch_factor=1, buffer_slots=3
+        )
+        held: list[tuple[Any, dict[str, torch.Tensor]]] = []
+        for _epoch in range(2):
+            seen = []
+            for k, b in enumerate(loader):
+                for j, pos in enumerate(map(tuple, b["position"].tolist())):
+                    seen.append(pos)
+                    item = ref[lookup[pos]]
+                    for key in ("image", "target", "mask"):
+                        assert torch.equal(b[key][j], item[key]), key
+                if k % 3 == 0:  # the consumer keeps some batches, or just a view of one
+                    held.append((b, {key: b[key].clone() for key in ("image", "target", "mask")}))
+                elif k % 3 == 1:
+                    view = b["image"][0, 1]
+                    held.append(({"view": view}, {"view": view.clone()}))
+            assert sorted(seen) == sorted(lookup)  # 2 workers, reused buffers: the same windows as 0 workers
+        for batch, copy in held:
+            for key, value in copy.items():
+                assert torch.equal(batch[key], value), key
+        del loader
+    assert _LEASES.reused > reused0  # buffers went back to the workers and came back written again
