@@ -100,6 +100,7 @@ def main() -> int:
     if not args.no_processes:
         variants.append(("local-processes", ClusterOptions(threads_per_worker=threads, processes=True)))
 
+    shutil.rmtree(work / "warmup", ignore_errors=True)
     pair = make_pair(work / "warmup", size=256, seed=0, overlap=0.8)
     rows = []
     for name, opts in variants:
