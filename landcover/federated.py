@@ -732,6 +732,7 @@ class _Runner:
         self.dead: set[str] = set()
         self.failures: list[Failure] = []
         self.seen_workers: dict[str, str] = {}
+        self.homes: dict[str, int] = {}
 
     def live(self) -> dict[str, str]:
         if self.client is None:
@@ -741,11 +742,15 @@ class _Runner:
         self.seen_workers.update(out)
         return out
 
-    def _resolve(self, worker: str | None, live: Mapping[str, str]) -> str | None:
+    def _resolve(self, worker: str | None, live: Mapping[str, str], repository: str = "") -> str | None:
         if self.client is None:
             return "local"
-        if worker is None:
-            return next(iter(live), None)
+        if worker is None:  # any worker may read it (shared disk): give each repository a home, spread out
+            if not live:
+                return None
+            addrs = sorted(live)
+            home = self.homes.setdefault(repository, len(self.homes))
+            return addrs[home % len(addrs)]
         for addr, name in live.items():
             if worker in (addr, name):
                 return addr
@@ -753,7 +758,7 @@ class _Runner:
 
     def _place(self, job: _Job, live: Mapping[str, str]) -> tuple[str, tuple[str, ...]] | None:
         for worker, cubes in job.repository.locations:
-            addr = self._resolve(worker, live)
+            addr = self._resolve(worker, live, job.repository.name)
             if addr is not None and addr not in job.tried:
                 return addr, cubes
         return None
@@ -1137,6 +1142,16 @@ def train_distributed(
     )
 
 
+def _leg_samples(n_train: int, step: StepConfig) -> int:
+    """Windows one leg trains on: ``batches`` batches over passes of ``n_train`` windows."""
+    if n_train <= 0:
+        return 0
+    per_pass = math.ceil(n_train / step.batch_size)
+    n_batches = step.batches or per_pass
+    full, rest = divmod(n_batches, per_pass)
+    return full * n_train + min(rest * step.batch_size, n_train)
+
+
 def _metrics_bytes(res: Mapping[str, Any]) -> int:
     m = res.get("metrics")
     if m is None:
@@ -1284,10 +1299,7 @@ def compare_distributed(
     baselines: dict[str, BaselineRun] = {}
     if local_cubes:
         reachable = [r for r in repositories if r.name in surveyed and surveyed[r.name]["n_train"] > 0]
-        batches = [
-            step.batches or math.ceil(surveyed[r.name]["n_train"] / step.batch_size) for r in reachable
-        ]
-        samples = epochs * sum(b * step.batch_size for b in batches)
+        samples = epochs * sum(_leg_samples(surveyed[r.name]["n_train"], step) for r in reachable)
         per_round = max(step.batch_size, samples // max(epochs * len(reachable), 1))
         for name, model in models.items():
             log(f"--- single-machine baseline: {name}, {samples} samples")
@@ -1499,7 +1511,12 @@ def _resolve_repositories(cfg: DistributedTrainConfig, client: Any) -> list[Repo
     if cfg.repositories:
         return list(cfg.repositories)
     if cfg.cubes:
-        return [Repository(Path(c).name, (str(c),)) for c in cfg.cubes]
+        names = [Path(c).name for c in cfg.cubes]
+        if len(set(names)) < len(names):  # site-a/cube.zarr, site-b/cube.zarr: name them by folder
+            names = [Path(c).parent.name or Path(c).name for c in cfg.cubes]
+        if len(set(names)) < len(names):
+            names = [f"{n}-{i}" for i, n in enumerate(names)]
+        return [Repository(n, (str(c),)) for n, c in zip(names, cfg.cubes, strict=True)]
     from .registry import discover_repositories
 
     return discover_repositories(client, names=list(cfg.names) or None)
@@ -1568,9 +1585,9 @@ def run_distributed_job(cfg: DistributedTrainConfig, *, log: Callable[[str], Non
             local = list(cfg.baseline_cubes) or [c for r in repos if r.name in survey for c in r.cubes]
             if all(Path(c).exists() for c in local):
                 reachable = [r for r in repos if r.name in survey and survey[r.name]["n_train"] > 0]
-                per_leg = [cfg.step.batches or math.ceil(survey[r.name]["n_train"] / cfg.step.batch_size)
-                           for r in reachable]  # fmt: skip
-                samples = cfg.epochs * sum(b * cfg.step.batch_size for b in per_leg)
+                samples = cfg.epochs * sum(
+                    _leg_samples(survey[r.name]["n_train"], cfg.step) for r in reachable
+                )
                 for name, model in models.items():
                     log(f"--- single machine: {name}, {samples} samples on the union of the windows")
                     stats = _pooled_stats({r.name: survey[r.name] for r in reachable}, list(model.spec.bands))

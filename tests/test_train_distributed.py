@@ -361,7 +361,9 @@ def test_cli_and_pipeline_on_real_workers(cluster3, tmp_path, capsys):
     from landcover.cli import main
 
     cfg = tmp_path / "dist.toml"
-    cfg.write_text('[step]\nwindow = 16\nbatch_size = 8\nbatches = 1\nblock = 32\nsplit_seed = 5\ndevice = "cpu"\n')
+    cfg.write_text(
+        '[step]\nwindow = 16\nbatch_size = 8\nbatches = 1\nblock = 32\nsplit_seed = 5\ndevice = "cpu"\n'
+    )
     out = tmp_path / "cli-out"
     address = cluster3.client.scheduler.address
     rc = main(["train", "--distributed", "--scheduler", address, "--mode", "compare",
