@@ -23,7 +23,12 @@ Peak RSS per worker is the largest VmHWM of the loader's worker processes (it in
 the shared-memory batches they wrote). The load average is printed at start and end.
 
     .venv/bin/python bench/bench_windows.py [--size 4096] [--window 256] [--chunk 512]
-        [--workers 0 1 2] [--target uint8 float32]
+        [--workers 0 1 2] [--target uint8 float32] [--repeat 1]
+
+(a) allocates nothing per batch: its batch buffers are reused (``landcover.datasets.BatchPool``,
+shared memory leased from worker to main process), while (b) gets fresh memory per window and
+per batch from torch's ``default_collate`` as any map-style dataset does; ``b_rasterio_batched``
+gets the buffer pool too, which isolates the gain of the read path itself.
 """
 
 from __future__ import annotations
@@ -342,64 +347,11 @@ def raw_ceiling(
     return Rate(len(order) / dt, cpu / len(order) * 1e3)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=4096, help="cube side in pixels")
-    ap.add_argument("--window", type=int, default=256)
-    ap.add_argument("--chunk", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=2, help="passes over the windows per measurement")
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument(
-        "--target",
-        nargs="+",
-        choices=("uint8", "float32"),
-        default=["uint8", "float32"],
-        help="target dtype(s) to measure: uint8 steps of 1/250 or float32 fractions",
-    )
-    ap.add_argument("--random", type=int, default=None, help="random windows (default: as many as aligned)")
-    ap.add_argument("--cache-mb", type=int, default=512, help="chunk cache (a), GDAL block cache (b)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "windows")
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    # the same decoded-data cache bound for (a) and (b): GDAL's default is 5 % of RAM, which
-    # would hold the whole test GeoTIFF after the first epoch (workers inherit the setting)
-    os.environ["GDAL_CACHEMAX"] = str(args.cache_mb)
-    # one intra-op thread in the main process too (workers get one from make_loader)
-    torch.set_num_threads(1)
-
+def measure_all(args: argparse.Namespace, cube: Path, tifs: dict[str, Path], record: Any) -> None:
+    """One measurement of every configuration (see the module docstring)."""
     from landcover.datasets import WindowDataset, WindowIterableDataset, collate_windows
 
-    cube, tifs = make_data(args.out, args.size, args.chunk)
     w = args.window
-    mb = (7 * 2 + 44) * w * w / 1e6
-    load = os.getloadavg()
-    _log(
-        f"cube {args.size}x{args.size}, chunk {args.chunk}, window {w}x{w}x7 + 44 classes "
-        f"({mb:.2f} MB/window stored), batch {args.batch}, {args.epochs} epochs per measurement, "
-        f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-    )
-    results: dict[str, Any] = {
-        "size": args.size,
-        "window": w,
-        "chunk": args.chunk,
-        "batch": args.batch,
-        "epochs": args.epochs,
-        "cache_mb": args.cache_mb,
-        "mb_per_window": mb,
-        "loadavg_start": load,
-    }
-    rates: dict[str, Rate] = {}
-
-    def record(key: str, rate: Rate) -> None:
-        rates[key] = rate
-        results[key] = rate._asdict()
-        extra = f"   peak RSS/worker {rate.rss_mb:6.0f} MB" if rate.rss_mb == rate.rss_mb else ""
-        _log(
-            f"  {key:<40s} {rate.windows_s:8.1f} windows/s {rate.windows_s * mb:8.1f} MB/s "
-            f"{rate.cpu_ms:6.2f} CPU-ms/window{extra}"
-        )
-
     for tdt in args.target:
         common: dict[str, Any] = dict(
             size=w, thermal=True, min_valid=0.0, cache_mb=args.cache_mb, target_dtype=tdt
@@ -436,6 +388,82 @@ def main() -> None:
             record(f"{tdt}_rotated_iterable_w{nw}", run_loader(rotated_it, nw, args.batch, args.epochs))
         del aligned, random, aligned_it, random_it, rotated_it
         gc.collect()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=4096, help="cube side in pixels")
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=2, help="passes over the windows per measurement")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--target",
+        nargs="+",
+        choices=("uint8", "float32"),
+        default=["uint8", "float32"],
+        help="target dtype(s) to measure: uint8 steps of 1/250 or float32 fractions",
+    )
+    ap.add_argument("--random", type=int, default=None, help="random windows (default: as many as aligned)")
+    ap.add_argument("--cache-mb", type=int, default=512, help="chunk cache (a), GDAL block cache (b)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "windows")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure every configuration this many times, interleaved, and keep the best "
+        "(highest windows/s, lowest CPU-ms): steadier figures on a shared machine",
+    )
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    # the same decoded-data cache bound for (a) and (b): GDAL's default is 5 % of RAM, which
+    # would hold the whole test GeoTIFF after the first epoch (workers inherit the setting)
+    os.environ["GDAL_CACHEMAX"] = str(args.cache_mb)
+    # one intra-op thread in the main process too (workers get one from make_loader)
+    torch.set_num_threads(1)
+
+    cube, tifs = make_data(args.out, args.size, args.chunk)
+    w = args.window
+    mb = (7 * 2 + 44) * w * w / 1e6
+    load = os.getloadavg()
+    _log(
+        f"cube {args.size}x{args.size}, chunk {args.chunk}, window {w}x{w}x7 + 44 classes "
+        f"({mb:.2f} MB/window stored), batch {args.batch}, {args.epochs} epochs per measurement, "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    results: dict[str, Any] = {
+        "size": args.size,
+        "window": w,
+        "chunk": args.chunk,
+        "batch": args.batch,
+        "epochs": args.epochs,
+        "cache_mb": args.cache_mb,
+        "mb_per_window": mb,
+        "loadavg_start": load,
+    }
+    rates: dict[str, Rate] = {}
+
+    def record(key: str, rate: Rate) -> None:
+        if key in rates:  # a repeat: keep the best of each figure
+            old = rates[key]
+            rate = Rate(
+                max(old.windows_s, rate.windows_s),
+                min(old.cpu_ms, rate.cpu_ms),
+                max(old.rss_mb, rate.rss_mb) if old.rss_mb == old.rss_mb else rate.rss_mb,
+            )
+        rates[key] = rate
+        results[key] = rate._asdict()
+        extra = f"   peak RSS/worker {rate.rss_mb:6.0f} MB" if rate.rss_mb == rate.rss_mb else ""
+        _log(
+            f"  {key:<40s} {rate.windows_s:8.1f} windows/s {rate.windows_s * mb:8.1f} MB/s "
+            f"{rate.cpu_ms:6.2f} CPU-ms/window{extra}"
+        )
+
+    for rep in range(args.repeat):
+        if args.repeat > 1:
+            _log(f"=== repeat {rep + 1} of {args.repeat}")
+        measure_all(args, cube, tifs, record)
 
     load = os.getloadavg()
     results["loadavg_end"] = load
@@ -479,6 +507,22 @@ def main() -> None:
             rot, ar = rates[f"{tdt}_rotated_iterable_w{nw}"], rates[f"{tdt}_a_iterable_random_w{nw}"]
             _log(f"  {tdt} rotated/a (random offsets) w{nw}: {ratio(f'{tdt}_w{nw}_rotated/a', rot, ar)}")
     results["ratios"] = ratios
+    _log("targets (iterable dataset; wall-clock ratio [CPU cost ratio]):")
+    met: dict[str, bool] = {}
+
+    def target(name: str, key: str, bound: float) -> None:
+        ok = ratios[key] >= bound
+        met[name] = ok
+        _log(f"  {name:<44s} {ratios[key]:5.2f} [{ratios[key + '_cpu']:.2f}]  {'met' if ok else 'NOT met'}")
+
+    for tdt in args.target:
+        for kind in ("aligned", "random"):
+            for nw in args.workers:
+                target(f"{tdt} {kind} w{nw}: a/b >= 2", f"{tdt}_{kind}_w{nw}_a/b", 2.0)
+            target(f"{tdt} {kind} w0: a/c_raw >= 0.5", f"{tdt}_{kind}_a/c_raw", 0.5)
+        for nw in args.workers:
+            target(f"{tdt} w{nw}: rotated/a >= 0.25", f"{tdt}_w{nw}_rotated/a", 0.25)
+    results["targets_met"] = met
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     _log(f"results -> {args.out / 'results.json'}")
 

@@ -23,8 +23,17 @@ positions, rotation footprints, valid-share filter, spatial splits), planned onc
   fused multiply-add per band (CF scale/offset and the normalisation together);
 * batches are read whole: every window is decoded straight into its slot of the batch
   tensors (``WindowDataset.__getitems__`` + :func:`collate_windows`, or
-  :class:`BatchedWindows` for the iterable dataset), allocated in shared memory inside
-  DataLoader workers, so there are no per-window tensors and no collate copy;
+  :class:`BatchedWindows` for the iterable dataset), so there are no per-window tensors
+  and no collate copy;
+* batch buffers are reused (:class:`BatchPool`): a fresh buffer costs the kernel a page
+  fault and a zeroed page every 4 KiB -- about as much as decoding the windows into it,
+  twice when a worker process hands it to the main process. So each process keeps a few
+  buffers (one allocation per batch); inside DataLoader workers they are in shared memory
+  and *leased* to the main process, which hands a buffer back once nothing there refers
+  to it any more (checked by the storage's reference count whenever a batch arrives);
+  the worker then writes the next batch into the same pages, already mapped on both
+  sides. A batch is never overwritten while the consumer holds it or any view of it; a
+  consumer that forwards batch tensors to a third process must ``.clone()`` them;
 * targets can travel compact (``target_dtype="uint8"``: the stored 1/250 steps, a
   quarter of the float32 bytes; :func:`decode_target` turns them into fractions on the
   device, as :func:`landcover.train.fit` does);
@@ -383,19 +392,62 @@ class CubeReader:
         self.cache = cache
         self.key = key
 
+    def present(self, name: str, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Classes (bool, (K,)) with a value in 1..254 somewhere in the chunks of ``name[:, r0:r1, c0:c1]``.
+
+        A superset of the classes present in the region (zero everywhere else, or NODATA
+        255), from a per-chunk summary cached next to the decoded chunks.
+        """
+        arr = self.arrays[name]
+        (ch, cw), k = arr.chunks[-2:], arr.shape[0]
+        out = np.zeros(k, dtype=bool)
+        for cy in range(r0 // ch, (r1 - 1) // ch + 1):
+            for cx in range(c0 // cw, (c1 - 1) // cw + 1):
+
+                def load(cy: int = cy, cx: int = cx) -> np.ndarray:
+                    chunk = self.region(
+                        name,
+                        (None,),
+                        cy * ch,
+                        min((cy + 1) * ch, arr.shape[1]),
+                        cx * cw,
+                        min((cx + 1) * cw, arr.shape[2]),
+                    )
+                    flat = chunk.reshape(k, -1)
+                    top = flat.max(axis=1)
+                    if int(top.max(initial=0)) == 255:  # NODATA: 1..254 only (255 + 1 wraps to 0)
+                        top = np.add(flat, np.uint8(1)).max(axis=1)
+                        return np.asarray(top >= 2)
+                    return np.asarray(top > 0)
+
+                out |= self.cache.get((self.key, name, "present", cy, cx), load)
+        return out
+
     def region(
-        self, name: str, lead: tuple[int | None, ...], r0: int, r1: int, c0: int, c1: int
+        self,
+        name: str,
+        lead: tuple[int | np.ndarray | None, ...],
+        r0: int,
+        r1: int,
+        c0: int,
+        c1: int,
     ) -> np.ndarray:
         """``name[lead..., r0:r1, c0:c1]``; ``None`` in ``lead`` keeps a whole dimension.
 
-        Returns a view of a cached chunk when the region lies in one chunk (do not write to it).
+        An index array in ``lead`` (one at most) takes those entries of a dimension, in
+        that order. Returns a view of a cached chunk when the region lies in one chunk
+        and ``lead`` holds no index array (do not write to it).
         """
         arr = self.arrays[name]
         ranges: list[tuple[int, int]] = []
         squeeze: list[int] = []
+        pick: tuple[int, np.ndarray] | None = None
         for d, v in enumerate(lead):
             if v is None:
                 ranges.append((0, arr.shape[d]))
+            elif isinstance(v, np.ndarray):
+                ranges.append((0, arr.shape[d]))
+                pick = (d, v)
             else:
                 ranges.append((int(v), int(v) + 1))
                 squeeze.append(d)
@@ -408,7 +460,9 @@ class CubeReader:
         def fetch(coords: tuple[int, ...]) -> np.ndarray:
             return self.cache.get((self.key, name, coords), lambda: arr.chunk(coords))
 
-        if ncoords == 1:
+        if pick is not None and (arr.chunks[pick[0]] < arr.shape[pick[0]]):
+            raise ValueError(f"index arrays need {name} dimension {pick[0]} in one chunk")
+        if ncoords == 1 and pick is None:
             coords = tuple(r[0] for r in cranges)
             chunk = fetch(coords)
             sel = tuple(
@@ -416,16 +470,23 @@ class CubeReader:
             )
             out = chunk[sel]
         else:
-            out = np.empty(tuple(b - a for a, b in ranges), dtype=arr.dtype)
+            shape = [b - a for a, b in ranges]
+            if pick is not None:
+                shape[pick[0]] = len(pick[1])
+            out = np.empty(tuple(shape), dtype=arr.dtype)
             import itertools
 
             for coords in itertools.product(*cranges):
                 chunk = fetch(coords)
-                src, dst = [], []
+                src: list[Any] = []
+                dst: list[Any] = []
                 for (a, b), i, c in zip(ranges, coords, arr.chunks, strict=True):
                     lo, hi = max(a, i * c), min(b, (i + 1) * c)
                     src.append(slice(lo - i * c, hi - i * c))
                     dst.append(slice(lo - a, hi - a))
+                if pick is not None:
+                    src[pick[0]] = pick[1]
+                    dst[pick[0]] = slice(None)
                 out[tuple(dst)] = chunk[tuple(src)]
         return out.reshape(tuple(s for d, s in enumerate(out.shape) if d not in squeeze))
 
@@ -826,13 +887,32 @@ class _WindowSource:
                 continue
             np.multiply(plane, a[k], out=image[k], dtype="float32")
             image[k] += b[k]
+        compact = self.target_dtype == "uint8"
+        if rotated and self._group_starts is None and len(self._groups) == target.shape[0]:
+            # only the classes present around the footprint are read and resampled
+            rows = np.flatnonzero(reader.present("labels", r0, r1, c0, c1))
+            sub = reader.region("labels", (rows,), r0, r1, c0, c1)
+            fill = reader.region("labels", (0,), r0, r1, c0, c1) == schema.LABEL_FILL
+            ok = reader.region("valid", (t,), r0, r1, c0, c1) & ~fill
+            sample_rotated(
+                np.stack(planes),
+                sub,
+                ok,
+                (h, wd),
+                (py, px),
+                angle,
+                quantize=compact,
+                decode=(a, b),
+                out=(image, target, mask),
+                label_rows=rows,
+            )
+            return
         raw = reader.region("labels", (None,), r0, r1, c0, c1)
         ok = reader.region("valid", (t,), r0, r1, c0, c1) & (raw[0] != schema.LABEL_FILL)
         if self._group_starts is not None:
             raw = np.add.reduceat(raw, self._group_starts, axis=0, dtype="uint16")
         elif len(self._groups) != raw.shape[0]:
             raw = np.stack([raw[g].sum(axis=0, dtype="uint16") for g in self._groups])
-        compact = self.target_dtype == "uint8"
         if rotated:
             sample_rotated(
                 np.stack(planes),
@@ -1340,6 +1420,12 @@ class WindowDataset(_WindowSource, Dataset[dict[str, Any]]):
         Rotated windows are resampled in float and re-quantised with the cube's
         largest-remainder encoder, so each valid pixel's steps sum to exactly 250.
         :func:`landcover.train.fit` decodes either transparently.
+    reuse_buffers
+        Write batches into reused buffers (:class:`BatchPool`: 2 per process, or
+        ``buffer_slots`` per DataLoader worker, see :func:`make_loader`) instead of fresh
+        memory. A buffer is reused only once nothing refers to its previous batch, so
+        held batches stay intact; the price is that up to that many batches of memory
+        stay allocated while the dataset lives. False allocates every batch afresh.
 
     Items
     -----

@@ -592,6 +592,7 @@ def sample_rotated(
     quantize: bool = False,
     decode: tuple[np.ndarray, np.ndarray] | None = None,
     out: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None,
+    label_rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Sample a turned ``(H, W)`` window from an axis-aligned footprint.
 
@@ -623,6 +624,10 @@ def sample_rotated(
         Optional ``(image, labels, mask)`` arrays to write the results into (float32
         ``(C, H, W)``, float32 or, with ``quantize``, uint8 ``(K, H, W)`` or None, bool
         ``(H, W)``), e.g. slots of a batch; they are returned.
+    label_rows
+        With ``out``: the classes (rows of ``out[1]``) that the rows of ``labels`` hold,
+        when ``labels`` is a subset of them (say, those present around the footprint);
+        the other classes are 0 everywhere.
 
     Returns
     -------
@@ -707,7 +712,10 @@ def sample_rotated(
         k = labels.shape[0]
         lab_dtype = np.dtype("uint8" if quantize else "float32")
         lab_out = out[1] if out is not None and out[1] is not None else np.empty((k, h, w), lab_dtype)
-        lab = lab_out.reshape(k, n)
+        rows = np.arange(k) if label_rows is None else np.asarray(label_rows, dtype=np.intp)
+        if len(rows) != k or (label_rows is None and lab_out.shape[0] != k):
+            raise ValueError(f"{k} label planes for {lab_out.shape[0]} output classes, rows {label_rows}")
+        lab = lab_out.reshape(lab_out.shape[0], n)
         lflat = labels.reshape(k, -1)
         top = lflat.max(axis=1) if labels.dtype == np.uint8 else None
         if top is not None and int(top.max(initial=0)) < 255:
@@ -716,7 +724,7 @@ def sample_rotated(
             present = np.flatnonzero(top)
         else:
             present = np.flatnonzero(np.where(vflat[None, :], lflat, 0).any(axis=1))
-        for c in np.setdiff1d(np.arange(k), present, assume_unique=True):
+        for c in np.setdiff1d(np.arange(lab.shape[0]), rows[present], assume_unique=True):
             lab[c].fill(0)
         if len(present):
             sub = lflat[present]
@@ -734,7 +742,7 @@ def sample_rotated(
             same &= c0 == np.take(code, idx[3])
             c0 *= same  # the class code of pixels whose four sources agree, else 0
             pure_value = 250 if quantize else 1.0
-            for p, c in enumerate(present):
+            for p, c in enumerate(rows[present]):
                 np.multiply(c0 == p + 1, pure_value, out=lab[c], casting="unsafe")
             mixed = np.flatnonzero(mask & (c0 == 0))
             if len(mixed):
@@ -743,7 +751,7 @@ def sample_rotated(
                 np.divide(vals, tot, out=vals, where=tot > 0)
                 if quantize:  # only the classes present in the footprint: the others stay 0
                     vals = quantize_fractions(vals)
-                for p, c in enumerate(present):
+                for p, c in enumerate(rows[present]):
                     lab[c, mixed] = vals[p]
         del label_scale  # fractions are renormalised, so the scale cancels out
     return img_out, lab_out, mask_out
