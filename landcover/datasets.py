@@ -64,6 +64,7 @@ import math
 import os
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -971,8 +972,9 @@ class _WindowSource:
     def _batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """Windows ``indices`` decoded straight into batch tensors (no per-window tensors, no stacking).
 
-        Inside a DataLoader worker the large tensors are allocated in shared memory, so
-        handing the batch to the main process copies nothing.
+        The large tensors share one buffer from this process's :class:`BatchPool` (in
+        shared memory inside a DataLoader worker, so handing the batch to the main
+        process copies nothing), reused once nothing refers to its previous batch.
         """
         idx = np.asarray(indices, dtype="int64").reshape(-1)
         n = len(idx)
@@ -1281,12 +1283,10 @@ class _LeaseRegistry:
             del self._entries[k]
         return released
 
-    def clear(self) -> None:
-        """Forget released buffers (unmaps them here; busy ones stay until dropped)."""
+    def prune(self) -> None:
+        """Forget the buffers of workers that have exited (this process's mapping goes)."""
         with self._lock:
             self._sweep()
-            for k in [k for k, e in self._entries.items() if not e[3]]:
-                del self._entries[k]
 
 
 def _alive(pid: int) -> bool:
@@ -1562,6 +1562,16 @@ class BatchedWindows(IterableDataset[dict[str, Any]]):
 # -- loader --------------------------------------------------------------------------------------------------
 
 
+class _WindowLoader(DataLoader[Any]):
+    """``DataLoader`` that forgets its workers' leased buffers once they have stopped."""
+
+    def _get_iterator(self) -> Any:
+        it = super()._get_iterator()
+        if self.num_workers > 0:  # runs after the iterator has shut its workers down
+            weakref.finalize(it, _LEASES.prune)
+        return it
+
+
 def _worker_init(_worker_id: int, buffer_slots: int | None = None) -> None:
     global _worker_slots
     _worker_slots = buffer_slots
@@ -1658,7 +1668,7 @@ def make_loader(
         kwargs["worker_init_fn"] = functools.partial(_worker_init, buffer_slots=int(slots))
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
-    return DataLoader(
+    return _WindowLoader(
         dataset,
         batch_size=loader_batch,
         shuffle=bool(shuffle) and not iterable,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import json
 import warnings
 from pathlib import Path
@@ -565,5 +566,27 @@ def test_worker_buffers_are_reused_and_never_overwritten_while_held(cube: Path) 
         for batch, copy in held:
             for key, value in copy.items():
                 assert torch.equal(batch[key], value), key
-        del loader
+        pids = {p.pid for p in loader._iterator._workers}  # type: ignore[union-attr]
+        assert pids & {k[0] for k in _LEASES._entries}
+        del loader, held
+        gc.collect()
+        # the workers have stopped: the main process no longer maps their buffers
+        assert not pids & {k[0] for k in _LEASES._entries}
     assert _LEASES.reused > reused0  # buffers went back to the workers and came back written again
+
+
+def test_reader_class_subsets_and_presence(cube: Path) -> None:
+    from landcover.datasets import ChunkCache, CubeReader
+
+    reader = CubeReader(str(cube), ChunkCache(2**24), 0)
+    labels = _group(cube)["labels"]
+    rows = np.array([5, 0, 43, 7])
+    for r0, r1, c0, c1 in ((3, 29, 4, 30), (20, 70, 10, 61), (0, 150, 0, 130)):  # in one chunk, across
+        got = reader.region("labels", (rows,), r0, r1, c0, c1)
+        assert np.array_equal(got, labels[:, r0:r1, c0:c1][rows])
+        present = reader.present("labels", r0, r1, c0, c1)
+        region = labels[:, r0:r1, c0:c1].reshape(44, -1)
+        in_region = ((region > 0) & (region < 255)).any(axis=1)
+        assert present.dtype == bool and present.shape == (44,)
+        assert (present | ~in_region).all()  # a superset of the classes in the region
+        assert not present.all()  # ... that still leaves classes out (the cube has NODATA holes)
