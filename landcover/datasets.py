@@ -1630,6 +1630,8 @@ def make_loader(
         memory (``batch_size * (4 C + K * target bytes + 1) * H * W`` bytes). Ignored for
         datasets built with ``reuse_buffers=False``.
 
+    Notes
+    -----
     Window datasets are read a batch at a time, decoded straight into the batch tensors
     (in shared memory inside workers), so nothing is stacked or copied afterwards: a
     :class:`WindowDataset` through ``__getitems__`` and :func:`collate_windows`, a
