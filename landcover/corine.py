@@ -49,7 +49,9 @@ Classes are accumulated in ONE pass over the source window of each output chunk 
 per class). Weights of NODATA cells and of cells outside the source raster count towards the
 footprint but not towards any class. ``coverage = valid area / footprint area``; fractions are
 renormalised over the valid area (so they sum to 1 up to float32 rounding, |sum - 1| < 1e-6),
-and are NaN where ``coverage < min_coverage`` (or where coverage is 0).
+and are NaN where ``coverage < min_coverage`` (or where coverage is 0). Coverage below
+``SLIVER_COVERAGE`` (1e-6 of the footprint: numerical slivers where a footprint only grazes the
+source extent) counts as 0, so such pixels never get labels from a sliver's arbitrary class.
 
 Comparison with GDAL ``average`` (one-hot float32 layers, ``src_nodata=None``, GDAL 3.10): on
 grids of the same CRS (shifted, finer or coarser) both agree to float32 precision (< 1e-6).
@@ -119,6 +121,9 @@ NODATA_CODE: Final = 999
 Level = Literal[1, 2, 3]
 ValueKind = Literal["index", "code"]
 RGB = tuple[int, int, int]
+
+#: Coverage at or below this share of a footprint is treated as none (numerical slivers).
+SLIVER_COVERAGE = 1e-6
 
 
 # ------------------------------------------------------------------------------------------------
@@ -909,6 +914,7 @@ def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage:
         else:
             valid[pix] += np.where(cls < n, share, 0.0)  # each pixel occurs once per piece
             pieces.append((pix, cls, share))
+    valid[valid <= SLIVER_COVERAGE] = 0.0
     cov = np.minimum(valid, 1.0)
     keep = (valid > 0) & (cov >= min_coverage)
     with np.errstate(divide="ignore"):
