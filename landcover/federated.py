@@ -45,6 +45,9 @@ weights it had before the leg and the run completes. Tasks are submitted with
 ``retries=0``: the scheduler cannot usefully retry a task pinned to a dead worker (with the
 default ``distributed.scheduler.allowed-failures`` it would wait for that worker forever),
 so failover is the trainer's job. Workers that die are avoided for the rest of the run.
+A task that hangs without its worker dying (still running :attr:`StepConfig.leg_timeout`
+seconds after it started on its worker) is handled the same way: cancelled, retried on a
+replica or skipped, and the stuck worker avoided for the rest of the run.
 Errors raised *by* a leg (a broken cube, a bad configuration) are not faults: they stop
 the run with their message.
 
@@ -55,12 +58,13 @@ same weights wherever it runs; ``K = N = 1`` with ``ship_optimizer`` is exactly
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -141,6 +145,13 @@ class StepConfig:
         Deterministic torch kernels inside legs.
     pause
         Seconds slept after every batch: simulates slower workers (demos, fault tests).
+    leg_timeout
+        Seconds a task (training leg or validation) may run on its worker, counted from
+        the moment it starts there (queueing behind other tasks does not count); a task
+        still running then counts as failed, like one whose worker died: retried on a
+        replica, else skipped with a warning, and the stuck worker is avoided for the rest
+        of the run. ``None`` (default): no limit. Needs a cluster (``client``): tasks run in
+        this process cannot be interrupted.
     """
 
     window: int = 64
@@ -162,6 +173,7 @@ class StepConfig:
     num_threads: int | None = 1
     deterministic: bool = True
     pause: float = 0.0
+    leg_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.window < 8:
@@ -188,6 +200,8 @@ class StepConfig:
             raise ValueError("num_threads must be >= 1 or None")
         if self.pause < 0:
             raise ValueError("pause must be >= 0")
+        if self.leg_timeout is not None and not self.leg_timeout > 0:
+            raise ValueError(f"leg_timeout must be > 0 or None, got {self.leg_timeout}")
 
     @property
     def split_block(self) -> int:
@@ -229,7 +243,7 @@ class LegRecord:
 
 @dataclass
 class Failure:
-    """A task lost with its worker."""
+    """A task lost with its worker, or given up after :attr:`StepConfig.leg_timeout` (``error="timeout"``)."""
 
     kind: str
     model: str
@@ -544,18 +558,19 @@ def _survey_task(cubes: Sequence[str], step: StepConfig) -> dict[str, Any]:
     }
 
 
-def _train_task(job: dict[str, Any]) -> dict[str, Any]:
-    """One leg: load weights (and optimiser state), train ``n_batches`` batches locally, return them."""
-    import torch
+@contextlib.contextmanager
+def _task_env(job: Mapping[str, Any]) -> Iterator[tuple[str, str, float]]:
+    """Inside a leg or validation task: announce the start, set torch threads/determinism, restore after.
 
-    from .datasets import make_loader
-    from .losses import SoftLabelLoss
-    from .train import _amp_setup, _autocast, _reseed_loader, _to, resolve_device, seed_everything
+    Yields the worker's address and name and the start time. The ``start`` event on
+    :data:`LEG_TOPIC` is what the trainer's leg timeout counts from.
+    """
+    import torch
 
     step: StepConfig = job["step"]
     addr, wname, worker = _where()
     t0 = time.time()
-    if worker is not None:
+    if worker is not None and "tags" in job:
         worker.log_event(LEG_TOPIC, {"event": "start", "worker": addr, **job["tags"]})
     prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
@@ -564,6 +579,24 @@ def _train_task(job: dict[str, Any]) -> dict[str, Any]:
     if step.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
+        yield addr, wname, t0
+    finally:
+        if step.num_threads is not None:
+            torch.set_num_threads(prev_threads)
+        if step.deterministic:
+            torch.use_deterministic_algorithms(prev_det, warn_only=True)
+
+
+def _train_task(job: dict[str, Any]) -> dict[str, Any]:
+    """One leg: load weights (and optimiser state), train ``n_batches`` batches locally, return them."""
+    import torch
+
+    from .datasets import make_loader
+    from .losses import SoftLabelLoss
+    from .train import _amp_setup, _optimizer_step, _reseed_loader, resolve_device, seed_everything
+
+    step: StepConfig = job["step"]
+    with _task_env(job) as (addr, wname, t0):
         spec = job["spec"]
         ds = _dataset(job["cubes"], spec["bands"], step, "train", job["stats"])
         model = _build_model(spec, job["weights"])
@@ -597,17 +630,9 @@ def _train_task(job: dict[str, Any]) -> dict[str, Any]:
             while done < n_batches:
                 _reseed_loader(loader, seed, passes)
                 for batch in loader:
-                    image, target, mask = _to(batch, device, non_blocking=False)
-                    with _autocast(device, amp_dtype):
-                        logits = model(image)
-                    loss = loss_fn(logits.float(), target, mask)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                    loss, bs = _optimizer_step(model, batch, loss_fn, optimizer, scaler, device, amp_dtype)
                     if scheduler.last_epoch < total:
                         scheduler.step()
-                    bs = int(image.shape[0])
                     samples += bs
                     loss_sum += float(loss.detach()) * bs
                     done += 1
@@ -618,11 +643,6 @@ def _train_task(job: dict[str, Any]) -> dict[str, Any]:
                 passes += 1
         weights = _to_numpy({k: v for k, v in model.state_dict().items()})
         opt_state = _to_numpy(optimizer.state_dict()) if step.ship_optimizer else None
-    finally:
-        if step.num_threads is not None:
-            torch.set_num_threads(prev_threads)
-        if step.deterministic:
-            torch.use_deterministic_algorithms(prev_det, warn_only=True)
     return {
         "weights": weights,
         "optimizer": opt_state,
@@ -638,18 +658,11 @@ def _train_task(job: dict[str, Any]) -> dict[str, Any]:
 
 def _eval_task(job: dict[str, Any]) -> dict[str, Any]:
     """Validation of one model on one repository's validation windows (confusion counts come back)."""
-    import torch
-
     from .datasets import make_loader
     from .train import evaluate
 
     step: StepConfig = job["step"]
-    addr, wname, _ = _where()
-    t0 = time.time()
-    prev_threads = torch.get_num_threads()
-    if step.num_threads is not None:
-        torch.set_num_threads(step.num_threads)
-    try:
+    with _task_env(job) as (addr, wname, t0):
         spec = job["spec"]
         ds = _dataset(job["cubes"], spec["bands"], step, "val", job["stats"])
         metrics, loss_sum, weight, windows = None, 0.0, 0, 0
@@ -669,9 +682,6 @@ def _eval_task(job: dict[str, Any]) -> dict[str, Any]:
             windows = (
                 len(ds) if step.val_batches is None else min(len(ds), step.val_batches * step.batch_size)
             )
-    finally:
-        if step.num_threads is not None:
-            torch.set_num_threads(prev_threads)
     return {
         "metrics": metrics,
         "loss_sum": loss_sum,
@@ -725,11 +735,15 @@ _NO_HOLDER = "no live worker holds the repository"
 class _Runner:
     """Submits pinned tasks, watches the workers, moves a dead worker's task to a replica."""
 
-    def __init__(self, client: Any, log: Callable[[str], None], poll: float) -> None:
+    def __init__(
+        self, client: Any, log: Callable[[str], None], poll: float, timeout: float | None = None
+    ) -> None:
         self.client = client
         self.log = log
         self.poll = poll
+        self.timeout = timeout
         self.dead: set[str] = set()
+        self.stuck: set[str] = set()
         self.failures: list[Failure] = []
         self.seen_workers: dict[str, str] = {}
         self.homes: dict[str, int] = {}
@@ -763,13 +777,16 @@ class _Runner:
                 return addr, cubes
         return None
 
-    def _lost(self, job: _Job, worker: str, error: str, live: Mapping[str, str]) -> _Job | None:
+    def _lost(
+        self, job: _Job, worker: str, error: str, live: Mapping[str, str], what: str | None = None
+    ) -> _Job | None:
         """Record the failure; the job again with its next placement, or None (skipped)."""
         job.tried.append(worker)
         nxt = self._place(job, live)
         where = f"{job.kind} {job.model} round {job.round} on {job.repository.name}"
         name = self.seen_workers.get(worker, worker)
-        what = _NO_HOLDER if error == _NO_HOLDER else f"worker {name} lost ({error})"
+        if what is None:
+            what = _NO_HOLDER if error == _NO_HOLDER else f"worker {name} lost ({error})"
         if nxt is None:
             failure = Failure(job.kind, job.model, job.round, job.repository.name, name, error, "skipped")
             self.failures.append(failure)
@@ -808,19 +825,34 @@ class _Runner:
                 return
             addr, cubes = place
             payload = {**job.payload, "cubes": cubes}
+            key = f"{job.kind}-{job.model}-r{job.round}-{job.repository.name}-a{job.attempt}-{time.time_ns()}"
             payload["tags"] = {
                 "kind": job.kind,
                 "model": job.model,
                 "round": job.round,
                 "repository": job.repository.name,
                 "attempt": job.attempt,
+                "key": key,
             }
-            key = f"{job.kind}-{job.model}-r{job.round}-{job.repository.name}-a{job.attempt}-{time.time_ns()}"
             fut = self.client.submit(
                 job.fn, payload, key=key, workers=[addr], allow_other_workers=False, retries=0, pure=False
             )
             pending[fut] = (i, job, addr)
 
+        def give_up(fut: Any, error: str, what: str | None = None) -> None:
+            """``fut``'s worker is dead or stuck: avoid it, move the job to a replica or skip it."""
+            i, job, addr = pending.pop(fut)
+            fut.cancel()
+            self.dead.add(addr)
+            if error == "timeout":
+                self.stuck.add(addr)
+            again = self._lost(job, addr, error, self.live(), what)
+            if again is None:
+                results[i] = None
+            else:
+                submit(i, again)
+
+        started: dict[str, float] = {}  # task key -> when its start event was first seen (client clock)
         for i, job in enumerate(jobs):
             submit(i, job)
         while pending:
@@ -829,28 +861,33 @@ class _Runner:
             except TimeoutError:
                 done = set()
             live = self.live()
+            if self.timeout is not None:
+                now = time.time()
+                for _, msg in self.client.get_events(LEG_TOPIC):
+                    if isinstance(msg, Mapping) and "key" in msg:
+                        started.setdefault(str(msg["key"]), now)
+                for fut, (_i, _job, addr) in list(pending.items()):
+                    t0 = started.get(str(fut.key))
+                    if fut not in done and t0 is not None and now - t0 > self.timeout:
+                        name = self.seen_workers.get(addr, addr)
+                        give_up(fut, "timeout", f"worker {name} stuck (no result {self.timeout:g} s after "
+                                                f"the task started there)")  # fmt: skip
             for fut in list(done):
-                i, job, addr = pending.pop(fut)
+                if fut not in pending:
+                    continue
+                i, _job, _addr = pending[fut]
                 try:
                     results[i] = fut.result()
                 except failures as exc:
-                    self.dead.add(addr)
-                    live = self.live()
-                    again = self._lost(job, addr, type(exc).__name__, live)
-                    if again is None:
-                        results[i] = None
-                    else:
-                        submit(i, again)
-            for fut, (i, job, addr) in list(pending.items()):
-                if addr not in live:  # the worker left; its pinned task would wait for it forever
+                    give_up(fut, type(exc).__name__)
+                else:
                     pending.pop(fut)
-                    fut.cancel()
-                    self.dead.add(addr)
-                    again = self._lost(job, addr, "worker left the cluster", live)
-                    if again is None:
-                        results[i] = None
-                    else:
-                        submit(i, again)
+            for fut, (_i, _job, addr) in list(pending.items()):
+                if addr in self.stuck:  # queued behind a stuck task: it would never start
+                    name = self.seen_workers.get(addr, addr)
+                    give_up(fut, "stuck worker", f"worker {name} avoided (stuck on an earlier task)")
+                elif addr not in live:  # the worker left; its pinned task would wait for it forever
+                    give_up(fut, "worker left the cluster")
         return [(job, results.get(i)) for i, job in enumerate(jobs)]
 
 
@@ -897,6 +934,7 @@ def train_distributed(
     client: Any = None,
     mode: Mode = "round-robin",
     epochs: int = 1,
+    rounds: int | None = None,
     step: StepConfig | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
@@ -919,6 +957,10 @@ def train_distributed(
         ``"round-robin"`` or ``"fedavg"`` (see the module docstring).
     epochs
         Every model visits every repository this many times.
+    rounds
+        Number of rounds instead of ``epochs`` (round-robin: ``epochs x N`` by default, any
+        count allowed; FedAvg: ``epochs``); the run's ``epochs`` is then ``rounds / N``
+        rounded up (round-robin) or ``rounds``.
     step
         What a leg does.
     seed
@@ -941,9 +983,11 @@ def train_distributed(
         raise ConfigError("no models to train")
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    if rounds is not None and rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
     step = step or StepConfig()
     t_start = time.time()
-    runner = _Runner(client, log, poll)
+    runner = _Runner(client, log, poll, step.leg_timeout)
     surveyed = (
         dict(survey)
         if survey is not None
@@ -980,11 +1024,13 @@ def train_distributed(
         for r in repos
     }
     if mode == "round-robin":
-        rounds = epochs * n
+        rounds = rounds if rounds is not None else epochs * n
+        epochs = math.ceil(rounds / n)
         plan = schedule(len(names), n, rounds)
         totals = {m: sum(batches[repos[plan[r][k]].name] for r in range(rounds)) for k, m in enumerate(names)}
     else:
-        rounds = epochs
+        rounds = rounds if rounds is not None else epochs
+        epochs = rounds
         plan = []
         totals = dict.fromkeys(names, rounds * max(batches.values()))
     runs = {

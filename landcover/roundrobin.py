@@ -1,35 +1,35 @@
-"""Models travel to the data: round-robin training over tile repositories on a Dask cluster.
+"""Round-robin training over tile repositories: the older API, kept as a thin wrapper.
 
 Cube repositories may live on different machines, each with a Dask worker next to its
-disk. Moving terabytes of cubes to one trainer is the wrong way round; a model's
-weights are a few megabytes. :func:`train_round_robin` therefore keeps every cube where
-it is and sends the *models* around:
+disk; the *models* travel, the cubes stay put. This module holds the value objects the
+data-local trainer shares (:class:`Repository`, :class:`Replica`, :func:`schedule`) and
+:func:`train_round_robin`, the original entry point. The engine is
+:func:`landcover.federated.train_distributed` (``mode="round-robin"``): every leg is a
+Dask task pinned to a worker holding the repository, with replica failover, leg timeouts
+and byte/utilisation accounting. :func:`train_round_robin` converts its
+:class:`LegConfig` into a :class:`~landcover.federated.StepConfig` with
+``ship_optimizer=False`` (each leg starts a fresh AdamW on the incoming weights, as
+before) and the engine's :class:`~landcover.federated.DistributedRun` back into one
+:class:`RoundRobinResult` per model.
 
-* a :class:`Repository` names the cubes as seen by the worker(s) that hold them and the
-  worker (address or ``--name``) that may read them;
-* in round ``r`` model ``i`` trains one *leg* on repository ``(i + r) mod n``, so with
-  several models every repository is busy with a different model at the same time, and
-  after ``n`` rounds each model has seen every repository once;
-* a leg is a Dask task pinned to that repository's worker (``workers=``,
-  ``allow_other_workers=False``). Its inputs are the model spec, the weights (numpy
-  arrays) and cube *paths*; it opens the cubes locally, trains with
-  :func:`landcover.train.fit`, evaluates on the repository's validation split and returns
-  the new weights and metrics. No pixel leaves the repository's machine.
-
-Each leg starts a fresh AdamW/one-cycle schedule on the incoming weights (the optimizer
-state does not travel: it would double the payload for little gain on short legs).
+In round ``r`` model ``i`` trains one leg on repository ``(i + r) mod n``, so with several
+models every repository is busy with a different model at the same time, and after ``n``
+rounds each model has seen every repository once.
 """
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .federated import DistributedRun, Failure, StepConfig
 
 __all__ = [
     "Replica",
@@ -40,6 +40,7 @@ __all__ = [
     "train_round_robin",
     "schedule",
     "models_for_repository",
+    "results_from_run",
 ]
 
 
@@ -98,7 +99,12 @@ class Repository:
 
 @dataclass(frozen=True)
 class LegConfig:
-    """How much one model trains on one repository per visit."""
+    """How much one model trains on one repository per visit.
+
+    ``max_samples`` windows per leg (``None``: ``epochs`` passes over the repository's
+    training windows); the engine trains ``ceil(max_samples / batch_size)`` batches.
+    :meth:`to_step` gives the equivalent :class:`~landcover.federated.StepConfig`.
+    """
 
     window: int = 64
     batch_size: int = 16
@@ -109,15 +115,51 @@ class LegConfig:
     level: int = 3
     split_seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    leg_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.window < 8 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError("window >= 8, batch_size >= 1 and epochs >= 1 are required")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1 or None, got {self.max_samples}")
+
+    def to_step(self, *, max_train_windows: int | None = None) -> StepConfig:
+        """The engine's step: a fresh AdamW per leg (no optimiser state shipped), augmented windows.
+
+        ``max_train_windows`` (the largest repository's training windows) sizes a leg of
+        ``epochs`` passes when ``max_samples`` is None.
+        """
+        from .federated import StepConfig
+
+        if self.max_samples is not None:
+            batches: int | None = math.ceil(self.max_samples / self.batch_size)
+        elif self.epochs == 1 or not max_train_windows:
+            batches = None  # one pass over each repository's training windows
+        else:
+            batches = self.epochs * math.ceil(max_train_windows / self.batch_size)
+        return StepConfig(
+            window=self.window,
+            batch_size=self.batch_size,
+            batches=batches,
+            lr=self.lr,
+            ship_optimizer=False,
+            min_valid=self.min_valid,
+            level=self.level,
+            split_seed=self.split_seed,
+            augment=True,
+            device=self.device,
+            leg_timeout=self.leg_timeout,
+        )
 
 
 @dataclass
 class LegResult:
-    """What came back from one leg (weights stay out of the repr)."""
+    """One visit of one model to one repository.
+
+    ``val`` is the model's validation score after the round, over every reachable
+    repository's validation windows (the engine scores globally, not only the visited
+    repository).
+    """
 
     model: str
     round: int
@@ -127,27 +169,23 @@ class LegResult:
     train_loss: float | None
     val: dict[str, float]
     seconds: float
-    state: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
 
 @dataclass
 class RoundRobinResult:
-    """Final weights and the leg-by-leg log of one model."""
+    """Final weights and the leg-by-leg log of one model (and the faults of its run)."""
 
     model: str
     spec: dict[str, Any]
     legs: list[LegResult]
     state: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
 
     def build(self) -> Any:
         """The trained ``torch.nn.Module``."""
-        import torch
+        from .federated import _build_model
 
-        from .models import ModelSpec, build_from_spec
-
-        model = build_from_spec(ModelSpec.from_dict(self.spec))
-        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.state.items()})
-        return model
+        return _build_model(self.spec, self.state)
 
 
 def schedule(n_models: int, n_repositories: int, rounds: int) -> list[list[int]]:
@@ -157,87 +195,28 @@ def schedule(n_models: int, n_repositories: int, rounds: int) -> list[list[int]]
     return [[(i + r) % n_repositories for i in range(n_models)] for r in range(rounds)]
 
 
-def _state_to_numpy(model: Any) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def _leg(
-    spec: dict[str, Any],
-    state: dict[str, np.ndarray] | None,
-    cubes: Sequence[str],
-    cfg: LegConfig,
-    seed: int,
-    tags: tuple[str, int, str],
-) -> LegResult:
-    """One visit of one model to one repository (runs inside a Dask task)."""
-    import dask
-    import torch
-    from torch.utils.data import DataLoader
-
-    from .datasets import WindowDataset
-    from .models import ModelSpec, build_from_spec
-    from .train import TrainConfig, evaluate, fit
-
-    model_name, rnd, repo = tags
-    t0 = time.perf_counter()
-    try:
-        from distributed import get_worker
-
-        worker = str(get_worker().name)
-    except (ImportError, ValueError):
-        worker = "local"
-    ms = ModelSpec.from_dict(spec)
-    bands: Any = list(ms.bands)
-    common: dict[str, Any] = dict(
-        size=cfg.window,
-        bands=bands,
-        min_valid=cfg.min_valid,
-        level=cfg.level,
-        split_seed=cfg.split_seed,
-        block=4 * cfg.window,
-    )
-    with dask.config.set(scheduler="threads"):  # never the cluster's scheduler from inside a task
-        train_ds = WindowDataset(list(cubes), split="train", seed=seed, shuffle=True, augment=True, **common)
-        val_ds = WindowDataset(list(cubes), split="val", **common)
-    if list(train_ds.class_codes) != list(ms.class_codes):
-        raise ConfigError(f"repository {repo}: cube classes {train_ds.class_codes} differ from the model's")
-    model = build_from_spec(ms)
-    if state is not None:
-        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
-    tcfg = TrainConfig(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        max_samples=cfg.max_samples,
-        seed=seed,
-        device=cfg.device,
-        progress=False,
-        monitor="train_loss",
-    )
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen)
-    history = fit(model, loader, None, tcfg, class_codes=ms.class_codes)
-    last = history.epochs[-1] if history.epochs else {}
-    val: dict[str, float] = {}
-    if len(val_ds):
-        res = evaluate(
-            model,
-            DataLoader(val_ds, batch_size=cfg.batch_size),
-            class_codes=ms.class_codes,
-            device=cfg.device,
-        )
-        val = res.summary("val_")
-    return LegResult(
-        model=model_name,
-        round=rnd,
-        repository=repo,
-        worker=worker,
-        samples=int(last.get("samples_seen", 0)),
-        train_loss=last.get("train_loss"),
-        val=val,
-        seconds=time.perf_counter() - t0,
-        state=_state_to_numpy(model),
-    )
+def results_from_run(run: DistributedRun) -> dict[str, RoundRobinResult]:
+    """One :class:`RoundRobinResult` per model of an engine run (legs in round order)."""
+    out: dict[str, RoundRobinResult] = {}
+    for name, m in run.models.items():
+        after = {int(row["round"]): row for row in m.curve}  # row r: validation after r rounds
+        legs = [
+            LegResult(
+                model=name,
+                round=leg.round,
+                repository=leg.repository,
+                worker=leg.worker_name,
+                samples=leg.samples,
+                train_loss=leg.train_loss,
+                val={k: float(v) for k, v in after.get(leg.round + 1, {}).items() if k.startswith("val_")},
+                seconds=leg.seconds,
+            )
+            for leg in run.legs
+            if leg.kind == "train" and leg.model == name
+        ]
+        failures = [f for f in run.failures if f.model == name]
+        out[name] = RoundRobinResult(model=name, spec=m.spec, legs=legs, state=m.state, failures=failures)
+    return out
 
 
 def train_round_robin(
@@ -246,11 +225,15 @@ def train_round_robin(
     *,
     client: Any = None,
     rounds: int | None = None,
-    leg: LegConfig | None = None,
+    leg: LegConfig | StepConfig | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, RoundRobinResult]:
     """Train several models by sending them round-robin to the repositories that hold the data.
+
+    A wrapper over :func:`landcover.federated.train_distributed` (``mode="round-robin"``):
+    legs whose worker dies or exceeds ``leg_timeout`` move to a replica or are skipped
+    with a warning, and the model keeps its last weights.
 
     Parameters
     ----------
@@ -264,45 +247,34 @@ def train_round_robin(
     rounds
         Number of rounds; default: one visit of every model to every repository.
     leg
-        Training per visit.
+        Training per visit: a :class:`LegConfig` (converted with :meth:`LegConfig.to_step`)
+        or the engine's :class:`~landcover.federated.StepConfig` as is.
     seed
-        Base seed; leg ``(round r, model i)`` uses ``seed + 1000 * r + i``.
+        Base seed (see :func:`~landcover.federated.train_distributed`).
+    log
+        One line per leg and per round.
 
     Returns
     -------
     dict
         Model name -> :class:`RoundRobinResult` with the final weights and every leg.
     """
+    from .federated import StepConfig, survey_repositories, train_distributed
+
     if not models:
         raise ConfigError("no models to train")
-    repos = list(repositories)
-    cfg = leg or LegConfig()
-    n_rounds = rounds if rounds is not None else len(repos)
-    plan = schedule(len(models), len(repos), n_rounds)
-    names = list(models)
-    specs = {n: models[n].spec.to_dict() for n in names}
-    states: dict[str, dict[str, np.ndarray] | None] = {n: _state_to_numpy(models[n]) for n in names}
-    legs: dict[str, list[LegResult]] = {n: [] for n in names}
-    for r, assignment in enumerate(plan):
-        futures: list[tuple[str, Any]] = []
-        for i, name in enumerate(names):
-            repo = repos[assignment[i]]
-            args = (specs[name], states[name], repo.cubes, cfg, seed + 1000 * r + i, (name, r, repo.name))
-            if client is None:
-                futures.append((name, _leg(*args)))
-            else:
-                kw: dict[str, Any] = {"pure": False, "key": f"leg-{name}-r{r}-{repo.name}-{time.time_ns()}"}
-                if repo.worker is not None:
-                    kw.update(workers=[repo.worker], allow_other_workers=False)
-                futures.append((name, client.submit(_leg, *args, **kw)))
-        for name, fut in futures:
-            res: LegResult = fut if client is None else fut.result()
-            states[name] = res.state
-            legs[name].append(res)
-            score = res.val.get("val_miou_l3", float("nan"))
-            where = f"{res.repository} ({res.worker})"
-            log(f"round {r}: {name} on {where}: {res.samples} samples, val mIoU {score:.3f}")
-    return {n: RoundRobinResult(model=n, spec=specs[n], legs=legs[n], state=states[n] or {}) for n in names}
+    cfg = leg if leg is not None else LegConfig()
+    if isinstance(cfg, StepConfig):
+        step, survey = cfg, None
+    else:
+        survey = survey_repositories(repositories, client=client, step=cfg.to_step(), log=log)
+        most = max((s["n_train"] for s in survey.values()), default=0)
+        step = cfg.to_step(max_train_windows=most)
+    run = train_distributed(
+        models, repositories, client=client, mode="round-robin", rounds=rounds, step=step, seed=seed,
+        log=log, survey=survey,
+    )  # fmt: skip
+    return results_from_run(run)
 
 
 def _inspect(path: str) -> Any:

@@ -561,6 +561,37 @@ def _to(
     return image, target, mask
 
 
+def _optimizer_step(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    *,
+    non_blocking: bool = False,
+    grad_clip: float | None = None,
+) -> tuple[torch.Tensor, int]:
+    """One optimisation step on ``batch``: forward (autocast), loss, backward, (clip), step.
+
+    Shared by :func:`fit`, :func:`lr_find` and the data-local legs of
+    :mod:`landcover.federated`; returns the loss tensor and the batch size.
+    """
+    image, target, mask = _to(batch, device, non_blocking)
+    with _autocast(device, amp_dtype):
+        logits = model(image)
+    loss = loss_fn(logits.float(), target, mask)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, int(image.shape[0])
+
+
 @dataclass
 class EvalResult:
     """Loss and metrics of a model on a loader."""
@@ -1113,22 +1144,14 @@ def _fit(
                     break
                 t_got = time.perf_counter()
                 wait = t_got - t_end
-                image, target, mask = _to(batch, device, non_blocking)
-                with _autocast(device, amp_dtype):
-                    logits = model(image)
-                loss = fn(logits.float(), target, mask)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                loss, bs = _optimizer_step(
+                    model, batch, fn, optimizer, scaler, device, amp_dtype,
+                    non_blocking=non_blocking, grad_clip=cfg.grad_clip,
+                )  # fmt: skip
                 if scheduler.last_epoch < total_steps:
                     scheduler.step()
                 loss_value = float(loss.detach())
                 step += 1
-                bs = int(image.shape[0])
                 samples_seen += bs
                 ep_samples += bs
                 compute = time.perf_counter() - t_got
@@ -1331,14 +1354,7 @@ def lr_find(
                 lr = start_lr * factor**i
                 for g in opt.param_groups:
                     g["lr"] = lr
-                image, target, mask = _to(batch, dev, non_blocking=False)
-                with _autocast(dev, dtype):
-                    logits = model(image)
-                loss = fn(logits.float(), target, mask)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+                loss, _ = _optimizer_step(model, batch, fn, opt, scaler, dev, dtype)
                 value = float(loss.detach())
                 avg = beta * avg + (1 - beta) * value
                 sm = avg / (1 - beta ** (i + 1))

@@ -1,7 +1,8 @@
 """Batch job: train several models round-robin over cube repositories on a Dask cluster.
 
 The models travel to the data: every leg runs on the worker that holds a repository's
-cubes (see :mod:`landcover.roundrobin`). Usage::
+cubes (see :mod:`landcover.roundrobin`, a wrapper over :mod:`landcover.federated`, whose
+``pipelines/train_distributed.py`` also offers FedAvg and the comparison report). Usage::
 
     python pipelines/roundrobin_train.py CONFIG.toml [--scheduler ADDRESS] [--out DIR]
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         legs = {}
         for name, res in results.items():
             save_model(out / f"{name}.pt", res.build())
-            legs[name] = [{k: v for k, v in asdict(leg).items() if k != "state"} for leg in res.legs]
+            legs[name] = [asdict(leg) for leg in res.legs]
         tmp = out / ".legs.json.tmp"
         tmp.write_text(json.dumps(legs, indent=2, default=float), encoding="utf-8")
         tmp.replace(out / "legs.json")

@@ -200,7 +200,13 @@ def test_repository_locations_and_step_validation():
     assert r.locations == (("w-a", ("/a/c.zarr",)), ("w-c", ("/m/c.zarr",)))
     with pytest.raises(ValueError):
         Replica("w", ())
-    for bad in ({"batches": 0}, {"window": 4}, {"split_fractions": (0.5, 0.5, 0.5)}, {"pause": -1}):
+    for bad in (
+        {"batches": 0},
+        {"window": 4},
+        {"split_fractions": (0.5, 0.5, 0.5)},
+        {"pause": -1},
+        {"leg_timeout": 0},
+    ):
         with pytest.raises(ValueError):
             StepConfig(**bad)
 
@@ -281,6 +287,56 @@ def test_localcluster_fedavg_and_roundrobin_match_in_process_runs(tmp_path):
         assert sorted(fed.visits(name)) == [(0, "A"), (0, "B")]
     assert {(leg.repository, leg.worker) for leg in fed.legs} == {("A", workers[0]), ("B", workers[1])}
     assert fed.models["m0"].samples_seen == 2 * 2 * 8
+
+
+def test_stuck_leg_times_out_moves_to_replica_then_is_skipped(tmp_path):
+    """A leg hangs, its worker alive: given up after leg_timeout, retried, skipped; stuck workers avoided."""
+    from distributed import Client, LocalCluster
+
+    big = _cube(tmp_path / "a" / "cube.zarr", seed=30)  # 18 training windows: 3 batches of 8
+    from landcover.testing.cubes import make_cube
+
+    small = make_cube(tmp_path / "b" / "cube.zarr", shape=(64, 64), seed=31, classes_present=5, chunks=64)
+    # one pass per leg, 1 s per batch: A's leg runs >= 3 s, B's ~1 s; the timeout is 2.5 s
+    step = StepConfig(
+        **{**STEP.__dict__, "batches": None, "pause": 1.0, "validate": False, "leg_timeout": 2.5}
+    )
+    with LocalCluster(n_workers=3, threads_per_worker=1, processes=False, dashboard_address=None) as lc:
+        with Client(lc) as client:
+            info = client.scheduler_info()["workers"]
+            w = sorted(info)
+            names = {a: str(i["name"]) for a, i in info.items()}
+            repos = [
+                Repository("A", (str(big),), w[0], replicas=(Replica(w[1], (str(big),)),)),
+                Repository("B", (str(small),), w[2]),
+            ]
+            survey = survey_repositories(repos, client=client, step=step, log=lambda _m: None)
+            model = _model(survey["A"], 0)
+            start = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                t0 = time.perf_counter()
+                run = train_distributed(
+                    {"m": model}, repos, client=client, step=step, survey=survey, rounds=3, poll=0.1,
+                    log=lambda _m: None,
+                )  # fmt: skip
+                wall = time.perf_counter() - t0
+    # round 0: A stuck on w0 -> retried on the replica w1 -> stuck again -> skipped (weights kept);
+    # round 1: B on w2 trains; round 2: A again, but both its holders are avoided: skipped at once
+    got = [(f.round, f.repository, f.worker, f.error, f.action, f.retried_on) for f in run.failures]
+    assert got == [
+        (0, "A", names[w[0]], "timeout", "retried", names[w[1]]),
+        (0, "A", names[w[1]], "timeout", "skipped", None),
+        (2, "A", names[w[0]], "no live worker holds the repository", "skipped", None),
+    ]
+    assert run.visits("m") == [(1, "B")]
+    assert {leg.worker for leg in run.legs} == {w[2]}
+    assert any("stuck" in str(c.message) and "skipped" in str(c.message) for c in caught)
+    # each stuck leg was given up ~2.5 s after it started, not after its full >= 3 s (x 2 holders)
+    assert wall < 2 * 3.0 + 1.0 + 4.0
+    # the model kept its start weights through the skipped legs and trained only B's one batch
+    assert run.models["m"].step == 1 and run.models["m"].samples_seen == run.legs[0].samples > 0
+    assert any(not np.array_equal(run.models["m"].state[k], start[k]) for k in start)
 
 
 # --------------------------------------------------------------------------- real scheduler + workers
