@@ -1,0 +1,271 @@
+"""Benchmark of data-local training: single machine vs round-robin vs FedAvg, sweeping the leg length.
+
+Usage::
+
+    .venv/bin/python bench/bench_distributed.py [--size 768] [--repos 3] [--epochs 3]
+                                                [--legs 1,4,full] [--models 1] [--window 32]
+                                                [--batch-size 16] [--out bench-output/distributed]
+
+``repos`` synthetic repositories (``landcover.testing.cubes.make_cube``, ``size`` x ``size``
+px, a different seed each: different class layouts, i.e. heterogeneous repositories) are
+pinned one per worker of a LocalCluster of worker *processes* (the weights really travel
+between processes). Every run trains the same initial model(s) on the same windows
+(spatially blocked split, run-wide normalisation) for the same sample budget: ``epochs``
+passes over every repository's training windows.
+
+- ``single machine`` (the baseline): :func:`landcover.federated.train_baseline`, i.e.
+  :func:`landcover.train.fit` on the union of the windows, in this process;
+- ``round-robin`` and ``fedavg`` (:func:`landcover.federated.train_distributed`, AdamW
+  state shipped with the weights) for each leg length in ``--legs`` (batches per leg;
+  ``full`` = one pass over the repository's windows). Shorter legs mean more rounds for
+  the same budget: more synchronisation, more bytes moved.
+
+Every final model is scored here on the union of the validation windows (the same loader
+for all runs). Printed per setting: final val mIoU (level 3) and its ratio to the
+baseline's, wall time and its ratio to the baseline's, rounds, bytes moved per epoch
+(weights + optimiser state, both ways) against the raw bytes of the windows that moving the
+data would have cost, and the mean worker utilisation (busy / wall). Writes
+``OUT/results.json`` and ``OUT/distributed.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _legs(text: str) -> list[int | None]:
+    out: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip()
+        out.append(None if part == "full" else int(part))
+    return out
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.2f}"
+
+
+def _score(state: dict[str, Any], spec: dict[str, Any], loader: Any) -> dict[str, float]:
+    from landcover.federated import _build_model
+    from landcover.train import evaluate
+
+    model = _build_model(spec, state)
+    return evaluate(model, loader, class_codes=spec["class_codes"], device="cpu").summary("val_")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=768, help="cube side in pixels (default 768)")
+    ap.add_argument("--repos", type=int, default=3, help="repositories = LocalCluster workers (default 3)")
+    ap.add_argument(
+        "--epochs", type=int, default=3, help="passes over every repository's windows (default 3)"
+    )
+    ap.add_argument(
+        "--legs", type=_legs, default=_legs("1,4,full"), help="batches per leg (default 1,4,full)"
+    )
+    ap.add_argument("--models", type=int, default=1, help="models trained at once (default 1)")
+    ap.add_argument("--window", type=int, default=32, help="window side in pixels (default 32)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "distributed")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore", message="Consolidated metadata")
+
+    import dask
+    import torch
+    from distributed import Client, LocalCluster
+
+    from landcover.datasets import make_loader
+    from landcover.federated import (
+        StepConfig,
+        _dataset,
+        _pooled_stats,
+        survey_repositories,
+        train_baseline,
+        train_distributed,
+    )
+    from landcover.models import build_model
+    from landcover.roundrobin import Repository
+    from landcover.testing.cubes import make_cube
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
+    cubes = [
+        make_cube(work / f"repo-{i}" / "cube.zarr", shape=(args.size, args.size), seed=100 + i, chunks=128)
+        for i in range(args.repos)
+    ]
+    base = StepConfig(
+        window=args.window, batch_size=args.batch_size, batches=None, device="cpu", validate=False
+    )
+    quiet = lambda _m: None  # noqa: E731
+    results: dict[str, Any] = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "runs": [],
+    }
+    t_cluster = time.perf_counter()
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        lc = LocalCluster(
+            n_workers=args.repos, threads_per_worker=1, processes=True, dashboard_address=None,
+            memory_limit="2GiB",
+        )  # fmt: skip
+    client = Client(lc)
+    try:
+        workers = sorted(client.scheduler_info()["workers"])
+        results["cluster_start_s"] = time.perf_counter() - t_cluster
+        repos = [Repository(f"repo-{i}", (str(c),), workers[i]) for i, c in enumerate(cubes)]
+        survey = survey_repositories(repos, client=client, step=base, log=quiet)
+        first = survey[repos[0].name]
+        bands = tuple(first["bands"])
+        stats = _pooled_stats(survey, bands)
+        models = {
+            f"m{k}": build_model(
+                "native", len(bands), len(first["class_codes"]), preset="tiny", bands=bands,
+                class_codes=first["class_codes"], band_mean=stats["mean"], band_std=stats["std"],
+                seed=args.seed + k,
+            )
+            for k in range(args.models)
+        }  # fmt: skip
+        spec0 = next(iter(models.values())).spec.to_dict()
+        per_pass = {r.name: math.ceil(survey[r.name]["n_train"] / args.batch_size) for r in repos}
+        budget_batches = args.epochs * sum(per_pass.values())  # per model
+        windows = {r.name: survey[r.name]["n_train"] for r in repos}
+        val_ds = _dataset([str(c) for c in cubes], list(bands), base, "val", stats)
+        val_loader = make_loader(val_ds, args.batch_size, 0, shuffle=False)
+        print(
+            f"{args.repos} repositories x {args.size}^2 px ({', '.join(str(windows[r.name]) for r in repos)} "
+            f"training windows of {args.window}^2), {len(val_ds)} validation windows; budget "
+            f"{args.epochs} epochs = {budget_batches} batches of {args.batch_size} per model; "
+            f"{args.models} model(s); cluster start {results['cluster_start_s']:.1f} s"
+        )
+
+        # --- baseline: one machine, the union of the windows, the same sample budget
+        samples = args.epochs * sum(windows.values())
+        rows: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        base_scores = []
+        for k, (name, model) in enumerate(models.items()):
+            b = train_baseline(
+                model, [str(c) for c in cubes], step=base, samples=samples, stats=stats,
+                val_every=samples, seed=args.seed + k, name=name,
+            )  # fmt: skip
+            base_scores.append(_score(b.state, spec0, val_loader)["val_miou_l3"])
+        base_wall = time.perf_counter() - t0
+        base_miou = sum(base_scores) / len(base_scores)
+        rows.append(
+            {"mode": "single machine", "leg_batches": None, "rounds": 1, "samples": samples,
+             "val_miou_l3": base_miou, "wall_s": base_wall, "model_bytes_per_epoch": 0.0,
+             "data_bytes_per_epoch": 0.0, "utilisation": math.nan}
+        )  # fmt: skip
+
+        # --- distributed sweeps
+        for leg in args.legs:
+            step = StepConfig(**{**base.__dict__, "batches": leg})
+            for mode in ("round-robin", "fedavg"):
+                if leg is None:
+                    rounds = args.epochs * args.repos if mode == "round-robin" else args.epochs
+                else:  # the round count nearest to the sample budget (actual samples are reported)
+                    per_round = leg * args.batch_size * (args.repos if mode == "fedavg" else 1)
+                    rounds = max(1, round(samples / per_round))
+                t0 = time.perf_counter()
+                run = train_distributed(
+                    models, repos, client=client, mode=mode, rounds=rounds, step=step, seed=args.seed,
+                    log=quiet, survey=survey,
+                )  # fmt: skip
+                wall = time.perf_counter() - t0
+                scores = [_score(m.state, m.spec, val_loader)["val_miou_l3"] for m in run.models.values()]
+                train = [g for g in run.legs if g.kind == "train"]
+                moved = sum(2 * (g.weights_bytes + g.optimizer_bytes) for g in train)
+                data = sum(g.data_bytes for g in train)
+                util = run.utilisation()
+                rows.append(
+                    {
+                        "mode": mode,
+                        "leg_batches": leg,
+                        "rounds": rounds,
+                        "legs": len(train),
+                        "samples": sum(m.samples_seen for m in run.models.values()) // len(run.models),
+                        "val_miou_l3": sum(scores) / len(scores),
+                        "wall_s": wall,
+                        "model_bytes_per_epoch": moved / args.epochs,
+                        "weights_bytes_per_epoch": sum(2 * g.weights_bytes for g in train) / args.epochs,
+                        "data_bytes_per_epoch": data / args.epochs,
+                        "utilisation": sum(u["utilisation"] for u in util.values()) / max(len(util), 1),
+                        "utilisation_per_worker": {w: u["utilisation"] for w, u in util.items()},
+                        "failures": len(run.failures),
+                    }
+                )
+                print(f"  {mode:<12} leg {leg or 'full':>4}: {rounds} rounds, {wall:.1f} s", flush=True)
+    finally:
+        client.close()
+        lc.close()
+
+    # --- table with ratios against the baseline of this run
+    print()
+    print(
+        f"{'run':<15}{'leg':>6}{'rounds':>8}{'samples':>9}{'val mIoU':>10}{'x base':>8}{'wall s':>8}"
+        f"{'x base':>8}{'model MiB/ep':>14}{'data MiB/ep':>13}{'data/model':>12}{'util':>7}"
+    )
+    for r in rows:
+        leg = (
+            "-" if r["mode"] == "single machine" else (str(r["leg_batches"]) if r["leg_batches"] else "full")
+        )
+        ratio = r["val_miou_l3"] / base_miou if base_miou > 0 else math.nan
+        dm = (
+            r["data_bytes_per_epoch"] / r["model_bytes_per_epoch"] if r["model_bytes_per_epoch"] else math.nan
+        )
+        util = "-" if math.isnan(r["utilisation"]) else f"{r['utilisation']:.0%}"
+        print(
+            f"{r['mode']:<15}{leg:>6}{r['rounds']:>8}{r['samples']:>9}{r['val_miou_l3']:>10.3f}{ratio:>8.2f}"
+            f"{r['wall_s']:>8.1f}{r['wall_s'] / base_wall:>8.2f}{_mib(r['model_bytes_per_epoch']):>14}"
+            f"{_mib(r['data_bytes_per_epoch']):>13}{dm:>12.2f}{util:>7}"
+        )
+    results["rows"] = rows
+    results["baseline_val_miou_l3"] = base_miou
+    results["baseline_wall_s"] = base_wall
+    results["cpu_count"] = os.cpu_count()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    _plot(rows, base_miou, args.out / "distributed.png", args)
+    print(f"\nresults: {args.out / 'results.json'}, plot: {args.out / 'distributed.png'}")
+    return 0
+
+
+def _plot(rows: list[dict[str, Any]], base_miou: float, path: Path, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for mode, marker in (("round-robin", "o"), ("fedavg", "s")):
+        mine = [r for r in rows if r["mode"] == mode]
+        labels = [str(r["leg_batches"]) if r["leg_batches"] else "full" for r in mine]
+        a1.plot(labels, [r["val_miou_l3"] for r in mine], marker=marker, label=mode)
+        a2.plot(labels, [r["model_bytes_per_epoch"] / 2**20 for r in mine], marker=marker, label=mode)
+    a1.axhline(base_miou, color="k", ls="--", label="single machine")
+    a1.set(xlabel="batches per leg", ylabel="final val mIoU (level 3)", title="learning, same samples")
+    data = next((r["data_bytes_per_epoch"] for r in rows if r["mode"] == "round-robin"), 0.0)
+    a2.axhline(data / 2**20, color="k", ls="--", label="windows (moving the data)")
+    a2.set(xlabel="batches per leg", ylabel="MiB per epoch", title="bytes moved: weights + AdamW state")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.suptitle(f"{args.repos} repositories x {args.size}^2 px, {args.epochs} epochs")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
