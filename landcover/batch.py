@@ -26,12 +26,14 @@ whole batch before it runs (missing CORINE raster, unreachable scheduler) raise 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
 import re
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +45,8 @@ from .errors import ConfigError, InputFileError
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
+    from .distributed import ClusterOptions
+
 __all__ = [
     "GroupBy",
     "BatchItem",
@@ -51,6 +55,8 @@ __all__ = [
     "BatchTaskError",
     "plan_batch",
     "build_cubes",
+    "batch_cluster_options",
+    "result_printer",
     "EXIT_OK",
     "EXIT_FAILURES",
     "LOG_DIR",
@@ -558,6 +564,37 @@ def build_cubes(
     if log_dir.is_dir() and not any(log_dir.iterdir()):
         log_dir.rmdir()
     return rep
+
+
+def batch_cluster_options(options: ClusterOptions, n_items: int) -> ClusterOptions:
+    """``options`` for a batch of ``n_items`` cubes built at once.
+
+    A LocalCluster without ``threads_per_worker`` gets one thread per item, at most half
+    the CPU count (each item's build uses its own threads too); other options are kept.
+    """
+    if options.kind != "local" or options.threads_per_worker is not None:
+        return options
+    threads = max(1, min(n_items, (os.cpu_count() or 2) // 2))
+    return dataclasses.replace(options, threads_per_worker=threads)
+
+
+def result_printer(prog: str, *, quiet: bool = False) -> Callable[[ItemResult], None]:
+    """An ``on_result`` callback for :func:`build_cubes` printing to stderr.
+
+    A failed item: ``PROG: failed NAME after N attempts: ERROR`` (always); a built or
+    already complete one: ``built: STORE (S s, WORKER)`` unless ``quiet``.
+    """
+
+    def show(r: ItemResult) -> None:
+        if not r.ok:
+            print(
+                f"{prog}: failed {r.name} after {r.attempts} attempts: {r.error}", file=sys.stderr, flush=True
+            )
+        elif not quiet:
+            what = "built" if r.status == "built" else "already complete"
+            print(f"{what}: {r.store} ({r.seconds:.1f} s, {r.worker})", file=sys.stderr, flush=True)
+
+    return show
 
 
 def _complete(store: str) -> bool:

@@ -38,6 +38,8 @@ __all__ = [
     "worker_addresses",
     "round_robin",
     "ClusterOptions",
+    "ClusterJob",
+    "cluster_overrides",
     "add_cluster_arguments",
     "cluster_options_from_args",
     "open_cluster",
@@ -239,14 +241,49 @@ class ClusterOptions:
         return default_threads()
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+@dataclass(frozen=True)
+class ClusterJob:
+    """The cluster fields of a batch-job config (base class of a pipeline's job dataclass).
+
+    A pipeline's ``@dataclass(frozen=True) class CubeJob(ClusterJob)`` takes ``scheduler``,
+    ``workers``, ``threads_per_worker``, ``memory_limit``, ``processes`` and
+    ``dashboard_address`` from its config file (see :class:`ClusterOptions` for their
+    meaning), overridden by :func:`cluster_overrides` of the command line; call
+    :meth:`cluster` in ``__post_init__`` to validate them.
+    """
+
+    scheduler: str = "local"
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str = "auto"
+    processes: bool = False
+    dashboard_address: str = "127.0.0.1:0"
+
+    def cluster(self) -> ClusterOptions:
+        """The job's :class:`ClusterOptions` (raises ValueError for invalid fields)."""
+        return ClusterOptions(
+            scheduler=self.scheduler,
+            workers=self.workers,
+            threads_per_worker=self.threads_per_worker,
+            memory_limit=self.memory_limit,
+            processes=self.processes,
+            dashboard_address=self.dashboard_address,
+        )
+
+
+def cluster_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Config overrides from options added with ``add_cluster_arguments(parser, unset=True)``.
+
+    ``None`` values (options not given) leave the config file's values in place.
+    """
+    return {
+        "scheduler": args.scheduler,
+        "workers": args.workers,
+        "threads_per_worker": args.threads_per_worker,
+        "memory_limit": args.memory_limit,
+        "processes": args.processes,
+        "dashboard_address": args.dashboard_address,
+    }
 
 
 def add_cluster_arguments(
@@ -263,6 +300,8 @@ def add_cluster_arguments(
     back with :func:`cluster_options_from_args`. ``unset=True`` leaves every default
     ``None`` (batch jobs whose config file fills what the command line does not give).
     """
+    from .cli._types import positive_int
+
     g = parser.add_argument_group(
         "Dask cluster",
         "Where the job runs. Default: a LocalCluster of threads sized for this machine, its dashboard "
@@ -276,11 +315,11 @@ def add_cluster_arguments(
         help=f"Dask scheduler address, 'local' or 'none' (default: {default})",
     )
     g.add_argument(
-        "--workers", type=_positive, default=None, metavar="N", help="LocalCluster workers (default 1)"
+        "--workers", type=positive_int, default=None, metavar="N", help="LocalCluster workers (default 1)"
     )
     g.add_argument(
         "--threads-per-worker",
-        type=_positive,
+        type=positive_int,
         default=None,
         metavar="N",
         help="LocalCluster threads per worker, or the threaded scheduler's threads with 'none' "

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from landcover.cli import run_job
-from landcover.distributed import ClusterOptions, add_cluster_arguments
+from landcover.distributed import ClusterJob, add_cluster_arguments, cluster_overrides
 
 
 @dataclass(frozen=True)
-class CubeJob:
+class CubeJob(ClusterJob):
     scenes: tuple[str, ...] = ()
     corine: str = ""
     out: str = "cube.zarr"
@@ -50,12 +50,6 @@ class CubeJob:
     level: int = 3
     min_coverage: float = 0.5
     compressor: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd"
-    scheduler: str = "local"
-    workers: int | None = None
-    threads_per_worker: int | None = None
-    memory_limit: str = "auto"
-    processes: bool = False
-    dashboard_address: str = "127.0.0.1:0"
     append: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -74,17 +68,6 @@ class CubeJob:
         if self.out_dir and self.append:
             raise ValueError("append adds scenes to one cube (out); it does not apply to a batch (out_dir)")
         self.cluster()  # validates the cluster fields
-
-    def cluster(self) -> ClusterOptions:
-        """The job's cluster options."""
-        return ClusterOptions(
-            scheduler=self.scheduler,
-            workers=self.workers,
-            threads_per_worker=self.threads_per_worker,
-            memory_limit=self.memory_limit,
-            processes=self.processes,
-            dashboard_address=self.dashboard_address,
-        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,14 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             "group_by": args.group_by,
             "retries": args.retries,
             "report": args.report,
-            "scheduler": args.scheduler,
-            "workers": args.workers,
-            "threads_per_worker": args.threads_per_worker,
-            "memory_limit": args.memory_limit,
-            "processes": args.processes,
-            "dashboard_address": args.dashboard_address,
             "append": args.append,
             "overwrite": args.overwrite,
+            **cluster_overrides(args),
         }
         job = load_config(CubeJob, args.config, section="cube", overrides=overrides)
         if not job.scenes or not job.corine:
@@ -177,32 +155,16 @@ def main(argv: list[str] | None = None) -> int:
 def _batch(
     job: CubeJob, scenes: list[str], corine: str, out_dir: str, report: str | None, cube_kw: dict[str, Any]
 ) -> int:
-    import os
-
-    from landcover.batch import ItemResult, build_cubes, plan_batch
+    from landcover.batch import batch_cluster_options, build_cubes, plan_batch, result_printer
     from landcover.distributed import open_cluster
 
-    options = job.cluster()
-    if options.kind == "local" and options.threads_per_worker is None:  # cubes built at once
-        n_items = len(plan_batch(scenes, out_dir, group_by=job.group_by))
-        options = ClusterOptions(
-            **{**options.__dict__, "threads_per_worker": max(1, min(n_items, (os.cpu_count() or 2) // 2))}
-        )
-
-    def show(r: ItemResult) -> None:
-        if not r.ok:
-            print(
-                f"build_cube: failed {r.name} after {r.attempts} attempts: {r.error}",
-                file=sys.stderr,
-                flush=True,
-            )
-        elif job.progress:
-            print(f"{r.status}: {r.store} ({r.seconds:.1f} s)", file=sys.stderr, flush=True)
-
+    n_items = len(plan_batch(scenes, out_dir, group_by=job.group_by))
+    options = batch_cluster_options(job.cluster(), n_items)  # cubes built at once
     with open_cluster(options) as client:
         rep = build_cubes(
             scenes, corine, out_dir, client=client, retries=job.retries, group_by=job.group_by,
-            task_threads=job.task_threads, on_result=show, report=report, **cube_kw,
+            task_threads=job.task_threads, on_result=result_printer("build_cube", quiet=not job.progress),
+            report=report, **cube_kw,
         )  # fmt: skip
     print(rep.table())
     print(f"report: {report or Path(out_dir) / 'batch-report.json'}")

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from landcover.cli import run_job
-from landcover.distributed import ClusterOptions, add_cluster_arguments
+from landcover.distributed import ClusterJob, add_cluster_arguments, cluster_overrides
 
 
 @dataclass(frozen=True)
-class PredictJob:
+class PredictJob(ClusterJob):
     checkpoint: str = ""
     cube: str = ""
     out: str = "prediction"
@@ -47,23 +47,6 @@ class PredictJob:
     overwrite: bool = False
     progress: bool = True
     band_width: int | None = None
-    scheduler: str = "local"
-    workers: int | None = None
-    threads_per_worker: int | None = None
-    memory_limit: str = "auto"
-    processes: bool = False
-    dashboard_address: str = "127.0.0.1:0"
-
-    def cluster(self) -> ClusterOptions:
-        """The job's cluster options."""
-        return ClusterOptions(
-            scheduler=self.scheduler,
-            workers=self.workers,
-            threads_per_worker=self.threads_per_worker,
-            memory_limit=self.memory_limit,
-            processes=self.processes,
-            dashboard_address=self.dashboard_address,
-        )
 
     def __post_init__(self) -> None:
         if self.window < 1 or not 0 <= self.overlap < self.window:
@@ -98,12 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             "out": args.out,
             "device": args.device,
             "overwrite": args.overwrite,
-            "scheduler": args.scheduler,
-            "workers": args.workers,
-            "threads_per_worker": args.threads_per_worker,
-            "memory_limit": args.memory_limit,
-            "processes": args.processes,
-            "dashboard_address": args.dashboard_address,
+            **cluster_overrides(args),
         }
         job = load_config(PredictJob, args.config, section="predict", overrides=overrides)
         if not job.checkpoint or not job.cube:

@@ -19,6 +19,7 @@ import warnings
 from typing import Any
 
 from ..distributed import add_cluster_arguments
+from ._types import non_negative_int, positive_int
 
 __all__ = ["register"]
 
@@ -38,7 +39,7 @@ def register(subparsers: Any) -> None:
     b.add_argument("--out", required=True, metavar="STORE", help="output Zarr store (directory)")
     _cube_options(b)
     b.add_argument(
-        "--threads", type=_positive_int, default=None, metavar="N",
+        "--threads", type=positive_int, default=None, metavar="N",
         help="use Dask's threaded scheduler with N threads (same as --scheduler none --threads-per-worker N)",
     )  # fmt: skip
     b.add_argument("--append", action="store_true", help="add the scenes as new time steps to STORE")
@@ -67,11 +68,11 @@ def register(subparsers: Any) -> None:
         help="one cube per scene (default) or one multi-date cube per sensor and path/row",
     )  # fmt: skip
     m.add_argument(
-        "--retries", type=_non_negative_int, default=2, metavar="N",
+        "--retries", type=non_negative_int, default=2, metavar="N",
         help="extra attempts of a failed cube, on any worker (default 2)",
     )  # fmt: skip
     m.add_argument(
-        "--task-threads", type=_positive_int, default=None, metavar="N",
+        "--task-threads", type=positive_int, default=None, metavar="N",
         help="threads each cube build uses inside its task (default: (CPUs + 2) / worker threads, >= 2)",
     )  # fmt: skip
     m.add_argument(
@@ -99,26 +100,6 @@ def _cube_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=int, choices=(1, 2, 3), default=3, help="CLC nomenclature level")
     p.add_argument("--min-coverage", type=float, default=0.5, help="min CORINE coverage of a valid label")
     p.add_argument("--compressor", choices=("blosc-zstd", "blosc-lz4", "zstd", "none"), default="blosc-zstd")
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -214,11 +195,10 @@ def read_scene_list(path: str) -> list[str]:
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
-    from ..batch import ItemResult, build_cubes, plan_batch
-    from ..distributed import ClusterOptions, open_cluster
+    from ..batch import batch_cluster_options, build_cubes, plan_batch, result_printer
+    from ..distributed import open_cluster
     from ..errors import ConfigError, InputFileError
 
     scenes = list(args.scenes) + (read_scene_list(args.scenes_from) if args.scenes_from else [])
@@ -226,25 +206,9 @@ def run_batch(args: argparse.Namespace) -> int:
         raise ConfigError("give scenes (SCENE ... or --scenes-from FILE)")
     if not Path(args.corine).is_file():
         raise InputFileError(args.corine, "CORINE raster not found")
-    options = _cluster_options(args)
     n_items = len(plan_batch(scenes, args.out_dir, group_by=args.group_by))
-    if options.kind == "local" and options.threads_per_worker is None:  # cubes built at once
-        options = ClusterOptions(
-            **{**options.__dict__, "threads_per_worker": max(1, min(n_items, (os.cpu_count() or 2) // 2))}
-        )
+    options = batch_cluster_options(_cluster_options(args), n_items)  # cubes built at once
     quiet = getattr(args, "quiet", False)
-
-    def show(r: ItemResult) -> None:
-        if not r.ok:
-            print(
-                f"landcover: failed {r.name} after {r.attempts} attempts: {r.error}",
-                file=sys.stderr,
-                flush=True,
-            )
-        elif not quiet:
-            what = "built" if r.status == "built" else "already complete"
-            print(f"{what}: {r.store} ({r.seconds:.1f} s, {r.worker})", file=sys.stderr, flush=True)
-
     grid = None if args.grid in (None, "scene") else args.grid
     with open_cluster(options, announce=_announce(args), default_threads=1) as client:
         report = build_cubes(
@@ -255,7 +219,7 @@ def run_batch(args: argparse.Namespace) -> int:
             retries=args.retries,
             group_by=args.group_by,
             task_threads=args.task_threads,
-            on_result=show,
+            on_result=result_printer("landcover", quiet=quiet),
             report=args.report,
             grid=grid,
             resolution=args.resolution,
