@@ -15,6 +15,9 @@ passes over every repository's training windows.
 
 - ``single machine`` (the baseline): :func:`landcover.federated.train_baseline`, i.e.
   :func:`landcover.train.fit` on the union of the windows, in this process;
+- ``1 repo/batch`` (a control without a cluster): the same single-machine training, but
+  every batch drawn from one repository, repositories in turn -- what a leg sees. It
+  separates the cost of non-IID batches from the cost of the transport;
 - ``round-robin`` and ``fedavg`` (:func:`landcover.federated.train_distributed`, AdamW
   state shipped with the weights) for each leg length in ``--legs`` (batches per leg;
   ``full`` = one pass over the repository's windows). Shorter legs mean more rounds for
@@ -63,6 +66,58 @@ def _score(state: dict[str, Any], spec: dict[str, Any], loader: Any) -> dict[str
 
     model = _build_model(spec, state)
     return evaluate(model, loader, class_codes=spec["class_codes"], device="cpu").summary("val_")
+
+
+class _RepoBatches:
+    """Batch sampler: every batch from one repository, repositories taken in turn (as legs see them)."""
+
+    def __init__(self, cube: Any, batch_size: int, seed: int) -> None:
+        import numpy as np
+
+        self.cube, self.batch_size = np.asarray(cube), batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def _batches(self) -> list[list[int]]:
+        import numpy as np
+
+        per = []
+        for c in np.unique(self.cube):
+            idx = self.rng.permutation(np.flatnonzero(self.cube == c))
+            per.append([idx[i : i + self.batch_size].tolist() for i in range(0, len(idx), self.batch_size)])
+        return [p[k] for k in range(max(map(len, per))) for p in per if k < len(p)]
+
+    def __iter__(self) -> Any:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return sum(math.ceil(int((self.cube == c).sum()) / self.batch_size) for c in set(self.cube.tolist()))
+
+
+def _repo_batch_baseline(
+    model: Any, cubes: list[str], bands: Any, step: Any, stats: Any, samples: int, seed: int
+) -> dict[str, Any]:
+    """Single-machine control: the baseline's training, but each batch drawn from one repository."""
+    import copy
+
+    from torch.utils.data import DataLoader
+
+    from landcover.datasets import collate_windows
+    from landcover.federated import _dataset, _to_numpy
+    from landcover.train import TrainConfig, fit
+
+    m = copy.deepcopy(model)
+    ds = _dataset(cubes, list(bands), step, "train", stats)
+    loader = DataLoader(
+        ds, batch_sampler=_RepoBatches(ds.windows.cube, step.batch_size, seed), collate_fn=collate_windows
+    )
+    cfg = TrainConfig(
+        epochs=max(1, math.ceil(samples / len(ds)) + 1), batch_size=step.batch_size, lr=step.lr,
+        weight_decay=step.weight_decay, pct_start=step.pct_start, max_samples=samples, seed=seed,
+        device=step.device, progress=False, monitor="train_loss", deterministic=step.deterministic,
+        num_threads=step.num_threads,
+    )  # fmt: skip
+    fit(m, loader, None, cfg, class_codes=m.spec.class_codes)
+    return _to_numpy(m.state_dict())
 
 
 def main() -> int:
@@ -169,6 +224,22 @@ def main() -> int:
              "data_bytes_per_epoch": 0.0, "utilisation": math.nan}
         )  # fmt: skip
 
+        # --- control without a cluster: the same training, each batch from one repository
+        t0 = time.perf_counter()
+        paths = [str(c) for c in cubes]
+        grouped = [
+            _score(
+                _repo_batch_baseline(model, paths, bands, base, stats, samples, args.seed + k),
+                spec0, val_loader,
+            )["val_miou_l3"]
+            for k, model in enumerate(models.values())
+        ]  # fmt: skip
+        rows.append(
+            {"mode": "1 repo/batch", "leg_batches": None, "rounds": 1, "samples": samples,
+             "val_miou_l3": sum(grouped) / len(grouped), "wall_s": time.perf_counter() - t0,
+             "model_bytes_per_epoch": 0.0, "data_bytes_per_epoch": 0.0, "utilisation": math.nan}
+        )  # fmt: skip
+
         # --- distributed sweeps
         for leg in args.legs:
             step = StepConfig(**{**base.__dict__, "batches": leg})
@@ -219,7 +290,9 @@ def main() -> int:
     )
     for r in rows:
         leg = (
-            "-" if r["mode"] == "single machine" else (str(r["leg_batches"]) if r["leg_batches"] else "full")
+            "-"
+            if r["mode"] in ("single machine", "1 repo/batch")
+            else (str(r["leg_batches"]) if r["leg_batches"] else "full")
         )
         ratio = r["val_miou_l3"] / base_miou if base_miou > 0 else math.nan
         dm = (
@@ -255,6 +328,9 @@ def _plot(rows: list[dict[str, Any]], base_miou: float, path: Path, args: argpar
         a1.plot(labels, [r["val_miou_l3"] for r in mine], marker=marker, label=mode)
         a2.plot(labels, [r["model_bytes_per_epoch"] / 2**20 for r in mine], marker=marker, label=mode)
     a1.axhline(base_miou, color="k", ls="--", label="single machine")
+    ctrl = next((r["val_miou_l3"] for r in rows if r["mode"] == "1 repo/batch"), None)
+    if ctrl is not None:
+        a1.axhline(ctrl, color="0.5", ls=":", label="single machine, 1 repository per batch")
     a1.set(xlabel="batches per leg", ylabel="final val mIoU (level 3)", title="learning, same samples")
     data = next((r["data_bytes_per_epoch"] for r in rows if r["mode"] == "round-robin"), 0.0)
     a2.axhline(data / 2**20, color="k", ls="--", label="windows (moving the data)")
