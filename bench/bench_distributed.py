@@ -4,7 +4,8 @@ Usage::
 
     .venv/bin/python bench/bench_distributed.py [--size 768] [--repos 3] [--epochs 3]
                                                 [--legs 1,4,full] [--models 1] [--window 32]
-                                                [--batch-size 16] [--out bench-output/distributed]
+                                                [--batch-size 16] [--norm batch|group]
+                                                [--out bench-output/distributed]
 
 ``repos`` synthetic repositories (``landcover.testing.cubes.make_cube``, ``size`` x ``size``
 px, a different seed each: different class layouts, i.e. heterogeneous repositories) are
@@ -133,6 +134,9 @@ def main() -> int:
     ap.add_argument("--models", type=int, default=1, help="models trained at once (default 1)")
     ap.add_argument("--window", type=int, default=32, help="window side in pixels (default 32)")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--norm", choices=("batch", "group"), default="batch", help="normalisation layers (default batch)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "distributed")
     args = ap.parse_args()
@@ -188,7 +192,7 @@ def main() -> int:
             f"m{k}": build_model(
                 "native", len(bands), len(first["class_codes"]), preset="tiny", bands=bands,
                 class_codes=first["class_codes"], band_mean=stats["mean"], band_std=stats["std"],
-                seed=args.seed + k,
+                seed=args.seed + k, norm=args.norm,
             )
             for k in range(args.models)
         }  # fmt: skip
@@ -338,7 +342,7 @@ def _plot(rows: list[dict[str, Any]], base_miou: float, path: Path, args: argpar
     for a in (a1, a2):
         a.grid(alpha=0.3)
         a.legend()
-    fig.suptitle(f"{args.repos} repositories x {args.size}^2 px, {args.epochs} epochs")
+    fig.suptitle(f"{args.repos} repositories x {args.size}^2 px, {args.epochs} epochs, {args.norm} norm")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -62,6 +62,8 @@ from .errors import ConfigError, InputFileError, LandcoverError
 __all__ = [
     "ModelName",
     "EncoderName",
+    "NormName",
+    "norm_layer",
     "MODEL_NAMES",
     "PRESETS",
     "IMAGENET_MEAN",
@@ -88,6 +90,7 @@ __all__ = [
 ModelName = Literal["native", "rgb-imagenet", "rgb-scratch", "native-imagenet-init"]
 EncoderName = Literal["resnet18", "resnet34", "resnet50"]
 InputNorm = Literal["zscore", "imagenet"]
+NormName = Literal["batch", "group"]
 Preset = Literal["tiny", "small", "base"]
 
 MODEL_NAMES: Final[tuple[str, ...]] = get_args(ModelName)
@@ -195,6 +198,11 @@ class ModelSpec:
     band_mean, band_std
         Per-band statistics the dataset used to standardise the inputs (recorded for
         prediction; not applied by the model). Empty when unknown.
+    norm
+        Normalisation layers: ``"batch"`` (BatchNorm, torchvision's layout; needed for
+        ImageNet weights) or ``"group"`` (GroupNorm, at most 8 groups per layer: no batch
+        statistics, so batches drawn from one repository at a time, as in data-local
+        training legs, train the same layers as mixed ones).
     """
 
     name: str
@@ -210,6 +218,7 @@ class ModelSpec:
     pretrained: str = "none"
     band_mean: tuple[float, ...] = ()
     band_std: tuple[float, ...] = ()
+    norm: str = "batch"
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -234,6 +243,10 @@ class ModelSpec:
             raise ValueError(f"bands has {len(self.bands)} names for {self.in_channels} channels")
         if self.class_codes and len(self.class_codes) != self.num_classes:
             raise ValueError(f"class_codes has {len(self.class_codes)} codes for {self.num_classes} classes")
+        if self.norm not in get_args(NormName):
+            raise ValueError(f"norm must be 'batch' or 'group', got {self.norm!r}")
+        if self.norm != "batch" and self.pretrained != "none":
+            raise ValueError("ImageNet weights need norm='batch' (their BatchNorm statistics)")
         if self.input_norm not in get_args(InputNorm):
             raise ValueError(f"input_norm must be 'zscore' or 'imagenet', got {self.input_norm!r}")
         if self.input_norm == "imagenet" and self.in_channels != 3:
@@ -265,6 +278,15 @@ class ModelSpec:
         return cls(**kwargs)
 
 
+def norm_layer(kind: str) -> type[nn.Module] | Any:
+    """A ``channels -> module`` factory for :class:`ModelSpec` ``norm`` (``"batch"`` or ``"group"``)."""
+    if kind == "group":
+        import math
+
+        return lambda channels: nn.GroupNorm(math.gcd(channels, 8), channels)
+    return nn.BatchNorm2d
+
+
 class _ResNetEncoder(nn.Module):
     """torchvision-style ResNet trunk with configurable width, depth and input channels.
 
@@ -272,13 +294,14 @@ class _ResNetEncoder(nn.Module):
     at ``width=1`` its ImageNet state dict (minus ``fc``) loads directly.
     """
 
-    def __init__(self, encoder: str, in_channels: int, width: float, depth: int) -> None:
+    def __init__(self, encoder: str, in_channels: int, width: float, depth: int, norm: str = "batch") -> None:
         super().__init__()
         block, layers = _ENCODERS[encoder]
+        self._norm = norm_layer(norm)
         base = max(8, int(round(64 * width)))
         self.inplanes = base
         self.conv1 = nn.Conv2d(in_channels, base, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(base)
+        self.bn1 = self._norm(base)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.out_channels: list[int] = [base]
@@ -292,7 +315,7 @@ class _ResNetEncoder(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
@@ -303,11 +326,11 @@ class _ResNetEncoder(nn.Module):
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 conv1x1(self.inplanes, planes * block.expansion, stride),
-                nn.BatchNorm2d(planes * block.expansion),
+                self._norm(planes * block.expansion),
             )
-        mods: list[nn.Module] = [block(self.inplanes, planes, stride, downsample)]
+        mods: list[nn.Module] = [block(self.inplanes, planes, stride, downsample, norm_layer=self._norm)]
         self.inplanes = planes * block.expansion
-        mods.extend(block(self.inplanes, planes) for _ in range(1, blocks))
+        mods.extend(block(self.inplanes, planes, norm_layer=self._norm) for _ in range(1, blocks))
         return nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -320,19 +343,19 @@ class _ResNetEncoder(nn.Module):
         return feats
 
 
-def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+def _conv_bn_relu(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
+        norm_layer(norm)(cout),
         nn.ReLU(inplace=True),
     )
 
 
 class _DecoderBlock(nn.Module):
-    def __init__(self, cin: int, cskip: int, cout: int) -> None:
+    def __init__(self, cin: int, cskip: int, cout: int, norm: str = "batch") -> None:
         super().__init__()
-        self.conv1 = _conv_bn_relu(cin + cskip, cout)
-        self.conv2 = _conv_bn_relu(cout, cout)
+        self.conv1 = _conv_bn_relu(cin + cskip, cout, norm)
+        self.conv2 = _conv_bn_relu(cout, cout, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
         x = F.interpolate(x, size=size, mode="nearest")
@@ -355,14 +378,14 @@ class SegmentationModel(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.encoder = _ResNetEncoder(spec.encoder, spec.in_channels, spec.width, spec.depth)
+        self.encoder = _ResNetEncoder(spec.encoder, spec.in_channels, spec.width, spec.depth, spec.norm)
         enc = self.encoder.out_channels  # [stem, layer1, ..., layerD]
         blocks = []
         cin = enc[-1]
         skips = enc[:-1][::-1]  # layer(D-1) ... layer1, stem
         for i, cout in enumerate(spec.decoder_channels):
             cskip = skips[i] if i < len(skips) else 0
-            blocks.append(_DecoderBlock(cin, cskip, cout))
+            blocks.append(_DecoderBlock(cin, cskip, cout, spec.norm))
             cin = cout
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(cin, spec.num_classes, kernel_size=1)
@@ -566,6 +589,7 @@ def build_model(
     band_mean: Sequence[float] | None = None,
     band_std: Sequence[float] | None = None,
     seed: int | None = None,
+    norm: NormName = "batch",
 ) -> SegmentationModel:
     """Build a segmentation model by name.
 
@@ -605,6 +629,10 @@ def build_model(
     seed
         When given, random initialisation uses ``torch.manual_seed(seed)`` in a forked RNG
         scope (the global RNG is untouched).
+    norm
+        ``"batch"`` (default) or ``"group"`` normalisation layers (see :class:`ModelSpec`);
+        ``"group"`` suits data-local training on heterogeneous repositories (not with
+        ImageNet weights).
 
     Returns
     -------
@@ -631,6 +659,10 @@ def build_model(
     else:
         dec = tuple(int(c) for c in decoder_channels)
     wants_imagenet = name in IMAGENET_NAMES
+    if norm not in get_args(NormName):
+        raise ConfigError(f"norm must be 'batch' or 'group', got {norm!r}")
+    if wants_imagenet and norm != "batch":
+        raise ConfigError(f"model {name!r} loads ImageNet weights, which need norm='batch'")
     if not wants_imagenet and pretrained is not None:
         raise ConfigError(
             f"model {name!r} is trained from scratch; 'pretrained' applies to rgb-imagenet only"
@@ -660,6 +692,7 @@ def build_model(
             pretrained=f"imagenet:{weights_file.name}" if weights_file is not None else "none",
             band_mean=tuple(float(v) for v in band_mean) if band_mean is not None else (),
             band_std=tuple(float(v) for v in band_std) if band_std is not None else (),
+            norm=norm,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

@@ -210,3 +210,28 @@ def test_spec_validation() -> None:
         ModelSpec("unet", 6, 3, decoder_channels=(8,) * 5, bands=("a",) * 6)
     with pytest.raises(ValueError, match="decoder_channels"):
         ModelSpec("native", 6, 3, decoder_channels=(8,), bands=("a",) * 6)
+
+
+def test_group_norm_models_have_no_batch_statistics(tmp_path: Path, resnet18_state: State) -> None:
+    model = build_model("native", 6, 4, preset="tiny", norm="group", seed=0)
+    mods = list(model.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in mods)
+    groups = [m for m in mods if isinstance(m, torch.nn.GroupNorm)]
+    assert groups and all(m.num_channels % m.num_groups == 0 and m.num_groups <= 8 for m in groups)
+    assert not any("running_" in k for k in model.state_dict())  # nothing batch-dependent travels
+    # a sample's output does not depend on the other samples of its batch, even in training mode
+    model.train()
+    x = torch.randn(4, 6, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[:1], model(x[:1]))
+    batch = build_model("native", 6, 4, preset="tiny", seed=0).train()
+    with torch.no_grad():
+        assert not torch.allclose(batch(x)[:1], batch(x[:1]))
+    # the spec records it and checkpoints rebuild it
+    again = model_from_checkpoint(save_model(tmp_path / "g.pt", model))
+    assert again.spec.norm == "group" and again.spec == model.spec
+    assert ModelSpec.from_dict({k: v for k, v in model.spec.to_dict().items() if k != "norm"}).norm == "batch"
+    with pytest.raises(ConfigError, match="norm"):
+        build_model("rgb-imagenet", 3, 4, pretrained=resnet18_state[0], norm="group")
+    with pytest.raises(ConfigError, match="norm"):
+        build_model("native", 6, 4, norm="layer")  # type: ignore[arg-type]
