@@ -889,31 +889,20 @@ class _WindowSource:
             np.multiply(plane, a[k], out=image[k], dtype="float32")
             image[k] += b[k]
         compact = self.target_dtype == "uint8"
+        rows: np.ndarray | None = None
         if rotated and self._group_starts is None and len(self._groups) == target.shape[0]:
             # only the classes present around the footprint are read and resampled
             rows = np.flatnonzero(reader.present("labels", r0, r1, c0, c1))
-            sub = reader.region("labels", (rows,), r0, r1, c0, c1)
+            raw = reader.region("labels", (rows,), r0, r1, c0, c1)
             fill = reader.region("labels", (0,), r0, r1, c0, c1) == schema.LABEL_FILL
             ok = reader.region("valid", (t,), r0, r1, c0, c1) & ~fill
-            sample_rotated(
-                np.stack(planes),
-                sub,
-                ok,
-                (h, wd),
-                (py, px),
-                angle,
-                quantize=compact,
-                decode=(a, b),
-                out=(image, target, mask),
-                label_rows=rows,
-            )
-            return
-        raw = reader.region("labels", (None,), r0, r1, c0, c1)
-        ok = reader.region("valid", (t,), r0, r1, c0, c1) & (raw[0] != schema.LABEL_FILL)
-        if self._group_starts is not None:
-            raw = np.add.reduceat(raw, self._group_starts, axis=0, dtype="uint16")
-        elif len(self._groups) != raw.shape[0]:
-            raw = np.stack([raw[g].sum(axis=0, dtype="uint16") for g in self._groups])
+        else:
+            raw = reader.region("labels", (None,), r0, r1, c0, c1)
+            ok = reader.region("valid", (t,), r0, r1, c0, c1) & (raw[0] != schema.LABEL_FILL)
+            if self._group_starts is not None:
+                raw = np.add.reduceat(raw, self._group_starts, axis=0, dtype="uint16")
+            elif len(self._groups) != raw.shape[0]:
+                raw = np.stack([raw[g].sum(axis=0, dtype="uint16") for g in self._groups])
         if rotated:
             sample_rotated(
                 np.stack(planes),
@@ -925,6 +914,7 @@ class _WindowSource:
                 quantize=compact,
                 decode=(a, b),
                 out=(image, target, mask),
+                label_rows=rows,
             )
             return
         mask[...] = ok
