@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -261,14 +262,7 @@ class ClusterJob:
 
     def cluster(self) -> ClusterOptions:
         """The job's :class:`ClusterOptions` (raises ValueError for invalid fields)."""
-        return ClusterOptions(
-            scheduler=self.scheduler,
-            workers=self.workers,
-            threads_per_worker=self.threads_per_worker,
-            memory_limit=self.memory_limit,
-            processes=self.processes,
-            dashboard_address=self.dashboard_address,
-        )
+        return ClusterOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ClusterOptions)})
 
 
 def cluster_overrides(args: argparse.Namespace) -> dict[str, object]:

@@ -182,12 +182,9 @@ class StepConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.batches is not None and self.batches < 1:
             raise ValueError(f"batches must be >= 1 or None, got {self.batches}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError("weight_decay must be >= 0")
-        if not 0 < self.pct_start < 1:
-            raise ValueError(f"pct_start must be in (0, 1), got {self.pct_start}")
+        from .train import check_schedule
+
+        check_schedule(self.lr, self.weight_decay, self.pct_start)
         if self.level not in (1, 2, 3):
             raise ValueError(f"level must be 1, 2 or 3, got {self.level}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:

@@ -91,6 +91,16 @@ BEST_MODEL = "best.pt"
 _CKPT_FORMAT = "landcover-train/1"
 
 
+def check_schedule(lr: float, weight_decay: float, pct_start: float) -> None:
+    """Validate AdamW + one-cycle settings shared by every trainer (raises ValueError)."""
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be positive, got {lr}")
+    if weight_decay < 0:
+        raise ValueError("weight_decay must be >= 0")
+    if not 0 < pct_start < 1:
+        raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Options of a training run (all validated on construction).
@@ -210,12 +220,7 @@ class TrainConfig:
         optional = ("max_samples", "steps_per_epoch", "log_every_samples", "val_every_samples", "patience")
         for name in (*optional, "num_threads"):
             positive(name, allow_none=True)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError("weight_decay must be >= 0")
-        if not 0 < self.pct_start < 1:
-            raise ValueError(f"pct_start must be in (0, 1), got {self.pct_start}")
+        check_schedule(self.lr, self.weight_decay, self.pct_start)
         if self.div_factor <= 0 or self.final_div_factor <= 0:
             raise ValueError("div_factor and final_div_factor must be positive")
         if self.device not in ("auto", "cpu", "cuda"):
