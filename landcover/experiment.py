@@ -145,6 +145,9 @@ class RunResult:
     run_dir: Path
     train_windows: int
     seconds: float
+    hparams: dict[str, Any] = field(default_factory=dict)
+    """Hyper-parameters chosen for this run (learning rates, encoder LR factor, input
+    normalisation, class weighting, weights provenance...), for the report."""
 
 
 @dataclass
