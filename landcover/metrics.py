@@ -37,7 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SegmentationMetrics", "level_codes", "available_levels", "METRIC_NAMES", "scores_from_confusion"]
+__all__ = [
+    "SegmentationMetrics",
+    "level_codes",
+    "available_levels",
+    "METRIC_NAMES",
+    "scores_from_confusion",
+    "miou_from_confusion",
+]
 
 METRIC_NAMES = ("acc", "miou", "f1", "mae", "tv")
 
@@ -83,12 +90,13 @@ def scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Per-class precision, recall, IoU and F1 from a confusion matrix (rows truth, columns prediction).
 
     Entries are NaN for classes with no true and no predicted pixel (precision: no
-    predicted pixel; recall: no true pixel).
+    predicted pixel; recall: no true pixel). ``cm`` may be a stack ``(..., G, G)``; every
+    entry then has shape ``(..., G)``.
     """
     cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    support = cm.sum(axis=-1)
+    predicted = cm.sum(axis=-2)
     union = support + predicted - tp
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(predicted > 0, tp / predicted, np.nan)
@@ -103,6 +111,21 @@ def scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
         "support": support,
         "predicted": predicted,
     }
+
+
+def miou_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """Mean IoU of confusion matrices ``(..., G, G)`` -> ``(...)``.
+
+    Classes with no true and no predicted pixel are left out of the mean; NaN where a
+    matrix holds no pixel at all. The one definition of mIoU (:meth:`SegmentationMetrics.compute`
+    and the bootstrap of :mod:`landcover.stats` use it).
+    """
+    iou = scores_from_confusion(cm)["iou"]
+    defined = np.isfinite(iou)
+    count = defined.sum(axis=-1)
+    total = np.where(defined, iou, 0.0).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 class SegmentationMetrics:
@@ -241,7 +264,7 @@ class SegmentationMetrics:
             s = scores_from_confusion(cm)
             nan = math.nan
             out[f"acc_l{lv}"] = float(np.trace(cm) / total) if total else nan
-            out[f"miou_l{lv}"] = float(np.nanmean(s["iou"])) if total else nan
+            out[f"miou_l{lv}"] = float(miou_from_confusion(cm)) if total else nan
             out[f"f1_l{lv}"] = float(np.nanmean(s["f1"])) if total else nan
             g = len(self._groups[lv])
             out[f"mae_l{lv}"] = self._abs[lv] / (self._n_valid * g) if self._n_valid else nan
