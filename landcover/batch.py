@@ -314,8 +314,8 @@ def _discard_partial(store: Path, *, existed: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     if not store.exists() or is_complete(store):
         return
-    if existed and not (store / STATE_FILE).exists():
-        return  # not ours
+    if not (store / STATE_FILE).exists():
+        return  # no unfinished landcover build there (a foreign folder or file): not ours to remove
     # Dask's threaded scheduler raises at the first failed region while other threads may still
     # be writing theirs (recreating folders of the store): remove until it stays gone.
     deadline = time.monotonic() + _SETTLE_TIMEOUT

@@ -107,16 +107,23 @@ class _Scene:
     """The reflective bands' file encoding is the cube's (raw DNs can be stored as they are)."""
     raw_thermal: bool = False
     """Same for the thermal band."""
+    sensor: str = ""
+    """Sensor name (``TM``, ``ETM+``, ``OLI/TIRS``; empty when unknown)."""
+    usable: str = "QA_PIXEL"
+    """How the scene's usable mask is made (``QA_PIXEL`` or ``not nodata``)."""
 
 
 def _same_encoding(sources: Sequence[Any], scale: float, offset: float) -> bool:
     """All ``BandSource``s decode linearly with exactly ``(scale, offset)``, fill 0, no clipping."""
     return bool(sources) and all(
-        s.decode == "linear" and s.mult == scale and s.add == offset and s.clip is None for s in sources
-    )
+        s.decode == "linear" and s.mult == scale and s.add == offset and s.clip is None
+        and s.nodata == 0 and s.dtype == "uint16"
+        for s in sources
+    )  # fmt: skip
 
 
 def _open_scenes(scenes: Sequence[str | os.PathLike[str]], chunk: int) -> list[_Scene]:
+    """Plan and open every scene (a path, or a ``ScenePlan`` from a stack or a STAC item)."""
     from .landsat import open_scene, plan_scene
 
     out: list[_Scene] = []
@@ -126,15 +133,16 @@ def _open_scenes(scenes: Sequence[str | os.PathLike[str]], chunk: int) -> list[_
         ds = open_scene(plan, chunks=chunks)
         grid = Grid.from_xarray(ds)
         t = np.datetime64(np.asarray(ds["time"].values, dtype="datetime64[ns]").reshape(()).item(), "ns")
-        raw_r = plan.mtl.is_level2 and _same_encoding(plan.reflective, REFLECTANCE_SCALE, REFLECTANCE_OFFSET)
+        raw_r = plan.is_level2 and _same_encoding(plan.reflective, REFLECTANCE_SCALE, REFLECTANCE_OFFSET)
         raw_t = (
-            plan.mtl.is_level2
+            plan.is_level2
             and plan.thermal is not None
             and _same_encoding([plan.thermal], THERMAL_SCALE, THERMAL_OFFSET)
         )
         raw = open_scene(plan, chunks=chunks, validate=False, decode=False) if raw_r or raw_t else None
         pid = str(ds.attrs.get("product_id", Path(p).name))
-        out.append(_Scene(str(p), ds, grid, t, pid, raw, raw_r, raw_t))
+        meta = plan.meta
+        out.append(_Scene(plan.source, ds, grid, t, pid, raw, raw_r, raw_t, meta.sensor, meta.usable))
     times = [s.time for s in out]
     dup = {str(t) for t in times if times.count(t) > 1}
     if dup:
@@ -145,6 +153,10 @@ def _open_scenes(scenes: Sequence[str | os.PathLike[str]], chunk: int) -> list[_
 
 
 def _clc_grid(corine: str | os.PathLike[str]) -> Grid:
+    from . import corine as clc_mod
+
+    if clc_mod.corine_vector.is_vector(corine):  # CLC polygons: the layer's extent in its CRS
+        return clc_mod.read_clc(corine).grid
     return Grid.from_raster(Path(corine))
 
 
@@ -900,6 +912,8 @@ def _assemble(
         "software": f"landcover {__version__}",
         "product_ids": [s.product_id for s in opened],
         "scenes": [os.path.basename(os.path.normpath(s.path)) for s in opened],
+        "sensors": [s.sensor or "unknown" for s in opened],
+        "usable_masks": [s.usable for s in opened],
         "clc_file": clc_path.name,
         "clc_level": int(level),
         "min_coverage": float(min_coverage),
@@ -1006,8 +1020,12 @@ def build_cube(
     if not Path(corine).exists():
         raise InputFileError(corine, "CORINE raster not found")
     for s in scene_list:
-        if not Path(s).exists():
+        if not _is_plan(s) and not Path(s).exists():
             raise InputFileError(s, "scene not found")
+    if not append:  # before any work: never write over ., an input's folder or a user's files
+        from .safety import guard_output
+
+        guard_output(store, inputs=[*scene_list, corine], what="cube")
     if append:
         return _append(
             scene_list, corine, Path(store), grid=grid, client=client, progress=progress,
@@ -1038,9 +1056,17 @@ def build_cube(
     out = store_mod.write_cube(
         ds, store, fingerprint=fp, chunks=sizes, compressor=compressor, client=client,
         overwrite=overwrite, progress=progress, threads=threads, kill_after=_kill_after,
+        inputs=[*scene_list, corine],
     )  # fmt: skip
     _warn_empty(out, ds.attrs["product_ids"])
     return out
+
+
+def _is_plan(scene: Any) -> bool:
+    """A ``ScenePlan`` (stack, STAC item) rather than a path: planned already, nothing to find on disk."""
+    from .landsat import ScenePlan
+
+    return isinstance(scene, ScenePlan)
 
 
 def _warn_empty(store: Path, product_ids: Sequence[str]) -> list[str]:
@@ -1148,6 +1174,8 @@ def _append(
         attrs={
             "product_ids": pids,
             "scenes": scenes_attr,
+            "sensors": list(old.attrs.get("sensors", ["unknown"] * n_old)) + [s.sensor or "unknown" for s in new],
+            "usable_masks": list(old.attrs.get("usable_masks", ["QA_PIXEL"] * n_old)) + [s.usable for s in new],
             "appends": appends,
             "resampled": list(old.attrs.get("resampled", [])) + list(ds.attrs["resampled"]),
         },

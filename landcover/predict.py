@@ -382,12 +382,23 @@ def _cube_source(ds: xr.Dataset, bands: Sequence[str], time: int | str | np.date
     r_dec = _decoder(r_da)
     t_dec = _decoder(t_da) if t_da is not None else None
     band_idx = [i for kind, i in parts if kind == "reflectance"]
-    # a scene opened with a usable policy (landcover.landsat.open_scene) carries its cloud/QA mask
+    # a scene opened with a usable policy (landcover.landsat.open_scene) carries its cloud/QA mask;
+    # a cube carries qa_pixel and its usable policy: the same rule as its `valid`, without the label
     u_da = _select("usable") if "usable" in ds.variables else None
+    q_da = _select("qa_pixel") if u_da is None and "qa_pixel" in ds.variables else None
+    policy = _cube_usable_policy(ds.attrs) if q_da is not None else None
 
     def read(rows: slice, cols: slice) -> np.ndarray:
         out = np.empty((len(parts), rows.stop - rows.start, cols.stop - cols.start), dtype="float32")
-        refl_vals = r_dec(np.asarray(r_da.isel(band=band_idx, y=rows, x=cols).values)) if band_idx else None
+        usable = None
+        if q_da is not None:  # every reflective band takes part in the rule, not only the model's
+            all_refl = r_dec(np.asarray(r_da.isel(y=rows, x=cols).values))
+            usable = _usable(all_refl, np.asarray(q_da.isel(y=rows, x=cols).values), policy)
+            refl_vals = all_refl[band_idx] if band_idx else None
+        else:
+            refl_vals = (
+                r_dec(np.asarray(r_da.isel(band=band_idx, y=rows, x=cols).values)) if band_idx else None
+            )
         t_vals = None
         if t_da is not None and t_dec is not None:
             t_vals = t_dec(np.asarray(t_da.isel(y=rows, x=cols).values))
@@ -399,7 +410,9 @@ def _cube_source(ds: xr.Dataset, bands: Sequence[str], time: int | str | np.date
             elif t_vals is not None:
                 out[j] = t_vals
         if u_da is not None:
-            out[:, ~np.asarray(u_da.isel(y=rows, x=cols).values, dtype=bool)] = np.nan
+            usable = np.asarray(u_da.isel(y=rows, x=cols).values, dtype=bool)
+        if usable is not None:
+            out[:, ~usable] = np.nan
         return out
 
     grid = Grid.from_xarray(ds["reflectance"])
@@ -414,6 +427,49 @@ def _cube_source(ds: xr.Dataset, bands: Sequence[str], time: int | str | np.date
         chunks = (512, 512)
     sref = ds["spatial_ref"] if "spatial_ref" in ds.variables else None
     return _Source(grid=grid, read=read, chunks=chunks, spatial_ref=sref, attrs=dict(ds.attrs))
+
+
+def _cube_usable_policy(attrs: dict[str, Any]) -> Any:
+    """The :class:`~landcover.landsat.UsablePolicy` a cube was built with (its ``usable_policy`` attr).
+
+    The attribute holds the policy's ``repr`` (keyword arguments with literal values);
+    a cube without it was built with the default policy.
+    """
+    import ast
+    import dataclasses
+
+    from .landsat import UsablePolicy
+
+    text = attrs.get("usable_policy")
+    if not text:
+        return UsablePolicy()
+    try:
+        call = ast.parse(str(text), mode="eval").body
+        if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+            raise ValueError("not a call")
+        if call.func.id != UsablePolicy.__name__ or call.args:
+            raise ValueError("not UsablePolicy(keyword=value, ...)")
+        known = {f.name for f in dataclasses.fields(UsablePolicy)}
+        kwargs = {str(k.arg): ast.literal_eval(k.value) for k in call.keywords}
+        if set(kwargs) - known:
+            raise ValueError(f"unknown fields {sorted(set(kwargs) - known)}")
+        return UsablePolicy(**kwargs)
+    except (SyntaxError, ValueError, TypeError) as exc:
+        raise LandcoverError(f"cube attribute usable_policy={text!r} cannot be read ({exc})") from None
+
+
+def _usable(refl: np.ndarray, qa: np.ndarray, policy: Any) -> np.ndarray:
+    """Usable mask ``(y, x)`` of decoded reflectance ``(band, y, x)`` + raw QA_PIXEL, by ``policy``.
+
+    Delegates to :func:`landcover.landsat.usable_mask`, the one implementation of the rule
+    a cube's ``valid`` was made with (``valid = usable & label_ok``).
+    """
+    import xarray as xr
+
+    from .landsat import usable_mask
+
+    tmp = xr.Dataset({"reflectance": (("band", "y", "x"), refl), "qa_pixel": (("y", "x"), qa)})
+    return np.asarray(usable_mask(tmp, policy).values, dtype=bool)
 
 
 def _decoder(da: xr.DataArray) -> Callable[[np.ndarray], np.ndarray]:
@@ -954,6 +1010,13 @@ def _predict_source(
         raise ConfigError(f"fractions_dtype must be 'uint8' or 'float32', got {fractions_dtype!r}")
     out_chunks = _as_pair(chunks, "chunks") if chunks is not None else source.chunks
     h, w = source.grid.shape
+    if win[0] > h or win[1] > w:
+        # a window larger than the scene only adds padding (one window covers that axis), and
+        # a huge one would exhaust memory inside the convolution: clamp it to the scene
+        clamped = (min(win[0], h), min(win[1], w))
+        log.info("window %s larger than the %d x %d scene: using %s", win, h, w, clamped)
+        win = clamped
+        ov = (min(ov[0], win[0] - 1), min(ov[1], win[1] - 1))
     out_chunks = (max(1, min(out_chunks[0], h)), max(1, min(out_chunks[1], w)))
     if band_width is None:
         band_width = max(4 * out_chunks[1], 1024)
@@ -1010,8 +1073,9 @@ def _predict_source(
             ds["class_map"].values = mem.class_map
             return ds
         out_path = Path(out)
-        if out_path.exists() and not overwrite:
-            raise InputFileError(out_path, "output already exists (pass overwrite=True / --overwrite)")
+        from .safety import check_output, remove_output
+
+        check_output(out_path, overwrite=overwrite, what="prediction")  # only a landcover output is replaced
         tmp = out_path.with_name(f".{out_path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             tmpl = _template(source, codes.tolist(), out_chunks, fractions_dtype, meta, lazy=True)
@@ -1030,8 +1094,7 @@ def _predict_source(
             else:
                 _sweep(engine, source, _ZarrWriter(tmp), **sweep_kw)  # type: ignore[arg-type]
             _mark_complete(tmp)
-            if out_path.exists():
-                shutil.rmtree(out_path)
+            remove_output(out_path)
             os.replace(tmp, out_path)
         finally:
             if tmp.exists():

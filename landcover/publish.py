@@ -84,13 +84,24 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def _fresh_dir(out: Path, *, overwrite: bool) -> Path:
-    """A temporary sibling of ``out`` to build into (renamed over ``out`` by :func:`_commit`)."""
-    if out.exists() and not overwrite:
-        raise InputFileError(out, "output already exists (pass overwrite=True / --overwrite)")
+def _fresh_dir(
+    out: Path, *, overwrite: bool, inputs: Sequence[Any] = (), kind: str = "package", marker: bool = False
+) -> Path:
+    """A temporary sibling of ``out`` to build into (renamed over ``out`` by :func:`_commit`).
+
+    ``out`` may only replace a package landcover wrote (:func:`landcover.safety.check_output`).
+    ``marker``: the new package carries :data:`landcover.safety.MARKER` (a dataset package,
+    which has no other sign of its origin; a model package has its ``model.json``).
+    """
+    from .safety import check_output, mark_output
+
+    paths = [p for p in inputs if isinstance(p, str | os.PathLike)]
+    check_output(out, overwrite=overwrite, inputs=paths, what=kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
+    if marker:
+        mark_output(tmp, kind)
     return tmp
 
 
@@ -226,7 +237,7 @@ def publish_model(
     metrics = _metrics_from_report(Path(report), spec.name) if report is not None else None
     best_row = extras.get("history_row")
     dest = Path(out)
-    tmp = _fresh_dir(dest, overwrite=overwrite)
+    tmp = _fresh_dir(dest, overwrite=overwrite, inputs=[checkpoint, report], kind="model package")
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(
@@ -570,7 +581,7 @@ def publish_dataset(
     year = str(clc_year) if clc_year is not None else (_clc_year(metas[0]["attrs"]) or "<year>")
     attributions = [clc_attribution(year), LANDSAT_ATTRIBUTION]
     dest = Path(out)
-    tmp = _fresh_dir(dest, overwrite=overwrite)
+    tmp = _fresh_dir(dest, overwrite=overwrite, inputs=paths, kind="dataset package", marker=True)
     try:
         items: list[pystac.Item] = []
         for meta, name in zip(metas, names, strict=True):

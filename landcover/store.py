@@ -500,13 +500,18 @@ def _encoding(
     return enc
 
 
-def _check_existing(store: Path, fingerprint: str, *, overwrite: bool) -> Literal["new", "resume", "done"]:
-    """Decide what to do with an existing ``store`` path."""
+def _check_existing(
+    store: Path, fingerprint: str, *, overwrite: bool, inputs: Sequence[str | os.PathLike[str]] = ()
+) -> Literal["new", "resume", "done"]:
+    """Decide what to do with an existing ``store`` path (never writing over what landcover did not write)."""
+    from .safety import guard_output, remove_output
+
+    exists = guard_output(store, inputs=inputs, what="cube")  # refuses ., ancestors, inputs, foreign paths
     _clean_tmp_siblings(store)
-    if not store.exists():
+    if not exists:
         return "new"
     if overwrite:
-        shutil.rmtree(store) if store.is_dir() else store.unlink()
+        remove_output(store, inputs=inputs)
         return "new"
     attrs = _root_attrs(store)
     state = _read_state(store)
@@ -526,7 +531,9 @@ def _check_existing(store: Path, fingerprint: str, *, overwrite: bool) -> Litera
             f"{store}: an unfinished build with different parameters is in this store; rerun it with its "
             "original arguments to finish it, or pass overwrite=True (--overwrite) to start again"
         )
-    raise InputFileError(store, "exists and is not a landcover cube; choose another path or pass --overwrite")
+    raise InputFileError(
+        store, "exists and is a landcover output but not a cube; choose another path or pass --overwrite"
+    )
 
 
 def write_cube(
@@ -542,6 +549,7 @@ def write_cube(
     progress: bool = True,
     threads: int | None = None,
     kill_after: int | None = None,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> Path:
     """Write a lazy cube Dataset to a Zarr v3 store, resumably.
 
@@ -562,7 +570,7 @@ def write_cube(
     client
         A ``distributed.Client``; ``None`` uses the local threaded scheduler.
     overwrite
-        Replace an existing store of different parameters.
+        Replace an existing store of different parameters (only a store landcover wrote).
     progress
         Show a progress bar over regions.
     threads
@@ -570,15 +578,24 @@ def write_cube(
     kill_after
         Testing hook: stop the process with SIGKILL after this many regions have
         been written by this run (used to test resumption; never set in production).
+    inputs
+        The input files of the build: ``store`` may be neither one of them nor hold one
+        (see :func:`landcover.safety.guard_output`).
 
     Returns
     -------
     Path
         The store path.
+
+    Raises
+    ------
+    InputFileError
+        If ``store`` is the working directory, an ancestor of it, an input or holds one, or
+        exists and was not written by landcover (even with ``overwrite``).
     """
     store = Path(store)
     chunks = dict(_default_chunks(ds) if chunks is None else chunks)
-    action = _check_existing(store, fingerprint, overwrite=overwrite)
+    action = _check_existing(store, fingerprint, overwrite=overwrite, inputs=inputs)
     if action == "done":
         return store
     if action == "new":

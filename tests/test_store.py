@@ -165,9 +165,13 @@ def test_refuses_foreign_directory_and_missing_store(tmp_path: Path) -> None:
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep")
-    with pytest.raises(InputFileError, match="not a landcover cube"):
-        write_cube(_dataset(_raw()), foreign, fingerprint="f", chunks=CHUNKS, progress=False)
-    assert (foreign / "precious.txt").read_text() == "keep"
+    for overwrite in (False, True):  # --overwrite replaces only what landcover wrote
+        with pytest.raises(InputFileError, match="landcover did not write") as err:
+            write_cube(
+                _dataset(_raw()), foreign, fingerprint="f", chunks=CHUNKS, progress=False, overwrite=overwrite
+            )
+        assert "--overwrite" not in str(err.value)
+        assert (foreign / "precious.txt").read_text() == "keep"
     with pytest.raises(InputFileError, match="no such cube"):
         open_cube(tmp_path / "nope.zarr")
     with pytest.raises(InputFileError, match="zarr.json"):

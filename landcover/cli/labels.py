@@ -1,8 +1,10 @@
-"""``landcover labels CLC_RASTER --like SCENE_OR_RASTER --out OUT.tif|OUT.zarr``: CLC fractions on a grid.
+"""``landcover labels CLC --like SCENE_OR_RASTER --out OUT.tif|OUT.zarr``: CLC fractions on a grid.
 
-Writes the exact per-class area fractions of a CORINE raster on the grid of ``--like``
-(see :func:`landcover.corine.fractions`), streamed chunk by chunk, to a temporary name that is
-renamed into place only when complete (no partial output on error).
+Writes the exact per-class area fractions of a CORINE raster, or of the CORINE polygons
+(``CLC.gpkg|.shp|.gdb [--layer NAME] [--field CODE_18]``), on the grid of ``--like`` (see
+:func:`landcover.corine.fractions`), streamed chunk by chunk, to a temporary name that is
+renamed into place only when complete (no partial output on error). Both inputs give the
+same variables, encoding, coverage and NODATA rule.
 
 Outputs
 -------
@@ -49,7 +51,19 @@ def register(subparsers: Any) -> None:
             "per class, description = CLC code, then a coverage band)."
         ),
     )
-    parser.add_argument("clc", metavar="CLC_RASTER", help="CORINE raster (indices 1..44 or codes 111..523)")
+    parser.add_argument(
+        "clc",
+        metavar="CLC",
+        help="CORINE raster (indices 1..44 or codes 111..523) or polygons (.gpkg, .shp, .gdb ...)",
+    )
+    parser.add_argument(
+        "--layer", metavar="NAME", help="vector CLC: polygon layer (default: the one with a CLC code field)"
+    )
+    parser.add_argument(
+        "--field",
+        metavar="NAME",
+        help="vector CLC: class field (default: CODE_18, CODE_12, CODE_06, CODE_00 or CODE_90, any case)",
+    )
     parser.add_argument(
         "--like",
         required=True,
@@ -217,7 +231,11 @@ def _write_geotiff(ds: Any, tmp: Path, dtype: str, progress: bool, client: Any =
         if dtype == "uint8":
             dst.scales = (LABEL_SCALE,) * (n + 1)
             dst.offsets = (0.0,) * (n + 1)
+        from .._version import __version__
+        from ..safety import TIFF_TAG
+
         dst.update_tags(
+            **{TIFF_TAG: f"landcover {__version__}"},  # the marker that lets --overwrite replace it
             clc_level=str(ds.attrs["clc_level"]),
             class_codes=json.dumps(ds["class"].values.tolist()),
             class_names=json.dumps(ds.attrs["class_names"]),
@@ -261,6 +279,7 @@ def _write_zarr(ds: Any, tmp: Path, dtype: str, progress: bool, client: Any = No
             encoding[v]["_FillValue"] = LABEL_FILL
     # Keep spatial_ref a coordinate after a plain xr.open_zarr, so .rio.crs survives a reopen.
     out.attrs["coordinates"] = "spatial_ref"
+    out.attrs["landcover:output"] = "labels"  # the marker that lets --overwrite replace it (landcover.safety)
     for v in ("fractions", "coverage"):
         out[v].attrs["grid_mapping"] = "spatial_ref"
         out[v].encoding.pop("grid_mapping", None)
@@ -352,15 +371,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must end in .zarr, .tif or .tiff, got {out}")
     if args.chunks < 16:
         raise ConfigError(f"--chunks must be at least 16, got {args.chunks}")
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out}: exists (use --overwrite to replace it)")
+    from ..safety import check_output, remove_output
+
+    check_output(out, overwrite=args.overwrite, inputs=[args.clc, args.like], what="labels")
     if not out.parent.exists():
         raise ConfigError(f"{out.parent}: output directory does not exist")
     from ..distributed import cluster_options_from_args, open_cluster
 
     options = cluster_options_from_args(args)
     grid = grid_of_like(args.like)
-    src = read_clc(args.clc)
+    src = read_clc(args.clc, layer=args.layer, field=args.field)
     ds = fractions(
         src,
         grid,
@@ -382,11 +402,7 @@ def run(args: argparse.Namespace) -> int:
                     _write(ds, tmp, suffix, args.dtype, progress, None)
             else:
                 _write(ds, tmp, suffix, args.dtype, progress, client)
-        if out.exists():  # --overwrite
-            if out.is_dir():
-                shutil.rmtree(out)
-            else:
-                out.unlink()
+        remove_output(out, inputs=[args.clc, args.like])  # --overwrite: only a landcover output
         os.replace(tmp, out)
     finally:
         if tmp.is_dir():

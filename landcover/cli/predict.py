@@ -68,9 +68,13 @@ def run(args: argparse.Namespace) -> int:
     for given in (args.checkpoint, args.cube or args.scene):
         if not Path(given).exists():
             raise InputFileError(given, "no such file or directory")
+    from ..safety import check_output
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputFileError(args.out, "is a file, not a folder; choose another --out")
+    inputs = [args.checkpoint, args.cube or args.scene]
     zarr_out = Path(args.out) / "prediction.zarr"
-    if zarr_out.exists() and not args.overwrite:
-        raise InputFileError(zarr_out, "output already exists (pass --overwrite to replace it)")
+    check_output(zarr_out, overwrite=args.overwrite, inputs=inputs, what="prediction")
     if args.band_width is not None and args.band_width < 1:
         raise ConfigError(f"--band-width must be positive, got {args.band_width}")
     options = cluster_options_from_args(args)
