@@ -21,6 +21,13 @@ Names (see :func:`build_model`):
     scaled by ``3 / C`` so that, for correlated unit-variance bands, the first layer's
     activations keep the magnitude they had with 3 channels (the convention of timm's
     ``adapt_input_conv``).
+``ssl4eo``
+    Multispectral input, encoder initialised from the SSL4EO-L self-supervised Landsat
+    TM TOA weights (:mod:`landcover.weights`): the first convolution's filters are
+    picked by band name from the published channel order (TM bands 1-7, thermal sixth);
+    published bands the input lacks (thermal, for a cube without it) are dropped.
+    Inputs are the published scaling: reflectance / 0.4 and (Kelvin - 248.15) / 70,
+    clipped to [0, 1] (``input_norm="unit"``).
 
 Input normalisation
 -------------------
@@ -28,14 +35,19 @@ The datasets standardise every band with its own mean and standard deviation
 (z-scores). ImageNet normalisation does the same thing for ImageNet photographs: it
 makes each channel zero-mean, unit-variance. So for z-scored inputs the ImageNet
 models need nothing more (``input_norm="zscore"``, the default, an identity). When a
-model is fed reflectance in ``[0, 1]`` instead, pass ``input_norm="imagenet"``: the
-model then applies ``(x - IMAGENET_MEAN) / IMAGENET_STD`` itself (a buffer of the
-network, so it travels with checkpoints). Either way the choice is recorded in
-:class:`ModelSpec`.
+model is fed values stretched to ``[0, 1]`` instead (the dataset's statistics then hold
+the stretch, see :func:`landcover.transforms.stretch_stats`), pass
+``input_norm="imagenet"``: the model clips to [0, 1] and applies ``(x - IMAGENET_MEAN) /
+IMAGENET_STD`` itself (a buffer of the network, so it travels with checkpoints); bands
+other than red/green/blue get the mean of the three. ``input_norm="unit"`` only clips to
+[0, 1] (the SSL4EO-L convention). The choice is recorded in :class:`ModelSpec`.
 
-ImageNet weights are never downloaded. They are read from a file given explicitly
-or from the torch hub cache (``torch.hub.get_dir()/checkpoints``); see
-:func:`find_imagenet_weights`.
+Pretrained weights are never downloaded here. They are read from a file given
+explicitly or from the torch hub cache (``torch.hub.get_dir()/checkpoints``); see
+:func:`find_imagenet_weights` and :func:`landcover.weights.download_weights`. Every file
+is hashed and compared with the published digest (:func:`landcover.weights.check_weights`):
+the spec's ``pretrained`` names the published file only when it matches, otherwise
+``unverified weights (sha256 ...)``; ``pretrained_sha256`` holds the full digest.
 
 Checkpoints hold plain tensors and primitive types only and are read back with
 ``torch.load(weights_only=True)``; the :class:`ModelSpec` travels with them so that
@@ -78,7 +90,11 @@ __all__ = [
     "default_bands",
     "find_imagenet_weights",
     "load_imagenet_state_dict",
+    "read_state_dict",
+    "finetune_param_groups",
+    "PRETRAINED_NAMES",
     "adapt_input_conv",
+    "select_input_conv",
     "save_checkpoint",
     "load_checkpoint",
     "save_model",
@@ -87,14 +103,16 @@ __all__ = [
     "receptive_multiple",
 ]
 
-ModelName = Literal["native", "rgb-imagenet", "rgb-scratch", "native-imagenet-init"]
+ModelName = Literal["native", "rgb-imagenet", "rgb-scratch", "native-imagenet-init", "ssl4eo"]
 EncoderName = Literal["resnet18", "resnet34", "resnet50"]
-InputNorm = Literal["zscore", "imagenet"]
+InputNorm = Literal["zscore", "imagenet", "unit"]
 NormName = Literal["batch", "group"]
 Preset = Literal["tiny", "small", "base"]
 
 MODEL_NAMES: Final[tuple[str, ...]] = get_args(ModelName)
 IMAGENET_NAMES: Final = frozenset({"rgb-imagenet", "native-imagenet-init"})
+PRETRAINED_NAMES: Final = frozenset(IMAGENET_NAMES | {"ssl4eo"})
+"""Models whose encoder starts from published weights (the rest train from scratch)."""
 RGB_NAMES: Final = frozenset({"rgb-imagenet", "rgb-scratch"})
 
 TM_BANDS: Final[tuple[str, ...]] = ("blue", "green", "red", "nir", "swir1", "swir2", "thermal")
@@ -114,6 +132,19 @@ _RGB_ALIASES: Final[dict[str, str]] = {
 
 def _rgb_of(band: str) -> str | None:
     return _RGB_ALIASES.get(band.lower())
+
+
+_TM_ALIASES: Final[dict[str, str]] = {
+    **{name: name for name in TM_BANDS},
+    **{f"b{i}": name for i, name in zip((1, 2, 3, 4, 5, 7, 6), TM_BANDS, strict=True)},
+    **{f"sr_b{i}": name for i, name in zip((1, 2, 3, 4, 5, 7), TM_BANDS[:6], strict=True)},
+    "st_b6": "thermal",
+}
+"""Band names (lower-cased) of Landsat 4-5 TM bands, to landcover's names (:data:`TM_BANDS`)."""
+
+
+def _tm_of(band: str) -> str | None:
+    return _TM_ALIASES.get(band.lower())
 
 
 IMAGENET_WEIGHT_FILES: Final[dict[str, str]] = {
@@ -191,10 +222,15 @@ class ModelSpec:
         CLC codes of the output channels (length ``num_classes``), or empty when unknown.
     input_norm
         ``"zscore"``: inputs are per-band standardised, the model applies nothing;
-        ``"imagenet"``: inputs are reflectance in [0, 1] and the model applies ImageNet
-        mean/std (3-channel models only).
+        ``"imagenet"``: inputs are stretched to [0, 1]; the model clips them and applies
+        ImageNet mean/std (red/green/blue by name, the mean of the three elsewhere);
+        ``"unit"``: inputs are stretched to [0, 1]; the model clips them.
     pretrained
-        Provenance of the initial weights: ``"none"`` or ``"imagenet:<file name>"``.
+        Provenance of the initial weights: ``"none"``, ``"<family>:<published file name>"``
+        (``imagenet:resnet18-f37072fd.pth``, ``ssl4eo:...``) when the file's hash matches
+        the published one, else ``"unverified weights (sha256 ...)"``.
+    pretrained_sha256
+        Full SHA-256 of the weights file (empty without pretrained weights).
     band_mean, band_std
         Per-band statistics the dataset used to standardise the inputs (recorded for
         prediction; not applied by the model). Empty when unknown.
@@ -219,6 +255,7 @@ class ModelSpec:
     band_mean: tuple[float, ...] = ()
     band_std: tuple[float, ...] = ()
     norm: str = "batch"
+    pretrained_sha256: str = ""
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -248,9 +285,11 @@ class ModelSpec:
         if self.norm != "batch" and self.pretrained != "none":
             raise ValueError("ImageNet weights need norm='batch' (their BatchNorm statistics)")
         if self.input_norm not in get_args(InputNorm):
-            raise ValueError(f"input_norm must be 'zscore' or 'imagenet', got {self.input_norm!r}")
-        if self.input_norm == "imagenet" and self.in_channels != 3:
-            raise ValueError("input_norm='imagenet' applies to 3-channel (RGB) models only")
+            raise ValueError(f"input_norm must be 'zscore', 'imagenet' or 'unit', got {self.input_norm!r}")
+        if self.name == "ssl4eo":
+            unknown = [b for b in self.bands if _tm_of(b) is None]
+            if unknown:
+                raise ValueError(f"ssl4eo takes Landsat TM bands only; unknown band(s) {unknown}")
         for stats in (self.band_mean, self.band_std):
             if stats and len(stats) != self.in_channels:
                 raise ValueError("band_mean/band_std need one value per input channel")
@@ -390,8 +429,7 @@ class SegmentationModel(nn.Module):
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(cin, spec.num_classes, kernel_size=1)
         if spec.input_norm == "imagenet":
-            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            mean, std = _imagenet_stats(spec.bands)
         else:
             mean = torch.zeros(1, spec.in_channels, 1, 1)
             std = torch.ones(1, spec.in_channels, 1, 1)
@@ -417,6 +455,8 @@ class SegmentationModel(nn.Module):
                 f"expected an image of shape (B, {self.spec.in_channels}, H, W), got {tuple(image.shape)}"
             )
         size = (int(image.shape[-2]), int(image.shape[-1]))
+        if self.spec.input_norm != "zscore":
+            image = image.clamp(0.0, 1.0)
         if self.spec.input_norm == "imagenet":
             image = (image - self.input_mean) / self.input_std
         feats = self.encoder(image)
@@ -428,6 +468,45 @@ class SegmentationModel(nn.Module):
             x = block(x, skip, target)
         out: torch.Tensor = self.head(x)
         return out
+
+
+def _imagenet_stats(bands: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean/std per channel by band name (other bands: the mean of the three), (1, C, 1, 1)."""
+    avg_m, avg_s = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+    mean, std = [], []
+    for band in bands:
+        rgb = _rgb_of(band)
+        i = _IMAGENET_ORDER.index(rgb) if rgb is not None else None
+        mean.append(IMAGENET_MEAN[i] if i is not None else avg_m)
+        std.append(IMAGENET_STD[i] if i is not None else avg_s)
+    return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+
+
+def finetune_param_groups(model: SegmentationModel, encoder_lr_scale: float) -> list[dict[str, Any]]:
+    """Two optimizer groups for discriminative fine-tuning with :func:`landcover.train.fit`.
+
+    Parameters
+    ----------
+    model
+        A model built by :func:`build_model`.
+    encoder_lr_scale
+        Peak LR of the encoder relative to the rest (decoder and head), e.g. 0.1 for a
+        pretrained encoder.
+
+    Returns
+    -------
+    list of dict
+        ``[{"name": "encoder", "params": ..., "lr_scale": encoder_lr_scale},
+        {"name": "decoder", "params": ..., "lr_scale": 1.0}]`` (trainable parameters only).
+    """
+    if not (encoder_lr_scale > 0 and encoder_lr_scale == encoder_lr_scale):
+        raise ValueError(f"encoder_lr_scale must be > 0, got {encoder_lr_scale}")
+    enc = [p for p in model.encoder.parameters() if p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+    return [
+        {"name": "encoder", "params": enc, "lr_scale": float(encoder_lr_scale)},
+        {"name": "decoder", "params": rest, "lr_scale": 1.0},
+    ]
 
 
 def _hub_checkpoint_dir() -> Path:
@@ -509,14 +588,39 @@ def load_imagenet_state_dict(
     found = find_imagenet_weights(encoder, path)
     if found is None:
         raise _missing_weights_error(encoder, path)
+    return read_state_dict(found, f"torchvision {encoder}")
+
+
+_PREFIXES: Final = ("module.", "backbone.", "encoder.", "model.")
+
+
+def read_state_dict(path: str | os.PathLike[str], what: str = "ResNet") -> dict[str, torch.Tensor]:
+    """Read a ResNet state dict (``weights_only=True``) with torchvision/timm parameter names.
+
+    A ``{"state_dict": ...}`` wrapper is unpacked and one leading ``module.``,
+    ``backbone.``, ``encoder.`` or ``model.`` is stripped from every key when the names
+    need it (timm's ResNet uses torchvision's names: ``conv1``, ``bn1``, ``layer1.0.conv1``,
+    ``layer1.0.downsample.0``, ``fc``).
+
+    Raises
+    ------
+    InputFileError
+        When the file is not a readable state dict with a ``conv1.weight``.
+    """
+    found = Path(path)
     try:
         state = torch.load(found, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means a bad file
         raise InputFileError(found, f"not a readable PyTorch state dict ({exc})") from exc
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
+    if isinstance(state, Mapping) and "conv1.weight" not in state:
+        for prefix in _PREFIXES:
+            if f"{prefix}conv1.weight" in state:
+                state = {str(k)[len(prefix) :]: v for k, v in state.items() if str(k).startswith(prefix)}
+                break
     if not isinstance(state, Mapping) or "conv1.weight" not in state:
-        raise InputFileError(found, f"not a torchvision {encoder} state dict (no 'conv1.weight')")
+        raise InputFileError(found, f"not a {what} state dict (no 'conv1.weight')")
     return {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
@@ -552,21 +656,62 @@ def adapt_input_conv(weight: torch.Tensor, bands: Sequence[str]) -> torch.Tensor
     return out.contiguous()
 
 
-def _load_encoder_weights(model: SegmentationModel, state: Mapping[str, torch.Tensor]) -> None:
+def select_input_conv(weight: torch.Tensor, source: Sequence[str], bands: Sequence[str]) -> torch.Tensor:
+    """Pick first-layer filters ``(O, len(source), kh, kw)`` by band name for a new input.
+
+    Parameters
+    ----------
+    weight
+        The published ``conv1.weight``, input channels named by ``source``.
+    source
+        Band names of ``weight``'s input channels (e.g. :data:`landcover.weights.SSL4EO_TM_BANDS`).
+    bands
+        Band names of the new input, in channel order (TM aliases such as ``SR_B4`` allowed).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(O, len(bands), kh, kw)``; source bands the input lacks are dropped (unscaled).
+
+    Raises
+    ------
+    LandcoverError
+        When an input band is not among ``source``.
+    """
+    if weight.ndim != 4 or weight.shape[1] != len(source):
+        raise LandcoverError(
+            f"first-layer kernel has {weight.shape[1] if weight.ndim == 4 else '?'} input channels, "
+            f"the published band order names {len(source)}"
+        )
+    idx = []
+    for band in bands:
+        name = _tm_of(band) or band.lower()
+        if name not in source:
+            raise LandcoverError(f"band {band!r} is not among the weights' input bands {list(source)}")
+        idx.append(list(source).index(name))
+    return weight[:, idx].contiguous()
+
+
+def _load_encoder_weights(
+    model: SegmentationModel, state: Mapping[str, torch.Tensor], source_bands: Sequence[str] | None = None
+) -> None:
     spec = model.spec
+    what = "SSL4EO" if spec.name == "ssl4eo" else "ImageNet"
     own = model.encoder.state_dict()
     new: dict[str, torch.Tensor] = {}
     for key, value in own.items():
         if key not in state:
-            raise LandcoverError(f"ImageNet state dict lacks {key!r}: is it a torchvision {spec.encoder}?")
+            raise LandcoverError(f"{what} state dict lacks {key!r}: is it a timm/torchvision {spec.encoder}?")
         src = state[key]
         if key == "conv1.weight":
-            if [_rgb_of(b) for b in spec.bands] != list(_IMAGENET_ORDER):
+            if source_bands is not None:
+                src = select_input_conv(src, source_bands, spec.bands)
+            elif [_rgb_of(b) for b in spec.bands] != list(_IMAGENET_ORDER):
                 src = adapt_input_conv(src, spec.bands)
         if src.shape != value.shape:
             raise LandcoverError(
-                f"ImageNet weight {key!r} has shape {tuple(src.shape)}, the model needs {tuple(value.shape)} "
-                f"(ImageNet weights need width=1.0 and a matching encoder)"
+                f"{what} weight {key!r} has shape {tuple(src.shape)}, the model needs {tuple(value.shape)} "
+                f"(pretrained weights need width=1.0 and a matching encoder)"
             )
         new[key] = src.to(value.dtype)
     model.encoder.load_state_dict(new, strict=True)
@@ -585,28 +730,31 @@ def build_model(
     preset: Preset | None = None,
     bands: Sequence[str] | None = None,
     class_codes: Sequence[int] | None = None,
-    input_norm: InputNorm = "zscore",
+    input_norm: InputNorm | None = None,
     band_mean: Sequence[float] | None = None,
     band_std: Sequence[float] | None = None,
     seed: int | None = None,
     norm: NormName = "batch",
+    ssl4eo_method: Literal["moco", "simclr"] = "moco",
 ) -> SegmentationModel:
     """Build a segmentation model by name.
 
     Parameters
     ----------
     name
-        ``"native"``, ``"rgb-imagenet"``, ``"rgb-scratch"`` or ``"native-imagenet-init"``
-        (see the module docstring).
+        ``"native"``, ``"rgb-imagenet"``, ``"rgb-scratch"``, ``"native-imagenet-init"`` or
+        ``"ssl4eo"`` (see the module docstring).
     in_channels
         Input bands: 3 for the RGB models, 6 (reflective) or 7 (with thermal) for the
         native ones.
     num_classes
         Output classes ``K``.
     pretrained
-        Only for the ImageNet names: None or ``"hub"`` searches the torch hub cache; a
-        path names the torchvision state dict file (or a directory holding it). Giving
-        it for ``native``/``rgb-scratch`` is an error.
+        Only for the pretrained names (:data:`PRETRAINED_NAMES`): None or ``"hub"``
+        searches the torch hub cache for the published file name; a path names the state
+        dict file (or a directory holding the published name). Giving it for
+        ``native``/``rgb-scratch`` is an error. The file is hashed and checked against the
+        published digest (``spec.pretrained`` says whether it matched).
     encoder, width, depth
         ResNet variant, channel multiplier and number of residual stages (1-4). Defaults
         come from ``preset`` (``"base"`` when no preset: resnet18, width 1, depth 4).
@@ -622,8 +770,10 @@ def build_model(
     class_codes
         CLC codes of the output classes (recorded in the spec).
     input_norm
-        ``"zscore"`` (inputs standardised per band; default) or ``"imagenet"`` (inputs
-        are [0, 1] reflectance, the model applies ImageNet mean/std).
+        ``"zscore"`` (inputs standardised per band; the default except for ``ssl4eo``),
+        ``"imagenet"`` (inputs stretched to [0, 1], the model clips and applies ImageNet
+        mean/std) or ``"unit"`` (inputs stretched to [0, 1], clipped; the default for
+        ``ssl4eo``, whose dataset statistics must then be the published ranges).
     band_mean, band_std
         The dataset's normalisation statistics, recorded in the spec for prediction.
     seed
@@ -633,6 +783,8 @@ def build_model(
         ``"batch"`` (default) or ``"group"`` normalisation layers (see :class:`ModelSpec`);
         ``"group"`` suits data-local training on heterogeneous repositories (not with
         ImageNet weights).
+    ssl4eo_method
+        Which SSL4EO-L TM TOA weights ``ssl4eo`` expects: ``"moco"`` or ``"simclr"``.
 
     Returns
     -------
@@ -642,7 +794,7 @@ def build_model(
     Raises
     ------
     LandcoverError
-        When ImageNet weights are needed and not found (nothing is downloaded).
+        When pretrained weights are needed and not found (nothing is downloaded).
     ConfigError
         For inconsistent options.
     """
@@ -658,25 +810,51 @@ def build_model(
         dec = tuple(max(8, int(round(c * w))) for c in _BASE_DECODER[-(d + 1) :])
     else:
         dec = tuple(int(c) for c in decoder_channels)
-    wants_imagenet = name in IMAGENET_NAMES
+    wants_weights = name in PRETRAINED_NAMES
     if norm not in get_args(NormName):
         raise ConfigError(f"norm must be 'batch' or 'group', got {norm!r}")
-    if wants_imagenet and norm != "batch":
-        raise ConfigError(f"model {name!r} loads ImageNet weights, which need norm='batch'")
-    if not wants_imagenet and pretrained is not None:
+    if wants_weights and norm != "batch":
+        raise ConfigError(f"model {name!r} loads pretrained weights, which need norm='batch'")
+    if not wants_weights and pretrained is not None:
         raise ConfigError(
-            f"model {name!r} is trained from scratch; 'pretrained' applies to rgb-imagenet only"
+            f"model {name!r} is trained from scratch; 'pretrained' applies to "
+            f"{', '.join(sorted(PRETRAINED_NAMES))} only"
         )
     weights_file: Path | None = None
-    if wants_imagenet:
-        if enc not in IMAGENET_WEIGHT_FILES:
+    check = None
+    if wants_weights:
+        from .weights import find_weights, weights_for
+
+        family: Literal["imagenet", "ssl4eo"] = "ssl4eo" if name == "ssl4eo" else "imagenet"
+        if family == "imagenet" and enc not in IMAGENET_WEIGHT_FILES:
             raise ConfigError(f"no ImageNet weights known for encoder {enc!r}")
+        try:
+            entry = weights_for(family, enc, ssl4eo_method)
+        except LandcoverError as exc:
+            raise ConfigError(str(exc)) from exc
         if w != 1.0:
-            raise ConfigError(f"ImageNet weights need width=1.0 (got width={w}); use preset 'base'")
+            raise ConfigError(f"pretrained weights need width=1.0 (got width={w}); use preset 'base'")
         search = None if pretrained is None or str(pretrained) == "hub" else pretrained
-        weights_file = find_imagenet_weights(enc, search)
-        if weights_file is None:
-            raise _missing_weights_error(enc, search)
+        if family == "imagenet":
+            weights_file = find_imagenet_weights(enc, search)
+            if weights_file is None:
+                raise _missing_weights_error(enc, search)
+        else:
+            weights_file = find_weights(entry, search)
+            if weights_file is None:
+                where = (
+                    f"'{search}' is not a file"
+                    if search is not None
+                    else (f"'{_hub_checkpoint_dir() / entry.filename}' does not exist")
+                )
+                raise LandcoverError(
+                    f"SSL4EO-L weights {entry.key} not found: {where}. Pass the file with --ssl4eo-weights, "
+                    f"or fetch it (hash-verified, into the torch hub cache) with --download-weights; "
+                    f"published at {entry.url}"
+                )
+        check = _checked(weights_file, entry)
+    if input_norm is None:
+        input_norm = "unit" if name == "ssl4eo" else "zscore"
     try:
         spec = ModelSpec(
             name=name,
@@ -689,7 +867,8 @@ def build_model(
             bands=tuple(bands) if bands is not None else default_bands(name, in_channels),
             class_codes=tuple(int(c) for c in class_codes) if class_codes is not None else (),
             input_norm=input_norm,
-            pretrained=f"imagenet:{weights_file.name}" if weights_file is not None else "none",
+            pretrained=check.label if check is not None else "none",
+            pretrained_sha256=check.sha256 if check is not None else "",
             band_mean=tuple(float(v) for v in band_mean) if band_mean is not None else (),
             band_std=tuple(float(v) for v in band_std) if band_std is not None else (),
             norm=norm,
@@ -702,9 +881,25 @@ def build_model(
             model = SegmentationModel(spec)
     else:
         model = SegmentationModel(spec)
-    if weights_file is not None:
-        _load_encoder_weights(model, load_imagenet_state_dict(enc, weights_file))
+    if weights_file is not None and check is not None:
+        what = f"{check.entry.family} {enc}"
+        source = check.entry.bands if check.entry.family == "ssl4eo" else None
+        _load_encoder_weights(model, read_state_dict(weights_file, what), source)
     return model
+
+
+_CHECKS: dict[tuple[str, int, int, str], Any] = {}
+
+
+def _checked(path: Path, entry: Any) -> Any:
+    """:func:`landcover.weights.check_weights`, remembered per (file, size, mtime, entry) in this process."""
+    from .weights import check_weights
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, entry.key)
+    if key not in _CHECKS:
+        _CHECKS[key] = check_weights(path, entry)
+    return _CHECKS[key]
 
 
 def build_model_for_dataset(name: ModelName, dataset: Any, **kwargs: Any) -> SegmentationModel:

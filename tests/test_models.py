@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import socket
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def test_output_shapes_every_model(
             assert out.shape == (2, 5, h, w)
             assert out.dtype == torch.float32
     assert model.spec.name == name and len(model.spec.bands) == channels
-    assert set(MODEL_NAMES) == {"native", "rgb-imagenet", "rgb-scratch", "native-imagenet-init"}
+    assert set(MODEL_NAMES) == {"native", "rgb-imagenet", "rgb-scratch", "native-imagenet-init", "ssl4eo"}
 
 
 @pytest.mark.parametrize(("encoder", "depth"), [("resnet34", 2), ("resnet50", 1), ("resnet18", 4)])
@@ -92,7 +93,9 @@ def test_rgb_imagenet_loads_the_given_state_dict(resnet18_state: State) -> None:
     assert set(enc) == {k for k in state if not k.startswith("fc.")}
     for key, value in enc.items():
         assert torch.equal(value, state[key]), key
-    assert model.spec.pretrained == f"imagenet:{path.name}"
+    # random weights are not torchvision's published file: never called "imagenet"
+    assert model.spec.pretrained.startswith("unverified weights (sha256 ")
+    assert model.spec.pretrained_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert model.spec.bands == ("red", "green", "blue")
 
 
@@ -162,8 +165,8 @@ def test_imagenet_input_norm_is_applied_inside_the_model() -> None:
     z = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         assert torch.allclose(a(x), b(z), atol=1e-5)
-    with pytest.raises(ConfigError):
-        build_model("native", 6, 2, input_norm="imagenet")
+    with pytest.raises(ConfigError, match="input_norm"):
+        build_model("native", 6, 2, input_norm="minmax")  # type: ignore[arg-type]
 
 
 def test_checkpoint_roundtrip_rebuilds_the_model(tmp_path: Path) -> None:
@@ -235,3 +238,77 @@ def test_group_norm_models_have_no_batch_statistics(tmp_path: Path, resnet18_sta
         build_model("rgb-imagenet", 3, 4, pretrained=resnet18_state[0], norm="group")
     with pytest.raises(ConfigError, match="norm"):
         build_model("native", 6, 4, norm="layer")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def ssl4eo_state(tmp_path_factory: pytest.TempPathFactory) -> State:
+    """A timm-style resnet18 state dict with 7 input channels (SSL4EO-L TM TOA shapes), random weights."""
+    torch.manual_seed(7)
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(7, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    state = net.state_dict()
+    path = tmp_path_factory.mktemp("ssl4eo") / "resnet18_landsat_tm_toa_moco-1c691b4f.pth"
+    torch.save({f"backbone.{k}": v for k, v in state.items()}, path)  # a wrapped checkpoint
+    return path, state
+
+
+@pytest.mark.parametrize("thermal", [False, True])
+def test_ssl4eo_picks_first_layer_filters_by_band_name(ssl4eo_state: State, thermal: bool) -> None:
+    from landcover.weights import SSL4EO_TM_BANDS
+
+    path, state = ssl4eo_state
+    channels = 7 if thermal else 6
+    model = build_model("ssl4eo", channels, 4, pretrained=path)
+    w = model.encoder.conv1.weight.detach()
+    src = state["conv1.weight"]
+    assert w.shape == (64, channels, 7, 7)
+    for i, band in enumerate(model.spec.bands):
+        assert torch.equal(w[:, i], src[:, SSL4EO_TM_BANDS.index(band)]), band
+    # our cubes keep thermal last, SSL4EO's published order has it sixth (TM band 6)
+    assert torch.equal(w[:, 5], src[:, 6])  # swir2 = TM band 7
+    if thermal:
+        assert torch.equal(w[:, 6], src[:, 5])
+    assert torch.equal(model.encoder.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+    assert model.spec.input_norm == "unit"
+    assert model.spec.pretrained.startswith("unverified weights")  # random bytes, not the published file
+    # inputs are clipped to [0, 1] inside the model
+    model.eval()
+    x = torch.rand(1, channels, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x * 3 - 1), model(x.mul(3).sub(1).clamp(0, 1)))
+
+
+def test_ssl4eo_is_found_by_its_published_name_in_the_hub_cache(ssl4eo_state: State) -> None:
+    with pytest.raises(LandcoverError, match="--download-weights"):
+        build_model("ssl4eo", 6, 3)
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / ssl4eo_state[0].name).write_bytes(ssl4eo_state[0].read_bytes())
+    model = build_model("ssl4eo", 6, 3, pretrained="hub")
+    assert torch.equal(model.encoder.conv1.weight[:, 0], ssl4eo_state[1]["conv1.weight"][:, 0])
+    with pytest.raises(ConfigError, match="ssl4eo-tm-toa-moco-resnet34"):
+        build_model("ssl4eo", 6, 3, encoder="resnet34")
+    with pytest.raises(ConfigError, match="TM bands"):
+        build_model("ssl4eo", 3, 3, bands=("red", "green", "ndvi"), pretrained="hub")
+
+
+def test_finetune_param_groups_split_encoder_and_decoder() -> None:
+    from landcover.models import finetune_param_groups
+
+    model = build_model("native", 6, 3, preset="tiny")
+    groups = finetune_param_groups(model, 0.1)
+    assert [g["name"] for g in groups] == ["encoder", "decoder"]
+    assert groups[0]["lr_scale"] == 0.1 and groups[1]["lr_scale"] == 1.0
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.encoder.parameters()}
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        finetune_param_groups(model, 0.0)
+
+
+def test_imagenet_input_norm_for_multispectral_inputs() -> None:
+    model = build_model("native", 6, 2, preset="tiny", input_norm="imagenet")
+    mean = model.input_mean.flatten().tolist()
+    assert mean[2] == pytest.approx(IMAGENET_MEAN[0])  # red is channel 2 in TM order
+    assert mean[0] == pytest.approx(IMAGENET_MEAN[2])  # blue
+    assert mean[3] == pytest.approx(sum(IMAGENET_MEAN) / 3)  # nir: the mean of the three
