@@ -116,9 +116,9 @@ def kl_divergence(
 
 
 def class_weights_from_frequencies(
-    freqs: Sequence[float] | np.ndarray | torch.Tensor, *, power: float = 0.5
+    freqs: Sequence[float] | np.ndarray | torch.Tensor, *, power: float = 0.5, cap: float | None = None
 ) -> torch.Tensor:
-    """Inverse-frequency class weights ``w_k ∝ f_k ** -power``.
+    """Inverse-frequency class weights ``w_k ∝ f_k ** -power``, optionally capped.
 
     Parameters
     ----------
@@ -127,6 +127,10 @@ def class_weights_from_frequencies(
     power
         0 gives uniform weights, 1 full inverse frequency, 0.5 (default) the square-root
         compromise that boosts rare classes without letting them dominate.
+    cap
+        Largest allowed ratio between any two weights (>= 1): weights above ``cap``
+        times the smallest one are lowered to it, so that a class seen in a handful of
+        pixels cannot dominate the loss. None: no cap.
 
     Returns
     -------
@@ -140,12 +144,16 @@ def class_weights_from_frequencies(
         raise ValueError("freqs must be a non-empty 1-D sequence of finite non-negative numbers")
     if power < 0:
         raise ValueError(f"power must be >= 0, got {power}")
+    if cap is not None and not cap >= 1:
+        raise ValueError(f"cap must be >= 1, got {cap}")
     present = f > 0
     if not bool(present.any()):
         return torch.ones(f.numel(), dtype=torch.float32)
     share = f / f.sum()
     w = torch.zeros_like(share)
     w[present] = share[present] ** (-power)
+    if cap is not None:
+        w[present] = torch.clamp(w[present], max=float(cap) * float(w[present].min()))
     w = w / (share * w).sum()
     w[~present] = w[present].max()
     return w.to(torch.float32)

@@ -106,6 +106,20 @@ def test_class_weights_from_frequencies_by_hand() -> None:
         class_weights_from_frequencies([1, -1])
 
 
+def test_class_weights_cap_limits_the_rarest_class() -> None:
+    freqs = [9000, 900, 1, 0]
+    free = class_weights_from_frequencies(freqs, power=1.0)
+    assert float(free[2] / free[0]) == pytest.approx(9000.0)
+    w = class_weights_from_frequencies(freqs, power=1.0, cap=10.0)
+    assert float(w[2] / w[0]) == pytest.approx(10.0)
+    assert float(w[1] / w[0]) == pytest.approx(10.0)  # 900 vs 9000 is exactly at the cap
+    assert float(w[3]) == pytest.approx(float(w[2]))  # absent: the largest of the others
+    share = torch.tensor([9000, 900, 1], dtype=torch.float64) / 9901
+    assert float((share * w[:3].double()).sum()) == pytest.approx(1.0)  # the loss keeps its scale
+    with pytest.raises(ValueError, match="cap"):
+        class_weights_from_frequencies(freqs, cap=0.5)
+
+
 def test_shape_errors() -> None:
     with pytest.raises(ValueError, match="logits and target"):
         soft_cross_entropy(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, 2))
