@@ -12,6 +12,9 @@ CORINE level plus sums of absolute fraction errors, and computes at the end:
 ``mae``
     Mean absolute error between predicted (softmax) and true fractions, averaged over
     valid pixels and over the classes of that level.
+``mae_present``
+    The same error averaged only over the classes present in the truth (true fraction
+    > 0 somewhere): absent classes, predicted near 0, would otherwise dilute it.
 ``tv``
     Total-variation distance ``0.5 * sum_k |p_k - t_k|`` averaged over valid pixels:
     the share of a pixel's area given to the wrong classes (in [0, 1]).
@@ -44,6 +47,7 @@ __all__ = [
     "METRIC_NAMES",
     "scores_from_confusion",
     "miou_from_confusion",
+    "mae_present",
 ]
 
 METRIC_NAMES = ("acc", "miou", "f1", "mae", "tv")
@@ -128,6 +132,21 @@ def miou_from_confusion(cm: np.ndarray) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def mae_present(abs_error: np.ndarray, true_sum: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
+    """Mean absolute fraction error over the classes present in the truth: ``(..., G)`` -> ``(...)``.
+
+    ``abs_error`` and ``true_sum`` are per-class sums over valid pixels, ``n_valid`` the
+    pixel count. Classes with no true fraction anywhere are left out, so that many
+    absent classes (predicted near 0, error near 0) do not dilute the error.
+    NaN without valid pixels or present classes.
+    """
+    present = np.asarray(true_sum) > 0
+    k = present.sum(axis=-1)
+    total = np.where(present, abs_error, 0.0).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((k > 0) & (np.asarray(n_valid) > 0), total / (np.asarray(n_valid) * k), np.nan)
+
+
 class SegmentationMetrics:
     """Accumulate metrics over batches; :meth:`compute` returns a flat dict.
 
@@ -168,7 +187,15 @@ class SegmentationMetrics:
         """Forget everything accumulated so far."""
         self._cm = {lv: torch.zeros((len(g), len(g)), dtype=torch.int64) for lv, g in self._groups.items()}
         self._abs = dict.fromkeys(self.levels, 0.0)
+        self._abs_class = {lv: np.zeros(len(g)) for lv, g in self._groups.items()}
+        self._true_class = {lv: np.zeros(len(g)) for lv, g in self._groups.items()}
         self._n_valid = 0
+        # per-group (e.g. spatial test block) additive statistics, see update(groups=)
+        self._group_slot: dict[int, int] = {}
+        self._group_cm = {lv: np.zeros((0, len(g), len(g)), np.int64) for lv, g in self._groups.items()}
+        self._group_abs = {lv: np.zeros((0, len(g))) for lv, g in self._groups.items()}
+        self._group_true = {lv: np.zeros((0, len(g))) for lv, g in self._groups.items()}
+        self._group_n = np.zeros(0, np.int64)
 
     def groups(self, level: int) -> list[int]:
         """Class (group) codes of a level, in the order of the confusion matrix rows."""
@@ -183,8 +210,32 @@ class SegmentationMetrics:
             self._agg[key] = a.to(device)
         return self._agg[key]
 
+    def _slots(self, groups: Any, batch: int) -> np.ndarray:
+        """Slot (row of the per-group arrays) of each sample's group, growing the arrays for new groups."""
+        ids = np.asarray(groups.cpu() if isinstance(groups, torch.Tensor) else groups, dtype=np.int64)
+        if ids.shape != (batch,):
+            raise ValueError(f"groups must hold one id per sample ({batch}), got shape {ids.shape}")
+        new = [int(i) for i in dict.fromkeys(ids.tolist()) if int(i) not in self._group_slot]
+        for i in new:
+            self._group_slot[i] = len(self._group_slot)
+        if new:
+            k = len(new)
+            for lv, g in self._groups.items():
+                n = len(g)
+                self._group_cm[lv] = np.concatenate([self._group_cm[lv], np.zeros((k, n, n), np.int64)])
+                self._group_abs[lv] = np.concatenate([self._group_abs[lv], np.zeros((k, n))])
+                self._group_true[lv] = np.concatenate([self._group_true[lv], np.zeros((k, n))])
+            self._group_n = np.concatenate([self._group_n, np.zeros(k, np.int64)])
+        return np.array([self._group_slot[int(i)] for i in ids], dtype=np.int64)
+
     @torch.no_grad()
-    def update(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        groups: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+    ) -> None:
         """Add one batch.
 
         Parameters
@@ -195,6 +246,11 @@ class SegmentationMetrics:
             ``(B, K, H, W)`` true class fractions.
         mask
             ``(B, H, W)`` bool valid pixels; None means all valid.
+        groups
+            ``(B,)`` integer id of each sample's group (e.g. its spatial test block):
+            confusion matrices, absolute fraction errors and pixel counts are also kept
+            per group (:meth:`group_stats`), so that scores can be recomputed on
+            resampled groups (:mod:`landcover.stats`).
         """
         k = len(self.class_codes)
         if logits.ndim != 4 or logits.shape != target.shape or logits.shape[1] != k:
@@ -211,6 +267,15 @@ class SegmentationMetrics:
         prob = torch.softmax(logits.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, k)[valid]
         true = torch.nan_to_num(target.float(), nan=0.0).permute(0, 2, 3, 1).reshape(-1, k)[valid]
         self._n_valid += n
+        pix_slot: torch.Tensor | None = None
+        uniq = inverse = None
+        if groups is not None:
+            slots = self._slots(groups, logits.shape[0])
+            hw = logits.shape[2] * logits.shape[3]
+            per_pixel = torch.from_numpy(slots).to(logits.device).repeat_interleave(hw)
+            pix_slot = per_pixel[valid]
+            uniq, inverse = torch.unique(pix_slot, return_inverse=True)
+            np.add.at(self._group_n, uniq.cpu().numpy(), torch.bincount(inverse).cpu().numpy())
         for lv in self.levels:
             g = len(self._groups[lv])
             if lv == 3:
@@ -222,7 +287,20 @@ class SegmentationMetrics:
             true_idx = t_l.argmax(dim=1)
             flat = (true_idx * g + pred_idx).cpu()
             self._cm[lv] += torch.bincount(flat, minlength=g * g).reshape(g, g)
-            self._abs[lv] += float((p_l - t_l).abs().sum(dtype=torch.float64))
+            err = (p_l - t_l).abs()
+            err_class = err.sum(dim=0, dtype=torch.float64).cpu().numpy()
+            self._abs[lv] += float(err_class.sum())
+            self._abs_class[lv] += err_class
+            self._true_class[lv] += t_l.sum(dim=0, dtype=torch.float64).cpu().numpy()
+            if uniq is not None and inverse is not None:
+                u = len(uniq)
+                rows = uniq.cpu().numpy()
+                cm = torch.bincount(inverse * (g * g) + true_idx * g + pred_idx, minlength=u * g * g)
+                self._group_cm[lv][rows] += cm.reshape(u, g, g).cpu().numpy()
+                acc = torch.zeros((u, g), dtype=torch.float64, device=err.device)
+                self._group_abs[lv][rows] += acc.index_add_(0, inverse, err.double()).cpu().numpy()
+                acc = torch.zeros((u, g), dtype=torch.float64, device=err.device)
+                self._group_true[lv][rows] += acc.index_add_(0, inverse, t_l.double()).cpu().numpy()
 
     @property
     def n_valid(self) -> int:
@@ -232,6 +310,26 @@ class SegmentationMetrics:
     def confusion_matrix(self, level: int = 3) -> np.ndarray:
         """``(G, G)`` int64 confusion matrix at a level: rows truth, columns prediction (:meth:`groups`)."""
         return self._cm[level].numpy().copy()
+
+    def group_stats(self, level: int = 3) -> dict[str, np.ndarray]:
+        """Additive statistics per group given to :meth:`update` (``groups=``), at a level.
+
+        Returns
+        -------
+        dict
+            ``ids`` ``(NG,)`` group ids (in order of first appearance); ``confusion``
+            ``(NG, G, G)`` int64; ``abs_error`` ``(NG, G)`` summed absolute fraction error
+            per class; ``true_sum`` ``(NG, G)`` summed true fractions per class;
+            ``n_valid`` ``(NG,)`` valid pixels. Summed over groups they give the totals
+            behind :meth:`compute` (for the pixels that came with group ids).
+        """
+        return {
+            "ids": np.array(list(self._group_slot), dtype=np.int64),
+            "confusion": self._group_cm[level].copy(),
+            "abs_error": self._group_abs[level].copy(),
+            "true_sum": self._group_true[level].copy(),
+            "n_valid": self._group_n.copy(),
+        }
 
     def per_class(self, level: int = 3) -> list[dict[str, Any]]:
         """Per-class table at a level: code, iou, f1, precision, recall, support, predicted (pixel counts)."""
@@ -269,6 +367,9 @@ class SegmentationMetrics:
             g = len(self._groups[lv])
             out[f"mae_l{lv}"] = self._abs[lv] / (self._n_valid * g) if self._n_valid else nan
             out[f"tv_l{lv}"] = 0.5 * self._abs[lv] / self._n_valid if self._n_valid else nan
+            out[f"mae_present_l{lv}"] = float(
+                mae_present(self._abs_class[lv], self._true_class[lv], np.float64(self._n_valid))
+            )
         out["n_valid"] = float(self._n_valid)
         return out
 

@@ -622,8 +622,14 @@ def evaluate(
     amp: AmpMode = "auto",
     levels: Sequence[int] | None = None,
     max_batches: int | None = None,
+    groups: Callable[[Mapping[str, Any]], Any] | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (in eval mode) on every batch of ``loader``.
+
+    ``groups`` maps a batch (as the loader yields it) to one integer id per sample,
+    e.g. its spatial test block: the metrics then also keep additive statistics per
+    group (:meth:`~landcover.metrics.SegmentationMetrics.group_stats`) for the block
+    bootstrap of :mod:`landcover.stats`.
 
     Afterwards every submodule gets back its own train/eval flag (so modules that a
     training run keeps in eval mode, such as frozen BatchNorm layers, stay there). The
@@ -649,7 +655,7 @@ def evaluate(
             n = int(mask.sum()) if mask is not None else int(target[:, 0].numel())
             total += float(loss) * n
             weight += n
-            metrics.update(logits, target, mask)
+            metrics.update(logits, target, mask, groups=groups(batch) if groups is not None else None)
     finally:
         for module, training in modes:
             module.training = training

@@ -116,3 +116,41 @@ def test_empty_and_levels() -> None:
     # level-2 classes: l1 aggregates, l2 and l3 are the classes themselves
     m = SegmentationMetrics([11, 21, 31])
     assert m.levels == (1, 2, 3) and m.groups(3) == [11, 21, 31] and m.groups(1) == [1, 2, 3]
+
+
+def test_mae_over_present_classes_only() -> None:
+    """Two absent classes (predicted ~0) dilute the plain MAE, not mae_present."""
+    m = SegmentationMetrics(CODES + [311, 312])
+    m.update(*_batch(extra_classes=2))
+    out = m.compute()
+    abs_sum = (0.4 + 0.35 + 0.05) + (0.2 + 0.2 + 0.4) + (0.1 + 0.3 + 0.2)
+    assert out["mae_l3"] == pytest.approx(abs_sum / (3 * 5), rel=1e-4)
+    assert out["mae_present_l3"] == pytest.approx(abs_sum / (3 * 3), rel=1e-4)
+
+
+def test_group_statistics_add_up_and_match_per_group_runs() -> None:
+    """Per-group confusion/error sums equal separate metrics per group; they sum to the totals."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 3, 4, 4, generator=gen)
+    target = torch.softmax(3 * torch.randn(6, 3, 4, 4, generator=gen), dim=1)
+    mask = torch.rand(6, 4, 4, generator=gen) > 0.3
+    groups = torch.tensor([7, 3, 7, 9, 3, 7])
+    m = SegmentationMetrics(CODES)
+    m.update(logits[:4], target[:4], mask[:4], groups=groups[:4])
+    m.update(logits[4:], target[4:], mask[4:], groups=groups[4:].numpy())
+    for level in (1, 2, 3):
+        st = m.group_stats(level)
+        assert st["ids"].tolist() == [7, 3, 9]
+        assert (st["confusion"].sum(0) == m.confusion_matrix(level)).all()
+        for slot, gid in enumerate(st["ids"]):
+            sel = groups == gid
+            one = SegmentationMetrics(CODES)
+            one.update(logits[sel], target[sel], mask[sel])
+            assert (st["confusion"][slot] == one.confusion_matrix(level)).all()
+            assert st["n_valid"][slot] == one.n_valid
+            assert st["abs_error"][slot].sum() / (one.n_valid * st["abs_error"].shape[1]) == pytest.approx(
+                one.compute()[f"mae_l{level}"], rel=1e-5
+            )
+    assert m.group_stats(3)["true_sum"].sum() == pytest.approx(float(mask.sum()), rel=1e-5)
+    with pytest.raises(ValueError, match="one id per sample"):
+        m.update(logits[:2], target[:2], mask[:2], groups=[1])
