@@ -366,11 +366,10 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
     jobs = [(m, s) for m in models for s in cfg.seeds]
     log(f"compare: {len(models)} models x {len(cfg.seeds)} seeds on {len(infos)} cube(s), preset {preset}")
     runs: list[RunResult] = []
-    if cfg.scheduler:
-        from .distributed import get_client
+    from .distributed import get_client
 
-        client = get_client(cfg.scheduler)
-        assert client is not None
+    client = get_client(cfg.scheduler)  # None for no scheduler or "none": runs one after another here
+    if client is not None:
         try:
             futures = [
                 client.submit(_run_one, replace(cfg, progress=False), m, s, preset, weights, pure=False)

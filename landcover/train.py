@@ -48,8 +48,8 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -566,6 +566,26 @@ def _to(
     return image, target, mask
 
 
+@contextmanager
+def _singleton_batchnorm(model: nn.Module, batch_size: int) -> Iterator[None]:
+    """For a batch of one: BatchNorm layers in training mode use (and keep) running statistics.
+
+    Their affine weights still get gradients; the running statistics are not updated by
+    the single window. Other batch sizes, and layers already in eval mode, are untouched.
+    """
+    if batch_size != 1:
+        yield
+        return
+    switched = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in switched:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.train()
+
+
 def _optimizer_step(
     model: nn.Module,
     batch: Any,
@@ -582,9 +602,14 @@ def _optimizer_step(
 
     Shared by :func:`fit`, :func:`lr_find` and the data-local legs of
     :mod:`landcover.federated`; returns the loss tensor and the batch size.
+
+    A batch of a single window (the tail of an epoch, or ``batch_size=1``) runs its
+    BatchNorm layers on their running statistics: batch statistics of one window are
+    undefined once the encoder has reduced it to 1x1 (PyTorch raises), and would be
+    noise before that. The step still trains every weight (see :func:`_singleton_batchnorm`).
     """
     image, target, mask = _to(batch, device, non_blocking)
-    with _autocast(device, amp_dtype):
+    with _autocast(device, amp_dtype), _singleton_batchnorm(model, int(image.shape[0])):
         logits = model(image)
     loss = loss_fn(logits.float(), target, mask)
     optimizer.zero_grad(set_to_none=True)

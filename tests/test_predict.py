@@ -508,3 +508,47 @@ def test_predict_scene_directly_masks_clouds_and_fill(tmp_path: Path) -> None:
     assert main([*args, "--window", "32", "--overlap", "8", "--device", "cpu"]) == 0
     z = xr.open_zarr(tmp_path / "o" / "prediction.zarr")
     np.testing.assert_array_equal(z["class_map"].values, cmap)
+
+
+def test_predict_cube_is_nodata_wherever_the_cube_is_unusable(tmp_path: Path) -> None:
+    """Issue 14: clouds, dilated clouds and shadows of the chosen time step get no class."""
+    from landcover.cube import build_cube
+    from landcover.models import build_model
+    from landcover.testing.scenes import make_pair
+
+    pair = make_pair(tmp_path / "data", size=96, seed=5, overlap=1.0, cloud_fraction=0.25)
+    cube = build_cube([pair.scene_dir], pair.clc_path, tmp_path / "cube.zarr", progress=False, chunks=64)
+    src = xr.open_zarr(cube, mask_and_scale=False).isel(time=0)
+    qa = src["qa_pixel"].values.astype("int64")
+    cloudy = ((qa >> 1) & 1 | (qa >> 3) & 1 | (qa >> 4) & 1).astype(bool)  # dilated cloud, cloud, shadow
+    fill = (qa & 1).astype(bool) | (src["reflectance"].values == 0).any(axis=0)
+    label_ok = src["coverage"].values != 255
+    assert cloudy[label_ok].sum() > 100  # the scene has clouds/shadows where it has labels
+    codes = tuple(int(c) for c in src["class"].values)
+    model = build_model("native", 6, len(codes), preset="tiny", class_codes=codes, seed=0)
+    pred = predict_cube(model, cube, window=32, overlap=8, device="cpu")
+    cmap = pred["class_map"].values
+    assert (cmap[cloudy] == 0).all() and np.isnan(pred["fractions"].values[:, cloudy]).all()
+    unusable = cloudy | fill
+    np.testing.assert_array_equal(cmap == 0, unusable)  # classes everywhere else, valid pixels included
+    assert (cmap[src["valid"].values] != 0).all()
+
+
+def test_window_larger_than_the_cube_is_clamped_to_it(tmp_path: Path) -> None:
+    """Issue 17: --window beyond the scene used to allocate (and convolve) the whole window."""
+    from landcover.cli import main
+    from landcover.models import build_model, save_model
+    from landcover.testing.cubes import make_cube
+
+    codes = (111, 211, 311, 512)
+    cube = make_cube(tmp_path / "c.zarr", shape=(40, 56), classes=codes, chunks=32, cloud=0.1)
+    model = build_model("native", 6, len(codes), preset="tiny", class_codes=codes, seed=0)
+    ckpt = save_model(tmp_path / "m.pt", model)
+    out = tmp_path / "out"
+    args = ["-q", "predict", str(ckpt), "--cube", str(cube), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--window", "1000000", "--scheduler", "none", "--no-cog", "--no-quicklook"]) == 0
+    z = xr.open_zarr(out / "prediction.zarr")
+    assert z.attrs["window"] == [40, 56]
+    assert sorted(p.name for p in out.iterdir()) == ["legend.json", "prediction.zarr"]  # no temporary
+    same = predict_cube(model, cube, window=(40, 56), overlap=8, device="cpu")
+    np.testing.assert_array_equal(z["class_map"].values, same["class_map"].values)
