@@ -111,6 +111,8 @@ __all__ = [
     "STATS_ATTR",
     "STATS_FILE",
     "TARGET_SCALE",
+    "WindowStats",
+    "window_stats",
 ]
 
 BandSelection = Literal["all", "reflective", "rgb"] | Sequence[str]
@@ -609,6 +611,116 @@ def _pool_stats(per_cube: Sequence[dict[str, Any]], channels: Sequence[str]) -> 
     return BandStats(tuple(channels), tuple(mean), tuple(std), tuple(count))
 
 
+@dataclass(frozen=True)
+class WindowStats:
+    """Statistics of a dataset's own windows (valid pixels only), in physical units.
+
+    Attributes
+    ----------
+    bands
+        Per-channel mean/std/count (reflectance, Kelvin for thermal).
+    low, high
+        Per-channel lower/upper percentiles (for a [0, 1] stretch).
+    percentiles
+        The two percentiles of ``low``/``high``.
+    class_pixels
+        Per output class, the summed label fractions over valid pixels (pixel counts).
+    windows
+        Windows read.
+    """
+
+    bands: BandStats
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    percentiles: tuple[float, float]
+    class_pixels: tuple[float, ...]
+    windows: int
+
+
+def window_stats(
+    dataset: Any,
+    *,
+    max_windows: int | None = 512,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+    sample_pixels: int = 200_000,
+    seed: int = 0,
+    batch: int = 16,
+) -> WindowStats:
+    """Band and class statistics of the windows of one dataset (e.g. the training split).
+
+    Parameters
+    ----------
+    dataset
+        A :class:`WindowDataset`; its current normalisation is undone (``value =
+        x * std + mean``), so any normalisation works.
+    max_windows
+        Read at most this many windows, evenly spaced over the dataset (None: all).
+    percentiles
+        Percentiles of ``low``/``high``, from a seeded random sample of valid pixels.
+    sample_pixels
+        Pixels per channel kept for the percentiles (spread evenly over the windows).
+    seed
+        Seed of that sample.
+    batch
+        Windows read at a time.
+
+    Raises
+    ------
+    ValueError
+        When the dataset is empty or has no valid pixel.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("window_stats needs at least one window")
+    take = n if max_windows is None else min(n, int(max_windows))
+    order = np.unique(np.linspace(0, n - 1, take).round().astype(int))
+    mean0 = np.asarray(dataset.stats.mean, dtype="float64")
+    std0 = np.asarray(dataset.stats.std, dtype="float64")
+    c = len(mean0)
+    s1, s2 = np.zeros(c), np.zeros(c)
+    count = 0
+    classes: np.ndarray | None = None
+    per_window = max(1, sample_pixels // len(order))
+    rng = np.random.default_rng(seed)
+    samples: list[np.ndarray] = []
+    for start in range(0, len(order), batch):
+        got = dataset.__getitems__([int(i) for i in order[start : start + batch]]).batch
+        image = got["image"].double().numpy()
+        mask = got["mask"].numpy().astype(bool)
+        target = decode_target(got["target"]).double().numpy()
+        for j in range(image.shape[0]):
+            m = mask[j]
+            if not m.any():
+                continue
+            values = image[j][:, m] * std0[:, None] + mean0[:, None]  # (C, P) physical values
+            s1 += values.sum(axis=1)
+            s2 += (values**2).sum(axis=1)
+            count += values.shape[1]
+            frac = target[j][:, m].sum(axis=1)
+            classes = frac if classes is None else classes + frac
+            pick = rng.choice(values.shape[1], size=min(per_window, values.shape[1]), replace=False)
+            samples.append(values[:, pick])
+    if count == 0 or classes is None:
+        raise ValueError("window_stats: the windows hold no valid pixel")
+    mean = s1 / count
+    std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
+    std = np.where(std > 1e-10, std, 1.0)
+    pooled = np.concatenate(samples, axis=1)
+    low = np.percentile(pooled, percentiles[0], axis=1)
+    high = np.percentile(pooled, percentiles[1], axis=1)
+    high = np.where(high > low, high, low + 1.0)
+    names = tuple(dataset.band_names)
+    stats = BandStats(names, tuple(mean.tolist()), tuple(std.tolist()), (int(count),) * c)
+    return WindowStats(
+        stats,
+        tuple(low.tolist()),
+        tuple(high.tolist()),
+        (float(percentiles[0]), float(percentiles[1])),
+        tuple(classes.tolist()),
+        int(len(order)),
+    )
+
+
 # -- class aggregation --------------------------------------------------------------------------------------
 
 
@@ -778,6 +890,27 @@ class _WindowSource:
             b.append((off - m) / s)
             src.append(None if ch == "thermal" else info.bands.index(ch))
         return np.asarray(a, dtype="float32"), np.asarray(b, dtype="float32"), src
+
+    def set_stats(self, stats: BandStats) -> None:
+        """Normalise with these statistics from now on: ``(value - mean) / std`` per channel.
+
+        Used to normalise every split with statistics of the *training* split (see
+        :func:`window_stats`) instead of the whole-cube statistics, which include the
+        validation and test areas; also to feed a fixed published scaling (``mean`` =
+        lower bound, ``std`` = range maps values to [0, 1]).
+
+        Raises
+        ------
+        ValueError
+            When ``stats`` names other channels or has a non-positive std.
+        """
+        if tuple(stats.names) != self.band_names:
+            raise ValueError(f"stats are for channels {stats.names}, the dataset has {self.band_names}")
+        if any(not (s > 0 and math.isfinite(s)) for s in stats.std):
+            raise ValueError(f"stats.std must be positive and finite, got {stats.std}")
+        self.stats = stats
+        self.normalize = True
+        self._affine = [self._channel_affine(c) for c in self.cubes]
 
     def _plan(self, max_windows: int | None) -> WindowIndex:
         import zarr

@@ -590,3 +590,42 @@ def test_reader_class_subsets_and_presence(cube: Path) -> None:
         assert present.dtype == bool and present.shape == (44,)
         assert (present | ~in_region).all()  # a superset of the classes in the region
         assert not present.all()  # ... that still leaves classes out (the cube has NODATA holes)
+
+
+def test_window_stats_are_those_of_the_split_windows_only(cube: Path) -> None:
+    from landcover.datasets import window_stats
+
+    common: dict[str, Any] = dict(size=16, thermal=True, split_fractions=(0.5, 0.25, 0.25), block=48)
+    train = WindowDataset(cube, split="train", **common)
+    raw = WindowDataset(cube, split="train", normalize=False, **common)
+    st = window_stats(train, max_windows=None, sample_pixels=10**7)
+    vals = np.concatenate(
+        [raw[i]["image"].double().numpy()[:, raw[i]["mask"].numpy()] for i in range(len(raw))], axis=1
+    )
+    np.testing.assert_allclose(st.bands.mean, vals.mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(st.bands.std, vals.std(axis=1), rtol=1e-4)
+    np.testing.assert_allclose(st.low, np.percentile(vals, 2, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(st.high, np.percentile(vals, 98, axis=1), rtol=1e-5)
+    targets = [(train[i]["target"].double() * train[i]["mask"]).sum(dim=(1, 2)) for i in range(len(train))]
+    np.testing.assert_allclose(st.class_pixels, torch.stack(targets).sum(0).numpy(), rtol=1e-6)
+    assert st.windows == len(train)
+    # the whole-cube statistics (which include the val/test areas) are not the training ones
+    assert not np.allclose(train.stats.mean, st.bands.mean, rtol=1e-6)
+    # every split is then normalised with the training statistics
+    val = WindowDataset(cube, split="val", normalize=False, **common)
+    val.set_stats(st.bands)
+    rawval = WindowDataset(cube, split="val", normalize=False, **common)[0]
+    m = rawval["mask"].numpy()
+    got = val[0]["image"].double().numpy()[:, m]
+    want = (rawval["image"].double().numpy()[:, m] - np.array(st.bands.mean)[:, None]) / np.array(
+        st.bands.std
+    )[:, None]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="channels"):
+        val.set_stats(replace_names(st.bands))
+
+
+def replace_names(stats: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(stats, names=tuple(reversed(stats.names)))
