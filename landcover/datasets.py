@@ -67,7 +67,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -84,8 +84,14 @@ from .windows import (
     SPLITS,
     Angle,
     Split,
+    SplitCube,
+    SplitPlan,
+    SplitSpec,
     WindowIndex,
     WindowSpec,
+    aligned_offset,
+    blocks_covering,
+    plan_split,
     plan_windows,
     rotated_transform,
     rotation_pad,
@@ -276,6 +282,96 @@ def inspect_cube(store: str | os.PathLike[str]) -> CubeInfo:
         clc_level=int(attrs.get("clc_level", 3)),
         fingerprint=fp,
     )
+
+
+def _split_cube(info: CubeInfo, holdout: str) -> SplitCube:
+    """What :func:`landcover.windows.plan_split` needs about a cube, with its hold-out group per time step."""
+    import zarr
+
+    groups: list[str]
+    name = Path(info.path).name.removesuffix(".zarr")
+    if holdout == "year":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            group = zarr.open_group(info.path, mode="r", zarr_format=3)
+            years = _time_years(group, info.times)
+        groups = [str(y) for y in years]
+    elif holdout == "pathrow":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            attrs = dict(zarr.open_group(info.path, mode="r", zarr_format=3).attrs)
+        raw_ids: Any = attrs.get("product_ids") or []
+        pids = [raw_ids] if isinstance(raw_ids, str) else list(raw_ids)
+        rows = [_pathrow(str(p)) for p in pids]
+        keys = sorted({r for r in rows if r})
+        if not keys:
+            raise InputFileError(
+                info.path, "holdout by path/row: no WRS-2 path/row in the cube's product_ids"
+            )
+        groups = [keys[0] if len(keys) == 1 else "+".join(keys)] * info.times
+    else:
+        groups = [name] * info.times
+    return SplitCube(info.path, info.fingerprint, info.crs, tuple(info.transform), info.shape, tuple(groups))
+
+
+def _pathrow(product_id: str) -> str | None:
+    """``PPPRRR`` from a Landsat product or scene id (``LT05_L2SP_196025_...``), else None."""
+    import re
+
+    m = re.match(r"^L[CETOM]0\d_[A-Z0-9]{4}_(\d{6})_", product_id)
+    return m.group(1) if m else None
+
+
+def _time_years(group: Any, times: int) -> list[int]:
+    """Acquisition year of each time step from the cube's ``time`` coordinate."""
+    names = set(group.array_keys())
+    if "time" not in names:
+        return [0] * times
+    arr = _zarray(group, "time")
+    raw = np.asarray(arr[:])
+    units = str(dict(arr.attrs).get("units", ""))
+    if np.issubdtype(raw.dtype, np.datetime64):
+        return [int(str(v)[:4]) for v in raw.astype("datetime64[D]")]
+    if " since " in units:
+        import pandas as pd
+
+        step, _, ref = units.partition(" since ")
+        base = pd.Timestamp(ref)
+        return [int((base + pd.to_timedelta(float(v), unit=step.strip()[0])).year) for v in raw]
+    return [0] * times
+
+
+def _block_class_areas(info: CubeInfo, block: int) -> np.ndarray:
+    """Class areas (summed label fractions, in stored steps) of each global block the cube touches.
+
+    Rows follow :func:`landcover.windows.blocks_covering` (row-major). Labels are read in strips
+    of chunk rows, so memory stays at one strip.
+    """
+    import zarr
+
+    from .windows import global_origin
+
+    origin = global_origin(info.transform)
+    br, bc = blocks_covering(info.shape, origin, block)
+    nr = int(br.max() - br.min() + 1)
+    nc = int(bc.max() - bc.min() + 1)
+    k = len(info.classes)
+    out = np.zeros((nr, nc, k), dtype="float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        labels = _zarray(zarr.open_group(info.path, mode="r", zarr_format=3), "labels")
+    h, w = info.shape
+    step = int(labels.chunks[1])
+    col_block = (origin[1] + np.arange(w)) // block - int(bc.min())
+    for r0 in range(0, h, step):
+        r1 = min(h, r0 + step)
+        part = np.asarray(labels[:, r0:r1, :]).astype("float64")
+        part[part > schema.LABEL_STEPS] = 0.0  # NODATA fill
+        row_block = (origin[0] + np.arange(r0, r1)) // block - int(br.min())
+        for rb in np.unique(row_block):
+            rows_sum = part[:, row_block == rb, :].sum(axis=1)  # (k, w)
+            np.add.at(out[rb], col_block, rows_sum.T)
+    return out.reshape(nr * nc, k)
 
 
 # -- chunk reader with a bounded LRU cache ------------------------------------------------------------------
@@ -767,6 +863,7 @@ class _WindowSource:
         split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
         block: int | None = None,
         split_seed: int = 0,
+        split_spec: SplitSpec | None = None,
         sampling: Literal["grid", "random"] = "grid",
         count: int | None = None,
         seed: int = 0,
@@ -828,6 +925,10 @@ class _WindowSource:
             raise ValueError(f"block ({self.block}) must be at least the window footprint {(fh, fw)}")
         self.split_fractions = split_fractions
         self.split_seed = split_seed
+        self.split_spec = split_spec
+        self.split_plan: SplitPlan = self._plan_split()
+        if split_spec is not None:
+            self.block = self.split_plan.block
         if normalize:
             self.stats = _pool_stats([cube_stats(c) for c in self.cubes], self.band_names)
         else:
@@ -912,6 +1013,25 @@ class _WindowSource:
         self.normalize = True
         self._affine = [self._channel_affine(c) for c in self.cubes]
 
+    def _plan_split(self) -> SplitPlan:
+        """The resolved split (legacy hash blocks without a buffer when no ``split_spec`` is given)."""
+        spec = self.split_spec
+        if spec is None:
+            spec = SplitSpec(
+                block=self.block, buffer=0, fractions=self.split_fractions, seed=self.split_seed, align=False
+            )
+        cubes = [_split_cube(c, spec.holdout) for c in self.cubes]
+
+        def hist(ci: int, block: int) -> np.ndarray:
+            return _block_class_areas(self.cubes[ci], block)
+
+        return plan_split(cubes, spec, self.spec, block_hist=hist)
+
+    @property
+    def split_record(self) -> dict[str, Any]:
+        """The split as a primitive dict (stored in checkpoints; :func:`landcover.windows.split_overlap`)."""
+        return self.split_plan.record()
+
     def _plan(self, max_windows: int | None) -> WindowIndex:
         import zarr
 
@@ -919,7 +1039,13 @@ class _WindowSource:
         parts = []
         from .windows import global_origin
 
+        plan = self.split_plan
+        explicit = self.split_spec is not None
         for ci, info in enumerate(self.cubes):
+            wspec = self.spec
+            origin = global_origin(info.transform)
+            if explicit and plan.spec.align and wspec.sampling == "grid":
+                wspec = replace(wspec, offset=aligned_offset(origin, wspec.stride_, wspec.pad))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 valid = _zarray(zarr.open_group(info.path, mode="r", zarr_format=3), "valid")
@@ -932,16 +1058,19 @@ class _WindowSource:
                 parts.append(
                     plan_windows(
                         info.shape,
-                        self.spec,
+                        wspec,
                         cube=ci,
                         time=t,
                         read_valid_rows=read,
                         strip=strip,
                         split=split_idx,
                         block=self.block,
-                        origin=global_origin(info.transform),
+                        origin=origin,
                         fractions=self.split_fractions,
                         split_seed=self.split_seed,
+                        assignment=plan.assignment_for(ci) if explicit else None,
+                        buffer=plan.buffer if explicit else 0,
+                        forced=plan.forced(ci, t) if explicit else None,
                     )
                 )
         table = WindowIndex.concat(parts)
@@ -1516,6 +1645,11 @@ class WindowDataset(_WindowSource, Dataset[dict[str, Any]]):
         512 and twice the footprint) go wholly to train/val/test with ``split_fractions``;
         only windows inside one split's blocks are kept. ``split_seed`` is separate from
         ``seed`` so that datasets with different sampling seeds still partition alike.
+    split_spec
+        The leak-proof split (:class:`landcover.windows.SplitSpec`: blocks on the window grid,
+        a training buffer, stratified assignment, held-out cubes/path-rows/years); replaces
+        ``block``/``split_fractions``/``split_seed``. :attr:`split_record` describes the split
+        either way and :func:`landcover.train.fit` stores it in every checkpoint.
     sampling, count
         ``"grid"`` or ``"random"`` positions; ``count`` random windows per (cube, time).
     seed

@@ -1033,6 +1033,9 @@ def _fit(
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     spec = getattr(model, "spec", None)
     spec_dict = spec.to_dict() if spec is not None and hasattr(spec, "to_dict") else None
+    # the train/val/test split (landcover.windows.SplitPlan.record) of the training data, so later
+    # steps can check for overlap (landcover.windows.split_overlap); None for plain iterables
+    split_record = getattr(getattr(train_loader, "dataset", train_loader), "split_record", None)
 
     history = History(
         meta={
@@ -1142,6 +1145,8 @@ def _fit(
             "layout": dict(layout),
             "done": done,
         }
+        if split_record is not None:
+            state["split"] = split_record
         save_checkpoint(ckdir / LAST_CHECKPOINT, state)
         history.to_json(ckdir / "history.json")
         history.to_csv(ckdir / "history_epochs.csv", kind="epochs")
@@ -1259,7 +1264,8 @@ def _fit(
                 bad_epochs = 0
                 history.meta.update(best_epoch=epoch + 1, best_value=best_value)
                 if ckdir is not None and hasattr(model, "spec"):
-                    save_model(ckdir / BEST_MODEL, model, history_row=_primitive_row(row))  # type: ignore[arg-type]
+                    extra = {} if split_record is None else {"split": split_record}
+                    save_model(ckdir / BEST_MODEL, model, history_row=_primitive_row(row), **extra)  # type: ignore[arg-type]
             else:
                 bad_epochs += 1
             early = cfg.patience is not None and bad_epochs >= cfg.patience

@@ -42,9 +42,9 @@ overlapping windows cannot leak pixels between splits.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -60,6 +60,20 @@ __all__ = [
     "valid_shares",
     "block_splits",
     "window_splits",
+    "BlockAssignment",
+    "Footprints",
+    "SplitCube",
+    "SplitOverlap",
+    "SplitPlan",
+    "SplitSpec",
+    "aligned_offset",
+    "assign_blocks",
+    "blocks_covering",
+    "buffered_window_splits",
+    "plan_split",
+    "split_imbalance",
+    "split_overlap",
+    "stratified_block_splits",
     "rotation_coords",
     "rotated_transform",
     "sample_rotated",
@@ -378,6 +392,592 @@ def window_splits(
     return np.where(same, s, np.int8(-1)).astype("int8")
 
 
+# -- leak-proof splits: explicit block assignment, buffer, stratification, hold-outs, records ---------------
+
+
+@dataclass(frozen=True)
+class BlockAssignment:
+    """An explicit split of global blocks: ``(row, col) -> 0 train / 1 val / 2 test``.
+
+    Blocks not listed have no split (``-1``): no window is kept in them, and they do not count
+    as val/test for the training buffer. Built by :func:`assign_blocks`.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    split: np.ndarray
+
+    def lookup(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Split code (int8; -1 where unlisted) of blocks ``(rows, cols)``."""
+        table = {(int(r), int(c)): int(s) for r, c, s in zip(self.rows, self.cols, self.split, strict=True)}
+        r = np.asarray(rows, dtype="int64").ravel()
+        c = np.asarray(cols, dtype="int64").ravel()
+        out = np.fromiter(
+            (table.get((int(a), int(b)), -1) for a, b in zip(r, c, strict=True)), "int8", len(r)
+        )
+        return out.reshape(np.shape(rows))
+
+    def digest(self) -> str:
+        """sha256 of the sorted ``(row, col, split)`` triples: one string names the assignment."""
+        import hashlib
+
+        order = np.lexsort((self.cols, self.rows))
+        arr = np.stack([self.rows[order], self.cols[order], self.split[order].astype("int64")], axis=1)
+        return hashlib.sha256(np.ascontiguousarray(arr, dtype="<i8").tobytes()).hexdigest()
+
+    def to_list(self) -> list[list[int]]:
+        """``[[row, col, split], ...]`` (primitive, for checkpoints and JSON)."""
+        return [[int(r), int(c), int(s)] for r, c, s in zip(self.rows, self.cols, self.split, strict=True)]
+
+    @classmethod
+    def from_list(cls, items: Sequence[Sequence[int]]) -> BlockAssignment:
+        """Inverse of :meth:`to_list`."""
+        arr = np.asarray(items, dtype="int64").reshape(-1, 3)
+        return cls(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].astype("int8"))
+
+
+def blocks_covering(
+    shape: tuple[int, int], origin: tuple[int, int], block: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Global block indices ``(rows, cols)`` (flat, row-major) of every block a ``shape`` grid touches."""
+    r0, r1 = origin[0] // block, (origin[0] + shape[0] - 1) // block
+    c0, c1 = origin[1] // block, (origin[1] + shape[1] - 1) // block
+    br, bc = np.meshgrid(np.arange(r0, r1 + 1), np.arange(c0, c1 + 1), indexing="ij")
+    return br.ravel().astype("int64"), bc.ravel().astype("int64")
+
+
+def stratified_block_splits(
+    hist: np.ndarray,
+    *,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+) -> np.ndarray:
+    """Assign blocks to splits so each split gets about its share of every class (greedy).
+
+    Iterative stratification (Sechidis et al., 2011, for multi-label data) on class areas:
+    blocks are visited most-constrained first (the largest share of any one class's total
+    area, ties in a seeded random order) and each goes to the split with the largest
+    remaining need for that block's classes, ``sum_k h_bk / total_k * (f_s total_k - got_sk)``.
+
+    Parameters
+    ----------
+    hist
+        ``(n_blocks, K)`` class areas (pixels or fractions summed) of each block.
+    fractions, seed
+        Target shares of train/val/test and the seed of the tie-break order.
+
+    Returns
+    -------
+    numpy.ndarray
+        int8 split code per block (0 train, 1 val, 2 test).
+    """
+    fr = np.asarray(fractions, dtype="float64")
+    if fr.shape != (3,) or (fr < 0).any() or not math.isclose(float(fr.sum()), 1.0, abs_tol=1e-6):
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    h = np.asarray(hist, dtype="float64")
+    if h.ndim != 2:
+        raise ValueError(f"hist must be (n_blocks, classes), got shape {h.shape}")
+    n = h.shape[0]
+    total = h.sum(axis=0)
+    share = np.divide(h, total, out=np.zeros_like(h), where=total > 0)
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x57A7])
+    tie = rng.permutation(n)
+    order = np.lexsort((tie, -share.max(axis=1, initial=0.0)))
+    need = fr[:, None] * total[None, :]  # (3, K) area still wanted per split
+    out = np.zeros(n, dtype="int8")
+    allowed = fr > 0
+    for b in order:
+        score = need @ share[b]  # (3,)
+        # an empty block (no labels) goes where the block count is most behind
+        if not share[b].any():
+            score = need.sum(axis=1)
+        score = np.where(allowed, score, -np.inf)
+        s = int(np.argmax(score))
+        out[b] = s
+        need[s] -= h[b]
+    return out
+
+
+def split_imbalance(hist: np.ndarray, split: np.ndarray, fractions: tuple[float, float, float]) -> float:
+    """Area-weighted mean over classes of ``sum_s |share of class k in split s - f_s|`` (0: perfect)."""
+    h = np.asarray(hist, dtype="float64")
+    total = h.sum(axis=0)
+    if total.sum() <= 0:
+        return 0.0
+    err = np.zeros(h.shape[1])
+    for s, f in enumerate(fractions):
+        got = h[np.asarray(split) == s].sum(axis=0)
+        err += np.abs(np.divide(got, total, out=np.zeros_like(got), where=total > 0) - f)
+    return float((err * total).sum() / total.sum())
+
+
+def assign_blocks(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    *,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    hist: np.ndarray | None = None,
+) -> BlockAssignment:
+    """The assignment of the listed global blocks: hashed (:func:`block_splits`) or stratified by ``hist``."""
+    r = np.asarray(rows, dtype="int64")
+    c = np.asarray(cols, dtype="int64")
+    if hist is None:
+        s = block_splits(r, c, fractions=fractions, seed=seed)
+    else:
+        if len(hist) != len(r):
+            raise ValueError(f"hist has {len(hist)} rows for {len(r)} blocks")
+        s = stratified_block_splits(hist, fractions=fractions, seed=seed)
+    return BlockAssignment(r, c, s.astype("int8"))
+
+
+def buffered_window_splits(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    footprint: tuple[int, int],
+    *,
+    block: int,
+    buffer: int,
+    assignment: BlockAssignment,
+    origin: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """Split of each window footprint under an explicit assignment and a training buffer.
+
+    A footprint gets split ``s`` when every block it touches has split ``s``; a *training*
+    footprint is kept only when its box grown by ``buffer`` pixels on every side touches no
+    val/test block, so every kept training window is at least ``buffer`` pixels (Chebyshev
+    distance between pixel boxes) away from every val/test pixel. Others get -1 (dropped).
+    """
+    fh, fw = footprint
+    if block < max(fh, fw):
+        raise ValueError(f"split block ({block} px) must be at least the window footprint {footprint}")
+    if buffer < 0:
+        raise ValueError(f"buffer must be >= 0, got {buffer}")
+    gr = np.asarray(rows, dtype="int64") + origin[0]
+    gc = np.asarray(cols, dtype="int64") + origin[1]
+    table = {
+        (int(r), int(c)): int(s)
+        for r, c, s in zip(assignment.rows, assignment.cols, assignment.split, strict=True)
+    }
+
+    def codes(r0: np.ndarray, r1: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> list[set[int]]:
+        out = []
+        for a, b, c, d in zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist(), strict=True):
+            out.append({table.get((i, j), -1) for i in range(a, b + 1) for j in range(c, d + 1)})
+        return out
+
+    inner = codes(gr // block, (gr + fh - 1) // block, gc // block, (gc + fw - 1) // block)
+    res = np.full(len(gr), -1, dtype="int8")
+    for i, s in enumerate(inner):
+        if len(s) == 1:
+            res[i] = next(iter(s))
+    if buffer > 0:
+        tr = np.flatnonzero(res == 0)
+        if len(tr):
+            r, c = gr[tr], gc[tr]
+            grown = codes(
+                (r - buffer) // block,
+                (r + fh - 1 + buffer) // block,
+                (c - buffer) // block,
+                (c + fw - 1 + buffer) // block,
+            )
+            bad = np.array([bool(s & {1, 2}) for s in grown])
+            res[tr[bad]] = -1
+    return res
+
+
+def aligned_offset(
+    origin: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int] = (0, 0)
+) -> tuple[int, int]:
+    """Grid offset that puts window footprints on global multiples of ``stride`` (the block grid's lines).
+
+    With blocks a multiple of the stride, a non-overlapping grid then never straddles two blocks.
+    """
+    return (int((-(origin[0]) + pad[0]) % stride[0]), int((-(origin[1]) + pad[1]) % stride[1]))
+
+
+HoldoutBy = Literal["none", "cube", "pathrow", "year"]
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How windows are split into train/val/test so that no pixel can leak (see :func:`plan_split`).
+
+    Parameters
+    ----------
+    block
+        Block side in pixels; rounded up to a multiple of the window stride (blocks then lie
+        on the window grid, see :func:`aligned_offset`) and at least the footprint.
+    buffer
+        Minimum gap in pixels between any training window and any val/test pixel; ``None``
+        is one window (the larger window side). Windows inside the gap are dropped.
+    fractions
+        Target shares of train/val/test blocks (by class area when ``stratify``).
+    seed
+        Seed of the assignment.
+    stratify
+        Assign blocks by their class histograms (:func:`stratified_block_splits`) rather than by
+        a hash of their position.
+    holdout
+        Hold out whole groups instead of blocks for the test split: ``"cube"`` (held-out region:
+        a cube store's name), ``"pathrow"`` (WRS-2 ``PPPRRR`` of the cube's products) or ``"year"``
+        (held-out time: the acquisition year of a time step). The other groups are split into
+        train/val blocks with the train/val fractions. Spatial hold-outs also mark the blocks the
+        held-out cubes cover as test, so training windows of overlapping cubes keep the buffer.
+    holdout_test
+        Group keys held out as test (cube names, ``"196025"``, ``"2000"``).
+    align
+        Put the window grid on the block grid (the grid offset follows the cube's global origin).
+    """
+
+    block: int
+    buffer: int | None = None
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    stratify: bool = False
+    holdout: HoldoutBy = "none"
+    holdout_test: tuple[str, ...] = ()
+    align: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block < 1:
+            raise ValueError(f"block must be positive, got {self.block}")
+        if self.buffer is not None and self.buffer < 0:
+            raise ValueError(f"buffer must be >= 0, got {self.buffer}")
+        if self.holdout not in ("none", "cube", "pathrow", "year"):
+            raise ValueError(f"holdout must be 'none', 'cube', 'pathrow' or 'year', got {self.holdout!r}")
+        if self.holdout != "none" and not self.holdout_test:
+            raise ValueError(f"holdout={self.holdout!r} needs holdout_test (the groups to hold out)")
+        object.__setattr__(self, "holdout_test", tuple(str(g) for g in self.holdout_test))
+        object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+
+    def resolved(self, spec: WindowSpec) -> tuple[int, int]:
+        """Effective ``(block, buffer)`` for windows of ``spec``."""
+        fh, fw = spec.footprint
+        sy, sx = spec.stride_
+        step = math.lcm(sy, sx) if self.align else 1
+        block = max(self.block, fh, fw)
+        block = -(-block // step) * step
+        buffer = max(spec.size) if self.buffer is None else int(self.buffer)
+        return block, buffer
+
+
+@dataclass(frozen=True)
+class SplitCube:
+    """What a split needs to know about one cube (no pixels)."""
+
+    path: str
+    fingerprint: str
+    crs: str
+    transform: tuple[float, ...]
+    shape: tuple[int, int]
+    groups: tuple[str, ...]
+    """Hold-out group key of each time step (cube name, path/row or year, see :class:`SplitSpec`)."""
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        """Global pixel index of the upper-left pixel."""
+        return global_origin(self.transform)
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A resolved split: the assignment of every block the cubes touch, per CRS, and the hold-outs."""
+
+    spec: SplitSpec
+    block: int
+    buffer: int
+    window: tuple[int, int]
+    stride: tuple[int, int]
+    cubes: tuple[SplitCube, ...]
+    crs: tuple[str, ...]
+    assignments: tuple[BlockAssignment, ...]
+    """One per entry of :attr:`crs`."""
+
+    def forced(self, cube: int, time: int) -> int | None:
+        """Split forced on a whole (cube, time) by a hold-out (2 test), else None (blocks decide)."""
+        if self.spec.holdout == "none":
+            return None
+        return 2 if self.cubes[cube].groups[time] in self.spec.holdout_test else None
+
+    def assignment_for(self, cube: int) -> BlockAssignment:
+        """The block assignment in the cube's CRS."""
+        return self.assignments[self.crs.index(self.cubes[cube].crs)]
+
+    def digest(self) -> str:
+        """sha256 over the per-CRS assignments and the hold-out."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for crs, a in zip(self.crs, self.assignments, strict=True):
+            h.update(crs.encode())
+            h.update(a.digest().encode())
+        h.update(repr((self.spec.holdout, sorted(self.spec.holdout_test))).encode())
+        return h.hexdigest()
+
+    def record(self) -> dict[str, object]:
+        """Primitive description stored in every checkpoint (see :func:`split_overlap`)."""
+        return {
+            "format": "landcover-split/1",
+            "block": self.block,
+            "buffer": self.buffer,
+            "window": list(self.window),
+            "stride": list(self.stride),
+            "fractions": list(self.spec.fractions),
+            "seed": self.spec.seed,
+            "stratify": self.spec.stratify,
+            "holdout": self.spec.holdout,
+            "holdout_test": list(self.spec.holdout_test),
+            "cubes": [
+                {
+                    "path": c.path,
+                    "fingerprint": c.fingerprint,
+                    "crs": c.crs,
+                    "transform": list(c.transform),
+                    "shape": list(c.shape),
+                    "groups": list(c.groups),
+                    "held_out": [g in self.spec.holdout_test for g in c.groups]
+                    if self.spec.holdout != "none"
+                    else [False] * len(c.groups),
+                }
+                for c in self.cubes
+            ],
+            "crs": list(self.crs),
+            "assignments": [a.to_list() for a in self.assignments],
+            "sha256": self.digest(),
+        }
+
+
+def plan_split(
+    cubes: Sequence[SplitCube],
+    spec: SplitSpec,
+    window: WindowSpec,
+    *,
+    block_hist: Callable[[int, int], np.ndarray] | None = None,
+) -> SplitPlan:
+    """Resolve ``spec`` over ``cubes``: which split each global block has, per CRS.
+
+    Parameters
+    ----------
+    cubes
+        The cubes (all time steps of a cube share its blocks).
+    spec, window
+        The split and the windows it is for.
+    block_hist
+        ``block_hist(cube, block)`` -> ``(n_blocks, K)`` class areas of the blocks of
+        :func:`blocks_covering` for that cube (row-major); needed when ``spec.stratify``.
+        Blocks seen by several cubes add up.
+    """
+    block, buffer = spec.resolved(window)
+    if spec.stratify and block_hist is None:
+        raise ValueError("a stratified split needs block_hist (class areas per block)")
+    fractions = spec.fractions
+    if spec.holdout != "none":
+        tv = fractions[0] + fractions[1]
+        if tv <= 0:
+            raise ValueError("a hold-out split needs positive train/val fractions")
+        fractions = (fractions[0] / tv, fractions[1] / tv, 0.0)
+    crs_list: list[str] = []
+    for c in cubes:
+        if c.crs not in crs_list:
+            crs_list.append(c.crs)
+    spatial = spec.holdout in ("cube", "pathrow")
+    assignments = []
+    for crs in crs_list:
+        keys: dict[tuple[int, int], int] = {}
+        hists: list[np.ndarray] = []
+        held: set[tuple[int, int]] = set()
+        for ci, c in enumerate(cubes):
+            if c.crs != crs:
+                continue
+            br, bc = blocks_covering(c.shape, c.origin, block)
+            whole = spatial and all(g in spec.holdout_test for g in c.groups)
+            if whole:
+                held.update(zip(br.tolist(), bc.tolist(), strict=True))
+                continue
+            h = block_hist(ci, block) if (spec.stratify and block_hist is not None) else None
+            for i, key in enumerate(zip(br.tolist(), bc.tolist(), strict=True)):
+                if key not in keys:
+                    keys[key] = len(keys)
+                    if h is not None:
+                        hists.append(np.asarray(h[i], dtype="float64").copy())
+                elif h is not None:
+                    hists[keys[key]] += h[i]
+        rows = np.array([k[0] for k in keys], dtype="int64")
+        cols = np.array([k[1] for k in keys], dtype="int64")
+        hist = np.stack(hists) if spec.stratify and hists else None
+        a = assign_blocks(rows, cols, fractions=fractions, seed=spec.seed, hist=hist)
+        if held:
+            s = a.split.copy()
+            in_held = np.array(
+                [(int(r), int(c)) in held for r, c in zip(rows, cols, strict=True)], dtype=bool
+            )
+            s[in_held] = 2
+            extra = sorted(held - set(keys))
+            a = BlockAssignment(
+                np.r_[rows, np.array([k[0] for k in extra], dtype="int64")],
+                np.r_[cols, np.array([k[1] for k in extra], dtype="int64")],
+                np.r_[s, np.full(len(extra), 2, dtype="int8")].astype("int8"),
+            )
+        assignments.append(a)
+    return SplitPlan(
+        spec=spec,
+        block=block,
+        buffer=buffer,
+        window=window.size,
+        stride=window.stride_,
+        cubes=tuple(cubes),
+        crs=tuple(crs_list),
+        assignments=tuple(assignments),
+    )
+
+
+@dataclass(frozen=True)
+class Footprints:
+    """Pixel boxes of windows on one cube grid, for :func:`split_overlap` (e.g. phase-2 test windows)."""
+
+    crs: str
+    transform: tuple[float, ...]
+    rows: np.ndarray
+    cols: np.ndarray
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SplitOverlap:
+    """Result of :func:`split_overlap`."""
+
+    checked: int
+    """How many evaluation boxes (blocks or windows) of the other side were compared."""
+    overlapping: int
+    """How many of them lie within the buffer of a training block (0: no leak possible)."""
+    boxes: list[tuple[str, int, int, int, int]]
+    """``(crs, row0, col0, row1, col1)`` global pixel boxes (end exclusive) of the overlapping ones."""
+    comparable: bool
+    """False when no CRS/resolution was shared, so nothing could be compared."""
+
+    @property
+    def leak(self) -> bool:
+        """True when any evaluation box comes within the buffer of training pixels."""
+        return self.overlapping > 0
+
+
+def _resolution(transform: Sequence[float]) -> tuple[float, float]:
+    t = tuple(float(v) for v in transform)
+    return (abs(t[4]), abs(t[0]))
+
+
+def _record_blocks(
+    record: Mapping[str, Any],
+) -> dict[str, tuple[set[tuple[int, int]], set[tuple[int, int]], tuple[float, float]]]:
+    """Per CRS: the global training blocks, the val/test blocks and the pixel size of a split record."""
+    block_res: dict[str, tuple[float, float]] = {}
+    for c in record["cubes"]:
+        block_res.setdefault(str(c["crs"]), _resolution(c["transform"]))
+    out = {}
+    for crs, items in zip(record["crs"], record["assignments"], strict=True):
+        train = {(int(r), int(c)) for r, c, s in items if int(s) == 0}
+        held = {(int(r), int(c)) for r, c, s in items if int(s) in (1, 2)}
+        out[str(crs)] = (train, held, block_res[str(crs)])
+    return out
+
+
+def _covered(r0: int, r1: int, c0: int, c1: int, rects: Sequence[tuple[int, int, int, int]]) -> bool:
+    """Whether the box ``[r0, r1) x [c0, c1)`` lies wholly inside the union of ``rects`` (same form)."""
+    rs = sorted({r0, r1, *(min(max(v, r0), r1) for q in rects for v in q[:2])})
+    cs = sorted({c0, c1, *(min(max(v, c0), c1) for q in rects for v in q[2:])})
+    for ra, rb in zip(rs, rs[1:], strict=False):
+        for ca, cb in zip(cs, cs[1:], strict=False):
+            if not any(q[0] <= ra and rb <= q[1] and q[2] <= ca and cb <= q[3] for q in rects):
+                return False
+    return True
+
+
+def _eval_boxes(
+    other: Mapping[str, Any] | Footprints,
+) -> list[tuple[str, tuple[float, float], int, int, int, int]]:
+    if isinstance(other, Footprints):
+        o = global_origin(other.transform)
+        res = _resolution(other.transform)
+        h, w = other.size
+        return [
+            (other.crs, res, int(r) + o[0], int(c) + o[1], int(r) + o[0] + h, int(c) + o[1] + w)
+            for r, c in zip(np.asarray(other.rows).tolist(), np.asarray(other.cols).tolist(), strict=True)
+        ]
+    b = int(other["block"])
+    res_of: dict[str, tuple[float, float]] = {}
+    for c in other["cubes"]:
+        res_of.setdefault(str(c["crs"]), _resolution(c["transform"]))
+    out = []
+    for crs, items in zip(other["crs"], other["assignments"], strict=True):
+        for r, c, s in items:
+            if int(s) in (1, 2):
+                out.append(
+                    (str(crs), res_of[str(crs)], int(r) * b, int(c) * b, (int(r) + 1) * b, (int(c) + 1) * b)
+                )
+    return out
+
+
+def split_overlap(checkpoint_split: Mapping[str, Any], other: Mapping[str, Any] | Footprints) -> SplitOverlap:
+    """Count the val/test boxes of ``other`` within the buffer of ``checkpoint_split``'s training blocks.
+
+    Parameters
+    ----------
+    checkpoint_split
+        A split record (:meth:`SplitPlan.record`, stored as ``state["split"]`` in training
+        checkpoints and ``best.pt``).
+    other
+        Another split record (its val and test blocks are checked) or :class:`Footprints`
+        (every window is checked, e.g. the windows a later evaluation will score).
+
+    Returns
+    -------
+    SplitOverlap
+        Counts and the offending boxes. A box leaks when, grown by the record's buffer, it
+        reaches a pixel that training windows could use: inside a training block and more than
+        ``buffer`` px from every val/test block (the training buffer removes the rest). So the
+        record's own val/test windows never leak, and a later evaluation is clean when none
+        of its windows does. Boxes are compared in global pixel units of the same CRS and
+        pixel size; boxes in a CRS the record does not have are counted as checked, not
+        overlapping, and ``comparable`` says whether any box could be compared.
+    """
+    if checkpoint_split.get("format") != "landcover-split/1":
+        raise ValueError("checkpoint_split is not a landcover split record (format landcover-split/1)")
+    blocks = _record_blocks(checkpoint_split)
+    b = int(checkpoint_split["block"])
+    buf = int(checkpoint_split["buffer"])
+    boxes = _eval_boxes(other)
+    hits: list[tuple[str, int, int, int, int]] = []
+    comparable = False
+    for crs, res, r0, c0, r1, c1 in boxes:
+        got = blocks.get(crs)
+        if got is None or not np.allclose(got[2], res):
+            continue
+        comparable = True
+        train, held, _ = got
+        # training pixels: in a training block and more than `buf` px from every val/test block
+        # (what the buffer leaves to training windows); the box grown by `buf` must miss them all
+        g0, g1, h0, h1 = r0 - buf, r1 + buf, c0 - buf, c1 + buf
+        near = [
+            (i * b - buf, (i + 1) * b + buf, j * b - buf, (j + 1) * b + buf)
+            for i in range((g0 - buf) // b, (g1 - 1 + buf) // b + 1)
+            for j in range((h0 - buf) // b, (h1 - 1 + buf) // b + 1)
+            if (i, j) in held
+        ]
+        for i in range(g0 // b, (g1 - 1) // b + 1):
+            for j in range(h0 // b, (h1 - 1) // b + 1):
+                if (i, j) not in train:
+                    continue
+                box = (max(g0, i * b), min(g1, (i + 1) * b), max(h0, j * b), min(h1, (j + 1) * b))
+                if not (buf > 0 and _covered(*box, near)):
+                    hits.append((crs, r0, c0, r1, c1))
+                    break
+            else:
+                continue
+            break
+    return SplitOverlap(checked=len(boxes), overlapping=len(hits), boxes=hits, comparable=comparable)
+
+
 def global_origin(transform: Sequence[float]) -> tuple[int, int]:
     """Global pixel index ``(row, col)`` of a grid's upper-left pixel: its edge / resolution, rounded."""
     a, _b, c, _d, e, f = (float(v) for v in tuple(transform)[:6])
@@ -443,6 +1043,9 @@ def plan_windows(
     origin: tuple[int, int] = (0, 0),
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     split_seed: int = 0,
+    assignment: BlockAssignment | None = None,
+    buffer: int = 0,
+    forced: int | None = None,
 ) -> WindowIndex:
     """All windows of one (cube, time) that pass the footprint, split and valid-share tests.
 
@@ -462,6 +1065,11 @@ def plan_windows(
         Keep only windows wholly in this split (0 train, 1 val, 2 test); ``None`` keeps all.
     block, origin, fractions, split_seed
         Split blocks, see :func:`window_splits`.
+    assignment, buffer
+        An explicit block assignment (:class:`SplitPlan`) and the training buffer in pixels,
+        see :func:`buffered_window_splits`; replaces ``fractions``/``split_seed`` when given.
+    forced
+        The whole (cube, time) belongs to this split (a hold-out group): blocks are ignored.
     """
     (py, px) = spec.pad
     fh, fw = spec.footprint
@@ -483,12 +1091,32 @@ def plan_windows(
         angle = np.full(len(rows), 0.0 if spec.angle is None else float(spec.angle))
     keep = np.ones(len(rows), dtype=bool)
     if split is not None:
-        if block is None:
+        if forced is not None:
+            keep &= forced == split
+        elif block is None:
             raise ValueError("a split needs a block size")
-        s = window_splits(
-            rows - py, cols - px, (fh, fw), block=block, origin=origin, fractions=fractions, seed=split_seed
-        )
-        keep &= s == split
+        elif assignment is not None:
+            s = buffered_window_splits(
+                rows - py,
+                cols - px,
+                (fh, fw),
+                block=block,
+                buffer=buffer,
+                assignment=assignment,
+                origin=origin,
+            )
+            keep &= s == split
+        else:
+            s = window_splits(
+                rows - py,
+                cols - px,
+                (fh, fw),
+                block=block,
+                origin=origin,
+                fractions=fractions,
+                seed=split_seed,
+            )
+            keep &= s == split
     share = np.ones(len(rows))
     if read_valid_rows is not None and spec.min_valid > 0 and keep.any():
         idx = np.flatnonzero(keep)

@@ -333,3 +333,253 @@ def test_rotated_transform_matches_sampling_coordinates() -> None:
         np.testing.assert_allclose(world_out, world_src, atol=1e-6)
     aligned = rotated_transform(tuple(cube_t)[:6], row, col, size, 0.0)
     assert Affine(*aligned) == cube_t @ Affine.translation(col, row)
+
+
+# -- leak-proof splits: buffer, alignment, stratification, hold-outs, records ---------------------------
+
+from landcover.windows import (  # noqa: E402
+    BlockAssignment,
+    Footprints,
+    SplitCube,
+    SplitSpec,
+    aligned_offset,
+    assign_blocks,
+    blocks_covering,
+    buffered_window_splits,
+    plan_split,
+    split_imbalance,
+    split_overlap,
+    stratified_block_splits,
+)
+
+
+def _gap(r1: int, c1: int, r2: int, c2: int, size: int) -> int:
+    """Chebyshev gap in pixels between two ``size`` boxes (0 when they touch or overlap)."""
+    dr = max(r2 - (r1 + size), r1 - (r2 + size), -1) + 1
+    dc = max(c2 - (c1 + size), c1 - (c2 + size), -1) + 1
+    return max(dr, dc, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.integers(4, 16),
+    stride=st.integers(2, 16),
+    blocks=st.integers(1, 4),
+    buffer=st.integers(0, 20),
+    origin=st.tuples(st.integers(-500, 500), st.integers(-500, 500)),
+    seed=st.integers(0, 1000),
+)
+def test_no_training_window_within_buffer_of_val_or_test(size, stride, blocks, buffer, origin, seed) -> None:
+    h = w = 120
+    block = max(size, stride) * blocks
+    spec = WindowSpec(size=size, stride=stride)
+    rows, cols = grid_positions((h, w), spec)
+    br, bc = blocks_covering((h, w), origin, block)
+    a = assign_blocks(br, bc, fractions=(0.5, 0.25, 0.25), seed=seed)
+    s = buffered_window_splits(
+        rows, cols, (size, size), block=block, buffer=buffer, assignment=a, origin=origin
+    )
+    train = np.flatnonzero(s == 0)
+    held = np.flatnonzero(s > 0)
+    for i in train:
+        for j in held:
+            assert _gap(rows[i], cols[i], rows[j], cols[j], size) >= buffer
+    # every val/test *pixel* is out of reach too, not only the kept windows
+    gy, gx = np.meshgrid(np.arange(h) + origin[0], np.arange(w) + origin[1], indexing="ij")
+    pix = a.lookup(gy // block, gx // block)
+    hr, hc = np.nonzero(pix > 0)
+    for i in train:
+        r, c = rows[i], cols[i]
+        near = (hr >= r - buffer) & (hr < r + size + buffer) & (hc >= c - buffer) & (hc < c + size + buffer)
+        assert not near.any()
+    # buffer 0 under a hash assignment is the legacy window_splits rule
+    if buffer == 0:
+        legacy = window_splits(
+            rows, cols, (size, size), block=block, origin=origin, seed=seed, fractions=(0.5, 0.25, 0.25)
+        )
+        assert np.array_equal(s, legacy)
+
+
+@settings(max_examples=25, deadline=None)
+@given(origin=st.tuples(st.integers(-999, 999), st.integers(-999, 999)), stride=st.integers(4, 32))
+def test_aligned_grid_puts_windows_on_block_lines(origin, stride) -> None:
+    off = aligned_offset(origin, (stride, stride))
+    spec = WindowSpec(size=stride, offset=off)
+    rows, cols = grid_positions((150, 150), spec)
+    assert ((rows + origin[0]) % stride == 0).all() and ((cols + origin[1]) % stride == 0).all()
+    block = 3 * stride
+    br, bc = blocks_covering((150, 150), origin, block)
+    a = assign_blocks(br, bc, seed=1)
+    s = buffered_window_splits(
+        rows, cols, (stride, stride), block=block, buffer=0, assignment=a, origin=origin
+    )
+    assert (s >= 0).all()  # no window straddles two blocks
+
+
+def _skewed_hist(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """Block class areas with rare, clustered classes (like CLC: a few blocks hold most of a class)."""
+    dominant = rng.choice(k, size=n, p=np.r_[0.55, 0.25, np.full(k - 2, 0.2 / (k - 2))])
+    hist = rng.gamma(0.3, 10.0, size=(n, k))
+    hist[np.arange(n), dominant] += rng.uniform(200, 1000, n)
+    return hist
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_stratified_assignment_balances_classes_better_than_random(seed) -> None:
+    rng = np.random.default_rng(seed)
+    hist = _skewed_hist(rng, 120, 8)
+    fr = (0.6, 0.2, 0.2)
+    strat = stratified_block_splits(hist, fractions=fr, seed=seed)
+    assert set(np.unique(strat)) <= {0, 1, 2}
+    e_strat = split_imbalance(hist, strat, fr)
+    # against hashed assignments of the same blocks under 20 seeds
+    e_rand = [
+        split_imbalance(hist, assign_blocks(np.arange(120), np.zeros(120), fractions=fr, seed=s).split, fr)
+        for s in range(20)
+    ]
+    assert e_strat < min(e_rand)
+    assert e_strat < 0.25 * float(np.median(e_rand))
+
+
+def _cube(path: str, shape=(96, 96), ox=0, oy=0, groups=("a",)) -> SplitCube:
+    return SplitCube(
+        path,
+        path,
+        "EPSG:32632",
+        (30.0, 0.0, 300000.0 + 30 * ox, 0.0, -30.0, 5600000.0 - 30 * oy),
+        shape,
+        tuple(groups),
+    )
+
+
+def test_split_record_and_overlap_roundtrip() -> None:
+    spec = SplitSpec(block=32, buffer=16, fractions=(0.6, 0.2, 0.2), seed=3)
+    win = WindowSpec(size=16)
+    plan = plan_split([_cube("a.zarr", shape=(256, 256))], spec, win)
+    rec = plan.record()
+    assert rec["block"] == 32 and rec["buffer"] == 16 and rec["seed"] == 3
+    assert rec["sha256"] == plan_split([_cube("a.zarr", shape=(256, 256))], spec, win).record()["sha256"]
+    assert (
+        rec["sha256"]
+        != plan_split([_cube("a.zarr", shape=(256, 256))], SplitSpec(block=32, seed=4), win).record()[
+            "sha256"
+        ]
+    )
+    import json
+
+    rec = json.loads(json.dumps(rec))  # survives a primitive round trip
+    # its own val/test blocks, grown by the buffer, reach no pixel a training window can use
+    own = split_overlap(rec, rec)
+    assert own.comparable and own.checked > 0 and own.overlapping == 0 and not own.leak
+    # a record with another seed puts val/test where this one trained: a leak
+    moved = plan_split(
+        [_cube("a.zarr", shape=(256, 256))], SplitSpec(block=32, buffer=16, seed=4), win
+    ).record()
+    assert split_overlap(rec, moved).leak
+    # the training windows the split keeps all count as overlapping; its test windows never do
+    a = plan.assignment_for(0)
+    origin = plan.cubes[0].origin
+    rows, cols = grid_positions((256, 256), WindowSpec(size=16))
+    s = buffered_window_splits(rows, cols, (16, 16), block=32, buffer=16, assignment=a, origin=origin)
+    assert (s == 0).any() and (s == 2).any()
+    for code, expected in ((0, "all"), (2, "none")):
+        fp = Footprints("EPSG:32632", plan.cubes[0].transform, rows[s == code], cols[s == code], (16, 16))
+        got = split_overlap(rec, fp)
+        assert got.comparable and got.checked == int((s == code).sum())
+        assert got.overlapping == (got.checked if expected == "all" else 0)
+    # a cube elsewhere (same CRS, far away) cannot overlap; another CRS is not comparable
+    far = Footprints("EPSG:32632", (30.0, 0.0, 900000.0, 0.0, -30.0, 5600000.0), rows, cols, (16, 16))
+    assert split_overlap(rec, far).overlapping == 0
+    other = Footprints("EPSG:32633", plan.cubes[0].transform, rows, cols, (16, 16))
+    assert not split_overlap(rec, other).comparable
+    with pytest.raises(ValueError, match="split record"):
+        split_overlap({"block": 3}, rec)
+
+
+def test_holdout_cube_marks_its_blocks_test_for_overlapping_cubes() -> None:
+    a = _cube("west.zarr", groups=("west",))
+    b = _cube("east.zarr", ox=64, groups=("east",))  # overlaps the west cube by 32 columns
+    spec = SplitSpec(block=16, buffer=16, fractions=(0.8, 0.2, 0.0), holdout="cube", holdout_test=("east",))
+    plan = plan_split([a, b], spec, WindowSpec(size=16))
+    assert plan.forced(1, 0) == 2 and plan.forced(0, 0) is None
+    asg = plan.assignment_for(0)
+    rows, cols = grid_positions((96, 96), WindowSpec(size=16))
+    s = buffered_window_splits(rows, cols, (16, 16), block=16, buffer=16, assignment=asg, origin=a.origin)
+    # no training window of the west cube within 16 px of the east cube's footprint
+    east_c0 = b.origin[1]
+    train_cols = cols[s == 0] + a.origin[1]
+    assert (train_cols + 16 + 16 <= east_c0).all()
+    assert (s == 0).any()
+    with pytest.raises(ValueError, match="holdout_test"):
+        SplitSpec(block=16, holdout="year")
+
+
+def test_block_assignment_lists_roundtrip() -> None:
+    a = assign_blocks(np.array([0, 0, 5]), np.array([1, -2, 3]), seed=2)
+    b = BlockAssignment.from_list(a.to_list())
+    assert a.digest() == b.digest()
+    assert b.lookup(np.array([5, 9]), np.array([3, 9])).tolist() == [a.split[2], -1]
+
+
+def test_dataset_split_is_leak_free_stratified_and_recorded_in_checkpoints(tmp_path) -> None:
+    import torch
+
+    from landcover.datasets import WindowDataset, make_loader
+    from landcover.models import build_model_for_dataset, load_checkpoint
+    from landcover.testing.cubes import make_cube
+    from landcover.train import TrainConfig, fit
+
+    cube = make_cube(tmp_path / "c.zarr", shape=(192, 160), chunks=64, seed=5, classes_present=6)
+    spec = SplitSpec(block=32, fractions=(0.6, 0.2, 0.2), seed=1, stratify=True)
+    ds = {
+        s: WindowDataset(cube, size=16, split=s, split_spec=spec, min_valid=0.0)
+        for s in ("train", "val", "test")
+    }
+    rec = ds["train"].split_record
+    assert rec["buffer"] == 16 and rec["block"] == 32 and rec["stratify"] is True
+    assert all(d.split_record["sha256"] == rec["sha256"] for d in ds.values())
+    assert all(len(d) > 0 for d in ds.values())
+    tr = ds["train"].windows
+    for other in ("val", "test"):
+        o = ds[other].windows
+        for r, c in zip(tr.row, tr.col, strict=True):
+            for r2, c2 in zip(o.row, o.col, strict=True):
+                assert _gap(int(r), int(c), int(r2), int(c2), 16) >= 16
+    # the window grid sits on the block grid: every window of every split is inside one block
+    origin = ds["train"].split_plan.cubes[0].origin
+    for d in ds.values():
+        w = d.windows
+        assert (((w.row + origin[0]) % 16) == 0).all() and (((w.col + origin[1]) % 16) == 0).all()
+
+    # fit stores the record in last.pt and best.pt
+    model = build_model_for_dataset("native", ds["train"], preset="tiny", seed=0)
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        epochs=1,
+        batch_size=8,
+        checkpoint_dir=tmp_path / "run",
+        progress=False,
+        device="cpu",
+        monitor="val_loss",
+    )
+    fit(
+        model,
+        make_loader(ds["train"], batch_size=8),
+        make_loader(ds["val"], batch_size=8),
+        cfg,
+        class_codes=ds["train"].class_codes,
+    )
+    for name in ("last.pt", "best.pt"):
+        state = load_checkpoint(tmp_path / "run" / name)
+        assert state["split"]["sha256"] == rec["sha256"]
+        # the test windows of the same split cannot leak into its training blocks (buffer included)
+        test_w = ds["test"].windows
+        fp = Footprints(
+            state["split"]["cubes"][0]["crs"],
+            tuple(state["split"]["cubes"][0]["transform"]),
+            test_w.row,
+            test_w.col,
+            (16, 16),
+        )
+        assert split_overlap(state["split"], fp).overlapping == 0
