@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["normalize", "dihedral", "random_dihedral", "Compose"]
+__all__ = ["normalize", "stretch_stats", "dihedral", "random_dihedral", "Compose"]
 
 Sample = dict[str, Any]
 
@@ -25,6 +25,25 @@ def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     s = torch.as_tensor(std, dtype=image.dtype, device=image.device)
     shape = (-1, 1, 1)
     return (image - m.view(shape)) / s.view(shape)
+
+
+def stretch_stats(low: Sequence[float], high: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` for :func:`normalize` that maps ``[low, high]`` per channel onto ``[0, 1]``.
+
+    A linear stretch written as a standardisation (``mean = low``, ``std = high - low``), so
+    that a dataset's per-band normalisation can feed models that expect [0, 1] inputs
+    (ImageNet RGB after a percentile stretch; the SSL4EO-L published ranges).
+
+    Raises
+    ------
+    ValueError
+        When the lengths differ or some ``high <= low``.
+    """
+    if len(low) != len(high):
+        raise ValueError(f"low and high need one value per channel, got {len(low)} and {len(high)}")
+    if any(not h > lo for lo, h in zip(low, high, strict=True)):
+        raise ValueError(f"every high must exceed its low, got low={tuple(low)} high={tuple(high)}")
+    return tuple(float(v) for v in low), tuple(float(h) - float(lo) for lo, h in zip(low, high, strict=True))
 
 
 def _pixel_affine(k: int, flip: bool, h: int, w: int) -> tuple[float, ...]:

@@ -88,3 +88,14 @@ def test_random_dihedral_keeps_the_shape_of_non_square_samples() -> None:
             xy = t @ (c + 0.5, r + 0.5)
             np.testing.assert_allclose(out["image"][:, r, c].numpy(), xy, atol=1e-6)
     assert len(seen) == 4
+
+
+def test_stretch_stats_map_the_range_onto_unit() -> None:
+    from landcover.transforms import normalize, stretch_stats
+
+    mean, std = stretch_stats([0.0, 248.15], [0.4, 318.15])
+    x = torch.tensor([[[0.0, 0.2, 0.4]], [[248.15, 283.15, 318.15]]])
+    out = normalize(x, mean, std)
+    assert torch.allclose(out, torch.tensor([[[0.0, 0.5, 1.0]], [[0.0, 0.5, 1.0]]]), atol=1e-5)
+    with pytest.raises(ValueError, match="exceed"):
+        stretch_stats([1.0], [1.0])
