@@ -1174,8 +1174,10 @@ def _append(
         attrs={
             "product_ids": pids,
             "scenes": scenes_attr,
-            "sensors": list(old.attrs.get("sensors", ["unknown"] * n_old)) + [s.sensor or "unknown" for s in new],
-            "usable_masks": list(old.attrs.get("usable_masks", ["QA_PIXEL"] * n_old)) + [s.usable for s in new],
+            "sensors": [
+                *old.attrs.get("sensors", ["unknown"] * n_old), *(s.sensor or "unknown" for s in new)
+            ],
+            "usable_masks": [*old.attrs.get("usable_masks", ["QA_PIXEL"] * n_old), *(s.usable for s in new)],
             "appends": appends,
             "resampled": list(old.attrs.get("resampled", [])) + list(ds.attrs["resampled"]),
         },

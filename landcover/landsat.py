@@ -87,7 +87,7 @@ log = logging.getLogger(__name__)
 
 BandName = Literal["coastal", "blue", "green", "red", "nir", "swir1", "swir2"]
 BandSelection = Literal["reflective", "all"] | Sequence[str]
-Layout = Literal["directory", "bundle", "stacked"]
+Layout = Literal["directory", "bundle", "stacked", "stack", "stac"]
 Decode = Literal["linear", "toa", "brightness", "raw"]
 
 ALL_REFLECTIVE: tuple[str, ...] = ("coastal", "blue", "green", "red", "nir", "swir1", "swir2")
@@ -179,6 +179,11 @@ class BandSource:
         Thermal constants, for ``"brightness"``.
     clip
         ``(low, high)`` decoded range kept representable by the uint16 encoding, or ``None``.
+    nodata
+        Raw value marking fill (0 for Landsat products; any value for raster stacks, NaN
+        allowed); ``None``: no fill value (only NaN in float rasters is fill).
+    dtype
+        The file's data type (what ``decode="raw"`` returns).
     """
 
     name: str
@@ -192,6 +197,8 @@ class BandSource:
     k1: float = 0.0
     k2: float = 0.0
     clip: tuple[float, float] | None = None
+    nodata: float | None = 0.0
+    dtype: str = "uint16"
 
     def __post_init__(self) -> None:
         if self.index < 1:
@@ -205,7 +212,7 @@ class BandSource:
         """Decode raw DNs (any integer dtype) to float32 with NaN at fill (DN 0); ``raw`` passes through."""
         if self.decode == "raw":
             return raw
-        fill = raw == 0
+        fill = _fill_mask(raw, self.nodata)
         q = raw.astype("float64")
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.decode == "linear":
@@ -244,6 +251,29 @@ class BandSource:
     def __call__(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Dask task entry point: :meth:`read` of one block."""
         return self.read((r0, r1), (c0, c1))
+
+
+def _fill_mask(raw: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Where ``raw`` is fill: equal to ``nodata`` (NaN matches NaN), and NaN in float data."""
+    floating = np.issubdtype(raw.dtype, np.floating)
+    if nodata is None:
+        return np.isnan(raw) if floating else np.zeros(raw.shape, dtype=bool)
+    if math.isnan(nodata):
+        return np.isnan(raw) if floating else np.zeros(raw.shape, dtype=bool)
+    if not _representable(nodata, raw.dtype):
+        return np.isnan(raw) if floating else np.zeros(raw.shape, dtype=bool)
+    fill: np.ndarray = raw == raw.dtype.type(nodata)
+    if floating:
+        fill |= np.isnan(raw)
+    return fill
+
+
+def _representable(value: float, dtype: np.dtype[Any]) -> bool:
+    """``value`` is exactly a value of ``dtype`` (e.g. 4294967295 in uint32, not in uint16)."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return float(value).is_integer() and info.min <= value <= info.max
+    return True
 
 
 # -- per-thread cache of open datasets -------------------------------------------------------
@@ -287,6 +317,8 @@ def _file_key(href: str) -> tuple[str, int, int, int] | None:
         if m is None:  # compressed or remote archive: no cheap identity, open per read
             return None
         local = m.group(1)
+    elif href.startswith(("/vsicurl/", "/vsicurl?")):
+        return (href, 0, 0, 0)  # a remote object (STAC asset): immutable, keep it open
     elif href.startswith("/vsi"):
         return None
     try:
@@ -354,6 +386,77 @@ def close_open_files() -> int:
     return n
 
 
+SceneKind = Literal["product", "stack", "stac"]
+
+
+@dataclass(frozen=True)
+class SceneMeta:
+    """What a scene is, whatever it came from (MTL, STAC item, or a raster stack's options).
+
+    Attributes
+    ----------
+    product_id
+        Landsat product id, or the stack's name (file stem) when it has none.
+    sensor
+        Sensor name as in :data:`SENSORS` (``"TM"``, ``"ETM+"``, ``"OLI/TIRS"``), ``""`` if unknown.
+    sensor_code
+        ``"LT05"``, ``"LC08"`` ... when known, else ``""``.
+    level
+        ``"L2SP"``, ``"L1TP"`` ..., or ``"unknown"`` for a stack.
+    time
+        Acquisition time, ``datetime64[ns]`` (UTC); ``NaT`` when unknown (a stack without ``date``).
+    kind
+        ``"product"`` (USGS files + MTL), ``"stack"`` (any multi-band raster), ``"stac"`` (STAC item).
+    usable
+        How the usable mask is made: ``"QA_PIXEL"`` or ``"not nodata"`` (no QA band).
+    """
+
+    product_id: str
+    sensor: str
+    sensor_code: str
+    level: str
+    time: np.datetime64
+    kind: SceneKind = "product"
+    usable: str = "QA_PIXEL"
+    spacecraft: str = ""
+    collection: int | None = None
+    category: str = ""
+    wrs_path: int | None = None
+    wrs_row: int | None = None
+    cloud_cover: float | None = None
+    cloud_cover_land: float | None = None
+    sun_elevation: float | None = None
+    sun_azimuth: float | None = None
+
+    @property
+    def is_level2(self) -> bool:
+        """Level-2 (surface reflectance) product."""
+        return self.level.startswith("L2")
+
+    @classmethod
+    def from_mtl(cls, mtl: Mtl, *, kind: SceneKind = "product") -> SceneMeta:
+        """The metadata of a product described by its MTL."""
+        spec = SENSORS.get(mtl.sensor)
+        return cls(
+            product_id=mtl.product_id,
+            sensor=spec.name if spec is not None else "",
+            sensor_code=mtl.sensor,
+            level=mtl.level,
+            time=mtl.acquired_datetime64.astype("datetime64[ns]"),
+            kind=kind,
+            usable="QA_PIXEL" if mtl.collection >= 2 else "not nodata",
+            spacecraft=mtl.spacecraft,
+            collection=mtl.collection,
+            category=mtl.category,
+            wrs_path=mtl.wrs_path,
+            wrs_row=mtl.wrs_row,
+            cloud_cover=mtl.cloud_cover,
+            cloud_cover_land=mtl.cloud_cover_land,
+            sun_elevation=mtl.sun_elevation,
+            sun_azimuth=mtl.sun_azimuth,
+        )
+
+
 @dataclass(frozen=True)
 class ScenePlan:
     """Everything needed to build the lazy Dataset, without pixel data (pickleable).
@@ -361,21 +464,25 @@ class ScenePlan:
     Attributes
     ----------
     source
-        The path the user gave.
+        The path (or URL) the user gave.
     mtl
-        Parsed metadata.
+        Parsed MTL metadata; ``None`` for raster stacks and STAC items.
     layout
-        ``"directory"``, ``"bundle"`` (``.tar``) or ``"stacked"`` (Collection 1 band-stacked clip).
+        ``"directory"``, ``"bundle"`` (``.tar``), ``"stacked"`` (Collection 1 band-stacked clip),
+        ``"stack"`` (any multi-band raster, :mod:`landcover.stack`) or ``"stac"`` (COG assets of a
+        STAC item, :mod:`landcover.stac_scene`).
     grid
         The scene's own grid (CRS, transform, shape) shared by every file.
     reflective
         One :class:`BandSource` per reflective band, in output order.
     thermal, qa_pixel, qa_radsat
         Optional sources.
+    meta
+        What the scene is (:class:`SceneMeta`); derived from ``mtl`` when not given.
     """
 
     source: str
-    mtl: Mtl
+    mtl: Mtl | None
     layout: Layout
     grid: Grid
     reflective: tuple[BandSource, ...]
@@ -383,23 +490,42 @@ class ScenePlan:
     qa_pixel: BandSource | None = None
     qa_radsat: BandSource | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    meta: SceneMeta = None  # type: ignore[assignment]  # filled from mtl in __post_init__
 
     def __post_init__(self) -> None:
         if not self.reflective:
             raise ValueError("a scene plan needs at least one reflective band")
+        if self.meta is None:
+            if self.mtl is None:
+                raise ValueError("a scene plan needs an MTL or a SceneMeta")
+            object.__setattr__(self, "meta", SceneMeta.from_mtl(self.mtl))
 
     def __hash__(self) -> int:
-        return hash((self.source, self.mtl.product_id, self.band_names))
+        return hash((self.source, self.meta.product_id, self.band_names))
+
+    def __fspath__(self) -> str:
+        """The path (or URL) the plan was made from, so that a plan can stand where a path does."""
+        return self.source
+
+    @property
+    def product_id(self) -> str:
+        """Product id (or stack name)."""
+        return self.meta.product_id
 
     @property
     def sensor(self) -> str:
-        """Sensor code, e.g. ``"LT05"``."""
-        return self.mtl.sensor
+        """Sensor code, e.g. ``"LT05"`` (``""`` when unknown, e.g. a stack without ``sensor``)."""
+        return self.meta.sensor_code
 
     @property
     def level(self) -> str:
         """Processing level, e.g. ``"L2SP"``."""
-        return self.mtl.level
+        return self.meta.level
+
+    @property
+    def is_level2(self) -> bool:
+        """Level-2 product: stored DNs are in the Collection 2 Level-2 encoding."""
+        return self.meta.is_level2
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -414,8 +540,8 @@ class ScenePlan:
 
     @property
     def files(self) -> tuple[str, ...]:
-        """Distinct files (GDAL paths) read by the plan, plus the MTL."""
-        out: list[str] = [str(self.mtl.path)]
+        """Distinct files (GDAL paths) read by the plan, plus the MTL when there is one."""
+        out: list[str] = [str(self.mtl.path)] if self.mtl is not None else []
         for s in self.sources:
             if s.href not in out:
                 out.append(s.href)
@@ -787,8 +913,19 @@ def _check_against_mtl(grid: Grid, mtl: Mtl, shown: str | Path, *, clip: bool) -
     return None
 
 
+def _is_stack(path: Path) -> bool:
+    """A raster file that is not a Landsat product file: a sidecar, or a name without a product id."""
+    if not path.is_file() or _is_tar_name(path):
+        return False
+    from .stack import find_sidecar
+
+    if find_sidecar(path) is not None:
+        return True
+    return path.suffix.lower() in _TIF_EXT and PRODUCT_ID_RE.match(path.name) is None
+
+
 def plan_scene(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | ScenePlan,
     *,
     bands: BandSelection = "reflective",
     thermal: bool = True,
@@ -799,8 +936,11 @@ def plan_scene(
     Parameters
     ----------
     path
-        Product directory, any file of a product, the ``.tar`` bundle, or a Collection 1
-        band-stacked GeoTIFF (``<product_id>.tif`` beside ``<product_id>_MTL.txt``).
+        Product directory, any file of a product, the ``.tar`` bundle, a Collection 1
+        band-stacked GeoTIFF (``<product_id>.tif`` beside ``<product_id>_MTL.txt``), any other
+        multi-band raster (a *stack*, see :mod:`landcover.stack`: its sidecar or band
+        descriptions say what it holds), a STAC item / ItemCollection JSON file or URL
+        (see :mod:`landcover.stac_scene`), or a plan (returned as it is).
     bands
         ``"reflective"`` (blue, green, red, nir, swir1, swir2), ``"all"`` (adds ``coastal`` for
         OLI) or a list of standard names.
@@ -822,7 +962,13 @@ def plan_scene(
     GridMismatchError
         When the bands do not share one grid.
     """
+    if isinstance(path, ScenePlan):
+        return path
     src_path = Path(path)
+    if _is_stack(src_path):
+        from .stack import plan_stack
+
+        return plan_stack(src_path, bands=bands, thermal=thermal, qa=qa)
     listing, mtl, stacked = _locate(src_path)
     spec = SENSORS.get(mtl.sensor)
     if spec is None:
@@ -1103,14 +1249,15 @@ def open_scene(
         _check_readable(plan)
     cy, cx, cb = _chunk_sizes(chunks)
     grid = plan.grid
-    level2 = plan.mtl.is_level2
+    meta = plan.meta
+    level2 = meta.is_level2
     if not decode and not level2:
-        raise ValueError(f"decode=False needs a Level-2 product, {plan.mtl.product_id} is {plan.mtl.level}")
+        raise ValueError(f"decode=False needs a Level-2 product, {meta.product_id} is {meta.level}")
 
     def band(s: BandSource) -> da.Array:
         if decode:
             return _lazy_band(s, grid, cy, cx, "float32")
-        return _lazy_band(replace(s, decode="raw", clip=None), grid, cy, cx, "uint16")
+        return _lazy_band(replace(s, decode="raw", clip=None), grid, cy, cx, s.dtype)
 
     refl = da.stack([band(s) for s in plan.reflective], axis=0)
     if cb != 1:
@@ -1123,6 +1270,8 @@ def open_scene(
             attrs={
                 "long_name": "surface reflectance"
                 if level2
+                else "reflectance (raster stack: DN * scale + offset)"
+                if meta.kind == "stack"
                 else "top-of-atmosphere reflectance (sun-elevation corrected)",
                 "units": "1",
             },
@@ -1141,7 +1290,11 @@ def open_scene(
             band(t),
             dims=("y", "x"),
             attrs={
-                "long_name": "surface temperature" if level2 else "top-of-atmosphere brightness temperature",
+                "long_name": "surface temperature"
+                if level2
+                else "temperature (raster stack)"
+                if meta.kind == "stack"
+                else "top-of-atmosphere brightness temperature",
                 "units": "K",
                 "source_band": t.suffix,
             },
@@ -1163,18 +1316,23 @@ def open_scene(
             var.encoding = {"dtype": "uint16"}
             data_vars[name] = var
 
-    mtl = plan.mtl
+    def num(v: float | None) -> float:
+        return float("nan") if v is None else float(v)
+
     attrs: dict[str, Any] = {
-        "product_id": mtl.product_id,
-        "sensor": mtl.sensor,
-        "spacecraft": mtl.spacecraft,
-        "level": mtl.level,
-        "collection": mtl.collection,
-        "wrs_path": mtl.wrs_path,
-        "wrs_row": mtl.wrs_row,
-        "cloud_cover": mtl.cloud_cover if mtl.cloud_cover is not None else float("nan"),
-        "sun_elevation": mtl.sun_elevation,
-        "sun_azimuth": mtl.sun_azimuth,
+        "product_id": meta.product_id,
+        "sensor": meta.sensor_code or meta.sensor or "unknown",
+        "sensor_name": meta.sensor or "unknown",
+        "spacecraft": meta.spacecraft,
+        "level": meta.level,
+        "collection": meta.collection if meta.collection is not None else -1,
+        "wrs_path": meta.wrs_path if meta.wrs_path is not None else -1,
+        "wrs_row": meta.wrs_row if meta.wrs_row is not None else -1,
+        "cloud_cover": num(meta.cloud_cover),
+        "sun_elevation": num(meta.sun_elevation),
+        "sun_azimuth": num(meta.sun_azimuth),
+        "input_kind": meta.kind,
+        "usable_mask": meta.usable,
         "source": plan.source,
         "source_files": [_display(f) for f in plan.files],
         "source_bands": [s.suffix for s in plan.reflective],
@@ -1183,7 +1341,7 @@ def open_scene(
         "band": ("band", np.array(plan.band_names, dtype=object)),
         "y": ("y", grid.y, {"units": "metre", "axis": "Y"}),
         "x": ("x", grid.x, {"units": "metre", "axis": "X"}),
-        "time": ((), mtl.acquired_datetime64.astype("datetime64[ns]")),
+        "time": ((), np.datetime64(meta.time, "ns")),
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     ds = ds.rio.write_crs(grid.crs)

@@ -19,6 +19,7 @@ import warnings
 from typing import Any
 
 from ..distributed import add_cluster_arguments
+from ._inputs import add_stack_arguments, stack_plans
 from ._types import non_negative_int, positive_int
 
 __all__ = ["register"]
@@ -34,7 +35,10 @@ def register(subparsers: Any) -> None:
         description="Align, intersect and mask Landsat scenes with CORINE fractions into a Zarr v3 cube. "
         "Rerun the same command after an interruption to finish the build.",
     )
-    b.add_argument("--scene", action="append", required=True, metavar="PATH", help="Landsat product (repeat)")
+    b.add_argument(
+        "--scene", action="append", default=None, metavar="PATH",
+        help="Landsat product, or a raster stack with a sidecar (repeat)",
+    )  # fmt: skip
     b.add_argument("--corine", required=True, metavar="CLC", help="CORINE Land Cover raster")
     b.add_argument("--out", required=True, metavar="STORE", help="output Zarr store (directory)")
     _cube_options(b)
@@ -43,6 +47,7 @@ def register(subparsers: Any) -> None:
         help="use Dask's threaded scheduler with N threads (same as --scheduler none --threads-per-worker N)",
     )  # fmt: skip
     b.add_argument("--append", action="store_true", help="add the scenes as new time steps to STORE")
+    add_stack_arguments(b)
     b.add_argument("--overwrite", action="store_true", help="replace a store built with other parameters")
     add_cluster_arguments(b)
     b.set_defaults(func=run_build)
@@ -134,15 +139,18 @@ def run_build(args: argparse.Namespace) -> int:
 
     from ..cube import build_cube
     from ..distributed import open_cluster
-    from ..errors import InputFileError
+    from ..errors import ConfigError, InputFileError
 
     options = _cluster_options(args)
     # check the inputs before starting a cluster for them
     if not Path(args.corine).exists():
         raise InputFileError(args.corine, "CORINE raster not found")
-    for s in args.scene:
+    for s in args.scene or []:
         if not Path(s).exists():
             raise InputFileError(s, "scene not found")
+    scenes = [*(args.scene or []), *stack_plans(args)]
+    if not scenes:
+        raise ConfigError("give at least one scene (--scene PATH or --stack FILE)")
     grid = None if args.grid in (None, "scene") else args.grid
     with (
         warnings.catch_warnings(record=True) as caught,
@@ -150,7 +158,7 @@ def run_build(args: argparse.Namespace) -> int:
     ):
         warnings.simplefilter("always", UserWarning)
         store = build_cube(
-            args.scene,
+            scenes,
             args.corine,
             args.out,
             grid=grid,

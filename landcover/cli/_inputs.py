@@ -1,0 +1,71 @@
+"""Scene inputs beyond product paths, shared by ``scene info``, ``cube build/batch`` and ``predict``.
+
+``--stack FILE`` (repeatable) with ``--bands``/``--scale``/``--offset``/``--sensor``/``--date``/
+``--qa``/``--nodata`` reads any multi-band raster (see :mod:`landcover.stack`); the options
+apply to every ``--stack`` file (a file with a sidecar needs none of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["add_stack_arguments", "stack_plans", "stack_spec"]
+
+
+def add_stack_arguments(p: argparse.ArgumentParser, *, many: bool = True) -> None:
+    """Add the ``--stack`` options (a raster stack instead of a Landsat product) to ``p``."""
+    g = p.add_argument_group(
+        "raster stacks",
+        "any multi-band raster (Earth Engine export, other chains) instead of a USGS product; "
+        "the same keys may sit in a sidecar FILE.toml/.yaml next to the file",
+    )
+    g.add_argument(
+        "--stack", action="append" if many else "store", default=None, metavar="FILE",
+        help="a multi-band raster" + (" (repeat for several time steps)" if many else ""),
+    )  # fmt: skip
+    g.add_argument(
+        "--bands", default=None, metavar="NAMES",
+        help="band of every raster band in order: blue,green,red,nir,swir1,swir2[,thermal] "
+        "('-' skips one; default: the band descriptions, e.g. B2..B7 of OLI)",
+    )  # fmt: skip
+    g.add_argument("--scale", type=float, default=None, metavar="S", help="reflectance = DN * S + O")
+    g.add_argument("--offset", type=float, default=None, metavar="O", help="see --scale")
+    g.add_argument("--sensor", default=None, metavar="TM|ETM|OLI", help="sensor of the stack")
+    g.add_argument("--date", default=None, metavar="YYYY-MM-DD", help="acquisition date (UTC)")
+    g.add_argument("--qa", default=None, metavar="FILE", help="Collection 2 QA_PIXEL raster on the same grid")
+    g.add_argument("--nodata", type=float, default=None, metavar="V", help="fill value (default: the file's)")
+
+
+def stack_spec(args: argparse.Namespace) -> Any:
+    """The :class:`~landcover.stack.StackSpec` of the command line, or None when no option was given."""
+    from ..stack import StackSpec
+
+    keys = ("bands", "scale", "offset", "sensor", "date", "qa", "nodata")
+    given = {k: getattr(args, k, None) for k in keys}
+    if all(v is None for v in given.values()):
+        return None
+    return StackSpec(**given)
+
+
+def stack_plans(args: argparse.Namespace) -> list[Any]:
+    """One ``ScenePlan`` per ``--stack`` file (the options, else each file's sidecar)."""
+    from ..errors import ConfigError
+    from ..stack import plan_stack
+
+    files = getattr(args, "stack", None)
+    if files is None:
+        files = []
+    elif isinstance(files, str):
+        files = [files]
+    spec = stack_spec(args)
+    if spec is not None and not files:
+        raise ConfigError("--bands/--scale/--offset/--sensor/--date/--qa/--nodata describe a --stack FILE")
+    plans = []
+    for f in files:
+        plan = plan_stack(f, spec)
+        for w in plan.warnings:
+            print(f"landcover: warning: {w}", file=sys.stderr)
+        plans.append(plan)
+    return plans
