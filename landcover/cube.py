@@ -152,12 +152,73 @@ def _open_scenes(scenes: Sequence[str | os.PathLike[str]], chunk: int) -> list[_
     return sorted(out, key=lambda s: s.time)
 
 
+def _check_sensors(scenes: Sequence[_Scene], *, mix_sensors: bool, cube: Sequence[str] = ()) -> None:
+    """One sensor per cube (TM, ETM+ or OLI/TIRS) unless ``mix_sensors``; scenes of unknown sensor pass.
+
+    ``cube``: the sensors already in the cube (its ``sensors`` attribute) when appending.
+    """
+    if mix_sensors:
+        return
+    seen: dict[str, str] = {c: "the cube" for c in cube if c and c != "unknown"}
+    for s in scenes:
+        if not s.sensor:
+            continue
+        other = next((k for k in seen if k != s.sensor), None)
+        if other is not None:
+            raise ConfigError(
+                f"{s.product_id}: sensor {s.sensor} differs from {other} of {seen[other]}; a cube holds "
+                "one sensor (their bands and calibration differ): build one cube per sensor, or pass "
+                "mix_sensors=True (--mix-sensors) to mix them on purpose"
+            )
+        seen.setdefault(s.sensor, s.product_id)
+
+
 def _clc_grid(corine: str | os.PathLike[str]) -> Grid:
     from . import corine as clc_mod
 
     if clc_mod.corine_vector.is_vector(corine):  # CLC polygons: the layer's extent in its CRS
         return clc_mod.read_clc(corine).grid
     return Grid.from_raster(Path(corine))
+
+
+def _check_band_count(corine: str | os.PathLike[str]) -> None:
+    """A CORINE raster holds one band of class values; anything else is refused (never band 1 silently).
+
+    Inputs that are not rasters (CLC polygons) or cannot be opened are left to :func:`corine.read_clc`.
+    """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.Env(CPL_LOG="/dev/null"), rasterio.open(corine) as src:
+            count = src.count
+    except RasterioIOError:
+        return
+    if count > 1:
+        raise InputFileError(
+            corine,
+            f"has {count} bands; a CORINE raster holds one band of class values: extract the band "
+            f"first (e.g. gdal_translate -b 1 {Path(corine).name} clc.tif)",
+        )
+
+
+def _check_not_all_nodata(clc: Any, grid: Grid) -> None:
+    """Refuse CORINE that has no class value over the cube extent (it would give a cube without labels)."""
+    from . import corine as clc_mod
+
+    if isinstance(clc, clc_mod.ClcVectorSource):
+        return
+    try:
+        rows, cols = clc.grid.window_of_bounds(grid.bounds_in(clc.grid.crs))
+    except EmptyOverlapError:
+        return  # reported with the scene's name by target_grid
+    values = clc.read(rows, cols)
+    if not np.isin(values, np.fromiter(clc.valid_values, dtype="int64")).any():
+        raise InputFileError(
+            clc.path,
+            f"holds only NODATA over the scenes ({values.shape[0]} x {values.shape[1]} cells, no CLC "
+            "class value); no cube written",
+        )
 
 
 def _label_fractions(
@@ -170,7 +231,9 @@ def _label_fractions(
 
     if level not in (1, 2, 3):
         raise ConfigError(f"CLC level must be 1, 2 or 3, got {level!r}")
+    _check_band_count(corine)
     clc = clc_mod.read_clc(corine)
+    _check_not_all_nodata(clc, grid)
     lvl = cast("Literal[1, 2, 3]", level)
     res = clc_mod.fractions(clc, grid, level=lvl, min_coverage=min_coverage, chunks=chunk)
     if isinstance(res, xr.Dataset):
@@ -734,6 +797,7 @@ def assemble_cube(
     min_coverage: float = 0.5,
     policy: UsablePolicy | None = None,
     chunk: int = schema.DEFAULT_CHUNK,
+    mix_sensors: bool = False,
 ) -> xr.Dataset:
     """The cube as a lazy Dataset, exactly as it will be stored (raw encodings).
 
@@ -754,6 +818,9 @@ def assemble_cube(
         Usable-pixel QA policy (default :class:`landcover.landsat.UsablePolicy`).
     chunk
         Spatial chunk size (pixels) of every lazy array (and of the store).
+    mix_sensors
+        Allow scenes of different sensors (e.g. TM and OLI) in one cube; by default that
+        raises :class:`ConfigError`. The ``sensors`` attribute records each step's sensor.
 
     Returns
     -------
@@ -768,6 +835,7 @@ def assemble_cube(
     if chunk < 16:
         raise ValueError(f"chunk must be at least 16 pixels, got {chunk}")
     opened = _open_scenes(scenes, chunk)
+    _check_sensors(opened, mix_sensors=mix_sensors)
     clc_grid = _clc_grid(corine)
     dst = target_grid(
         [s.grid for s in opened], clc_grid, grid=grid, resolution=resolution,
@@ -946,6 +1014,25 @@ def _file_id(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"name": os.path.basename(os.path.normpath(p)), "size": size}
 
 
+def _corine_id(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Identity of a CORINE input: name, size and SHA-256 of its content (all files of a folder, e.g. .gdb).
+
+    Recorded in the cube (``build_params``, ``clc_sha256``) so that ``--append`` refuses other labels.
+    """
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    size = 0
+    for f in files:
+        if p.is_dir():
+            h.update(str(f.relative_to(p)).encode() + b"\x00")
+        with f.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+                size += len(block)
+    return {"name": os.path.basename(os.path.normpath(p)), "size": size, "sha256": h.hexdigest()}
+
+
 def build_cube(
     scenes: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     corine: str | os.PathLike[str],
@@ -963,6 +1050,7 @@ def build_cube(
     overwrite: bool = False,
     progress: bool = True,
     threads: int | None = None,
+    mix_sensors: bool = False,
     _kill_after: int | None = None,
 ) -> Path:
     """Build (or extend) a cube store from Landsat scenes and a CORINE raster.
@@ -995,6 +1083,8 @@ def build_cube(
     threads
         Threads of the local scheduler when ``client`` is None (default: CPU count + 2,
         see :func:`landcover.store.default_threads`).
+    mix_sensors
+        Allow scenes of different sensors in one cube (see :func:`assemble_cube`).
 
     Returns
     -------
@@ -1029,16 +1119,16 @@ def build_cube(
     if append:
         return _append(
             scene_list, corine, Path(store), grid=grid, client=client, progress=progress,
-            kill_after=_kill_after, policy=policy, threads=threads,
+            kill_after=_kill_after, policy=policy, threads=threads, mix_sensors=mix_sensors,
         )  # fmt: skip
     ds = assemble_cube(
         scene_list, corine, grid=grid, resolution=resolution, level=level, min_coverage=min_coverage,
-        policy=policy, chunk=cy,
+        policy=policy, chunk=cy, mix_sensors=mix_sensors,
     )  # fmt: skip
     params = {
         "scenes": [_file_id(s) for s in scene_list],
         "product_ids": ds.attrs["product_ids"],
-        "corine": _file_id(corine),
+        "corine": _corine_id(corine),
         "grid": repr(grid) if isinstance(grid, Grid) else grid,
         "resolution": resolution,
         "level": int(level),
@@ -1050,6 +1140,7 @@ def build_cube(
         "software": __version__,
     }
     fp = _fingerprint(params)
+    ds.attrs["clc_sha256"] = params["corine"]["sha256"]
     ds.attrs["build_params"] = json.dumps(params, sort_keys=True)
     ds.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     sizes = {"time": 1, "band": ds.sizes["band"], "class": ds.sizes["class"], "y": cy, "x": cx}
@@ -1101,6 +1192,7 @@ def _append(
     kill_after: int | None,
     policy: UsablePolicy | None,
     threads: int | None = None,
+    mix_sensors: bool = False,
 ) -> Path:
     import xarray as xr
 
@@ -1121,10 +1213,15 @@ def _append(
     if isinstance(grid, Grid) and grid != dst:
         raise GridMismatchError(f"{store}: the cube grid {dst!r} differs from the requested grid {grid!r}")
     params = json.loads(old.attrs.get("build_params", "{}"))
-    if params.get("corine", {}).get("name") not in (None, _file_id(corine)["name"]):
+    built = params.get("corine", {})
+    given = _corine_id(corine)
+    if built.get("name") not in (None, given["name"]) or any(
+        built.get(k) is not None and built[k] != given[k] for k in ("size", "sha256")
+    ):
         raise ConfigError(
-            f"{corine}: the cube {store} was built with CORINE file {params['corine']['name']}; "
-            "append with the same CORINE file"
+            f"{corine}: the cube {store} was built with another CORINE file ({built.get('name')}, "
+            f"{built.get('size')} bytes, sha256 {str(built.get('sha256', '?'))[:12]}...); "
+            "append with the same CORINE file, or build a new cube"
         )
     chunk = int(params.get("chunk", old["reflectance"].encoding.get("chunks", (1, 1, 512))[-1]))
     opened = _open_scenes(scene_list, chunk)
@@ -1135,6 +1232,7 @@ def _append(
             warnings.warn(f"{s.product_id}: already in the cube {store}; skipped", UserWarning, stacklevel=3)
     if not new:
         return store
+    _check_sensors(new, mix_sensors=mix_sensors, cube=list(old.attrs.get("sensors", [])))
     mode = old.attrs.get("grid_mode", "scene")
     for s in new:
         if mode == "scene" and not dst.is_aligned(s.grid):

@@ -189,6 +189,9 @@ def _check_complete(path: Path) -> dict[str, Any]:
             "the cube build did not finish (no completion marker); "
             "rerun the same `landcover cube build` command to finish it",
         )
+    from .store import check_manifest
+
+    check_manifest(path)  # every variable and chunk the build wrote is still there (cheap)
     return attrs
 
 

@@ -964,6 +964,10 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     return dest
 
 
+CHECKPOINT_FORMATS = ("landcover-model/1", "landcover-train/1")
+"""``format`` values of the checkpoints landcover writes (:func:`save_model`; ``last.pt`` of training)."""
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
@@ -972,7 +976,8 @@ def load_checkpoint(
     Raises
     ------
     InputFileError
-        When the file is missing or not a safe, readable checkpoint.
+        When the file is missing, not a safe, readable checkpoint, or has a ``format`` that is
+        not one of :data:`CHECKPOINT_FORMATS`.
     """
     src = Path(path)
     if not src.is_file():
@@ -983,6 +988,13 @@ def load_checkpoint(
         raise InputFileError(src, f"not a readable landcover checkpoint ({exc})") from exc
     if not isinstance(state, dict):
         raise InputFileError(src, "not a landcover checkpoint (expected a dict)")
+    fmt = state.get("format")
+    if fmt is not None and fmt not in CHECKPOINT_FORMATS:
+        raise InputFileError(
+            src,
+            f"unknown checkpoint format {fmt!r} (this landcover reads {', '.join(CHECKPOINT_FORMATS)}); "
+            "written by another version or another program",
+        )
     return state
 
 

@@ -13,7 +13,8 @@ Variables (dims, stored dtype, decoding)
     uint16 raw; decodes to Kelvin; fill 0.
 ``labels`` (class, y, x)
     uint8 CLC class fractions in steps of 1/250 (``scale_factor`` = 0.004),
-    fill 255 where the label is NODATA. Decoded: float32 in [0, 1], sums to 1.
+    fill 255 where the label is NODATA (``_FillValue`` and the Zarr ``fill_value``, so a
+    missing chunk reads as NODATA). Decoded: float32 in [0, 1], sums to 1.
 ``coverage`` (y, x)
     uint8, share of the pixel covered by valid CLC, 1/250 steps, fill 255.
 ``valid`` (time, y, x)

@@ -11,8 +11,10 @@ safe to interrupt at any moment (``kill -9`` included):
    chunks along ``y``/``x`` (and, for appends, the new ``time`` steps). Every
    region is computed by Dask and written with zarr-python (each chunk file is
    written atomically by zarr's ``LocalStore``); only after all its chunks are on
-   disk is an empty marker file ``landcover-journal/<region>`` created.
-3. **Consolidate.** Consolidated metadata is written into the root ``zarr.json``.
+   disk is the file ``landcover-journal/<region>`` created (atomically), holding the CRC-32 of
+   every chunk of the region, computed from the blocks as they are written.
+3. **Manifest, consolidate.** :data:`MANIFEST_FILE` records every array's shape, chunk grid and
+   chunk checksums (from the journal); consolidated metadata goes into the root ``zarr.json``.
 4. **Marker.** The root attribute :data:`landcover.schema.COMPLETE_ATTR` is set
    to ``True`` (an atomic rewrite of ``zarr.json``) and the journal is removed.
 
@@ -21,7 +23,9 @@ the others, so it ends bit-identical to an uninterrupted build (the data are a
 pure function of the inputs). A rerun with different parameters raises
 :class:`~landcover.errors.ConfigError` unless ``overwrite=True``.
 :func:`open_cube` refuses a store without the marker
-(:class:`~landcover.errors.IncompleteStoreError`).
+(:class:`~landcover.errors.IncompleteStoreError`) and checks the manifest cheaply (every recorded
+variable and chunk present, :func:`check_manifest`); :func:`verify_cube` reads every chunk back
+against its checksum (``landcover cube verify``).
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ __all__ = [
     "store_size",
     "raw_nbytes",
     "cube_info",
+    "MANIFEST_FILE",
+    "check_manifest",
+    "verify_cube",
 ]
 
 Compressor = Literal["blosc-zstd", "blosc-lz4", "zstd", "none"]
@@ -70,6 +77,9 @@ Compressor = Literal["blosc-zstd", "blosc-lz4", "zstd", "none"]
 
 STATE_FILE = "landcover-build.json"
 JOURNAL_DIR = "landcover-journal"
+MANIFEST_FILE = "landcover-manifest.json"
+"""What a complete cube holds: arrays, shapes, chunk grids and per-chunk CRC-32 checksums."""
+MANIFEST_FORMAT = "landcover-manifest/1"
 FINGERPRINT_ATTR = "landcover:fingerprint"
 _TMP_PREFIX = ".tmp-"
 
@@ -195,13 +205,65 @@ def _write_blocks(plan: _WritePlan, blocks: Sequence[np.ndarray]) -> str:
     # No warnings.catch_warnings() here: it is not thread-safe and this runs in worker threads.
     zstore = LocalStore(plan.store)
     opened: dict[str, Any] = {}
+    sums: dict[str, dict[str, str]] = {}
     for (name, sel), block in zip(plan.targets, blocks, strict=True):
         if name not in opened:
             opened[name] = zarr.open_array(zstore, path=name, mode="r+")
-        opened[name][sel] = np.asarray(block)
+        arr = opened[name]
+        data = np.asarray(block, dtype=arr.dtype)
+        arr[sel] = data
+        # checksums of what was just written, streamed with the build (no pass over the store)
+        sums.setdefault(name, {}).update(_chunk_sums(data, sel, arr.chunks, arr.fill_value))
     if plan.journal:
-        (Path(plan.store) / JOURNAL_DIR / plan.region.key).touch()
+        store = Path(plan.store)
+        tmp = store / f".journal-{plan.region.key}.partial"
+        tmp.write_text(json.dumps(sums, sort_keys=True))
+        os.replace(tmp, store / JOURNAL_DIR / plan.region.key)
     return plan.region.key
+
+
+def _crc(data: np.ndarray) -> str:
+    """CRC-32 (hex) of an array's values in C order (what a chunk holds, whatever its codecs)."""
+    import zlib
+
+    if data.dtype.kind in "biufcmM":
+        raw: Any = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+    else:  # strings (band names): their text, NUL-separated
+        raw = "\x00".join(map(str, data.reshape(-1).tolist())).encode()
+    return f"{zlib.crc32(raw):08x}"
+
+
+def _is_fill(data: np.ndarray, fill: Any) -> bool:
+    """Whether every value is the array's fill value (zarr then writes no chunk file)."""
+    if fill is None:
+        return False
+    return bool(np.array_equal(data, np.full_like(data, fill), equal_nan=data.dtype.kind in "fc"))
+
+
+def _chunk_sums(
+    data: np.ndarray, sel: tuple[slice, ...], chunks: tuple[int, ...], fill: Any
+) -> dict[str, str]:
+    """``{"i.j.k": crc}`` of every store chunk in the chunk-aligned block ``data`` at ``sel``.
+
+    An all-fill chunk is recorded as ``"<crc>:fill"``: zarr may skip writing it (it reads as fill).
+    """
+    import itertools
+
+    starts = [0 if s.start is None else int(s.start) for s in sel]
+    ranges = []
+    for st, n, c in zip(starts, data.shape, chunks, strict=True):
+        ranges.append(range(st // c, -(-(st + n) // c)))
+    out: dict[str, str] = {}
+    for idx in itertools.product(*ranges):
+        sub = data[
+            tuple(
+                slice(i * c - st, min((i + 1) * c - st, n))
+                for i, c, st, n in zip(idx, chunks, starts, data.shape, strict=True)
+            )
+        ]
+        crc = _crc(sub)
+        out[".".join(map(str, idx))] = f"{crc}:fill" if _is_fill(sub, fill) else crc
+    return out
 
 
 def _array(group: zarr.Group, name: str, store: Path) -> zarr.Array[Any]:
@@ -237,8 +299,9 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def _done_regions(store: Path) -> set[str]:
+    """Regions whose journal entry holds their chunk checksums (an empty entry is rewritten)."""
     d = store / JOURNAL_DIR
-    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+    return {p.name for p in d.iterdir() if p.stat().st_size > 0} if d.is_dir() else set()
 
 
 def _root_attrs(store: Path) -> dict[str, Any]:
@@ -276,8 +339,62 @@ def _consolidate(store: Path) -> None:
         zarr.consolidate_metadata(str(store))
 
 
-def _finalize(store: Path) -> None:
-    """Consolidate, write the completion marker LAST, then drop the journal."""
+def _read_manifest(store: Path) -> dict[str, Any] | None:
+    p = store / MANIFEST_FILE
+    if not p.is_file():
+        return None
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputFileError(p, f"unreadable cube manifest ({exc}); the cube is damaged") from None
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        raise InputFileError(p, f"not a {MANIFEST_FORMAT} manifest; the cube is damaged")
+    return doc
+
+
+def _write_manifest(store: Path, *, base: Mapping[str, Any] | None) -> None:
+    """Record what the complete cube holds: every array's metadata and chunk checksums.
+
+    Data variables take their checksums from the journal (computed while writing), on top of
+    those of ``base`` (the manifest before an append); coordinates are small and hashed whole.
+    """
+    import zarr
+
+    chunks: dict[str, dict[str, str]] = {}
+    if base is not None:
+        for name, entry in base.get("arrays", {}).items():
+            if "chunks_crc32" in entry:
+                chunks[name] = dict(entry["chunks_crc32"])
+    d = store / JOURNAL_DIR
+    for f in sorted(d.iterdir()) if d.is_dir() else []:
+        for name, sums in json.loads(f.read_text() or "{}").items():
+            chunks.setdefault(name, {}).update(sums)
+    arrays: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = zarr.open_group(str(store), mode="r", use_consolidated=False)
+        for name, arr in sorted(g.arrays()):
+            rec: dict[str, Any] = {
+                "shape": list(arr.shape),
+                "chunks": list(arr.chunks),
+                "dtype": str(arr.dtype),
+            }
+            if name in chunks:
+                rec["chunks_crc32"] = dict(sorted(chunks[name].items()))
+            elif name in schema.VARIABLES:
+                continue  # a data variable written elsewhere (never by the regions): not recorded
+            else:
+                rec["crc32"] = _crc(np.asarray(arr[...]))
+            arrays[str(name)] = rec
+    _write_json_atomic(store / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "arrays": arrays})
+
+
+def _finalize(store: Path, *, manifest: bool = True, base: Mapping[str, Any] | None = None) -> None:
+    """Write the manifest, consolidate, write the completion marker LAST, then drop the journal."""
+    if manifest:
+        _write_manifest(store, base=base)
+    for stray in store.glob(".*.partial"):  # journal/manifest files of a killed run, never renamed
+        stray.unlink(missing_ok=True)
     _consolidate(store)
     _set_root_attrs(store, {schema.COMPLETE_ATTR: True})
     shutil.rmtree(store / JOURNAL_DIR, ignore_errors=True)
@@ -489,6 +606,8 @@ def _encoding(
         e["compressors"] = compressor_codecs(compressor, level=level, dtype=var.dtype)
         fill = var.encoding.get("_FillValue")
         e["_FillValue"] = fill
+        if fill is not None:  # a chunk that is missing reads as the NODATA code (e.g. labels: 255), not 0
+            e["fill_value"] = fill
         enc[str(name)] = e
     if "time" in ds.coords:
         enc["time"] = {
@@ -758,21 +877,27 @@ def append_time(
     # Idempotent: resize every time-dependent array and write the new time coordinates.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        g = zarr.open_group(str(store), mode="r+")
+        # not the consolidated metadata: it still holds the shapes from before the resize, and an
+        # array re-read from it drops writes past the old end (the time stored as 1970-01-01)
+        g = zarr.open_group(str(store), mode="r+", use_consolidated=False)
         tnames = [str(v) for v in ds_time.data_vars]
+        resized: dict[str, Any] = {}
         for name in [*tnames, "time"]:
             arr = _array(g, name, store)
             new_shape = (n_old + n_new, *arr.shape[1:])
             if arr.shape != new_shape:
                 arr.resize(new_shape)
-        tarr = _array(g, "time", store)
+            resized[name] = arr
+        tarr = resized["time"]
+        if tarr.shape[0] != n_old + n_new:  # pragma: no cover - defensive
+            raise IncompleteStoreError(store, f"the time array did not grow to {n_old + n_new} steps")
         units = str(tarr.attrs.get("units", "microseconds since 1970-01-01"))
         calendar = str(tarr.attrs.get("calendar", "proleptic_gregorian"))
         enc, _, _ = xr.coding.times.encode_cf_datetime(
             ds_time["time"].values, units, calendar, dtype=tarr.dtype
         )
         tarr[n_old : n_old + n_new] = np.asarray(enc, dtype=tarr.dtype)
-        chunk_y, chunk_x = _array(g, tnames[0], store).chunks[-2:]
+        chunk_y, chunk_x = resized[tnames[0]].chunks[-2:]
     shape = (ds_time.sizes["y"], ds_time.sizes["x"])
     regions = plan_regions(shape, (chunk_y, chunk_x), times=(n_old, n_old + n_new), static=False)
     if static is not None:
@@ -803,14 +928,16 @@ def append_time(
         _run_regions(tasks_for(todo), client=client, progress=progress, desc="append", threads=threads)
     if attrs:
         _set_root_attrs(store, dict(attrs))
-    _finalize(store)
+    base = _read_manifest(store)  # a cube built before manifests existed stays without one
+    _finalize(store, manifest=base is not None, base=base)
     return store
 
 
 # -- readers and post-build updates -----------------------------------------------------------------
 
 
-def _require_store(store: Path) -> None:
+def _require_store(store: Path, *, check: bool = True) -> None:
+    """A complete cube store, or a clear error; ``check``: also :func:`check_manifest` (cheap)."""
     if not store.exists():
         raise InputFileError(store, "no such cube store")
     if not (store / "zarr.json").is_file():
@@ -823,6 +950,158 @@ def _require_store(store: Path) -> None:
             "the cube build did not finish (no completion marker); rerun the same `landcover cube build` "
             "command to finish it",
         )
+    if check:
+        check_manifest(store)
+
+
+def _chunk_file(array_dir: Path, meta: Mapping[str, Any], key: str) -> Path:
+    """Path of the chunk ``key`` (``"i.j.k"``) of the Zarr v3 array whose ``zarr.json`` is ``meta``."""
+    enc = meta.get("chunk_key_encoding") or {}
+    cfg = enc.get("configuration") or {}
+    parts = key.split(".")
+    if enc.get("name") == "v2":
+        return array_dir / str(cfg.get("separator", ".")).join(parts)
+    sep = str(cfg.get("separator", "/"))
+    return array_dir / ("c" + sep + sep.join(parts))
+
+
+def _damaged(store: Path, problem: str) -> InputFileError:
+    return InputFileError(store, f"the cube is damaged: {problem}; rebuild it (`landcover cube build`)")
+
+
+def check_manifest(store: str | os.PathLike[str]) -> int:
+    """Cheap integrity check of a complete cube against its manifest (metadata and chunk presence).
+
+    Every array the manifest records must exist with the recorded shape, chunk grid and dtype,
+    and every chunk file that the build wrote must be present. Chunk contents are not read
+    (:func:`verify_cube` does that). A cube without a manifest (built by landcover before
+    manifests existed) passes.
+
+    Returns
+    -------
+    int
+        Number of chunk files checked.
+
+    Raises
+    ------
+    InputFileError
+        Naming the store, the variable and the chunk, at the first problem.
+    """
+    path = Path(store)
+    manifest = _read_manifest(path)
+    if manifest is None:
+        return 0
+    n = 0
+    for name, entry in manifest.get("arrays", {}).items():
+        meta_path = path / name / "zarr.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise _damaged(
+                path, f"variable {name!r} is missing ({meta_path.name} of {name}/ not found)"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise _damaged(path, f"variable {name!r}: unreadable metadata ({exc})") from None
+        grid = ((meta.get("chunk_grid") or {}).get("configuration") or {}).get("chunk_shape")
+        got = {"shape": meta.get("shape"), "chunks": grid, "dtype": meta.get("data_type")}
+        for k in ("shape", "chunks"):
+            if list(got[k] or []) != list(entry[k]):
+                raise _damaged(path, f"variable {name!r} has {k} {got[k]}, the build wrote {entry[k]}")
+        for key, crc in entry.get("chunks_crc32", {}).items():
+            if crc.endswith(":fill"):
+                continue  # an all-fill chunk need not exist
+            n += 1
+            if not _chunk_file(path / name, meta, key).is_file():
+                idx = tuple(int(i) for i in key.split("."))
+                raise _damaged(path, f"variable {name!r} chunk {idx} is missing")
+    return n
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of :func:`verify_cube`."""
+
+    store: Path
+    arrays: int
+    chunks: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every recorded chunk was read back with its recorded checksum."""
+        return not self.problems
+
+
+def verify_cube(store: str | os.PathLike[str]) -> VerifyReport:
+    """Fully verify a complete cube: read every recorded chunk and compare its checksum.
+
+    Reads the whole store once (decompressing every chunk); a damaged chunk (missing,
+    undecodable, or holding other values) is reported with its variable and chunk index.
+
+    Raises
+    ------
+    InputFileError
+        If the store is missing, incomplete, or has no manifest to verify against.
+    """
+    import zarr
+
+    path = Path(store)
+    _require_store(path, check=False)
+    manifest = _read_manifest(path)
+    if manifest is None:
+        raise InputFileError(
+            path, f"no {MANIFEST_FILE}: built by an older landcover, there is nothing to verify against"
+        )
+    problems: list[str] = []
+    n_chunks = 0
+    arrays = manifest.get("arrays", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = zarr.open_group(str(path), mode="r", use_consolidated=False)
+        for name, entry in arrays.items():
+            try:
+                arr = _array(g, name, path)
+            except (InputFileError, OSError, ValueError):
+                problems.append(f"variable {name!r} is missing")
+                continue
+            if list(arr.shape) != list(entry["shape"]) or list(arr.chunks) != list(entry["chunks"]):
+                problems.append(
+                    f"variable {name!r} has shape {list(arr.shape)} / chunks {list(arr.chunks)}, "
+                    f"the build wrote {entry['shape']} / {entry['chunks']}"
+                )
+                continue
+            meta = json.loads((path / name / "zarr.json").read_text())
+            if "crc32" in entry:
+                n_chunks += 1
+                try:
+                    ok = _crc(np.asarray(arr[...])) == entry["crc32"]
+                except Exception as exc:  # noqa: BLE001 - any codec error means damage
+                    problems.append(f"variable {name!r} cannot be decoded ({type(exc).__name__}: {exc})")
+                    continue
+                if not ok:
+                    problems.append(f"variable {name!r}: checksum mismatch")
+                continue
+            for key, want in entry.get("chunks_crc32", {}).items():
+                n_chunks += 1
+                idx = tuple(int(i) for i in key.split("."))
+                crc, _, fill = want.partition(":")
+                if not fill and not _chunk_file(path / name, meta, key).is_file():
+                    problems.append(f"variable {name!r} chunk {idx} is missing")
+                    continue
+                sel = tuple(
+                    slice(i * c, min((i + 1) * c, n))
+                    for i, c, n in zip(idx, arr.chunks, arr.shape, strict=True)
+                )
+                try:
+                    got = _crc(np.asarray(arr[sel]))
+                except Exception as exc:  # noqa: BLE001 - any codec error means damage
+                    problems.append(f"variable {name!r} chunk {idx} cannot be decoded ({type(exc).__name__})")
+                    continue
+                if got != crc:
+                    problems.append(
+                        f"variable {name!r} chunk {idx}: checksum mismatch (other values than written)"
+                    )
+    return VerifyReport(path, len(arrays), n_chunks, tuple(problems))
 
 
 def open_cube(

@@ -157,7 +157,7 @@ class TrainConfig:
         Where ``last.pt`` (full state, every epoch), ``best.pt`` (model + spec) and
         ``history.json``/``history_epochs.csv``/``history_samples.csv`` go. None: no files.
     resume
-        Continue from ``checkpoint_dir/last.pt`` when it exists.
+        Continue from ``checkpoint_dir/last.pt``; without it, :class:`InputFileError` naming the folder.
     num_workers, prefetch_factor, pin_memory
         DataLoader options for :func:`make_loader` (``pin_memory="auto"``: on with CUDA).
     progress
@@ -988,6 +988,12 @@ def _fit(
     from tqdm.auto import tqdm
 
     resume_state: dict[str, Any] | None = None
+    if cfg.resume and ckdir is not None and not (ckdir / LAST_CHECKPOINT).is_file():
+        raise InputFileError(
+            ckdir,
+            f"cannot resume: the run folder holds no {LAST_CHECKPOINT}; run without resume (--resume) "
+            "to start afresh, or give the folder of the run to continue",
+        )
     if cfg.resume and ckdir is not None and (ckdir / LAST_CHECKPOINT).is_file():
         resume_state = load_checkpoint(ckdir / LAST_CHECKPOINT)
         if resume_state.get("format") != _CKPT_FORMAT:

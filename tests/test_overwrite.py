@@ -79,7 +79,9 @@ def test_cube_build(pair: tuple[Path, Path, Path], workdir: Path, capsys: pytest
     assert "--overwrite" not in line
     (workdir / "file.zarr").write_text("x")
     refused([*base, "--out", "file.zarr", "--overwrite"], capsys, names="a file")
-    assert (workdir / "notes.txt").read_text() == "keep me" and (user / "thesis.tex").read_text() == "precious"
+    assert (workdir / "notes.txt").read_text() == "keep me" and (
+        user / "thesis.tex"
+    ).read_text() == "precious"
     after = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
     assert after == sorted([*before, "mine.zarr", "mine.zarr/thesis.tex", "file.zarr"])
     # a genuine landcover cube built with other parameters is replaced
@@ -98,8 +100,8 @@ def test_cube_batch_leaves_a_users_folder(
     scene, clc, _ = pair
     out = tmp_path / "batch"
     user = foreign(out / f"{scene.name}.zarr")
-    rc = main(["-q", "cube", "batch", str(scene), "--corine", str(clc), "--out-dir", str(out), "--chunk", "16",
-               "--overwrite", "--retries", "0", "--scheduler", "none"])  # fmt: skip
+    rc = main(["-q", "cube", "batch", str(scene), "--corine", str(clc), "--out-dir", str(out),
+               "--chunk", "16", "--overwrite", "--retries", "0", "--scheduler", "none"])  # fmt: skip
     assert rc == 3
     assert (user / "thesis.tex").read_text() == "precious"
 

@@ -1,4 +1,4 @@
-"""``landcover cube build``, ``landcover cube batch`` and ``landcover cube info``.
+"""``landcover cube build``, ``landcover cube batch``, ``landcover cube verify`` and ``landcover cube info``.
 
 ``build`` and ``batch`` run on a Dask cluster: by default a LocalCluster of threads started
 for the job (its dashboard link printed to stderr), ``--scheduler tcp://HOST:PORT`` for a
@@ -47,6 +47,10 @@ def register(subparsers: Any) -> None:
         help="use Dask's threaded scheduler with N threads (same as --scheduler none --threads-per-worker N)",
     )  # fmt: skip
     b.add_argument("--append", action="store_true", help="add the scenes as new time steps to STORE")
+    b.add_argument(
+        "--mix-sensors", action="store_true",
+        help="allow scenes of different sensors (TM, ETM+, OLI) in one cube (refused by default)",
+    )  # fmt: skip
     add_stack_arguments(b)
     b.add_argument("--overwrite", action="store_true", help="replace a store built with other parameters")
     add_cluster_arguments(b)
@@ -87,6 +91,15 @@ def register(subparsers: Any) -> None:
     m.add_argument("--overwrite", action="store_true", help="rebuild cubes that already exist")
     add_cluster_arguments(m, threads_help="CPUs / 2, at most one per cube: cubes built at once")
     m.set_defaults(func=run_batch)
+    v = sub.add_parser(
+        "verify",
+        help="check a cube against the manifest its build wrote",
+        description="Read every chunk of a cube and compare it with the checksums, shapes and chunk grid "
+        "recorded by its build (landcover-manifest.json). Exit status 0 = intact, 1 = damaged (the first "
+        "problem names the variable and chunk) or no manifest.",
+    )
+    v.add_argument("store", metavar="STORE")
+    v.set_defaults(func=run_verify)
     i = sub.add_parser("info", help="summarise a cube", description="Summarise a cube store.")
     i.add_argument("store", metavar="STORE")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -170,6 +183,7 @@ def run_build(args: argparse.Namespace) -> int:
             client=client,
             append=args.append,
             overwrite=args.overwrite,
+            mix_sensors=args.mix_sensors,
             progress=not getattr(args, "quiet", False),
             threads=options.resolved_threads() if client is None else None,
         )
@@ -245,6 +259,19 @@ def run_batch(args: argparse.Namespace) -> int:
         print(f"landcover: {len(report.failed)} of {len(report.results)} cubes failed; see {report_path}",
               file=sys.stderr)  # fmt: skip
     return report.exit_code()
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from ..errors import InputFileError
+    from ..store import verify_cube
+
+    report = verify_cube(args.store)
+    if not report.ok:
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        raise InputFileError(args.store, f"the cube is damaged: {report.problems[0]}{more}")
+    if not getattr(args, "quiet", False):
+        print(f"{args.store}: intact ({report.chunks} chunks of {report.arrays} arrays match the manifest)")
+    return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
