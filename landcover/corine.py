@@ -90,6 +90,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
+from . import corine_vector
+from .corine_vector import VectorLayer
 from .errors import EmptyOverlapError, InputFileError
 from .grid import Grid
 
@@ -100,6 +102,7 @@ __all__ = [
     "ClassInfo",
     "Aggregation",
     "ClcSource",
+    "ClcVectorSource",
     "LEVEL1",
     "LEVEL2",
     "NODATA_INDEX",
@@ -108,6 +111,7 @@ __all__ = [
     "aggregation",
     "colormap",
     "read_clc",
+    "read_clc_vector",
     "fractions",
     "area_weights",
     "quantize_fractions",
@@ -496,13 +500,17 @@ def read_clc(
     band: int = 1,
     extra_nodata: Iterable[float] = (),
     kind: ValueKind | None = None,
+    layer: str | None = None,
+    field: str | None = None,
 ) -> ClcSource:
-    """Open a CLC raster as a :class:`ClcSource` plan (metadata plus a value check).
+    """Open a CLC raster (or polygon layer) as a :class:`ClcSource` plan (metadata plus a value check).
 
     Parameters
     ----------
     path
-        GeoTIFF (or any rasterio-readable raster) of CLC classes in any CRS/resolution.
+        GeoTIFF (or any rasterio-readable raster) of CLC classes in any CRS/resolution, or a
+        vector CLC product (GeoPackage, shapefile, FileGDB ...: see
+        :func:`landcover.corine_vector.is_vector`), which is handed to :func:`read_clc_vector`.
     band
         1-based band to use.
     extra_nodata
@@ -511,10 +519,13 @@ def read_clc(
         Force ``"index"`` (1..44) or ``"code"`` (111..523); detected from the data when None.
         Files up to 16 M cells are scanned completely; larger ones from a decimated read
         (overviews), with each window checked again when :func:`fractions` reads it.
+    layer, field
+        Vector CLC only: the polygon layer and class field (found automatically when None).
 
     Returns
     -------
     ClcSource
+        A :class:`ClcVectorSource` for vector CLC.
 
     Raises
     ------
@@ -528,6 +539,10 @@ def read_clc(
     p = str(path)
     if not Path(p).exists():
         raise InputFileError(p, "no such file")
+    if corine_vector.is_vector(p):
+        return read_clc_vector(p, layer=layer, field=field, extra_nodata=extra_nodata, kind=kind)
+    if layer is not None or field is not None:
+        raise InputFileError(p, "is a raster: --layer/--field apply to vector CLC only")
     try:
         with rasterio.open(p) as ds:
             if ds.crs is None:
@@ -553,6 +568,22 @@ def read_clc(
     if ncells > _SCAN_LIMIT and not (idx or codes) and kind is None:
         values = _scan_values(p, band, decimate=False)
         idx, codes, bad = _classify_values(values, nodata=nd, path=p)
+    kind = _detect_kind(p, idx, codes, bad, kind)
+    st = os.stat(p)
+    return ClcSource(
+        path=p,
+        grid=grid,
+        dtype=str(dtype),
+        nodata=None if nodata is None else float(nodata),
+        kind=kind,
+        extra_nodata=tuple(float(v) for v in extra_nodata),
+        band=band,
+        _token=f"{st.st_size}-{st.st_mtime_ns}",
+    )
+
+
+def _detect_kind(p: str, idx: set[int], codes: set[int], bad: set[int], kind: ValueKind | None) -> ValueKind:
+    """``"index"`` or ``"code"`` from the values found (or the forced ``kind``); bad values raise."""
     if kind is None:
         if idx and codes:
             raise InputFileError(
@@ -566,16 +597,105 @@ def read_clc(
     wrong = bad | (codes if kind == "index" else idx)
     if wrong:
         raise _bad_values_error(p, wrong, kind)
-    st = os.stat(p)
-    return ClcSource(
+    return kind
+
+
+@dataclass(frozen=True)
+class ClcVectorSource(ClcSource):
+    """CLC polygons to read: a pickleable plan, no open handle. Build it with :func:`read_clc_vector`.
+
+    The same value rules as a raster :class:`ClcSource` (``kind``, NODATA values, ``extra_nodata``)
+    apply to the class field; ``grid`` is a 1 x 1 grid spanning the layer's bounds in its CRS
+    (used for overlap checks and target-grid cropping), and ``vector`` says where the polygons are.
+    """
+
+    vector: VectorLayer | None = None
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """Not available: polygons have no raster window."""
+        raise TypeError(f"{self.path} is a vector layer; it has no raster window")
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("landcover.ClcVectorSource", self.path, self.vector, self.kind, self.extra_nodata,
+                self._token)  # fmt: skip
+
+
+def _vector_ints(values: Iterable[Any], path: str) -> np.ndarray:
+    """Class field values as int64 (NULL -> the NODATA sentinel); non-integers -> InputFileError."""
+    vals = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+    lut: dict[Any, int] = {}
+    bad: list[str] = []
+    for v in set(vals):
+        if v is None:
+            lut[v] = _NAN_SENTINEL
+            continue
+        try:
+            f = float(str(v).strip())
+        except ValueError:
+            f = math.nan
+        if not math.isfinite(f) or f != round(f):
+            bad.append(repr(v))
+            lut[v] = _NAN_SENTINEL
+        else:
+            lut[v] = int(f)
+    out = np.fromiter((lut[v] for v in vals), dtype="int64", count=len(vals))
+    if bad:
+        shown = ", ".join(sorted(set(bad))[:8])
+        raise InputFileError(path, f"class field has values that are not integer codes: {shown}")
+    return out
+
+
+def read_clc_vector(
+    path: str | os.PathLike[str],
+    *,
+    layer: str | None = None,
+    field: str | None = None,
+    extra_nodata: Iterable[float] = (),
+    kind: ValueKind | None = None,
+) -> ClcVectorSource:
+    """Open CLC polygons (GeoPackage, shapefile, FileGDB ...) as a :class:`ClcVectorSource` plan.
+
+    Parameters
+    ----------
+    path
+        Vector data source.
+    layer
+        Polygon layer; by default the one with a CLC code field (see
+        :func:`landcover.corine_vector.open_layer`).
+    field
+        Class field; by default ``CODE_18``, ``CODE_12``, ``CODE_06``, ``CODE_00`` or ``CODE_90``
+        (any case). Text or numeric fields holding CLC codes 111..523 (or indices 1..44).
+    extra_nodata
+        Values to treat as NODATA besides 999, 48 (for index fields) and NULL.
+    kind
+        Force ``"index"`` or ``"code"``; detected from the field's values when None.
+
+    Raises
+    ------
+    InputFileError
+        Unreadable source, no (or an ambiguous) polygon layer, no class field (the fields are
+        listed), no CRS, or field values that are not CLC classes (listed).
+    """
+    p = str(path)
+    vec = corine_vector.open_layer(p, layer=layer, field=field)
+    nd: set[float] = set(_NODATA_VALUES) | {float(v) for v in extra_nodata}
+    values = {int(v) for v in _vector_ints(corine_vector.distinct_values(vec), p)}
+    idx, codes, bad = _classify_values(values, nodata=nd, path=p)
+    kind = _detect_kind(f"{p} (layer {vec.layer}, field {vec.field})", idx, codes, bad, kind)
+    left, bottom, right, top = vec.bounds
+    span = (max(right - left, 1e-9), max(top - bottom, 1e-9))
+    grid = Grid(vec.crs_wkt, (span[0], 0.0, left, 0.0, -span[1], bottom + span[1]), (1, 1))
+    paths = [Path(p)] if Path(p).is_file() else [f for f in Path(p).rglob("*") if f.is_file()]
+    token = "-".join(f"{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(paths))
+    return ClcVectorSource(
         path=p,
         grid=grid,
-        dtype=str(dtype),
-        nodata=None if nodata is None else float(nodata),
+        dtype="int64",
+        nodata=None,
         kind=kind,
         extra_nodata=tuple(float(v) for v in extra_nodata),
-        band=band,
-        _token=f"{st.st_size}-{st.st_mtime_ns}",
+        vector=vec,
+        _token=token,
     )
 
 
@@ -914,6 +1034,29 @@ def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage:
         else:
             valid[pix] += np.where(cls < n, share, 0.0)  # each pixel occurs once per piece
             pieces.append((pix, cls, share))
+    _apply_coverage(out, valid, pieces, min_coverage)
+    return out
+
+
+def _apply_coverage(
+    out: np.ndarray,
+    valid: np.ndarray,
+    pieces: Iterable[tuple[np.ndarray, np.ndarray | int, np.ndarray]],
+    min_coverage: float,
+) -> None:
+    """The coverage and NODATA rule of every CLC source, applied in place to a ``(n + 1, h, w)`` block.
+
+    ``valid`` is the covered share of each pixel footprint (flat, float64; may exceed 1 where
+    sources overlap); ``pieces`` are ``(pixels, class positions, shares)`` whose pixels are
+    unique within a piece (class position ``n`` = NODATA lands in the coverage band, which is
+    overwritten). Shares at or below :data:`SLIVER_COVERAGE` count as none; ``coverage =
+    min(valid, 1)``; pixels with coverage 0 or below ``min_coverage`` are NaN in every class;
+    other fractions are renormalised over the valid share.
+    """
+    n = out.shape[0] - 1
+    h, w = out.shape[1:]
+    npix = h * w
+    flat = out.reshape(-1)
     valid[valid <= SLIVER_COVERAGE] = 0.0
     cov = np.minimum(valid, 1.0)
     keep = (valid > 0) & (cov >= min_coverage)
@@ -925,6 +1068,26 @@ def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage:
     drop = np.flatnonzero(~keep)
     if drop.size:
         out[:n].reshape(n, npix)[:, drop] = np.nan
+
+
+def _compute_vector_block(
+    src: ClcVectorSource, target: Grid, agg: Aggregation, min_coverage: float
+) -> np.ndarray:
+    """Like :func:`_compute_block` for polygons: exact polygon ∩ pixel areas in the target CRS."""
+    assert src.vector is not None
+    n = len(agg.classes)
+    h, w = target.shape
+    out = np.zeros((n + 1, h, w), dtype="float32")
+
+    def classify(values: np.ndarray) -> np.ndarray:  # NODATA polygons (-1) cover nothing, like NODATA cells
+        return _value_positions(src, agg, _vector_ints(values, src.path))
+
+    valid = np.zeros(h * w)
+    pieces: list[tuple[np.ndarray, int, np.ndarray]] = []
+    for cls, cells, share in corine_vector.class_coverage(src.vector, target, classify):
+        valid[cells] += share  # cells are unique within a class
+        pieces.append((cells, cls, share))
+    _apply_coverage(out, valid, pieces, min_coverage)
     return out
 
 
@@ -987,6 +1150,10 @@ def _overlap_or_raise(src: ClcSource, grid: Grid, grid_name: str) -> None:
 
 def _present_positions(src: ClcSource, grid: Grid, agg: Aggregation) -> np.ndarray:
     """Output positions of the classes found in the source window under ``grid`` (streamed)."""
+    if isinstance(src, ClcVectorSource) and src.vector is not None:
+        box = corine_vector.chunk_bbox(src.vector, grid)
+        pos = _value_positions(src, agg, _vector_ints(corine_vector.values_in(src.vector, box), src.path))
+        return np.array(sorted({int(v) for v in pos if v >= 0}), dtype="int64")
     left, bottom, right, top = grid.bounds_in(src.grid.crs)
     try:
         rows, cols = src.grid.window_of_bounds((left, bottom, right, top))
@@ -1069,13 +1236,14 @@ def fractions(
         raise ValueError(f"chunks must be positive, got {chunks}")
     n = len(agg.classes)
     name = "clc-fractions-" + tokenize(src, grid, agg, float(min_coverage), ch, cw)
+    block: Any = _compute_vector_block if isinstance(src, ClcVectorSource) else _compute_block
     dsk: dict[Any, Any] = {}
     ychunks = tuple(min(ch, grid.height - r) for r in range(0, grid.height, ch))
     xchunks = tuple(min(cw, grid.width - c) for c in range(0, grid.width, cw))
     for bi, r in enumerate(range(0, grid.height, ch)):
         for bj, c in enumerate(range(0, grid.width, cw)):
             sub = grid.subgrid(slice(r, r + ch), slice(c, c + cw))
-            dsk[(name, 0, bi, bj)] = (_compute_block, src, sub, agg, float(min_coverage))
+            dsk[(name, 0, bi, bj)] = (block, src, sub, agg, float(min_coverage))
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     stack = da.Array(graph, name, chunks=((n + 1,), ychunks, xchunks), dtype="float32")
     frac = stack[:n]

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
         scenes = [resolve(s) for s in job.scenes]
         corine = resolve(job.corine)
-        if not Path(corine).is_file():  # before starting a cluster for it
+        if not Path(corine).exists():  # before starting a cluster for it (a .gdb is a directory)
             raise InputFileError(corine, "CORINE raster not found")
         cube_kw: dict[str, Any] = dict(
             grid=None if job.grid == "scene" else job.grid,

@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
         "--scene", action="append", default=None, metavar="PATH",
         help="Landsat product, or a raster stack with a sidecar (repeat)",
     )  # fmt: skip
-    b.add_argument("--corine", required=True, metavar="CLC", help="CORINE Land Cover raster")
+    b.add_argument("--corine", required=True, metavar="CLC", help="CORINE Land Cover raster or polygons (.gpkg/.shp/.gdb)")
     b.add_argument("--out", required=True, metavar="STORE", help="output Zarr store (directory)")
     _cube_options(b)
     b.add_argument(
@@ -70,7 +70,7 @@ def register(subparsers: Any) -> None:
         "--scenes-from", metavar="FILE", default=None,
         help="read more scene paths from FILE, one per line ('#' comments; '-' = stdin)",
     )  # fmt: skip
-    m.add_argument("--corine", required=True, metavar="CLC", help="CORINE Land Cover raster")
+    m.add_argument("--corine", required=True, metavar="CLC", help="CORINE Land Cover raster or polygons (.gpkg/.shp/.gdb)")
     m.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created)")
     m.add_argument(
         "--group-by", choices=("scene", "pathrow"), default="scene",
@@ -226,7 +226,7 @@ def run_batch(args: argparse.Namespace) -> int:
     scenes = list(args.scenes) + (read_scene_list(args.scenes_from) if args.scenes_from else [])
     if not scenes:
         raise ConfigError("give scenes (SCENE ... or --scenes-from FILE)")
-    if not Path(args.corine).is_file():
+    if not Path(args.corine).exists():  # a file, or a FileGDB (.gdb) directory
         raise InputFileError(args.corine, "CORINE raster not found")
     n_items = len(plan_batch(scenes, args.out_dir, group_by=args.group_by))
     options = batch_cluster_options(_cluster_options(args), n_items)  # cubes built at once
