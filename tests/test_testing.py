@@ -20,8 +20,9 @@ from pyproj import Transformer
 
 from landcover.cli import main
 from landcover.testing import (
-    CLASS_CODES,
     CLASS_INDEX,
+    OUTSIDE_RGB_CLASSES,
+    OUTSIDE_RGB_PAIRS,
     RGB_TWINS,
     SIGNATURES,
     SR_OFFSET,
@@ -29,6 +30,7 @@ from landcover.testing import (
     ST_OFFSET,
     ST_SCALE,
     TEMPERATURE,
+    WORLD_CODES,
     make_acquisitions,
     make_bundle,
     make_clc,
@@ -92,7 +94,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def twins_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_scene(
-        tmp_path_factory.mktemp("twins"), size=256, seed=11, cloud_fraction=0.0, fill_border=False
+        tmp_path_factory.mktemp("twins"),
+        size=256,
+        seed=11,
+        cloud_fraction=0.0,
+        fill_border=False,
+        world="twins",
     )
 
 
@@ -322,7 +329,7 @@ def test_make_clc_index_values(tmp_path):
     values = set(np.unique(a).tolist())
     assert {48, 255} <= values  # NODATA class and the declared nodata value
     classes = values - {48, 255}
-    assert classes <= {CLASS_INDEX[c] for c in CLASS_CODES} and len(classes) >= 5
+    assert classes <= {CLASS_INDEX[c] for c in WORLD_CODES} and len(classes) >= 5
     # spatially coherent parcels: most 4-neighbours share the class
     same = np.concatenate([(a[1:] == a[:-1]).ravel(), (a[:, 1:] == a[:, :-1]).ravel()])
     assert same.mean() > 0.75
@@ -336,8 +343,8 @@ def test_make_clc_code_values(tmp_path):
         codes = src.read(1)
     with rasterio.open(q) as src:
         idx = src.read(1)
-    assert set(np.unique(idx)) <= {CLASS_INDEX[c] for c in CLASS_CODES}
-    assert set(np.unique(codes)) <= set(CLASS_CODES) | {999}
+    assert set(np.unique(idx)) <= {CLASS_INDEX[c] for c in WORLD_CODES}
+    assert set(np.unique(codes)) <= set(WORLD_CODES) | {999}
     assert (codes == 999).any()
     lut = {v: k for k, v in CLASS_INDEX.items()}
     ok = codes != 999
@@ -566,3 +573,119 @@ def test_cli_synth(tmp_path, capsys):
     assert (out / "LT05_L1TP_196025_19950714_20200913_02_T1.tar").is_file()
     assert main(["synth", str(out), "--overlap", "1.5"]) == 1
     assert "overlap" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# the CLC-like world (default): real spectra, 25 ha MMU maps, mixed pixels, label noise
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def clc_like_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_scene(
+        tmp_path_factory.mktemp("clclike"), size=256, seed=3, cloud_fraction=0.0, fill_border=False
+    )
+
+
+@pytest.mark.real
+def test_spectra_table_is_derived_from_the_real_lanjaron_pair(shared_data):
+    from landcover.testing._spectra import SPECTRA, covariance, derive_spectra
+
+    pair = shared_data / "pairs" / "lanjaron"
+    got = derive_spectra(pair / "landsat8_lanjaron_sat_30m.tif", pair / "clc2018_lanjaron.gpkg")
+    assert set(got) == set(SPECTRA)
+    for code, (n, mean, cov) in got.items():
+        assert n == SPECTRA[code][0], code
+        assert np.allclose(mean, SPECTRA[code][1], atol=6e-5), code
+        assert np.allclose(cov, covariance(code), atol=2e-7), code
+
+
+def test_outside_rgb_pairs_overlap_partly_in_rgb():
+    from landcover.testing._spectra import separability, separability_table
+
+    assert len(OUTSIDE_RGB_PAIRS) >= 3
+    for a, b in OUTSIDE_RGB_PAIRS:
+        rgb, full = separability(a, b, (0, 1, 2)), separability(a, b)
+        # partial, not total, overlap in RGB (the old twins had JM 0 there), and much better with NIR/SWIR
+        assert 0.2 < rgb < 0.9 and full > rgb + 0.6, (a, b, rgb, full)
+    # the other pairs are not all trivially separable either: the stand-in does not decide the answer
+    rest = [full for a, b, _rgb, full in separability_table() if (a, b) not in OUTSIDE_RGB_PAIRS]
+    assert min(rest) < 1.0
+
+
+def test_clc_like_map_respects_the_mmu_and_is_seamless(tmp_path):
+    from rasterio.features import shapes
+
+    from landcover.testing._world import MMU_CELLS
+
+    box = (4040000, 3060000, 4052000, 3072000)
+    p = make_clc(tmp_path / "a.tif", bounds=box, seed=5, holes=False)
+    with rasterio.open(p) as src:
+        a = src.read(1)
+        assert (
+            src.tags()["LANDCOVER_SYNTH_WORLD"] == "clc-like"
+            and src.tags()["LANDCOVER_SOURCE"] == "synthetic"
+        )
+    h, w = a.shape
+    small = []
+    for geom, _value in shapes(a, connectivity=8):
+        ring = np.asarray(geom["coordinates"][0])
+        touches = (
+            (ring[:, 0].min() <= 0)
+            | (ring[:, 1].min() <= 0)
+            | (ring[:, 0].max() >= w)
+            | (ring[:, 1].max() >= h)
+        )
+        from shapely.geometry import shape
+
+        area = shape(geom).area
+        if not touches and area < MMU_CELLS:
+            small.append(area)
+    assert not small, small  # every patch inside the map has at least 25 cells (25 ha)
+    assert len(np.unique(a)) >= 6
+    # a raster over a shifted box agrees where they overlap (tiles on a global grid)
+    q = make_clc(tmp_path / "b.tif", bounds=(4046000, 3066000, 4058000, 3078000), seed=5, holes=False)
+    with rasterio.open(q) as src:
+        b = src.read(1)
+    assert np.array_equal(a[:60, 60:], b[60:, :60])
+
+
+def test_clc_like_scene_has_mixed_pixels_label_noise_and_provenance(clc_like_scene):
+    from landcover.testing.provenance import scene_provenance
+    from landcover.testing.scenes import _Labels
+
+    d = clc_like_scene
+    truth = read_truth(d)
+    labels = _Labels(scene_grid(size=256), clc=None, landscape_seed=3, world="clc-like")
+    idx, _ = labels.strip(0, 256)
+    assert np.array_equal(idx, truth)
+    cover = labels.cover(0, 256, idx)
+    mixed = (cover != cover[:1]).any(axis=0).mean()
+    noise = (cover[0] != truth).mean()
+    assert 0.01 < mixed < 0.2  # boundary pixels are mixtures of their sub-pixel covers
+    assert 0.03 < noise < 0.2  # 100 m -> 30 m label noise: blocky, generalised labels vs the true cover
+    prov = scene_provenance(d)
+    assert prov is not None and prov["source"] == "synthetic" and prov["world"] == "clc-like"
+    assert prov["outside_rgb_classes"] == list(OUTSIDE_RGB_CLASSES)
+    # within-field texture: a class's pixels vary spatially coherently (neighbours correlate)
+    refl = band(d, "SR_B4") * SR_SCALE + SR_OFFSET
+    code = max(set(np.unique(truth).tolist()), key=lambda v: (truth == v).sum())
+    m = (truth == code) & np.roll(truth == code, 1, axis=1) & (cover == code).all(axis=0)
+    m &= np.roll((cover == code).all(axis=0), 1, axis=1)
+    x, y = refl[m], np.roll(refl, 1, axis=1)[m]
+    assert np.corrcoef(x, y)[0, 1] > 0.3
+
+
+def test_clc_like_nir_swir_help_but_rgb_is_not_useless(clc_like_scene):
+    d = clc_like_scene
+    refl = np.stack([band(d, f"SR_B{n}") * SR_SCALE + SR_OFFSET for n in (1, 2, 3, 4, 5, 7)])
+    truth = read_truth(d)
+    idx = {v: k for k, v in CLASS_INDEX.items()}
+    tested = 0
+    for a, b in OUTSIDE_RGB_PAIRS:
+        ma, mb = truth == CLASS_INDEX[a], truth == CLASS_INDEX[b]
+        if ma.sum() < 200 or mb.sum() < 200:
+            continue
+        tested += 1
+        xa, xb = refl[:, ma], refl[:, mb]
+        rgb, full = balanced_accuracy(xa[:3], xb[:3]), balanced_accuracy(xa, xb)
+        assert full > rgb + 0.03, (a, b, rgb, full)
+    assert tested >= 2, sorted(idx[v] for v in np.unique(truth))

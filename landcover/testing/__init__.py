@@ -1,7 +1,9 @@
 """Seeded synthetic test data: Landsat Collection 2 products and CORINE rasters as real files.
 
-See :mod:`landcover.testing.scenes` for what is generated and
-:mod:`landcover.testing._signatures` for the classes, spectral signatures and RGB twins.
+See :mod:`landcover.testing.scenes` for what is generated, :mod:`landcover.testing._world` for the
+default CLC-like world (real per-class spectra from :mod:`landcover.testing._spectra`, 25 ha MMU
+maps, texture, mixed pixels, 100 m -> 30 m label noise) and :mod:`landcover.testing._signatures`
+for the older world with exact RGB twins (``world="twins"``).
 This package imports no torch.
 """
 
@@ -16,6 +18,9 @@ from ._signatures import (
     SIGNATURES,
     TEMPERATURE,
 )
+from ._spectra import OUTSIDE_RGB_CLASSES, OUTSIDE_RGB_PAIRS, SPECTRA, SPECTRA_SOURCE
+from ._world import WORLD_CODES
+from .provenance import mark_synthetic, read_provenance
 from .scenes import (
     DEFAULT_CENTRE,
     SR_OFFSET,
@@ -32,6 +37,7 @@ from .scenes import (
     product_id,
     read_truth,
     scene_grid,
+    synthetic_params,
 )
 
 __all__ = [
@@ -57,4 +63,12 @@ __all__ = [
     "product_id",
     "read_truth",
     "scene_grid",
+    "synthetic_params",
+    "OUTSIDE_RGB_CLASSES",
+    "OUTSIDE_RGB_PAIRS",
+    "SPECTRA",
+    "SPECTRA_SOURCE",
+    "WORLD_CODES",
+    "mark_synthetic",
+    "read_provenance",
 ]

@@ -289,6 +289,7 @@ def make_cube(
             "clc_level": 3,
             "product_ids": [f"SYNTHETIC_{seed}_{i}" for i in range(times)],
             "synthetic_seed": seed,
+            "landcover:source": "synthetic",
         },
     )
     if thermal:

@@ -51,6 +51,7 @@ Everything is a pure function of the arguments: the same seed gives the same byt
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -69,6 +70,7 @@ from affine import Affine
 from ..errors import EmptyOverlapError, InputFileError
 from ..grid import Grid
 from . import _noise as nz
+from . import _world
 from ._mtl import Entry, Mtl, write_mtl
 from ._sensors import BASE_BANDS, SENSORS, L1Band, SensorSpec
 from ._signatures import (
@@ -95,11 +97,13 @@ __all__ = [
     "make_acquisitions",
     "make_bundle",
     "read_truth",
+    "synthetic_params",
 ]
 
 Level = Literal["L2SP", "L1TP"]
 Sensor = Literal["LT05", "LE07", "LC08"]
 ClcValues = Literal["index", "code"]
+World = Literal["clc-like", "twins"]
 MtlFormat = Literal["txt", "xml", "json"]
 
 #: Collection 2 Level-2 scale factors.
@@ -290,6 +294,7 @@ def make_clc(
     values: ClcValues = "index",
     nodata: int | None = None,
     holes: bool = True,
+    world: World = "clc-like",
 ) -> Path:
     """Write a CORINE-like land-cover GeoTIFF.
 
@@ -313,6 +318,10 @@ def make_clc(
         Declared nodata value (default 255 for ``index``, 999 for ``code``).
     holes
         Punch three NODATA blobs: the NODATA class (48 / 999) and the declared nodata value.
+    world
+        ``"clc-like"`` (default): the generalised 25 ha MMU map of :mod:`landcover.testing._world`;
+        ``"twins"``: the older Voronoi world with exact RGB twins. Stored in the
+        ``LANDCOVER_SYNTH_WORLD`` tag so scenes made from the raster continue the same world.
 
     Returns
     -------
@@ -324,6 +333,7 @@ def make_clc(
 
     if values not in ("index", "code"):
         raise ValueError(f"values must be 'index' or 'code', got {values!r}")
+    _check_world(world)
     if nodata is None:
         nodata = 255 if values == "index" else NODATA_CODE
     dtype = "uint8" if values == "index" else "uint16"
@@ -359,6 +369,8 @@ def make_clc(
                 AREA_OR_POINT="Area",
                 LANDCOVER_SYNTH_SEED=str(int(seed)),
                 LANDCOVER_SYNTH_VALUES=values,
+                LANDCOVER_SYNTH_WORLD=world,
+                LANDCOVER_SOURCE="synthetic",
             )
             for r0 in range(0, h, _STRIP):
                 rows = slice(r0, min(h, r0 + _STRIP))
@@ -366,7 +378,7 @@ def make_clc(
                 if to_laea is not None:
                     tx, ty = to_laea.transform(x, y)
                     x, y = np.asarray(tx), np.asarray(ty)
-                idx, _ = _landscape(np.ascontiguousarray(x), np.ascontiguousarray(y), seed)
+                idx = _map_values(np.ascontiguousarray(x), np.ascontiguousarray(y), seed, world)
                 block = lut[idx]
                 rr = np.arange(rows.start, rows.stop, dtype="float64")
                 cc = np.arange(w, dtype="float64")
@@ -380,6 +392,18 @@ def make_clc(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _check_world(world: str) -> None:
+    if world not in ("clc-like", "twins"):
+        raise ValueError(f"world must be 'clc-like' or 'twins', got {world!r}")
+
+
+def _map_values(x: np.ndarray, y: np.ndarray, seed: int, world: str) -> np.ndarray:
+    """CLC map values (1..44) of the virtual landscape at EPSG:3035 points."""
+    if world == "twins":
+        return _landscape(x, y, seed)[0]
+    return _world.map_at(x, y, seed)
 
 
 def _hole_blobs(h: int, w: int, seed: int) -> list[tuple[float, float, float]]:
@@ -451,10 +475,12 @@ def _bilinear(
 class _Labels:
     """Class value (1..44) and patch factor for every pixel of a scene grid, by strips."""
 
-    def __init__(self, grid: Grid, *, clc: Path | None, landscape_seed: int) -> None:
+    def __init__(self, grid: Grid, *, clc: Path | None, landscape_seed: int, world: str = "twins") -> None:
         import rasterio
 
         self.grid = grid
+        self.world = world
+        self.seed = landscape_seed
         self.to_laea = _CoordMapper(grid, _LAEA)
         # the virtual 100 m landscape over the scene footprint (+ margin), aligned to 100 m
         left, bottom, right, top = grid.bounds_in(_LAEA)
@@ -466,9 +492,13 @@ class _Labels:
         for r0 in range(0, vgrid.height, _STRIP):
             rows = slice(r0, min(vgrid.height, r0 + _STRIP))
             x, y = _cell_centres(vgrid, rows)
-            self.v_idx[rows], self.v_fac[rows] = _landscape(
-                np.ascontiguousarray(x), np.ascontiguousarray(y), landscape_seed
-            )
+            if world == "twins":
+                self.v_idx[rows], self.v_fac[rows] = _landscape(
+                    np.ascontiguousarray(x), np.ascontiguousarray(y), landscape_seed
+                )
+            else:
+                self.v_idx[rows] = _world.map_at(x, y, landscape_seed)
+                self.v_fac[rows] = 1.0
         self.clc: np.ndarray | None = None
         if clc is not None:
             with rasterio.open(clc) as src:
@@ -486,6 +516,40 @@ class _Labels:
                 self.clc = lut[raw.astype(np.int64)] if lut.size > 256 else lut[raw]
                 self.cgrid = cgrid.subgrid(rows_w, cols_w)
                 self.to_clc = self.to_laea if cgrid.crs == vgrid.crs else _CoordMapper(grid, cgrid.crs)
+
+    def cover(self, r0: int, r1: int, idx: np.ndarray) -> np.ndarray:
+        """True cover at the sub-pixel points of rows ``r0:r1`` (``(4, rows, w)`` uint8; clc-like world).
+
+        ``idx`` are the labels of :meth:`strip`. Where they come from the CLC raster, the cover is
+        the raster's class at smoothly displaced points, with sub-MMU inclusions from the synthetic
+        field; elsewhere it is the synthetic field itself (see :mod:`landcover.testing._world`).
+        """
+        x, y = self.to_laea.strip(r0, r1)
+        out = _world.cover_at(x, y, self.seed, offsets=_world.SUBPIXEL)
+        if self.clc is None:
+            return out
+        cx, cy = (x, y) if self.to_clc is self.to_laea else self.to_clc.strip(r0, r1)
+        from_clc = self._clc_at(cx, cy) > 0
+        if not from_clc.any():
+            return out
+        xs, ys = _world.displaced(cx, cy, self.seed)
+        keep = _world.inclusions(x, y, self.seed)
+        for s, (px, py) in enumerate(zip(xs, ys, strict=True)):
+            got = self._clc_at(px, py)
+            got = np.where(got > 0, got, idx)
+            out[s] = np.where(from_clc & ~keep, got, out[s])
+        return out
+
+    def _clc_at(self, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+        """CLC raster value (0 where none) at points in the raster's CRS."""
+        assert self.clc is not None
+        ct = self.cgrid.transform
+        cc = np.floor((cx - ct.c) / ct.a).astype(np.int64)
+        cr = np.floor((cy - ct.f) / ct.e).astype(np.int64)
+        inside = (cc >= 0) & (cc < self.cgrid.width) & (cr >= 0) & (cr < self.cgrid.height)
+        got = np.zeros(cx.shape, dtype="uint8")
+        got[inside] = self.clc[cr[inside], cc[inside]]
+        return got
 
     def strip(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         x, y = self.to_laea.strip(r0, r1)
@@ -658,6 +722,7 @@ def make_scene(
     mtl_formats: Sequence[MtlFormat] = ("txt", "xml", "json"),
     clc: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    world: World | None = None,
 ) -> Path:
     """Write a synthetic Collection 2 product directory ``out_dir/<product id>``.
 
@@ -694,6 +759,13 @@ def make_scene(
         CORINE raster whose class at each pixel centre (nearest) is the land-cover truth.
     overwrite
         Replace an existing product directory of the same id (else ``FileExistsError``).
+    world
+        ``"clc-like"`` (realistic cover, real per-class spectra with covariance, texture, mixed
+        pixels and 100 m -> 30 m label noise; :mod:`landcover.testing._world`) or ``"twins"``
+        (flat Voronoi patches with exact RGB twins, :mod:`landcover.testing._signatures`).
+        Default: the ``clc`` raster's ``LANDCOVER_SYNTH_WORLD`` tag, else ``"clc-like"``. The
+        QA_PIXEL file records it (``LANDCOVER_SYNTH_WORLD``, ``LANDCOVER_SOURCE=synthetic`` and
+        the generator parameters as JSON in ``LANDCOVER_SYNTH_PARAMS``).
 
     Returns
     -------
@@ -720,13 +792,18 @@ def make_scene(
         sensor=sensor, level=level, path=path, row=row, date=d, processed=processed, category=category
     )
     clc_path = Path(clc) if clc is not None else None
+    clc_tags: dict[str, str] = {}
+    if clc_path is not None:
+        with rasterio.open(clc_path) as src:
+            clc_tags = dict(src.tags())
     if landscape_seed is None:
         landscape_seed = seed
-        if clc_path is not None:
-            with rasterio.open(clc_path) as src:
-                tag = src.tags().get("LANDCOVER_SYNTH_SEED")
-            if tag is not None:
-                landscape_seed = int(tag)
+        tag = clc_tags.get("LANDCOVER_SYNTH_SEED")
+        if tag is not None:
+            landscape_seed = int(tag)
+    if world is None:
+        world = "twins" if clc_tags.get("LANDCOVER_SYNTH_WORLD") == "twins" else "clc-like"
+    _check_world(world)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -747,7 +824,8 @@ def make_scene(
     dist = round(dist, 7)
     calib = _l1_calibration(spec, dist)
 
-    labels = _Labels(grid, clc=clc_path, landscape_seed=landscape_seed)
+    labels = _Labels(grid, clc=clc_path, landscape_seed=landscape_seed, world=world)
+    world_tables = _world.spectra_tables() if world == "clc-like" else None
     refl_lut, temp_lut = signature_table()
     refl_lut = np.nan_to_num(refl_lut, nan=0.0)
     temp_lut = np.nan_to_num(temp_lut, nan=290.0)
@@ -824,15 +902,21 @@ def make_scene(
                 water = water_lut[idx] & valid
 
                 # surface reflectance (6 base bands) and temperature
-                mean = refl_lut[idx]  # (hh, w, 6)
                 noise = rng.standard_normal((7, hh, w), dtype=np.float32)
-                rho = np.empty((6, hh, w), dtype=np.float32)
-                for bi in range(6):
-                    m = mean[..., bi]
-                    rho[bi] = m * fac + (np.float32(0.004) + np.float32(0.04) * m) * noise[bi]
-                tfield = nz.value_noise(cols_f, rows_f, wavelength=200.0, k=nz.key(seed, 0x7E3))
-                temp = temp_lut[idx] + np.float32(0.6) * noise[6]
-                temp += np.float32(3.0) * (tfield - np.float32(0.5))
+                if world_tables is not None:
+                    cover = labels.cover(r0, r1, idx)
+                    rho, temp = _world.mix_spectra(
+                        cover, cols_f, rows_f, seed=seed, white=noise, tables=world_tables
+                    )
+                else:
+                    mean = refl_lut[idx]  # (hh, w, 6)
+                    rho = np.empty((6, hh, w), dtype=np.float32)
+                    for bi in range(6):
+                        m = mean[..., bi]
+                        rho[bi] = m * fac + (np.float32(0.004) + np.float32(0.04) * m) * noise[bi]
+                    tfield = nz.value_noise(cols_f, rows_f, wavelength=200.0, k=nz.key(seed, 0x7E3))
+                    temp = temp_lut[idx] + np.float32(0.6) * noise[6]
+                    temp += np.float32(3.0) * (tfield - np.float32(0.5))
                 if cloud.any() or dil.any() or shadow.any():
                     dens = np.clip((cn - t_cloud) / max(1e-6, 1.0 - t_cloud) * 3.0, 0.0, 1.0)
                     dens = dens.astype("float32")
@@ -921,7 +1005,14 @@ def make_scene(
             with rasterio.open(raw, "r+") as ds:
                 ds.update_tags(AREA_OR_POINT="Point")
                 if name == "QA_PIXEL":
-                    ds.update_tags(LANDCOVER_SYNTH_LANDSCAPE_SEED=str(int(landscape_seed)))
+                    ds.update_tags(
+                        LANDCOVER_SYNTH_LANDSCAPE_SEED=str(int(landscape_seed)),
+                        LANDCOVER_SYNTH_WORLD=world,
+                        LANDCOVER_SOURCE="synthetic",
+                        LANDCOVER_SYNTH_PARAMS=json.dumps(
+                            synthetic_params(world, seed=seed, landscape_seed=landscape_seed)
+                        ),
+                    )
             _to_cog(raw, tmp / f"{pid}_{name}.TIF")
             raw.unlink()
 
@@ -1284,6 +1375,7 @@ def make_pair(
     level: Level = "L2SP",
     clc_name: str = "clc.tif",
     clc_values: ClcValues = "index",
+    world: World = "clc-like",
     **kw: Any,
 ) -> ScenePair:
     """Write a scene and a CORINE raster (``out_dir/clc.tif``) covering ``overlap`` of it.
@@ -1302,6 +1394,8 @@ def make_pair(
         Share of the scene's pixel centres inside the CLC extent, in ``(0, 1]``.
     clc_name, clc_values
         File name and value encoding (see :func:`make_clc`) of the CLC raster.
+    world
+        The synthetic world (see :func:`make_scene`), for both files.
     **kw
         Further :func:`make_scene` options (``sensor``, ``date``, ``cloud_fraction`` ...).
     """
@@ -1312,8 +1406,8 @@ def make_pair(
     if existing.exists() and not kw.get("overwrite", False):
         raise FileExistsError(f"{existing}: product directory exists (pass overwrite=True)")
     box = clc_box_for_overlap(grid, overlap)
-    clc_path = make_clc(out_dir / clc_name, bounds=box, seed=seed, values=clc_values)
-    scene_dir = make_scene(out_dir, size=size, seed=seed, level=level, clc=clc_path, **kw)
+    clc_path = make_clc(out_dir / clc_name, bounds=box, seed=seed, values=clc_values, world=world)
+    scene_dir = make_scene(out_dir, size=size, seed=seed, level=level, clc=clc_path, world=world, **kw)
     return ScenePair(scene_dir, clc_path)
 
 
@@ -1374,11 +1468,35 @@ def make_bundle(scene_dir: str | os.PathLike[str], *, out: str | os.PathLike[str
     return target
 
 
+def synthetic_params(world: str, *, seed: int, landscape_seed: int) -> dict[str, Any]:
+    """Provenance of a synthetic scene: ``source``, world, seeds and generator parameters.
+
+    The dict is what scenes record (``LANDCOVER_SYNTH_PARAMS``) and what cube attributes carry as
+    ``landcover:generator`` (see :func:`landcover.testing.mark_synthetic`); its
+    ``outside_rgb_classes`` are the classes built (twins) or measured (clc-like) to differ mainly
+    outside RGB.
+    """
+    from ._signatures import RGB_TWINS
+
+    if world == "twins":
+        params: dict[str, Any] = {
+            "world": "twins",
+            "classes": list(CLASS_CODES),
+            "spectra_source": "hand-set means (landcover.testing._signatures), same RGB within twin pairs",
+            "outside_rgb_pairs": [list(p) for p in RGB_TWINS],
+            "outside_rgb_classes": sorted({c for p in RGB_TWINS for c in p}),
+        }
+    else:
+        params = _world.world_params()
+    return {"source": "synthetic", "seed": int(seed), "landscape_seed": int(landscape_seed), **params}
+
+
 def read_truth(
     scene_dir: str | os.PathLike[str],
     *,
     clc: str | os.PathLike[str] | None = None,
     landscape_seed: int | None = None,
+    world: World | None = None,
 ) -> np.ndarray:
     """The land-cover truth (CLC raster values 1..44, uint8) of every pixel of a synthetic scene.
 
@@ -1394,11 +1512,14 @@ def read_truth(
     if qa is None:
         raise InputFileError(scene_dir, "no *_QA_PIXEL.TIF in product directory")
     grid = Grid.from_raster(qa)
+    with rasterio.open(qa) as src:
+        tags = src.tags()
     if landscape_seed is None:
-        with rasterio.open(qa) as src:
-            landscape_seed = int(src.tags().get("LANDCOVER_SYNTH_LANDSCAPE_SEED", 0))
+        landscape_seed = int(tags.get("LANDCOVER_SYNTH_LANDSCAPE_SEED", 0))
+    if world is None:
+        world = "twins" if tags.get("LANDCOVER_SYNTH_WORLD", "twins") == "twins" else "clc-like"
     clc_path = Path(clc) if clc is not None else None
-    labels = _Labels(grid, clc=clc_path, landscape_seed=landscape_seed)
+    labels = _Labels(grid, clc=clc_path, landscape_seed=landscape_seed, world=world)
     out = np.empty(grid.shape, dtype="uint8")
     for r0 in range(0, grid.height, _STRIP):
         r1 = min(grid.height, r0 + _STRIP)
