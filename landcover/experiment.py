@@ -56,7 +56,7 @@ __all__ = [
     "PRIMARY_METRIC",
 ]
 
-ModelChoice = Literal["native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch"]
+ModelChoice = Literal["native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch", "ssl4eo"]
 IMAGENET_MODELS: tuple[str, ...] = ("rgb-imagenet", "native-imagenet-init")
 PRIMARY_METRIC = "miou_l3"
 """Score used for the learning-speed figure and the best model (validation, level 3)."""
@@ -79,7 +79,8 @@ class CompareConfig:
         One run per model and seed; the seed drives the initialisation, the window
         subset and the data order. The spatial split is fixed by ``split_seed``.
     window, stride
-        Window size and stride in pixels (stride None: non-overlapping).
+        Window size and stride in pixels (stride None: non-overlapping). Window None:
+        :func:`landcover.arms.default_window` (128 px on real cubes, 64 on synthetic ones).
     block
         Side in pixels of the square blocks of the spatial split (default 4 x ``window``):
         whole blocks go to train/val/test and windows straddling two splits are dropped.
@@ -90,13 +91,34 @@ class CompareConfig:
         Model size (``tiny``/``small``/``base``); ``auto`` is ``base`` when ImageNet
         weights are available (they need width 1.0, and every model then shares that
         architecture) and ``tiny`` otherwise.
+    lr_select, lr_grid, lr_search_epochs
+        How each arm's peak LR is chosen, per seed, on the validation split
+        (:func:`landcover.arms.select_lr`): ``"grid"`` (a short run of
+        ``lr_search_epochs``, default ``max(1, epochs // 3)``, at each LR of ``lr_grid``),
+        ``"range-test"`` (:func:`landcover.train.lr_find`) or ``"fixed"`` (``lr``).
+    encoder_lr_factor
+        Pretrained encoders train at this times the chosen LR (discriminative fine-tuning).
+    pretrained_input_norm
+        Inputs of the pretrained arms: ``"pretraining"`` (as their weights were trained:
+        percentile stretch to [0, 1] + ImageNet mean/std; SSL4EO-L published ranges) or
+        ``"zscore"`` (per band, like the scratch arms). Statistics always come from the
+        training split (:func:`landcover.arms.arm_normalisation`).
+    class_weighting, class_weight_cap
+        ``"inverse"``: loss weights ∝ 1 / class frequency in the training windows, the
+        largest at most ``class_weight_cap`` times the smallest; ``"none"``: unweighted.
+    ssl4eo_weights, ssl4eo_method
+        SSL4EO-L TM TOA ResNet weights file for the ``ssl4eo`` arm (None: the torch hub
+        cache), and which of them (``"moco"`` or ``"simclr"``).
+    download_weights, weights_url
+        Fetch missing published weights (hash-verified, into ``$TORCH_HOME/hub/checkpoints``);
+        ``weights_url`` replaces the publishers' URL base (a mirror).
     """
 
     cubes: tuple[str, ...] = ()
     out: Path = Path("compare-report")
     models: tuple[ModelChoice, ...] = ("native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch")
     seeds: tuple[int, ...] = (0, 1, 2)
-    window: int = 64
+    window: int | None = None
     stride: int | None = None
     min_valid: float = 0.5
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
@@ -117,6 +139,17 @@ class CompareConfig:
     augment: bool = True
     progress: bool = True
     scheduler: str | None = None
+    lr_select: Literal["grid", "range-test", "fixed"] = "grid"
+    lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    lr_search_epochs: int | None = None
+    encoder_lr_factor: float = 0.1
+    pretrained_input_norm: Literal["pretraining", "zscore"] = "pretraining"
+    class_weighting: Literal["none", "inverse"] = "none"
+    class_weight_cap: float = 10.0
+    ssl4eo_weights: str | None = None
+    ssl4eo_method: Literal["moco", "simclr"] = "moco"
+    download_weights: bool = False
+    weights_url: str | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -125,8 +158,16 @@ class CompareConfig:
             raise ValueError("seeds must not be empty")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models must be distinct, got {self.models}")
-        if self.window < 8:
+        if self.window is not None and self.window < 8:
             raise ValueError(f"window must be >= 8 pixels, got {self.window}")
+        if not self.lr_grid or any(not (v > 0 and math.isfinite(v)) for v in self.lr_grid):
+            raise ValueError(f"lr_grid must hold positive learning rates, got {self.lr_grid}")
+        if self.lr_search_epochs is not None and self.lr_search_epochs < 1:
+            raise ValueError("lr_search_epochs must be >= 1")
+        if not 0 < self.encoder_lr_factor <= 1:
+            raise ValueError(f"encoder_lr_factor must be in (0, 1], got {self.encoder_lr_factor}")
+        if self.class_weight_cap < 1:
+            raise ValueError(f"class_weight_cap must be >= 1, got {self.class_weight_cap}")
         if self.epochs < 1:
             raise ValueError("epochs must be >= 1")
         if abs(sum(self.split_fractions) - 1.0) > 1e-6 or min(self.split_fractions) <= 0:
@@ -211,19 +252,83 @@ def _resolve_models(
     return models, weights, notes
 
 
+def _fetch_weights(cfg: CompareConfig, log: Callable[[str], None]) -> CompareConfig:
+    """With ``cfg.download_weights``: fetch the published weights the requested arms need and are missing."""
+    if not cfg.download_weights:
+        return cfg
+    from .models import find_imagenet_weights
+    from .weights import download_weights, find_weights, weights_for
+
+    if any(m in IMAGENET_MODELS for m in cfg.models) and cfg.imagenet_weights is None:
+        if find_imagenet_weights("resnet18") is None:
+            got = download_weights(weights_for("imagenet", "resnet18"), base_url=cfg.weights_url)
+            log(f"downloaded {got.describe()}")
+    if "ssl4eo" in cfg.models and cfg.ssl4eo_weights is None:
+        entry = weights_for("ssl4eo", "resnet18", cfg.ssl4eo_method)
+        if find_weights(entry) is None:
+            got = download_weights(entry, base_url=cfg.weights_url)
+            log(f"downloaded {got.describe()}")
+    return cfg
+
+
+def _prepare_arms(
+    cfg: CompareConfig, models: list[str], weights: str | None, notes: list[str], log: Callable[[str], None]
+) -> CompareConfig:
+    """Resolve the window and the SSL4EO-L weights, check every weights file's hash; notes for the report.
+
+    ``ssl4eo`` is dropped from ``models`` (with a note) when its weights are not found.
+    """
+    from .arms import cube_product_level, default_window
+    from .models import _checked
+    from .weights import find_weights, weights_for
+
+    if cfg.window is None:
+        window, why = default_window(cfg.cubes)
+        cfg = replace(cfg, window=window)
+        notes.append(f"Window: {why}.")
+    if weights is not None:
+        check = _checked(Path(weights), weights_for("imagenet", "resnet18"))
+        notes.append(f"ImageNet weights: {check.describe()}")
+    if "ssl4eo" in models:
+        entry = weights_for("ssl4eo", "resnet18", cfg.ssl4eo_method)
+        if cfg.ssl4eo_weights is not None and not Path(cfg.ssl4eo_weights).is_file():
+            raise InputFileError(cfg.ssl4eo_weights, "SSL4EO-L weights file not found")
+        found = find_weights(entry, cfg.ssl4eo_weights)
+        if found is None:
+            msg = (
+                f"SSL4EO-L weights not found ({entry.filename} not in the torch hub cache and no "
+                "--ssl4eo-weights file): ssl4eo not run. Pass --download-weights on a machine with "
+                f"network, or put {entry.url} in $TORCH_HOME/hub/checkpoints."
+            )
+            log(f"warning: {msg}")
+            notes.append(msg)
+            models.remove("ssl4eo")
+        else:
+            cfg = replace(cfg, ssl4eo_weights=str(found))
+            notes.append(f"SSL4EO-L weights: {_checked(found, entry).describe()}")
+            levels = {cube_product_level(c) for c in cfg.cubes}
+            if levels != {"TOA"}:
+                notes.append(
+                    "ssl4eo: its weights were trained on Level-1 top-of-atmosphere reflectance; these cubes "
+                    f"hold {'/'.join(sorted(levels))} reflectance, a domain shift the comparison carries."
+                )
+    return cfg
+
+
 def _datasets(cfg: CompareConfig, model: str, seed: int) -> tuple[Any, Any, Any]:
     from .datasets import WindowDataset
 
     common: dict[str, Any] = dict(
-        size=cfg.window,
+        size=_window(cfg),
         stride=cfg.stride,
         bands=_bands_for(model),
-        thermal=cfg.thermal and not model.startswith("rgb"),
+        thermal=_thermal_for(cfg, model),
         min_valid=cfg.min_valid,
         split_fractions=cfg.split_fractions,
-        block=cfg.block if cfg.block is not None else 4 * cfg.window,
+        block=cfg.block if cfg.block is not None else 4 * _window(cfg),
         split_seed=cfg.split_seed,
         level=cfg.level,
+        normalize=False,  # training-split statistics are set below (never whole-cube ones)
     )
     train = WindowDataset(
         list(cfg.cubes),
@@ -236,7 +341,51 @@ def _datasets(cfg: CompareConfig, model: str, seed: int) -> tuple[Any, Any, Any]
     )
     val = WindowDataset(list(cfg.cubes), split="val", **common)
     test = WindowDataset(list(cfg.cubes), split="test", **common)
+    _normalise_arm(cfg, model, seed, train, val, test)
     return train, val, test
+
+
+def _window(cfg: CompareConfig) -> int:
+    """The configured window, or the default for the cubes (:func:`landcover.arms.default_window`)."""
+    if cfg.window is not None:
+        return cfg.window
+    from .arms import default_window
+
+    return default_window(cfg.cubes)[0]
+
+
+def _thermal_for(cfg: CompareConfig, model: str) -> bool:
+    """Whether an arm gets the thermal band.
+
+    Native arms with ``cfg.thermal``; ``ssl4eo`` whenever every cube has it (its weights
+    were trained on TM bands 1-7); never the RGB arms.
+    """
+    if model.startswith("rgb"):
+        return False
+    if model == "ssl4eo":
+        from .datasets import inspect_cube
+
+        return all(inspect_cube(c).has_thermal for c in cfg.cubes)
+    return cfg.thermal
+
+
+def _normalise_arm(cfg: CompareConfig, model: str, seed: int, train: Any, val: Any, test: Any) -> None:
+    """Normalise the three splits of an arm with statistics of its training windows only.
+
+    Sets ``train.arm_stats`` (:class:`~landcover.datasets.WindowStats`) and
+    ``train.arm_norm`` (a description) for the run's hyper-parameter record.
+    """
+    from .arms import arm_input_norm, arm_normalisation
+    from .datasets import window_stats
+
+    if len(train) == 0:
+        return
+    stats = window_stats(train, seed=seed)
+    norm, note = arm_normalisation(model, arm_input_norm(model, cfg.pretrained_input_norm), stats)
+    for ds in (train, val, test):
+        ds.set_stats(norm)
+    train.arm_stats = stats
+    train.arm_norm = note
 
 
 def train_model(
@@ -281,6 +430,15 @@ def train_model(
             f"test={len(test_ds)}); use a smaller --window or bigger cubes"
         )
     stats = train_ds.stats
+    from .arms import PRETRAINED_ARMS, arm_class_weights, arm_input_norm, select_lr
+    from .models import finetune_param_groups
+
+    input_norm = arm_input_norm(model_name, cfg.pretrained_input_norm)
+    class_weights = arm_class_weights(train_ds.arm_stats, cfg.class_weighting, cap=cfg.class_weight_cap)
+    enc_factor = cfg.encoder_lr_factor if model_name in PRETRAINED_ARMS else 1.0
+
+    def groups(m: Any) -> Any:
+        return finetune_param_groups(m, enc_factor) if enc_factor != 1.0 else None
 
     def new_model() -> Any:
         return build_model(
@@ -288,7 +446,15 @@ def train_model(
             train_ds.in_channels,
             train_ds.num_classes,
             preset=preset,  # type: ignore[arg-type]
-            pretrained=weights if model_name in IMAGENET_MODELS else None,
+            pretrained=(
+                weights
+                if model_name in IMAGENET_MODELS
+                else cfg.ssl4eo_weights
+                if model_name == "ssl4eo"
+                else None
+            ),
+            ssl4eo_method=cfg.ssl4eo_method,
+            input_norm=input_norm,
             bands=train_ds.band_names,
             class_codes=train_ds.class_codes,
             band_mean=getattr(stats, "mean", None),
@@ -327,13 +493,46 @@ def train_model(
         num_workers=cfg.num_workers,
         progress=cfg.progress,
     )
-    history = fit(model, train_loader, loader(val_ds, False), tcfg, class_codes=train_ds.class_codes)
+    tcfg = tcfg.replace(class_weights=class_weights)
+    val_loader = loader(val_ds, False)
+    choice = select_lr(
+        "range-test" if find_lr else cfg.lr_select,
+        new_model=new_model,
+        param_groups=groups,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        class_codes=train_ds.class_codes,
+        base=tcfg,
+        grid=cfg.lr_grid,
+        search_epochs=cfg.lr_search_epochs or max(1, cfg.epochs // 3),
+        fixed_lr=cfg.lr,
+        encoder_lr_factor=enc_factor,
+        monitor=f"val_{PRIMARY_METRIC}",
+        plot_path=run_dir / "lr_find.png",
+    )
+    tcfg = tcfg.replace(lr=choice.lr)
+    history = fit(
+        model, train_loader, val_loader, tcfg, class_codes=train_ds.class_codes, param_groups=groups(model)
+    )
+    hparams: dict[str, Any] = {
+        **choice.as_dict(),
+        "encoder_lr_factor": enc_factor,
+        "input_norm": train_ds.arm_norm,
+        "window": int(train_ds.size[0]),
+        "bands": list(train_ds.band_names),
+        "class_weighting": cfg.class_weighting
+        + (f" (cap {cfg.class_weight_cap:g})" if cfg.class_weighting != "none" else ""),
+        "class_weights": list(class_weights) if class_weights is not None else None,
+        "weights": model.spec.pretrained,
+        "weights_sha256": model.spec.pretrained_sha256 or None,
+    }
     history.to_json(run_dir / "history.json")
     history.to_csv(run_dir / "history_epochs.csv", kind="epochs")
     history.to_csv(run_dir / "history_samples.csv", kind="samples")
     result = evaluate(model, loader(test_ds, False), class_codes=train_ds.class_codes, device=cfg.device)
     return RunResult(
         model=model_name,
+        hparams=hparams,
         seed=seed,
         history=history,
         test=result.summary(),
@@ -360,8 +559,11 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
     from .datasets import inspect_cube
 
     infos = [inspect_cube(c) for c in cfg.cubes]  # fails early and clearly on bad stores
+    cfg = _fetch_weights(cfg, log)
     models, weights, notes = _resolve_models(cfg, log)
-    preset = cfg.preset if cfg.preset != "auto" else ("base" if weights is not None else "tiny")
+    cfg = _prepare_arms(cfg, models, weights, notes, log)
+    pretrained = weights is not None or "ssl4eo" in models
+    preset = cfg.preset if cfg.preset != "auto" else ("base" if pretrained else "tiny")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     jobs = [(m, s) for m in models for s in cfg.seeds]
     log(f"compare: {len(models)} models x {len(cfg.seeds)} seeds on {len(infos)} cube(s), preset {preset}")
