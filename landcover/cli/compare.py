@@ -19,19 +19,57 @@ def register(sub: Any) -> None:
         "--models",
         nargs="+",
         default=None,
-        choices=["native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch"],
+        choices=["native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch", "ssl4eo"],
     )
     p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--window", type=int, default=None)
+    p.add_argument(
+        "--window", type=int, default=None, help="window px (default: 128 on real cubes, 64 on synthetic)"
+    )
     p.add_argument("--stride", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak LR with --lr-select fixed")
+    p.add_argument(
+        "--lr-select",
+        choices=["grid", "range-test", "fixed"],
+        default=None,
+        help="how each arm's LR is chosen (per seed, on validation; default grid)",
+    )
+    p.add_argument("--lr-grid", type=float, nargs="+", default=None, help="candidate LRs of --lr-select grid")
+    p.add_argument("--lr-search-epochs", type=int, default=None, help="epochs of each grid run")
+    p.add_argument(
+        "--encoder-lr-factor",
+        type=float,
+        default=None,
+        help="encoder LR / LR for pretrained encoders (default 0.1)",
+    )
+    p.add_argument(
+        "--pretrained-input-norm",
+        choices=["pretraining", "zscore"],
+        default=None,
+        help="inputs of pretrained arms: as in their pretraining (default) or per-band z-score",
+    )
+    p.add_argument(
+        "--class-weighting",
+        choices=["none", "inverse"],
+        default=None,
+        help="inverse-frequency loss weights from the training windows (capped)",
+    )
+    p.add_argument("--class-weight-cap", type=float, default=None, help="largest/smallest class weight (10)")
     p.add_argument("--budget", type=int, default=None, help="training windows per run (same for every model)")
     p.add_argument("--preset", choices=["auto", "tiny", "small", "base"], default=None)
     p.add_argument("--level", type=int, choices=[1, 2, 3], default=None)
     p.add_argument("--thermal", action="store_true", default=None, help="give native models the thermal band")
     p.add_argument("--imagenet-weights", default=None, help="torchvision resnet18 state dict (.pth)")
+    p.add_argument("--ssl4eo-weights", default=None, help="SSL4EO-L TM TOA resnet18 state dict (.pth)")
+    p.add_argument("--ssl4eo-method", choices=["moco", "simclr"], default=None, help="which SSL4EO-L weights")
+    p.add_argument(
+        "--download-weights",
+        action="store_true",
+        default=None,
+        help="fetch missing published weights (hash-verified) into $TORCH_HOME/hub/checkpoints",
+    )
+    p.add_argument("--weights-url", default=None, help="URL base replacing the publishers' (a mirror)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--scheduler", default=None, help="run the runs on a Dask cluster: 'local' or an address")
     p.set_defaults(func=run)
@@ -55,6 +93,17 @@ def run(args: argparse.Namespace) -> int:
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "lr": args.lr,
+            "lr_select": args.lr_select,
+            "lr_grid": tuple(args.lr_grid) if args.lr_grid else None,
+            "lr_search_epochs": args.lr_search_epochs,
+            "encoder_lr_factor": args.encoder_lr_factor,
+            "pretrained_input_norm": args.pretrained_input_norm,
+            "class_weighting": args.class_weighting,
+            "class_weight_cap": args.class_weight_cap,
+            "ssl4eo_weights": args.ssl4eo_weights,
+            "ssl4eo_method": args.ssl4eo_method,
+            "download_weights": args.download_weights,
+            "weights_url": args.weights_url,
             "max_train_windows": args.budget,
             "preset": args.preset,
             "level": args.level,
