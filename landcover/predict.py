@@ -1527,8 +1527,14 @@ def predict_map(
     ``legend.json`` (index, code, name, colour).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     zarr_path = out / "prediction.zarr"
+    from .safety import guard_output, is_landcover_output
+
+    if not is_landcover_output(zarr_path):  # not a prediction folder: write over none of a user's files
+        names = ("legend.json", "class_map.tif", "class_map.tif.aux.xml", "fractions.tif", "quicklook.png")
+        for name in names:
+            guard_output(out / name, what="prediction")
+    out.mkdir(parents=True, exist_ok=True)
     is_scene = (
         isinstance(cube, str | os.PathLike)
         and Path(cube).exists()

@@ -9,8 +9,9 @@ landcover replaces only what it wrote itself. An output path is checked by
   (:func:`is_landcover_output`): a Zarr store whose root attributes carry a
   ``landcover:`` key (cubes, predictions, label stores) or an unfinished cube build
   (``landcover-build.json``), a folder holding :data:`MARKER` (packages written by
-  ``publish``) or a ``model.json`` of a published model, or a GeoTIFF tagged
-  :data:`TIFF_TAG` by landcover. Anything else (a user's folder or file, a link)
+  ``publish``) or a ``model.json`` of a published model, a GeoTIFF tagged
+  :data:`TIFF_TAG` by landcover, or a synthetic raster or product of ``landcover synth``
+  (tagged ``LANDCOVER_SOURCE=synthetic``). Anything else (a user's folder or file, a link)
   is refused whatever the options, with a message that does not suggest
   ``--overwrite``.
 
@@ -63,9 +64,17 @@ def _tagged_tiff(path: Path) -> bool:
         import rasterio
 
         with rasterio.Env(CPL_LOG="/dev/null"), rasterio.open(path) as src:
-            return str(src.tags().get(TIFF_TAG, "")).startswith("landcover")
+            tags = src.tags()
     except Exception:  # noqa: BLE001 - anything unreadable is not ours
         return False
+    # written by landcover, or a synthetic raster of landcover.testing (`landcover synth`)
+    return str(tags.get(TIFF_TAG, "")).startswith("landcover") or tags.get("LANDCOVER_SOURCE") == "synthetic"
+
+
+def _synthetic_product(folder: Path) -> bool:
+    """A product directory written by ``landcover synth`` (its QA_PIXEL GeoTIFF says so)."""
+    qa = next(iter(sorted(folder.glob("*_QA_PIXEL.TIF"))), None)
+    return qa is not None and _tagged_tiff(qa)
 
 
 def is_landcover_output(path: str | os.PathLike[str]) -> bool:
@@ -77,7 +86,7 @@ def is_landcover_output(path: str | os.PathLike[str]) -> bool:
         return _tagged_tiff(p)
     if not p.is_dir():
         return False
-    if (p / MARKER).is_file() or (p / _BUILD_STATE).is_file():
+    if (p / MARKER).is_file() or (p / _BUILD_STATE).is_file() or _synthetic_product(p):
         return True
     attrs = _json(p / "zarr.json").get("attributes")
     if isinstance(attrs, dict) and any(str(k).startswith("landcover:") for k in attrs):

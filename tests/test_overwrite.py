@@ -195,3 +195,43 @@ def test_library_write_cube_refuses_what_it_did_not_write(tmp_path: Path) -> Non
     with pytest.raises(InputFileError, match="link"):
         check_output(link, overwrite=True)
     assert user.exists() and not check_output(tmp_path / "new", overwrite=False)
+
+
+def test_synth_force_replaces_only_synthetic_products(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from landcover.testing import product_id
+
+    base = ["-q", "synth", "d", "--size", "16"]
+    assert main(base) == 0
+    pid = product_id()
+    assert is_landcover_output(workdir / "d" / pid) and is_landcover_output(workdir / "d" / "clc.tif")
+    assert main([*base, "--force"]) == 0  # its own output is replaced
+    # a real product of the same id and a user's CORINE raster are never written over
+    shutil.rmtree(workdir / "d" / pid)
+    real = foreign(workdir / "d" / pid)
+    refused([*base, "--force"], capsys, names="did not write")
+    assert (real / "thesis.tex").exists()
+    shutil.rmtree(real)
+    (workdir / "d" / "clc.tif").write_bytes(b"my corine")
+    refused([*base, "--force"], capsys, names="clc.tif")
+    assert (workdir / "d" / "clc.tif").read_bytes() == b"my corine"
+
+
+def test_predict_writes_over_no_user_file_in_its_folder(
+    pair: tuple[Path, Path, Path], workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from landcover.models import build_model, save_model
+    from landcover.store import open_cube
+
+    _, _, cube = pair
+    codes = [int(c) for c in open_cube(cube)["class"].values]
+    ckpt = save_model(
+        workdir / "best.pt", build_model("native", 6, len(codes), preset="tiny", class_codes=codes)
+    )
+    (workdir / "maps").mkdir()
+    (workdir / "maps" / "legend.json").write_text("my legend")
+    refused(["-q", "predict", str(ckpt), "--cube", str(cube), "--out", "maps", "--window", "16",
+             "--device", "cpu", "--scheduler", "none"], capsys, names="legend.json")  # fmt: skip
+    assert (workdir / "maps" / "legend.json").read_text() == "my legend"
+    assert not (workdir / "maps" / "prediction.zarr").exists()

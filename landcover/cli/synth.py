@@ -50,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.cloud_fraction < 0.9:
         raise LandcoverError(f"--cloud-fraction must be in [0, 0.9), got {args.cloud_fraction}")
     out = Path(args.out_dir)
+    from ..safety import guard_output
+    from ..testing import product_id
+
+    # never written over: a real product of the same id, a user's clc.tif (synthetic ones are replaced)
+    guard_output(out / product_id(level=args.level, sensor=args.sensor, date=args.date), what="product")
+    guard_output(out / "clc.tif", what="synthetic CORINE raster")
     try:
         pair = make_pair(
             out,
