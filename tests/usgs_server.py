@@ -12,12 +12,20 @@ files (``server.faults[path] = [...]``, or ``server.always[path] = fault``)
     the whole file, half the body, clean close), ``"500"``/``"503"``,
     ``"429:SECONDS"`` (with ``Retry-After``), ``"slow:SECONDS"`` (half the body, then a
     stall), ``"corrupt"`` (right size, one byte flipped), ``"404"``, ``"norange"``
-    (ignore the Range header and send 200 with everything).
+    (ignore the Range header and send 200 with everything), ``"html"`` (200 with a
+    1 KB HTML error page instead of the file).
 M2M (``server.m2m_faults[endpoint] = [...]``)
     an error code such as ``"AUTH_EXPIRED"`` (also invalidates the API key),
     ``"RATE_LIMIT"``, ``"HTTP500"``, ``"HTML"`` (a non-JSON page), or
     ``"ERROR:CODE:message"`` where ``{token}``/``{key}`` in the message are replaced by
-    the secrets (to check they are redacted).
+    the secrets (to check they are redacted), ``"REDIRECT307:BASE"``/``"REDIRECT308:BASE"``
+    (that status with ``Location: BASE + the request path``, e.g. another server's base URL).
+
+What USGS tells about a bundle is configurable: ``send_filesize`` (``filesize`` in
+download-options and download-retrieve) and ``checksum_fields`` (any of ``sha256sum``,
+``md5``, ``cksum``: digests of the true bundle in the dds download-options entry and the
+download-retrieve entry). :class:`RecordingServer` is a second loopback server (another
+port, so another origin) that records every request with its headers and body.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ import json
 import re
 import socket
 import struct
+import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -122,6 +132,8 @@ class USGSServer:
     prepare_polls: int = 1
     fail_entities: set[str] = field(default_factory=set)
     page_limit: int | None = None
+    send_filesize: bool = True
+    checksum_fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -175,6 +187,21 @@ class USGSServer:
         """Serve ``data`` at ``/files/<path>``; returns the URL."""
         self.files[path] = data
         return self.file_url(path)
+
+    def bundle_facts(self, display_id: str) -> dict[str, Any]:
+        """What this USGS says about a bundle: ``filesize`` and the configured checksum fields."""
+        data = self.bundles.get(display_id, b"")
+        out: dict[str, Any] = {"filesize": len(data)} if self.send_filesize else {}
+        for name in self.checksum_fields:
+            if name == "sha256sum":
+                out[name] = hashlib.sha256(data).hexdigest()
+            elif name == "md5":
+                out[name] = hashlib.md5(data).hexdigest()
+            elif name == "cksum":
+                out[name] = posix_cksum(data)
+            else:
+                raise ValueError(f"unknown checksum field {name!r}")
+        return out
 
     # -- M2M data -------------------------------------------------------------------------------
     def _build_m2m(self) -> None:
@@ -239,7 +266,8 @@ class USGSServer:
                 o["id"] = hashlib.md5(f"{r['entityId']}{o['productCode']}".encode()).hexdigest()[:16]
                 if o["downloadSystem"] == "dds":
                     o["productName"] = "Landsat Collection 2 Level-2 Product Bundle"
-                    o["filesize"] = len(self.bundles.get(r["displayId"], b""))
+                    o.pop("filesize", None)
+                    o.update(self.bundle_facts(r["displayId"]))
                 out.append(o)
         return out
 
@@ -318,6 +346,9 @@ class USGSServer:
             return 500, "<html><body>Internal Server Error</body></html>"
         if fault == "HTML":
             return 200, "<html><body>Maintenance</body></html>"
+        if fault and fault.startswith("REDIRECT"):
+            status, _, base = fault.partition(":")
+            return int(status[len("REDIRECT") :]), _Redirect(base)
         if fault and fault.startswith("ERROR:"):
             _, code, msg = fault.split(":", 2)
             return 200, self.envelope(None, code, msg.format(token=self.token, key=key or ""))
@@ -431,7 +462,7 @@ class USGSServer:
                     requested.append(entry)
                 else:
                     entry["url"] = self.file_url(f"dds/{o.display_id}.tar")
-                    entry["filesize"] = len(self.bundles.get(o.display_id, b""))
+                    entry.update(self.bundle_facts(o.display_id))
                     available.append(entry)
         return self.envelope({"available": available, "requested": requested, "eulas": []})
 
@@ -628,6 +659,13 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = st.m2m(
                 endpoint, body if isinstance(body, dict) else {}, self.headers.get("X-Auth-Token")
             )
+            if isinstance(payload, _Redirect):
+                entry.status = status
+                self.send_response(status)
+                self.send_header("Location", payload.base.rstrip("/") + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self._json(status, payload, entry)
         elif path == "/stac/search":
             self._json(200, st.stac_search(body), entry, "application/geo+json")
@@ -686,6 +724,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if fault == "html":
+            page = "<html><head><title>Error</title></head><body><h1>Download unavailable</h1>"
+            page += "<p>" + "The requested file could not be delivered. " * 22 + "</p></body></html>"
+            self._json(200, page, entry)
+            return
         if fault == "corrupt":
             i = len(data) // 3
             data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
@@ -725,6 +768,68 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body[half:])
             return
         self.wfile.write(body)
+
+
+@dataclass(frozen=True)
+class _Redirect:
+    base: str
+
+
+def posix_cksum(data: bytes) -> str:
+    """``cksum``'s output for ``data`` (``"CRC SIZE"``), from the coreutils program itself."""
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        out = subprocess.run(["cksum", f.name], capture_output=True, text=True, check=True).stdout
+    crc, size, _ = out.split(maxsplit=2)
+    return f"{crc} {size}"
+
+
+class RecordingServer:
+    """A second loopback HTTP server (its own port: another origin) that records what it receives.
+
+    It answers every request with a successful M2M envelope holding a fake API key, as a
+    hostile host would, so a client that followed a redirect here would carry on.
+    """
+
+    def __init__(self) -> None:
+        self.log: list[Logged] = []
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> RecordingServer:
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def _answer(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                with state.lock:
+                    state.log.append(Logged(self.command, self.path, dict(self.headers.items()), body, 200))
+                raw = json.dumps({"data": "stolen-key", "errorCode": None, "errorMessage": None}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = _answer  # noqa: N815
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05})
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
 
 
 def now_iso() -> str:

@@ -3,7 +3,9 @@
 Each file is written to ``<name>.part``; an interrupted transfer is resumed with
 an HTTP ``Range`` request; the result is accepted only when its size matches
 (``Content-Length``/``Content-Range`` and any known size) and its checksum matches
-when one is known, and only then renamed atomically to its final name. Connection
+when one is known (md5, sha1, sha256, sha512 or the POSIX ``cksum`` CRC), a tar
+archive without a known checksum is readable to its end, and only then is it
+renamed atomically to its final name. Connection
 errors, timeouts, HTTP 429 (``Retry-After`` honoured) and 5xx are retried with
 exponential backoff and jitter. A :class:`~landcover.fetch.manifest.Manifest`
 records every verified file so that a rerun skips finished scenes.
@@ -18,8 +20,10 @@ import os
 import random
 import re
 import sys
+import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager
@@ -31,7 +35,7 @@ from typing import Any, Literal
 import requests
 
 from ..errors import FetchError
-from .manifest import Manifest
+from .manifest import Manifest, sha256_file
 
 __all__ = [
     "RetryPolicy",
@@ -40,6 +44,7 @@ __all__ = [
     "DownloadError",
     "FileResult",
     "DownloadReport",
+    "archive_problem",
     "download_file",
     "download_all",
     "new_session",
@@ -49,8 +54,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Algorithm = Literal["md5", "sha1", "sha256", "sha512"]
-_DIGEST_SIZE: dict[str, int] = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}
+Algorithm = Literal["md5", "sha1", "sha256", "sha512", "cksum"]
+_DIGEST_SIZE: dict[str, int] = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64, "cksum": 4}
 # multicodec codes (https://github.com/multiformats/multicodec): used by STAC file:checksum.
 _MULTIHASH: dict[int, Algorithm] = {0x11: "sha1", 0x12: "sha256", 0x13: "sha512", 0xD5: "md5"}
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -124,7 +129,8 @@ class Checksum:
     Parameters
     ----------
     algorithm
-        ``"md5"``, ``"sha1"``, ``"sha256"`` or ``"sha512"``.
+        ``"md5"``, ``"sha1"``, ``"sha256"``, ``"sha512"`` or ``"cksum"`` (the POSIX
+        ``cksum`` CRC, 32 bits; see :meth:`from_cksum`).
     hexdigest
         Lower-case hex digest.
     """
@@ -170,17 +176,63 @@ class Checksum:
             return cls(by_len[len(raw)], t)  # type: ignore[arg-type]
         raise ValueError(f"checksum {text!r} is neither a multihash nor an md5/sha256/sha512 digest")
 
+    @classmethod
+    def from_cksum(cls, value: int | str) -> Checksum:
+        """The POSIX ``cksum`` CRC as printed by ``cksum`` (decimal; ``"CRC SIZE [NAME]"`` accepted).
+
+        Raises
+        ------
+        ValueError
+            When the text does not start with a 32-bit decimal number.
+        """
+        first = str(value).split()[0] if str(value).split() else ""
+        if not first.isdigit() or int(first) >= 1 << 32:
+            raise ValueError(f"cksum {value!r} is not a 32-bit decimal CRC")
+        return cls("cksum", f"{int(first):08x}")
+
     def new(self) -> Any:
-        """A fresh ``hashlib`` object for this algorithm."""
+        """A fresh hash object (``update``/``hexdigest``) for this algorithm."""
+        if self.algorithm == "cksum":
+            return _PosixCksum()
         return hashlib.new(self.algorithm)
 
     def multihash(self) -> str:
         """Return the digest as a multihash hex string (the STAC ``file:checksum`` form)."""
+        if self.algorithm == "cksum":
+            raise ValueError("a cksum CRC has no multihash form")
         code = {v: k for k, v in _MULTIHASH.items()}[self.algorithm]
         return (_varint(code) + _varint(_DIGEST_SIZE[self.algorithm])).hex() + self.hexdigest
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hexdigest}"
+
+
+_BIT_REVERSED = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+
+
+class _PosixCksum:
+    """The CRC of POSIX ``cksum`` (polynomial 0x04C11DB7, MSB first, length appended, inverted).
+
+    Computed with zlib's (reflected) CRC-32 on bit-reversed bytes, which is the same
+    polynomial read the other way round: C speed instead of a Python loop per byte.
+    """
+
+    def __init__(self) -> None:
+        self._value = 0xFFFFFFFF  # zlib's running value for a register starting at 0
+        self._length = 0
+
+    def update(self, data: bytes) -> None:
+        self._value = zlib.crc32(bytes(data).translate(_BIT_REVERSED), self._value)
+        self._length += len(data)
+
+    def hexdigest(self) -> str:
+        n, tail = self._length, bytearray()
+        while n:
+            tail.append(n & 0xFF)
+            n >>= 8
+        reflected = ~zlib.crc32(bytes(tail).translate(_BIT_REVERSED), self._value) & 0xFFFFFFFF
+        crc = ~int(f"{reflected:032b}"[::-1], 2) & 0xFFFFFFFF
+        return f"{crc:08x}"
 
 
 def _read_varint(raw: bytes, i: int) -> tuple[int, int]:
@@ -221,6 +273,10 @@ class DownloadTask:
         Exact size in bytes, if known (checked in addition to ``Content-Length``).
     checksum
         Expected digest, if known.
+    archive
+        The file is a tar archive (``.tar``, ``.tar.gz``): without a ``checksum`` it is
+        accepted only when every member can be read to the end of the archive (an HTML
+        error page or a truncated bundle is refused and fetched again).
     """
 
     url: str
@@ -228,6 +284,7 @@ class DownloadTask:
     scene_id: str
     size: int | None = None
     checksum: Checksum | None = None
+    archive: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dest", Path(self.dest))
@@ -533,6 +590,10 @@ def download_file(
                     f"expected {task.checksum.hexdigest[:16]}...)",
                     discard=True,
                 )
+            if task.archive and task.checksum is None:
+                problem = archive_problem(part, chunk_size=chunk_size)
+                if problem is not None:
+                    raise _Retry(f"not a complete tar archive ({problem})", discard=True)
             os.replace(part, final)
             return FileResult(final, got, sha256, attempt, resumed)
         except _Retry as exc:
@@ -549,6 +610,32 @@ def download_file(
             )
             sleep(wait)
     raise DownloadError(f"{task.url}: gave up after {retry.attempts} tries: {last}")
+
+
+def archive_problem(path: str | Path, *, chunk_size: int = 1 << 20) -> str | None:
+    """Why ``path`` is not a complete tar archive (every member read to the end), or ``None``.
+
+    A tar archive carries no checksum of its data, so this catches what a transfer
+    gets wrong in practice: an HTML or JSON error page instead of the bundle, a body
+    cut short, garbage in a member header, an empty archive.
+    """
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            n = 0
+            for m in tar:
+                n += 1
+                if m.isfile():
+                    f = tar.extractfile(m)
+                    if f is None:
+                        return f"member {m.name!r} cannot be read"
+                    with f:
+                        while f.read(chunk_size):
+                            pass
+            if n == 0:
+                return "no members"
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
 
 
 def _hash_file(path: Path, checksum: Checksum | None, chunk_size: int) -> tuple[str, str | None]:
@@ -660,7 +747,12 @@ def download_all(
         dest = _resolve(out, task.dest)
         rel = os.path.relpath(dest, out)
         info = manifest.file_info(task.scene_id, rel)
-        if info and dest.is_file() and dest.stat().st_size == info.get("size"):
+        if (
+            info
+            and dest.is_file()
+            and dest.stat().st_size == info.get("size")
+            and sha256_file(dest, chunk_size=chunk_size) == info.get("sha256")
+        ):  # verified earlier and unchanged since (a failed extraction forgets the record)
             with lock:
                 overall.update(info["size"])
             return FileResult(dest, info["size"], info["sha256"], 0, False)

@@ -349,7 +349,11 @@ def fetch(
                 for pid in [p for p in staged if not safe_name(p)]:
                     pre_failed[pid] = "unsafe product id for a file name"
                     del staged[pid]
-                tasks = [DownloadTask(s.url, Path(f"{pid}.tar"), pid) for pid, s in staged.items()]
+                # USGS's size and checksum when it gives them; the bundle must be a whole tar either way
+                tasks = [
+                    DownloadTask(s.url, Path(f"{pid}.tar"), pid, s.filesize, s.checksum, archive=True)
+                    for pid, s in staged.items()
+                ]
                 done = [r for r in summary.records if r not in todo]
                 tasks += [
                     DownloadTask(config.m2m_url, Path(f"{r.product_id}.tar"), r.product_id) for r in done
@@ -391,6 +395,9 @@ def _extract_all(summary: FetchSummary, out: Path, manifest: Manifest) -> None:
                 summary.report.failed[pid] = str(exc)
                 if pid in summary.report.completed:
                     summary.report.completed.remove(pid)
+                if pid in summary.report.skipped:
+                    summary.report.skipped.remove(pid)
+                manifest.forget_files(pid)  # not trusted again: the next run downloads it anew
                 manifest.set_status(pid, "failed", error=str(exc))
                 continue
             summary.extracted[pid] = dest

@@ -8,7 +8,16 @@ for ``errorCode``, not only for the HTTP status. ``RATE_LIMIT`` sleeps and
 retries; ``AUTH_EXPIRED``/``AUTH_KEY_INVALID`` log in again once with the token
 and retry; other codes raise :class:`~landcover.errors.AuthError` or
 :class:`~landcover.errors.FetchError` naming the code. Neither the token nor the
-API key ever appears in a log line, an exception or a ``repr``.
+API key ever appears in a log line, an exception or a ``repr``, and neither is ever
+sent to another origin: redirects are followed by hand, only within the API's own
+scheme, host and port (``requests`` would re-POST the login body and keep the
+``X-Auth-Token`` header across hosts on a 307/308).
+
+Downloads are verified with what USGS provides: ``filesize`` and, where an entry of
+``download-options``/``download-request``/``download-retrieve`` carries one, a checksum
+(``sha256sum``/``sha256``, ``sha512sum``, ``md5sum``/``md5``, ``cksum``, or ``checksum``);
+see :func:`checksum_of`. Without a checksum the bundle must be a tar archive readable
+to its end (:func:`landcover.fetch.download.archive_problem`).
 """
 
 from __future__ import annotations
@@ -20,12 +29,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, Literal
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from ..errors import AuthError, FetchError
 from .credentials import Credentials, Secret, redact
-from .download import RetryPolicy, new_session
+from .download import Checksum, RetryPolicy, new_session
 from .query import SceneQuery, SceneRecord, parse_product_id
 
 __all__ = [
@@ -36,6 +46,7 @@ __all__ = [
     "DownloadOption",
     "StagedDownload",
     "select_option",
+    "checksum_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +74,49 @@ _AUTH_CODES = frozenset(
 )
 _RATE_CODES = frozenset({"RATE_LIMIT"})
 _DOWNLOAD_SYSTEMS = ("dds", "ls_zip", "dds_zip", "folder", "dds_ms")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+# checksum fields of M2M download entries, strongest first -> algorithm
+_CHECKSUM_FIELDS: tuple[tuple[str, str], ...] = (
+    ("sha512sum", "sha512"),
+    ("sha512", "sha512"),
+    ("sha256sum", "sha256"),
+    ("sha256", "sha256"),
+    ("checksum", "any"),
+    ("md5sum", "md5"),
+    ("md5", "md5"),
+    ("cksum", "cksum"),
+)
+
+
+def checksum_of(entry: Mapping[str, Any]) -> Checksum | None:
+    """The strongest checksum an M2M download entry carries, or ``None``.
+
+    Reads ``sha512sum``/``sha512``, ``sha256sum``/``sha256``, ``checksum`` (md5, sha256 or
+    sha512 by length, or ``algo:hex``), ``md5sum``/``md5`` and ``cksum`` (the POSIX CRC,
+    ``"CRC"`` or ``"CRC SIZE"``). A value that is not a well-formed digest is logged and
+    skipped (a weaker field may still be used).
+    """
+    for key, algo in _CHECKSUM_FIELDS:
+        value = entry.get(key)
+        if value in (None, "") or isinstance(value, bool):
+            continue
+        try:
+            if algo == "cksum":
+                return Checksum.from_cksum(value)
+            text = str(value).strip()
+            if algo == "any":
+                return Checksum.parse(text)
+            return Checksum(algo, text.partition(":")[2] if ":" in text else text)  # type: ignore[arg-type]
+        except ValueError as exc:
+            log.warning("M2M: ignoring malformed %s of %s (%s)", key, entry.get("displayId") or "?", exc)
+    return None
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
 def dataset_name(satellite: int, level: Literal[1, 2] = 2) -> str:
@@ -156,16 +210,23 @@ def select_option(options: Sequence[DownloadOption], *, product: str | None = No
 class StagedDownload:
     """A download prepared by USGS (from ``download-retrieve``): where to fetch one scene."""
 
-    __slots__ = ("entity_id", "display_id", "url", "filesize", "download_id")
+    __slots__ = ("entity_id", "display_id", "url", "filesize", "download_id", "checksum")
 
     def __init__(
-        self, entity_id: str, display_id: str | None, url: str, filesize: int | None, download_id: str | None
+        self,
+        entity_id: str,
+        display_id: str | None,
+        url: str,
+        filesize: int | None,
+        download_id: str | None,
+        checksum: Checksum | None = None,
     ) -> None:
         self.entity_id = entity_id
         self.display_id = display_id
         self.url = url
         self.filesize = filesize
         self.download_id = download_id
+        self.checksum = checksum
 
     def __repr__(self) -> str:
         return f"StagedDownload({self.entity_id!r}, {self.display_id!r}, {self.url!r})"
@@ -253,9 +314,7 @@ class M2MClient:
         for attempt in range(1, self.retry.attempts + 1):
             retry_after: float | None = None
             try:
-                r = self._session.post(
-                    self.url + endpoint, data=body, headers=headers, timeout=self.retry.timeout
-                )
+                r = self._post_same_origin(endpoint, body, headers)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = f"{type(exc).__name__}: {self._clean(str(exc))[:200]}"
             else:
@@ -282,6 +341,28 @@ class M2MClient:
                 log.info("M2M %s: %s; retry %d in %.2fs", endpoint, last, attempt, wait)
                 self._sleep(wait)
         raise FetchError(f"M2M {endpoint}: gave up after {self.retry.attempts} tries: {last}")
+
+    def _post_same_origin(self, endpoint: str, body: str, headers: Mapping[str, str]) -> requests.Response:
+        """POST, following redirects only within the API's origin (credentials never leave it)."""
+        url = self.url + endpoint
+        home = _origin(self.url)
+        for _ in range(_MAX_REDIRECTS + 1):
+            r = self._session.post(
+                url, data=body, headers=dict(headers), timeout=self.retry.timeout, allow_redirects=False
+            )
+            if r.status_code not in _REDIRECTS or not r.headers.get("Location"):
+                return r
+            target = urljoin(url, r.headers["Location"])
+            r.close()
+            scheme, host, port = _origin(target)
+            if (scheme, host, port) != home:
+                raise FetchError(
+                    f"M2M {endpoint}: HTTP {r.status_code} redirect to another origin "
+                    f"({scheme}://{host}:{port}) not followed: the token and API key are only sent to "
+                    f"{home[0]}://{home[1]}:{home[2]}"
+                )
+            url = target
+        raise FetchError(f"M2M {endpoint}: more than {_MAX_REDIRECTS} redirects")
 
     def request(self, endpoint: str, payload: Mapping[str, Any] | None = None) -> Any:
         """Call an authenticated endpoint and return the envelope's ``data``.
@@ -516,6 +597,7 @@ class M2MClient:
             options.setdefault(o.entity_id, []).append(o)
         wanted: list[tuple[str, str]] = []
         sizes: dict[str, int | None] = {}
+        sums: dict[str, Checksum | None] = {}
         for eid, rec in by_entity.items():
             choice = select_option(options.get(eid, []), product=product)
             if choice is None:
@@ -527,9 +609,22 @@ class M2MClient:
             else:
                 wanted.append((eid, choice.product_id))
                 sizes[eid] = choice.filesize
+                sums[eid] = checksum_of(choice.raw)
         if not wanted:
             return {}, failed
         data = self.download_request(wanted, label=label)
+        # download-request entries know their downloadId (and maybe entityId, size, checksum)
+        by_download: dict[str, Mapping[str, Any]] = {}
+        for d in list(data.get("availableDownloads") or []) + list(data.get("preparingDownloads") or []):
+            if isinstance(d, Mapping):
+                eid = str(d.get("entityId") or "")
+                if eid in by_entity:
+                    sums[eid] = checksum_of(d) or sums.get(eid)
+                    fs = d.get("filesize")
+                    if isinstance(fs, int) and fs > 0:
+                        sizes[eid] = fs
+                if d.get("downloadId") is not None:
+                    by_download[str(d["downloadId"])] = d
         for f in data.get("failed") or []:
             eid = str(f.get("entityId", ""))
             if eid in by_entity:
@@ -545,12 +640,15 @@ class M2MClient:
                 if eid in pending and isinstance(url, str) and url.startswith(("http://", "https://")):
                     rec = by_entity[eid]
                     fs = a.get("filesize")
+                    dl_id = str(a.get("downloadId")) if a.get("downloadId") is not None else None
+                    requested = by_download.get(dl_id or "", {})
                     staged[rec.product_id] = StagedDownload(
                         eid,
                         a.get("displayId") or rec.product_id,
                         url,
                         int(fs) if isinstance(fs, int) and fs > 0 else sizes.get(eid),
-                        str(a.get("downloadId")) if a.get("downloadId") is not None else None,
+                        dl_id,
+                        checksum_of(a) or checksum_of(requested) or sums.get(eid),
                     )
                     pending.discard(eid)
             if not pending:

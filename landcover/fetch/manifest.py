@@ -128,6 +128,20 @@ class Manifest:
             entry["updated"] = _now()
             self.save()
 
+    def forget_files(self, scene_id: str) -> None:
+        """Drop the file records of a scene (a later run downloads them again) and save.
+
+        Used when a recorded file turned out unusable (its archive could not be extracted):
+        its size alone would otherwise make every rerun trust it.
+        """
+        with self._lock:
+            entry = self._scenes.get(scene_id)
+            if entry is None or not entry.get("files"):
+                return
+            entry["files"] = {}
+            entry["updated"] = _now()
+            self.save()
+
     def set_status(
         self, scene_id: str, status: SceneStatus, *, error: str | None = None, **extra: Any
     ) -> None:
