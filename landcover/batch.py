@@ -76,7 +76,7 @@ REPORT_NAME = "batch-report.json"
 """Default report file name inside the output folder."""
 
 _PRODUCT = re.compile(r"^(L[CETMO]0\d)_(L1\w{2}|L2S[PR])_(\d{3})(\d{3})_(\d{8})_", re.IGNORECASE)
-_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".json")  # .json: a STAC item file (stac_scene.write_item_files)
 _SETTLE = 0.5  # seconds a discarded store must stay absent (late writes of a failed build)
 _SETTLE_TIMEOUT = 60.0
 

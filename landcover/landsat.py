@@ -964,6 +964,10 @@ def plan_scene(
     """
     if isinstance(path, ScenePlan):
         return path
+    from .stac_scene import is_stac_ref, plan_stac
+
+    if is_stac_ref(path):
+        return plan_stac(path, bands=bands, thermal=thermal, qa=qa)
     src_path = Path(path)
     if _is_stack(src_path):
         from .stack import plan_stack

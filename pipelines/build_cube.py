@@ -2,7 +2,8 @@
 
 Usage::
 
-    python pipelines/build_cube.py [CONFIG.toml] [--scene PATH ...] [--corine CLC] [--out STORE]
+    python pipelines/build_cube.py [CONFIG.toml] [--scene PATH ...] [--stac ITEMS ...] [--sign NAME]
+                                   [--corine CLC] [--out STORE]
                                    [--out-dir DIR [--group-by scene|pathrow] [--retries N]]
                                    [--scheduler ADDRESS|local|none] [--workers N]
                                    [--threads-per-worker N] [--memory-limit SIZE] [--processes]
@@ -37,6 +38,8 @@ from landcover.distributed import ClusterJob, add_cluster_arguments, cluster_ove
 @dataclass(frozen=True)
 class CubeJob(ClusterJob):
     scenes: tuple[str, ...] = ()
+    stac: tuple[str, ...] = ()
+    sign: str | None = None
     corine: str = ""
     out: str = "cube.zarr"
     out_dir: str = ""
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build a landcover cube from Landsat scenes and CORINE.")
     parser.add_argument("config", nargs="?", help="TOML/YAML/JSON config file")
     parser.add_argument("--scene", action="append", dest="scenes")
+    parser.add_argument("--stac", action="append", help="STAC Item/ItemCollection file or URL (repeat)")
+    parser.add_argument("--sign", help="sign STAC asset URLs: planetary-computer")
     parser.add_argument("--corine")
     parser.add_argument("--out", help="one cube from all scenes")
     parser.add_argument("--out-dir", help="a batch: one cube per scene (or per path/row) in this folder")
@@ -93,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = {
             "scenes": tuple(args.scenes) if args.scenes else None,
+            "stac": tuple(args.stac) if args.stac else None,
+            "sign": args.sign,
             "corine": args.corine,
             "out": args.out,
             "out_dir": args.out_dir,
@@ -104,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             **cluster_overrides(args),
         }
         job = load_config(CubeJob, args.config, section="cube", overrides=overrides)
-        if not job.scenes or not job.corine:
+        if not (job.scenes or job.stac) or not job.corine:
             raise ConfigError(
-                "give at least one scene (scenes / --scene) and a CORINE raster (corine / --corine)"
+                "give at least one scene (scenes / --scene, stac / --stac) "
+                "and a CORINE raster (corine / --corine)"
             )
         base = Path(args.config).parent if args.config else Path.cwd()
 
@@ -126,12 +134,23 @@ def main(argv: list[str] | None = None) -> int:
             compressor=job.compressor,
             overwrite=job.overwrite,
         )
+        stac = [s if "://" in s else resolve(s) for s in job.stac]
         if job.out_dir:
             report = resolve(job.report) if job.report else None
+            if stac:  # one item file per product: any worker opens it by itself
+                from landcover.stac_scene import write_item_files
+
+                if job.sign:
+                    raise ConfigError("sign applies to one cube (out), not to a batch: its URLs would expire")
+                scenes += [str(f) for f in write_item_files(stac, Path(resolve(job.out_dir)) / "stac-items")]
             return _batch(job, scenes, corine, resolve(job.out_dir), report, cube_kw)
         for s in scenes:
             if not Path(s).exists():
                 raise InputFileError(s, "scene not found")
+        if stac:
+            from landcover.stac_scene import plan_stac_scenes
+
+            scenes += plan_stac_scenes(stac, sign=job.sign)
         from landcover.cube import build_cube
 
         options = job.cluster()

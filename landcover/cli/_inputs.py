@@ -3,6 +3,10 @@
 ``--stack FILE`` (repeatable) with ``--bands``/``--scale``/``--offset``/``--sensor``/``--date``/
 ``--qa``/``--nodata`` reads any multi-band raster (see :mod:`landcover.stack`); the options
 apply to every ``--stack`` file (a file with a sidecar needs none of them).
+
+``--stac ITEMS`` (repeatable) reads the COG assets of STAC items (an Item or ItemCollection
+JSON file or URL, e.g. written by ``landcover fetch search --source stac --items FILE``) over
+HTTP range requests (see :mod:`landcover.stac_scene`); one time step per product.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_stack_arguments", "stack_plans", "stack_spec"]
+__all__ = ["add_stack_arguments", "add_stac_arguments", "stack_plans", "stack_spec", "stac_plans"]
 
 
 def add_stack_arguments(p: argparse.ArgumentParser, *, many: bool = True) -> None:
@@ -69,3 +73,34 @@ def stack_plans(args: argparse.Namespace) -> list[Any]:
             print(f"landcover: warning: {w}", file=sys.stderr)
         plans.append(plan)
     return plans
+
+
+def add_stac_arguments(p: argparse.ArgumentParser, *, sign: bool = True) -> None:
+    """Add ``--stac ITEMS`` (and ``--sign``, ``--stac-href``) to ``p``."""
+    g = p.add_argument_group(
+        "STAC items", "Landsat Collection 2 Level-2 scenes read lazily from COGs over HTTP"
+    )
+    g.add_argument(
+        "--stac", action="append", default=None, metavar="ITEMS",
+        help="STAC Item / ItemCollection JSON file or URL (repeat); SR and ST items of a product are merged",
+    )  # fmt: skip
+    if sign:
+        g.add_argument(
+            "--sign", default=None, metavar="NAME",
+            help="sign asset URLs: planetary-computer (needs the planetary-computer package)",
+        )  # fmt: skip
+    g.add_argument(
+        "--stac-href", choices=("href", "s3"), default="href",
+        help="read the assets' https hrefs (default) or their alternate s3:// hrefs (requester-pays: "
+        "AWS credentials and AWS_REQUEST_PAYER=requester must be set for GDAL)",
+    )  # fmt: skip
+
+
+def stac_plans(args: argparse.Namespace) -> list[Any]:
+    """One ``ScenePlan`` per product in the ``--stac`` items."""
+    from ..stac_scene import plan_stac_scenes
+
+    refs = getattr(args, "stac", None) or []
+    if not refs:
+        return []
+    return plan_stac_scenes(refs, sign=getattr(args, "sign", None), href=getattr(args, "stac_href", "href"))

@@ -19,7 +19,7 @@ import warnings
 from typing import Any
 
 from ..distributed import add_cluster_arguments
-from ._inputs import add_stack_arguments, stack_plans
+from ._inputs import add_stac_arguments, add_stack_arguments, stac_plans, stack_plans
 from ._types import non_negative_int, positive_int
 
 __all__ = ["register"]
@@ -52,6 +52,7 @@ def register(subparsers: Any) -> None:
         help="allow scenes of different sensors (TM, ETM+, OLI) in one cube (refused by default)",
     )  # fmt: skip
     add_stack_arguments(b)
+    add_stac_arguments(b)
     b.add_argument("--overwrite", action="store_true", help="replace a store built with other parameters")
     add_cluster_arguments(b)
     b.set_defaults(func=run_build)
@@ -89,6 +90,7 @@ def register(subparsers: Any) -> None:
     )
     _cube_options(m)
     m.add_argument("--overwrite", action="store_true", help="rebuild cubes that already exist")
+    add_stac_arguments(m, sign=False)
     add_cluster_arguments(m, threads_help="CPUs / 2, at most one per cube: cubes built at once")
     m.set_defaults(func=run_batch)
     v = sub.add_parser(
@@ -161,9 +163,9 @@ def run_build(args: argparse.Namespace) -> int:
     for s in args.scene or []:
         if not Path(s).exists():
             raise InputFileError(s, "scene not found")
-    scenes = [*(args.scene or []), *stack_plans(args)]
+    scenes = [*(args.scene or []), *stack_plans(args), *stac_plans(args)]
     if not scenes:
-        raise ConfigError("give at least one scene (--scene PATH or --stack FILE)")
+        raise ConfigError("give at least one scene (--scene PATH, --stack FILE or --stac ITEMS)")
     grid = None if args.grid in (None, "scene") else args.grid
     with (
         warnings.catch_warnings(record=True) as caught,
@@ -224,8 +226,12 @@ def run_batch(args: argparse.Namespace) -> int:
     from ..errors import ConfigError, InputFileError
 
     scenes = list(args.scenes) + (read_scene_list(args.scenes_from) if args.scenes_from else [])
+    if args.stac:  # one item file per product, which any worker can open by itself
+        from ..stac_scene import write_item_files
+
+        scenes += [str(f) for f in write_item_files(args.stac, Path(args.out_dir) / "stac-items")]
     if not scenes:
-        raise ConfigError("give scenes (SCENE ... or --scenes-from FILE)")
+        raise ConfigError("give scenes (SCENE ..., --scenes-from FILE or --stac ITEMS)")
     if not Path(args.corine).exists():  # a file, or a FileGDB (.gdb) directory
         raise InputFileError(args.corine, "CORINE raster not found")
     n_items = len(plan_batch(scenes, args.out_dir, group_by=args.group_by))
