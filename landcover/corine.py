@@ -112,6 +112,9 @@ __all__ = [
     "colormap",
     "read_clc",
     "read_clc_vector",
+    "read_class_raster",
+    "user_classes",
+    "USER_TABLE",
     "fractions",
     "area_weights",
     "quantize_fractions",
@@ -123,7 +126,10 @@ NODATA_CODE: Final = 999
 """CLC code of the NODATA class."""
 
 Level = Literal[1, 2, 3]
-ValueKind = Literal["index", "code"]
+ValueKind = Literal["index", "code", "user"]
+
+USER_TABLE: Final = -1
+"""``Aggregation.level`` of a user class table (:func:`user_classes`): any integer codes, not CLC."""
 RGB = tuple[int, int, int]
 
 #: Coverage at or below this share of a footprint is treated as none (numerical slivers).
@@ -263,6 +269,10 @@ class Aggregation:
         codes = [c.code for c in self.classes]
         if len(set(codes)) != len(codes):
             raise ValueError("output class codes must be unique")
+        if self.level == USER_TABLE:  # a user class table: raster values are the codes themselves
+            if sorted(k for k, _ in self.target) != sorted(codes) or any(k != v for k, v in self.target):
+                raise ValueError("a user class table maps each of its codes to itself")
+            return
         l3 = {c.code for c in legend(3)}
         if {k for k, _ in self.target} != l3:
             raise ValueError("target must map every level-3 CLC code")
@@ -333,6 +343,37 @@ def aggregation(level: Level | Mapping[int, int | None] | Aggregation = 3) -> Ag
     return Aggregation(level, legend(level), target)
 
 
+_USER_COLORS: Final[tuple[RGB, ...]] = (  # matplotlib's "tab10" palette
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)  # fmt: skip
+
+
+def user_classes(codes: Iterable[int], names: Mapping[int, str] | None = None) -> Aggregation:
+    """A class table for a user label source (any integer codes, e.g. crop types or a forest mask).
+
+    Used as ``level`` of :func:`fractions` with a source from :func:`read_class_raster`: the
+    same exact area-fraction machinery as for CLC, one output class per code, in code order.
+
+    Parameters
+    ----------
+    codes
+        Integer class codes (distinct; order does not matter).
+    names
+        Optional ``code -> name``; default ``"class <code>"``.
+    """
+    cs = sorted({int(c) for c in codes})
+    if not cs:
+        raise ValueError("a user class table needs at least one class code")
+    classes = []
+    for i, c in enumerate(cs):
+        name = (names or {}).get(c, f"class {c}")
+        classes.append(
+            ClassInfo(code=c, name=name, rgb=_USER_COLORS[i % len(_USER_COLORS)], index=i + 1, level=0)
+        )
+    return Aggregation(USER_TABLE, tuple(classes), tuple((c, c) for c in cs))
+
+
 def colormap(level: Level | Mapping[int, int | None] | Aggregation = 3) -> dict[int, RGB]:
     """Class code -> ``(r, g, b)`` (0..255) for plotting, in code order.
 
@@ -372,11 +413,14 @@ class ClcSource:
     nodata
         The file's nodata tag (None when absent).
     kind
-        ``"index"`` (values 1..44) or ``"code"`` (values 111..523).
+        ``"index"`` (values 1..44), ``"code"`` (values 111..523) or ``"user"`` (the values
+        in ``classes``; see :func:`read_class_raster`).
     extra_nodata
         Further values treated as NODATA.
     band
         1-based band number.
+    classes
+        The class values of a ``"user"`` raster.
     """
 
     path: str
@@ -386,28 +430,38 @@ class ClcSource:
     kind: ValueKind
     extra_nodata: tuple[float, ...] = ()
     band: int = 1
+    classes: tuple[int, ...] = ()
     _token: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("index", "code"):
-            raise ValueError(f"kind must be 'index' or 'code', got {self.kind!r}")
+        if self.kind not in ("index", "code", "user"):
+            raise ValueError(f"kind must be 'index', 'code' or 'user', got {self.kind!r}")
+        if (self.kind == "user") != bool(self.classes):
+            raise ValueError("class values are given for (and only for) kind='user'")
         if self.band < 1:
             raise ValueError(f"band must be >= 1, got {self.band}")
 
     @property
     def valid_values(self) -> frozenset[int]:
         """Raster values that are classes."""
+        if self.kind == "user":
+            return frozenset(self.classes)
         return _INDEX_VALUES if self.kind == "index" else _CODE_VALUES
 
     def nodata_values(self) -> set[float]:
-        """Raster values that mean NODATA (NaN is always NODATA for float rasters)."""
-        out: set[float] = set(_NODATA_VALUES) | set(self.extra_nodata)
+        """Raster values that mean NODATA (NaN is always NODATA for float rasters).
+
+        For ``"user"`` rasters only the nodata tag and ``extra_nodata`` (48 and 999 may be classes).
+        """
+        out: set[float] = (set() if self.kind == "user" else set(_NODATA_VALUES)) | set(self.extra_nodata)
         if self.nodata is not None and not math.isnan(self.nodata):
             out.add(self.nodata)
         return out
 
     def code_of_value(self) -> dict[int, int]:
-        """Raster value -> level-3 code for every class value."""
+        """Raster value -> level-3 code (user rasters: the value itself) for every class value."""
+        if self.kind == "user":
+            return {c: c for c in self.classes}
         if self.kind == "code":
             return {c: c for c in _CODE_VALUES}
         return {c.index: c.code for c in legend(3)}
@@ -465,9 +519,11 @@ def _classify_values(
 def _bad_values_error(path: str, bad: Iterable[int], kind: str | None = None) -> InputFileError:
     bad = sorted(bad)
     shown = ", ".join(str(v) for v in bad[:12]) + (f", ... ({len(bad)} values)" if len(bad) > 12 else "")
-    what = {"index": "raster indices 1..44", "code": "CLC codes 111..523"}.get(
-        kind or "", "raster indices 1..44 or CLC codes 111..523"
-    )
+    what = {
+        "index": "raster indices 1..44",
+        "code": "CLC codes 111..523",
+        "user": "the class table's codes",
+    }.get(kind or "", "raster indices 1..44 or CLC codes 111..523")
     return InputFileError(
         path,
         f"unknown class values {shown}: expected {what} (NODATA: 48, 999 or the nodata tag); "
@@ -696,6 +752,85 @@ def read_clc_vector(
         extra_nodata=tuple(float(v) for v in extra_nodata),
         vector=vec,
         _token=token,
+    )
+
+
+def read_class_raster(
+    path: str | os.PathLike[str],
+    *,
+    classes: Iterable[int] | None = None,
+    band: int = 1,
+    extra_nodata: Iterable[float] = (),
+) -> ClcSource:
+    """Open any integer class raster (a user's own labels) as a ``kind="user"`` :class:`ClcSource`.
+
+    Parameters
+    ----------
+    path
+        Raster of integer class values in any CRS/resolution (a national land-cover map,
+        crop types, a forest mask ...).
+    classes
+        The class values; None takes every value in the file except NODATA (the file is
+        scanned completely). Values that are neither classes nor NODATA are an error.
+    band
+        1-based band.
+    extra_nodata
+        Values meaning NODATA besides the file's nodata tag and NaN (48 and 999 are not
+        special here).
+
+    Returns
+    -------
+    ClcSource
+        Use it with ``fractions(src, grid, level=user_classes(src.classes))``.
+
+    Raises
+    ------
+    InputFileError
+        Unreadable file, no CRS, non-integer data, no class value, or values outside ``classes``.
+    """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    p = str(path)
+    if not Path(p).exists():
+        raise InputFileError(p, "no such file")
+    try:
+        with rasterio.open(p) as ds:
+            if ds.crs is None:
+                raise InputFileError(p, "raster has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:3035)")
+            if not 1 <= band <= ds.count:
+                raise InputFileError(p, f"has {ds.count} band(s), band {band} requested")
+            dtype = ds.dtypes[band - 1]
+            nodata = ds.nodatavals[band - 1]
+            try:
+                grid = Grid(ds.crs, ds.transform, (ds.height, ds.width))
+            except ValueError as exc:
+                raise InputFileError(p, f"unsupported geotransform ({exc})") from None
+    except RasterioIOError as exc:
+        raise InputFileError(p, f"cannot be read as a raster ({exc})") from None
+    if np.dtype(dtype).kind not in "iuf":
+        raise InputFileError(p, f"dtype {dtype} is not a class raster (need integers)")
+    nd = {float(v) for v in extra_nodata}
+    if nodata is not None and not math.isnan(nodata):
+        nd.add(float(nodata))
+    found = {v for v in _scan_values(p, band, decimate=False) if v != _NAN_SENTINEL and v not in nd}
+    table = sorted(found) if classes is None else sorted({int(c) for c in classes})
+    if not table:
+        raise InputFileError(p, "holds no class value (every cell is NODATA)")
+    bad = found - set(table)
+    if bad:
+        raise _bad_values_error(p, bad, "user")
+    st = os.stat(p)
+    return ClcSource(
+        path=p,
+        grid=grid,
+        dtype=str(dtype),
+        nodata=None if nodata is None else float(nodata),
+        kind="user",
+        extra_nodata=tuple(sorted(nd - ({float(nodata)} if nodata is not None else set()))),
+        band=band,
+        classes=tuple(table),
+        _token=f"{st.st_size}-{st.st_mtime_ns}",
     )
 
 

@@ -7,6 +7,7 @@ Building blocks
     (encoder and decoder weights kept) with a freshly initialised 1x1 head for the
     new classes (CLC level 1/2 aggregates, or any user label set).
 :func:`param_groups` / :func:`apply_strategy`
+    ``linear``: everything but the new 1x1 head frozen (a linear probe);
     ``frozen``: encoder frozen (no gradients, BatchNorm statistics frozen), decoder
     and head trained; ``partial``: the last ``partial_stages`` encoder stages
     unfrozen (at ``lr * encoder_lr_factor``), the rest frozen; ``full``: everything
@@ -19,21 +20,38 @@ Building blocks
 :func:`budget_indices`
     Label budgets: nested subsets of the training windows (1 % inside 10 % inside
     100 %), deterministic for a seed.
-:class:`LabelVariableDataset`
-    The generic label hook: targets read from another cube variable (a user raster
-    of classes aligned through the cube machinery and added with
-    :func:`landcover.store.add_variables`), either ``(y, x)`` integer class codes
-    (0 = nodata) or ``(<dim>, y, x)`` fractions.
+:func:`add_labels` / :class:`LabelVariableDataset`
+    A genuinely new problem: any raster (or, with polygon support in
+    :mod:`landcover.corine`, vector) label source with its own integer classes becomes
+    exact per-class area fractions on the cube grid (the CORINE machinery with a user
+    class table, :func:`landcover.corine.user_classes`) and a new cube variable, read
+    as targets by :class:`LabelVariableDataset`.
 
 The experiment
 --------------
-:func:`run_transfer` trains, on the same split, budgets and seeds: ``phase1``
-(the checkpoint, with the chosen strategy), ``imagenet`` (same architecture,
-encoder from local ImageNet weights, same strategy; only when the weights are on
-disk, otherwise skipped and stated) and ``scratch`` (random init, everything
-trained). :func:`write_report` writes ``report.md``, learning-curve PNGs (one per
-budget), ``budget_curve.png`` (test score vs label budget), the final table and
-``metrics.json``, like the phase-1 report.
+:func:`run_transfer` trains the arms of :data:`ARMS` on the same split, budgets
+(nested, 1/10/100 % by default) and seeds: ``zero-shot`` (the phase-1 head's
+probabilities summed to the new classes; CLC-derived tasks only: the bar that
+fine-tuning must clear), ``linear-probe``, ``phase1-frozen``/``-partial``/``-full``,
+``imagenet-rgb`` and ``imagenet-native`` (a full-width ResNet built for its weights,
+whatever the phase-1 width), ``ssl4eo`` and ``scratch``. Each arm's peak LR is chosen
+on validation from ``lr_grid``. Arms without weights are skipped and the report says
+why.
+
+Phase 1 vs phase 2 (:func:`domain_shift`): place, time and sensor of the phase-2 cubes
+against the phase-1 cubes recorded in the checkpoint's split record.
+
+No leakage: when the checkpoint records its split (:func:`phase1_record`) and the
+footprints may overlap, phase 2 reuses the phase-1 block assignment and drops val/test
+windows within the phase-1 buffer of training blocks; explicit split settings that put
+val/test windows there make :func:`run_transfer` refuse (:class:`LeakageError`) unless
+``allow_overlap``.
+
+:func:`write_report` writes ``report.md`` (provenance, the phase-1/phase-2 shift, split
+and leakage, arms run/skipped with chosen LRs, test mIoU per budget with 95 %
+block-bootstrap intervals, paired comparisons with :mod:`landcover.stats`, per-class
+IoU, compute and wall-clock per arm), ``budget_curve.png``, learning-curve PNGs and
+``metrics.json``.
 """
 
 from __future__ import annotations
@@ -42,7 +60,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,10 +76,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Strategy",
-    "Init",
+    "ARMS",
+    "DEFAULT_ARMS",
     "TransferConfig",
     "TransferResult",
     "RunRecord",
+    "LeakageError",
     "transfer_model",
     "encoder_stages",
     "apply_strategy",
@@ -69,17 +89,22 @@ __all__ = [
     "train_transfer",
     "budget_indices",
     "LabelVariableDataset",
+    "add_labels",
+    "phase1_record",
+    "domain_shift",
+    "leakage",
+    "zero_shot_groups",
+    "zero_shot_model",
     "run_transfer",
+    "summarise",
     "write_report",
     "PRIMARY_METRIC",
 ]
 
-Strategy = Literal["frozen", "partial", "full"]
+Strategy = Literal["linear", "frozen", "partial", "full"]
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-Init = Literal["phase1", "imagenet", "scratch"]
-STRATEGIES: tuple[str, ...] = ("frozen", "partial", "full")
-INITS: tuple[str, ...] = ("phase1", "imagenet", "scratch")
+STRATEGIES: tuple[str, ...] = ("linear", "frozen", "partial", "full")
 PRIMARY_METRIC = "miou_l3"
 """Score of the report (``_l3`` = the finest level of the new label set, see landcover.metrics)."""
 TEST_METRICS = ("acc_l3", "miou_l3", "f1_l3", "mae_l3")
@@ -169,8 +194,9 @@ def encoder_stages(model: nn.Module) -> list[list[nn.Module]]:
 def apply_strategy(model: nn.Module, strategy: Strategy, *, partial_stages: int = 1) -> list[nn.Module]:
     """Set ``requires_grad`` for a strategy; return the frozen modules (keep them in eval mode).
 
-    ``frozen``: the whole encoder; ``partial``: all but the last ``partial_stages``
-    encoder stages; ``full``: nothing.
+    ``linear``: everything but the 1x1 head (a linear probe of the network's last
+    features); ``frozen``: the whole encoder; ``partial``: all but the last
+    ``partial_stages`` encoder stages; ``full``: nothing.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -179,6 +205,12 @@ def apply_strategy(model: nn.Module, strategy: Strategy, *, partial_stages: int 
     stages = encoder_stages(model)
     if strategy == "full":
         return []
+    if strategy == "linear":
+        frozen_all = [m for stage in stages for m in stage] + list(getattr(model, "decoder", []))
+        for m in frozen_all:
+            for p in m.parameters():
+                p.requires_grad_(False)
+        return frozen_all
     if strategy == "frozen":
         n_frozen = len(stages)
     else:
@@ -503,6 +535,49 @@ class LabelVariableDataset:
 # ================================================================================================
 # the experiment
 # ================================================================================================
+ARMS: tuple[str, ...] = (
+    "zero-shot",
+    "linear-probe",
+    "phase1-frozen",
+    "phase1-partial",
+    "phase1-full",
+    "imagenet-rgb",
+    "imagenet-native",
+    "ssl4eo",
+    "scratch",
+)
+"""Every arm :func:`run_transfer` knows, in report order."""
+DEFAULT_ARMS: tuple[str, ...] = tuple(a for a in ARMS if a != "phase1-frozen")
+ARM_STRATEGY: dict[str, Strategy] = {
+    "linear-probe": "linear",
+    "phase1-frozen": "frozen",
+    "phase1-partial": "partial",
+    "phase1-full": "full",
+    "imagenet-rgb": "full",
+    "imagenet-native": "full",
+    "ssl4eo": "full",
+    "scratch": "full",
+}
+"""Fine-tuning strategy of every trained arm (see :func:`apply_strategy`)."""
+ARM_INFO: dict[str, str] = {
+    "zero-shot": "phase-1 head, its class probabilities summed to the new classes (no training)",
+    "linear-probe": "phase-1 network frozen, new 1x1 head trained",
+    "phase1-frozen": "phase-1 encoder frozen, decoder and new head trained",
+    "phase1-partial": "phase-1 init, last encoder stage(s) and decoder fine-tuned (encoder LR x factor)",
+    "phase1-full": "phase-1 init, everything fine-tuned (encoder LR x factor)",
+    "imagenet-rgb": "ImageNet ResNet encoder at full width on red/green/blue (encoder LR x factor)",
+    "imagenet-native": "ImageNet ResNet encoder at full width, first layer adapted to all bands",
+    "ssl4eo": "SSL4EO-L self-supervised Landsat ResNet encoder (landcover.weights)",
+    "scratch": "phase-1 architecture, random init, everything trained at the full LR",
+}
+LABEL_VARIABLE = "user_labels"
+"""Default cube variable that ``labels=FILE`` is written to."""
+
+
+class LeakageError(ConfigError):
+    """Phase-2 val/test windows overlap the phase-1 training blocks (see :func:`leakage`)."""
+
+
 @dataclass(frozen=True)
 class TransferConfig:
     """Options of the transfer experiment (embedded defaults; see ``pipelines/transfer.py``).
@@ -510,95 +585,176 @@ class TransferConfig:
     Parameters
     ----------
     cubes
-        Cube stores of the new problem (region/year); their labels are aggregated to ``level``.
+        Cube stores of the new problem: another region, decade or sensor than the
+        phase-1 cubes, or the same cubes with new labels.
     checkpoint
         Phase-1 checkpoint (or published model folder): the backbone.
     out
         Report folder.
     level
-        CLC level of the new labels (1 or 2; 3 = same classes, e.g. a new region).
+        CLC-derived task: the cube's CLC labels aggregated to this level (1, 2; 3 = the
+        same classes, e.g. a new region). The phase-1 head's probabilities summed to
+        these classes give the ``zero-shot`` bar that fine-tuning must clear.
+    labels, labels_field, labels_classes, label_min_coverage
+        A new problem from the user's own labels: a class raster (any integer codes) or a
+        vector file (``labels_field`` names the class attribute) turned into exact per-class
+        area fractions on each cube's grid (:func:`add_labels`) and added to the cube as
+        ``label_variable``; ``labels_classes`` restricts/orders the classes (default: the
+        values found).
     label_variable, label_codes
-        Generic hook: read the targets from this cube variable instead (see
-        :class:`LabelVariableDataset`); ``label_codes`` are its class codes.
-    inits
-        Which initialisations to compare (``phase1``, ``imagenet``, ``scratch``).
-    strategy, encoder_lr_factor, partial_stages
-        Fine-tuning strategy of the pretrained inits (scratch always trains everything).
+        Read targets from this cube variable (see :class:`LabelVariableDataset`); with
+        ``labels`` the variable to write (default ``user_labels``).
+    arms
+        Subset of :data:`ARMS`: ``zero-shot`` (only CLC-derived tasks), ``linear-probe``,
+        ``phase1-frozen``/``-partial``/``-full``, ``imagenet-rgb``/``-native`` (full-width
+        ResNet, when weights are on disk), ``ssl4eo`` (when its weights are given), ``scratch``.
+    reference
+        Arm every other arm is compared with (paired, per budget).
+    encoder_lr_factor, partial_stages
+        Discriminative fine-tuning: pretrained encoders train at ``lr * encoder_lr_factor``;
+        ``partial`` unfreezes the last ``partial_stages`` stages.
     budgets
         Fractions of the training windows (nested subsets per seed).
     seeds
         Repetitions; the seed drives the budget subset, the head init and the data order.
-    imagenet_weights
-        Local ImageNet state-dict file (or directory); None searches the torch hub
-        cache. Nothing is downloaded: without weights the ImageNet arm is skipped.
-    window, stride, min_valid, split_seed, split_fractions
-        Windows and the spatial split (as :class:`landcover.WindowDataset`).
-    epochs, min_steps, batch_size, lr, val_every_samples, device, num_threads
-        Training (see :class:`TransferTrainConfig`).
+    lr_grid
+        Peak LRs tried per arm on the validation split (largest budget, first seed); the
+        best final validation score picks each arm's LR for every run.
+    imagenet_weights, ssl4eo_weights
+        Local weight files (ImageNet: torchvision ResNet state dict or a directory; None
+        searches the torch hub cache). Nothing is downloaded; an arm without weights is
+        skipped and the report says why.
+    window, stride, min_valid
+        Windows (as :class:`landcover.WindowDataset`).
+    split_seed, split_fractions, split_block
+        The spatial split; None inherits the phase-1 split recorded in the checkpoint (so
+        phase-2 val/test blocks are phase-1 val/test blocks), else 0, (0.7, 0.15, 0.15) and
+        ``4 * window``.
+    split_buffer
+        Pixels around phase-1 training blocks that phase-2 val/test windows must also
+        avoid; None: the recorded phase-1 buffer (0 when none is recorded).
+    allow_overlap
+        Run even when phase-2 val/test pixels lie in (buffered) phase-1 training blocks
+        (the report states the overlap); otherwise :class:`LeakageError`.
+    epochs, min_steps, batch_size, val_every_samples, device, num_threads
+        Training (see :class:`TransferTrainConfig`); ``min_steps`` keeps small budgets
+        training long enough.
+    bootstrap
+        Block-bootstrap resamples for the confidence intervals.
+    cache_mb
+        Memory for windows kept after their first read (per band set), shared by the splits.
     """
 
     cubes: tuple[str, ...] = ()
     checkpoint: str = ""
     out: str = "transfer-report"
     level: int = 1
+    labels: str | None = None
+    labels_field: str | None = None
+    labels_classes: tuple[int, ...] | None = None
+    label_min_coverage: float = 0.5
     label_variable: str | None = None
     label_codes: tuple[int, ...] | None = None
-    inits: tuple[str, ...] = INITS
-    strategy: Strategy = "full"
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    reference: str = "scratch"
     encoder_lr_factor: float = 0.1
     partial_stages: int = 1
     budgets: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: tuple[int, ...] = (0, 1, 2)
+    lr_grid: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     imagenet_weights: str | None = None
+    ssl4eo_weights: str | None = None
     window: int = 128
     stride: int | None = None
     min_valid: float = 0.5
-    split_seed: int = 0
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int | None = None
+    split_fractions: tuple[float, float, float] | None = None
     split_block: int | None = None
-    epochs: int = 5
-    min_steps: int = 20
+    split_buffer: int | None = None
+    allow_overlap: bool = False
+    epochs: int = 20
+    min_steps: int = 200
     batch_size: int = 8
-    lr: float = 1e-3
     val_every_samples: int | None = None
     device: Device = "auto"
     num_threads: int | None = None
+    bootstrap: int = 2000
+    cache_mb: float = 2048
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cubes", tuple(str(c) for c in self.cubes))
-        object.__setattr__(self, "inits", tuple(self.inits))
-        object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
+        object.__setattr__(self, "arms", tuple(self.arms))
+        object.__setattr__(self, "budgets", tuple(sorted(float(b) for b in self.budgets)))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        if self.label_codes is not None:
-            object.__setattr__(self, "label_codes", tuple(int(c) for c in self.label_codes))
+        object.__setattr__(self, "lr_grid", tuple(float(v) for v in self.lr_grid))
+        for name in ("label_codes", "labels_classes"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(int(c) for c in getattr(self, name)))
+        if self.split_fractions is not None:
+            object.__setattr__(self, "split_fractions", tuple(float(v) for v in self.split_fractions))
         if self.level not in (1, 2, 3):
             raise ValueError(f"level must be 1, 2 or 3, got {self.level}")
-        bad = [i for i in self.inits if i not in INITS]
-        if bad or not self.inits:
-            raise ValueError(f"inits must be a non-empty subset of {INITS}, got {self.inits}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        bad = [a for a in self.arms if a not in ARMS]
+        if bad or not self.arms or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms must be distinct names from {', '.join(ARMS)}, got {self.arms}")
+        if self.reference not in ARMS:
+            raise ValueError(f"reference must be one of {', '.join(ARMS)}, got {self.reference!r}")
         if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
             raise ValueError(f"budgets must be fractions in (0, 1], got {self.budgets}")
-        if not self.seeds:
-            raise ValueError("give at least one seed")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"give at least one seed, each once (got {self.seeds})")
+        if not self.lr_grid or any(not (v > 0 and math.isfinite(v)) for v in self.lr_grid):
+            raise ValueError(f"lr_grid must hold positive learning rates, got {self.lr_grid}")
         if self.window < 8:
             raise ValueError("window must be >= 8")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if not 0 < self.encoder_lr_factor <= 1:
+            raise ValueError("encoder_lr_factor must be in (0, 1]")
+        if self.split_buffer is not None and self.split_buffer < 0:
+            raise ValueError("split_buffer must be >= 0")
+        if not 0 <= self.label_min_coverage <= 1:
+            raise ValueError("label_min_coverage must be in [0, 1]")
+        if self.labels is None and (self.labels_field or self.labels_classes):
+            raise ValueError("labels_field/labels_classes need labels (a label file)")
+        if self.labels is not None and self.label_codes is not None:
+            raise ValueError("label_codes belong to label_variable; with labels use labels_classes")
+        if self.epochs < 1 or self.min_steps < 0 or self.batch_size < 1 or self.bootstrap < 100:
+            raise ValueError("epochs and batch_size must be >= 1, min_steps >= 0, bootstrap >= 100")
+
+    @property
+    def clc_task(self) -> bool:
+        """True when the new labels are the cube's CLC labels (zero-shot applies)."""
+        return self.labels is None and self.label_variable is None
 
 
 @dataclass
 class RunRecord:
-    """One (init, budget, seed) run."""
+    """One (arm, budget, seed) run.
 
-    init: str
+    ``block_confusion`` maps a test block ``(cube, block_row, block_col)`` to its
+    level-3 confusion matrix (rows truth), for the block bootstrap.
+    """
+
+    arm: str
     budget: float
     seed: int
     train_windows: int
     history: Any
     test: dict[str, float]
     seconds: float
+    lr: float | None = None
+    steps: int = 0
+    samples: int = 0
+    trainable_parameters: int = 0
+    parameters: int = 0
+    per_class: list[dict[str, Any]] = field(default_factory=list)
+    block_confusion: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
+
+    @property
+    def init(self) -> str:
+        """Alias of :attr:`arm` (older name)."""
+        return self.arm
 
 
 @dataclass
@@ -608,12 +764,311 @@ class TransferResult:
     config: TransferConfig
     runs: list[RunRecord] = field(default_factory=list)
     class_codes: tuple[int, ...] = ()
+    class_names: dict[int, str] = field(default_factory=dict)
     split_sizes: dict[str, int] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)
+    leakage: dict[str, Any] = field(default_factory=dict)
+    shift: dict[str, Any] = field(default_factory=dict)
+    task: str = ""
     notes: list[str] = field(default_factory=list)
-    imagenet_weights: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    chosen_lr: dict[str, float] = field(default_factory=dict)
+    lr_scores: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)
     backbone: dict[str, Any] = field(default_factory=dict)
+    windows: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per split: ``(n, 4)`` (cube, time, row, col) of the phase-2 windows."""
+    seconds: float = 0.0
 
 
+# -- phase-1 record, domain shift and leakage -----------------------------------------------------------
+def phase1_record(checkpoint: Any) -> dict[str, Any]:
+    """What a phase-1 checkpoint says about its data: ``{"split": ..., "cubes": [...]}`` (may be empty).
+
+    Reads the ``split`` record (:meth:`landcover.windows.SplitPlan.record`) that training
+    writes into checkpoints: block, buffer, the block assignment per CRS and the cubes'
+    grids. Older checkpoints and in-memory models give ``{}``.
+    """
+    if not isinstance(checkpoint, str | Path) or Path(checkpoint).is_dir():
+        return {}
+    from .models import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    split = state.get("split")
+    ok = isinstance(split, dict) and split.get("format") == "landcover-split/1"
+    return {"split": dict(split)} if ok else {}
+
+
+def _cube_summary(path: str) -> dict[str, Any]:
+    """Place, time and sensor of a cube (for the domain-shift table)."""
+    import zarr
+
+    from .datasets import inspect_cube
+
+    info = inspect_cube(path)
+    grid = info.grid
+    attrs = dict(zarr.open_group(path, mode="r").attrs)
+    ids = [str(p) for p in attrs.get("product_ids", [])]
+    sensors = sorted({p[:4] for p in ids if len(p) >= 4 and p[:2] in ("LT", "LE", "LC", "LO")})
+    years: list[int] = []
+    try:
+        import xarray as xr
+
+        t = xr.open_zarr(path, consolidated=None)["time"].values
+        years = sorted({int(str(v)[:4]) for v in np.asarray(t).astype("datetime64[Y]")})
+    except Exception:  # noqa: BLE001 - a cube without a readable time axis has no years to report
+        years = []
+    return {
+        "path": path,
+        "crs": info.crs,
+        "transform": list(info.transform),
+        "shape": list(info.shape),
+        "bounds": list(grid.bounds),
+        "sensors": sensors,
+        "years": years,
+        "bands": list(info.bands),
+        "fingerprint": info.fingerprint,
+    }
+
+
+def _phase1_cube(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """A phase-1 cube of the split record, with years/sensors when the cube is still there unchanged."""
+    out = dict(rec)
+    path = str(rec.get("path", ""))
+    if path and Path(path).is_dir():
+        try:
+            here = _cube_summary(path)
+        except LandcoverError:
+            return out
+        if here["fingerprint"] == rec.get("fingerprint"):
+            out.update(sensors=here["sensors"], years=here["years"])
+    return out
+
+
+def _same_crs(a: str, b: str) -> bool:
+    from pyproj import CRS
+
+    return bool(CRS.from_user_input(a) == CRS.from_user_input(b))
+
+
+def _bounds_in(cube: Mapping[str, Any], crs: str) -> tuple[float, float, float, float]:
+    from affine import Affine
+
+    from .grid import Grid
+
+    g = Grid(cube["crs"], Affine(*cube["transform"][:6]), tuple(cube["shape"]))
+    return tuple(float(v) for v in g.bounds_in(crs))  # type: ignore[return-value]
+
+
+def domain_shift(
+    phase1_cubes: Sequence[Mapping[str, Any]], phase2_cubes: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Place/time/sensor of phase 1 vs phase 2: which of them change (None where phase 1 is unknown)."""
+    out: dict[str, Any] = {
+        "phase1": [dict(c) for c in phase1_cubes],
+        "phase2": [dict(c) for c in phase2_cubes],
+    }
+    if not phase1_cubes:
+        out.update(place=None, time=None, sensor=None)
+        return out
+    overlap = False
+    for c2 in phase2_cubes:
+        for c1 in phase1_cubes:
+            l1, b1, r1, t1 = _bounds_in(c1, c1["crs"])
+            l2, b2, r2, t2 = _bounds_in(c2, c1["crs"])
+            overlap |= l2 < r1 and r2 > l1 and b2 < t1 and t2 > b1
+    y1 = {y for c in phase1_cubes for y in c.get("years", [])}
+    y2 = {y for c in phase2_cubes for y in c.get("years", [])}
+    s1 = {s for c in phase1_cubes for s in c.get("sensors", [])}
+    s2 = {s for c in phase2_cubes for s in c.get("sensors", [])}
+    out["place"] = "same footprint" if overlap else "new region"
+    out["time"] = None if not (y1 and y2) else ("same years" if y1 & y2 else "new years")
+    out["sensor"] = None if not (s1 and s2) else ("same sensor" if s1 == s2 else "new sensor")
+    return out
+
+
+# -- a new problem from the user's labels --------------------------------------------------------------
+VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".gml", ".kml", ".sqlite")
+
+
+def _label_fractions(
+    labels: str, grid: Any, *, field: str | None, classes: Sequence[int] | None, min_coverage: float
+) -> Any:
+    """Exact per-class area fractions of a label file on ``grid`` (the CORINE machinery, user classes)."""
+    from . import corine
+
+    if Path(labels).suffix.lower() in VECTOR_SUFFIXES:
+        vector = getattr(corine, "read_class_vector", None)
+        if vector is None:
+            raise InputFileError(
+                labels, "vector labels need polygon support in landcover.corine (not in this build)"
+            )
+        src = vector(labels, field=field, classes=classes)
+    else:
+        if field is not None:
+            raise ConfigError(f"--field applies to vector labels; {labels} is read as a raster")
+        src = corine.read_class_raster(labels, classes=classes)
+    table = corine.user_classes(src.classes)
+    return corine.fractions(src, grid, level=table, min_coverage=min_coverage, grid_name="the cube")
+
+
+def add_labels(
+    cube: str | Path,
+    labels: str | Path,
+    *,
+    variable: str = LABEL_VARIABLE,
+    field: str | None = None,
+    classes: Sequence[int] | None = None,
+    min_coverage: float = 0.5,
+) -> tuple[int, ...]:
+    """Add a user label source to a cube as ``variable`` (class, y, x) uint8 fractions; return its codes.
+
+    The labels go through the same exact area-fraction machinery as CORINE
+    (:func:`landcover.corine.fractions` with :func:`landcover.corine.user_classes`), are
+    quantised like the cube's ``labels`` (1/250 steps, 255 = NODATA) and written with
+    :func:`landcover.store.add_variables` along a new ``<variable>_class`` dimension. A cube
+    that already holds ``variable`` from the same file (same size and mtime) is left as it
+    is; from another file it is an error (nothing is overwritten).
+    """
+    import xarray as xr
+    import zarr
+
+    from .corine import quantize_fractions
+    from .datasets import inspect_cube
+    from .store import add_variables
+
+    path = Path(cube)
+    src = Path(labels)
+    if not src.exists():
+        raise InputFileError(src, "no such file")
+    st = src.stat()
+    token = f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}:{field}:{list(classes) if classes else None}"
+    group = zarr.open_group(str(path), mode="r")
+    if variable in group:
+        arr: Any = group[variable]
+        if arr.attrs.get("landcover:label_source") != token:
+            raise InputFileError(
+                path,
+                f"already has a variable {variable!r} from another source; choose another label_variable",
+            )
+        dim = f"{variable}_class"
+        return tuple(int(c) for c in np.asarray(group[dim][:]))
+    info = inspect_cube(path)
+    frac = _label_fractions(str(src), info.grid, field=field, classes=classes, min_coverage=min_coverage)
+    values = frac["fractions"].values
+    if not np.isfinite(values).any():
+        raise InputFileError(src, f"covers no pixel of {path} with at least {min_coverage:.0%} valid labels")
+    codes = tuple(int(c) for c in frac["class"].values)
+    dim = f"{variable}_class"
+    da = xr.DataArray(
+        quantize_fractions(values),
+        dims=(dim, "y", "x"),
+        coords={dim: np.array(codes, dtype="int64")},
+        attrs={
+            "long_name": f"class area fractions of {src.name}",
+            "units": "1/250",
+            "landcover:label_source": token,
+            "class_names": list(frac.attrs.get("class_names", [])),
+        },
+    )
+    add_variables(path, xr.Dataset({variable: da}))
+    return codes
+
+
+# -- arms ----------------------------------------------------------------------------------------------
+def zero_shot_groups(phase1_codes: Sequence[int], codes: Sequence[int]) -> list[list[int]] | None:
+    """Phase-1 output indices summed into each new class, or None when the classes do not map.
+
+    The new classes must be CLC codes of one level (1, 2 or 3) and the phase-1 classes CLC
+    codes of that level or a finer one; each phase-1 class goes to its parent (a new class
+    without any phase-1 member can never be predicted zero-shot).
+    """
+    from .metrics import _digits, level_codes
+
+    new_digits = _digits([int(c) for c in codes])
+    old_digits = _digits([int(c) for c in phase1_codes])
+    if new_digits is None or old_digits is None or old_digits < new_digits:
+        return None
+    parents = level_codes(list(phase1_codes), new_digits)
+    groups = [[i for i, p in enumerate(parents) if p == c] for c in codes]
+    return groups if any(groups) else None
+
+
+def zero_shot_model(model: nn.Module, groups: Sequence[Sequence[int]]) -> nn.Module:
+    """Wrap a phase-1 model so that its logits become those of the new classes.
+
+    The new logit of a class is the log-sum-exp of its members' logits, so its softmax is
+    exactly the phase-1 probabilities summed over the members.
+    """
+    import torch
+    from torch import nn
+
+    class _Summed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.groups = [list(g) for g in groups]
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            logits = self.model(image).float()
+            out = [
+                torch.logsumexp(logits[:, g], dim=1) if g else torch.full_like(logits[:, 0], -1e4)
+                for g in self.groups
+            ]
+            return torch.stack(out, dim=1)
+
+    return _Summed().eval()
+
+
+def _imagenet_model(
+    kind: str, encoder: str, bands: Sequence[str], codes: Sequence[int], weights: Path, seed: int
+) -> nn.Module:
+    """An ImageNet-initialised model at the width its weights need (full ResNet, default decoder)."""
+    from .models import build_model
+
+    return build_model(
+        "rgb-imagenet" if kind == "imagenet-rgb" else "native-imagenet-init",  # type: ignore[arg-type]
+        len(bands),
+        len(codes),
+        pretrained=str(weights),
+        encoder=encoder,  # type: ignore[arg-type]
+        width=1.0,
+        depth=4,
+        bands=tuple(bands),
+        class_codes=tuple(codes),
+        seed=seed,
+    )
+
+
+def _ssl4eo_model(bands: Sequence[str], codes: Sequence[int], weights: str, seed: int) -> nn.Module:
+    from . import weights as weights_module  # type: ignore[attr-defined]
+
+    build = getattr(weights_module, "build_ssl4eo_model", None)
+    if build is None:
+        raise LandcoverError("landcover.weights has no build_ssl4eo_model")
+    model: nn.Module = build(weights, bands=tuple(bands), class_codes=tuple(codes), seed=seed)
+    return model
+
+
+def _imagenet_encoder(backbone_encoder: str) -> str:
+    from .models import IMAGENET_WEIGHT_FILES
+
+    return backbone_encoder if backbone_encoder in IMAGENET_WEIGHT_FILES else "resnet18"
+
+
+def _rgb_bands(have: Sequence[str]) -> list[str] | None:
+    from .datasets import _RGB_ALIASES
+
+    out = []
+    for name in ("red", "green", "blue"):
+        hit = next((b for b in have if b in _RGB_ALIASES[name]), None)
+        if hit is None:
+            return None
+        out.append(hit)
+    return out
+
+
+# -- data ----------------------------------------------------------------------------------------------
 def _cube_bands(cube: str, wanted: Sequence[str]) -> list[str]:
     from .datasets import inspect_cube
 
@@ -624,38 +1079,198 @@ def _cube_bands(cube: str, wanted: Sequence[str]) -> list[str]:
     return list(wanted)
 
 
-def _datasets(cfg: TransferConfig, bands: list[str]) -> dict[str, Any]:
-    from .datasets import WindowDataset
+def _split_plan(cfg: TransferConfig, record: Mapping[str, Any], shared: bool) -> dict[str, Any]:
+    """How phase 2 splits its windows.
 
-    out: dict[str, Any] = {}
-    for split in ("train", "val", "test"):
-        ds: Any = WindowDataset(
-            list(cfg.cubes),
-            size=cfg.window,
-            stride=cfg.stride,
-            bands=bands,
-            min_valid=cfg.min_valid,
-            split=split,  # type: ignore[arg-type]
-            split_fractions=cfg.split_fractions,
-            block=cfg.split_block if cfg.split_block is not None else 4 * cfg.window,
-            split_seed=cfg.split_seed,
-            level=cfg.level if cfg.label_variable is None else 3,
+    ``inherit`` (the default when the phase-1 split is recorded and the footprints may
+    overlap): the phase-1 block assignment, extended by a hash split for blocks phase 1 never
+    saw, with phase-1's buffer; val/test windows within that buffer of a phase-1 training
+    block are dropped. ``own``: phase 2's own split (explicit settings, a new region, or no
+    record).
+    """
+    explicit = any(v is not None for v in (cfg.split_block, cfg.split_seed, cfg.split_fractions))
+    if record and shared and not explicit:
+        return {
+            "mode": "inherit",
+            "block": int(record["block"]),
+            "buffer": int(record["buffer"]) if cfg.split_buffer is None else int(cfg.split_buffer),
+            "fractions": tuple(float(v) for v in record["fractions"]),
+            "seed": int(record.get("seed", 0)),
+        }
+    return {
+        "mode": "own",
+        "block": int(cfg.split_block or 4 * cfg.window),
+        "buffer": int(
+            cfg.split_buffer if cfg.split_buffer is not None else (record.get("buffer", 0) if record else 0)
+        ),
+        "fractions": tuple(cfg.split_fractions or (0.7, 0.15, 0.15)),
+        "seed": int(cfg.split_seed or 0),
+    }
+
+
+def _inherited_splits(full: Any, record: Mapping[str, Any], plan: Mapping[str, Any]) -> np.ndarray:
+    """Split code (0/1/2, -1 dropped) of every window of ``full`` under the phase-1 assignment."""
+    from .windows import (
+        BlockAssignment,
+        Footprints,
+        block_splits,
+        blocks_covering,
+        buffered_window_splits,
+        global_origin,
+        split_overlap,
+    )
+
+    w = full.windows
+    size = tuple(full.spec.footprint)
+    block, buffer = int(plan["block"]), int(plan["buffer"])
+    by_crs = {
+        str(crs): BlockAssignment.from_list(items)
+        for crs, items in zip(record["crs"], record["assignments"], strict=True)
+    }
+    out = np.full(len(w), -1, dtype="int8")
+    for ci, info in enumerate(full.cubes):
+        sel = np.flatnonzero(w.cube == ci)
+        if not len(sel):
+            continue
+        origin = global_origin(info.transform)
+        br, bc = blocks_covering(info.shape, origin, block)
+        own = block_splits(br, bc, fractions=plan["fractions"], seed=plan["seed"])
+        old = by_crs.get(str(info.crs))
+        if old is not None:
+            new = old.lookup(br, bc) < 0
+            merged = BlockAssignment(
+                np.r_[old.rows, br[new]], np.r_[old.cols, bc[new]], np.r_[old.split, own[new]].astype("int8")
+            )
+        else:
+            merged = BlockAssignment(br, bc, own)
+        out[sel] = buffered_window_splits(
+            w.row[sel], w.col[sel], size, block=block, buffer=buffer, assignment=merged, origin=origin
         )
-        if cfg.label_variable is not None:
-            ds = LabelVariableDataset(ds, cfg.label_variable, cfg.label_codes)
-        out[split] = ds
+        ev = sel[out[sel] > 0]
+        hits = split_overlap(
+            record, Footprints(str(info.crs), tuple(info.transform), w.row[ev], w.col[ev], size)
+        )
+        bad = {(r0, c0) for _crs, r0, c0, _r1, _c1 in hits.boxes}
+        if bad:
+            drop = [i for i in ev if (int(w.row[i]) + origin[0], int(w.col[i]) + origin[1]) in bad]
+            out[drop] = -1
     return out
 
 
+def _datasets(
+    cfg: TransferConfig,
+    bands: list[str],
+    plan: dict[str, Any],
+    record: Mapping[str, Any],
+    variable: str | None,
+    codes: Sequence[int] | None,
+) -> dict[str, Any]:
+    """Train/val/test datasets over ``bands`` under the phase-2 split ``plan``."""
+    import copy
+
+    from .datasets import WindowDataset
+    from .windows import SplitSpec
+
+    spec = SplitSpec(
+        block=plan["block"], buffer=plan["buffer"], fractions=plan["fractions"], seed=plan["seed"]
+    )
+    common: dict[str, Any] = dict(
+        size=cfg.window, stride=cfg.stride, bands=bands, min_valid=cfg.min_valid, split_spec=spec,
+        level=cfg.level if variable is None else 3,
+    )  # fmt: skip
+    out: dict[str, Any] = {}
+    if plan["mode"] == "inherit":
+        full = WindowDataset(list(cfg.cubes), split=None, **common)
+        if "codes" not in plan:  # computed once; every band set plans the same windows
+            plan["codes"] = _inherited_splits(full, record, plan)
+        for i, name in enumerate(("train", "val", "test")):
+            ds = copy.copy(full)
+            ds.split = name
+            ds.windows = full.windows.take(np.flatnonzero(plan["codes"] == i))
+            out[name] = ds
+    else:
+        for name in ("train", "val", "test"):
+            out[name] = WindowDataset(list(cfg.cubes), split=name, **common)
+    if variable is not None:
+        out = {k: LabelVariableDataset(v, variable, codes) for k, v in out.items()}
+    budget = [int(cfg.cache_mb * 2**20)]
+    return {k: _MemoryCache(v, budget) for k, v in out.items()}
+
+
+def leakage(record: Mapping[str, Any], datasets: Mapping[str, Any]) -> dict[str, Any]:
+    """Phase-2 val/test windows within the buffer of phase-1 training blocks.
+
+    Counted by :func:`landcover.windows.split_overlap` on every val/test window.
+    """
+    from .windows import Footprints, split_overlap
+
+    checked = overlapping = 0
+    comparable = False
+    for name in ("val", "test"):
+        ds = _base(datasets[name])
+        w = ds.windows
+        size = tuple(ds.spec.footprint)
+        for ci, info in enumerate(ds.cubes):
+            sel = w.cube == ci
+            res = split_overlap(
+                record, Footprints(str(info.crs), tuple(info.transform), w.row[sel], w.col[sel], size)
+            )
+            checked += res.checked
+            overlapping += res.overlapping
+            comparable |= res.comparable
+    return {
+        "windows": checked,
+        "overlapping": overlapping,
+        "share": overlapping / checked if checked else 0.0,
+        "comparable": comparable,
+        "buffer": int(record.get("buffer", 0)),
+    }
+
+
+def _base(ds: Any) -> Any:
+    while isinstance(ds, LabelVariableDataset | _MemoryCache):
+        ds = ds.base
+    return ds
+
+
+class _MemoryCache:
+    """Windows kept in memory after their first read (every arm, budget and seed reads the same ones).
+
+    Items are copied (pooled batch buffers are reused by the loader); once ``budget[0]``
+    bytes are held, further windows are read from the cube each time.
+    """
+
+    def __init__(self, base: Any, budget: list[int]) -> None:
+        self.base = base
+        self.budget = budget
+        self.items: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch
+
+        hit = self.items.get(index)
+        if hit is not None:
+            return dict(hit)
+        item = dict(self.base[index])
+        copy = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in item.items()}
+        size = sum(v.numel() * v.element_size() for v in copy.values() if isinstance(v, torch.Tensor))
+        if size <= self.budget[0]:
+            self.budget[0] -= size
+            self.items[index] = copy
+        return dict(copy)
+
+
 def _class_codes(ds: Any) -> tuple[int, ...]:
+    while isinstance(ds, _MemoryCache):
+        ds = ds.base
     if isinstance(ds, LabelVariableDataset):
         return ds.class_codes
     codes = getattr(ds, "class_codes", None)
     if codes is None:
-        item = ds[0] if len(ds) else None
-        raise LandcoverError(
-            f"cannot tell the dataset's class codes ({type(ds).__name__}, {item is not None})"
-        )
+        raise LandcoverError(f"cannot tell the dataset's class codes ({type(ds).__name__})")
     return tuple(int(c) for c in codes)
 
 
@@ -667,204 +1282,608 @@ def _loader(ds: Any, batch_size: int, *, shuffle: bool, seed: int) -> Any:
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=0)
 
 
-def _imagenet_model(backbone: Any, codes: Sequence[int], weights: Path, seed: int) -> nn.Module:
-    from .models import build_model
+def _evaluate_test(
+    model: nn.Module, ds: Any, codes: Sequence[int], cfg: TransferConfig, block: int
+) -> tuple[dict[str, float], list[dict[str, Any]], dict[tuple[int, int, int], np.ndarray]]:
+    """Test metrics, per-class table (finest level) and per-block confusion matrices."""
+    import torch
 
-    spec = backbone.spec
-    name = "rgb-imagenet" if spec.in_channels == 3 else "native-imagenet-init"
-    return build_model(
-        name,  # type: ignore[arg-type]
-        spec.in_channels,
-        len(codes),
-        pretrained=str(weights),
-        encoder=spec.encoder,
-        width=spec.width,
-        depth=spec.depth,
-        decoder_channels=spec.decoder_channels,
-        bands=spec.bands,
-        class_codes=codes,
-        band_mean=spec.band_mean or None,
-        band_std=spec.band_std or None,
+    from .metrics import SegmentationMetrics
+    from .train import _to, resolve_device
+
+    dev = resolve_device(cfg.device)
+    model = model.to(dev)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    total = SegmentationMetrics(codes)
+    blocks: dict[tuple[int, int, int], Any] = {}
+    try:
+        with torch.no_grad():
+            for batch in _loader(ds, cfg.batch_size, shuffle=False, seed=0):
+                image, target, mask = _to(batch, dev, non_blocking=False)
+                if mask is None:
+                    mask = torch.ones_like(target[:, 0], dtype=torch.bool)
+                logits = model(image).float()
+                total.update(logits, target, mask)
+                pos = batch["position"].numpy()
+                for i in range(len(pos)):
+                    key = (
+                        int(pos[i, 0]),
+                        int(pos[i, 2] + cfg.window // 2) // block,
+                        int(pos[i, 3] + cfg.window // 2) // block,
+                    )
+                    if key not in blocks:
+                        blocks[key] = SegmentationMetrics(codes, levels=(3,))
+                    blocks[key].update(logits[i : i + 1], target[i : i + 1], mask[i : i + 1])
+    finally:
+        for module, training in modes:
+            module.training = training
+    summary = {k: float(v) for k, v in total.compute().items()}
+    return summary, total.per_class(3), {k: m.confusion_matrix(3) for k, m in blocks.items()}
+
+
+def _last_val(history: Any) -> float | None:
+    rows = [r for r in history.samples if f"val_{PRIMARY_METRIC}" in r] or list(history.epochs)
+    vals = [r.get(f"val_{PRIMARY_METRIC}") for r in rows]
+    vals = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
+    return vals[-1] if vals else None
+
+
+# -- running -------------------------------------------------------------------------------------------
+@dataclass
+class _Arms:
+    """What :func:`run_transfer` needs to build each arm's model."""
+
+    backbone: Any
+    codes: tuple[int, ...]
+    bands: list[str]
+    rgb: list[str] | None
+    imagenet: Path | None
+    ssl4eo: str | None
+    zero_shot: list[list[int]] | None
+
+    def bands_of(self, arm: str) -> list[str]:
+        return list(self.rgb or []) if arm == "imagenet-rgb" else self.bands
+
+    def build(self, arm: str, seed: int) -> nn.Module:
+        import torch
+
+        from .models import SegmentationModel
+
+        spec = self.backbone.spec
+        if arm == "zero-shot":
+            assert self.zero_shot is not None
+            return zero_shot_model(self.backbone, self.zero_shot)
+        if arm in ("linear-probe", "phase1-frozen", "phase1-partial", "phase1-full"):
+            return transfer_model(self.backbone, self.codes, seed=seed)
+        if arm in ("imagenet-rgb", "imagenet-native"):
+            assert self.imagenet is not None
+            enc = _imagenet_encoder(spec.encoder)
+            return _imagenet_model(arm, enc, self.bands_of(arm), self.codes, self.imagenet, seed)
+        if arm == "ssl4eo":
+            assert self.ssl4eo is not None
+            return _ssl4eo_model(self.bands, self.codes, self.ssl4eo, seed)
+        new_spec = dataclasses.replace(
+            spec, num_classes=len(self.codes), class_codes=self.codes, pretrained="none"
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return SegmentationModel(new_spec)
+
+
+def _skip(result: TransferResult, arm: str, why: str, log: Callable[[str], None]) -> None:
+    result.skipped[arm] = why
+    log(f"{arm} skipped: {why}")
+
+
+def _available_arms(
+    cfg: TransferConfig,
+    result: TransferResult,
+    arms: _Arms,
+    have_bands: Sequence[str],
+    log: Callable[[str], None],
+) -> list[str]:
+    from .models import find_imagenet_weights
+
+    out: list[str] = []
+    for arm in cfg.arms:
+        if arm == "zero-shot" and arms.zero_shot is None:
+            why = (
+                "the new classes are not CLC classes that the phase-1 classes sum to"
+                if not cfg.clc_task
+                else "the phase-1 classes do not aggregate to the new classes"
+            )
+            _skip(result, arm, why, log)
+            continue
+        if arm in ("imagenet-rgb", "imagenet-native"):
+            if arm == "imagenet-rgb" and arms.rgb is None:
+                _skip(result, arm, f"the cube has no red/green/blue bands ({list(have_bands)})", log)
+                continue
+            enc = _imagenet_encoder(arms.backbone.spec.encoder)
+            found = find_imagenet_weights(enc, cfg.imagenet_weights)
+            if found is None:
+                why = f"no local ImageNet weights for {enc} (give --imagenet-weights or fill the torch hub "
+                _skip(result, arm, why + "cache; nothing is downloaded)", log)
+                continue
+            arms.imagenet = found
+            result.weights["imagenet"] = _weights_label(found, "imagenet", enc)
+        if arm == "ssl4eo":
+            why = _ssl4eo_unavailable(cfg)
+            if why:
+                _skip(result, arm, why, log)
+                continue
+            arms.ssl4eo = cfg.ssl4eo_weights
+            result.weights["ssl4eo"] = str(cfg.ssl4eo_weights)
+        out.append(arm)
+    return out
+
+
+def _weights_label(path: Path, family: str, encoder: str) -> str:
+    try:
+        from .weights import check_weights, weights_for
+
+        return check_weights(path, weights_for(family, encoder)).label + f" ({path})"  # type: ignore[arg-type]
+    except (ImportError, LandcoverError, OSError):
+        return str(path)
+
+
+def _ssl4eo_unavailable(cfg: TransferConfig) -> str:
+    if cfg.ssl4eo_weights is None:
+        return "no SSL4EO-L weights file given (--ssl4eo-weights; nothing is downloaded)"
+    try:
+        from . import weights as weights_module
+    except ImportError:
+        return "landcover.weights is not in this build"
+    if getattr(weights_module, "build_ssl4eo_model", None) is None:
+        return "this build cannot yet build an SSL4EO-L model (landcover.weights.build_ssl4eo_model missing)"
+    return ""
+
+
+def _train_run(
+    cfg: TransferConfig,
+    arms: _Arms,
+    arm: str,
+    data: Mapping[str, Any],
+    idx: np.ndarray,
+    seed: int,
+    lr: float,
+) -> tuple[Any, Any]:
+    """Train one arm on the budget ``idx``; return (model, history)."""
+    import torch
+
+    model = arms.build(arm, seed)
+    subset = torch.utils.data.Subset(data["train"], idx.tolist())
+    pretrained = arm != "scratch"
+    tcfg = TransferTrainConfig(
+        epochs=cfg.epochs,
+        min_steps=cfg.min_steps,
+        batch_size=cfg.batch_size,
+        lr=lr,
+        strategy=ARM_STRATEGY[arm],
+        encoder_lr_factor=cfg.encoder_lr_factor if pretrained else 1.0,
+        partial_stages=cfg.partial_stages,
+        val_every_samples=cfg.val_every_samples,
         seed=seed,
+        device=cfg.device,
+        num_threads=cfg.num_threads,
     )
+    loader = _loader(subset, cfg.batch_size, shuffle=True, seed=seed)
+    val = _loader(data["val"], cfg.batch_size, shuffle=False, seed=0)
+    hist = train_transfer(model, loader, val, tcfg, class_codes=arms.codes)
+    return model, hist
+
+
+def _record(
+    cfg: TransferConfig, arms: _Arms, arm: str, budget: float, seed: int, idx: np.ndarray,
+    model: Any, hist: Any, lr: float | None, seconds: float, test_ds: Any, block: int,
+) -> RunRecord:  # fmt: skip
+    test: dict[str, float] = {}
+    per_class: list[dict[str, Any]] = []
+    blocks: dict[tuple[int, int, int], np.ndarray] = {}
+    if test_ds is not None and len(test_ds):
+        test, per_class, blocks = _evaluate_test(model, test_ds, arms.codes, cfg, block)
+    steps = int(hist.meta.get("total_steps", 0)) if hist is not None else 0
+    samples = int(hist.epochs[-1]["samples_seen"]) if hist is not None and hist.epochs else 0
+    params = [p for p in model.parameters()]
+    return RunRecord(
+        arm=arm, budget=budget, seed=seed, train_windows=0 if hist is None else len(idx), history=hist,
+        test=test, seconds=seconds, lr=lr, steps=steps, samples=samples,
+        trainable_parameters=int(hist.meta.get("trainable_parameters", 0)) if hist is not None else 0,
+        parameters=int(sum(p.numel() for p in params)), per_class=per_class, block_confusion=blocks,
+    )  # fmt: skip
 
 
 def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print) -> TransferResult:
-    """Train every (init, budget, seed) run of the experiment; see :func:`write_report`."""
-    import torch
+    """Train every (arm, budget, seed) run of the experiment; see :func:`write_report`.
 
-    from .models import SegmentationModel, find_imagenet_weights
-    from .train import evaluate
-
+    Raises
+    ------
+    LeakageError
+        When phase-2 val/test windows lie in (buffered) phase-1 training blocks, or cannot
+        be checked, and ``allow_overlap`` is False (before anything is trained or written).
+    """
+    start = time.perf_counter()
     if not cfg.cubes:
         raise ConfigError("give at least one cube (cubes / --cube)")
     if not cfg.checkpoint:
         raise ConfigError("give the phase-1 checkpoint (checkpoint / --checkpoint)")
     backbone = _load_backbone(cfg.checkpoint)
     spec = backbone.spec
+    p1split = phase1_record(cfg.checkpoint).get("split", {})
+    p2cubes = [_cube_summary(c) for c in cfg.cubes]
+    result = TransferResult(config=cfg)
+    result.shift = domain_shift([_phase1_cube(c) for c in p1split.get("cubes", [])], p2cubes)
+    shared = result.shift["place"] != "new region"  # unknown counts as shared
+    plan = _split_plan(cfg, p1split, shared)
     bands = _cube_bands(cfg.cubes[0], spec.bands)
-    data = _datasets(cfg, bands)
-    codes = _class_codes(data["train"])
-    result = TransferResult(config=cfg, class_codes=codes)
-    result.split_sizes = {k: len(v) for k, v in data.items()}
-    result.backbone = {"name": spec.name, "encoder": spec.encoder, "width": spec.width, "depth": spec.depth,
-                       "bands": list(spec.bands), "classes": len(spec.class_codes)}  # fmt: skip
-    if len(data["train"]) == 0 or len(data["val"]) == 0:
+    base = _datasets(cfg, bands, plan, p1split, None, None)
+    resolved = _base(base["train"]).split_plan  # block rounded to the window grid, buffer resolved
+    plan.update(block=int(resolved.block), buffer=int(resolved.buffer))
+    result.split = {k: v for k, v in plan.items() if k != "codes"}
+    result.split_sizes = {k: len(v) for k, v in base.items()}
+    result.windows = {k: _base(v).windows.positions() for k, v in base.items()}
+    if len(base["train"]) == 0 or len(base["val"]) == 0:
         raise LandcoverError(f"empty split (windows per split: {result.split_sizes}); use smaller windows")
 
-    inits = list(cfg.inits)
-    weights: Path | None = None
-    if "imagenet" in inits:
-        weights = find_imagenet_weights(spec.encoder, cfg.imagenet_weights) if spec.width == 1.0 else None
-        if weights is None:
-            why = (
-                "the backbone is narrower than ResNet (width != 1) so ImageNet weights cannot fit"
-                if spec.width != 1.0
-                else f"no local ImageNet weights for {spec.encoder} (give --imagenet-weights or fill the "
-                "torch hub cache; nothing is downloaded)"
+    # -- no leakage: phase-2 val/test outside the (buffered) phase-1 training blocks
+    if p1split:
+        leak = leakage(p1split, base)
+        result.leakage = leak
+        problem = ""
+        if shared and result.shift["place"] is not None and not leak["comparable"]:
+            problem = (
+                "the phase-2 cubes overlap the phase-1 cubes on another grid (CRS or pixel size), so the "
+                "phase-1 training blocks cannot be checked"
             )
-            note = f"ImageNet init skipped: {why}."
-            result.notes.append(note)
-            log(note)
-            inits.remove("imagenet")
-        else:
-            result.imagenet_weights = str(weights)
-    val_loader = _loader(data["val"], cfg.batch_size, shuffle=False, seed=0)
-    test_loader = _loader(data["test"], cfg.batch_size, shuffle=False, seed=0) if len(data["test"]) else None
+        elif leak["overlapping"]:
+            problem = (
+                f"{leak['overlapping']} of {leak['windows']} phase-2 val/test windows ({leak['share']:.0%}) "
+                f"lie within {leak['buffer']} px of phase-1 training blocks (phase-1 block "
+                f"{p1split['block']} px, "
+                f"seed {p1split.get('seed', 0)}; phase-2 block {plan['block']} px, seed {plan['seed']})"
+            )
+        if problem:
+            if not cfg.allow_overlap:
+                raise LeakageError(
+                    f"refusing to run: {problem}; keep the phase-1 split (leave split_block/split_seed/"
+                    "split_fractions unset) or pass --allow-overlap"
+                )
+            result.notes.append(f"Overlap allowed by the user (--allow-overlap): {problem}.")
+    else:
+        result.leakage = {"checked": False, "reason": "the checkpoint records no phase-1 split"}
+        result.notes.append(
+            "The checkpoint records no phase-1 split, so overlap between phase-1 training pixels and "
+            "phase-2 val/test pixels could not be checked."
+        )
+
+    # -- the new problem
+    variable, codes_opt = cfg.label_variable, cfg.label_codes
+    if cfg.labels is not None:
+        variable = cfg.label_variable or LABEL_VARIABLE
+        for cube in cfg.cubes:
+            add_labels(
+                cube, cfg.labels, variable=variable, field=cfg.labels_field, classes=cfg.labels_classes,
+                min_coverage=cfg.label_min_coverage,
+            )  # fmt: skip
+        result.task = (
+            f"user labels `{Path(cfg.labels).name}`"
+            + (f" (field `{cfg.labels_field}`)" if cfg.labels_field else "")
+            + f", exact area fractions on the cube grid in variable `{variable}`"
+        )
+    elif variable is not None:
+        result.task = f"cube variable `{variable}`"
+    else:
+        result.task = f"CORINE level {cfg.level} aggregation of the cube labels"
+    data = base if variable is None else _datasets(cfg, bands, plan, p1split, variable, codes_opt)
+    codes = _class_codes(data["train"])
+    result.class_codes = codes
+    result.backbone = {"name": spec.name, "encoder": spec.encoder, "width": spec.width, "depth": spec.depth,
+                       "bands": list(spec.bands), "classes": len(spec.class_codes)}  # fmt: skip
+    from .datasets import inspect_cube
+
+    cube_bands = list(inspect_cube(cfg.cubes[0]).bands)
+    arms = _Arms(
+        backbone=backbone,
+        codes=codes,
+        bands=bands,
+        rgb=_rgb_bands(cube_bands),
+        imagenet=None,
+        ssl4eo=None,
+        zero_shot=zero_shot_groups(spec.class_codes, codes) if cfg.clc_task else None,
+    )
+    todo = _available_arms(cfg, result, arms, cube_bands, log)
+    datasets: dict[tuple[str, ...], dict[str, Any]] = {tuple(bands): data}
+
+    def data_of(arm: str) -> dict[str, Any]:
+        key = tuple(arms.bands_of(arm))
+        if key not in datasets:
+            datasets[key] = _datasets(cfg, list(key), plan, p1split, variable, codes_opt)
+        return datasets[key]
+
     n_train = len(data["train"])
+    top, first = max(cfg.budgets), cfg.seeds[0]
+    done: dict[tuple[str, float, int], RunRecord] = {}
+    zero: RunRecord | None = None
+    # -- LR per arm, chosen on validation (largest budget, first seed); that run is kept
+    for arm in todo:
+        if arm == "zero-shot":
+            continue
+        d = data_of(arm)
+        idx = budget_indices(n_train, top, first)
+        best: tuple[float, float, Any, Any, float] | None = None
+        scores: dict[str, float | None] = {}
+        for lr in cfg.lr_grid:
+            t0 = time.perf_counter()
+            log(f"{arm}: LR {lr:g} on validation (budget {top:.0%}, seed {first})")
+            model, hist = _train_run(cfg, arms, arm, d, idx, first, lr)
+            score = _last_val(hist)
+            scores[f"{lr:g}"] = score
+            value = -math.inf if score is None else score
+            if best is None or value > best[0]:
+                best = (value, lr, model, hist, time.perf_counter() - t0)
+        assert best is not None
+        _, lr, model, hist, seconds = best
+        result.chosen_lr[arm] = lr
+        result.lr_scores[arm] = scores
+        done[(arm, top, first)] = _record(
+            cfg, arms, arm, top, first, idx, model, hist, lr, seconds, d["test"], plan["block"]
+        )
+    # -- every (budget, seed, arm)
     for budget in cfg.budgets:
         for seed in cfg.seeds:
             idx = budget_indices(n_train, budget, seed)
-            subset = torch.utils.data.Subset(data["train"], idx.tolist())
-            for init in inits:
+            for arm in todo:
+                if (arm, budget, seed) in done:
+                    result.runs.append(done[(arm, budget, seed)])
+                    continue
+                d = data_of(arm)
                 t0 = time.perf_counter()
-                if init == "phase1":
-                    model = transfer_model(backbone, codes, seed=seed)
-                    strategy = cfg.strategy
-                elif init == "imagenet":
-                    assert weights is not None
-                    model = _imagenet_model(backbone, codes, weights, seed)
-                    strategy = cfg.strategy
-                else:
-                    new_spec = dataclasses.replace(
-                        spec, num_classes=len(codes), class_codes=codes, pretrained="none"
-                    )
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(seed)
-                        model = SegmentationModel(new_spec)
-                    strategy = "full"
-                tcfg = TransferTrainConfig(
-                    epochs=cfg.epochs,
-                    min_steps=cfg.min_steps,
-                    batch_size=cfg.batch_size,
-                    lr=cfg.lr,
-                    strategy=strategy,  # type: ignore[arg-type]
-                    encoder_lr_factor=cfg.encoder_lr_factor if init != "scratch" else 1.0,
-                    partial_stages=cfg.partial_stages,
-                    val_every_samples=cfg.val_every_samples,
-                    seed=seed,
-                    device=cfg.device,
-                    num_threads=cfg.num_threads,
+                if arm == "zero-shot":  # no training: the same model for every budget and seed
+                    if zero is None:
+                        zero = _record(cfg, arms, arm, budget, seed, idx, arms.build(arm, seed), None, None,
+                                       time.perf_counter() - t0, d["test"], plan["block"])  # fmt: skip
+                    result.runs.append(dataclasses.replace(zero, budget=budget, seed=seed))
+                    continue
+                lr = result.chosen_lr[arm]
+                log(
+                    f"{arm} ({ARM_STRATEGY[arm]}, LR {lr:g}) budget {budget:.0%} "
+                    f"({len(idx)} windows) seed {seed}"
                 )
-                log(f"{init} ({strategy}) budget {budget:.0%} ({len(idx)} windows) seed {seed}")
-                loader = _loader(subset, cfg.batch_size, shuffle=True, seed=seed)
-                hist = train_transfer(model, loader, val_loader, tcfg, class_codes=codes)
-                test: dict[str, float] = {}
-                if test_loader is not None:
-                    res = evaluate(model, test_loader, class_codes=codes, device=cfg.device, amp="off")
-                    test = {k: float(v) for k, v in res.summary("").items()}
-                result.runs.append(
-                    RunRecord(init, budget, seed, len(idx), hist, test, time.perf_counter() - t0)
-                )
+                model, hist = _train_run(cfg, arms, arm, d, idx, seed, lr)
+                rec = _record(
+                    cfg, arms, arm, budget, seed, idx, model, hist, lr, time.perf_counter() - t0, d["test"],
+                    plan["block"],
+                )  # fmt: skip
+                result.runs.append(rec)
+    result.class_names = _class_names(codes, variable, cfg)
+    result.seconds = time.perf_counter() - start
     return result
+
+
+def _class_names(codes: Sequence[int], variable: str | None, cfg: TransferConfig) -> dict[int, str]:
+    if variable is None:
+        from .corine import LEVEL1, LEVEL2, legend
+
+        names: dict[int, str] = {c.code: c.name for c in legend(3)}
+        names.update(LEVEL2)
+        names.update(LEVEL1)
+        return {int(c): names.get(int(c), f"class {c}") for c in codes}
+    return {int(c): f"class {c}" for c in codes}
 
 
 # ================================================================================================
 # report
 # ================================================================================================
-def _mean_std(values: Sequence[float]) -> dict[str, float | None]:
+def _mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
     arr = np.array([v for v in values if v is not None and math.isfinite(v)], dtype="float64")
     if arr.size == 0:
         return {"mean": None, "std": None}
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
 
 
-def _label(init: str, budget: float) -> str:
-    return f"{init}@{budget:.4g}"
+def _label(arm: str, budget: float) -> str:
+    return f"{arm}@{budget:.4g}"
+
+
+def _block_id(key: tuple[int, int, int]) -> int:
+    cube, br, bc = key
+    return (int(cube) << 42) + ((int(br) + (1 << 20)) << 21) + (int(bc) + (1 << 20))
+
+
+def _block_stats(runs: Sequence[RunRecord], ncls: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    ids, stats = [], []
+    for r in runs:
+        keys = sorted(r.block_confusion)
+        ids.append(np.array([_block_id(k) for k in keys], dtype="int64"))
+        stats.append(
+            np.stack([r.block_confusion[k] for k in keys])
+            if keys
+            else np.zeros((0, ncls, ncls), dtype="int64")
+        )
+    return ids, stats
+
+
+def _paired(result: TransferResult, arm: str, ref: str, budget: float, n: int) -> dict[str, Any] | None:
+    """Paired block-bootstrap comparison of ``arm`` with ``ref`` at one budget (None when not possible)."""
+    from .metrics import miou_from_confusion
+    from .stats import align_blocks, paired_comparison
+
+    a = {r.seed: r for r in result.runs if r.arm == arm and r.budget == budget and r.block_confusion}
+    b = {r.seed: r for r in result.runs if r.arm == ref and r.budget == budget and r.block_confusion}
+    seeds = sorted(set(a) & set(b))
+    if not seeds or arm == ref:
+        return None
+    k = len(result.class_codes)
+    ia, sa = _block_stats([a[s] for s in seeds], k)
+    ib, sb = _block_stats([b[s] for s in seeds], k)
+    _, stacked = align_blocks(ia + ib, sa + sb)
+    cmp = paired_comparison(
+        stacked[: len(seeds)], stacked[len(seeds) :], miou_from_confusion, names=(arm, ref),
+        metric=f"test {PRIMARY_METRIC}", seeds=seeds, n_boot=n, n_perm=n,
+    )  # fmt: skip
+    return cmp.as_dict()
+
+
+def _score_interval(runs: Sequence[RunRecord], ncls: int, n: int) -> dict[str, float] | None:
+    from .metrics import miou_from_confusion
+    from .stats import align_blocks, bootstrap_score
+
+    runs = [r for r in runs if r.block_confusion]
+    if not runs:
+        return None
+    ids, stats = _block_stats(runs, ncls)
+    _, stacked = align_blocks(ids, stats)
+    return bootstrap_score(stacked, miou_from_confusion, n_boot=n).as_dict()
+
+
+def _converged(history: Any) -> dict[str, Any]:
+    """Where the best validation score was reached, and the last change of the curve."""
+    rows = [r for r in history.samples if r.get(f"val_{PRIMARY_METRIC}") is not None]
+    vals = [float(r[f"val_{PRIMARY_METRIC}"]) for r in rows]
+    if len(vals) < 2:
+        return {"best_at_samples": None, "last_change": None}
+    best = int(np.nanargmax(vals))
+    return {"best_at_samples": int(rows[best]["samples_seen"]), "last_change": vals[-1] - vals[-2]}
 
 
 def summarise(result: TransferResult) -> dict[str, Any]:
-    """The numbers of ``metrics.json``: per (init, budget) mean/std over seeds."""
+    """The numbers of ``metrics.json``: per (arm, budget) scores with intervals, comparisons, compute."""
+    cfg = result.config
+    k = len(result.class_codes)
+    n = cfg.bootstrap
     out: dict[str, Any] = {
         "primary_metric": PRIMARY_METRIC,
         "class_codes": list(result.class_codes),
-        "budgets": list(result.config.budgets),
+        "class_names": {str(c): v for c, v in result.class_names.items()},
+        "budgets": list(cfg.budgets),
+        "task": result.task,
         "models": {},
         "table": {},
+        "comparisons": [],
     }
     groups: dict[tuple[str, float], list[RunRecord]] = {}
     for r in result.runs:
-        groups.setdefault((r.init, r.budget), []).append(r)
-    for (init, budget), rs in groups.items():
+        groups.setdefault((r.arm, r.budget), []).append(r)
+    for (arm, budget), rs in groups.items():
+        per_class: dict[str, dict[str, float | None]] = {}
+        for i, code in enumerate(result.class_codes):
+            vals = [r.per_class[i]["iou"] if i < len(r.per_class) else None for r in rs]
+            per_class[str(code)] = _mean_std(vals)
+        conv = [_converged(r.history) for r in rs if r.history is not None]
         entry = {
-            "init": init,
+            "arm": arm,
             "budget": budget,
-            "strategy": rs[0].history.meta.get("strategy"),
+            "strategy": ARM_STRATEGY.get(arm, "none"),
             "seeds": [r.seed for r in rs],
             "train_windows": rs[0].train_windows,
-            "test": {k: _mean_std([r.test.get(k, math.nan) for r in rs]) for k in TEST_METRICS},
-            "per_seed": {k: [r.test.get(k) for r in rs] for k in TEST_METRICS},
-            "final_val": _mean_std(
-                [
-                    (r.history.epochs[-1].get(f"val_{PRIMARY_METRIC}") if r.history.epochs else math.nan)
-                    for r in rs
-                ]
-            ),
-            "seconds_per_run": float(np.mean([r.seconds for r in rs])),
+            "lr": rs[0].lr,
+            "test": {m: _mean_std([r.test.get(m, math.nan) for r in rs]) for m in TEST_METRICS},
+            "interval": _score_interval(rs, k, n),
+            "per_seed": {m: [r.test.get(m) for r in rs] for m in TEST_METRICS},
+            "per_class_iou": per_class,
+            "steps": [r.steps for r in rs],
+            "samples": [r.samples for r in rs],
+            "seconds": [r.seconds for r in rs],
+            "trainable_parameters": rs[0].trainable_parameters,
+            "parameters": rs[0].parameters,
+            "convergence": conv,
         }
-        out["models"][_label(init, budget)] = entry
-        out["table"].setdefault(init, {})[f"{budget:.4g}"] = entry["test"][PRIMARY_METRIC]
+        out["models"][_label(arm, budget)] = entry
+        out["table"].setdefault(arm, {})[f"{budget:.4g}"] = entry["test"][PRIMARY_METRIC]
+    arms = [a for a in ARMS if any(r.arm == a for r in result.runs)]
+    bars = [b for b in ("zero-shot", "linear-probe") if b in arms]
+    pairs: list[tuple[str, str]] = []
+    for ref in dict.fromkeys([cfg.reference, *bars]):
+        for arm in arms:
+            if ref in arms and arm != ref and (ref, arm) not in pairs:
+                pairs.append((arm, ref))
+    for budget in cfg.budgets:
+        for arm, ref in pairs:
+            c = _paired(result, arm, ref, budget, n)
+            if c is not None:
+                c["budget"] = budget
+                out["comparisons"].append(c)
+    out["compute"] = {
+        a: {
+            "runs": sum(1 for r in result.runs if r.arm == a),
+            "steps": int(sum(r.steps for r in result.runs if r.arm == a)),
+            "samples": int(sum(r.samples for r in result.runs if r.arm == a)),
+            "seconds": float(sum(r.seconds for r in result.runs if r.arm == a)),
+        }
+        for a in arms
+    }
     out["split_windows"] = result.split_sizes
+    out["split"] = result.split
+    out["leakage"] = result.leakage
+    out["shift"] = result.shift
     out["notes"] = list(result.notes)
-    out["imagenet_weights"] = result.imagenet_weights
+    out["skipped"] = dict(result.skipped)
+    out["chosen_lr"] = dict(result.chosen_lr)
+    out["lr_scores"] = dict(result.lr_scores)
+    out["weights"] = dict(result.weights)
     out["backbone"] = result.backbone
-    cfg = dataclasses.asdict(result.config)
-    out["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+    out["seconds"] = result.seconds
+    config = dataclasses.asdict(cfg)
+    out["config"] = {key: (list(v) if isinstance(v, tuple) else v) for key, v in config.items()}
     return out
 
 
-def _fmt(ms: dict[str, Any]) -> str:
-    if ms.get("mean") is None:
+def _fmt(ms: Mapping[str, Any] | None) -> str:
+    if not ms or ms.get("mean") is None:
         return "n/a"
     return f"{ms['mean']:.3f} ± {ms['std']:.3f}"
+
+
+def _fmt_iv(entry: Mapping[str, Any]) -> str:
+    iv = entry.get("interval")
+    if not iv or iv.get("estimate") is None or not math.isfinite(iv["estimate"]):
+        return _fmt(entry["test"][PRIMARY_METRIC])
+    lo, hi = iv["low"], iv["high"]
+    bounds = f" [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+    return f"{iv['estimate']:.3f}{bounds}"
 
 
 def _budget_plot(summary: dict[str, Any], path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    fig = Figure(figsize=(6.8, 4.4), dpi=110)
     ax = fig.subplots()
-    by_init: dict[str, list[tuple[float, float, float]]] = {}
+    by_arm: dict[str, list[tuple[float, float, float, float]]] = {}
     for entry in summary["models"].values():
-        ms = entry["test"][PRIMARY_METRIC]
-        if ms["mean"] is not None:
-            by_init.setdefault(entry["init"], []).append((entry["budget"], ms["mean"], ms["std"]))
-    for init, pts in sorted(by_init.items()):
-        pts.sort()
-        x, y, s = (np.array(v) for v in zip(*pts, strict=True))
-        ax.errorbar(x * 100, y, yerr=s, marker="o", capsize=3, label=init)
+        iv = entry.get("interval") or {}
+        est = iv.get("estimate")
+        if est is None or not math.isfinite(est):
+            continue
+        lo = iv["low"] if math.isfinite(iv.get("low", math.nan)) else est
+        hi = iv["high"] if math.isfinite(iv.get("high", math.nan)) else est
+        by_arm.setdefault(entry["arm"], []).append((entry["budget"], est, est - lo, hi - est))
+    for arm in [a for a in ARMS if a in by_arm]:
+        pts = sorted(by_arm[arm])
+        x, y, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
+        if arm == "zero-shot":
+            ax.axhline(float(y.mean()), color="k", ls="--", lw=1, label="zero-shot (bar)")
+            continue
+        ax.errorbar(x * 100, y, yerr=np.vstack([lo, hi]), marker="o", capsize=3, label=arm)
     ax.set_xscale("log")
     ax.set_xlabel("label budget (% of training windows)")
     ax.set_ylabel(f"test {PRIMARY_METRIC}")
     ax.grid(True, alpha=0.3)
-    if by_init:
-        ax.legend()
-    ax.set_title("Transfer: final score vs label budget (mean ± std over seeds)")
+    if by_arm:
+        ax.legend(fontsize=8)
+    ax.set_title("Test score vs label budget (95 % block-bootstrap intervals)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
     tmp.replace(path)
     return path
+
+
+def _provenance(path: str) -> str:
+    import zarr
+
+    attrs = dict(zarr.open_group(path, mode="r").attrs)
+    synthetic = "synthetic_seed" in attrs or "synthetic" in str(attrs.get("title", "")).lower()
+    return "synthetic" if synthetic else "real"
 
 
 def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
@@ -876,82 +1895,178 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(result)
     tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(_finite(summary), indent=2, allow_nan=False, default=_json_safe)
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(out_dir / "metrics.json")
     curves = []
     for budget in cfg.budgets:
         runs: dict[str, list[Any]] = {}
         for r in result.runs:
-            if r.budget == budget:
-                runs.setdefault(r.init, []).append(r.history)
+            if r.budget == budget and r.history is not None:
+                runs.setdefault(r.arm, []).append(r.history)
         if not runs:
             continue
         name = f"learning_curves_{budget * 100:g}pct.png"
         plot_learning_curves(
-            runs,
-            out_dir / name,
-            metric=f"val_{PRIMARY_METRIC}",
-            kind="samples",
+            runs, out_dir / name, metric=f"val_{PRIMARY_METRIC}", kind="samples",
             title=f"Validation {PRIMARY_METRIC}, budget {budget:.0%} of training windows",
-        )
+        )  # fmt: skip
         curves.append((budget, name))
     _budget_plot(summary, out_dir / "budget_curve.png")
 
-    inits = sorted({r.init for r in result.runs}, key=INITS.index)
+    arms = [a for a in ARMS if any(r.arm == a for r in result.runs)]
+    prov = sorted({_provenance(c) for c in cfg.cubes})
+    shift = result.shift
     lines = [
-        "# Transfer report: phase-1 backbone vs ImageNet vs scratch",
+        f"# Transfer report: {', '.join(arms)}",
+        "",
+        f"**Data: {' + '.join(prov).upper()}** (phase-2 cubes: {', '.join(f'`{c}`' for c in cfg.cubes)}).",
         "",
         f"Backbone: `{cfg.checkpoint}` ({result.backbone.get('name')}, {result.backbone.get('encoder')} "
         f"width {result.backbone.get('width')}, depth {result.backbone.get('depth')}, "
         f"{result.backbone.get('classes')} phase-1 classes).",
         "",
-        "New problem: "
+        f"New problem: {result.task}, {len(result.class_codes)} classes "
+        f"({', '.join(_class_label(c, result.class_names) for c in result.class_codes)}).",
+        "",
+        "## Phase 1 vs phase 2",
+        "",
+        "| | phase 1 | phase 2 | change |",
+        "|---|---|---|---|",
+    ]
+    p1, p2 = shift.get("phase1", []), shift.get("phase2", [])
+
+    def col(cubes: list[dict[str, Any]], key: str) -> str:
+        vals = sorted({str(v) for c in cubes for v in (c.get(key) or [])})
+        return ", ".join(vals) if vals else "unknown"
+
+    lines += [
+        f"| place | {len(p1) or 'unknown'} cube(s) | {len(p2)} cube(s) | {shift.get('place') or 'unknown'} |",
+        f"| time (years) | {col(p1, 'years')} | {col(p2, 'years')} | {shift.get('time') or 'unknown'} |",
+        f"| sensor | {col(p1, 'sensors')} | {col(p2, 'sensors')} | {shift.get('sensor') or 'unknown'} |",
+        "",
+        "## Split and leakage",
+        "",
+        f"Windows {cfg.window} px; train/val/test = {result.split_sizes.get('train')}/"
+        f"{result.split_sizes.get('val')}/{result.split_sizes.get('test')}. Split: "
         + (
-            f"cube variable `{cfg.label_variable}`"
-            if cfg.label_variable
-            else f"CORINE level {cfg.level} aggregation of the cube labels"
+            "**the phase-1 block assignment** (recorded in the checkpoint), extended by a hash split for new "
+            "blocks; val/test windows within the buffer of phase-1 training blocks dropped"
+            if result.split.get("mode") == "inherit"
+            else "phase 2's own blocked split"
         )
-        + f", {len(result.class_codes)} classes ({', '.join(map(str, result.class_codes))}).",
-        f"Cubes: {', '.join(f'`{c}`' for c in cfg.cubes)}. Windows {cfg.window} px; split windows "
-        f"train/val/test = {result.split_sizes.get('train')}/{result.split_sizes.get('val')}/"
-        f"{result.split_sizes.get('test')} (spatially blocked, split seed {cfg.split_seed}).",
-        f"Strategy of the pretrained inits: **{cfg.strategy}** (encoder LR x {cfg.encoder_lr_factor}"
-        + (f", last {cfg.partial_stages} stage(s) unfrozen" if cfg.strategy == "partial" else "")
-        + "); scratch trains everything at the full LR.",
-        f"Budgets: {', '.join(f'{b:.0%}' for b in cfg.budgets)} of the training windows (nested subsets "
-        f"per seed); seeds {', '.join(map(str, cfg.seeds))}; {cfg.epochs} epochs, at least "
-        f"{cfg.min_steps} steps.",
+        + f" (block {result.split.get('block')} px, buffer {result.split.get('buffer')} px, seed "
+        f"{result.split.get('seed')}).",
+        "",
+    ]
+    leak = result.leakage
+    if "windows" in leak:
+        lines += [
+            f"Phase-2 val/test windows within {leak['buffer']} px of phase-1 training blocks: "
+            f"**{leak['overlapping']} of {leak['windows']}** ({leak['share']:.1%}).",
+            "",
+        ]
+    else:
+        lines += [f"Leakage not checked: {leak.get('reason')}.", ""]
+    lines += ["## Arms", "", "| arm | what | ran | LR (chosen on validation) |", "|---|---|---|---|"]
+    for arm in cfg.arms:
+        ran = "yes" if arm in arms else f"no: {result.skipped.get(arm, 'not run')}"
+        lr = result.chosen_lr.get(arm)
+        grid = result.lr_scores.get(arm, {})
+        tried = ", ".join(f"{k}: {'n/a' if v is None else format(v, '.3f')}" for k, v in grid.items())
+        lr_txt = f"{lr:g} (val {PRIMARY_METRIC} {tried})" if lr is not None else "-"
+        lines.append(f"| {arm} | {ARM_INFO[arm]} | {ran} | {lr_txt} |")
+    lines += [""]
+    for w, label in result.weights.items():
+        lines.append(f"- {w} weights: {label}")
+    lines += [
+        "",
+        f"Budgets {', '.join(f'{b:.0%}' for b in cfg.budgets)} of the training windows (nested per seed); "
+        f"seeds {', '.join(map(str, cfg.seeds))}; at least {cfg.epochs} epochs and {cfg.min_steps} steps per "
+        f"run; encoder LR x {cfg.encoder_lr_factor} for pretrained encoders.",
         "",
     ]
     for note in result.notes:
         lines += [f"> **Note:** {note}", ""]
     lines += [
-        f"## Final test {PRIMARY_METRIC} (mean ± std over seeds)",
+        f"## Test {PRIMARY_METRIC} (mean over seeds, 95 % block-bootstrap interval over test blocks x seeds)",
         "",
-        "| init | " + " | ".join(f"{b:.0%}" for b in cfg.budgets) + " |",
+        "| arm | " + " | ".join(f"{b:.0%}" for b in cfg.budgets) + " |",
         "|---|" + "---|" * len(cfg.budgets),
     ]
-    for init in inits:
+    for arm in arms:
         cells = []
         for b in cfg.budgets:
-            entry = summary["models"].get(_label(init, b))
-            cells.append(_fmt(entry["test"][PRIMARY_METRIC]) if entry else "-")
-        lines.append(f"| {init} | " + " | ".join(cells) + " |")
-    lines += ["", "## All test metrics", "", "| init | budget | windows | " + " | ".join(TEST_METRICS) + " |"]
-    lines.append("|---|---|---|" + "---|" * len(TEST_METRICS))
-    for label, entry in summary["models"].items():
-        del label
-        cells = [_fmt(entry["test"][k]) for k in TEST_METRICS]
+            entry = summary["models"].get(_label(arm, b))
+            cells.append(_fmt_iv(entry) if entry else "-")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if "zero-shot" in arms:
+        lines += ["", "The zero-shot row is the bar: fine-tuning must clear it to have learnt anything new."]
+    lines += [
+        "",
+        "![budget curve](budget_curve.png)",
+        "",
+        "## Paired comparisons",
+        "",
+        "Per-seed differences of test mIoU (arm - reference), 95 % two-way block bootstrap, paired "
+        "permutation p, Cohen's d_z over seeds. Better only when the interval excludes 0.",
+        "",
+        "| budget | arm | reference | diff [95 % CI] | p | d_z | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in summary["comparisons"]:
+        lo, hi = c["ci_low"], c["ci_high"]
+        ci = f"[{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) and math.isfinite(hi) else "[n/a]"
+        dz = f"{c['effect_size']:.2f}" if math.isfinite(c["effect_size"]) else "n/a"
         lines.append(
-            f"| {entry['init']} | {entry['budget']:.0%} | {entry['train_windows']} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {c['budget']:.0%} | {c['arm']} | {c['reference']} | {c['diff']:+.3f} {ci} | "
+            f"{c['p_value']:.3f} | {dz} | {c['verdict']} |"
+        )
+    if len(cfg.seeds) < 3:
+        lines += [
+            "",
+            f"Only {len(cfg.seeds)} seed(s): the intervals reflect test-block variation more than seeds.",
+        ]
+    top = max(cfg.budgets)
+    lines += [
+        "",
+        f"## Per-class test IoU at budget {top:.0%} (mean over seeds)",
+        "",
+        "| class | " + " | ".join(arms) + " |",
+        "|---|" + "---|" * len(arms),
+    ]
+    for code in result.class_codes:
+        cells = []
+        for arm in arms:
+            entry = summary["models"].get(_label(arm, top))
+            ms = entry["per_class_iou"].get(str(code)) if entry else None
+            cells.append(f"{ms['mean']:.3f}" if ms and ms.get("mean") is not None else "n/a")
+        lines.append(f"| {code} {result.class_names.get(code, '')} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Compute",
+        "",
+        "| arm | budget | windows | steps/run | samples/run | s/run | trainable / all parameters "
+        "| best val at samples |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in summary["models"].values():
+        conv = [c["best_at_samples"] for c in entry["convergence"] if c["best_at_samples"] is not None]
+        lines.append(
+            f"| {entry['arm']} | {entry['budget']:.0%} | {entry['train_windows']} | "
+            f"{int(np.mean(entry['steps']))} | {int(np.mean(entry['samples']))} | "
+            f"{np.mean(entry['seconds']):.1f} | "
+            f"{entry['trainable_parameters']:,} / {entry['parameters']:,} | "
+            f"{', '.join(map(str, conv)) or '-'} |"
         )
     lines += [
         "",
-        "## Score vs label budget",
-        "",
-        "![budget curve](budget_curve.png)",
+        "Totals per arm: "
+        + "; ".join(
+            f"{a} {c['runs']} runs, {c['steps']} steps, {c['samples']} samples, {c['seconds']:.0f} s"
+            for a, c in summary["compute"].items()
+        )
+        + f". Whole experiment {result.seconds:.0f} s (LR search included).",
         "",
         "## Learning curves",
         "",
@@ -961,9 +2076,36 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
     lines += [
         "## Files",
         "",
-        "- `metrics.json`: the numbers above per (init, budget), with per-seed values.",
+        "- `metrics.json`: every number above, per (arm, budget), with per-seed values and comparisons.",
         "- `budget_curve.png`, `learning_curves_*pct.png`: the figures.",
         "",
     ]
-    (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    tmp_md = out_dir / ".report.md.tmp"
+    tmp_md.write_text("\n".join(lines), encoding="utf-8")
+    tmp_md.replace(out_dir / "report.md")
     return out_dir / "report.md"
+
+
+def _class_label(code: int, names: Mapping[int, str]) -> str:
+    return f"{code} {names.get(code, '')}".strip()
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return str(obj)

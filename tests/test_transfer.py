@@ -204,66 +204,317 @@ def test_label_variable_hook_reads_user_classes(tmp_path: Path) -> None:
         LabelVariableDataset(base, "nope", class_codes=(1,))
 
 
-def test_experiment_end_to_end_writes_the_report(cube: Path, phase1: Path, tmp_path: Path) -> None:
-    cfg = TransferConfig(
-        cubes=(str(cube),),
-        checkpoint=str(phase1),
-        out=str(tmp_path / "report"),
-        level=1,
-        inits=("phase1", "imagenet", "scratch"),
-        strategy="frozen",
-        budgets=(0.25, 1.0),
-        seeds=(0, 1),
-        imagenet_weights=str(tmp_path / "no-weights-here"),
-        window=48,
-        min_valid=0.1,
-        split_block=96,
-        split_fractions=(0.5, 0.25, 0.25),
-        epochs=1,
-        min_steps=2,
-        batch_size=4,
-        val_every_samples=4,
-        device="cpu",
-        num_threads=1,
+# -- the experiment: arms, a new problem, no leakage, the report ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("transfer") / "big.zarr"
+    return make_cube(path, shape=(256, 256), classes=CODES, classes_present=8, chunks=64, seed=5)
+
+
+def _phase1_split(cube: Path) -> dict[str, Any]:
+    """The split record of a phase-1 run on ``cube`` (16 px windows, 64 px blocks, 16 px buffer, seed 7)."""
+    from landcover.windows import SplitSpec
+
+    ds = WindowDataset(
+        cube, size=16, bands=list(BANDS), split="train", split_spec=SplitSpec(block=64, buffer=16, seed=7)
+    )
+    return ds.split_record
+
+
+@pytest.fixture(scope="module")
+def phase1_split(big: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = build_model("native", 6, len(CODES), preset="tiny", bands=BANDS, class_codes=CODES, seed=11)
+    return save_model(tmp_path_factory.mktemp("ckpt") / "best.pt", model, split=_phase1_split(big))
+
+
+def _cfg(cube: Path, ckpt: Path, out: Path, **kw: Any) -> TransferConfig:
+    base: dict[str, Any] = dict(
+        cubes=(str(cube),), checkpoint=str(ckpt), out=str(out), level=1, window=16, min_valid=0.1,
+        epochs=1, min_steps=2, batch_size=16, device="cpu", num_threads=1, bootstrap=200,
+        seeds=(0, 1), budgets=(0.5, 1.0), lr_grid=(3e-3,),
+    )  # fmt: skip
+    base.update(kw)
+    return TransferConfig(**base)
+
+
+def test_linear_probe_trains_only_the_new_head(cube: Path, phase1: Path) -> None:
+    model = transfer_model(phase1, (1, 2, 3, 4, 5))
+    groups, frozen = param_groups(model, "linear", lr=1e-2)
+    assert [g["name"] for g in groups] == ["decoder"]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.head.parameters()}
+    ds = WindowDataset(cube, size=64, stride=64, bands=list(BANDS), level=1, min_valid=0.1)
+    before = _state(model)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
+    cfg = TransferTrainConfig(epochs=1, min_steps=2, strategy="linear", lr=1e-2, device="cpu")
+    hist = train_transfer(model, loader, None, cfg, class_codes=(1, 2, 3, 4, 5))
+    assert hist.meta["trainable_parameters"] == sum(p.numel() for p in model.head.parameters())
+    for k, v in _state(model).items():  # encoder and decoder: weights and BatchNorm statistics untouched
+        assert torch.equal(v, before[k]) != k.startswith("head."), k
+
+
+def test_zero_shot_sums_the_phase1_probabilities(phase1: Path) -> None:
+    from landcover.models import model_from_checkpoint
+    from landcover.transfer import zero_shot_groups, zero_shot_model
+
+    src = model_from_checkpoint(phase1)
+    groups = zero_shot_groups(CODES, (1, 2, 3, 4, 5))
+    assert groups == [[0, 1], [2, 3], [4, 5], [6], [7]]
+    assert zero_shot_groups(CODES, (11, 21, 23, 31, 41, 51)) == [[0, 1], [2], [3], [4, 5], [6], [7]]
+    assert zero_shot_groups(CODES, (7, 1000)) is None  # a user problem: the classes do not map
+    x = torch.randn(2, 6, 32, 32)
+    p_old = torch.softmax(src(x), dim=1)
+    p_new = torch.softmax(zero_shot_model(src, groups)(x), dim=1)
+    for i, g in enumerate(groups):
+        torch.testing.assert_close(p_new[:, i], p_old[:, g].sum(dim=1))
+
+
+def _class_raster(path: Path, *, x0: float, y0: float, values: np.ndarray) -> Path:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(
+        path, "w", driver="GTiff", height=values.shape[0], width=values.shape[1], count=1, dtype="int16",
+        crs="EPSG:32632", transform=from_origin(x0, y0, 60.0, 60.0), nodata=-1,
+    ) as dst:  # fmt: skip
+        dst.write(values.astype("int16"), 1)
+    return path
+
+
+def test_user_label_raster_becomes_exact_fractions_in_the_cube(tmp_path: Path) -> None:
+    from landcover.corine import read_class_raster
+    from landcover.errors import InputFileError
+    from landcover.transfer import add_labels
+
+    store = make_cube(tmp_path / "u.zarr", shape=(96, 96), classes=CODES, chunks=32, seed=2)
+    # 60 m cells; the 7|1000 edge runs through the middle of cube column 48 (cube origin 399985 E)
+    values = np.where(np.arange(60)[None, :] < 26, 7, 1000).repeat(60, axis=0)
+    values[:6, :] = -1  # nodata over the first ~10 cube rows
+    raster = _class_raster(tmp_path / "crops.tif", x0=399_880.0, y0=5_500_015.0 + 60.0, values=values)
+    with pytest.raises(InputFileError, match="1000"):
+        read_class_raster(raster, classes=(7,))
+    codes = add_labels(store, raster)
+    assert codes == (7, 1000)
+    assert add_labels(store, raster) == codes  # the same source again: left as it is
+    base = WindowDataset(store, size=32, stride=32, bands=list(BANDS), min_valid=0.0)
+    ds = LabelVariableDataset(base, "user_labels")
+    assert ds.class_codes == (7, 1000)
+    frac = np.zeros((2, 96, 96), dtype="float32")
+    mask = np.zeros((96, 96), dtype=bool)
+    for i in range(len(ds)):
+        item = ds[i]
+        _, _, r, c = (int(v) for v in item["position"])
+        frac[:, r : r + 32, c : c + 32] = item["target"].numpy()
+        mask[r : r + 32, c : c + 32] = item["mask"].numpy()
+    assert not mask[:8].any() and mask[12:].all()  # rows under nodata (coverage < 50 %) are masked
+    np.testing.assert_allclose(frac[0, 12:, :48], 1.0)
+    np.testing.assert_allclose(frac[:, 12:, 48], 0.5, atol=1 / 250)  # the edge halves pixel column 48
+    np.testing.assert_allclose(frac[1, 12:, 49:], 1.0)
+    other = _class_raster(tmp_path / "other.tif", x0=399_880.0, y0=5_500_075.0, values=values)
+    with pytest.raises(InputFileError, match="another source"):
+        add_labels(store, other)
+
+
+def _in_training_reach(record: dict[str, Any], cube: Path, windows: np.ndarray, size: int) -> int:
+    """Windows with a pixel within ``buffer`` of a pixel phase-1 training windows could use.
+
+    Pixel masks, independent of the splits code: trainable pixels lie in a training block of the
+    phase-1 cube and more than ``buffer`` px from every val/test block (the training buffer).
+    """
+    from scipy.ndimage import maximum_filter
+
+    from landcover.datasets import inspect_cube
+    from landcover.windows import global_origin
+
+    info = inspect_cube(cube)
+    o = global_origin(info.transform)
+    block, buf = int(record["block"]), int(record["buffer"])
+    split = {(r, c): s for r, c, s in record["assignments"][0]}
+    h, w = info.shape
+    pad = 2 * buf
+    gr = (np.arange(-pad, h + pad) + o[0]) // block
+    gc = (np.arange(-pad, w + pad) + o[1]) // block
+    codes = np.array([[split.get((r, c), -1) for c in gc] for r in gr])
+    inside = np.zeros(codes.shape, dtype=bool)
+    inside[pad : pad + h, pad : pad + w] = True
+
+    def grow(mask: np.ndarray) -> np.ndarray:
+        out: np.ndarray = maximum_filter(mask.astype("uint8"), size=2 * buf + 1) > 0
+        return out
+
+    trainable = (codes == 0) & inside & ~grow(codes > 0)
+    near = grow(trainable)
+    return sum(bool(near[pad + r : pad + r + size, pad + c : pad + c + size].any()) for _, _, r, c in windows)
+
+
+def test_phase2_respects_the_phase1_split_or_refuses(
+    big: Path, phase1_split: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from landcover.cli import main
+    from landcover.models import load_checkpoint
+    from landcover.transfer import LeakageError
+
+    record = load_checkpoint(phase1_split)["split"]
+    # phase-2 split settings of its own on the same pixels: its val/test windows meet phase-1 training blocks
+    with pytest.raises(LeakageError, match=r"refusing to run: \d+ of \d+ phase-2 val/test windows") as err:
+        run_transfer(
+            _cfg(big, phase1_split, tmp_path / "r0", arms=("zero-shot",), split_block=64, split_seed=1)
+        )
+    assert "\n" not in str(err.value) and "--allow-overlap" in str(err.value)
+    assert not (tmp_path / "r0").exists()
+    own = {"arms": ("zero-shot",), "split_block": 64, "split_seed": 1}
+    allowed = run_transfer(_cfg(big, phase1_split, tmp_path / "r1", allow_overlap=True, **own))
+    assert allowed.leakage["overlapping"] > 0
+    evals = np.concatenate([allowed.windows["val"], allowed.windows["test"]])
+    assert _in_training_reach(record, big, evals, 16) > 0
+    assert any("--allow-overlap" in n for n in allowed.notes)
+    # by default phase 2 keeps the phase-1 assignment: no val/test pixel within the buffer of trainable pixels
+    result = run_transfer(_cfg(big, phase1_split, tmp_path / "r2", arms=("zero-shot",)))
+    assert result.split["mode"] == "inherit" and result.shift["place"] == "same footprint"
+    evals = np.concatenate([result.windows["val"], result.windows["test"]])
+    assert len(result.windows["val"]) and len(result.windows["test"])
+    assert _in_training_reach(record, big, evals, 16) == 0 and result.leakage["overlapping"] == 0
+    # the command line: one line naming the problem, exit status 1
+    args = [
+        "-q",
+        "transfer",
+        str(phase1_split),
+        "--cube",
+        str(big),
+        "--out",
+        str(tmp_path / "r3"),
+        "--window",
+        "16",
+    ]
+    own_args = ["--arms", "zero-shot", "--split-block", "64", "--split-seed", "1", "--device", "cpu"]
+    assert main([*args, *own_args]) == 1
+    err_text = capsys.readouterr().err.strip()
+    assert len(err_text.splitlines()) == 1 and "refusing to run" in err_text
+
+
+def test_phase2_on_a_new_region_uses_its_own_split(phase1_split: Path, tmp_path: Path) -> None:
+    far = make_cube(
+        tmp_path / "far.zarr",
+        shape=(160, 160),
+        classes=CODES,
+        chunks=64,
+        seed=9,
+        origin=(600_005.0, 5_200_015.0),
+    )
+    result = run_transfer(
+        _cfg(far, phase1_split, tmp_path / "r", arms=("zero-shot",), budgets=(1.0,), seeds=(0,))
+    )
+    assert result.shift["place"] == "new region" and result.split["mode"] == "own"
+    assert result.leakage["overlapping"] == 0 and result.split_sizes["test"] > 0
+
+
+@pytest.fixture(scope="module")
+def imagenet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torchvision ResNet-18 state dict of the right shapes (random weights; never downloaded)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet18-f37072fd.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def test_experiment_end_to_end_writes_the_report(
+    big: Path, phase1_split: Path, imagenet_file: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(
+        big, phase1_split, tmp_path / "report",
+        arms=("zero-shot", "linear-probe", "phase1-partial", "phase1-full", "imagenet-rgb", "imagenet-native",
+              "ssl4eo", "scratch"),
+        imagenet_weights=str(imagenet_file),
+        batch_size=64,
+    )  # fmt: skip
+    messages: list[str] = []
+    result = run_transfer(cfg, log=messages.append)
+    assert set(result.skipped) == {"ssl4eo"} and "SSL4EO" in result.skipped["ssl4eo"]
+    ran = {r.arm for r in result.runs}
+    assert ran == set(cfg.arms) - {"ssl4eo"}
+    assert {(r.arm, r.budget, r.seed) for r in result.runs} == {
+        (a, b, s) for a in ran for b in (0.5, 1.0) for s in (0, 1)
+    }
+    by = {(r.arm, r.budget, r.seed): r for r in result.runs}
+    phase1_params = by[("phase1-full", 1.0, 0)].parameters
+    for arm in ("imagenet-rgb", "imagenet-native"):  # a full-width ResNet-18, whatever the phase-1 width
+        assert by[(arm, 1.0, 0)].parameters > 11_000_000 > 20 * phase1_params
+    assert (
+        by[("linear-probe", 1.0, 0)].trainable_parameters
+        < by[("phase1-partial", 1.0, 0)].trainable_parameters
+    )
+    assert (
+        by[("phase1-partial", 1.0, 0)].trainable_parameters < by[("phase1-full", 1.0, 0)].trainable_parameters
+    )
+    assert all(r.steps >= 2 and r.samples > 0 for r in result.runs if r.arm != "zero-shot")
+    small = [r.train_windows for r in result.runs if r.budget == 0.5 and r.arm == "scratch"]
+    assert max(small) < result.split_sizes["train"]
+    zs = [r.test["miou_l3"] for r in result.runs if r.arm == "zero-shot"]
+    assert len(set(zs)) == 1  # no training: the bar is the same for every budget and seed
+    report = write_report(result)
+    out = report.parent
+    for name in ("report.md", "metrics.json", "budget_curve.png", "learning_curves_50pct.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["class_codes"] == [1, 2, 3, 4, 5]
+    entry = metrics["models"]["phase1-full@1"]
+    assert entry["strategy"] == "full" and entry["seeds"] == [0, 1] and entry["lr"] == 3e-3
+    iv = entry["interval"]
+    assert iv["low"] <= iv["estimate"] <= iv["high"]
+    assert set(entry["per_class_iou"]) == {"1", "2", "3", "4", "5"}
+    pairs = {(c["arm"], c["reference"], c["budget"]) for c in metrics["comparisons"]}
+    assert ("phase1-full", "scratch", 1.0) in pairs and ("phase1-full", "zero-shot", 1.0) in pairs
+    assert ("linear-probe", "scratch", 0.5) in pairs and ("phase1-partial", "linear-probe", 0.5) in pairs
+    for c in metrics["comparisons"]:
+        assert c["ci_low"] <= c["diff"] <= c["ci_high"] and 0 < c["p_value"] <= 1
+        assert (c["verdict"] == "no significant difference") == (c["ci_low"] <= 0 <= c["ci_high"])
+    assert metrics["compute"]["scratch"]["steps"] == sum(r.steps for r in result.runs if r.arm == "scratch")
+    text = report.read_text()
+    assert "**Data: SYNTHETIC**" in text and "no: no SSL4EO-L weights" in text
+    assert "unverified weights" in text  # random weights are not called ImageNet
+    assert "The zero-shot row is the bar" in text and "| 1 Artificial surfaces |" in text
+
+
+def test_learning_rate_is_chosen_on_validation_per_arm(big: Path, phase1_split: Path, tmp_path: Path) -> None:
+    cfg = _cfg(
+        big, phase1_split, tmp_path / "r", arms=("scratch",), budgets=(1.0,), seeds=(0,), lr_grid=(1e-5, 3e-3)
     )
     messages: list[str] = []
     result = run_transfer(cfg, log=messages.append)
-    assert any("ImageNet init skipped" in m for m in messages)
-    assert {(r.init, r.budget, r.seed) for r in result.runs} == {
-        (i, b, s) for i in ("phase1", "scratch") for b in (0.25, 1.0) for s in (0, 1)
-    }
-    small = [r.train_windows for r in result.runs if r.budget == 0.25]
-    full = [r.train_windows for r in result.runs if r.budget == 1.0]
-    assert max(small) < min(full) == result.split_sizes["train"]
-    report = write_report(result)
-    out = report.parent
-    for name in ("report.md", "metrics.json", "budget_curve.png", "learning_curves_25pct.png"):
-        assert (out / name).is_file(), name
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"phase1@0.25", "phase1@1", "scratch@0.25", "scratch@1"}
-    assert metrics["class_codes"] == [1, 2, 3, 4, 5]
-    entry = metrics["models"]["phase1@1"]
-    assert entry["strategy"] == "frozen" and entry["seeds"] == [0, 1]
-    assert 0.0 <= entry["test"]["acc_l3"]["mean"] <= 1.0
-    text = report.read_text()
-    assert "ImageNet init skipped" in text and "| phase1 |" in text and "| scratch |" in text
+    scores = result.lr_scores["scratch"]
+    assert set(scores) == {"1e-05", "0.003"} and sum("on validation" in m for m in messages) == 2
+    best = max(scores, key=lambda k: scores[k] if scores[k] is not None else -1)
+    assert result.chosen_lr["scratch"] == float(best)
+    (run,) = result.runs  # the selection run at the largest budget is the run itself
+    assert run.lr == float(best)
 
 
-def test_transfer_cli_and_pipeline(
-    cube: Path, phase1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_transfer_cli_with_user_labels_and_pipeline(
+    big: Path, phase1_split: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import shutil
     import sys
 
     from landcover.cli import main
 
-    common = ["--window", "48", "--epochs", "1", "--min-steps", "1", "--batch-size", "8", "--device", "cpu"]
-    common += ["--min-valid", "0.1", "--split-block", "96", "--split-fractions", "0.5,0.25,0.25"]
-    args = ["-q", "transfer", str(phase1), "--cube", str(cube), "--out", str(tmp_path / "r"), "--level", "2"]
-    assert main([*args, "--inits", "phase1", "--budgets", "1", "--seeds", "0", *common]) == 0
+    cube = tmp_path / "c.zarr"
+    shutil.copytree(big, cube)
+    values = np.where(np.arange(140)[:, None] < 70, 3, 9).repeat(140, axis=1)
+    raster = _class_raster(tmp_path / "forest.tif", x0=399_925.0, y0=5_500_075.0, values=values)
+    common = ["--window", "16", "--epochs", "1", "--min-steps", "1", "--batch-size", "16", "--device", "cpu"]
+    common += ["--min-valid", "0.1", "--bootstrap", "100", "--lr-grid", "0.003"]
+    args = ["-q", "transfer", str(phase1_split), "--cube", str(cube), "--out", str(tmp_path / "r")]
+    arms = ["--arms", "zero-shot,linear-probe,scratch", "--budgets", "1", "--seeds", "0"]
+    assert main([*args, "--labels", str(raster), *arms, *common]) == 0
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert list(metrics["models"]) == ["phase1@1"] and all(c > 10 for c in metrics["class_codes"])
-    assert main([*args, "--inits", "phase1,bogus", *common]) == 1
-    assert "inits must be" in capsys.readouterr().err
+    assert metrics["class_codes"] == [3, 9] and set(metrics["table"]) == {"linear-probe", "scratch"}
+    assert "not CLC classes" in metrics["skipped"]["zero-shot"]
+    assert "forest.tif" in metrics["task"]
+    assert main([*args, "--arms", "phase1-full,bogus", *common]) == 1
+    assert "arms must be" in capsys.readouterr().err
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
     try:
@@ -272,9 +523,9 @@ def test_transfer_cli_and_pipeline(
         sys.path.pop(0)
     cfg = tmp_path / "t.toml"
     cfg.write_text(
-        f'[transfer]\ncubes = ["{cube}"]\ncheckpoint = "{phase1}"\nout = "p"\ninits = ["scratch"]\n'
-        'budgets = [0.5]\nseeds = [1]\nwindow = 48\nepochs = 1\nmin_steps = 1\ndevice = "cpu"\n'
-        "min_valid = 0.1\nsplit_block = 96\nsplit_fractions = [0.5, 0.25, 0.25]\n"
+        f'[transfer]\ncubes = ["{big}"]\ncheckpoint = "{phase1_split}"\nout = "p"\narms = ["scratch"]\n'
+        'budgets = [0.5]\nseeds = [1]\nwindow = 16\nepochs = 1\nmin_steps = 1\ndevice = "cpu"\n'
+        "min_valid = 0.1\nlr_grid = [0.003]\nbootstrap = 100\n"
     )
     assert transfer_pipeline.main([str(cfg)]) == 0
     assert (tmp_path / "p" / "report.md").is_file()
