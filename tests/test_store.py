@@ -241,3 +241,27 @@ def test_dask_chunks_other_than_the_store_chunks_and_one_thread(tmp_path: Path) 
     meta = json.loads((store / "labels" / "zarr.json").read_text())
     assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [K, 32, 32]
     assert meta["codecs"][-1]["configuration"]["shuffle"] == "noshuffle"
+
+
+def test_manifest_checksums_fill_chunks_and_damage(tmp_path: Path) -> None:
+    import json
+
+    from landcover.store import MANIFEST_FILE, check_manifest, verify_cube
+
+    raw = _raw()
+    raw["labels"][:, 32:64, 32:64] = schema.LABEL_FILL  # one all-NODATA labels chunk: zarr writes no file
+    store = write_cube(_dataset(raw), tmp_path / "c.zarr", fingerprint="f", chunks=CHUNKS, progress=False)
+    arrays = json.loads((store / MANIFEST_FILE).read_text())["arrays"]
+    assert arrays["labels"]["chunks_crc32"]["0.1.1"].endswith(":fill")
+    assert not (store / "labels" / "c" / "0" / "1" / "1").exists()
+    assert len(arrays["reflectance"]["chunks_crc32"]) == T * 3 * 3 and "crc32" in arrays["time"]
+    assert check_manifest(store) > 0 and verify_cube(store).ok
+    # an absent labels chunk reads as NODATA (255), never as a fraction of 0
+    np.testing.assert_array_equal(_raw_arrays(store)["labels"], raw["labels"])
+    (store / "labels" / "c" / "0" / "0" / "0").unlink()
+    assert (_raw_arrays(store)["labels"][:, :32, :32] == schema.LABEL_FILL).all()
+    with pytest.raises(
+        InputFileError, match=r"c.zarr: the cube is damaged: variable 'labels' chunk \(0, 0, 0\)"
+    ):
+        open_cube(store)
+    assert [p for p in verify_cube(store).problems] == ["variable 'labels' chunk (0, 0, 0) is missing"]
