@@ -15,7 +15,11 @@ Accepted inputs
 * any single file of such a product (its siblings and MTL are found next to it),
 * the unextracted ``.tar`` bundle (members are read through GDAL's ``/vsitar/``; nothing is extracted),
 * a Collection 1 band-stacked clip: one multi-band GeoTIFF ``<product_id>.tif`` holding the
-  product's 30 m bands in MTL order (panchromatic B8 and BQA left out) beside ``<product_id>_MTL.txt``.
+  product's 30 m bands in MTL order (panchromatic B8 and BQA left out) beside ``<product_id>_MTL.txt``,
+* a pre-Collection Level-1 product named after its scene id (``LT50440342011161PAC01_B1.TIF``) with an
+  old-style MTL (LMAX/LMIN/QCAL; see :mod:`landcover.mtl`),
+* any other multi-band raster, a *stack* (:mod:`landcover.stack`), and STAC items read over HTTP
+  (:mod:`landcover.stac_scene`): both become the same :class:`ScenePlan` without an MTL.
 
 Decoding
 --------
@@ -59,7 +63,7 @@ import numpy as np
 
 from .errors import GridMismatchError, InputFileError
 from .grid import Grid
-from .mtl import PRODUCT_ID_RE, Mtl, parse_mtl
+from .mtl import PRODUCT_ID_RE, SCENE_ID_RE, Mtl, parse_mtl
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array as da
@@ -786,7 +790,7 @@ def _locate(path: Path) -> tuple[_Listing, Mtl, str | None]:
         listing = _list_tar(path)
     else:
         listing = _list_dir(path.parent)
-        m = PRODUCT_ID_RE.match(path.name)
+        m = PRODUCT_ID_RE.match(path.name) or SCENE_ID_RE.match(path.name)  # scene id: pre-Collection
         if m is None:
             raise InputFileError(
                 path, "file name does not start with a Landsat product id (LXSS_LLLL_PPPRRR_...)"
@@ -921,7 +925,8 @@ def _is_stack(path: Path) -> bool:
 
     if find_sidecar(path) is not None:
         return True
-    return path.suffix.lower() in _TIF_EXT and PRODUCT_ID_RE.match(path.name) is None
+    named = PRODUCT_ID_RE.match(path.name) or SCENE_ID_RE.match(path.name)
+    return path.suffix.lower() in _TIF_EXT and named is None
 
 
 def plan_scene(

@@ -15,11 +15,31 @@ Scale tables are keyed by the band-file suffix they apply to, so that they can
 be matched to files directly: ``"SR_B1"`` (L2 surface reflectance), ``"ST_B6"``
 (L2 surface temperature), ``"B1"``/``"B6_VCID_1"``/``"B10"`` (Level-1 DN bands:
 radiance, TOA reflectance, thermal K1/K2).
+
+Old USGS metadata
+-----------------
+Pre-Collection and early Collection 1 Level-1 MTL files are read too: scene id instead of a
+product id (``LANDSAT_SCENE_ID``, e.g. ``LT50440342011161PAC01``), ``ACQUISITION_DATE`` /
+``SCENE_CENTER_SCAN_TIME``, ``BAND1_FILE_NAME``, sun angles in ``PRODUCT_PARAMETERS``, ``STARTING_ROW``,
+and radiance given only as ``LMAX_BAND1``/``LMIN_BAND1`` (or ``RADIANCE_MAXIMUM/MINIMUM_BAND_1``)
+with ``QCALMAX_BAND1``/``QCALMIN_BAND1`` (or ``QUANTIZE_CAL_MAX/MIN_BAND_1``), in whatever group
+(``MIN_MAX_RADIANCE``, ``RADIANCE_SCALING``, ``MIN_MAX_PIXEL_VALUE``...); files padded with NUL
+bytes or blanks after ``END`` are accepted. Then
+
+* radiance ``L = (LMAX - LMIN) / (QCALMAX - QCALMIN) * (Q - QCALMIN) + LMIN``;
+* when the MTL has no ``REFLECTANCE_MULT/ADD`` (TM, ETM+), TOA reflectance (before the sun-angle
+  division) ``= pi * d^2 / ESUN * L`` with the ESUN values of Chander, Markham and Helder (2009,
+  Remote Sensing of Environment 113, 893-903, Table 2) and ``d`` = ``EARTH_SUN_DISTANCE`` or, when
+  absent, computed from the acquisition date;
+* when K1/K2 are absent, the thermal constants of the same paper (Table 4).
+
+:attr:`Mtl.derived` lists what was computed rather than read.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -110,6 +130,10 @@ class Mtl:
         ``(K1, K2)`` per Level-1 thermal band suffix (``"B6"``, ``"B6_VCID_1"``, ``"B10"``).
     groups
         The raw file content: group -> key -> value as written (strings, quotes removed).
+    derived
+        What was computed rather than read (old metadata): ``"radiance from LMAX/LMIN/QCAL"``,
+        ``"TOA reflectance from ESUN (Chander et al. 2009)"``, ``"K1/K2 (Chander et al. 2009)"``,
+        ``"earth-sun distance from the date"``; empty for current MTL files.
     """
 
     path: Path
@@ -143,6 +167,7 @@ class Mtl:
     toa_reflectance: dict[str, Scale] = field(repr=False)
     thermal_constants: dict[str, tuple[float, float]] = field(repr=False)
     groups: dict[str, dict[str, str]] = field(repr=False)
+    derived: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not -90.0 <= self.sun_elevation <= 90.0:
@@ -236,6 +261,7 @@ def parse_mtl(data: bytes | str, *, source: str | os.PathLike[str] = "<MTL>") ->
             raise InputFileError(src, "not an MTL file (not UTF-8 text)") from None
     else:
         text = data
+    text = text.replace("\x00", "")  # files padded with NUL bytes (old USGS distributions)
     stripped = text.lstrip()
     if not stripped:
         raise InputFileError(src, "MTL file is empty")
@@ -334,7 +360,7 @@ def _parse_json(text: str, src: Path) -> dict[str, dict[str, str]]:
 # -- typed view -------------------------------------------------------------------------------
 
 _ID_GROUPS = ("PRODUCT_CONTENTS", "METADATA_FILE_INFO", "PRODUCT_METADATA")
-_IMG_GROUPS = ("IMAGE_ATTRIBUTES", "PRODUCT_METADATA")
+_IMG_GROUPS = ("IMAGE_ATTRIBUTES", "PRODUCT_METADATA", "PRODUCT_PARAMETERS")
 _PROJ_GROUPS = ("PROJECTION_ATTRIBUTES", "PROJECTION_PARAMETERS", "LEVEL1_PROJECTION_PARAMETERS")
 _DIM_GROUPS = ("PROJECTION_ATTRIBUTES", "PRODUCT_METADATA")
 _FILE_GROUPS = ("PRODUCT_CONTENTS", "PRODUCT_METADATA")
@@ -349,6 +375,36 @@ _QA_KEYS = {
     "FILE_NAME_QUALITY_L1_RADIOMETRIC_SATURATION": "QA_RADSAT",
     "FILE_NAME_BAND_QUALITY": "BQA",
 }
+
+
+SCENE_ID_RE = re.compile(r"L([TEMCO])([1-9])\d{13}[A-Z]{3}\d{2}")
+"""A Landsat scene identifier (``LXSPPPRRRYYYYDDDGSIVV``), the name of pre-Collection files."""
+
+ESUN: dict[str, dict[str, float]] = {
+    "LT04": {"B1": 1983.0, "B2": 1795.0, "B3": 1539.0, "B4": 1028.0, "B5": 219.8, "B7": 83.49},
+    "LT05": {"B1": 1983.0, "B2": 1796.0, "B3": 1536.0, "B4": 1031.0, "B5": 220.0, "B7": 83.44},
+    "LE07": {"B1": 1997.0, "B2": 1812.0, "B3": 1533.0, "B4": 1039.0, "B5": 230.8, "B7": 84.90, "B8": 1362.0},
+}
+"""Solar exoatmospheric irradiance, W/(m^2 sr um), Chander et al. (2009) Table 2."""
+
+THERMAL_K: dict[str, dict[str, tuple[float, float]]] = {
+    "LT04": {"B6": (671.62, 1284.30)},
+    "LT05": {"B6": (607.76, 1260.56)},
+    "LE07": {"B6_VCID_1": (666.09, 1282.71), "B6_VCID_2": (666.09, 1282.71)},
+}
+"""Thermal band K1 (W/(m^2 sr um)) and K2 (K), Chander et al. (2009) Table 4."""
+
+
+def earth_sun_distance(day_of_year: int) -> float:
+    """Earth-Sun distance in AU for a day of the year (mean anomaly series; about 1e-4 AU accurate)."""
+    g = math.radians(357.529 + 0.98560028 * (day_of_year - 1.5))
+    return 1.00014 - 0.01671 * math.cos(g) - 0.00014 * math.cos(2 * g)
+
+
+def _suffix_of_band_key(band: str) -> str:
+    """``"1"`` -> ``"B1"``; old ETM+ ``"61"``/``"62"`` and ``"6_VCID_1"`` -> ``"B6_VCID_1"``..."""
+    old = {"61": "6_VCID_1", "62": "6_VCID_2"}
+    return f"B{old.get(band, band)}"
 
 
 def _get(groups: dict[str, dict[str, str]], names: tuple[str, ...], key: str) -> str | None:
@@ -402,17 +458,35 @@ def _build(groups: dict[str, dict[str, str]], src: Path, encoding: MtlEncoding) 
 
     if not groups:
         raise InputFileError(src, "not an MTL file (no metadata groups)")
-    product_id = need(_ID_GROUPS, "LANDSAT_PRODUCT_ID")
-    if not PRODUCT_ID_RE.fullmatch(product_id):
-        raise InputFileError(src, f"LANDSAT_PRODUCT_ID {product_id!r} is not a Landsat product id")
-    level = _get(groups, ("PRODUCT_CONTENTS",), "PROCESSING_LEVEL") or need(
-        ("PRODUCT_METADATA",), "DATA_TYPE"
+    derived: list[str] = []
+    product_id = _get(groups, _ID_GROUPS, "LANDSAT_PRODUCT_ID")
+    if product_id is not None:
+        if not PRODUCT_ID_RE.fullmatch(product_id):
+            raise InputFileError(src, f"LANDSAT_PRODUCT_ID {product_id!r} is not a Landsat product id")
+        sensor = product_id[:4]
+    else:  # pre-Collection: files are named after the scene id
+        product_id = _get(groups, _ID_GROUPS, "LANDSAT_SCENE_ID")
+        m_sid = SCENE_ID_RE.fullmatch(product_id or "")
+        if product_id is None or m_sid is None:
+            raise InputFileError(
+                src, f"MTL lacks LANDSAT_PRODUCT_ID and LANDSAT_SCENE_ID (looked in {', '.join(_ID_GROUPS)})"
+            )
+        sensor = f"L{m_sid.group(1).replace('O', 'C')}0{m_sid.group(2)}"
+    is_pid = PRODUCT_ID_RE.fullmatch(product_id) is not None
+    level = (
+        _get(groups, ("PRODUCT_CONTENTS",), "PROCESSING_LEVEL")
+        or _get(groups, ("PRODUCT_METADATA",), "DATA_TYPE")
+        or need(("PRODUCT_METADATA",), "PRODUCT_TYPE")
     )
-    collection = integer(_ID_GROUPS, "COLLECTION_NUMBER") or int(product_id.split("_")[5])
-    category = _get(groups, _ID_GROUPS, "COLLECTION_CATEGORY") or product_id.split("_")[6]
+    collection = integer(_ID_GROUPS, "COLLECTION_NUMBER") or (int(product_id.split("_")[5]) if is_pid else 0)
+    category = _get(groups, _ID_GROUPS, "COLLECTION_CATEGORY") or (product_id.split("_")[6] if is_pid else "")
 
-    date = need(_IMG_GROUPS, "DATE_ACQUIRED")
-    time = _get(groups, _IMG_GROUPS, "SCENE_CENTER_TIME") or "00:00:00Z"
+    date = _get(groups, _IMG_GROUPS, "DATE_ACQUIRED") or need(_IMG_GROUPS, "ACQUISITION_DATE")
+    time = (
+        _get(groups, _IMG_GROUPS, "SCENE_CENTER_TIME")
+        or _get(groups, _IMG_GROUPS, "SCENE_CENTER_SCAN_TIME")
+        or "00:00:00Z"
+    )
     try:
         hms, frac = _split_time(time)
         acquired = datetime.fromisoformat(f"{date}T{hms}.{(frac + '000000')[:6]}").replace(tzinfo=UTC)
@@ -441,7 +515,10 @@ def _build(groups: dict[str, dict[str, str]], src: Path, encoding: MtlEncoding) 
         for key, value in groups.get(gname, {}).items():
             if not value:
                 continue
-            if key.startswith("FILE_NAME_BAND_") and key != "FILE_NAME_BAND_QUALITY":
+            old_name = re.fullmatch(r"BAND(\d+)_FILE_NAME", key)
+            if old_name is not None:  # pre-Collection BAND1_FILE_NAME, BAND61_FILE_NAME
+                band_files.setdefault(_suffix_of_band_key(old_name.group(1)), value)
+            elif key.startswith("FILE_NAME_BAND_") and key != "FILE_NAME_BAND_QUALITY":
                 rest = key[len("FILE_NAME_BAND_") :]
                 band_files.setdefault(_band_suffix(f"B{rest}", value, product_id), value)
             elif key in _QA_KEYS:
@@ -478,23 +555,46 @@ def _build(groups: dict[str, dict[str, str]], src: Path, encoding: MtlEncoding) 
                     thermal[f"B{band}"] = (k1, k2)
         break
 
+    radiance = scales(_L1_RESCALE, "RADIANCE", "B{}")
+    if not radiance:  # old metadata: LMAX/LMIN and QCALMAX/QCALMIN per band
+        radiance = _radiance_from_minmax(groups, src)
+        if radiance:
+            derived.append("radiance from LMAX/LMIN/QCAL")
+    toa = scales(_L1_RESCALE, "REFLECTANCE", "B{}")
+    esd = num(_IMG_GROUPS, "EARTH_SUN_DISTANCE")
+    if not toa and sensor in ESUN and radiance and level.startswith("L1"):
+        d = esd
+        if d is None:
+            d = earth_sun_distance(acquired.timetuple().tm_yday)
+            derived.append("earth-sun distance from the date")
+        for band, esun in ESUN[sensor].items():
+            if band in radiance:
+                f = math.pi * d * d / esun
+                toa[band] = Scale(radiance[band].mult * f, radiance[band].add * f)
+        derived.append("TOA reflectance from ESUN (Chander et al. 2009)")
+    if not thermal and sensor in THERMAL_K and level.startswith("L1"):
+        thermal = {b: k for b, k in THERMAL_K[sensor].items() if b in radiance}
+        if thermal:
+            derived.append("K1/K2 (Chander et al. 2009)")
+
     cloud = num(_IMG_GROUPS, "CLOUD_COVER")
+    start_row = integer(_IMG_GROUPS, "STARTING_ROW")
     return Mtl(
         path=src,
         encoding=encoding,
         product_id=product_id,
-        sensor=product_id[:4],
+        sensor=sensor,
         spacecraft=_get(groups, _IMG_GROUPS, "SPACECRAFT_ID") or "",
         sensor_id=_get(groups, _IMG_GROUPS, "SENSOR_ID") or "",
         collection=collection,
         category=category,
         level=level,
-        wrs_path=integer(_IMG_GROUPS, "WRS_PATH") or int(product_id.split("_")[2][:3]),
-        wrs_row=integer(_IMG_GROUPS, "WRS_ROW") or int(product_id.split("_")[2][3:]),
+        wrs_path=integer(_IMG_GROUPS, "WRS_PATH") or _path_row(product_id, 0),
+        wrs_row=integer(_IMG_GROUPS, "WRS_ROW") or start_row or _path_row(product_id, 1),
         acquired=acquired,
         sun_azimuth=sun_az,
         sun_elevation=sun_el,
-        earth_sun_distance=num(_IMG_GROUPS, "EARTH_SUN_DISTANCE"),
+        earth_sun_distance=esd,
         cloud_cover=cloud,
         cloud_cover_land=num(_IMG_GROUPS, "CLOUD_COVER_LAND"),
         map_projection=projection,
@@ -507,8 +607,60 @@ def _build(groups: dict[str, dict[str, str]], src: Path, encoding: MtlEncoding) 
         band_files=band_files,
         sr_scale=scales((_L2_SR,), "REFLECTANCE", "SR_B{}"),
         st_scale=scales((_L2_ST,), "TEMPERATURE", "{}"),
-        radiance=scales(_L1_RESCALE, "RADIANCE", "B{}"),
-        toa_reflectance=scales(_L1_RESCALE, "REFLECTANCE", "B{}"),
+        radiance=radiance,
+        toa_reflectance=toa,
         thermal_constants=thermal,
         groups=groups,
+        derived=tuple(derived),
     )
+
+
+def _path_row(product_id: str, which: int) -> int:
+    """WRS path (0) or row (1) from a product id or a scene id."""
+    if PRODUCT_ID_RE.fullmatch(product_id):
+        pr = product_id.split("_")[2]
+    else:
+        pr = product_id[3:9]
+    return int(pr[:3] if which == 0 else pr[3:])
+
+
+_MINMAX_KEYS = (
+    (r"LMAX_BAND(\d+)", r"LMIN_BAND{}", r"QCALMAX_BAND{}", r"QCALMIN_BAND{}"),
+    (r"RADIANCE_MAXIMUM_BAND_(\w+)", r"RADIANCE_MINIMUM_BAND_{}", r"QUANTIZE_CAL_MAX_BAND_{}",
+     r"QUANTIZE_CAL_MIN_BAND_{}"),
+)  # fmt: skip
+
+
+def _radiance_from_minmax(groups: dict[str, dict[str, str]], src: Path) -> dict[str, Scale]:
+    """Radiance rescaling ``L = G * Q + B`` from LMAX/LMIN and QCALMAX/QCALMIN (any group), by suffix."""
+    flat: dict[str, str] = {}
+    for gname, grp in groups.items():
+        if gname.startswith("LEVEL2"):
+            continue
+        for k, v in grp.items():
+            flat.setdefault(k, v)
+
+    def val(key: str) -> float:
+        try:
+            return float(flat[key])
+        except KeyError:
+            raise InputFileError(src, f"MTL has radiance limits for some bands but lacks {key}") from None
+        except ValueError:
+            raise InputFileError(src, f"MTL value {key} = {flat[key]!r} is not a number") from None
+
+    out: dict[str, Scale] = {}
+    for kmax, kmin, qmax, qmin in _MINMAX_KEYS:
+        for key in flat:
+            m = re.fullmatch(kmax, key)
+            if m is None:
+                continue
+            band = m.group(1)
+            lmax, lmin = val(key), val(kmin.format(band))
+            q1, q0 = val(qmax.format(band)), val(qmin.format(band))
+            if q1 <= q0:
+                raise InputFileError(src, f"MTL QCALMAX <= QCALMIN for band {band}")
+            gain = (lmax - lmin) / (q1 - q0)
+            out.setdefault(_suffix_of_band_key(band), Scale(gain, lmin - gain * q0))
+        if out:
+            break
+    return out

@@ -216,3 +216,176 @@ def test_json_numbers_are_accepted(lt05_dir: Path, tmp_path: Path) -> None:
     path.write_text(json.dumps(obj))
     m = read_mtl(path)
     assert m.sun_elevation == pytest.approx(41.58326399) and m.wrs_path == 90
+
+
+# -- old USGS metadata (issue 14): pre-Collection and early Collection 1 Level-1 MTL files -------
+
+# A pre-Collection (LPGS, about 2009) Landsat 5 TM L1T MTL: scene id only, old group and key names.
+OLD_TM = """GROUP = L1_METADATA_FILE
+  GROUP = METADATA_FILE_INFO
+    REQUEST_ID = "0101106220001_00001"
+    LANDSAT_SCENE_ID = "LT51930242009173KIS00"
+    PRODUCT_CREATION_TIME = 2009-07-01T10:11:12Z
+  END_GROUP = METADATA_FILE_INFO
+  GROUP = PRODUCT_METADATA
+    PRODUCT_TYPE = "L1T"
+    SPACECRAFT_ID = "Landsat5"
+    SENSOR_ID = "TM"
+    ACQUISITION_DATE = 2009-06-22
+    SCENE_CENTER_SCAN_TIME = 09:51:21.1230000Z
+    WRS_PATH = 193
+    STARTING_ROW = 24
+    BAND1_FILE_NAME = "LT51930242009173KIS00_B1.TIF"
+    BAND2_FILE_NAME = "LT51930242009173KIS00_B2.TIF"
+    BAND3_FILE_NAME = "LT51930242009173KIS00_B3.TIF"
+    BAND4_FILE_NAME = "LT51930242009173KIS00_B4.TIF"
+    BAND5_FILE_NAME = "LT51930242009173KIS00_B5.TIF"
+    BAND6_FILE_NAME = "LT51930242009173KIS00_B6.TIF"
+    BAND7_FILE_NAME = "LT51930242009173KIS00_B7.TIF"
+  END_GROUP = PRODUCT_METADATA
+  GROUP = MIN_MAX_RADIANCE
+    LMAX_BAND1 = 193.000
+    LMIN_BAND1 = -1.520
+    LMAX_BAND2 = 365.000
+    LMIN_BAND2 = -2.840
+    LMAX_BAND3 = 264.000
+    LMIN_BAND3 = -1.170
+    LMAX_BAND4 = 221.000
+    LMIN_BAND4 = -1.510
+    LMAX_BAND5 = 30.200
+    LMIN_BAND5 = -0.370
+    LMAX_BAND6 = 15.303
+    LMIN_BAND6 = 1.238
+    LMAX_BAND7 = 16.500
+    LMIN_BAND7 = -0.150
+  END_GROUP = MIN_MAX_RADIANCE
+  GROUP = MIN_MAX_PIXEL_VALUE
+    QCALMAX_BAND1 = 255.0
+    QCALMIN_BAND1 = 1.0
+    QCALMAX_BAND2 = 255.0
+    QCALMIN_BAND2 = 1.0
+    QCALMAX_BAND3 = 255.0
+    QCALMIN_BAND3 = 1.0
+    QCALMAX_BAND4 = 255.0
+    QCALMIN_BAND4 = 1.0
+    QCALMAX_BAND5 = 255.0
+    QCALMIN_BAND5 = 1.0
+    QCALMAX_BAND6 = 255.0
+    QCALMIN_BAND6 = 1.0
+    QCALMAX_BAND7 = 255.0
+    QCALMIN_BAND7 = 1.0
+  END_GROUP = MIN_MAX_PIXEL_VALUE
+  GROUP = PRODUCT_PARAMETERS
+    SUN_AZIMUTH = 143.1234567
+    SUN_ELEVATION = 59.7654321
+  END_GROUP = PRODUCT_PARAMETERS
+END_GROUP = L1_METADATA_FILE
+END
+"""
+
+
+def test_pre_collection_tm_mtl_converts(tmp_path: Path) -> None:
+    """LMAX/LMIN/QCAL -> radiance; TOA from ESUN (Chander 2009) and the date's Earth-Sun distance; K1/K2."""
+    import math
+
+    padded = OLD_TM.replace("\n", "\r\n").encode() + b"\x00" * 300  # CRLF and NUL padding, as shipped
+    (tmp_path / "LT51930242009173KIS00_MTL.txt").write_bytes(padded)
+    m = read_mtl(tmp_path / "LT51930242009173KIS00_MTL.txt")
+    assert (m.product_id, m.sensor, m.level, m.collection) == ("LT51930242009173KIS00", "LT05", "L1T", 0)
+    assert (m.wrs_path, m.wrs_row) == (193, 24)
+    assert m.acquired_datetime64 == np.datetime64("2009-06-22T09:51:21.123", "ns")
+    assert m.sun_elevation == pytest.approx(59.7654321)
+    assert m.band_files["B1"] == "LT51930242009173KIS00_B1.TIF" and "B6" in m.band_files
+    gain = (193.0 + 1.52) / 254.0  # typed by hand: (LMAX - LMIN) / (QCALMAX - QCALMIN)
+    assert m.radiance["B1"].mult == pytest.approx(gain, rel=1e-12)
+    assert m.radiance["B1"].add == pytest.approx(-1.52 - gain * 1.0, rel=1e-12)
+    # 22 June (day 173): Earth-Sun distance 1.01637 AU (Chander 2009 table), ESUN(TM5 B4) = 1031
+    d = 1.01637
+    f = math.pi * d * d / 1031.0
+    g4 = (221.0 + 1.51) / 254.0
+    assert m.toa_reflectance["B4"].mult == pytest.approx(g4 * f, rel=5e-4)  # d from the date: +-1e-4 AU
+    assert m.toa_reflectance["B4"].add == pytest.approx((-1.51 - g4) * f, rel=5e-4)
+    assert m.thermal_constants == {"B6": (607.76, 1260.56)}
+    assert set(m.derived) >= {
+        "radiance from LMAX/LMIN/QCAL",
+        "TOA reflectance from ESUN (Chander et al. 2009)",
+    }
+
+
+def test_c1_without_reflectance_rescaling(shared_data: Path) -> None:
+    """The real C1 TM and ETM+ MTLs with their REFLECTANCE_* and K1/K2 lines removed (as in pre-Collection
+    files): TOA factors = pi d^2 / ESUN(Chander 2009) * RADIANCE_MULT, computed here from the text.
+
+    USGS's own C1 factors imply other ESUN values (TM5 B5: 209.6 instead of 220.0), so they differ by up
+    to 5 %; the MTL's REFLECTANCE_MULT is used whenever the file has it.
+    """
+    import math
+    import re
+
+    esun = {
+        "LT05": {"1": 1983.0, "2": 1796.0, "3": 1536.0, "4": 1031.0, "5": 220.0, "7": 83.44},
+        "LE07": {"1": 1997.0, "2": 1812.0, "3": 1533.0, "4": 1039.0, "5": 230.8, "7": 84.90},
+    }
+    d = shared_data / "landsat" / UKIS
+    for name in ("LT05_L1TP_193024_20050516_20161127_01_T1", "LE07_L1TP_193024_20100420_20161215_01_T1"):
+        text = (d / f"{name}_MTL.txt").read_text()
+        usgs = parse_mtl(text)
+        old = "\n".join(
+            ln for ln in text.splitlines() if "REFLECTANCE_" not in ln and "_CONSTANT_BAND_" not in ln
+        )
+        m = parse_mtl(old)
+        assert "TOA reflectance from ESUN (Chander et al. 2009)" in m.derived
+        dist = float(re.search(r"EARTH_SUN_DISTANCE = (\S+)", text).group(1))  # type: ignore[union-attr]
+        for n, e in esun[name[:4]].items():
+            mult = float(re.search(rf"RADIANCE_MULT_BAND_{n} = (\S+)", text).group(1))  # type: ignore[union-attr]
+            add = float(re.search(rf"RADIANCE_ADD_BAND_{n} = (\S+)", text).group(1))  # type: ignore[union-attr]
+            f = math.pi * dist * dist / e
+            assert m.toa_reflectance[f"B{n}"] == Scale(mult * f, add * f)
+            assert m.toa_reflectance[f"B{n}"].mult == pytest.approx(
+                usgs.toa_reflectance[f"B{n}"].mult, rel=0.06
+            )
+        assert m.thermal_constants == usgs.thermal_constants  # Chander's K1/K2 are what USGS ships
+
+
+def test_pre_collection_product_directory(tmp_path: Path) -> None:
+    """A synthetic L1 product renamed to pre-Collection names with an old-style MTL opens as TOA + BT,
+    equal to the Collection product's values (same DNs; ESUN route vs the MTL's REFLECTANCE_MULT)."""
+    import re
+
+    from landcover.landsat import open_scene, plan_scene
+    from landcover.testing import make_scene
+
+    prod = make_scene(tmp_path, size=32, level="L1TP", seed=2, date="2009-06-22")
+    text = next(prod.glob("*_MTL.txt")).read_text()
+
+    def val(key: str) -> float:
+        mm = re.search(rf"^\s*{key} = (\S+)", text, re.M)
+        assert mm, key
+        return float(mm.group(1).strip('"'))
+
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    sid = "LT51960252009173KIS00"
+    lines = []
+    for n in "1234567":
+        (old_dir / f"{sid}_B{n}.TIF").write_bytes((prod / f"{prod.name}_B{n}.TIF").read_bytes())
+        g, b = val(f"RADIANCE_MULT_BAND_{n}"), val(f"RADIANCE_ADD_BAND_{n}")
+        lines.append((n, b + g * 255.0, b + g * 1.0))
+    mtl = OLD_TM.replace("LT51930242009173KIS00", sid)
+    for n, lmax, lmin in lines:
+        mtl = re.sub(rf"\bLMAX_BAND{n} = \S+", f"LMAX_BAND{n} = {lmax:.9f}", mtl)
+        mtl = re.sub(rf"\bLMIN_BAND{n} = \S+", f"LMIN_BAND{n} = {lmin:.9f}", mtl)
+    mtl = mtl.replace("SUN_ELEVATION = 59.7654321", f"SUN_ELEVATION = {val('SUN_ELEVATION')}")
+    mtl = mtl.replace(
+        "  GROUP = PRODUCT_PARAMETERS\n",
+        f"  GROUP = PRODUCT_PARAMETERS\n    EARTH_SUN_DISTANCE = {val('EARTH_SUN_DISTANCE')}\n",
+    )
+    (old_dir / f"{sid}_MTL.txt").write_text(mtl)
+    plan = plan_scene(old_dir)
+    assert plan.meta.sensor_code == "LT05" and plan.level == "L1T" and plan.thermal is not None
+    a = open_scene(plan, chunks=16).compute()
+    b = open_scene(prod, chunks=16).compute()
+    # the MTL rounds REFLECTANCE_MULT to 5 digits (1.2531E-03): agreement to about 1e-4, not bits
+    np.testing.assert_allclose(a["reflectance"].values, b["reflectance"].values, rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(a["thermal"].values, b["thermal"].values, rtol=1e-6)
+    assert plan_scene(old_dir / f"{sid}_B3.TIF").layout == "directory"  # a band file names its product
