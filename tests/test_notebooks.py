@@ -17,7 +17,7 @@ import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = {"01_get_started.ipynb", "02_compare_models.ipynb", "03_cluster.ipynb"}
+EXPECTED = {"01_get_started.ipynb", "02_compare_models.ipynb", "03_cluster.ipynb", "04_real_data.ipynb"}
 
 # Small sizes for the test run (the notebooks' defaults are for people).
 SMALL = {
@@ -146,6 +146,12 @@ def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         assert "training windows" in text
     if path.name.startswith("02"):
         assert "native" in text and "rgb-scratch" in text
+    if path.name.startswith("04"):  # the real pair: without ../shared there is nothing to show
+        if have_real:
+            assert "classes present: 20" in text and "mean NDVI, forest" in text and "best model:" in text
+            assert "pixels whose predicted class is the CORINE dominant class" in text
+        elif os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(f"real sample data not found at {real}: notebook 04 showed nothing")
     if path.name.startswith("03"):
         assert "Dask dashboard: http" in text
         assert "round 0:" in text
