@@ -122,6 +122,12 @@ def test_deleted_chunk_is_named_on_open_and_by_every_reader(
         inspect_cube(cube)
     line = one_line_error(["publish", "dataset", str(cube), "--out", str(tmp_path / "pkg")], capsys)
     assert "'labels' chunk (0, 1, 0)" in line and not (tmp_path / "pkg").exists()
+    from landcover.models import build_model, save_model
+
+    ckpt = save_model(tmp_path / "m.pt", build_model("native", 6, 44, preset="tiny", seed=0))
+    line = one_line_error(["predict", str(ckpt), "--cube", str(cube), "--out", str(tmp_path / "p"),
+                           "--window", "16", "--device", "cpu", "--scheduler", "none"], capsys)  # fmt: skip
+    assert "'labels' chunk (0, 1, 0)" in line
 
 
 def test_deleted_variable_is_named(acq: dict[str, Any], tmp_path: Path) -> None:
