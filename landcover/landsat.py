@@ -1350,7 +1350,7 @@ def open_scene(
         "band": ("band", np.array(plan.band_names, dtype=object)),
         "y": ("y", grid.y, {"units": "metre", "axis": "Y"}),
         "x": ("x", grid.x, {"units": "metre", "axis": "X"}),
-        "time": ((), np.datetime64(meta.time, "ns")),
+        "time": ((), np.asarray(meta.time).astype("datetime64[ns]")),
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     ds = ds.rio.write_crs(grid.crs)

@@ -45,12 +45,15 @@ import re
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode, urljoin, urlparse
 
 import numpy as np
 
 from .errors import ConfigError, GridMismatchError, InputFileError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .landsat import ScenePlan
 
 __all__ = [
     "is_stac_ref",
@@ -255,7 +258,7 @@ def plan_item(
     href: Literal["href", "s3"] = "href",
     gdal_options: Mapping[str, str] | None = None,
     source: str = "<STAC item>",
-) -> Any:
+) -> ScenePlan:
     """Plan one scene from its STAC item(s) (e.g. the ``_SR`` and ``_ST`` items of one product).
 
     Parameters
@@ -435,7 +438,7 @@ def plan_stac_scenes(
     href: Literal["href", "s3"] = "href",
     gdal_options: Mapping[str, str] | None = None,
     timeout: float = 60.0,
-) -> list[Any]:
+) -> list[ScenePlan]:
     """One ``ScenePlan`` per product in the items of ``refs`` (files or URLs; SR+ST items merged)."""
     ref_list = [refs] if isinstance(refs, str | os.PathLike) else list(refs)
     loaded: list[tuple[str, dict[str, Any]]] = []
@@ -469,7 +472,7 @@ def plan_stac(
     thermal: bool = True,
     qa: bool = True,
     **kwargs: Any,
-) -> Any:
+) -> ScenePlan:
     """The plan of the one product in ``ref`` (what :func:`landcover.landsat.plan_scene` calls)."""
     plans = plan_stac_scenes([ref], bands=bands, thermal=thermal, qa=qa, **kwargs)
     if len(plans) != 1:

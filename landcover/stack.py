@@ -44,12 +44,15 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ConfigError, GridMismatchError, InputFileError
 from .grid import Grid
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .landsat import ScenePlan
 
 __all__ = ["StackSpec", "SENSOR_ALIASES", "find_sidecar", "read_sidecar", "plan_stack", "band_names_from"]
 
@@ -279,7 +282,7 @@ def plan_stack(
     bands: Any = "reflective",
     thermal: bool = True,
     qa: bool = True,
-) -> Any:
+) -> ScenePlan:
     """Plan reading a raster stack as a Landsat scene (headers only; returns a ``ScenePlan``).
 
     Parameters

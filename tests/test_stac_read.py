@@ -302,6 +302,7 @@ def test_refusals(served: tuple[RangeServer, Path, Path], tmp_path: Path) -> Non
     )
 
 
+@pytest.mark.real
 def test_real_item_examples(shared_data: Path) -> None:
     """The real USGS and Planetary-Computer-style items parse: keys, product ids, scale/offset (no pixels)."""
     from landcover.stac_scene import _band_info, _find_asset, _product_id

@@ -47,7 +47,7 @@ def stack_spec(args: argparse.Namespace) -> Any:
     from ..stack import StackSpec
 
     keys = ("bands", "scale", "offset", "sensor", "date", "qa", "nodata")
-    given = {k: getattr(args, k, None) for k in keys}
+    given: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
     if all(v is None for v in given.values()):
         return None
     return StackSpec(**given)
