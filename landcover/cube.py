@@ -173,6 +173,19 @@ def _check_sensors(scenes: Sequence[_Scene], *, mix_sensors: bool, cube: Sequenc
         seen.setdefault(s.sensor, s.product_id)
 
 
+def _cube_sensors(attrs: Mapping[str, Any]) -> list[str]:
+    """Sensor of every time step of a cube: its ``sensors`` attribute, else from the product ids."""
+    if attrs.get("sensors"):
+        return [str(s) for s in attrs["sensors"]]
+    from .landsat import SENSORS
+
+    out = []
+    for pid in attrs.get("product_ids", []):  # cubes built before the attribute existed
+        spec = SENSORS.get(str(pid)[:4])
+        out.append(spec.name if spec is not None else "unknown")
+    return out
+
+
 def _clc_grid(corine: str | os.PathLike[str]) -> Grid:
     from . import corine as clc_mod
 
@@ -1232,7 +1245,7 @@ def _append(
             warnings.warn(f"{s.product_id}: already in the cube {store}; skipped", UserWarning, stacklevel=3)
     if not new:
         return store
-    _check_sensors(new, mix_sensors=mix_sensors, cube=list(old.attrs.get("sensors", [])))
+    _check_sensors(new, mix_sensors=mix_sensors, cube=_cube_sensors(old.attrs))
     mode = old.attrs.get("grid_mode", "scene")
     for s in new:
         if mode == "scene" and not dst.is_aligned(s.grid):

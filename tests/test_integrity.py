@@ -196,6 +196,17 @@ def test_tm_and_oli_scenes_are_not_mixed_silently(acq: dict[str, Any], tmp_path:
     with pytest.raises(ConfigError, match="differs"):
         build_cube([oli], acq["clc"], inc, append=True, progress=False)
     assert open_cube(inc).sizes["time"] == 1
+    # a cube from before the `sensors` attribute: its sensor is read from the product ids
+    from landcover.store import update_attrs
+
+    attrs = dict(json.loads((inc / "zarr.json").read_text())["attributes"])
+    attrs.pop("sensors", None)
+    import zarr
+
+    zarr.open_group(str(inc), mode="r+").attrs.put(attrs)
+    with pytest.raises(ConfigError, match="differs from TM of the cube"):
+        build_cube([oli], acq["clc"], inc, append=True, progress=False)
+    update_attrs(inc, note="still complete")
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------
