@@ -382,3 +382,30 @@ def test_pipeline_stac(served: tuple[RangeServer, Path, Path], tmp_path: Path) -
     a, b = open_cube(tmp_path / "p.zarr", decode=False), open_cube(tmp_path / "q.zarr", decode=False)
     np.testing.assert_array_equal(a["reflectance"].values, b["reflectance"].values)
     np.testing.assert_array_equal(a["valid"].values, b["valid"].values)
+
+
+@pytest.mark.real
+def test_fetch_search_writes_the_item_collection(shared_data: Path, tmp_path: Path) -> None:
+    """``landcover fetch search --source stac --items FILE`` writes the matching items (ITEMS of --stac)."""
+    from usgs_server import USGSServer
+
+    from landcover.cli import main
+    from landcover.stac_scene import _find_asset
+
+    out = tmp_path / "items.json"
+    with USGSServer(shared_data, page_limit=2) as srv:
+        argv = ["fetch", "search", "--source", "stac", "--stac-url", srv.stac_url, "--start", "1986-01-01",
+                "--end", "1986-12-31", "--max-cloud", "60", "--items", str(out), "--json"]  # fmt: skip
+        assert main(argv) == 0
+    coll = json.loads(out.read_text())
+    assert coll["type"] == "FeatureCollection"
+    ids = [f["id"] for f in coll["features"]]
+    assert ids == [
+        "LT05_L2SP_010020_19860219_20200918_02_T1_SR",
+        "LT05_L2SP_010067_19860424_20200918_02_T2_SR",
+    ]
+    items = read_items(out)
+    for it in items:
+        for var, suffix in (("blue", "SR_B1"), ("swir2", "SR_B7"), ("qa_pixel", "QA_PIXEL")):
+            found = _find_asset(it["assets"], var, suffix)
+            assert found is not None and found[1]["href"].startswith(srv.stac_url.rsplit("/", 1)[0])

@@ -70,6 +70,10 @@ def register_actions(sub: Any) -> None:
     ps = sub.add_parser("search", help="list matching scenes")
     add_filter_arguments(ps)
     ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ps.add_argument(
+        "--items", type=Path, default=None, metavar="FILE",
+        help="STAC route: also write the matching items as an ItemCollection (for cube build --stac FILE)",
+    )  # fmt: skip
     ps.set_defaults(func=run, fetch_command="search")
     pd = sub.add_parser("download", help="download matching scenes (verified, resumable)")
     add_filter_arguments(pd)
@@ -165,7 +169,13 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     creds = credentials_for(config)
     if args.fetch_command == "search":
-        records = search(config, credentials=creds)
+        items: list[dict[str, Any]] | None = [] if getattr(args, "items", None) else None
+        records = search(config, credentials=creds, items_out=items)
+        if items is not None:
+            from ..fetch.stac import write_item_collection
+
+            write_item_collection(items, args.items)
+            print(f"{len(items)} STAC item(s) written to {args.items}", file=sys.stderr)
         if args.json:
             print(json.dumps([r.to_dict() for r in records], indent=1))
         else:

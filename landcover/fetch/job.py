@@ -252,18 +252,30 @@ def _search_m2m(api: M2MClient, config: FetchConfig) -> tuple[list[SceneRecord],
     return records, missing
 
 
-def _search_stac(config: FetchConfig) -> list[SceneRecord]:
+def _search_stac(config: FetchConfig, items_out: list[dict[str, Any]] | None = None) -> list[SceneRecord]:
+    items: list[dict[str, Any]] = []
     records = stac_search(
-        config.query(), url=config.stac_url, collections=config.collections, platforms=config.platforms
-    )
+        config.query(), url=config.stac_url, collections=config.collections, platforms=config.platforms,
+        items_out=items,
+    )  # fmt: skip
     if config.ids:
         wanted = set(config.ids)
         records = [r for r in records if r.product_id in wanted or r.item_id in wanted]
+    if items_out is not None:
+        keep = {r.item_id for r in records}
+        items_out.extend(i for i in items if i.get("id") in keep)
     return records
 
 
-def search(config: FetchConfig, *, credentials: Credentials | None = None) -> list[SceneRecord]:
+def search(
+    config: FetchConfig,
+    *,
+    credentials: Credentials | None = None,
+    items_out: list[dict[str, Any]] | None = None,
+) -> list[SceneRecord]:
     """Run the configured search and return the matching scenes.
+
+    ``items_out`` (STAC route only) receives the matching STAC items as dicts.
 
     Raises
     ------
@@ -273,7 +285,9 @@ def search(config: FetchConfig, *, credentials: Credentials | None = None) -> li
     if not config.has_filters and not config.ids:
         raise ConfigError("give at least one filter (--bbox/--geojson, --path-row, --start/--end) or --ids")
     if config.source == "stac":
-        return _search_stac(config)
+        return _search_stac(config, items_out)
+    if items_out is not None:
+        raise ConfigError("STAC items (--items) come from the STAC route only: add --source stac")
     with _m2m_client(config, credentials) as api:
         records, missing = _search_m2m(api, config)
     for pid, why in missing.items():

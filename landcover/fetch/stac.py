@@ -8,9 +8,11 @@ with their asset links, ``s3://`` alternates and ``file:checksum`` multihashes, 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
@@ -24,6 +26,7 @@ __all__ = [
     "stac_search",
     "record_from_item",
     "platform_matches",
+    "write_item_collection",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,6 +122,7 @@ def stac_search(
     page_size: int = 100,
     modifier: Callable[[Any], Any] | None = None,
     timeout: float = 60.0,
+    items_out: list[dict[str, Any]] | None = None,
 ) -> list[SceneRecord]:
     """Search a STAC API for Landsat scenes.
 
@@ -141,6 +145,9 @@ def stac_search(
         Passed to ``pystac_client.Client.open`` (e.g. ``planetary_computer.sign_inplace``).
     timeout
         HTTP timeout, seconds.
+    items_out
+        When given, the STAC items of the returned records are appended to it (as dicts, in
+        the order of the records), e.g. for :func:`write_item_collection`.
 
     Returns
     -------
@@ -176,6 +183,7 @@ def stac_search(
         search = client.search(**kwargs)
         records: list[SceneRecord] = []
         seen: set[str] = set()
+        kept: dict[str, dict[str, Any]] = {}
         for item_dict in search.items_as_dicts():
             props = item_dict.get("properties") or {}
             plat = props.get("platform") or props.get("eo:platform")
@@ -186,6 +194,7 @@ def stac_search(
                 continue
             seen.add(str(rec.item_id))
             records.append(rec)
+            kept[str(rec.item_id)] = item_dict
             if query.max_results is not None and len(records) >= query.max_results:
                 break
     except APIError as exc:
@@ -195,5 +204,22 @@ def stac_search(
             f"STAC search at {url}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         ) from None
     records.sort(key=lambda r: (r.acquired or date.min, r.product_id))
+    if items_out is not None:
+        items_out.extend(kept[str(r.item_id)] for r in records)
     log.info("STAC %s: %d scene(s) match", url, len(records))
     return records
+
+
+def write_item_collection(items: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write STAC items as a GeoJSON FeatureCollection (an ItemCollection), atomically.
+
+    The file is what ``landcover cube build --stac FILE`` (and :mod:`landcover.stac_scene`) reads.
+    """
+    import json
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": list(items)}), encoding="utf-8")
+    tmp.replace(out)
+    return out
