@@ -740,7 +740,9 @@ def read_clc_vector(
     kind = _detect_kind(f"{p} (layer {vec.layer}, field {vec.field})", idx, codes, bad, kind)
     left, bottom, right, top = vec.bounds
     span = (max(right - left, 1e-9), max(top - bottom, 1e-9))
-    grid = Grid(vec.crs_wkt, (span[0], 0.0, left, 0.0, -span[1], bottom + span[1]), (1, 1))
+    from affine import Affine
+
+    grid = Grid(vec.crs_wkt, Affine(span[0], 0.0, left, 0.0, -span[1], bottom + span[1]), (1, 1))
     paths = [Path(p)] if Path(p).is_file() else [f for f in Path(p).rglob("*") if f.is_file()]
     token = "-".join(f"{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(paths))
     return ClcVectorSource(
