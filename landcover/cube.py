@@ -188,8 +188,9 @@ def _cube_sensors(attrs: Mapping[str, Any]) -> list[str]:
 
 def _clc_grid(corine: str | os.PathLike[str]) -> Grid:
     from . import corine as clc_mod
+    from .corine_vector import is_vector
 
-    if clc_mod.corine_vector.is_vector(corine):  # CLC polygons: the layer's extent in its CRS
+    if is_vector(corine):  # CLC polygons: the layer's extent in its CRS
         return clc_mod.read_clc(corine).grid
     return Grid.from_raster(Path(corine))
 
