@@ -84,6 +84,12 @@ class CompareConfig:
     block
         Side in pixels of the square blocks of the spatial split (default 4 x ``window``):
         whole blocks go to train/val/test and windows straddling two splits are dropped.
+    split_buffer, stratify, holdout, holdout_test
+        The leak-proof split (:func:`split_spec`, :class:`landcover.windows.SplitSpec`): blocks
+        on the window grid, no training window within ``split_buffer`` px (default one window)
+        of a val/test block, blocks assigned by class area (``stratify``), and optionally whole
+        cubes / WRS-2 path-rows / years (``holdout``) in ``holdout_test`` as the test split.
+        Every checkpoint records the split (:func:`landcover.windows.split_overlap`).
     max_train_windows
         The window budget: the same random subset (per seed) of training windows for
         every model; None uses them all.
@@ -124,6 +130,10 @@ class CompareConfig:
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     block: int | None = None
     split_seed: int = 0
+    split_buffer: int | None = None
+    stratify: bool = True
+    holdout: Literal["none", "cube", "pathrow", "year"] = "none"
+    holdout_test: tuple[str, ...] = ()
     level: int = 3
     thermal: bool = False
     max_train_windows: int | None = None
@@ -324,9 +334,7 @@ def _datasets(cfg: CompareConfig, model: str, seed: int) -> tuple[Any, Any, Any]
         bands=_bands_for(model),
         thermal=_thermal_for(cfg, model),
         min_valid=cfg.min_valid,
-        split_fractions=cfg.split_fractions,
-        block=cfg.block if cfg.block is not None else 4 * _window(cfg),
-        split_seed=cfg.split_seed,
+        split_spec=split_spec(cfg),
         level=cfg.level,
         normalize=False,  # training-split statistics are set below (never whole-cube ones)
     )
@@ -343,6 +351,26 @@ def _datasets(cfg: CompareConfig, model: str, seed: int) -> tuple[Any, Any, Any]
     test = WindowDataset(list(cfg.cubes), split="test", **common)
     _normalise_arm(cfg, model, seed, train, val, test)
     return train, val, test
+
+
+def split_spec(cfg: CompareConfig) -> Any:
+    """The leak-proof split of a comparison (:class:`landcover.windows.SplitSpec`).
+
+    Blocks of ``block`` px (default 4 windows) on the window grid, a training buffer of
+    ``split_buffer`` px (default one window), stratified by class area unless
+    ``stratify=False``, and optionally held-out cubes / path-rows / years as the test split.
+    """
+    from .windows import SplitSpec
+
+    return SplitSpec(
+        block=cfg.block if cfg.block is not None else 4 * _window(cfg),
+        buffer=cfg.split_buffer,
+        fractions=cfg.split_fractions,
+        seed=cfg.split_seed,
+        stratify=cfg.stratify,
+        holdout=cfg.holdout,
+        holdout_test=cfg.holdout_test,
+    )
 
 
 def _window(cfg: CompareConfig) -> int:

@@ -35,6 +35,7 @@ COMMANDS: tuple[str, ...] = (
     "transfer",
     "publish",
     "demo",
+    "experiment",
 )
 
 

@@ -20,7 +20,7 @@ from ._signatures import (
 )
 from ._spectra import OUTSIDE_RGB_CLASSES, OUTSIDE_RGB_PAIRS, SPECTRA, SPECTRA_SOURCE
 from ._world import WORLD_CODES
-from .provenance import mark_synthetic, read_provenance
+from .provenance import scene_provenance
 from .scenes import (
     DEFAULT_CENTRE,
     SR_OFFSET,
@@ -69,6 +69,5 @@ __all__ = [
     "SPECTRA",
     "SPECTRA_SOURCE",
     "WORLD_CODES",
-    "mark_synthetic",
-    "read_provenance",
+    "scene_provenance",
 ]
