@@ -43,6 +43,7 @@ __all__ = [
     "plot_lr_find",
     "plot_confusion_matrix",
     "plot_per_class",
+    "plot_score_vs_budget",
 ]
 
 RGB = tuple[int, int, int]
@@ -304,7 +305,7 @@ def plot_learning_curves(
     metric: str = "val_miou_l3",
     x: Literal["samples_seen", "epoch"] = "samples_seen",
     kind: Literal["auto", "samples", "epochs"] = "auto",
-    band: Literal["std", "minmax"] = "std",
+    band: Literal["std", "minmax", "ci95"] = "std",
     title: str | None = None,
     ylabel: str | None = None,
 ) -> Path:
@@ -322,8 +323,9 @@ def plot_learning_curves(
         Rows to read: ``"samples"`` (per-N-samples rows), ``"epochs"``, or ``"auto"``
         (samples rows when they hold ``metric``, else epochs).
     band
-        Shade mean ± std (``"std"``) or min..max (``"minmax"``) across seeds. Seeds are
-        interpolated onto the first seed's x values (within their common range).
+        Shade mean ± std (``"std"``), min..max (``"minmax"``) or the 95 % Student-t
+        interval of the mean (``"ci95"``) across seeds. Seeds are interpolated onto the
+        first seed's x values (within their common range).
     """
     fig = _figure(6.4, 4.2)
     ax = fig.add_subplot()
@@ -350,8 +352,12 @@ def plot_learning_curves(
             grid, mean, marker="o" if grid.size < 15 else None, ms=3, label=f"{name} (n={len(ys)})"
         )
         if len(ys) > 1:
-            if band == "std":
+            if band in ("std", "ci95"):
                 sd = ys.std(axis=0, ddof=1)
+                if band == "ci95":
+                    from scipy.stats import t as student_t
+
+                    sd = sd * float(student_t.ppf(0.975, len(ys) - 1)) / math.sqrt(len(ys))
                 ax.fill_between(grid, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, lw=0)
             else:
                 ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=line.get_color(), alpha=0.2, lw=0)
@@ -417,6 +423,47 @@ def plot_lr_find(result: LRFindResult, path: str | os.PathLike[str]) -> Path:
     ax.set_title(f"LR range test — suggestion {result.suggestion:.2e} ({result.method})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_score_vs_budget(
+    curves: Mapping[str, Sequence[tuple[float, float, float, float]]],
+    path: str | os.PathLike[str],
+    *,
+    floor: tuple[str, float, float, float] | None = None,
+    ylabel: str = "test mIoU (CLC level 3)",
+    title: str | None = None,
+) -> Path:
+    """Score against label budget (log x axis), one line per model with interval bars.
+
+    Parameters
+    ----------
+    curves
+        Model name -> ``(budget, estimate, low, high)`` points (budget as a fraction).
+    floor
+        ``(name, estimate, low, high)`` of a budget-free reference drawn as a band.
+    """
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    for name, pts in curves.items():
+        arr = np.array(sorted(pts), dtype=np.float64).reshape(-1, 4)
+        if not arr.size:
+            continue
+        x, y, lo, hi = arr.T * np.array([[100.0], [1.0], [1.0], [1.0]])
+        err = np.vstack([np.nan_to_num(y - lo), np.nan_to_num(hi - y)])
+        ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=name)
+    if floor is not None:
+        name, y, lo, hi = floor
+        ax.axhline(y, color="0.3", ls="--", lw=1, label=f"{name} (100 %)")
+        if math.isfinite(lo) and math.isfinite(hi):
+            ax.axhspan(lo, hi, color="0.5", alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("label budget (% of training windows)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
     return _save(fig, path)
 
 

@@ -17,6 +17,7 @@ from landcover.plotting import (
     plot_learning_curves,
     plot_lr_find,
     plot_per_class,
+    plot_score_vs_budget,
     save_class_map_png,
 )
 from landcover.train import History, LRFindResult
@@ -101,6 +102,23 @@ def test_curves_lr_confusion_and_per_class(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
     with pytest.raises(ValueError):
         plot_confusion_matrix(cm, [111, 211], tmp_path / "bad.png")
+
+
+def test_interval_bands_and_score_vs_budget(tmp_path: Path) -> None:
+    runs = {"native": [_history(0.0), _history(0.05), _history(0.1)]}
+    p1 = plot_learning_curves(runs, tmp_path / "ci.png", band="ci95")
+    p2 = plot_learning_curves(runs, tmp_path / "sd.png", band="std")
+    # the 95 % t-interval of 3 seeds (t = 4.30 / sqrt(3) = 2.48 sd) shades more than +- 1 sd
+    shaded = [int((np.abs(np.diff(_png(p).astype(int), axis=2)).sum(axis=2) > 0).sum()) for p in (p1, p2)]
+    assert shaded[0] > shaded[1]
+    curves = {
+        "native": [(0.05, 0.3, 0.2, 0.4), (1.0, 0.6, 0.55, 0.65)],
+        "rgb": [(1.0, 0.5, float("nan"), 0.6)],
+    }
+    p3 = plot_score_vs_budget(curves, tmp_path / "budget.png", floor=("gbm", 0.4, 0.35, 0.45), title="t")
+    img = _png(p3)
+    assert img.shape[0] > 200 and len(np.unique(img.reshape(-1, 3), axis=0)) > 10
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 def test_no_pyplot_state_is_created() -> None:
