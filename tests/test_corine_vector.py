@@ -246,3 +246,52 @@ def test_cli_vector_writes_like_the_raster_path(tmp_path: Path, capsys: pytest.C
     assert main(["-q", "labels", str(path), "--like", str(like), "--out", str(out), "--field", "nope"]) == 1
     err = capsys.readouterr().err.strip()
     assert "clc.gpkg" in err and "its fields: Code_18" in err and "\n" not in err and not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Cube builds take the polygons too
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["build", "batch"])
+def test_cube_build_and_batch_take_vector_corine(tmp_path: Path, how: str) -> None:
+    from landcover.testing import make_pair
+
+    pair = make_pair(tmp_path / "data", size=48, seed=1, overlap=1.0)
+    grid = Grid.from_raster(next(pair.scene_dir.glob("*_SR_B1.TIF")))
+    left, bottom, right, top = grid.bounds_in(LAEA)
+    box = (left + 300, bottom + 300, right + 1000, top + 1000)  # the scene's south-west edge uncovered
+    gpkg = make_clc_polygons(tmp_path / "clc.gpkg", bounds=box, shape=(4, 4), seed=4, codes=CODES)
+    if how == "build":
+        store = tmp_path / "cube.zarr"
+        argv = [
+            "-q",
+            "cube",
+            "build",
+            "--scene",
+            str(pair.scene_dir),
+            "--corine",
+            str(gpkg),
+            "--out",
+            str(store),
+        ]
+    else:
+        argv = [
+            "-q",
+            "cube",
+            "batch",
+            str(pair.scene_dir),
+            "--corine",
+            str(gpkg),
+            "--out-dir",
+            str(tmp_path / "b"),
+        ]
+        store = tmp_path / "b" / f"{pair.product_id}.zarr"
+    assert main([*argv, "--scheduler", "none"]) == 0
+    cube = xr.open_zarr(store)
+    assert cube.attrs["clc_file"] == "clc.gpkg"
+    cgrid = Grid.from_xarray(cube)
+    ref = fractions(read_clc(gpkg), cgrid, classes="all").compute()
+    labels = cube.labels.sel({"class": CODES}).values
+    expected = ref.fractions.sel({"class": CODES}).values
+    ok = ~np.isnan(labels).any(axis=0)
+    assert 0.5 < ok.mean() < 1.0  # the uncovered edge is NODATA
+    assert np.abs(labels[:, ok] - expected[:, ok]).max() <= 1 / 250 + 1e-6
