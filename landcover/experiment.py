@@ -288,7 +288,7 @@ def _prepare_arms(
 
     ``ssl4eo`` is dropped from ``models`` (with a note) when its weights are not found.
     """
-    from .arms import cube_product_level, default_window
+    from .arms import REAL_WINDOW, cube_product_level, cube_source, default_window
     from .models import _checked
     from .weights import find_weights, weights_for
 
@@ -296,6 +296,19 @@ def _prepare_arms(
         window, why = default_window(cfg.cubes)
         cfg = replace(cfg, window=window)
         notes.append(f"Window: {why}.")
+    elif cfg.window < REAL_WINDOW:
+        real = any(cube_source(c) == "real" for c in cfg.cubes)
+        side = max(1, cfg.window // 32)
+        notes.append(
+            f"Window: {cfg.window} px, set explicitly"
+            + (
+                f" on real data, below the {REAL_WINDOW} px default"
+                if real
+                else " for a CPU-sized run on synthetic data"
+            )
+            + f"; a ResNet encoder downsamples by 32, leaving a {side}x{side} px bottleneck, which handicaps "
+            "the pretrained encoders."
+        )
     if weights is not None:
         check = _checked(Path(weights), weights_for("imagenet", "resnet18"))
         notes.append(f"ImageNet weights: {check.describe()}")
@@ -550,7 +563,7 @@ def train_model(
         "bands": list(train_ds.band_names),
         "class_weighting": cfg.class_weighting
         + (f" (cap {cfg.class_weight_cap:g})" if cfg.class_weighting != "none" else ""),
-        "class_weights": list(class_weights) if class_weights is not None else None,
+        "class_weights": [round(w, 3) for w in class_weights] if class_weights is not None else None,
         "weights": model.spec.pretrained,
         "weights_sha256": model.spec.pretrained_sha256 or None,
     }

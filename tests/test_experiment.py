@@ -331,6 +331,7 @@ def test_ssl4eo_without_weights_is_dropped_with_a_reason(demo_cube, tmp_path, mo
     )
     assert models == ["ssl4eo"] and cfg.ssl4eo_weights == str(weights)
     assert any("unverified weights" in n and "not called ssl4eo" in n for n in notes)
+    assert any("32 px, set explicitly on real data" in n and "1x1 px bottleneck" in n for n in notes)
 
 
 def test_default_window_is_small_only_on_synthetic_cubes(tmp_path):
