@@ -85,6 +85,8 @@ __all__ = [
     "ST_SCALE",
     "GDAL_BLOCK_CACHE_BYTES",
     "close_open_files",
+    "sensors_of",
+    "warn_sensor_mismatch",
 ]
 
 log = logging.getLogger(__name__)
@@ -592,6 +594,63 @@ class UsablePolicy:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or not 0 <= value <= 3):
                 raise ValueError(f"{name} must be None or an int in 0..3, got {value!r}")
+
+
+# -- sensors of cubes and models ------------------------------------------------------------------
+
+
+def sensors_of(obj: Any) -> tuple[str, ...]:
+    """The known sensors (``TM``, ``ETM+``, ``OLI/TIRS``) of a cube or scene, sorted; ``()`` if none.
+
+    ``obj``: an xarray Dataset (cube attribute ``sensors``, or a scene's ``sensor_name``), a
+    cube store path (its ``zarr.json`` attributes are read, no array), or a mapping of attributes.
+    """
+    import json
+
+    attrs: Any = getattr(obj, "attrs", None)
+    if attrs is None and isinstance(obj, str | os.PathLike):
+        try:
+            meta = json.loads((Path(obj) / "zarr.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return ()
+        attrs = meta.get("attributes") or {}
+    elif attrs is None and isinstance(obj, dict):
+        attrs = obj
+    if not isinstance(attrs, dict):
+        attrs = dict(attrs or {})
+    raw = attrs.get("sensors")
+    if raw is None:
+        raw = [attrs["sensor_name"]] if "sensor_name" in attrs else []
+    if isinstance(raw, str):
+        raw = [raw]
+    known = {s.name for s in SENSORS.values()}
+    return tuple(sorted({str(s) for s in raw if str(s) in known}))
+
+
+_warned_sensors: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+
+
+def warn_sensor_mismatch(model: tuple[str, ...], data: tuple[str, ...], what: str = "the data") -> bool:
+    """Warn once per process and pair when a model trained on ``model`` sensors predicts ``data`` sensors.
+
+    Returns True when it warned now. Nothing when either side is unknown or they agree.
+    """
+    import warnings
+
+    extra = tuple(sorted(set(data) - set(model)))
+    if not model or not data or not extra:
+        return False
+    key = (tuple(model), tuple(data))
+    if key in _warned_sensors:
+        return False
+    _warned_sensors.add(key)
+    warnings.warn(
+        f"the model was trained on {', '.join(model)} data and predicts {what} from {', '.join(extra)}: "
+        "bands are mapped to the same names but differ in width and calibration; expect some loss",
+        UserWarning,
+        stacklevel=3,
+    )
+    return True
 
 
 # -- QA_PIXEL ---------------------------------------------------------------------------------

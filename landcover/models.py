@@ -231,6 +231,10 @@ class ModelSpec:
         the published one, else ``"unverified weights (sha256 ...)"``.
     pretrained_sha256
         Full SHA-256 of the weights file (empty without pretrained weights).
+    sensors
+        Sensors of the training data (``TM``, ``ETM+``, ``OLI/TIRS``; the cubes' ``sensors``
+        attribute), recorded by :func:`landcover.train.fit`; empty when unknown. Prediction
+        on another sensor warns once.
     band_mean, band_std
         Per-band statistics the dataset used to standardise the inputs (recorded for
         prediction; not applied by the model). Empty when unknown.
@@ -256,6 +260,7 @@ class ModelSpec:
     band_std: tuple[float, ...] = ()
     norm: str = "batch"
     pretrained_sha256: str = ""
+    sensors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:

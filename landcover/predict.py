@@ -851,6 +851,7 @@ def predict_cube(
 
     bundle = _as_bundle(model_or_checkpoint, cube, bands=bands, mean=mean, std=std, class_codes=class_codes)
     ds = _open_cube_dataset(cube)
+    _check_sensors(bundle, ds, "the cube")
     source = _cube_source(ds, bundle.bands, time)
     if isinstance(cube, str | os.PathLike):
         source.factory = functools.partial(_cube_source_at, os.fspath(cube), bundle.bands, time)
@@ -897,21 +898,23 @@ def predict_scene(
     of :func:`predict_cube` (window, overlap, out, client, ...).
     """
     from .landsat import UsablePolicy, open_scene
+    from .stac_scene import is_stac_ref
 
     path = Path(scene)
-    if not path.exists():
+    if not path.exists() and not is_stac_ref(os.fspath(scene)):  # a STAC item URL is a scene too
         raise InputFileError(path, "scene not found")
     bundle = _as_bundle(model_or_checkpoint, None, bands=bands, mean=mean, std=std, class_codes=class_codes)
     wants_thermal = "thermal" in bundle.bands
     ds = open_scene(
-        path,
+        scene,
         thermal=wants_thermal,
         qa=mask_clouds,
         policy=UsablePolicy() if mask_clouds else None,
         chunks=512,
     )
+    _check_sensors(bundle, ds, str(scene))
     source = _cube_source(ds, bundle.bands, 0)
-    source.factory = functools.partial(_scene_source_at, os.fspath(path), bundle.bands, mask_clouds)
+    source.factory = functools.partial(_scene_source_at, os.fspath(scene), bundle.bands, mask_clouds)
     return _predict_source(
         bundle,
         source,
@@ -928,8 +931,16 @@ def predict_scene(
         progress=kwargs.pop("progress", False),
         overwrite=kwargs.pop("overwrite", False),
         client=kwargs.pop("client", None),
-        attrs={"source_scene": str(path), **_no_extra(kwargs)},
+        attrs={"source_scene": os.fspath(scene), **_no_extra(kwargs)},
     )
+
+
+def _check_sensors(bundle: ModelBundle, ds: Any, what: str) -> None:
+    """Warn once when the model's training sensors (``ModelSpec.sensors``) differ from the data's."""
+    from .landsat import sensors_of, warn_sensor_mismatch
+
+    spec = getattr(bundle.model, "spec", None)
+    warn_sensor_mismatch(tuple(getattr(spec, "sensors", ()) or ()), sensors_of(ds), what)
 
 
 def _no_extra(kwargs: dict[str, Any]) -> dict[str, Any]:

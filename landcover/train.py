@@ -869,6 +869,21 @@ class _TensorBoard:
             self.writer.close()
 
 
+def _data_sensors(loader: Any) -> tuple[str, ...]:
+    """Sensors of the cubes behind a loader's dataset (their ``sensors`` attributes); ``()`` if unknown."""
+    import os
+
+    from .landsat import sensors_of
+
+    dataset = getattr(loader, "dataset", loader)
+    found: set[str] = set()
+    for cube in getattr(dataset, "cubes", ()) or ():
+        path = getattr(cube, "path", cube)
+        if isinstance(path, str | os.PathLike):
+            found.update(sensors_of(path))
+    return tuple(sorted(found))
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable[Any],
@@ -1039,6 +1054,8 @@ def _fit(
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     spec = getattr(model, "spec", None)
     spec_dict = spec.to_dict() if spec is not None and hasattr(spec, "to_dict") else None
+    if spec_dict is not None and not spec_dict.get("sensors"):  # the training cubes' sensors, for predict
+        spec_dict["sensors"] = list(_data_sensors(train_loader))
     # the train/val/test split (landcover.windows.SplitPlan.record) of the training data, so later
     # steps can check for overlap (landcover.windows.split_overlap); None for plain iterables
     split_record = getattr(getattr(train_loader, "dataset", train_loader), "split_record", None)

@@ -243,3 +243,48 @@ def test_real_lanjaron_stack(shared_data: Path, tmp_path: Path, capsys: pytest.C
     cube = open_cube(build_cube([plan], clc, tmp_path / "lj.zarr", chunks=256, progress=False), decode=False)
     assert cube.attrs["sensors"] == ["OLI/TIRS"] and cube.attrs["usable_masks"] == ["not nodata"]
     assert float(cube["valid"].mean()) > 0.95
+
+
+def test_model_of_one_sensor_predicting_another_warns_once(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """A model whose spec records TM predicts an OLI stack: one UserWarning, the prediction still runs."""
+    import dataclasses
+    import warnings
+
+    from landcover.landsat import sensors_of
+    from landcover.models import ModelSpec, build_model
+    from landcover.predict import predict_scene
+    from landcover.train import _data_sensors
+
+    product, clc = pair
+    stack = _write_stack(product, tmp_path / "oli.tif", TM_FILES)
+    (tmp_path / "oli.tif.toml").write_text(
+        'bands = "blue,green,red,nir,swir1,swir2"\nscale = 2.75e-5\noffset = -0.2\nsensor = "OLI"\n'
+    )
+    codes = (111, 211, 311, 512)
+    model = build_model("native", 6, len(codes), preset="tiny", class_codes=codes, seed=0)
+    model.spec = dataclasses.replace(model.spec, sensors=("TM",))
+    assert ModelSpec.from_dict(model.spec.to_dict()).sensors == ("TM",)
+    kw = {"window": 32, "overlap": 8, "device": "cpu", "mean": [0.1] * 6, "std": [0.1] * 6}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = predict_scene(model, stack, bands=NAMES, class_codes=codes, **kw)
+        predict_scene(model, stack, bands=NAMES, class_codes=codes, **kw)
+    msgs = [str(w.message) for w in caught if "trained on TM" in str(w.message)]
+    assert len(msgs) == 1 and "OLI/TIRS" in msgs[0], msgs
+    assert out["class_map"].shape == (48, 48)
+    # what training records: the cubes' sensors attribute
+    from landcover.cube import build_cube
+
+    cube = build_cube([product], clc, tmp_path / "tm.zarr", chunks=32, progress=False)
+    assert sensors_of(cube) == ("TM",)
+
+    class _Cube:
+        path = str(cube)
+
+    class _Data:
+        cubes = (_Cube(),)
+
+    class _Loader:
+        dataset = _Data()
+
+    assert _data_sensors(_Loader()) == ("TM",)
