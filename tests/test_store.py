@@ -265,3 +265,18 @@ def test_manifest_checksums_fill_chunks_and_damage(tmp_path: Path) -> None:
     ):
         open_cube(store)
     assert [p for p in verify_cube(store).problems] == ["variable 'labels' chunk (0, 0, 0) is missing"]
+
+
+def test_cube_without_manifest_opens_and_verify_says_so(tmp_path: Path) -> None:
+    from landcover.store import MANIFEST_FILE, verify_cube
+
+    store = write_cube(
+        _dataset(_raw()), tmp_path / "old.zarr", fingerprint="f", chunks=CHUNKS, progress=False
+    )
+    (store / MANIFEST_FILE).unlink()  # as built by landcover before manifests existed
+    assert open_cube(store).sizes["time"] == T
+    with pytest.raises(InputFileError, match="nothing to verify against"):
+        verify_cube(store)
+    (store / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(InputFileError, match="unreadable cube manifest"):
+        open_cube(store)
