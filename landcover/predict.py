@@ -1546,12 +1546,11 @@ def predict_map(
         for name in names:
             guard_output(out / name, what="prediction")
     out.mkdir(parents=True, exist_ok=True)
-    is_scene = (
-        isinstance(cube, str | os.PathLike)
-        and Path(cube).exists()
-        and not (Path(cube) / "zarr.json").exists()
+    is_scene = isinstance(cube, str | os.PathLike) and (
+        (Path(cube).exists() and not (Path(cube) / "zarr.json").exists())
+        or str(cube).startswith(("http://", "https://"))  # a STAC item URL
     )
-    if is_scene:  # a Landsat product directory, bundle or file
+    if is_scene:  # a Landsat product directory, bundle or file, a raster stack, a STAC item
         kwargs.pop("time", None)
         pred = predict_scene(model_or_checkpoint, cube, out=zarr_path, overwrite=overwrite, **kwargs)
     else:

@@ -409,3 +409,27 @@ def test_fetch_search_writes_the_item_collection(shared_data: Path, tmp_path: Pa
         for var, suffix in (("blue", "SR_B1"), ("swir2", "SR_B7"), ("qa_pixel", "QA_PIXEL")):
             found = _find_asset(it["assets"], var, suffix)
             assert found is not None and found[1]["href"].startswith(srv.stac_url.rsplit("/", 1)[0])
+
+
+def test_predict_scene_from_item_url(served: tuple[RangeServer, Path, Path], tmp_path: Path) -> None:
+    """``landcover predict CKPT --scene URL``: a class map straight from a STAC item over HTTP."""
+    import xarray as xr
+
+    from landcover.cli import main
+    from landcover.models import build_model, save_model
+
+    srv, product, _ = served
+    (product / "item.json").write_text(json.dumps(_pc_item(product, srv.url)))
+    codes = (111, 211, 311, 512)
+    model = build_model("native", 6, len(codes), preset="tiny", class_codes=codes, seed=0)
+    ckpt = save_model(tmp_path / "m.pt", model)
+    try:
+        argv = ["-q", "predict", str(ckpt), "--scene", f"{srv.url}/{product.name}/item.json",
+                "--out", str(tmp_path / "out"), "--window", "64", "--overlap", "16", "--device", "cpu",
+                "--scheduler", "none"]  # fmt: skip
+        assert main(argv) == 0
+    finally:
+        (product / "item.json").unlink()
+    z = xr.open_zarr(tmp_path / "out" / "prediction.zarr")
+    assert z["class_map"].shape == (256, 256) and set(np.unique(z["class_map"].values)) <= {0, *codes}
+    assert z.attrs["source_scene"].startswith("http://127.0.0.1")

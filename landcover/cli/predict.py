@@ -32,7 +32,10 @@ def register(subparsers: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cube", metavar="STORE", help="landcover Zarr cube")
     src.add_argument(
-        "--scene", metavar="PATH", help="Landsat product directory or .tar bundle (clouds masked)"
+        "--scene",
+        metavar="PATH",
+        help="Landsat product directory or .tar bundle, a raster stack with a sidecar, or a STAC item "
+        "file or URL (clouds masked)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--window", type=int, default=256, help="window size in pixels (default 256)")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     # check the inputs before starting a cluster for them
     for given in (args.checkpoint, args.cube or args.scene):
-        if not Path(given).exists():
+        if not Path(given).exists() and not str(given).startswith(("http://", "https://")):
             raise InputFileError(given, "no such file or directory")
     from ..safety import check_output
 
