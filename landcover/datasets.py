@@ -348,22 +348,31 @@ def _block_class_areas(info: CubeInfo, block: int) -> np.ndarray:
     """Class areas (summed label fractions, in stored steps) of each global block the cube touches.
 
     Rows follow :func:`landcover.windows.blocks_covering` (row-major). Labels are read in strips
-    of chunk rows, so memory stays at one strip.
+    of chunk rows, so memory stays at one strip; the result is cached per cube and block size
+    (every split and arm of a comparison asks for the same areas).
     """
+    stamp = (Path(info.path) / "zarr.json").stat().st_mtime_ns  # a rebuilt store is read again
+    return _cached_block_areas(info.path, (info.fingerprint, stamp), info.shape, tuple(info.transform), block)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_block_areas(
+    path: str, _version: tuple[str, int], shape: tuple[int, int], transform: tuple[float, ...], block: int
+) -> np.ndarray:
     import zarr
 
     from .windows import global_origin
 
-    origin = global_origin(info.transform)
-    br, bc = blocks_covering(info.shape, origin, block)
+    origin = global_origin(transform)
+    br, bc = blocks_covering(shape, origin, block)
     nr = int(br.max() - br.min() + 1)
     nc = int(bc.max() - bc.min() + 1)
-    k = len(info.classes)
-    out = np.zeros((nr, nc, k), dtype="float64")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        labels = _zarray(zarr.open_group(info.path, mode="r", zarr_format=3), "labels")
-    h, w = info.shape
+        labels = _zarray(zarr.open_group(path, mode="r", zarr_format=3), "labels")
+    k = int(labels.shape[0])
+    out = np.zeros((nr, nc, k), dtype="float64")
+    h, w = shape
     step = int(labels.chunks[1])
     col_block = (origin[1] + np.arange(w)) // block - int(bc.min())
     for r0 in range(0, h, step):
@@ -374,7 +383,9 @@ def _block_class_areas(info: CubeInfo, block: int) -> np.ndarray:
         for rb in np.unique(row_block):
             rows_sum = part[:, row_block == rb, :].sum(axis=1)  # (k, w)
             np.add.at(out[rb], col_block, rows_sum.T)
-    return out.reshape(nr * nc, k)
+    res = out.reshape(nr * nc, k)
+    res.setflags(write=False)
+    return res
 
 
 # -- chunk reader with a bounded LRU cache ------------------------------------------------------------------
@@ -436,6 +447,12 @@ class _Array:
             if self.codec == "raw":
                 out[...] = np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
             else:
+                if self.codec.codec_id == "blosc":  # c-blosc trusts the header: check it first
+                    from .chunkguard import blosc_problem
+
+                    problem = blosc_problem(data, out.nbytes)
+                    if problem is not None:
+                        raise InputFileError(self.root / key, f"damaged chunk of the cube ({problem})")
                 self.codec.decode(data, out=out)
             return out[clip]
         sel = tuple(
