@@ -203,6 +203,10 @@ def _check_band_count(corine: str | os.PathLike[str]) -> None:
     import rasterio
     from rasterio.errors import RasterioIOError
 
+    from .corine_vector import is_vector
+
+    if is_vector(corine):  # not a raster: no "not recognized as being in a supported file format" line
+        return
     try:
         with rasterio.Env(CPL_LOG="/dev/null"), rasterio.open(corine) as src:
             count = src.count
