@@ -125,6 +125,7 @@ __all__ = [
     "read_clc",
     "read_clc_vector",
     "read_class_raster",
+    "read_class_vector",
     "user_classes",
     "USER_TABLE",
     "fractions",
@@ -750,13 +751,7 @@ def read_clc_vector(
     values = {int(v) for v in _vector_ints(corine_vector.distinct_values(vec), p)}
     idx, codes, bad = _classify_values(values, nodata=nd, path=p)
     kind = _detect_kind(f"{p} (layer {vec.layer}, field {vec.field})", idx, codes, bad, kind)
-    left, bottom, right, top = vec.bounds
-    span = (max(right - left, 1e-9), max(top - bottom, 1e-9))
-    from affine import Affine
-
-    grid = Grid(vec.crs_wkt, Affine(span[0], 0.0, left, 0.0, -span[1], bottom + span[1]), (1, 1))
-    paths = [Path(p)] if Path(p).is_file() else [f for f in Path(p).rglob("*") if f.is_file()]
-    token = "-".join(f"{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(paths))
+    grid, token = _vector_plan(p, vec)
     return ClcVectorSource(
         path=p,
         grid=grid,
@@ -764,6 +759,72 @@ def read_clc_vector(
         nodata=None,
         kind=kind,
         extra_nodata=tuple(float(v) for v in extra_nodata),
+        vector=vec,
+        _token=token,
+    )
+
+
+def _vector_plan(p: str, vec: VectorLayer) -> tuple[Grid, str]:
+    """A 1 x 1 grid spanning a layer's bounds (for overlap checks) and the source's change token."""
+    left, bottom, right, top = vec.bounds
+    span = (max(right - left, 1e-9), max(top - bottom, 1e-9))
+    from affine import Affine
+
+    grid = Grid(vec.crs_wkt, Affine(span[0], 0.0, left, 0.0, -span[1], bottom + span[1]), (1, 1))
+    paths = [Path(p)] if Path(p).is_file() else [f for f in Path(p).rglob("*") if f.is_file()]
+    token = "-".join(f"{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(paths))
+    return grid, token
+
+
+def read_class_vector(
+    path: str | os.PathLike[str],
+    *,
+    field: str,
+    classes: Iterable[int] | None = None,
+    layer: str | None = None,
+    extra_nodata: Iterable[float] = (),
+) -> ClcVectorSource:
+    """Open any polygon label layer (a user's own classes) as a ``kind="user"`` :class:`ClcVectorSource`.
+
+    Parameters
+    ----------
+    path
+        Vector data source (GeoPackage, shapefile, FileGDB ...).
+    field
+        The integer class attribute.
+    classes
+        The class values; None takes every value of ``field`` except NULL and ``extra_nodata``.
+        Values that are neither classes nor NODATA are an error.
+    layer
+        Polygon layer (default: the one holding ``field``).
+    extra_nodata
+        Values meaning NODATA besides NULL.
+
+    Returns
+    -------
+    ClcVectorSource
+        Use it with ``fractions(src, grid, level=user_classes(src.classes))``.
+    """
+    p = str(path)
+    vec = corine_vector.open_layer(p, layer=layer, field=field)
+    nd = {float(v) for v in extra_nodata}
+    values = {int(v) for v in _vector_ints(corine_vector.distinct_values(vec), p)}
+    found = {v for v in values if v != _NAN_SENTINEL and v not in nd}
+    table = sorted(found) if classes is None else sorted({int(c) for c in classes})
+    if not table:
+        raise InputFileError(p, f"field {vec.field!r} holds no class value")
+    bad = found - set(table)
+    if bad:
+        raise _bad_values_error(p, bad, "user")
+    grid, token = _vector_plan(p, vec)
+    return ClcVectorSource(
+        path=p,
+        grid=grid,
+        dtype="int64",
+        nodata=None,
+        kind="user",
+        extra_nodata=tuple(sorted(nd)),
+        classes=tuple(table),
         vector=vec,
         _token=token,
     )

@@ -775,6 +775,7 @@ class TransferResult:
     chosen_lr: dict[str, float] = field(default_factory=dict)
     lr_scores: dict[str, dict[str, float | None]] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
+    normalisation: dict[str, str] = field(default_factory=dict)
     backbone: dict[str, Any] = field(default_factory=dict)
     windows: dict[str, np.ndarray] = field(default_factory=dict)
     """Per split: ``(n, 4)`` (cube, time, row, col) of the phase-2 windows."""
@@ -795,8 +796,9 @@ def phase1_record(checkpoint: Any) -> dict[str, Any]:
 
     state = load_checkpoint(checkpoint)
     split = state.get("split")
-    ok = isinstance(split, dict) and split.get("format") == "landcover-split/1"
-    return {"split": dict(split)} if ok else {}
+    if isinstance(split, dict) and split.get("format") == "landcover-split/1":
+        return {"split": dict(split)}
+    return {}
 
 
 def _cube_summary(path: str) -> dict[str, Any]:
@@ -807,9 +809,12 @@ def _cube_summary(path: str) -> dict[str, Any]:
 
     info = inspect_cube(path)
     grid = info.grid
-    attrs = dict(zarr.open_group(path, mode="r").attrs)
-    ids = [str(p) for p in attrs.get("product_ids", [])]
-    sensors = sorted({p[:4] for p in ids if len(p) >= 4 and p[:2] in ("LT", "LE", "LC", "LO")})
+    attrs: dict[str, Any] = dict(zarr.open_group(path, mode="r").attrs)
+    ids = [str(p) for p in attrs.get("product_ids") or []]
+    sensors = sorted(
+        {str(s) for s in attrs.get("sensors") or []}  # stacks and products: "TM", "OLI/TIRS" ...
+        or {p[:4] for p in ids if len(p) >= 4 and p[:2] in ("LT", "LE", "LC", "LO")}
+    )
     years: list[int] = []
     try:
         import xarray as xr
@@ -831,17 +836,27 @@ def _cube_summary(path: str) -> dict[str, Any]:
     }
 
 
-def _phase1_cube(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """A phase-1 cube of the split record, with years/sensors when the cube is still there unchanged."""
+def _phase1_cube(rec: Mapping[str, Any], near: Sequence[Path] = ()) -> dict[str, Any]:
+    """A phase-1 cube of the split record, with years/sensors when the cube is still there (same grid).
+
+    Its recorded path is tried as it is and relative to each folder of ``near`` (training
+    often records paths relative to where it ran, next to the checkpoint's run folder).
+    """
     out = dict(rec)
-    path = str(rec.get("path", ""))
-    if path and Path(path).is_dir():
+    path = Path(str(rec.get("path", "")))
+    candidates = [path] if path.is_absolute() else [path, *(Path(d) / path for d in near)]
+    for cand in candidates:
+        if not str(rec.get("path", "")) or not cand.is_dir():
+            continue
         try:
-            here = _cube_summary(path)
+            here = _cube_summary(str(cand))
         except LandcoverError:
-            return out
-        if here["fingerprint"] == rec.get("fingerprint"):
+            continue
+        if here["shape"] == list(rec.get("shape", [])) and here["transform"] == list(
+            rec.get("transform", [])
+        ):
             out.update(sensors=here["sensors"], years=here["years"])
+            break
     return out
 
 
@@ -888,22 +903,18 @@ def domain_shift(
 
 
 # -- a new problem from the user's labels --------------------------------------------------------------
-VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".gml", ".kml", ".sqlite")
-
-
 def _label_fractions(
     labels: str, grid: Any, *, field: str | None, classes: Sequence[int] | None, min_coverage: float
 ) -> Any:
     """Exact per-class area fractions of a label file on ``grid`` (the CORINE machinery, user classes)."""
     from . import corine
+    from .corine_vector import is_vector
 
-    if Path(labels).suffix.lower() in VECTOR_SUFFIXES:
-        vector = getattr(corine, "read_class_vector", None)
-        if vector is None:
-            raise InputFileError(
-                labels, "vector labels need polygon support in landcover.corine (not in this build)"
-            )
-        src = vector(labels, field=field, classes=classes)
+    src: Any
+    if is_vector(labels):
+        if field is None:
+            raise ConfigError(f"vector labels {labels} need --field (their class attribute)")
+        src = corine.read_class_vector(labels, field=field, classes=classes)
     else:
         if field is not None:
             raise ConfigError(f"--field applies to vector labels; {labels} is read as a raster")
@@ -952,7 +963,8 @@ def add_labels(
                 f"already has a variable {variable!r} from another source; choose another label_variable",
             )
         dim = f"{variable}_class"
-        return tuple(int(c) for c in np.asarray(group[dim][:]))
+        coord: Any = group[dim]
+        return tuple(int(c) for c in np.asarray(coord[:]))
     info = inspect_cube(path)
     frac = _label_fractions(str(src), info.grid, field=field, classes=classes, min_coverage=min_coverage)
     values = frac["fractions"].values
@@ -1020,14 +1032,29 @@ def zero_shot_model(model: nn.Module, groups: Sequence[Sequence[int]]) -> nn.Mod
     return _Summed().eval()
 
 
-def _imagenet_model(
-    kind: str, encoder: str, bands: Sequence[str], codes: Sequence[int], weights: Path, seed: int
+ARM_MODEL: dict[str, str] = {
+    "imagenet-rgb": "rgb-imagenet",
+    "imagenet-native": "native-imagenet-init",
+    "ssl4eo": "ssl4eo",
+}
+"""Pretrained arms -> the :func:`landcover.models.build_model` name (and input scaling) they use."""
+
+
+def arm_input(arm: str) -> str:
+    """Model-side input scaling of an arm (see :func:`landcover.arms.arm_input_norm`)."""
+    from .arms import arm_input_norm
+
+    return arm_input_norm(ARM_MODEL.get(arm, "native"), "pretraining")
+
+
+def _pretrained_model(
+    arm: str, encoder: str, bands: Sequence[str], codes: Sequence[int], weights: Path | str, seed: int
 ) -> nn.Module:
-    """An ImageNet-initialised model at the width its weights need (full ResNet, default decoder)."""
+    """An ImageNet or SSL4EO-L initialised model at the width its weights need (full ResNet-18/50)."""
     from .models import build_model
 
     return build_model(
-        "rgb-imagenet" if kind == "imagenet-rgb" else "native-imagenet-init",  # type: ignore[arg-type]
+        ARM_MODEL[arm],  # type: ignore[arg-type]
         len(bands),
         len(codes),
         pretrained=str(weights),
@@ -1036,18 +1063,9 @@ def _imagenet_model(
         depth=4,
         bands=tuple(bands),
         class_codes=tuple(codes),
+        input_norm=arm_input(arm),  # type: ignore[arg-type]
         seed=seed,
     )
-
-
-def _ssl4eo_model(bands: Sequence[str], codes: Sequence[int], weights: str, seed: int) -> nn.Module:
-    from . import weights as weights_module  # type: ignore[attr-defined]
-
-    build = getattr(weights_module, "build_ssl4eo_model", None)
-    if build is None:
-        raise LandcoverError("landcover.weights has no build_ssl4eo_model")
-    model: nn.Module = build(weights, bands=tuple(bands), class_codes=tuple(codes), seed=seed)
-    return model
 
 
 def _imagenet_encoder(backbone_encoder: str) -> str:
@@ -1164,33 +1182,56 @@ def _datasets(
     record: Mapping[str, Any],
     variable: str | None,
     codes: Sequence[int] | None,
+    arm: str | None = None,
+    notes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Train/val/test datasets over ``bands`` under the phase-2 split ``plan``."""
+    """Train/val/test datasets over ``bands`` under the phase-2 split ``plan``.
+
+    With ``arm``, every split is normalised as that arm needs with statistics of the
+    *training* split only (:func:`landcover.arms.arm_normalisation`); the description goes
+    to ``notes[arm]``.
+    """
     import copy
 
     from .datasets import WindowDataset
     from .windows import SplitSpec
 
     spec = SplitSpec(
-        block=plan["block"], buffer=plan["buffer"], fractions=plan["fractions"], seed=plan["seed"]
+        block=plan["block"],
+        buffer=plan["buffer"],
+        fractions=plan["fractions"],
+        seed=plan["seed"],
+        stratify=plan["mode"] == "own",  # blocks assigned by class area: every split gets every class
     )
     common: dict[str, Any] = dict(
         size=cfg.window, stride=cfg.stride, bands=bands, min_valid=cfg.min_valid, split_spec=spec,
         level=cfg.level if variable is None else 3,
     )  # fmt: skip
     out: dict[str, Any] = {}
+    names: tuple[Literal["train", "val", "test"], ...] = ("train", "val", "test")
     if plan["mode"] == "inherit":
         full = WindowDataset(list(cfg.cubes), split=None, **common)
         if "codes" not in plan:  # computed once; every band set plans the same windows
             plan["codes"] = _inherited_splits(full, record, plan)
-        for i, name in enumerate(("train", "val", "test")):
+        for i, name in enumerate(names):
             ds = copy.copy(full)
             ds.split = name
             ds.windows = full.windows.take(np.flatnonzero(plan["codes"] == i))
             out[name] = ds
     else:
-        for name in ("train", "val", "test"):
+        for name in names:
             out[name] = WindowDataset(list(cfg.cubes), split=name, **common)
+    if arm is not None:
+        from .arms import arm_normalisation
+        from .datasets import window_stats
+
+        stats, what = arm_normalisation(
+            ARM_MODEL.get(arm, "native"), arm_input(arm), window_stats(out["train"])
+        )
+        for ds in out.values():
+            ds.set_stats(stats)
+        if notes is not None:
+            notes[arm] = what
     if variable is not None:
         out = {k: LabelVariableDataset(v, variable, codes) for k, v in out.items()}
     budget = [int(cfg.cache_mb * 2**20)]
@@ -1359,10 +1400,10 @@ class _Arms:
         if arm in ("imagenet-rgb", "imagenet-native"):
             assert self.imagenet is not None
             enc = _imagenet_encoder(spec.encoder)
-            return _imagenet_model(arm, enc, self.bands_of(arm), self.codes, self.imagenet, seed)
+            return _pretrained_model(arm, enc, self.bands_of(arm), self.codes, self.imagenet, seed)
         if arm == "ssl4eo":
             assert self.ssl4eo is not None
-            return _ssl4eo_model(self.bands, self.codes, self.ssl4eo, seed)
+            return _pretrained_model(arm, "resnet18", self.bands, self.codes, self.ssl4eo, seed)
         new_spec = dataclasses.replace(
             spec, num_classes=len(self.codes), class_codes=self.codes, pretrained="none"
         )
@@ -1408,12 +1449,20 @@ def _available_arms(
             arms.imagenet = found
             result.weights["imagenet"] = _weights_label(found, "imagenet", enc)
         if arm == "ssl4eo":
-            why = _ssl4eo_unavailable(cfg)
-            if why:
+            file, why = _ssl4eo_file(cfg, arms.bands)
+            if file is None:
                 _skip(result, arm, why, log)
                 continue
-            arms.ssl4eo = cfg.ssl4eo_weights
-            result.weights["ssl4eo"] = str(cfg.ssl4eo_weights)
+            arms.ssl4eo = str(file)
+            result.weights["ssl4eo"] = _weights_label(file, "ssl4eo", "resnet18")
+            from .arms import cube_product_level
+
+            levels = {cube_product_level(c) for c in cfg.cubes}
+            if levels != {"TOA"}:
+                result.notes.append(
+                    "ssl4eo: the SSL4EO-L weights were trained on top-of-atmosphere reflectance; these cubes "
+                    f"hold {', '.join(sorted(levels))} data, scaled with the published TOA ranges anyway."
+                )
         out.append(arm)
     return out
 
@@ -1427,16 +1476,19 @@ def _weights_label(path: Path, family: str, encoder: str) -> str:
         return str(path)
 
 
-def _ssl4eo_unavailable(cfg: TransferConfig) -> str:
-    if cfg.ssl4eo_weights is None:
-        return "no SSL4EO-L weights file given (--ssl4eo-weights; nothing is downloaded)"
-    try:
-        from . import weights as weights_module
-    except ImportError:
-        return "landcover.weights is not in this build"
-    if getattr(weights_module, "build_ssl4eo_model", None) is None:
-        return "this build cannot yet build an SSL4EO-L model (landcover.weights.build_ssl4eo_model missing)"
-    return ""
+def _ssl4eo_file(cfg: TransferConfig, bands: Sequence[str]) -> tuple[Path | None, str]:
+    """The SSL4EO-L TM TOA ResNet-18 weights file, or None and why not."""
+    from .models import _tm_of
+    from .weights import SSL4EO_TM_BANDS, find_weights, weights_for
+
+    other = [b for b in bands if _tm_of(b) not in SSL4EO_TM_BANDS]
+    if other:
+        return None, f"SSL4EO-L TM weights take Landsat TM bands; the backbone has {other}"
+    found = find_weights(weights_for("ssl4eo", "resnet18"), cfg.ssl4eo_weights)
+    if found is None:
+        where = cfg.ssl4eo_weights or "the torch hub cache"
+        return None, f"no SSL4EO-L TM TOA weights in {where} (--ssl4eo-weights; nothing is downloaded)"
+    return found, ""
 
 
 def _train_run(
@@ -1512,7 +1564,9 @@ def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print) -> 
     p1split = phase1_record(cfg.checkpoint).get("split", {})
     p2cubes = [_cube_summary(c) for c in cfg.cubes]
     result = TransferResult(config=cfg)
-    result.shift = domain_shift([_phase1_cube(c) for c in p1split.get("cubes", [])], p2cubes)
+    ckpt = Path(cfg.checkpoint).resolve()
+    near = [ckpt.parent, ckpt.parent.parent]
+    result.shift = domain_shift([_phase1_cube(c, near) for c in p1split.get("cubes", [])], p2cubes)
     shared = result.shift["place"] != "new region"  # unknown counts as shared
     plan = _split_plan(cfg, p1split, shared)
     bands = _cube_bands(cfg.cubes[0], spec.bands)
@@ -1523,7 +1577,10 @@ def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print) -> 
     result.split_sizes = {k: len(v) for k, v in base.items()}
     result.windows = {k: _base(v).windows.positions() for k, v in base.items()}
     if len(base["train"]) == 0 or len(base["val"]) == 0:
-        raise LandcoverError(f"empty split (windows per split: {result.split_sizes}); use smaller windows")
+        raise LandcoverError(
+            f"empty split (windows per split: {result.split_sizes}); use smaller windows or split blocks "
+            "(--window, --split-block)"
+        )
 
     # -- no leakage: phase-2 val/test outside the (buffered) phase-1 training blocks
     if p1split:
@@ -1574,7 +1631,7 @@ def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print) -> 
         result.task = f"cube variable `{variable}`"
     else:
         result.task = f"CORINE level {cfg.level} aggregation of the cube labels"
-    data = base if variable is None else _datasets(cfg, bands, plan, p1split, variable, codes_opt)
+    data = _datasets(cfg, bands, plan, p1split, variable, codes_opt, "scratch", result.normalisation)
     codes = _class_codes(data["train"])
     result.class_codes = codes
     result.backbone = {"name": spec.name, "encoder": spec.encoder, "width": spec.width, "depth": spec.depth,
@@ -1592,12 +1649,16 @@ def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print) -> 
         zero_shot=zero_shot_groups(spec.class_codes, codes) if cfg.clc_task else None,
     )
     todo = _available_arms(cfg, result, arms, cube_bands, log)
-    datasets: dict[tuple[str, ...], dict[str, Any]] = {tuple(bands): data}
+    datasets: dict[tuple[str, ...], dict[str, Any]] = {(*bands, "zscore"): data}
 
     def data_of(arm: str) -> dict[str, Any]:
-        key = tuple(arms.bands_of(arm))
+        key = (*arms.bands_of(arm), arm_input(arm))
         if key not in datasets:
-            datasets[key] = _datasets(cfg, list(key), plan, p1split, variable, codes_opt)
+            datasets[key] = _datasets(
+                cfg, list(key[:-1]), plan, p1split, variable, codes_opt, arm, result.normalisation
+            )
+        elif arm not in result.normalisation:
+            result.normalisation[arm] = result.normalisation["scratch"] if key[-1] == "zscore" else ""
         return datasets[key]
 
     n_train = len(data["train"])
@@ -1770,7 +1831,7 @@ def summarise(result: TransferResult) -> dict[str, Any]:
             vals = [r.per_class[i]["iou"] if i < len(r.per_class) else None for r in rs]
             per_class[str(code)] = _mean_std(vals)
         conv = [_converged(r.history) for r in rs if r.history is not None]
-        entry = {
+        entry: dict[str, Any] = {
             "arm": arm,
             "budget": budget,
             "strategy": ARM_STRATEGY.get(arm, "none"),
@@ -1821,6 +1882,7 @@ def summarise(result: TransferResult) -> dict[str, Any]:
     out["chosen_lr"] = dict(result.chosen_lr)
     out["lr_scores"] = dict(result.lr_scores)
     out["weights"] = dict(result.weights)
+    out["normalisation"] = dict(result.normalisation)
     out["backbone"] = result.backbone
     out["seconds"] = result.seconds
     config = dataclasses.asdict(cfg)
@@ -1953,7 +2015,7 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
             "**the phase-1 block assignment** (recorded in the checkpoint), extended by a hash split for new "
             "blocks; val/test windows within the buffer of phase-1 training blocks dropped"
             if result.split.get("mode") == "inherit"
-            else "phase 2's own blocked split"
+            else "phase 2's own blocked split, blocks assigned by class area (stratified)"
         )
         + f" (block {result.split.get('block')} px, buffer {result.split.get('buffer')} px, seed "
         f"{result.split.get('seed')}).",
@@ -1968,14 +2030,20 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
         ]
     else:
         lines += [f"Leakage not checked: {leak.get('reason')}.", ""]
-    lines += ["## Arms", "", "| arm | what | ran | LR (chosen on validation) |", "|---|---|---|---|"]
+    lines += [
+        "## Arms",
+        "",
+        "| arm | what | ran | LR (chosen on validation) | input normalisation |",
+        "|---|---|---|---|---|",
+    ]
     for arm in cfg.arms:
         ran = "yes" if arm in arms else f"no: {result.skipped.get(arm, 'not run')}"
         lr = result.chosen_lr.get(arm)
         grid = result.lr_scores.get(arm, {})
         tried = ", ".join(f"{k}: {'n/a' if v is None else format(v, '.3f')}" for k, v in grid.items())
         lr_txt = f"{lr:g} (val {PRIMARY_METRIC} {tried})" if lr is not None else "-"
-        lines.append(f"| {arm} | {ARM_INFO[arm]} | {ran} | {lr_txt} |")
+        norm = result.normalisation.get(arm, "-") if arm in arms else "-"
+        lines.append(f"| {arm} | {ARM_INFO[arm]} | {ran} | {lr_txt} | {norm} |")
     lines += [""]
     for w, label in result.weights.items():
         lines.append(f"- {w} weights: {label}")

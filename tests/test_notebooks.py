@@ -33,6 +33,12 @@ SMALL = {
 SMALL_FOR = {  # enough training windows in the split blocks (4 x window)
     "02": {"LANDCOVER_NB_SIZE": "256", "LANDCOVER_NB_WINDOW": "16"},
     "03": {"LANDCOVER_NB_SIZE": "256", "LANDCOVER_NB_WINDOW": "16"},
+    "05": {
+        "LANDCOVER_NB_SIZE": "256",
+        "LANDCOVER_NB_WINDOW": "16",
+        "LANDCOVER_NB_BUDGETS": "1",
+        "LANDCOVER_NB_MIN_STEPS": "2",
+    },
 }
 
 
@@ -152,6 +158,15 @@ def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
             assert "pixels whose predicted class is the CORINE dominant class" in text
         elif os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
             pytest.fail(f"real sample data not found at {real}: notebook 04 showed nothing")
+    if path.name.startswith("05"):  # phase 2: the leakage guard, a user-label problem, the real pair
+        assert (
+            "refusing to run:" in text and "split: inherit" in text and "within the phase-1 buffer: 0" in text
+        )
+        assert "classes: (7, 8, 9)" in text and "'sensor': 'new sensor'" in text
+        if have_real:
+            assert "'place': 'new region'" in text and "zero-shot" in text
+        elif os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(f"real sample data not found at {real}: notebook 05 skipped the real pair")
     if path.name.startswith("03"):
         assert "Dask dashboard: http" in text
         assert "round 0:" in text

@@ -316,6 +316,44 @@ def test_user_label_raster_becomes_exact_fractions_in_the_cube(tmp_path: Path) -
         add_labels(store, other)
 
 
+def test_user_label_polygons_become_exact_fractions_in_the_cube(tmp_path: Path) -> None:
+    import shapely
+    from pyogrio.raw import write
+
+    from landcover.errors import ConfigError
+    from landcover.transfer import add_labels
+
+    store = make_cube(tmp_path / "v.zarr", shape=(96, 96), classes=CODES, chunks=32, seed=2)
+    x0, y0 = 399_985.0, 5_500_015.0  # cube corner; the 3|9 edge halves pixel column 48, 30 m pixels
+    edge, right, bottom = x0 + 48.5 * 30, x0 + 96 * 30, y0 - 96 * 30
+    polys = [
+        shapely.box(x0 - 100, bottom - 100, edge, y0 - 300),
+        shapely.box(edge, bottom - 100, right + 100, y0 - 300),
+    ]
+    gpkg = tmp_path / "crops.gpkg"
+    write(
+        str(gpkg), shapely.to_wkb(polys), [np.array([3, 9], dtype="int32")], ["crop"], layer="fields",
+        driver="GPKG", geometry_type="Polygon", crs="EPSG:32632",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="--field"):
+        add_labels(store, gpkg)
+    assert add_labels(store, gpkg, field="crop", variable="crops") == (3, 9)
+    ds = LabelVariableDataset(
+        WindowDataset(store, size=32, stride=32, bands=list(BANDS), min_valid=0.0), "crops"
+    )
+    frac = np.zeros((2, 96, 96), dtype="float32")
+    mask = np.zeros((96, 96), dtype=bool)
+    for i in range(len(ds)):
+        item = ds[i]
+        _, _, r, c = (int(v) for v in item["position"])
+        frac[:, r : r + 32, c : c + 32] = item["target"].numpy()
+        mask[r : r + 32, c : c + 32] = item["mask"].numpy()
+    assert not mask[:10].any() and mask[10:].all()  # the first 10 rows (300 m) have no polygon
+    np.testing.assert_allclose(frac[0, 10:, :48], 1.0)
+    np.testing.assert_allclose(frac[:, 10:, 48], 0.5, atol=1 / 250)
+    np.testing.assert_allclose(frac[1, 10:, 49:], 1.0)
+
+
 def _in_training_reach(record: dict[str, Any], cube: Path, windows: np.ndarray, size: int) -> int:
     """Windows with a pixel within ``buffer`` of a pixel phase-1 training windows could use.
 
@@ -420,28 +458,35 @@ def imagenet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_experiment_end_to_end_writes_the_report(
-    big: Path, phase1_split: Path, imagenet_file: Path, tmp_path: Path
-) -> None:
-    cfg = _cfg(
-        big, phase1_split, tmp_path / "report",
-        arms=("zero-shot", "linear-probe", "phase1-partial", "phase1-full", "imagenet-rgb", "imagenet-native",
-              "ssl4eo", "scratch"),
-        imagenet_weights=str(imagenet_file),
-        batch_size=64,
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def ssl4eo_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SSL4EO-L TM TOA ResNet-18 state dict of the right shapes (7 input bands; random weights)."""
+    import torchvision
+
+    torch.manual_seed(1)
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1 = torch.nn.Conv2d(7, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    path = tmp_path_factory.mktemp("weights") / "resnet18_landsat_tm_toa_moco-1c691b4f.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_experiment_end_to_end_writes_the_report(big: Path, phase1_split: Path, tmp_path: Path) -> None:
+    arms = ("zero-shot", "linear-probe", "phase1-partial", "phase1-full", "imagenet-rgb", "ssl4eo", "scratch")
+    cfg = _cfg(big, phase1_split, tmp_path / "report", arms=arms, batch_size=64)
     messages: list[str] = []
     result = run_transfer(cfg, log=messages.append)
-    assert set(result.skipped) == {"ssl4eo"} and "SSL4EO" in result.skipped["ssl4eo"]
+    assert set(result.skipped) == {"imagenet-rgb", "ssl4eo"}  # no weights here: skipped, and said why
+    assert (
+        "nothing is downloaded" in result.skipped["imagenet-rgb"] and "SSL4EO-L" in result.skipped["ssl4eo"]
+    )
     ran = {r.arm for r in result.runs}
-    assert ran == set(cfg.arms) - {"ssl4eo"}
+    assert ran == set(cfg.arms) - set(result.skipped)
     assert {(r.arm, r.budget, r.seed) for r in result.runs} == {
         (a, b, s) for a in ran for b in (0.5, 1.0) for s in (0, 1)
     }
     by = {(r.arm, r.budget, r.seed): r for r in result.runs}
-    phase1_params = by[("phase1-full", 1.0, 0)].parameters
-    for arm in ("imagenet-rgb", "imagenet-native"):  # a full-width ResNet-18, whatever the phase-1 width
-        assert by[(arm, 1.0, 0)].parameters > 11_000_000 > 20 * phase1_params
     assert (
         by[("linear-probe", 1.0, 0)].trainable_parameters
         < by[("phase1-partial", 1.0, 0)].trainable_parameters
@@ -473,9 +518,30 @@ def test_experiment_end_to_end_writes_the_report(
         assert (c["verdict"] == "no significant difference") == (c["ci_low"] <= 0 <= c["ci_high"])
     assert metrics["compute"]["scratch"]["steps"] == sum(r.steps for r in result.runs if r.arm == "scratch")
     text = report.read_text()
-    assert "**Data: SYNTHETIC**" in text and "no: no SSL4EO-L weights" in text
-    assert "unverified weights" in text  # random weights are not called ImageNet
+    assert "**Data: SYNTHETIC**" in text and "no: no local ImageNet weights" in text
     assert "The zero-shot row is the bar" in text and "| 1 Artificial surfaces |" in text
+    assert "z-score, training-split statistics" in text
+
+
+@pytest.mark.slow
+def test_pretrained_arms_are_built_at_the_width_of_their_weights(
+    big: Path, phase1_split: Path, imagenet_file: Path, ssl4eo_file: Path, tmp_path: Path
+) -> None:
+    arms = ("imagenet-rgb", "imagenet-native", "ssl4eo", "scratch")
+    cfg = _cfg(
+        big, phase1_split, tmp_path / "r", arms=arms, budgets=(1.0,), seeds=(0,), batch_size=64, min_steps=1,
+        imagenet_weights=str(imagenet_file), ssl4eo_weights=str(ssl4eo_file),
+    )  # fmt: skip
+    result = run_transfer(cfg, log=lambda m: None)
+    assert result.skipped == {}
+    by = {r.arm: r for r in result.runs}
+    for arm in ("imagenet-rgb", "imagenet-native", "ssl4eo"):  # a full ResNet-18, whatever the phase-1 width
+        assert by[arm].parameters > 11_000_000 > 20 * by["scratch"].parameters
+    assert by["imagenet-rgb"].parameters < by["imagenet-native"].parameters  # 3 vs 6 input bands
+    text = write_report(result).read_text()
+    assert text.count("unverified weights") == 2  # random weights are not called ImageNet or SSL4EO-L
+    assert "percentile stretch" in text and "SSL4EO-L TM TOA scaling" in text
+    assert "top-of-atmosphere" in text  # ssl4eo on a surface-reflectance cube is flagged
 
 
 def test_learning_rate_is_chosen_on_validation_per_arm(big: Path, phase1_split: Path, tmp_path: Path) -> None:
