@@ -288,3 +288,23 @@ def test_model_of_one_sensor_predicting_another_warns_once(pair: tuple[Path, Pat
         dataset = _Data()
 
     assert _data_sensors(_Loader()) == ("TM",)
+
+
+def test_cube_batch_takes_stacks_with_sidecars(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """``cube batch`` (tasks that get only paths) reads a stack through its sidecar."""
+    from landcover.cli import main
+    from landcover.store import open_cube
+
+    product, clc = pair
+    stack = _write_stack(product, tmp_path / "gee.tif", TM_FILES)
+    (tmp_path / "gee.tif.yaml").write_text(
+        "bands: [blue, green, red, nir, swir1, swir2]\nscale: 2.75e-5\noffset: -0.2\nsensor: TM\n"
+        "date: '2001-06-05'\n"
+    )
+    out = tmp_path / "batch"
+    assert main(["-q", "cube", "batch", str(stack), "--corine", str(clc), "--out-dir", str(out),
+                 "--scheduler", "none", "--chunk", "32"]) == 0  # fmt: skip
+    (store,) = [p for p in out.iterdir() if p.suffix == ".zarr"]
+    cube = open_cube(store, decode=False)
+    assert cube.attrs["sensors"] == ["TM"] and cube.attrs["usable_masks"] == ["not nodata"]
+    assert str(cube["time"].values[0])[:10] == "2001-06-05"
