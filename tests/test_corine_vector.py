@@ -295,3 +295,20 @@ def test_cube_build_and_batch_take_vector_corine(tmp_path: Path, how: str) -> No
     ok = ~np.isnan(labels).any(axis=0)
     assert 0.5 < ok.mean() < 1.0  # the uncovered edge is NODATA
     assert np.abs(labels[:, ok] - expected[:, ok]).max() <= 1 / 250 + 1e-6
+
+
+def test_filegdb_directory_like_the_clms_download(tmp_path: Path) -> None:
+    """A FileGDB is a directory: recognised by its name, layer and ``Code_18`` field found."""
+    from pyogrio.raw import write
+
+    gpkg = make_clc_polygons(tmp_path / "clc.gpkg", bounds=BOUNDS, shape=(3, 4), seed=6, codes=CODES)
+    codes, polys = read_clc_polygons(gpkg)
+    gdb = tmp_path / "U2018_CLC2018_V2020_20u1.gdb"
+    layer = "U2018_CLC2018_V2020_20u1"
+    write(str(gdb), shapely.to_wkb(polys), [codes.astype("int32")], ["Code_18"], layer=layer,
+          driver="OpenFileGDB", geometry_type="Polygon", crs=LAEA)  # fmt: skip
+    src = read_clc(gdb)
+    assert gdb.is_dir() and src.vector is not None and src.vector.layer == layer
+    grid = Grid.from_bounds(BOUNDS, LAEA, resolution=90)
+    a, b = fractions(src, grid).compute(), fractions(read_clc(gpkg), grid).compute()
+    np.testing.assert_allclose(a.fractions.values, b.fractions.values, atol=1e-5)  # FileGDB coordinate grid
