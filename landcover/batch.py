@@ -94,14 +94,18 @@ class BatchItem:
     name
         Cube name (the store is ``out_dir / f"{name}.zarr"``); unique in the batch.
     scenes
-        The Landsat products of the cube (its time steps).
+        The Landsat products of the cube (its time steps), as paths (or URLs).
     store
         Output store path.
+    planned
+        Empty, or one entry per scene: its ``ScenePlan`` when it was given planned (a raster
+        stack with command-line options, a STAC item), else ``None``. Plans travel to the task.
     """
 
     name: str
     scenes: tuple[str, ...]
     store: str
+    planned: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -254,24 +258,36 @@ def plan_batch(
     if group_by not in ("scene", "pathrow"):
         raise ConfigError(f"group_by must be 'scene' or 'pathrow', got {group_by!r}")
     out = Path(out_dir)
-    groups: dict[str, list[str]] = {}
+    from .landsat import ScenePlan
+
+    groups: dict[str, list[tuple[str, Any]]] = {}
     seen: set[str] = set()
     for s in scenes:
-        key_path = os.path.normpath(os.path.abspath(os.fspath(s)))
+        plan = s if isinstance(s, ScenePlan) else None
+        key_path = os.path.normpath(os.path.abspath(os.fspath(s))) if plan is None else f"plan:{os.fspath(s)}"
         if key_path in seen:
             continue
         seen.add(key_path)
         text = os.fspath(s)
-        key = _group_key(text, group_by)
+        key = _group_key(plan.product_id if plan is not None else text, group_by)
         if group_by == "scene" and key in groups:  # same product name from two places
             n = 2
             while f"{key}-{n}" in groups:
                 n += 1
             key = f"{key}-{n}"
-        groups.setdefault(key, []).append(text)
+        groups.setdefault(key, []).append((text, plan))
     items = []
     for name, members in groups.items():
-        items.append(BatchItem(name=name, scenes=tuple(sorted(members)), store=str(out / f"{name}.zarr")))
+        members.sort(key=lambda m: m[0])
+        planned = tuple(p for _, p in members) if any(p is not None for _, p in members) else ()
+        items.append(
+            BatchItem(
+                name=name,
+                scenes=tuple(t for t, _ in members),
+                store=str(out / f"{name}.zarr"),
+                planned=planned,
+            )
+        )
     return items
 
 
@@ -358,13 +374,19 @@ def _run_item(
     was_complete = existed and is_complete(store)
     failure: str | None = None
     try:
-        for s in item.scenes:
-            if not Path(s).exists():
+        planned = item.planned or (None,) * len(item.scenes)
+        for s, p in zip(item.scenes, planned, strict=True):
+            if p is None and not Path(s).exists():
                 raise InputFileError(s, "scene not found")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # empty time steps: the cube says so itself
             build_cube(
-                list(item.scenes), corine, store, progress=False, threads=_task_threads(threads), **options
+                [p if p is not None else s for s, p in zip(item.scenes, planned, strict=True)],
+                corine,
+                store,
+                progress=False,
+                threads=_task_threads(threads),
+                **options,
             )
     except BaseException as exc:
         failure = one_line(exc)

@@ -308,3 +308,23 @@ def test_cube_batch_takes_stacks_with_sidecars(pair: tuple[Path, Path], tmp_path
     cube = open_cube(store, decode=False)
     assert cube.attrs["sensors"] == ["TM"] and cube.attrs["usable_masks"] == ["not nodata"]
     assert str(cube["time"].values[0])[:10] == "2001-06-05"
+
+
+def test_cube_batch_stack_options(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """``cube batch --stack FILE --bands ...``: planned here with the options; the plan goes to the task."""
+    from landcover.batch import plan_batch
+    from landcover.cli import main
+    from landcover.store import open_cube
+
+    product, clc = pair
+    stack = _write_stack(product, tmp_path / "s.tif", TM_FILES)
+    plan = plan_stack(stack, StackSpec(bands=NAMES, scale=2.75e-5, offset=-0.2, sensor="ETM"))
+    (item,) = plan_batch([plan], tmp_path / "o")
+    assert item.name == "s" and item.scenes == (str(stack),) and item.planned == (plan,)
+    out = tmp_path / "batch"
+    argv = ["-q", "cube", "batch", "--stack", str(stack), "--bands", ",".join(NAMES), "--scale", "2.75e-5",
+            "--offset", "-0.2", "--sensor", "ETM", "--corine", str(clc), "--out-dir", str(out),
+            "--scheduler", "none", "--chunk", "32"]  # fmt: skip
+    assert main(argv) == 0
+    cube = open_cube(out / "s.zarr", decode=False)
+    assert cube.attrs["sensors"] == ["ETM+"]

@@ -91,6 +91,7 @@ def register(subparsers: Any) -> None:
     _cube_options(m)
     m.add_argument("--overwrite", action="store_true", help="rebuild cubes that already exist")
     add_stac_arguments(m, sign=False)
+    add_stack_arguments(m)
     add_cluster_arguments(m, threads_help="CPUs / 2, at most one per cube: cubes built at once")
     m.set_defaults(func=run_batch)
     v = sub.add_parser(
@@ -230,8 +231,9 @@ def run_batch(args: argparse.Namespace) -> int:
         from ..stac_scene import write_item_files
 
         scenes += [str(f) for f in write_item_files(args.stac, Path(args.out_dir) / "stac-items")]
+    scenes += stack_plans(args)  # planned here, with the options; the plans travel to the tasks
     if not scenes:
-        raise ConfigError("give scenes (SCENE ..., --scenes-from FILE or --stac ITEMS)")
+        raise ConfigError("give scenes (SCENE ..., --scenes-from FILE, --stac ITEMS or --stack FILE)")
     if not Path(args.corine).exists():  # a file, or a FileGDB (.gdb) directory
         raise InputFileError(args.corine, "CORINE raster not found")
     n_items = len(plan_batch(scenes, args.out_dir, group_by=args.group_by))
