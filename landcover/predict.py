@@ -897,7 +897,7 @@ def predict_scene(
     class map is nodata (0) and their fractions NaN. Other keyword arguments are those
     of :func:`predict_cube` (window, overlap, out, client, ...).
     """
-    from .landsat import UsablePolicy, open_scene
+    from .landsat import ScenePlan, UsablePolicy, open_scene
     from .stac_scene import is_stac_ref
 
     path = Path(scene)
@@ -914,7 +914,9 @@ def predict_scene(
     )
     _check_sensors(bundle, ds, str(scene))
     source = _cube_source(ds, bundle.bands, 0)
-    source.factory = functools.partial(_scene_source_at, os.fspath(scene), bundle.bands, mask_clouds)
+    # a plan (stack with options, STAC item) travels as it is; a path is reopened by name
+    where: Any = scene if isinstance(scene, ScenePlan) else os.fspath(scene)
+    source.factory = functools.partial(_scene_source_at, where, bundle.bands, mask_clouds)
     return _predict_source(
         bundle,
         source,
@@ -1124,7 +1126,7 @@ def _cube_source_at(path: str, bands: Sequence[str], time: int | str | np.dateti
     return _cube_source(_open_cube_dataset(path), bands, time)
 
 
-def _scene_source_at(path: str, bands: Sequence[str], mask_clouds: bool) -> _Source:
+def _scene_source_at(path: Any, bands: Sequence[str], mask_clouds: bool) -> _Source:
     """Reopen a Landsat scene's source (on a Dask worker), as :func:`predict_scene` does."""
     from .landsat import UsablePolicy, open_scene
 

@@ -328,3 +328,24 @@ def test_cube_batch_stack_options(pair: tuple[Path, Path], tmp_path: Path) -> No
     assert main(argv) == 0
     cube = open_cube(out / "s.zarr", decode=False)
     assert cube.attrs["sensors"] == ["ETM+"]
+
+
+def test_cli_predict_scene_stack_options(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """``landcover predict CKPT --scene STACK --bands ... --scale ... --offset ...``: a class map."""
+    from landcover.models import build_model, save_model
+
+    product, _ = pair
+    stack = _write_stack(product, tmp_path / "s.tif", TM_FILES)
+    codes = (111, 211, 311, 512)
+    ckpt = save_model(
+        tmp_path / "m.pt", build_model("native", 6, len(codes), preset="tiny", class_codes=codes)
+    )
+    argv = ["-q", "predict", str(ckpt), "--scene", str(stack), "--bands", ",".join(NAMES),
+            "--scale", "2.75e-5", "--offset", "-0.2", "--out", str(tmp_path / "out"), "--window", "32",
+            "--overlap", "8", "--device", "cpu", "--scheduler", "none"]  # fmt: skip
+    assert main(argv) == 0
+    z = xr.open_zarr(tmp_path / "out" / "prediction.zarr")
+    with rasterio.open(product / f"{product.name}_SR_B1.TIF") as src:
+        fill = src.read(1) == 0
+    cmap = z["class_map"].values
+    assert cmap.shape == (48, 48) and (cmap[fill] == 0).all() and set(np.unique(cmap[~fill])) <= set(codes)

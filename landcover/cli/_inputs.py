@@ -18,17 +18,21 @@ from typing import Any
 __all__ = ["add_stack_arguments", "add_stac_arguments", "stack_plans", "stack_spec", "stac_plans"]
 
 
-def add_stack_arguments(p: argparse.ArgumentParser, *, many: bool = True) -> None:
-    """Add the ``--stack`` options (a raster stack instead of a Landsat product) to ``p``."""
+def add_stack_arguments(p: argparse.ArgumentParser, *, many: bool = True, with_file: bool = True) -> None:
+    """Add the ``--stack`` options (a raster stack instead of a Landsat product) to ``p``.
+
+    ``with_file=False``: only the options that describe a stack given elsewhere (``predict --scene``).
+    """
     g = p.add_argument_group(
         "raster stacks",
         "any multi-band raster (Earth Engine export, other chains) instead of a USGS product; "
         "the same keys may sit in a sidecar FILE.toml/.yaml next to the file",
     )
-    g.add_argument(
-        "--stack", action="append" if many else "store", default=None, metavar="FILE",
-        help="a multi-band raster" + (" (repeat for several time steps)" if many else ""),
-    )  # fmt: skip
+    if with_file:
+        g.add_argument(
+            "--stack", action="append" if many else "store", default=None, metavar="FILE",
+            help="a multi-band raster" + (" (repeat for several time steps)" if many else ""),
+        )  # fmt: skip
     g.add_argument(
         "--bands", default=None, metavar="NAMES",
         help="band of every raster band in order: blue,green,red,nir,swir1,swir2[,thermal] "

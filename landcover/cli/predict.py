@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from ..distributed import add_cluster_arguments
+from ._inputs import add_stack_arguments, stack_spec
 
 __all__ = ["register", "run"]
 
@@ -56,6 +57,7 @@ def register(subparsers: Any) -> None:
         "--band-width", type=int, default=None, metavar="PX",
         help="width of the column bands swept as separate tasks (default: 4 chunks, at least 1024)",
     )  # fmt: skip
+    add_stack_arguments(p, many=False, with_file=False)  # --scene FILE is a raster stack
     add_cluster_arguments(p, threads_help="1: bands one at a time per worker, the model uses the cores")
     p.set_defaults(func=run)
 
@@ -102,9 +104,18 @@ def run(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace, time: int | str, client: Any) -> Any:
     from ..predict import predict_map
 
+    scene: Any = args.scene
+    spec = stack_spec(args)
+    if spec is not None:  # the --stack options describe --scene FILE; the plan travels to the tasks
+        from ..errors import ConfigError
+        from ..stack import plan_stack
+
+        if scene is None:
+            raise ConfigError("--bands/--scale/--offset/--sensor/--date/--qa/--nodata describe --scene FILE")
+        scene = plan_stack(scene, spec)
     return predict_map(
         args.checkpoint,
-        args.cube or args.scene,
+        args.cube or scene,
         args.out,
         window=args.window,
         overlap=args.overlap,
