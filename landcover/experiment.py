@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -118,12 +118,32 @@ class CompareConfig:
     download_weights, weights_url
         Fetch missing published weights (hash-verified, into ``$TORCH_HOME/hub/checkpoints``);
         ``weights_url`` replaces the publishers' URL base (a mirror).
+    budgets
+        Label budgets as fractions of the training windows (of ``max_train_windows``
+        when set): every model and seed also trains on the first ``round(b * N)``
+        windows of its seeded order, so the subsets are nested per seed. The largest
+        budget gives the final comparison; the others the data-efficiency curve.
+    budget_epoch_factor
+        A run at budget ``b`` trains ``epochs / b`` epochs, at most this many times
+        ``epochs``, so a small budget is not judged after a handful of optimiser steps.
+    speed_thresholds
+        Absolute validation mIoU (level 3) thresholds: training samples and wall-clock
+        seconds each run needed to first reach them.
+    reference
+        Arm the others are compared with (default: ``rgb-imagenet`` when it ran, else
+        ``rgb-scratch``, else the first arm).
+    n_boot
+        Bootstrap replicates (and permutations) of the paired statistics.
+    baseline, baseline_pixels, baseline_context
+        The non-deep floor (:mod:`landcover.baselines`): gradient boosting on per-pixel
+        spectra plus their ``baseline_context`` x ``baseline_context`` neighbourhood mean
+        (1: spectra only), trained on at most ``baseline_pixels`` training pixels per seed.
     """
 
     cubes: tuple[str, ...] = ()
     out: Path = Path("compare-report")
     models: tuple[ModelChoice, ...] = ("native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch")
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     window: int | None = None
     stride: int | None = None
     min_valid: float = 0.5
@@ -160,6 +180,14 @@ class CompareConfig:
     ssl4eo_method: Literal["moco", "simclr"] = "moco"
     download_weights: bool = False
     weights_url: str | None = None
+    budgets: tuple[float, ...] = (0.01, 0.05, 0.25, 1.0)
+    budget_epoch_factor: float = 4.0
+    speed_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3)
+    reference: str | None = None
+    n_boot: int = 2000
+    baseline: bool = True
+    baseline_pixels: int = 20000
+    baseline_context: int = 3
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -182,6 +210,29 @@ class CompareConfig:
             raise ValueError("epochs must be >= 1")
         if abs(sum(self.split_fractions) - 1.0) > 1e-6 or min(self.split_fractions) <= 0:
             raise ValueError(f"split_fractions must be positive and sum to 1, got {self.split_fractions}")
+        if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
+            raise ValueError(f"budgets must be fractions in (0, 1], got {self.budgets}")
+        if len(set(self.budgets)) != len(self.budgets):
+            raise ValueError(f"budgets must be distinct, got {self.budgets}")
+        if self.budget_epoch_factor < 1:
+            raise ValueError(f"budget_epoch_factor must be >= 1, got {self.budget_epoch_factor}")
+        if self.n_boot < 100:
+            raise ValueError(f"n_boot must be >= 100, got {self.n_boot}")
+        if self.baseline_context < 1 or self.baseline_context % 2 == 0:
+            raise ValueError(
+                f"baseline_context must be an odd number of pixels >= 1, got {self.baseline_context}"
+            )
+        if self.baseline_pixels < 100:
+            raise ValueError(f"baseline_pixels must be >= 100, got {self.baseline_pixels}")
+
+    @property
+    def full_budget(self) -> float:
+        """The largest budget: its runs are the ones compared at the end."""
+        return max(self.budgets)
+
+    def budget_epochs(self, budget: float) -> int:
+        """Epochs of a run at ``budget``: ``epochs / budget``, at most ``budget_epoch_factor * epochs``."""
+        return max(1, round(self.epochs * min(1.0 / budget, self.budget_epoch_factor)))
 
 
 @dataclass
@@ -199,6 +250,11 @@ class RunResult:
     hparams: dict[str, Any] = field(default_factory=dict)
     """Hyper-parameters chosen for this run (learning rates, encoder LR factor, input
     normalisation, class weighting, weights provenance...), for the report."""
+    budget: float = 1.0
+    """Label budget (fraction of the training windows) of the run."""
+    test_blocks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Per CLC level: additive test statistics per spatial test block
+    (:meth:`landcover.metrics.SegmentationMetrics.group_stats`)."""
 
 
 @dataclass
@@ -212,12 +268,21 @@ class CompareResult:
     imagenet_weights: str | None = None
     preset: str = "tiny"
     split_sizes: dict[str, int] = field(default_factory=dict)
+    baselines: list[RunResult] = field(default_factory=list)
+    """Runs of the non-deep floor (one per seed, full budget; ``history`` is None)."""
+    not_run: dict[str, str] = field(default_factory=dict)
+    """Requested arms that did not run -> why."""
 
-    def by_model(self) -> dict[str, list[RunResult]]:
-        """Runs grouped by model name, in the configured order."""
+    def by_model(self, budget: float | None = None) -> dict[str, list[RunResult]]:
+        """Runs grouped by model name, in the configured order.
+
+        Only the runs at ``budget`` (default: the largest budget, the final comparison).
+        """
+        want = self.config.full_budget if budget is None else budget
         out: dict[str, list[RunResult]] = {}
         for r in self.runs:
-            out.setdefault(r.model, []).append(r)
+            if math.isclose(r.budget, want):
+                out.setdefault(r.model, []).append(r)
         return out
 
 
@@ -338,7 +403,34 @@ def _prepare_arms(
     return cfg
 
 
-def _datasets(cfg: CompareConfig, model: str, seed: int) -> tuple[Any, Any, Any]:
+def budget_windows(available: int, budget: float) -> int:
+    """Training windows of a run at ``budget`` (a fraction) of ``available``: at least 1."""
+    return max(1, min(available, round(budget * available)))
+
+
+def block_groups(dataset: Any) -> Callable[[Mapping[str, Any]], np.ndarray]:
+    """Batch -> id of the spatial split block holding each window's upper-left pixel.
+
+    Blocks are the ``dataset.block`` squares on the global pixel grid of the split
+    (:func:`landcover.windows.global_origin`), so aligned cubes share them; the ids are
+    the units the block bootstrap of :mod:`landcover.stats` resamples.
+    """
+    from .windows import global_origin
+
+    origins = np.array([global_origin(c.transform) for c in dataset.cubes], dtype=np.int64)
+    side = int(dataset.block)
+
+    def groups(batch: Mapping[str, Any]) -> np.ndarray:
+        pos = np.asarray(batch["position"], dtype=np.int64).reshape(-1, 4)  # cube, time, row, col
+        org = origins[pos[:, 0]]
+        br = (pos[:, 2] + org[:, 0]) // side
+        bc = (pos[:, 3] + org[:, 1]) // side
+        return np.asarray((br + 2**24) * 2**26 + (bc + 2**24), dtype=np.int64)
+
+    return groups
+
+
+def _datasets(cfg: CompareConfig, model: str, seed: int, budget: float = 1.0) -> tuple[Any, Any, Any]:
     from .datasets import WindowDataset
 
     common: dict[str, Any] = dict(
@@ -360,6 +452,16 @@ def _datasets(cfg: CompareConfig, model: str, seed: int) -> tuple[Any, Any, Any]
         max_windows=cfg.max_train_windows,
         **common,
     )
+    if budget < 1.0:  # the first windows of the same seeded order: nested subsets per seed
+        train = WindowDataset(
+            list(cfg.cubes),
+            split="train",
+            seed=seed,
+            shuffle=True,
+            augment=cfg.augment,
+            max_windows=budget_windows(len(train), budget),
+            **common,
+        )
     val = WindowDataset(list(cfg.cubes), split="val", **common)
     test = WindowDataset(list(cfg.cubes), split="test", **common)
     _normalise_arm(cfg, model, seed, train, val, test)
@@ -439,6 +541,7 @@ def train_model(
     run_dir: Path | None = None,
     find_lr: bool = False,
     resume: bool = False,
+    budget: float = 1.0,
 ) -> RunResult:
     """Train and evaluate one model on the configured cubes/split/budget (one compare run).
 
@@ -456,6 +559,12 @@ def train_model(
         Run the LR range test first (plot ``lr_find.png``) and train at its suggestion.
     resume
         Continue from ``run_dir/last.pt`` when it exists.
+    budget
+        Fraction of the training windows (nested subsets per seed, see
+        :attr:`CompareConfig.budgets`); the run trains ``cfg.budget_epochs(budget)`` epochs.
+        The default run directory of a budget below 1 is ``runs/<model>/budget<pct>/seed<k>``.
+        The test evaluation also keeps statistics per spatial test block
+        (:attr:`RunResult.test_blocks`, ``test_blocks.npz``).
     """
     import torch
 
@@ -464,7 +573,8 @@ def train_model(
     from .train import TrainConfig, evaluate, fit, lr_find
 
     t0 = time.perf_counter()
-    train_ds, val_ds, test_ds = _datasets(cfg, model_name, seed)
+    train_ds, val_ds, test_ds = _datasets(cfg, model_name, seed, budget)
+    epochs = cfg.budget_epochs(budget)
     if len(train_ds) == 0 or len(val_ds) == 0 or len(test_ds) == 0:
         raise ConfigError(
             f"not enough windows for the split (train={len(train_ds)}, val={len(val_ds)}, "
@@ -503,7 +613,7 @@ def train_model(
             seed=seed,
         )
 
-    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.out) / "runs" / model_name / f"seed{seed}"
+    run_dir = Path(run_dir) if run_dir is not None else _run_dir(cfg, model_name, seed, budget)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     def loader(ds: Any, shuffle: bool) -> Any:
@@ -518,9 +628,10 @@ def train_model(
         )
         lr = float(found.suggestion)
     model = new_model()
-    val_every = cfg.val_every_samples or max(cfg.batch_size, len(train_ds) // 2)
+    # about two validations per configured epoch, whatever the budget
+    val_every = cfg.val_every_samples or max(cfg.batch_size, epochs * len(train_ds) // (2 * cfg.epochs))
     tcfg = TrainConfig(
-        epochs=cfg.epochs,
+        epochs=epochs,
         batch_size=cfg.batch_size,
         lr=lr,
         weight_decay=cfg.weight_decay,
@@ -570,7 +681,14 @@ def train_model(
     history.to_json(run_dir / "history.json")
     history.to_csv(run_dir / "history_epochs.csv", kind="epochs")
     history.to_csv(run_dir / "history_samples.csv", kind="samples")
-    result = evaluate(model, loader(test_ds, False), class_codes=train_ds.class_codes, device=cfg.device)
+    result = evaluate(
+        model,
+        loader(test_ds, False),
+        class_codes=train_ds.class_codes,
+        device=cfg.device,
+        groups=block_groups(test_ds),
+    )
+    test_blocks = save_block_stats(result.metrics, run_dir / "test_blocks.npz")
     return RunResult(
         model=model_name,
         hparams=hparams,
@@ -581,12 +699,85 @@ def train_model(
         run_dir=run_dir,
         train_windows=len(train_ds),
         seconds=time.perf_counter() - t0,
+        budget=budget,
+        test_blocks=test_blocks,
     )
 
 
-def _run_one(cfg: CompareConfig, model_name: str, seed: int, preset: str, weights: str | None) -> RunResult:
+def run_floor(cfg: CompareConfig, seed: int) -> RunResult:
+    """The non-deep floor (:mod:`landcover.baselines`) on the split and full-budget windows of ``seed``.
+
+    Native bands, no augmentation; scored on the test split with the same metrics and
+    per-block statistics as the deep arms. ``history`` is None.
+    """
+    import torch
+
+    from .baselines import FLOOR_NAME, fit_floor
+    from .datasets import make_loader
+    from .train import evaluate
+
+    t0 = time.perf_counter()
+    train_ds, _val, test_ds = _datasets(replace(cfg, augment=False), "native", seed)
+    if len(train_ds) == 0 or len(test_ds) == 0:
+        raise ConfigError(
+            f"not enough windows for the floor (train={len(train_ds)}, test={len(test_ds)}); "
+            "use a smaller --window or bigger cubes"
+        )
+    torch.manual_seed(seed)
+    model, hparams = fit_floor(
+        train_ds, max_pixels=cfg.baseline_pixels, context=cfg.baseline_context, seed=seed
+    )
+    run_dir = _run_dir(cfg, FLOOR_NAME, seed, 1.0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = evaluate(
+        model,
+        make_loader(test_ds, cfg.batch_size, 0, shuffle=False),
+        class_codes=train_ds.class_codes,
+        device="cpu",
+        groups=block_groups(test_ds),
+    )
+    test_blocks = save_block_stats(result.metrics, run_dir / "test_blocks.npz")
+    return RunResult(
+        model=FLOOR_NAME,
+        seed=seed,
+        history=None,
+        test=result.summary(),
+        per_class=result.metrics.per_class(3),
+        run_dir=run_dir,
+        train_windows=len(train_ds),
+        seconds=time.perf_counter() - t0,
+        hparams=hparams,
+        budget=cfg.full_budget,
+        test_blocks=test_blocks,
+    )
+
+
+def _run_dir(cfg: CompareConfig, model_name: str, seed: int, budget: float) -> Path:
+    base = Path(cfg.out) / "runs" / model_name
+    if budget < 1.0:
+        base = base / f"budget{100 * budget:g}"
+    return base / f"seed{seed}"
+
+
+def save_block_stats(metrics: Any, path: Path) -> dict[int, dict[str, Any]]:
+    """Per-level test-block statistics of ``metrics`` (a SegmentationMetrics); also written to ``path`` (npz).
+
+    Keys in the file are ``l<level>_<name>`` (``ids``, ``confusion``, ``abs_error``,
+    ``true_sum``, ``n_valid``), so later tools can recompute and resample scores.
+    """
+    blocks = {lv: metrics.group_stats(lv) for lv in metrics.levels}
+    flat = {f"l{lv}_{k}": v for lv, st in blocks.items() for k, v in st.items()}
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, **flat)  # type: ignore[arg-type]
+    tmp.replace(path)
+    return blocks
+
+
+def _run_one(
+    cfg: CompareConfig, model_name: str, seed: int, preset: str, weights: str | None, budget: float = 1.0
+) -> RunResult:
     """One compare run (module-level so that Dask can ship it to a worker)."""
-    return train_model(cfg, model_name, seed, preset=preset, weights=weights)
+    return train_model(cfg, model_name, seed, preset=preset, weights=weights, budget=budget)
 
 
 def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> CompareResult:
@@ -606,8 +797,12 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
     pretrained = weights is not None or "ssl4eo" in models
     preset = cfg.preset if cfg.preset != "auto" else ("base" if pretrained else "tiny")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    jobs = [(m, s) for m in models for s in cfg.seeds]
-    log(f"compare: {len(models)} models x {len(cfg.seeds)} seeds on {len(infos)} cube(s), preset {preset}")
+    budgets = sorted(cfg.budgets, reverse=True)
+    jobs = [(m, s, b) for b in budgets for m in models for s in cfg.seeds]
+    log(
+        f"compare: {len(models)} models x {len(cfg.seeds)} seeds x {len(budgets)} budget(s) "
+        f"on {len(infos)} cube(s), preset {preset}"
+    )
     runs: list[RunResult] = []
     from .distributed import get_client
 
@@ -615,23 +810,39 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
     if client is not None:
         try:
             futures = [
-                client.submit(_run_one, replace(cfg, progress=False), m, s, preset, weights, pure=False)
-                for m, s in jobs
+                client.submit(_run_one, replace(cfg, progress=False), m, s, preset, weights, b, pure=False)
+                for m, s, b in jobs
             ]
-            for (m, s), fut in zip(jobs, futures, strict=True):
+            for (m, s, b), fut in zip(jobs, futures, strict=True):
                 runs.append(fut.result())
-                log(f"  {m} seed {s}: done ({runs[-1].seconds:.0f} s)")
+                log(f"  {m} seed {s} budget {b:g}: done ({runs[-1].seconds:.0f} s)")
         finally:
             if cfg.scheduler == "local":
                 from .distributed import close_client
 
                 close_client(client)
     else:
-        for m, s in jobs:
-            log(f"  training {m} seed {s} ...")
-            runs.append(_run_one(cfg, m, s, preset, weights))
+        for m, s, b in jobs:
+            log(f"  training {m} seed {s} budget {b:g} ...")
+            runs.append(_run_one(cfg, m, s, preset, weights, b))
             r = runs[-1]
-            log(f"  {m} seed {s}: test mIoU {r.test.get(PRIMARY_METRIC, math.nan):.3f} ({r.seconds:.0f} s)")
+            log(
+                f"  {m} seed {s} budget {b:g}: test mIoU {r.test.get(PRIMARY_METRIC, math.nan):.3f} "
+                f"({r.seconds:.0f} s)"
+            )
+    baselines: list[RunResult] = []
+    if cfg.baseline:
+        for s in cfg.seeds:
+            baselines.append(run_floor(cfg, s))
+            r = baselines[-1]
+            log(
+                f"  {r.model} seed {s}: test mIoU {r.test.get(PRIMARY_METRIC, math.nan):.3f} "
+                f"({r.seconds:.0f} s)"
+            )
+    ran = {r.model for r in runs}
+    not_run: dict[str, str] = {
+        str(m): next((n for n in notes if m in n), "not run") for m in cfg.models if m not in ran
+    }
     first = _datasets(cfg, models[0], cfg.seeds[0])
     return CompareResult(
         config=cfg,
@@ -641,10 +852,16 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
         imagenet_weights=weights,
         preset=preset,
         split_sizes={"train": len(first[0]), "val": len(first[1]), "test": len(first[2])},
+        baselines=baselines,
+        not_run=not_run,
     )
 
 
 # --------------------------------------------------------------------------- report
+
+_LEVEL_METRICS = ("acc", "miou", "f1", "mae", "mae_present")
+SEEDS_FOR_VERDICTS = 5
+"""Seeds below which the report flags its intervals as provisional."""
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -659,40 +876,359 @@ def _final_val(history: Any, metric: str) -> float:
     return float(rows[-1][metric]) if rows else math.nan
 
 
-def summarise(result: CompareResult) -> dict[str, Any]:
-    """The numbers of ``metrics.json``: per model mean/std over seeds and the learning-speed figure."""
-    metrics = ("acc_l3", "miou_l3", "f1_l3", "mae_l3", "acc_l2", "miou_l2", "acc_l1", "miou_l1")
-    groups = result.by_model()
-    out: dict[str, Any] = {"primary_metric": PRIMARY_METRIC, "models": {}}
-    final_val = {
-        m: _mean_std([_final_val(r.history, f"val_{PRIMARY_METRIC}") for r in rs])[0]
-        for m, rs in groups.items()
+def _levels(result: CompareResult) -> list[int]:
+    """CLC levels present in every run's test statistics (finest first)."""
+    runs = [*result.runs, *result.baselines]
+    common = set.intersection(*(set(r.test_blocks) for r in runs)) if runs else set()
+    return sorted(common, reverse=True)
+
+
+def _acc_from_confusion(cm: np.ndarray) -> np.ndarray:
+    total = cm.sum(axis=(-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, np.trace(cm, axis1=-2, axis2=-1) / total, np.nan)
+
+
+def _statistic(
+    name: str,
+) -> tuple[Callable[[dict[str, Any]], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """(block stats -> additive per-block array, summed array -> score) of a metric."""
+    from .metrics import mae_present, miou_from_confusion
+
+    if name == "miou":
+        return (lambda st: np.asarray(st["confusion"], dtype=np.float64)), miou_from_confusion
+    if name == "acc":
+        return (lambda st: np.asarray(st["confusion"], dtype=np.float64)), _acc_from_confusion
+    if name == "mae_present":
+
+        def pack(st: dict[str, Any]) -> np.ndarray:
+            n = np.asarray(st["n_valid"], dtype=np.float64)[:, None]
+            return np.concatenate([st["abs_error"], st["true_sum"], n], axis=1)
+
+        def score(a: np.ndarray) -> np.ndarray:
+            g = (a.shape[-1] - 1) // 2
+            return mae_present(a[..., :g], a[..., g : 2 * g], a[..., -1])
+
+        return pack, score
+    raise ValueError(f"no block statistic for {name!r}")
+
+
+def _block_arrays(
+    groups: Sequence[Sequence[RunResult]], level: int, metric: str
+) -> tuple[tuple[int, ...], list[np.ndarray]]:
+    """Block statistics of several arms on their common seeds and the union of test blocks.
+
+    Returns the seeds and one ``(S, NB, ...)`` array per group (same seeds, same blocks).
+    """
+    from .stats import align_blocks
+
+    pack, _ = _statistic(metric)
+    seeds = sorted(set.intersection(*({r.seed for r in rs} for rs in groups)))
+    chosen = [[next(r for r in rs if r.seed == s) for s in seeds] for rs in groups]
+    flat = [r for rs in chosen for r in rs]
+    if not flat:
+        return (), []
+    _ids, stacked = align_blocks(
+        [r.test_blocks[level]["ids"] for r in flat], [pack(r.test_blocks[level]) for r in flat]
+    )
+    n = len(seeds)
+    return tuple(seeds), [stacked[i * n : (i + 1) * n] for i in range(len(groups))]
+
+
+def _score_interval(runs: Sequence[RunResult], level: int, metric: str, n_boot: int) -> dict[str, float]:
+    from .stats import bootstrap_score
+
+    _seeds, (arr,) = _block_arrays([runs], level, metric)
+    return bootstrap_score(arr, _statistic(metric)[1], n_boot=n_boot).as_dict()
+
+
+def _compare(
+    arm: Sequence[RunResult],
+    ref: Sequence[RunResult],
+    level: int,
+    metric: str,
+    n_boot: int,
+) -> dict[str, Any]:
+    from .stats import paired_comparison
+
+    seeds, (a, b) = _block_arrays([arm, ref], level, metric)
+    cmp = paired_comparison(
+        a,
+        b,
+        _statistic(metric)[1],
+        names=(arm[0].model, ref[0].model),
+        metric=f"{metric}_l{level}",
+        seeds=seeds,
+        higher_is_better=metric != "mae_present",
+        n_boot=n_boot,
+        n_perm=n_boot,
+    )
+    return cmp.as_dict()
+
+
+def _reference(result: CompareResult, arms: Sequence[str]) -> str:
+    want = result.config.reference
+    if want is not None:
+        if want not in arms:
+            raise ConfigError(f"reference arm {want!r} did not run (ran: {', '.join(arms)})")
+        return want
+    for name in ("rgb-imagenet", "rgb-scratch"):
+        if name in arms:
+            return name
+    return arms[0]
+
+
+def validation_auc(history: Any, metric: str = f"val_{PRIMARY_METRIC}") -> float:
+    """Area under the validation curve over training samples, divided by the samples spanned.
+
+    The mean validation score during training (trapezoid rule on the per-sample rows,
+    or the epoch rows when those alone hold ``metric``): high when a model is good
+    early *and* stays good. NaN without validation points.
+    """
+    kind = "samples" if any(r.get(metric) is not None for r in history.samples) else "epochs"
+    x, y = history.column(metric, kind)
+    ok = np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size == 0:
+        return math.nan
+    if x.size == 1 or x[-1] <= x[0]:
+        return float(y[-1])
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0 / (x[-1] - x[0]))
+
+
+def time_to_reach(history: Any, metric: str, threshold: float) -> tuple[int | None, float | None]:
+    """Training samples and seconds when ``metric`` first reached ``threshold``.
+
+    Seconds are wall-clock time since the start of training (the history's ``time``);
+    ``(None, None)`` when the threshold was never reached.
+    """
+    kind = "samples" if any(r.get(metric) is not None for r in history.samples) else "epochs"
+    for r in history.rows(kind):
+        v = r.get(metric)
+        if v is not None and math.isfinite(v) and v >= threshold:
+            t = r.get("time")
+            return int(r["samples_seen"]), (float(t) if t is not None else None)
+    return None, None
+
+
+def _speed(runs: Sequence[RunResult], thresholds: Sequence[float]) -> dict[str, Any]:
+    from .stats import t_interval
+
+    metric = f"val_{PRIMARY_METRIC}"
+    auc = [validation_auc(r.history, metric) for r in runs]
+    out: dict[str, Any] = {
+        "auc_val": {"per_seed": auc, **t_interval(auc).as_dict()},
+        "thresholds": {},
     }
-    best_model = max(final_val, key=lambda m: -math.inf if math.isnan(final_val[m]) else final_val[m])
-    target = SPEED_SHARE * final_val[best_model]
-    for m, rs in groups.items():
-        entry: dict[str, Any] = {"seeds": [r.seed for r in rs], "test": {}, "per_seed": {}}
-        for k in metrics:
-            vals = [r.test.get(k, math.nan) for r in rs]
-            mean, std = _mean_std(vals)
-            entry["test"][k] = {"mean": mean, "std": std}
-            entry["per_seed"][k] = vals
-        reach = [r.history.samples_to_reach(f"val_{PRIMARY_METRIC}", target) for r in rs]
-        reached = [x for x in reach if x is not None]
-        entry["samples_to_90pct_of_best"] = {
-            "per_seed": reach,
-            "mean": float(np.mean(reached)) if len(reached) == len(reach) else None,
-            "reached_by": f"{len(reached)}/{len(reach)} seeds",
+    for thr in thresholds:
+        hits = [time_to_reach(r.history, metric, thr) for r in runs]
+        samples = [h[0] for h in hits]
+        secs = [h[1] for h in hits]
+        reached = [i for i, h in enumerate(hits) if h[0] is not None]
+        out["thresholds"][f"{thr:g}"] = {
+            "samples_per_seed": samples,
+            "seconds_per_seed": secs,
+            "reached_by": f"{len(reached)}/{len(runs)}",
+            "median_samples": float(np.median([samples[i] for i in reached])) if reached else None,
+            "median_seconds": (
+                float(np.median([secs[i] for i in reached if secs[i] is not None]))
+                if reached and all(secs[i] is not None for i in reached)
+                else None
+            ),
         }
-        entry["final_val"] = {PRIMARY_METRIC: final_val[m]}
-        entry["train_windows"] = rs[0].train_windows
-        entry["seconds_per_run"] = float(np.mean([r.seconds for r in rs]))
+    return out
+
+
+def _arm_entry(rs: Sequence[RunResult], levels: Sequence[int], n_boot: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"seeds": [r.seed for r in rs], "test": {}, "per_seed": {}, "test_ci": {}}
+    for lv in levels:
+        for k in _LEVEL_METRICS:
+            key = f"{k}_l{lv}"
+            vals = [r.test.get(key, math.nan) for r in rs]
+            mean, std = _mean_std(vals)
+            entry["test"][key] = {"mean": mean, "std": std}
+            entry["per_seed"][key] = vals
+        for k in ("miou", "acc", "mae_present"):
+            entry["test_ci"][f"{k}_l{lv}"] = _score_interval(rs, lv, k, n_boot)
+    entry["train_windows"] = rs[0].train_windows
+    entry["seconds_per_run"] = float(np.mean([r.seconds for r in rs]))
+    entry["hparams"] = [r.hparams for r in rs]
+    if rs[0].history is not None:
+        entry["final_val"] = {
+            PRIMARY_METRIC: _mean_std([_final_val(r.history, f"val_{PRIMARY_METRIC}") for r in rs])[0]
+        }
+    return entry
+
+
+def data_provenance(cubes: Sequence[str]) -> dict[str, Any]:
+    """What the cubes say about their data: synthetic or real, scenes, dates, CORINE source.
+
+    Reads the root attributes of each cube: ``provenance`` (a mapping written by
+    whoever made the data, e.g. the synthetic generator or :func:`record_provenance`:
+    ``synthetic``, ``generator``, ``clc_edition``, ``classes_differ_outside_rgb``,
+    ``description``), the cube builder's ``product_ids`` / ``build_params`` and the
+    time coordinate. ``synthetic`` is None when nothing records it.
+    """
+    import json as _json
+
+    out: list[dict[str, Any]] = []
+    for c in cubes:
+        try:
+            meta = _json.loads((Path(c) / "zarr.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = {}
+        attrs: dict[str, Any] = meta.get("attributes", {}) or {}
+        prov = attrs.get("provenance") or {}
+        if isinstance(prov, str):
+            try:
+                prov = _json.loads(prov)
+            except ValueError:
+                prov = {"description": prov}
+        synthetic = prov.get("synthetic")
+        if synthetic is None and (
+            "synthetic_seed" in attrs or "synthetic" in str(attrs.get("title", "")).lower()
+        ):
+            synthetic = True
+        build = attrs.get("build_params")
+        if isinstance(build, str):
+            try:
+                build = _json.loads(build)
+            except ValueError:
+                build = {}
+        build = build or {}
+        dates: list[str] = []
+        try:
+            from .store import open_cube
+
+            ds = open_cube(c)
+            if "time" in ds.coords:
+                dates = [str(np.datetime_as_string(t, unit="D")) for t in np.asarray(ds["time"].values)]
+        except Exception:  # noqa: BLE001 - dates are informative only
+            dates = []
+        out.append(
+            {
+                "cube": str(c),
+                "synthetic": synthetic,
+                "generator": prov.get("generator"),
+                "description": prov.get("description"),
+                "products": list(attrs.get("product_ids") or build.get("product_ids") or []),
+                "dates": dates,
+                "corine": prov.get("corine") or build.get("corine"),
+                "clc_edition": prov.get("clc_edition"),
+                "classes_differ_outside_rgb": [int(x) for x in prov.get("classes_differ_outside_rgb") or []],
+            }
+        )
+    flags = {d["synthetic"] for d in out}
+    return {
+        "synthetic": flags.pop() if len(flags) == 1 else None,
+        "cubes": out,
+        "classes_differ_outside_rgb": sorted({x for d in out for x in d["classes_differ_outside_rgb"]}),
+    }
+
+
+def record_provenance(cube: str | Path, **fields: Any) -> None:
+    """Merge ``fields`` into the ``provenance`` root attribute of a cube (atomic rewrite of zarr.json).
+
+    Used by data makers (the demo's synthetic generator) so that reports can say what
+    the data are; see :func:`data_provenance` for the keys reports read.
+    """
+    import json as _json
+
+    path = Path(cube) / "zarr.json"
+    try:
+        meta = _json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputFileError(cube, f"not a readable Zarr v3 store ({exc})") from None
+    attrs = meta.setdefault("attributes", {})
+    prov = dict(attrs.get("provenance") or {})
+    prov.update(fields)
+    attrs["provenance"] = prov
+    tmp = path.with_name(".zarr.json.tmp")
+    tmp.write_text(_json.dumps(meta, indent=2), encoding="utf-8")
+    tmp.replace(path)
+
+
+def summarise(result: CompareResult) -> dict[str, Any]:
+    """The numbers of ``metrics.json``.
+
+    Per arm (runs at the largest budget): test metrics at every CLC level (mean, std
+    and per-seed values; block-bootstrap intervals of mIoU, accuracy and fraction MAE
+    over present classes), learning speed (area under the validation curve, samples
+    and seconds to ``speed_thresholds``), the chosen hyper-parameters; the non-deep
+    floor; paired comparisons of every arm with the reference (:mod:`landcover.stats`);
+    test score against label budget; data provenance. ``best_model`` is set only when
+    one arm's interval excludes 0 against every other arm (else None).
+    """
+    cfg = result.config
+    groups = result.by_model()
+    arms = list(groups)
+    levels = _levels(result)
+    out: dict[str, Any] = {"primary_metric": PRIMARY_METRIC, "levels": levels, "models": {}}
+    for m, rs in groups.items():
+        entry = _arm_entry(rs, levels, cfg.n_boot)
+        entry["speed"] = _speed(rs, cfg.speed_thresholds)
         out["models"][m] = entry
-    out["best_model"] = best_model
-    out["speed_target"] = {"metric": f"val_{PRIMARY_METRIC}", "share_of_best": SPEED_SHARE, "value": target}
+    floor = result.baselines
+    out["floor"] = None
+    if floor:
+        out["floor"] = {"model": floor[0].model, **_arm_entry(floor, levels, cfg.n_boot)}
+
+    # paired comparisons against the reference arm, and the floor against the reference
+    everyone: dict[str, Sequence[RunResult]] = dict(groups)
+    if floor:
+        everyone[floor[0].model] = floor
+    ref = _reference(result, arms)
+    comparisons = []
+    for m, arm_runs in everyone.items():
+        if m == ref:
+            continue
+        for lv in levels:
+            comparisons.append(_compare(arm_runs, everyone[ref], lv, "miou", cfg.n_boot))
+        if 3 in levels:
+            comparisons.append(_compare(arm_runs, everyone[ref], 3, "mae_present", cfg.n_boot))
+    out["reference"] = ref
+    out["comparisons"] = comparisons
+
+    # "best" only with intervals that exclude 0 against every other arm and the floor
+    key = f"{PRIMARY_METRIC}"
+    means = {m: e["test"][key]["mean"] for m, e in out["models"].items()}
+    finite = {m: v for m, v in means.items() if math.isfinite(v)}
+    top = max(finite, key=lambda m: finite[m]) if finite else arms[0]
+    lv3 = 3 if 3 in levels else (levels[0] if levels else 3)
+    beats = (
+        [_compare(everyone[top], everyone[o], lv3, "miou", cfg.n_boot) for o in everyone if o != top]
+        if levels
+        else []
+    )
+    out["top_mean_model"] = top
+    out["best_model"] = top if beats and all(c["ci_low"] > 0 for c in beats) else None
+    out["best_model_rule"] = (
+        "a deep arm is named best only when the 95 % block-bootstrap interval of its test mIoU (level 3) "
+        "minus that of every other arm, and of the non-deep floor, lies above 0"
+    )
+    out["top_vs_others"] = beats
+
+    # data efficiency: test score against label budget
+    budgets: dict[str, list[dict[str, Any]]] = {}
+    for b in sorted(cfg.budgets):
+        for m, rs in result.by_model(b).items():
+            point = {
+                "budget": b,
+                "train_windows": float(np.mean([r.train_windows for r in rs])),
+                "epochs": cfg.budget_epochs(b),
+                "seeds": [r.seed for r in rs],
+            }
+            for lv in levels:
+                point[f"miou_l{lv}"] = _score_interval(rs, lv, "miou", cfg.n_boot)
+            budgets.setdefault(m, []).append(point)
+    out["budgets"] = budgets
+    out["speed_thresholds"] = {"metric": f"val_{PRIMARY_METRIC}", "values": list(cfg.speed_thresholds)}
     out["split_windows"] = result.split_sizes
     out["preset"] = result.preset
     out["imagenet_weights"] = result.imagenet_weights
+    out["arms"] = {"requested": list(cfg.models), "ran": arms, "not_run": dict(result.not_run)}
+    out["seeds"] = list(cfg.seeds)
+    out["data"] = data_provenance(cfg.cubes)
     out["notes"] = result.notes
     out["config"] = config_to_dict(result.config)
     return out
@@ -701,6 +1237,15 @@ def summarise(result: CompareResult) -> dict[str, Any]:
 def _fmt(ms: dict[str, float]) -> str:
     m, s = ms["mean"], ms["std"]
     return "n/a" if math.isnan(m) else f"{m:.3f} ± {s:.3f}"
+
+
+def _fmt_ci(iv: dict[str, float]) -> str:
+    est, lo, hi = iv["estimate"], iv["low"], iv["high"]
+    if not math.isfinite(est):
+        return "n/a"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{est:.3f}"
+    return f"{est:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def _prediction_panel(result: CompareResult, path: Path) -> Path | None:
@@ -787,34 +1332,121 @@ def _prediction_panel(result: CompareResult, path: Path) -> Path | None:
     return path
 
 
+def _title(summary: dict[str, Any]) -> str:
+    arms = summary["arms"]["ran"]
+    head = " vs ".join(arms) if len(arms) > 1 else arms[0]
+    floor = summary.get("floor")
+    data = {True: "synthetic data", False: "real data"}.get(
+        summary["data"]["synthetic"], "data of unrecorded origin"
+    )
+    extra = f", with a {floor['model']} floor" if floor else ""
+    return f"# {head}{extra}: phase-1 comparison on {data}"
+
+
+def _hparam_text(values: Sequence[dict[str, Any]]) -> str:
+    keys = sorted({k for v in values for k in v})
+    parts = []
+    for k in keys:
+        seen = [v.get(k) for v in values]
+        shown = {json.dumps(x, default=str, sort_keys=True) for x in seen}
+        if len(shown) == 1:
+            parts.append(f"{k}={seen[0]}")
+        else:
+            parts.append(f"{k}={'/'.join(str(x) for x in seen)} (per seed)")
+    return "; ".join(parts) if parts else "—"
+
+
+def _provenance_lines(data: dict[str, Any]) -> list[str]:
+    flag = data["synthetic"]
+    if flag is True:
+        lines = ["**The data are SYNTHETIC** (made by a generator, not observed): the results test the "
+                 "pipeline "
+                 "and the experiment's own sanity, not the hypothesis on real land cover.", ""]  # fmt: skip
+    elif flag is False:
+        lines = ["The data are real Landsat observations labelled with CORINE.", ""]
+    else:
+        lines = ["The cubes do not record whether their data are synthetic or real "
+                 "(no `provenance` attribute); treat the results accordingly.", ""]  # fmt: skip
+    for d in data["cubes"]:
+        bits = [
+            f"`{d['cube']}`: "
+            + ("synthetic" if d["synthetic"] else "real" if d["synthetic"] is False else "origin unrecorded")
+        ]
+        gen = d.get("generator")
+        if isinstance(gen, dict):
+            gen = ", ".join(
+                f"{k} {gen[k]}" for k in ("world", "seed", "spectra_source") if gen.get(k) is not None
+            )
+        if gen:
+            bits.append(f"generator {gen}")
+        if d.get("description"):
+            bits.append(str(d["description"]))
+        if d["products"]:
+            bits.append(f"scenes {', '.join(d['products'])}")
+        if d["dates"]:
+            bits.append(f"dates {', '.join(d['dates'])}")
+        if d.get("corine"):
+            bits.append(f"CORINE {d['corine']}")
+        bits.append(f"CLC edition {d['clc_edition']}" if d.get("clc_edition") else "CLC edition not recorded")
+        lines.append("- " + "; ".join(bits))
+    return lines + [""]
+
+
 def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
-    """Write ``report.md``, the PNG figures and ``metrics.json``; return the report path."""
-    from .plotting import plot_learning_curves, plot_per_class
+    """Write ``report.md``, the PNG figures and ``metrics.json``; return the report path.
+
+    The report states the data provenance, which arms ran (and why others did not), the
+    test metrics at CLC levels 1/2/3 with 95 % block-bootstrap intervals, the paired
+    verdicts against the reference arm, the non-deep floor, per-class IoU (classes
+    recorded as differing outside RGB marked), confusion matrices, fraction MAE over
+    present classes, data efficiency (score vs label budget, area under the
+    validation curve, samples and seconds to fixed thresholds) and the chosen
+    hyper-parameters.
+    """
+    from .plotting import plot_confusion_matrix, plot_learning_curves, plot_per_class, plot_score_vs_budget
 
     out_dir = Path(out if out is not None else result.config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = result.config
     summary = summarise(result)
     groups = result.by_model()
+    floor = result.baselines
+    everyone: dict[str, Sequence[RunResult]] = {m: rs for m, rs in groups.items()}
+    if floor:
+        everyone[floor[0].model] = floor
+    levels = summary["levels"]
     histories = {m: [r.history for r in rs] for m, rs in groups.items()}
     metric = f"val_{PRIMARY_METRIC}"
-    plot_learning_curves(
-        histories,
-        out_dir / "learning_curves_samples.png",
-        metric=metric,
-        x="samples_seen",
-        title="Validation mIoU (CLC level 3) vs training samples",
-    )
-    plot_learning_curves(
-        histories,
-        out_dir / "learning_curves_epochs.png",
-        metric=metric,
-        x="epoch",
-        kind="epochs",
-        title="Validation mIoU (CLC level 3) vs epoch",
+    for x, kind, name in (("samples_seen", "auto", "samples"), ("epoch", "epochs", "epochs")):
+        plot_learning_curves(
+            histories,
+            out_dir / f"learning_curves_{name}.png",
+            metric=metric,
+            x=x,  # type: ignore[arg-type]
+            kind=kind,  # type: ignore[arg-type]
+            band="ci95",
+            title=f"Validation mIoU (CLC level 3) vs {'training samples' if name == 'samples' else 'epoch'}"
+            " (95 % interval over seeds)",
+        )
+    curves = {
+        m: [(p["budget"], *(p["miou_l3"][k] for k in ("estimate", "low", "high"))) for p in pts]
+        for m, pts in summary["budgets"].items()
+        if all("miou_l3" in p for p in pts)
+    }
+    fl = summary["floor"]
+    floor_band = None
+    if fl is not None and "miou_l3" in fl["test_ci"]:
+        iv = fl["test_ci"]["miou_l3"]
+        floor_band = (fl["model"], iv["estimate"], iv["low"], iv["high"])
+    plot_score_vs_budget(
+        curves,
+        out_dir / "score_vs_budget.png",
+        floor=floor_band,
+        title="Test mIoU (level 3) vs label budget (95 % block-bootstrap intervals)",
     )
     per_class: dict[str, dict[int, float]] = {}
     per_class_err: dict[str, dict[int, float]] = {}
-    for m, rs in groups.items():
+    for m, rs in everyone.items():
         codes = [row["code"] for row in rs[0].per_class if row["support"] > 0]
         per_class[m] = {}
         per_class_err[m] = {}
@@ -823,73 +1455,201 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
             mean, std = _mean_std(vals)
             per_class[m][c], per_class_err[m][c] = mean, std
     plot_per_class(per_class, out_dir / "per_class_iou.png", metric="IoU (test)", errors=per_class_err)
+    confusion_pngs: list[tuple[str, str]] = []
+    if 3 in levels:
+        for m, rs in everyone.items():
+            cm = sum(np.asarray(r.test_blocks[3]["confusion"]).sum(axis=0) for r in rs)
+            codes3 = sorted({int(c) for c in result.class_codes})
+            if np.ndim(cm) != 2 or np.shape(cm)[0] != len(codes3):
+                continue
+            name = f"confusion_{m}.png"
+            plot_confusion_matrix(
+                np.asarray(cm), codes3, out_dir / name, title=f"{m}: test, level 3, all seeds (rows: truth)"
+            )
+            confusion_pngs.append((m, name))
     map_png = _prediction_panel(result, out_dir / "prediction_map.png")
 
     tmp = out_dir / ".metrics.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, default=float), encoding="utf-8")
     tmp.replace(out_dir / "metrics.json")
 
-    cfg = result.config
-    lines = [
-        "# Native multispectral vs ImageNet-RGB: phase-1 comparison",
+    seeds = list(cfg.seeds)
+    lines = [_title(summary), ""]
+    lines += ["## Data", ""] + _provenance_lines(summary["data"])
+    lines += [
+        "## Setup",
         "",
         f"Cubes: {', '.join(cfg.cubes)}  ",
-        f"Windows {cfg.window}x{cfg.window} px, split (train/val/test) windows: "
+        f"Windows {_window(cfg)}x{_window(cfg)} px, split (train/val/test) windows: "
         f"{result.split_sizes.get('train')}/{result.split_sizes.get('val')}/{result.split_sizes.get('test')} "
-        f"(spatially blocked, split seed {cfg.split_seed}); training budget: "
-        f"{cfg.max_train_windows or 'all'} windows; {cfg.epochs} epochs; seeds {list(cfg.seeds)}; "
+        f"(spatially blocked, split seed {cfg.split_seed}); training windows at the full budget: "
+        f"{cfg.max_train_windows or 'all'}; {cfg.epochs} epochs at the full budget; seeds {seeds}; "
+        f"label budgets {', '.join(f'{100 * b:g} %' for b in sorted(cfg.budgets))}; "
         f"model preset `{result.preset}`; CLC level {cfg.level}.",
         "",
     ]
+    if len(seeds) < SEEDS_FOR_VERDICTS:
+        lines += [
+            f"**Only {len(seeds)} seed(s).** The intervals resample test blocks and these "
+            f"{len(seeds)} seed(s); "
+            f"with fewer than {SEEDS_FOR_VERDICTS} seeds they understate run-to-run variation (with one seed "
+            "they hold test-block variation only), so every verdict below is provisional.",
+            "",
+        ]
+    lines += ["## Arms", "", f"Requested: {', '.join(summary['arms']['requested'])}.  ",
+              f"Ran: {', '.join(summary['arms']['ran'])}"
+              + (f" and the non-deep floor {fl['model']}." if fl else ".")]  # fmt: skip
+    for m, why in summary["arms"]["not_run"].items():
+        lines.append(f"- **{m} did not run**: {why}")
+    lines.append("")
     if result.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
+
+    ref = summary["reference"]
     lines += [
-        "## Final metrics (test split, mean ± std over seeds)",
+        f"## Verdicts (paired, against {ref})",
         "",
-        "| model | bands | acc L3 | mIoU L3 | macro F1 L3 | MAE fractions | acc L1 | mIoU L1 |"
-        " samples to 90 % of best |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Difference = arm − reference, mean over seeds of the per-seed differences; 95 % interval from a "
+        "block bootstrap over test blocks × seeds (the same resamples for both arms); p from a paired "
+        "permutation test (arms swapped within seed × block cells); d_z = mean / sd of the per-seed "
+        "differences. An arm is called better only when its interval excludes 0.",
+        "",
+        "| arm | metric | difference [95 % CI] | p | d_z | per-seed differences | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in summary["comparisons"]:
+        per_seed = ", ".join(f"{d:+.3f}" for d in c["per_seed_diff"])
+        dz = "n/a" if not math.isfinite(c["effect_size"]) else f"{c['effect_size']:.2f}"
+        ci = f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+        lines.append(
+            f"| {c['arm']} | {c['metric']} | {ci} | {c['p_value']:.3f} | {dz} | {per_seed} | "
+            f"**{c['verdict']}** |"
+        )
+    best = summary["best_model"]
+    lines += [
+        "",
+        (
+            f"Best arm: **{best}** (its mIoU L3 interval lies above 0 against every other arm and the floor)."
+            if best
+            else "No arm is named best: the deep arm with the highest mean test mIoU "
+            f"({summary['top_mean_model']}) does not beat every other arm and the floor with an "
+            "interval above 0."
+        ),
+        "",
+    ]
+
+    head = ["arm"] + [f"mIoU L{lv}" for lv in sorted(levels)] + [f"acc L{lv}" for lv in sorted(levels)]
+    head += ["MAE present L3"]
+    lines += [
+        "## Test metrics at CLC levels 1, 2 and 3",
+        "",
+        "Mean over seeds with 95 % block-bootstrap intervals; fraction MAE averaged over the classes present "
+        "in the test truth only.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    entries = dict(summary["models"])
+    if fl is not None:
+        entries[fl["model"]] = fl
+    for m, e in entries.items():
+        ci = e["test_ci"]
+        cells = [m + (" (floor)" if fl is not None and m == fl["model"] else "")]
+        cells += [_fmt_ci(ci[f"miou_l{lv}"]) for lv in sorted(levels)]
+        cells += [_fmt_ci(ci[f"acc_l{lv}"]) for lv in sorted(levels)]
+        cells.append(_fmt_ci(ci["mae_present_l3"]) if "mae_present_l3" in ci else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+
+    marked = set(summary["data"]["classes_differ_outside_rgb"])
+    try:
+        from .corine import legend
+
+        names = {c.code: c.name for c in legend(3)}
+    except Exception:  # noqa: BLE001 - legend names are decoration only
+        names = {}
+    codes = sorted({c for s in per_class.values() for c in s})
+    lines += ["## Per-class IoU (test, level 3, mean over seeds)", ""]
+    if marked:
+        lines += ["† marks the classes the data's maker recorded as differing outside RGB "
+                  "(separable only with bands beyond red/green/blue).", ""]  # fmt: skip
+    lines += ["| class | " + " | ".join(per_class) + " |", "|---|" + "---|" * len(per_class)]
+    for c in codes:
+        label = f"{c} {names.get(c, '')}".strip() + (" †" if c in marked else "")
+        vals = [per_class[m].get(c, math.nan) for m in per_class]
+        lines.append(f"| {label} | " + " | ".join("—" if math.isnan(v) else f"{v:.3f}" for v in vals) + " |")
+    lines += ["", "![per-class IoU](per_class_iou.png)", ""]
+    if confusion_pngs:
+        lines += ["## Confusion matrices (test, level 3, summed over seeds, rows normalised)", ""]
+        lines += [f"![{m}]({name})" for m, name in confusion_pngs] + [""]
+
+    thr = summary["speed_thresholds"]["values"]
+    lines += [
+        "## Learning speed as data efficiency",
+        "",
+        "Test mIoU (level 3) against the label budget: every arm and seed trains on nested subsets of "
+        f"its seeded window order (small budgets train up to {cfg.budget_epoch_factor:g}x the epochs).",
+        "",
+        "| arm | " + " | ".join(f"{100 * b:g} %" for b in sorted(cfg.budgets)) + " |",
+        "|---|" + "---|" * len(cfg.budgets),
+    ]
+    for m, pts in summary["budgets"].items():
+        by_b = {p["budget"]: p for p in pts}
+        cells = [
+            _fmt_ci(by_b[b]["miou_l3"]) + f" ({by_b[b]['train_windows']:.0f} w)"
+            if b in by_b and "miou_l3" in by_b[b]
+            else "n/a"
+            for b in sorted(cfg.budgets)
+        ]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "![score vs budget](score_vs_budget.png)",
+        "",
+        "At the full budget: area under the validation curve (mean validation mIoU over training, "
+        "95 % t-interval over seeds) and the training samples / seconds each run needed to first reach "
+        "fixed validation mIoU thresholds (median over the seeds that reached it).",
+        "",
+        "| arm | AUC val | " + " | ".join(f"reach {t:g}" for t in thr) + " |",
+        "|---|---|" + "---|" * len(thr),
     ]
     for m, e in summary["models"].items():
-        t = e["test"]
-        reach = e["samples_to_90pct_of_best"]
-        reach_s = (
-            f"{reach['mean']:.0f}" if reach["mean"] is not None else f"not reached ({reach['reached_by']})"
-        )
-        lines.append(
-            f"| {m} | {_bands_for(m)} | {_fmt(t['acc_l3'])} | {_fmt(t['miou_l3'])} | {_fmt(t['f1_l3'])} | "
-            f"{_fmt(t['mae_l3'])} | {_fmt(t['acc_l1'])} | {_fmt(t['miou_l1'])} | {reach_s} |"
-        )
-    st = summary["speed_target"]
+        sp = e["speed"]
+        cells = []
+        for t in thr:
+            d = sp["thresholds"][f"{t:g}"]
+            if d["median_samples"] is None:
+                cells.append(f"not reached (0/{len(e['seeds'])})")
+            else:
+                secs = f", {d['median_seconds']:.0f} s" if d["median_seconds"] is not None else ""
+                cells.append(f"{d['median_samples']:.0f} samples{secs} ({d['reached_by']})")
+        lines.append(f"| {m} | {_fmt_ci(sp['auc_val'])} | " + " | ".join(cells) + " |")
     lines += [
-        "",
-        f"Learning speed: training samples each model needed before its validation mIoU (level 3) first "
-        f"reached {st['value']:.3f} = {int(SPEED_SHARE * 100)} % of the best model's final validation score "
-        f"(best: **{summary['best_model']}**).",
-        "",
-        "## Learning curves",
         "",
         "![validation mIoU vs samples](learning_curves_samples.png)",
         "",
         "![validation mIoU vs epoch](learning_curves_epochs.png)",
         "",
-        "## Per-class IoU (test)",
+        "## Chosen hyper-parameters",
         "",
-        "![per-class IoU](per_class_iou.png)",
+        f"Common: batch size {cfg.batch_size}, base learning rate {cfg.lr:g}, "
+        f"weight decay {cfg.weight_decay:g}, "
+        f"augmentation {'on' if cfg.augment else 'off'}.",
         "",
+        "| arm | hyper-parameters |",
+        "|---|---|",
     ]
+    for m, e in entries.items():
+        lines.append(f"| {m} | {_hparam_text(e['hparams'])} |")
+    lines.append("")
     if map_png is not None:
-        lines += [
-            "## Predictions on a validation region",
-            "",
-            "![prediction map](prediction_map.png)",
-            "",
-        ]
+        lines += ["## Predictions on a validation region", "", "![prediction map](prediction_map.png)", ""]
     lines += [
         "## Files",
         "",
-        "- `metrics.json`: the numbers above, per model and per seed.",
-        "- `runs/<model>/seed<k>/`: history (JSON, CSV), checkpoints (`last.pt`) and `best.pt`.",
+        "- `metrics.json`: the numbers above, per arm and per seed, the comparisons and the provenance.",
+        "- `runs/<arm>/seed<k>/` (full budget) and `runs/<arm>/budget<pct>/seed<k>/`: history (JSON, CSV), "
+        "checkpoints, `test_blocks.npz` (per-block test statistics for re-analysis).",
         "",
     ]
     report = out_dir / "report.md"

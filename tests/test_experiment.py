@@ -54,7 +54,9 @@ def test_native_beats_rgb_on_synthetic_twins(demo_cube, tmp_path):
     assert native["miou_l3"]["mean"] > rgb["miou_l3"]["mean"]
     text = report.read_text()
     assert "| native |" in text and "| rgb-scratch |" in text
-    assert metrics["best_model"] == "native"
+    # named best only with an interval above 0 against every other arm and the floor
+    assert metrics["best_model"] in (None, "native")
+    assert metrics["floor"]["model"] == "gbm-pixels"
     for run in result.runs:
         assert (run.run_dir / "history.json").is_file()
         assert (run.run_dir / "best.pt").is_file() or (run.run_dir / "last.pt").is_file()

@@ -72,6 +72,29 @@ def register(sub: Any) -> None:
     p.add_argument("--weights-url", default=None, help="URL base replacing the publishers' (a mirror)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--scheduler", default=None, help="run the runs on a Dask cluster: 'local' or an address")
+    p.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        default=None,
+        help="label budgets, fractions of the training windows (default 0.01 0.05 0.25 1)",
+    )
+    p.add_argument(
+        "--speed-thresholds",
+        type=float,
+        nargs="+",
+        default=None,
+        help="validation mIoU (level 3) thresholds for samples/seconds to reach (default 0.1 0.2 0.3)",
+    )
+    p.add_argument("--reference", default=None, help="arm the others are compared with (default: RGB arm)")
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates and permutations (2000)")
+    p.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        default=None,
+        help="skip the non-deep floor (gradient boosting on per-pixel spectra)",
+    )
     p.set_defaults(func=run)
 
 
@@ -111,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
             "imagenet_weights": args.imagenet_weights,
             "device": args.device,
             "scheduler": args.scheduler,
+            "budgets": tuple(args.budgets) if args.budgets else None,
+            "speed_thresholds": tuple(args.speed_thresholds) if args.speed_thresholds else None,
+            "reference": args.reference,
+            "n_boot": args.n_boot,
+            "baseline": args.baseline,
             "progress": False if args.quiet else None,
         },
     )
