@@ -132,7 +132,7 @@ def miou_from_confusion(cm: np.ndarray) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def mae_present(abs_error: np.ndarray, true_sum: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
+def mae_present(abs_error: np.ndarray, true_sum: np.ndarray, n_valid: np.ndarray | float) -> np.ndarray:
     """Mean absolute fraction error over the classes present in the truth: ``(..., G)`` -> ``(...)``.
 
     ``abs_error`` and ``true_sum`` are per-class sums over valid pixels, ``n_valid`` the
@@ -368,7 +368,7 @@ class SegmentationMetrics:
             out[f"mae_l{lv}"] = self._abs[lv] / (self._n_valid * g) if self._n_valid else nan
             out[f"tv_l{lv}"] = 0.5 * self._abs[lv] / self._n_valid if self._n_valid else nan
             out[f"mae_present_l{lv}"] = float(
-                mae_present(self._abs_class[lv], self._true_class[lv], np.float64(self._n_valid))
+                mae_present(self._abs_class[lv], self._true_class[lv], float(self._n_valid))
             )
         out["n_valid"] = float(self._n_valid)
         return out
