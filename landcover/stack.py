@@ -134,7 +134,9 @@ class StackSpec:
     def __post_init__(self) -> None:
         bands: Any = self.bands
         if isinstance(bands, str):
-            bands = tuple(b.strip() for b in bands.split(","))
+            bands = (bands,)
+        if bands is not None:  # "blue,green,..." (a string, or a list holding one) or a list of names
+            bands = tuple(b.strip() for item in bands for b in str(item).split(","))
         if bands is not None:
             bands = tuple(_canonical(str(b), where="bands") for b in bands)
             named = [b for b in bands if b != "-"]
