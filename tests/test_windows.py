@@ -583,3 +583,30 @@ def test_dataset_split_is_leak_free_stratified_and_recorded_in_checkpoints(tmp_p
             (16, 16),
         )
         assert split_overlap(state["split"], fp).overlapping == 0
+
+
+def test_held_out_years_and_path_rows(tmp_path) -> None:
+    from landcover.datasets import WindowDataset, _pathrow
+    from landcover.errors import InputFileError
+    from landcover.testing.cubes import make_cube
+
+    cube = make_cube(tmp_path / "c.zarr", shape=(96, 96), chunks=48, seed=2, classes_present=4)
+    years = SplitSpec(block=32, holdout="year", holdout_test=("1990",))
+    test = WindowDataset(cube, size=16, split="test", split_spec=years, min_valid=0.0)
+    train = WindowDataset(cube, size=16, split="train", split_spec=years, min_valid=0.0)
+    everything = WindowDataset(cube, size=16, split_spec=years, min_valid=0.0)  # no split: all windows
+    assert len(test) == len(everything) > 0 and len(train) == 0  # every time step of 1990 is the test split
+    assert test.split_record["cubes"][0]["groups"] == ["1990"] and test.split_record["cubes"][0][
+        "held_out"
+    ] == [True]
+    other = SplitSpec(block=32, holdout="year", holdout_test=("2000",))
+    assert len(WindowDataset(cube, size=16, split="test", split_spec=other, min_valid=0.0)) == 0
+    assert _pathrow("LT05_L2SP_196025_19950714_20200913_02_T1") == "196025"
+    assert _pathrow("SYNTHETIC_2_0") is None
+    with pytest.raises(InputFileError, match="path/row"):
+        WindowDataset(
+            cube,
+            size=16,
+            split="train",
+            split_spec=SplitSpec(block=32, holdout="pathrow", holdout_test=("1",)),
+        )
