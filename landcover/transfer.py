@@ -2136,6 +2136,8 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
         )
         + f". Whole experiment {result.seconds:.0f} s (LR search included).",
         "",
+        _convergence_note(result),
+        "",
         "## Learning curves",
         "",
     ]
@@ -2152,6 +2154,25 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
     tmp_md.write_text("\n".join(lines), encoding="utf-8")
     tmp_md.replace(out_dir / "report.md")
     return out_dir / "report.md"
+
+
+def _convergence_note(result: TransferResult) -> str:
+    """How many trained runs were still improving at their last validation."""
+    trained = [r for r in result.runs if r.history is not None]
+    if not trained:
+        return ""
+    rising = 0
+    for r in trained:
+        c = _converged(r.history)
+        last = max((int(x["samples_seen"]) for x in r.history.samples), default=0)
+        rising += int(c["best_at_samples"] == last and (c["last_change"] or 0.0) > 0.005)
+    if rising:
+        return (
+            f"Convergence: {rising} of {len(trained)} trained runs reached their best validation score at "
+            "their last validation and were still improving (> 0.005): more steps (--epochs/--min-steps) "
+            "may change the ranking."
+        )
+    return f"Convergence: none of the {len(trained)} trained runs was still improving at its last validation."
 
 
 def _class_label(code: int, names: Mapping[int, str]) -> str:

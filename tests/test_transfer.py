@@ -579,6 +579,7 @@ def test_transfer_cli_with_user_labels_and_pipeline(
     assert metrics["class_codes"] == [3, 9] and set(metrics["table"]) == {"linear-probe", "scratch"}
     assert "not CLC classes" in metrics["skipped"]["zero-shot"]
     assert "forest.tif" in metrics["task"]
+    assert "Convergence:" in (tmp_path / "r" / "report.md").read_text()  # steps enough? the report says
     assert main([*args, "--arms", "phase1-full,bogus", *common]) == 1
     assert "arms must be" in capsys.readouterr().err
 
