@@ -34,9 +34,9 @@ class DemoConfig:
     """Embedded defaults of the demo (override any of them from the CLI or a TOML file).
 
     The defaults train two arms (native, RGB from scratch: no ImageNet weights are downloaded)
-    on three seeds, on one 640 x 640 px synthetic scene in 32 px windows (small because the demo
-    runs on two CPU cores; real data want >= 128 px windows for pretrained encoders), with a
-    fixed LR and one label budget. That is about five minutes on two cores.
+    on three seeds, on one 640 x 640 px synthetic scene in 32 px windows at a 16 px stride (small
+    because the demo runs on two CPU cores; real data want >= 128 px windows for pretrained
+    encoders), with a fixed LR and one label budget.
     """
 
     out: Path = Path("demo-output")
@@ -44,7 +44,8 @@ class DemoConfig:
     seed: int = 0
     overlap: float = 0.85
     window: int = 32
-    epochs: int = 12
+    stride: int | None = 16
+    epochs: int = 15
     seeds: tuple[int, ...] = (0, 1, 2)
     batch_size: int = 16
     lr: float = 5e-3
@@ -215,6 +216,7 @@ def run_demo(
         models=cfg.models,  # type: ignore[arg-type]
         seeds=cfg.seeds,
         window=cfg.window,
+        stride=cfg.stride,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
