@@ -103,6 +103,30 @@ def register(subparsers: Any) -> None:
     )
     v.add_argument("store", metavar="STORE")
     v.set_defaults(func=run_verify)
+    e = sub.add_parser(
+        "export",
+        help="write a cube's variables as Cloud-Optimised GeoTIFFs (for GDAL/QGIS)",
+        description="Write one COG per variable and time step into DIR (reflectance_<date>.tif with one "
+        "band per reflective band, thermal/qa_pixel/valid per date, labels.tif, coverage.tif and "
+        "dominant_class.tif with the CORINE palette and class names), keeping the stored integers with "
+        "GDAL scale/offset/nodata. Streamed chunk by chunk; DIR appears only when complete.",
+    )
+    e.add_argument("store", metavar="STORE", help="a complete cube")
+    e.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    e.add_argument(
+        "--variables", nargs="+", default=None, metavar="NAME",
+        help="variables to export, from: reflectance thermal qa_pixel valid labels coverage dominant_class "
+        "(default: all the cube holds)",
+    )  # fmt: skip
+    e.add_argument(
+        "--time", nargs="+", default=None, metavar="T",
+        help="time steps: indices or ISO dates such as 2021-06-01 (default: all)",
+    )  # fmt: skip
+    e.add_argument(
+        "--blocksize", type=positive_int, default=512, help="COG tile size in pixels (default: 512)"
+    )
+    e.add_argument("--overwrite", action="store_true", help="replace an export landcover wrote at DIR")
+    e.set_defaults(func=run_export)
     i = sub.add_parser("info", help="summarise a cube", description="Summarise a cube store.")
     i.add_argument("store", metavar="STORE")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -279,6 +303,22 @@ def run_verify(args: argparse.Namespace) -> int:
         raise InputFileError(args.store, f"the cube is damaged: {report.problems[0]}{more}")
     if not getattr(args, "quiet", False):
         print(f"{args.store}: intact ({report.chunks} chunks of {report.arrays} arrays match the manifest)")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..export import export_cube
+
+    result = export_cube(
+        args.store,
+        args.out,
+        variables=args.variables,
+        times=args.time,
+        overwrite=args.overwrite,
+        blocksize=args.blocksize,
+    )
+    if not getattr(args, "quiet", False):
+        print(f"exported {len(result.files)} GeoTIFFs to {result.folder}")
     return 0
 
 
