@@ -287,6 +287,7 @@ END
 def test_pre_collection_tm_mtl_converts(tmp_path: Path) -> None:
     """LMAX/LMIN/QCAL -> radiance; TOA from ESUN (Chander 2009) and the date's Earth-Sun distance; K1/K2."""
     import math
+    import re
 
     padded = OLD_TM.replace("\n", "\r\n").encode() + b"\x00" * 300  # CRLF and NUL padding, as shipped
     (tmp_path / "LT51930242009173KIS00_MTL.txt").write_bytes(padded)
@@ -310,6 +311,21 @@ def test_pre_collection_tm_mtl_converts(tmp_path: Path) -> None:
         "radiance from LMAX/LMIN/QCAL",
         "TOA reflectance from ESUN (Chander et al. 2009)",
     }
+    # the same limits under another old group name, and the 2012 key names, give the same radiance
+    renamed = parse_mtl(OLD_TM.replace("MIN_MAX_RADIANCE", "RADIANCE_SCALING"))
+    assert renamed.radiance == m.radiance
+    new_keys = OLD_TM
+    renames = {
+        "LMAX_BAND": "RADIANCE_MAXIMUM_BAND_",
+        "LMIN_BAND": "RADIANCE_MINIMUM_BAND_",
+        "QCALMAX_BAND": "QUANTIZE_CAL_MAX_BAND_",
+        "QCALMIN_BAND": "QUANTIZE_CAL_MIN_BAND_",
+    }
+    for old, new in renames.items():
+        new_keys = re.sub(rf"\b{old}(\d)", rf"{new}\1", new_keys)
+    assert parse_mtl(new_keys).radiance == m.radiance
+    with pytest.raises(InputFileError, match="lacks QCALMIN_BAND7"):
+        parse_mtl(OLD_TM.replace("    QCALMIN_BAND7 = 1.0\n", ""))
 
 
 def test_c1_without_reflectance_rescaling(shared_data: Path) -> None:
