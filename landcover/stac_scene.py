@@ -106,6 +106,11 @@ def is_stac_ref(ref: str | os.PathLike[str]) -> bool:
     p = Path(text)
     if p.suffix.lower() not in (".json", ".geojson") or "_MTL." in p.name.upper() or not p.is_file():
         return False
+    from .mtl import PRODUCT_ID_RE
+
+    pid = PRODUCT_ID_RE.match(p.name)
+    if pid is not None and any(p.parent.glob(f"{pid.group(0)}_MTL.*")):
+        return False  # the *_SR_stac.json USGS ships inside a product: that product on disk, not its URLs
     try:
         with p.open("rb") as fh:
             head = fh.read(4096).decode("utf-8", "replace")

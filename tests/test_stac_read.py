@@ -434,3 +434,11 @@ def test_predict_scene_from_item_url(served: tuple[RangeServer, Path, Path], tmp
     z = xr.open_zarr(tmp_path / "out" / "prediction.zarr")
     assert z["class_map"].shape == (256, 256) and set(np.unique(z["class_map"].values)) <= {0, *codes}
     assert z.attrs["source_scene"].startswith("http://127.0.0.1")
+
+
+@pytest.mark.real
+def test_stac_json_inside_a_product_is_the_product(shared_data: Path) -> None:
+    """The ``*_SR_stac.json`` USGS ships in a product folder names that product on disk (no network)."""
+    sample = "LT05_L2SP_090084_19980308_20200909_02_T1"
+    plan = plan_scene(shared_data / "landsat" / sample / f"{sample}_SR_stac.json")
+    assert plan.layout == "directory" and plan.mtl is not None
