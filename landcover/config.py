@@ -4,7 +4,9 @@ Library functions take explicit keyword arguments; only ``pipelines/`` and the C
 load configuration files. A config class is any frozen dataclass whose fields
 have defaults (the embedded defaults); :func:`load_config` overlays a TOML or
 YAML file and then command-line overrides, rejecting unknown keys with a
-one-line error that names the file.
+one-line error that names the file. A single string where a list of strings or paths
+is expected (``scenes = "a.tar"``) is a list of that one item; a string where any other
+list is expected is an error (never a list of its characters).
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value
+    if origin in (tuple, list) and isinstance(value, str | Path):
+        # `scenes = "a.tar"` where a list is expected: one item, not one item per character
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        if (origin is list or (len(args) == 2 and args[1] is Ellipsis)) and inner in (str, Path, Any):
+            return origin([_coerce(value, inner, where)])
+        raise ConfigError(f"{where}: expected a list, got the string {value!r}")
     if origin in (tuple, list) and isinstance(value, list | tuple):
         args = typing.get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:

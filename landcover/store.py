@@ -942,6 +942,9 @@ def append_time(
 
 def _require_store(store: Path, *, check: bool = True) -> None:
     """A complete cube store, or a clear error; ``check``: also :func:`check_manifest` (cheap)."""
+    from .chunkguard import install
+
+    install()  # a damaged blosc chunk read later is an error, not a SIGSEGV
     if not store.exists():
         raise InputFileError(store, "no such cube store")
     if not (store / "zarr.json").is_file():

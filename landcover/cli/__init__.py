@@ -17,8 +17,12 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._errors import PathContext
 
 __all__ = ["main", "build_parser", "run_job", "one_line"]
 
@@ -71,14 +75,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return run_job("landcover", lambda: args.func(args), debug=args.debug)
+    from ._errors import paths_of, quiet_native_messages
+
+    if not args.debug:
+        quiet_native_messages()
+    return run_job("landcover", lambda: args.func(args), debug=args.debug, context=paths_of(args))
 
 
-def run_job(prog: str, job: Callable[[], int | None], *, debug: bool = False) -> int:
+def run_job(
+    prog: str, job: Callable[[], int | None], *, debug: bool = False, context: PathContext | None = None
+) -> int:
     """Run a command's or batch job's body and return its exit status.
 
     Any failure becomes one line ``<prog>: <message>`` on stderr and status 1
-    (130 on Ctrl-C); ``debug=True`` re-raises instead, for the traceback.
+    (130 on Ctrl-C); ``debug=True`` re-raises instead, for the traceback. ``context``
+    (the command's input and output paths) lets the line name the file when the
+    exception itself does not (see :mod:`landcover.cli._errors`).
     """
     try:
         return int(job() or 0)
@@ -90,20 +102,15 @@ def run_job(prog: str, job: Callable[[], int | None], *, debug: bool = False) ->
     except Exception as exc:  # noqa: BLE001 - the job's contract is to turn any failure into one line
         if debug:
             raise
-        print(f"{prog}: {one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: {one_line(exc, context)}", file=sys.stderr)
         return 1
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, context: PathContext | None = None) -> str:
     """Render an exception as a single line (file-naming errors keep their ``file: problem`` form)."""
-    from ..errors import LandcoverError
+    from ._errors import one_line as render
 
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, LandcoverError):
-        return text
-    if isinstance(exc, FileNotFoundError) and exc.filename:
-        return f"{exc.filename}: no such file or directory"
-    return f"{type(exc).__name__}: {text}"
+    return render(exc, context)
 
 
 if __name__ == "__main__":  # pragma: no cover

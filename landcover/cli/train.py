@@ -157,10 +157,13 @@ def run(args: argparse.Namespace) -> int:
         weights = str(found)
     preset = args.preset or ("base" if weights else "tiny")
     out = args.out or Path("train-output") / f"{args.model}-seed{args.seed}"
-    result = train_model(
-        cfg, args.model, args.seed, preset=preset, weights=weights, run_dir=out, find_lr=args.lr_find,
-        resume=args.resume,
-    )  # fmt: skip
+    from ._errors import no_empty_dirs_left
+
+    with no_empty_dirs_left(out):  # a run that fails before writing anything leaves no empty folder
+        result = train_model(
+            cfg, args.model, args.seed, preset=preset, weights=weights, run_dir=out, find_lr=args.lr_find,
+            resume=args.resume,
+        )  # fmt: skip
     plot_history(result.history, out / "history.png", title=f"{args.model} (seed {args.seed})")
     (out / "test_metrics.json").write_text(json.dumps(result.test, indent=2), encoding="utf-8")
     print(

@@ -129,6 +129,11 @@ class SceneQuery:
             w, s, e, n = (float(v) for v in self.bbox)
             if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s < n <= 90):
                 raise ValueError(f"bbox {self.bbox!r} is not west south east north in degrees")
+            if w >= e:
+                raise ValueError(
+                    f"bbox west {w:g} is not less than east {e:g}: give west south east north "
+                    "(for an area across the antimeridian, search its two halves)"
+                )
             object.__setattr__(self, "bbox", (w, s, e, n))
         if self.bbox is not None and self.geometry is not None:
             raise ValueError("give either bbox or geometry, not both")
