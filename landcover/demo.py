@@ -36,7 +36,10 @@ class DemoConfig:
     The defaults train two arms (native, RGB from scratch: no ImageNet weights are downloaded)
     on three seeds, on one 640 x 640 px synthetic scene in 32 px windows at a 16 px stride (small
     because the demo runs on two CPU cores; real data want >= 128 px windows for pretrained
-    encoders), with a fixed LR and one label budget.
+    encoders), with a fixed LR and one label budget. ``torch_threads`` (default 1): the demo's
+    convolutions are small, and with two threads a busy two-core machine spends most of each step
+    waiting for the second thread (a training step was several times slower per sample at load
+    average 17); None leaves torch's setting.
     """
 
     out: Path = Path("demo-output")
@@ -60,6 +63,7 @@ class DemoConfig:
     baseline: bool = True
     baseline_pixels: int = 5000
     prediction_map: bool = True
+    torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.size < 4 * self.window:
@@ -230,7 +234,15 @@ def run_demo(
         baseline=cfg.baseline,
         baseline_pixels=cfg.baseline_pixels,
     )
-    result = run_compare(compare, log=log)
+    import torch
+
+    threads = torch.get_num_threads()
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
+    try:
+        result = run_compare(compare, log=log)
+    finally:
+        torch.set_num_threads(threads)
     report = write_report(result)
     classes = [int(c) for c in params.get("outside_rgb_classes", [])]
     arms = {r.model for r in result.runs}
