@@ -985,6 +985,10 @@ def _assemble(
     )
     for name in ("reflectance", "thermal"):
         ds[name].encoding = dict(fill16)
+    for name, std in schema.standard_names([str(s.ds.attrs.get("level", "")) for s in opened]).items():
+        ds[name].attrs["standard_name"] = std
+    ds["qa_pixel"].attrs.update(schema.qa_flag_attrs())
+    ds["valid"].attrs.update(schema.valid_flag_attrs())
     ds["labels"].encoding = {"_FillValue": schema.LABEL_FILL}
     ds["coverage"].encoding = {"_FillValue": schema.LABEL_FILL}
     ds["qa_pixel"].encoding = {"_FillValue": None}
@@ -994,6 +998,7 @@ def _assemble(
     clc_path = Path(corine)
     ds.attrs = {
         "title": "landcover cube: Landsat reflectance with CORINE land-cover fractions",
+        "Conventions": schema.CONVENTIONS,
         "schema_version": schema.SCHEMA_VERSION,
         "software": f"landcover {__version__}",
         "product_ids": [s.product_id for s in opened],

@@ -44,7 +44,7 @@ import numpy as np
 
 from .errors import ConfigError, InputFileError, LandcoverError
 from .grid import Grid
-from .schema import COMPLETE_ATTR, LABEL_FILL, LABEL_SCALE, LABEL_STEPS
+from .schema import COMPLETE_ATTR, CONVENTIONS, LABEL_FILL, LABEL_SCALE, LABEL_STEPS, class_flag_attrs
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -620,11 +620,14 @@ def _template(
     ds["fractions"].attrs.update(
         long_name="predicted class fractions (softmax probabilities)", units="1", grid_mapping="spatial_ref"
     )
+    legend = legend_for(codes)
     ds["class_map"].attrs.update(
         long_name="predicted CLC class code (argmax); 0 = nodata",
         grid_mapping="spatial_ref",
         nodata=NODATA_CODE,
+        **class_flag_attrs(codes, [legend[int(c)][0] for c in codes], nodata=NODATA_CODE),
     )
+    ds.attrs.setdefault("Conventions", CONVENTIONS)
     ds = ds.rio.write_crs(source.grid.crs, grid_mapping_name="spatial_ref")
     ds = ds.rio.write_transform(source.grid.transform, grid_mapping_name="spatial_ref")
     for name in ("fractions", "class_map"):

@@ -31,11 +31,17 @@ Root attrs: ``class_names``, ``class_colors`` (list of [r, g, b]), ``clc_level``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
 
 __all__ = [
+    "CONVENTIONS",
+    "standard_names",
+    "qa_flag_attrs",
+    "valid_flag_attrs",
+    "class_flag_attrs",
     "SCHEMA_VERSION",
     "COMPLETE_ATTR",
     "LABEL_SCALE",
@@ -65,6 +71,58 @@ VARIABLES: Final[dict[str, tuple[tuple[str, ...], str]]] = {
     "qa_pixel": (("time", "y", "x"), "uint16"),
 }
 REQUIRED: Final = ("reflectance", "labels", "valid")
+
+CONVENTIONS: Final = "CF-1.10"
+"""Root ``Conventions`` attribute of cubes and predictions (CF metadata conventions)."""
+
+
+def standard_names(levels: Sequence[str]) -> dict[str, str]:
+    """CF ``standard_name`` of ``reflectance``/``thermal`` for scenes of these processing levels.
+
+    Level-2 (``L2SP``/``L2SR``) products hold surface reflectance and surface temperature, Level-1
+    products top-of-atmosphere reflectance and brightness temperature. Mixed or unknown levels
+    (raster stacks) get none: no name is better than a wrong one.
+    """
+    if levels and all(str(v).startswith("L2") for v in levels):
+        return {"reflectance": "surface_bidirectional_reflectance", "thermal": "surface_temperature"}
+    if levels and all(str(v).startswith("L1") for v in levels):
+        return {"reflectance": "toa_bidirectional_reflectance", "thermal": "toa_brightness_temperature"}
+    return {}
+
+
+def qa_flag_attrs() -> dict[str, Any]:
+    """CF ``flag_masks``/``flag_meanings`` of the Collection 2 ``QA_PIXEL`` single-bit flags."""
+    from .landsat import QA_BITS, QA_CONFIDENCE
+
+    bits = sorted(QA_BITS.items(), key=lambda kv: kv[1])
+    return {
+        "flag_masks": [1 << b for _, b in bits],
+        "flag_meanings": " ".join(name for name, _ in bits),
+        "comment": "Collection 2 QA_PIXEL; 2-bit confidences (0 none .. 3 high) at bits "
+        + ", ".join(f"{b}-{b + 1} {name}" for name, b in QA_CONFIDENCE.items()),
+    }
+
+
+def valid_flag_attrs() -> dict[str, Any]:
+    """CF flag attributes of the boolean ``valid`` mask."""
+    return {"flag_values": [0, 1], "flag_meanings": "not_usable usable"}
+
+
+def _flag_word(text: str) -> str:
+    return "_".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split())
+
+
+def class_flag_attrs(codes: Sequence[int], names: Sequence[str], *, nodata: int | None = 0) -> dict[str, Any]:
+    """CF ``flag_values``/``flag_meanings`` of a class map holding CLC codes (``nodata`` first, if any).
+
+    Meanings are ``clc_<code>_<name>`` with the name lower-cased and blanks/punctuation as ``_``,
+    e.g. ``clc_111_continuous_urban_fabric``.
+    """
+    values = ([] if nodata is None else [int(nodata)]) + [int(c) for c in codes]
+    words = ([] if nodata is None else ["nodata"]) + [
+        f"clc_{int(c)}_{_flag_word(n)}".rstrip("_") for c, n in zip(codes, names, strict=True)
+    ]
+    return {"flag_values": values, "flag_meanings": " ".join(words)}
 
 
 def encode_fractions(frac: np.ndarray) -> np.ndarray:
