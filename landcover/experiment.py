@@ -1114,7 +1114,8 @@ def data_provenance(cubes: Sequence[str]) -> dict[str, Any]:
                 "products": list(attrs.get("product_ids") or build.get("product_ids") or []),
                 "dates": dates,
                 "corine": prov.get("corine") or build.get("corine"),
-                "clc_edition": prov.get("clc_edition"),
+                "clc_edition": prov.get("clc_edition")
+                or _clc_edition(prov.get("corine") or build.get("corine")),
                 "classes_differ_outside_rgb": [int(x) for x in prov.get("classes_differ_outside_rgb") or []],
             }
         )
@@ -1124,6 +1125,15 @@ def data_provenance(cubes: Sequence[str]) -> dict[str, Any]:
         "cubes": out,
         "classes_differ_outside_rgb": sorted({x for d in out for x in d["classes_differ_outside_rgb"]}),
     }
+
+
+def _clc_edition(corine: Any) -> str | None:
+    """CLC inventory year named in a CORINE file name (``U2018_CLC2018_V2020_20u1.tif`` -> ``CLC2018``)."""
+    import re
+
+    name = corine.get("name") if isinstance(corine, dict) else corine
+    hit = re.search(r"CLC[_-]?(1990|2000|2006|2012|2018)", str(name or ""), flags=re.IGNORECASE)
+    return f"CLC{hit.group(1)} (from the file name)" if hit else None
 
 
 def record_provenance(cube: str | Path, **fields: Any) -> None:

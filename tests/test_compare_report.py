@@ -168,6 +168,10 @@ def test_provenance_of_a_cube_that_records_nothing(tmp_path):
     record_provenance(path, synthetic=False, clc_edition="CLC2018")
     prov = data_provenance([str(path)])
     assert prov["synthetic"] is False and prov["cubes"][0]["clc_edition"] == "CLC2018"
+    from landcover.experiment import _clc_edition
+
+    assert _clc_edition({"name": "U2018_CLC2018_V2020_20u1.tif"}) == "CLC2018 (from the file name)"
+    assert _clc_edition("clc.tif") is None
 
 
 def test_budget_options_are_validated():
