@@ -270,7 +270,8 @@ class TransferTrainConfig:
     val_every_samples
         Validate every this many training samples (the learning-curve points, in
         ``History.samples``, which also start with a validation before training);
-        None: once per epoch (every ``len(dataset)`` samples).
+        None: once per epoch, or less often so that a run validates about ten times
+        (small budgets raised to ``min_steps`` run many one-batch epochs).
     seed
         Seeds torch/numpy/python RNGs and the data order.
     device
@@ -331,8 +332,11 @@ class TransferTrainConfig:
 
         if batches_per_epoch < 1:
             raise LandcoverError("no training windows (check the split, min_valid and the budget)")
+        epochs = max(self.epochs, math.ceil(self.min_steps / batches_per_epoch))
+        # about ten validations per run: small budgets raised to min_steps run many tiny epochs
+        every = max(samples_per_epoch, 1, math.ceil(epochs * samples_per_epoch / 10))
         return TrainConfig(
-            epochs=max(self.epochs, math.ceil(self.min_steps / batches_per_epoch)),
+            epochs=epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             weight_decay=self.weight_decay,
@@ -340,7 +344,7 @@ class TransferTrainConfig:
             seed=self.seed,
             device=self.device,
             amp=self.amp,
-            val_every_samples=self.val_every_samples or max(samples_per_epoch, 1),
+            val_every_samples=self.val_every_samples or every,
             val_at_start=True,
             num_threads=self.num_threads,
             checkpoint_dir=None if self.checkpoint_dir is None else Path(self.checkpoint_dir),
