@@ -406,15 +406,26 @@ def _read_attempts(log: Path) -> tuple[int, list[str]]:
     if not log.is_file():
         return 0, []
     starts, errors = 0, []
+    open_attempts: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
     for line in log.read_text(encoding="utf-8").splitlines():
         try:
             e = json.loads(line)
         except ValueError:
             continue
+        key = (e.get("worker"), e.get("pid"), e.get("start"))
         if e.get("event") == "start":
             starts += 1
+            open_attempts[key] = e
         elif e.get("event") == "failed":
+            open_attempts.pop(key, None)
             errors.append(str(e.get("error", "")))
+        elif e.get("event") == "done":
+            open_attempts.pop(key, None)
+    for e in open_attempts.values():  # started, never finished: the process running it died
+        errors.append(
+            f"worker lost: the attempt on {e.get('worker')} (pid {e.get('pid')}) ended without a result "
+            "(the worker process died or was killed)"
+        )
     return starts, errors
 
 

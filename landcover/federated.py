@@ -149,9 +149,32 @@ class StepConfig:
         Seconds a task (training leg or validation) may run on its worker, counted from
         the moment it starts there (queueing behind other tasks does not count); a task
         still running then counts as failed, like one whose worker died: retried on a
-        replica, else skipped with a warning, and the stuck worker is avoided for the rest
-        of the run. ``None`` (default): no limit. Needs a cluster (``client``): tasks run in
-        this process cannot be interrupted.
+        replica, else skipped with a warning, and the stuck (e.g. frozen) worker is avoided
+        for the rest of the run. ``"auto"`` (default): ``max(leg_timeout_floor,
+        leg_timeout_factor x the median duration of the tasks of the same kind finished so
+        far)``, and ``leg_timeout_floor x leg_timeout_factor`` until one has finished (60 s
+        and 10 min with the defaults). ``None`` or ``"none"``: no limit (a frozen worker
+        then stalls the run until Dask's heartbeat timeout drops it). Needs a cluster
+        (``client``): tasks run in this process cannot be interrupted.
+    leg_timeout_floor, leg_timeout_factor
+        Parameters of ``leg_timeout="auto"``.
+    bn_stats
+        BatchNorm running statistics of the model that is validated and saved:
+        ``"global"`` (default) re-estimates them before every validation with a cheap
+        forward-only pass over ``bn_batches`` training batches of every repository (on its
+        worker), aggregating per-channel means and variances weighted by the windows seen,
+        as one pass over all the data would; ``"repository"`` re-estimates them on each
+        repository for its own validation (FedBN-style; the saved model gets the global
+        ones); ``"none"``: the statistics the legs left (the last repository's, or the
+        FedAvg mean).
+    bn_batches
+        Training batches per repository of a BatchNorm re-estimation.
+    server_momentum
+        FedAvg only: server-side momentum (FedAvgM, Hsu et al. 2019) on the averaged
+        update: ``v = momentum x v + (w_old - w_avg)``, ``w_new = w_old - server_lr x v``.
+        0 (default) with ``server_lr = 1`` is plain FedAvg.
+    server_lr
+        FedAvg only: server learning rate of that update.
     """
 
     window: int = 64
@@ -173,9 +196,17 @@ class StepConfig:
     num_threads: int | None = 1
     deterministic: bool = True
     pause: float = 0.0
-    leg_timeout: float | None = None
+    leg_timeout: float | Literal["auto", "none"] | None = "auto"
+    leg_timeout_floor: float = 60.0
+    leg_timeout_factor: float = 10.0
+    bn_stats: Literal["global", "repository", "none"] = "global"
+    bn_batches: int = 4
+    server_momentum: float = 0.0
+    server_lr: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.leg_timeout == "none":
+            object.__setattr__(self, "leg_timeout", None)
         if self.window < 8:
             raise ValueError(f"window must be >= 8, got {self.window}")
         if self.batch_size < 1:
@@ -197,8 +228,17 @@ class StepConfig:
             raise ValueError("num_threads must be >= 1 or None")
         if self.pause < 0:
             raise ValueError("pause must be >= 0")
-        if self.leg_timeout is not None and not self.leg_timeout > 0:
-            raise ValueError(f"leg_timeout must be > 0 or None, got {self.leg_timeout}")
+        if self.leg_timeout is not None and self.leg_timeout != "auto":
+            if isinstance(self.leg_timeout, str) or not self.leg_timeout > 0:
+                raise ValueError(f"leg_timeout must be > 0, 'auto' or None, got {self.leg_timeout!r}")
+        if not self.leg_timeout_floor > 0 or not self.leg_timeout_factor > 0:
+            raise ValueError("leg_timeout_floor and leg_timeout_factor must be > 0")
+        if self.bn_stats not in ("global", "repository", "none"):
+            raise ValueError(f"bn_stats must be 'global', 'repository' or 'none', got {self.bn_stats!r}")
+        if self.bn_batches < 1:
+            raise ValueError("bn_batches must be >= 1")
+        if not 0 <= self.server_momentum < 1 or not self.server_lr > 0:
+            raise ValueError("server_momentum must be in [0, 1) and server_lr > 0")
 
     @property
     def split_block(self) -> int:
@@ -724,34 +764,99 @@ class _Job:
     payload: dict[str, Any]
     attempt: int = 0
     tried: list[str] = field(default_factory=list)
+    lost: tuple[str, str, str] | None = None  # (worker name, error, what happened) while not placed
 
 
 _NO_HOLDER = "no live worker holds the repository"
+REJOIN_WAIT = 60.0
+"""Seconds a task waits for a worker restarted by its nanny to advertise the repository again."""
 
 
 class _Runner:
-    """Submits pinned tasks, watches the workers, moves a dead worker's task to a replica."""
+    """Submits pinned tasks, watches the workers, moves a dead worker's task to a replica.
+
+    Workers that join while the run goes on (a worker restarted by its nanny comes back
+    under a new address) are asked which repositories they hold, and serve them from then
+    on. A task whose holders are all gone waits up to :data:`REJOIN_WAIT` seconds for such a
+    worker when the lost holder had a nanny, else it is skipped at once.
+    """
 
     def __init__(
-        self, client: Any, log: Callable[[str], None], poll: float, timeout: float | None = None
+        self,
+        client: Any,
+        log: Callable[[str], None],
+        poll: float,
+        timeout: float | str | None = None,
+        *,
+        floor: float = 60.0,
+        factor: float = 10.0,
+        rejoin_wait: float = REJOIN_WAIT,
     ) -> None:
         self.client = client
         self.log = log
         self.poll = poll
         self.timeout = timeout
+        self.floor = floor
+        self.factor = factor
+        self.rejoin_wait = rejoin_wait
         self.dead: set[str] = set()
         self.stuck: set[str] = set()
         self.failures: list[Failure] = []
         self.seen_workers: dict[str, str] = {}
         self.homes: dict[str, int] = {}
+        self.nanny: dict[str, bool] = {}
+        self.lost_at: dict[str, float] = {}  # address of a lost worker that had a nanny -> when
+        self.asked: set[str] = set()  # workers whose holdings are known (from discovery or asked)
+        self.joined: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
+        self.durations: dict[str, list[float]] = {}
 
     def live(self) -> dict[str, str]:
         if self.client is None:
             return {"local": "local"}
         workers = self.client.scheduler_info()["workers"]
         out = {str(a): str(i.get("name", a)) for a, i in workers.items() if str(a) not in self.dead}
+        for a, i in workers.items():
+            self.nanny[str(a)] = bool(i.get("nanny"))
         self.seen_workers.update(out)
         return out
+
+    def task_timeout(self, kind: str) -> float | None:
+        """The leg timeout of a task of ``kind`` now (``"auto"``: from the durations seen so far)."""
+        if self.timeout is None:
+            return None
+        if self.timeout != "auto":
+            return float(self.timeout)
+        seen = self.durations.get(kind)
+        if not seen:
+            return self.floor * self.factor
+        return max(self.floor, self.factor * float(np.median(seen)))
+
+    def _refresh(self, live: Mapping[str, str], *, again: bool = False) -> None:
+        """Ask workers not asked yet (``again``: also those that held nothing) what they hold."""
+        from .registry import holdings
+
+        todo = [a for a in sorted(live) if a not in self.asked or (again and not self._holds_any(a))]
+        for addr in todo:
+            try:
+                got = self.client.sync(self.client._run, holdings, workers=[addr], callback_timeout=10)
+            except Exception:  # noqa: BLE001 - a worker that cannot answer now is asked again later
+                continue
+            self.asked.add(addr)
+            for repo, entry in (got.get(addr) or {}).items():
+                if entry.get("cubes") and not entry.get("error"):
+                    self.joined.setdefault(repo, {})[addr] = (tuple(entry["cubes"]), tuple(entry["digests"]))
+
+    def _holds_any(self, addr: str) -> bool:
+        return any(addr in held for held in self.joined.values())
+
+    def _locations(self, repo: Repository) -> list[tuple[str | None, tuple[str, ...]]]:
+        locs = list(repo.locations)
+        if repo.worker is not None:
+            known = {w for w, _ in locs}
+            for addr, (cubes, digests) in sorted(self.joined.get(repo.name, {}).items()):
+                if addr not in known and (not repo.digests or digests == repo.digests):
+                    locs.append((addr, cubes))
+        return locs
 
     def _resolve(self, worker: str | None, live: Mapping[str, str], repository: str = "") -> str | None:
         if self.client is None:
@@ -768,35 +873,60 @@ class _Runner:
         return None
 
     def _place(self, job: _Job, live: Mapping[str, str]) -> tuple[str, tuple[str, ...]] | None:
-        for worker, cubes in job.repository.locations:
+        for worker, cubes in self._locations(job.repository):
             addr = self._resolve(worker, live, job.repository.name)
             if addr is not None and addr not in job.tried:
                 return addr, cubes
         return None
 
+    def _rejoin_deadline(self, job: _Job) -> float | None:
+        """Until when ``job`` may wait for a restarted holder (None: it may not)."""
+        if self.client is None or job.repository.worker is None:
+            return None
+        lost = [self.lost_at[w] for w, _ in self._locations(job.repository) if w in self.lost_at]
+        if not lost:
+            return None
+        deadline = max(lost) + self.rejoin_wait
+        return deadline if deadline > time.time() else None
+
+    def _skip(self, job: _Job, worker: str, error: str, what: str) -> None:
+        where = f"{job.kind} {job.model} round {job.round} on {job.repository.name}"
+        self.failures.append(
+            Failure(job.kind, job.model, job.round, job.repository.name, worker, error, "skipped")
+        )
+        msg = f"{where}: {what}; no live replica: skipped, the model keeps its previous weights"
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        self.log(f"WARNING {msg}")
+
     def _lost(
         self, job: _Job, worker: str, error: str, live: Mapping[str, str], what: str | None = None
-    ) -> _Job | None:
-        """Record the failure; the job again with its next placement, or None (skipped)."""
+    ) -> tuple[Literal["retry", "wait", "skip"], _Job]:
+        """Record the failure; retry ``job`` elsewhere, let it wait for a restarted holder, or skip it."""
         job.tried.append(worker)
-        nxt = self._place(job, live)
-        where = f"{job.kind} {job.model} round {job.round} on {job.repository.name}"
         name = self.seen_workers.get(worker, worker)
         if what is None:
             what = _NO_HOLDER if error == _NO_HOLDER else f"worker {name} lost ({error})"
+        job.lost = (name, error, what)
+        nxt = self._place(job, live)
         if nxt is None:
-            failure = Failure(job.kind, job.model, job.round, job.repository.name, name, error, "skipped")
-            self.failures.append(failure)
-            msg = f"{where}: {what}; no live replica: skipped, the model keeps its previous weights"
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            self.log(f"WARNING {msg}")
-            return None
-        to = live.get(nxt[0], nxt[0])
+            if self._rejoin_deadline(job) is not None:
+                where = f"{job.kind} {job.model} round {job.round} on {job.repository.name}"
+                self.log(f"{where}: {what}; waiting for the worker to come back")
+                return "wait", job
+            self._skip(job, name, error, what)
+            return "skip", job
+        return "retry", self._retried(job, live.get(nxt[0], nxt[0]))
+
+    def _retried(self, job: _Job, to: str) -> _Job:
+        assert job.lost is not None
+        name, error, what = job.lost
+        where = f"{job.kind} {job.model} round {job.round} on {job.repository.name}"
         self.failures.append(
             Failure(job.kind, job.model, job.round, job.repository.name, name, error, "retried", to)
         )
-        self.log(f"{where}: {what}; retrying on replica {to}")
+        self.log(f"{where}: {what}; retrying on {to}")
         job.attempt += 1
+        job.lost = None
         return job
 
     def run(self, jobs: Sequence[_Job]) -> list[tuple[_Job, dict[str, Any] | None]]:
@@ -811,13 +941,23 @@ class _Runner:
 
         failures = _worker_failures()
         pending: dict[Any, tuple[int, _Job, str]] = {}
+        waiting: dict[int, _Job] = {}
+        for job in jobs:  # holders named by discovery are known; ask only workers that joined since
+            for w, _ in job.repository.locations:
+                if w is not None:
+                    self.asked.add(w)
         live = self.live()
+        if any(job.repository.worker is not None for job in jobs):
+            self._refresh(live)
 
         def submit(i: int, job: _Job) -> None:
             place = self._place(job, live)
             if place is None:
                 if not job.tried:  # no live holder at all when the round starts
-                    self._lost(job, str(job.repository.worker), _NO_HOLDER, live)
+                    action, job = self._lost(job, str(job.repository.worker), _NO_HOLDER, live)
+                    if action == "wait":
+                        waiting[i] = job
+                        return
                 results[i] = None
                 return
             addr, cubes = place
@@ -843,42 +983,69 @@ class _Runner:
             self.dead.add(addr)
             if error == "timeout":
                 self.stuck.add(addr)
-            again = self._lost(job, addr, error, self.live(), what)
-            if again is None:
-                results[i] = None
-            else:
+            elif self.nanny.get(addr):
+                self.lost_at.setdefault(addr, time.time())
+            action, again = self._lost(job, addr, error, self.live(), what)
+            if action == "retry":
                 submit(i, again)
+            elif action == "wait":
+                waiting[i] = again
+            else:
+                results[i] = None
 
         started: dict[str, float] = {}  # task key -> when its start event was first seen (client clock)
         for i, job in enumerate(jobs):
             submit(i, job)
-        while pending:
-            try:
-                done, _ = wait(list(pending), timeout=self.poll, return_when="FIRST_COMPLETED")
-            except TimeoutError:
+        while pending or waiting:
+            if pending:
+                try:
+                    done, _ = wait(list(pending), timeout=self.poll, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    done = set()
+            else:
                 done = set()
+                time.sleep(self.poll)  # only jobs waiting for a restarted worker: poll the cluster
             live = self.live()
+            if waiting:
+                self._refresh(live, again=True)
+                for i, job in list(waiting.items()):
+                    place = self._place(job, live)
+                    if place is not None:
+                        del waiting[i]
+                        submit(i, self._retried(job, live.get(place[0], place[0])))
+                    elif self._rejoin_deadline(job) is None:
+                        del waiting[i]
+                        assert job.lost is not None
+                        name, error, what = job.lost
+                        self._skip(job, name, error, f"{what}; it did not come back")
+                        results[i] = None
             if self.timeout is not None:
                 now = time.time()
                 for _, msg in self.client.get_events(LEG_TOPIC):
                     if isinstance(msg, Mapping) and "key" in msg:
                         started.setdefault(str(msg["key"]), now)
-                for fut, (_i, _job, addr) in list(pending.items()):
+                for fut, (_i, job, addr) in list(pending.items()):
                     t0 = started.get(str(fut.key))
-                    if fut not in done and t0 is not None and now - t0 > self.timeout:
+                    limit = self.task_timeout(job.kind)
+                    if fut not in done and t0 is not None and limit is not None and now - t0 > limit:
                         name = self.seen_workers.get(addr, addr)
-                        give_up(fut, "timeout", f"worker {name} stuck (no result {self.timeout:g} s after "
+                        give_up(fut, "timeout", f"worker {name} stuck (no result {limit:.3g} s after "
                                                 f"the task started there)")  # fmt: skip
             for fut in list(done):
                 if fut not in pending:
                     continue
-                i, _job, _addr = pending[fut]
+                i, job, _addr = pending[fut]
                 try:
-                    results[i] = fut.result()
+                    res = fut.result()
                 except failures as exc:
                     give_up(fut, type(exc).__name__)
                 else:
+                    results[i] = res
                     pending.pop(fut)
+                    if isinstance(res, Mapping) and "started" in res and "finished" in res:
+                        self.durations.setdefault(job.kind, []).append(
+                            float(res["finished"]) - float(res["started"])
+                        )
             for fut, (_i, _job, addr) in list(pending.items()):
                 if addr in self.stuck:  # queued behind a stuck task: it would never start
                     name = self.seen_workers.get(addr, addr)
@@ -984,7 +1151,9 @@ def train_distributed(
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
     step = step or StepConfig()
     t_start = time.time()
-    runner = _Runner(client, log, poll, step.leg_timeout)
+    runner = _Runner(
+        client, log, poll, step.leg_timeout, floor=step.leg_timeout_floor, factor=step.leg_timeout_factor
+    )
     surveyed = (
         dict(survey)
         if survey is not None
@@ -1543,7 +1712,9 @@ def _open_cluster(cfg: DistributedTrainConfig) -> Any:
     if cfg.scheduler in (None, "", "local"):
         from distributed import Client, LocalCluster
 
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        from .distributed import _quiet_dask_logs
+
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _quiet_dask_logs(True):
             n = cfg.n_workers or max(1, min(len(cfg.cubes) or 2, os.cpu_count() or 1))
             lc = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0")
         return Client(lc)
@@ -1596,7 +1767,6 @@ def run_distributed_job(cfg: DistributedTrainConfig, *, log: Callable[[str], Non
     Writes ``OUT/<mode>-<model>.pt`` (loadable by ``landcover predict``), ``OUT/report.json``,
     ``OUT/report.md`` and ``OUT/learning_curves.png``; returns ``OUT``.
     """
-    from .distributed import close_client
     from .models import save_model
 
     client = _open_cluster(cfg)
@@ -1608,8 +1778,13 @@ def run_distributed_job(cfg: DistributedTrainConfig, *, log: Callable[[str], Non
             raise ConfigError(
                 "no repositories: give cubes, [[repositories]] or start workers with --repository"
             )
+        names = {str(a): str(i.get("name", a)) for a, i in client.scheduler_info()["workers"].items()}
         for r in repos:
-            where = ", ".join(str(w) for w, _ in r.locations)
+            if r.worker is None:
+                where = "any worker (a disk every worker reads)"
+            else:
+                where = ", ".join(names.get(str(w), str(w)) for w, _ in r.locations)
+                where += f" ({len(r.replicas)} replica(s))" if r.replicas else ""
             log(f"repository {r.name}: {len(r.cubes)} cube(s) on {where}")
         survey = survey_repositories(repos, client=client, step=cfg.step, log=log)
         if not survey:
@@ -1665,4 +1840,17 @@ def run_distributed_job(cfg: DistributedTrainConfig, *, log: Callable[[str], Non
         log(f"report: {out / 'report.md'}")
         return out
     finally:
+        _close_quietly(client)
+
+
+def _close_quietly(client: Any) -> None:
+    """Close the client (and a LocalCluster it owns) without Dask's shutdown chatter on the console.
+
+    Closing a LocalCluster logs ~45 INFO lines (and nannies report their workers "killed by
+    signal" when they stop them); the job has already reported everything that went wrong.
+    Warnings and errors logged while the cluster is still in use are not affected.
+    """
+    from .distributed import _quiet_dask_logs, close_client
+
+    with _quiet_dask_logs(True):
         close_client(client)

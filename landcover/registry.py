@@ -166,17 +166,28 @@ class RepositoryPlugin(_WorkerPluginBase):  # type: ignore[misc,valid-type]
             except ConfigError as exc:
                 logger.error("repository %s: %s", name, exc)
                 continue
-            logger.info("repository %s: %d cube(s) in %s", name, len(cubes), directory)
+            if cubes:
+                logger.info("repository %s: %d cube(s) in %s", name, len(cubes), directory)
+            else:
+                logger.error("repository %s: no complete cube store in %s", name, directory)
 
     def holdings(self) -> dict[str, dict[str, Any]]:
-        """Repository name -> ``{"directory", "cubes", "digests", "bytes"}`` (rescanned now)."""
+        """Repository name -> ``{"directory", "cubes", "digests"}`` (rescanned now).
+
+        A repository whose directory is missing or holds no complete cube is reported with
+        ``"error"`` (and no cubes), so that the trainer can say which worker, name and path.
+        """
         out: dict[str, dict[str, Any]] = {}
         for name, directory in self.repositories.items():
             try:
                 cubes = scan_repository(directory)
             except ConfigError:
+                out[name] = {"directory": directory, "cubes": [], "digests": [],
+                             "error": "directory does not exist on this worker"}  # fmt: skip
                 continue
             if not cubes:
+                out[name] = {"directory": directory, "cubes": [], "digests": [],
+                             "error": "no complete cube store in the directory"}  # fmt: skip
                 continue
             out[name] = {
                 "directory": directory,
@@ -254,13 +265,31 @@ def discover_repositories(
     info = client.scheduler_info()["workers"]
     answers: dict[str, dict[str, dict[str, Any]]] = client.run(holdings)
     by_name: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    broken: dict[str, list[str]] = {}
     for addr, held in answers.items():
         wname = str(info.get(addr, {}).get("name", addr))
         for repo, entry in held.items():
+            if entry.get("error"):
+                broken.setdefault(repo, []).append(
+                    f"repository {repo} on worker {wname} ({addr}): {entry['directory']}: {entry['error']}"
+                )
+                continue
             by_name.setdefault(repo, []).append((wname, addr, entry))
     wanted = list(names) if names is not None else sorted(by_name)
+    for repo, problems in sorted(broken.items()):
+        if repo in by_name and repo in wanted:  # another worker holds it: a replica is missing
+            for p in problems:
+                warnings.warn(f"{p}; not used as a replica", stacklevel=2)
+        elif names is None and by_name:
+            for p in problems:
+                warnings.warn(f"{p}; left out", stacklevel=2)
     missing = [n for n in wanted if n not in by_name]
+    if names is None and not by_name and broken:
+        missing = sorted(broken)
     if missing:
+        problems = [p for n in missing for p in broken.get(n, [])]
+        if problems:
+            raise ConfigError("; ".join(problems))
         have = ", ".join(sorted(by_name)) or "none"
         raise ConfigError(
             f"no live worker advertises repository {', '.join(missing)} (advertised: {have}); "
@@ -280,7 +309,15 @@ def discover_repositories(
                 )
                 continue
             replicas.append(Replica(worker=addr, cubes=tuple(other["cubes"])))
-        out.append(Repository(name, tuple(entry["cubes"]), primary, replicas=tuple(replicas)))
+        out.append(
+            Repository(
+                name,
+                tuple(entry["cubes"]),
+                primary,
+                replicas=tuple(replicas),
+                digests=tuple(entry["digests"]),
+            )  # fmt: skip
+        )
     return out
 
 

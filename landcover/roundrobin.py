@@ -80,12 +80,17 @@ class Repository:
     replicas
         Other workers holding the same cubes: legs move there when ``worker`` dies
         (see :func:`landcover.registry.discover_repositories`, which fills this in).
+    digests
+        Digests of the cubes' root metadata (filled in by discovery); a worker that joins
+        later advertising the same name is used only when its digests are the same
+        (empty: not checked).
     """
 
     name: str
     cubes: tuple[str, ...]
     worker: str | None = None
     replicas: tuple[Replica, ...] = ()
+    digests: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.cubes:
@@ -115,7 +120,7 @@ class LegConfig:
     level: int = 3
     split_seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    leg_timeout: float | None = None
+    leg_timeout: float | Literal["auto"] | None = "auto"
 
     def __post_init__(self) -> None:
         if self.window < 8 or self.batch_size < 1 or self.epochs < 1:

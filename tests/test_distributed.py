@@ -364,3 +364,23 @@ def test_unreachable_scheduler_is_one_line(tmp_path: Path, capsys: pytest.Captur
         f"landcover: cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"
     )
     assert not (tmp_path / "l.zarr").exists()
+
+
+def test_batch_attempt_log_gives_a_reason_for_a_lost_attempt(tmp_path: Path) -> None:
+    """An attempt whose worker died leaves a start without an end: the report says so (issue 21)."""
+    from landcover.batch import _log_attempt, _read_attempts
+
+    log = tmp_path / "item.jsonl"
+    lost = {"worker": "tcp://127.0.0.1:4001", "pid": 111, "start": 1.0}
+    failed = {"worker": "tcp://127.0.0.1:4002", "pid": 222, "start": 2.0}
+    done = {"worker": "tcp://127.0.0.1:4002", "pid": 222, "start": 3.0}
+    _log_attempt(log, {**lost, "event": "start"})
+    _log_attempt(log, {**failed, "event": "start"})
+    _log_attempt(log, {**failed, "event": "failed", "error": "a.TIF: read failed"})
+    _log_attempt(log, {**done, "event": "start"})
+    _log_attempt(log, {**done, "event": "done"})
+    attempts, errors = _read_attempts(log)
+    assert attempts == 3
+    assert errors[0] == "a.TIF: read failed"
+    assert len(errors) == 2 and "worker lost" in errors[1] and "tcp://127.0.0.1:4001" in errors[1]
+    assert "pid 111" in errors[1]

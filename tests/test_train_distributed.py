@@ -81,7 +81,7 @@ def _free_port() -> int:
 class _Cluster:
     """A real scheduler and ``dask worker`` processes; each worker has its own data directories."""
 
-    def __init__(self, tmp: Path, layout: dict[str, dict[str, Path]]) -> None:
+    def __init__(self, tmp: Path, layout: dict[str, dict[str, Path]], *, nanny: bool = False) -> None:
         from distributed import Client
 
         self.tmp = tmp
@@ -101,7 +101,7 @@ class _Cluster:
         )  # fmt: skip
         for name, repos in layout.items():
             cmd = [str(bin_dir / "dask"), "worker", self.address, "--name", name, "--nworkers", "1",
-                   "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                   "--nthreads", "1", "--nanny" if nanny else "--no-nanny", "--no-dashboard",
                    "--local-directory", str(tmp / "scratch" / name),
                    "--preload", str(audit), "--preload", "landcover.registry"]  # fmt: skip
             for repo, directory in repos.items():
@@ -129,6 +129,12 @@ class _Cluster:
 
     def kill(self, worker: str) -> None:
         os.kill(self.procs[worker].pid, signal.SIGKILL)
+
+    def worker_pids(self) -> dict[str, int]:
+        """Worker name -> pid of the worker process itself (under a nanny: the nanny's child)."""
+        assert self.client is not None
+        names = {a: str(i["name"]) for a, i in self.client.scheduler_info()["workers"].items()}
+        return {names[a]: pid for a, pid in self.client.run(os.getpid).items()}
 
     def close(self) -> None:
         if self.client is not None:
@@ -504,5 +510,140 @@ def test_killed_workers_lose_no_model(tmp_path):
             assert set(state) == set(start[name])
             assert all(np.isfinite(v).all() for v in state.values() if v.dtype.kind == "f")
             assert any(not np.array_equal(state[k], start[name][k]) for k in state)
+    finally:
+        cluster.close()
+
+
+# --------------------------------------------------------------------------- faults (issue 21)
+
+
+def _fault_layout(tmp: Path) -> dict[str, dict[str, Path]]:
+    data = tmp / "data"
+    for i, n in enumerate("ab"):
+        _cube(data / n / "cube.zarr", seed=40 + i)
+    shutil.copytree(data / "a", data / "a-mirror")
+    return {"w-a": {"A": data / "a"}, "w-m": {"B": data / "b", "A": data / "a-mirror", "X": data / "nowhere"}}
+
+
+@pytest.fixture(scope="module")
+def cluster_faults(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    c = _Cluster(tmp, _fault_layout(tmp))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.mark.cluster
+def test_missing_repository_folder_names_worker_name_and_path(cluster_faults, capsys):
+    from landcover.cli import main
+    from landcover.registry import discover_repositories
+
+    client = cluster_faults.client
+    missing = str(cluster_faults.tmp / "data" / "nowhere")
+    with pytest.raises(ConfigError) as info:
+        discover_repositories(client, names=["X"])
+    msg = str(info.value)
+    assert "repository X" in msg and "worker w-m" in msg and missing in msg and "does not exist" in msg
+    assert "start workers with" not in msg
+    with pytest.warns(UserWarning, match="repository X on worker w-m"):
+        repos = discover_repositories(client)
+    assert [r.name for r in repos] == ["A", "B"]
+    rc = main(["train", "--distributed", "--scheduler", client.scheduler.address, "--repository", "X",
+               "--out", str(cluster_faults.tmp / "never")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc != 0 and missing in err and "w-m" in err and "start workers with" not in err
+    assert not (cluster_faults.tmp / "never").exists()
+
+
+@pytest.mark.cluster
+def test_frozen_worker_is_given_up_after_the_default_leg_timeout(cluster_faults):
+    """SIGSTOP a worker in its leg: the automatic leg timeout moves the leg to the replica."""
+    from landcover.registry import discover_repositories
+
+    client = cluster_faults.client
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # repository X has no folder
+        repos = discover_repositories(client, names=["A", "B"])
+    # the automatic timeout (the default), scaled down: max(1 s, 3 x the median leg so far)
+    step = StepConfig(**{**STEP.__dict__, "batches": 3, "pause": 0.4, "validate": False,
+                         "leg_timeout_floor": 1.0, "leg_timeout_factor": 3.0})  # fmt: skip
+    assert step.leg_timeout == "auto" and StepConfig().leg_timeout == "auto"
+    survey = survey_repositories(repos, client=client, step=step, log=lambda _m: None)
+    models = {"m0": _model(survey["A"], 0), "m1": _model(survey["A"], 1)}
+    pids = cluster_faults.worker_pids()
+    names = {a: str(i["name"]) for a, i in client.scheduler_info()["workers"].items()}
+    frozen: list[str] = []
+
+    def on_leg(event):
+        _, msg = event
+        if msg["kind"] == "train" and names.get(msg["worker"]) == "w-a" and not frozen:
+            frozen.append("w-a")
+            os.kill(pids["w-a"], signal.SIGSTOP)
+
+    client.subscribe_topic(LEG_TOPIC, on_leg)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            run = train_distributed(
+                models, repos, client=client, step=step, survey=survey, rounds=1, poll=0.1,
+                log=lambda _m: None,
+            )  # fmt: skip
+            wall = time.perf_counter() - t0
+    finally:
+        client.unsubscribe_topic(LEG_TOPIC)
+        os.kill(pids["w-a"], signal.SIGCONT)
+    assert frozen == ["w-a"]
+    got = [(f.model, f.repository, f.worker, f.error, f.action, f.retried_on) for f in run.failures]
+    assert got == [("m0", "A", "w-a", "timeout", "retried", "w-m")]
+    assert run.visits("m0") == [(0, "A")] and run.visits("m1") == [(0, "B")]
+    assert {names[leg.worker] for leg in run.legs} == {"w-m"}
+    assert wall < 120  # not Dask's heartbeat timeout (minutes)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_worker_restarted_by_its_nanny_serves_its_repository_again(tmp_path):
+    """Kill a worker process under its nanny in a leg: the leg and later legs/validations run on it again."""
+    from landcover.registry import discover_repositories
+
+    data = tmp_path / "data"
+    for i, n in enumerate("ab"):
+        _cube(data / n / "cube.zarr", seed=50 + i)
+    cluster = _Cluster(tmp_path, {"w-a": {"A": data / "a"}, "w-b": {"B": data / "b"}}, nanny=True)
+    try:
+        client = cluster.client
+        repos = discover_repositories(client)
+        step = StepConfig(**{**STEP.__dict__, "batches": 3, "pause": 0.4, "val_batches": 1})
+        survey = survey_repositories(repos, client=client, step=step, log=lambda _m: None)
+        model = _model(survey["A"], 0)
+        pids = cluster.worker_pids()
+        names = {a: str(i["name"]) for a, i in client.scheduler_info()["workers"].items()}
+        killed: list[str] = []
+
+        def on_leg(event):
+            _, msg = event
+            if msg["kind"] == "train" and names.get(msg["worker"]) == "w-a" and not killed:
+                killed.append(msg["worker"])
+                os.kill(pids["w-a"], signal.SIGKILL)  # the worker process; its nanny restarts it
+
+        client.subscribe_topic(LEG_TOPIC, on_leg)
+        lines: list[str] = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run = train_distributed({"m": model}, repos, client=client, step=step, survey=survey, rounds=3,
+                                    log=lines.append)  # fmt: skip
+        client.unsubscribe_topic(LEG_TOPIC)
+        assert len(killed) == 1
+        assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], lines
+        assert not run.skipped
+        ((f),) = run.failures
+        assert (f.round, f.repository, f.worker, f.action, f.retried_on) == (0, "A", "w-a", "retried", "w-a")
+        assert run.visits("m") == [(0, "A"), (1, "B"), (2, "A")]
+        a_workers = {leg.worker for leg in run.legs if leg.repository == "A" and leg.kind == "train"}
+        assert killed[0] not in a_workers and len(a_workers) == 1  # the restarted process, a new address
+        assert all(row["repositories_scored"] == 2 for row in run.models["m"].curve)
     finally:
         cluster.close()

@@ -67,7 +67,27 @@ def register(sub: Any) -> None:
         default=None,
         help="send only the weights (each leg starts a fresh AdamW)",
     )
+    d.add_argument(
+        "--leg-timeout",
+        type=_leg_timeout,
+        default=None,
+        metavar="SECONDS|auto|none",
+        help="give up a leg still running this long on its worker (frozen worker): retry it on a replica "
+        "or skip it; auto (default): max(60 s, 10 x the median leg so far)",
+    )
     p.set_defaults(func=run)
+
+
+def _leg_timeout(text: str) -> float | str:
+    if text in ("auto", "none"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, 'auto' or 'none', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the leg timeout must be > 0 seconds, got {text}")
+    return value
 
 
 def run_distributed(args: argparse.Namespace) -> int:
@@ -101,6 +121,7 @@ def run_distributed(args: argparse.Namespace) -> int:
         "level": args.level,
         "device": args.device,
         "ship_optimizer": False if args.no_ship_optimizer else None,
+        "leg_timeout": args.leg_timeout,
     }
     step_changes = {k: v for k, v in step_changes.items() if v is not None}
     if step_changes:
