@@ -85,6 +85,7 @@ def test_truncated_zarr_chunk_names_store_variable_and_chunk(
     assert r.returncode == 1, r.stderr
     assert len(lines) == 1 and str(bad) in lines[0] and "'reflectance'" in lines[0], lines
     assert "chunk (0, 0, 1, 1)" in lines[0] and "truncated" in lines[0]
+    assert not (tmp_path / "map").exists()  # nothing left of the failed prediction
     # the training reader (raw chunk files) names the chunk file
     code = main(["-q", "train", str(bad), "--window", "16", "--epochs", "1", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -86,8 +86,10 @@ def run(args: argparse.Namespace) -> int:
     quiet = getattr(args, "quiet", False)
     announce = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     time: int | str = int(args.time) if str(args.time).lstrip("-").isdigit() else str(args.time)
-    with open_cluster(options, default_threads=1, announce=announce) as client:
-        outs = _predict(args, time, client)
+    from ._errors import no_empty_dirs_left
+
+    with no_empty_dirs_left(args.out), open_cluster(options, default_threads=1, announce=announce) as client:
+        outs = _predict(args, time, client)  # a failed prediction leaves no empty OUT folder behind
     if not quiet:
         for label, path in (
             ("zarr", outs.zarr),
