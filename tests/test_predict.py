@@ -549,6 +549,6 @@ def test_window_larger_than_the_cube_is_clamped_to_it(tmp_path: Path) -> None:
     assert main([*args, "--window", "1000000", "--scheduler", "none", "--no-cog", "--no-quicklook"]) == 0
     z = xr.open_zarr(out / "prediction.zarr")
     assert z.attrs["window"] == [40, 56]
-    assert sorted(p.name for p in out.iterdir()) == ["legend.json", "prediction.zarr"]  # no temporary
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]  # no temporary left beside it
     same = predict_cube(model, cube, window=(40, 56), overlap=8, device="cpu")
     np.testing.assert_array_equal(z["class_map"].values, same["class_map"].values)
