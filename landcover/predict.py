@@ -38,7 +38,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -1270,6 +1270,7 @@ class PredictionOutputs:
     fractions_cog: Path | None
     quicklook: Path | None
     legend: Path | None
+    stac_item: Path | None = None
 
 
 def _grid_of(ds: xr.Dataset) -> Grid:
@@ -1540,14 +1541,17 @@ def predict_map(
     ``cube`` is a cube store, an opened cube, or a Landsat scene (product directory,
     ``.tar`` bundle; see :func:`predict_scene`). ``kwargs`` go to :func:`predict_cube`
     (window, overlap, batch_size, blend, device, time, ...). Also writes
-    ``legend.json`` (index, code, name, colour).
+    ``legend.json`` (index, code, name, colour) and ``item.json``, a STAC Item of the outputs with
+    the classification extension on the COG (palette indices) and the Zarr store (CLC codes)
+    (:func:`landcover.publish.write_prediction_item`).
     """
     out = Path(out_dir)
     zarr_path = out / "prediction.zarr"
     from .safety import guard_output, is_landcover_output
 
     if not is_landcover_output(zarr_path):  # not a prediction folder: write over none of a user's files
-        names = ("legend.json", "class_map.tif", "class_map.tif.aux.xml", "fractions.tif", "quicklook.png")
+        names = ("legend.json", "class_map.tif", "class_map.tif.aux.xml", "fractions.tif", "quicklook.png",
+                 "item.json")  # fmt: skip
         for name in names:
             guard_output(out / name, what="prediction")
     out.mkdir(parents=True, exist_ok=True)
@@ -1580,6 +1584,28 @@ def predict_map(
     ql = None
     if quicklook:
         ql = write_quicklook(cog if cog is not None else pred, out / "quicklook.png")
+    from .publish import write_prediction_item
+
+    when = None if is_scene else _cube_time(cube, kwargs.get("time", 0))
+    item = write_prediction_item(out, when=when)  # the outputs as a STAC Item (classification extension)
     return PredictionOutputs(
-        zarr=zarr_path, class_map_cog=cog, fractions_cog=fcog, quicklook=ql, legend=legend_path
+        zarr=zarr_path,
+        class_map_cog=cog,
+        fractions_cog=fcog,
+        quicklook=ql,
+        legend=legend_path,
+        stac_item=item,
     )
+
+
+def _cube_time(cube: Any, time: int | str | np.datetime64) -> np.datetime64 | None:
+    """Acquisition time of the predicted time step of a cube (None when it has no ``time``)."""
+    ds = _open_cube_dataset(cube)
+    if "time" not in ds.coords:
+        return None
+    if isinstance(time, int | np.integer):
+        t = np.asarray(ds["time"].values[int(time)]).astype("datetime64[s]")
+    else:
+        t = np.asarray(np.datetime64(str(time))).astype("datetime64[s]")
+    out = cast("np.datetime64", t[()])
+    return None if np.isnat(out) else out

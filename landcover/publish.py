@@ -35,7 +35,7 @@ import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -55,6 +55,10 @@ __all__ = [
     "load_published_model",
     "read_published_spec",
     "validate_stac",
+    "validate_stac_item",
+    "prediction_item",
+    "write_prediction_item",
+    "ZARR_OPEN_KWARGS",
 ]
 
 MODEL_FORMAT = "landcover-published-model/1"
@@ -64,6 +68,22 @@ CLMS_TERMS_URL = "https://land.copernicus.eu/en/data-policy"
 USGS_TERMS_URL = "https://www.usgs.gov/information-policies-and-instructions/copyrights-and-credits"
 DEFAULT_TITLE = "Landsat 5 TM surface reflectance with CORINE Land Cover fractions (Zarr cubes)"
 LANDSAT_ATTRIBUTION = "Landsat data courtesy of the U.S. Geological Survey (public domain)."
+ZARR_OPEN_KWARGS: dict[str, Any] = {
+    "engine": "zarr",
+    "chunks": {},
+    "consolidated": True,
+    "zarr_format": 3,
+    "decode_coords": "all",
+}
+"""``xarray:open_kwargs`` of every Zarr asset: ``xr.open_dataset(href, **kwargs)`` opens it lazily."""
+
+
+def _xarray_open_kwargs(item: pystac.Item, key: str) -> None:
+    """Give ``item.assets[key]`` (a Zarr store) the xarray-assets extension's open kwargs."""
+    from pystac.extensions.xarray_assets import AssetXarrayAssetsExtension, XarrayAssetsExtension
+
+    ext = cast(AssetXarrayAssetsExtension, XarrayAssetsExtension.ext(item.assets[key], add_if_missing=True))
+    ext.open_kwargs = dict(ZARR_OPEN_KWARGS)
 
 
 def clc_attribution(year: int | str) -> str:
@@ -642,6 +662,7 @@ def publish_dataset(
                 extra_fields={"zarr:format": 3, "size": _dir_size(meta["path"])},
             )
             item.add_asset("zarr", asset)
+            _xarray_open_kwargs(item, "zarr")
             dc = DatacubeExtension.ext(item, add_if_missing=True)
             xres, yres = grid.resolution
             dims: dict[str, Dimension] = {
@@ -758,6 +779,8 @@ def publish_dataset(
                 for c in codes_all
             ],
         )
+        if ClassificationExtension.get_schema_uri() not in collection.stac_extensions:
+            collection.stac_extensions.append(ClassificationExtension.get_schema_uri())  # the summary above
         for item in items:
             collection.add_item(item)
         # a file path: pystac treats a directory name with a dot as a file and would use its parent
@@ -913,14 +936,19 @@ def _dataset_card(
     return "\n".join(line for line in lines if line is not None)
 
 
-def validate_stac(path: str | os.PathLike[str]) -> dict[str, Any]:
+def validate_stac(
+    path: str | os.PathLike[str], *, extension_schemas: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """Check a published STAC tree offline; return what was checked.
 
     Every object is read back with ``pystac`` (links resolve, Items belong to the
     Collection); the core STAC JSON schemas bundled with pystac are applied with
     ``jsonschema`` when it is installed. Extension schemas live on remote servers and
-    are *not* fetched (nothing downloads at run time); instead the extension fields
-    are read back through pystac's extension classes.
+    are *not* fetched (nothing downloads at run time): pass ``extension_schemas``, a
+    folder of local copies of the extensions' JSON schemas (matched by their ``$id``), to
+    validate every declared extension (``extensions_schema_validated`` counts them; URIs
+    without a local schema are listed in ``extensions_unchecked``). The extension fields
+    are also read back through pystac's extension classes.
 
     Raises
     ------
@@ -946,10 +974,26 @@ def validate_stac(path: str | os.PathLike[str]) -> dict[str, Any]:
         validator: Any = JsonSchemaSTACValidator()
     except ImportError:
         validator = None
-    checked = {"objects": 0, "core_schema_validated": 0, "items": 0, "extensions_read_back": 0}
+    checked: dict[str, Any] = {
+        "objects": 0,
+        "core_schema_validated": 0,
+        "items": 0,
+        "extensions_read_back": 0,
+    }
+    schemas = _extension_schemas(extension_schemas) if extension_schemas is not None else None
+    if schemas is not None:
+        checked["extensions_schema_validated"] = 0
+        checked["extensions_unchecked"] = []
 
     def core(obj: pystac.STACObject) -> None:
         checked["objects"] += 1
+        if schemas is not None:
+            where = Path(obj.get_self_href() or coll_path)
+            done, unchecked = _check_extensions(obj.to_dict(include_self_link=False), schemas, where)
+            checked["extensions_schema_validated"] += done
+            checked["extensions_unchecked"] += [
+                u for u in unchecked if u not in checked["extensions_unchecked"]
+            ]
         if validator is None:
             return
         d = obj.to_dict(include_self_link=False)
@@ -979,3 +1023,209 @@ def validate_stac(path: str | os.PathLike[str]) -> dict[str, Any]:
     if checked["items"] == 0:
         raise InputFileError(coll_path, "collection has no items")
     return checked
+
+
+# ------------------------------------------------------------------------------------------------
+# prediction maps as STAC items
+# ------------------------------------------------------------------------------------------------
+PREDICTION_ITEM = "item.json"
+"""File name of the STAC Item that :func:`write_prediction_item` writes beside the prediction outputs."""
+
+
+def _classes(values_codes: Sequence[tuple[int, int]], *, nodata: int | None) -> list[Any]:
+    """Classification objects: ``(value, CLC code)`` pairs, plus a nodata class at ``nodata``."""
+    from pystac.extensions.classification import Classification
+
+    legend = _legend([c for _, c in values_codes])
+    out = []
+    if nodata is not None:
+        out.append(
+            Classification.create(value=int(nodata), name="nodata", description="no prediction", nodata=True)
+        )
+    for value, code in values_codes:
+        out.append(
+            Classification.create(
+                value=int(value),
+                name=f"clc_{code}",
+                description=f"{code} {legend[code][0]}",
+                color_hint=_hex(legend[code][1]),
+            )
+        )
+    return out
+
+
+def prediction_item(
+    folder: str | os.PathLike[str],
+    *,
+    item_id: str | None = None,
+    when: Any = None,
+) -> pystac.Item:
+    """A STAC Item describing the prediction outputs in ``folder`` (as written by ``predict_map``).
+
+    Assets (hrefs relative to the folder): ``prediction`` (the Zarr store, with the xarray-assets
+    open kwargs and the classes of its ``class_map`` variable: CLC codes), ``class_map`` (the COG:
+    palette indices ``1..K`` in model order, 0 = nodata), and when present ``fractions`` (COG),
+    ``quicklook`` (PNG) and ``legend`` (JSON). Both class encodings are declared with the
+    classification extension on their asset, so a reader needs no sidecar to map values to classes.
+
+    Parameters
+    ----------
+    folder
+        A prediction folder holding ``prediction.zarr``.
+    item_id
+        Item id (default: the folder name).
+    when
+        Acquisition time of the predicted scene (``datetime64``, ISO text or ``datetime``); default:
+        the time the prediction was written (property ``landcover:datetime_source`` says which).
+    """
+    import warnings
+
+    import pystac
+    import xarray as xr
+    from pystac.extensions.classification import ClassificationExtension
+    from pystac.extensions.projection import ProjectionExtension
+
+    from .grid import Grid
+
+    root = Path(folder)
+    zarr_path = root / "prediction.zarr"
+    if not (zarr_path / "zarr.json").is_file():
+        raise InputFileError(zarr_path, "not a prediction store (no zarr.json)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = xr.open_zarr(zarr_path, chunks=None, decode_coords="all", mask_and_scale=False, zarr_format=3)
+    grid = Grid.from_xarray(ds["class_map"])
+    codes = [int(c) for c in ds["class"].values]
+    w, s, e, n = grid.bounds_in("EPSG:4326")
+    if when is not None:
+        stamp, source = _to_dt(np.datetime64(when, "s")), "acquisition"
+    else:
+        stamp, source = _to_dt(np.datetime64(_now()[:19])), "processing"
+    item = pystac.Item(
+        id=item_id or root.resolve().name,
+        geometry={"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]},
+        bbox=[w, s, e, n],
+        datetime=stamp,
+        properties={
+            "title": "landcover prediction: CORINE Land Cover classes",
+            "landcover:datetime_source": source,
+            "landcover:software": str(ds.attrs.get("software", _software())),
+            "gsd": float(grid.resolution[0]),
+        },
+    )
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    epsg = grid.crs.to_epsg()
+    if epsg:
+        proj.code = f"EPSG:{epsg}"
+    else:
+        proj.wkt2 = grid.crs.to_wkt()
+    proj.shape = [grid.height, grid.width]
+    proj.transform = list(tuple(grid.transform)[:6])
+    item.add_asset(
+        "prediction",
+        pystac.Asset(
+            "./prediction.zarr",
+            media_type=pystac.MediaType.ZARR,
+            title="Zarr v3 prediction (fractions, class_map)",
+            description="class_map holds CLC codes (0 = nodata); fractions per class along 'class'.",
+            roles=["data"],
+        ),
+    )
+    _xarray_open_kwargs(item, "prediction")
+    ClassificationExtension.ext(item.assets["prediction"], add_if_missing=True).classes = _classes(
+        [(c, c) for c in codes], nodata=0
+    )
+    if (root / "class_map.tif").is_file():
+        item.add_asset(
+            "class_map",
+            pystac.Asset(
+                "./class_map.tif",
+                media_type=pystac.MediaType.COG,
+                title="Class map (COG, CORINE palette)",
+                description="Palette indices 1..K in model order (see classification:classes), 0 = nodata.",
+                roles=["data", "visual"],
+            ),
+        )
+        ClassificationExtension.ext(item.assets["class_map"], add_if_missing=True).classes = _classes(
+            [(i + 1, c) for i, c in enumerate(codes)], nodata=0
+        )
+    optional = {
+        "fractions": ("fractions.tif", pystac.MediaType.COG, ["data"], "Class fractions (COG, 1/250 steps)"),
+        "quicklook": ("quicklook.png", pystac.MediaType.PNG, ["overview"], "Quicklook"),
+        "legend": ("legend.json", pystac.MediaType.JSON, ["metadata"], "Legend: value, code, name, colour"),
+    }
+    for key, (name, media, roles, title) in optional.items():
+        if (root / name).is_file():
+            item.add_asset(key, pystac.Asset(f"./{name}", media_type=media, title=title, roles=roles))
+    return item
+
+
+def write_prediction_item(folder: str | os.PathLike[str], *, when: Any = None) -> Path:
+    """Write :func:`prediction_item` as ``folder/item.json`` (atomically); return its path."""
+    path = Path(folder) / PREDICTION_ITEM
+    doc = prediction_item(folder, when=when).to_dict(include_self_link=False, transform_hrefs=False)
+    part = path.with_name(f".{path.name}.part-{uuid.uuid4().hex[:8]}")
+    part.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(part, path)
+    return path
+
+
+def _extension_schemas(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """JSON schemas in ``folder`` keyed by their ``$id`` (without a trailing ``#``)."""
+    out: dict[str, Any] = {}
+    for f in sorted(Path(folder).glob("*.json")):
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and "$id" in doc:
+            out[str(doc["$id"]).rstrip("#")] = doc
+    return out
+
+
+def _check_extensions(doc: dict[str, Any], schemas: dict[str, Any], where: Path) -> tuple[int, list[str]]:
+    """Validate ``doc`` against the schema of each extension it declares; (validated, unchecked URIs)."""
+    import jsonschema
+
+    done, unchecked = 0, []
+    for uri in doc.get("stac_extensions", []):
+        schema = schemas.get(uri)
+        if schema is None:
+            unchecked.append(uri)
+            continue
+        errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+        if errors:
+            raise InputFileError(where, f"{uri}: {errors[0].message} at {'/'.join(map(str, errors[0].path))}")
+        done += 1
+    return done, unchecked
+
+
+def validate_stac_item(
+    path: str | os.PathLike[str], *, extension_schemas: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """Check one STAC Item file offline against the core schema and its extensions' schemas.
+
+    pystac reads it, the core schema (bundled with pystac) and, given a folder of extension
+    schemas (``extension_schemas``, keyed by their ``$id``), every declared extension validate.
+
+    Returns ``{"core_schema_validated": bool, "extensions_validated": n, "extensions_unchecked": [uri]}``.
+
+    Raises
+    ------
+    InputFileError
+        When the item cannot be read or fails a schema.
+    """
+    import pystac
+    from pystac.validation.stac_validator import JsonSchemaSTACValidator
+
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+        item = pystac.Item.from_dict(doc)
+    except Exception as exc:  # noqa: BLE001
+        raise InputFileError(p, f"not a readable STAC item ({exc})") from None
+    try:
+        JsonSchemaSTACValidator().validate_core(doc, item.STAC_OBJECT_TYPE, doc["stac_version"], str(p))
+    except Exception as exc:  # noqa: BLE001
+        raise InputFileError(p, f"STAC core schema: {exc}") from None
+    done, unchecked = (
+        _check_extensions(doc, _extension_schemas(extension_schemas), p) if extension_schemas else (0, [])
+    )
+    return {"core_schema_validated": True, "extensions_validated": done, "extensions_unchecked": unchecked}

@@ -200,3 +200,75 @@ def test_publish_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert clc_attribution(2012) in (tmp_path / "d" / "README.md").read_text()
     assert main(["publish", "model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m2")]) == 1
     assert "missing.pt" in capsys.readouterr().err
+
+
+# -- STAC for xarray/odc-stac users: open kwargs, classification, extension schemas (offline) --------
+
+SCHEMAS = Path(__file__).parent / "data" / "stac-schemas"
+XARRAY_URI = "https://stac-extensions.github.io/xarray-assets/v1.0.0/schema.json"
+CLASSIFICATION_URI = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
+
+
+def test_dataset_zarr_asset_opens_with_its_xarray_kwargs_and_validates(tmp_path: Path) -> None:
+    cube = make_cube(tmp_path / "in" / "a.zarr", shape=(24, 20), classes=CODES, chunks=32, seed=4)
+    out = publish_dataset([cube], tmp_path / "pkg", clc_year=2018)
+    checked = validate_stac(out, extension_schemas=SCHEMAS)
+    # the collection's classification summary; the item's xarray-assets and classification
+    assert checked["extensions_schema_validated"] >= 3
+    item = next(pystac.read_file(str(out / "collection.json")).get_items())  # type: ignore[attr-defined]
+    assert XARRAY_URI in item.stac_extensions
+    asset = item.assets["zarr"]
+    ds = xr.open_dataset(asset.get_absolute_href(), **asset.extra_fields["xarray:open_kwargs"])
+    ref = open_cube(cube)
+    assert ds["reflectance"].chunks is not None  # lazy, as the kwargs ask
+    np.testing.assert_allclose(ds["reflectance"].values, ref["reflectance"].values, rtol=1e-6, equal_nan=True)
+
+
+def test_prediction_item_has_classification_for_both_encodings(tmp_path: Path) -> None:
+    import rasterio
+
+    from landcover.predict import predict_map
+    from landcover.publish import validate_stac_item
+
+    cube = make_cube(tmp_path / "c.zarr", shape=(40, 36), classes=CODES, classes_present=6, chunks=32, seed=5)
+    kw = {"window": 32, "overlap": 8, "device": "cpu", "amp": False}
+    outputs = predict_map(tiny_model(), cube, tmp_path / "pred", **kw)
+    assert outputs.stac_item == tmp_path / "pred" / "item.json"
+    checked = validate_stac_item(outputs.stac_item, extension_schemas=SCHEMAS)
+    assert checked["extensions_validated"] == 2  # classification + xarray-assets; projection unchecked
+    item = pystac.Item.from_file(str(outputs.stac_item))
+    assert item.datetime is not None and item.datetime.year == 1990
+    assert item.properties["landcover:datetime_source"] == "acquisition"
+    cog_classes = {c["value"]: c for c in item.assets["class_map"].extra_fields["classification:classes"]}
+    zarr_classes = {c["value"]: c for c in item.assets["prediction"].extra_fields["classification:classes"]}
+    assert cog_classes[0]["nodata"] and zarr_classes[0]["nodata"]
+    # the two encodings name the same classes: palette index i + 1 <-> CLC code
+    for i, code in enumerate(CODES, start=1):
+        assert cog_classes[i]["name"] == zarr_classes[code]["name"] == f"clc_{code}"
+    with rasterio.open(tmp_path / "pred" / "class_map.tif") as src:
+        idx = src.read(1)
+        cmap = src.colormap(1)
+    assert set(np.unique(idx)) <= set(cog_classes)
+    for value, cls in cog_classes.items():
+        if value:
+            assert cls["color_hint"] == "".join(f"{v:02X}" for v in cmap[value][:3])
+    asset = item.assets["prediction"]
+    pred = xr.open_dataset(tmp_path / "pred" / "prediction.zarr", **asset.extra_fields["xarray:open_kwargs"])
+    assert set(np.unique(pred["class_map"].values)) <= set(zarr_classes)
+    np.testing.assert_array_equal(np.asarray(CODES)[idx[idx > 0] - 1], pred["class_map"].values[idx > 0])
+
+
+def test_extension_schema_failure_names_the_file(tmp_path: Path) -> None:
+    from landcover.publish import validate_stac_item, write_prediction_item
+
+    cube = make_cube(tmp_path / "c.zarr", shape=(24, 24), classes=CODES, chunks=32, seed=6)
+    out = tmp_path / "p" / "prediction.zarr"
+    predict_cube(tiny_model(), cube, out=out, window=24, overlap=4, device="cpu", amp=False)
+    path = write_prediction_item(tmp_path / "p")
+    doc = json.loads(path.read_text())
+    assert doc["properties"]["landcover:datetime_source"] == "processing"
+    doc["assets"]["prediction"]["classification:classes"][1]["name"] = "not a machine name"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputFileError, match=CLASSIFICATION_URI.replace(".", r"\.")) as err:
+        validate_stac_item(path, extension_schemas=SCHEMAS)
+    assert str(path) in str(err.value)
