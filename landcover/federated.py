@@ -52,8 +52,19 @@ Errors raised *by* a leg (a broken cube, a bad configuration) are not faults: th
 the run with their message.
 
 Determinism: with ``deterministic=True`` (default) and ``device="cpu"`` a leg gives the
-same weights wherever it runs; ``K = N = 1`` with ``ship_optimizer`` is exactly
-:func:`landcover.train.fit` with ``max_samples = batches x batch_size``.
+same weights wherever it runs; ``K = N = 1`` with ``ship_optimizer`` and ``bn_stats="none"`` is
+exactly :func:`landcover.train.fit` with ``max_samples = batches x batch_size``.
+
+Learning as well as one machine
+-------------------------------
+Legs see batches of one repository at a time (non-IID), so the BatchNorm running
+statistics a leg leaves are that repository's (round-robin) or a mean of per-repository
+ones that misses the variance between repositories (FedAvg). With ``bn_stats="global"``
+(default) the statistics are re-estimated before every validation and at the end from all
+repositories (a forward-only pass of :attr:`StepConfig.bn_batches` batches per repository on
+its worker; per-channel sums come back, a few KiB), as a pass over all the data would give;
+``"repository"`` validates each repository with its own statistics (FedBN-style).
+:attr:`StepConfig.server_momentum` adds FedAvgM's server momentum.
 """
 
 from __future__ import annotations
@@ -253,7 +264,7 @@ class StepConfig:
 class LegRecord:
     """One task that ran (training leg or validation) and what it cost."""
 
-    kind: Literal["train", "eval"]
+    kind: Literal["train", "eval", "bn"]
     model: str
     round: int
     repository: str
@@ -329,7 +340,7 @@ class DistributedRun:
     def traffic(self) -> dict[str, Any]:
         """Bytes moved per epoch: model payloads vs. the windows that moving the data would have cost."""
         train = [leg for leg in self.legs if leg.kind == "train"]
-        evals = [leg for leg in self.legs if leg.kind == "eval"]
+        evals = [leg for leg in self.legs if leg.kind in ("eval", "bn")]
         e = max(self.epochs, 1)
         weights = sum(2 * leg.weights_bytes for leg in train)
         optim = sum(2 * leg.optimizer_bytes for leg in train)
@@ -705,6 +716,11 @@ def _eval_task(job: dict[str, Any]) -> dict[str, Any]:
         metrics, loss_sum, weight, windows = None, 0.0, 0, 0
         if len(ds):
             model = _build_model(spec, job["weights"])
+            if step.bn_stats == "repository":  # FedBN-style: this repository's own statistics
+                train_ds = _dataset(job["cubes"], spec["bands"], step, "train", job["stats"])
+                if len(train_ds):
+                    pooled = _pool_bn([_bn_moments(model, train_ds, step, 0)])
+                    model = _build_model(spec, _with_bn(job["weights"], pooled))
             loader = make_loader(ds, step.batch_size, 0, shuffle=False)
             res = evaluate(
                 model,
@@ -723,6 +739,116 @@ def _eval_task(job: dict[str, Any]) -> dict[str, Any]:
         "metrics": metrics,
         "loss_sum": loss_sum,
         "weight": weight,
+        "windows": windows,
+        "worker": addr,
+        "worker_name": wname,
+        "started": t0,
+        "finished": time.time(),
+    }
+
+
+def _bn_layers(model: Any) -> dict[str, Any]:
+    """Name -> BatchNorm module of ``model`` (those that track running statistics)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats}
+
+
+def _bn_moments(model: Any, ds: Any, step: StepConfig, seed: int) -> dict[str, tuple[Any, Any, int]]:
+    """Per BatchNorm layer: per-channel sum and sum of squares of its inputs, and their count.
+
+    A forward-only pass in training mode (every layer normalised with its batch's
+    statistics, as in training) over ``step.bn_batches`` batches of ``ds``.
+    """
+    import torch
+
+    from .datasets import make_loader
+    from .train import resolve_device
+
+    device = resolve_device(step.device)
+    model.to(device)
+    layers = _bn_layers(model)
+    acc: dict[str, list[Any]] = {}
+
+    def hook(name: str) -> Any:
+        def fn(_mod: Any, inputs: tuple[Any, ...]) -> None:
+            x = inputs[0].detach().double()
+            dims = [d for d in range(x.dim()) if d != 1]
+            s, q = x.sum(dim=dims), (x * x).sum(dim=dims)
+            n = x.numel() // x.shape[1]
+            if name in acc:
+                acc[name][0] += s
+                acc[name][1] += q
+                acc[name][2] += n
+            else:
+                acc[name] = [s, q, n]
+
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    was = {n: m.momentum for n, m in layers.items()}
+    try:
+        model.train()
+        gen = torch.Generator()
+        gen.manual_seed(seed)
+        loader = make_loader(ds, step.batch_size, 0, shuffle=True, generator=gen)
+        with torch.no_grad():
+            for b, batch in enumerate(loader):
+                if b >= step.bn_batches:
+                    break
+                x = batch["image"]
+                if int(x.shape[0]) < 2:  # batch statistics of one window are undefined
+                    continue
+                model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        for n, m in layers.items():
+            m.momentum = was[n]
+    return {n: (v[0].cpu().numpy(), v[1].cpu().numpy(), int(v[2])) for n, v in acc.items()}
+
+
+def _pool_bn(parts: Sequence[Mapping[str, tuple[Any, Any, int]]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Running mean and (unbiased) variance per layer from per-repository moments."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in parts[0] if parts else ():
+        have = [p[name] for p in parts if name in p]
+        n = sum(h[2] for h in have)
+        if n < 2:
+            continue
+        mean = sum(np.asarray(h[0]) for h in have) / n
+        var = (sum(np.asarray(h[1]) for h in have) / n - mean * mean) * n / (n - 1)
+        out[name] = (np.asarray(mean), np.maximum(np.asarray(var), 0.0))
+    return out
+
+
+def _with_bn(
+    state: Mapping[str, np.ndarray], pooled: Mapping[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """``state`` with the BatchNorm running statistics replaced by ``pooled``."""
+    out = dict(state)
+    for name, (mean, var) in pooled.items():
+        key = f"{name}.running_mean"
+        if key in out:
+            out[key] = mean.astype(out[key].dtype)
+            out[f"{name}.running_var"] = var.astype(out[f"{name}.running_var"].dtype)
+    return out
+
+
+def _bn_task(job: dict[str, Any]) -> dict[str, Any]:
+    """BatchNorm input moments of one model on one repository's training windows (on its worker)."""
+    step: StepConfig = job["step"]
+    with _task_env(job) as (addr, wname, t0):
+        spec = job["spec"]
+        ds = _dataset(job["cubes"], spec["bands"], step, "train", job["stats"])
+        moments: dict[str, tuple[Any, Any, int]] = {}
+        windows = 0
+        if len(ds):
+            model = _build_model(spec, job["weights"])
+            moments = _bn_moments(model, ds, step, int(job.get("seed", 0)))
+            windows = min(len(ds), step.bn_batches * step.batch_size)
+    return {
+        "moments": moments,
         "windows": windows,
         "worker": addr,
         "worker_name": wname,
@@ -1211,12 +1337,19 @@ def train_distributed(
     legs: list[LegRecord] = []
     skipped: list[dict[str, Any]] = []
     wbytes = {m: _nbytes(runs[m].state) for m in names}
+    has_bn = any(k.endswith(".running_mean") for m in names for k in runs[m].state)
+    velocity: dict[str, dict[str, np.ndarray]] = {m: {} for m in names}
 
     def record(
         job: _Job, res: Mapping[str, Any], *, samples: int, data: int, opt_bytes: int, start: int
     ) -> None:
-        kind: Literal["train", "eval"] = "train" if job.kind == "train" else "eval"
-        back = wbytes[job.model] + opt_bytes if kind == "train" else _metrics_bytes(res)
+        kind: Literal["train", "eval", "bn"] = job.kind if job.kind in ("train", "bn") else "eval"  # type: ignore[assignment]
+        if kind == "train":
+            back = wbytes[job.model] + opt_bytes
+        elif kind == "bn":
+            back = _nbytes([list(v[:2]) for v in res["moments"].values()])
+        else:
+            back = _metrics_bytes(res)
         legs.append(
             LegRecord(
                 kind=kind,
@@ -1240,7 +1373,35 @@ def train_distributed(
             )
         )
 
+    def recalibrate(r: int) -> None:
+        """Global BatchNorm statistics: moments from every repository, pooled by windows."""
+        jobs = [
+            _Job("bn", m, r, repo, _bn_task, {"spec": specs[m], "weights": runs[m].state, "step": step,
+                                               "stats": stats[m], "seed": leg_seed(r, k, i)})
+            for k, m in enumerate(names)
+            for i, repo in enumerate(repos)
+        ]  # fmt: skip
+        parts: dict[str, list[Mapping[str, Any]]] = {m: [] for m in names}
+        for job, res in runner.run(jobs):
+            if res is None:
+                skipped.append(
+                    {"kind": "bn", "model": job.model, "round": r, "repository": job.repository.name}
+                )
+                continue
+            parts[job.model].append(res["moments"])
+            bpw = _window_bytes(surveyed[job.repository.name], specs[job.model]["bands"], step.window)
+            record(
+                job, res, samples=int(res["windows"]), data=int(res["windows"]) * bpw, opt_bytes=0, start=0
+            )
+        for m in names:
+            if parts[m]:
+                runs[m].state = _with_bn(runs[m].state, _pool_bn(parts[m]))
+
     def validate(r: int) -> None:
+        if step.bn_stats == "global" and (step.validate or r == rounds) and has_bn:
+            recalibrate(r)
+        elif step.bn_stats == "repository" and r == rounds and has_bn:
+            recalibrate(r)  # the saved model gets the statistics of all the data
         if not step.validate:
             for m in names:
                 runs[m].curve.append(
@@ -1329,7 +1490,10 @@ def train_distributed(
                 runs[m].samples_seen += int(res["samples"])
             else:
                 w = [max(int(res["samples"]), 1) for _, res in got]
-                runs[m].state = average_states([res["weights"] for _, res in got], w)
+                avg = average_states([res["weights"] for _, res in got], w)
+                if step.server_momentum > 0 or step.server_lr != 1.0:
+                    avg = _server_step(runs[m].state, avg, velocity[m], step)
+                runs[m].state = avg
                 if step.ship_optimizer and all(res["optimizer"] is not None for _, res in got):
                     runs[m].optimizer = _average_optimizers([res["optimizer"] for _, res in got], w)
                 runs[m].step += max(int(res["batches"]) for _, res in got)
@@ -1352,6 +1516,30 @@ def train_distributed(
         wall_seconds=wall,
         workers=workers,
     )
+
+
+def _server_step(
+    old: Mapping[str, np.ndarray],
+    avg: Mapping[str, np.ndarray],
+    velocity: dict[str, np.ndarray],
+    step: StepConfig,
+) -> dict[str, np.ndarray]:
+    """FedAvgM: ``v = beta v + (old - avg)``, ``new = old - server_lr v`` for the trainable floats.
+
+    BatchNorm running statistics and counters take the average as they are (they are not
+    gradients' results).
+    """
+    out = dict(avg)
+    for key, a in avg.items():
+        if not np.issubdtype(np.asarray(a).dtype, np.floating) or key.endswith(
+            ("running_mean", "running_var")
+        ):
+            continue
+        delta = np.asarray(old[key], dtype=np.float64) - np.asarray(a, dtype=np.float64)
+        v = step.server_momentum * velocity.get(key, 0.0) + delta
+        velocity[key] = v
+        out[key] = (np.asarray(old[key], dtype=np.float64) - step.server_lr * v).astype(np.asarray(a).dtype)
+    return out
 
 
 def _leg_samples(n_train: int, step: StepConfig) -> int:

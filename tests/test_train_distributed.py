@@ -226,7 +226,7 @@ def test_one_leg_equals_an_ordinary_fit(tmp_path):
 
     cube = _cube(tmp_path / "a" / "cube.zarr", seed=3)
     repo = Repository("A", (str(cube),))
-    step = StepConfig(**{**STEP.__dict__, "batches": 3, "validate": False})
+    step = StepConfig(**{**STEP.__dict__, "batches": 3, "validate": False, "bn_stats": "none"})
     survey = survey_repositories([repo], step=step, log=lambda _m: None)
     model = _model(survey["A"], seed=0)
     run = train_distributed({"m": model}, [repo], step=step, seed=7, survey=survey, log=lambda _m: None)
@@ -305,7 +305,14 @@ def test_stuck_leg_times_out_moves_to_replica_then_is_skipped(tmp_path):
     small = make_cube(tmp_path / "b" / "cube.zarr", shape=(64, 64), seed=31, classes_present=5, chunks=64)
     # one pass per leg, 1 s per batch: A's leg runs >= 3 s, B's ~1 s; the timeout is 2.5 s
     step = StepConfig(
-        **{**STEP.__dict__, "batches": None, "pause": 1.0, "validate": False, "leg_timeout": 2.5}
+        **{
+            **STEP.__dict__,
+            "batches": None,
+            "pause": 1.0,
+            "validate": False,
+            "leg_timeout": 2.5,
+            "bn_stats": "none",
+        }
     )
     with LocalCluster(n_workers=3, threads_per_worker=1, processes=False, dashboard_address=None) as lc:
         with Client(lc) as client:
@@ -647,3 +654,25 @@ def test_worker_restarted_by_its_nanny_serves_its_repository_again(tmp_path):
         assert all(row["repositories_scored"] == 2 for row in run.models["m"].curve)
     finally:
         cluster.close()
+
+
+def test_pooled_batchnorm_moments_equal_one_pass_over_all_windows_and_server_momentum():
+    """BN statistics pooled from per-repository sums = those of the union; FedAvgM's update rule."""
+    from landcover.federated import _pool_bn, _server_step, _with_bn
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (50, 3)), rng.normal(4, 2, (20, 3))  # two repositories, other distributions
+    parts = [{"bn": (x.sum(0), (x * x).sum(0), len(x))} for x in (a, b)]
+    mean, var = _pool_bn(parts)["bn"]
+    union = np.concatenate([a, b])
+    np.testing.assert_allclose(mean, union.mean(0))
+    np.testing.assert_allclose(var, union.var(0, ddof=1))  # includes the variance between repositories
+    assert (var > np.maximum(a.var(0), b.var(0))).all()
+    state = {"bn.running_mean": np.zeros(3, np.float32), "bn.running_var": np.ones(3, np.float32)}
+    got = _with_bn(state, {"bn": (mean, var)})
+    assert got["bn.running_var"].dtype == np.float32 and np.allclose(got["bn.running_mean"], mean)
+    step = StepConfig(server_momentum=0.5, server_lr=1.0)
+    old, avg, vel = {"w": np.array([1.0], np.float32)}, {"w": np.array([0.0], np.float32)}, {}
+    one = _server_step(old, avg, vel, step)  # v = 1, w = 1 - 1 = 0
+    two = _server_step(one, {"w": np.array([-1.0], np.float32)}, vel, step)  # v = 0.5 + 1, w = 0 - 1.5
+    assert float(one["w"][0]) == 0.0 and float(two["w"][0]) == -1.5
