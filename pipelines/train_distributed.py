@@ -24,6 +24,9 @@ default (:class:`landcover.federated.DistributedTrainConfig`), so an empty file 
     batch_size = 16
     batches = 8                         # per leg; omit for one pass over a repository's windows
     ship_optimizer = true
+    leg_timeout = "auto"                # seconds, "auto" (max(60 s, 10 x median task)) or "none"
+    bn_stats = "global"                 # BatchNorm statistics from every repository ("repository", "none")
+    server_momentum = 0.0               # FedAvgM (fedavg mode)
     [[repositories]]                    # optional: explicit instead of discovered
     name = "site-a"
     worker = "site-a"
