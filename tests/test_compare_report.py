@@ -59,6 +59,7 @@ def result(cube, tmp_path_factory):
     return run_compare(cfg, log=lambda _m: None)
 
 
+@pytest.mark.slow
 def test_budgets_are_nested_subsets_with_more_epochs(result):
     cfg = result.config
     small = result.by_model(0.25)
@@ -77,6 +78,7 @@ def test_budgets_are_nested_subsets_with_more_epochs(result):
     assert np.array_equal(a, b[: len(a)])  # the first windows of the same seeded order
 
 
+@pytest.mark.slow
 def test_block_statistics_reproduce_the_test_scores(result):
     for r in [*result.runs, *result.baselines]:
         st = r.test_blocks[3]
@@ -88,6 +90,7 @@ def test_block_statistics_reproduce_the_test_scores(result):
         assert np.array_equal(saved["l1_ids"], st["ids"])
 
 
+@pytest.mark.slow
 def test_summary_verdicts_follow_the_intervals(result):
     s = summarise(result)
     assert s["reference"] == "rgb-scratch"
@@ -124,6 +127,7 @@ def test_summary_verdicts_follow_the_intervals(result):
     }
 
 
+@pytest.mark.slow
 def test_report_is_honest(result, tmp_path):
     report = write_report(result, tmp_path / "rep")
     text = report.read_text()
