@@ -771,6 +771,19 @@ def _sweep(
                 progress(len(cols))
 
 
+def check_window(
+    window: int | tuple[int, int], overlap: int | tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(window, overlap)`` as ``(rows, cols)`` pairs; ConfigError unless 0 <= overlap < window."""
+    win = _as_pair(window, "window")
+    ov = _as_pair(overlap, "overlap")
+    if win[0] < 1 or win[1] < 1:
+        raise ConfigError(f"window must be positive, got {window}")
+    if ov[0] >= win[0] or ov[1] >= win[1]:
+        raise ConfigError(f"overlap {overlap} must be smaller than the window {window}")
+    return win, ov
+
+
 def _as_pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
     a, b = (v, v) if isinstance(v, int | np.integer) else v
     if int(a) < 0 or int(b) < 0:
@@ -1012,12 +1025,7 @@ def _predict_source(
 ) -> xr.Dataset:
     import xarray as xr
 
-    win = _as_pair(window, "window")
-    ov = _as_pair(overlap, "overlap")
-    if win[0] < 1 or win[1] < 1:
-        raise ConfigError(f"window must be positive, got {window}")
-    if ov[0] >= win[0] or ov[1] >= win[1]:
-        raise ConfigError(f"overlap {overlap} must be smaller than the window {window}")
+    win, ov = check_window(window, overlap)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if blend not in ("cosine", "gaussian", "none"):

@@ -126,7 +126,8 @@ def test_deleted_chunk_is_named_on_open_and_by_every_reader(
 
     ckpt = save_model(tmp_path / "m.pt", build_model("native", 6, 44, preset="tiny", seed=0))
     line = one_line_error(["predict", str(ckpt), "--cube", str(cube), "--out", str(tmp_path / "p"),
-                           "--window", "16", "--device", "cpu", "--scheduler", "none"], capsys)  # fmt: skip
+                           "--window", "16", "--overlap", "4", "--device", "cpu", "--scheduler", "none"],
+                          capsys)  # fmt: skip
     assert "'labels' chunk (0, 1, 0)" in line
 
 

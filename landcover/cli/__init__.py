@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Machine learning on multispectral Landsat data with CORINE land-cover labels.",
     )
     parser.add_argument("--version", action="version", version=f"landcover {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="less console output (no progress bars)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -61,13 +62,51 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for p in _all_parsers(parser):
+        p.formatter_class = _HelpFormatter
+        if p is not parser:  # -q/--debug also after the sub-command (SUPPRESS: not reset to False there)
+            hidden = argparse.SUPPRESS
+            p.add_argument("--debug", action="store_true", default=hidden, help="show full tracebacks")
+            p.add_argument("-q", "--quiet", action="store_true", default=hidden, help="less console output")
     return parser
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless it already names its default.
+
+    Nothing is appended for flags and options whose default is ``None`` (their help says where the
+    value then comes from).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and default not in (None, False, True, argparse.SUPPRESS)
+            and "default" not in text.lower()
+            and "%(default)" not in text
+        ):
+            shown = ",".join(map(str, default)) if isinstance(default, tuple | list) else "%(default)s"
+            text = f"{text} (default: {shown})".strip()
+        return text
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every sub-command parser below it, depth first."""
+    out = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                out += _all_parsers(child)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_third_party_warnings()
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
@@ -80,6 +119,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         quiet_native_messages()
     return run_job("landcover", lambda: args.func(args), debug=args.debug, context=paths_of(args))
+
+
+_THIRD_PARTY_WARNINGS = ("Consolidated metadata is currently not part",)
+"""Starts of third-party warning messages that say nothing a landcover user can act on."""
+
+
+def _quiet_third_party_warnings() -> None:
+    """Hide :data:`_THIRD_PARTY_WARNINGS` here and in the worker processes this command starts."""
+    import os
+    import warnings
+
+    for start in _THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(start))
+    extra = ",".join(f"ignore:{start}" for start in _THIRD_PARTY_WARNINGS)
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if extra not in current:  # child processes (Dask workers, DataLoader workers) read it at start
+        os.environ["PYTHONWARNINGS"] = f"{current},{extra}" if current else extra
 
 
 def run_job(

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._types import DEVICE_HELP, IntList, device
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -20,14 +22,33 @@ def register(sub: Any) -> None:
         nargs="+",
         default=None,
         choices=["native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch", "ssl4eo"],
+        help="models to compare (default: from --config, else built in)",
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument(
+        "--seeds",
+        action=IntList,
+        default=None,
+        metavar="N",
+        help="seeds, space- or comma-separated (default: from --config, else built in)",
+    )
     p.add_argument(
         "--window", type=int, default=None, help="window px (default: 128 on real cubes, 64 on synthetic)"
     )
-    p.add_argument("--stride", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="window stride in pixels (default: from --config, else built in)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: from --config, else built in)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="windows per batch (default: from --config, else built in)",
+    )
     p.add_argument("--lr", type=float, default=None, help="peak LR with --lr-select fixed")
     p.add_argument(
         "--lr-select",
@@ -57,8 +78,19 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--class-weight-cap", type=float, default=None, help="largest/smallest class weight (10)")
     p.add_argument("--budget", type=int, default=None, help="training windows per run (same for every model)")
-    p.add_argument("--preset", choices=["auto", "tiny", "small", "base"], default=None)
-    p.add_argument("--level", type=int, choices=[1, 2, 3], default=None)
+    p.add_argument(
+        "--preset",
+        choices=["auto", "tiny", "small", "base"],
+        default=None,
+        help="model size (default: from --config, else built in)",
+    )
+    p.add_argument(
+        "--level",
+        type=int,
+        choices=[1, 2, 3],
+        default=None,
+        help="CLC level of the classes (default: from --config, else built in)",
+    )
     p.add_argument("--thermal", action="store_true", default=None, help="give native models the thermal band")
     p.add_argument("--imagenet-weights", default=None, help="torchvision resnet18 state dict (.pth)")
     p.add_argument("--ssl4eo-weights", default=None, help="SSL4EO-L TM TOA resnet18 state dict (.pth)")
@@ -70,7 +102,13 @@ def register(sub: Any) -> None:
         help="fetch missing published weights (hash-verified) into $TORCH_HOME/hub/checkpoints",
     )
     p.add_argument("--weights-url", default=None, help="URL base replacing the publishers' (a mirror)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument(
+        "--device",
+        type=device,
+        default=None,
+        metavar="DEVICE",
+        help=f"{DEVICE_HELP} (default: from --config, else built in)",
+    )
     p.add_argument("--scheduler", default=None, help="run the runs on a Dask cluster: 'local' or an address")
     p.add_argument(
         "--budgets",

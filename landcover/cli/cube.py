@@ -39,7 +39,12 @@ def register(subparsers: Any) -> None:
         "--scene", action="append", default=None, metavar="PATH",
         help="Landsat product, or a raster stack with a sidecar (repeat)",
     )  # fmt: skip
-    b.add_argument("--corine", required=True, metavar="CLC", help="CORINE Land Cover raster or polygons (.gpkg/.shp/.gdb)")
+    b.add_argument(
+        "--corine",
+        required=True,
+        metavar="CLC",
+        help="CORINE Land Cover raster or polygons (.gpkg/.shp/.gdb)",
+    )
     b.add_argument("--out", required=True, metavar="STORE", help="output Zarr store (directory)")
     _cube_options(b)
     b.add_argument(
@@ -71,7 +76,12 @@ def register(subparsers: Any) -> None:
         "--scenes-from", metavar="FILE", default=None,
         help="read more scene paths from FILE, one per line ('#' comments; '-' = stdin)",
     )  # fmt: skip
-    m.add_argument("--corine", required=True, metavar="CLC", help="CORINE Land Cover raster or polygons (.gpkg/.shp/.gdb)")
+    m.add_argument(
+        "--corine",
+        required=True,
+        metavar="CLC",
+        help="CORINE Land Cover raster or polygons (.gpkg/.shp/.gdb)",
+    )
     m.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created)")
     m.add_argument(
         "--group-by", choices=("scene", "pathrow"), default="scene",
@@ -101,7 +111,7 @@ def register(subparsers: Any) -> None:
         "recorded by its build (landcover-manifest.json). Exit status 0 = intact, 1 = damaged (the first "
         "problem names the variable and chunk) or no manifest.",
     )
-    v.add_argument("store", metavar="STORE")
+    v.add_argument("store", metavar="STORE", help="a cube built by landcover")
     v.set_defaults(func=run_verify)
     e = sub.add_parser(
         "export",
@@ -128,7 +138,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--overwrite", action="store_true", help="replace an export landcover wrote at DIR")
     e.set_defaults(func=run_export)
     i = sub.add_parser("info", help="summarise a cube", description="Summarise a cube store.")
-    i.add_argument("store", metavar="STORE")
+    i.add_argument("store", metavar="STORE", help="a cube built by landcover")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     i.set_defaults(func=run_info)
     parser.set_defaults(func=lambda args: _usage(parser))
@@ -144,7 +154,10 @@ def _cube_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=512, help="spatial chunk size in pixels (default 512)")
     p.add_argument("--level", type=int, choices=(1, 2, 3), default=3, help="CLC nomenclature level")
     p.add_argument("--min-coverage", type=float, default=0.5, help="min CORINE coverage of a valid label")
-    p.add_argument("--compressor", choices=("blosc-zstd", "blosc-lz4", "zstd", "none"), default="blosc-zstd")
+    p.add_argument(
+        "--compressor", choices=("blosc-zstd", "blosc-lz4", "zstd", "none"), default="blosc-zstd",
+        help="Zarr compression of the arrays",
+    )  # fmt: skip
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -192,6 +205,10 @@ def run_build(args: argparse.Namespace) -> int:
     if not scenes:
         raise ConfigError("give at least one scene (--scene PATH, --stack FILE or --stac ITEMS)")
     grid = None if args.grid in (None, "scene") else args.grid
+    from ..store import is_complete
+
+    # a complete store rebuilt with the same parameters is left as it is (other parameters are refused)
+    was_complete = not args.append and not args.overwrite and is_complete(args.out)
     with (
         warnings.catch_warnings(record=True) as caught,
         open_cluster(options, announce=_announce(args)) as client,
@@ -218,7 +235,7 @@ def run_build(args: argparse.Namespace) -> int:
         if issubclass(w.category, UserWarning):
             print(f"landcover: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
     if not getattr(args, "quiet", False):
-        print(f"cube written: {store}")
+        print(f"cube already complete, nothing to do: {store}" if was_complete else f"cube written: {store}")
     return 0
 
 

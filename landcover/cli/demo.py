@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._types import DEVICE_HELP, IntList, device
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -19,10 +21,24 @@ def register(sub: Any) -> None:
         "--config", type=Path, default=None, help="TOML/YAML file overriding the embedded defaults"
     )
     p.add_argument("--size", type=int, default=None, help="synthetic scene size in pixels")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: from --config, else built in)"
+    )
+    p.add_argument(
+        "--seeds",
+        action=IntList,
+        default=None,
+        metavar="N",
+        help="seeds, space- or comma-separated (default: from --config, else built in)",
+    )
     p.add_argument("--imagenet-weights", default=None, help="torchvision resnet18 state dict (.pth)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument(
+        "--device",
+        type=device,
+        default=None,
+        metavar="DEVICE",
+        help=f"{DEVICE_HELP} (default: from --config, else built in)",
+    )
     p.set_defaults(func=run)
 
 

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._types import DEVICE_HELP, device
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -25,7 +27,13 @@ def register(sub: Any) -> None:
     )
     run_p.add_argument("--m2m-url", default=None, help="USGS M2M API base URL (a mirror or test server)")
     run_p.add_argument("--stac-url", default=None, help="STAC API URL")
-    run_p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    run_p.add_argument(
+        "--device",
+        type=device,
+        default=None,
+        metavar="DEVICE",
+        help=f"{DEVICE_HELP} (default: the experiment file's)",
+    )
     run_p.set_defaults(func=run)
     check_p = actions.add_parser("check", help="parse and check the file; print what it would run")
     check_p.add_argument("file", type=Path, help="experiment TOML file")

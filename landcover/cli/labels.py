@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -342,7 +343,7 @@ def _run(func: Any, progress: bool) -> None:
     if progress:
         from dask.diagnostics.progress import ProgressBar
 
-        with ProgressBar(minimum=1.0):
+        with ProgressBar(minimum=1.0, out=sys.stderr):  # progress on stderr: stdout stays for results
             func()
     else:
         func()

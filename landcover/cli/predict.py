@@ -14,6 +14,7 @@ from typing import Any
 
 from ..distributed import add_cluster_arguments
 from ._inputs import add_stack_arguments, stack_spec
+from ._types import DEVICE_HELP, device
 
 __all__ = ["register", "run"]
 
@@ -45,7 +46,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--blend", choices=("cosine", "gaussian", "none"), default="cosine", help="overlap blending"
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device, default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--time", default="0", help="time index (int) or date of the cube's time axis")
     p.add_argument(
         "--fractions-cog", action="store_true", help="also write fractions.tif (one band per class)"
@@ -80,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     inputs = [args.checkpoint, args.cube or args.scene]
     zarr_out = Path(args.out) / "prediction.zarr"
     check_output(zarr_out, overwrite=args.overwrite, inputs=inputs, what="prediction")
+    from ..predict import check_window
+
+    check_window(args.window, args.overlap)
     if args.band_width is not None and args.band_width < 1:
         raise ConfigError(f"--band-width must be positive, got {args.band_width}")
     options = cluster_options_from_args(args)

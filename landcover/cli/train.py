@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ._types import DEVICE_HELP, device
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("train", help="train one model on cubes (checkpoints, resume, LR range test, curves)")
@@ -25,22 +27,53 @@ def register(sub: Any) -> None:
         choices=["native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch"],
         help="model to train (default native)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the run")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="window size in pixels (default: from --config, else built in)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: from --config, else built in)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="windows per batch (default: from --config, else built in)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default: from --config, else built in)"
+    )
     p.add_argument(
         "--lr-find", action="store_true", help="run the LR range test first and use its suggestion"
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--budget", type=int, default=None, help="training windows (random subset by seed)")
-    p.add_argument("--preset", choices=["tiny", "small", "base"], default=None)
-    p.add_argument("--thermal", action="store_true", default=None)
-    p.add_argument("--level", type=int, choices=[1, 2, 3], default=None)
+    p.add_argument(
+        "--preset",
+        choices=["tiny", "small", "base"],
+        default=None,
+        help="model size (default: from --config, else built in)",
+    )
+    p.add_argument("--thermal", action="store_true", default=None, help="also feed the thermal band")
+    p.add_argument(
+        "--level",
+        type=int,
+        choices=[1, 2, 3],
+        default=None,
+        help="CLC level of the classes (default: from --config, else built in)",
+    )
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
     p.add_argument("--imagenet-weights", default=None, help="torchvision resnet18 state dict (.pth)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument(
+        "--device",
+        type=device,
+        default=None,
+        metavar="DEVICE",
+        help=f"{DEVICE_HELP} (default: from --config, else built in)",
+    )
     d = p.add_argument_group("data-local training on a Dask cluster (--distributed)")
     d.add_argument(
         "--distributed",
@@ -52,7 +85,12 @@ def register(sub: Any) -> None:
         default=None,
         help="Dask scheduler address (default: a LocalCluster here; then give CUBES)",
     )
-    d.add_argument("--mode", choices=["round-robin", "fedavg", "compare"], default=None)
+    d.add_argument(
+        "--mode",
+        choices=["round-robin", "fedavg", "compare"],
+        default=None,
+        help="how models meet the data (default: from --config, else built in)",
+    )
     d.add_argument(
         "--repository",
         action="append",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ._types import DEVICE_HELP, IntList, device
+
 __all__ = ["register", "run"]
 
 
@@ -76,13 +78,15 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--partial-stages", type=int, default=1, help="encoder stages unfrozen by phase1-partial")
     p.add_argument("--budgets", type=_floats, default=(0.01, 0.1, 1.0), help="fractions, e.g. 0.01,0.1,1")
-    p.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="e.g. 0,1,2")
+    p.add_argument(
+        "--seeds", action=IntList, default=(0, 1, 2), metavar="N", help="seeds, space- or comma-separated"
+    )
     p.add_argument(
         "--lr-grid", type=_floats, default=(3e-4, 1e-3, 3e-3), help="peak LRs tried per arm on validation"
     )
     p.add_argument("--imagenet-weights", default=None, metavar="PATH", help="local ImageNet state dict")
     p.add_argument("--ssl4eo-weights", default=None, metavar="PATH", help="local SSL4EO-L weights file")
-    p.add_argument("--window", type=int, default=128)
+    p.add_argument("--window", type=int, default=128, help="window size in pixels")
     p.add_argument("--min-valid", type=float, default=0.5, help="skip windows with less valid share")
     p.add_argument(
         "--split-block",
@@ -104,12 +108,17 @@ def register(subparsers: Any) -> None:
         "--allow-overlap", action="store_true",
         help="run even when phase-2 val/test windows lie in phase-1 training blocks (reported)",
     )  # fmt: skip
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=20, help="training epochs per run")
     p.add_argument("--min-steps", type=int, default=200, help="at least this many steps per run")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--val-every-samples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8, help="windows per batch")
+    p.add_argument(
+        "--val-every-samples",
+        type=int,
+        default=None,
+        help="validate every N training samples (default: about ten validations per run)",
+    )
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples and permutations")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", type=device, default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.set_defaults(func=run)
 
 
