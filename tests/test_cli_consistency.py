@@ -142,6 +142,22 @@ def test_labels_progress_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> N
     assert out == "" and "100%" in err
 
 
+def test_labels_cluster_progress_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    import dask
+    from distributed import Client, LocalCluster
+
+    from landcover.cli.labels import _progress_on_stderr
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            capsys.readouterr()
+            fut = client.compute(dask.delayed(time.sleep)(0.6))
+            _progress_on_stderr(fut)
+            assert fut.done()
+    out, err = capsys.readouterr()
+    assert out == "" and "100%" in err
+
+
 @pytest.mark.real
 def test_cube_build_rerun_says_complete(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -290,9 +290,7 @@ def _write_zarr(ds: Any, tmp: Path, dtype: str, progress: bool, client: Any = No
     if client is not None:  # the workers write the chunks
         fut = client.compute(job)
         if progress:
-            from distributed import progress as show_progress
-
-            show_progress(fut)
+            _progress_on_stderr(fut)
         fut.result()
     else:
         with warnings.catch_warnings():
@@ -337,6 +335,16 @@ def _store_via_client(client: Any, sources: list[Any], targets: list[Any], progr
     finally:
         bar.close()
         client.cancel(list(where))
+
+
+def _progress_on_stderr(fut: Any) -> None:
+    """Dask's text progress bar for ``fut`` (waits for it), drawn on stderr: stdout stays for results."""
+    import contextlib
+
+    from distributed import progress as show_progress
+
+    with contextlib.redirect_stdout(sys.stderr):  # distributed's TextProgressBar writes to sys.stdout
+        show_progress(fut)
 
 
 def _run(func: Any, progress: bool) -> None:
