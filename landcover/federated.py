@@ -1007,7 +1007,10 @@ class _Runner:
 
     def _rejoin_deadline(self, job: _Job) -> float | None:
         """Until when ``job`` may wait for a restarted holder (None: it may not)."""
-        if self.client is None or job.repository.worker is None:
+        repo = job.repository
+        if self.client is None or repo.worker is None:
+            return None
+        if not repo.digests and "://" in repo.worker:  # an address, not advertised: nothing comes back
             return None
         lost = [self.lost_at[w] for w, _ in self._locations(job.repository) if w in self.lost_at]
         if not lost:
