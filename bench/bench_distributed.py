@@ -138,8 +138,29 @@ def main() -> int:
         "--norm", choices=("batch", "group"), default="batch", help="normalisation layers (default batch)"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=1, help="repeat everything with seeds seed..seed+N-1")
+    ap.add_argument(
+        "--bn-stats", default="none,global",
+        help="BatchNorm statistics variants of the distributed runs (comma list of none/global/repository)",
+    )  # fmt: skip
+    ap.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM server momentum (fedavg)")
+    ap.add_argument("--modes", default="round-robin,fedavg")
+    ap.add_argument("--no-control", action="store_true", help="skip the 1 repo/batch control")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "distributed")
     args = ap.parse_args()
+    bn_variants = [v.strip() for v in args.bn_stats.split(",") if v.strip()]
+    modes = [v.strip() for v in args.modes.split(",") if v.strip()]
+    all_rows: list[dict[str, Any]] = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        all_rows += _one_seed(args, seed, bn_variants, modes)
+    _summarise(all_rows, args)
+    return 0
+
+
+def _one_seed(
+    args: argparse.Namespace, seed: int, bn_variants: list[str], modes: list[str]
+) -> list[dict[str, Any]]:
+    """Every run of the benchmark with one seed; rows carry ``seed``."""
     warnings.filterwarnings("ignore", message="Consolidated metadata")
 
     import dask
@@ -166,8 +187,9 @@ def main() -> int:
         for i in range(args.repos)
     ]
     base = StepConfig(
-        window=args.window, batch_size=args.batch_size, batches=None, device="cpu", validate=False
-    )
+        window=args.window, batch_size=args.batch_size, batches=None, device="cpu", validate=False,
+        server_momentum=args.server_momentum,
+    )  # fmt: skip
     quiet = lambda _m: None  # noqa: E731
     results: dict[str, Any] = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -192,7 +214,7 @@ def main() -> int:
             f"m{k}": build_model(
                 "native", len(bands), len(first["class_codes"]), preset="tiny", bands=bands,
                 class_codes=first["class_codes"], band_mean=stats["mean"], band_std=stats["std"],
-                seed=args.seed + k, norm=args.norm,
+                seed=seed + k, norm=args.norm,
             )
             for k in range(args.models)
         }  # fmt: skip
@@ -217,7 +239,7 @@ def main() -> int:
         for k, (name, model) in enumerate(models.items()):
             b = train_baseline(
                 model, [str(c) for c in cubes], step=base, samples=samples, stats=stats,
-                val_every=samples, seed=args.seed + k, name=name,
+                val_every=samples, seed=seed + k, name=name,
             )  # fmt: skip
             base_scores.append(_score(b.state, spec0, val_loader)["val_miou_l3"])
         base_wall = time.perf_counter() - t0
@@ -230,24 +252,29 @@ def main() -> int:
 
         # --- control without a cluster: the same training, each batch from one repository
         t0 = time.perf_counter()
+        if args.no_control:
+            models_control: dict[str, Any] = {}
+        else:
+            models_control = models
         paths = [str(c) for c in cubes]
         grouped = [
             _score(
-                _repo_batch_baseline(model, paths, bands, base, stats, samples, args.seed + k),
+                _repo_batch_baseline(model, paths, bands, base, stats, samples, seed + k),
                 spec0, val_loader,
             )["val_miou_l3"]
-            for k, model in enumerate(models.values())
+            for k, model in enumerate(models_control.values())
         ]  # fmt: skip
         rows.append(
             {"mode": "1 repo/batch", "leg_batches": None, "rounds": 1, "samples": samples,
-             "val_miou_l3": sum(grouped) / len(grouped), "wall_s": time.perf_counter() - t0,
+             "val_miou_l3": sum(grouped) / len(grouped) if grouped else math.nan,
+             "wall_s": time.perf_counter() - t0,
              "model_bytes_per_epoch": 0.0, "data_bytes_per_epoch": 0.0, "utilisation": math.nan}
         )  # fmt: skip
 
         # --- distributed sweeps
-        for leg in args.legs:
-            step = StepConfig(**{**base.__dict__, "batches": leg})
-            for mode in ("round-robin", "fedavg"):
+        for leg, bn in [(leg, bn) for leg in args.legs for bn in bn_variants]:
+            step = StepConfig(**{**base.__dict__, "batches": leg, "bn_stats": bn})
+            for mode in modes:
                 if leg is None:
                     rounds = args.epochs * args.repos if mode == "round-robin" else args.epochs
                 else:  # the round count nearest to the sample budget (actual samples are reported)
@@ -255,8 +282,8 @@ def main() -> int:
                     rounds = max(1, round(samples / per_round))
                 t0 = time.perf_counter()
                 run = train_distributed(
-                    models, repos, client=client, mode=mode, rounds=rounds, step=step, seed=args.seed,
-                    log=quiet, survey=survey,
+                    models, repos, client=client, mode=mode, rounds=rounds, step=step, seed=seed,
+                    log=quiet, survey=survey,  # type: ignore[arg-type]
                 )  # fmt: skip
                 wall = time.perf_counter() - t0
                 scores = [_score(m.state, m.spec, val_loader)["val_miou_l3"] for m in run.models.values()]
@@ -266,7 +293,7 @@ def main() -> int:
                 util = run.utilisation()
                 rows.append(
                     {
-                        "mode": mode,
+                        "mode": mode if bn == "none" else f"{mode}+bn-{bn}",
                         "leg_batches": leg,
                         "rounds": rounds,
                         "legs": len(train),
@@ -275,48 +302,105 @@ def main() -> int:
                         "wall_s": wall,
                         "model_bytes_per_epoch": moved / args.epochs,
                         "weights_bytes_per_epoch": sum(2 * g.weights_bytes for g in train) / args.epochs,
+                        "weights_bytes_per_model": train[0].weights_bytes if train else 0,
+                        "optimizer_bytes_per_model": train[0].optimizer_bytes if train else 0,
+                        "bytes_per_window": (train[0].data_bytes / train[0].samples) if train else 0,
                         "data_bytes_per_epoch": data / args.epochs,
                         "utilisation": sum(u["utilisation"] for u in util.values()) / max(len(util), 1),
                         "utilisation_per_worker": {w: u["utilisation"] for w, u in util.items()},
                         "failures": len(run.failures),
                     }
                 )
-                print(f"  {mode:<12} leg {leg or 'full':>4}: {rounds} rounds, {wall:.1f} s", flush=True)
+                print(
+                    f"  seed {seed} {rows[-1]['mode']:<24} leg {leg or 'full':>4}: {rounds} rounds, "
+                    f"{wall:.1f} s, val mIoU {rows[-1]['val_miou_l3']:.3f} (one machine {base_miou:.3f})",
+                    flush=True,
+                )
     finally:
         client.close()
         lc.close()
 
-    # --- table with ratios against the baseline of this run
-    print()
-    print(
-        f"{'run':<15}{'leg':>6}{'rounds':>8}{'samples':>9}{'val mIoU':>10}{'x base':>8}{'wall s':>8}"
-        f"{'x base':>8}{'model MiB/ep':>14}{'data MiB/ep':>13}{'data/model':>12}{'util':>7}"
-    )
     for r in rows:
-        leg = (
-            "-"
-            if r["mode"] in ("single machine", "1 repo/batch")
-            else (str(r["leg_batches"]) if r["leg_batches"] else "full")
-        )
-        ratio = r["val_miou_l3"] / base_miou if base_miou > 0 else math.nan
-        dm = (
-            r["data_bytes_per_epoch"] / r["model_bytes_per_epoch"] if r["model_bytes_per_epoch"] else math.nan
-        )
-        util = "-" if math.isnan(r["utilisation"]) else f"{r['utilisation']:.0%}"
+        r["seed"] = seed
+        r["baseline_val_miou_l3"] = base_miou
+        r["baseline_wall_s"] = base_wall
+    return rows
+
+
+def _summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Per setting over seeds: val mIoU, ratio to one machine (Student-t 95 % interval), wall, bytes."""
+    from landcover.stats import t_interval
+
+    results: dict[str, Any] = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "rows": rows,
+        "cpu_count": os.cpu_count(),
+    }
+    settings: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for r in rows:
+        settings.setdefault((r["mode"], r["leg_batches"]), []).append(r)
+    print()
+    print(f"{'run':<26}{'leg':>6}{'seeds':>6}{'val mIoU':>10}{'x one machine [95% CI]':>26}{'wall s':>8}"
+          f"{'model MiB/ep':>14}{'data MiB/ep':>13}{'util':>7}")  # fmt: skip
+    summary = []
+    for (mode, leg), rs in settings.items():
+        ratios = [r["val_miou_l3"] / r["baseline_val_miou_l3"] for r in rs if r["baseline_val_miou_l3"] > 0]
+        ci = t_interval(ratios)
+        miou = t_interval([r["val_miou_l3"] for r in rs])
+        util = [r["utilisation"] for r in rs if not math.isnan(r["utilisation"])]
+        leg_txt = "-" if mode in ("single machine", "1 repo/batch") else (str(leg) if leg else "full")
         print(
-            f"{r['mode']:<15}{leg:>6}{r['rounds']:>8}{r['samples']:>9}{r['val_miou_l3']:>10.3f}{ratio:>8.2f}"
-            f"{r['wall_s']:>8.1f}{r['wall_s'] / base_wall:>8.2f}{_mib(r['model_bytes_per_epoch']):>14}"
-            f"{_mib(r['data_bytes_per_epoch']):>13}{dm:>12.2f}{util:>7}"
+            f"{mode:<26}{leg_txt:>6}{len(rs):>6}{miou.estimate:>10.3f}"
+            f"{f'{ci.estimate:.2f} [{ci.low:.2f}, {ci.high:.2f}]':>26}"
+            f"{sum(r['wall_s'] for r in rs) / len(rs):>8.1f}"
+            f"{_mib(sum(r['model_bytes_per_epoch'] for r in rs) / len(rs)):>14}"
+            f"{_mib(sum(r['data_bytes_per_epoch'] for r in rs) / len(rs)):>13}"
+            f"{(f'{sum(util) / len(util):.0%}' if util else '-'):>7}"
         )
-    results["rows"] = rows
-    results["baseline_val_miou_l3"] = base_miou
-    results["baseline_wall_s"] = base_wall
-    results["cpu_count"] = os.cpu_count()
+        summary.append({"mode": mode, "leg_batches": leg, "seeds": len(rs), "val_miou_l3": miou.estimate,
+                        "ratio": ci.estimate, "ratio_low": ci.low, "ratio_high": ci.high,
+                        "reaches_90pct": bool(ci.low >= 0.9) if math.isfinite(ci.low) else None})  # fmt: skip
+    results["summary"] = summary
+    dist = [r for r in rows if r.get("weights_bytes_per_model")]
+    if dist:
+        results["realistic_scale"] = _realistic_bytes(dist[0], args)
+        rs_ = results["realistic_scale"]
+        print(
+            f"\nAt realistic scale ({rs_['scenes_per_repository']} full scenes of {rs_['scene_px']}^2 px per "
+            f"repository, {args.window}^2 windows): one model's weights + AdamW state "
+            f"{_mib(rs_['model_bytes_per_leg'])} MiB each way per leg, windows of a repository per epoch "
+            f"{rs_['window_bytes_per_epoch'] / 2**30:.1f} GiB: model bytes / data bytes = "
+            f"{rs_['ratio']:.4%} per epoch with one leg per repository and epoch"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
-    _plot(rows, base_miou, args.out / "distributed.png", args)
+    first = [r for r in rows if r["seed"] == rows[0]["seed"]]
+    _plot(first, first[0]["baseline_val_miou_l3"], args.out / "distributed.png", args)
     print(f"\nresults: {args.out / 'results.json'}, plot: {args.out / 'distributed.png'}")
-    return 0
+
+
+def _realistic_bytes(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Bytes moved vs window bytes, analytically, for repositories of several full Landsat scenes.
+
+    A Landsat scene is ~7,800 px square (30 m); a repository of ``scenes`` of them cut into
+    non-overlapping ``window`` windows, 60 % of which train. Per epoch a model makes one leg per
+    repository (round-robin, full pass): weights + AdamW state out and back (measured sizes);
+    moving the data instead would move every training window once (measured bytes/window).
+    """
+    scenes, side = 4, 7800
+    windows = scenes * (side // args.window) ** 2 * 0.6
+    data = windows * row["bytes_per_window"]
+    model = row["weights_bytes_per_model"] + row["optimizer_bytes_per_model"]
+    moved = 2 * model  # out and back, per repository and epoch
+    return {
+        "scenes_per_repository": scenes,
+        "scene_px": side,
+        "train_windows_per_repository": windows,
+        "bytes_per_window": row["bytes_per_window"],
+        "model_bytes_per_leg": model,
+        "window_bytes_per_epoch": data,
+        "ratio": moved / data,
+    }
 
 
 def _plot(rows: list[dict[str, Any]], base_miou: float, path: Path, args: argparse.Namespace) -> None:
@@ -326,7 +410,8 @@ def _plot(rows: list[dict[str, Any]], base_miou: float, path: Path, args: argpar
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    for mode, marker in (("round-robin", "o"), ("fedavg", "s")):
+    names = sorted({r["mode"] for r in rows} - {"single machine", "1 repo/batch"})
+    for mode, marker in zip(names, "osv^<>Dp", strict=False):
         mine = [r for r in rows if r["mode"] == mode]
         labels = [str(r["leg_batches"]) if r["leg_batches"] else "full" for r in mine]
         a1.plot(labels, [r["val_miou_l3"] for r in mine], marker=marker, label=mode)
