@@ -1384,9 +1384,7 @@ def _provenance_lines(data: dict[str, Any]) -> list[str]:
         ]
         gen = d.get("generator")
         if isinstance(gen, dict):
-            gen = ", ".join(
-                f"{k} {gen[k]}" for k in ("world", "seed", "spectra_source") if gen.get(k) is not None
-            )
+            gen = ", ".join(f"{k} {gen[k]}" for k in ("world", "seed") if gen.get(k) is not None)
         if gen:
             bits.append(f"generator {gen}")
         if d.get("description"):
@@ -1516,11 +1514,13 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
         lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
 
     ref = summary["reference"]
+    n_blocks = max((c["n_blocks"] for c in summary["comparisons"]), default=0)
     lines += [
         f"## Verdicts (paired, against {ref})",
         "",
         "Difference = arm − reference, mean over seeds of the per-seed differences; 95 % interval from a "
-        "block bootstrap over test blocks × seeds (the same resamples for both arms); p from a paired "
+        f"block bootstrap over {n_blocks} test blocks × seeds (the same resamples for both arms; with few "
+        "blocks the interval is coarse); p from a paired "
         "permutation test (arms swapped within seed × block cells); d_z = mean / sd of the per-seed "
         "differences. An arm is called better only when its interval excludes 0.",
         "",
