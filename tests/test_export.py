@@ -101,13 +101,16 @@ def test_dominant_class_has_palette_and_class_names_in_the_file(cube: Path, tmp_
 
 
 def test_export_selects_times_and_variables_and_streams(cube: Path, tmp_path: Path) -> None:
-    tracemalloc.start()
     result = export_cube(cube, tmp_path / "out", variables=["reflectance"], times=[DAYS[1]], blocksize=128)
+    assert [p.name for p in result.files] == ["reflectance_1990-06-17.tif"]
+    big = make_cube(tmp_path / "big.zarr", shape=(768, 768), classes=CODES, chunks=128, thermal=False, seed=4)
+    export_cube(big, tmp_path / "warm", variables=["coverage"], blocksize=128)  # imports happen here
+    tracemalloc.start()
+    export_cube(big, tmp_path / "big", variables=["reflectance"], blocksize=128)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert [p.name for p in result.files] == ["reflectance_1990-06-17.tif"]
-    scene_bytes = 6 * 300 * 260 * 2
-    assert peak < 3 * scene_bytes  # a few chunks, not the scene decoded to float (4x) plus copies
+    scene_bytes = 6 * 768 * 768 * 2  # one raw reflectance scene (6.75 MiB); a chunk is 1/36 of it
+    assert peak < scene_bytes / 3, f"peak {peak} B: not streamed by chunks"
 
 
 def test_export_refuses_bad_input_and_foreign_folders(cube: Path, tmp_path: Path) -> None:
