@@ -6,6 +6,7 @@ prediction: a synthetic cube and an untrained tiny model.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import rasterio
 import xarray as xr
 from rasterio.transform import from_origin
+from zarr.errors import UnstableSpecificationWarning
 
 from landcover import schema
 from landcover.cube import build_cube
@@ -43,7 +45,12 @@ def _open_plain(store: Path) -> xr.Dataset:
 @pytest.mark.real
 def test_cube_cf_attributes_with_plain_open_zarr(shared_data: Path, tmp_path: Path) -> None:
     clc = _clc(tmp_path / "clc.tif")
-    store = build_cube([shared_data / REAL_L2], clc, tmp_path / "c.zarr", progress=False)
+    with warnings.catch_warnings():
+        # a data type without a Zarr v3 specification (e.g. fixed-width unicode) would warn here
+        warnings.simplefilter("error", UnstableSpecificationWarning)
+        store = build_cube([shared_data / REAL_L2], clc, tmp_path / "c.zarr", progress=False)
+    band_meta = json.loads((store / "band" / "zarr.json").read_text())
+    assert band_meta["data_type"] == "string"  # variable-length UTF-8 (zarr-extensions spec)
     ds = _open_plain(store)
     assert ds.attrs["Conventions"] == schema.CONVENTIONS
     assert ds["reflectance"].attrs["standard_name"] == "surface_bidirectional_reflectance"
