@@ -10,14 +10,18 @@ Dask worker. The worker advertises it when it starts, with this module as its pr
 :class:`RepositoryPlugin` on the worker; the plugin scans ``DIR`` for *complete* cube stores
 (the directory itself, or its sub-directories one or two levels down, holding a ``zarr.json``
 whose root attributes carry :data:`landcover.schema.COMPLETE_ATTR`). Unfinished builds are
-left out with a warning in the worker's log.
+left out with a warning in the worker's log. A directory that does not exist on the worker,
+or holds no complete cube, is reported back too: discovery names the worker, the repository
+and the path (an error when that repository is wanted, else a warning).
 
 The trainer discovers what is where with :func:`discover_repositories`: one
 ``Client.run`` call asks every *live* worker for its holdings (so a worker that died no
 longer appears, and nothing stale stays on the scheduler). The same repository name on
 several workers is a set of replicas: the first worker (sorted by name, then address) is the
 primary, the others are failover targets. Cube paths are reported as each worker sees them;
-the client never opens them.
+the client never opens them. Workers that join later (a worker restarted by its nanny comes
+back under a new address) are asked the same question by the trainer, which then uses them
+for their repositories (see :mod:`landcover.federated`).
 
 On one machine (a ``LocalCluster``, tests) :func:`advertise` installs the plugin on a chosen
 worker from the client instead of the preload.
