@@ -45,9 +45,14 @@ weights it had before the leg and the run completes. Tasks are submitted with
 ``retries=0``: the scheduler cannot usefully retry a task pinned to a dead worker (with the
 default ``distributed.scheduler.allowed-failures`` it would wait for that worker forever),
 so failover is the trainer's job. Workers that die are avoided for the rest of the run.
-A task that hangs without its worker dying (still running :attr:`StepConfig.leg_timeout`
-seconds after it started on its worker) is handled the same way: cancelled, retried on a
-replica or skipped, and the stuck worker avoided for the rest of the run.
+A task that hangs without its worker dying (a frozen worker; still running
+:attr:`StepConfig.leg_timeout` seconds after it started on its worker, by default
+``max(60 s, 10 x the median task so far)``) is handled the same way: cancelled, retried on a
+replica or skipped, and the stuck worker avoided for the rest of the run. Workers that join
+during the run are asked which repositories they hold (:func:`landcover.registry.holdings`):
+a worker restarted by its nanny serves its repository again, and a task lost with a worker
+that had a nanny waits up to :data:`REJOIN_WAIT` seconds for it before it is skipped. Every
+failure is recorded with its reason (:class:`Failure`: worker lost, timeout, error).
 Errors raised *by* a leg (a broken cube, a bad configuration) are not faults: they stop
 the run with their message.
 
