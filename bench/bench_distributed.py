@@ -207,6 +207,9 @@ def _one_seed(
         results["cluster_start_s"] = time.perf_counter() - t_cluster
         repos = [Repository(f"repo-{i}", (str(c),), workers[i]) for i, c in enumerate(cubes)]
         survey = survey_repositories(repos, client=client, step=base, log=quiet)
+        lost = [r.name for r in repos if r.name not in survey]
+        if lost:  # a worker of the LocalCluster died (memory, an overloaded machine)
+            raise SystemExit(f"bench_distributed: repositories {lost} could not be surveyed (workers lost)")
         first = survey[repos[0].name]
         bands = tuple(first["bands"])
         stats = _pooled_stats(survey, bands)
@@ -264,11 +267,12 @@ def _one_seed(
             )["val_miou_l3"]
             for k, model in enumerate(models_control.values())
         ]  # fmt: skip
-        rows.append(
-            {"mode": "1 repo/batch", "leg_batches": None, "rounds": 1, "samples": samples,
+        rows.extend(
+            [{"mode": "1 repo/batch", "leg_batches": None, "rounds": 1, "samples": samples,
              "val_miou_l3": sum(grouped) / len(grouped) if grouped else math.nan,
              "wall_s": time.perf_counter() - t0,
-             "model_bytes_per_epoch": 0.0, "data_bytes_per_epoch": 0.0, "utilisation": math.nan}
+             "model_bytes_per_epoch": 0.0, "data_bytes_per_epoch": 0.0, "utilisation": math.nan}]
+            if grouped else []
         )  # fmt: skip
 
         # --- distributed sweeps
