@@ -676,3 +676,17 @@ def test_pooled_batchnorm_moments_equal_one_pass_over_all_windows_and_server_mom
     one = _server_step(old, avg, vel, step)  # v = 1, w = 1 - 1 = 0
     two = _server_step(one, {"w": np.array([-1.0], np.float32)}, vel, step)  # v = 0.5 + 1, w = 0 - 1.5
     assert float(one["w"][0]) == 0.0 and float(two["w"][0]) == -1.5
+
+
+def test_leg_timeout_option_values(capsys):
+    """``--leg-timeout`` takes seconds, auto or none; anything else is a usage error naming the option."""
+    from landcover.cli import main
+    from landcover.cli.train import _leg_timeout
+
+    assert _leg_timeout("90") == 90.0 and _leg_timeout("auto") == "auto" and _leg_timeout("none") == "none"
+    assert StepConfig(leg_timeout="none").leg_timeout is None
+    for bad in ("soon", "0"):
+        with pytest.raises(SystemExit) as info:
+            main(["train", "--distributed", "--leg-timeout", bad, "x.zarr"])
+        assert info.value.code == 2
+        assert "--leg-timeout" in capsys.readouterr().err
