@@ -144,6 +144,7 @@ def main() -> int:
         help="BatchNorm statistics variants of the distributed runs (comma list of none/global/repository)",
     )  # fmt: skip
     ap.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM server momentum (fedavg)")
+    ap.add_argument("--server-lr", type=float, default=1.0, help="FedAvg server learning rate (fedavg)")
     ap.add_argument("--modes", default="round-robin,fedavg")
     ap.add_argument("--no-control", action="store_true", help="skip the 1 repo/batch control")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "distributed")
@@ -188,7 +189,7 @@ def _one_seed(
     ]
     base = StepConfig(
         window=args.window, batch_size=args.batch_size, batches=None, device="cpu", validate=False,
-        server_momentum=args.server_momentum,
+        server_momentum=args.server_momentum, server_lr=args.server_lr,
     )  # fmt: skip
     quiet = lambda _m: None  # noqa: E731
     results: dict[str, Any] = {
