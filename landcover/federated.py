@@ -1913,7 +1913,7 @@ def _open_cluster(cfg: DistributedTrainConfig) -> Any:
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _quiet_dask_logs(True):
             n = cfg.n_workers or max(1, min(len(cfg.cubes) or 2, os.cpu_count() or 1))
             lc = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0")
-        return Client(lc)
+            return Client(lc)
     return get_client(cfg.scheduler)
 
 

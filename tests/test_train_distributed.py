@@ -690,3 +690,21 @@ def test_leg_timeout_option_values(capsys):
             main(["train", "--distributed", "--leg-timeout", bad, "x.zarr"])
         assert info.value.code == 2
         assert "--leg-timeout" in capsys.readouterr().err
+
+
+@pytest.mark.cluster
+def test_local_mode_prints_no_dask_log_and_names_where_repositories_are(tmp_path):
+    """``landcover train --distributed CUBES`` on its own LocalCluster: our lines only, no Dask chatter."""
+    cubes = [str(_cube(tmp_path / n / "cube.zarr", seed=60 + i)) for i, n in enumerate("ab")]
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "landcover"), "train", "--distributed", *cubes, "--window", "16",
+         "--batch-size", "8", "--batches", "1", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip() == ""
+    repo_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("repository ")]
+    assert len(repo_lines) == 2 and all(
+        ln.endswith("on any worker (a disk every worker reads)") for ln in repo_lines
+    )
+    assert "on None" not in proc.stdout and (tmp_path / "out" / "report.md").is_file()
