@@ -153,9 +153,16 @@ def main() -> int:
     modes = [v.strip() for v in args.modes.split(",") if v.strip()]
     all_rows: list[dict[str, Any]] = []
     for seed in range(args.seed, args.seed + args.seeds):
-        all_rows += _one_seed(args, seed, bn_variants, modes)
+        try:
+            all_rows += _one_seed(args, seed, bn_variants, modes)
+        except _WorkersLost as exc:  # summarise the seeds that ran
+            print(f"seed {seed} left out: {exc}", flush=True)
     _summarise(all_rows, args)
     return 0
+
+
+class _WorkersLost(RuntimeError):
+    """The LocalCluster of one seed lost its workers before training."""
 
 
 def _one_seed(
@@ -210,7 +217,7 @@ def _one_seed(
         survey = survey_repositories(repos, client=client, step=base, log=quiet)
         lost = [r.name for r in repos if r.name not in survey]
         if lost:  # a worker of the LocalCluster died (memory, an overloaded machine)
-            raise SystemExit(f"bench_distributed: repositories {lost} could not be surveyed (workers lost)")
+            raise _WorkersLost(f"repositories {lost} could not be surveyed (workers lost)")
         first = survey[repos[0].name]
         bands = tuple(first["bands"])
         stats = _pooled_stats(survey, bands)
