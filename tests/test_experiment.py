@@ -271,8 +271,8 @@ def test_lr_is_chosen_per_arm_on_validation_and_recorded(demo_cube, tmp_path):
     assert hp["encoder_lr"] == hp["lr"] and hp["encoder_lr_factor"] == 1.0  # trained from scratch
     assert "training-split statistics" in hp["input_norm"]
     assert hp["class_weighting"] == "inverse (cap 10)"
-    w = [v for v in hp["class_weights"]]
-    assert max(w) / min(w) <= 10.0 + 1e-6 and max(w) > min(w)
+    w = [v for v in hp["class_weights"]]  # recorded to 3 decimals: the cap holds up to that rounding
+    assert (max(w) - 5e-4) / (min(w) + 5e-4) <= 10.0 + 1e-6 and max(w) > min(w)
 
 
 def test_select_lr_fixed_and_unknown():
