@@ -360,3 +360,18 @@ def test_safe_extract_garbage_names_file(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not a tar archive at all" * 40)
     with pytest.raises(InputFileError, match="junk.tar"):
         safe_extract(bad, tmp_path / "x")
+
+
+def test_safe_extract_never_replaces_a_folder_landcover_did_not_extract(tmp_path: Path) -> None:
+    tar = _tar(tmp_path / "p.tar", [(_info("a.txt"), b"A")])
+    user = tmp_path / "scene"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(InputFileError, match="not extracted by landcover"):
+        safe_extract(tar, user, overwrite=True)
+    assert (user / "notes.txt").read_text() == "mine" and not (user / "a.txt").exists()
+    # a folder landcover extracted earlier is replaced
+    safe_extract(tar, tmp_path / "ours")
+    (tmp_path / "ours" / "a.txt").write_bytes(b"stale")
+    safe_extract(tar, tmp_path / "ours", overwrite=True)
+    assert (tmp_path / "ours" / "a.txt").read_bytes() == b"A"

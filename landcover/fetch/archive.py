@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from ..errors import InputFileError
+from ..safety import is_landcover_output, mark_output
 
 __all__ = ["safe_extract", "check_members"]
 
@@ -71,7 +72,8 @@ def safe_extract(archive: str | Path, dest: str | Path, *, overwrite: bool = Fal
     dest
         Directory to create; it must not exist unless ``overwrite``.
     overwrite
-        Replace an existing ``dest``.
+        Replace an existing ``dest``, only when landcover extracted it (it holds
+        :data:`landcover.safety.MARKER`); a folder landcover did not write is never replaced.
 
     Returns
     -------
@@ -82,12 +84,17 @@ def safe_extract(archive: str | Path, dest: str | Path, *, overwrite: bool = Fal
     ------
     InputFileError
         The archive is unreadable or has an unsafe member (nothing is extracted then),
-        or ``dest`` exists and ``overwrite`` is false.
+        or ``dest`` exists and ``overwrite`` is false or it is not a folder landcover extracted.
     """
     src = Path(archive)
     out = Path(dest)
-    if out.exists() and not overwrite:
-        raise InputFileError(out, "already exists (pass overwrite=True to replace it)")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise InputFileError(out, "already exists (pass overwrite=True to replace it)")
+        if not is_landcover_output(out):
+            raise InputFileError(
+                out, "exists and was not extracted by landcover; move it away to extract here"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -98,6 +105,7 @@ def safe_extract(archive: str | Path, dest: str | Path, *, overwrite: bool = Fal
         except (tarfile.TarError, ValueError, EOFError, OSError) as exc:
             raise InputFileError(src, f"cannot extract safely: {' '.join(str(exc).split())}") from None
         files = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file() and not p.is_symlink())
+        mark_output(tmp, "extracted-product")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
