@@ -232,6 +232,6 @@ def test_predict_writes_over_no_user_file_in_its_folder(
     (workdir / "maps").mkdir()
     (workdir / "maps" / "legend.json").write_text("my legend")
     refused(["-q", "predict", str(ckpt), "--cube", str(cube), "--out", "maps", "--window", "16",
-             "--device", "cpu", "--scheduler", "none"], capsys, names="legend.json")  # fmt: skip
+             "--overlap", "4", "--device", "cpu", "--scheduler", "none"], capsys, names="legend.json")  # fmt: skip
     assert (workdir / "maps" / "legend.json").read_text() == "my legend"
     assert not (workdir / "maps" / "prediction.zarr").exists()
