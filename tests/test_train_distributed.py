@@ -573,9 +573,9 @@ def test_frozen_worker_is_given_up_after_the_default_leg_timeout(cluster_faults)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # repository X has no folder
         repos = discover_repositories(client, names=["A", "B"])
-    # the automatic timeout (the default), scaled down: max(8 s, 4 x the median leg so far)
+    # the automatic timeout (the default), scaled down: max(20 s, 10 x the median leg so far)
     step = StepConfig(**{**STEP.__dict__, "batches": 3, "pause": 0.4, "validate": False,
-                         "leg_timeout_floor": 8.0, "leg_timeout_factor": 4.0})  # fmt: skip
+                         "leg_timeout_floor": 20.0, "leg_timeout_factor": 10.0})  # fmt: skip
     assert step.leg_timeout == "auto" and StepConfig().leg_timeout == "auto"
     survey = survey_repositories(repos, client=client, step=step, log=lambda _m: None)
     models = {"m0": _model(survey["A"], 0), "m1": _model(survey["A"], 1)}
