@@ -231,7 +231,8 @@ def test_predict_writes_over_no_user_file_in_its_folder(
     )
     (workdir / "maps").mkdir()
     (workdir / "maps" / "legend.json").write_text("my legend")
-    refused(["-q", "predict", str(ckpt), "--cube", str(cube), "--out", "maps", "--window", "16",
-             "--overlap", "4", "--device", "cpu", "--scheduler", "none"], capsys, names="legend.json")  # fmt: skip
+    argv = ["-q", "predict", str(ckpt), "--cube", str(cube), "--out", "maps", "--window", "16",
+            "--overlap", "4", "--device", "cpu", "--scheduler", "none"]  # fmt: skip
+    refused(argv, capsys, names="legend.json")
     assert (workdir / "maps" / "legend.json").read_text() == "my legend"
     assert not (workdir / "maps" / "prediction.zarr").exists()
