@@ -563,6 +563,26 @@ def _scan_values(path: str, band: int, *, decimate: bool) -> set[int]:
     return found
 
 
+def _raster_header(p: str, band: int) -> tuple[str, float | None, Grid]:
+    """dtype, nodata and grid of ``band`` of the class raster ``p``; one-line errors naming it."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(p) as ds:
+            if ds.crs is None:
+                raise InputFileError(p, "raster has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:3035)")
+            if not 1 <= band <= ds.count:
+                raise InputFileError(p, f"has {ds.count} band(s), band {band} requested")
+            try:
+                grid = Grid(ds.crs, ds.transform, (ds.height, ds.width))
+            except ValueError as exc:
+                raise InputFileError(p, f"unsupported geotransform ({exc})") from None
+            return str(ds.dtypes[band - 1]), ds.nodatavals[band - 1], grid
+    except RasterioIOError as exc:
+        raise InputFileError(p, f"cannot be read as a raster ({exc})") from None
+
+
 def read_clc(
     path: str | os.PathLike[str],
     *,
@@ -602,9 +622,6 @@ def read_clc(
         Unreadable file, no CRS, rotated transform, non-integer data, values that are neither
         indices nor codes (listed), or a mix of both.
     """
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
     p = str(path)
     if not Path(p).exists():
         raise InputFileError(p, "no such file")
@@ -612,21 +629,8 @@ def read_clc(
         return read_clc_vector(p, layer=layer, field=field, extra_nodata=extra_nodata, kind=kind)
     if layer is not None or field is not None:
         raise InputFileError(p, "is a raster: --layer/--field apply to vector CLC only")
-    try:
-        with rasterio.open(p) as ds:
-            if ds.crs is None:
-                raise InputFileError(p, "raster has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:3035)")
-            if not 1 <= band <= ds.count:
-                raise InputFileError(p, f"has {ds.count} band(s), band {band} requested")
-            dtype = ds.dtypes[band - 1]
-            nodata = ds.nodatavals[band - 1]
-            try:
-                grid = Grid(ds.crs, ds.transform, (ds.height, ds.width))
-            except ValueError as exc:
-                raise InputFileError(p, f"unsupported geotransform ({exc})") from None
-            ncells = ds.height * ds.width
-    except RasterioIOError as exc:
-        raise InputFileError(p, f"cannot be read as a raster ({exc})") from None
+    dtype, nodata, grid = _raster_header(p, band)
+    ncells = grid.shape[0] * grid.shape[1]
     if np.dtype(dtype).kind not in "iuf":
         raise InputFileError(p, f"dtype {dtype} is not a class raster (need integers)")
     nd: set[float] = set(_NODATA_VALUES) | {float(v) for v in extra_nodata}
@@ -863,26 +867,10 @@ def read_class_raster(
     InputFileError
         Unreadable file, no CRS, non-integer data, no class value, or values outside ``classes``.
     """
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
     p = str(path)
     if not Path(p).exists():
         raise InputFileError(p, "no such file")
-    try:
-        with rasterio.open(p) as ds:
-            if ds.crs is None:
-                raise InputFileError(p, "raster has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:3035)")
-            if not 1 <= band <= ds.count:
-                raise InputFileError(p, f"has {ds.count} band(s), band {band} requested")
-            dtype = ds.dtypes[band - 1]
-            nodata = ds.nodatavals[band - 1]
-            try:
-                grid = Grid(ds.crs, ds.transform, (ds.height, ds.width))
-            except ValueError as exc:
-                raise InputFileError(p, f"unsupported geotransform ({exc})") from None
-    except RasterioIOError as exc:
-        raise InputFileError(p, f"cannot be read as a raster ({exc})") from None
+    dtype, nodata, grid = _raster_header(p, band)
     if np.dtype(dtype).kind not in "iuf":
         raise InputFileError(p, f"dtype {dtype} is not a class raster (need integers)")
     nd = {float(v) for v in extra_nodata}
