@@ -360,8 +360,8 @@ def _run_item(
     """Build one item's cube (runs on a worker); raises :class:`BatchTaskError` on failure."""
     import warnings
 
-    from .cli import one_line
     from .cube import build_cube
+    from .messages import one_line
     from .store import is_complete
 
     store = Path(item.store)
@@ -572,7 +572,7 @@ def build_cubes(
                     value = fut.result()
                     finish(item, value, None, float(value["seconds"]))
                 except Exception as exc:  # noqa: BLE001 - any task failure is this item's failure
-                    from .cli import one_line
+                    from .messages import one_line
 
                     msg = str(exc) if isinstance(exc, BatchTaskError) else one_line(exc)
                     finish(item, None, msg, time.time() - t_submit)

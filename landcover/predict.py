@@ -1173,7 +1173,7 @@ def _sweep_band_task(
 
         _sweep(engine, source, _ZarrWriter(Path(store)), **{**sweep_kw, "progress": tally}, col_range=cols)
     except Exception as exc:  # noqa: BLE001 - one line crosses the wire (some causes do not pickle)
-        from .cli import one_line
+        from .messages import one_line
 
         failure = one_line(exc)
     if failure is not None:
