@@ -44,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .config import config_to_dict
+from .devices import check_device
 from .errors import ConfigError, InputFileError
 
 __all__ = [
@@ -163,7 +164,7 @@ class CompareConfig:
     weight_decay: float = 1e-4
     preset: Literal["auto", "tiny", "small", "base"] = "auto"
     imagenet_weights: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"
     num_workers: int = 0
     val_every_samples: int | None = None
     augment: bool = True
@@ -190,6 +191,7 @@ class CompareConfig:
     baseline_context: int = 3
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", check_device(self.device))  # auto, cpu, cuda, cuda:N
         if not self.models:
             raise ValueError("models must not be empty")
         if not self.seeds:

@@ -59,6 +59,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .devices import check_device
 from .errors import ConfigError, InputFileError
 from .losses import SoftLabelLoss
 from .metrics import SegmentationMetrics
@@ -78,7 +79,7 @@ __all__ = [
     "resolve_device",
 ]
 
-DeviceName = Literal["auto", "cpu", "cuda"]
+DeviceName = str  # auto, cpu, cuda or cuda:N (landcover.devices.check_device)
 AmpMode = Literal["auto", "off"]
 Mode = Literal["auto", "min", "max"]
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -223,8 +224,7 @@ class TrainConfig:
         check_schedule(self.lr, self.weight_decay, self.pct_start)
         if self.div_factor <= 0 or self.final_div_factor <= 0:
             raise ValueError("div_factor and final_div_factor must be positive")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        object.__setattr__(self, "device", check_device(self.device))  # auto, cpu, cuda, cuda:N
         if self.amp not in ("auto", "off"):
             raise ValueError(f"amp must be 'auto' or 'off', got {self.amp!r}")
         if self.loss not in ("ce", "kl"):
@@ -448,8 +448,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' was asked for but torch sees no CUDA device; use 'auto' or 'cpu'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={device!r} was asked for but torch sees no CUDA device; use 'auto' or 'cpu'"
+        )
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(device)
 
 

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .devices import check_device
 from .errors import ConfigError, InputFileError, LandcoverError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,7 +103,7 @@ __all__ = [
 ]
 
 Strategy = Literal["linear", "frozen", "partial", "full"]
-Device = Literal["auto", "cpu", "cuda"]
+Device = str  # auto, cpu, cuda or cuda:N (landcover.devices.check_device)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 STRATEGIES: tuple[str, ...] = ("linear", "frozen", "partial", "full")
 PRIMARY_METRIC = "miou_l3"
@@ -275,7 +276,7 @@ class TransferTrainConfig:
     seed
         Seeds torch/numpy/python RNGs and the data order.
     device
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     amp
         Mixed precision on CUDA (``"auto"``) or never (``"off"``); see
         :class:`landcover.train.TrainConfig`.
@@ -319,8 +320,7 @@ class TransferTrainConfig:
             raise ValueError("pct_start must be in (0, 1)")
         if self.val_every_samples is not None and self.val_every_samples < 1:
             raise ValueError("val_every_samples must be >= 1")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        object.__setattr__(self, "device", check_device(self.device))  # auto, cpu, cuda, cuda:N
         if self.amp not in ("auto", "off"):
             raise ValueError(f"amp must be 'auto' or 'off', got {self.amp!r}")
         if self.resume and self.checkpoint_dir is None:
@@ -711,8 +711,7 @@ class TransferConfig:
             raise ValueError(f"lr_grid must hold positive learning rates, got {self.lr_grid}")
         if self.window < 8:
             raise ValueError("window must be >= 8")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        object.__setattr__(self, "device", check_device(self.device))  # auto, cpu, cuda, cuda:N
         if not 0 < self.encoder_lr_factor <= 1:
             raise ValueError("encoder_lr_factor must be in (0, 1]")
         if self.split_buffer is not None and self.split_buffer < 0:

@@ -177,3 +177,22 @@ def test_cube_build_rerun_says_complete(
     assert "cube written" in capsys.readouterr().out
     assert main(argv) == 0
     assert "cube already complete, nothing to do" in capsys.readouterr().out
+
+
+def test_device_cuda_n_is_accepted_by_every_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+
+    from landcover.experiment import CompareConfig
+    from landcover.train import TrainConfig
+    from landcover.transfer import TransferConfig, TransferTrainConfig
+
+    for cls in (CompareConfig, TrainConfig, TransferConfig, TransferTrainConfig):
+        assert cls(device="CUDA:1").device == "cuda:1", cls.__name__
+        with pytest.raises(ValueError, match="cuda:N"):
+            cls(device="gpu")
+    # transfer --device cuda:N passes the config check; what fails is the missing checkpoint
+    argv = ["transfer", str(tmp_path / "none.pt"), "--cube", str(tmp_path / "c.zarr"), "--out", str(tmp_path)]
+    assert main([*argv, "--device", "cuda:1", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "none.pt: checkpoint file not found" in err and "device must" not in err

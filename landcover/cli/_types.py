@@ -1,11 +1,12 @@
-"""Argparse value types shared by the sub-commands and :func:`landcover.distributed.add_cluster_arguments`."""
+"""Argparse value types shared by the sub-commands and :func:`landcover.cli._cluster.add_cluster_arguments`."""
 
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Sequence
 from typing import Any
+
+from ..devices import DEVICE_NAMES, check_device
 
 __all__ = ["positive_int", "non_negative_int", "device", "DEVICE_HELP", "IntList"]
 
@@ -30,18 +31,15 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
-_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
 def device(text: str) -> str:
     """A torch device name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``type=`` of every ``--device``)."""
-    value = text.strip().lower()
-    if not _DEVICE_RE.fullmatch(value):
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
-    return value
+    try:
+        return check_device(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
 
 
-DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
+DEVICE_HELP = DEVICE_NAMES
 
 
 class IntList(argparse.Action):
