@@ -138,7 +138,7 @@ def arm_normalisation(model: str, input_norm: str, train_stats: Any) -> tuple[An
         The statistics to :meth:`~landcover.datasets.WindowDataset.set_stats` on every split,
         and one line saying what they are.
     """
-    from .datasets import BandStats
+    from .cubemeta import BandStats
     from .transforms import stretch_stats
     from .weights import SSL4EO_TM_RANGES
 

@@ -42,11 +42,15 @@ positions, rotation footprints, valid-share filter, spatial splits), planned onc
   epoch. (A map-style dataset hands consecutive batches to different workers, which
   then decode some chunks twice; use the iterable one for streaming whole cubes.)
 
+Modules: cube metadata and statistics live in :mod:`landcover.cubemeta` (torch-free), the
+chunk reader in :mod:`landcover.chunkreader`, the batch buffers in :mod:`landcover.batchpool`;
+their public names are re-exported here.
+
 Normalisation statistics (per-band mean/std of the decoded values over valid pixels) are
 computed once per cube with Dask in the *parent* process, stored in the cube (root
 attribute ``landcover:band_stats`` through :func:`landcover.store.update_attrs`, or a
 ``landcover-stats.json`` sidecar in the store directory when that is not possible), and
-pooled over cubes.
+pooled over cubes (:func:`landcover.cubemeta.cube_stats`).
 
 Multiprocessing: once Dask (or any threaded library) has run in the parent, fork-started
 workers can deadlock. :func:`make_loader` therefore starts workers with ``"forkserver"``
@@ -58,39 +62,47 @@ CUDA is present) and keeps torch to one thread per worker. Dask is never used in
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import os
-import threading
 import warnings
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from . import schema
-from .errors import IncompleteStoreError, InputFileError
-
-if TYPE_CHECKING:
-    import zarr
+from .batchpool import _LEASES, BatchPool, PooledBatch, set_worker_slots
+from .batchpool import empty_batch_tensor as _empty
+from .chunkreader import ChunkCache, CubeReader
+from .cubemeta import (
+    STATS_ATTR,
+    STATS_FILE,
+    BandStats,
+    CubeInfo,
+    _block_class_areas,
+    _class_groups,
+    _pathrow,
+    _split_cube,
+    _zarray,
+    cube_stats,
+    inspect_cube,
+    pool_stats,
+)
+from .errors import InputFileError
 from .windows import (
     SPLITS,
     Angle,
     Split,
-    SplitCube,
     SplitPlan,
     SplitSpec,
     WindowIndex,
     WindowSpec,
     aligned_offset,
-    blocks_covering,
+    global_origin,
     plan_split,
     plan_windows,
     rotated_transform,
@@ -103,7 +115,9 @@ __all__ = [
     "BandStats",
     "BatchPool",
     "BatchedWindows",
+    "ChunkCache",
     "CubeInfo",
+    "CubeReader",
     "TargetDtype",
     "WindowBatch",
     "WindowDataset",
@@ -120,611 +134,20 @@ __all__ = [
     "WindowStats",
     "window_stats",
 ]
+_pool_stats = pool_stats  # the name federated.py imports
+_EXPORTED = (_LEASES, _pathrow)  # re-exported for the tests and callers that import them from here
 
 BandSelection = Literal["all", "reflective", "rgb"] | Sequence[str]
 TargetDtype = Literal["float32", "uint8"]
 TARGET_SCALE: float = schema.LABEL_SCALE
 """Fraction per step of a compact (``uint8``) target: ``fraction = step * TARGET_SCALE``."""
-STATS_ATTR = "landcover:band_stats"
-STATS_FILE = "landcover-stats.json"
-_STATS_VERSION = 1
 _RGB_ALIASES: dict[str, tuple[str, ...]] = {
     "red": ("red", "SR_B3", "B3", "b3"),
     "green": ("green", "SR_B2", "B2", "b2"),
     "blue": ("blue", "SR_B1", "B1", "b1"),
 }
 
-
-# -- cube metadata -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CubeInfo:
-    """Plain (picklable) metadata of one cube store, read without touching pixels."""
-
-    path: str
-    shape: tuple[int, int]
-    transform: tuple[float, float, float, float, float, float]
-    crs: str
-    times: int
-    bands: tuple[str, ...]
-    classes: tuple[int, ...]
-    has_thermal: bool
-    scale: Mapping[str, tuple[float, float]]
-    chunk: tuple[int, int]
-    clc_level: int
-    fingerprint: str
-
-    @property
-    def grid(self) -> Any:
-        """The cube's :class:`landcover.grid.Grid`."""
-        from affine import Affine
-
-        from .grid import Grid
-
-        return Grid(self.crs, Affine(*self.transform), self.shape)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        out: dict[str, Any] = json.load(fh)
-    return out
-
-
-def _check_complete(path: Path) -> dict[str, Any]:
-    """Root attributes of a complete Zarr v3 cube, or a clear error naming the store."""
-    if not path.exists():
-        raise InputFileError(path, "no such cube store")
-    meta_path = path / "zarr.json"
-    if not meta_path.is_file():
-        raise InputFileError(path, "not a Zarr v3 store (no zarr.json); build it with `landcover cube build`")
-    try:
-        meta = _read_json(meta_path)
-    except (OSError, ValueError) as exc:
-        raise InputFileError(path, f"unreadable zarr.json ({exc})") from None
-    attrs: dict[str, Any] = meta.get("attributes", {}) or {}
-    if attrs.get(schema.COMPLETE_ATTR) is not True:
-        raise IncompleteStoreError(
-            path,
-            "the cube build did not finish (no completion marker); "
-            "rerun the same `landcover cube build` command to finish it",
-        )
-    from .store import check_manifest
-
-    check_manifest(path)  # every variable and chunk the build wrote is still there (cheap)
-    return attrs
-
-
-def _zarray(group: zarr.Group, name: str) -> zarr.Array[Any]:
-    """``group[name]`` as an array, or a clear error naming the store when it is a sub-group."""
-    import zarr
-
-    arr = group[name]
-    if not isinstance(arr, zarr.Array):
-        raise InputFileError(str(group.store), f"{name!r} is a group, not an array")
-    return arr
-
-
-def inspect_cube(store: str | os.PathLike[str]) -> CubeInfo:
-    """Read the metadata of a complete cube (refuses incomplete or non-conforming stores).
-
-    Parameters
-    ----------
-    store
-        Path of the cube's Zarr v3 store directory.
-    """
-    import zarr
-
-    path = Path(store)
-    attrs = _check_complete(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        group = zarr.open_group(str(path), mode="r", zarr_format=3)
-        names = set(group.array_keys())
-        for name in schema.REQUIRED:
-            if name not in names:
-                raise InputFileError(path, f"cube lacks required variable {name!r}")
-        refl = _zarray(group, "reflectance")
-        labels = _zarray(group, "labels")
-        t, nb, h, w = refl.shape
-        x = np.asarray(_zarray(group, "x")[:2], dtype="float64") if "x" in names else None
-        y = np.asarray(_zarray(group, "y")[:2], dtype="float64") if "y" in names else None
-        gm: dict[str, Any] = dict(_zarray(group, "spatial_ref").attrs) if "spatial_ref" in names else {}
-        bands = (
-            tuple(str(b) for b in np.asarray(_zarray(group, "band")[:]).tolist())
-            if "band" in names
-            else tuple(f"b{i}" for i in range(nb))
-        )
-        classes = (
-            tuple(int(c) for c in np.asarray(_zarray(group, "class")[:]).tolist())
-            if "class" in names
-            else tuple(range(labels.shape[0]))
-        )
-        scale = {}
-        for name in ("reflectance", "thermal", "labels"):
-            if name in names:
-                a: dict[str, Any] = dict(_zarray(group, name).attrs)
-                scale[name] = (float(a.get("scale_factor", 1.0)), float(a.get("add_offset", 0.0)))
-        chunk = tuple(int(v) for v in refl.chunks[-2:])
-    crs = gm.get("crs_wkt") or gm.get("spatial_ref")
-    if not crs:
-        raise InputFileError(
-            path, "cube has no spatial_ref/crs_wkt; rebuild it with landcover (rioxarray write_crs)"
-        )
-    if x is not None and y is not None and len(x) == 2 and len(y) == 2:
-        a_, e_ = float(x[1] - x[0]), float(y[1] - y[0])
-        transform = (a_, 0.0, float(x[0] - a_ / 2), 0.0, e_, float(y[0] - e_ / 2))
-    elif "GeoTransform" in gm:
-        c0, a_, b_, f0, d_, e_ = (float(v) for v in str(gm["GeoTransform"]).split())
-        transform = (a_, b_, c0, d_, e_, f0)
-    else:
-        raise InputFileError(
-            path, "cannot derive the grid transform (x/y coordinates or GeoTransform missing)"
-        )
-    if labels.shape[1:] != (h, w) or _zarray(group, "valid").shape != (t, h, w):
-        raise InputFileError(
-            path, f"cube variables disagree in shape: reflectance {refl.shape}, labels {labels.shape}"
-        )
-    fp = hashlib.sha1(
-        json.dumps(
-            [list(refl.shape), list(labels.shape), list(bands), list(classes), attrs.get("product_ids")],
-            default=str,
-        ).encode()
-    ).hexdigest()[:16]
-    return CubeInfo(
-        path=str(path),
-        shape=(int(h), int(w)),
-        transform=transform,
-        crs=str(crs),
-        times=int(t),
-        bands=bands,
-        classes=classes,
-        has_thermal="thermal" in names,
-        scale=scale,
-        chunk=(int(chunk[0]), int(chunk[1])),
-        clc_level=int(attrs.get("clc_level", 3)),
-        fingerprint=fp,
-    )
-
-
-def _split_cube(info: CubeInfo, holdout: str) -> SplitCube:
-    """What :func:`landcover.windows.plan_split` needs about a cube, with its hold-out group per time step."""
-    import zarr
-
-    groups: list[str]
-    name = Path(info.path).name.removesuffix(".zarr")
-    if holdout == "year":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            group = zarr.open_group(info.path, mode="r", zarr_format=3)
-            years = _time_years(group, info.times)
-        groups = [str(y) for y in years]
-    elif holdout == "pathrow":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            attrs = dict(zarr.open_group(info.path, mode="r", zarr_format=3).attrs)
-        raw_ids: Any = attrs.get("product_ids") or []
-        pids = [raw_ids] if isinstance(raw_ids, str) else list(raw_ids)
-        rows = [_pathrow(str(p)) for p in pids]
-        keys = sorted({r for r in rows if r})
-        if not keys:
-            raise InputFileError(
-                info.path, "holdout by path/row: no WRS-2 path/row in the cube's product_ids"
-            )
-        groups = [keys[0] if len(keys) == 1 else "+".join(keys)] * info.times
-    else:
-        groups = [name] * info.times
-    return SplitCube(info.path, info.fingerprint, info.crs, tuple(info.transform), info.shape, tuple(groups))
-
-
-def _pathrow(product_id: str) -> str | None:
-    """``PPPRRR`` from a Landsat product or scene id (``LT05_L2SP_196025_...``), else None."""
-    import re
-
-    m = re.match(r"^L[CETOM]0\d_[A-Z0-9]{4}_(\d{6})_", product_id)
-    return m.group(1) if m else None
-
-
-def _time_years(group: Any, times: int) -> list[int]:
-    """Acquisition year of each time step from the cube's ``time`` coordinate."""
-    names = set(group.array_keys())
-    if "time" not in names:
-        return [0] * times
-    arr = _zarray(group, "time")
-    raw = np.asarray(arr[:])
-    units = str(dict(arr.attrs).get("units", ""))
-    if np.issubdtype(raw.dtype, np.datetime64):
-        return [int(str(v)[:4]) for v in raw.astype("datetime64[D]")]
-    if " since " in units:
-        import pandas as pd
-
-        step, _, ref = units.partition(" since ")
-        base = pd.Timestamp(ref)
-        return [int((base + pd.to_timedelta(float(v), unit=step.strip()[0])).year) for v in raw]
-    return [0] * times
-
-
-def _block_class_areas(info: CubeInfo, block: int) -> np.ndarray:
-    """Class areas (summed label fractions, in stored steps) of each global block the cube touches.
-
-    Rows follow :func:`landcover.windows.blocks_covering` (row-major). Labels are read in strips
-    of chunk rows, so memory stays at one strip; the result is cached per cube and block size
-    (every split and arm of a comparison asks for the same areas).
-    """
-    stamp = (Path(info.path) / "zarr.json").stat().st_mtime_ns  # a rebuilt store is read again
-    return _cached_block_areas(info.path, (info.fingerprint, stamp), info.shape, tuple(info.transform), block)
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_block_areas(
-    path: str, _version: tuple[str, int], shape: tuple[int, int], transform: tuple[float, ...], block: int
-) -> np.ndarray:
-    import zarr
-
-    from .windows import global_origin
-
-    origin = global_origin(transform)
-    br, bc = blocks_covering(shape, origin, block)
-    nr = int(br.max() - br.min() + 1)
-    nc = int(bc.max() - bc.min() + 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        labels = _zarray(zarr.open_group(path, mode="r", zarr_format=3), "labels")
-    k = int(labels.shape[0])
-    out = np.zeros((nr, nc, k), dtype="float64")
-    h, w = shape
-    step = int(labels.chunks[1])
-    col_block = (origin[1] + np.arange(w)) // block - int(bc.min())
-    for r0 in range(0, h, step):
-        r1 = min(h, r0 + step)
-        part = np.asarray(labels[:, r0:r1, :]).astype("float64")
-        part[part > schema.LABEL_STEPS] = 0.0  # NODATA fill
-        row_block = (origin[0] + np.arange(r0, r1)) // block - int(br.min())
-        for rb in np.unique(row_block):
-            rows_sum = part[:, row_block == rb, :].sum(axis=1)  # (k, w)
-            np.add.at(out[rb], col_block, rows_sum.T)
-    res = out.reshape(nr * nc, k)
-    res.setflags(write=False)
-    return res
-
-
-# -- chunk reader with a bounded LRU cache ------------------------------------------------------------------
-
-
-class _Array:
-    """One zarr array with a fast chunk decoder (numcodecs on the raw chunk file) when possible."""
-
-    def __init__(self, arr: Any) -> None:
-        self.arr = arr
-        self.shape = tuple(int(s) for s in arr.shape)
-        self.chunks = tuple(int(c) for c in arr.chunks)
-        self.dtype = np.dtype(arr.dtype)
-        self.fill = arr.fill_value
-        self.root: Path | None = None
-        self.codec: Any = None
-        self._fast_setup()
-
-    def _fast_setup(self) -> None:
-        import numcodecs
-        import zarr.codecs as zc
-        from zarr.storage import LocalStore
-
-        meta = self.arr.metadata
-        codecs = list(getattr(meta, "codecs", ()))
-        if not isinstance(self.arr.store, LocalStore) or not codecs or self.dtype.byteorder == ">":
-            return
-        first, rest = codecs[0], codecs[1:]
-        if not isinstance(first, zc.BytesCodec) or (
-            first.endian is not None and first.endian.value != "little"
-        ):
-            return
-        if len(rest) > 1:
-            return
-        if not rest:
-            self.codec = "raw"
-        elif isinstance(rest[0], zc.BloscCodec):
-            self.codec = numcodecs.Blosc()
-        elif isinstance(rest[0], zc.ZstdCodec):
-            self.codec = numcodecs.Zstd()
-        elif isinstance(rest[0], zc.GzipCodec):
-            self.codec = numcodecs.GZip()
-        else:
-            return
-        self.root = Path(self.arr.store.root) / self.arr.path
-
-    def chunk(self, coords: tuple[int, ...]) -> np.ndarray:
-        """Decoded chunk at chunk-grid ``coords``, clipped to the array extent."""
-        clip = tuple(
-            slice(0, min(c, s - i * c)) for i, c, s in zip(coords, self.chunks, self.shape, strict=True)
-        )
-        if self.root is not None:
-            key = self.arr.metadata.encode_chunk_key(coords)
-            try:
-                data = (self.root / key).read_bytes()
-            except FileNotFoundError:
-                return np.full(self.chunks, self.fill, dtype=self.dtype)[clip]
-            out = np.empty(self.chunks, dtype=self.dtype)
-            if self.codec == "raw":
-                out[...] = np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
-            else:
-                if self.codec.codec_id == "blosc":  # c-blosc trusts the header: check it first
-                    from .chunkguard import blosc_problem
-
-                    problem = blosc_problem(data, out.nbytes)
-                    if problem is not None:
-                        raise InputFileError(self.root / key, f"damaged chunk of the cube ({problem})")
-                self.codec.decode(data, out=out)
-            return out[clip]
-        sel = tuple(
-            slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(coords, self.chunks, self.shape, strict=True)
-        )
-        got: np.ndarray = np.asarray(self.arr[sel])
-        return got
-
-
-class ChunkCache:
-    """Per-process LRU cache of decoded chunks, bounded in bytes."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = int(max_bytes)
-        self.nbytes = 0
-        self._data: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple[Any, ...], load: Callable[[], np.ndarray]) -> np.ndarray:
-        """Cached value of ``key``, computing it with ``load()`` on a miss."""
-        val = self._data.get(key)
-        if val is not None:
-            self._data.move_to_end(key)
-            self.hits += 1
-            return val
-        self.misses += 1
-        val = load()
-        self._data[key] = val
-        self.nbytes += val.nbytes
-        while self.nbytes > self.max_bytes and len(self._data) > 1:
-            _, old = self._data.popitem(last=False)
-            self.nbytes -= old.nbytes
-        return val
-
-    def clear(self) -> None:
-        """Drop everything."""
-        self._data.clear()
-        self.nbytes = 0
-
-
-class CubeReader:
-    """Chunk-aligned reads of one cube through zarr-python, in the current process."""
-
-    def __init__(self, path: str, cache: ChunkCache, key: int) -> None:
-        import zarr
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.group = zarr.open_group(path, mode="r", zarr_format=3)
-            self.arrays = {
-                name: _Array(self.group[name])
-                for name in ("reflectance", "thermal", "labels", "valid")
-                if name in self.group.array_keys()
-            }
-        self.cache = cache
-        self.key = key
-
-    def present(self, name: str, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """Classes (bool, (K,)) with a value in 1..254 somewhere in the chunks of ``name[:, r0:r1, c0:c1]``.
-
-        A superset of the classes present in the region (zero everywhere else, or NODATA
-        255), from a per-chunk summary cached next to the decoded chunks.
-        """
-        arr = self.arrays[name]
-        (ch, cw), k = arr.chunks[-2:], arr.shape[0]
-        out = np.zeros(k, dtype=bool)
-        for cy in range(r0 // ch, (r1 - 1) // ch + 1):
-            for cx in range(c0 // cw, (c1 - 1) // cw + 1):
-
-                def load(cy: int = cy, cx: int = cx) -> np.ndarray:
-                    chunk = self.region(
-                        name,
-                        (None,),
-                        cy * ch,
-                        min((cy + 1) * ch, arr.shape[1]),
-                        cx * cw,
-                        min((cx + 1) * cw, arr.shape[2]),
-                    )
-                    flat = chunk.reshape(k, -1)
-                    top = flat.max(axis=1)
-                    if int(top.max(initial=0)) == 255:  # NODATA: 1..254 only (255 + 1 wraps to 0)
-                        top = np.add(flat, np.uint8(1)).max(axis=1)
-                        return np.asarray(top >= 2)
-                    return np.asarray(top > 0)
-
-                out |= self.cache.get((self.key, name, "present", cy, cx), load)
-        return out
-
-    def region(
-        self,
-        name: str,
-        lead: tuple[int | np.ndarray | None, ...],
-        r0: int,
-        r1: int,
-        c0: int,
-        c1: int,
-    ) -> np.ndarray:
-        """``name[lead..., r0:r1, c0:c1]``; ``None`` in ``lead`` keeps a whole dimension.
-
-        An index array in ``lead`` (one at most) takes those entries of a dimension, in
-        that order. Returns a view of a cached chunk when the region lies in one chunk
-        and ``lead`` holds no index array (do not write to it).
-        """
-        arr = self.arrays[name]
-        ranges: list[tuple[int, int]] = []
-        squeeze: list[int] = []
-        pick: tuple[int, np.ndarray] | None = None
-        for d, v in enumerate(lead):
-            if v is None:
-                ranges.append((0, arr.shape[d]))
-            elif isinstance(v, np.ndarray):
-                ranges.append((0, arr.shape[d]))
-                pick = (d, v)
-            else:
-                ranges.append((int(v), int(v) + 1))
-                squeeze.append(d)
-        ranges += [(r0, r1), (c0, c1)]
-        if any(a < 0 or b > s or b <= a for (a, b), s in zip(ranges, arr.shape, strict=True)):
-            raise IndexError(f"region {ranges} outside {name} {arr.shape}")
-        cranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(ranges, arr.chunks, strict=True)]
-        ncoords = math.prod(len(r) for r in cranges)
-
-        def fetch(coords: tuple[int, ...]) -> np.ndarray:
-            return self.cache.get((self.key, name, coords), lambda: arr.chunk(coords))
-
-        if pick is not None and (arr.chunks[pick[0]] < arr.shape[pick[0]]):
-            raise ValueError(f"index arrays need {name} dimension {pick[0]} in one chunk")
-        if ncoords == 1 and pick is None:
-            coords = tuple(r[0] for r in cranges)
-            chunk = fetch(coords)
-            sel = tuple(
-                slice(a - i * c, b - i * c) for (a, b), i, c in zip(ranges, coords, arr.chunks, strict=True)
-            )
-            out = chunk[sel]
-        else:
-            shape = [b - a for a, b in ranges]
-            if pick is not None:
-                shape[pick[0]] = len(pick[1])
-            out = np.empty(tuple(shape), dtype=arr.dtype)
-            import itertools
-
-            for coords in itertools.product(*cranges):
-                chunk = fetch(coords)
-                src: list[Any] = []
-                dst: list[Any] = []
-                for (a, b), i, c in zip(ranges, coords, arr.chunks, strict=True):
-                    lo, hi = max(a, i * c), min(b, (i + 1) * c)
-                    src.append(slice(lo - i * c, hi - i * c))
-                    dst.append(slice(lo - a, hi - a))
-                if pick is not None:
-                    src[pick[0]] = pick[1]
-                    dst[pick[0]] = slice(None)
-                out[tuple(dst)] = chunk[tuple(src)]
-        return out.reshape(tuple(s for d, s in enumerate(out.shape) if d not in squeeze))
-
-
-# -- statistics ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BandStats:
-    """Per-channel normalisation statistics of decoded values over valid pixels."""
-
-    names: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    count: tuple[int, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict."""
-        return {
-            "names": list(self.names),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "count": list(self.count),
-        }
-
-
-def _compute_stats(info: CubeInfo) -> dict[str, Any]:
-    """Sums over valid pixels per band (reflectance) and for thermal, with Dask (threads, in this process)."""
-    import xarray as xr
-    from dask.base import compute
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = xr.open_zarr(info.path, chunks={}, mask_and_scale=True, zarr_format=3)
-    valid = ds["valid"]
-    dims = ("time", "y", "x")
-    todo: dict[str, Any] = {}
-    refl = ds["reflectance"].astype("float64").where(valid)
-    todo["reflectance"] = (refl.count(dims), refl.sum(dims), (refl**2).sum(dims))
-    if "thermal" in ds:
-        th = ds["thermal"].astype("float64").where(valid)
-        todo["thermal"] = (th.count(dims), th.sum(dims), (th**2).sum(dims))
-    (done,) = compute(todo, scheduler="threads")
-    out: dict[str, Any] = {"version": _STATS_VERSION, "fingerprint": info.fingerprint}
-    for name, (cnt, s, ss) in done.items():
-        out[name] = {
-            "bands": list(info.bands) if name == "reflectance" else ["thermal"],
-            "count": np.atleast_1d(cnt.values).astype("int64").tolist(),
-            "sum": np.atleast_1d(s.values).astype("float64").tolist(),
-            "sumsq": np.atleast_1d(ss.values).astype("float64").tolist(),
-        }
-    return out
-
-
-def cube_stats(info: CubeInfo, *, recompute: bool = False, save: bool = True) -> dict[str, Any]:
-    """Per-band count/sum/sum-of-squares of one cube, computed once and stored with the cube.
-
-    Looks for the root attribute :data:`STATS_ATTR`, then the sidecar :data:`STATS_FILE`;
-    computes with Dask when neither matches the cube's fingerprint, then saves through
-    :func:`landcover.store.update_attrs` when available (else the sidecar). A store that
-    cannot be written keeps the statistics in memory only (with a warning).
-    """
-    path = Path(info.path)
-    if not recompute:
-        attrs = _read_json(path / "zarr.json").get("attributes", {}) or {}
-        for cand in (attrs.get(STATS_ATTR), _read_sidecar(path / STATS_FILE)):
-            if isinstance(cand, dict) and cand.get("fingerprint") == info.fingerprint:
-                return cand
-    stats = _compute_stats(info)
-    if save:
-        try:
-            from .store import update_attrs
-
-            update_attrs(path, **{STATS_ATTR: stats})
-        except Exception as exc:  # noqa: BLE001 - read-only stores keep working
-            try:
-                _write_sidecar(path / STATS_FILE, stats)
-            except OSError:
-                warnings.warn(f"{path}: cannot store band statistics ({exc}); kept in memory", stacklevel=2)
-    return stats
-
-
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    try:
-        return _read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
-def _write_sidecar(path: Path, stats: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stats), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _pool_stats(per_cube: Sequence[dict[str, Any]], channels: Sequence[str]) -> BandStats:
-    mean, std, count = [], [], []
-    for ch in channels:
-        n = s = ss = 0.0
-        for st in per_cube:
-            var = "thermal" if ch == "thermal" else "reflectance"
-            block = st.get(var)
-            if not block or ch not in block["bands"]:
-                continue
-            i = block["bands"].index(ch)
-            n += block["count"][i]
-            s += block["sum"][i]
-            ss += block["sumsq"][i]
-        if n <= 0:
-            mean.append(0.0)
-            std.append(1.0)
-            count.append(0)
-            continue
-        m = s / n
-        v = max(ss / n - m * m, 0.0)
-        mean.append(float(m))
-        std.append(float(math.sqrt(v)) if v > 1e-20 else 1.0)
-        count.append(int(n))
-    return BandStats(tuple(channels), tuple(mean), tuple(std), tuple(count))
+_CLASS_STEP = 4  # class planes decoded at a time (4 x 256 KB for 256 x 256 windows: in L2)
 
 
 @dataclass(frozen=True)
@@ -837,31 +260,6 @@ def window_stats(
     )
 
 
-# -- class aggregation --------------------------------------------------------------------------------------
-
-
-def _class_groups(
-    codes: Sequence[int], level: int, cube_level: int
-) -> tuple[tuple[int, ...], list[np.ndarray]]:
-    """Output codes and, per output class, the indices of the cube classes summed into it."""
-    if level >= cube_level:
-        return tuple(codes), [np.array([i]) for i in range(len(codes))]
-    mapping: dict[int, int] | None = None
-    if cube_level == 3:
-        try:  # the CLC table owns the hierarchy when it is there
-            from .corine import aggregation
-
-            mapping = {int(k): int(v) for k, v in aggregation(level).target if v is not None}  # type: ignore[arg-type]
-        except (ImportError, ValueError, KeyError):
-            mapping = None
-    if mapping is None or any(c not in mapping for c in codes):
-        div = 10 ** (cube_level - level)  # CLC codes: the parent is the leading digits
-        mapping = {int(c): int(c) // div for c in codes}
-    out = sorted({mapping[int(c)] for c in codes})
-    groups = [np.array([i for i, c in enumerate(codes) if mapping[int(c)] == o]) for o in out]
-    return tuple(out), groups
-
-
 # -- datasets ----------------------------------------------------------------------------------------------
 
 
@@ -950,7 +348,7 @@ class _WindowSource:
         if split_spec is not None:
             self.block = self.split_plan.block
         if normalize:
-            self.stats = _pool_stats([cube_stats(c) for c in self.cubes], self.band_names)
+            self.stats = pool_stats([cube_stats(c) for c in self.cubes], self.band_names)
         else:
             self.stats = BandStats(
                 self.band_names,
@@ -1057,8 +455,6 @@ class _WindowSource:
 
         split_idx = None if self.split is None else SPLITS.index(self.split)
         parts = []
-        from .windows import global_origin
-
         plan = self.split_plan
         explicit = self.split_spec is not None
         for ci, info in enumerate(self.cubes):
@@ -1286,300 +682,6 @@ class _WindowSource:
     def _item(self, i: int) -> dict[str, Any]:
         batch = self._batch([i])
         return {k: v[0] for k, v in batch.items()}
-
-
-_CLASS_STEP = 4  # class planes decoded at a time (4 x 256 KB for 256 x 256 windows: in L2)
-_NP_DTYPES = {torch.float32: np.float32, torch.uint8: np.uint8, torch.bool: np.bool_}
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor, in shared memory when ``shared`` (as DataLoader's collate does).
-
-    Private memory comes from numpy, which asks Linux for transparent huge pages on large
-    buffers: first-touch page faults on a fresh batch then cost about a fifth of those
-    of ``torch.empty`` (4 KiB pages). Shared memory (tmpfs) gets no huge pages.
-    """
-    if not shared:
-        return torch.from_numpy(np.empty(shape, dtype=_NP_DTYPES[dtype]))
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    storage = torch.UntypedStorage._new_shared(nbytes)  # type: ignore[attr-defined]
-    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
-
-
-# -- reusable batch buffers -------------------------------------------------------------------------------
-
-_ALIGN = 64
-_DEFAULT_WORKER_SLOTS = 4  # DataLoader's default prefetch_factor (2) + 2, see BatchPool
-_worker_slots: int | None = None  # set in each worker by make_loader's worker_init_fn
-
-
-def _use_count(t: torch.Tensor) -> int:
-    """Strong references to ``t``'s storage (tensors, storage objects) in this process."""
-    return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
-
-
-def _anchor(storage: torch.UntypedStorage) -> torch.Tensor:
-    """A byte tensor over all of ``storage``: the one reference a pool or registry keeps."""
-    return torch.empty(0, dtype=torch.uint8).set_(storage)
-
-
-def _probe_base() -> int:
-    """Use count of a storage that only an anchor refers to (as :func:`_use_count` sees it)."""
-    a = _anchor(torch.UntypedStorage(8))
-    return _use_count(a)
-
-
-Fields = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
-
-
-@dataclass(frozen=True)
-class _Lease:
-    """Which pooled buffer a batch crossing a process boundary lives in, and its busy flag."""
-
-    pid: int
-    pool: str
-    index: int
-    flags: torch.Tensor
-    field: str
-
-    @property
-    def key(self) -> tuple[int, str, int]:
-        return (self.pid, self.pool, self.index)
-
-
-class PooledBatch(dict[str, Any]):
-    """A batch dict whose large tensors live in a :class:`BatchPool` buffer.
-
-    Behaves as a plain dict. When pickled to another process (a DataLoader worker
-    handing its batch to the main process), a batch from a shared pool marks its
-    buffer busy and arrives as a plain dict that the receiving process *adopts*: the
-    buffer is handed back to the worker once no tensor of that process refers to it
-    any more (see :class:`BatchPool`).
-    """
-
-    __slots__ = ("_lease",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._lease: _Lease | None = None
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        lease = getattr(self, "_lease", None)
-        if lease is None:
-            return (dict, (dict(self),))
-        lease.flags.numpy()[lease.index] = 1  # busy until the receiver releases it
-        return (_adopt_batch, (dict(self), lease))
-
-
-class BatchPool:
-    """Batch buffers reused once nothing refers to them any more (no fresh pages per batch).
-
-    Every batch is written into one buffer (a single allocation holding all its
-    tensors, 64-byte aligned): ``take(n, fields)`` returns a :class:`PooledBatch` whose
-    tensors are views ``[:n]`` of a free pooled buffer, or of a new one while fewer
-    than ``slots`` exist; when every pooled buffer is in use it allocates a fresh,
-    unpooled one, exactly as without a pool. Fresh buffers cost page faults and
-    zeroing by the kernel (about as much as decoding the windows into them); reused
-    ones cost nothing.
-
-    A buffer is *free* when no tensor, view or storage object of this process refers
-    to its memory any more (its storage use count is back to the pool's own single
-    reference), so a batch that is still held, or any view of it, is never
-    overwritten. With ``shared=True`` (inside DataLoader workers) the buffers are in
-    shared memory and a batch pickled to another process carries a lease: its buffer
-    also stays busy until the receiving process has adopted it and dropped every
-    reference to it (checked whenever that process receives a batch; the flag lives in
-    a small shared array of the pool). Consequences: a receiver must not forward
-    these tensors to a *third* process without cloning them (``pin_memory`` and
-    ``.to(device)`` copy, as does ``.clone()``), and in-process batches pickled to
-    another process must likewise be cloned first.
-
-    Parameters
-    ----------
-    slots
-        Most buffers kept. In-process use needs 2 (the batch the caller holds and the
-        one being read); a DataLoader worker needs ``prefetch_factor + 2`` (batches
-        queued, the one the main process has just received, the one its loop still
-        holds, and the one being read), which :func:`make_loader` sets.
-    shared
-        Allocate in shared memory and lease buffers across processes.
-    """
-
-    def __init__(self, slots: int = 2, *, shared: bool = False) -> None:
-        if int(slots) < 1:
-            raise ValueError(f"slots must be >= 1, got {slots}")
-        self.slots = int(slots)
-        self.shared = bool(shared)
-        self._uid = os.urandom(8).hex()
-        self._pid = os.getpid()
-        self._buffers: list[tuple[torch.Tensor, int, tuple[Any, ...], int]] = []  # anchor, base, layout, cap
-        self._flags = torch.zeros(self.slots, dtype=torch.uint8)
-        if self.shared:
-            self._flags.share_memory_()
-        self._flags_np = self._flags.numpy()
-        self.allocated = 0  # pooled buffers created
-        self.reused = 0  # batches written into a reused buffer
-        self.unpooled = 0  # batches that found every pooled buffer busy
-
-    @classmethod
-    def for_current_process(cls) -> BatchPool:
-        """A pool suited to the calling process.
-
-        Inside a DataLoader worker: shared, with the ``buffer_slots`` that
-        :func:`make_loader` set (default 4); elsewhere private, 2 buffers.
-        """
-        if get_worker_info() is not None:
-            return cls(_worker_slots or _DEFAULT_WORKER_SLOTS, shared=True)
-        return cls(2)
-
-    def __getstate__(self) -> dict[str, Any]:
-        raise TypeError("a BatchPool belongs to one process; create one per process")
-
-    @staticmethod
-    def _offsets(fields: Fields, n: int) -> tuple[list[int], int]:
-        offsets, pos = [], 0
-        for shape, dtype in fields.values():
-            offsets.append(pos)
-            nbytes = n * math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-            pos += -(-nbytes // _ALIGN) * _ALIGN
-        return offsets, max(pos, _ALIGN)
-
-    def _free(self, i: int) -> bool:
-        anchor, base, _, _ = self._buffers[i]
-        return (not self.shared or self._flags_np[i] == 0) and _use_count(anchor) <= base
-
-    def _new(self, nbytes: int) -> torch.UntypedStorage:
-        if self.shared:
-            storage: torch.UntypedStorage = torch.UntypedStorage._new_shared(nbytes)  # type: ignore[attr-defined]
-            return storage
-        # numpy asks Linux for transparent huge pages on large buffers: cheaper first touch
-        return torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).untyped_storage()
-
-    def take(self, n: int, fields: Fields) -> PooledBatch:
-        """Uninitialised tensors ``name: (n, *shape) dtype`` for every entry of ``fields``.
-
-        Parameters
-        ----------
-        n
-            Batch size (leading dimension).
-        fields
-            ``{name: (item shape, dtype)}``, in storage order.
-        """
-        n = int(n)
-        layout = tuple((name, tuple(int(s) for s in shape), dtype) for name, (shape, dtype) in fields.items())
-        pick, spare = None, None
-        for i, (_, _, lay, cap) in enumerate(self._buffers):
-            if not self._free(i):
-                continue
-            if lay == layout and cap >= n:
-                pick = i
-                break
-            spare = i if spare is None else spare
-        if pick is not None:
-            self.reused += 1
-        elif len(self._buffers) < self.slots:
-            pick = len(self._buffers)
-            self._buffers.append((torch.empty(0), 0, (), 0))
-            self._install(pick, layout, n, fields)
-        elif spare is not None:  # a free buffer of another layout: replace it
-            pick = spare
-            self._install(pick, layout, n, fields)
-        if pick is None:  # every pooled buffer is busy: a fresh one, as without a pool
-            self.unpooled += 1
-            offsets, nbytes = self._offsets(fields, n)
-            storage = self._new(nbytes)
-            return self._views(storage, offsets, n, fields)
-        anchor, _, _, cap = self._buffers[pick]
-        offsets, _ = self._offsets(fields, cap)
-        batch = self._views(anchor.untyped_storage(), offsets, n, fields)
-        if self.shared:
-            batch._lease = _Lease(self._pid, self._uid, pick, self._flags, next(iter(fields)))
-        return batch
-
-    def _install(self, i: int, layout: tuple[Any, ...], n: int, fields: Fields) -> None:
-        _, nbytes = self._offsets(fields, n)
-        self._buffers[i] = (torch.empty(0), 0, (), 0)  # drop the old buffer first
-        anchor = _anchor(self._new(nbytes))
-        self._buffers[i] = (anchor, _use_count(anchor), layout, n)
-        self.allocated += 1
-
-    @staticmethod
-    def _views(storage: torch.UntypedStorage, offsets: list[int], n: int, fields: Fields) -> PooledBatch:
-        out = PooledBatch()
-        for off, (name, (shape, dtype)) in zip(offsets, fields.items(), strict=True):
-            size = torch.empty((), dtype=dtype).element_size()
-            full = (n, *shape)
-            stride = [math.prod(full[d + 1 :]) for d in range(len(full))]
-            out[name] = torch.empty(0, dtype=dtype).set_(storage, off // size, full, stride)
-        return out
-
-
-class _LeaseRegistry:
-    """The receiving side of leases: releases a pooled buffer once this process has dropped it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[tuple[int, str, int], list[Any]] = {}  # key -> [anchor, flags, index, busy]
-        self._base: int | None = None
-        self.adopted = 0  # batches received in pooled buffers
-        self.reused = 0  # ... in a buffer that had been received (and released) before
-        self.released = 0  # buffers handed back to their worker
-
-    def adopt(self, lease: _Lease, batch: Mapping[str, Any]) -> None:
-        """Track the buffer of ``batch`` (just received) until this process drops it."""
-        anchor = _anchor(batch[lease.field].untyped_storage())
-        with self._lock:
-            if self._base is None:
-                self._base = _probe_base()
-            self._sweep()
-            self.adopted += 1
-            self.reused += lease.key in self._entries
-            self._entries[lease.key] = [anchor, lease.flags, lease.index, True]
-
-    def sweep(self) -> int:
-        """Release every adopted buffer nothing refers to any more; returns how many."""
-        with self._lock:
-            return self._sweep()
-
-    def _sweep(self) -> int:
-        released = 0
-        base = self._base if self._base is not None else _probe_base()
-        for e in self._entries.values():
-            if e[3] and _use_count(e[0]) <= base:
-                e[1].numpy()[e[2]] = 0
-                e[3] = False
-                released += 1
-        self.released += released
-        dead = {k[0] for k in self._entries if not _alive(k[0])}
-        for k in [k for k in self._entries if k[0] in dead]:
-            del self._entries[k]
-        return released
-
-    def prune(self) -> None:
-        """Forget the buffers of workers that have exited (this process's mapping goes)."""
-        with self._lock:
-            self._sweep()
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_LEASES = _LeaseRegistry()
-
-
-def _adopt_batch(batch: dict[str, Any], lease: _Lease) -> dict[str, Any]:
-    """Unpickling a leased batch: hand the plain dict on and track its buffer."""
-    _LEASES.adopt(lease, batch)
-    return batch
 
 
 class WindowBatch(list[dict[str, Any]]):
@@ -1850,8 +952,7 @@ class _WindowLoader(DataLoader[Any]):
 
 
 def _worker_init(_worker_id: int, buffer_slots: int | None = None) -> None:
-    global _worker_slots
-    _worker_slots = buffer_slots
+    set_worker_slots(buffer_slots)
     torch.set_num_threads(1)
     info = get_worker_info()
     if info is not None:  # share the cores among workers: blosc decodes with threads too

@@ -508,7 +508,7 @@ def _thermal_for(cfg: CompareConfig, model: str) -> bool:
     if model.startswith("rgb"):
         return False
     if model == "ssl4eo":
-        from .datasets import inspect_cube
+        from .cubemeta import inspect_cube
 
         return all(inspect_cube(c).has_thermal for c in cfg.cubes)
     return cfg.thermal
@@ -790,7 +790,7 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
     """
     if not cfg.cubes:
         raise ConfigError("no cubes given (build one with `landcover cube build`)")
-    from .datasets import inspect_cube
+    from .cubemeta import inspect_cube
 
     infos = [inspect_cube(c) for c in cfg.cubes]  # fails early and clearly on bad stores
     cfg = _fetch_weights(cfg, log)

@@ -66,7 +66,6 @@ __all__ = [
     "add_variables",
     "store_size",
     "raw_nbytes",
-    "cube_info",
     "MANIFEST_FILE",
     "check_manifest",
     "verify_cube",
@@ -1226,53 +1225,3 @@ def raw_nbytes(store: str | os.PathLike[str]) -> int:
         n = int(np.prod(doc.get("shape") or [1]))
         total += n * itemsize.get(str(doc.get("data_type")), 8)
     return total
-
-
-def cube_info(store: str | os.PathLike[str]) -> dict[str, Any]:
-    """Summary of a complete cube (computed lazily with Dask over the stored masks).
-
-    Returns
-    -------
-    dict
-        ``store``, ``scenes`` (product ids), ``times`` (ISO strings), ``crs``, ``transform``
-        (6 numbers), ``shape`` (time, y, x), ``bands``, ``chunks``, ``size_bytes`` (on disk),
-        ``raw_bytes`` (uncompressed), ``compression_ratio``, ``valid_share`` (overall),
-        ``valid_share_per_time`` (list), ``label_share`` (``{code: share of valid-label area}``),
-        ``complete``.
-    """
-    from dask.base import compute
-
-    path = Path(store)
-    ds = open_cube(path, decode=False)
-    valid = ds["valid"]
-    labels = ds["labels"]
-    label_ok = labels != schema.LABEL_FILL
-    per_time = valid.mean(dim=("y", "x"))
-    overall = valid.mean()
-    sums = labels.where(label_ok).sum(dim=("y", "x"))
-    n_ok = label_ok.isel({"class": 0}).sum()
-    per_time_v, overall_v, sums_v, n_ok_v = compute(per_time.data, overall.data, sums.data, n_ok.data)
-    total = float(n_ok_v) * schema.LABEL_STEPS
-    codes = [int(c) for c in ds["class"].values]
-    share = {c: (float(s) / total if total else 0.0) for c, s in zip(codes, np.asarray(sums_v), strict=True)}
-    size = store_size(path)
-    raw = raw_nbytes(path)
-    return {
-        "store": str(path),
-        "scenes": list(ds.attrs.get("product_ids", [])),
-        "times": [str(np.datetime_as_string(t, unit="s")) for t in ds["time"].values],
-        "crs": ds.rio.crs.to_string() if ds.rio.crs is not None else None,
-        "transform": list(ds.rio.transform())[:6],
-        "shape": [int(ds.sizes["time"]), int(ds.sizes["y"]), int(ds.sizes["x"])],
-        "bands": [str(b) for b in ds["band"].values],
-        "chunks": list(ds["reflectance"].encoding.get("chunks", ())),
-        "size_bytes": size,
-        "raw_bytes": raw,
-        "compression_ratio": raw / size if size else float("nan"),
-        "valid_share": float(overall_v),
-        "valid_share_per_time": [float(v) for v in np.atleast_1d(per_time_v)],
-        "label_share": share,
-        "grid_mode": ds.attrs.get("grid_mode"),
-        "resampling": ds.attrs.get("resampling"),
-        "complete": True,
-    }

@@ -808,7 +808,7 @@ def _cube_summary(path: str) -> dict[str, Any]:
     """Place, time and sensor of a cube (for the domain-shift table)."""
     import zarr
 
-    from .datasets import inspect_cube
+    from .cubemeta import inspect_cube
 
     info = inspect_cube(path)
     grid = info.grid
@@ -948,7 +948,7 @@ def add_labels(
     import zarr
 
     from .corine import quantize_fractions
-    from .datasets import inspect_cube
+    from .cubemeta import inspect_cube
     from .store import add_variables
 
     path = Path(cube)
@@ -1091,7 +1091,7 @@ def _rgb_bands(have: Sequence[str]) -> list[str] | None:
 
 # -- data ----------------------------------------------------------------------------------------------
 def _cube_bands(cube: str, wanted: Sequence[str]) -> list[str]:
-    from .datasets import inspect_cube
+    from .cubemeta import inspect_cube
 
     have = list(inspect_cube(cube).bands)
     for b in wanted:
@@ -1639,7 +1639,7 @@ def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print) -> 
     result.class_codes = codes
     result.backbone = {"name": spec.name, "encoder": spec.encoder, "width": spec.width, "depth": spec.depth,
                        "bands": list(spec.bands), "classes": len(spec.class_codes)}  # fmt: skip
-    from .datasets import inspect_cube
+    from .cubemeta import inspect_cube
 
     cube_bands = list(inspect_cube(cfg.cubes[0]).bands)
     arms = _Arms(

@@ -1274,6 +1274,73 @@ def sample_rotated(
     mixed pixels rather than the number of classes.
     """
     h, w = size
+    n = h * w
+    taps = _bilinear_taps(valid, size, pad, angle)
+    nc = image.shape[0]
+    img_out = out[0] if out is not None else np.empty((nc, h, w), dtype="float32")
+    img = img_out.reshape(nc, n)
+    taps.interp(image.reshape(nc, -1), dest=img)
+    if decode is not None:
+        a, b = (np.asarray(v, dtype="float32").reshape(nc, 1) for v in decode)
+        img *= a
+        img += b * taps.mask.astype("float32")[None, :]  # 0 outside the mask, as without decode
+    mask_out = out[2] if out is not None else np.empty((h, w), dtype=bool)
+    mask_out.reshape(n)[...] = taps.mask
+    lab_out: np.ndarray | None = None
+    if labels is not None:
+        k = labels.shape[0]
+        lab_dtype = np.dtype("uint8" if quantize else "float32")
+        lab_out = out[1] if out is not None and out[1] is not None else np.empty((k, h, w), lab_dtype)
+        rows = np.arange(k) if label_rows is None else np.asarray(label_rows, dtype=np.intp)
+        if len(rows) != k or (label_rows is None and lab_out.shape[0] != k):
+            raise ValueError(f"{k} label planes for {lab_out.shape[0]} output classes, rows {label_rows}")
+        _resample_labels(taps, labels.reshape(k, -1), lab_out.reshape(lab_out.shape[0], n), rows, quantize)
+    del label_scale  # fractions are renormalised, so the scale cancels out
+    return img_out, lab_out, mask_out
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """Bilinear taps of a turned window in its footprint: 4 flat source indices and weights per pixel.
+
+    ``weights`` are renormalised over valid sources; ``mask`` (flat, bool) is True where the
+    nearest source pixel is valid; ``valid`` is the flat footprint mask.
+    """
+
+    index: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    weights: list[np.ndarray]
+    mask: np.ndarray
+    valid: np.ndarray
+
+    def interp(
+        self, flat: np.ndarray, sel: np.ndarray | None = None, dest: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Bilinear samples (float32, (rows, m)) of the rows of ``flat`` ((rows, fh*fw)), at ``sel``.
+
+        Row by row: one source row (converted to float32 once) serves its four taps
+        while it is in cache, and every product is formed in place.
+        """
+        ix = self.index if sel is None else tuple(ik[sel] for ik in self.index)
+        ws = self.weights if sel is None else [wk[sel] for wk in self.weights]
+        m = len(ix[0])
+        res = np.empty((flat.shape[0], m), dtype="float32") if dest is None else dest
+        src = np.empty(flat.shape[1], dtype="float32")
+        tap = np.empty(m, dtype="float32")
+        for r in range(flat.shape[0]):
+            row = res[r]
+            np.copyto(src, flat[r], casting="unsafe")
+            np.take(src, ix[0], out=row)
+            row *= ws[0]
+            for k in range(1, 4):
+                np.take(src, ix[k], out=tap)
+                tap *= ws[k]
+                row += tap
+        return res
+
+
+def _bilinear_taps(valid: np.ndarray, size: tuple[int, int], pad: tuple[int, int], angle: float) -> _Taps:
+    """The :class:`_Taps` of a ``size`` window turned by ``angle`` in the footprint ``valid``."""
+    h, w = size
     fh, fw = valid.shape
     n = h * w
     ry, rx = rotation_coords(size, pad, angle)
@@ -1301,85 +1368,58 @@ def sample_rotated(
     inv = np.zeros_like(wsum)
     np.divide(1.0, wsum, out=inv, where=mask)
     wn = [np.multiply(wk, inv, out=wk) for wk in wv]
+    return _Taps(idx, wn, mask, vflat)
 
-    def interp(flat: np.ndarray, sel: np.ndarray | None = None, dest: np.ndarray | None = None) -> np.ndarray:
-        """Bilinear samples (float32, (rows, m)) of the rows of ``flat`` ((rows, fh*fw)), at ``sel``.
 
-        Row by row: one source row (converted to float32 once) serves its four taps
-        while it is in cache, and every product is formed in place.
-        """
-        ix = idx if sel is None else tuple(ik[sel] for ik in idx)
-        ws = wn if sel is None else [wk[sel] for wk in wn]
-        m = len(ix[0])
-        res = np.empty((flat.shape[0], m), dtype="float32") if dest is None else dest
-        src = np.empty(flat.shape[1], dtype="float32")
-        tap = np.empty(m, dtype="float32")
-        for r in range(flat.shape[0]):
-            row = res[r]
-            np.copyto(src, flat[r], casting="unsafe")
-            np.take(src, ix[0], out=row)
-            row *= ws[0]
-            for k in range(1, 4):
-                np.take(src, ix[k], out=tap)
-                tap *= ws[k]
-                row += tap
-        return res
+def _present_classes(lflat: np.ndarray, vflat: np.ndarray) -> np.ndarray:
+    """Rows of ``lflat`` with a non-zero value at some valid pixel (a superset when there is no NODATA)."""
+    top = lflat.max(axis=1) if lflat.dtype == np.uint8 else None
+    if top is not None and int(top.max(initial=0)) < 255:
+        # no label NODATA (255) in the footprint: a class absent from every pixel is 0
+        # everywhere; one present only at invalid pixels gets zero weight below
+        return np.flatnonzero(top)
+    return np.flatnonzero(np.where(vflat[None, :], lflat, 0).any(axis=1))
 
-    nc = image.shape[0]
-    img_out = out[0] if out is not None else np.empty((nc, h, w), dtype="float32")
-    img = img_out.reshape(nc, n)
-    interp(image.reshape(nc, -1), dest=img)
-    if decode is not None:
-        a, b = (np.asarray(v, dtype="float32").reshape(nc, 1) for v in decode)
-        img *= a
-        img += b * mask.astype("float32")[None, :]  # 0 outside the mask, as without decode
-    mask_out = out[2] if out is not None else np.empty((h, w), dtype=bool)
-    mask_out.reshape(n)[...] = mask
-    lab_out: np.ndarray | None = None
-    if labels is not None:
-        k = labels.shape[0]
-        lab_dtype = np.dtype("uint8" if quantize else "float32")
-        lab_out = out[1] if out is not None and out[1] is not None else np.empty((k, h, w), lab_dtype)
-        rows = np.arange(k) if label_rows is None else np.asarray(label_rows, dtype=np.intp)
-        if len(rows) != k or (label_rows is None and lab_out.shape[0] != k):
-            raise ValueError(f"{k} label planes for {lab_out.shape[0]} output classes, rows {label_rows}")
-        lab = lab_out.reshape(lab_out.shape[0], n)
-        lflat = labels.reshape(k, -1)
-        top = lflat.max(axis=1) if labels.dtype == np.uint8 else None
-        if top is not None and int(top.max(initial=0)) < 255:
-            # no label NODATA (255) in the footprint: a class absent from every pixel is 0
-            # everywhere; one present only at invalid pixels gets zero weight below
-            present = np.flatnonzero(top)
-        else:
-            present = np.flatnonzero(np.where(vflat[None, :], lflat, 0).any(axis=1))
-        for c in np.setdiff1d(np.arange(lab.shape[0]), rows[present], assume_unique=True):
-            lab[c].fill(0)
-        if len(present):
-            sub = lflat[present]
-            # code: 1 + index (in ``present``) of the only non-zero class, 0 if mixed/invalid
-            ctype = np.dtype("uint8" if len(present) < 255 else "uint16")
-            code: np.ndarray = np.zeros(sub.shape[1], dtype=ctype)
-            count: np.ndarray = np.zeros(sub.shape[1], dtype=ctype)
-            for p in range(len(present)):
-                nz = sub[p] > 0
-                np.add(count, nz, out=count)
-                np.add(code, np.multiply(nz, p + 1, dtype=ctype), out=code)
-            np.multiply(code, (count == 1) & vflat, out=code)
-            c0 = np.take(code, idx[0])
-            same = (c0 == np.take(code, idx[1])) & (c0 == np.take(code, idx[2]))
-            same &= c0 == np.take(code, idx[3])
-            c0 *= same  # the class code of pixels whose four sources agree, else 0
-            pure_value = 250 if quantize else 1.0
-            for p, c in enumerate(rows[present]):
-                np.multiply(c0 == p + 1, pure_value, out=lab[c], casting="unsafe")
-            mixed = np.flatnonzero(mask & (c0 == 0))
-            if len(mixed):
-                vals = interp(sub, mixed)
-                tot = vals.sum(axis=0)
-                np.divide(vals, tot, out=vals, where=tot > 0)
-                if quantize:  # only the classes present in the footprint: the others stay 0
-                    vals = quantize_fractions(vals)
-                for p, c in enumerate(rows[present]):
-                    lab[c, mixed] = vals[p]
-        del label_scale  # fractions are renormalised, so the scale cancels out
-    return img_out, lab_out, mask_out
+
+def _pure_codes(sub: np.ndarray, taps: _Taps) -> np.ndarray:
+    """Per output pixel: 1 + row of ``sub`` when its four sources are valid and pure in that class, else 0."""
+    # code: 1 + index (in ``sub``) of the only non-zero class, 0 if mixed/invalid
+    ctype = np.dtype("uint8" if sub.shape[0] < 255 else "uint16")
+    code: np.ndarray = np.zeros(sub.shape[1], dtype=ctype)
+    count: np.ndarray = np.zeros(sub.shape[1], dtype=ctype)
+    for p in range(sub.shape[0]):
+        nz = sub[p] > 0
+        np.add(count, nz, out=count)
+        np.add(code, np.multiply(nz, p + 1, dtype=ctype), out=code)
+    np.multiply(code, (count == 1) & taps.valid, out=code)
+    idx = taps.index
+    c0 = np.take(code, idx[0])
+    same = (c0 == np.take(code, idx[1])) & (c0 == np.take(code, idx[2]))
+    same &= c0 == np.take(code, idx[3])
+    c0 *= same  # the class code of pixels whose four sources agree, else 0
+    return c0
+
+
+def _resample_labels(
+    taps: _Taps, lflat: np.ndarray, lab: np.ndarray, rows: np.ndarray, quantize: bool
+) -> None:
+    """Resample class planes ``lflat`` ((k, fh*fw)) into rows ``rows`` of ``lab`` ((K, h*w))."""
+    present = _present_classes(lflat, taps.valid)
+    for c in np.setdiff1d(np.arange(lab.shape[0]), rows[present], assume_unique=True):
+        lab[c].fill(0)
+    if not len(present):
+        return
+    sub = lflat[present]
+    c0 = _pure_codes(sub, taps)
+    pure_value = 250 if quantize else 1.0
+    for p, c in enumerate(rows[present]):
+        np.multiply(c0 == p + 1, pure_value, out=lab[c], casting="unsafe")
+    mixed = np.flatnonzero(taps.mask & (c0 == 0))
+    if len(mixed):
+        vals = taps.interp(sub, mixed)
+        tot = vals.sum(axis=0)
+        np.divide(vals, tot, out=vals, where=tot > 0)
+        if quantize:  # only the classes present in the footprint: the others stay 0
+            vals = quantize_fractions(vals)
+        for p, c in enumerate(rows[present]):
+            lab[c, mixed] = vals[p]

@@ -14,6 +14,7 @@ import xarray as xr
 from affine import Affine
 
 from landcover import schema
+from landcover.cubemeta import cube_info
 from landcover.errors import ConfigError, IncompleteStoreError, InputFileError
 from landcover.store import (
     FINGERPRINT_ATTR,
@@ -21,7 +22,6 @@ from landcover.store import (
     Region,
     add_variables,
     compressor_codecs,
-    cube_info,
     is_complete,
     open_cube,
     plan_regions,

@@ -340,7 +340,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..store import cube_info
+    from ..cubemeta import cube_info
 
     info = cube_info(args.store)
     if args.json:
