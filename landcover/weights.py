@@ -13,7 +13,7 @@ Two families of ResNet encoder weights are known (:data:`WEIGHTS`):
     ``resnet50`` state dicts, whose parameter names (``conv1``, ``bn1``, ``layer1.0.conv1``,
     ``layer1.0.downsample.0``, ``fc``) are torchvision's, so they load into
     :mod:`landcover.models` encoders with at most a prefix stripped
-    (:func:`landcover.models.encoder_state_dict`).
+    (:func:`landcover.models.read_state_dict`).
 
 SSL4EO-L input convention (TM TOA, from torchgeo's ``experiments/ssl4eo`` scripts)
 ----------------------------------------------------------------------------------

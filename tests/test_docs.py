@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,8 +69,10 @@ def test_readme_local_links_exist():
     assert not missing, f"README links to missing files: {missing}"
 
 
-def test_api_docs_build_strict(tmp_path):
-    """mkdocs + mkdocstrings render every module page with --strict (offline): no broken docstring or link."""
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site as `make docs` builds it (mkdocs --strict, offline), built once for the tests below."""
+    tmp_path = tmp_path_factory.mktemp("docs")
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
         cwd=ROOT,
@@ -79,7 +83,92 @@ def test_api_docs_build_strict(tmp_path):
     )
     warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line or "ERROR" in line]
     assert proc.returncode == 0, "\n".join(warnings[:40]) or proc.stderr[-4000:]
-    accessor = (tmp_path / "site" / "api" / "interactive" / "index.html").read_text()
+    return tmp_path / "site"
+
+
+def test_api_docs_build_strict(site):
+    """mkdocs + mkdocstrings render every module page with --strict (offline): no broken docstring or link."""
+    accessor = (site / "api" / "interactive.html").read_text()
     assert "LandcoverAccessor" in accessor and "plot_windows" in accessor
-    cli = (tmp_path / "site" / "cli" / "index.html").read_text()
+    cli = (site / "cli.html").read_text()
     assert "landcover cube build" in cli
+
+
+def _pages(site):
+    """The pages a reader opens (404.html is only served by a web server, with absolute links)."""
+    return sorted(page for page in site.rglob("*.html") if page.name != "404.html")
+
+
+def test_site_works_opened_from_disk(site):
+    """Every local link and script of a page names a file that exists (file:// has no index.html lookup)."""
+    broken = []
+    for page in _pages(site):
+        tags = r'<(?:a|link|script|img)\s[^>]*?(?:href|src)="([^"#?]+)[^"]*"'
+        for ref in re.findall(tags, page.read_text()):
+            if ref.startswith(("http://", "https://", "mailto:", "data:")):
+                continue
+            target = (page.parent / ref).resolve()
+            if not target.is_file():
+                broken.append(f"{page.relative_to(site)} -> {ref}")
+    assert not broken, broken[:20]
+
+
+def test_mermaid_renders_offline(site):
+    """The diagram is a mermaid block and the page loads mermaid from the site itself, no CDN."""
+    index = (site / "index.html").read_text()
+    assert '<pre class="mermaid"><code>flowchart LR' in index
+    scripts = re.findall(r'<script src="([^"]+)"', index)
+    assert not [s for s in scripts if s.startswith(("http://", "https://", "//"))], scripts
+    mermaid = [s for s in scripts if "mermaid" in s]
+    assert mermaid, scripts
+    js = (site / mermaid[0]).read_text()
+    # Material uses a global `mermaid` when the page defines one and fetches it from a CDN otherwise.
+    assert 'globalThis["mermaid"]' in js
+
+
+def test_numpydoc_roles_render_as_links(site):
+    """:func:/:class:/:mod: roles in docstrings are autorefs links, within a page and across pages."""
+    leftover = {
+        str(page.relative_to(site)): re.findall(r":(?:func|class|mod|meth|attr):`[^`]*`", page.read_text())
+        for page in _pages(site)
+    }
+    assert not {page: roles for page, roles in leftover.items() if roles}
+    inputs = (site / "api" / "inputs.html").read_text()
+    # corine's module docstring: ":class:`ClassInfo` objects by :func:`legend`" and ":mod:`landcover.schema`"
+    link = r'<a class="autorefs autorefs-internal"[^>]*href="#landcover\.corine\.legend"><code>legend\(\)'
+    assert re.search(link, inputs)
+    assert re.search(r'href="#landcover\.corine\.ClassInfo"><code>ClassInfo</code>', inputs)
+    assert 'href="cubes.html#landcover.schema"' in inputs
+
+
+def _xrefs():
+    spec = importlib.util.spec_from_file_location("griffe_xrefs", ROOT / "docs" / "griffe_xrefs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_role_rewriting_resolves_in_scope(tmp_path):
+    """Names resolve the way Python sees them in the docstring's scope; foreign targets stay code."""
+    import griffe
+
+    pkg = tmp_path / "landcover"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text('"""Root."""\n')
+    (pkg / "grid.py").write_text('"""Grids."""\n\n\nclass Grid:\n    """A grid."""\n')
+    (pkg / "a.py").write_text(
+        '"""Module a."""\n\nfrom .grid import Grid\n\n\ndef f():\n    """F."""\n\n\n'
+        'def _g():\n    """G."""\n\n\nclass K:\n    """K."""\n\n    def m(self):\n        """M."""\n'
+    )
+    xrefs = _xrefs()
+    loaded = griffe.load("landcover", search_paths=[tmp_path], try_relative_path=False)
+    coll = loaded.modules_collection
+    k = loaded["a.K"]
+    assert xrefs.rewrite(":func:`f`", loaded["a"], coll) == "[`f()`][landcover.a.f]"
+    assert xrefs.rewrite(":class:`Grid`", loaded["a"], coll) == "[`Grid`][landcover.grid.Grid]"
+    assert xrefs.rewrite(":class:`~landcover.grid.Grid`", k, coll) == "[`Grid`][landcover.grid.Grid]"
+    assert xrefs.rewrite(":meth:`.m`", k, coll) == "[`m()`][landcover.a.K.m]"
+    assert xrefs.rewrite(":mod:`landcover.grid`", k, coll) == "[`landcover.grid`][landcover.grid]"
+    assert xrefs.rewrite(":class:`xarray.Dataset`", k, coll) == "`xarray.Dataset`"
+    assert "optional" in xrefs.rewrite(":func:`_g`", k, coll)

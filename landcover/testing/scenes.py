@@ -1472,7 +1472,7 @@ def synthetic_params(world: str, *, seed: int, landscape_seed: int) -> dict[str,
     """Provenance of a synthetic scene: ``source``, world, seeds and generator parameters.
 
     The dict is what scenes record (``LANDCOVER_SYNTH_PARAMS``) and what cube attributes carry as
-    ``landcover:generator`` (see :func:`landcover.testing.mark_synthetic`); its
+    ``generator`` (see :func:`landcover.demo.mark_synthetic_cube`); its
     ``outside_rgb_classes`` are the classes built (twins) or measured (clc-like) to differ mainly
     outside RGB.
     """
