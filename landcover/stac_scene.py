@@ -45,15 +45,13 @@ import re
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlencode, urljoin, urlparse
 
 import numpy as np
 
 from .errors import ConfigError, GridMismatchError, InputFileError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .landsat import ScenePlan
+from .scene_plan import SENSORS, SR_SCALE, ST_SCALE, BandSource, SceneMeta, ScenePlan, _select_bands
 
 __all__ = [
     "is_stac_ref",
@@ -291,7 +289,6 @@ def plan_item(
     from rasterio.errors import RasterioError
 
     from .grid import Grid
-    from .landsat import SENSORS, SR_SCALE, ST_SCALE, BandSource, SceneMeta, ScenePlan, _select_bands
 
     first = items[0]
     pid = _product_id(first)

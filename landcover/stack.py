@@ -44,15 +44,23 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError, GridMismatchError, InputFileError
 from .grid import Grid
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .landsat import ScenePlan
+from .scene_plan import (
+    ALL_REFLECTIVE,
+    COMMON_BANDS,
+    SENSORS,
+    SR_SCALE,
+    ST_SCALE,
+    BandSource,
+    SceneMeta,
+    ScenePlan,
+)
+from .scene_plan import _range as enc_range
 
 __all__ = ["StackSpec", "SENSOR_ALIASES", "find_sidecar", "read_sidecar", "plan_stack", "band_names_from"]
 
@@ -180,8 +188,6 @@ def _time(value: str | _dt.date) -> np.datetime64:
 
 
 def _canonical(name: str, *, where: str) -> str:
-    from .landsat import ALL_REFLECTIVE
-
     n = name.strip().lower()
     if n in _SKIP:
         return "-"
@@ -229,8 +235,6 @@ def band_names_from(
     are mapped with ``sensor``'s table, or without a sensor with the only table under which
     every number is a band and the six common bands are all present.
     """
-    from .landsat import COMMON_BANDS, SENSORS
-
     if not descriptions or any(not d for d in descriptions):
         return None
     texts = [str(d).strip().lower() for d in descriptions]
@@ -306,9 +310,6 @@ def plan_stack(
     """
     import rasterio
     from rasterio.errors import RasterioError
-
-    from .landsat import ALL_REFLECTIVE, COMMON_BANDS, SR_SCALE, ST_SCALE, BandSource, SceneMeta, ScenePlan
-    from .landsat import _range as enc_range
 
     p = Path(path)
     if not p.is_file():

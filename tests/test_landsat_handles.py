@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 from rasterio.windows import Window
 
@@ -73,16 +75,26 @@ def test_bundle_members_read_through_the_cache(tmp_path: Path) -> None:
     np.testing.assert_array_equal(bundled.qa_pixel.values, direct.qa_pixel.values)
 
 
-def test_gdal_block_cache_is_bounded_once_files_stay_open(tmp_path: Path) -> None:
-    import os
-
+def test_reading_leaves_gdal_settings_alone(tmp_path: Path) -> None:
     from rasterio.env import get_gdal_config
 
-    from landcover.landsat import GDAL_BLOCK_CACHE_BYTES
-
+    before = get_gdal_config("GDAL_CACHEMAX")
     d = make_scene(tmp_path, size=32, seed=4, level="L2SP", sensor="LT05")
     src = plan_scene(d).reflective[0]
     src.read((0, 32), (0, 32))
-    if "GDAL_CACHEMAX" not in os.environ:
-        assert int(get_gdal_config("GDAL_CACHEMAX")) <= GDAL_BLOCK_CACHE_BYTES
+    assert get_gdal_config("GDAL_CACHEMAX") == before
     close_open_files()
+
+
+def test_cli_bounds_the_gdal_block_cache_unless_the_user_set_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from landcover.cli import GDAL_CACHEMAX_MB, main
+
+    monkeypatch.setenv("GDAL_CACHEMAX", "0")
+    monkeypatch.delenv("GDAL_CACHEMAX")  # restored (removed) at teardown
+    assert main(["scene", "info", str(tmp_path / "missing")]) == 1
+    assert os.environ["GDAL_CACHEMAX"] == str(GDAL_CACHEMAX_MB)
+    monkeypatch.setenv("GDAL_CACHEMAX", "512")
+    main(["scene", "info", str(tmp_path / "missing")])
+    assert os.environ["GDAL_CACHEMAX"] == "512"

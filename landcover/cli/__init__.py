@@ -107,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_third_party_warnings()
+    _bound_gdal_cache()
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
@@ -136,6 +137,20 @@ def _quiet_third_party_warnings() -> None:
     current = os.environ.get("PYTHONWARNINGS", "")
     if extra not in current:  # child processes (Dask workers, DataLoader workers) read it at start
         os.environ["PYTHONWARNINGS"] = f"{current},{extra}" if current else extra
+
+
+GDAL_CACHEMAX_MB = 64
+"""GDAL block cache (MB) the CLI sets for itself and its worker processes unless ``GDAL_CACHEMAX``
+is already set. Scene reads keep files open (:func:`landcover.scene_plan.close_open_files`) and
+their decoded tiles in that process-wide cache (GDAL's default: 5 % of RAM), but never revisit a
+tile, so a large cache buys nothing but memory. The library itself never changes GDAL settings."""
+
+
+def _bound_gdal_cache() -> None:
+    """Set ``GDAL_CACHEMAX`` to :data:`GDAL_CACHEMAX_MB` here and in the workers, unless the user set it."""
+    import os
+
+    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHEMAX_MB))  # < 100000: GDAL reads megabytes
 
 
 def run_job(
