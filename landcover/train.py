@@ -71,7 +71,12 @@ __all__ = [
     "EvalResult",
     "LRFindResult",
     "Callback",
+    "TrainState",
+    "StepResult",
+    "TrainStepsResult",
     "fit",
+    "train_steps",
+    "to_device",
     "evaluate",
     "lr_find",
     "make_loader",
@@ -604,8 +609,8 @@ def _optimizer_step(
 ) -> tuple[torch.Tensor, int]:
     """One optimisation step on ``batch``: forward (autocast), loss, backward, (clip), step.
 
-    Shared by :func:`fit`, :func:`lr_find` and the data-local legs of
-    :mod:`landcover.federated`; returns the loss tensor and the batch size.
+    Shared by :meth:`TrainState.step` (so :func:`fit` and :func:`train_steps`, which the
+    data-local legs call) and :func:`lr_find`; returns the loss tensor and the batch size.
 
     A batch of a single window (the tail of an epoch, or ``batch_size=1``) runs its
     BatchNorm layers on their running statistics: batch statistics of one window are
@@ -815,6 +820,234 @@ def _layout_difference(saved: Mapping[str, Any], now: Mapping[str, Any]) -> str 
     return None
 
 
+# --------------------------------------------------------------------------- training state & step runner
+
+
+@dataclass
+class TrainState:
+    """Everything one optimisation step needs: model, loss, AdamW, one-cycle schedule, scaler.
+
+    Build it with :meth:`create`. :func:`fit` steps it batch by batch; the data-local legs
+    of the cluster engine step it with :func:`train_steps`. Both go through :meth:`step`,
+    the one implementation of "forward (autocast), loss, backward, clip, optimiser and
+    schedule step".
+
+    Attributes
+    ----------
+    model, loss_fn
+        The model (on ``device``) and ``loss(logits, target, mask) -> scalar``.
+    optimizer, scheduler, scaler
+        AdamW, its :class:`~torch.optim.lr_scheduler.OneCycleLR` and the AMP GradScaler
+        (enabled for float16 autocast only).
+    device, amp_dtype
+        Where the model runs and its autocast dtype (None: float32).
+    total_steps
+        Length of the schedule; steps beyond it keep its final LR.
+    grad_clip
+        Max gradient norm, or None.
+    """
+
+    model: nn.Module
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.OneCycleLR
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    total_steps: int
+    grad_clip: float | None = None
+
+    @classmethod
+    def create(
+        cls,
+        model: nn.Module,
+        *,
+        lr: float,
+        total_steps: int,
+        weight_decay: float = 1e-4,
+        pct_start: float = 0.3,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        param_groups: Sequence[Mapping[str, Any]] | None = None,
+        loss_fn: LossFn | None = None,
+        device: str | torch.device = "auto",
+        amp: AmpMode = "auto",
+        grad_clip: float | None = None,
+        optimizer_state: Mapping[str, Any] | None = None,
+        start_step: int = 0,
+    ) -> TrainState:
+        """Move ``model`` to ``device`` and build its optimiser, schedule, scaler and loss.
+
+        Parameters
+        ----------
+        model
+            The module to train (moved in place).
+        lr, total_steps
+            Peak learning rate and schedule length (at least 1).
+        weight_decay, pct_start, div_factor, final_div_factor
+            AdamW and one-cycle settings as in :class:`TrainConfig`.
+        param_groups
+            Mappings with ``params`` and optionally ``lr_scale`` (peak LR ``lr * lr_scale``)
+            and ``weight_decay``; already validated (:func:`fit` validates its own).
+            None: one group of the model's trainable parameters.
+        loss_fn
+            Default: soft cross-entropy (:class:`~landcover.losses.SoftLabelLoss`).
+        device, amp
+            As in :func:`resolve_device` and :class:`TrainConfig`.
+        optimizer_state
+            An optimiser ``state_dict`` to continue from (loaded before the schedule is built).
+        start_step
+            Position of the schedule to start at (a leg that continues a longer run).
+        """
+        dev = resolve_device(device)
+        model.to(dev)
+        fn: LossFn = loss_fn if loss_fn is not None else SoftLabelLoss("ce").to(dev)
+        if param_groups is None:
+            param_groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        opt_groups: list[dict[str, Any]] = []
+        max_lr: list[float] = []
+        for g in param_groups:
+            peak = lr * float(g.get("lr_scale", 1.0))
+            opt_group: dict[str, Any] = {"params": list(g["params"]), "lr": peak}
+            if g.get("weight_decay") is not None:
+                opt_group["weight_decay"] = float(g["weight_decay"])
+            opt_groups.append(opt_group)
+            max_lr.append(peak)
+        optimizer = torch.optim.AdamW(opt_groups, lr=lr, weight_decay=weight_decay)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(dict(optimizer_state))
+        total = max(int(total_steps), 1)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=max_lr,
+            total_steps=total,
+            pct_start=pct_start,
+            div_factor=div_factor,
+            final_div_factor=final_div_factor,
+        )
+        if start_step > 0:
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": a jump, not a step
+                warnings.simplefilter("ignore")
+                scheduler.last_epoch = min(start_step, total) - 1
+                scheduler.step()
+        amp_dtype, use_scaler = _amp_setup(dev, amp)
+        scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
+        return cls(model, fn, optimizer, scheduler, scaler, dev, amp_dtype, total, grad_clip)
+
+    def step(self, batch: Any) -> tuple[float, int]:
+        """One optimisation step and one schedule step on ``batch``; returns (loss, batch size)."""
+        loss, n = _optimizer_step(
+            self.model, batch, self.loss_fn, self.optimizer, self.scaler, self.device, self.amp_dtype,
+            non_blocking=self.device.type == "cuda", grad_clip=self.grad_clip,
+        )  # fmt: skip
+        if self.scheduler.last_epoch < self.total_steps:
+            self.scheduler.step()
+        return float(loss.detach()), n
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimiser, schedule and scaler state (what a checkpoint stores beside the weights)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`state_dict` (an empty or missing ``scaler`` entry is skipped)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One optimisation step: batch index in its pass, loss, batch size, data wait and compute seconds."""
+
+    index: int
+    loss: float
+    batch_size: int
+    wait: float
+    compute: float
+
+
+def _run_steps(state: TrainState, loader: Iterable[Any], limit: int) -> Iterator[StepResult]:
+    """Step ``state`` on at most ``limit`` batches of one pass over ``loader``, timing each.
+
+    ``wait`` runs from the end of the consumer's work on the previous step until the batch
+    arrives; ``compute`` covers transfer, forward, backward and the steps (synchronised by
+    reading the loss).
+    """
+    if limit < 1:
+        return
+    t_end = time.perf_counter()
+    for i, batch in enumerate(loader):
+        t_got = time.perf_counter()
+        loss, n = state.step(batch)
+        yield StepResult(i, loss, n, t_got - t_end, time.perf_counter() - t_got)
+        if i + 1 >= limit:
+            break
+        t_end = time.perf_counter()
+
+
+@dataclass(frozen=True)
+class TrainStepsResult:
+    """What :func:`train_steps` did: optimisation steps, training samples and their summed loss."""
+
+    batches: int
+    samples: int
+    loss_sum: float
+
+    @property
+    def train_loss(self) -> float | None:
+        """Mean loss per sample (None without samples)."""
+        return self.loss_sum / self.samples if self.samples else None
+
+
+def train_steps(
+    state: TrainState,
+    loader: Iterable[Any],
+    n_batches: int,
+    *,
+    seed: int,
+    on_step: Callable[[StepResult], bool | None] | None = None,
+) -> TrainStepsResult:
+    """Train ``state`` for ``n_batches`` steps on ``loader``, passing over it as often as needed.
+
+    The model is put in training mode. Before pass ``p`` the loader's generators are
+    reseeded with ``(seed, p)`` and ``dataset.set_epoch(p)`` is called (as :func:`fit` does per
+    epoch), so a leg of a data-local run is reproducible. ``on_step(result)`` runs after
+    every step; returning True stops early. A pass that yields no batch ends the loop.
+    """
+    state.model.train()
+    done = samples = passes = 0
+    loss_sum = 0.0
+    while done < n_batches:
+        _reseed_loader(loader, seed, passes)
+        before = done
+        for s in _run_steps(state, loader, n_batches - done):
+            samples += s.batch_size
+            loss_sum += s.loss * s.batch_size
+            done += 1
+            if on_step is not None and on_step(s):
+                return TrainStepsResult(done, samples, loss_sum)
+        if done == before:
+            break
+        passes += 1
+    return TrainStepsResult(done, samples, loss_sum)
+
+
+def to_device(
+    batch: Any, device: torch.device, *, non_blocking: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(image, target, mask)`` of a batch on ``device``: float32 image, decoded fractions, bool mask.
+
+    Batches are dicts with ``image``/``target``/``mask`` or ``(image, target[, mask])`` tuples;
+    uint8 targets (steps of 1/250) are decoded to fractions.
+    """
+    return _to(batch, device, non_blocking)
+
+
 # --------------------------------------------------------------------------- fit
 
 
@@ -948,13 +1181,59 @@ def fit(
         Resuming a checkpoint whose parameter groups or frozen modules differ.
     """
     cfg = config if config is not None else TrainConfig()
-    codes = [int(c) for c in class_codes]
     groups, layout = _resolve_groups(model, param_groups, frozen_modules, cfg)
     if val_loader is None and cfg.monitor.startswith("val_") and cfg.patience is not None:
         raise ConfigError("early stopping on a val_* column needs a val_loader")
     device = resolve_device(cfg.device)
-    amp_dtype, use_scaler = _amp_setup(device, cfg.amp)
-    ckdir = cfg.checkpoint_dir
+    with _torch_settings(cfg):
+        resume_state = _load_resume(cfg.checkpoint_dir, layout) if cfg.resume else None
+        if resume_state is None:
+            seed_everything(cfg.seed)
+        steps_per_epoch = _loader_len(train_loader, cfg)
+        batch_size = getattr(train_loader, "batch_size", None) or cfg.batch_size
+        total_steps = cfg.epochs * steps_per_epoch
+        if cfg.max_samples is not None:
+            total_steps = min(total_steps, math.ceil(cfg.max_samples / batch_size))
+        state = TrainState.create(
+            model,
+            lr=cfg.lr,
+            total_steps=total_steps,
+            weight_decay=cfg.weight_decay,
+            pct_start=cfg.pct_start,
+            div_factor=cfg.div_factor,
+            final_div_factor=cfg.final_div_factor,
+            param_groups=[
+                {"params": g.params, "lr_scale": g.lr_scale, "weight_decay": g.weight_decay} for g in groups
+            ],
+            loss_fn=loss_fn
+            if loss_fn is not None
+            else SoftLabelLoss(cfg.loss, class_weights=cfg.class_weights).to(device),
+            device=device,
+            amp=cfg.amp,
+            grad_clip=cfg.grad_clip,
+        )
+        run = _Run(
+            state,
+            train_loader,
+            val_loader,
+            cfg,
+            class_codes=[int(c) for c in class_codes],
+            callbacks=callbacks or [],
+            groups=groups,
+            layout=layout,
+            frozen_modules=list(frozen_modules),
+            named_groups=param_groups is not None,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=batch_size,
+        )
+        if resume_state is not None and run.restore(resume_state):
+            return run.history
+        return run.execute()
+
+
+@contextmanager
+def _torch_settings(cfg: TrainConfig) -> Iterator[None]:
+    """Deterministic kernels and intra-op threads as ``cfg`` asks, restored afterwards."""
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_threads = torch.get_num_threads()
     if cfg.deterministic:
@@ -962,23 +1241,7 @@ def fit(
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _fit(
-            model,
-            train_loader,
-            val_loader,
-            cfg,
-            codes,
-            callbacks or [],
-            loss_fn,
-            device,
-            amp_dtype,
-            use_scaler,
-            ckdir,
-            groups,
-            layout,
-            list(frozen_modules),
-            named_groups=param_groups is not None,
-        )
+        yield
     finally:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(prev_det, warn_only=True)
@@ -986,96 +1249,181 @@ def fit(
             torch.set_num_threads(prev_threads)
 
 
-def _fit(
-    model: nn.Module,
-    train_loader: Iterable[Any],
-    val_loader: Iterable[Any] | None,
-    cfg: TrainConfig,
-    codes: list[int],
-    callbacks: Sequence[Callback],
-    loss_fn: LossFn | None,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    use_scaler: bool,
-    ckdir: Path | None,
-    groups: Sequence[_Group],
-    layout: Mapping[str, Any],
-    frozen_modules: Sequence[nn.Module],
-    *,
-    named_groups: bool,
-) -> History:
-    from tqdm.auto import tqdm
-
-    resume_state: dict[str, Any] | None = None
-    if cfg.resume and ckdir is not None and not (ckdir / LAST_CHECKPOINT).is_file():
+def _load_resume(ckdir: Path | None, layout: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``last.pt`` state to resume from, checked against this run's parameter-group layout."""
+    assert ckdir is not None  # TrainConfig: resume needs a checkpoint_dir
+    path = ckdir / LAST_CHECKPOINT
+    if not path.is_file():
         raise InputFileError(
             ckdir,
             f"cannot resume: the run folder holds no {LAST_CHECKPOINT}; run without resume (--resume) "
             "to start afresh, or give the folder of the run to continue",
         )
-    if cfg.resume and ckdir is not None and (ckdir / LAST_CHECKPOINT).is_file():
-        resume_state = load_checkpoint(ckdir / LAST_CHECKPOINT)
-        if resume_state.get("format") != _CKPT_FORMAT:
-            raise InputFileError(ckdir / LAST_CHECKPOINT, "not a landcover training checkpoint")
-        saved_layout = resume_state.get("layout")  # absent in checkpoints older than param groups
-        why = _layout_difference(saved_layout, layout) if saved_layout is not None else None
-        if why is not None:
-            raise ConfigError(
-                f"{ckdir / LAST_CHECKPOINT}: cannot resume: it was trained with parameter groups "
-                f"{_describe_layout(saved_layout)}, this run has {_describe_layout(layout)} ({why}); "  # type: ignore[arg-type]
-                "resume with the same param_groups and frozen_modules, or use a new checkpoint_dir"
-            )
-    if resume_state is None:
-        seed_everything(cfg.seed)
+    state = load_checkpoint(path)
+    if state.get("format") != _CKPT_FORMAT:
+        raise InputFileError(path, "not a landcover training checkpoint")
+    saved_layout = state.get("layout")  # absent in checkpoints older than param groups
+    why = _layout_difference(saved_layout, layout) if saved_layout is not None else None
+    if why is not None:
+        raise ConfigError(
+            f"{path}: cannot resume: it was trained with parameter groups "
+            f"{_describe_layout(saved_layout)}, this run has {_describe_layout(layout)} ({why}); "  # type: ignore[arg-type]
+            "resume with the same param_groups and frozen_modules, or use a new checkpoint_dir"
+        )
+    return state
 
-    model.to(device)
-    fn: LossFn
-    if loss_fn is not None:
-        fn = loss_fn
-    else:
-        fn = SoftLabelLoss(cfg.loss, class_weights=cfg.class_weights).to(device)
-    opt_groups: list[dict[str, Any]] = []
-    for g in groups:
-        opt_group: dict[str, Any] = {"params": list(g.params), "lr": cfg.lr * g.lr_scale}
-        if g.weight_decay is not None:
-            opt_group["weight_decay"] = g.weight_decay
-        opt_groups.append(opt_group)
-    optimizer = torch.optim.AdamW(opt_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = _loader_len(train_loader, cfg)
-    batch_size = getattr(train_loader, "batch_size", None) or cfg.batch_size
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_samples is not None:
-        total_steps = min(total_steps, math.ceil(cfg.max_samples / batch_size))
-    total_steps = max(total_steps, 1)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[cfg.lr * g.lr_scale for g in groups],
-        total_steps=total_steps,
-        pct_start=cfg.pct_start,
-        div_factor=cfg.div_factor,
-        final_div_factor=cfg.final_div_factor,
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+@dataclass
+class _Meter:
+    """Running sums of loss, samples, data wait and compute over some steps."""
+
+    loss: float = 0.0
+    n: int = 0
+    wait: float = 0.0
+    compute: float = 0.0
+
+    def add(self, s: StepResult) -> None:
+        self.loss += s.loss * s.batch_size
+        self.n += s.batch_size
+        self.wait += s.wait
+        self.compute += s.compute
+
+    @property
+    def busy(self) -> float:
+        return max(self.wait + self.compute, 1e-12)
+
+    @property
+    def wait_share(self) -> float:
+        return self.wait / self.busy
+
+    def to_list(self) -> list[float | int]:
+        return [self.loss, self.n, self.wait, self.compute]
+
+    @classmethod
+    def from_list(cls, values: Sequence[Any]) -> _Meter:
+        loss, n, wait, compute = values
+        return cls(float(loss), int(n), float(wait), float(compute))
+
+
+@dataclass
+class _EarlyStopping:
+    """Best value of the monitored column and epochs without an improvement larger than ``min_delta``."""
+
+    mode: Literal["min", "max"]
+    min_delta: float
+    patience: int | None
+    best_value: float | None = None
+    bad_epochs: int = 0
+
+    def update(self, value: Any) -> bool:
+        """Record one epoch's value; True when it improved on the best."""
+        improved = False
+        if value is not None and math.isfinite(value):
+            if self.best_value is None:
+                improved = True
+            elif self.mode == "min":
+                improved = value < self.best_value - self.min_delta
+            else:
+                improved = value > self.best_value + self.min_delta
+        if improved:
+            self.best_value = float(value)
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+
+class _Callbacks:
+    """The user's callbacks and TensorBoard, fed every history row."""
+
+    def __init__(self, callbacks: Sequence[Callback], tb: _TensorBoard) -> None:
+        self.callbacks = list(callbacks)
+        self.tb = tb
+
+    def emit(self, kind: str, row: dict[str, Any]) -> bool:
+        """Log ``row``; True when a callback asks to stop."""
+        self.tb.log(row, kind)
+        stop = False
+        for cb in self.callbacks:
+            stop = bool(cb(kind, row)) or stop
+        return stop
+
+
+def _model_spec(model: nn.Module, train_loader: Iterable[Any]) -> dict[str, Any] | None:
+    """The model's spec as a dict, with the training cubes' sensors (for predict); None without a spec."""
     spec = getattr(model, "spec", None)
     spec_dict = spec.to_dict() if spec is not None and hasattr(spec, "to_dict") else None
-    if spec_dict is not None and not spec_dict.get("sensors"):  # the training cubes' sensors, for predict
+    if spec_dict is not None and not spec_dict.get("sensors"):
         spec_dict["sensors"] = list(_data_sensors(train_loader))
-    # the train/val/test split (landcover.windows.SplitPlan.record) of the training data, so later
-    # steps can check for overlap (landcover.windows.split_overlap); None for plain iterables
-    split_record = getattr(getattr(train_loader, "dataset", train_loader), "split_record", None)
+    return spec_dict
 
-    history = History(
-        meta={
+
+class _Run:
+    """One :func:`fit` run: the epoch loop over a :class:`TrainState`, with rows, checkpoints and stopping."""
+
+    def __init__(
+        self,
+        state: TrainState,
+        train_loader: Iterable[Any],
+        val_loader: Iterable[Any] | None,
+        cfg: TrainConfig,
+        *,
+        class_codes: list[int],
+        callbacks: Sequence[Callback],
+        groups: Sequence[_Group],
+        layout: Mapping[str, Any],
+        frozen_modules: Sequence[nn.Module],
+        named_groups: bool,
+        steps_per_epoch: int,
+        batch_size: int,
+    ) -> None:
+        self.state, self.cfg = state, cfg
+        self.model = state.model
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.codes, self.groups, self.layout = class_codes, groups, layout
+        self.frozen_modules, self.named_groups = frozen_modules, named_groups
+        self.steps_per_epoch = steps_per_epoch
+        self.ckdir = cfg.checkpoint_dir
+        self.spec_dict = _model_spec(self.model, train_loader)
+        # the train/val/test split (landcover.windows.SplitPlan.record) of the training data, so later
+        # steps can check for overlap (landcover.windows.split_overlap); None for plain iterables
+        self.split_record = getattr(getattr(train_loader, "dataset", train_loader), "split_record", None)
+        self.history = History(meta=self._meta(batch_size))
+        self.user_callbacks = callbacks
+        self.callbacks = _Callbacks(
+            callbacks, _TensorBoard(None, enabled=False)
+        )  # TensorBoard opens in execute
+        self.start_epoch, self.samples_seen, self.step = 0, 0, 0
+        self.elapsed_before = 0.0
+        self.stopper = _EarlyStopping(cfg.mode, cfg.min_delta, cfg.patience)
+        self.window = _Meter()
+        self.resumed = False
+        self.stop_reason = "completed"
+        self.last_val: tuple[int, dict[str, float]] | None = (
+            None  # (step, val_* values) of the latest validation
+        )
+        self.t_start = 0.0
+        self.last_log_mark = self.last_val_mark = 0
+        self.t_start = 0.0
+        self.last_log_mark = self.last_val_mark = 0
+
+    def _meta(self, batch_size: int) -> dict[str, Any]:
+        cfg, state = self.cfg, self.state
+        return {
             "monitor": cfg.monitor,
             "mode": cfg.mode,
-            "device": str(device),
-            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
-            "total_steps": total_steps,
-            "steps_per_epoch": steps_per_epoch,
+            "device": str(state.device),
+            "amp": str(state.amp_dtype).replace("torch.", "") if state.amp_dtype is not None else "off",
+            "total_steps": state.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
             "batch_size": batch_size,
-            "class_codes": codes,
+            "class_codes": self.codes,
             "config": cfg.to_dict(),
-            "model_spec": spec_dict,
+            "model_spec": self.spec_dict,
             "param_groups": [
                 {
                     "name": g.name,
@@ -1084,236 +1432,216 @@ def _fit(
                     "tensors": len(g.params),
                     "numel": int(sum(p.numel() for p in g.params)),
                 }
-                for g in groups
+                for g in self.groups
             ],
-            "frozen_modules": list(layout["frozen_modules"]),
+            "frozen_modules": list(self.layout["frozen_modules"]),
         }
-    )
-    start_epoch, samples_seen, step, elapsed_before = 0, 0, 0, 0.0
-    best_value: float | None = None
-    bad_epochs = 0
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        history = History.from_dict(resume_state["history"])
-        start_epoch = int(resume_state["epoch"])
-        samples_seen = int(resume_state["samples_seen"])
-        step = int(resume_state["step"])
-        elapsed_before = float(resume_state["elapsed"])
-        best_value = resume_state["best_value"]
-        bad_epochs = int(resume_state["bad_epochs"])
-        _set_rng_state(resume_state["rng"])
-        if resume_state.get("done"):
-            return history
 
-    tb = _TensorBoard(ckdir, cfg.tensorboard)
-    non_blocking = device.type == "cuda"
-    t_start = time.perf_counter() - elapsed_before
-    last_log_mark = samples_seen // cfg.log_every_samples if cfg.log_every_samples else 0
-    last_val_mark = samples_seen // cfg.val_every_samples if cfg.val_every_samples else 0
-    win_loss, win_n, win_wait, win_compute = 0.0, 0, 0.0, 0.0
-    if resume_state is not None and "window" in resume_state:
-        wl, wn, ww, wc = resume_state["window"]
-        win_loss, win_n, win_wait, win_compute = float(wl), int(wn), float(ww), float(wc)
-    stop_reason = "completed"
+    def restore(self, rs: Mapping[str, Any]) -> bool:
+        """Continue from a ``last.pt`` state; True when that run had already finished."""
+        self.model.load_state_dict(rs["model"])
+        self.state.load_state_dict(rs)
+        self.history = History.from_dict(rs["history"])
+        self.start_epoch = int(rs["epoch"])
+        self.samples_seen = int(rs["samples_seen"])
+        self.step = int(rs["step"])
+        self.elapsed_before = float(rs["elapsed"])
+        self.stopper.best_value = rs["best_value"]
+        self.stopper.bad_epochs = int(rs["bad_epochs"])
+        _set_rng_state(rs["rng"])
+        if "window" in rs:
+            self.window = _Meter.from_list(rs["window"])
+        self.resumed = True
+        return bool(rs.get("done"))
 
-    def validate(prefix: str = "val_") -> dict[str, float]:
-        if val_loader is None:
+    # ----------------------------------------------------------------- pieces
+
+    def _validate(self) -> dict[str, float]:
+        if self.val_loader is None:
             return {}
-        amp: AmpMode = "off" if amp_dtype is None else "auto"
+        amp: AmpMode = "off" if self.state.amp_dtype is None else "auto"
         res = evaluate(
-            model, val_loader, class_codes=codes, loss_fn=fn, device=device, amp=amp, levels=cfg.levels
+            self.model,
+            self.val_loader,
+            class_codes=self.codes,
+            loss_fn=self.state.loss_fn,
+            device=self.state.device,
+            amp=amp,
+            levels=self.cfg.levels,
         )
-        return res.summary(prefix)
+        return res.summary("val_")
 
-    def lrs() -> dict[str, float]:
-        current = scheduler.get_last_lr()
-        out = {"lr": float(current[0]) / groups[0].lr_scale}  # the schedule at config.lr
-        if named_groups:
-            out.update({f"lr_{g.name}": float(v) for g, v in zip(groups, current, strict=True)})
+    def _lrs(self) -> dict[str, float]:
+        current = self.state.scheduler.get_last_lr()
+        out = {"lr": float(current[0]) / self.groups[0].lr_scale}  # the schedule at config.lr
+        if self.named_groups:
+            out.update({f"lr_{g.name}": float(v) for g, v in zip(self.groups, current, strict=True)})
         return out
 
-    def train_mode() -> None:
-        model.train()
-        for m in frozen_modules:
+    def _train_mode(self) -> None:
+        self.model.train()
+        for m in self.frozen_modules:
             m.eval()
 
-    def emit(kind: str, row: dict[str, Any]) -> bool:
-        tb.log(row, kind)
-        stop = False
-        for cb in callbacks:
-            stop = bool(cb(kind, row)) or stop
-        return stop
+    def _marks(self) -> tuple[int, int]:
+        log = self.cfg.log_every_samples
+        val = self.cfg.val_every_samples
+        return (self.samples_seen // log if log else 0, self.samples_seen // val if val else 0)
 
-    def checkpoint(epoch_done: int, done: bool) -> None:
-        if ckdir is None:
+    def _checkpoint(self, epoch_done: int, done: bool) -> None:
+        if self.ckdir is None:
             return
-        history.meta.update(best_value=best_value)
+        self.history.meta.update(best_value=self.stopper.best_value)
         state = {
             "format": _CKPT_FORMAT,
-            "spec": spec_dict,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
+            "spec": self.spec_dict,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            **self.state.state_dict(),
             "rng": _rng_state(),
-            "history": history.to_dict(),
-            "config": cfg.to_dict(),
+            "history": self.history.to_dict(),
+            "config": self.cfg.to_dict(),
             "epoch": epoch_done,
-            "samples_seen": samples_seen,
-            "step": step,
-            "elapsed": time.perf_counter() - t_start,
-            "best_value": best_value,
-            "bad_epochs": bad_epochs,
-            "window": [win_loss, win_n, win_wait, win_compute],
-            "layout": dict(layout),
+            "samples_seen": self.samples_seen,
+            "step": self.step,
+            "elapsed": time.perf_counter() - self.t_start,
+            "best_value": self.stopper.best_value,
+            "bad_epochs": self.stopper.bad_epochs,
+            "window": self.window.to_list(),
+            "layout": dict(self.layout),
             "done": done,
         }
-        if split_record is not None:
-            state["split"] = split_record
-        save_checkpoint(ckdir / LAST_CHECKPOINT, state)
-        history.to_json(ckdir / "history.json")
-        history.to_csv(ckdir / "history_epochs.csv", kind="epochs")
-        if history.samples:
-            history.to_csv(ckdir / "history_samples.csv", kind="samples")
+        if self.split_record is not None:
+            state["split"] = self.split_record
+        save_checkpoint(self.ckdir / LAST_CHECKPOINT, state)
+        self.history.to_json(self.ckdir / "history.json")
+        self.history.to_csv(self.ckdir / "history_epochs.csv", kind="epochs")
+        if self.history.samples:
+            self.history.to_csv(self.ckdir / "history_samples.csv", kind="samples")
 
-    train_mode()
-    epoch = start_epoch
-    last_val: tuple[int, dict[str, float]] | None = None  # (step, val_* values) of the latest validation
-    try:
-        if resume_state is None and cfg.val_at_start and val_loader is not None:
-            vals = validate()
-            last_val = (step, vals)
-            row0: dict[str, Any] = {"epoch": 0.0, "samples_seen": 0, "step": 0, **lrs(), "time": 0.0, **vals}
-            history.samples.append(row0)
-            if emit("samples", row0):
-                stop_reason = "callback"
-                raise _Stop
-        for epoch in range(start_epoch, cfg.epochs):
-            _reseed_loader(train_loader, cfg.seed, epoch)
-            ep_loss, ep_n, ep_wait, ep_compute, ep_samples = 0.0, 0, 0.0, 0.0, 0
-            t_epoch = time.perf_counter()
-            bar = tqdm(
-                total=steps_per_epoch,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                disable=not cfg.progress,
-                leave=False,
-                file=sys.stderr,
-                dynamic_ncols=True,
-            )
-            budget_hit = False
-            callback_stop = False
-            t_end = time.perf_counter()
-            for i, batch in enumerate(train_loader):
-                if i >= steps_per_epoch:
-                    break
-                t_got = time.perf_counter()
-                wait = t_got - t_end
-                loss, bs = _optimizer_step(
-                    model, batch, fn, optimizer, scaler, device, amp_dtype,
-                    non_blocking=non_blocking, grad_clip=cfg.grad_clip,
-                )  # fmt: skip
-                if scheduler.last_epoch < total_steps:
-                    scheduler.step()
-                loss_value = float(loss.detach())
-                step += 1
-                samples_seen += bs
-                ep_samples += bs
-                compute = time.perf_counter() - t_got
-                ep_loss += loss_value * bs
-                ep_n += bs
-                ep_wait += wait
-                ep_compute += compute
-                win_loss += loss_value * bs
-                win_n += bs
-                win_wait += wait
-                win_compute += compute
-                bar.update(1)
-                if cfg.progress:
-                    bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-                budget_hit = cfg.max_samples is not None and samples_seen >= cfg.max_samples
-                log_mark = samples_seen // cfg.log_every_samples if cfg.log_every_samples else 0
-                val_mark = samples_seen // cfg.val_every_samples if cfg.val_every_samples else 0
-                if log_mark > last_log_mark or val_mark > last_val_mark:
-                    row: dict[str, Any] = {
-                        "epoch": epoch + (i + 1) / steps_per_epoch,
-                        "samples_seen": samples_seen,
-                        "step": step,
-                        "train_loss": win_loss / max(win_n, 1),
-                        **lrs(),
-                        "time": time.perf_counter() - t_start,
-                        "data_wait_share": win_wait / max(win_wait + win_compute, 1e-12),
-                    }
-                    if val_mark > last_val_mark:
-                        vals = validate()
-                        last_val = (step, vals)
-                        row.update(vals)
-                    last_log_mark, last_val_mark = log_mark, val_mark
-                    win_loss, win_n, win_wait, win_compute = 0.0, 0, 0.0, 0.0
-                    history.samples.append(row)
-                    if emit("samples", row):
-                        callback_stop = True
-                if budget_hit or callback_stop:
-                    break
-                t_end = time.perf_counter()
-            bar.close()
-            epoch_time = time.perf_counter() - t_epoch
-            row = {
-                "epoch": epoch + 1,
-                "samples_seen": samples_seen,
-                "step": step,
-                "train_loss": ep_loss / ep_n if ep_n else math.nan,
-                **lrs(),
-                "time": time.perf_counter() - t_start,
-                "epoch_time": epoch_time,
-                "samples_per_s": ep_samples / max(ep_wait + ep_compute, 1e-12),
-                "data_wait_share": ep_wait / max(ep_wait + ep_compute, 1e-12),
-            }
-            # the weights have not changed since a validation at this very step: reuse it
-            row.update(last_val[1] if last_val is not None and last_val[0] == step else validate())
-            row["epoch_time"] = time.perf_counter() - t_epoch
-            history.epochs.append(row)
+    def _save_best(self, epoch: int, row: Mapping[str, Any]) -> None:
+        self.history.meta.update(best_epoch=epoch + 1, best_value=self.stopper.best_value)
+        if self.ckdir is not None and hasattr(self.model, "spec"):
+            extra = {} if self.split_record is None else {"split": self.split_record}
+            save_model(self.ckdir / BEST_MODEL, self.model, history_row=_primitive_row(row), **extra)  # type: ignore[arg-type]
 
-            value = row.get(cfg.monitor)
-            improved = False
-            if value is not None and math.isfinite(value):
-                if best_value is None:
-                    improved = True
-                elif cfg.mode == "min":
-                    improved = value < best_value - cfg.min_delta
-                else:
-                    improved = value > best_value + cfg.min_delta
-            if improved:
-                best_value = float(value)  # type: ignore[arg-type]
-                bad_epochs = 0
-                history.meta.update(best_epoch=epoch + 1, best_value=best_value)
-                if ckdir is not None and hasattr(model, "spec"):
-                    extra = {} if split_record is None else {"split": split_record}
-                    save_model(ckdir / BEST_MODEL, model, history_row=_primitive_row(row), **extra)  # type: ignore[arg-type]
-            else:
-                bad_epochs += 1
-            early = cfg.patience is not None and bad_epochs >= cfg.patience
-            done = budget_hit or early or epoch + 1 == cfg.epochs
-            if budget_hit:
-                stop_reason = "max_samples"
-            elif early:
-                stop_reason = "early_stopping"
-            history.meta["stop_reason"] = stop_reason if done else "interrupted"
-            checkpoint(epoch + 1, done)
-            if emit("epoch", row) or callback_stop:
-                stop_reason = "callback"
-                raise _Stop
-            if done:
+    # ----------------------------------------------------------------- loop
+
+    def execute(self) -> History:
+        """Run the remaining epochs; returns the history."""
+        cfg = self.cfg
+        self.callbacks = _Callbacks(self.user_callbacks, _TensorBoard(self.ckdir, cfg.tensorboard))
+        self.t_start = time.perf_counter() - self.elapsed_before
+        self.last_log_mark, self.last_val_mark = self._marks()
+        self._train_mode()
+        try:
+            if not self.resumed and cfg.val_at_start and self.val_loader is not None:
+                self._start_row()
+            for epoch in range(self.start_epoch, cfg.epochs):
+                if self._epoch(epoch):
+                    break
+        except _Stop:
+            pass
+        finally:
+            self.callbacks.tb.close()
+        self.history.meta["stop_reason"] = self.stop_reason
+        return self.history
+
+    def _start_row(self) -> None:
+        row0: dict[str, Any] = {"epoch": 0.0, "samples_seen": 0, "step": 0, **self._lrs(), "time": 0.0}
+        self.last_val = (self.step, self._validate())
+        row0.update(self.last_val[1])
+        self.history.samples.append(row0)
+        if self.callbacks.emit("samples", row0):
+            self.stop_reason = "callback"
+            raise _Stop
+
+    def _epoch(self, epoch: int) -> bool:
+        """Train one epoch, then validate, checkpoint and decide; True when the run is done."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        _reseed_loader(self.train_loader, cfg.seed, epoch)
+        meter = _Meter()
+        t_epoch = time.perf_counter()
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        budget_hit = callback_stop = False
+        for s in _run_steps(self.state, self.train_loader, self.steps_per_epoch):
+            self.step += 1
+            self.samples_seen += s.batch_size
+            meter.add(s)
+            self.window.add(s)
+            bar.update(1)
+            if cfg.progress:
+                bar.set_postfix(loss=f"{s.loss:.4f}", refresh=False)
+            budget_hit = cfg.max_samples is not None and self.samples_seen >= cfg.max_samples
+            callback_stop = self._sample_row(epoch, s.index) or callback_stop
+            if budget_hit or callback_stop:
                 break
-    except _Stop:
-        pass
-    finally:
-        tb.close()
-    history.meta["stop_reason"] = stop_reason
-    return history
+        bar.close()
+        return self._end_epoch(epoch, meter, t_epoch, budget_hit=budget_hit, callback_stop=callback_stop)
+
+    def _sample_row(self, epoch: int, index: int) -> bool:
+        """Append a sample row when a log or validation mark was passed; True when a callback stops."""
+        log_mark, val_mark = self._marks()
+        if not (log_mark > self.last_log_mark or val_mark > self.last_val_mark):
+            return False
+        row: dict[str, Any] = {
+            "epoch": epoch + (index + 1) / self.steps_per_epoch,
+            "samples_seen": self.samples_seen,
+            "step": self.step,
+            "train_loss": self.window.loss / max(self.window.n, 1),
+            **self._lrs(),
+            "time": time.perf_counter() - self.t_start,
+            "data_wait_share": self.window.wait_share,
+        }
+        if val_mark > self.last_val_mark:
+            self.last_val = (self.step, self._validate())
+            row.update(self.last_val[1])
+        self.last_log_mark, self.last_val_mark = log_mark, val_mark
+        self.window = _Meter()
+        self.history.samples.append(row)
+        return self.callbacks.emit("samples", row)
+
+    def _end_epoch(
+        self, epoch: int, meter: _Meter, t_epoch: float, *, budget_hit: bool, callback_stop: bool
+    ) -> bool:
+        cfg = self.cfg
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "samples_seen": self.samples_seen,
+            "step": self.step,
+            "train_loss": meter.loss / meter.n if meter.n else math.nan,
+            **self._lrs(),
+            "time": time.perf_counter() - self.t_start,
+            "epoch_time": time.perf_counter() - t_epoch,
+            "samples_per_s": meter.n / meter.busy,
+            "data_wait_share": meter.wait_share,
+        }
+        # the weights have not changed since a validation at this very step: reuse it
+        last = self.last_val
+        row.update(last[1] if last is not None and last[0] == self.step else self._validate())
+        row["epoch_time"] = time.perf_counter() - t_epoch
+        self.history.epochs.append(row)
+        if self.stopper.update(row.get(cfg.monitor)):
+            self._save_best(epoch, row)
+        done = budget_hit or self.stopper.stop or epoch + 1 == cfg.epochs
+        if budget_hit:
+            self.stop_reason = "max_samples"
+        elif self.stopper.stop:
+            self.stop_reason = "early_stopping"
+        self.history.meta["stop_reason"] = self.stop_reason if done else "interrupted"
+        self._checkpoint(epoch + 1, done)
+        if self.callbacks.emit("epoch", row) or callback_stop:
+            self.stop_reason = "callback"
+            raise _Stop
+        return done
 
 
 def _primitive_row(row: Mapping[str, Any]) -> dict[str, Any]:
