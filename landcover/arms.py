@@ -260,7 +260,11 @@ def select_lr(
     if method == "fixed":
         lr = float(fixed_lr)
     elif method == "range-test":
-        found = lr_find(new_model(), train_loader, device=base.device, seed=base.seed, plot_path=plot_path)
+        found = lr_find(new_model(), train_loader, device=base.device, seed=base.seed)
+        if plot_path is not None:
+            from .plotting import plot_lr_find
+
+            plot_lr_find(found, plot_path)
         lr = float(found.suggestion)
     elif method == "grid":
         if not grid:

@@ -572,6 +572,7 @@ def train_model(
 
     from .datasets import make_loader
     from .models import build_model
+    from .plotting import plot_lr_find
     from .train import TrainConfig, evaluate, fit, lr_find
 
     t0 = time.perf_counter()
@@ -625,9 +626,8 @@ def train_model(
     train_loader = loader(train_ds, True)
     lr = cfg.lr
     if find_lr:
-        found = lr_find(
-            new_model(), train_loader, device=cfg.device, seed=seed, plot_path=run_dir / "lr_find.png"
-        )
+        found = lr_find(new_model(), train_loader, device=cfg.device, seed=seed)
+        plot_lr_find(found, run_dir / "lr_find.png")
         lr = float(found.suggestion)
     model = new_model()
     # about two validations per configured epoch, whatever the budget

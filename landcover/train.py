@@ -10,7 +10,10 @@ Entry points
 :func:`evaluate`
     Loss and :class:`~landcover.metrics.SegmentationMetrics` of a model on a loader.
 :func:`lr_find`
-    fastai-style learning-rate range test, with its plot.
+    fastai-style learning-rate range test (plot it with :func:`landcover.plotting.plot_lr_find`).
+:class:`TrainState`, :func:`train_steps`
+    The optimisation step (AdamW, one-cycle schedule, AMP scaler) that :func:`fit` runs, and
+    ``n`` such steps over a loader for the data-local legs of :mod:`landcover.cluster`.
 :func:`make_loader`
     A seeded :class:`~torch.utils.data.DataLoader` built from a config.
 
@@ -1677,12 +1680,6 @@ class LRFindResult:
     suggestion: float
     method: str
 
-    def plot(self, path: str | Path) -> Path:
-        """Write the loss-vs-LR plot as PNG (see :func:`landcover.plotting.plot_lr_find`)."""
-        from .plotting import plot_lr_find
-
-        return plot_lr_find(self, path)
-
 
 def lr_find(
     model: nn.Module,
@@ -1699,7 +1696,6 @@ def lr_find(
     device: str | torch.device = "auto",
     amp: AmpMode = "auto",
     seed: int = 0,
-    plot_path: str | Path | None = None,
 ) -> LRFindResult:
     """LR range test (Smith 2015, as in fastai): exponentially increase the LR, record the loss.
 
@@ -1717,8 +1713,6 @@ def lr_find(
     method
         Which heuristic gives ``suggestion``: ``"steep"`` (steepest descent; the first 10 %
         and last 5 % of points are skipped, as fastai does) or ``"min10"``.
-    plot_path
-        When given, the plot is written there as PNG.
     """
     if not 0 < start_lr < end_lr:
         raise ValueError("need 0 < start_lr < end_lr")
@@ -1765,7 +1759,7 @@ def lr_find(
         model.load_state_dict(saved)
         model.train(was_training)
     lr_steep, lr_min10 = _suggest(lrs, smooth)
-    result = LRFindResult(
+    return LRFindResult(
         lrs=lrs,
         losses=smooth,
         raw_losses=raw,
@@ -1774,9 +1768,6 @@ def lr_find(
         suggestion=lr_steep if method == "steep" else lr_min10,
         method=method,
     )
-    if plot_path is not None:
-        result.plot(plot_path)
-    return result
 
 
 def _suggest(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, float]:

@@ -1333,7 +1333,7 @@ def _evaluate_test(
     import torch
 
     from .metrics import SegmentationMetrics
-    from .train import _to, resolve_device
+    from .train import resolve_device, to_device
 
     dev = resolve_device(cfg.device)
     model = model.to(dev)
@@ -1344,7 +1344,7 @@ def _evaluate_test(
     try:
         with torch.no_grad():
             for batch in _loader(ds, cfg.batch_size, shuffle=False, seed=0):
-                image, target, mask = _to(batch, dev, non_blocking=False)
+                image, target, mask = to_device(batch, dev)
                 if mask is None:
                     mask = torch.ones_like(target[:, 0], dtype=torch.bool)
                 logits = model(image).float()
