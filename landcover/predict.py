@@ -1064,12 +1064,12 @@ def _predict_source(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
         n_windows = len(window_origins(h, win[0], win[0] - ov[0])) * len(
             window_origins(w, win[1], win[1] - ov[1])
         )
-        bar = tqdm(total=n_windows, unit="win", desc="predict")
+        bar = progress_bar(n_windows, unit="win", desc="predict")
     sweep_kw = dict(
         codes=codes,
         mean=np.asarray(bundle.mean, dtype="float32"),

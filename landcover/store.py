@@ -432,11 +432,12 @@ def _run_regions(
 ) -> None:
     """Compute the region writers on ``client`` or the local threaded scheduler (``threads`` threads)."""
     from dask.base import compute
-    from tqdm.auto import tqdm
+
+    from .progress import progress_bar
 
     if not tasks:
         return
-    bar = tqdm(total=len(tasks), desc=desc, unit="region", disable=not progress, leave=False)
+    bar = progress_bar(len(tasks), desc=desc, unit="region", enabled=progress, leave=False)
     try:
         if client is not None:
             from distributed import as_completed

@@ -48,7 +48,6 @@ import dataclasses
 import json
 import math
 import random
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -170,7 +169,8 @@ class TrainConfig:
     num_workers, prefetch_factor, pin_memory
         DataLoader options for :func:`make_loader` (``pin_memory="auto"``: on with CUDA).
     progress
-        Show a tqdm progress bar (stderr).
+        Report progress on stderr (:func:`landcover.progress.progress_bar`: a bar on a terminal,
+        a line every few percent elsewhere).
     deterministic
         Ask torch for deterministic kernels during the run (``warn_only``).
     tensorboard
@@ -233,6 +233,11 @@ class TrainConfig:
         if self.div_factor <= 0 or self.final_div_factor <= 0:
             raise ValueError("div_factor and final_div_factor must be positive")
         object.__setattr__(self, "device", check_device(self.device))  # auto, cpu, cuda, cuda:N
+        self._check_choices()
+        self._check_limits()
+        self._normalise()
+
+    def _check_choices(self) -> None:
         if self.amp not in ("auto", "off"):
             raise ValueError(f"amp must be 'auto' or 'off', got {self.amp!r}")
         if self.loss not in ("ce", "kl"):
@@ -241,20 +246,25 @@ class TrainConfig:
             raise ValueError(f"monitor_mode must be 'auto', 'min' or 'max', got {self.monitor_mode!r}")
         if not self.monitor.startswith(("val_", "train_")):
             raise ValueError(f"monitor must name a history column such as 'val_loss', got {self.monitor!r}")
+        if self.pin_memory not in ("auto", "on", "off"):
+            raise ValueError("pin_memory must be 'auto', 'on' or 'off'")
+
+    def _check_limits(self) -> None:
         if self.min_delta < 0:
             raise ValueError("min_delta must be >= 0")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError("grad_clip must be positive")
         if self.num_workers < 0:
             raise ValueError("num_workers must be >= 0")
-        if self.pin_memory not in ("auto", "on", "off"):
-            raise ValueError("pin_memory must be 'auto', 'on' or 'off'")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir")
+
+    def _normalise(self) -> None:
+        """Sequences to tuples, paths to Path (checked again after conversion)."""
         if self.class_weights is not None:
             object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
             if any(w < 0 or not math.isfinite(w) for w in self.class_weights):
                 raise ValueError("class_weights must be finite and >= 0")
-        if self.resume and self.checkpoint_dir is None:
-            raise ValueError("resume=True needs a checkpoint_dir")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, Path):
             object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
         if self.levels is not None:
@@ -737,45 +747,7 @@ def _resolve_groups(
             raise ValueError("param_groups must be a non-empty sequence of mappings, one per group")
         owner: dict[int, str] = {}
         for i, g in enumerate(param_groups):
-            if not isinstance(g, Mapping) or "params" not in g:
-                raise ValueError(f"param_groups[{i}] must be a mapping with a 'params' entry")
-            unknown = sorted(set(g) - set(_GROUP_KEYS))
-            if unknown:
-                raise ValueError(
-                    f"param_groups[{i}] has unknown keys {unknown}; allowed: {', '.join(_GROUP_KEYS)}"
-                )
-            name = str(g.get("name", f"group{i}"))
-            if not name.isidentifier():
-                raise ValueError(f"parameter group name {name!r} must be an identifier (it names lr_<name>)")
-            if any(x.name == name for x in groups):
-                raise ValueError(f"two parameter groups are named {name!r}")
-            raw: Any = g["params"]
-            params = tuple([raw] if isinstance(raw, nn.Parameter) else raw)
-            if not params:
-                raise ValueError(f"parameter group {name!r} is empty")
-            for prm in params:
-                if id(prm) not in names:
-                    raise ValueError(
-                        f"parameter group {name!r} holds a tensor that is not a parameter of the model"
-                    )
-                pname = names[id(prm)]
-                if not prm.requires_grad:
-                    raise ValueError(
-                        f"{pname} (group {name!r}) has requires_grad=False; "
-                        "frozen parameters belong in no group"
-                    )
-                if id(prm) in owner:
-                    raise ValueError(f"{pname} is in parameter groups {owner[id(prm)]!r} and {name!r}")
-                owner[id(prm)] = name
-            if "lr" in g and "lr_scale" in g:
-                raise ValueError(f"parameter group {name!r}: give 'lr' or 'lr_scale', not both")
-            scale = float(g["lr"]) / cfg.lr if "lr" in g else float(g.get("lr_scale", 1.0))
-            if not (scale > 0 and math.isfinite(scale)):
-                raise ValueError(f"parameter group {name!r}: the peak LR must be positive and finite")
-            wd = g.get("weight_decay")
-            if wd is not None and not (float(wd) >= 0 and math.isfinite(float(wd))):
-                raise ValueError(f"parameter group {name!r}: weight_decay must be >= 0")
-            groups.append(_Group(name, params, scale, None if wd is None else float(wd)))
+            groups.append(_check_group(i, g, names, owner, {x.name for x in groups}, cfg))
         loose = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owner]
         if loose:
             raise ValueError(
@@ -796,6 +768,51 @@ def _resolve_groups(
         "frozen_modules": frozen,
     }
     return groups, layout
+
+
+def _check_group(
+    i: int,
+    g: Any,
+    names: Mapping[int, str],
+    owner: dict[int, str],
+    taken: set[str],
+    cfg: TrainConfig,
+) -> _Group:
+    """Validate ``param_groups[i]``; ``owner`` (parameter id -> group name) is updated."""
+    if not isinstance(g, Mapping) or "params" not in g:
+        raise ValueError(f"param_groups[{i}] must be a mapping with a 'params' entry")
+    unknown = sorted(set(g) - set(_GROUP_KEYS))
+    if unknown:
+        raise ValueError(f"param_groups[{i}] has unknown keys {unknown}; allowed: {', '.join(_GROUP_KEYS)}")
+    name = str(g.get("name", f"group{i}"))
+    if not name.isidentifier():
+        raise ValueError(f"parameter group name {name!r} must be an identifier (it names lr_<name>)")
+    if name in taken:
+        raise ValueError(f"two parameter groups are named {name!r}")
+    raw: Any = g["params"]
+    params = tuple([raw] if isinstance(raw, nn.Parameter) else raw)
+    if not params:
+        raise ValueError(f"parameter group {name!r} is empty")
+    for prm in params:
+        if id(prm) not in names:
+            raise ValueError(f"parameter group {name!r} holds a tensor that is not a parameter of the model")
+        pname = names[id(prm)]
+        if not prm.requires_grad:
+            raise ValueError(
+                f"{pname} (group {name!r}) has requires_grad=False; frozen parameters belong in no group"
+            )
+        if id(prm) in owner:
+            raise ValueError(f"{pname} is in parameter groups {owner[id(prm)]!r} and {name!r}")
+        owner[id(prm)] = name
+    if "lr" in g and "lr_scale" in g:
+        raise ValueError(f"parameter group {name!r}: give 'lr' or 'lr_scale', not both")
+    scale = float(g["lr"]) / cfg.lr if "lr" in g else float(g.get("lr_scale", 1.0))
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"parameter group {name!r}: the peak LR must be positive and finite")
+    wd = g.get("weight_decay")
+    if wd is not None and not (float(wd) >= 0 and math.isfinite(float(wd))):
+        raise ValueError(f"parameter group {name!r}: weight_decay must be >= 0")
+    return _Group(name, params, scale, None if wd is None else float(wd))
 
 
 def _describe_layout(layout: Mapping[str, Any]) -> str:
@@ -1560,19 +1577,14 @@ class _Run:
 
     def _epoch(self, epoch: int) -> bool:
         """Train one epoch, then validate, checkpoint and decide; True when the run is done."""
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
         cfg = self.cfg
         _reseed_loader(self.train_loader, cfg.seed, epoch)
         meter = _Meter()
         t_epoch = time.perf_counter()
-        bar = tqdm(
-            total=self.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
-            leave=False,
-            file=sys.stderr,
-            dynamic_ncols=True,
+        bar = progress_bar(
+            self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress, leave=False
         )
         budget_hit = callback_stop = False
         for s in _run_steps(self.state, self.train_loader, self.steps_per_epoch):

@@ -135,27 +135,30 @@ def test_predict_hides_zarr_warnings_and_checks_inputs_before_the_cluster(
 def test_labels_progress_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     import dask
 
-    from landcover.cli.labels import _run
+    from landcover.progress import dask_progress  # what landcover.labels.write_labels reports with
 
-    _run(lambda: dask.delayed(time.sleep)(1.3).compute(scheduler="threads"), True)
+    with dask_progress("labels", enabled=True):
+        dask.delayed(time.sleep)(1.3).compute(scheduler="threads")
     out, err = capsys.readouterr()
     assert out == "" and "100%" in err
+    assert "\r" not in err  # stderr is not a terminal here: lines, not carriage-return redraws
 
 
 def test_labels_cluster_progress_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     import dask
     from distributed import Client, LocalCluster
 
-    from landcover.cli.labels import _progress_on_stderr
+    from landcover.progress import wait_with_progress
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         with Client(cluster) as client:
             capsys.readouterr()
             fut = client.compute(dask.delayed(time.sleep)(0.6))
-            _progress_on_stderr(fut)
+            wait_with_progress(fut, "labels")
             assert fut.done()
     out, err = capsys.readouterr()
     assert out == "" and "100%" in err
+    assert "\r" not in err  # stderr is not a terminal here: lines, not carriage-return redraws
 
 
 @pytest.mark.real

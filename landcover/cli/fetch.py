@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
             print(format_table(records))
         return 0
     quiet = bool(getattr(args, "quiet", False))
-    progress = (not quiet) and sys.stderr.isatty()
+    progress = not quiet  # a bar on a terminal, lines elsewhere (landcover.progress)
 
     def show(records: list[Any]) -> None:
         if not args.json and not quiet:

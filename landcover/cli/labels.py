@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -306,7 +305,8 @@ def _store_via_client(client: Any, sources: list[Any], targets: list[Any], progr
     """
     from dask.array.core import slices_from_chunks
     from distributed import as_completed
-    from tqdm.auto import tqdm
+
+    from ..progress import progress_bar
 
     jobs: list[tuple[Any, tuple[slice, ...], Any]] = []
     for arr, tgt in zip(sources, targets, strict=True):
@@ -316,7 +316,7 @@ def _store_via_client(client: Any, sources: list[Any], targets: list[Any], progr
     limit = max(2, 2 * threads)
     todo = iter(jobs)
     where: dict[Any, tuple[tuple[slice, ...], Any]] = {}
-    bar = tqdm(total=len(jobs), unit="block", desc="labels", disable=not progress, leave=False)
+    bar = progress_bar(len(jobs), unit="block", desc="labels", enabled=progress, leave=False)
     pool = as_completed()
     try:
         for b, sl, tgt in itertools.islice(todo, limit):
@@ -338,22 +338,16 @@ def _store_via_client(client: Any, sources: list[Any], targets: list[Any], progr
 
 
 def _progress_on_stderr(fut: Any) -> None:
-    """Dask's text progress bar for ``fut`` (waits for it), drawn on stderr: stdout stays for results."""
-    import contextlib
+    """Wait for ``fut``, its tasks reported on stderr (landcover.progress); stdout stays for results."""
+    from ..progress import wait_with_progress
 
-    from distributed import progress as show_progress
-
-    with contextlib.redirect_stdout(sys.stderr):  # distributed's TextProgressBar writes to sys.stdout
-        show_progress(fut)
+    wait_with_progress(fut, "labels")
 
 
 def _run(func: Any, progress: bool) -> None:
-    if progress:
-        from dask.diagnostics.progress import ProgressBar
+    from ..progress import dask_progress
 
-        with ProgressBar(minimum=1.0, out=sys.stderr):  # progress on stderr: stdout stays for results
-            func()
-    else:
+    with dask_progress("labels", enabled=progress):  # on stderr: stdout stays for results
         func()
 
 

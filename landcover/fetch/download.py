@@ -653,11 +653,9 @@ def _hash_file(path: Path, checksum: Checksum | None, chunk_size: int) -> tuple[
 
 
 def _progress_bar(enabled: bool, **kwargs: Any) -> Any:
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    return tqdm(
-        disable=not enabled, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True, **kwargs
-    )
+    return progress_bar(enabled=enabled, unit="B", unit_scale=True, unit_divisor=1024, **kwargs)
 
 
 def download_all(
@@ -689,7 +687,8 @@ def download_all(
     retry
         Retry/backoff/timeout policy per file.
     progress
-        Show tqdm bars (one overall, one per file); ``None``: only when stderr is a terminal.
+        Report progress on stderr (:mod:`landcover.progress`): on a terminal one bar overall
+        and one per file, elsewhere a line every few percent overall. ``None``: True.
     session_factory
         Makes one ``requests`` session per worker thread.
     seed
@@ -714,7 +713,7 @@ def download_all(
     manifest = manifest or Manifest.in_dir(out)
     retry = retry or RetryPolicy()
     factory = session_factory or (lambda: new_session(pool_size=workers))
-    show = sys.stderr.isatty() if progress is None else progress
+    show = True if progress is None else progress
     rng = random.Random(seed)
 
     by_scene: dict[str, list[DownloadTask]] = {}
@@ -756,7 +755,8 @@ def download_all(
             with lock:
                 overall.update(info["size"])
             return FileResult(dest, info["size"], info["sha256"], 0, False)
-        bar = _progress_bar(show, total=task.size, desc=dest.name[-40:], leave=False)
+        per_file = show and sys.stderr.isatty()  # off a terminal, lines for the whole download only
+        bar = _progress_bar(per_file, total=task.size, desc=dest.name[-40:], leave=False)
 
         def tick(n: int) -> None:
             bar.update(n)
