@@ -139,6 +139,9 @@ class CompareConfig:
         The non-deep floor (:mod:`landcover.baselines`): gradient boosting on per-pixel
         spectra plus their ``baseline_context`` x ``baseline_context`` neighbourhood mean
         (1: spectra only), trained on at most ``baseline_pixels`` training pixels per seed.
+    threads
+        torch/BLAS threads of each run (:mod:`landcover.threads`); None: the run's share of
+        its host's cores (cores / concurrent tasks there; all cores without a scheduler).
     """
 
     cubes: tuple[str, ...] = ()
@@ -189,6 +192,7 @@ class CompareConfig:
     baseline: bool = True
     baseline_pixels: int = 20000
     baseline_context: int = 3
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", check_device(self.device))  # auto, cpu, cuda, cuda:N
@@ -226,6 +230,8 @@ class CompareConfig:
             )
         if self.baseline_pixels < 100:
             raise ValueError(f"baseline_pixels must be >= 100, got {self.baseline_pixels}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None (auto), got {self.threads}")
 
     @property
     def full_budget(self) -> float:
@@ -679,6 +685,7 @@ def train_model(
         "class_weights": [round(w, 3) for w in class_weights] if class_weights is not None else None,
         "weights": model.spec.pretrained,
         "weights_sha256": model.spec.pretrained_sha256 or None,
+        "threads": torch.get_num_threads(),
     }
     history.to_json(run_dir / "history.json")
     history.to_csv(run_dir / "history_epochs.csv", kind="epochs")
@@ -776,10 +783,22 @@ def save_block_stats(metrics: Any, path: Path) -> dict[int, dict[str, Any]]:
 
 
 def _run_one(
-    cfg: CompareConfig, model_name: str, seed: int, preset: str, weights: str | None, budget: float = 1.0
+    cfg: CompareConfig,
+    model_name: str,
+    seed: int,
+    preset: str,
+    weights: str | None,
+    budget: float = 1.0,
+    slots: dict[str, int] | None = None,
 ) -> RunResult:
-    """One compare run (module-level so that Dask can ship it to a worker)."""
-    return train_model(cfg, model_name, seed, preset=preset, weights=weights, budget=budget)
+    """One compare run (module-level so that Dask can ship it to a worker), on its thread share.
+
+    ``slots``: :func:`landcover.threads.host_slots` of the cluster running the task.
+    """
+    from .threads import task_threads
+
+    with task_threads(cfg.threads, slots):
+        return train_model(cfg, model_name, seed, preset=preset, weights=weights, budget=budget)
 
 
 def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> CompareResult:
@@ -811,8 +830,13 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
     client = get_client(cfg.scheduler)  # None for no scheduler or "none": runs one after another here
     if client is not None:
         try:
+            from .threads import host_slots
+
+            slots = host_slots(client)
             futures = [
-                client.submit(_run_one, replace(cfg, progress=False), m, s, preset, weights, b, pure=False)
+                client.submit(
+                    _run_one, replace(cfg, progress=False), m, s, preset, weights, b, slots, pure=False
+                )
                 for m, s, b in jobs
             ]
             for (m, s, b), fut in zip(jobs, futures, strict=True):

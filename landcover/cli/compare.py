@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..threads import THREADS_HELP
 from ._types import DEVICE_HELP, IntList, device
 
 
@@ -111,6 +112,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--scheduler", default=None, help="run the runs on a Dask cluster: 'local' or an address")
     p.add_argument(
+        "--threads",
+        type=threads,
+        default=None,
+        metavar="N|auto",
+        help=f"{THREADS_HELP} (default: from --config 'threads', else auto)",
+    )
+    p.add_argument(
         "--budgets",
         type=float,
         nargs="+",
@@ -134,6 +142,17 @@ def register(sub: Any) -> None:
         help="skip the non-deep floor (gradient boosting on per-pixel spectra)",
     )
     p.set_defaults(func=run)
+
+
+def threads(text: str) -> int | str:
+    """``--threads`` value: an integer >= 1 or ``'auto'`` (``type=`` of every ``--threads``)."""
+    from ..threads import parse_threads
+
+    try:
+        n = parse_threads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or auto, got {text!r}") from None
+    return "auto" if n is None else n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,8 +197,13 @@ def run(args: argparse.Namespace) -> int:
             "n_boot": args.n_boot,
             "baseline": args.baseline,
             "progress": False if args.quiet else None,
+            "threads": args.threads if isinstance(args.threads, int) else None,
         },
     )
+    if args.threads == "auto":  # overrides a number in the config file
+        from dataclasses import replace
+
+        cfg = replace(cfg, threads=None)
     report = write_report(run_compare(cfg))
     print(f"report: {report}")
     return 0

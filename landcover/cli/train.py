@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..threads import THREADS_HELP
 from ._types import DEVICE_HELP, device
+from .compare import threads
 
 
 def register(sub: Any) -> None:
@@ -73,6 +75,14 @@ def register(sub: Any) -> None:
         default=None,
         metavar="DEVICE",
         help=f"{DEVICE_HELP} (default: from --config, else built in)",
+    )
+    p.add_argument(
+        "--threads",
+        type=threads,
+        default=None,
+        metavar="N|auto",
+        help=f"{THREADS_HELP}; with --distributed: per leg (default: from --config, else auto; "
+        "legs of --distributed: [distributed.step] num_threads, else 1)",
     )
     d = p.add_argument_group("data-local training on a Dask cluster (--distributed)")
     d.add_argument(
@@ -160,8 +170,11 @@ def run_distributed(args: argparse.Namespace) -> int:
         "device": args.device,
         "ship_optimizer": False if args.no_ship_optimizer else None,
         "leg_timeout": args.leg_timeout,
+        "num_threads": args.threads if isinstance(args.threads, int) else None,
     }
     step_changes = {k: v for k, v in step_changes.items() if v is not None}
+    if args.threads == "auto":  # None: each leg's share of its host's cores
+        cfg = replace(cfg, step=replace(cfg.step, num_threads=None))
     if step_changes:
         try:
             cfg = replace(cfg, step=replace(cfg.step, **step_changes))
@@ -200,8 +213,13 @@ def run(args: argparse.Namespace) -> int:
             "imagenet_weights": args.imagenet_weights,
             "device": args.device,
             "progress": False if args.quiet else None,
+            "threads": args.threads if isinstance(args.threads, int) else None,
         },
     )
+    if args.threads == "auto":  # overrides a number in the config file
+        from dataclasses import replace
+
+        cfg = replace(cfg, threads=None)
     if not cfg.cubes:
         from ..errors import ConfigError
 
@@ -216,9 +234,10 @@ def run(args: argparse.Namespace) -> int:
         weights = str(found)
     preset = args.preset or ("base" if weights else "tiny")
     out = args.out or Path("train-output") / f"{args.model}-seed{args.seed}"
+    from ..threads import task_threads
     from ._errors import no_empty_dirs_left
 
-    with no_empty_dirs_left(out):  # a run that fails before writing anything leaves no empty folder
+    with no_empty_dirs_left(out), task_threads(cfg.threads):  # leaves no empty folder when it fails early
         result = train_model(
             cfg, args.model, args.seed, preset=preset, weights=weights, run_dir=out, find_lr=args.lr_find,
             resume=args.resume,
