@@ -44,6 +44,7 @@ __all__ = [
     "PretrainedNorm",
     "ClassWeighting",
     "cube_source",
+    "preset_encoder",
     "cube_product_level",
     "default_window",
     "arm_input_norm",
@@ -87,6 +88,17 @@ def cube_source(path: str | Path) -> Literal["synthetic", "real"]:
     if str(attrs.get("source", "")).lower() == "synthetic" or "synthetic_seed" in attrs:
         return "synthetic"
     return "synthetic" if "synthetic" in str(attrs.get("title", "")).lower() else "real"
+
+
+def preset_encoder(preset: str) -> str:
+    """The ResNet variant of a model preset (:data:`landcover.models.PRESETS`); ``"auto"``: ResNet-18.
+
+    The published weights an arm loads (ImageNet, SSL4EO-L) are looked up, downloaded and
+    hash-checked for this encoder: ``base50`` selects the ResNet-50 files.
+    """
+    from .models import PRESETS
+
+    return str(PRESETS.get(preset, PRESETS["base"])["encoder"])
 
 
 def cube_product_level(path: str | Path) -> Literal["TOA", "SR", "unknown"]:

@@ -95,7 +95,8 @@ class CompareConfig:
         The window budget: the same random subset (per seed) of training windows for
         every model; None uses them all.
     preset
-        Model size (``tiny``/``small``/``base``); ``auto`` is ``base`` when ImageNet
+        Model size (``tiny``/``small``/``base``, or ``base50``: ``base`` on ResNet-50, which
+        loads the ResNet-50 ImageNet and SSL4EO-L weights); ``auto`` is ``base`` when ImageNet
         weights are available (they need width 1.0, and every model then shares that
         architecture) and ``tiny`` otherwise.
     lr_select, lr_grid, lr_search_epochs
@@ -165,7 +166,7 @@ class CompareConfig:
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    preset: Literal["auto", "tiny", "small", "base"] = "auto"
+    preset: Literal["auto", "tiny", "small", "base", "base50"] = "auto"
     imagenet_weights: str | None = None
     device: str = "auto"
     num_workers: int = 0
@@ -305,7 +306,8 @@ def _resolve_models(
     cfg: CompareConfig, log: Callable[[str], None]
 ) -> tuple[list[str], str | None, list[str]]:
     """Models to run, the ImageNet weights file (or None) and notes for the report."""
-    from .models import find_imagenet_weights
+    from .arms import preset_encoder
+    from .models import IMAGENET_WEIGHT_FILES, find_imagenet_weights
 
     notes: list[str] = []
     wants = [m for m in cfg.models if m in IMAGENET_MODELS]
@@ -313,14 +315,15 @@ def _resolve_models(
     if wants:
         if cfg.imagenet_weights is not None and not Path(cfg.imagenet_weights).is_file():
             raise InputFileError(cfg.imagenet_weights, "ImageNet weights file not found")
-        found = find_imagenet_weights("resnet18", cfg.imagenet_weights)
+        found = find_imagenet_weights(preset_encoder(cfg.preset), cfg.imagenet_weights)
         weights = str(found) if found is not None else None
     models: list[str] = list(cfg.models)
     if wants and weights is None:
         msg = (
             "ImageNet weights not found (no --imagenet-weights file and nothing in the torch hub cache): "
             f"{', '.join(wants)} not run; the RGB baseline runs from random weights as 'rgb-scratch'. "
-            "To include them, put resnet18-f37072fd.pth in $TORCH_HOME/hub/checkpoints or pass "
+            f"To include them, put {IMAGENET_WEIGHT_FILES[preset_encoder(cfg.preset)]} in "
+            "$TORCH_HOME/hub/checkpoints or pass "
             "--imagenet-weights PATH."
         )
         log(f"warning: {msg}")
@@ -339,15 +342,17 @@ def _fetch_weights(cfg: CompareConfig, log: Callable[[str], None]) -> CompareCon
     """With ``cfg.download_weights``: fetch the published weights the requested arms need and are missing."""
     if not cfg.download_weights:
         return cfg
+    from .arms import preset_encoder
     from .models import find_imagenet_weights
     from .weights import download_weights, find_weights, weights_for
 
     if any(m in IMAGENET_MODELS for m in cfg.models) and cfg.imagenet_weights is None:
-        if find_imagenet_weights("resnet18") is None:
-            got = download_weights(weights_for("imagenet", "resnet18"), base_url=cfg.weights_url)
+        if find_imagenet_weights(preset_encoder(cfg.preset)) is None:
+            entry = weights_for("imagenet", preset_encoder(cfg.preset))
+            got = download_weights(entry, base_url=cfg.weights_url)
             log(f"downloaded {got.describe()}")
     if "ssl4eo" in cfg.models and cfg.ssl4eo_weights is None:
-        entry = weights_for("ssl4eo", "resnet18", cfg.ssl4eo_method)
+        entry = weights_for("ssl4eo", preset_encoder(cfg.preset), cfg.ssl4eo_method)
         if find_weights(entry) is None:
             got = download_weights(entry, base_url=cfg.weights_url)
             log(f"downloaded {got.describe()}")
@@ -361,7 +366,7 @@ def _prepare_arms(
 
     ``ssl4eo`` is dropped from ``models`` (with a note) when its weights are not found.
     """
-    from .arms import REAL_WINDOW, cube_product_level, cube_source, default_window
+    from .arms import REAL_WINDOW, cube_product_level, cube_source, default_window, preset_encoder
     from .models import _checked
     from .weights import find_weights, weights_for
 
@@ -383,10 +388,10 @@ def _prepare_arms(
             "the pretrained encoders."
         )
     if weights is not None:
-        check = _checked(Path(weights), weights_for("imagenet", "resnet18"))
+        check = _checked(Path(weights), weights_for("imagenet", preset_encoder(cfg.preset)))
         notes.append(f"ImageNet weights: {check.describe()}")
     if "ssl4eo" in models:
-        entry = weights_for("ssl4eo", "resnet18", cfg.ssl4eo_method)
+        entry = weights_for("ssl4eo", preset_encoder(cfg.preset), cfg.ssl4eo_method)
         if cfg.ssl4eo_weights is not None and not Path(cfg.ssl4eo_weights).is_file():
             raise InputFileError(cfg.ssl4eo_weights, "SSL4EO-L weights file not found")
         found = find_weights(entry, cfg.ssl4eo_weights)

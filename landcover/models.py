@@ -107,7 +107,7 @@ ModelName = Literal["native", "rgb-imagenet", "rgb-scratch", "native-imagenet-in
 EncoderName = Literal["resnet18", "resnet34", "resnet50"]
 InputNorm = Literal["zscore", "imagenet", "unit"]
 NormName = Literal["batch", "group"]
-Preset = Literal["tiny", "small", "base"]
+Preset = Literal["tiny", "small", "base", "base50"]
 
 MODEL_NAMES: Final[tuple[str, ...]] = get_args(ModelName)
 IMAGENET_NAMES: Final = frozenset({"rgb-imagenet", "native-imagenet-init"})
@@ -165,11 +165,13 @@ PRESETS: Final[dict[str, dict[str, Any]]] = {
     "tiny": {"encoder": "resnet18", "width": 0.25, "depth": 3},
     "small": {"encoder": "resnet18", "width": 0.5, "depth": 4},
     "base": {"encoder": "resnet18", "width": 1.0, "depth": 4},
+    "base50": {"encoder": "resnet50", "width": 1.0, "depth": 4},
 }
 """Size presets for :func:`build_model` (``preset=``); explicit arguments override them.
 
 ``tiny`` (~0.2 M parameters) is meant for CPU demos and tests, ``base`` is a full
-ResNet-18 U-Net (the only width that can take ImageNet weights).
+ResNet-18 U-Net (the only width that can take ImageNet weights), ``base50`` the same on
+ResNet-50 (for the ResNet-50 ImageNet and SSL4EO-L weights).
 """
 
 
@@ -279,6 +281,11 @@ class ModelSpec:
             raise ValueError(f"width must be in (0, 4], got {self.width}")
         if not 1 <= self.depth <= 4:
             raise ValueError(f"depth must be 1..4, got {self.depth}")
+        self._check_layout()
+        self._check_inputs()
+
+    def _check_layout(self) -> None:
+        """Decoder, band names, class codes and normalisation layers against the sizes."""
         if len(self.decoder_channels) != self.depth + 1 or min(self.decoder_channels) < 1:
             raise ValueError(f"decoder_channels needs depth + 1 = {self.depth + 1} positive entries")
         if len(self.bands) != self.in_channels:
@@ -289,6 +296,9 @@ class ModelSpec:
             raise ValueError(f"norm must be 'batch' or 'group', got {self.norm!r}")
         if self.norm != "batch" and self.pretrained != "none":
             raise ValueError("ImageNet weights need norm='batch' (their BatchNorm statistics)")
+
+    def _check_inputs(self) -> None:
+        """Input scaling, band statistics and the bands pretrained encoders need."""
         if self.input_norm not in get_args(InputNorm):
             raise ValueError(f"input_norm must be 'zscore', 'imagenet' or 'unit', got {self.input_norm!r}")
         if self.name == "ssl4eo":
@@ -805,59 +815,10 @@ def build_model(
     """
     if name not in MODEL_NAMES:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    base = dict(PRESETS["base"] if preset is None else PRESETS.get(preset, {}))
-    if preset is not None and preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    enc = encoder if encoder is not None else base["encoder"]
-    w = float(width if width is not None else base["width"])
-    d = int(depth if depth is not None else base["depth"])
-    if decoder_channels is None:
-        dec = tuple(max(8, int(round(c * w))) for c in _BASE_DECODER[-(d + 1) :])
-    else:
-        dec = tuple(int(c) for c in decoder_channels)
-    wants_weights = name in PRETRAINED_NAMES
+    enc, w, d, dec = _architecture(preset, encoder, width, depth, decoder_channels)
     if norm not in get_args(NormName):
         raise ConfigError(f"norm must be 'batch' or 'group', got {norm!r}")
-    if wants_weights and norm != "batch":
-        raise ConfigError(f"model {name!r} loads pretrained weights, which need norm='batch'")
-    if not wants_weights and pretrained is not None:
-        raise ConfigError(
-            f"model {name!r} is trained from scratch; 'pretrained' applies to "
-            f"{', '.join(sorted(PRETRAINED_NAMES))} only"
-        )
-    weights_file: Path | None = None
-    check = None
-    if wants_weights:
-        from .weights import find_weights, weights_for
-
-        family: Literal["imagenet", "ssl4eo"] = "ssl4eo" if name == "ssl4eo" else "imagenet"
-        if family == "imagenet" and enc not in IMAGENET_WEIGHT_FILES:
-            raise ConfigError(f"no ImageNet weights known for encoder {enc!r}")
-        try:
-            entry = weights_for(family, enc, ssl4eo_method)
-        except LandcoverError as exc:
-            raise ConfigError(str(exc)) from exc
-        if w != 1.0:
-            raise ConfigError(f"pretrained weights need width=1.0 (got width={w}); use preset 'base'")
-        search = None if pretrained is None or str(pretrained) == "hub" else pretrained
-        if family == "imagenet":
-            weights_file = find_imagenet_weights(enc, search)
-            if weights_file is None:
-                raise _missing_weights_error(enc, search)
-        else:
-            weights_file = find_weights(entry, search)
-            if weights_file is None:
-                where = (
-                    f"'{search}' is not a file"
-                    if search is not None
-                    else (f"'{_hub_checkpoint_dir() / entry.filename}' does not exist")
-                )
-                raise LandcoverError(
-                    f"SSL4EO-L weights {entry.key} not found: {where}. Pass the file with --ssl4eo-weights, "
-                    f"or fetch it (hash-verified, into the torch hub cache) with --download-weights; "
-                    f"published at {entry.url}"
-                )
-        check = _checked(weights_file, entry)
+    weights_file, check = _pretrained_weights(name, enc, w, norm, pretrained, ssl4eo_method)
     if input_norm is None:
         input_norm = "unit" if name == "ssl4eo" else "zscore"
     try:
@@ -891,6 +852,78 @@ def build_model(
         source = check.entry.bands if check.entry.family == "ssl4eo" else None
         _load_encoder_weights(model, read_state_dict(weights_file, what), source)
     return model
+
+
+def _architecture(
+    preset: str | None,
+    encoder: str | None,
+    width: float | None,
+    depth: int | None,
+    decoder_channels: Sequence[int] | None,
+) -> tuple[str, float, int, tuple[int, ...]]:
+    """Encoder, width, depth and decoder widths: the given values, else the preset's."""
+    base = dict(PRESETS["base"] if preset is None else PRESETS.get(preset, {}))
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    enc = encoder if encoder is not None else base["encoder"]
+    w = float(width if width is not None else base["width"])
+    d = int(depth if depth is not None else base["depth"])
+    if decoder_channels is None:
+        dec = tuple(max(8, int(round(c * w))) for c in _BASE_DECODER[-(d + 1) :])
+    else:
+        dec = tuple(int(c) for c in decoder_channels)
+    return enc, w, d, dec
+
+
+def _pretrained_weights(
+    name: str,
+    enc: str,
+    w: float,
+    norm: str,
+    pretrained: str | os.PathLike[str] | None,
+    ssl4eo_method: Literal["moco", "simclr"],
+) -> tuple[Path | None, Any]:
+    """The weights file of a pretrained model name and its hash check; ``(None, None)`` for the others."""
+    wants_weights = name in PRETRAINED_NAMES
+    if wants_weights and norm != "batch":
+        raise ConfigError(f"model {name!r} loads pretrained weights, which need norm='batch'")
+    if not wants_weights:
+        if pretrained is not None:
+            raise ConfigError(
+                f"model {name!r} is trained from scratch; 'pretrained' applies to "
+                f"{', '.join(sorted(PRETRAINED_NAMES))} only"
+            )
+        return None, None
+    from .weights import find_weights, weights_for
+
+    family: Literal["imagenet", "ssl4eo"] = "ssl4eo" if name == "ssl4eo" else "imagenet"
+    if family == "imagenet" and enc not in IMAGENET_WEIGHT_FILES:
+        raise ConfigError(f"no ImageNet weights known for encoder {enc!r}")
+    try:
+        entry = weights_for(family, enc, ssl4eo_method)
+    except LandcoverError as exc:
+        raise ConfigError(str(exc)) from exc
+    if w != 1.0:
+        raise ConfigError(f"pretrained weights need width=1.0 (got width={w}); use preset 'base'")
+    search = None if pretrained is None or str(pretrained) == "hub" else pretrained
+    if family == "imagenet":
+        weights_file = find_imagenet_weights(enc, search)
+        if weights_file is None:
+            raise _missing_weights_error(enc, search)
+    else:
+        weights_file = find_weights(entry, search)
+        if weights_file is None:
+            where = (
+                f"'{search}' is not a file"
+                if search is not None
+                else (f"'{_hub_checkpoint_dir() / entry.filename}' does not exist")
+            )
+            raise LandcoverError(
+                f"SSL4EO-L weights {entry.key} not found: {where}. Pass the file with --ssl4eo-weights, "
+                f"or fetch it (hash-verified, into the torch hub cache) with --download-weights; "
+                f"published at {entry.url}"
+            )
+    return weights_file, _checked(weights_file, entry)
 
 
 _CHECKS: dict[tuple[str, int, int, str], Any] = {}

@@ -287,12 +287,13 @@ def test_select_lr_fixed_and_unknown():
         select_lr("best", **kw)
 
 
-def _ssl4eo_file(path):
+def _ssl4eo_file(path, encoder="resnet18"):
+    """A state dict with the shapes of the SSL4EO-L TM TOA weights (7 input bands), random values."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
-    net = torchvision.models.resnet18()
+    net = getattr(torchvision.models, encoder)()
     net.conv1 = torch.nn.Conv2d(7, 64, kernel_size=7, stride=2, padding=3, bias=False)
     torch.save(net.state_dict(), path)
     return path
@@ -335,6 +336,37 @@ def test_ssl4eo_without_weights_is_dropped_with_a_reason(demo_cube, tmp_path, mo
     assert models == ["ssl4eo"] and cfg.ssl4eo_weights == str(weights)
     assert any("unverified weights" in n and "not called ssl4eo" in n for n in notes)
     assert any("32 px, set explicitly on real data" in n and "1x1 px bottleneck" in n for n in notes)
+
+
+def test_ssl4eo_resnet50_is_selected_by_the_base50_preset(demo_cube, tmp_path, monkeypatch):
+    """``--preset base50``: compare looks up, checks and loads the SSL4EO-L ResNet-50 file."""
+    import torch
+
+    from landcover.experiment import _prepare_arms
+    from landcover.weights import weights_for
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    hub = tmp_path / "torch-home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    r50 = weights_for("ssl4eo", "resnet50", "moco")
+    state = torch.load(_ssl4eo_file(hub / r50.filename, "resnet50"), weights_only=True)
+    # the ResNet-18 presets look for the ResNet-18 file, which is not there
+    models, notes = ["native", "ssl4eo"], []
+    _prepare_arms(_arm_cfg(demo_cube, tmp_path, preset="base"), models, None, notes, lambda _m: None)
+    assert models == ["native"] and any("resnet18_landsat_tm_toa_moco" in n for n in notes)
+    out = tmp_path / "o"
+    argv = ["-q", "compare", str(demo_cube), "--models", "ssl4eo", "--preset", "base50", "--seeds", "0",
+            "--window", "32", "--epochs", "1", "--budget", "2", "--batch-size", "2", "--budgets", "1",
+            "--lr-select", "fixed", "--no-baseline", "--n-boot", "100", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "ssl4eo" in metrics["models"]
+    assert r50.filename in json.dumps(metrics)  # the weights note names the ResNet-50 file it checked
+    ckpt = torch.load(out / "runs" / "ssl4eo" / "seed0" / "last.pt", weights_only=True)
+    assert ckpt["spec"]["encoder"] == "resnet50" and ckpt["spec"]["pretrained"].startswith("unverified")
+    trained = ckpt["model"]
+    for key in ("layer4.2.conv3.weight", "layer3.5.bn3.running_var"):  # Bottleneck blocks, ResNet-50 depth
+        assert trained[f"encoder.{key}"].shape == state[key].shape
 
 
 def test_default_window_is_small_only_on_synthetic_cubes(tmp_path):

@@ -81,9 +81,10 @@ def register(sub: Any) -> None:
     p.add_argument("--budget", type=int, default=None, help="training windows per run (same for every model)")
     p.add_argument(
         "--preset",
-        choices=["auto", "tiny", "small", "base"],
+        choices=["auto", "tiny", "small", "base", "base50"],
         default=None,
-        help="model size (default: from --config, else built in)",
+        help="model size; base50: ResNet-50 encoder (its ImageNet/SSL4EO-L weights) "
+        "(default: from --config, else built in)",
     )
     p.add_argument(
         "--level",
@@ -93,8 +94,16 @@ def register(sub: Any) -> None:
         help="CLC level of the classes (default: from --config, else built in)",
     )
     p.add_argument("--thermal", action="store_true", default=None, help="give native models the thermal band")
-    p.add_argument("--imagenet-weights", default=None, help="torchvision resnet18 state dict (.pth)")
-    p.add_argument("--ssl4eo-weights", default=None, help="SSL4EO-L TM TOA resnet18 state dict (.pth)")
+    p.add_argument(
+        "--imagenet-weights",
+        default=None,
+        help="torchvision ResNet state dict (.pth): resnet18, resnet50 with --preset base50",
+    )
+    p.add_argument(
+        "--ssl4eo-weights",
+        default=None,
+        help="SSL4EO-L TM TOA ResNet state dict (.pth): resnet18, resnet50 with --preset base50",
+    )
     p.add_argument("--ssl4eo-method", choices=["moco", "simclr"], default=None, help="which SSL4EO-L weights")
     p.add_argument(
         "--download-weights",
