@@ -66,7 +66,7 @@ def main() -> int:
     args = p.parse_args()
 
     from landcover.cube import build_cube
-    from landcover.distributed import ClusterOptions, open_cluster
+    from landcover.cluster.client import ClusterOptions, open_cluster
     from landcover.store import default_threads, raw_nbytes
     from landcover.testing import make_acquisitions, make_clc, make_pair, scene_grid
 

@@ -14,12 +14,12 @@ between processes). Every run trains the same initial model(s) on the same windo
 (spatially blocked split, run-wide normalisation) for the same sample budget: ``epochs``
 passes over every repository's training windows.
 
-- ``single machine`` (the baseline): :func:`landcover.federated.train_baseline`, i.e.
+- ``single machine`` (the baseline): :func:`landcover.cluster.baseline.train_baseline`, i.e.
   :func:`landcover.train.fit` on the union of the windows, in this process;
 - ``1 repo/batch`` (a control without a cluster): the same single-machine training, but
   every batch drawn from one repository, repositories in turn -- what a leg sees. It
   separates the cost of non-IID batches from the cost of the transport;
-- ``round-robin`` and ``fedavg`` (:func:`landcover.federated.train_distributed`, AdamW
+- ``round-robin`` and ``fedavg`` (:func:`landcover.cluster.engine.train_distributed`, AdamW
   state shipped with the weights) for each leg length in ``--legs`` (batches per leg;
   ``full`` = one pass over the repository's windows). Shorter legs mean more rounds for
   the same budget: more synchronisation, more bytes moved.
@@ -62,10 +62,10 @@ def _mib(n: float) -> str:
 
 
 def _score(state: dict[str, Any], spec: dict[str, Any], loader: Any) -> dict[str, float]:
-    from landcover.federated import _build_model
+    from landcover.cluster.payload import model_from_payload
     from landcover.train import evaluate
 
-    model = _build_model(spec, state)
+    model = model_from_payload(spec, state)
     return evaluate(model, loader, class_codes=spec["class_codes"], device="cpu").summary("val_")
 
 
@@ -102,12 +102,13 @@ def _repo_batch_baseline(
 
     from torch.utils.data import DataLoader
 
+    from landcover.cluster.legs import window_dataset
+    from landcover.cluster.payload import to_numpy
     from landcover.datasets import collate_windows
-    from landcover.federated import _dataset, _to_numpy
     from landcover.train import TrainConfig, fit
 
     m = copy.deepcopy(model)
-    ds = _dataset(cubes, list(bands), step, "train", stats)
+    ds = window_dataset(cubes, list(bands), step, "train", stats)
     loader = DataLoader(
         ds, batch_sampler=_RepoBatches(ds.windows.cube, step.batch_size, seed), collate_fn=collate_windows
     )
@@ -118,7 +119,7 @@ def _repo_batch_baseline(
         num_threads=step.num_threads,
     )  # fmt: skip
     fit(m, loader, None, cfg, class_codes=m.spec.class_codes)
-    return _to_numpy(m.state_dict())
+    return to_numpy(m.state_dict())
 
 
 def main() -> int:
@@ -175,17 +176,13 @@ def _one_seed(
     import torch
     from distributed import Client, LocalCluster
 
+    from landcover.cluster.baseline import train_baseline
+    from landcover.cluster.config import StepConfig
+    from landcover.cluster.engine import pooled_stats, survey_repositories, train_distributed
+    from landcover.cluster.legs import window_dataset
+    from landcover.cluster.repository import Repository
     from landcover.datasets import make_loader
-    from landcover.federated import (
-        StepConfig,
-        _dataset,
-        _pooled_stats,
-        survey_repositories,
-        train_baseline,
-        train_distributed,
-    )
     from landcover.models import build_model
-    from landcover.roundrobin import Repository
     from landcover.testing.cubes import make_cube
 
     torch.set_num_threads(1)
@@ -220,7 +217,7 @@ def _one_seed(
             raise _WorkersLost(f"repositories {lost} could not be surveyed (workers lost)")
         first = survey[repos[0].name]
         bands = tuple(first["bands"])
-        stats = _pooled_stats(survey, bands)
+        stats = pooled_stats(survey, bands)
         models = {
             f"m{k}": build_model(
                 "native", len(bands), len(first["class_codes"]), preset="tiny", bands=bands,
@@ -233,7 +230,7 @@ def _one_seed(
         per_pass = {r.name: math.ceil(survey[r.name]["n_train"] / args.batch_size) for r in repos}
         budget_batches = args.epochs * sum(per_pass.values())  # per model
         windows = {r.name: survey[r.name]["n_train"] for r in repos}
-        val_ds = _dataset([str(c) for c in cubes], list(bands), base, "val", stats)
+        val_ds = window_dataset([str(c) for c in cubes], list(bands), base, "val", stats)
         val_loader = make_loader(val_ds, args.batch_size, 0, shuffle=False)
         print(
             f"{args.repos} repositories x {args.size}^2 px ({', '.join(str(windows[r.name]) for r in repos)} "

@@ -1094,7 +1094,7 @@ def build_cube(
     compressor
         Chunk compression (see :func:`landcover.store.compressor_codecs`).
     client
-        ``distributed.Client`` to run on (see :func:`landcover.distributed.get_client`);
+        ``distributed.Client`` to run on (see :func:`landcover.cluster.client.get_client`);
         ``None`` = local threads.
     append
         Add the scenes as new time steps to an existing cube (its grid and CORINE

@@ -830,7 +830,7 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
         f"on {len(infos)} cube(s), preset {preset}"
     )
     runs: list[RunResult] = []
-    from .distributed import get_client
+    from .cluster.client import get_client
 
     client = get_client(cfg.scheduler)  # None for no scheduler or "none": runs one after another here
     if client is not None:
@@ -849,7 +849,7 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
                 log(f"  {m} seed {s} budget {b:g}: done ({runs[-1].seconds:.0f} s)")
         finally:
             if cfg.scheduler == "local":
-                from .distributed import close_client
+                from .cluster.client import close_client
 
                 close_client(client)
     else:

@@ -15,7 +15,7 @@ command-line values override it; embedded defaults fill the rest.
 - ``out`` (default): every scene becomes a time step of one cube ``out``, its chunks
   computed on the cluster.
 - ``out_dir``: a batch, one cube per scene (``group_by = "pathrow"``: per path/row) as
-  separate tasks retried ``retries`` times; see :func:`landcover.batch.build_cubes`.
+  separate tasks retried ``retries`` times; see :func:`landcover.cluster.batch.build_cubes`.
 
 The job runs on a LocalCluster by default (``scheduler = "local"``; the dashboard link is
 printed to stderr), on a running Dask scheduler (``scheduler = "tcp://HOST:8786"``) or on
@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from landcover.cli import run_job
-from landcover.distributed import ClusterJob, add_cluster_arguments, cluster_overrides
+from landcover.cli._cluster import add_cluster_arguments, cluster_overrides
+from landcover.cluster.client import ClusterJob
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from landcover.config import load_config
-        from landcover.distributed import open_cluster
+        from landcover.cluster.client import open_cluster
         from landcover.errors import ConfigError, InputFileError
 
         overrides = {
@@ -174,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 def _batch(
     job: CubeJob, scenes: list[str], corine: str, out_dir: str, report: str | None, cube_kw: dict[str, Any]
 ) -> int:
-    from landcover.batch import batch_cluster_options, build_cubes, plan_batch, result_printer
-    from landcover.distributed import open_cluster
+    from landcover.cluster.batch import batch_cluster_options, build_cubes, plan_batch, result_printer
+    from landcover.cluster.client import open_cluster
 
     n_items = len(plan_batch(scenes, out_dir, group_by=job.group_by))
     options = batch_cluster_options(job.cluster(), n_items)  # cubes built at once

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from landcover.cli import run_job
-from landcover.distributed import ClusterJob, add_cluster_arguments, cluster_overrides
+from landcover.cli._cluster import add_cluster_arguments, cluster_overrides
+from landcover.cluster.client import ClusterJob
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from landcover.config import load_config
-        from landcover.distributed import open_cluster
+        from landcover.cluster.client import open_cluster
         from landcover.errors import ConfigError, InputFileError
 
         overrides = {

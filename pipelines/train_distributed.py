@@ -3,15 +3,17 @@
 Start the workers next to the data, each advertising its repositories::
 
     dask scheduler --port 8786
-    dask worker tcp://HOST:8786 --name site-a --preload landcover.registry --repository site-a=/data/cubes
-    dask worker tcp://HOST:8786 --name site-b --preload landcover.registry --repository site-b=/data/cubes
+    dask worker tcp://HOST:8786 --name site-a \\
+        --preload landcover.cluster.registry --repository site-a=/data/cubes
+    dask worker tcp://HOST:8786 --name site-b \\
+        --preload landcover.cluster.registry --repository site-b=/data/cubes
 
 then::
 
     python pipelines/train_distributed.py CONFIG.toml [--scheduler tcp://HOST:8786] [--out DIR] [--mode MODE]
 
 The same as ``landcover train --distributed --config CONFIG.toml``. Every key has a
-default (:class:`landcover.federated.DistributedTrainConfig`), so an empty file works::
+default (:class:`landcover.cluster.config.DistributedTrainConfig`), so an empty file works::
 
     scheduler = "tcp://10.0.0.1:8786"   # or "local" with cubes = [...]
     mode = "compare"                    # "round-robin", "fedavg" or "compare"
@@ -56,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
+        from landcover.cluster.config import DistributedTrainConfig
+        from landcover.cluster.job import run_distributed_job
         from landcover.config import load_config
-        from landcover.federated import DistributedTrainConfig, run_distributed_job
 
         cfg = load_config(
             DistributedTrainConfig,

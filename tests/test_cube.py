@@ -424,7 +424,7 @@ def test_append_killed_then_resumed(two_dates: dict[str, Any], tmp_path: Path) -
 def test_local_cluster_build_matches_threads(
     real_scene: Path, holes_ref: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from landcover.distributed import cluster, round_robin
+    from landcover.cluster.client import cluster, spread_over_workers
 
     clc, ref = holes_ref
     # in-process workers: the distributed code path without process start-up (real worker
@@ -432,7 +432,7 @@ def test_local_cluster_build_matches_threads(
     with cluster("local", n_workers=2, threads_per_worker=1, processes=False) as client:
         assert client is not None
         out = build_cube([real_scene], clc, tmp_path / "lc.zarr", chunks=16, client=client, progress=False)
-        rr = round_robin(list(range(5)), client)
+        rr = spread_over_workers(list(range(5)), client)
         assert sorted(sum(rr.values(), [])) == list(range(5)) and len(rr) == 2
     assert_same_arrays(ref, out)
 

@@ -1,4 +1,4 @@
-"""Tests for cluster batch jobs: landcover.distributed options, landcover.batch, and the CLIs on clusters.
+"""Tests for cluster batch jobs: cluster options, landcover.cluster.batch, and the CLIs on clusters.
 
 Real clusters only: an in-process ``LocalCluster`` (the default of every data-building
 command) and a real ``dask scheduler`` + ``dask worker`` started as subprocesses on
@@ -23,10 +23,11 @@ import pytest
 import rasterio
 import zarr
 
-from landcover.batch import EXIT_FAILURES, LOG_DIR, REPORT_NAME, plan_batch
 from landcover.cli import main
+from landcover.cli._cluster import cluster_options_from_args
+from landcover.cluster.batch import EXIT_FAILURES, LOG_DIR, REPORT_NAME, plan_batch
+from landcover.cluster.client import ClusterOptions
 from landcover.cube import build_cube
-from landcover.distributed import ClusterOptions, cluster_options_from_args
 from landcover.errors import ConfigError
 from landcover.store import is_complete
 from landcover.testing import make_pair, make_scene
@@ -163,7 +164,7 @@ def test_cluster_options_validate_and_normalise() -> None:
             ClusterOptions(**bad)
     import argparse
 
-    from landcover.distributed import add_cluster_arguments
+    from landcover.cli._cluster import add_cluster_arguments
 
     p = argparse.ArgumentParser()
     add_cluster_arguments(p)
@@ -368,7 +369,7 @@ def test_unreachable_scheduler_is_one_line(tmp_path: Path, capsys: pytest.Captur
 
 def test_batch_attempt_log_gives_a_reason_for_a_lost_attempt(tmp_path: Path) -> None:
     """An attempt whose worker died leaves a start without an end: the report says so (issue 21)."""
-    from landcover.batch import _log_attempt, _read_attempts
+    from landcover.cluster.batch import _log_attempt, _read_attempts
 
     log = tmp_path / "item.jsonl"
     lost = {"worker": "tcp://127.0.0.1:4001", "pid": 111, "start": 1.0}

@@ -1,4 +1,4 @@
-"""Round-robin training: the models travel to the repositories, on real dask scheduler/worker processes."""
+"""Round-robin data-local training: models travel to the repositories, on real dask scheduler and workers."""
 
 import json
 import os
@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from landcover.cluster.config import StepConfig
+from landcover.cluster.engine import train_distributed
+from landcover.cluster.repository import Repository, schedule
 from landcover.errors import ConfigError
-from landcover.roundrobin import LegConfig, Repository, schedule, train_round_robin
 
 
 def test_schedule_visits_every_repository_once_per_cycle():
@@ -116,25 +118,24 @@ def test_models_travel_round_robin_to_repositories(tmp_path, two_repo_cluster):
         ),
     }  # fmt: skip
     before = {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in models.items()}
-    results = train_round_robin(
-        models,
-        [repo_a, repo_b],
-        client=two_repo_cluster,
-        leg=LegConfig(window=32, batch_size=8, max_samples=32, device="cpu", split_seed=split_seed),
-        log=lambda _m: None,
-    )
+    # 32 windows per leg, a fresh AdamW per leg, augmented windows
+    step = StepConfig(window=32, batch_size=8, batches=4, ship_optimizer=False, augment=True, device="cpu",
+                      split_seed=split_seed)  # fmt: skip
+    run = train_distributed(models, [repo_a, repo_b], client=two_repo_cluster, step=step, log=lambda _m: None)
+    legs = {n: [leg for leg in run.legs if leg.kind == "train" and leg.model == n] for n in models}
     # native visits A then B; rgb-scratch visits B then A; each leg ran on the repository's own worker
-    assert [(leg.repository, leg.worker) for leg in results["native"].legs] == [
+    assert [(leg.repository, leg.worker_name) for leg in legs["native"]] == [
         ("A", "repo-a"),
         ("B", "repo-b"),
     ]
-    assert [(leg.repository, leg.worker) for leg in results["rgb-scratch"].legs] == [
+    assert [(leg.repository, leg.worker_name) for leg in legs["rgb-scratch"]] == [
         ("B", "repo-b"),
         ("A", "repo-a"),
     ]
-    for name, res in results.items():
-        assert all(leg.samples > 0 for leg in res.legs)
-        assert all("val_miou_l3" in leg.val for leg in res.legs)
+    for name, res in run.models.items():
+        assert all(leg.samples > 0 for leg in legs[name])
+        # a validation score after every leg's round
+        assert all("val_miou_l3" in row for row in res.curve if row["round"] > 0) and len(res.curve) == 3
         # the weights changed and the second leg started from the first leg's weights
         trained = res.build().state_dict()
         changed = [
@@ -150,37 +151,40 @@ def test_models_travel_round_robin_to_repositories(tmp_path, two_repo_cluster):
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_roundrobin_pipeline_on_the_cluster(tmp_path, two_repo_cluster):
+    """``pipelines/train_distributed.py`` with explicit [[repositories]] on named workers."""
     from landcover.models import model_from_checkpoint
     from landcover.testing.cubes import make_cube
 
     cubes = [make_cube(tmp_path / n / "cube.zarr", shape=(256, 256), seed=i) for i, n in enumerate("ab")]
     config = tmp_path / "rr.toml"
     config.write_text(
-        'models = ["native"]\nrounds = 2\n'
-        '[leg]\nwindow = 32\nbatch_size = 8\nmax_samples = 16\ndevice = "cpu"\n'
+        'models = ["native"]\nmode = "round-robin"\n'
+        '[step]\nwindow = 32\nbatch_size = 8\nbatches = 2\ndevice = "cpu"\n'
         f'[[repositories]]\nname = "A"\nworker = "repo-a"\ncubes = ["{cubes[0]}"]\n'
         f'[[repositories]]\nname = "B"\nworker = "repo-b"\ncubes = ["{cubes[1]}"]\n'
     )
     repo = Path(__file__).resolve().parents[1]
+    pipeline = str(repo / "pipelines" / "train_distributed.py")
     address = two_repo_cluster.scheduler.address
     proc = subprocess.run(
-        [sys.executable, str(repo / "pipelines" / "roundrobin_train.py"), str(config), "--scheduler", address,
-         "--out", str(tmp_path / "out")],
+        [sys.executable, pipeline, str(config), "--scheduler", address, "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    legs = json.loads((tmp_path / "out" / "legs.json").read_text())
-    assert [(leg["repository"], leg["worker"]) for leg in legs["native"]] == [
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    legs = [leg for leg in report["modes"]["round-robin"]["legs"] if leg["kind"] == "train"]
+    assert [(leg["repository"], leg["worker_name"]) for leg in legs] == [
         ("A", "repo-a"),
         ("B", "repo-b"),
     ]
-    model = model_from_checkpoint(tmp_path / "out" / "native.pt")
+    model = model_from_checkpoint(tmp_path / "out" / "round-robin-native.pt")
     assert model.spec.name == "native"
     # bad config: one line, exit 1
-    config.write_text('models = ["native"]\n')
+    config.write_text("models = []\n")
     proc = subprocess.run(
-        [sys.executable, str(repo / "pipelines" / "roundrobin_train.py"), str(config)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, pipeline, str(config)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("roundrobin_train: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.stderr.strip().startswith("train_distributed: ") and len(proc.stderr.strip().splitlines()) == 1
+    )

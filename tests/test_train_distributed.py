@@ -1,7 +1,7 @@
 """Data-local training: repository discovery, round-robin / FedAvg legs, faults, CLI and pipeline.
 
 The cluster tests start a real ``dask scheduler`` and real ``dask worker`` processes on
-127.0.0.1, each advertising its own data directory (``--preload landcover.registry
+127.0.0.1, each advertising its own data directory (``--preload landcover.cluster.registry
 --repository NAME=DIR``) and recording every file it opens under the data root (an audit
 hook preloaded into the worker), so that data locality is checked, not assumed.
 """
@@ -23,18 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from landcover.cluster.aggregate import average_states
+from landcover.cluster.config import StepConfig
+from landcover.cluster.engine import pooled_stats, survey_repositories, train_distributed
+from landcover.cluster.legs import LEG_TOPIC, window_dataset
+from landcover.cluster.registry import parse_repository_option, scan_repository
+from landcover.cluster.repository import Replica, Repository
 from landcover.errors import ConfigError
-from landcover.federated import (
-    LEG_TOPIC,
-    StepConfig,
-    _dataset,
-    _pooled_stats,
-    average_states,
-    survey_repositories,
-    train_distributed,
-)
-from landcover.registry import parse_repository_option, scan_repository
-from landcover.roundrobin import Replica, Repository
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # tiny cubes: 128 px, 16 px windows in 32 px split blocks; split seed 5 gives every cube
@@ -54,6 +49,38 @@ def _hook(event, args):
                 _LOG.write(p + "\\n")
 sys.addaudithook(_hook)
 """
+
+SLOW_STEPS = """
+import os, time
+_PAUSE = float(os.environ.get("LC_TEST_STEP_PAUSE", "0"))
+if _PAUSE > 0:
+    import torch
+    _step = torch.optim.AdamW.step
+    def _slow_step(self, *args, **kwargs):
+        out = _step(self, *args, **kwargs)
+        time.sleep(_PAUSE)
+        return out
+    torch.optim.AdamW.step = _slow_step
+"""
+"""Fault injection (worker preload): every optimiser step of a leg takes ``LC_TEST_STEP_PAUSE`` s longer."""
+
+
+@pytest.fixture
+def slow_steps(monkeypatch):
+    """In-process workers: every optimiser step of a leg takes ``seconds`` longer (a slow or stuck leg)."""
+    import torch
+
+    def slow(seconds: float) -> None:
+        step = torch.optim.AdamW.step
+
+        def _slow_step(self, *args, **kwargs):
+            out = step(self, *args, **kwargs)
+            time.sleep(seconds)
+            return out
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", _slow_step)
+
+    return slow
 
 
 def _cube(path: Path, seed: int) -> Path:
@@ -81,7 +108,9 @@ def _free_port() -> int:
 class _Cluster:
     """A real scheduler and ``dask worker`` processes; each worker has its own data directories."""
 
-    def __init__(self, tmp: Path, layout: dict[str, dict[str, Path]], *, nanny: bool = False) -> None:
+    def __init__(
+        self, tmp: Path, layout: dict[str, dict[str, Path]], *, nanny: bool = False, step_pause: float = 0.0
+    ) -> None:
         from distributed import Client
 
         self.tmp = tmp
@@ -92,6 +121,8 @@ class _Cluster:
         self.address = f"tcp://127.0.0.1:{port}"
         audit = tmp / "audit_preload.py"
         audit.write_text(AUDIT)
+        slow = tmp / "slow_steps_preload.py"
+        slow.write_text(SLOW_STEPS)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         self.procs: dict[str, subprocess.Popen] = {}
         self.procs["scheduler"] = subprocess.Popen(
@@ -103,10 +134,12 @@ class _Cluster:
             cmd = [str(bin_dir / "dask"), "worker", self.address, "--name", name, "--nworkers", "1",
                    "--nthreads", "1", "--nanny" if nanny else "--no-nanny", "--no-dashboard",
                    "--local-directory", str(tmp / "scratch" / name),
-                   "--preload", str(audit), "--preload", "landcover.registry"]  # fmt: skip
+                   "--preload", str(audit), "--preload", str(slow),
+                   "--preload", "landcover.cluster.registry"]  # fmt: skip
             for repo, directory in repos.items():
                 cmd += ["--repository", f"{repo}={directory}"]
-            wenv = {**env, "LC_AUDIT_ROOT": self.data_root, "LC_AUDIT_LOG": str(tmp / f"audit-{name}.log")}
+            wenv = {**env, "LC_AUDIT_ROOT": self.data_root, "LC_AUDIT_LOG": str(tmp / f"audit-{name}.log"),
+                    "LC_TEST_STEP_PAUSE": str(step_pause)}  # fmt: skip
             self.procs[name] = subprocess.Popen(
                 cmd, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w"), env=wenv
             )
@@ -210,7 +243,6 @@ def test_repository_locations_and_step_validation():
         {"batches": 0},
         {"window": 4},
         {"split_fractions": (0.5, 0.5, 0.5)},
-        {"pause": -1},
         {"leg_timeout": 0},
     ):
         with pytest.raises(ValueError):
@@ -233,8 +265,8 @@ def test_one_leg_equals_an_ordinary_fit(tmp_path):
     assert run.models["m"].step == 3 and run.models["m"].total_steps == 3
 
     reference = copy.deepcopy(model)
-    stats = _pooled_stats(survey, list(model.spec.bands))
-    ds = _dataset([str(cube)], list(model.spec.bands), step, "train", stats)
+    stats = pooled_stats(survey, list(model.spec.bands))
+    ds = window_dataset([str(cube)], list(model.spec.bands), step, "train", stats)
     loader = make_loader(ds, step.batch_size, 0, shuffle=True, generator=torch.Generator())
     cfg = TrainConfig(
         epochs=1, batch_size=8, lr=step.lr, weight_decay=step.weight_decay, max_samples=3 * 8, seed=7,
@@ -256,7 +288,7 @@ def test_localcluster_fedavg_and_roundrobin_match_in_process_runs(tmp_path):
     """Quick variant: a LocalCluster whose workers advertise repositories through `advertise`."""
     from distributed import Client, LocalCluster
 
-    from landcover.registry import advertise, discover_repositories
+    from landcover.cluster.registry import advertise, discover_repositories
 
     cubes = [_cube(tmp_path / n / "cube.zarr", seed=20 + i) for i, n in enumerate("ab")]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as lc:
@@ -295,7 +327,7 @@ def test_localcluster_fedavg_and_roundrobin_match_in_process_runs(tmp_path):
     assert fed.models["m0"].samples_seen == 2 * 2 * 8
 
 
-def test_stuck_leg_times_out_moves_to_replica_then_is_skipped(tmp_path):
+def test_stuck_leg_times_out_moves_to_replica_then_is_skipped(tmp_path, slow_steps):
     """A leg hangs, its worker alive: given up after leg_timeout, retried, skipped; stuck workers avoided."""
     from distributed import Client, LocalCluster
 
@@ -308,12 +340,12 @@ def test_stuck_leg_times_out_moves_to_replica_then_is_skipped(tmp_path):
         **{
             **STEP.__dict__,
             "batches": None,
-            "pause": 1.0,
             "validate": False,
             "leg_timeout": 2.5,
             "bn_stats": "none",
         }
     )
+    slow_steps(1.0)
     with LocalCluster(n_workers=3, threads_per_worker=1, processes=False, dashboard_address=None) as lc:
         with Client(lc) as client:
             info = client.scheduler_info()["workers"]
@@ -357,7 +389,7 @@ def test_stuck_leg_times_out_moves_to_replica_then_is_skipped(tmp_path):
 
 @pytest.mark.cluster
 def test_discovery_on_real_workers_finds_replicas(cluster3):
-    from landcover.registry import discover_repositories
+    from landcover.cluster.registry import discover_repositories
 
     repos = {r.name: r for r in discover_repositories(cluster3.client)}
     names = {a: i["name"] for a, i in cluster3.client.scheduler_info()["workers"].items()}
@@ -374,7 +406,7 @@ def test_discovery_on_real_workers_finds_replicas(cluster3):
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_round_robin_on_real_workers_is_local_complete_and_deterministic(cluster3):
-    from landcover.registry import discover_repositories
+    from landcover.cluster.registry import discover_repositories
 
     repos = discover_repositories(cluster3.client)
     survey = survey_repositories(repos, client=cluster3.client, step=STEP, log=lambda _m: None)
@@ -474,13 +506,13 @@ def test_cli_and_pipeline_on_real_workers(cluster3, tmp_path, capsys):
 @pytest.mark.slow
 def test_killed_workers_lose_no_model(tmp_path):
     """Kill two workers in their first legs: A moves to its replica on w-c, B is skipped with a warning."""
-    from landcover.registry import discover_repositories
+    from landcover.cluster.registry import discover_repositories
 
-    cluster = _Cluster(tmp_path, _three_repositories(tmp_path))
+    cluster = _Cluster(tmp_path, _three_repositories(tmp_path), step_pause=0.4)  # 0.4 s per batch
     try:
         client = cluster.client
         repos = discover_repositories(client)
-        step = StepConfig(**{**STEP.__dict__, "batches": 3, "pause": 0.4, "validate": False})
+        step = StepConfig(**{**STEP.__dict__, "batches": 3, "validate": False})
         survey = survey_repositories(repos, client=client, step=step, log=lambda _m: None)
         models = {"m0": _model(survey["A"], 0), "m1": _model(survey["A"], 1)}
         start = {n: {k: v.numpy().copy() for k, v in m.state_dict().items()} for n, m in models.items()}
@@ -535,7 +567,7 @@ def _fault_layout(tmp: Path) -> dict[str, dict[str, Path]]:
 @pytest.fixture(scope="module")
 def cluster_faults(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
-    c = _Cluster(tmp, _fault_layout(tmp))
+    c = _Cluster(tmp, _fault_layout(tmp), step_pause=0.4)  # 0.4 s per batch
     try:
         yield c
     finally:
@@ -545,7 +577,7 @@ def cluster_faults(tmp_path_factory):
 @pytest.mark.cluster
 def test_missing_repository_folder_names_worker_name_and_path(cluster_faults, capsys):
     from landcover.cli import main
-    from landcover.registry import discover_repositories
+    from landcover.cluster.registry import discover_repositories
 
     client = cluster_faults.client
     missing = str(cluster_faults.tmp / "data" / "nowhere")
@@ -567,14 +599,14 @@ def test_missing_repository_folder_names_worker_name_and_path(cluster_faults, ca
 @pytest.mark.cluster
 def test_frozen_worker_is_given_up_after_the_default_leg_timeout(cluster_faults):
     """SIGSTOP a worker in its leg: the automatic leg timeout moves the leg to the replica."""
-    from landcover.registry import discover_repositories
+    from landcover.cluster.registry import discover_repositories
 
     client = cluster_faults.client
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # repository X has no folder
         repos = discover_repositories(client, names=["A", "B"])
     # the automatic timeout (the default), scaled down: max(20 s, 10 x the median leg so far)
-    step = StepConfig(**{**STEP.__dict__, "batches": 3, "pause": 0.4, "validate": False,
+    step = StepConfig(**{**STEP.__dict__, "batches": 3, "validate": False,
                          "leg_timeout_floor": 20.0, "leg_timeout_factor": 10.0})  # fmt: skip
     assert step.leg_timeout == "auto" and StepConfig().leg_timeout == "auto"
     survey = survey_repositories(repos, client=client, step=step, log=lambda _m: None)
@@ -614,16 +646,17 @@ def test_frozen_worker_is_given_up_after_the_default_leg_timeout(cluster_faults)
 @pytest.mark.slow
 def test_worker_restarted_by_its_nanny_serves_its_repository_again(tmp_path):
     """Kill a worker process under its nanny in a leg: the leg and later legs/validations run on it again."""
-    from landcover.registry import discover_repositories
+    from landcover.cluster.registry import discover_repositories
 
     data = tmp_path / "data"
     for i, n in enumerate("ab"):
         _cube(data / n / "cube.zarr", seed=50 + i)
-    cluster = _Cluster(tmp_path, {"w-a": {"A": data / "a"}, "w-b": {"B": data / "b"}}, nanny=True)
+    cluster = _Cluster(tmp_path, {"w-a": {"A": data / "a"}, "w-b": {"B": data / "b"}}, nanny=True,
+                       step_pause=0.4)  # 0.4 s per batch  # fmt: skip
     try:
         client = cluster.client
         repos = discover_repositories(client)
-        step = StepConfig(**{**STEP.__dict__, "batches": 3, "pause": 0.4, "val_batches": 1})
+        step = StepConfig(**{**STEP.__dict__, "batches": 3, "val_batches": 1})
         survey = survey_repositories(repos, client=client, step=step, log=lambda _m: None)
         model = _model(survey["A"], 0)
         pids = cluster.worker_pids()
@@ -658,23 +691,23 @@ def test_worker_restarted_by_its_nanny_serves_its_repository_again(tmp_path):
 
 def test_pooled_batchnorm_moments_equal_one_pass_over_all_windows_and_server_momentum():
     """BN statistics pooled from per-repository sums = those of the union; FedAvgM's update rule."""
-    from landcover.federated import _pool_bn, _server_step, _with_bn
+    from landcover.cluster.aggregate import pool_bn, server_step, with_bn
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(0, 1, (50, 3)), rng.normal(4, 2, (20, 3))  # two repositories, other distributions
     parts = [{"bn": (x.sum(0), (x * x).sum(0), len(x))} for x in (a, b)]
-    mean, var = _pool_bn(parts)["bn"]
+    mean, var = pool_bn(parts)["bn"]
     union = np.concatenate([a, b])
     np.testing.assert_allclose(mean, union.mean(0))
     np.testing.assert_allclose(var, union.var(0, ddof=1))  # includes the variance between repositories
     assert (var > np.maximum(a.var(0), b.var(0))).all()
     state = {"bn.running_mean": np.zeros(3, np.float32), "bn.running_var": np.ones(3, np.float32)}
-    got = _with_bn(state, {"bn": (mean, var)})
+    got = with_bn(state, {"bn": (mean, var)})
     assert got["bn.running_var"].dtype == np.float32 and np.allclose(got["bn.running_mean"], mean)
     step = StepConfig(server_momentum=0.5, server_lr=1.0)
     old, avg, vel = {"w": np.array([1.0], np.float32)}, {"w": np.array([0.0], np.float32)}, {}
-    one = _server_step(old, avg, vel, step)  # v = 1, w = 1 - 1 = 0
-    two = _server_step(one, {"w": np.array([-1.0], np.float32)}, vel, step)  # v = 0.5 + 1, w = 0 - 1.5
+    one = server_step(old, avg, vel, step)  # v = 1, w = 1 - 1 = 0
+    two = server_step(one, {"w": np.array([-1.0], np.float32)}, vel, step)  # v = 0.5 + 1, w = 0 - 1.5
     assert float(one["w"][0]) == 0.0 and float(two["w"][0]) == -1.5
 
 

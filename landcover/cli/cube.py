@@ -3,7 +3,7 @@
 ``build`` and ``batch`` run on a Dask cluster: by default a LocalCluster of threads started
 for the job (its dashboard link printed to stderr), ``--scheduler tcp://HOST:PORT`` for a
 running ``dask scheduler``, ``--scheduler none`` for Dask's threaded scheduler (see
-:func:`landcover.distributed.add_cluster_arguments`).
+:func:`landcover.cli._cluster.add_cluster_arguments`).
 
 ``batch`` exit status: 0 = every cube built or already complete; 3 = the batch completed
 but some cubes failed (listed on stderr, in the summary table and the JSON report);
@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import Any
 
-from ..distributed import add_cluster_arguments
+from ._cluster import add_cluster_arguments
 from ._inputs import add_stac_arguments, add_stack_arguments, stac_plans, stack_plans
 from ._types import non_negative_int, positive_int
 
@@ -167,7 +167,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _cluster_options(args: argparse.Namespace) -> Any:
     """The job's ClusterOptions; the legacy ``--threads N`` means the threaded scheduler."""
-    from ..distributed import ClusterOptions, cluster_options_from_args
+    from ..cluster.client import ClusterOptions
+    from ._cluster import cluster_options_from_args
     from ..errors import ConfigError
 
     threads = getattr(args, "threads", None)
@@ -191,7 +192,7 @@ def run_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..cube import build_cube
-    from ..distributed import open_cluster
+    from ..cluster.client import open_cluster
     from ..errors import ConfigError, InputFileError
 
     options = _cluster_options(args)
@@ -263,8 +264,8 @@ def read_scene_list(path: str) -> list[str]:
 def run_batch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..batch import batch_cluster_options, build_cubes, plan_batch, result_printer
-    from ..distributed import open_cluster
+    from ..cluster.batch import batch_cluster_options, build_cubes, plan_batch, result_printer
+    from ..cluster.client import open_cluster
     from ..errors import ConfigError, InputFileError
 
     scenes = list(args.scenes) + (read_scene_list(args.scenes_from) if args.scenes_from else [])

@@ -34,7 +34,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from ..distributed import add_cluster_arguments
+from ._cluster import add_cluster_arguments
 
 _BAND_PATTERNS = ("*_SR_B1.TIF", "*_B1.TIF")
 
@@ -379,7 +379,8 @@ def run(args: argparse.Namespace) -> int:
     check_output(out, overwrite=args.overwrite, inputs=[args.clc, args.like], what="labels")
     if not out.parent.exists():
         raise ConfigError(f"{out.parent}: output directory does not exist")
-    from ..distributed import cluster_options_from_args, open_cluster
+    from ..cluster.client import open_cluster
+    from ._cluster import cluster_options_from_args
 
     options = cluster_options_from_args(args)
     grid = grid_of_like(args.like)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..distributed import add_cluster_arguments
+from ._cluster import add_cluster_arguments
 from ._inputs import add_stack_arguments, stack_spec
 from ._types import DEVICE_HELP, device
 
@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``landcover predict``."""
     from pathlib import Path
 
-    from ..distributed import cluster_options_from_args, open_cluster
+    from ..cluster.client import open_cluster
+    from ._cluster import cluster_options_from_args
     from ..errors import ConfigError, InputFileError
 
     # check the inputs before starting a cluster for them

@@ -1,9 +1,9 @@
 """``landcover train``: train one model on cubes (spatial split, checkpoints, resume, LR finder).
 
 ``landcover train --distributed``: train where the data is, on a Dask cluster whose workers
-advertise cube repositories (``dask worker ... --preload landcover.registry --repository
+advertise cube repositories (``dask worker ... --preload landcover.cluster.registry --repository
 NAME=DIR``): models travel round-robin over the repositories, or train as federated copies
-(see :mod:`landcover.federated`); ``--mode compare`` runs both and the single-machine baseline.
+(see :mod:`landcover.cluster.engine`); ``--mode compare`` runs both and the single-machine baseline.
 """
 
 from __future__ import annotations
@@ -139,11 +139,12 @@ def _leg_timeout(text: str) -> float | str:
 
 
 def run_distributed(args: argparse.Namespace) -> int:
-    """``landcover train --distributed``: :func:`landcover.federated.run_distributed_job` from args/config."""
+    """``landcover train --distributed``: :func:`landcover.cluster.job.run_distributed_job` from args/config."""
     from dataclasses import replace
 
     from ..config import load_config
-    from ..federated import DistributedTrainConfig, run_distributed_job
+    from ..cluster.config import DistributedTrainConfig
+    from ..cluster.job import run_distributed_job
 
     cfg = load_config(
         DistributedTrainConfig,

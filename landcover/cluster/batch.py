@@ -40,12 +40,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ConfigError, InputFileError
+from ..errors import ConfigError, InputFileError
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
-    from .distributed import ClusterOptions
+    from .client import ClusterOptions
 
 __all__ = [
     "GroupBy",
@@ -258,7 +258,7 @@ def plan_batch(
     if group_by not in ("scene", "pathrow"):
         raise ConfigError(f"group_by must be 'scene' or 'pathrow', got {group_by!r}")
     out = Path(out_dir)
-    from .landsat import ScenePlan
+    from ..landsat import ScenePlan
 
     groups: dict[str, list[tuple[str, Any]]] = {}
     seen: set[str] = set()
@@ -324,7 +324,7 @@ def _log_attempt(log: Path, entry: Mapping[str, Any]) -> None:
 
 def _discard_partial(store: Path, *, existed: bool) -> None:
     """Remove what a failed attempt left: an incomplete landcover store (never a complete or foreign one)."""
-    from .store import STATE_FILE, is_complete
+    from ..store import STATE_FILE, is_complete
 
     for tmp in store.parent.glob(f"{store.name}.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -360,9 +360,9 @@ def _run_item(
     """Build one item's cube (runs on a worker); raises :class:`BatchTaskError` on failure."""
     import warnings
 
-    from .cube import build_cube
-    from .messages import one_line
-    from .store import is_complete
+    from ..cube import build_cube
+    from ..messages import one_line
+    from ..store import is_complete
 
     store = Path(item.store)
     log = Path(log_dir) / f"{item.name}.jsonl"
@@ -485,24 +485,7 @@ def build_cubes(
     ConfigError
         For invalid options.
     """
-    if retries < 0:
-        raise ConfigError(f"retries must be >= 0, got {retries}")
-    if task_threads is not None and task_threads < 1:
-        raise ConfigError(f"task_threads must be >= 1, got {task_threads}")
-    bad = set(cube_options) - {
-        "grid",
-        "resolution",
-        "level",
-        "min_coverage",
-        "chunks",
-        "compressor",
-        "overwrite",
-        "policy",
-    }
-    if bad:
-        raise ConfigError(f"unknown cube options for a batch: {sorted(bad)}")
-    if not scenes:
-        raise ConfigError("a batch needs at least one scene")
+    _check_batch(scenes, retries, task_threads, cube_options)
     corine_path = Path(corine)
     if not corine_path.is_file():
         raise InputFileError(corine_path, "CORINE raster not found")
@@ -521,63 +504,16 @@ def build_cubes(
     results: dict[str, ItemResult] = {}
 
     def finish(item: BatchItem, value: dict[str, Any] | None, error: str | None, seconds: float) -> None:
-        attempts, errors = _read_attempts(log_dir / f"{item.name}.jsonl")
-        if error is not None:
-            if Path(item.store).exists() and not _complete(item.store):  # e.g. a worker that died mid-build
-                _discard_partial(Path(item.store), existed=False)
-            res = ItemResult(
-                name=item.name, scenes=item.scenes, store=None, status="failed", attempts=max(attempts, 1),
-                seconds=seconds, worker=None, error=error, errors=tuple(errors) or (error,),
-            )  # fmt: skip
-        else:
-            assert value is not None
-            res = ItemResult(
-                name=item.name, scenes=item.scenes, store=item.store, status=value["status"],
-                attempts=attempts, seconds=seconds, worker=value["worker"], errors=tuple(errors),
-            )  # fmt: skip
+        res = _item_result(item, value, error, seconds, log_dir)
         results[item.name] = res
         if on_result is not None:
             on_result(res)
 
+    args = (corine_abs, cube_options, task_threads, str(log_dir))
     if client is None:
-        for item in items:
-            t0 = time.time()
-            err: str | None = None
-            value: dict[str, Any] | None = None
-            for _ in range(retries + 1):
-                try:
-                    value = _run_item(item, corine_abs, cube_options, task_threads, str(log_dir))
-                    err = None
-                    break
-                except BatchTaskError as exc:
-                    err = str(exc)
-            finish(item, value, err, time.time() - t0)
+        _run_here(items, args, retries, finish)
     else:
-        from dask.base import tokenize
-        from distributed import as_completed
-
-        token = tokenize(corine_abs, sorted(cube_options.items(), key=lambda kv: kv[0]), started, os.getpid())
-        futures = {}
-        t_submit = time.time()
-        for item in items:
-            fut = client.submit(
-                _run_item, item, corine_abs, cube_options, task_threads, str(log_dir),
-                key=f"landcover-cube-{item.name}-{token}", retries=retries, pure=False,
-            )  # fmt: skip
-            futures[fut] = item
-        try:
-            for fut in as_completed(list(futures)):
-                item = futures[fut]
-                try:
-                    value = fut.result()
-                    finish(item, value, None, float(value["seconds"]))
-                except Exception as exc:  # noqa: BLE001 - any task failure is this item's failure
-                    from .messages import one_line
-
-                    msg = str(exc) if isinstance(exc, BatchTaskError) else one_line(exc)
-                    finish(item, None, msg, time.time() - t_submit)
-        finally:
-            client.cancel(list(futures))
+        _run_on_cluster(client, items, args, retries, started, finish)
     rep = BatchReport(
         results=tuple(results[it.name] for it in items),
         out_dir=str(out),
@@ -597,6 +533,100 @@ def build_cubes(
     if log_dir.is_dir() and not any(log_dir.iterdir()):
         log_dir.rmdir()
     return rep
+
+
+_CUBE_OPTIONS = {"grid", "resolution", "level", "min_coverage", "chunks", "compressor", "overwrite", "policy"}
+
+
+def _check_batch(
+    scenes: Sequence[str | os.PathLike[str]],
+    retries: int,
+    task_threads: int | None,
+    cube_options: Mapping[str, Any],
+) -> None:
+    if retries < 0:
+        raise ConfigError(f"retries must be >= 0, got {retries}")
+    if task_threads is not None and task_threads < 1:
+        raise ConfigError(f"task_threads must be >= 1, got {task_threads}")
+    bad = set(cube_options) - _CUBE_OPTIONS
+    if bad:
+        raise ConfigError(f"unknown cube options for a batch: {sorted(bad)}")
+    if not scenes:
+        raise ConfigError("a batch needs at least one scene")
+
+
+def _item_result(
+    item: BatchItem, value: Mapping[str, Any] | None, error: str | None, seconds: float, log_dir: Path
+) -> ItemResult:
+    """The final result of ``item`` (attempts and errors from its log); a failure leaves no partial cube."""
+    attempts, errors = _read_attempts(log_dir / f"{item.name}.jsonl")
+    if error is not None:
+        if Path(item.store).exists() and not _complete(item.store):  # e.g. a worker that died mid-build
+            _discard_partial(Path(item.store), existed=False)
+        return ItemResult(
+            name=item.name, scenes=item.scenes, store=None, status="failed", attempts=max(attempts, 1),
+            seconds=seconds, worker=None, error=error, errors=tuple(errors) or (error,),
+        )  # fmt: skip
+    assert value is not None
+    return ItemResult(
+        name=item.name, scenes=item.scenes, store=item.store, status=value["status"],
+        attempts=attempts, seconds=seconds, worker=value["worker"], errors=tuple(errors),
+    )  # fmt: skip
+
+
+_Finish = Callable[[BatchItem, dict[str, Any] | None, str | None, float], None]
+
+
+def _run_here(items: Sequence[BatchItem], args: tuple[Any, ...], retries: int, finish: _Finish) -> None:
+    """The items one after another in this process, each tried ``retries + 1`` times at most."""
+    for item in items:
+        t0 = time.time()
+        err: str | None = None
+        value: dict[str, Any] | None = None
+        for _ in range(retries + 1):
+            try:
+                value = _run_item(item, *args)
+                err = None
+                break
+            except BatchTaskError as exc:
+                err = str(exc)
+        finish(item, value, err, time.time() - t0)
+
+
+def _run_on_cluster(
+    client: Client,
+    items: Sequence[BatchItem],
+    args: tuple[Any, ...],
+    retries: int,
+    started: str,
+    finish: _Finish,
+) -> None:
+    """One task per item (the scheduler retries it ``retries`` times), results in completion order."""
+    from dask.base import tokenize
+    from distributed import as_completed
+
+    from ..messages import one_line
+
+    corine_abs, cube_options = args[0], args[1]
+    token = tokenize(corine_abs, sorted(cube_options.items(), key=lambda kv: kv[0]), started, os.getpid())
+    futures = {}
+    t_submit = time.time()
+    for item in items:
+        fut = client.submit(
+            _run_item, item, *args, key=f"landcover-cube-{item.name}-{token}", retries=retries, pure=False,
+        )  # fmt: skip
+        futures[fut] = item
+    try:
+        for fut in as_completed(list(futures)):
+            item = futures[fut]
+            try:
+                value = fut.result()
+                finish(item, value, None, float(value["seconds"]))
+            except Exception as exc:  # noqa: BLE001 - any task failure is this item's failure
+                msg = str(exc) if isinstance(exc, BatchTaskError) else one_line(exc)
+                finish(item, None, msg, time.time() - t_submit)
+    finally:
+        client.cancel(list(futures))
 
 
 def batch_cluster_options(options: ClusterOptions, n_items: int) -> ClusterOptions:
@@ -631,6 +661,6 @@ def result_printer(prog: str, *, quiet: bool = False) -> Callable[[ItemResult], 
 
 
 def _complete(store: str) -> bool:
-    from .store import is_complete
+    from ..store import is_complete
 
     return is_complete(store)

@@ -4,7 +4,7 @@ A *repository* is a named directory of cube stores on the disk of the machine th
 Dask worker. The worker advertises it when it starts, with this module as its preload::
 
     dask worker tcp://SCHEDULER:8786 --name site-a \
-        --preload landcover.registry --repository site-a=/data/cubes
+        --preload landcover.cluster.registry --repository site-a=/data/cubes
 
 (``--repository NAME=DIR`` may be repeated). The preload installs a
 :class:`RepositoryPlugin` on the worker; the plugin scans ``DIR`` for *complete* cube stores
@@ -21,7 +21,7 @@ several workers is a set of replicas: the first worker (sorted by name, then add
 primary, the others are failover targets. Cube paths are reported as each worker sees them;
 the client never opens them. Workers that join later (a worker restarted by its nanny comes
 back under a new address) are asked the same question by the trainer, which then uses them
-for their repositories (see :mod:`landcover.federated`).
+for their repositories (see :mod:`landcover.cluster.engine`).
 
 On one machine (a ``LocalCluster``, tests) :func:`advertise` installs the plugin on a chosen
 worker from the client instead of the preload.
@@ -41,13 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import schema
-from .errors import ConfigError
+from .. import schema
+from ..errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
-    from .roundrobin import Repository
+    from .repository import Repository
 
 __all__ = [
     "PLUGIN_NAME",
@@ -217,7 +217,7 @@ def holdings(dask_worker: Any = None) -> dict[str, dict[str, Any]]:
 def advertise(client: Client, repositories: Mapping[str, str], *, worker: str) -> None:
     """Make ``worker`` (address or name) advertise ``repositories`` (name -> directory on that worker).
 
-    The equivalent of starting that worker with ``--preload landcover.registry
+    The equivalent of starting that worker with ``--preload landcover.cluster.registry
     --repository NAME=DIR``; for clusters started from Python (``LocalCluster``).
     Repositories already advertised by the worker are kept.
     """
@@ -264,7 +264,7 @@ def discover_repositories(
     """
     import warnings
 
-    from .roundrobin import Replica, Repository
+    from .repository import Replica, Repository
 
     info = client.scheduler_info()["workers"]
     answers: dict[str, dict[str, dict[str, Any]]] = client.run(holdings)
@@ -297,7 +297,7 @@ def discover_repositories(
         have = ", ".join(sorted(by_name)) or "none"
         raise ConfigError(
             f"no live worker advertises repository {', '.join(missing)} (advertised: {have}); "
-            "start workers with --preload landcover.registry --repository NAME=DIR"
+            "start workers with --preload landcover.cluster.registry --repository NAME=DIR"
         )
     out: list[Repository] = []
     for name in wanted:
@@ -334,11 +334,11 @@ def discover_repositories(
     help="advertise the complete cubes in DIR as repository NAME (repeatable)",
 )
 async def dask_setup(worker: Any, repositories: tuple[str, ...]) -> None:
-    """Preload entry point: ``dask worker ... --preload landcover.registry --repository NAME=DIR``."""
+    """Preload entry point: ``dask worker ... --preload landcover.cluster.registry --repository NAME=DIR``."""
     from distributed import Worker
 
     if not isinstance(worker, Worker):
-        raise click.UsageError("landcover.registry is a worker preload (dask worker --preload)")
+        raise click.UsageError("landcover.cluster.registry is a worker preload (dask worker --preload)")
     if not repositories:
         raise click.UsageError("give at least one --repository NAME=DIR")
     try:

@@ -1,0 +1,204 @@
+"""Configuration of data-local training.
+
+:class:`StepConfig` is what one leg does (the one leg configuration); :class:`DistributedTrainConfig`
+is the job of ``landcover train --distributed`` / ``pipelines/train_distributed.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..devices import check_device
+from .repository import Repository
+
+Mode = Literal["round-robin", "fedavg"]
+
+
+JobMode = Literal["round-robin", "fedavg", "compare"]
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What one leg does (every option has a default; see ``pipelines/train_distributed.py``).
+
+    Parameters
+    ----------
+    window
+        Window side in pixels.
+    batch_size
+        Windows per batch.
+    batches
+        Batches per leg; None: one pass over the repository's training windows (legs then
+        differ in length between repositories).
+    lr, weight_decay, pct_start
+        AdamW and the run-long one-cycle schedule (peak ``lr``; start ``lr / 25``).
+    ship_optimizer
+        Send the AdamW state (first and second moments, step counts) with the weights;
+        otherwise every leg starts a fresh AdamW on the incoming weights.
+    min_valid, level, split_fractions, block, split_seed
+        Windows and spatially blocked split, as in :class:`landcover.datasets.WindowDataset`
+        (``block`` default: 4 x ``window``).
+    augment
+        Random flips/rotations of training windows.
+    validate
+        Evaluate every model on every repository's validation windows after each round.
+    val_batches
+        Cap of validation batches per repository (None: all).
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"`` (on the worker).
+    num_threads
+        torch intra-op threads inside a leg (None: leave torch's setting).
+    deterministic
+        Deterministic torch kernels inside legs.
+    leg_timeout
+        Seconds a task (training leg or validation) may run on its worker, counted from
+        the moment it starts there (queueing behind other tasks does not count); a task
+        still running then counts as failed, like one whose worker died: retried on a
+        replica, else skipped with a warning, and the stuck (e.g. frozen) worker is avoided
+        for the rest of the run. ``"auto"`` (default): ``max(leg_timeout_floor,
+        leg_timeout_factor x the median duration of the tasks of the same kind finished so
+        far)``, and ``leg_timeout_floor x leg_timeout_factor`` until one has finished (60 s
+        and 10 min with the defaults). ``None`` or ``"none"``: no limit (a frozen worker
+        then stalls the run until Dask's heartbeat timeout drops it). Needs a cluster
+        (``client``): tasks run in this process cannot be interrupted.
+    leg_timeout_floor, leg_timeout_factor
+        Parameters of ``leg_timeout="auto"``.
+    bn_stats
+        BatchNorm running statistics of the model that is validated and saved:
+        ``"global"`` (default) re-estimates them before every validation with a cheap
+        forward-only pass over ``bn_batches`` training batches of every repository (on its
+        worker), aggregating per-channel means and variances weighted by the windows seen,
+        as one pass over all the data would; ``"repository"`` re-estimates them on each
+        repository for its own validation (FedBN-style; the saved model gets the global
+        ones); ``"none"``: the statistics the legs left (the last repository's, or the
+        FedAvg mean).
+    bn_batches
+        Training batches per repository of a BatchNorm re-estimation.
+    server_momentum
+        FedAvg only: server-side momentum (FedAvgM, Hsu et al. 2019) on the averaged
+        update: ``v = momentum x v + (w_old - w_avg)``, ``w_new = w_old - server_lr x v``.
+        0 (default) with ``server_lr = 1`` is plain FedAvg.
+    server_lr
+        FedAvg only: server learning rate of that update.
+    """
+
+    window: int = 64
+    batch_size: int = 16
+    batches: int | None = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    pct_start: float = 0.3
+    ship_optimizer: bool = True
+    min_valid: float = 0.5
+    level: int = 3
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    block: int | None = None
+    split_seed: int = 0
+    augment: bool = False
+    validate: bool = True
+    val_batches: int | None = None
+    device: str = "auto"
+    num_threads: int | None = 1
+    deterministic: bool = True
+    leg_timeout: float | Literal["auto", "none"] | None = "auto"
+    leg_timeout_floor: float = 60.0
+    leg_timeout_factor: float = 10.0
+    bn_stats: Literal["global", "repository", "none"] = "global"
+    bn_batches: int = 4
+    server_momentum: float = 0.0
+    server_lr: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.leg_timeout == "none":
+            object.__setattr__(self, "leg_timeout", None)
+        if self.window < 8:
+            raise ValueError(f"window must be >= 8, got {self.window}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batches is not None and self.batches < 1:
+            raise ValueError(f"batches must be >= 1 or None, got {self.batches}")
+        from ..train import check_schedule
+
+        check_schedule(self.lr, self.weight_decay, self.pct_start)
+        if self.level not in (1, 2, 3):
+            raise ValueError(f"level must be 1, 2 or 3, got {self.level}")
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
+            raise ValueError(f"split_fractions must be 3 shares summing to 1, got {self.split_fractions}")
+        if self.val_batches is not None and self.val_batches < 1:
+            raise ValueError("val_batches must be >= 1 or None")
+        object.__setattr__(self, "device", check_device(self.device))  # auto, cpu, cuda, cuda:N
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError("num_threads must be >= 1 or None")
+        if self.leg_timeout is not None and self.leg_timeout != "auto":
+            if isinstance(self.leg_timeout, str) or not self.leg_timeout > 0:
+                raise ValueError(f"leg_timeout must be > 0, 'auto' or None, got {self.leg_timeout!r}")
+        if not self.leg_timeout_floor > 0 or not self.leg_timeout_factor > 0:
+            raise ValueError("leg_timeout_floor and leg_timeout_factor must be > 0")
+        if self.bn_stats not in ("global", "repository", "none"):
+            raise ValueError(f"bn_stats must be 'global', 'repository' or 'none', got {self.bn_stats!r}")
+        if self.bn_batches < 1:
+            raise ValueError("bn_batches must be >= 1")
+        if not 0 <= self.server_momentum < 1 or not self.server_lr > 0:
+            raise ValueError("server_momentum must be in [0, 1) and server_lr > 0")
+
+    @property
+    def split_block(self) -> int:
+        """Side of the split blocks in pixels."""
+        return self.block if self.block is not None else 4 * self.window
+
+
+@dataclass(frozen=True)
+class DistributedTrainConfig:
+    """Options of ``landcover train --distributed`` / ``pipelines/train_distributed.py`` (all defaulted).
+
+    Parameters
+    ----------
+    scheduler
+        ``"local"`` (a LocalCluster here; give ``cubes``) or a scheduler address.
+    mode
+        ``"round-robin"``, ``"fedavg"`` or ``"compare"`` (both, plus the single-machine
+        baseline when ``baseline`` and the cubes are readable here).
+    models
+        Model names (:func:`landcover.models.build_model`), e.g. ``["native", "rgb-scratch"]``.
+    epochs
+        Visits of every model to every repository.
+    repositories
+        Explicit repositories; empty: discover them on the cluster (workers started with
+        ``--preload landcover.cluster.registry --repository NAME=DIR``).
+    names
+        With discovery: use only these repository names (empty: all).
+    cubes
+        Shortcut for one machine / a shared disk: one repository per cube, any worker.
+    baseline, baseline_cubes
+        Compare mode: also train on one machine; the cubes as seen here (default: the
+        repositories' paths when they exist here).
+    n_workers
+        LocalCluster size (``scheduler = "local"``).
+    """
+
+    scheduler: str | None = "local"
+    mode: JobMode = "round-robin"
+    models: tuple[str, ...] = ("native",)
+    epochs: int = 1
+    seed: int = 0
+    preset: Literal["tiny", "small", "base"] = "tiny"
+    out: Path = Path("distributed-output")
+    repositories: tuple[Repository, ...] = ()
+    names: tuple[str, ...] = ()
+    cubes: tuple[str, ...] = ()
+    baseline: bool = True
+    baseline_cubes: tuple[str, ...] = ()
+    n_workers: int | None = None
+    step: StepConfig = field(default_factory=StepConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("round-robin", "fedavg", "compare"):
+            raise ValueError(f"mode must be 'round-robin', 'fedavg' or 'compare', got {self.mode!r}")
+        if self.epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        if not self.models:
+            raise ValueError("models is empty")
+        if self.n_workers is not None and self.n_workers < 1:
+            raise ValueError("n_workers must be >= 1")

@@ -1,0 +1,517 @@
+"""The data-local training engine: models travel to the repositories, data stays put.
+
+Each repository (a set of cubes on one worker's disk, see :mod:`landcover.cluster.registry`) is
+only ever read by a worker that holds it. What travels is a model:
+
+*leg*
+    One Dask task pinned to a worker that holds the repository (``workers=[address]``,
+    ``allow_other_workers=False``). Its inputs are the model spec, the weights and, when
+    :attr:`StepConfig.ship_optimizer` is set, the AdamW state (moments and step counts), as
+    numpy arrays, plus the cube *paths* as that worker sees them. It trains
+    :attr:`StepConfig.batches` batches on the repository's training windows and returns the
+    new weights (and optimiser state). The learning-rate schedule is one one-cycle curve
+    over the whole run; a leg only needs to know at which step it starts, so the schedule
+    costs no bytes.
+``mode="round-robin"``
+    ``K`` models over ``N`` repositories: in round ``r`` model ``k`` trains on repository
+    ``(k + r) mod N``; one *epoch* is ``N`` rounds, after which every model has visited
+    every repository once. Several models keep several workers busy at once.
+``mode="fedavg"``
+    Federated averaging: every round each model is copied to all ``N`` repositories, the
+    copies train in parallel, and the weights (and, when shipped, the optimiser moments)
+    come back averaged, weighted by the samples each copy trained on. One epoch is one
+    round.
+validation
+    After every round each model is evaluated on every repository's validation windows
+    (again a pinned task; the weights travel, the per-class confusion counts come back)
+    and the counts are summed: a global validation score without moving a pixel.
+
+:func:`train_distributed` runs one mode and returns a :class:`DistributedRun` with every
+leg's timing, the bytes that travelled, the bytes that moving the windows instead would
+have cost (``windows x bytes per window``, the raw stored dtypes), per-worker utilisation
+(busy time / wall time) and a learning curve per model.
+:func:`landcover.cluster.baseline.train_baseline` trains the same model on one machine on the
+same windows (the union of every repository's training windows, same normalisation, same total
+samples) with :func:`landcover.train.fit`
+(:mod:`landcover.cluster.baseline`); :func:`landcover.cluster.report.write_comparison` writes
+``report.json``, ``report.md`` and ``learning_curves.png`` (:mod:`landcover.cluster.job` runs it all).
+
+Faults
+------
+The client keeps every model's last weights (and optimiser state) itself. A leg whose
+worker dies (``KilledWorker``, a closed connection, or the worker simply leaving the
+cluster while its pinned task waits) is retried from those weights on a replica of the
+repository when a live one exists, else skipped with a warning; the model keeps the
+weights it had before the leg and the run completes. Tasks are submitted with
+``retries=0``: the scheduler cannot usefully retry a task pinned to a dead worker (with the
+default ``distributed.scheduler.allowed-failures`` it would wait for that worker forever),
+so failover is the trainer's job. Workers that die are avoided for the rest of the run.
+A task that hangs without its worker dying (a frozen worker; still running
+:attr:`StepConfig.leg_timeout` seconds after it started on its worker, by default
+``max(60 s, 10 x the median task so far)``) is handled the same way: cancelled, retried on a
+replica or skipped, and the stuck worker avoided for the rest of the run. Workers that join
+during the run are asked which repositories they hold (:func:`landcover.cluster.registry.holdings`):
+a worker restarted by its nanny serves its repository again, and a task lost with a worker
+that had a nanny waits up to :data:`~landcover.cluster.runner.REJOIN_WAIT` seconds for it before it is
+skipped. Every
+failure is recorded with its reason (:class:`Failure`: worker lost, timeout, error).
+Errors raised *by* a leg (a broken cube, a bad configuration) are not faults: they stop
+the run with their message.
+
+Determinism: with ``deterministic=True`` (default) and ``device="cpu"`` a leg gives the
+same weights wherever it runs; ``K = N = 1`` with ``ship_optimizer`` and ``bn_stats="none"`` is
+exactly :func:`landcover.train.fit` with ``max_samples = batches x batch_size``.
+
+Learning as well as one machine
+-------------------------------
+Legs see batches of one repository at a time (non-IID), so the BatchNorm running
+statistics a leg leaves are that repository's (round-robin) or a mean of per-repository
+ones that misses the variance between repositories (FedAvg). With ``bn_stats="global"``
+(default) the statistics are re-estimated before every validation and at the end from all
+repositories (a forward-only pass of :attr:`StepConfig.bn_batches` batches per repository on
+its worker; per-channel sums come back, a few KiB), as a pass over all the data would give;
+``"repository"`` validates each repository with its own statistics (FedBN-style).
+:attr:`StepConfig.server_momentum` adds FedAvgM's server momentum.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import ConfigError
+from .aggregate import average_optimizers, average_states, pool_bn, server_step, with_bn
+from .config import Mode, StepConfig
+from .legs import bn_task, eval_task, survey_task, train_task, window_bytes
+from .payload import nbytes
+from .records import DistributedRun, LegRecord, ModelRun
+from .repository import Repository, schedule
+from .runner import Job, Runner
+
+
+def pooled_stats(survey: Mapping[str, Mapping[str, Any]], bands: Sequence[str]) -> dict[str, Any]:
+    """Band statistics pooled over every surveyed repository's cubes (the run-wide normalisation)."""
+    from ..cubemeta import pool_stats as _pool_stats
+
+    per_cube = [s for entry in survey.values() for s in entry["stats"]]
+    return _pool_stats(per_cube, list(bands)).as_dict()
+
+
+def survey_repositories(
+    repositories: Sequence[Repository],
+    *,
+    client: Any = None,
+    step: StepConfig | None = None,
+    log: Callable[[str], None] = print,
+    poll: float = 0.25,
+) -> dict[str, dict[str, Any]]:
+    """Per repository (on its worker): training/validation window counts, dtypes, disk bytes, band statistics.
+
+    Repositories that no live worker holds are left out with a warning.
+    """
+    step = step or StepConfig()
+    runner = Runner(client, log, poll)
+    jobs = [Job("survey", "-", -1, r, _survey_wrapper, {"step": step}) for r in repositories]
+    out: dict[str, dict[str, Any]] = {}
+    for job, res in runner.run(jobs):
+        if res is not None:
+            out[job.repository.name] = res
+    return out
+
+
+def _survey_wrapper(payload: dict[str, Any]) -> dict[str, Any]:
+    return survey_task(payload["cubes"], payload["step"])
+
+
+def train_distributed(
+    models: Mapping[str, Any],
+    repositories: Sequence[Repository],
+    *,
+    client: Any = None,
+    mode: Mode = "round-robin",
+    epochs: int = 1,
+    rounds: int | None = None,
+    step: StepConfig | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    poll: float = 0.25,
+    survey: Mapping[str, dict[str, Any]] | None = None,
+) -> DistributedRun:
+    """Train ``models`` where the data is: round-robin over the repositories, or federated averaging.
+
+    Parameters
+    ----------
+    models
+        Name -> :class:`~landcover.models.SegmentationModel`; their spec and initial weights
+        travel (the modules are not modified).
+    repositories
+        Where the cubes are (e.g. from :func:`landcover.cluster.registry.discover_repositories`).
+    client
+        ``distributed.Client``; None runs every task in this process (same schedule, same
+        numbers: the reference for determinism checks).
+    mode
+        ``"round-robin"`` or ``"fedavg"`` (see the module docstring).
+    epochs
+        Every model visits every repository this many times.
+    rounds
+        Number of rounds instead of ``epochs`` (round-robin: ``epochs x N`` by default, any
+        count allowed; FedAvg: ``epochs``); the run's ``epochs`` is then ``rounds / N``
+        rounded up (round-robin) or ``rounds``.
+    step
+        What a leg does.
+    seed
+        Base seed; the leg of model ``k`` in round ``r`` on repository ``n`` uses
+        ``seed + 1_000_003 * r + 1_009 * k + n``.
+    log
+        One line per leg, per round (and per fault).
+    poll
+        Seconds between liveness checks of the workers running legs.
+    survey
+        Output of :func:`survey_repositories` to reuse (else surveyed here).
+
+    Returns
+    -------
+    DistributedRun
+    """
+    if mode not in ("round-robin", "fedavg"):
+        raise ConfigError(f"mode must be 'round-robin' or 'fedavg', got {mode!r}")
+    if not models:
+        raise ConfigError("no models to train")
+    if epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    if rounds is not None and rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    step = step or StepConfig()
+    t_start = time.time()
+    surveyed = (
+        dict(survey)
+        if survey is not None
+        else survey_repositories(repositories, client=client, step=step, log=log, poll=poll)
+    )
+    repos = _trainable(repositories, surveyed, step, log)
+    specs = {m: models[m].spec.to_dict() for m in models}
+    _check_classes(specs, repos, surveyed, step)
+    runner = Runner(
+        client, log, poll, step.leg_timeout, floor=step.leg_timeout_floor, factor=step.leg_timeout_factor
+    )
+    training = _Training(models, specs, repos, surveyed, runner, mode, step, seed, log, epochs, rounds)
+    training.validate(0)
+    for r in range(training.rounds):
+        training.train_round(r)
+        training.validate(r + 1)
+    workers = dict(runner.seen_workers) if client is not None else {"local": "local"}
+    for leg in training.legs:
+        workers.setdefault(leg.worker, leg.worker_name)
+    return DistributedRun(
+        mode=mode,
+        epochs=training.epochs,
+        rounds=training.rounds,
+        step=step,
+        models=training.runs,
+        legs=training.legs,
+        failures=list(runner.failures),
+        skipped=training.skipped,
+        survey=surveyed,
+        wall_seconds=time.time() - t_start,
+        workers=workers,
+    )
+
+
+def _trainable(
+    repositories: Sequence[Repository],
+    surveyed: Mapping[str, Mapping[str, Any]],
+    step: StepConfig,
+    log: Callable[[str], None],
+) -> list[Repository]:
+    """The surveyed repositories with training windows (the others left out with a warning)."""
+    repos: list[Repository] = []
+    for rep in repositories:
+        s = surveyed.get(rep.name)
+        if s is None:
+            continue
+        if s["n_train"] == 0:
+            msg = f"repository {rep.name}: no training windows (window {step.window}); left out"
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            log(f"WARNING {msg}")
+            continue
+        repos.append(rep)
+    if not repos:
+        raise ConfigError("no repository with training windows is reachable")
+    return repos
+
+
+def _check_classes(
+    specs: Mapping[str, Mapping[str, Any]],
+    repos: Sequence[Repository],
+    surveyed: Mapping[str, Mapping[str, Any]],
+    step: StepConfig,
+) -> None:
+    """Every repository's class codes at ``step.level`` are every model's."""
+    for m, spec in specs.items():
+        codes = [int(c) for c in spec["class_codes"]]
+        for rep in repos:
+            want = surveyed[rep.name]["class_codes"]
+            if list(want) != codes:
+                raise ConfigError(
+                    f"repository {rep.name}: classes at level {step.level} {list(want)} "
+                    f"differ from model {m}'s {codes}"
+                )
+
+
+class _Training:
+    """The state of one :func:`train_distributed` run: models, records, and the steps of a round."""
+
+    def __init__(
+        self,
+        models: Mapping[str, Any],
+        specs: dict[str, dict[str, Any]],
+        repos: list[Repository],
+        surveyed: Mapping[str, Mapping[str, Any]],
+        runner: Runner,
+        mode: Mode,
+        step: StepConfig,
+        seed: int,
+        log: Callable[[str], None],
+        epochs: int,
+        rounds: int | None,
+    ) -> None:
+        self.specs, self.repos, self.surveyed, self.runner = specs, repos, surveyed, runner
+        self.mode, self.step, self.seed, self.log = mode, step, seed, log
+        self.names = list(models)
+        n = len(repos)
+        self.stats = {
+            m: pooled_stats({r.name: surveyed[r.name] for r in repos}, specs[m]["bands"]) for m in self.names
+        }
+        self.batches = {
+            r.name: step.batches or max(1, math.ceil(surveyed[r.name]["n_train"] / step.batch_size))
+            for r in repos
+        }
+        if mode == "round-robin":
+            self.rounds = rounds if rounds is not None else epochs * n
+            self.epochs = math.ceil(self.rounds / n)
+            self.plan = schedule(len(self.names), n, self.rounds)
+            totals = {
+                m: sum(self.batches[repos[self.plan[r][k]].name] for r in range(self.rounds))
+                for k, m in enumerate(self.names)
+            }
+        else:
+            self.rounds = rounds if rounds is not None else epochs
+            self.epochs = self.rounds
+            self.plan = []
+            totals = dict.fromkeys(self.names, self.rounds * max(self.batches.values()))
+        self.runs = {
+            m: ModelRun(
+                name=m,
+                spec=specs[m],
+                state={k: v.detach().cpu().numpy().copy() for k, v in models[m].state_dict().items()},
+                total_steps=totals[m],
+            )
+            for m in self.names
+        }
+        self.legs: list[LegRecord] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.wbytes = {m: nbytes(self.runs[m].state) for m in self.names}
+        self.has_bn = any(k.endswith(".running_mean") for m in self.names for k in self.runs[m].state)
+        self.velocity: dict[str, dict[str, np.ndarray]] = {m: {} for m in self.names}
+
+    def epoch_of(self, r: int) -> float:
+        return (r / len(self.repos)) if self.mode == "round-robin" else float(r)
+
+    def leg_seed(self, r: int, k: int, i: int) -> int:
+        return self.seed + 1_000_003 * r + 1_009 * k + i
+
+    def record(self, job: Job, res: Mapping[str, Any], *, samples: int, opt_bytes: int, start: int) -> None:
+        """A :class:`LegRecord` of a task that ran (bytes each way, and the window bytes it read)."""
+        kind: Literal["train", "eval", "bn"] = job.kind if job.kind in ("train", "bn") else "eval"  # type: ignore[assignment]
+        if kind == "train":
+            back = self.wbytes[job.model] + opt_bytes
+        elif kind == "bn":
+            back = nbytes([list(v[:2]) for v in res["moments"].values()])
+        else:
+            back = _metrics_bytes(res)
+        bpw = window_bytes(
+            self.surveyed[job.repository.name], self.specs[job.model]["bands"], self.step.window
+        )
+        self.legs.append(
+            LegRecord(
+                kind=kind,
+                model=job.model,
+                round=job.round,
+                repository=job.repository.name,
+                worker=str(res["worker"]),
+                worker_name=str(res["worker_name"]),
+                attempt=job.attempt,
+                samples=samples,
+                batches=int(res.get("batches", 0)),
+                start_step=start,
+                train_loss=res.get("train_loss"),
+                started=float(res["started"]),
+                finished=float(res["finished"]),
+                bytes_to_worker=self.wbytes[job.model] + opt_bytes,
+                bytes_from_worker=back,
+                weights_bytes=self.wbytes[job.model],
+                optimizer_bytes=opt_bytes,
+                data_bytes=samples * bpw,
+            )
+        )
+
+    def _run(self, jobs: Sequence[Job], r: int) -> list[tuple[Job, dict[str, Any]]]:
+        """Run ``jobs``; the skipped ones are noted in :attr:`skipped` and left out."""
+        done: list[tuple[Job, dict[str, Any]]] = []
+        for job, res in self.runner.run(jobs):
+            if res is None:
+                self.skipped.append(
+                    {"kind": job.kind, "model": job.model, "round": r, "repository": job.repository.name}
+                )
+            else:
+                done.append((job, res))
+        return done
+
+    def recalibrate(self, r: int) -> None:
+        """Global BatchNorm statistics: moments from every repository, pooled by windows."""
+        jobs = [
+            Job("bn", m, r, repo, bn_task, {"spec": self.specs[m], "weights": self.runs[m].state,
+                                             "step": self.step, "stats": self.stats[m],
+                                             "seed": self.leg_seed(r, k, i)})
+            for k, m in enumerate(self.names)
+            for i, repo in enumerate(self.repos)
+        ]  # fmt: skip
+        parts: dict[str, list[Mapping[str, Any]]] = {m: [] for m in self.names}
+        for job, res in self._run(jobs, r):
+            parts[job.model].append(res["moments"])
+            self.record(job, res, samples=int(res["windows"]), opt_bytes=0, start=0)
+        for m in self.names:
+            if parts[m]:
+                self.runs[m].state = with_bn(self.runs[m].state, pool_bn(parts[m]))
+
+    def validate(self, r: int) -> None:
+        """After round ``r``: BatchNorm statistics as configured, then every model on every repository."""
+        step = self.step
+        if self.has_bn and (
+            (step.bn_stats == "global" and (step.validate or r == self.rounds))
+            or (step.bn_stats == "repository" and r == self.rounds)  # the saved model: all the data's
+        ):
+            self.recalibrate(r)
+        if not step.validate:
+            for m in self.names:
+                run = self.runs[m]
+                run.curve.append({"round": r, "epoch": self.epoch_of(r), "samples_seen": run.samples_seen})
+            return
+        jobs = [
+            Job("eval", m, r, repo, eval_task, {"spec": self.specs[m], "weights": self.runs[m].state,
+                                                 "step": step, "stats": self.stats[m]})
+            for m in self.names
+            for repo in self.repos
+        ]  # fmt: skip
+        parts: dict[str, list[Mapping[str, Any]]] = {m: [] for m in self.names}
+        for job, res in self._run(jobs, r):
+            parts[job.model].append(res)
+            self.record(job, res, samples=int(res["windows"]), opt_bytes=0, start=0)
+        for m in self.names:
+            run = self.runs[m]
+            row = {"round": r, "epoch": self.epoch_of(r), "samples_seen": run.samples_seen}
+            row.update(merge_eval(parts[m], self.specs[m]["class_codes"]))
+            row["repositories_scored"] = len(parts[m])
+            run.curve.append(row)
+            score = row.get("val_miou_l3", row.get("val_miou_l2", math.nan))
+            self.log(f"{self.mode} round {r}: {m} samples {run.samples_seen}, val mIoU {score:.3f}")
+
+    def train_round(self, r: int) -> None:
+        """Round ``r``: every model's legs (one repository, or all with FedAvg), then their results merged."""
+        step = self.step
+        jobs: list[Job] = []
+        for k, m in enumerate(self.names):
+            targets = [self.plan[r][k]] if self.mode == "round-robin" else list(range(len(self.repos)))
+            for i in targets:
+                repo = self.repos[i]
+                payload = {
+                    "spec": self.specs[m],
+                    "weights": self.runs[m].state,
+                    "optimizer": self.runs[m].optimizer if step.ship_optimizer else None,
+                    "step": step,
+                    "stats": self.stats[m],
+                    "seed": self.leg_seed(r, k, i),
+                    "start_step": self.runs[m].step,
+                    "total_steps": self.runs[m].total_steps,
+                    "n_batches": self.batches[repo.name],
+                }
+                jobs.append(Job("train", m, r, repo, train_task, payload))
+        done: dict[str, list[tuple[Job, dict[str, Any]]]] = {m: [] for m in self.names}
+        for job, res in self._run(jobs, r):
+            opt_in = nbytes(job.payload["optimizer"]) if job.payload["optimizer"] is not None else 0
+            opt_out = nbytes(res["optimizer"]) if res["optimizer"] is not None else 0
+            self.record(job, res, samples=int(res["samples"]), opt_bytes=max(opt_in, opt_out),
+                        start=int(job.payload["start_step"]))  # fmt: skip
+            done[job.model].append((job, res))
+            self.log(
+                f"{self.mode} round {r}: {job.model} trained on {job.repository.name} "
+                f"({res['worker_name']}): "
+                f"{res['batches']} batches, {res['samples']} samples, "
+                f"loss {res['train_loss'] or math.nan:.4f}, "
+                f"{res['finished'] - res['started']:.1f} s"
+            )
+        for m in self.names:
+            if done[m]:
+                self._merge(m, [res for _, res in done[m]])
+
+    def _merge(self, m: str, got: Sequence[Mapping[str, Any]]) -> None:
+        """Model ``m`` after its legs of a round: the one leg's result, or the FedAvg(M) average."""
+        run, step = self.runs[m], self.step
+        if self.mode == "round-robin":
+            (res,) = got
+            run.state = res["weights"]
+            run.optimizer = res["optimizer"]
+            run.step += int(res["batches"])
+            run.samples_seen += int(res["samples"])
+            return
+        w = [max(int(res["samples"]), 1) for res in got]
+        avg = average_states([res["weights"] for res in got], w)
+        if step.server_momentum > 0 or step.server_lr != 1.0:
+            avg = server_step(run.state, avg, self.velocity[m], step)
+        run.state = avg
+        if step.ship_optimizer and all(res["optimizer"] is not None for res in got):
+            run.optimizer = average_optimizers([res["optimizer"] for res in got], w)
+        run.step += max(int(res["batches"]) for res in got)
+        run.samples_seen += sum(int(res["samples"]) for res in got)
+
+
+def leg_samples(n_train: int, step: StepConfig) -> int:
+    """Windows one leg trains on: ``batches`` batches over passes of ``n_train`` windows."""
+    if n_train <= 0:
+        return 0
+    per_pass = math.ceil(n_train / step.batch_size)
+    n_batches = step.batches or per_pass
+    full, rest = divmod(n_batches, per_pass)
+    return full * n_train + min(rest * step.batch_size, n_train)
+
+
+def _metrics_bytes(res: Mapping[str, Any]) -> int:
+    m = res.get("metrics")
+    if m is None:
+        return 0
+    return int(sum(cm.numel() * cm.element_size() for cm in m._cm.values()))
+
+
+def merge_eval(parts: Sequence[Mapping[str, Any]], class_codes: Sequence[int]) -> dict[str, float]:
+    """Sum per-repository confusion counts into one validation score (``val_*`` keys)."""
+    from ..metrics import SegmentationMetrics
+
+    have = [p for p in parts if p["metrics"] is not None]
+    if not have:
+        return {}
+    total = SegmentationMetrics(class_codes, levels=have[0]["metrics"].levels)
+    for p in have:
+        m = p["metrics"]
+        for lv in total.levels:
+            total._cm[lv] += m._cm[lv]
+            total._abs[lv] += m._abs[lv]
+        total._n_valid += m._n_valid
+    weight = sum(p["weight"] for p in have)
+    out = {"val_loss": sum(p["loss_sum"] for p in have) / weight if weight else math.nan}
+    out.update({f"val_{k}": v for k, v in total.compute().items() if k != "n_valid"})
+    return out

@@ -1,0 +1,324 @@
+"""Tasks that run on the workers next to the data: survey, training leg, validation, BatchNorm moments."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .aggregate import pool_bn, with_bn
+from .config import StepConfig
+from .payload import model_from_payload, to_numpy, to_torch
+
+LEG_TOPIC = "landcover-leg"
+"""Dask event topic: a worker logs ``{"event": "start", ...}`` as a leg begins (``subscribe_topic``)."""
+
+
+def where() -> tuple[str, str, Any]:
+    """Address, name and object of the worker running this task (``"local"`` outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        w = get_worker()
+        return str(w.address), str(w.name), w
+    except (ImportError, ValueError):
+        return "local", "local", None
+
+
+def window_bytes(survey: Mapping[str, Any], bands: Sequence[str], window: int) -> int:
+    """Raw bytes of one window as stored: the model's bands, all label classes, the valid mask."""
+    px = window * window
+    per_px = 0
+    for b in bands:
+        per_px += survey["itemsize"]["thermal" if b == "thermal" else "reflectance"]
+    per_px += survey["n_classes_stored"] * survey["itemsize"]["labels"] + survey["itemsize"]["valid"]
+    return int(px * per_px)
+
+
+def window_dataset(
+    cubes: Sequence[str], bands: Sequence[str], step: StepConfig, split: str, stats: Any
+) -> Any:
+    """The windows of ``split`` of ``cubes`` for ``bands``, normalised with run-wide ``stats`` if given."""
+    import dask
+
+    from ..datasets import WindowDataset
+
+    with dask.config.set(scheduler="threads"):  # never the cluster's scheduler from inside a task
+        ds = WindowDataset(
+            list(cubes),
+            size=step.window,
+            bands=list(bands),
+            min_valid=step.min_valid,
+            level=step.level,
+            split=split,  # type: ignore[arg-type]
+            split_fractions=step.split_fractions,
+            block=step.split_block,
+            split_seed=step.split_seed,
+            augment=step.augment and split == "train",
+            normalize=stats is not None,
+        )
+    if stats is not None:
+        _use_stats(ds, stats)
+    return ds
+
+
+def _use_stats(ds: Any, stats: Mapping[str, Any]) -> None:
+    """Normalise ``ds`` with run-wide statistics (pooled over every repository) instead of its own."""
+    from ..cubemeta import BandStats
+
+    names = tuple(ds.band_names)
+    if tuple(stats["names"]) != names:
+        raise ConfigError(f"normalisation statistics are for {stats['names']}, the dataset has {names}")
+    ds.stats = BandStats(names, tuple(stats["mean"]), tuple(stats["std"]), tuple(stats["count"]))
+    ds._affine = [ds._channel_affine(c) for c in ds.cubes]
+
+
+def survey_task(cubes: Sequence[str], step: StepConfig) -> dict[str, Any]:
+    """Window counts, dtypes, sizes and band statistics of a repository (on its worker)."""
+    import zarr
+
+    from ..cubemeta import cube_stats, inspect_cube
+
+    addr, name, _ = where()
+    t0 = time.time()
+    infos = [inspect_cube(c) for c in cubes]
+    stats = [cube_stats(i) for i in infos]
+    counts: dict[str, int] = {}
+    codes: list[int] = []
+    for split in ("train", "val"):
+        ds = window_dataset(cubes, infos[0].bands, step, split, None)
+        counts[split] = len(ds)
+        codes = [int(c) for c in ds.class_codes]
+    g = zarr.open_group(str(cubes[0]), mode="r", zarr_format=3)
+
+    def itemsize(name: str) -> int:
+        arr = g[name] if name in g else None
+        return int(np.dtype(arr.dtype).itemsize) if isinstance(arr, zarr.Array) else 0
+
+    sizes = {name: itemsize(name) for name in ("reflectance", "thermal", "labels", "valid")}
+    disk = 0
+    for c in cubes:
+        for root, _dirs, files in os.walk(c):
+            disk += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return {
+        "worker": addr,
+        "worker_name": name,
+        "cubes": list(cubes),
+        "n_train": counts["train"],
+        "n_val": counts["val"],
+        "bands": list(infos[0].bands),
+        "has_thermal": bool(infos[0].has_thermal),
+        "classes": list(infos[0].classes),
+        "class_codes": codes,
+        "n_classes_stored": len(infos[0].classes),
+        "itemsize": sizes,
+        "disk_bytes": disk,
+        "stats": stats,
+        "started": t0,
+        "finished": time.time(),
+    }
+
+
+@contextlib.contextmanager
+def task_env(job: Mapping[str, Any]) -> Iterator[tuple[str, str, float]]:
+    """Inside a leg or validation task: announce the start, set torch threads/determinism, restore after.
+
+    Yields the worker's address and name and the start time. The ``start`` event on
+    :data:`LEG_TOPIC` is what the trainer's leg timeout counts from.
+    """
+    import torch
+
+    step: StepConfig = job["step"]
+    addr, wname, worker = where()
+    t0 = time.time()
+    if worker is not None and "tags" in job:
+        worker.log_event(LEG_TOPIC, {"event": "start", "worker": addr, **job["tags"]})
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    if step.num_threads is not None:
+        torch.set_num_threads(step.num_threads)
+    if step.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield addr, wname, t0
+    finally:
+        if step.num_threads is not None:
+            torch.set_num_threads(prev_threads)
+        if step.deterministic:
+            torch.use_deterministic_algorithms(prev_det, warn_only=True)
+
+
+def train_task(job: dict[str, Any]) -> dict[str, Any]:
+    """One leg: load weights (and optimiser state), train ``n_batches`` batches locally, return them."""
+    import torch
+
+    from ..datasets import make_loader
+    from ..train import TrainState, seed_everything, train_steps
+
+    step: StepConfig = job["step"]
+    with task_env(job) as (addr, wname, t0):
+        spec = job["spec"]
+        ds = window_dataset(job["cubes"], spec["bands"], step, "train", job["stats"])
+        model = model_from_payload(spec, job["weights"])
+        seed = int(job["seed"])
+        seed_everything(seed)
+        optimizer_state = job.get("optimizer")
+        state = TrainState.create(
+            model,
+            lr=step.lr,
+            total_steps=int(job["total_steps"]),
+            weight_decay=step.weight_decay,
+            pct_start=step.pct_start,
+            device=step.device,
+            optimizer_state=None if optimizer_state is None else to_torch(optimizer_state),
+            start_step=int(job["start_step"]),
+        )
+        done, samples, loss_sum = 0, 0, 0.0
+        if len(ds):
+            loader = make_loader(ds, step.batch_size, 0, shuffle=True, generator=torch.Generator())
+            res = train_steps(state, loader, int(job["n_batches"]), seed=seed)
+            done, samples, loss_sum = res.batches, res.samples, res.loss_sum
+        weights = to_numpy({k: v for k, v in model.state_dict().items()})
+        opt_state = to_numpy(state.optimizer.state_dict()) if step.ship_optimizer else None
+    return {
+        "weights": weights,
+        "optimizer": opt_state,
+        "samples": samples,
+        "batches": done,
+        "train_loss": loss_sum / samples if samples else None,
+        "worker": addr,
+        "worker_name": wname,
+        "started": t0,
+        "finished": time.time(),
+    }
+
+
+def eval_task(job: dict[str, Any]) -> dict[str, Any]:
+    """Validation of one model on one repository's validation windows (confusion counts come back)."""
+    from ..datasets import make_loader
+    from ..train import evaluate
+
+    step: StepConfig = job["step"]
+    with task_env(job) as (addr, wname, t0):
+        spec = job["spec"]
+        ds = window_dataset(job["cubes"], spec["bands"], step, "val", job["stats"])
+        metrics, loss_sum, weight, windows = None, 0.0, 0, 0
+        if len(ds):
+            model = model_from_payload(spec, job["weights"])
+            if step.bn_stats == "repository":  # FedBN-style: this repository's own statistics
+                train_ds = window_dataset(job["cubes"], spec["bands"], step, "train", job["stats"])
+                if len(train_ds):
+                    pooled = pool_bn([_bn_moments(model, train_ds, step, 0)])
+                    model = model_from_payload(spec, with_bn(job["weights"], pooled))
+            loader = make_loader(ds, step.batch_size, 0, shuffle=False)
+            res = evaluate(
+                model,
+                loader,
+                class_codes=spec["class_codes"],
+                device=step.device,
+                max_batches=step.val_batches,
+            )
+            metrics = res.metrics
+            weight = int(metrics.n_valid)
+            loss_sum = float(res.loss) * weight if weight else 0.0
+            windows = (
+                len(ds) if step.val_batches is None else min(len(ds), step.val_batches * step.batch_size)
+            )
+    return {
+        "metrics": metrics,
+        "loss_sum": loss_sum,
+        "weight": weight,
+        "windows": windows,
+        "worker": addr,
+        "worker_name": wname,
+        "started": t0,
+        "finished": time.time(),
+    }
+
+
+def _bn_layers(model: Any) -> dict[str, Any]:
+    """Name -> BatchNorm module of ``model`` (those that track running statistics)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats}
+
+
+def _bn_moments(model: Any, ds: Any, step: StepConfig, seed: int) -> dict[str, tuple[Any, Any, int]]:
+    """Per BatchNorm layer: per-channel sum and sum of squares of its inputs, and their count.
+
+    A forward-only pass in training mode (every layer normalised with its batch's
+    statistics, as in training) over ``step.bn_batches`` batches of ``ds``.
+    """
+    import torch
+
+    from ..datasets import make_loader
+    from ..train import resolve_device
+
+    device = resolve_device(step.device)
+    model.to(device)
+    layers = _bn_layers(model)
+    acc: dict[str, list[Any]] = {}
+
+    def hook(name: str) -> Any:
+        def fn(_mod: Any, inputs: tuple[Any, ...]) -> None:
+            x = inputs[0].detach().double()
+            dims = [d for d in range(x.dim()) if d != 1]
+            s, q = x.sum(dim=dims), (x * x).sum(dim=dims)
+            n = x.numel() // x.shape[1]
+            if name in acc:
+                acc[name][0] += s
+                acc[name][1] += q
+                acc[name][2] += n
+            else:
+                acc[name] = [s, q, n]
+
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    was = {n: m.momentum for n, m in layers.items()}
+    try:
+        model.train()
+        gen = torch.Generator()
+        gen.manual_seed(seed)
+        loader = make_loader(ds, step.batch_size, 0, shuffle=True, generator=gen)
+        with torch.no_grad():
+            for b, batch in enumerate(loader):
+                if b >= step.bn_batches:
+                    break
+                x = batch["image"]
+                if int(x.shape[0]) < 2:  # batch statistics of one window are undefined
+                    continue
+                model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        for n, m in layers.items():
+            m.momentum = was[n]
+    return {n: (v[0].cpu().numpy(), v[1].cpu().numpy(), int(v[2])) for n, v in acc.items()}
+
+
+def bn_task(job: dict[str, Any]) -> dict[str, Any]:
+    """BatchNorm input moments of one model on one repository's training windows (on its worker)."""
+    step: StepConfig = job["step"]
+    with task_env(job) as (addr, wname, t0):
+        spec = job["spec"]
+        ds = window_dataset(job["cubes"], spec["bands"], step, "train", job["stats"])
+        moments: dict[str, tuple[Any, Any, int]] = {}
+        windows = 0
+        if len(ds):
+            model = model_from_payload(spec, job["weights"])
+            moments = _bn_moments(model, ds, step, int(job.get("seed", 0)))
+            windows = min(len(ds), step.bn_batches * step.batch_size)
+    return {
+        "moments": moments,
+        "windows": windows,
+        "worker": addr,
+        "worker_name": wname,
+        "started": t0,
+        "finished": time.time(),
+    }
