@@ -1442,19 +1442,40 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
     validation curve, samples and seconds to fixed thresholds) and the chosen
     hyper-parameters.
     """
-    from .plotting import plot_confusion_matrix, plot_learning_curves, plot_per_class, plot_score_vs_budget
-
     out_dir = Path(out if out is not None else result.config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = result.config
     summary = summarise(result)
-    groups = result.by_model()
-    floor = result.baselines
-    everyone: dict[str, Sequence[RunResult]] = {m: rs for m, rs in groups.items()}
-    if floor:
-        everyone[floor[0].model] = floor
-    levels = summary["levels"]
-    histories = {m: [r.history for r in rs] for m, rs in groups.items()}
+    everyone: dict[str, Sequence[RunResult]] = dict(result.by_model())
+    if result.baselines:
+        everyone[result.baselines[0].model] = result.baselines
+    _learning_figures(result, summary, out_dir)
+    per_class = _per_class_iou_figure(everyone, out_dir)
+    confusion_pngs = _confusion_figures(result, everyone, summary["levels"], out_dir)
+    map_png = _prediction_panel(result, out_dir / "prediction_map.png")
+
+    tmp = out_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=float), encoding="utf-8")
+    tmp.replace(out_dir / "metrics.json")
+
+    lines = [_title(summary), ""]
+    lines += _setup_section(result, summary)
+    lines += _verdict_section(summary)
+    lines += _test_metrics_section(summary)
+    lines += _per_class_section(summary, per_class, confusion_pngs)
+    lines += _speed_section(result.config, summary)
+    lines += _hparams_section(result.config, summary, map_png)
+    report = out_dir / "report.md"
+    tmp_md = out_dir / ".report.md.tmp"
+    tmp_md.write_text("\n".join(lines), encoding="utf-8")
+    tmp_md.replace(report)
+    return report
+
+
+def _learning_figures(result: CompareResult, summary: dict[str, Any], out_dir: Path) -> None:
+    """Validation curves (vs samples and epochs) and test score vs label budget."""
+    from .plotting import plot_learning_curves, plot_score_vs_budget
+
+    histories = {m: [r.history for r in rs] for m, rs in result.by_model().items()}
     metric = f"val_{PRIMARY_METRIC}"
     for x, kind, name in (("samples_seen", "auto", "samples"), ("epoch", "epochs", "epochs")):
         plot_learning_curves(
@@ -1483,6 +1504,14 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
         floor=floor_band,
         title="Test mIoU (level 3) vs label budget (95 % block-bootstrap intervals)",
     )
+
+
+def _per_class_iou_figure(
+    everyone: Mapping[str, Sequence[RunResult]], out_dir: Path
+) -> dict[str, dict[int, float]]:
+    """Mean test IoU per class present (level 3) of every arm and the floor; plots it with seed spreads."""
+    from .plotting import plot_per_class
+
     per_class: dict[str, dict[int, float]] = {}
     per_class_err: dict[str, dict[int, float]] = {}
     for m, rs in everyone.items():
@@ -1494,27 +1523,37 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
             mean, std = _mean_std(vals)
             per_class[m][c], per_class_err[m][c] = mean, std
     plot_per_class(per_class, out_dir / "per_class_iou.png", metric="IoU (test)", errors=per_class_err)
+    return per_class
+
+
+def _confusion_figures(
+    result: CompareResult, everyone: Mapping[str, Sequence[RunResult]], levels: Sequence[int], out_dir: Path
+) -> list[tuple[str, str]]:
+    """Level-3 test confusion matrix of every arm (summed over seeds); (arm, file name) pairs."""
+    from .plotting import plot_confusion_matrix
+
     confusion_pngs: list[tuple[str, str]] = []
-    if 3 in levels:
-        for m, rs in everyone.items():
-            cm = sum(np.asarray(r.test_blocks[3]["confusion"]).sum(axis=0) for r in rs)
-            codes3 = sorted({int(c) for c in result.class_codes})
-            if np.ndim(cm) != 2 or np.shape(cm)[0] != len(codes3):
-                continue
-            name = f"confusion_{m}.png"
-            plot_confusion_matrix(
-                np.asarray(cm), codes3, out_dir / name, title=f"{m}: test, level 3, all seeds (rows: truth)"
-            )
-            confusion_pngs.append((m, name))
-    map_png = _prediction_panel(result, out_dir / "prediction_map.png")
+    if 3 not in levels:
+        return confusion_pngs
+    for m, rs in everyone.items():
+        cm = sum(np.asarray(r.test_blocks[3]["confusion"]).sum(axis=0) for r in rs)
+        codes3 = sorted({int(c) for c in result.class_codes})
+        if np.ndim(cm) != 2 or np.shape(cm)[0] != len(codes3):
+            continue
+        name = f"confusion_{m}.png"
+        plot_confusion_matrix(
+            np.asarray(cm), codes3, out_dir / name, title=f"{m}: test, level 3, all seeds (rows: truth)"
+        )
+        confusion_pngs.append((m, name))
+    return confusion_pngs
 
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float), encoding="utf-8")
-    tmp.replace(out_dir / "metrics.json")
 
+def _setup_section(result: CompareResult, summary: dict[str, Any]) -> list[str]:
+    """Data provenance, setup, the seeds caveat, arms run and not run, notes."""
+    cfg = result.config
+    fl = summary["floor"]
     seeds = list(cfg.seeds)
-    lines = [_title(summary), ""]
-    lines += ["## Data", ""] + _provenance_lines(summary["data"])
+    lines = ["## Data", ""] + _provenance_lines(summary["data"])
     lines += [
         "## Setup",
         "",
@@ -1543,10 +1582,14 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
     lines.append("")
     if result.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
+    return lines
 
+
+def _verdict_section(summary: dict[str, Any]) -> list[str]:
+    """Paired comparisons against the reference arm and the best-arm sentence."""
     ref = summary["reference"]
     n_blocks = max((c["n_blocks"] for c in summary["comparisons"]), default=0)
-    lines += [
+    lines = [
         f"## Verdicts (paired, against {ref})",
         "",
         "Difference = arm − reference, mean over seeds of the per-seed differences; 95 % interval from a "
@@ -1578,10 +1621,25 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
         ),
         "",
     ]
+    return lines
 
-    head = ["arm"] + [f"mIoU L{lv}" for lv in sorted(levels)] + [f"acc L{lv}" for lv in sorted(levels)]
+
+def _summary_entries(summary: dict[str, Any]) -> dict[str, Any]:
+    """Summary entries of every arm, then the floor's."""
+    entries = dict(summary["models"])
+    fl = summary["floor"]
+    if fl is not None:
+        entries[fl["model"]] = fl
+    return entries
+
+
+def _test_metrics_section(summary: dict[str, Any]) -> list[str]:
+    """Test mIoU/accuracy per level and fraction MAE with intervals, one row per arm and the floor."""
+    levels = sorted(summary["levels"])
+    fl = summary["floor"]
+    head = ["arm"] + [f"mIoU L{lv}" for lv in levels] + [f"acc L{lv}" for lv in levels]
     head += ["MAE present L3"]
-    lines += [
+    lines = [
         "## Test metrics at CLC levels 1, 2 and 3",
         "",
         "Mean over seeds with 95 % block-bootstrap intervals; fraction MAE averaged over the classes present "
@@ -1590,18 +1648,23 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
-    entries = dict(summary["models"])
-    if fl is not None:
-        entries[fl["model"]] = fl
-    for m, e in entries.items():
+    for m, e in _summary_entries(summary).items():
         ci = e["test_ci"]
         cells = [m + (" (floor)" if fl is not None and m == fl["model"] else "")]
-        cells += [_fmt_ci(ci[f"miou_l{lv}"]) for lv in sorted(levels)]
-        cells += [_fmt_ci(ci[f"acc_l{lv}"]) for lv in sorted(levels)]
+        cells += [_fmt_ci(ci[f"miou_l{lv}"]) for lv in levels]
+        cells += [_fmt_ci(ci[f"acc_l{lv}"]) for lv in levels]
         cells.append(_fmt_ci(ci["mae_present_l3"]) if "mae_present_l3" in ci else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    return lines
 
+
+def _per_class_section(
+    summary: dict[str, Any],
+    per_class: Mapping[str, Mapping[int, float]],
+    confusion_pngs: Sequence[tuple[str, str]],
+) -> list[str]:
+    """Per-class IoU table (classes differing outside RGB marked) and the confusion matrices."""
     marked = set(summary["data"]["classes_differ_outside_rgb"])
     try:
         from .corine import legend
@@ -1610,7 +1673,7 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
     except Exception:  # noqa: BLE001 - legend names are decoration only
         names = {}
     codes = sorted({c for s in per_class.values() for c in s})
-    lines += ["## Per-class IoU (test, level 3, mean over seeds)", ""]
+    lines = ["## Per-class IoU (test, level 3, mean over seeds)", ""]
     if marked:
         lines += ["† marks the classes the data's maker recorded as differing outside RGB "
                   "(separable only with bands beyond red/green/blue).", ""]  # fmt: skip
@@ -1623,9 +1686,13 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
     if confusion_pngs:
         lines += ["## Confusion matrices (test, level 3, summed over seeds, rows normalised)", ""]
         lines += [f"![{m}]({name})" for m, name in confusion_pngs] + [""]
+    return lines
 
+
+def _speed_section(cfg: CompareConfig, summary: dict[str, Any]) -> list[str]:
+    """Score per label budget, area under the validation curve and samples/seconds to thresholds."""
     thr = summary["speed_thresholds"]["values"]
-    lines += [
+    lines = [
         "## Learning speed as data efficiency",
         "",
         "Test mIoU (level 3) against the label budget: every arm and seed trains on nested subsets of "
@@ -1656,14 +1723,7 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
     ]
     for m, e in summary["models"].items():
         sp = e["speed"]
-        cells = []
-        for t in thr:
-            d = sp["thresholds"][f"{t:g}"]
-            if d["median_samples"] is None:
-                cells.append(f"not reached (0/{len(e['seeds'])})")
-            else:
-                secs = f", {d['median_seconds']:.0f} s" if d["median_seconds"] is not None else ""
-                cells.append(f"{d['median_samples']:.0f} samples{secs} ({d['reached_by']})")
+        cells = [_threshold_cell(sp["thresholds"][f"{t:g}"], len(e["seeds"])) for t in thr]
         lines.append(f"| {m} | {_fmt_ci(sp['auc_val'])} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -1671,6 +1731,20 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
         "",
         "![validation mIoU vs epoch](learning_curves_epochs.png)",
         "",
+    ]
+    return lines
+
+
+def _threshold_cell(d: Mapping[str, Any], n_seeds: int) -> str:
+    if d["median_samples"] is None:
+        return f"not reached (0/{n_seeds})"
+    secs = f", {d['median_seconds']:.0f} s" if d["median_seconds"] is not None else ""
+    return f"{d['median_samples']:.0f} samples{secs} ({d['reached_by']})"
+
+
+def _hparams_section(cfg: CompareConfig, summary: dict[str, Any], map_png: Path | None) -> list[str]:
+    """Chosen hyper-parameters, the prediction map and the list of files."""
+    lines = [
         "## Chosen hyper-parameters",
         "",
         f"Common: batch size {cfg.batch_size}, base learning rate {cfg.lr:g}, "
@@ -1680,7 +1754,7 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
         "| arm | hyper-parameters |",
         "|---|---|",
     ]
-    for m, e in entries.items():
+    for m, e in _summary_entries(summary).items():
         lines.append(f"| {m} | {_hparam_text(e['hparams'])} |")
     lines.append("")
     if map_png is not None:
@@ -1693,8 +1767,4 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
         "checkpoints, `test_blocks.npz` (per-block test statistics for re-analysis).",
         "",
     ]
-    report = out_dir / "report.md"
-    tmp_md = out_dir / ".report.md.tmp"
-    tmp_md.write_text("\n".join(lines), encoding="utf-8")
-    tmp_md.replace(report)
-    return report
+    return lines
