@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from .errors import InputFileError, LandcoverError
+from .errors import ConfigError, InputFileError, LandcoverError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pystac
@@ -136,6 +136,17 @@ def _commit(tmp: Path, out: Path) -> Path:
     return out
 
 
+def _readable(path: Path) -> None:
+    """Give ``path`` the mode an ordinary ``open(path, "w")`` gets (0o666 less the umask).
+
+    safetensors writes its file with mode 0600 whatever the umask; every other file of a package
+    follows the umask, so the weights do too (readable by the group/others that the user allows).
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -149,9 +160,9 @@ def _hex(rgb: Sequence[int]) -> str:
 
 
 def _legend(codes: Sequence[int]) -> dict[int, tuple[str, tuple[int, int, int]]]:
-    from .predict import legend_for
+    from .corine import class_legend
 
-    return legend_for(codes)
+    return class_legend(codes)
 
 
 # ================================================================================================
@@ -195,7 +206,11 @@ def _metrics_from_report(report: Path, model_name: str) -> dict[str, Any] | None
                 "report": path.parent.name,
                 "model": model_name,
                 "primary_metric": data.get("primary_metric"),
-                **{k: entry[k] for k in ("test", "final_val", "seeds", "train_windows") if k in entry},
+                **{
+                    k: entry[k]
+                    for k in ("test", "test_ci", "per_seed", "final_val", "seeds", "train_windows")
+                    if k in entry
+                },
             }
     return None
 
@@ -220,9 +235,11 @@ def publish_model(
     *,
     report: str | os.PathLike[str] | None = None,
     name: str | None = None,
+    cubes: Sequence[str | os.PathLike[str]] | None = None,
     training_data: Sequence[str] | None = None,
     intended_use: str | None = None,
-    license: str = "CC-BY-4.0",
+    license: str | None = None,
+    clc_year: str | int | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Export a model as ``model.safetensors`` + ``model.json`` + ``README.md`` (model card).
@@ -239,16 +256,37 @@ def publish_model(
         goes into the card and ``model.json``.
     name
         Display name (default: the model spec's name).
+    cubes
+        The cube store(s) the model was trained on (required): the card lists, from their
+        attributes, the Landsat scenes, the region (WGS84 bounds), the CORINE edition and whether
+        the data are synthetic or real.
     training_data
-        Free-text lines about the training data (cube names, scenes); the checkpoint's
-        recorded configuration is added automatically.
+        Extra free-text lines about the training data; the checkpoint's recorded configuration
+        is added automatically.
     intended_use
         Replaces the default intended-use paragraph.
     license
-        Licence of the weights (SPDX id).
+        Licence of the weights (SPDX id, e.g. ``CC-BY-4.0``); required, never assumed.
+    clc_year
+        CORINE edition year of real training data whose cubes do not record it.
+
+    Raises
+    ------
+    ConfigError
+        When ``license`` or ``cubes`` is missing, or real training data has no CORINE edition year.
     """
     from safetensors.torch import save_file
 
+    if not license or not str(license).strip():
+        raise ConfigError(
+            "publish model: no licence for the weights: give --license SPDX-ID (license=), e.g. CC-BY-4.0"
+        )
+    if not cubes:
+        raise ConfigError(
+            "publish model: the model card must list its training data: give --cube STORE (cubes=) "
+            "for each cube the model was trained on"
+        )
+    trained_on = _training_cubes(cubes, clc_year)
     model, extras = _load_model_and_extras(checkpoint)
     spec = model.spec
     spec_dict = spec.to_dict()
@@ -257,7 +295,7 @@ def publish_model(
     metrics = _metrics_from_report(Path(report), spec.name) if report is not None else None
     best_row = extras.get("history_row")
     dest = Path(out)
-    tmp = _fresh_dir(dest, overwrite=overwrite, inputs=[checkpoint, report], kind="model package")
+    tmp = _fresh_dir(dest, overwrite=overwrite, inputs=[checkpoint, report, *cubes], kind="model package")
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(
@@ -265,6 +303,7 @@ def publish_model(
             str(tmp / WEIGHTS_FILE),
             metadata={"format": MODEL_FORMAT, "spec": json.dumps(spec_dict, sort_keys=True)},
         )
+        _readable(tmp / WEIGHTS_FILE)
         info: dict[str, Any] = {
             "format": MODEL_FORMAT,
             "name": name or spec.name,
@@ -286,6 +325,7 @@ def publish_model(
             "best_epoch_validation": _primitive(best_row),
             "training": _primitive(
                 {
+                    "cubes": trained_on,
                     "data": list(training_data or []),
                     "checkpoint": extras.get("source_checkpoint"),
                     "config": extras.get("config"),
@@ -298,6 +338,88 @@ def publish_model(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _training_cubes(
+    cubes: Sequence[str | os.PathLike[str]], clc_year: str | int | None
+) -> list[dict[str, Any]]:
+    """What each training cube records: scenes, dates, region, CORINE edition, synthetic or real."""
+    from .experiment import data_provenance
+
+    out = []
+    for path, prov in zip(cubes, data_provenance([str(c) for c in cubes])["cubes"], strict=True):
+        meta = _cube_meta(Path(path))
+        synthetic = prov.get("synthetic")
+        year = _edition_year(meta["attrs"], clc_year)
+        if year is None and synthetic is not True:
+            raise ConfigError(
+                f"{path}: the cube records no CORINE edition year: give --clc-year YEAR (clc_year=)"
+            )
+        w, s, e, n = meta["grid"].bounds_in("EPSG:4326")
+        out.append(
+            {
+                "cube": Path(path).name,
+                "synthetic": synthetic,
+                "scenes": prov.get("products") or list(meta["attrs"].get("product_ids") or []),
+                "dates": prov.get("dates") or [],
+                "bbox_wgs84": [round(w, 4), round(s, 4), round(e, 4), round(n, 4)],
+                "crs": meta["grid"].crs.to_string(),
+                "shape": [meta["grid"].height, meta["grid"].width],
+                "clc_edition": f"CLC{year}" if year else None,
+            }
+        )
+    return out
+
+
+def _data_kind(synthetic: Any) -> str:
+    if synthetic is True:
+        return "synthetic (generated by landcover.testing; not real Landsat/CORINE data)"
+    if synthetic is False:
+        return "real"
+    return "not recorded (treat as unverified)"
+
+
+def _training_lines(tr: dict[str, Any]) -> list[str]:
+    """The model card's training-data bullets."""
+    lines = []
+    for c in tr.get("cubes") or []:
+        w, s, e, n = c["bbox_wgs84"]
+        scenes = ", ".join(f"`{p}`" for p in c["scenes"]) or "not recorded"
+        edition = c["clc_edition"] or "none (synthetic labels)"
+        lines += [
+            f"- Cube `{c['cube']}`: data **{_data_kind(c['synthetic'])}**; {c['shape'][0]} x {c['shape'][1]} "
+            f"pixels in {c['crs']}, region (WGS84 W, S, E, N) {w}, {s}, {e}, {n}; "
+            f"dates {', '.join(c['dates']) or 'not recorded'}.",
+            f"  - Landsat scenes: {scenes}.",
+            f"  - CORINE Land Cover edition: {edition}.",
+        ]
+    for d in tr.get("data") or []:
+        lines.append(f"- {d}")
+    return lines
+
+
+def _metric_rows(met: dict[str, Any]) -> list[str]:
+    """Metric table rows: mean ± std over seeds and a 95 % interval.
+
+    The interval is the report's block bootstrap when it has one, else Student-t over the per-seed
+    values; 'n/a' with a single seed.
+    """
+    from .stats import t_interval
+
+    rows = []
+    intervals = met.get("test_ci") or {}
+    per_seed = met.get("per_seed") or {}
+    for k, v in met["test"].items():
+        ci = intervals.get(k)
+        if isinstance(ci, dict) and ci.get("low") is not None and ci.get("high") is not None:
+            text = f"[{ci['low']:.3f}, {ci['high']:.3f}] (block bootstrap over test blocks)"
+        elif len([x for x in per_seed.get(k) or [] if x is not None]) >= 2:
+            iv = t_interval([x for x in per_seed[k] if x is not None])
+            text = f"[{iv.low:.3f}, {iv.high:.3f}] (Student-t over seeds)"
+        else:
+            text = "n/a (fewer than 2 seeds, no interval in the report)"
+        rows.append(f"| {k} | {_fmt_metric(v)} | {text} |")
+    return rows
 
 
 def _fmt_metric(v: Any) -> str:
@@ -360,8 +482,7 @@ def _model_card(info: dict[str, Any], intended_use: str | None) -> str:
         lines.append(f"| {i} | {c['code']} | {c['name']} | `#{c['color']}` |")
     lines += ["", "## Training data", ""]
     tr = info.get("training") or {}
-    for d in tr.get("data") or []:
-        lines.append(f"- {d}")
+    lines += _training_lines(tr)
     lines.append(
         "- Landsat 5 TM Collection 2 Level-2 surface reflectance, labelled with CORINE Land Cover fractions "
         "on the Landsat 30 m grid (soft labels: the share of each class in each pixel)."
@@ -379,17 +500,17 @@ def _model_card(info: dict[str, Any], intended_use: str | None) -> str:
     if isinstance(met, dict) and isinstance(met.get("test"), dict):
         lines += [
             f"From report `{met.get('report')}` (held-out test split, mean ± std over seeds "
-            f"{met.get('seeds', '')}):",
+            f"{met.get('seeds', '')}, with the 95 % interval):",
             "",
-            "| metric | value |",
-            "|---|---|",
+            "| metric | mean ± std | 95 % interval |",
+            "|---|---|---|",
+            *_metric_rows(met),
         ]
-        for k, v in met["test"].items():
-            lines.append(f"| {k} | {_fmt_metric(v)} |")
     elif info.get("best_epoch_validation"):
         row = info["best_epoch_validation"]
         lines += [
-            "Validation scores at the best epoch (no report given):",
+            "Validation scores at the best epoch of one run (no report given, so no interval: publish "
+            "with `--report` for test scores over seeds with 95 % intervals):",
             "",
             "| metric | value |",
             "|---|---|",
@@ -424,13 +545,21 @@ def _model_card(info: dict[str, Any], intended_use: str | None) -> str:
         "",
         "## Licence and attribution",
         "",
-        f"Weights: {info['license']}. Training data: {LANDSAT_ATTRIBUTION} "
-        f"{clc_attribution('(edition year of the CORINE data used)')}",
+        f"Weights: {info['license']}. Training data: {_training_attribution(tr)}",
         "",
         f"Created {info['created']} with {info['software']}. Weights SHA-256: `{info['weights']['sha256']}`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _training_attribution(tr: dict[str, Any]) -> str:
+    """Attribution lines for real training data; synthetic data needs none (and is said to be synthetic)."""
+    cubes = tr.get("cubes") or []
+    years = sorted({c["clc_edition"].removeprefix("CLC") for c in cubes if c.get("clc_edition")})
+    if cubes and all(c.get("synthetic") is True for c in cubes):
+        return "synthetic data generated by landcover.testing (no Landsat or CORINE data were used)."
+    return " ".join([LANDSAT_ATTRIBUTION, *(clc_attribution(y) for y in years)])
 
 
 def read_published_spec(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -487,14 +616,36 @@ def load_published_model(
 # dataset package
 # ================================================================================================
 def _clc_year(attrs: dict[str, Any]) -> str | None:
-    for key in ("clc_version", "clc_file", "clc_year"):
-        v = attrs.get(key)
+    """CORINE edition year recorded by a cube: its provenance, CLC version or file name (None if none)."""
+    prov = attrs.get("provenance")
+    build = attrs.get("build_params")
+    candidates = {
+        "provenance": prov.get("clc_edition") if isinstance(prov, dict) else None,
+        "clc_version": attrs.get("clc_version"),
+        "clc_file": attrs.get("clc_file"),
+        "clc_year": attrs.get("clc_year"),
+        "build_params": (build.get("corine") or {}).get("name") if isinstance(build, dict) else None,
+    }
+    for v in candidates.values():
         if v is None:
             continue
         m = re.search(r"(?:CLC|clc)[_ ]?((?:19|20)\d\d)", str(v)) or re.search(r"\b((?:19|20)\d\d)\b", str(v))
         if m:
             return m.group(1)
     return None
+
+
+def _edition_year(attrs: dict[str, Any], clc_year: str | int | None) -> str | None:
+    """The CORINE edition year: ``clc_year`` when given (checked to be a year), else what the cube records.
+
+    A placeholder such as ``<year>`` is refused, so no package says "Copernicus ... <year>".
+    """
+    if clc_year is None:
+        return _clc_year(attrs)
+    text = str(clc_year).strip()
+    if not re.fullmatch(r"(19|20)\d\d", text):
+        raise ConfigError(f"--clc-year {clc_year!r} is not a year (e.g. 2018, the CORINE edition)")
+    return text
 
 
 def _cube_meta(store: Path) -> dict[str, Any]:
@@ -569,8 +720,9 @@ def publish_dataset(
     collection_id, title, description
         STAC Collection identity.
     clc_year
-        CORINE edition year for the attribution; default: parsed from the cube
-        provenance (``clc_file``/``clc_version``).
+        CORINE edition year for the attribution; default: what the cubes record (provenance
+        ``clc_edition``, ``clc_version``, the CORINE file name). A cube that records none needs it:
+        nothing is published with a placeholder year.
     href_base
         With ``copy=False``: public URL prefix under which the stores will be served.
 
@@ -578,18 +730,15 @@ def publish_dataset(
     -------
     Path
         The package folder; ``collection.json`` is its STAC entry point.
+
+    Raises
+    ------
+    InputFileError
+        When a cube records no CORINE edition year and ``clc_year`` is not given.
+    ConfigError
+        When ``clc_year`` is not a year or a text still holds a ``<placeholder>``.
     """
     import pystac
-    from pystac.extensions.classification import Classification, ClassificationExtension
-    from pystac.extensions.datacube import (
-        DatacubeExtension,
-        Dimension,
-        DimensionType,
-        HorizontalSpatialDimension,
-        TemporalDimension,
-        Variable,
-    )
-    from pystac.extensions.projection import ProjectionExtension
 
     paths = [Path(stores)] if isinstance(stores, str | os.PathLike) else [Path(s) for s in stores]
     if not paths:
@@ -598,202 +747,276 @@ def publish_dataset(
     names = [p.name if p.name.endswith(".zarr") else f"{p.name}.zarr" for p in paths]
     if len(set(names)) != len(names):
         raise LandcoverError(f"cube store names must be unique within a package, got {names}")
-    year = str(clc_year) if clc_year is not None else (_clc_year(metas[0]["attrs"]) or "<year>")
+    year = _dataset_year(metas, clc_year)
     attributions = [clc_attribution(year), LANDSAT_ATTRIBUTION]
+    description = description or (
+        "Analysis-ready Zarr v3 cubes pairing Landsat 5 TM Collection 2 Level-2 surface reflectance "
+        "(and thermal) with CORINE Land Cover class fractions on the Landsat 30 m grid, with a "
+        "`valid` mask where both are usable. " + " ".join(attributions)
+    )
+    _refuse_placeholders({"--title": title, "description": description})
     dest = Path(out)
     tmp = _fresh_dir(dest, overwrite=overwrite, inputs=paths, kind="dataset package", marker=True)
     try:
-        items: list[pystac.Item] = []
-        for meta, name in zip(metas, names, strict=True):
-            grid = meta["grid"]
-            if copy:
-                (tmp / "data").mkdir(exist_ok=True)
-                shutil.copytree(meta["path"], tmp / "data" / name)
-                href = f"../data/{name}"
-            elif href_base:
-                href = href_base.rstrip("/") + "/" + name
-            else:
-                href = str(Path(meta["path"]).resolve())
-            w, s, e, n = grid.bounds_in("EPSG:4326")
-            geom = {
-                "type": "Polygon",
-                "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]],
-            }
-            times = meta["times"]
-            start = _to_dt(min(times)) if times else None
-            end = _to_dt(max(times)) if times else None
-            item_id = name.removesuffix(".zarr")
-            item = pystac.Item(
-                id=item_id,
-                geometry=geom,
-                bbox=[w, s, e, n],
-                datetime=start if start == end else None,
-                start_datetime=start if start != end else None,
-                end_datetime=end if start != end else None,
-                properties={
-                    "title": meta["attrs"].get("title", item_id),
-                    "platform": "landsat-5",
-                    "instruments": ["tm"],
-                    "landcover:product_ids": list(meta["attrs"].get("product_ids", [])),
-                    "landcover:clc_level": meta["attrs"].get("clc_level"),
-                    "landcover:schema_version": meta["attrs"].get("schema_version"),
-                    "landcover:software": meta["attrs"].get("software"),
-                    "gsd": float(grid.resolution[0]),
-                },
-            )
-            item.properties = {k: v for k, v in item.properties.items() if v is not None}
-            if start is None:
-                item.datetime = _to_dt(np.datetime64(meta["attrs"].get("created", _now())[:19]))
-            proj = ProjectionExtension.ext(item, add_if_missing=True)
-            epsg = grid.crs.to_epsg()
-            if epsg:
-                proj.code = f"EPSG:{epsg}"
-            else:
-                proj.wkt2 = grid.crs.to_wkt()
-            proj.shape = [grid.height, grid.width]
-            proj.transform = list(tuple(grid.transform)[:6])
-            proj.bbox = list(grid.bounds)
-            asset = pystac.Asset(
-                href=href,
-                media_type=pystac.MediaType.ZARR,
-                title="Zarr v3 cube (reflectance, thermal, labels, valid, ...)",
-                description="See landcover.schema / the dataset card for variables and encodings.",
-                roles=["data"],
-                extra_fields={"zarr:format": 3, "size": _dir_size(meta["path"])},
-            )
-            item.add_asset("zarr", asset)
-            _xarray_open_kwargs(item, "zarr")
-            dc = DatacubeExtension.ext(item, add_if_missing=True)
-            xres, yres = grid.resolution
-            dims: dict[str, Dimension] = {
-                "x": HorizontalSpatialDimension(
-                    {
-                        "type": DimensionType.SPATIAL,
-                        "axis": "x",
-                        "extent": [grid.bounds[0], grid.bounds[2]],
-                        "step": xres,
-                        "reference_system": epsg or grid.crs.to_wkt(),
-                    }
-                ),
-                "y": HorizontalSpatialDimension(
-                    {
-                        "type": DimensionType.SPATIAL,
-                        "axis": "y",
-                        "extent": [grid.bounds[1], grid.bounds[3]],
-                        "step": -yres,
-                        "reference_system": epsg or grid.crs.to_wkt(),
-                    }
-                ),
-                "time": TemporalDimension(
-                    {
-                        "type": DimensionType.TEMPORAL,
-                        "extent": [_iso(min(times)), _iso(max(times))] if times else [None, None],
-                        "values": [_iso(t) for t in times],
-                    }
-                ),
-                "band": Dimension({"type": "bands", "values": meta["bands"]}),
-                "class": Dimension({"type": "class", "values": meta["codes"], "description": "CLC codes"}),
-            }
-            dc.dimensions = dims
-            dc.variables = {
-                vname: Variable(
-                    {
-                        "dimensions": v["dims"],
-                        "type": "data",
-                        "description": _VAR_DESCRIPTIONS.get(vname, vname),
-                        **({"unit": v["units"]} if v.get("units") else {}),
-                    }
-                )
-                for vname, v in meta["variables"].items()
-            }
-            legend = _legend(meta["codes"])
-            cls_ext = ClassificationExtension.ext(item.assets["zarr"], add_if_missing=True)
-            cls_ext.classes = [
-                Classification.create(
-                    value=int(c),
-                    name=f"clc_{c}",
-                    description=legend[c][0],
-                    color_hint=_hex(legend[c][1]),
-                )
-                for c in meta["codes"]
-            ]
-            items.append(item)
-
-        all_bbox = [
-            min(i.bbox[0] for i in items),  # type: ignore[index]
-            min(i.bbox[1] for i in items),  # type: ignore[index]
-            max(i.bbox[2] for i in items),  # type: ignore[index]
-            max(i.bbox[3] for i in items),  # type: ignore[index]
+        items = [
+            _dataset_item(meta, name, _stage_store(meta, name, tmp, copy=copy, href_base=href_base))
+            for meta, name in zip(metas, names, strict=True)
         ]
-        starts = [i.common_metadata.start_datetime or i.datetime for i in items]
-        ends = [i.common_metadata.end_datetime or i.datetime for i in items]
-        collection = pystac.Collection(
-            id=collection_id,
-            title=title,
-            description=description
-            or (
-                "Analysis-ready Zarr v3 cubes pairing Landsat 5 TM Collection 2 Level-2 surface reflectance "
-                "(and thermal) with CORINE Land Cover class fractions on the Landsat 30 m grid, with a "
-                "`valid` mask where both are usable. " + " ".join(attributions)
-            ),
-            extent=pystac.Extent(
-                pystac.SpatialExtent([all_bbox]),
-                pystac.TemporalExtent([[min(s for s in starts if s), max(e for e in ends if e)]]),
-            ),
-            license="other",
-            keywords=["landsat", "landsat-5", "corine", "land cover", "zarr", "machine learning"],
-            providers=[
-                pystac.Provider(
-                    "Copernicus Land Monitoring Service / European Environment Agency (EEA)",
-                    roles=[pystac.ProviderRole.LICENSOR, pystac.ProviderRole.PRODUCER],
-                    url="https://land.copernicus.eu/en/products/corine-land-cover",
-                ),
-                pystac.Provider(
-                    "U.S. Geological Survey",
-                    roles=[pystac.ProviderRole.LICENSOR, pystac.ProviderRole.PRODUCER],
-                    url="https://www.usgs.gov/landsat-missions",
-                ),
-                pystac.Provider("landcover", roles=[pystac.ProviderRole.PROCESSOR]),
-            ],
-            extra_fields={"attribution": " ".join(attributions)},
-        )
-        collection.add_link(pystac.Link("license", CLMS_TERMS_URL, "text/html", "Copernicus data policy"))
-        collection.add_link(
-            pystac.Link("license", USGS_TERMS_URL, "text/html", "USGS copyrights and credits")
-        )
-        collection.add_link(pystac.Link("describedby", "./README.md", "text/markdown", "Dataset card"))
-        codes_all = sorted({c for m in metas for c in m["codes"]})
-        legend_all = _legend(codes_all)
-        collection.summaries.add("platform", ["landsat-5"])
-        collection.summaries.add("instruments", ["tm"])
-        collection.summaries.add("gsd", sorted({float(m["grid"].resolution[0]) for m in metas}))
-        collection.summaries.add(
-            "classification:classes",
-            [
-                {
-                    "value": c,
-                    "name": f"clc_{c}",
-                    "description": legend_all[c][0],
-                    "color_hint": _hex(legend_all[c][1]),
-                }
-                for c in codes_all
-            ],
-        )
-        if ClassificationExtension.get_schema_uri() not in collection.stac_extensions:
-            collection.stac_extensions.append(ClassificationExtension.get_schema_uri())  # the summary above
-        for item in items:
-            collection.add_item(item)
+        collection = _dataset_collection(
+            items, metas, collection_id=collection_id, title=title, description=description,
+            attributions=attributions,
+        )  # fmt: skip
         # a file path: pystac treats a directory name with a dot as a file and would use its parent
         collection.normalize_hrefs(str(tmp / "collection.json"))
         collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-        (tmp / "README.md").write_text(
-            _dataset_card(collection, metas, names, attributions, year, copy=copy), encoding="utf-8"
-        )
+        card = _dataset_card(collection, metas, names, attributions, year, copy=copy)
+        _refuse_placeholders({"dataset card": card})
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         _commit(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+_PLACEHOLDER = re.compile(r"<(year|edition|todo|tbd|name|licen[cs]e)>", re.IGNORECASE)
+
+
+def _refuse_placeholders(texts: dict[str, str]) -> None:
+    """Raise when a text of a package still holds a template placeholder such as ``<year>``."""
+    for what, text in texts.items():
+        hit = _PLACEHOLDER.search(text or "")
+        if hit:
+            raise ConfigError(f"{what} holds the placeholder {hit.group(0)!r}: nothing published")
+
+
+def _dataset_year(metas: Sequence[dict[str, Any]], clc_year: str | int | None) -> str:
+    """The CORINE edition year(s) of the cubes for the attribution; a cube recording none is refused."""
+    years = []
+    for meta in metas:
+        year = _edition_year(meta["attrs"], clc_year)
+        if year is None:
+            raise InputFileError(
+                meta["path"],
+                "records no CORINE edition year (provenance clc_edition, clc_version or a CLC file name); "
+                "give --clc-year YEAR",
+            )
+        years.append(year)
+    return " and ".join(sorted(set(years)))
+
+
+def _stage_store(meta: dict[str, Any], name: str, tmp: Path, *, copy: bool, href_base: str | None) -> str:
+    """Copy the store into ``tmp/data`` (or not) and return the asset href its Item uses."""
+    if copy:
+        (tmp / "data").mkdir(exist_ok=True)
+        shutil.copytree(meta["path"], tmp / "data" / name)
+        return f"../data/{name}"
+    if href_base:
+        return href_base.rstrip("/") + "/" + name
+    return str(Path(meta["path"]).resolve())
+
+
+def _set_projection(item: pystac.Item, grid: Any, *, bbox: bool = False) -> None:
+    """The projection extension's fields of ``item`` from a :class:`landcover.grid.Grid`."""
+    from pystac.extensions.projection import ProjectionExtension
+
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    epsg = grid.crs.to_epsg()
+    if epsg:
+        proj.code = f"EPSG:{epsg}"
+    else:
+        proj.wkt2 = grid.crs.to_wkt()
+    proj.shape = [grid.height, grid.width]
+    proj.transform = list(tuple(grid.transform)[:6])
+    if bbox:
+        proj.bbox = list(grid.bounds)
+
+
+def _footprint(grid: Any) -> tuple[list[float], dict[str, Any]]:
+    """WGS84 bbox and polygon of a grid."""
+    w, s, e, n = grid.bounds_in("EPSG:4326")
+    return [w, s, e, n], {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+
+
+def _dataset_item(meta: dict[str, Any], name: str, href: str) -> pystac.Item:
+    """The STAC Item of one cube: footprint, times, projection, the Zarr asset with its classes."""
+    import pystac
+
+    grid = meta["grid"]
+    bbox, geom = _footprint(grid)
+    times = meta["times"]
+    start = _to_dt(min(times)) if times else None
+    end = _to_dt(max(times)) if times else None
+    item_id = name.removesuffix(".zarr")
+    attrs = meta["attrs"]
+    properties = {
+        "title": attrs.get("title", item_id),
+        "platform": "landsat-5",
+        "instruments": ["tm"],
+        "landcover:product_ids": list(attrs.get("product_ids", [])),
+        "landcover:clc_level": attrs.get("clc_level"),
+        "landcover:schema_version": attrs.get("schema_version"),
+        "landcover:software": attrs.get("software"),
+        "gsd": float(grid.resolution[0]),
+    }
+    item = pystac.Item(
+        id=item_id,
+        geometry=geom,
+        bbox=bbox,
+        datetime=start if start == end else None,
+        start_datetime=start if start != end else None,
+        end_datetime=end if start != end else None,
+        properties={k: v for k, v in properties.items() if v is not None},
+    )
+    if start is None:
+        item.datetime = _to_dt(np.datetime64(attrs.get("created", _now())[:19]))
+    _set_projection(item, grid, bbox=True)
+    item.add_asset(
+        "zarr",
+        pystac.Asset(
+            href=href,
+            media_type=pystac.MediaType.ZARR,
+            title="Zarr v3 cube (reflectance, thermal, labels, valid, ...)",
+            description="See landcover.schema / the dataset card for variables and encodings.",
+            roles=["data"],
+            extra_fields={"zarr:format": 3, "size": _dir_size(meta["path"])},
+        ),
+    )
+    _xarray_open_kwargs(item, "zarr")
+    _set_datacube(item, meta)
+    _set_clc_classes(item.assets["zarr"], meta["codes"])
+    return item
+
+
+def _set_datacube(item: pystac.Item, meta: dict[str, Any]) -> None:
+    """The datacube extension: x/y/time/band/class dimensions and the cube's variables."""
+    from pystac.extensions.datacube import (
+        DatacubeExtension,
+        Dimension,
+        DimensionType,
+        HorizontalSpatialDimension,
+        TemporalDimension,
+        Variable,
+    )
+
+    grid, times = meta["grid"], meta["times"]
+    epsg = grid.crs.to_epsg()
+    xres, yres = grid.resolution
+    dc = DatacubeExtension.ext(item, add_if_missing=True)
+
+    def spatial(axis: str, lo: float, hi: float, step: float) -> HorizontalSpatialDimension:
+        return HorizontalSpatialDimension(
+            {
+                "type": DimensionType.SPATIAL,
+                "axis": axis,
+                "extent": [lo, hi],
+                "step": step,
+                "reference_system": epsg or grid.crs.to_wkt(),
+            }
+        )
+
+    dc.dimensions = {
+        "x": spatial("x", grid.bounds[0], grid.bounds[2], xres),
+        "y": spatial("y", grid.bounds[1], grid.bounds[3], -yres),
+        "time": TemporalDimension(
+            {
+                "type": DimensionType.TEMPORAL,
+                "extent": [_iso(min(times)), _iso(max(times))] if times else [None, None],
+                "values": [_iso(t) for t in times],
+            }
+        ),
+        "band": Dimension({"type": "bands", "values": meta["bands"]}),
+        "class": Dimension({"type": "class", "values": meta["codes"], "description": "CLC codes"}),
+    }
+    dc.variables = {
+        vname: Variable(
+            {
+                "dimensions": v["dims"],
+                "type": "data",
+                "description": _VAR_DESCRIPTIONS.get(vname, vname),
+                **({"unit": v["units"]} if v.get("units") else {}),
+            }
+        )
+        for vname, v in meta["variables"].items()
+    }
+
+
+def _clc_class_dicts(codes: Sequence[int]) -> list[dict[str, Any]]:
+    """``classification:classes`` entries for CLC codes (value = code)."""
+    legend = _legend(codes)
+    return [
+        {"value": int(c), "name": f"clc_{c}", "description": legend[c][0], "color_hint": _hex(legend[c][1])}
+        for c in codes
+    ]
+
+
+def _set_clc_classes(asset: pystac.Asset, codes: Sequence[int]) -> None:
+    from pystac.extensions.classification import Classification, ClassificationExtension
+
+    ext = ClassificationExtension.ext(asset, add_if_missing=True)
+    ext.classes = [Classification.create(**d) for d in _clc_class_dicts(codes)]
+
+
+def _dataset_collection(
+    items: Sequence[pystac.Item],
+    metas: Sequence[dict[str, Any]],
+    *,
+    collection_id: str,
+    title: str,
+    description: str,
+    attributions: Sequence[str],
+) -> pystac.Collection:
+    """The STAC Collection over the cube Items: extent, licences, providers, class summaries."""
+    import pystac
+    from pystac.extensions.classification import ClassificationExtension
+
+    boxes = [cast(list[float], i.bbox) for i in items]
+    all_bbox = [
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    ]
+    starts = [i.common_metadata.start_datetime or i.datetime for i in items]
+    ends = [i.common_metadata.end_datetime or i.datetime for i in items]
+    collection = pystac.Collection(
+        id=collection_id,
+        title=title,
+        description=description,
+        extent=pystac.Extent(
+            pystac.SpatialExtent([all_bbox]),
+            pystac.TemporalExtent([[min(s for s in starts if s), max(e for e in ends if e)]]),
+        ),
+        license="other",
+        keywords=["landsat", "landsat-5", "corine", "land cover", "zarr", "machine learning"],
+        providers=[
+            pystac.Provider(
+                "Copernicus Land Monitoring Service / European Environment Agency (EEA)",
+                roles=[pystac.ProviderRole.LICENSOR, pystac.ProviderRole.PRODUCER],
+                url="https://land.copernicus.eu/en/products/corine-land-cover",
+            ),
+            pystac.Provider(
+                "U.S. Geological Survey",
+                roles=[pystac.ProviderRole.LICENSOR, pystac.ProviderRole.PRODUCER],
+                url="https://www.usgs.gov/landsat-missions",
+            ),
+            pystac.Provider("landcover", roles=[pystac.ProviderRole.PROCESSOR]),
+        ],
+        extra_fields={"attribution": " ".join(attributions)},
+    )
+    collection.add_link(pystac.Link("license", CLMS_TERMS_URL, "text/html", "Copernicus data policy"))
+    collection.add_link(pystac.Link("license", USGS_TERMS_URL, "text/html", "USGS copyrights and credits"))
+    collection.add_link(pystac.Link("describedby", "./README.md", "text/markdown", "Dataset card"))
+    collection.summaries.add("platform", ["landsat-5"])
+    collection.summaries.add("instruments", ["tm"])
+    collection.summaries.add("gsd", sorted({float(m["grid"].resolution[0]) for m in metas}))
+    codes_all = sorted({c for m in metas for c in m["codes"]})
+    collection.summaries.add("classification:classes", _clc_class_dicts(codes_all))
+    if ClassificationExtension.get_schema_uri() not in collection.stac_extensions:
+        collection.stac_extensions.append(ClassificationExtension.get_schema_uri())  # the summary above
+    for item in items:
+        collection.add_item(item)
+    return collection
 
 
 def _to_dt(t: Any) -> _dt.datetime:
@@ -956,8 +1179,6 @@ def validate_stac(
         When an object fails to load or fails core schema validation.
     """
     import pystac
-    from pystac.extensions.classification import ClassificationExtension
-    from pystac.extensions.projection import ProjectionExtension
 
     root = Path(path)
     coll_path = root / "collection.json" if root.is_dir() else root
@@ -1007,22 +1228,28 @@ def validate_stac(
     for item in collection.get_items(recursive=True):
         core(item)
         checked["items"] += 1
-        if item.collection_id != collection.id:
-            raise InputFileError(Path(item.get_self_href() or coll_path), "item does not name its collection")
-        proj = ProjectionExtension.ext(item)
-        if proj.shape is None or proj.transform is None or (proj.code is None and proj.wkt2 is None):
-            raise InputFileError(Path(item.get_self_href() or coll_path), "projection fields missing")
-        for asset in item.assets.values():
-            if ClassificationExtension.has_extension(item):
-                classes = ClassificationExtension.ext(asset).classes or []
-                if not classes:
-                    raise InputFileError(
-                        Path(item.get_self_href() or coll_path), "classification classes missing"
-                    )
+        _check_item_fields(item, collection, coll_path)
         checked["extensions_read_back"] += 1
     if checked["items"] == 0:
         raise InputFileError(coll_path, "collection has no items")
     return checked
+
+
+def _check_item_fields(item: pystac.Item, collection: pystac.Collection, coll_path: Path) -> None:
+    """Read an Item's collection id, projection and classification fields back through pystac."""
+    from pystac.extensions.classification import ClassificationExtension
+    from pystac.extensions.projection import ProjectionExtension
+
+    where = Path(item.get_self_href() or coll_path)
+    if item.collection_id != collection.id:
+        raise InputFileError(where, "item does not name its collection")
+    proj = ProjectionExtension.ext(item)
+    if proj.shape is None or proj.transform is None or (proj.code is None and proj.wkt2 is None):
+        raise InputFileError(where, "projection fields missing")
+    if ClassificationExtension.has_extension(item):
+        for asset in item.assets.values():
+            if not ClassificationExtension.ext(asset).classes:
+                raise InputFileError(where, "classification classes missing")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1083,7 +1310,6 @@ def prediction_item(
     import pystac
     import xarray as xr
     from pystac.extensions.classification import ClassificationExtension
-    from pystac.extensions.projection import ProjectionExtension
 
     from .grid import Grid
 
@@ -1096,15 +1322,15 @@ def prediction_item(
         ds = xr.open_zarr(zarr_path, chunks=None, decode_coords="all", mask_and_scale=False, zarr_format=3)
     grid = Grid.from_xarray(ds["class_map"])
     codes = [int(c) for c in ds["class"].values]
-    w, s, e, n = grid.bounds_in("EPSG:4326")
+    bbox, geom = _footprint(grid)
     if when is not None:
         stamp, source = _to_dt(np.datetime64(when, "s")), "acquisition"
     else:
         stamp, source = _to_dt(np.datetime64(_now()[:19])), "processing"
     item = pystac.Item(
         id=item_id or root.resolve().name,
-        geometry={"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]},
-        bbox=[w, s, e, n],
+        geometry=geom,
+        bbox=bbox,
         datetime=stamp,
         properties={
             "title": "landcover prediction: CORINE Land Cover classes",
@@ -1113,14 +1339,7 @@ def prediction_item(
             "gsd": float(grid.resolution[0]),
         },
     )
-    proj = ProjectionExtension.ext(item, add_if_missing=True)
-    epsg = grid.crs.to_epsg()
-    if epsg:
-        proj.code = f"EPSG:{epsg}"
-    else:
-        proj.wkt2 = grid.crs.to_wkt()
-    proj.shape = [grid.height, grid.width]
-    proj.transform = list(tuple(grid.transform)[:6])
+    _set_projection(item, grid)
     item.add_asset(
         "prediction",
         pystac.Asset(

@@ -111,7 +111,7 @@ def test_publish_dataset(
 ) -> None:
     _, _, cube = pair
     local = Path(shutil.copytree(cube, workdir / "cubes" / "a.zarr"))
-    base = ["-q", "publish", "dataset", str(local)]
+    base = ["-q", "publish", "dataset", str(local), "--clc-year", "2018"]
     refused([*base, "--out", ".", "--overwrite"], capsys, names="working directory")
     refused([*base, "--out", str(workdir / "cubes"), "--overwrite"], capsys, names="holds the input")
     user = foreign(workdir / "pkg")
@@ -127,11 +127,14 @@ def test_publish_dataset(
     assert (workdir / "real-pkg" / "collection.json").is_file()
 
 
-def test_publish_model(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_publish_model(
+    pair: tuple[Path, Path, Path], workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from landcover.models import build_model, save_model
 
     ckpt = save_model(workdir / "runs" / "best.pt", build_model("native", 6, 3, preset="tiny", seed=0))
-    base = ["-q", "publish", "model", str(ckpt)]
+    card = ["--cube", str(pair[2]), "--license", "MIT", "--clc-year", "2018"]
+    base = ["-q", "publish", "model", str(ckpt), *card]
     refused([*base, "--out", str(workdir / "runs"), "--overwrite"], capsys, names="holds the input")
     user = foreign(workdir / "pkg")
     refused([*base, "--out", str(user), "--overwrite"], capsys, names="did not write")

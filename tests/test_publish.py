@@ -63,8 +63,18 @@ def write_report(path: Path) -> Path:
 def test_model_package_round_trips_to_identical_predictions(tmp_path: Path) -> None:
     model = tiny_model(seed=3)
     ckpt = save_model(tmp_path / "best.pt", model, history_row={"epoch": 2, "val_miou_l3": 0.4})
+    from landcover.experiment import record_provenance
+
+    train_cube = make_cube(tmp_path / "train.zarr", shape=(24, 24), classes=CODES, chunks=32)
+    # declared real (the attribution path of real data): the card names the CORINE edition it records
+    record_provenance(train_cube, synthetic=False, clc_edition="CLC2018")
     out = publish_model(
-        ckpt, tmp_path / "pkg", report=write_report(tmp_path / "report"), training_data=["cube A"]
+        ckpt,
+        tmp_path / "pkg",
+        report=write_report(tmp_path / "report"),
+        cubes=[train_cube],
+        training_data=["cube A"],
+        license="CC-BY-4.0",
     )
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.json", "model.safetensors"]
 
@@ -83,7 +93,8 @@ def test_model_package_round_trips_to_identical_predictions(tmp_path: Path) -> N
     card = (out / "README.md").read_text()
     for text in ("| 3 | nir |", "Continuous urban fabric", "0.812 ± 0.013", "cube A", "## Limitations"):
         assert text in card, text
-    assert LANDSAT_ATTRIBUTION in card
+    assert LANDSAT_ATTRIBUTION in card and clc_attribution("2018") in card
+    assert "data **real**" in card and "CORINE Land Cover edition: CLC2018." in card
 
     # the whole-scene predictor accepts the published folder like a checkpoint
     cube = make_cube(tmp_path / "c.zarr", shape=(64, 72), classes=CODES, chunks=32)
@@ -95,10 +106,12 @@ def test_model_package_round_trips_to_identical_predictions(tmp_path: Path) -> N
 
 
 def test_model_package_detects_tampering_and_refuses_overwrite(tmp_path: Path) -> None:
-    out = publish_model(tiny_model(), tmp_path / "pkg")
+    cube = make_cube(tmp_path / "train.zarr", shape=(16, 16), classes=CODES, chunks=32)
+    publish = {"cubes": [cube], "license": "MIT"}
+    out = publish_model(tiny_model(), tmp_path / "pkg", **publish)
     with pytest.raises(InputFileError, match="already exists"):
-        publish_model(tiny_model(), out)
-    publish_model(tiny_model(seed=1), out, overwrite=True)
+        publish_model(tiny_model(), out, **publish)
+    publish_model(tiny_model(seed=1), out, overwrite=True, **publish)
     info = json.loads((out / "model.json").read_text())
     assert info["metrics"] is None and "No metrics were supplied" in (out / "README.md").read_text()
     weights = out / "model.safetensors"
@@ -110,6 +123,91 @@ def test_model_package_detects_tampering_and_refuses_overwrite(tmp_path: Path) -
     with pytest.raises(InputFileError, match="not a published landcover model"):
         load_published_model(tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_model_card_lists_training_data_metrics_with_intervals_and_licence(tmp_path: Path) -> None:
+    """Issue 19: scenes, region, CLC edition, synthetic/real, 95 % intervals, the licence asked for."""
+    from landcover.experiment import record_provenance
+
+    cube = make_cube(tmp_path / "train.zarr", shape=(24, 24), classes=CODES, chunks=32)
+    record_provenance(cube, synthetic=True, source="synthetic")
+    report = write_report(tmp_path / "report")
+    metrics = json.loads((report / "metrics.json").read_text())
+    native = metrics["models"]["native"]
+    native["test_ci"] = {"miou_l3": {"estimate": 0.4375, "low": 0.401, "high": 0.472, "level": 0.95}}
+    native["per_seed"] = {"acc_l3": [0.8, 0.825]}
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    ckpt = save_model(tmp_path / "best.pt", tiny_model())
+    out = publish_model(ckpt, tmp_path / "pkg", report=report, cubes=[cube], license="Apache-2.0")
+    card = (out / "README.md").read_text()
+    src = open_cube(cube)
+    w, s, e, n = src.rio.transform_bounds("EPSG:4326")
+    for text in (
+        "Cube `train.zarr`: data **synthetic",
+        f"region (WGS84 W, S, E, N) {round(w, 4)}, {round(s, 4)}",
+        "CORINE Land Cover edition: none (synthetic labels)",
+        "| miou_l3 | 0.438 ± 0.020 | [0.401, 0.472] (block bootstrap",
+        "| acc_l3 | 0.812 ± 0.013 | [",
+        "Weights: Apache-2.0.",
+        "no Landsat or CORINE data were used",
+    ):
+        assert text in card, text
+    assert "<year>" not in card and "edition year of the CORINE data used" not in card
+    info = read_published_spec(out)
+    assert info["license"] == "Apache-2.0" and info["training"]["cubes"][0]["synthetic"] is True
+
+
+def test_model_package_asks_for_licence_and_training_cubes(tmp_path: Path) -> None:
+    from landcover.errors import ConfigError
+
+    cube = make_cube(tmp_path / "train.zarr", shape=(16, 16), classes=CODES, chunks=32)
+    with pytest.raises(ConfigError, match="--license"):
+        publish_model(tiny_model(), tmp_path / "pkg", cubes=[cube])
+    with pytest.raises(ConfigError, match="--cube"):
+        publish_model(tiny_model(), tmp_path / "pkg", license="MIT")
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_model_package_files_follow_the_umask(tmp_path: Path) -> None:
+    """model.safetensors was mode 0600 whatever the umask; every file of a package follows the umask."""
+    import os
+
+    cube = make_cube(tmp_path / "train.zarr", shape=(16, 16), classes=CODES, chunks=32)
+    old = os.umask(0o022)
+    try:
+        out = publish_model(tiny_model(), tmp_path / "pkg", cubes=[cube], license="MIT")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == {"README.md": 0o644, "model.json": 0o644, "model.safetensors": 0o644}
+
+
+def test_dataset_package_refuses_a_placeholder_year(tmp_path: Path) -> None:
+    """No `<year>` in description, attribution or card: a cube without an edition year needs --clc-year."""
+    from landcover.errors import ConfigError
+
+    cube = make_cube(tmp_path / "a.zarr", shape=(16, 16), classes=CODES, chunks=32)
+    with pytest.raises(InputFileError, match="no CORINE edition year.*--clc-year") as exc:
+        publish_dataset(cube, tmp_path / "pkg")
+    assert "a.zarr" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match="not a year"):
+        publish_dataset(cube, tmp_path / "pkg", clc_year="<year>")
+    with pytest.raises(ConfigError, match="placeholder '<year>'"):
+        publish_dataset(cube, tmp_path / "pkg", clc_year=2018, description="CORINE <year> fractions")
+    assert not (tmp_path / "pkg").exists()
+    out = publish_dataset(cube, tmp_path / "pkg", clc_year=2012)
+    coll = json.loads((out / "collection.json").read_text())
+    for text in (coll["description"], coll["attribution"], (out / "README.md").read_text()):
+        assert "<year>" not in text and "2012" in text
+
+
+def test_dataset_year_is_inferred_from_the_cube_provenance(tmp_path: Path) -> None:
+    from landcover.experiment import record_provenance
+
+    cube = make_cube(tmp_path / "a.zarr", shape=(16, 16), classes=CODES, chunks=32)
+    record_provenance(cube, clc_edition="CLC2006 (from the file name)")
+    out = publish_dataset(cube, tmp_path / "pkg")
+    assert clc_attribution("2006") in (out / "README.md").read_text()
 
 
 def test_dataset_package_stac_and_card(tmp_path: Path) -> None:
@@ -171,14 +269,14 @@ def test_dataset_package_stac_and_card(tmp_path: Path) -> None:
 
 def test_dataset_package_by_reference_and_bad_input(tmp_path: Path) -> None:
     c1 = make_cube(tmp_path / "a.zarr", shape=(20, 20), classes=CODES, chunks=32)
-    out = publish_dataset(c1, tmp_path / "pkg", copy=False)
+    out = publish_dataset(c1, tmp_path / "pkg", copy=False, clc_year=2018)
     assert not (out / "data").exists()
     item = next(iter(pystac.read_file(str(out / "collection.json")).get_items(recursive=True)))
     assert Path(item.assets["zarr"].href) == c1.resolve()
     assert validate_stac(out)["items"] == 1
     broken = make_cube(tmp_path / "broken.zarr", shape=(20, 20), classes=CODES, complete=False)
     with pytest.raises(IncompleteStoreError):
-        publish_dataset(broken, tmp_path / "pkg2")
+        publish_dataset(broken, tmp_path / "pkg2", clc_year=2018)
     assert not (tmp_path / "pkg2").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     with pytest.raises(InputFileError, match="not a readable STAC"):
@@ -191,14 +289,18 @@ def test_publish_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
     ckpt = save_model(tmp_path / "best.pt", tiny_model())
     report = write_report(tmp_path / "report")
-    assert main(["publish", "model", str(ckpt), "--report", str(report), "--out", str(tmp_path / "m")]) == 0
-    assert load_published_model(tmp_path / "m").spec.class_codes == CODES
     cube = make_cube(tmp_path / "c.zarr", shape=(20, 24), classes=CODES, chunks=32)
+    model = ["publish", "model", str(ckpt), "--report", str(report), "--cube", str(cube)]
+    assert main([*model, "--out", str(tmp_path / "m0")]) == 1
+    assert "--license" in capsys.readouterr().err
+    assert main([*model, "--license", "CC-BY-4.0", "--out", str(tmp_path / "m")]) == 0
+    assert load_published_model(tmp_path / "m").spec.class_codes == CODES
     assert main(["publish", "dataset", str(cube), "--out", str(tmp_path / "d"), "--clc-year", "2012"]) == 0
     out = capsys.readouterr().out
     assert "core schema checks: 2/2" in out
     assert clc_attribution(2012) in (tmp_path / "d" / "README.md").read_text()
-    assert main(["publish", "model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m2")]) == 1
+    missing = ["publish", "model", str(tmp_path / "missing.pt"), "--cube", str(cube), "--license", "MIT"]
+    assert main([*missing, "--out", str(tmp_path / "m2")]) == 1
     assert "missing.pt" in capsys.readouterr().err
 
 

@@ -34,7 +34,10 @@ def register(subparsers: Any) -> None:
     )
     d.add_argument("--title", default=None, help="collection title")
     d.add_argument(
-        "--clc-year", default=None, help="CORINE edition year for the attribution (default: from cube)"
+        "--clc-year",
+        default=None,
+        help="CORINE edition year for the attribution (default: what the cubes record; a cube that "
+        "records none stops the command: no placeholder year is published)",
     )
     d.add_argument("--overwrite", action="store_true", help="replace an existing package")
     d.set_defaults(func=run_dataset)
@@ -50,8 +53,27 @@ def register(subparsers: Any) -> None:
     )
     m.add_argument("--out", required=True, metavar="DIR", help="package folder")
     m.add_argument("--name", default=None, help="display name of the model")
+    m.add_argument(
+        "--cube",
+        dest="cubes",
+        action="append",
+        default=None,
+        metavar="STORE",
+        help="a cube the model was trained on (repeat; required): scenes, region, CORINE edition and "
+        "synthetic/real go into the model card",
+    )
     m.add_argument("--training-data", action="append", default=None, metavar="TEXT", help="a line (repeat)")
-    m.add_argument("--license", default="CC-BY-4.0", help="licence of the weights (SPDX id)")
+    m.add_argument(
+        "--license",
+        default=None,
+        metavar="SPDX",
+        help="licence of the weights, e.g. CC-BY-4.0 (required: no default licence is assumed)",
+    )
+    m.add_argument(
+        "--clc-year",
+        default=None,
+        help="CORINE edition year of real training cubes that do not record it (default: from the cubes)",
+    )
     m.add_argument("--overwrite", action="store_true", help="replace an existing package")
     m.set_defaults(func=run_model)
     parser.set_defaults(func=lambda args: _usage(parser))
@@ -94,8 +116,10 @@ def run_model(args: argparse.Namespace) -> int:
         args.out,
         report=args.report,
         name=args.name,
+        cubes=args.cubes,
         training_data=args.training_data,
         license=args.license,
+        clc_year=args.clc_year,
         overwrite=args.overwrite,
     )
     if not getattr(args, "quiet", False):
