@@ -226,6 +226,10 @@ def _fetch_config(exp: Experiment, region: Region, epoch: Epoch, overrides: dict
     return _build(FetchConfig, data, exp.path, f"fetch {region.name}/{epoch.name}")
 
 
+def _no_credentials(config: Any) -> None:
+    return None
+
+
 def run_experiment(
     exp: Experiment,
     *,
@@ -248,8 +252,9 @@ def run_experiment(
     fetch_overrides
         FetchConfig fields replacing the file's (e.g. ``m2m_url`` for a mirror or a test server).
     credentials
-        ``credentials(fetch_config)`` -> M2M credentials (None for STAC); default: the
-        environment / netrc, as ``landcover fetch`` does.
+        ``credentials(fetch_config)`` -> M2M credentials (None for STAC); default: none
+        (the library reads no environment; ``landcover experiment run`` passes the
+        environment / netrc lookup that ``landcover fetch`` uses).
     compare_overrides
         CompareConfig fields replacing the file's (e.g. ``device``).
     log, progress
@@ -261,9 +266,7 @@ def run_experiment(
     if bad:
         raise ValueError(f"unknown step(s) {bad}; choose from {STEPS}")
     if credentials is None:
-        from .cli.fetch import credentials_for
-
-        credentials = credentials_for
+        credentials = _no_credentials
     exp.out.mkdir(parents=True, exist_ok=True)
     scenes: dict[tuple[str, str], list[Path]] = {}
     if "fetch" in steps:

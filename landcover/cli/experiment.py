@@ -42,10 +42,12 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiments import STEPS, load_experiment, run_experiment
+    from .fetch import credentials_for
 
     exp = load_experiment(args.file)
     report = run_experiment(
         exp,
+        credentials=credentials_for,
         steps=tuple(args.steps) if args.steps else STEPS,
         fetch_overrides={"m2m_url": args.m2m_url, "stac_url": args.stac_url},
         compare_overrides={"device": args.device},
