@@ -140,6 +140,9 @@ class CompareConfig:
         The non-deep floor (:mod:`landcover.baselines`): gradient boosting on per-pixel
         spectra plus their ``baseline_context`` x ``baseline_context`` neighbourhood mean
         (1: spectra only), trained on at most ``baseline_pixels`` training pixels per seed.
+    tensorboard, mlflow
+        Experiment tracking of each run (:mod:`landcover.tracking`): TensorBoard scalars in
+        ``RUN/tb``; an MLflow tracking URI (``file:./mlruns``, ``http://HOST:5000``), None: off.
     threads
         torch/BLAS threads of each run (:mod:`landcover.threads`); None: the run's share of
         its host's cores (cores / concurrent tasks there; all cores without a scheduler).
@@ -194,6 +197,8 @@ class CompareConfig:
     baseline_pixels: int = 20000
     baseline_context: int = 3
     threads: int | None = None
+    tensorboard: bool = False
+    mlflow: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", check_device(self.device))  # auto, cpu, cuda, cuda:N
@@ -657,6 +662,7 @@ def train_model(
         resume=resume,
         num_workers=cfg.num_workers,
         progress=cfg.progress,
+        tensorboard=cfg.tensorboard,
     )
     tcfg = tcfg.replace(class_weights=class_weights)
     val_loader = loader(val_ds, False)
@@ -676,9 +682,15 @@ def train_model(
         plot_path=run_dir / "lr_find.png",
     )
     tcfg = tcfg.replace(lr=choice.lr)
-    history = fit(
-        model, train_loader, val_loader, tcfg, class_codes=train_ds.class_codes, param_groups=groups(model)
-    )
+    from .tracking import MLflowRun
+
+    params = {"model": model_name, "seed": seed, "budget": budget, "lr": choice.lr, "epochs": epochs}
+    tracker = MLflowRun(cfg.mlflow, run_name=run_dir.name, params={**params, "batch_size": cfg.batch_size})
+    with tracker.failing():  # an MLflow run of a failed training ends FAILED
+        history = fit(
+            model, train_loader, val_loader, tcfg, class_codes=train_ds.class_codes,
+            param_groups=groups(model), callbacks=[tracker] if tracker.active else None,
+        )  # fmt: skip
     hparams: dict[str, Any] = {
         **choice.as_dict(),
         "encoder_lr_factor": enc_factor,
@@ -702,6 +714,8 @@ def train_model(
         device=cfg.device,
         groups=block_groups(test_ds),
     )
+    tracker.log_metrics(result.summary(), prefix="test")
+    tracker.close()
     test_blocks = save_block_stats(result.metrics, run_dir / "test_blocks.npz")
     return RunResult(
         model=model_name,
@@ -806,11 +820,14 @@ def _run_one(
         return train_model(cfg, model_name, seed, preset=preset, weights=weights, budget=budget)
 
 
-def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> CompareResult:
+def run_compare(
+    cfg: CompareConfig, *, log: Callable[[str], None] = print, client: Any = None
+) -> CompareResult:
     """Train every model on the same data, split, budget and seeds; return all runs.
 
-    With ``cfg.scheduler`` set (``"local"`` or a scheduler address) the runs are Dask
-    tasks on that cluster; otherwise they run one after another in this process.
+    With a ``distributed.Client`` as ``client`` (left open), or ``cfg.scheduler`` set
+    (``"local"`` or a scheduler address), the runs are Dask tasks on that cluster;
+    otherwise they run one after another in this process.
     """
     if not cfg.cubes:
         raise ConfigError("no cubes given (build one with `landcover cube build`)")
@@ -832,7 +849,9 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
     runs: list[RunResult] = []
     from .cluster.client import get_client
 
-    client = get_client(cfg.scheduler)  # None for no scheduler or "none": runs one after another here
+    own = client is None
+    if own:
+        client = get_client(cfg.scheduler)  # None for no scheduler or "none": runs one after another here
     if client is not None:
         try:
             from .threads import host_slots
@@ -848,7 +867,7 @@ def run_compare(cfg: CompareConfig, *, log: Callable[[str], None] = print) -> Co
                 runs.append(fut.result())
                 log(f"  {m} seed {s} budget {b:g}: done ({runs[-1].seconds:.0f} s)")
         finally:
-            if cfg.scheduler == "local":
+            if own and cfg.scheduler == "local":
                 from .cluster.client import close_client
 
                 close_client(client)

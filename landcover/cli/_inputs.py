@@ -1,4 +1,7 @@
-"""Scene inputs beyond product paths, shared by ``scene info``, ``cube build/batch`` and ``predict``.
+"""Inputs shared by commands: scene inputs beyond product paths, and the training commands' cube check.
+
+Scene inputs serve ``scene info``, ``cube build/batch`` and ``predict``; :func:`check_cubes` serves
+``train`` and ``compare`` (before any cluster starts).
 
 ``--stack FILE`` (repeatable) with ``--bands``/``--scale``/``--offset``/``--sensor``/``--date``/
 ``--qa``/``--nodata`` reads any multi-band raster (see :mod:`landcover.stack`); the options
@@ -15,7 +18,33 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_stack_arguments", "add_stac_arguments", "stack_plans", "stack_spec", "stac_plans"]
+__all__ = [
+    "add_stack_arguments",
+    "add_stac_arguments",
+    "stack_plans",
+    "stack_spec",
+    "stac_plans",
+    "check_cubes",
+]
+
+
+def check_cubes(cubes: Any) -> None:
+    """Refuse before any work starts (or a cluster): no cubes, or one that is not a complete cube.
+
+    Raises
+    ------
+    ConfigError
+        When ``cubes`` is empty.
+    InputFileError
+        Naming the first path that is missing or not a complete landcover cube.
+    """
+    from ..datasets import inspect_cube
+    from ..errors import ConfigError
+
+    if not cubes:
+        raise ConfigError("no cubes given (build one with `landcover cube build`)")
+    for cube in cubes:
+        inspect_cube(cube)
 
 
 def add_stack_arguments(p: argparse.ArgumentParser, *, many: bool = True, with_file: bool = True) -> None:

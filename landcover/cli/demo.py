@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._types import DEVICE_HELP, IntList, device
+from ._options import (
+    add_device_option,
+    add_epochs_option,
+    add_imagenet_weights_option,
+    add_seeds_option,
+    training_overrides,
+)
 
 
 def register(sub: Any) -> None:
@@ -21,24 +27,10 @@ def register(sub: Any) -> None:
         "--config", type=Path, default=None, help="TOML/YAML file overriding the embedded defaults"
     )
     p.add_argument("--size", type=int, default=None, help="synthetic scene size in pixels")
-    p.add_argument(
-        "--epochs", type=int, default=None, help="training epochs (default: from --config, else built in)"
-    )
-    p.add_argument(
-        "--seeds",
-        action=IntList,
-        default=None,
-        metavar="N",
-        help="seeds, space- or comma-separated (default: from --config, else built in)",
-    )
-    p.add_argument("--imagenet-weights", default=None, help="torchvision resnet18 state dict (.pth)")
-    p.add_argument(
-        "--device",
-        type=device,
-        default=None,
-        metavar="DEVICE",
-        help=f"{DEVICE_HELP} (default: from --config, else built in)",
-    )
+    add_epochs_option(p)
+    add_seeds_option(p)
+    add_imagenet_weights_option(p)
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -50,15 +42,7 @@ def run(args: argparse.Namespace) -> int:
         DemoConfig,
         args.config,
         section="demo",
-        overrides={
-            "out": args.out,
-            "size": args.size,
-            "epochs": args.epochs,
-            "seeds": tuple(args.seeds) if args.seeds else None,
-            "imagenet_weights": args.imagenet_weights,
-            "device": args.device,
-            "progress": False if args.quiet else None,
-        },
+        overrides={**training_overrides(args), "out": args.out, "size": args.size},
     )
     run_demo(cfg)
     return 0

@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._options import DeprecatedAlias
+from ._types import positive_int
+
 __all__ = ["register", "register_actions", "run", "add_filter_arguments", "config_from_args"]
 
 
@@ -79,7 +82,11 @@ def register_actions(sub: Any) -> None:
     add_filter_arguments(pd)
     d = pd.add_argument_group("download")
     d.add_argument("--out", type=Path, help="output directory (default ./scenes)")
-    d.add_argument("--workers", type=int, help="parallel downloads (default 4)")
+    d.add_argument("--downloads", type=positive_int, metavar="N", help="parallel downloads (default 4)")
+    d.add_argument(
+        "--workers", dest="downloads", type=positive_int, action=DeprecatedAlias, use="--downloads",
+        why="--workers means Dask workers in every command", metavar="N", help=argparse.SUPPRESS,
+    )  # fmt: skip
     d.add_argument("--dry-run", action="store_true", default=None, help="list what would be fetched")
     d.add_argument("--extract", action="store_true", default=None, help="extract .tar bundles into OUT/<id>/")
     d.add_argument("--asset", action="append", dest="assets", metavar="KEY", help="STAC asset key")
@@ -127,8 +134,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "stac_url": args.stac_url or getattr(args, "stac", None),
         "netrc": args.netrc,
     }
-    for name in ("out", "workers", "dry_run", "extract", "product", "poll_interval", "attempts", "backoff"):
+    for name in ("out", "dry_run", "extract", "product", "poll_interval", "attempts", "backoff"):
         overrides[name] = getattr(args, name, None)
+    overrides["workers"] = getattr(args, "downloads", None)  # the config key of parallel downloads
     overrides["read_timeout"] = getattr(args, "read_timeout", None)
     overrides["assets"] = tuple(args.assets) if getattr(args, "assets", None) else None
     return load_config(FetchConfig, args.config, section="fetch", overrides=overrides)

@@ -14,37 +14,27 @@ from pathlib import Path
 from typing import Any
 
 from ..threads import THREADS_HELP
-from ._types import DEVICE_HELP, device
+from ._options import (
+    MODELS,
+    add_cubes_and_config,
+    add_device_option,
+    add_imagenet_weights_option,
+    add_level_option,
+    add_loader_workers_option,
+    add_schedule_options,
+    add_tracking_options,
+    training_overrides,
+)
 from .compare import threads
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("train", help="train one model on cubes (checkpoints, resume, LR range test, curves)")
-    p.add_argument("cubes", nargs="*", help="cube stores (or give them in --config)")
+    add_cubes_and_config(p, config_help="TOML/YAML with compare-style options ([train] table or top level)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default train-output/<model>-seed<k>)")
-    p.add_argument("--config", type=Path, default=None, help="TOML/YAML with compare-style options")
-    p.add_argument(
-        "--model",
-        default=None,
-        choices=["native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch"],
-        help="model to train (default native)",
-    )
+    p.add_argument("--model", default=None, choices=list(MODELS), help="model to train (default native)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run")
-    p.add_argument(
-        "--window",
-        type=int,
-        default=None,
-        help="window size in pixels (default: from --config, else built in)",
-    )
-    p.add_argument(
-        "--epochs", type=int, default=None, help="training epochs (default: from --config, else built in)"
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="windows per batch (default: from --config, else built in)",
-    )
+    add_schedule_options(p)
     p.add_argument(
         "--lr", type=float, default=None, help="peak learning rate (default: from --config, else built in)"
     )
@@ -60,22 +50,10 @@ def register(sub: Any) -> None:
         help="model size (default: from --config, else built in)",
     )
     p.add_argument("--thermal", action="store_true", default=None, help="also feed the thermal band")
-    p.add_argument(
-        "--level",
-        type=int,
-        choices=[1, 2, 3],
-        default=None,
-        help="CLC level of the classes (default: from --config, else built in)",
-    )
-    p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
-    p.add_argument("--imagenet-weights", default=None, help="torchvision resnet18 state dict (.pth)")
-    p.add_argument(
-        "--device",
-        type=device,
-        default=None,
-        metavar="DEVICE",
-        help=f"{DEVICE_HELP} (default: from --config, else built in)",
-    )
+    add_level_option(p)
+    add_loader_workers_option(p, old_workers=True)
+    add_imagenet_weights_option(p)
+    add_device_option(p)
     p.add_argument(
         "--threads",
         type=threads,
@@ -84,6 +62,7 @@ def register(sub: Any) -> None:
         help=f"{THREADS_HELP}; with --distributed: per leg (default: from --config, else auto; "
         "legs of --distributed: [distributed.step] num_threads, else 1)",
     )
+    add_tracking_options(p)
     d = p.add_argument_group("data-local training on a Dask cluster (--distributed)")
     d.add_argument(
         "--distributed",
@@ -183,6 +162,10 @@ def run_distributed(args: argparse.Namespace) -> int:
             from ..errors import ConfigError
 
             raise ConfigError(str(exc)) from None
+    if cfg.scheduler in (None, "", "local"):  # the cubes are here: check them before a cluster starts
+        from ._inputs import check_cubes
+
+        check_cubes(cfg.cubes)
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, flush=True))
     run_distributed_job(cfg, log=log)
     return 0
@@ -202,18 +185,10 @@ def run(args: argparse.Namespace) -> int:
         args.config,
         section="train",
         overrides={
-            "cubes": tuple(args.cubes) if args.cubes else None,
-            "window": args.window,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
+            **training_overrides(args),
             "lr": args.lr,
             "max_train_windows": args.budget,
             "thermal": args.thermal,
-            "level": args.level,
-            "num_workers": args.workers,
-            "imagenet_weights": args.imagenet_weights,
-            "device": args.device,
-            "progress": False if args.quiet else None,
             "threads": args.threads if isinstance(args.threads, int) else None,
         },
     )
@@ -221,10 +196,11 @@ def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         cfg = replace(cfg, threads=None)
-    if not cfg.cubes:
-        from ..errors import ConfigError
+    from ..tracking import check_tracking
+    from ._inputs import check_cubes
 
-        raise ConfigError("no cubes given (build one with `landcover cube build`)")
+    check_cubes(cfg.cubes)
+    check_tracking(cfg.tensorboard, cfg.mlflow)
     weights = None
     if args.model in IMAGENET_MODELS:
         found = find_imagenet_weights("resnet18", cfg.imagenet_weights)

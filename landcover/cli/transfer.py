@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._types import DEVICE_HELP, IntList, device
+from ._options import add_device_option, add_seeds_option
 
 __all__ = ["register", "run"]
 
@@ -78,9 +78,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--partial-stages", type=int, default=1, help="encoder stages unfrozen by phase1-partial")
     p.add_argument("--budgets", type=_floats, default=(0.01, 0.1, 1.0), help="fractions, e.g. 0.01,0.1,1")
-    p.add_argument(
-        "--seeds", action=IntList, default=(0, 1, 2), metavar="N", help="seeds, space- or comma-separated"
-    )
+    add_seeds_option(p, default=(0, 1, 2))
     p.add_argument(
         "--lr-grid", type=_floats, default=(3e-4, 1e-3, 3e-3), help="peak LRs tried per arm on validation"
     )
@@ -118,7 +116,7 @@ def register(subparsers: Any) -> None:
         help="validate every N training samples (default: about ten validations per run)",
     )
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples and permutations")
-    p.add_argument("--device", type=device, default="auto", metavar="DEVICE", help=DEVICE_HELP)
+    add_device_option(p, default="auto")
     p.set_defaults(func=run)
 
 
