@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -67,8 +68,12 @@ class _Array:
             return
         self.root = Path(self.arr.store.root) / self.arr.path
 
-    def chunk(self, coords: tuple[int, ...]) -> np.ndarray:
-        """Decoded chunk at chunk-grid ``coords``, clipped to the array extent."""
+    def chunk(self, coords: tuple[int, ...], alloc: Callable[..., np.ndarray] = np.empty) -> np.ndarray:
+        """Decoded chunk at chunk-grid ``coords``, clipped to the array extent.
+
+        ``alloc(shape, dtype)`` provides the (uninitialised) buffer a whole chunk file is
+        decoded into, e.g. :meth:`ChunkCache.buffer`.
+        """
         clip = tuple(
             slice(0, min(c, s - i * c)) for i, c, s in zip(coords, self.chunks, self.shape, strict=True)
         )
@@ -78,7 +83,7 @@ class _Array:
                 data = (self.root / key).read_bytes()
             except FileNotFoundError:
                 return np.full(self.chunks, self.fill, dtype=self.dtype)[clip]
-            out = np.empty(self.chunks, dtype=self.dtype)
+            out = alloc(self.chunks, self.dtype)
             if self.codec == "raw":
                 out[...] = np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
             else:
@@ -98,14 +103,40 @@ class _Array:
 
 
 class ChunkCache:
-    """Per-process LRU cache of decoded chunks, bounded in bytes."""
+    """Per-process LRU cache of decoded chunks, bounded in bytes.
+
+    Evicted chunks that nothing else refers to any more are kept (a few per shape and dtype)
+    and handed out again by :meth:`buffer`: decoding into memory already mapped saves the
+    page faults of fresh memory, which cost about as much as the decoding itself.
+    """
+
+    _SPARE = 4  # evicted buffers kept per (shape, dtype)
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
         self._data: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+        self._spare: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
         self.hits = 0
         self.misses = 0
+        self.recycled = 0
+
+    def buffer(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """An uninitialised array: an evicted chunk's buffer of that shape and dtype, else a new one."""
+        spare = self._spare.get((tuple(shape), np.dtype(dtype).str))
+        if spare:
+            self.recycled += 1
+            return spare.pop()
+        return np.empty(shape, dtype=dtype)
+
+    def _retire(self, old: np.ndarray) -> None:
+        """Keep an evicted chunk's buffer for :meth:`buffer` when nothing else refers to it."""
+        # only whole chunks (not the clipped views of edge chunks) that no one else refers to
+        if old.base is not None or not old.flags.writeable or sys.getrefcount(old) > _FREE_REFS:
+            return
+        spare = self._spare.setdefault((old.shape, old.dtype.str), [])
+        if len(spare) < self._SPARE:
+            spare.append(old)
 
     def get(self, key: tuple[Any, ...], load: Callable[[], np.ndarray]) -> np.ndarray:
         """Cached value of ``key``, computing it with ``load()`` on a miss."""
@@ -119,14 +150,23 @@ class ChunkCache:
         self._data[key] = val
         self.nbytes += val.nbytes
         while self.nbytes > self.max_bytes and len(self._data) > 1:
-            _, old = self._data.popitem(last=False)
-            self.nbytes -= old.nbytes
+            self.nbytes -= self._data[next(iter(self._data))].nbytes
+            self._retire(self._data.popitem(last=False)[1])
         return val
 
     def clear(self) -> None:
         """Drop everything."""
         self._data.clear()
+        self._spare.clear()
         self.nbytes = 0
+
+
+def _refs(old: np.ndarray) -> int:
+    """Reference count of ``old`` as :meth:`ChunkCache._retire` sees it (for the calibration below)."""
+    return sys.getrefcount(old)
+
+
+_FREE_REFS = _refs(np.empty(8))  # the count of an evicted array that nothing else refers to
 
 
 class CubeReader:
@@ -212,7 +252,7 @@ class CubeReader:
         ncoords = math.prod(len(r) for r in cranges)
 
         def fetch(coords: tuple[int, ...]) -> np.ndarray:
-            return self.cache.get((self.key, name, coords), lambda: arr.chunk(coords))
+            return self.cache.get((self.key, name, coords), lambda: arr.chunk(coords, self.cache.buffer))
 
         if pick is not None and (arr.chunks[pick[0]] < arr.shape[pick[0]]):
             raise ValueError(f"index arrays need {name} dimension {pick[0]} in one chunk")

@@ -37,10 +37,10 @@ positions, rotation footprints, valid-share filter, spatial splits), planned onc
 * targets can travel compact (``target_dtype="uint8"``: the stored 1/250 steps, a
   quarter of the float32 bytes; :func:`decode_target` turns them into fractions on the
   device, as :func:`landcover.train.fit` does);
-* the iterable dataset visits windows in chunk order and splits that order into
-  contiguous runs of batches across workers, so each chunk is decoded about once per
-  epoch. (A map-style dataset hands consecutive batches to different workers, which
-  then decode some chunks twice; use the iterable one for streaming whole cubes.)
+* windows are kept in chunk order (unless shuffled): the iterable dataset splits that
+  order into contiguous runs of batches across workers, and a map-style dataset's
+  consecutive batches, which a DataLoader hands to different workers, cover different
+  chunks; either way each chunk is decoded about once per epoch.
 
 Modules: cube metadata and statistics live in :mod:`landcover.cubemeta` (torch-free), the
 chunk reader in :mod:`landcover.chunkreader`, the batch buffers in :mod:`landcover.batchpool`;
@@ -490,11 +490,22 @@ class _WindowSource:
                     )
                 )
         table = WindowIndex.concat(parts)
+        if not self.spec.shuffle:  # chunk order: consecutive batches share few chunks (see __init__)
+            table = table.take(np.lexsort(self._chunk_keys(table)))
         if self.spec.shuffle:
             table = table.take(np.random.default_rng([self.spec.seed, 7]).permutation(len(table)))
         if max_windows is not None:
             table = table.take(np.arange(min(int(max_windows), len(table))))
         return table
+
+    def _chunk_keys(self, w: WindowIndex) -> tuple[np.ndarray, ...]:
+        """``lexsort`` keys of the chunk order: (cube, time), chunk row, chunk column, row, column."""
+        py, px = self.spec.pad
+        ch, cw = np.array([c.chunk[0] for c in self.cubes]), np.array([c.chunk[1] for c in self.cubes])
+        crow = (w.row - py) // ch[w.cube]
+        ccol = (w.col - px) // cw[w.cube]
+        pair = w.cube * (max(c.times for c in self.cubes)) + w.time
+        return (w.col, w.row, ccol, crow, pair)
 
     # -- public properties
     @property
@@ -519,6 +530,16 @@ class _WindowSource:
         state["_cache"] = None
         state["_pool"] = None
         return state
+
+    def release(self) -> None:
+        """Drop this process's open stores, decoded-chunk cache and batch buffers.
+
+        They are recreated on the next read; use it to hand the memory back when a dataset
+        is kept but not read for a while (DataLoader workers hold their own).
+        """
+        self._readers = None
+        self._cache = None
+        self._pool = None
 
     def _buffer_pool(self) -> BatchPool | None:
         """Pool of batch buffers of this process (shared memory inside DataLoader workers)."""
@@ -777,7 +798,10 @@ class WindowDataset(_WindowSource, Dataset[dict[str, Any]]):
     seed
         Seed of random positions/angles and of ``shuffle``.
     shuffle
-        Shuffle the window table once (seeded); otherwise row-major per (cube, time).
+        Shuffle the window table once (seeded); otherwise in chunk order: per (cube, time),
+        chunk row by chunk row, chunk by chunk, row-major inside a chunk. (A DataLoader hands
+        consecutive batches to different workers; in chunk order they need different chunks,
+        so each chunk is decoded about once, as with the iterable dataset.)
     augment
         Random 90-degree rotations and flips (:func:`landcover.transforms.random_dihedral`;
         non-square windows only get the shape-keeping half of them, so batches stack).
@@ -789,7 +813,10 @@ class WindowDataset(_WindowSource, Dataset[dict[str, Any]]):
     max_windows
         Keep at most this many windows (after shuffling).
     cache_mb
-        Per-process bound of the decoded-chunk cache.
+        Bound of the decoded-chunk cache of the process that reads; :func:`make_loader`
+        shares it out among its workers (``cache_mb / num_workers`` each: in chunk order a
+        worker needs the chunks of its own batches only), so that memory stays bounded
+        whatever the number of workers.
     target_dtype
         ``"float32"``: fractions (default, for code that reads items directly);
         ``"uint8"``: the stored steps of 1/250 (a quarter of the bytes to build, collate
@@ -867,13 +894,10 @@ class WindowIterableDataset(_WindowSource, IterableDataset[dict[str, Any]]):
     def order(self, epoch: int = 0) -> np.ndarray:
         """Window indices in visiting order for ``epoch`` (all workers together)."""
         w = self.windows
-        py, px = self.spec.pad
-        ch, cw = np.array([c.chunk[0] for c in self.cubes]), np.array([c.chunk[1] for c in self.cubes])
-        crow = (w.row - py) // ch[w.cube]
-        ccol = (w.col - px) // cw[w.cube]
-        pair = w.cube * (max(c.times for c in self.cubes)) + w.time
+        keys = self._chunk_keys(w)
         if not self.spec.shuffle:
-            return np.lexsort((w.col, w.row, ccol, crow, pair))
+            return np.lexsort(keys)
+        ccol, crow, pair = keys[2:]
         rng = np.random.default_rng([self.spec.seed, 11, epoch])
         pair_rank = rng.permutation(int(pair.max()) + 1)[pair] if len(pair) else pair
         row_rank = rng.permutation(int(crow.max()) + 1)[crow] if len(crow) else crow
@@ -955,6 +979,10 @@ def _worker_init(_worker_id: int, buffer_slots: int | None = None) -> None:
     set_worker_slots(buffer_slots)
     torch.set_num_threads(1)
     info = get_worker_info()
+    if info is not None and info.num_workers > 1:  # the dataset's cache bound is shared out
+        ds = info.dataset.dataset if isinstance(info.dataset, BatchedWindows) else info.dataset
+        if isinstance(ds, _WindowSource):
+            ds.cache_mb = ds.cache_mb / info.num_workers
     if info is not None:  # share the cores among workers: blosc decodes with threads too
         import numcodecs.blosc
 

@@ -1317,23 +1317,30 @@ class _Taps:
     ) -> np.ndarray:
         """Bilinear samples (float32, (rows, m)) of the rows of ``flat`` ((rows, fh*fw)), at ``sel``.
 
-        Row by row: one source row (converted to float32 once) serves its four taps
-        while it is in cache, and every product is formed in place.
+        Row by row, every product formed in place. For all pixels, one source row
+        (converted to float32 once) serves its four taps while it is in cache; for a
+        subset (``sel``, e.g. the mixed label pixels) the taps are gathered from the row in
+        its own dtype instead, with no conversion of the whole footprint (small integers
+        convert to float32 exactly, so the result is the same).
         """
         ix = self.index if sel is None else tuple(ik[sel] for ik in self.index)
         ws = self.weights if sel is None else [wk[sel] for wk in self.weights]
         m = len(ix[0])
         res = np.empty((flat.shape[0], m), dtype="float32") if dest is None else dest
-        src = np.empty(flat.shape[1], dtype="float32")
+        exact = sel is not None and flat.dtype.kind in "biu" and flat.dtype.itemsize <= 2
+        got = np.empty(m, dtype=flat.dtype if exact else "float32")
+        src = None if exact else np.empty(flat.shape[1], dtype="float32")
         tap = np.empty(m, dtype="float32")
         for r in range(flat.shape[0]):
             row = res[r]
-            np.copyto(src, flat[r], casting="unsafe")
-            np.take(src, ix[0], out=row)
-            row *= ws[0]
+            if src is not None:
+                np.copyto(src, flat[r], casting="unsafe")
+            plane = flat[r] if src is None else src
+            np.take(plane, ix[0], out=got)
+            np.multiply(got, ws[0], out=row)
             for k in range(1, 4):
-                np.take(src, ix[k], out=tap)
-                tap *= ws[k]
+                np.take(plane, ix[k], out=got)
+                np.multiply(got, ws[k], out=tap)
                 row += tap
         return res
 

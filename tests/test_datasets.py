@@ -281,6 +281,51 @@ def test_iterable_visits_each_window_once_in_chunk_order(cube: Path) -> None:
     assert sorted(e0) == sorted(e1) and e0 != e1  # reshuffled per epoch
 
 
+def test_map_style_table_is_in_chunk_order(cube: Path) -> None:
+    # a DataLoader hands consecutive batches to different workers: in chunk order they need
+    # different chunks, so each chunk is decoded about once (not once per worker)
+    ds = WindowDataset(cube, size=16, min_valid=0.0, normalize=False)
+    w = ds.windows
+    key = list(zip(w.cube, w.time, w.row // 32, w.col // 32, w.row, w.col, strict=True))
+    assert key == sorted(key) and len(set(key)) == len(key)
+    it = WindowIterableDataset(cube, size=16, min_valid=0.0, normalize=False)
+    assert np.array_equal(it.order(0), np.arange(len(it)))  # the iterable's visiting order is the table's
+    batches = [set(zip(w.row[k : k + 8] // 32, w.col[k : k + 8] // 32, strict=True)) for k in range(0, 64, 8)]
+    assert all(not (a & b) for a, b in zip(batches[0::2], batches[1::2], strict=True))
+    shuffled = WindowDataset(cube, size=16, min_valid=0.0, normalize=False, shuffle=True)
+    same = sorted(map(tuple, shuffled.windows.positions().tolist()))
+    assert same == sorted(map(tuple, w.positions().tolist()))
+
+
+def test_chunk_cache_recycles_only_unreferenced_buffers() -> None:
+    from landcover.chunkreader import ChunkCache
+
+    cache = ChunkCache(100)
+    cache.get(("a",), lambda: np.zeros(80, "u1"))
+    held = cache.get(("b",), lambda: np.ones(80, "u1"))[10:20]  # evicts a: nothing refers to it
+    assert cache.recycled == 0
+    buf = cache.buffer((80,), np.dtype("u1"))  # a's memory again
+    assert cache.recycled == 1
+    buf[:] = 7
+    cache.get(("c",), lambda: buf)  # evicts b, still seen through ``held``
+    assert cache.buffer((80,), np.dtype("u1")) is not held.base  # a fresh one, b stays intact
+    assert (held == 1).all() and cache.recycled == 1
+
+
+def test_metadata_reader_does_not_import_torch(cube: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from landcover.cubemeta import inspect_cube, cube_stats; "
+        f"i = inspect_cube({str(cube)!r}); cube_stats(i, save=False); "
+        "assert 'torch' not in sys.modules, 'torch imported'; print(i.shape, len(i.classes))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["(150,", "130)", "44"]
+
+
 def test_chunk_cache_is_bounded(cube: Path) -> None:
     ds = WindowDataset(cube, size=16, stride=8, min_valid=0.0, cache_mb=0.5, normalize=False)
     for i in range(len(ds)):
