@@ -3,52 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..threads import THREADS_HELP
-from ._types import DEVICE_HELP, IntList, device
+from ._cluster import add_cluster_arguments
+from ._options import (
+    MODELS,
+    add_cubes_and_config,
+    add_device_option,
+    add_level_option,
+    add_loader_workers_option,
+    add_schedule_options,
+    add_seeds_option,
+    add_tracking_options,
+    training_overrides,
+)
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "compare",
         help="train native and RGB models on the same cubes/split/budget/seeds and write a report",
+        description="Train every model on the same cubes, split, label budgets and seeds, and write a "
+        "report with paired intervals. The runs go one after another in this process (default), or "
+        "as Dask tasks with --scheduler local (a LocalCluster: one single-threaded worker process per "
+        "core unless --workers/--threads-per-worker/--processes say otherwise) or --scheduler ADDRESS.",
     )
-    p.add_argument("cubes", nargs="*", help="cube stores (or give them in --config)")
+    add_cubes_and_config(p, config_help="TOML/YAML file ([compare] table or top level)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default compare-report)")
-    p.add_argument("--config", type=Path, default=None, help="TOML/YAML file ([compare] table or top level)")
     p.add_argument(
         "--models",
         nargs="+",
         default=None,
-        choices=["native", "native-imagenet-init", "rgb-imagenet", "rgb-scratch", "ssl4eo"],
+        choices=[*MODELS, "ssl4eo"],
         help="models to compare (default: from --config, else built in)",
     )
-    p.add_argument(
-        "--seeds",
-        action=IntList,
-        default=None,
-        metavar="N",
-        help="seeds, space- or comma-separated (default: from --config, else built in)",
-    )
-    p.add_argument(
-        "--window", type=int, default=None, help="window px (default: 128 on real cubes, 64 on synthetic)"
-    )
+    add_seeds_option(p)
+    add_schedule_options(p, window_help="window px (default: 128 on real cubes, 64 on synthetic)")
     p.add_argument(
         "--stride",
         type=int,
         default=None,
         help="window stride in pixels (default: from --config, else built in)",
-    )
-    p.add_argument(
-        "--epochs", type=int, default=None, help="training epochs (default: from --config, else built in)"
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="windows per batch (default: from --config, else built in)",
     )
     p.add_argument("--lr", type=float, default=None, help="peak LR with --lr-select fixed")
     p.add_argument(
@@ -86,13 +86,7 @@ def register(sub: Any) -> None:
         help="model size; base50: ResNet-50 encoder (its ImageNet/SSL4EO-L weights) "
         "(default: from --config, else built in)",
     )
-    p.add_argument(
-        "--level",
-        type=int,
-        choices=[1, 2, 3],
-        default=None,
-        help="CLC level of the classes (default: from --config, else built in)",
-    )
+    add_level_option(p)
     p.add_argument("--thermal", action="store_true", default=None, help="give native models the thermal band")
     p.add_argument(
         "--imagenet-weights",
@@ -112,14 +106,8 @@ def register(sub: Any) -> None:
         help="fetch missing published weights (hash-verified) into $TORCH_HOME/hub/checkpoints",
     )
     p.add_argument("--weights-url", default=None, help="URL base replacing the publishers' (a mirror)")
-    p.add_argument(
-        "--device",
-        type=device,
-        default=None,
-        metavar="DEVICE",
-        help=f"{DEVICE_HELP} (default: from --config, else built in)",
-    )
-    p.add_argument("--scheduler", default=None, help="run the runs on a Dask cluster: 'local' or an address")
+    add_device_option(p)
+    add_loader_workers_option(p)
     p.add_argument(
         "--threads",
         type=threads,
@@ -150,6 +138,8 @@ def register(sub: Any) -> None:
         default=None,
         help="skip the non-deep floor (gradient boosting on per-pixel spectra)",
     )
+    add_tracking_options(p)
+    add_cluster_arguments(p, default="none", threads_help="1: one training per worker")
     p.set_defaults(func=run)
 
 
@@ -173,14 +163,10 @@ def run(args: argparse.Namespace) -> int:
         args.config,
         section="compare",
         overrides={
-            "cubes": tuple(args.cubes) if args.cubes else None,
+            **training_overrides(args),
             "out": args.out,
             "models": tuple(args.models) if args.models else None,
-            "seeds": tuple(args.seeds) if args.seeds else None,
-            "window": args.window,
             "stride": args.stride,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
             "lr": args.lr,
             "lr_select": args.lr_select,
             "lr_grid": tuple(args.lr_grid) if args.lr_grid else None,
@@ -195,24 +181,45 @@ def run(args: argparse.Namespace) -> int:
             "weights_url": args.weights_url,
             "max_train_windows": args.budget,
             "preset": args.preset,
-            "level": args.level,
             "thermal": args.thermal,
-            "imagenet_weights": args.imagenet_weights,
-            "device": args.device,
-            "scheduler": args.scheduler,
             "budgets": tuple(args.budgets) if args.budgets else None,
             "speed_thresholds": tuple(args.speed_thresholds) if args.speed_thresholds else None,
             "reference": args.reference,
             "n_boot": args.n_boot,
             "baseline": args.baseline,
-            "progress": False if args.quiet else None,
             "threads": args.threads if isinstance(args.threads, int) else None,
         },
     )
     if args.threads == "auto":  # overrides a number in the config file
-        from dataclasses import replace
-
         cfg = replace(cfg, threads=None)
-    report = write_report(run_compare(cfg))
+    from ..tracking import check_tracking
+    from ._inputs import check_cubes
+
+    check_cubes(cfg.cubes)  # input checks before a cluster starts
+    check_tracking(cfg.tensorboard, cfg.mlflow)
+    with _cluster(args, cfg.scheduler) as client:
+        result = run_compare(replace(cfg, scheduler=None), client=client)
+    report = write_report(result)
     print(f"report: {report}")
     return 0
+
+
+@contextlib.contextmanager
+def _cluster(args: argparse.Namespace, configured: str | None) -> Iterator[Any]:
+    """The cluster of the shared options (``--scheduler``, else the config's ``scheduler``, else none).
+
+    A LocalCluster for trainings defaults to one single-threaded worker process per core.
+    """
+    import os
+    import sys
+
+    from ..cluster.client import open_cluster
+    from ._cluster import cluster_options_from_args
+
+    options = cluster_options_from_args(args, scheduler=configured)
+    if options.kind == "local" and options.workers is None and options.threads_per_worker is None:
+        options = replace(options, workers=os.cpu_count() or 1, processes=True)
+    quiet = getattr(args, "quiet", False)
+    announce = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    with open_cluster(options, default_threads=1, announce=announce) as client:
+        yield client
