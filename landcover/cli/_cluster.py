@@ -39,6 +39,8 @@ def add_cluster_arguments(
     default: str = "local",
     threads_help: str = "CPU count + 2",
     unset: bool = False,
+    workers_help: str = "1",
+    description: str | None = None,
 ) -> None:
     """Add the shared cluster options to ``parser`` (one argument group, "Dask cluster").
 
@@ -46,10 +48,13 @@ def add_cluster_arguments(
     ``--memory-limit SIZE``, ``--processes`` and ``--dashboard-address ADDR``; read them
     back with :func:`cluster_options_from_args`. ``unset=True`` leaves every default
     ``None`` (batch jobs whose config file fills what the command line does not give).
+    ``workers_help`` and ``description`` word a command's own defaults (``compare``: no
+    cluster unless asked, a LocalCluster of one worker process per core).
     """
     g = parser.add_argument_group(
         "Dask cluster",
-        "Where the job runs. Default: a LocalCluster of threads sized for this machine, its dashboard "
+        description
+        or "Where the job runs. Default: a LocalCluster of threads sized for this machine, its dashboard "
         "link printed to stderr. 'none' uses Dask's threaded scheduler (no dashboard), an address "
         "(tcp://HOST:8786) a running `dask scheduler` whose workers see the same paths.",
     )
@@ -60,7 +65,11 @@ def add_cluster_arguments(
         help=f"Dask scheduler address, 'local' or 'none' (default: {default})",
     )
     g.add_argument(
-        "--workers", type=positive_int, default=None, metavar="N", help="LocalCluster workers (default 1)"
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"LocalCluster workers (default {workers_help})",
     )
     g.add_argument(
         "--threads-per-worker",

@@ -30,8 +30,7 @@ def register(sub: Any) -> None:
         help="train native and RGB models on the same cubes/split/budget/seeds and write a report",
         description="Train every model on the same cubes, split, label budgets and seeds, and write a "
         "report with paired intervals. The runs go one after another in this process (default), or "
-        "as Dask tasks with --scheduler local (a LocalCluster: one single-threaded worker process per "
-        "core unless --workers/--threads-per-worker/--processes say otherwise) or --scheduler ADDRESS.",
+        "as Dask tasks on a cluster (see 'Dask cluster' below).",
     )
     add_cubes_and_config(p, config_help="TOML/YAML file ([compare] table or top level)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default compare-report)")
@@ -139,7 +138,15 @@ def register(sub: Any) -> None:
         help="skip the non-deep floor (gradient boosting on per-pixel spectra)",
     )
     add_tracking_options(p)
-    add_cluster_arguments(p, default="none", threads_help="1: one training per worker")
+    add_cluster_arguments(
+        p,
+        default="none",
+        threads_help="1: one training per worker",
+        workers_help="with --scheduler local: one per core, as processes",
+        description="Where the trainings run. Default: one after another in this process ('none'). "
+        "'local' starts a LocalCluster (its dashboard link printed to stderr), an address "
+        "(tcp://HOST:8786) uses a running `dask scheduler` whose workers see the same paths.",
+    )
     p.set_defaults(func=run)
 
 
