@@ -393,6 +393,17 @@ class LandcoverAccessor:
 
     # -- plots -----------------------------------------------------------------------------------------
 
+    def _map_axes(self, ax: Axes) -> None:
+        """Easting/northing in km, the CRS named, short tick labels (:func:`~landcover.plotting.map_axes`)."""
+        from .grid import Grid
+        from .plotting import map_axes
+
+        try:
+            crs: Any = Grid.from_xarray(self._ds).crs
+        except Exception:  # noqa: BLE001 - a cube without a readable grid still plots, CRS unnamed
+            crs = None
+        map_axes(ax, crs)
+
     def _show(
         self,
         img: xr.DataArray,
@@ -408,8 +419,7 @@ class LandcoverAccessor:
             arr = np.where(np.isnan(arr), 1.0, arr)
         ax = _axes(ax)
         ax.imshow(arr, extent=_extent(img), interpolation="nearest", **imshow)
-        ax.set_xlabel("x (CRS units)")
-        ax.set_ylabel("y (CRS units)")
+        self._map_axes(ax)
         if title:
             ax.set_title(title)
         return ax
@@ -449,12 +459,13 @@ class LandcoverAccessor:
         """Dominant CORINE class in the legend colours, with a legend of the classes present."""
         from matplotlib.patches import Patch
 
+        from .plotting import wrap_label
+
         img = self.label_image(level=level, max_pixels=max_pixels)
         full = self._var("labels")
         ax = _axes(ax)
         ax.imshow(np.asarray(img.values), extent=_extent(full), interpolation="nearest")
-        ax.set_xlabel("x (CRS units)")
-        ax.set_ylabel("y (CRS units)")
+        self._map_axes(ax)
         lvl = self.level if level is None else level
         ax.set_title(f"dominant CLC class (level {lvl})")
         if legend:
@@ -467,7 +478,7 @@ class LandcoverAccessor:
                 Patch(
                     facecolor=_rgb01(colours[int(c)]),
                     edgecolor="0.3",
-                    label=f"{int(c)} {names.get(int(c), '')}"[:40],
+                    label=wrap_label(f"{int(c)} {names.get(int(c), '')}".strip(), 40),
                 )
                 for c in present
                 if int(c) in colours
@@ -500,6 +511,8 @@ class LandcoverAccessor:
         import matplotlib.pyplot as plt
         from matplotlib.colors import LinearSegmentedColormap
 
+        from .plotting import wrap_label
+
         frac = self.fractions(level=level)
         step = _step((frac.sizes["y"], frac.sizes["x"]), max_pixels)
         frac = frac.isel(y=slice(None, None, step), x=slice(None, None, step))
@@ -530,7 +543,7 @@ class LandcoverAccessor:
                 bad="0.85"
             )
             image = ax.imshow(sub[k], extent=extent, vmin=0.0, vmax=1.0, cmap=cmap, interpolation="nearest")
-            ax.set_title(f"{c} {names.get(c, '')}"[:32], fontsize=8)
+            ax.set_title(wrap_label(f"{c} {names.get(c, '')}".strip(), 32), fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
         if image is not None:  # one neutral scale bar: every panel runs from white (0) to its colour (1)
@@ -553,8 +566,7 @@ class LandcoverAccessor:
         arr = np.asarray(plane.isel(y=slice(None, None, step), x=slice(None, None, step)).values, dtype=bool)
         ax = _axes(ax)
         ax.imshow(arr, extent=_extent(plane), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_xlabel("x (CRS units)")
-        ax.set_ylabel("y (CRS units)")
+        self._map_axes(ax)
         ax.set_title(f"valid pixels ({100 * float(arr.mean()):.0f} %)")
         return ax
 
@@ -592,6 +604,7 @@ class LandcoverAccessor:
             ax.set_xlim(left, right)
             ax.set_ylim(bottom, top)
             ax.set_aspect("equal")
+            self._map_axes(ax)
         else:
             raise ValueError(f"unknown background {background!r}")
         n = len(index)

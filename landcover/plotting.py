@@ -44,6 +44,13 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_per_class",
     "plot_score_vs_budget",
+    "plot_quicklook",
+    "quicklook_figure",
+    "learning_curves_figure",
+    "per_class_figure",
+    "metric_label",
+    "wrap_label",
+    "map_axes",
 ]
 
 RGB = tuple[int, int, int]
@@ -96,6 +103,83 @@ def default_colors(codes: Sequence[int]) -> dict[int, RGB]:
 def _default_names(codes: Sequence[int]) -> dict[int, str]:
     table = _corine_table()
     return {int(c): table[int(c)][1] for c in codes if int(c) in table}
+
+
+_METRIC_WORDS = {
+    "miou": "mIoU",
+    "acc": "accuracy",
+    "f1": "F1 score",
+    "loss": "loss",
+    "mae_present": "fraction MAE (classes present)",
+    "mae": "fraction MAE",
+    "iou": "IoU",
+}
+_SPLIT_WORDS = {"val": "validation", "train": "training", "test": "test"}
+
+
+def metric_label(metric: str) -> str:
+    """A history or report column in words: ``"val_miou_l3"`` -> ``"validation mIoU (CLC level 3)"``.
+
+    Unknown names are returned with underscores as spaces.
+    """
+    rest = metric
+    split = ""
+    for prefix, word in _SPLIT_WORDS.items():
+        if rest.startswith(prefix + "_"):
+            split, rest = word, rest[len(prefix) + 1 :]
+            break
+    level = ""
+    head, _, tail = rest.rpartition("_l")
+    if head and tail.isdigit():
+        rest, level = head, f" (CLC level {tail})"
+    words = _METRIC_WORDS.get(rest, rest.replace("_", " "))
+    return f"{split} {words}{level}".strip()
+
+
+def _bounded_below(metric: str) -> bool:
+    """Whether a column cannot be negative (losses, scores, errors): its bands stop at 0."""
+    return any(k in metric for k in ("loss", "miou", "acc", "f1", "iou", "mae"))
+
+
+def _bounded_above(metric: str) -> bool:
+    """Whether a column is a score in [0, 1] (its bands stop at 1)."""
+    return any(k in metric for k in ("miou", "acc", "f1", "iou")) and "loss" not in metric
+
+
+def map_axes(ax: Any, crs: Any = None, *, nbins: int = 5) -> None:
+    """Label a map panel's axes in words with short, non-overlapping tick labels.
+
+    Projected coordinates are shown in kilometres (``"412"`` rather than ``"412000"``, no ``1e6``
+    offset), at most ``nbins`` ticks per axis; geographic ones in degrees. ``crs`` (anything with
+    ``to_string()``, or text) is named in the labels.
+    """
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    geographic = bool(getattr(crs, "is_geographic", False))
+    name = crs.to_string() if hasattr(crs, "to_string") else (str(crs) if crs else "")
+    where = f", {name}" if name else ""
+    if geographic:
+        ax.set_xlabel(f"longitude (°{where})")
+        ax.set_ylabel(f"latitude (°{where})")
+        fmt = FuncFormatter(lambda v, _pos: f"{v:.6g}")
+    else:
+        ax.set_xlabel(f"easting (km{where})")
+        ax.set_ylabel(f"northing (km{where})")
+        fmt = FuncFormatter(lambda v, _pos: f"{v / 1000:.6g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=nbins, steps=[1, 2, 2.5, 5, 10]))
+        axis.set_major_formatter(fmt)
+
+
+def wrap_label(text: str, width: int = 24) -> str:
+    """Break a long class label over lines of at most ``width`` characters (never cut)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width, break_long_words=False)) or text
+
+
+def _class_labels(codes: Sequence[int], names: Mapping[int, str], width: int = 24) -> list[str]:
+    return [wrap_label(f"{c} {names[c]}", width) if c in names else str(c) for c in codes]
 
 
 def _as_rgb(value: Any) -> RGB:
@@ -170,19 +254,15 @@ def class_map_rgb(
     return out
 
 
-def _atomic_png(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+def _save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
+    from .atomic import replacing
+
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return dest, dest.with_name(f".{dest.stem}.tmp{dest.suffix or '.png'}")
-
-
-def _save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
-    dest, tmp = _atomic_png(path)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-        tmp.replace(dest)
+        with replacing(dest) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
     finally:
-        tmp.unlink(missing_ok=True)
         fig.clear()
     return dest
 
@@ -206,12 +286,12 @@ def save_class_map_png(
     from PIL import Image
 
     rgb = class_map_rgb(labels, codes, colors=colors, values=values, nodata_rgb=nodata_rgb)
-    dest, tmp = _atomic_png(path)
-    try:
+    from .atomic import replacing
+
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(dest) as tmp:
         Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
-        tmp.replace(dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -309,7 +389,25 @@ def plot_learning_curves(
     title: str | None = None,
     ylabel: str | None = None,
 ) -> Path:
-    """One line per model (mean over its seeds) with a shaded seed band.
+    """One line per model (mean over its seeds) with a shaded seed band (:func:`learning_curves_figure`)."""
+    fig = learning_curves_figure(runs, metric=metric, x=x, kind=kind, band=band, title=title, ylabel=ylabel)
+    return _save(fig, path)
+
+
+def learning_curves_figure(
+    runs: Mapping[str, History | Sequence[History]],
+    *,
+    metric: str = "val_miou_l3",
+    x: Literal["samples_seen", "epoch"] = "samples_seen",
+    kind: Literal["auto", "samples", "epochs"] = "auto",
+    band: Literal["std", "minmax", "ci95"] = "std",
+    title: str | None = None,
+    ylabel: str | None = None,
+) -> Figure:
+    """The figure of :func:`plot_learning_curves`: one line per model with a shaded seed band.
+
+    Bands of columns that cannot be negative (losses, scores, errors) stop at 0, those of
+    scores at 1; the y axis is labelled in words (:func:`metric_label`) unless ``ylabel``.
 
     Parameters
     ----------
@@ -352,26 +450,40 @@ def plot_learning_curves(
             grid, mean, marker="o" if grid.size < 15 else None, ms=3, label=f"{name} (n={len(ys)})"
         )
         if len(ys) > 1:
-            if band in ("std", "ci95"):
-                sd = ys.std(axis=0, ddof=1)
-                if band == "ci95":
-                    from scipy.stats import t as student_t
-
-                    sd = sd * float(student_t.ppf(0.975, len(ys) - 1)) / math.sqrt(len(ys))
-                ax.fill_between(grid, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, lw=0)
-            else:
-                ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=line.get_color(), alpha=0.2, lw=0)
+            lo_band, hi_band = _seed_band(ys, band)
+            if _bounded_below(metric):
+                lo_band = np.maximum(lo_band, 0.0)
+            if _bounded_above(metric):
+                hi_band = np.minimum(hi_band, 1.0)
+            ax.fill_between(grid, lo_band, hi_band, color=line.get_color(), alpha=0.2, lw=0)
         drawn += 1
     ax.set_xlabel("training samples seen" if x == "samples_seen" else "epoch")
-    ax.set_ylabel(ylabel or metric)
+    ax.set_ylabel(ylabel or metric_label(metric))
+    if drawn and _bounded_below(metric):
+        ax.set_ylim(bottom=0.0)
     ax.grid(True, alpha=0.3)
     if drawn:
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, f"no data for {metric}", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, f"no data for {metric_label(metric)}", ha="center", va="center", transform=ax.transAxes
+        )
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return fig
+
+
+def _seed_band(ys: np.ndarray, band: str) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper edge of the band across seeds (rows of ``ys``)."""
+    if band == "minmax":
+        return ys.min(axis=0), ys.max(axis=0)
+    mean = ys.mean(axis=0)
+    sd = ys.std(axis=0, ddof=1)
+    if band == "ci95":
+        from scipy.stats import t as student_t
+
+        sd = sd * float(student_t.ppf(0.975, len(ys) - 1)) / math.sqrt(len(ys))
+    return mean - sd, mean + sd
 
 
 def plot_history(history: History, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
@@ -382,13 +494,13 @@ def plot_history(history: History, path: str | os.PathLike[str], *, title: str |
         for kind in ("samples", "epochs"):
             cx, cy = _curve(history, col, "samples_seen", kind)
             if cx.size:
-                ax1.plot(cx, cy, style, label=f"{col} ({kind})")
+                ax1.plot(cx, cy, style, label=metric_label(col))
                 break
     for col in ("val_miou_l3", "val_acc_l3", "val_f1_l3"):
         for kind in ("samples", "epochs"):
             cx, cy = _curve(history, col, "samples_seen", kind)
             if cx.size:
-                ax2.plot(cx, cy, label=col)
+                ax2.plot(cx, cy, label=metric_label(col))
                 break
     for ax, ylabel in ((ax1, "loss"), (ax2, "score")):
         ax.set_xlabel("training samples seen")
@@ -501,7 +613,7 @@ def plot_confusion_matrix(
             m = m / m.sum(axis=0, keepdims=True)
     m = np.nan_to_num(m, nan=0.0)
     names = dict(names) if names is not None else _default_names(codes)
-    labels = [f"{c} {names[c]}"[:28] if c in names else str(c) for c in codes]
+    labels = _class_labels(codes, names, width=28)
     g = len(codes)
     size = max(4.0, 0.35 * g + 2.5)
     fig = _figure(size + 1.0, size)
@@ -542,6 +654,26 @@ def plot_per_class(
     errors
         Optional model name -> {class code -> error bar half-height} (e.g. std over seeds).
     """
+    return _save(per_class_figure(scores, metric=metric, names=names, errors=errors, title=title), path)
+
+
+def per_class_figure(
+    scores: Mapping[str, Mapping[int, float]],
+    *,
+    metric: str = "IoU",
+    names: Mapping[int, str] | None = None,
+    errors: Mapping[str, Mapping[int, float]] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The figure of :func:`plot_per_class`: grouped bars, full class names (wrapped, never cut).
+
+    Parameters
+    ----------
+    scores
+        Model name -> {class code -> score}.
+    errors
+        Optional model name -> {class code -> error bar half-height} (e.g. std over seeds).
+    """
     codes = sorted({int(c) for s in scores.values() for c in s})
     names = dict(names) if names is not None else _default_names(codes)
     n_models = max(len(scores), 1)
@@ -555,12 +687,96 @@ def plot_per_class(
         if errors is not None and model in errors:
             err = np.array([errors[model].get(c, 0.0) for c in codes], dtype=np.float64)
         ax.bar(xs - 0.4 + width * (i + 0.5), np.nan_to_num(vals), width, yerr=err, label=model, capsize=2)
-    labels = [f"{c} {names[c]}"[:22] if c in names else str(c) for c in codes]
+    labels = _class_labels(codes, names)
     ax.set_xticks(xs, labels, rotation=90 if len(codes) > 6 or names else 0, fontsize=7)
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric_label(metric))
     ax.set_ylim(0, 1.05)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return fig
+
+
+def quicklook_figure(
+    index: np.ndarray,
+    codes: Sequence[int],
+    *,
+    extent: tuple[float, float, float, float] | None = None,
+    crs: Any = None,
+    colors: Mapping[int, Any] | None = None,
+    names: Mapping[int, str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The figure of :func:`plot_quicklook`: the class map in map coordinates with a legend beside it.
+
+    The legend sits outside the map in the figure's constrained layout (nothing is clipped, whatever
+    the names' length); the axes carry easting/northing (:func:`map_axes`).
+    """
+    codes = [int(c) for c in codes]
+    idx = np.asarray(index)
+    table = {
+        c: tuple(int(v) for v in rgb) for c, rgb in zip(codes, _resolve_colors(codes, colors), strict=True)
+    }
+    names = dict(names) if names is not None else _default_names(codes)
+    h, w = idx.shape
+    aspect = (
+        (extent[1] - extent[0]) / max(abs(extent[3] - extent[2]), 1e-9)
+        if extent is not None
+        else w / max(h, 1)
+    )
+    fig = _figure(5.5 * min(max(aspect, 0.5), 2.0) + 3.6, 5.5)
+    ax = fig.add_subplot()
+    ax.imshow(class_map_rgb(idx, codes, colors=table, values="index"), extent=extent, interpolation="nearest")
+    if extent is not None:
+        map_axes(ax, crs)
+    else:
+        ax.set_xlabel("column (pixels)")
+        ax.set_ylabel("row (pixels)")
+    ax.set_title(title or "Predicted land cover (CORINE legend)")
+    present = [codes[i - 1] for i in np.unique(idx) if 1 <= i <= len(codes)]
+    handles = [
+        Patch(
+            facecolor=(table[c][0] / 255.0, table[c][1] / 255.0, table[c][2] / 255.0),
+            edgecolor="0.3",
+            label=wrap_label(f"{c} {names.get(c, '')}".strip(), 34),
+        )
+        for c in present
+    ]
+    if (idx == 0).any():
+        handles.append(Patch(facecolor=(1.0, 1.0, 1.0), edgecolor="0.3", label="nodata"))
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False)
+    return fig
+
+
+def plot_quicklook(
+    index: np.ndarray,
+    codes: Sequence[int],
+    path: str | os.PathLike[str],
+    *,
+    extent: tuple[float, float, float, float] | None = None,
+    crs: Any = None,
+    title: str | None = None,
+    dpi: int = 110,
+) -> Path:
+    """Write a PNG quick-look of a class map: map coordinates, a legend of the classes present.
+
+    Parameters
+    ----------
+    index
+        ``(H, W)`` palette indices: ``1..K`` = ``codes[i - 1]``, 0 = nodata (the COG encoding).
+    codes
+        CLC code of each palette index 1..K.
+    path
+        Output PNG (written atomically).
+    extent
+        ``(left, right, bottom, top)`` of the map in ``crs`` units (pixel edges); None: pixel axes.
+    crs
+        The map's CRS, named in the axis labels.
+    title
+        Figure title.
+    dpi
+        Resolution of the PNG.
+    """
+    return _save(quicklook_figure(index, codes, extent=extent, crs=crs, title=title), path, dpi=dpi)

@@ -1479,11 +1479,10 @@ def write_quicklook(
     """Write a PNG quick-look of the class map with a legend of the classes present.
 
     ``source`` is the class-map COG (read from its overviews, cheap) or a
-    prediction Dataset (subsampled by striding).
+    prediction Dataset (subsampled by striding). The drawing is
+    :func:`landcover.plotting.plot_quicklook` (map coordinates, legend beside the map).
     """
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
+    from .plotting import plot_quicklook
 
     if isinstance(source, str | os.PathLike):
         import rasterio
@@ -1497,6 +1496,8 @@ def write_quicklook(
             )
             idx = src.read(1, out_shape=shape)
             codes = json.loads(src.tags()["CLASS_CODES"])
+            left, bottom, right, top = src.bounds
+            crs: Any = src.crs
     else:
         codes = [int(c) for c in source["class"].values]
         cm = source["class_map"]
@@ -1506,31 +1507,10 @@ def write_quicklook(
         for i, c in enumerate(codes):
             lut[c] = i + 1
         idx = np.where(vals == NODATA_CODE, NODATA_INDEX, lut[np.clip(vals, 0, len(lut) - 1)])
-    legend = legend_for(codes)
-    colours: list[tuple[float, float, float]] = [(1.0, 1.0, 1.0)]
-    colours += [(r / 255, g / 255, b / 255) for r, g, b in (legend[c][1] for c in codes)]
-    cmap = ListedColormap(colours)
-    present = sorted(int(v) for v in np.unique(idx) if v != NODATA_INDEX)
-    fig = Figure(figsize=(9, 6.5), dpi=110)
-    ax = fig.subplots()
-    ax.imshow(idx, cmap=cmap, vmin=0, vmax=len(colours) - 1, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title or "Predicted land cover (CORINE legend)")
-    handles: list[Patch] = [
-        Patch(facecolor=colours[v], edgecolor="0.3", label=f"{codes[v - 1]} {legend[codes[v - 1]][0]}")
-        for v in present
-    ]
-    if (idx == NODATA_INDEX).any():
-        handles.append(Patch(facecolor="white", edgecolor="0.3", label="nodata"))
-    if handles:
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
-    fig.tight_layout()
-    dst = Path(path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{dst.suffix}")
-    fig.savefig(tmp)
-    tmp.replace(dst)
-    return dst
+        grid = Grid.from_xarray(cm)
+        left, bottom, right, top = grid.bounds
+        crs = grid.crs
+    return plot_quicklook(idx, codes, path, extent=(left, right, bottom, top), crs=crs, title=title)
 
 
 def predict_map(

@@ -131,3 +131,152 @@ def test_no_pyplot_state_is_created() -> None:
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- issue 19: figures a reader can read (objects checked, not pixels) -----------------------------
+
+LONG = {243: "Land principally occupied by agriculture, with significant areas of natural vegetation"}
+
+
+def _drawn(fig):
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def _inside(inner, outer) -> bool:
+    return (
+        inner.x0 >= outer.x0 - 0.5
+        and inner.y0 >= outer.y0 - 0.5
+        and inner.x1 <= outer.x1 + 0.5
+        and (inner.y1 <= outer.y1 + 0.5)
+    )
+
+
+def _overlapping_ticks(fig) -> list[tuple[str, str]]:
+    """Pairs of visible tick labels on one axis closer than one em (they read as one number)."""
+    import itertools
+
+    renderer = _drawn(fig)
+    bad = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            boxes = [
+                (t.get_text(), t.get_window_extent(renderer).padded(0.5 * t.get_fontsize() * fig.dpi / 72))
+                for tick, t in zip(axis.get_major_ticks(), axis.get_ticklabels(), strict=False)
+                if t.get_visible() and t.get_text() and lo <= tick.get_loc() <= hi
+            ]
+            bad += [(a, b) for (a, x), (b, y) in itertools.combinations(boxes, 2) if x.overlaps(y)]
+    return bad
+
+
+def test_metric_names_in_words() -> None:
+    from landcover.plotting import metric_label
+
+    assert metric_label("val_miou_l3") == "validation mIoU (CLC level 3)"
+    assert metric_label("train_loss") == "training loss"
+    assert metric_label("test_mae_present_l1") == "test fraction MAE (classes present) (CLC level 1)"
+    assert metric_label("acc_l2") == "accuracy (CLC level 2)"
+
+
+def test_learning_curve_bands_stop_at_zero_and_axes_are_in_words() -> None:
+    from matplotlib.collections import PolyCollection
+
+    from landcover.plotting import learning_curves_figure
+
+    # seeds that disagree a lot near 0: mean - t * sd is far below 0
+    runs = {"native": [_history(-0.19), _history(0.0), _history(0.3)]}
+    for band in ("ci95", "std", "minmax"):
+        fig = learning_curves_figure(runs, metric="val_miou_l3", band=band)
+        ax = fig.axes[0]
+        bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert bands, band
+        ys = np.concatenate([p.vertices[:, 1] for c in bands for p in c.get_paths()])
+        assert ys.min() >= 0.0 and ys.max() <= 1.0, (band, ys.min(), ys.max())
+        assert ax.get_ylim()[0] >= 0.0
+        assert ax.get_ylabel() == "validation mIoU (CLC level 3)"
+        assert ax.get_xlabel() == "training samples seen"
+    fig = learning_curves_figure(runs, metric="val_loss", kind="epochs")
+    assert fig.axes[0].get_ylabel() == "validation loss" and fig.axes[0].get_ylim()[0] >= 0.0
+
+
+def test_history_legends_in_words(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    import landcover.plotting as plotting
+
+    seen: list[Figure] = []
+    real_save = plotting._save
+
+    def keep(fig, path, **kw):
+        seen.append(fig)
+        texts = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        keep.texts = texts  # type: ignore[attr-defined]
+        return real_save(fig, path, **kw)
+
+    plotting._save = keep
+    try:
+        plotting.plot_history(_history(0.0), tmp_path / "h.png")
+    finally:
+        plotting._save = real_save
+    texts = keep.texts  # type: ignore[attr-defined]
+    assert "validation mIoU (CLC level 3)" in texts and "training loss" in texts
+    assert not [t for t in texts if "_" in t]
+
+
+def test_per_class_and_confusion_labels_are_not_truncated() -> None:
+    from landcover.plotting import per_class_figure
+
+    names = {111: "Continuous urban fabric", **LONG}
+    fig = per_class_figure({"a": {111: 0.5, 243: 0.7}}, names=names)
+    ticks = [t.get_text().replace("\n", " ") for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["111 Continuous urban fabric", f"243 {LONG[243]}"]
+    assert fig.axes[0].get_ylabel() == "IoU"
+
+
+def test_quicklook_legend_inside_the_figure_with_map_coordinates(tmp_path: Path) -> None:
+    from landcover.plotting import plot_quicklook, quicklook_figure
+
+    codes = [111, 243, 311]
+    index = np.zeros((60, 90), dtype="uint8")
+    index[:, :30], index[:, 30:60], index[:20, 60:] = 1, 2, 3  # 0 (nodata) elsewhere
+    extent = (400_000.0, 402_700.0, 5_480_000.0, 5_481_800.0)  # 30 m pixels, UTM 32N
+    fig = quicklook_figure(index, codes, extent=extent, crs="EPSG:32632")
+    renderer = _drawn(fig)
+    (legend,) = fig.legends
+    assert _inside(legend.get_window_extent(renderer), fig.bbox)
+    labels = [t.get_text().replace("\n", " ") for t in legend.get_texts()]
+    assert labels == ["111 Continuous urban fabric", f"243 {LONG[243]}", "311 Broad-leaved forest", "nodata"]
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "easting (km, EPSG:32632)" and ax.get_ylabel() == "northing (km, EPSG:32632)"
+    assert ax.get_xlim() == (400_000.0, 402_700.0)
+    assert ax.xaxis.get_offset_text().get_text() == "" and not _overlapping_ticks(fig)
+    png = _png(plot_quicklook(index, codes, tmp_path / "q.png", extent=extent, crs="EPSG:32632"))
+    assert png.shape[1] > png.shape[0]  # the legend is beside the map, in the file
+
+
+def test_map_panels_of_notebook_01_have_no_overlapping_tick_labels(tmp_path: Path) -> None:
+    """The notebook's layouts (two panels in 12 in, three in 16 in) at its 512 px scene size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from landcover.store import open_cube
+    from landcover.testing.cubes import make_cube
+
+    cube = open_cube(make_cube(tmp_path / "c.zarr", shape=(512, 512), chunks=256))
+    try:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
+        cube.landcover.plot_rgb(ax=axes[0])
+        cube.landcover.plot_labels(ax=axes[1], legend=False)
+        assert not _overlapping_ticks(fig)
+        assert axes[0].get_xlabel().startswith("easting (km")
+        assert axes[0].yaxis.get_offset_text().get_text() == ""
+        index = cube.landcover.windows(64, stride=32)
+        fig, axes = plt.subplots(1, 3, figsize=(16, 5.5), layout="constrained")
+        for ax, background in zip(axes, ("rgb", "valid", "none"), strict=True):
+            cube.landcover.plot_windows(index, 64, ax=ax, background=background)
+        assert not _overlapping_ticks(fig)
+    finally:
+        plt.close("all")
