@@ -14,7 +14,11 @@ The baseline, measured in the same run on the same machine: writing the very sam
 the same per-array codecs and the same number of scheduler threads. CPU seconds of both
 are printed too (less sensitive to other load on a shared machine than wall time).
 Also compares codecs (blosc-zstd, blosc-lz4, zstd, none) on that raw write.
-Targets: peak RSS < 2 GiB whatever the size; build speed >= 50 % of the raw write.
+Targets (issue 20): build speed >= 70 % of the raw write, peak RSS < 2 GiB whatever the
+size, build time linear in the number of scenes: a least-squares line t = a + b * n over the
+scene counts gives the slope b (seconds per added scene) and the largest relative deviation
+of a measured time from the line (goal < 15 %). Printed as a met / NOT-met table, with
+``/proc/loadavg`` at the start and the end (a shared machine: say how loaded it was).
 Synthetic data generation is not timed.
 """
 
@@ -80,6 +84,11 @@ def _cpu() -> float:
     return float(t.user + t.system)
 
 
+def _load() -> str:
+    p = Path("/proc/loadavg")
+    return " ".join(p.read_text().split()[:3]) if p.exists() else "?"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=7000)
@@ -101,7 +110,7 @@ def main() -> int:
     print(
         f"# bench_cube: size {args.size} px, scenes {args.scenes}, chunk {args.chunk}, "
         f"cpus {os.cpu_count()}, "
-        f"threads {threads} (build and raw write)"
+        f"threads {threads} (build and raw write), loadavg {_load()}"
     )
     t0 = time.perf_counter()
     grid = scene_grid(size=args.size)
@@ -183,10 +192,26 @@ def main() -> int:
                 f"  {codec:10s}: {dt:6.1f} s  {raw / dt / 1e6:7.1f} MB/s  {size / 1e6:8.1f} MB  "
                 f"ratio {raw / size:5.2f}x"
             )
-    print(
-        f"# targets: peak RSS < 2 GiB -> max {max(r[4] for r in rows) / 2**30:.2f} GiB; "
-        f"build >= 50 % of raw write -> min {min(r[5] / r[1] for r in rows) * 100:.1f} %"
-    )
+    peak = max(r[4] for r in rows) / 2**30
+    speed = min(r[5] / r[1] for r in rows)
+    table = [
+        ("build speed / raw Zarr write (worst count)", f"{speed * 100:.1f} %", ">= 70 %", speed >= 0.70),
+        ("peak RSS of the build", f"{peak:.2f} GiB", "< 2 GiB", peak < 2.0),
+    ]
+    if len(rows) > 2:
+        import numpy as np
+
+        ns = np.array([r[0] for r in rows], dtype=float)
+        ts = np.array([r[1] for r in rows], dtype=float)
+        slope, icpt = np.polyfit(ns, ts, 1)
+        dev = float(np.max(np.abs(ts - (icpt + slope * ns)) / ts))
+        print(f"# least-squares line: t = {icpt:.1f} s + {slope:.1f} s x scenes (max deviation {dev:.1%})")
+        table.append(("linear in scenes: max deviation from line", f"{dev:.1%}", "< 15 %", dev < 0.15))
+        table.append(("slope (s per added scene)", f"{slope:.1f} s", "reported", True))
+    print(f"\n{'figure (' + str(args.size) + ' px)':<44} {'now':>10} {'goal':>9}  result")
+    for label, now, goal, ok in table:
+        print(f"{label:<44} {now:>10} {goal:>9}  {'met' if ok else 'NOT met'}")
+    print(f"# loadavg {_load()}")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

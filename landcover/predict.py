@@ -36,6 +36,7 @@ import tempfile
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -692,10 +693,44 @@ def _sweep(
     row_o = window_origins(h, wh, sy)
     col_o = window_origins(w, ww, sx)
     weights = blend_weights((wh, ww), overlap=overlap, mode=blend)
-    k = len(codes)
-    ch = out_chunks[0]
     slab = max(source.chunks[0], 1)
     first, last = col_range if col_range is not None else (0, w)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="landcover-predict") as pool:
+        _sweep_bands(
+            engine, source, writer, pool, codes=codes, mean=mean, std=std, window=window,
+            batch_size=batch_size, out_chunks=out_chunks, band_width=band_width,
+            fractions_dtype=fractions_dtype, progress=progress, cols_range=(first, last),
+            row_o=row_o, col_o=col_o, weights=weights, slab=slab,
+        )  # fmt: skip
+
+
+def _sweep_bands(
+    engine: Callable[[np.ndarray], np.ndarray],
+    source: _Source,
+    writer: _Writer,
+    pool: ThreadPoolExecutor,
+    *,
+    codes: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    window: tuple[int, int],
+    batch_size: int,
+    out_chunks: tuple[int, int],
+    band_width: int,
+    fractions_dtype: FractionsDType,
+    progress: Callable[[int], None] | None,
+    cols_range: tuple[int, int],
+    row_o: np.ndarray,
+    col_o: np.ndarray,
+    weights: np.ndarray,
+    slab: int,
+) -> None:
+    """The column bands of :func:`_sweep`, with ``pool`` running the model."""
+    h, w = source.grid.shape
+    wh, ww = window
+    k = len(codes)
+    ch = out_chunks[0]
+    first, last = cols_range
     for c0 in range(first, last, band_width):
         c1 = min(c0 + band_width, w)
         bw = c1 - c0
@@ -711,25 +746,34 @@ def _sweep(
         for i, r in enumerate(row_o):
             r = int(r)
             img, _ = reader.rows(r, r + wh)
-            # accumulate every window of this window row, batch by batch
-            for b0 in range(0, len(cols), batch_size):
-                bcols = cols[b0 : b0 + batch_size]
-                batch = np.stack([img[:, :, o - in_c0 : o - in_c0 + ww] for o in bcols])
-                prob = engine(batch)
-                if prob.shape[1] != k or prob.shape[2:] != (wh, ww):
-                    raise LandcoverError(
-                        f"model output has shape {prob.shape[1:]}, expected ({k}, {wh}, {ww}); "
-                        "check the class list and that the model keeps the input size"
-                    )
-                for p, o in zip(prob, bcols, strict=True):
-                    o = int(o)
-                    x0, x1 = max(o, c0), min(o + ww, c1)  # part of the window inside this band
-                    wx = slice(x0 - o, x1 - o)
-                    ax = slice(x0 - c0, x1 - c0)
-                    ry = slice(r - a0, r - a0 + wh)
-                    wgt = weights[:, wx]
-                    acc[:, ry, ax] += p[:, :, wx] * wgt
-                    wsum[ry, ax] += wgt
+            # accumulate every window of this window row, batch by batch: the model runs in a
+            # helper thread (torch releases the GIL) while this thread stacks the next batch and
+            # blends the previous one (same batches, same order of sums: identical results)
+            pending: tuple[np.ndarray, Any] | None = None
+            for b0 in [*range(0, len(cols), batch_size), None]:
+                nxt_job: tuple[np.ndarray, Any] | None = None
+                if b0 is not None:
+                    bcols = cols[b0 : b0 + batch_size]
+                    batch = np.stack([img[:, :, o - in_c0 : o - in_c0 + ww] for o in bcols])
+                    nxt_job = (bcols, pool.submit(engine, batch))
+                if pending is not None:
+                    pcols, fut = pending
+                    prob = fut.result()
+                    if prob.shape[1] != k or prob.shape[2:] != (wh, ww):
+                        raise LandcoverError(
+                            f"model output has shape {prob.shape[1:]}, expected ({k}, {wh}, {ww}); "
+                            "check the class list and that the model keeps the input size"
+                        )
+                    for p, o in zip(prob, pcols, strict=True):
+                        o = int(o)
+                        x0, x1 = max(o, c0), min(o + ww, c1)  # part of the window inside this band
+                        wx = slice(x0 - o, x1 - o)
+                        ax = slice(x0 - c0, x1 - c0)
+                        ry = slice(r - a0, r - a0 + wh)
+                        wgt = weights[:, wx]
+                        acc[:, ry, ax] += p[:, :, wx] * wgt
+                        wsum[ry, ax] += wgt
+                pending = nxt_job
             nxt = int(row_o[i + 1]) if i + 1 < len(row_o) else h
             n_final = nxt - a0
             if n_final > 0:
