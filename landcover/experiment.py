@@ -210,6 +210,10 @@ class CompareConfig:
             raise ValueError(f"models must be distinct, got {self.models}")
         if self.window is not None and self.window < 8:
             raise ValueError(f"window must be >= 8 pixels, got {self.window}")
+        self._check_training()
+        self._check_evaluation()
+
+    def _check_training(self) -> None:
         if not self.lr_grid or any(not (v > 0 and math.isfinite(v)) for v in self.lr_grid):
             raise ValueError(f"lr_grid must hold positive learning rates, got {self.lr_grid}")
         if self.lr_search_epochs is not None and self.lr_search_epochs < 1:
@@ -222,6 +226,8 @@ class CompareConfig:
             raise ValueError("epochs must be >= 1")
         if abs(sum(self.split_fractions) - 1.0) > 1e-6 or min(self.split_fractions) <= 0:
             raise ValueError(f"split_fractions must be positive and sum to 1, got {self.split_fractions}")
+
+    def _check_evaluation(self) -> None:
         if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
             raise ValueError(f"budgets must be fractions in (0, 1], got {self.budgets}")
         if len(set(self.budgets)) != len(self.budgets):
@@ -584,60 +590,28 @@ def train_model(
         The test evaluation also keeps statistics per spatial test block
         (:attr:`RunResult.test_blocks`, ``test_blocks.npz``).
     """
-    import torch
-
-    from .datasets import make_loader
-    from .models import build_model
     from .plotting import plot_lr_find
     from .train import TrainConfig, evaluate, fit, lr_find
 
     t0 = time.perf_counter()
     train_ds, val_ds, test_ds = _datasets(cfg, model_name, seed, budget)
     epochs = cfg.budget_epochs(budget)
-    if len(train_ds) == 0 or len(val_ds) == 0 or len(test_ds) == 0:
-        raise ConfigError(
-            f"not enough windows for the split (train={len(train_ds)}, val={len(val_ds)}, "
-            f"test={len(test_ds)}); use a smaller --window or bigger cubes"
-        )
-    stats = train_ds.stats
-    from .arms import PRETRAINED_ARMS, arm_class_weights, arm_input_norm, select_lr
+    _need_windows("the split", train=train_ds, val=val_ds, test=test_ds)
+    from .arms import PRETRAINED_ARMS, arm_class_weights, select_lr
     from .models import finetune_param_groups
 
-    input_norm = arm_input_norm(model_name, cfg.pretrained_input_norm)
     class_weights = arm_class_weights(train_ds.arm_stats, cfg.class_weighting, cap=cfg.class_weight_cap)
     enc_factor = cfg.encoder_lr_factor if model_name in PRETRAINED_ARMS else 1.0
 
     def groups(m: Any) -> Any:
         return finetune_param_groups(m, enc_factor) if enc_factor != 1.0 else None
 
-    def new_model() -> Any:
-        return build_model(
-            model_name,  # type: ignore[arg-type]
-            train_ds.in_channels,
-            train_ds.num_classes,
-            preset=preset,  # type: ignore[arg-type]
-            pretrained=(
-                weights
-                if model_name in IMAGENET_MODELS
-                else cfg.ssl4eo_weights
-                if model_name == "ssl4eo"
-                else None
-            ),
-            ssl4eo_method=cfg.ssl4eo_method,
-            input_norm=input_norm,
-            bands=train_ds.band_names,
-            class_codes=train_ds.class_codes,
-            band_mean=getattr(stats, "mean", None),
-            band_std=getattr(stats, "std", None),
-            seed=seed,
-        )
-
+    new_model = _model_factory(cfg, model_name, seed, train_ds, preset=preset, weights=weights)
     run_dir = Path(run_dir) if run_dir is not None else _run_dir(cfg, model_name, seed, budget)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     def loader(ds: Any, shuffle: bool) -> Any:
-        gen = torch.Generator().manual_seed(seed) if shuffle else None
-        return make_loader(ds, cfg.batch_size, cfg.num_workers, shuffle=shuffle, generator=gen)
+        return _loader(cfg, ds, seed if shuffle else None)
 
     train_loader = loader(train_ds, True)
     lr = cfg.lr
@@ -691,19 +665,7 @@ def train_model(
             model, train_loader, val_loader, tcfg, class_codes=train_ds.class_codes,
             param_groups=groups(model), callbacks=[tracker] if tracker.active else None,
         )  # fmt: skip
-    hparams: dict[str, Any] = {
-        **choice.as_dict(),
-        "encoder_lr_factor": enc_factor,
-        "input_norm": train_ds.arm_norm,
-        "window": int(train_ds.size[0]),
-        "bands": list(train_ds.band_names),
-        "class_weighting": cfg.class_weighting
-        + (f" (cap {cfg.class_weight_cap:g})" if cfg.class_weighting != "none" else ""),
-        "class_weights": [round(w, 3) for w in class_weights] if class_weights is not None else None,
-        "weights": model.spec.pretrained,
-        "weights_sha256": model.spec.pretrained_sha256 or None,
-        "threads": torch.get_num_threads(),
-    }
+    hparams = _run_hparams(cfg, choice.as_dict(), enc_factor, train_ds, class_weights, model)
     history.to_json(run_dir / "history.json")
     history.to_csv(run_dir / "history_epochs.csv", kind="epochs")
     history.to_csv(run_dir / "history_samples.csv", kind="samples")
@@ -732,6 +694,81 @@ def train_model(
     )
 
 
+def _need_windows(what: str, **splits: Any) -> None:
+    """ConfigError naming the split sizes when any split of ``what`` has no window."""
+    if any(len(ds) == 0 for ds in splits.values()):
+        sizes = ", ".join(f"{name}={len(ds)}" for name, ds in splits.items())
+        raise ConfigError(f"not enough windows for {what} ({sizes}); use a smaller --window or bigger cubes")
+
+
+def _loader(cfg: CompareConfig, ds: Any, seed: int | None, num_workers: int | None = None) -> Any:
+    """A loader at the comparison batch size: shuffled by a generator seeded ``seed``, or in order (None)."""
+    import torch
+
+    from .datasets import make_loader
+
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    workers = cfg.num_workers if num_workers is None else num_workers
+    return make_loader(ds, cfg.batch_size, workers, shuffle=seed is not None, generator=gen)
+
+
+def _model_factory(
+    cfg: CompareConfig, model_name: str, seed: int, train_ds: Any, *, preset: str, weights: str | None
+) -> Callable[[], Any]:
+    """Builds the arm's untrained model (the same initialisation every call) for the training windows."""
+    from .arms import arm_input_norm
+    from .models import build_model
+
+    stats = train_ds.stats
+    pretrained = (
+        weights if model_name in IMAGENET_MODELS else cfg.ssl4eo_weights if model_name == "ssl4eo" else None
+    )
+
+    def new_model() -> Any:
+        return build_model(
+            model_name,  # type: ignore[arg-type]
+            train_ds.in_channels,
+            train_ds.num_classes,
+            preset=preset,  # type: ignore[arg-type]
+            pretrained=pretrained,
+            ssl4eo_method=cfg.ssl4eo_method,
+            input_norm=arm_input_norm(model_name, cfg.pretrained_input_norm),
+            bands=train_ds.band_names,
+            class_codes=train_ds.class_codes,
+            band_mean=getattr(stats, "mean", None),
+            band_std=getattr(stats, "std", None),
+            seed=seed,
+        )
+
+    return new_model
+
+
+def _run_hparams(
+    cfg: CompareConfig,
+    choice: Mapping[str, Any],
+    enc_factor: float,
+    train_ds: Any,
+    class_weights: Sequence[float] | None,
+    model: Any,
+) -> dict[str, Any]:
+    """The hyper-parameters a run records (LR choice, scaling, window, bands, class weights, weights file)."""
+    import torch
+
+    return {
+        **choice,
+        "encoder_lr_factor": enc_factor,
+        "input_norm": train_ds.arm_norm,
+        "window": int(train_ds.size[0]),
+        "bands": list(train_ds.band_names),
+        "class_weighting": cfg.class_weighting
+        + (f" (cap {cfg.class_weight_cap:g})" if cfg.class_weighting != "none" else ""),
+        "class_weights": [round(w, 3) for w in class_weights] if class_weights is not None else None,
+        "weights": model.spec.pretrained,
+        "weights_sha256": model.spec.pretrained_sha256 or None,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def run_floor(cfg: CompareConfig, seed: int) -> RunResult:
     """The non-deep floor (:mod:`landcover.baselines`) on the split and full-budget windows of ``seed``.
 
@@ -741,16 +778,11 @@ def run_floor(cfg: CompareConfig, seed: int) -> RunResult:
     import torch
 
     from .baselines import FLOOR_NAME, fit_floor
-    from .datasets import make_loader
     from .train import evaluate
 
     t0 = time.perf_counter()
     train_ds, _val, test_ds = _datasets(replace(cfg, augment=False), "native", seed)
-    if len(train_ds) == 0 or len(test_ds) == 0:
-        raise ConfigError(
-            f"not enough windows for the floor (train={len(train_ds)}, test={len(test_ds)}); "
-            "use a smaller --window or bigger cubes"
-        )
+    _need_windows("the floor", train=train_ds, test=test_ds)
     torch.manual_seed(seed)
     model, hparams = fit_floor(
         train_ds, max_pixels=cfg.baseline_pixels, context=cfg.baseline_context, seed=seed
@@ -759,7 +791,7 @@ def run_floor(cfg: CompareConfig, seed: int) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     result = evaluate(
         model,
-        make_loader(test_ds, cfg.batch_size, 0, shuffle=False),
+        _loader(cfg, test_ds, None, num_workers=0),
         class_codes=train_ds.class_codes,
         device="cpu",
         groups=block_groups(test_ds),

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from .devices import resolve_device
 from .errors import ConfigError, InputFileError, LandcoverError
 from .grid import Grid
 from .schema import COMPLETE_ATTR, CONVENTIONS, LABEL_FILL, LABEL_SCALE, LABEL_STEPS, class_flag_attrs
@@ -197,20 +198,6 @@ def _cube_band_stats(ds: Any, bands: Sequence[str]) -> tuple[tuple[float, ...], 
         mean.append(m)
         std.append(math.sqrt(v) if v > 1e-20 else 1.0)
     return tuple(mean), tuple(std)
-
-
-def _resolve_device(device: str) -> torch.device:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"invalid device {device!r} ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available (use --device cpu or auto)")
-    return dev
 
 
 class _Engine:
@@ -1090,7 +1077,7 @@ def _predict_source(
         band_width = max(4 * out_chunks[1], 1024)
     band_width = max(out_chunks[1], math.ceil(band_width / out_chunks[1]) * out_chunks[1])
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     engine = _Engine(bundle.model, dev, amp=amp)
     codes = np.asarray(bundle.class_codes, dtype="int64")
     meta = {
@@ -1209,7 +1196,7 @@ def _sweep_band_task(
     count = 0
     try:
         source = factory()
-        engine = _Engine(bundle.model, _resolve_device(device), amp=amp)
+        engine = _Engine(bundle.model, resolve_device(device), amp=amp)
 
         def tally(n: int) -> None:
             nonlocal count

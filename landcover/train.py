@@ -61,7 +61,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .devices import check_device
+from .devices import check_device, resolve_device
 from .errors import ConfigError, InputFileError
 from .losses import SoftLabelLoss
 from .metrics import SegmentationMetrics
@@ -458,21 +458,6 @@ def seed_everything(seed: int) -> None:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % 2**63
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is a ConfigError."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={device!r} was asked for but torch sees no CUDA device; use 'auto' or 'cpu'"
-        )
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise ConfigError(f"device={device!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device(device)
 
 
 def _amp_setup(device: torch.device, amp: str) -> tuple[torch.dtype | None, bool]:

@@ -696,6 +696,12 @@ class TransferConfig:
                 object.__setattr__(self, name, tuple(int(c) for c in getattr(self, name)))
         if self.split_fractions is not None:
             object.__setattr__(self, "split_fractions", tuple(float(v) for v in self.split_fractions))
+        self._check_design()
+        object.__setattr__(self, "device", check_device(self.device))  # auto, cpu, cuda, cuda:N
+        self._check_training_and_labels()
+
+    def _check_design(self) -> None:
+        """Level, arms, reference, budgets, seeds, LR grid and window."""
         if self.level not in (1, 2, 3):
             raise ValueError(f"level must be 1, 2 or 3, got {self.level}")
         bad = [a for a in self.arms if a not in ARMS]
@@ -711,7 +717,8 @@ class TransferConfig:
             raise ValueError(f"lr_grid must hold positive learning rates, got {self.lr_grid}")
         if self.window < 8:
             raise ValueError("window must be >= 8")
-        object.__setattr__(self, "device", check_device(self.device))  # auto, cpu, cuda, cuda:N
+
+    def _check_training_and_labels(self) -> None:
         if not 0 < self.encoder_lr_factor <= 1:
             raise ValueError("encoder_lr_factor must be in (0, 1]")
         if self.split_buffer is not None and self.split_buffer < 0:
@@ -947,8 +954,8 @@ def add_labels(
     import xarray as xr
     import zarr
 
-    from .corine import quantize_fractions
     from .cubemeta import inspect_cube
+    from .schema import encode_fractions
     from .store import add_variables
 
     path = Path(cube)
@@ -976,7 +983,7 @@ def add_labels(
     codes = tuple(int(c) for c in frac["class"].values)
     dim = f"{variable}_class"
     da = xr.DataArray(
-        quantize_fractions(values),
+        encode_fractions(values),
         dims=(dim, "y", "x"),
         coords={dim: np.array(codes, dtype="int64")},
         attrs={
@@ -1586,54 +1593,10 @@ def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print) -> 
         )
 
     # -- no leakage: phase-2 val/test outside the (buffered) phase-1 training blocks
-    if p1split:
-        leak = leakage(p1split, base)
-        result.leakage = leak
-        problem = ""
-        if shared and result.shift["place"] is not None and not leak["comparable"]:
-            problem = (
-                "the phase-2 cubes overlap the phase-1 cubes on another grid (CRS or pixel size), so the "
-                "phase-1 training blocks cannot be checked"
-            )
-        elif leak["overlapping"]:
-            problem = (
-                f"{leak['overlapping']} of {leak['windows']} phase-2 val/test windows ({leak['share']:.0%}) "
-                f"lie within {leak['buffer']} px of phase-1 training blocks (phase-1 block "
-                f"{p1split['block']} px, "
-                f"seed {p1split.get('seed', 0)}; phase-2 block {plan['block']} px, seed {plan['seed']})"
-            )
-        if problem:
-            if not cfg.allow_overlap:
-                raise LeakageError(
-                    f"refusing to run: {problem}; keep the phase-1 split (leave split_block/split_seed/"
-                    "split_fractions unset) or pass --allow-overlap"
-                )
-            result.notes.append(f"Overlap allowed by the user (--allow-overlap): {problem}.")
-    else:
-        result.leakage = {"checked": False, "reason": "the checkpoint records no phase-1 split"}
-        result.notes.append(
-            "The checkpoint records no phase-1 split, so overlap between phase-1 training pixels and "
-            "phase-2 val/test pixels could not be checked."
-        )
+    _check_leakage(cfg, result, p1split, base, plan, shared)
 
     # -- the new problem
-    variable, codes_opt = cfg.label_variable, cfg.label_codes
-    if cfg.labels is not None:
-        variable = cfg.label_variable or LABEL_VARIABLE
-        for cube in cfg.cubes:
-            add_labels(
-                cube, cfg.labels, variable=variable, field=cfg.labels_field, classes=cfg.labels_classes,
-                min_coverage=cfg.label_min_coverage,
-            )  # fmt: skip
-        result.task = (
-            f"user labels `{Path(cfg.labels).name}`"
-            + (f" (field `{cfg.labels_field}`)" if cfg.labels_field else "")
-            + f", exact area fractions on the cube grid in variable `{variable}`"
-        )
-    elif variable is not None:
-        result.task = f"cube variable `{variable}`"
-    else:
-        result.task = f"CORINE level {cfg.level} aggregation of the cube labels"
+    variable, codes_opt = _task(cfg, result)
     data = _datasets(cfg, bands, plan, p1split, variable, codes_opt, "scratch", result.normalisation)
     codes = _class_codes(data["train"])
     result.class_codes = codes
@@ -1664,10 +1627,132 @@ def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print) -> 
             result.normalisation[arm] = result.normalisation["scratch"] if key[-1] == "zscore" else ""
         return datasets[key]
 
-    n_train = len(data["train"])
+    _train_all(cfg, arms, todo, data_of, len(data["train"]), plan["block"], result, log)
+    result.class_names = _class_names(codes, variable, cfg)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_leakage(
+    cfg: TransferConfig,
+    result: TransferResult,
+    p1split: Mapping[str, Any],
+    base: Mapping[str, Any],
+    plan: Mapping[str, Any],
+    shared: bool,
+) -> None:
+    """Phase-2 val/test windows must lie outside the (buffered) phase-1 training blocks.
+
+    Raises :class:`LeakageError` unless ``cfg.allow_overlap``; records the check in ``result``.
+    """
+    if p1split:
+        leak = leakage(p1split, base)
+        result.leakage = leak
+        problem = ""
+        if shared and result.shift["place"] is not None and not leak["comparable"]:
+            problem = (
+                "the phase-2 cubes overlap the phase-1 cubes on another grid (CRS or pixel size), so the "
+                "phase-1 training blocks cannot be checked"
+            )
+        elif leak["overlapping"]:
+            problem = (
+                f"{leak['overlapping']} of {leak['windows']} phase-2 val/test windows ({leak['share']:.0%}) "
+                f"lie within {leak['buffer']} px of phase-1 training blocks (phase-1 block "
+                f"{p1split['block']} px, "
+                f"seed {p1split.get('seed', 0)}; phase-2 block {plan['block']} px, seed {plan['seed']})"
+            )
+        if problem:
+            if not cfg.allow_overlap:
+                raise LeakageError(
+                    f"refusing to run: {problem}; keep the phase-1 split (leave split_block/split_seed/"
+                    "split_fractions unset) or pass --allow-overlap"
+                )
+            result.notes.append(f"Overlap allowed by the user (--allow-overlap): {problem}.")
+    else:
+        result.leakage = {"checked": False, "reason": "the checkpoint records no phase-1 split"}
+        result.notes.append(
+            "The checkpoint records no phase-1 split, so overlap between phase-1 training pixels and "
+            "phase-2 val/test pixels could not be checked."
+        )
+
+
+def _task(cfg: TransferConfig, result: TransferResult) -> tuple[str | None, Any]:
+    """The phase-2 label variable and codes (user labels are written into the cubes first); sets the task."""
+    variable, codes_opt = cfg.label_variable, cfg.label_codes
+    if cfg.labels is not None:
+        variable = cfg.label_variable or LABEL_VARIABLE
+        for cube in cfg.cubes:
+            add_labels(
+                cube, cfg.labels, variable=variable, field=cfg.labels_field, classes=cfg.labels_classes,
+                min_coverage=cfg.label_min_coverage,
+            )  # fmt: skip
+        result.task = (
+            f"user labels `{Path(cfg.labels).name}`"
+            + (f" (field `{cfg.labels_field}`)" if cfg.labels_field else "")
+            + f", exact area fractions on the cube grid in variable `{variable}`"
+        )
+    elif variable is not None:
+        result.task = f"cube variable `{variable}`"
+    else:
+        result.task = f"CORINE level {cfg.level} aggregation of the cube labels"
+    return variable, codes_opt
+
+
+def _train_all(
+    cfg: TransferConfig,
+    arms: _Arms,
+    todo: Sequence[str],
+    data_of: Callable[[str], dict[str, Any]],
+    n_train: int,
+    block: int,
+    result: TransferResult,
+    log: Callable[[str], None],
+) -> None:
+    """Choose each arm's LR on validation, then train every (budget, seed, arm) run into ``result.runs``."""
+    done = _choose_lrs(cfg, arms, todo, data_of, n_train, block, result, log)
+    zero: RunRecord | None = None
+    # -- every (budget, seed, arm)
+    for budget in cfg.budgets:
+        for seed in cfg.seeds:
+            idx = budget_indices(n_train, budget, seed)
+            for arm in todo:
+                if (arm, budget, seed) in done:
+                    result.runs.append(done[(arm, budget, seed)])
+                    continue
+                d = data_of(arm)
+                t0 = time.perf_counter()
+                if arm == "zero-shot":  # no training: the same model for every budget and seed
+                    if zero is None:
+                        zero = _record(cfg, arms, arm, budget, seed, idx, arms.build(arm, seed), None, None,
+                                       time.perf_counter() - t0, d["test"], block)  # fmt: skip
+                    result.runs.append(dataclasses.replace(zero, budget=budget, seed=seed))
+                    continue
+                lr = result.chosen_lr[arm]
+                log(
+                    f"{arm} ({ARM_STRATEGY[arm]}, LR {lr:g}) budget {budget:.0%} "
+                    f"({len(idx)} windows) seed {seed}"
+                )
+                model, hist = _train_run(cfg, arms, arm, d, idx, seed, lr)
+                rec = _record(
+                    cfg, arms, arm, budget, seed, idx, model, hist, lr, time.perf_counter() - t0, d["test"],
+                    block,
+                )  # fmt: skip
+                result.runs.append(rec)
+
+
+def _choose_lrs(
+    cfg: TransferConfig,
+    arms: _Arms,
+    todo: Sequence[str],
+    data_of: Callable[[str], dict[str, Any]],
+    n_train: int,
+    block: int,
+    result: TransferResult,
+    log: Callable[[str], None],
+) -> dict[tuple[str, float, int], RunRecord]:
+    """LR per arm, chosen on validation (largest budget, first seed); those runs are kept and returned."""
     top, first = max(cfg.budgets), cfg.seeds[0]
     done: dict[tuple[str, float, int], RunRecord] = {}
-    zero: RunRecord | None = None
     # -- LR per arm, chosen on validation (largest budget, first seed); that run is kept
     for arm in todo:
         if arm == "zero-shot":
@@ -1690,38 +1775,9 @@ def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print) -> 
         result.chosen_lr[arm] = lr
         result.lr_scores[arm] = scores
         done[(arm, top, first)] = _record(
-            cfg, arms, arm, top, first, idx, model, hist, lr, seconds, d["test"], plan["block"]
+            cfg, arms, arm, top, first, idx, model, hist, lr, seconds, d["test"], block
         )
-    # -- every (budget, seed, arm)
-    for budget in cfg.budgets:
-        for seed in cfg.seeds:
-            idx = budget_indices(n_train, budget, seed)
-            for arm in todo:
-                if (arm, budget, seed) in done:
-                    result.runs.append(done[(arm, budget, seed)])
-                    continue
-                d = data_of(arm)
-                t0 = time.perf_counter()
-                if arm == "zero-shot":  # no training: the same model for every budget and seed
-                    if zero is None:
-                        zero = _record(cfg, arms, arm, budget, seed, idx, arms.build(arm, seed), None, None,
-                                       time.perf_counter() - t0, d["test"], plan["block"])  # fmt: skip
-                    result.runs.append(dataclasses.replace(zero, budget=budget, seed=seed))
-                    continue
-                lr = result.chosen_lr[arm]
-                log(
-                    f"{arm} ({ARM_STRATEGY[arm]}, LR {lr:g}) budget {budget:.0%} "
-                    f"({len(idx)} windows) seed {seed}"
-                )
-                model, hist = _train_run(cfg, arms, arm, d, idx, seed, lr)
-                rec = _record(
-                    cfg, arms, arm, budget, seed, idx, model, hist, lr, time.perf_counter() - t0, d["test"],
-                    plan["block"],
-                )  # fmt: skip
-                result.runs.append(rec)
-    result.class_names = _class_names(codes, variable, cfg)
-    result.seconds = time.perf_counter() - start
-    return result
+    return done
 
 
 def _class_names(codes: Sequence[int], variable: str | None, cfg: TransferConfig) -> dict[int, str]:
@@ -1953,8 +2009,6 @@ def _provenance(path: str) -> str:
 
 def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
     """Write ``report.md``, ``learning_curves_<budget>.png``, ``budget_curve.png`` and ``metrics.json``."""
-    from .plotting import plot_learning_curves
-
     cfg = result.config
     out_dir = Path(out if out is not None else cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1963,7 +2017,28 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
     text = json.dumps(_finite(summary), indent=2, allow_nan=False, default=_json_safe)
     tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(out_dir / "metrics.json")
-    curves = []
+    curves = _curve_figures(result, out_dir)
+    _budget_plot(summary, out_dir / "budget_curve.png")
+
+    arms = [a for a in ARMS if any(r.arm == a for r in result.runs)]
+    lines = _report_header(result, arms)
+    lines += _shift_and_split_section(result)
+    lines += _arms_section(result, arms)
+    lines += _scores_section(result, summary, arms)
+    lines += _per_class_iou_section(result, summary, arms)
+    lines += _compute_section(result, summary, curves)
+    tmp_md = out_dir / ".report.md.tmp"
+    tmp_md.write_text("\n".join(lines), encoding="utf-8")
+    tmp_md.replace(out_dir / "report.md")
+    return out_dir / "report.md"
+
+
+def _curve_figures(result: TransferResult, out_dir: Path) -> list[tuple[float, str]]:
+    """Validation learning curves per budget; (budget, file name) of those drawn."""
+    from .plotting import plot_learning_curves
+
+    cfg = result.config
+    curves: list[tuple[float, str]] = []
     for budget in cfg.budgets:
         runs: dict[str, list[Any]] = {}
         for r in result.runs:
@@ -1977,11 +2052,13 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
             title=f"Validation {PRIMARY_METRIC}, budget {budget:.0%} of training windows",
         )  # fmt: skip
         curves.append((budget, name))
-    _budget_plot(summary, out_dir / "budget_curve.png")
+    return curves
 
-    arms = [a for a in ARMS if any(r.arm == a for r in result.runs)]
+
+def _report_header(result: TransferResult, arms: Sequence[str]) -> list[str]:
+    """Title, data provenance, backbone and the new problem."""
+    cfg = result.config
     prov = sorted({_provenance(c) for c in cfg.cubes})
-    shift = result.shift
     lines = [
         f"# Transfer report: {', '.join(arms)}",
         "",
@@ -1994,18 +2071,25 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
         f"New problem: {result.task}, {len(result.class_codes)} classes "
         f"({', '.join(_class_label(c, result.class_names) for c in result.class_codes)}).",
         "",
-        "## Phase 1 vs phase 2",
-        "",
-        "| | phase 1 | phase 2 | change |",
-        "|---|---|---|---|",
     ]
+    return lines
+
+
+def _shift_and_split_section(result: TransferResult) -> list[str]:
+    """Phase 1 vs phase 2 (place, time, sensor) and the split."""
+    cfg = result.config
+    shift = result.shift
     p1, p2 = shift.get("phase1", []), shift.get("phase2", [])
 
     def col(cubes: list[dict[str, Any]], key: str) -> str:
         vals = sorted({str(v) for c in cubes for v in (c.get(key) or [])})
         return ", ".join(vals) if vals else "unknown"
 
-    lines += [
+    lines = [
+        "## Phase 1 vs phase 2",
+        "",
+        "| | phase 1 | phase 2 | change |",
+        "|---|---|---|---|",
         f"| place | {len(p1) or 'unknown'} cube(s) | {len(p2)} cube(s) | {shift.get('place') or 'unknown'} |",
         f"| time (years) | {col(p1, 'years')} | {col(p2, 'years')} | {shift.get('time') or 'unknown'} |",
         f"| sensor | {col(p1, 'sensors')} | {col(p2, 'sensors')} | {shift.get('sensor') or 'unknown'} |",
@@ -2024,15 +2108,21 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
         f"{result.split.get('seed')}).",
         "",
     ]
+    return lines
+
+
+def _arms_section(result: TransferResult, arms: Sequence[str]) -> list[str]:
+    """Leakage check, arms (ran, LR, normalisation), weights, budgets and notes."""
+    cfg = result.config
     leak = result.leakage
     if "windows" in leak:
-        lines += [
+        lines = [
             f"Phase-2 val/test windows within {leak['buffer']} px of phase-1 training blocks: "
             f"**{leak['overlapping']} of {leak['windows']}** ({leak['share']:.1%}).",
             "",
         ]
     else:
-        lines += [f"Leakage not checked: {leak.get('reason')}.", ""]
+        lines = [f"Leakage not checked: {leak.get('reason')}.", ""]
     lines += [
         "## Arms",
         "",
@@ -2059,7 +2149,13 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
     ]
     for note in result.notes:
         lines += [f"> **Note:** {note}", ""]
-    lines += [
+    return lines
+
+
+def _scores_section(result: TransferResult, summary: dict[str, Any], arms: Sequence[str]) -> list[str]:
+    """Test score per arm and budget, and the paired comparisons."""
+    cfg = result.config
+    lines = [
         f"## Test {PRIMARY_METRIC} (mean over seeds, 95 % block-bootstrap interval over test blocks x seeds)",
         "",
         "| arm | " + " | ".join(f"{b:.0%}" for b in cfg.budgets) + " |",
@@ -2098,8 +2194,13 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
             "",
             f"Only {len(cfg.seeds)} seed(s): the intervals reflect test-block variation more than seeds.",
         ]
-    top = max(cfg.budgets)
-    lines += [
+    return lines
+
+
+def _per_class_iou_section(result: TransferResult, summary: dict[str, Any], arms: Sequence[str]) -> list[str]:
+    """Per-class test IoU at the largest budget."""
+    top = max(result.config.budgets)
+    lines = [
         "",
         f"## Per-class test IoU at budget {top:.0%} (mean over seeds)",
         "",
@@ -2113,7 +2214,14 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
             ms = entry["per_class_iou"].get(str(code)) if entry else None
             cells.append(f"{ms['mean']:.3f}" if ms and ms.get("mean") is not None else "n/a")
         lines.append(f"| {code} {result.class_names.get(code, '')} | " + " | ".join(cells) + " |")
-    lines += [
+    return lines
+
+
+def _compute_section(
+    result: TransferResult, summary: dict[str, Any], curves: Sequence[tuple[float, str]]
+) -> list[str]:
+    """Compute per run and arm, convergence, the learning-curve figures and the files."""
+    lines = [
         "",
         "## Compute",
         "",
@@ -2153,10 +2261,7 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
         "- `budget_curve.png`, `learning_curves_*pct.png`: the figures.",
         "",
     ]
-    tmp_md = out_dir / ".report.md.tmp"
-    tmp_md.write_text("\n".join(lines), encoding="utf-8")
-    tmp_md.replace(out_dir / "report.md")
-    return out_dir / "report.md"
+    return lines
 
 
 def _convergence_note(result: TransferResult) -> str:
