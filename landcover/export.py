@@ -15,7 +15,9 @@ step into a folder:
   :func:`landcover.predict.write_class_map_cog` (values 1..K in the order of the cube's
   ``class`` coordinate, 0 = nodata, the CORINE colour table, ``CLASS_<i>`` = ``"<code> <name>"``
   band metadata inside the file and GDAL category names plus a raster attribute table in the
-  ``.aux.xml`` sidecar: GDAL < 3.12 keeps category names only in the sidecar).
+  ``.aux.xml`` sidecar: GDAL < 3.12 keeps category names only in the sidecar). These palette
+  indices differ from the CLC codes of the Zarr stores: "Class encodings" in
+  ``docs/cube-schema.md`` documents both in one place.
 
 ``<date>`` is the acquisition date (``YYYY-MM-DD``; the full timestamp when two steps share
 a date). Pixels are read one Dask chunk at a time and written as windows, so memory holds a

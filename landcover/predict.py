@@ -1360,9 +1360,12 @@ def write_class_map_cog(
     Pixel values are palette indices: 0 = nodata, ``i + 1`` = the ``i``-th class of
     ``prediction["class"]``. The file carries a GDAL colour table with the legend
     colours, nodata 0, overviews (``MODE`` resampling), the band description, and
-    ``CLASS_<i>`` metadata (``"<code> <name>"``); a ``.aux.xml`` sidecar adds
+    ``CLASS_<i>`` metadata (``"<code> <name>"``) and the ``CLASS_CODES`` dataset tag, all inside
+    the TIFF (its ``GDAL_METADATA`` tag); a ``.aux.xml`` sidecar adds
     GDAL category names and a raster attribute table (value, code, name, RGB),
     which QGIS shows as the legend. Written block by block (memory bounded).
+    Palette indices here vs CLC codes in ``prediction.zarr``: see "Class encodings" in
+    ``docs/cube-schema.md``, the one place that documents both.
     """
     import rasterio
 
