@@ -1,4 +1,4 @@
-"""Argparse value types shared by the sub-commands and :func:`landcover.cli._cluster.add_cluster_arguments`."""
+"""Argparse value types shared by the sub-commands and :mod:`landcover.cli._cluster`."""
 
 from __future__ import annotations
 

@@ -168,8 +168,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _cluster_options(args: argparse.Namespace) -> Any:
     """The job's ClusterOptions; the legacy ``--threads N`` means the threaded scheduler."""
     from ..cluster.client import ClusterOptions
-    from ._cluster import cluster_options_from_args
     from ..errors import ConfigError
+    from ._cluster import cluster_options_from_args
 
     threads = getattr(args, "threads", None)
     if threads is None:
@@ -191,8 +191,8 @@ def _announce(args: argparse.Namespace) -> Any:
 def run_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..cube import build_cube
     from ..cluster.client import open_cluster
+    from ..cube import build_cube
     from ..errors import ConfigError, InputFileError
 
     options = _cluster_options(args)

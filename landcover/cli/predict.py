@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..cluster.client import open_cluster
-    from ._cluster import cluster_options_from_args
     from ..errors import ConfigError, InputFileError
+    from ._cluster import cluster_options_from_args
 
     # check the inputs before starting a cluster for them
     for given in (args.checkpoint, args.cube or args.scene):

@@ -118,12 +118,12 @@ def _leg_timeout(text: str) -> float | str:
 
 
 def run_distributed(args: argparse.Namespace) -> int:
-    """``landcover train --distributed``: :func:`landcover.cluster.job.run_distributed_job` from args/config."""
+    """``landcover train --distributed``: :func:`landcover.cluster.job.run_distributed_job` from options."""
     from dataclasses import replace
 
-    from ..config import load_config
     from ..cluster.config import DistributedTrainConfig
     from ..cluster.job import run_distributed_job
+    from ..config import load_config
 
     cfg = load_config(
         DistributedTrainConfig,
