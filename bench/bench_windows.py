@@ -480,6 +480,102 @@ def measure_all(args: argparse.Namespace, cube: Path, tifs: dict[str, Path], rec
         gc.collect()
 
 
+def report_ratios(args: argparse.Namespace, rates: dict[str, Rate]) -> dict[str, float]:
+    """Print every ratio of the run (wall-clock and CPU cost); returns them by name."""
+    _log("ratios, same windows, workers and decoded content: wall-clock windows/s [CPU cost ratio b/a]")
+    ratios: dict[str, float] = {}
+
+    def ratio(name: str, a: Rate, b: Rate) -> str:
+        ratios[name] = a.windows_s / b.windows_s
+        ratios[name + "_cpu"] = b.cpu_ms / a.cpu_ms
+        return f"{ratios[name]:.2f} [{ratios[name + '_cpu']:.2f}]"
+
+    for tdt in args.target:
+        for kind in ("aligned", "random"):
+            for nw in args.workers:
+                a = rates[f"{tdt}_a_iterable_{kind}_w{nw}"]
+                am = rates[f"{tdt}_a_map_{kind}_w{nw}"]
+                b = rates[f"{tdt}_b_rasterio_{kind}_w{nw}"]
+                bb = rates[f"{tdt}_b_rasterio_batched_{kind}_w{nw}"]
+                _log(
+                    f"  {tdt} {kind} w{nw}: a/b = {ratio(f'{tdt}_{kind}_w{nw}_a/b', a, b)} "
+                    f"(map-style {ratio(f'{tdt}_{kind}_w{nw}_amap/b', am, b)}); "
+                    f"a/b_batched = {ratio(f'{tdt}_{kind}_w{nw}_a/bb', a, bb)} "
+                    f"(map-style {ratio(f'{tdt}_{kind}_w{nw}_amap/bb', am, bb)})"
+                )
+            a0 = rates[f"{tdt}_a_iterable_{kind}_w0"]
+            am0 = rates[f"{tdt}_a_map_{kind}_w0"]
+            c_raw, c_plus = rates[f"{tdt}_c_raw_decode_{kind}"], rates[f"{tdt}_c_plus_decode_{kind}"]
+            _log(
+                f"  {tdt} {kind} w0: a/c_raw = {ratio(f'{tdt}_{kind}_a/c_raw', a0, c_raw)} "
+                f"(map-style {ratio(f'{tdt}_{kind}_amap/c_raw', am0, c_raw)}), "
+                f"a/c_plus_decode = {ratio(f'{tdt}_{kind}_a/c_plus', a0, c_plus)} "
+                f"(map-style {ratio(f'{tdt}_{kind}_amap/c_plus', am0, c_plus)})"
+            )
+        for nw in args.workers:
+            rot, ar = rates[f"{tdt}_rotated_iterable_w{nw}"], rates[f"{tdt}_a_iterable_random_w{nw}"]
+            _log(f"  {tdt} rotated/a (random offsets) w{nw}: {ratio(f'{tdt}_w{nw}_rotated/a', rot, ar)}")
+        for nw in args.workers:
+            if nw > 0:
+                a, am = rates[f"{tdt}_a_iterable_aligned_w{nw}"], rates[f"{tdt}_a_map_aligned_w{nw}"]
+                mi = ratio(f"{tdt}_aligned_w{nw}_map/iter", am, a)
+                _log(f"  {tdt} aligned w{nw}: map-style/iterable = {mi}")
+    return ratios
+
+
+def report_targets(
+    args: argparse.Namespace, rates: dict[str, Rate], ratios: dict[str, float]
+) -> dict[str, bool]:
+    """Print the issue-20 targets in a met/NOT-met table; returns met per target."""
+    _log(
+        "targets (issue 20), each against a baseline measured in this run "
+        "(wall-clock windows/s ratio [CPU cost ratio]; loader = iterable dataset unless named):"
+    )
+    met: dict[str, bool] = {}
+
+    def target(name: str, key: str, bound: float) -> None:
+        ok = ratios[key] >= bound
+        met[name] = ok
+        _log(f"  {name:<58s} {ratios[key]:7.2f} [{ratios[key + '_cpu']:.2f}]  {'met' if ok else 'NOT met'}")
+
+    for tdt in args.target:
+        for kind in ("aligned", "random"):
+            for nw in args.workers:
+                target(f"{tdt} {kind} w{nw}: loader/b_rasterio_batched >= 2", f"{tdt}_{kind}_w{nw}_a/bb", 2.0)
+        target(f"{tdt} aligned w0: loader/c_raw >= 0.8", f"{tdt}_aligned_a/c_raw", 0.8)
+        for nw in args.workers:
+            if nw > 0:
+                key = f"{tdt}_aligned_w{nw}_map/iter"
+                target(f"{tdt} aligned w{nw}: map-style/iterable >= 0.8", key, 0.8)
+        if 0 in args.workers:
+            target(f"{tdt} w0: rotated/aligned (same positions) >= 0.5", f"{tdt}_w0_rotated/a", 0.5)
+    met.update(_rss_targets(args, rates))
+    return met
+
+
+def _rss_targets(args: argparse.Namespace, rates: dict[str, Rate]) -> dict[str, bool]:
+    """Print the peak RSS of every dataset and the 2-worker bound."""
+    met: dict[str, bool] = {}
+    _log(
+        "peak RSS per dataset, MB: the main process's peak during its run + each worker's peak "
+        "beyond the pages it shares with the forkserver (torch, libraries):"
+    )
+    for key, rate in rates.items():
+        if "_a_" in key or "_rotated_" in key:
+            _log(f"  {key:<40s} {rate.total_mb:8.0f}")
+    limit = 2048.0
+    for tdt in args.target:
+        for nw in args.workers:
+            if nw == 2:
+                keys = [k for k in rates if k.startswith(f"{tdt}_a_") and k.endswith(f"_w{nw}")]
+                worst = max(rates[k].total_mb for k in keys)
+                ok = worst <= limit
+                name = f"{tdt} w{nw}: peak RSS of one dataset <= {limit:.0f} MB"
+                met[name] = ok
+                _log(f"  {name:<58s} {worst:7.0f} MB  {'met' if ok else 'NOT met'}")
+    return met
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=4096, help="cube side in pixels")
@@ -575,85 +671,8 @@ def main() -> None:
         f"peak RSS main process {self_rss:.0f} MB (all datasets' caches); "
         f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
-    _log("ratios, same windows, workers and decoded content: wall-clock windows/s [CPU cost ratio b/a]")
-    ratios: dict[str, float] = {}
-
-    def ratio(name: str, a: Rate, b: Rate) -> str:
-        ratios[name] = a.windows_s / b.windows_s
-        ratios[name + "_cpu"] = b.cpu_ms / a.cpu_ms
-        return f"{ratios[name]:.2f} [{ratios[name + '_cpu']:.2f}]"
-
-    for tdt in args.target:
-        for kind in ("aligned", "random"):
-            for nw in args.workers:
-                a = rates[f"{tdt}_a_iterable_{kind}_w{nw}"]
-                am = rates[f"{tdt}_a_map_{kind}_w{nw}"]
-                b = rates[f"{tdt}_b_rasterio_{kind}_w{nw}"]
-                bb = rates[f"{tdt}_b_rasterio_batched_{kind}_w{nw}"]
-                _log(
-                    f"  {tdt} {kind} w{nw}: a/b = {ratio(f'{tdt}_{kind}_w{nw}_a/b', a, b)} "
-                    f"(map-style {ratio(f'{tdt}_{kind}_w{nw}_amap/b', am, b)}); "
-                    f"a/b_batched = {ratio(f'{tdt}_{kind}_w{nw}_a/bb', a, bb)} "
-                    f"(map-style {ratio(f'{tdt}_{kind}_w{nw}_amap/bb', am, bb)})"
-                )
-            a0 = rates[f"{tdt}_a_iterable_{kind}_w0"]
-            am0 = rates[f"{tdt}_a_map_{kind}_w0"]
-            c_raw, c_plus = rates[f"{tdt}_c_raw_decode_{kind}"], rates[f"{tdt}_c_plus_decode_{kind}"]
-            _log(
-                f"  {tdt} {kind} w0: a/c_raw = {ratio(f'{tdt}_{kind}_a/c_raw', a0, c_raw)} "
-                f"(map-style {ratio(f'{tdt}_{kind}_amap/c_raw', am0, c_raw)}), "
-                f"a/c_plus_decode = {ratio(f'{tdt}_{kind}_a/c_plus', a0, c_plus)} "
-                f"(map-style {ratio(f'{tdt}_{kind}_amap/c_plus', am0, c_plus)})"
-            )
-        for nw in args.workers:
-            rot, ar = rates[f"{tdt}_rotated_iterable_w{nw}"], rates[f"{tdt}_a_iterable_random_w{nw}"]
-            _log(f"  {tdt} rotated/a (random offsets) w{nw}: {ratio(f'{tdt}_w{nw}_rotated/a', rot, ar)}")
-        for nw in args.workers:
-            if nw > 0:
-                a, am = rates[f"{tdt}_a_iterable_aligned_w{nw}"], rates[f"{tdt}_a_map_aligned_w{nw}"]
-                mi = ratio(f"{tdt}_aligned_w{nw}_map/iter", am, a)
-                _log(f"  {tdt} aligned w{nw}: map-style/iterable = {mi}")
-    results["ratios"] = ratios
-    _log(
-        "targets (issue 20), each against a baseline measured in this run "
-        "(wall-clock windows/s ratio [CPU cost ratio]; loader = iterable dataset unless named):"
-    )
-    met: dict[str, bool] = {}
-
-    def target(name: str, key: str, bound: float) -> None:
-        ok = ratios[key] >= bound
-        met[name] = ok
-        _log(f"  {name:<58s} {ratios[key]:7.2f} [{ratios[key + '_cpu']:.2f}]  {'met' if ok else 'NOT met'}")
-
-    for tdt in args.target:
-        for kind in ("aligned", "random"):
-            for nw in args.workers:
-                target(f"{tdt} {kind} w{nw}: loader/b_rasterio_batched >= 2", f"{tdt}_{kind}_w{nw}_a/bb", 2.0)
-        target(f"{tdt} aligned w0: loader/c_raw >= 0.8", f"{tdt}_aligned_a/c_raw", 0.8)
-        for nw in args.workers:
-            if nw > 0:
-                key = f"{tdt}_aligned_w{nw}_map/iter"
-                target(f"{tdt} aligned w{nw}: map-style/iterable >= 0.8", key, 0.8)
-        if 0 in args.workers:
-            target(f"{tdt} w0: rotated/aligned (same positions) >= 0.5", f"{tdt}_w0_rotated/a", 0.5)
-    _log(
-        "peak RSS per dataset, MB: the main process's peak during its run + each worker's peak "
-        "beyond the pages it shares with the forkserver (torch, libraries):"
-    )
-    for key, rate in rates.items():
-        if "_a_" in key or "_rotated_" in key:
-            _log(f"  {key:<40s} {rate.total_mb:8.0f}")
-    limit = 2048.0
-    for tdt in args.target:
-        for nw in args.workers:
-            if nw == 2:
-                keys = [k for k in rates if k.startswith(f"{tdt}_a_") and k.endswith(f"_w{nw}")]
-                worst = max(rates[k].total_mb for k in keys)
-                ok = worst <= limit
-                name = f"{tdt} w{nw}: peak RSS of one dataset <= {limit:.0f} MB"
-                met[name] = ok
-                _log(f"  {name:<58s} {worst:7.0f} MB  {'met' if ok else 'NOT met'}")
-    results["targets_met"] = met
+    results["ratios"] = ratios = report_ratios(args, rates)
+    results["targets_met"] = report_targets(args, rates, ratios)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     _log(f"results -> {args.out / 'results.json'}")
 

@@ -94,7 +94,8 @@ class _Array:
                     if problem is not None:
                         raise InputFileError(self.root / key, f"damaged chunk of the cube ({problem})")
                 self.codec.decode(data, out=out)
-            return out[clip]
+            whole = all(sl.stop == c for sl, c in zip(clip, self.chunks, strict=True))
+            return out if whole else out[clip]  # a whole chunk stays a base array (recyclable)
         sel = tuple(
             slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(coords, self.chunks, self.shape, strict=True)
         )

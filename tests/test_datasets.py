@@ -333,6 +333,7 @@ def test_chunk_cache_is_bounded(cube: Path) -> None:
     cache = ds._cache
     assert cache is not None and cache.nbytes <= 0.5 * 2**20 + 44 * 32 * 32  # at most one chunk over
     assert cache.hits > cache.misses
+    assert cache.recycled > 0  # evicted whole chunks are decoded into again (no fresh pages)
 
 
 @pytest.mark.slow
