@@ -49,7 +49,8 @@ class StepConfig:
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"`` (on the worker).
     num_threads
-        torch intra-op threads inside a leg (None: leave torch's setting).
+        torch/BLAS threads inside a leg (None: the leg's share of its host's cores,
+        :func:`landcover.threads.task_share`).
     deterministic
         Deterministic torch kernels inside legs.
     leg_timeout

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..threads import task_threads
 from .aggregate import pool_bn, with_bn
 from .config import StepConfig
 from .payload import model_from_payload, to_numpy, to_torch
@@ -138,17 +139,14 @@ def task_env(job: Mapping[str, Any]) -> Iterator[tuple[str, str, float]]:
     t0 = time.time()
     if worker is not None and "tags" in job:
         worker.log_event(LEG_TOPIC, {"event": "start", "worker": addr, **job["tags"]})
-    prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
-    if step.num_threads is not None:
-        torch.set_num_threads(step.num_threads)
     if step.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield addr, wname, t0
+        # torch + BLAS threads: step.num_threads, or (None) the task's share of its host's cores
+        with task_threads(step.num_threads, job.get("slots")):
+            yield addr, wname, t0
     finally:
-        if step.num_threads is not None:
-            torch.set_num_threads(prev_threads)
         if step.deterministic:
             torch.use_deterministic_algorithms(prev_det, warn_only=True)
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..threads import host_slots
 from .legs import LEG_TOPIC
 from .records import Failure
 from .repository import Repository
@@ -257,6 +258,7 @@ class _Batch:
         self.waiting: dict[int, Job] = {}
         self.results: dict[int, dict[str, Any] | None] = {}
         self.started: dict[str, float] = {}  # task key -> when its start event was first seen (client clock)
+        self.slots = host_slots(self.client)  # task slots per host: each leg's thread share
 
     def submit(self, i: int, job: Job) -> None:
         """Submit ``job`` pinned to a live holder, or let it wait for one, or skip it."""
@@ -270,7 +272,7 @@ class _Batch:
             self.results[i] = None
             return
         addr, cubes = place
-        payload = {**job.payload, "cubes": cubes}
+        payload = {**job.payload, "cubes": cubes, "slots": self.slots}
         key = f"{job.kind}-{job.model}-r{job.round}-{job.repository.name}-a{job.attempt}-{time.time_ns()}"
         payload["tags"] = {
             "kind": job.kind,
