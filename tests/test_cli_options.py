@@ -196,3 +196,17 @@ def test_shared_options_are_defined_once() -> None:
         assert definition("transfer", option, with_help=False) == definition(
             "compare", option, with_help=False
         )
+
+
+def test_tensorboard_logs_a_training_run(cube: Path, tmp_path: Path) -> None:
+    if importlib.util.find_spec("tensorboard") is None:
+        pytest.skip("tensorboard is not installed (optional): the missing-package error is tested instead")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    cfg = tmp_path / "train.toml"
+    cfg.write_text("[train]\ntensorboard = true\nepochs = 1\nwindow = 16\nbatch_size = 8\n", encoding="utf-8")
+    assert main(["train", str(cube), "--out", str(out), "--config", str(cfg), "--device", "cpu", "-q"]) == 0
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    assert {"epoch/train_loss", "samples/train_loss"} <= set(events.Tags()["scalars"])
