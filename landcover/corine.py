@@ -77,7 +77,7 @@ Storage precision
 -----------------
 The cube schema (:mod:`landcover.schema`) stores fractions as uint8 in steps of 1/250 with
 largest-remainder rounding, so the stored integers of a valid pixel sum to exactly 250.
-:func:`quantize_fractions` is a faster, bit-identical implementation. The error per class is
+:func:`landcover.schema.encode_fractions` is its one implementation. The error per class is
 below one step (< 0.004 by construction: each class gets ``floor`` or ``floor + 1`` of its
 scaled value). Measured on the real Aachen CLC clip on a UTM 30 m grid (1024 x 1024 pixels):
 max error 0.0026, mean absolute error 1.8e-4 over the non-zero fractions; zero fractions stay
@@ -122,6 +122,7 @@ __all__ = [
     "legend",
     "aggregation",
     "colormap",
+    "class_legend",
     "read_clc",
     "read_clc_vector",
     "read_class_raster",
@@ -130,7 +131,6 @@ __all__ = [
     "USER_TABLE",
     "fractions",
     "area_weights",
-    "quantize_fractions",
 ]
 
 NODATA_INDEX: Final = 48
@@ -397,6 +397,37 @@ def colormap(level: Level | Mapping[int, int | None] | Aggregation = 3) -> dict[
     """
     agg = aggregation(level)
     return {c.code: c.rgb for c in agg.classes}
+
+
+def class_legend(codes: Iterable[int]) -> dict[int, tuple[str, RGB]]:
+    """Name and colour ``(r, g, b)`` of each class code: landcover's one class-colour table.
+
+    CLC codes of levels 1, 2 and 3 (1-, 2- and 3-digit codes never collide) get their official
+    name and colour. Any other code (a user class) gets ``"class <code>"`` and a colour of the
+    user palette (matplotlib's ``tab10``) by its position among the other codes in code order,
+    the colours :func:`user_classes` gives the same codes. Plots, the prediction COG's colour
+    table, published legends and cube attributes all take their colours from here.
+
+    Parameters
+    ----------
+    codes
+        Class codes (any integers).
+    """
+    table = _clc_table()
+    wanted = [int(c) for c in codes]
+    others = sorted({c for c in wanted if c not in table})
+    out: dict[int, tuple[str, RGB]] = {}
+    for c in wanted:
+        if c in table:
+            out[c] = table[c]
+        else:
+            out[c] = (f"class {c}", _USER_COLORS[others.index(c) % len(_USER_COLORS)])
+    return out
+
+
+@cache
+def _clc_table() -> dict[int, tuple[str, RGB]]:
+    return {c.code: (c.name, c.rgb) for level in (1, 2, 3) for c in legend(level)}  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1286,47 +1317,6 @@ def _compute_vector_block(
         valid[cells] += share  # cells are unique within a class
         pieces.append((cells, cls, share))
     _apply_coverage(out, valid, pieces, min_coverage)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# Storage encoding
-# ------------------------------------------------------------------------------------------------
-def quantize_fractions(frac: np.ndarray) -> np.ndarray:
-    """uint8 fractions in steps of 1/250, bit-identical to :func:`landcover.schema.encode_fractions`.
-
-    Largest-remainder rounding along axis 0 (stored integers of a valid pixel sum to 250), 255
-    where any class is NaN. Same result as the schema function (ties go to the lower class
-    index), but it hands out the missing steps with a few ``argmax`` passes instead of a full
-    ``argsort`` over the class axis, which is 20-30x faster for the sparse fractions of CLC
-    (a pixel rarely holds more than 4 classes).
-
-    Parameters
-    ----------
-    frac
-        ``(class, ...)`` float fractions, NaN = NODATA.
-    """
-    from .schema import LABEL_FILL, LABEL_STEPS
-
-    frac = np.asarray(frac, dtype="float32")
-    isnan = np.isnan(frac)
-    nan = isnan.any(axis=0)
-    scaled = np.where(isnan, 0.0, frac) * LABEL_STEPS
-    q = np.floor(scaled).astype("int16")
-    missing = LABEL_STEPS - q.sum(axis=0)
-    rem = scaled - q
-    active = missing * (scaled.sum(axis=0) > 0)
-    flat_q = q.reshape(q.shape[0], -1)
-    flat_rem = rem.reshape(rem.shape[0], -1)
-    flat_active = active.reshape(-1)
-    cols = np.arange(flat_q.shape[1])
-    for step in range(min(int(flat_active.max(initial=0)), frac.shape[0])):
-        sel = cols[flat_active > step]
-        best = np.argmax(flat_rem[:, sel], axis=0)
-        flat_q[best, sel] += 1
-        flat_rem[best, sel] = -np.inf
-    out: np.ndarray = np.clip(q, 0, LABEL_STEPS).astype("uint8")
-    out[:, nan] = LABEL_FILL
     return out
 
 

@@ -542,108 +542,6 @@ def _encode_u16(x: np.ndarray, keep: np.ndarray, scale: float, offset: float) ->
     return out
 
 
-def encode_fractions_fast(frac: np.ndarray) -> np.ndarray:
-    """Same result as :func:`landcover.schema.encode_fractions`, many times faster.
-
-    Parameters
-    ----------
-    frac
-        ``(class, ...)`` fractions (float, NaN = NODATA), normally in [0, 1].
-
-    Returns
-    -------
-    numpy.ndarray
-        uint8 of the same shape: steps of 1/250 summing to 250 per valid pixel, 255
-        wherever any class is NaN.
-
-    Notes
-    -----
-    Only the classes with a non-zero value somewhere in the block are quantised (CLC
-    blocks hold a dozen of the 44 classes); all-zero classes stay 0. Fractions are
-    >= 0, so truncation equals ``floor``; a NaN in any class makes the pixel's sum
-    NaN. Only pixels whose truncated steps do not already sum to 250 (mixed pixels)
-    need the largest-remainder correction; it hands out the missing steps with one
-    ``argmax`` per step (ties to the lower class index, as the stable sort of
-    :func:`~landcover.schema.encode_fractions`). Should a pixel need more steps than it
-    has classes with a positive remainder (only for fractions that do not sum to 1),
-    the block is quantised over all classes, as the reference does.
-    """
-    frac = np.asarray(frac, dtype="float32")
-    k = frac.shape[0] if frac.ndim else 0
-    flat = frac.reshape(k, -1)
-    out = np.zeros(flat.shape, dtype="uint8")
-    if out.size:
-        nan = np.isnan(np.add.reduce(flat, axis=0))
-        active = np.flatnonzero(np.bitwise_or.reduce(flat.view(np.uint32), axis=1))  # +-0.0 only: skip
-        q = _quantise_rows(flat, active, nan, k)
-        if q is None:  # a zero-remainder class might get a step: quantise every class
-            active = np.arange(k)
-            q = _quantise_rows(flat, active, nan, k)
-        if q is not None:
-            if active.size == k:
-                out[...] = q
-            else:
-                for i, c in enumerate(active):
-                    out[c] = q[i]
-        if nan.any():
-            _fill_where(out, nan)
-    return out.reshape(frac.shape)
-
-
-def _fill_where(out: np.ndarray, mask: np.ndarray) -> None:
-    """Set ``out (class, ...)`` uint8 to the label fill (255) wherever ``mask (...)`` is True, in place.
-
-    ``x | 255 == 255`` for uint8: one OR with a 0/255 plane, ~10x faster than ``out[:, mask] = 255``.
-    """
-    flat = out.reshape(out.shape[0], -1)
-    if schema.LABEL_FILL != 0xFF:  # pragma: no cover - the trick needs an all-ones fill
-        flat[:, mask.reshape(-1)] = schema.LABEL_FILL
-        return
-    plane = np.multiply(mask, np.uint8(0xFF), dtype="uint8")
-    np.bitwise_or(flat, plane.reshape(1, -1), out=flat)
-
-
-def _quantise_rows(flat: np.ndarray, active: np.ndarray, nan: np.ndarray, k: int) -> np.ndarray | None:
-    """Largest-remainder steps ``(len(active), n)`` int16 of ``flat[active]`` (garbage where ``nan``).
-
-    None when the other (all-zero) classes could take part in the correction.
-    """
-    if active.size == 0:  # every class is 0 (or NaN): no pixel has a step to hand out
-        return np.zeros((0, flat.shape[1]), dtype="int16")
-    with np.errstate(invalid="ignore"):
-        scaled = flat[active] if active.size < k else flat.copy()
-        scaled *= np.float32(schema.LABEL_STEPS)
-        q = scaled.astype("int16")
-    missing = schema.LABEL_STEPS - np.add.reduce(q, axis=0, dtype="int32")
-    todo = np.flatnonzero((missing > 0) & ~nan)
-    if todo.size:
-        sub_s = scaled[:, todo]
-        keep = np.add.reduce(sub_s, axis=0) > 0
-        todo, sub_s, miss = todo[keep], sub_s[:, keep], missing[todo][keep]
-    if todo.size:
-        sub_q = q[:, todo]
-        rem = sub_s - sub_q
-        if active.size < k and (miss > np.add.reduce(rem > 0, axis=0)).any():
-            return None
-        cols = np.arange(todo.size)
-        for step in range(min(int(miss.max()), active.size)):
-            sel = cols[miss > step] if step else cols
-            best = np.argmax(rem[:, sel], axis=0)
-            sub_q[best, sel] += 1
-            rem[best, sel] = -np.inf
-        q[:, todo] = sub_q
-    np.clip(q, 0, schema.LABEL_STEPS, out=q)
-    result: np.ndarray = q
-    return result
-
-
-def _encode_coverage(cov: np.ndarray) -> np.ndarray:
-    c = cov.astype("float32")
-    out: np.ndarray = np.rint(np.clip(np.nan_to_num(c, nan=0.0), 0, 1) * schema.LABEL_STEPS).astype("uint8")
-    out[np.isnan(c)] = schema.LABEL_FILL
-    return out
-
-
 def _coverage_and_label_ok(frac: np.ndarray, cov: np.ndarray, min_coverage: float) -> np.ndarray:
     """``(2, y, x)`` uint8 of one block: the encoded coverage and ``label_ok`` (0/1).
 
@@ -664,7 +562,7 @@ def _coverage_and_label_ok(frac: np.ndarray, cov: np.ndarray, min_coverage: floa
     """
     c = cov[0]
     out = np.empty((2,) + c.shape, dtype="uint8")
-    out[0] = _encode_coverage(c)
+    out[0] = schema.encode_coverage(c)
     # one pass over the classes: a sum of fractions (each <= 1) is finite iff all of them are
     ok = np.isfinite(np.add.reduce(np.asarray(frac, dtype="float32"), axis=0))
     ok &= np.nan_to_num(c) >= np.float32(min_coverage) - 1e-6
@@ -674,10 +572,10 @@ def _coverage_and_label_ok(frac: np.ndarray, cov: np.ndarray, min_coverage: floa
 
 def _encode_labels(frac: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Encoded fractions ``(class, y, x)`` uint8, fill wherever ``keep (1, y, x)`` is False."""
-    out = encode_fractions_fast(frac)
+    out = schema.encode_fractions(frac)
     drop = ~np.asarray(keep[0], dtype=bool)
     if drop.any():
-        _fill_where(out, drop)
+        schema.fill_labels(out, drop)
     return out
 
 
@@ -779,29 +677,18 @@ def _layers_on_grid(
 
 
 def _class_attrs(codes: Sequence[int], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``class_names``/``class_colors`` from the CORINE legend (best effort)."""
+    """``class_names``/``class_colors`` from ``extra``, else :func:`landcover.corine.class_legend`."""
     out: dict[str, Any] = {}
     for key in ("class_names", "class_colors", "clc_version"):
         if key in extra:
             out[key] = extra[key]
     if "class_names" in out and "class_colors" in out:
         return out
-    try:
-        from . import corine as clc_mod
+    from .corine import class_legend
 
-        legend = getattr(clc_mod, "LEGEND", None) or getattr(clc_mod, "legend", None)
-        if callable(legend):
-            legend = legend()
-        names, colors = [], []
-        for code in codes:
-            entry = legend[int(code)] if legend is not None else None
-            names.append(str(getattr(entry, "name", entry.get("name") if isinstance(entry, dict) else code)))
-            rgb = getattr(entry, "rgb", None) or getattr(entry, "color", None)
-            colors.append([int(v) for v in rgb][:3] if rgb is not None else [0, 0, 0])
-        out.setdefault("class_names", names)
-        out.setdefault("class_colors", colors)
-    except Exception:  # noqa: BLE001 - legend lookup is cosmetic; never fail a build on it
-        pass
+    legend = class_legend(codes)
+    out.setdefault("class_names", [legend[int(c)][0] for c in codes])
+    out.setdefault("class_colors", [list(legend[int(c)][1]) for c in codes])
     return out
 
 
@@ -1074,7 +961,6 @@ def build_cube(
     progress: bool = True,
     threads: int | None = None,
     mix_sensors: bool = False,
-    _kill_after: int | None = None,
 ) -> Path:
     """Build (or extend) a cube store from Landsat scenes and a CORINE raster.
 
@@ -1142,7 +1028,7 @@ def build_cube(
     if append:
         return _append(
             scene_list, corine, Path(store), grid=grid, client=client, progress=progress,
-            kill_after=_kill_after, policy=policy, threads=threads, mix_sensors=mix_sensors,
+            policy=policy, threads=threads, mix_sensors=mix_sensors,
         )  # fmt: skip
     ds = assemble_cube(
         scene_list, corine, grid=grid, resolution=resolution, level=level, min_coverage=min_coverage,
@@ -1169,8 +1055,7 @@ def build_cube(
     sizes = {"time": 1, "band": ds.sizes["band"], "class": ds.sizes["class"], "y": cy, "x": cx}
     out = store_mod.write_cube(
         ds, store, fingerprint=fp, chunks=sizes, compressor=compressor, client=client,
-        overwrite=overwrite, progress=progress, threads=threads, kill_after=_kill_after,
-        inputs=[*scene_list, corine],
+        overwrite=overwrite, progress=progress, threads=threads, inputs=[*scene_list, corine],
     )  # fmt: skip
     _warn_empty(out, ds.attrs["product_ids"])
     return out
@@ -1212,7 +1097,6 @@ def _append(
     grid: GridSpec,
     client: Client | None,
     progress: bool,
-    kill_after: int | None,
     policy: UsablePolicy | None,
     threads: int | None = None,
     mix_sensors: bool = False,
@@ -1302,7 +1186,7 @@ def _append(
             "appends": appends,
             "resampled": list(old.attrs.get("resampled", [])) + list(ds.attrs["resampled"]),
         },
-        client=client, progress=progress, threads=threads, kill_after=kill_after,
+        client=client, progress=progress, threads=threads,
     )  # fmt: skip
     _warn_empty(store, [s.product_id for s in new])
     return store

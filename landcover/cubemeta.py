@@ -395,9 +395,9 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
 
 
 def _write_sidecar(path: Path, stats: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stats), encoding="utf-8")
-    os.replace(tmp, path)
+    from .atomic import write_json
+
+    write_json(path, stats)
 
 
 def pool_stats(per_cube: Sequence[dict[str, Any]], channels: Sequence[str]) -> BandStats:

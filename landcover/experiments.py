@@ -327,14 +327,10 @@ def _scene_list_path(exp: Experiment) -> Path:
 
 
 def _write_scene_list(exp: Experiment, scenes: dict[tuple[str, str], list[Path]]) -> None:
-    import json
-    import os
+    from .atomic import write_json
 
     data = {f"{r}/{e}": [str(d) for d in dirs] for (r, e), dirs in scenes.items()}
-    path = _scene_list_path(exp)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(_scene_list_path(exp), data, indent=2)
 
 
 def _read_scene_list(exp: Experiment) -> dict[tuple[str, str], list[Path]]:

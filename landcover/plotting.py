@@ -16,7 +16,6 @@ a fixed qualitative palette, with a warning. Class names come from the same lege
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import warnings
@@ -57,52 +56,29 @@ RGB = tuple[int, int, int]
 NODATA_RGB: RGB = (255, 255, 255)
 
 
-def _corine_table() -> dict[int, tuple[RGB, str]]:
-    """CLC code -> (colour, name) at all three levels (1-, 2- and 3-digit codes never collide)."""
-    try:
-        corine = importlib.import_module("landcover.corine")
-        out: dict[int, tuple[RGB, str]] = {}
-        for level in (1, 2, 3):
-            for info in corine.legend(level):
-                out[int(info.code)] = (_as_rgb(info.rgb), str(info.name))
-        return out
-    except (ImportError, AttributeError, RuntimeError, ValueError):  # legend unavailable
-        return {}
-
-
-def _fallback_palette(n: int) -> list[RGB]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab20"]
-    out = []
-    for i in range(n):
-        r, g, b, _ = cmap(i % 20)
-        out.append((int(round(r * 255)), int(round(g * 255)), int(round(b * 255))))
-    return out
-
-
 def default_colors(codes: Sequence[int]) -> dict[int, RGB]:
-    """Legend colour of each code: CORINE's official colours (``landcover.corine.legend``).
+    """Legend colour of each code, from :func:`landcover.corine.class_legend`.
 
-    Codes at CLC level 1, 2 or 3 get their legend colour; any other (user-defined) codes
-    get colours from a fixed ``tab20`` palette, with a warning.
+    Codes at CLC level 1, 2 or 3 get their official legend colour; any other (user-defined)
+    codes get the user palette, with a warning.
     """
+    from .corine import class_legend
+
     codes = [int(c) for c in codes]
-    table = _corine_table()
-    out = {c: table[c][0] for c in codes if c in table}
-    others = [c for c in codes if c not in out]
+    table = class_legend(codes)
+    others = [c for c in codes if table[c][0] == f"class {c}"]
     if others:
         warnings.warn(
             f"no CORINE legend colour for codes {others[:10]}; using a generic palette (pass colors=)",
             stacklevel=3,
         )
-        out.update(zip(others, _fallback_palette(len(others)), strict=True))
-    return out
+    return {c: table[c][1] for c in codes}
 
 
 def _default_names(codes: Sequence[int]) -> dict[int, str]:
-    table = _corine_table()
-    return {int(c): table[int(c)][1] for c in codes if int(c) in table}
+    from .corine import class_legend
+
+    return {c: name for c, (name, _) in class_legend(codes).items() if name != f"class {c}"}
 
 
 _METRIC_WORDS = {

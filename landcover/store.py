@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import schema
+from . import atomic, schema
 from .errors import ConfigError, IncompleteStoreError, InputFileError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -215,9 +215,8 @@ def _write_blocks(plan: _WritePlan, blocks: Sequence[np.ndarray]) -> str:
         sums.setdefault(name, {}).update(_chunk_sums(data, sel, arr.chunks, arr.fill_value))
     if plan.journal:
         store = Path(plan.store)
-        tmp = store / f".journal-{plan.region.key}.partial"
-        tmp.write_text(json.dumps(sums, sort_keys=True))
-        os.replace(tmp, store / JOURNAL_DIR / plan.region.key)
+        # the temporary stays outside the journal folder, whose files count as finished regions
+        atomic.write_json(store / JOURNAL_DIR / plan.region.key, sums, where=store, sort_keys=True)
     return plan.region.key
 
 
@@ -293,12 +292,6 @@ def _read_state(store: Path) -> dict[str, Any] | None:
         return dict(json.loads(p.read_text()))
     except (OSError, ValueError):
         return None
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def _done_regions(store: Path) -> set[str]:
@@ -389,7 +382,13 @@ def _write_manifest(store: Path, *, base: Mapping[str, Any] | None) -> None:
             else:
                 rec["crc32"] = _crc(np.asarray(arr[...]))
             arrays[str(name)] = rec
-    _write_json_atomic(store / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "arrays": arrays})
+    atomic.write_json(
+        store / MANIFEST_FILE,
+        {"format": MANIFEST_FORMAT, "arrays": arrays},
+        indent=1,
+        sort_keys=True,
+        default=str,
+    )
 
 
 def _finalize(store: Path, *, manifest: bool = True, base: Mapping[str, Any] | None = None) -> None:
@@ -671,7 +670,6 @@ def write_cube(
     overwrite: bool = False,
     progress: bool = True,
     threads: int | None = None,
-    kill_after: int | None = None,
     inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> Path:
     """Write a lazy cube Dataset to a Zarr v3 store, resumably.
@@ -698,9 +696,6 @@ def write_cube(
         Show a progress bar over regions.
     threads
         Threads of the local scheduler (``client=None``); default :func:`default_threads`.
-    kill_after
-        Testing hook: stop the process with SIGKILL after this many regions have
-        been written by this run (used to test resumption; never set in production).
     inputs
         The input files of the build: ``store`` may be neither one of them nor hold one
         (see :func:`landcover.safety.guard_output`).
@@ -727,8 +722,8 @@ def write_cube(
     done = _done_regions(store)
     todo = [r for r in regions if r.key not in done]
     _execute(
-        ds, store, todo, (chunks["y"], chunks["x"]), client=client, progress=progress, kill_after=kill_after,
-        desc="cube", threads=threads,
+        ds, store, todo, (chunks["y"], chunks["x"]), client=client, progress=progress, desc="cube",
+        threads=threads,
     )  # fmt: skip
     _finalize(store)
     return store
@@ -748,25 +743,10 @@ def _execute(
     *,
     client: Client | None,
     progress: bool,
-    kill_after: int | None,
     desc: str,
     time_offset: int = 0,
     threads: int | None = None,
 ) -> None:
-    if kill_after is not None:  # testing hook: write regions one by one, then SIGKILL ourselves
-        import signal
-
-        for i, region in enumerate(todo):
-            if i >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-            _run_regions(
-                _region_tasks(ds, store, [region], chunk, time_offset=time_offset),
-                client=client,
-                progress=False,
-                desc=desc,
-                threads=threads,
-            )
-        return
     _run_regions(
         _region_tasks(ds, store, todo, chunk, time_offset=time_offset),
         client=client,
@@ -816,7 +796,9 @@ def _write_template(
             safe_chunks=False,
         )
     (tmp / JOURNAL_DIR).mkdir()
-    _write_json_atomic(tmp / STATE_FILE, {"mode": "build", "fingerprint": fingerprint})
+    atomic.write_json(
+        tmp / STATE_FILE, {"mode": "build", "fingerprint": fingerprint}, indent=1, sort_keys=True
+    )
     os.rename(tmp, store)
 
 
@@ -830,7 +812,6 @@ def append_time(
     client: Client | None = None,
     progress: bool = True,
     threads: int | None = None,
-    kill_after: int | None = None,
 ) -> Path:
     """Append new ``time`` steps to a complete cube without rewriting existing time steps.
 
@@ -848,7 +829,7 @@ def append_time(
         depends on the union of usable time steps).
     attrs
         Root attributes to set when the append completes (e.g. the new product ids).
-    client, progress, threads, kill_after
+    client, progress, threads
         As in :func:`write_cube`.
     """
     import xarray as xr
@@ -873,7 +854,7 @@ def append_time(
         state = {"mode": "append", "fingerprint": fingerprint, "n_old": int(n_old)}
         # Order matters: the marker goes first, so a killed append never looks complete.
         (store / JOURNAL_DIR).mkdir(exist_ok=True)
-        _write_json_atomic(store / STATE_FILE, state)
+        atomic.write_json(store / STATE_FILE, state, indent=1, sort_keys=True, default=str)
         _set_root_attrs(store, {schema.COMPLETE_ATTR: False})
     assert state is not None
     n_old = int(state["n_old"])
@@ -921,15 +902,7 @@ def append_time(
                 )
         return out
 
-    if kill_after is not None:
-        import signal
-
-        for i, r in enumerate(todo):
-            if i >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-            _run_regions(tasks_for([r]), client=client, progress=False, desc="append", threads=threads)
-    else:
-        _run_regions(tasks_for(todo), client=client, progress=progress, desc="append", threads=threads)
+    _run_regions(tasks_for(todo), client=client, progress=progress, desc="append", threads=threads)
     if attrs:
         _set_root_attrs(store, dict(attrs))
     base = _read_manifest(store)  # a cube built before manifests existed stays without one

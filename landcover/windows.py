@@ -48,6 +48,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .schema import encode_fractions
+
 __all__ = [
     "Angle",
     "Split",
@@ -77,7 +79,6 @@ __all__ = [
     "rotation_coords",
     "rotated_transform",
     "sample_rotated",
-    "quantize_fractions",
 ]
 
 Angle = float | Literal["random"] | None
@@ -1175,39 +1176,6 @@ def rotated_transform(
     return (out.a, out.b, out.c, out.d, out.e, out.f)
 
 
-def quantize_fractions(frac: np.ndarray, steps: int = 250) -> np.ndarray:
-    """Largest-remainder quantisation of class fractions to uint8 steps of ``1/steps``.
-
-    The same rule as :func:`landcover.schema.encode_fractions` (floor, then one more step
-    for the classes with the largest remainders, ties to the lower class index), so the
-    steps of every pixel whose fractions sum to 1 add up to exactly ``steps``; pixels
-    whose fractions are all 0 stay 0. Only mixed pixels are sorted, which makes it
-    several times faster on land-cover fractions (mostly pure pixels).
-
-    Parameters
-    ----------
-    frac
-        ``(K, ...)`` non-negative float fractions (class first; no NaN).
-    steps
-        Steps per unit, at most 255 (the cube's :data:`landcover.schema.LABEL_STEPS`).
-    """
-    if not 0 < steps <= 255:
-        raise ValueError(f"steps must be within 1..255, got {steps}")
-    frac = np.asarray(frac, dtype="float32")
-    scaled = frac * np.float32(steps)
-    q = scaled.astype("int16")  # fractions are >= 0: truncation is floor
-    missing = steps - q.sum(axis=0, dtype="int32")
-    todo = (missing > 0) & (scaled.sum(axis=0) > 0)
-    if todo.any():
-        sub_s, sub_q = scaled[:, todo], q[:, todo]
-        order = np.argsort(-(sub_s - sub_q), axis=0, kind="stable")
-        ranks = np.empty_like(order)
-        np.put_along_axis(ranks, order, np.arange(frac.shape[0])[:, None], axis=0)
-        q[:, todo] = sub_q + (ranks < missing[todo][None]).astype("int16")
-    out: np.ndarray = np.clip(q, 0, steps).astype("uint8")
-    return out
-
-
 def sample_rotated(
     image: np.ndarray,
     labels: np.ndarray | None,
@@ -1246,7 +1214,7 @@ def sample_rotated(
     quantize
         Return the labels as uint8 steps of 1/250 (:data:`landcover.schema.LABEL_STEPS`)
         instead of float32 fractions: the resampled fractions are quantised with the
-        largest-remainder rule of the cube encoding (:func:`quantize_fractions`), so the
+        largest-remainder rule of the cube encoding (:func:`landcover.schema.encode_fractions`), so the
         steps of every pixel inside the mask sum to exactly 250.
     out
         Optional ``(image, labels, mask)`` arrays to write the results into (float32

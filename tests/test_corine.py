@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import xarray as xr
 from affine import Affine
+from fraction_oracle import encode_fractions_reference
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
@@ -25,7 +26,6 @@ from landcover.corine import (
     colormap,
     fractions,
     legend,
-    quantize_fractions,
     read_clc,
 )
 from landcover.errors import EmptyOverlapError, InputFileError
@@ -456,8 +456,8 @@ def test_quantize_fractions_is_bit_identical_to_the_schema(seed: int, n: int) ->
     s = frac.sum(0)
     frac = np.where(s > 0, frac / np.where(s > 0, s, 1), frac)
     frac[:, rng.random(64) < 0.1] = np.nan
-    q = quantize_fractions(frac)
-    np.testing.assert_array_equal(q, encode_fractions(frac))
+    q = encode_fractions(frac)
+    np.testing.assert_array_equal(q, encode_fractions_reference(frac))
     ok = ~np.isnan(frac).any(0) & (np.nansum(frac, 0) > 0)
     assert (q[:, ok].astype(int).sum(0) == 250).all()
     assert np.abs(q[:, ok] / 250 - frac[:, ok]).max() < 0.004
@@ -635,11 +635,10 @@ def test_cli_zarr_output(tmp_path: Path, clc_and_like: tuple[Path, Path, Grid]) 
     assert main(["-q", "labels", str(clc), "--like", str(like), "--out", str(out), "--chunks", "32"]) == 0
     ds = xr.open_zarr(out)
     assert ds.rio.crs == grid.crs and Grid.from_xarray(ds) == grid
-    assert ds.fractions.dims == ("class", "y", "x") and list(ds["class"].values) == [
-        c.code for c in legend(3)
-    ]
+    assert ds.labels.dims == ("class", "y", "x") and list(ds["class"].values) == [c.code for c in legend(3)]
+    assert "fractions" not in ds  # one name for the class fractions: ``labels``, as in cubes
     ref = fractions(read_clc(clc), grid).compute()
-    got = ds.fractions.values
+    got = ds.labels.values
     valid = ~np.isnan(ref.fractions.values).any(axis=0)
     np.testing.assert_array_equal(~np.isnan(got).any(axis=0), valid)
     assert np.abs(got - ref.fractions.values)[:, valid].max() < 0.004
@@ -668,7 +667,7 @@ def test_cli_zarr_output(tmp_path: Path, clc_and_like: tuple[Path, Path, Grid]) 
         == 0
     )
     ds1 = xr.open_zarr(out)
-    assert list(ds1["class"].values) == [1, 2, 3, 4, 5] and ds1.fractions.dtype == np.float32
+    assert list(ds1["class"].values) == [1, 2, 3, 4, 5] and ds1.labels.dtype == np.float32
 
 
 def test_cli_geotiff_output(tmp_path: Path, clc_and_like: tuple[Path, Path, Grid]) -> None:
@@ -728,3 +727,49 @@ def test_cli_errors_are_one_line_and_leave_nothing(
         err = capsys.readouterr().err.strip()
         assert err.startswith("landcover: ") and "\n" not in err and all(w in err for w in words), err
         assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_one_class_colour_table_for_plots_predictions_and_user_classes() -> None:
+    import warnings
+
+    from landcover.corine import class_legend, user_classes
+    from landcover.plotting import default_colors
+    from landcover.predict import legend_for
+
+    codes = [111, 21, 1001, 7, 3]
+    table = class_legend(codes)
+    assert table[111] == ("Continuous urban fabric", legend(3)[0].rgb)
+    by_code = {c.code: c.rgb for level in (1, 2) for c in legend(level)}  # type: ignore[arg-type]
+    assert table[21][1] == by_code[21] and table[3][1] == by_code[3]
+    user = user_classes([7, 1001])
+    assert [table[7], table[1001]] == [("class 7", user.colors[0]), ("class 1001", user.colors[1])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plotted = default_colors(codes)
+    assert plotted == {c: rgb for c, (_, rgb) in table.items()}
+    assert legend_for(codes) == table
+
+
+def test_labels_stores_of_the_old_name_still_open(
+    tmp_path: Path, clc_and_like: tuple[Path, Path, Grid]
+) -> None:
+    """Stores written before the rename hold ``fractions``; :func:`open_labels` reads it as ``labels``."""
+    from landcover.labels import open_labels, write_labels
+
+    clc, like, grid = clc_and_like
+    ds = fractions(read_clc(clc), grid, chunks=32)
+    new = write_labels(ds, tmp_path / "new.zarr")
+    old = tmp_path / "old.zarr"
+    xr.open_zarr(new).rename({"labels": "fractions"}).to_zarr(old, zarr_format=3, consolidated=True)
+    a, b = open_labels(new), open_labels(old)
+    assert "labels" in a and "labels" in b and "fractions" not in b
+    np.testing.assert_array_equal(a.labels.values, b.labels.values)
+    valid = ~np.isnan(a.labels.values).any(axis=0)
+    assert valid.any() and np.abs(a.labels.values - ds.fractions.values)[:, valid].max() < 0.004
+    with pytest.raises(InputFileError, match="not a labels store"):
+        open_labels(_coverage_only(b, tmp_path / "bad.zarr"))
+
+
+def _coverage_only(ds: xr.Dataset, path: Path) -> Path:
+    ds[["coverage"]].to_zarr(path, zarr_format=3, consolidated=True)
+    return path

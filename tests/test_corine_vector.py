@@ -15,9 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from landcover.cli import main
-from landcover.corine import ClcVectorSource, fractions, quantize_fractions, read_clc
+from landcover.corine import ClcVectorSource, fractions, read_clc
 from landcover.errors import EmptyOverlapError, InputFileError
 from landcover.grid import Grid
+from landcover.schema import encode_fractions
+from landcover.store import FINGERPRINT_ATTR
 from landcover.testing.clc_vector import make_clc_polygons, rasterize_polygons, read_clc_polygons
 
 LAEA = "EPSG:3035"
@@ -167,9 +169,7 @@ def test_vector_equals_raster_path_of_a_fine_rasterisation(
     clean = bound < 1.0 / 250
     assert clean.mean() > 0.3
     assert (diff[clean] < 1.0 / 250).all()
-    q = np.abs(
-        quantize_fractions(vec.fractions.values).astype(int) - quantize_fractions(ras.fractions.values)
-    )
+    q = np.abs(encode_fractions(vec.fractions.values).astype(int) - encode_fractions(ras.fractions.values))
     assert q[:, clean].max() <= 1  # stored integers at most one step apart
 
 
@@ -225,17 +225,18 @@ def test_cli_vector_writes_like_the_raster_path(tmp_path: Path, capsys: pytest.C
         outs[name] = xr.open_zarr(out, mask_and_scale=False)
     vec, ras = outs["vec"], outs["ras"]
     assert list(vec.data_vars) == list(ras.data_vars) and vec["class"].values.tolist() == sorted(CODES)
-    for v in ("fractions", "coverage"):
+    for v in ("labels", "coverage"):
         assert vec[v].dtype == ras[v].dtype == np.uint8
         assert vec[v].attrs == ras[v].attrs and vec[v].encoding["fill_value"] == ras[v].encoding["fill_value"]
-    assert {k: v for k, v in vec.attrs.items() if k != "source"} == {
-        k: v for k, v in ras.attrs.items() if k != "source"
+    own = ("source", FINGERPRINT_ATTR)  # the input path, and the digest of the parameters that include it
+    assert {k: v for k, v in vec.attrs.items() if k not in own} == {
+        k: v for k, v in ras.attrs.items() if k not in own
     }
-    same_nodata = (vec.fractions.values == 255) == (ras.fractions.values == 255)
+    same_nodata = (vec.labels.values == 255) == (ras.labels.values == 255)
     assert same_nodata.mean() > 0.99
-    ok = (vec.fractions.values != 255).all(axis=0)
-    assert (vec.fractions.values[:, ok].astype(int).sum(axis=0) == 250).all()
-    assert np.median(np.abs(vec.fractions.values[:, ok].astype(int) - ras.fractions.values[:, ok])) == 0
+    ok = (vec.labels.values != 255).all(axis=0)
+    assert (vec.labels.values[:, ok].astype(int).sum(axis=0) == 250).all()
+    assert np.median(np.abs(vec.labels.values[:, ok].astype(int) - ras.labels.values[:, ok])) == 0
     tif = tmp_path / "vec.tif"
     assert main(["-q", "labels", str(path), "--like", str(like), "--out", str(tif), "--layer", "clc",
                  "--field", "code_18", "--scheduler", "none"]) == 0  # fmt: skip

@@ -106,6 +106,45 @@ def _text(nb) -> str:
     return "\n".join(parts)
 
 
+def _check_conclusion(text: str) -> None:
+    """Notebook 02 says only what its run shows: the claim follows the printed 95 % interval."""
+    import re
+
+    lines = [line for line in text.splitlines() if line.startswith("conclusion (")]
+    assert lines, "notebook 02 printed no conclusion"
+    for line in lines:
+        if "nothing to compare" in line:
+            continue
+        m = re.search(r"= ([+-]\d\.\d+|[+-]?nan) \[([+-]\d\.\d+|[+-]?nan), ([+-]\d\.\d+|[+-]?nan)\]$", line)
+        assert m, line
+        low, high = float(m.group(2)), float(m.group(3))
+        excludes = low > 0 or high < 0
+        if low != low or high != high:  # NaN: no interval, no claim either way
+            assert "no conclusion" in line and "better than" not in line, line
+        elif excludes:
+            assert "better than" in line and "no significant difference" not in line, line
+        else:
+            assert "no significant difference" in line and "better than" not in line, line
+
+
+def test_notebook_02_text_claims_no_result_in_advance():
+    """The prose of notebook 02 does not announce a winner: the run's printed conclusion decides."""
+    cells = json.loads((NOTEBOOK_DIR / "02_compare_models.ipynb").read_text())["cells"]
+    prose = " ".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown").lower()
+    for claim in ("should win", "will win", "wins", "outperforms", "is better"):
+        assert claim not in prose, claim
+    code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    assert "NO_DIFFERENCE" in code and 'c["verdict"]' in code  # the verdict comes from landcover.stats
+
+
+def test_conclusion_check_rejects_a_claim_the_interval_does_not_support():
+    numbers = "; test mIoU a - b = +0.010 [-0.020, +0.040]"
+    _check_conclusion("conclusion (x): no significant difference between a and b" + numbers)
+    bad = "conclusion (x): a better than b (the interval excludes 0)" + numbers
+    with pytest.raises(AssertionError):
+        _check_conclusion(bad)
+
+
 def test_a_failing_cell_fails_the_run():
     """The harness is not lenient: an exception in any cell aborts with CellExecutionError."""
     import nbformat
@@ -152,6 +191,7 @@ def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         assert "training windows" in text
     if path.name.startswith("02"):
         assert "native" in text and "rgb-scratch" in text
+        _check_conclusion(text)
     if path.name.startswith("04"):  # the real pair: without ../shared there is nothing to show
         if have_real:
             assert "classes present: 20" in text and "mean NDVI, forest" in text and "best model:" in text

@@ -33,3 +33,27 @@ def test_nan_pixels_become_fill_and_back():
     d = decode_fractions(q)
     assert np.isnan(d[:, 1, 1]).all()
     assert np.allclose(np.nansum(d[:, 0, 0]), 1.0)
+
+
+def test_coverage_encoding_rounds_clips_and_keeps_nan_as_fill():
+    from landcover.schema import encode_coverage
+
+    cov = np.array([[0.0, 0.5, 1.0], [1.2, -0.1, np.nan], [0.0021, 0.0019, 0.998]], dtype="float32")
+    q = encode_coverage(cov)
+    assert q.dtype == np.uint8
+    assert q.tolist() == [[0, 125, 250], [250, 0, LABEL_FILL], [1, 0, 250]]
+    assert np.isnan(decode_fractions(q)[1, 2])  # unknown coverage reads back as unknown, not as 0
+
+
+def test_encoding_matches_the_reference_and_keeps_the_largest_class_on_top():
+    from fraction_oracle import encode_fractions_reference
+
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(44, 32, 32)).astype("float32") * 2
+    p = (np.exp(logits) / np.exp(logits).sum(axis=0, keepdims=True)).astype("float32")
+    p[:, 0, :4] = np.nan
+    q = encode_fractions(p)
+    np.testing.assert_array_equal(q, encode_fractions_reference(p))
+    ok = ~np.isnan(p).any(axis=0)
+    top = np.take_along_axis(q.astype(int), np.nan_to_num(p, nan=0).argmax(axis=0)[None], axis=0)[0]
+    assert (top[ok] == q.astype(int).max(axis=0)[ok]).all()

@@ -9,12 +9,11 @@ every member was written, so a bad archive leaves nothing behind.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path, PurePosixPath
 
+from ..atomic import replacing
 from ..errors import InputFileError
 from ..safety import is_landcover_output, mark_output
 
@@ -96,8 +95,8 @@ def safe_extract(archive: str | Path, dest: str | Path, *, overwrite: bool = Fal
                 out, "exists and was not extracted by landcover; move it away to extract here"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with replacing(out) as tmp:
+        tmp.mkdir()
         try:
             with tarfile.open(src, "r:*") as tar:
                 members = check_members(tar, tmp)
@@ -108,8 +107,4 @@ def safe_extract(archive: str | Path, dest: str | Path, *, overwrite: bool = Fal
         mark_output(tmp, "extracted-product")
         if out.exists():
             shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [out / f for f in files]

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from ..atomic import write_text
 from ..errors import InputFileError
 
 __all__ = ["Manifest", "MANIFEST_NAME", "sha256_file"]
@@ -162,13 +161,4 @@ class Manifest:
         with self._lock:
             self.root.mkdir(parents=True, exist_ok=True)
             text = json.dumps({"version": _VERSION, "scenes": self._scenes}, indent=1, sort_keys=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.root)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_text(self.path, text + "\n", fsync=True)
