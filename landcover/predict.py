@@ -46,7 +46,7 @@ import numpy as np
 from .devices import resolve_device
 from .errors import ConfigError, InputFileError, LandcoverError
 from .grid import Grid
-from .schema import COMPLETE_ATTR, CONVENTIONS, LABEL_FILL, LABEL_SCALE, LABEL_STEPS, class_flag_attrs
+from .schema import COMPLETE_ATTR, CONVENTIONS, LABEL_FILL, LABEL_SCALE, class_flag_attrs, encode_fractions
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -65,7 +65,6 @@ __all__ = [
     "write_fractions_cog",
     "write_quicklook",
     "legend_for",
-    "quantise_fractions",
     "NODATA_CODE",
     "NODATA_INDEX",
 ]
@@ -637,22 +636,6 @@ def _encodings(fractions_dtype: FractionsDType, chunks: tuple[int, int], k: int)
     }
 
 
-def quantise_fractions(frac: np.ndarray) -> np.ndarray:
-    """Quantise fractions ``(K, ...)`` to uint8 steps of 1/250 that sum to exactly 250 per pixel.
-
-    Cumulative rounding: ``q_k = round(250 * cumsum_k) - round(250 * cumsum_{k-1})``,
-    so every class is within one step (0.004) of its value and the steps of a
-    pixel sum to ``round(250 * sum)`` (250 for probabilities). Vectorised in
-    O(K), unlike a per-pixel sort. NaN input is not handled (mask it afterwards).
-    """
-    c = np.cumsum(frac, axis=0, dtype="float32")
-    c *= LABEL_STEPS
-    q = np.rint(c).astype("int16")
-    q[1:] -= q[:-1].copy()
-    out: np.ndarray = np.clip(q, 0, LABEL_STEPS).astype("uint8")
-    return out
-
-
 # ------------------------------------------------------------------------------------------------
 # the sweep
 # ------------------------------------------------------------------------------------------------
@@ -774,7 +757,7 @@ def _sweep_bands(
                     ok = ucols[:, xs]
                     cmap[:, xs] = np.where(ok, codes[np.argmax(frac, axis=0)], NODATA_CODE)
                     if fractions_dtype == "uint8":
-                        piece = quantise_fractions(frac)
+                        piece = encode_fractions(frac)
                         piece[:, ~ok] = LABEL_FILL
                     else:
                         piece = frac
@@ -1272,29 +1255,11 @@ def _software_version() -> str:
 # ------------------------------------------------------------------------------------------------
 # legend
 # ------------------------------------------------------------------------------------------------
-def _legend_table() -> dict[int, tuple[str, tuple[int, int, int]]]:
-    """``code -> (name, (r, g, b))`` for CLC levels 1, 2 and 3 (from :mod:`landcover.corine`)."""
-    from . import corine
-
-    out: dict[int, tuple[str, tuple[int, int, int]]] = {}
-    for level in (1, 2, 3):
-        for info in corine.legend(level):  # type: ignore[arg-type]
-            out[int(info.code)] = (info.name, (int(info.rgb[0]), int(info.rgb[1]), int(info.rgb[2])))
-    return out
-
-
 def legend_for(codes: Sequence[int] | np.ndarray) -> dict[int, tuple[str, tuple[int, int, int]]]:
-    """Name and colour of each class code (CLC legend; unknown codes get a grey and ``class <code>``)."""
-    table = _legend_table()
-    out: dict[int, tuple[str, tuple[int, int, int]]] = {}
-    for c in codes:
-        c = int(c)
-        if c in table:
-            out[c] = table[c]
-        else:
-            g = 60 + (37 * c) % 160
-            out[c] = (f"class {c}", (g, g, g))
-    return out
+    """Name and colour of each class code (:func:`landcover.corine.class_legend`, the one table)."""
+    from .corine import class_legend
+
+    return class_legend(codes)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1395,6 +1395,6 @@ def _resample_labels(
         tot = vals.sum(axis=0)
         np.divide(vals, tot, out=vals, where=tot > 0)
         if quantize:  # only the classes present in the footprint: the others stay 0
-            vals = quantize_fractions(vals)
+            vals = encode_fractions(vals)
         for p, c in enumerate(rows[present]):
             lab[c, mixed] = vals[p]
