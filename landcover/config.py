@@ -63,31 +63,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
         return _build(tp, value, where)
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except (TypeError, ValueError):
-                continue
-        raise ConfigError(f"{where}: invalid value {value!r}")
+        return _coerce_union(value, tp, where)
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value
-    if origin in (tuple, list) and isinstance(value, str | Path):
-        # `scenes = "a.tar"` where a list is expected: one item, not one item per character
-        args = typing.get_args(tp)
-        inner = args[0] if args else Any
-        if (origin is list or (len(args) == 2 and args[1] is Ellipsis)) and inner in (str, Path, Any):
-            return origin([_coerce(value, inner, where)])
-        raise ConfigError(f"{where}: expected a list, got the string {value!r}")
-    if origin in (tuple, list) and isinstance(value, list | tuple):
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=False))
-        inner = args[0] if args else Any
-        return origin(_coerce(v, inner, where) for v in value)
+    if origin in (tuple, list) and isinstance(value, str | Path | list | tuple):
+        return _coerce_sequence(value, tp, origin, where)
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp is Path and isinstance(value, str):
@@ -95,6 +77,33 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _coerce_union(value: Any, tp: Any, where: str) -> Any:
+    """The first member type of ``tp`` (``X | Y``) that accepts ``value``."""
+    for arg in typing.get_args(tp):
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, where)
+        except (TypeError, ValueError):
+            continue
+    raise ConfigError(f"{where}: invalid value {value!r}")
+
+
+def _coerce_sequence(value: Any, tp: Any, origin: Any, where: str) -> Any:
+    """``value`` as the ``list[...]``/``tuple[...]`` type ``tp``; one path or string makes a list of one."""
+    args = typing.get_args(tp)
+    if isinstance(value, str | Path):
+        # `scenes = "a.tar"` where a list is expected: one item, not one item per character
+        inner = args[0] if args else Any
+        if (origin is list or (len(args) == 2 and args[1] is Ellipsis)) and inner in (str, Path, Any):
+            return origin([_coerce(value, inner, where)])
+        raise ConfigError(f"{where}: expected a list, got the string {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=False))
+    inner = args[0] if args else Any
+    return origin(_coerce(v, inner, where) for v in value)
 
 
 def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:

@@ -565,8 +565,40 @@ def plan_scene(
     level2 = mtl.level.startswith("L2")
     if not level2 and not mtl.level.startswith("L1"):
         raise InputFileError(mtl.path, f"unsupported processing level {mtl.level!r}")
+    wanted = _wanted_suffixes(spec, names, mtl, level2=level2, stacked=stacked, thermal=thermal, qa=qa)
+    located = _locate_suffixes(listing, mtl, stacked, wanted)
+    ref_grid, warnings = _validate_headers(mtl, wanted, located, level2=level2, stacked=stacked)
+    sources = {
+        var: _band_source(var, s, located[s][0], located[s][2], mtl, level2=level2) for var, s in wanted
+    }
+    if level2:
+        scales = {(b.mult, b.add) for n, b in sources.items() if n in names}
+        if len(scales) > 1:
+            raise InputFileError(mtl.path, f"reflective bands have different scale factors {sorted(scales)}")
+    return ScenePlan(
+        source=str(src_path),
+        mtl=mtl,
+        layout="stacked" if stacked is not None else listing.layout,
+        grid=ref_grid,
+        reflective=tuple(sources[n] for n in names),
+        thermal=sources.get("thermal"),
+        qa_pixel=sources.get("qa_pixel"),
+        qa_radsat=sources.get("qa_radsat"),
+        warnings=tuple(warnings),
+    )
 
-    # Which suffix each output variable comes from.
+
+def _wanted_suffixes(
+    spec: SensorSpec,
+    names: list[str],
+    mtl: Mtl,
+    *,
+    level2: bool,
+    stacked: str | None,
+    thermal: bool,
+    qa: bool,
+) -> list[tuple[str, str]]:
+    """``(output variable, product file suffix)`` of every variable the plan reads."""
     wanted: list[tuple[str, str]] = [
         (n, f"SR_B{spec.reflective[n]}" if level2 else f"B{spec.reflective[n]}") for n in names
     ]
@@ -584,43 +616,61 @@ def plan_scene(
         for var, suffix in (("qa_pixel", "QA_PIXEL"), ("qa_radsat", "QA_RADSAT")):
             if suffix in mtl.band_files:
                 wanted.append((var, suffix))
+    return wanted
 
-    # Where each suffix is: (href, shown path, band index).
+
+def _stacked_order(mtl: Mtl) -> list[str]:
+    """Band suffixes of a Collection 1 band-stacked clip, in file order (30 m bands, no B8/BQA)."""
+    return [s for s in mtl.band_files if re.fullmatch(r"B\d+(_VCID_\d)?", s) and s != "B8"]
+
+
+def _locate_suffixes(
+    listing: _Listing, mtl: Mtl, stacked: str | None, wanted: list[tuple[str, str]]
+) -> dict[str, tuple[str, Path, int]]:
+    """Where each suffix is: ``(href, shown path, band index)``."""
     located: dict[str, tuple[str, Path, int]] = {}
     if stacked is not None:
-        order = [s for s in mtl.band_files if re.fullmatch(r"B\d+(_VCID_\d)?", s) and s != "B8"]
+        order = _stacked_order(mtl)
         for _, s in wanted:
             if s not in order:
                 raise InputFileError(listing.display(stacked), f"band {s} is not in this band-stacked clip")
         for _, s in wanted:
             located[s] = (listing.href(stacked), listing.display(stacked), order.index(s) + 1)
-    else:
-        for _, s in wanted:
-            fname = mtl.band_files.get(s)
-            if fname is None:
-                raise InputFileError(mtl.path, f"MTL lists no file for band {s}")
-            if fname not in listing.names:
-                shown = (
-                    listing.where / fname
-                    if listing.layout == "directory"
-                    else Path(f"{listing.where}/{fname}")
-                )
-                raise InputFileError(shown, f"missing band file (listed in {mtl.path.name})")
-            located[s] = (listing.href(fname), listing.display(fname), 1)
+        return located
+    for _, s in wanted:
+        fname = mtl.band_files.get(s)
+        if fname is None:
+            raise InputFileError(mtl.path, f"MTL lists no file for band {s}")
+        if fname not in listing.names:
+            shown = (
+                listing.where / fname if listing.layout == "directory" else Path(f"{listing.where}/{fname}")
+            )
+            raise InputFileError(shown, f"missing band file (listed in {mtl.path.name})")
+        located[s] = (listing.href(fname), listing.display(fname), 1)
+    return located
 
-    # Validate headers: readable, one grid, dtype, band count, consistent with the MTL.
+
+def _validate_headers(
+    mtl: Mtl,
+    wanted: list[tuple[str, str]],
+    located: dict[str, tuple[str, Path, int]],
+    *,
+    level2: bool,
+    stacked: str | None,
+) -> tuple[Grid, list[str]]:
+    """Headers readable, one grid, dtype, band count, consistent with the MTL: ``(grid, warnings)``."""
     ref_grid: Grid | None = None
     ref_shown: Path | None = None
     warnings: list[str] = []
     seen: set[str] = set()
     for var, s in wanted:
-        href, shown, index = located[s]
+        href, shown, _index = located[s]
         if href in seen:
             continue
         seen.add(href)
         grid, dtype, count = _header(href, shown)
         if stacked is not None:
-            expected = len([x for x in mtl.band_files if re.fullmatch(r"B\d+(_VCID_\d)?", x) and x != "B8"])
+            expected = len(_stacked_order(mtl))
             if count != expected:
                 raise InputFileError(
                     shown,
@@ -641,77 +691,39 @@ def plan_scene(
         elif grid != ref_grid:
             raise GridMismatchError(f"{shown}: grid {grid!r} differs from {ref_shown} grid {ref_grid!r}")
     if ref_grid is None:  # pragma: no cover - wanted always has a reflective band
-        raise InputFileError(src_path, "no band files to read")
+        raise InputFileError(mtl.path, "no band files to read")
+    return ref_grid, warnings
 
-    # Decoding per variable.
-    sin_ok = mtl.sun_elevation > 0
-    sources: dict[str, BandSource] = {}
-    for var, s in wanted:
-        href, _shown, index = located[s]
-        if var in ("qa_pixel", "qa_radsat"):
-            sources[var] = BandSource(var, s, href, index, "raw")
-        elif var == "thermal":
-            if level2:
-                sc = mtl.st_scale.get(s)
-                if sc is None:
-                    raise InputFileError(mtl.path, f"MTL lacks TEMPERATURE_MULT/ADD_BAND_{s}")
-                sources[var] = BandSource(var, s, href, index, "linear", sc.mult, sc.add)
-            else:
-                rad = mtl.radiance.get(s)
-                k = mtl.thermal_constants.get(s)
-                if rad is None or k is None:
-                    raise InputFileError(mtl.path, f"MTL lacks RADIANCE_MULT/ADD or K1/K2 for band {s}")
-                sources[var] = BandSource(
-                    var,
-                    s,
-                    href,
-                    index,
-                    "brightness",
-                    rad.mult,
-                    rad.add,
-                    k1=k[0],
-                    k2=k[1],
-                    clip=_range(ST_SCALE),
-                )
-        else:
-            if level2:
-                sc = mtl.sr_scale.get(s)
-                if sc is None:
-                    raise InputFileError(mtl.path, f"MTL lacks REFLECTANCE_MULT/ADD_BAND for {s}")
-                sources[var] = BandSource(var, s, href, index, "linear", sc.mult, sc.add)
-            else:
-                sc = mtl.toa_reflectance.get(s)
-                if sc is None:
-                    raise InputFileError(mtl.path, f"MTL lacks REFLECTANCE_MULT/ADD_BAND for {s}")
-                if not sin_ok:
-                    raise InputFileError(
-                        mtl.path, f"SUN_ELEVATION {mtl.sun_elevation} <= 0: cannot compute TOA"
-                    )
-                sources[var] = BandSource(
-                    var,
-                    s,
-                    href,
-                    index,
-                    "toa",
-                    sc.mult,
-                    sc.add,
-                    sun_elevation=mtl.sun_elevation,
-                    clip=_range(SR_SCALE),
-                )
+
+def _band_source(var: str, s: str, href: str, index: int, mtl: Mtl, *, level2: bool) -> BandSource:
+    """How variable ``var`` (file suffix ``s``) is read and decoded, from the MTL's factors."""
+    if var in ("qa_pixel", "qa_radsat"):
+        return BandSource(var, s, href, index, "raw")
+    if var == "thermal":
+        if level2:
+            sc = mtl.st_scale.get(s)
+            if sc is None:
+                raise InputFileError(mtl.path, f"MTL lacks TEMPERATURE_MULT/ADD_BAND_{s}")
+            return BandSource(var, s, href, index, "linear", sc.mult, sc.add)
+        rad = mtl.radiance.get(s)
+        k = mtl.thermal_constants.get(s)
+        if rad is None or k is None:
+            raise InputFileError(mtl.path, f"MTL lacks RADIANCE_MULT/ADD or K1/K2 for band {s}")
+        return BandSource(
+            var, s, href, index, "brightness", rad.mult, rad.add, k1=k[0], k2=k[1], clip=_range(ST_SCALE)
+        )
     if level2:
-        scales = {(b.mult, b.add) for n, b in sources.items() if n in names}
-        if len(scales) > 1:
-            raise InputFileError(mtl.path, f"reflective bands have different scale factors {sorted(scales)}")
-    return ScenePlan(
-        source=str(src_path),
-        mtl=mtl,
-        layout="stacked" if stacked is not None else listing.layout,
-        grid=ref_grid,
-        reflective=tuple(sources[n] for n in names),
-        thermal=sources.get("thermal"),
-        qa_pixel=sources.get("qa_pixel"),
-        qa_radsat=sources.get("qa_radsat"),
-        warnings=tuple(warnings),
+        sc = mtl.sr_scale.get(s)
+        if sc is None:
+            raise InputFileError(mtl.path, f"MTL lacks REFLECTANCE_MULT/ADD_BAND for {s}")
+        return BandSource(var, s, href, index, "linear", sc.mult, sc.add)
+    sc = mtl.toa_reflectance.get(s)
+    if sc is None:
+        raise InputFileError(mtl.path, f"MTL lacks REFLECTANCE_MULT/ADD_BAND for {s}")
+    if not mtl.sun_elevation > 0:
+        raise InputFileError(mtl.path, f"SUN_ELEVATION {mtl.sun_elevation} <= 0: cannot compute TOA")
+    return BandSource(
+        var, s, href, index, "toa", sc.mult, sc.add, sun_elevation=mtl.sun_elevation, clip=_range(SR_SCALE)
     )
 
 
@@ -769,6 +781,34 @@ def _chunk_sizes(chunks: int | dict[str, int]) -> tuple[int, int, int]:
     if min(cy, cx) < 1 or (cb < 1 and cb != -1):
         raise ValueError(f"chunk sizes must be positive, got {chunks}")
     return cy, cx, cb
+
+
+def _scene_attrs(plan: ScenePlan) -> dict[str, Any]:
+    """Root attributes of an opened scene: what it is and where it came from."""
+    meta = plan.meta
+
+    def num(v: float | None) -> float:
+        return float("nan") if v is None else float(v)
+
+    attrs: dict[str, Any] = {
+        "product_id": meta.product_id,
+        "sensor": meta.sensor_code or meta.sensor or "unknown",
+        "sensor_name": meta.sensor or "unknown",
+        "spacecraft": meta.spacecraft,
+        "level": meta.level,
+        "collection": meta.collection if meta.collection is not None else -1,
+        "wrs_path": meta.wrs_path if meta.wrs_path is not None else -1,
+        "wrs_row": meta.wrs_row if meta.wrs_row is not None else -1,
+        "cloud_cover": num(meta.cloud_cover),
+        "sun_elevation": num(meta.sun_elevation),
+        "sun_azimuth": num(meta.sun_azimuth),
+        "input_kind": meta.kind,
+        "usable_mask": meta.usable,
+        "source": plan.source,
+        "source_files": [_display(f) for f in plan.files],
+        "source_bands": [s.suffix for s in plan.reflective],
+    }
+    return attrs
 
 
 def open_scene(
@@ -893,27 +933,7 @@ def open_scene(
             var.encoding = {"dtype": "uint16"}
             data_vars[name] = var
 
-    def num(v: float | None) -> float:
-        return float("nan") if v is None else float(v)
-
-    attrs: dict[str, Any] = {
-        "product_id": meta.product_id,
-        "sensor": meta.sensor_code or meta.sensor or "unknown",
-        "sensor_name": meta.sensor or "unknown",
-        "spacecraft": meta.spacecraft,
-        "level": meta.level,
-        "collection": meta.collection if meta.collection is not None else -1,
-        "wrs_path": meta.wrs_path if meta.wrs_path is not None else -1,
-        "wrs_row": meta.wrs_row if meta.wrs_row is not None else -1,
-        "cloud_cover": num(meta.cloud_cover),
-        "sun_elevation": num(meta.sun_elevation),
-        "sun_azimuth": num(meta.sun_azimuth),
-        "input_kind": meta.kind,
-        "usable_mask": meta.usable,
-        "source": plan.source,
-        "source_files": [_display(f) for f in plan.files],
-        "source_bands": [s.suffix for s in plan.reflective],
-    }
+    attrs = _scene_attrs(plan)
     coords = {
         "band": ("band", np.array(plan.band_names, dtype=object)),
         "y": ("y", grid.y, {"units": "metre", "axis": "Y"}),

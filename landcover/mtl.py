@@ -430,183 +430,215 @@ def _band_suffix(key_rest: str, file_name: str, product_id: str) -> str:
     return key_rest
 
 
-def _build(groups: dict[str, dict[str, str]], src: Path, encoding: MtlEncoding) -> Mtl:
-    def need(names: tuple[str, ...], key: str) -> str:
-        value = _get(groups, names, key)
+class _Reader:
+    """Typed look-ups in the parsed MTL groups; every failure names the MTL file."""
+
+    def __init__(self, groups: dict[str, dict[str, str]], src: Path) -> None:
+        self.groups = groups
+        self.src = src
+
+    def get(self, names: tuple[str, ...], key: str) -> str | None:
+        return _get(self.groups, names, key)
+
+    def need(self, names: tuple[str, ...], key: str) -> str:
+        value = self.get(names, key)
         if value is None:
-            raise InputFileError(src, f"MTL lacks {key} (looked in {', '.join(names)})")
+            raise InputFileError(self.src, f"MTL lacks {key} (looked in {', '.join(names)})")
         return value
 
-    def num(names: tuple[str, ...], key: str, *, required: bool = False) -> float | None:
-        value = need(names, key) if required else _get(groups, names, key)
+    def num(self, names: tuple[str, ...], key: str, *, required: bool = False) -> float | None:
+        value = self.need(names, key) if required else self.get(names, key)
         if value is None:
             return None
         try:
             return float(value)
         except ValueError:
-            raise InputFileError(src, f"MTL value {key} = {value!r} is not a number") from None
+            raise InputFileError(self.src, f"MTL value {key} = {value!r} is not a number") from None
 
-    def need_num(names: tuple[str, ...], key: str) -> float:
-        value = num(names, key, required=True)
+    def need_num(self, names: tuple[str, ...], key: str) -> float:
+        value = self.num(names, key, required=True)
         if value is None:  # pragma: no cover - need() raised already
-            raise InputFileError(src, f"MTL lacks {key}")
+            raise InputFileError(self.src, f"MTL lacks {key}")
         return value
 
-    def integer(names: tuple[str, ...], key: str, *, required: bool = False) -> int | None:
-        value = num(names, key, required=required)
+    def integer(self, names: tuple[str, ...], key: str, *, required: bool = False) -> int | None:
+        value = self.num(names, key, required=required)
         return None if value is None else int(round(value))
 
-    if not groups:
-        raise InputFileError(src, "not an MTL file (no metadata groups)")
-    derived: list[str] = []
-    product_id = _get(groups, _ID_GROUPS, "LANDSAT_PRODUCT_ID")
-    if product_id is not None:
-        if not PRODUCT_ID_RE.fullmatch(product_id):
-            raise InputFileError(src, f"LANDSAT_PRODUCT_ID {product_id!r} is not a Landsat product id")
-        sensor = product_id[:4]
-    else:  # pre-Collection: files are named after the scene id
-        product_id = _get(groups, _ID_GROUPS, "LANDSAT_SCENE_ID")
-        m_sid = SCENE_ID_RE.fullmatch(product_id or "")
-        if product_id is None or m_sid is None:
-            raise InputFileError(
-                src, f"MTL lacks LANDSAT_PRODUCT_ID and LANDSAT_SCENE_ID (looked in {', '.join(_ID_GROUPS)})"
-            )
-        sensor = f"L{m_sid.group(1).replace('O', 'C')}0{m_sid.group(2)}"
-    is_pid = PRODUCT_ID_RE.fullmatch(product_id) is not None
-    level = (
-        _get(groups, ("PRODUCT_CONTENTS",), "PROCESSING_LEVEL")
-        or _get(groups, ("PRODUCT_METADATA",), "DATA_TYPE")
-        or need(("PRODUCT_METADATA",), "PRODUCT_TYPE")
-    )
-    collection = integer(_ID_GROUPS, "COLLECTION_NUMBER") or (int(product_id.split("_")[5]) if is_pid else 0)
-    category = _get(groups, _ID_GROUPS, "COLLECTION_CATEGORY") or (product_id.split("_")[6] if is_pid else "")
-
-    date = _get(groups, _IMG_GROUPS, "DATE_ACQUIRED") or need(_IMG_GROUPS, "ACQUISITION_DATE")
-    time = (
-        _get(groups, _IMG_GROUPS, "SCENE_CENTER_TIME")
-        or _get(groups, _IMG_GROUPS, "SCENE_CENTER_SCAN_TIME")
-        or "00:00:00Z"
-    )
-    try:
-        hms, frac = _split_time(time)
-        acquired = datetime.fromisoformat(f"{date}T{hms}.{(frac + '000000')[:6]}").replace(tzinfo=UTC)
-    except ValueError:
-        raise InputFileError(
-            src, f"MTL acquisition time {date!r} {time!r} is not a valid date/time"
-        ) from None
-
-    sun_el = need_num(_IMG_GROUPS, "SUN_ELEVATION")
-    sun_az = need_num(_IMG_GROUPS, "SUN_AZIMUTH")
-    if not -90.0 <= sun_el <= 90.0:
-        raise InputFileError(src, f"MTL SUN_ELEVATION {sun_el} is outside [-90, 90]")
-
-    projection = _get(groups, _PROJ_GROUPS, "MAP_PROJECTION")
-    zone = integer(_PROJ_GROUPS, "UTM_ZONE")
-    epsg = 32600 + abs(zone) if projection == "UTM" and zone else None
-
-    corners: tuple[float, float, float, float] | None = None
-    corner_keys = tuple(f"CORNER_{c}_PROJECTION_{a}_PRODUCT" for c in ("UL", "LR") for a in ("X", "Y"))
-    cvals = [num(("PROJECTION_ATTRIBUTES", "PRODUCT_METADATA"), k) for k in corner_keys]
-    if all(v is not None for v in cvals):
-        corners = (float(cvals[0]), float(cvals[1]), float(cvals[2]), float(cvals[3]))  # type: ignore[arg-type]
-
-    band_files: dict[str, str] = {}
-    for gname in _FILE_GROUPS:
-        for key, value in groups.get(gname, {}).items():
-            if not value:
-                continue
-            old_name = re.fullmatch(r"BAND(\d+)_FILE_NAME", key)
-            if old_name is not None:  # pre-Collection BAND1_FILE_NAME, BAND61_FILE_NAME
-                band_files.setdefault(_suffix_of_band_key(old_name.group(1)), value)
-            elif key.startswith("FILE_NAME_BAND_") and key != "FILE_NAME_BAND_QUALITY":
-                rest = key[len("FILE_NAME_BAND_") :]
-                band_files.setdefault(_band_suffix(f"B{rest}", value, product_id), value)
-            elif key in _QA_KEYS:
-                band_files.setdefault(_band_suffix(_QA_KEYS[key], value, product_id), value)
-        if band_files:
-            break
-
-    def scales(names: tuple[str, ...], prefix: str, fmt: str) -> dict[str, Scale]:
+    def scales(self, names: tuple[str, ...], prefix: str, fmt: str) -> dict[str, Scale]:
+        """``<prefix>_MULT/ADD_BAND_<b>`` pairs of the first of ``names`` present (never mixing groups)."""
         out: dict[str, Scale] = {}
         for gname in names:
-            grp = groups.get(gname)
+            grp = self.groups.get(gname)
             if not grp:
                 continue
             for key in grp:
                 if key.startswith(f"{prefix}_MULT_BAND_"):
                     band = key[len(f"{prefix}_MULT_BAND_") :]
-                    mult = num((gname,), key)
-                    add = num((gname,), f"{prefix}_ADD_BAND_{band}")
+                    mult = self.num((gname,), key)
+                    add = self.num((gname,), f"{prefix}_ADD_BAND_{band}")
                     if mult is not None and add is not None:
                         out[fmt.format(band)] = Scale(mult, add)
             break  # first group present only: never mix L1 and L2 groups
         return out
 
-    thermal: dict[str, tuple[float, float]] = {}
-    for gname in _L1_THERMAL:
-        grp = groups.get(gname)
-        if not grp:
-            continue
-        for key in grp:
-            if key.startswith("K1_CONSTANT_BAND_"):
-                band = key[len("K1_CONSTANT_BAND_") :]
-                k1, k2 = num((gname,), key), num((gname,), f"K2_CONSTANT_BAND_{band}")
-                if k1 is not None and k2 is not None:
-                    thermal[f"B{band}"] = (k1, k2)
-        break
+    def thermal_constants(self) -> dict[str, tuple[float, float]]:
+        """``K1/K2_CONSTANT_BAND_<b>`` of the first Level-1 thermal group present."""
+        thermal: dict[str, tuple[float, float]] = {}
+        for gname in _L1_THERMAL:
+            grp = self.groups.get(gname)
+            if not grp:
+                continue
+            for key in grp:
+                if key.startswith("K1_CONSTANT_BAND_"):
+                    band = key[len("K1_CONSTANT_BAND_") :]
+                    k1, k2 = self.num((gname,), key), self.num((gname,), f"K2_CONSTANT_BAND_{band}")
+                    if k1 is not None and k2 is not None:
+                        thermal[f"B{band}"] = (k1, k2)
+            break
+        return thermal
 
-    radiance = scales(_L1_RESCALE, "RADIANCE", "B{}")
-    if not radiance:  # old metadata: LMAX/LMIN and QCALMAX/QCALMIN per band
-        radiance = _radiance_from_minmax(groups, src)
-        if radiance:
-            derived.append("radiance from LMAX/LMIN/QCAL")
-    toa = scales(_L1_RESCALE, "REFLECTANCE", "B{}")
-    esd = num(_IMG_GROUPS, "EARTH_SUN_DISTANCE")
-    if not toa and sensor in ESUN and radiance and level.startswith("L1"):
-        d = esd
-        if d is None:
-            d = earth_sun_distance(acquired.timetuple().tm_yday)
-            derived.append("earth-sun distance from the date")
-        for band, esun in ESUN[sensor].items():
-            if band in radiance:
-                f = math.pi * d * d / esun
-                toa[band] = Scale(radiance[band].mult * f, radiance[band].add * f)
-        derived.append("TOA reflectance from ESUN (Chander et al. 2009)")
-    if not thermal and sensor in THERMAL_K and level.startswith("L1"):
-        thermal = {b: k for b, k in THERMAL_K[sensor].items() if b in radiance}
-        if thermal:
-            derived.append("K1/K2 (Chander et al. 2009)")
+    def identity(self) -> tuple[str, str]:
+        """``(product id or pre-Collection scene id, sensor code)``."""
+        product_id = self.get(_ID_GROUPS, "LANDSAT_PRODUCT_ID")
+        if product_id is not None:
+            if not PRODUCT_ID_RE.fullmatch(product_id):
+                raise InputFileError(
+                    self.src, f"LANDSAT_PRODUCT_ID {product_id!r} is not a Landsat product id"
+                )
+            return product_id, product_id[:4]
+        # pre-Collection: files are named after the scene id
+        product_id = self.get(_ID_GROUPS, "LANDSAT_SCENE_ID")
+        m_sid = SCENE_ID_RE.fullmatch(product_id or "")
+        if product_id is None or m_sid is None:
+            raise InputFileError(
+                self.src,
+                f"MTL lacks LANDSAT_PRODUCT_ID and LANDSAT_SCENE_ID (looked in {', '.join(_ID_GROUPS)})",
+            )
+        return product_id, f"L{m_sid.group(1).replace('O', 'C')}0{m_sid.group(2)}"
 
-    cloud = num(_IMG_GROUPS, "CLOUD_COVER")
-    start_row = integer(_IMG_GROUPS, "STARTING_ROW")
+    def acquired(self) -> datetime:
+        date = self.get(_IMG_GROUPS, "DATE_ACQUIRED") or self.need(_IMG_GROUPS, "ACQUISITION_DATE")
+        time = (
+            self.get(_IMG_GROUPS, "SCENE_CENTER_TIME")
+            or self.get(_IMG_GROUPS, "SCENE_CENTER_SCAN_TIME")
+            or "00:00:00Z"
+        )
+        try:
+            hms, frac = _split_time(time)
+            return datetime.fromisoformat(f"{date}T{hms}.{(frac + '000000')[:6]}").replace(tzinfo=UTC)
+        except ValueError:
+            raise InputFileError(
+                self.src, f"MTL acquisition time {date!r} {time!r} is not a valid date/time"
+            ) from None
+
+    def corners(self) -> tuple[float, float, float, float] | None:
+        keys = tuple(f"CORNER_{c}_PROJECTION_{a}_PRODUCT" for c in ("UL", "LR") for a in ("X", "Y"))
+        cvals = [self.num(("PROJECTION_ATTRIBUTES", "PRODUCT_METADATA"), k) for k in keys]
+        if all(v is not None for v in cvals):
+            return (float(cvals[0]), float(cvals[1]), float(cvals[2]), float(cvals[3]))  # type: ignore[arg-type]
+        return None
+
+    def band_files(self, product_id: str) -> dict[str, str]:
+        """Product file suffix -> file name, from the first file group that names any."""
+        band_files: dict[str, str] = {}
+        for gname in _FILE_GROUPS:
+            for key, value in self.groups.get(gname, {}).items():
+                if not value:
+                    continue
+                old_name = re.fullmatch(r"BAND(\d+)_FILE_NAME", key)
+                if old_name is not None:  # pre-Collection BAND1_FILE_NAME, BAND61_FILE_NAME
+                    band_files.setdefault(_suffix_of_band_key(old_name.group(1)), value)
+                elif key.startswith("FILE_NAME_BAND_") and key != "FILE_NAME_BAND_QUALITY":
+                    rest = key[len("FILE_NAME_BAND_") :]
+                    band_files.setdefault(_band_suffix(f"B{rest}", value, product_id), value)
+                elif key in _QA_KEYS:
+                    band_files.setdefault(_band_suffix(_QA_KEYS[key], value, product_id), value)
+            if band_files:
+                break
+        return band_files
+
+    def level1_factors(
+        self, sensor: str, level: str, acquired: datetime, derived: list[str]
+    ) -> tuple[dict[str, Scale], dict[str, Scale], dict[str, tuple[float, float]]]:
+        """Radiance and TOA factors and K1/K2, derived from published tables when the MTL lacks them."""
+        thermal = self.thermal_constants()
+        radiance = self.scales(_L1_RESCALE, "RADIANCE", "B{}")
+        if not radiance:  # old metadata: LMAX/LMIN and QCALMAX/QCALMIN per band
+            radiance = _radiance_from_minmax(self.groups, self.src)
+            if radiance:
+                derived.append("radiance from LMAX/LMIN/QCAL")
+        toa = self.scales(_L1_RESCALE, "REFLECTANCE", "B{}")
+        if not toa and sensor in ESUN and radiance and level.startswith("L1"):
+            d = self.num(_IMG_GROUPS, "EARTH_SUN_DISTANCE")
+            if d is None:
+                d = earth_sun_distance(acquired.timetuple().tm_yday)
+                derived.append("earth-sun distance from the date")
+            for band, esun in ESUN[sensor].items():
+                if band in radiance:
+                    f = math.pi * d * d / esun
+                    toa[band] = Scale(radiance[band].mult * f, radiance[band].add * f)
+            derived.append("TOA reflectance from ESUN (Chander et al. 2009)")
+        if not thermal and sensor in THERMAL_K and level.startswith("L1"):
+            thermal = {b: k for b, k in THERMAL_K[sensor].items() if b in radiance}
+            if thermal:
+                derived.append("K1/K2 (Chander et al. 2009)")
+        return radiance, toa, thermal
+
+
+def _build(groups: dict[str, dict[str, str]], src: Path, encoding: MtlEncoding) -> Mtl:
+    if not groups:
+        raise InputFileError(src, "not an MTL file (no metadata groups)")
+    r = _Reader(groups, src)
+    derived: list[str] = []
+    product_id, sensor = r.identity()
+    is_pid = PRODUCT_ID_RE.fullmatch(product_id) is not None
+    level = (
+        r.get(("PRODUCT_CONTENTS",), "PROCESSING_LEVEL")
+        or r.get(("PRODUCT_METADATA",), "DATA_TYPE")
+        or r.need(("PRODUCT_METADATA",), "PRODUCT_TYPE")
+    )
+    collection = r.integer(_ID_GROUPS, "COLLECTION_NUMBER") or (
+        int(product_id.split("_")[5]) if is_pid else 0
+    )
+    category = r.get(_ID_GROUPS, "COLLECTION_CATEGORY") or (product_id.split("_")[6] if is_pid else "")
+    acquired = r.acquired()
+    sun_el = r.need_num(_IMG_GROUPS, "SUN_ELEVATION")
+    sun_az = r.need_num(_IMG_GROUPS, "SUN_AZIMUTH")
+    if not -90.0 <= sun_el <= 90.0:
+        raise InputFileError(src, f"MTL SUN_ELEVATION {sun_el} is outside [-90, 90]")
+    projection = r.get(_PROJ_GROUPS, "MAP_PROJECTION")
+    zone = r.integer(_PROJ_GROUPS, "UTM_ZONE")
+    radiance, toa, thermal = r.level1_factors(sensor, level, acquired, derived)
+    start_row = r.integer(_IMG_GROUPS, "STARTING_ROW")
     return Mtl(
         path=src,
         encoding=encoding,
         product_id=product_id,
         sensor=sensor,
-        spacecraft=_get(groups, _IMG_GROUPS, "SPACECRAFT_ID") or "",
-        sensor_id=_get(groups, _IMG_GROUPS, "SENSOR_ID") or "",
+        spacecraft=r.get(_IMG_GROUPS, "SPACECRAFT_ID") or "",
+        sensor_id=r.get(_IMG_GROUPS, "SENSOR_ID") or "",
         collection=collection,
         category=category,
         level=level,
-        wrs_path=integer(_IMG_GROUPS, "WRS_PATH") or _path_row(product_id, 0),
-        wrs_row=integer(_IMG_GROUPS, "WRS_ROW") or start_row or _path_row(product_id, 1),
+        wrs_path=r.integer(_IMG_GROUPS, "WRS_PATH") or _path_row(product_id, 0),
+        wrs_row=r.integer(_IMG_GROUPS, "WRS_ROW") or start_row or _path_row(product_id, 1),
         acquired=acquired,
         sun_azimuth=sun_az,
         sun_elevation=sun_el,
-        earth_sun_distance=esd,
-        cloud_cover=cloud,
-        cloud_cover_land=num(_IMG_GROUPS, "CLOUD_COVER_LAND"),
+        earth_sun_distance=r.num(_IMG_GROUPS, "EARTH_SUN_DISTANCE"),
+        cloud_cover=r.num(_IMG_GROUPS, "CLOUD_COVER"),
+        cloud_cover_land=r.num(_IMG_GROUPS, "CLOUD_COVER_LAND"),
         map_projection=projection,
         utm_zone=zone,
-        epsg=epsg,
-        grid_cell_size=num(_PROJ_GROUPS, "GRID_CELL_SIZE_REFLECTIVE"),
-        lines=integer(_DIM_GROUPS, "REFLECTIVE_LINES"),
-        samples=integer(_DIM_GROUPS, "REFLECTIVE_SAMPLES"),
-        corners=corners,
-        band_files=band_files,
-        sr_scale=scales((_L2_SR,), "REFLECTANCE", "SR_B{}"),
-        st_scale=scales((_L2_ST,), "TEMPERATURE", "{}"),
+        epsg=32600 + abs(zone) if projection == "UTM" and zone else None,
+        grid_cell_size=r.num(_PROJ_GROUPS, "GRID_CELL_SIZE_REFLECTIVE"),
+        lines=r.integer(_DIM_GROUPS, "REFLECTIVE_LINES"),
+        samples=r.integer(_DIM_GROUPS, "REFLECTIVE_SAMPLES"),
+        corners=r.corners(),
+        band_files=r.band_files(product_id),
+        sr_scale=r.scales((_L2_SR,), "REFLECTANCE", "SR_B{}"),
+        st_scale=r.scales((_L2_ST,), "TEMPERATURE", "{}"),
         radiance=radiance,
         toa_reflectance=toa,
         thermal_constants=thermal,

@@ -50,7 +50,9 @@ from urllib.parse import urlencode, urljoin, urlparse
 
 import numpy as np
 
+from . import atomic
 from .errors import ConfigError, GridMismatchError, InputFileError
+from .grid import Grid
 from .scene_plan import SENSORS, SR_SCALE, ST_SCALE, BandSource, SceneMeta, ScenePlan, _select_bands
 
 __all__ = [
@@ -285,11 +287,6 @@ def plan_item(
         Layout ``"stac"``; the grid and data types are read from the COG headers (a few
         range requests per asset).
     """
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    from .grid import Grid
-
     first = items[0]
     pid = _product_id(first)
     others = sorted({_product_id(i) for i in items} - {pid})
@@ -301,9 +298,7 @@ def plan_item(
         raise InputFileError(
             source, f"{pid}: unknown Landsat sensor (platform/product id); MSS is not supported"
         )
-    props: dict[str, Any] = {}
-    for i in reversed(items):
-        props.update(i.get("properties") or {})
+    props, assets = _merge_items(items)
     level = str(props.get("landsat:correction") or (pid.split("_")[1] if pid.count("_") >= 2 else ""))
     if not level.startswith("L2"):
         raise InputFileError(
@@ -312,10 +307,6 @@ def plan_item(
             "(landsat-c2-l2, landsat-c2l2-sr/-st) "
             "can be read from STAC (Level-1 TOA needs the MTL: download the product)",
         )
-    assets: dict[str, Any] = {}
-    for i in items:
-        for k, a in (i.get("assets") or {}).items():
-            assets.setdefault(k, a)
     names = _select_bands(spec, bands, _NoMtl(code))  # type: ignore[arg-type]
     signer = _signer(sign)
 
@@ -334,41 +325,20 @@ def plan_item(
                 raise InputFileError(source, f"{pid}: no asset for band {var} ({suffix})")
             continue  # thermal (in the _ST item) or QA absent: like an L2SR product
         key, asset = found
-        url = str(asset.get("href", ""))
-        if href == "s3":
-            url = str((asset.get("alternate") or {}).get("s3", {}).get("href") or url)
-        if signer is not None:
-            url = signer(url)
+        url = _asset_url(asset, href, signer)
         gpath = _gdal_href(url, gdal_options)
-        try:
-            with rasterio.open(gpath) as src:
-                if src.crs is None:
-                    raise InputFileError(url, "asset has no CRS")
-                grid = Grid(src.crs, src.transform, (src.height, src.width))
-                dtype = src.dtypes[0]
-                file_nodata = src.nodata
-        except RasterioError as exc:
-            raise InputFileError(url, f"cannot open the COG asset {key!r} ({_short(exc)})") from None
+        grid, dtype, file_nodata = _asset_header(gpath, url, key)
         if ref_grid is None:
             ref_grid, ref_key = grid, key
         elif grid != ref_grid:
             raise GridMismatchError(
                 f"{source}: asset {key} grid {grid!r} differs from {ref_key} grid {ref_grid!r}"
             )
-        info = _band_info(asset)
         if var in ("qa_pixel", "qa_radsat"):
             sources[var] = BandSource(var, suffix, gpath, 1, "raw", nodata=None, dtype=dtype)
             continue
-        default = ST_SCALE if var == "thermal" else SR_SCALE
-        scale = float(info.get("scale", default[0]))
-        offset = float(info.get("offset", default[1]))
-        nodata = info.get("nodata", file_nodata if file_nodata is not None else 0)
-        nodata_f = None if nodata is None else float(nodata)
-        if not (math.isfinite(scale) and math.isfinite(offset)):
-            raise InputFileError(source, f"{pid}: asset {key} has a non-finite scale/offset")
-        sources[var] = BandSource(
-            var, suffix, gpath, 1, "linear", scale, offset, nodata=nodata_f, dtype=dtype
-        )
+        what = f"{pid}: asset {key}"
+        sources[var] = _linear_source(var, suffix, gpath, asset, dtype, file_nodata, what, source)
     if ref_grid is None:  # pragma: no cover - a reflective band is always wanted
         raise InputFileError(source, f"{pid}: no readable asset")
     scales = {(sources[n].mult, sources[n].add) for n in names}
@@ -376,6 +346,76 @@ def plan_item(
         raise InputFileError(
             source, f"{pid}: reflective assets have different scale factors {sorted(scales)}"
         )
+    meta = _item_meta(props, pid, spec.name, code, level, source, qa="qa_pixel" in sources)
+    return ScenePlan(
+        source=source, mtl=None, layout="stac", grid=ref_grid,
+        reflective=tuple(sources[n] for n in names), thermal=sources.get("thermal"),
+        qa_pixel=sources.get("qa_pixel"), qa_radsat=sources.get("qa_radsat"), meta=meta,
+    )  # fmt: skip
+
+
+def _merge_items(items: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Properties (the first item's win) and assets (first one of a key wins) of one product's items."""
+    props: dict[str, Any] = {}
+    for i in reversed(items):
+        props.update(i.get("properties") or {})
+    assets: dict[str, Any] = {}
+    for i in items:
+        for k, a in (i.get("assets") or {}).items():
+            assets.setdefault(k, a)
+    return props, assets
+
+
+def _asset_url(asset: Mapping[str, Any], href: str, signer: Callable[[str], str] | None) -> str:
+    """The URL to read an asset from: its href or its ``alternate.s3`` href, signed when asked."""
+    url = str(asset.get("href", ""))
+    if href == "s3":
+        url = str((asset.get("alternate") or {}).get("s3", {}).get("href") or url)
+    return signer(url) if signer is not None else url
+
+
+def _linear_source(
+    var: str,
+    suffix: str,
+    gpath: str,
+    asset: Mapping[str, Any],
+    dtype: str,
+    file_nodata: float | None,
+    what: str,
+    source: str,
+) -> BandSource:
+    """A reflective or thermal band: scale/offset/nodata from the asset's raster:bands (Level-2 defaults)."""
+    info = _band_info(asset)
+    default = ST_SCALE if var == "thermal" else SR_SCALE
+    scale = float(info.get("scale", default[0]))
+    offset = float(info.get("offset", default[1]))
+    nodata = info.get("nodata", file_nodata if file_nodata is not None else 0)
+    if not (math.isfinite(scale) and math.isfinite(offset)):
+        raise InputFileError(source, f"{what} has a non-finite scale/offset")
+    return BandSource(
+        var, suffix, gpath, 1, "linear", scale, offset, nodata=None if nodata is None else float(nodata),
+        dtype=dtype,
+    )  # fmt: skip
+
+
+def _asset_header(gpath: str, url: str, key: str) -> tuple[Grid, str, float | None]:
+    """``(grid, dtype, nodata)`` of a COG asset, from its header (a few range requests)."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(gpath) as src:
+            if src.crs is None:
+                raise InputFileError(url, "asset has no CRS")
+            return Grid(src.crs, src.transform, (src.height, src.width)), src.dtypes[0], src.nodata
+    except RasterioError as exc:
+        raise InputFileError(url, f"cannot open the COG asset {key!r} ({_short(exc)})") from None
+
+
+def _item_meta(
+    props: Mapping[str, Any], pid: str, sensor: str, code: str, level: str, source: str, *, qa: bool
+) -> SceneMeta:
+    """What the scene is, from the merged item properties."""
     dt = props.get("datetime") or props.get("start_datetime")
     try:
         t = (
@@ -400,12 +440,12 @@ def plan_item(
     parts = pid.split("_")
     meta = SceneMeta(
         product_id=pid,
-        sensor=spec.name,
+        sensor=sensor,
         sensor_code=code,
         level=level,
         time=t,
         kind="stac",
-        usable="QA_PIXEL" if "qa_pixel" in sources else "not nodata",
+        usable="QA_PIXEL" if qa else "not nodata",
         spacecraft=str(props.get("platform") or props.get("eo:platform") or ""),
         collection=2,
         category=parts[-1] if len(parts) >= 7 else "",
@@ -416,11 +456,7 @@ def plan_item(
         sun_elevation=num("view:sun_elevation"),
         sun_azimuth=num("view:sun_azimuth"),
     )
-    return ScenePlan(
-        source=source, mtl=None, layout="stac", grid=ref_grid,
-        reflective=tuple(sources[n] for n in names), thermal=sources.get("thermal"),
-        qa_pixel=sources.get("qa_pixel"), qa_radsat=sources.get("qa_radsat"), meta=meta,
-    )  # fmt: skip
+    return meta
 
 
 class _NoMtl:
@@ -503,9 +539,5 @@ def write_item_files(
     for pid, items in by_pid.items():
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", pid):
             raise InputFileError(os.fspath(refs[0]), f"item id {pid!r} is not usable as a file name")
-        dst = out / f"{pid}.json"
-        tmp = dst.with_name(dst.name + ".tmp")
-        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": items}), encoding="utf-8")
-        tmp.replace(dst)
-        paths.append(dst)
+        paths.append(atomic.write_json(out / f"{pid}.json", {"type": "FeatureCollection", "features": items}))
     return paths

@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -308,150 +309,48 @@ def plan_stack(
         Unreadable file, band count not matching ``bands``, bands not recognised, integer DNs
         without a scale, QA raster not on the stack's grid or not uint16.
     """
-    import rasterio
-    from rasterio.errors import RasterioError
-
     p = Path(path)
     if not p.is_file():
         raise InputFileError(p, "no such file" if not p.exists() else "a stack must be one raster file")
     if spec is None:
         sidecar = find_sidecar(p)
         spec = read_sidecar(sidecar) if sidecar is not None else StackSpec()
-    where = p if spec.origin == "options" else Path(spec.origin)
-    try:
-        with rasterio.open(p) as src:
-            if src.crs is None:
-                raise InputFileError(p, "raster has no CRS")
-            try:
-                grid = Grid(src.crs, src.transform, (src.height, src.width))
-            except ValueError as exc:
-                raise InputFileError(p, f"unsupported raster geometry ({_short(exc)})") from None
-            count = src.count
-            dtypes = tuple(src.dtypes)
-            nodatas = tuple(src.nodatavals)
-            descriptions = tuple(src.descriptions)
-            scales, offsets = tuple(src.scales), tuple(src.offsets)
-    except RasterioError as exc:
-        raise InputFileError(
-            p,
-            "not a Landsat product (the name does not start with a product id) and "
-            f"cannot be read as a raster stack ({_short(exc)})",
-        ) from None
-
-    sensor = spec.sensor
-    if spec.bands is not None:
-        names = spec.bands
-        if len(names) != count:
-            raise InputFileError(
-                where, f"bands names {len(names)} bands ({','.join(names)}) but {p.name} has {count}"
-            )
-    else:
-        guess = band_names_from(descriptions, sensor)
-        if guess is None:
-            shown = ", ".join(repr(d) for d in descriptions)
-            raise InputFileError(
-                p,
-                f"not a Landsat product and its {count} band descriptions ({shown}) do not say which "
-                "Landsat bands it holds unambiguously: give them with --stack FILE --bands "
-                "blue,green,red,nir,swir1,swir2 (and --sensor), or in a sidecar FILE.toml",
-            )
-        names, inferred = guess
-        if sensor is None and inferred is not None:
-            log.info("%s: sensor %s inferred from the band descriptions", p, inferred)
-            sensor = inferred
+    head = _read_header(p)
+    names, sensor = _band_names(p, spec, head)
     index = {n: i + 1 for i, n in enumerate(names) if n != "-"}
-
-    # which bands to read
-    if isinstance(bands, str) and bands in ("reflective", "all"):
-        order = COMMON_BANDS if bands == "reflective" else ALL_REFLECTIVE
-        wanted = [b for b in order if b in index]
-    else:
-        wanted = [bands] if isinstance(bands, str) else list(bands)
-        missing = [b for b in wanted if b not in index]
-        if missing:
-            raise InputFileError(p, f"stack has no band {', '.join(missing)} (it has {', '.join(index)})")
-    if not wanted:
-        raise InputFileError(p, f"stack holds no reflective band (bands: {', '.join(names)})")
-
-    def nodata_of(i: int) -> float | None:
-        if spec.nodata is not None:
-            return float(spec.nodata)
-        v = nodatas[i - 1]
-        return None if v is None else float(v)
-
-    def factors(idx: list[int], what: str) -> tuple[float, float] | None:
-        own = {(float(scales[i - 1]), float(offsets[i - 1])) for i in idx}
-        if len(own) == 1 and own != {(1.0, 0.0)}:
-            return next(iter(own))
-        if all(np.dtype(dtypes[i - 1]).kind == "f" for i in idx):
-            return (1.0, 0.0)
-        return None
-
+    wanted = _wanted_bands(p, bands, index, names)
     r_idx = [index[b] for b in wanted]
     r_scale = (spec.scale, spec.offset) if spec.scale is not None and spec.offset is not None else None
-    r_scale = r_scale or factors(r_idx, "reflective")
+    r_scale = r_scale or head.factors(r_idx)
     if r_scale is None:
         raise InputFileError(
             p,
-            f"integer DNs ({dtypes[r_idx[0] - 1]}) without a scale: give --scale and --offset "
+            f"integer DNs ({head.dtypes[r_idx[0] - 1]}) without a scale: give --scale and --offset "
             "(Collection 2 Level-2 surface reflectance: --scale 2.75e-5 --offset -0.2)",
         )
     for i in r_idx:
-        if np.dtype(dtypes[i - 1]).kind not in "uif":
-            raise InputFileError(p, f"band {i} has data type {dtypes[i - 1]}, not a number type")
-
-    def label(i: int) -> str:
-        d = descriptions[i - 1]
-        return f"band {i} ({d})" if d else f"band {i}"
-
+        if np.dtype(head.dtypes[i - 1]).kind not in "uif":
+            raise InputFileError(p, f"band {i} has data type {head.dtypes[i - 1]}, not a number type")
     clip_r = enc_range(SR_SCALE)
     reflective = tuple(
         BandSource(
             b,
-            label(index[b]),
+            head.label(index[b]),
             str(p),
             index[b],
             "linear",
             r_scale[0],
             r_scale[1],
             clip=clip_r,
-            nodata=nodata_of(index[b]),
-            dtype=dtypes[index[b] - 1],
+            nodata=head.nodata_of(index[b], spec),
+            dtype=head.dtypes[index[b] - 1],
         )  # fmt: skip
         for b in wanted
     )
-    th_src = None
-    if thermal and "thermal" in index:
-        i = index["thermal"]
-        if spec.thermal_scale is not None and spec.thermal_offset is not None:
-            t_scale: tuple[float, float] | None = (spec.thermal_scale, spec.thermal_offset)
-        elif r_scale == SR_SCALE:
-            t_scale = ST_SCALE
-        else:
-            t_scale = factors([i], "thermal")
-        if t_scale is None:
-            raise InputFileError(
-                p, "integer thermal DNs without a scale: give thermal_scale and thermal_offset"
-            )
-        th_src = BandSource("thermal", label(i), str(p), i, "linear", t_scale[0], t_scale[1],
-                            clip=enc_range(ST_SCALE), nodata=nodata_of(i), dtype=dtypes[i - 1])  # fmt: skip
-    qa_src = None
-    if qa and spec.qa is not None:
-        qp = Path(spec.qa)
-        try:
-            with rasterio.open(qp) as q:
-                q_grid = Grid(q.crs, q.transform, (q.height, q.width)) if q.crs is not None else None
-                q_dtype = q.dtypes[0]
-        except RasterioError as exc:
-            raise InputFileError(qp, f"QA raster cannot be read ({_short(exc)})") from None
-        if q_grid is None or q_grid != grid:
-            raise GridMismatchError(f"{qp}: QA raster grid {q_grid!r} differs from the stack's {grid!r}")
-        if q_dtype != "uint16":
-            raise InputFileError(
-                qp, f"QA raster has data type {q_dtype}, expected uint16 (Collection 2 QA_PIXEL)"
-            )
-        qa_src = BandSource("qa_pixel", "QA_PIXEL", str(qp), 1, "raw", nodata=None, dtype="uint16")
-
+    th_src = (
+        _thermal_source(p, spec, head, index["thermal"], r_scale) if thermal and "thermal" in index else None
+    )
+    qa_src = _qa_source(spec, head.grid) if qa and spec.qa is not None else None
     warns: list[str] = []
     if spec.date is None:
         warns.append(f"{p.name}: acquisition date unknown (give --date or date in a sidecar); time is NaT")
@@ -465,6 +364,144 @@ def plan_stack(
         usable="QA_PIXEL" if qa_src is not None else "not nodata",
     )
     return ScenePlan(
-        source=str(p), mtl=None, layout="stack", grid=grid, reflective=reflective, thermal=th_src,
+        source=str(p), mtl=None, layout="stack", grid=head.grid, reflective=reflective, thermal=th_src,
         qa_pixel=qa_src, warnings=tuple(warns), meta=meta,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What :func:`plan_stack` needs of a stack's header."""
+
+    grid: Grid
+    count: int
+    dtypes: tuple[str, ...]
+    nodatas: tuple[float | None, ...]
+    descriptions: tuple[str | None, ...]
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
+
+    def nodata_of(self, i: int, spec: StackSpec) -> float | None:
+        """Fill value of band ``i`` (1-based): the spec's, else the file's."""
+        if spec.nodata is not None:
+            return float(spec.nodata)
+        v = self.nodatas[i - 1]
+        return None if v is None else float(v)
+
+    def factors(self, idx: list[int]) -> tuple[float, float] | None:
+        """The bands' own (scale, offset), (1, 0) for floats, None for unscaled integers."""
+        own = {(float(self.scales[i - 1]), float(self.offsets[i - 1])) for i in idx}
+        if len(own) == 1 and own != {(1.0, 0.0)}:
+            return next(iter(own))
+        if all(np.dtype(self.dtypes[i - 1]).kind == "f" for i in idx):
+            return (1.0, 0.0)
+        return None
+
+    def label(self, i: int) -> str:
+        """``band i (description)``."""
+        d = self.descriptions[i - 1]
+        return f"band {i} ({d})" if d else f"band {i}"
+
+
+def _read_header(p: Path) -> _Header:
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(p) as src:
+            if src.crs is None:
+                raise InputFileError(p, "raster has no CRS")
+            try:
+                grid = Grid(src.crs, src.transform, (src.height, src.width))
+            except ValueError as exc:
+                raise InputFileError(p, f"unsupported raster geometry ({_short(exc)})") from None
+            return _Header(
+                grid, src.count, tuple(src.dtypes), tuple(src.nodatavals), tuple(src.descriptions),
+                tuple(src.scales), tuple(src.offsets),
+            )  # fmt: skip
+    except RasterioError as exc:
+        raise InputFileError(
+            p,
+            "not a Landsat product (the name does not start with a product id) and "
+            f"cannot be read as a raster stack ({_short(exc)})",
+        ) from None
+
+
+def _band_names(p: Path, spec: StackSpec, head: _Header) -> tuple[tuple[str, ...], str | None]:
+    """The stack's band names (``-`` = skipped) and sensor, from the spec or the descriptions."""
+    sensor = spec.sensor
+    if spec.bands is not None:
+        if len(spec.bands) != head.count:
+            where = p if spec.origin == "options" else Path(spec.origin)
+            raise InputFileError(
+                where,
+                f"bands names {len(spec.bands)} bands ({','.join(spec.bands)}) but {p.name} has {head.count}",
+            )
+        return tuple(spec.bands), sensor
+    guess = band_names_from(head.descriptions, sensor)
+    if guess is None:
+        shown = ", ".join(repr(d) for d in head.descriptions)
+        raise InputFileError(
+            p,
+            f"not a Landsat product and its {head.count} band descriptions ({shown}) do not say which "
+            "Landsat bands it holds unambiguously: give them with --stack FILE --bands "
+            "blue,green,red,nir,swir1,swir2 (and --sensor), or in a sidecar FILE.toml",
+        )
+    names, inferred = guess
+    if sensor is None and inferred is not None:
+        log.info("%s: sensor %s inferred from the band descriptions", p, inferred)
+        sensor = inferred
+    return tuple(names), sensor
+
+
+def _wanted_bands(p: Path, bands: Any, index: dict[str, int], names: Sequence[str]) -> list[str]:
+    """The reflective bands to read, in output order."""
+    if isinstance(bands, str) and bands in ("reflective", "all"):
+        order = COMMON_BANDS if bands == "reflective" else ALL_REFLECTIVE
+        wanted = [b for b in order if b in index]
+    else:
+        wanted = [bands] if isinstance(bands, str) else list(bands)
+        missing = [b for b in wanted if b not in index]
+        if missing:
+            raise InputFileError(p, f"stack has no band {', '.join(missing)} (it has {', '.join(index)})")
+    if not wanted:
+        raise InputFileError(p, f"stack holds no reflective band (bands: {', '.join(names)})")
+    return wanted
+
+
+def _thermal_source(
+    p: Path, spec: StackSpec, head: _Header, i: int, r_scale: tuple[float, float]
+) -> BandSource:
+    if spec.thermal_scale is not None and spec.thermal_offset is not None:
+        t_scale: tuple[float, float] | None = (spec.thermal_scale, spec.thermal_offset)
+    elif r_scale == SR_SCALE:
+        t_scale = ST_SCALE
+    else:
+        t_scale = head.factors([i])
+    if t_scale is None:
+        raise InputFileError(p, "integer thermal DNs without a scale: give thermal_scale and thermal_offset")
+    return BandSource(
+        "thermal", head.label(i), str(p), i, "linear", t_scale[0], t_scale[1], clip=enc_range(ST_SCALE),
+        nodata=head.nodata_of(i, spec), dtype=head.dtypes[i - 1],
+    )  # fmt: skip
+
+
+def _qa_source(spec: StackSpec, grid: Grid) -> BandSource:
+    """The stack's ``QA_PIXEL`` raster (from the spec), checked against the stack's grid."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    qp = Path(str(spec.qa))
+    try:
+        with rasterio.open(qp) as q:
+            q_grid = Grid(q.crs, q.transform, (q.height, q.width)) if q.crs is not None else None
+            q_dtype = q.dtypes[0]
+    except RasterioError as exc:
+        raise InputFileError(qp, f"QA raster cannot be read ({_short(exc)})") from None
+    if q_grid is None or q_grid != grid:
+        raise GridMismatchError(f"{qp}: QA raster grid {q_grid!r} differs from the stack's {grid!r}")
+    if q_dtype != "uint16":
+        raise InputFileError(
+            qp, f"QA raster has data type {q_dtype}, expected uint16 (Collection 2 QA_PIXEL)"
+        )
+    return BandSource("qa_pixel", "QA_PIXEL", str(qp), 1, "raw", nodata=None, dtype="uint16")

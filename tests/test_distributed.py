@@ -342,7 +342,7 @@ def test_labels_on_dask_scheduler_equal_threaded(
         assert main(["-q", *base, "--out", str(tmp_path / f"t.{ext}"), "--scheduler", "none"]) == 0
         assert main([*base, "--out", str(tmp_path / f"c.{ext}"), "--scheduler", dask_cluster]) == 0
         assert "Dask dashboard: http://127.0.0.1:" in capsys.readouterr().err
-    np.testing.assert_array_equal(*(arrays(tmp_path / f"{n}.zarr")["fractions"] for n in "tc"))
+    np.testing.assert_array_equal(*(arrays(tmp_path / f"{n}.zarr")["labels"] for n in "tc"))
     np.testing.assert_array_equal(*(arrays(tmp_path / f"{n}.zarr")["coverage"] for n in "tc"))
     with rasterio.open(tmp_path / "t.tif") as t, rasterio.open(tmp_path / "c.tif") as c:
         np.testing.assert_array_equal(t.read(), c.read())

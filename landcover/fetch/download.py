@@ -543,57 +543,15 @@ def download_file(
                 else _open_http(session, task.url, offset, retry, chunk_size)
             )
             with opener as st:
-                total: int | None
-                if st.status == 416 and offset:
-                    _, total = _content_range(st.content_range)
-                    if total is None or total != offset:
-                        raise _Retry(f"HTTP 416 for a resume at byte {offset}", discard=True)
-                    # The part already holds every byte: fall through to verification.
-                    mode = None
-                elif st.status in _RETRY_STATUS or st.status >= 500:
-                    raise _Retry(f"HTTP {st.status}", _retry_after(st.retry_after))
-                elif st.status >= 400 or st.status < 200:
-                    raise DownloadError(f"{task.url}: HTTP {st.status} (not retried)")
-                elif st.status == 206 and offset:
-                    start, total = _content_range(st.content_range)
-                    if start != offset:
-                        raise _Retry(f"server resumed at byte {start}, not {offset}", discard=True)
-                    mode = "ab"
-                    resumed = True
-                    log.debug("%s: resuming at byte %d", task.url, offset)
-                else:
-                    if offset:
-                        progress(-offset)
-                    offset = 0
-                    total = st.content_length
-                    mode = "wb"
-                if total is not None and task.size is not None and total != task.size:
-                    raise _Retry(f"server reports {total} bytes, expected {task.size}", discard=True)
+                mode, total, start = _response_plan(st, offset, task)
+                if mode == "wb" and offset:
+                    progress(-offset)  # the server sends the whole file again
+                resumed = resumed or mode == "ab"
+                if mode == "ab":
+                    log.debug("%s: resuming at byte %d", task.url, start)
                 if mode is not None:
-                    with open(part, mode) as f:
-                        for chunk in st.chunks:
-                            if chunk:
-                                f.write(chunk)
-                                progress(len(chunk))
-                        f.flush()
-                        os.fsync(f.fileno())
-            got = part.stat().st_size if part.exists() else 0
-            expected = total if total is not None else task.size
-            if expected is not None and got != expected:
-                if got > expected:
-                    raise _Retry(f"received {got} bytes, more than the expected {expected}", discard=True)
-                raise _Retry(f"transfer ended after {got} of {expected} bytes")
-            sha256, other = _hash_file(part, task.checksum, chunk_size)
-            if task.checksum is not None and other != task.checksum.hexdigest:
-                raise _Retry(
-                    f"{task.checksum.algorithm} checksum mismatch (got {(other or '')[:16]}..., "
-                    f"expected {task.checksum.hexdigest[:16]}...)",
-                    discard=True,
-                )
-            if task.archive and task.checksum is None:
-                problem = archive_problem(part, chunk_size=chunk_size)
-                if problem is not None:
-                    raise _Retry(f"not a complete tar archive ({problem})", discard=True)
+                    _write_body(part, mode, st.chunks, progress)
+            got, sha256 = _verify_part(part, task, total, chunk_size)
             os.replace(part, final)
             return FileResult(final, got, sha256, attempt, resumed)
         except _Retry as exc:
@@ -610,6 +568,68 @@ def download_file(
             )
             sleep(wait)
     raise DownloadError(f"{task.url}: gave up after {retry.attempts} tries: {last}")
+
+
+def _response_plan(st: Any, offset: int, task: DownloadTask) -> tuple[str | None, int | None, int]:
+    """How to take a response: ``(file mode or None when the part is complete, total bytes, start)``.
+
+    Raises :class:`_Retry` for answers worth another try, :class:`DownloadError` for the others.
+    """
+    total: int | None
+    start = 0
+    if st.status == 416 and offset:
+        _, total = _content_range(st.content_range)
+        if total is None or total != offset:
+            raise _Retry(f"HTTP 416 for a resume at byte {offset}", discard=True)
+        mode = None  # the part already holds every byte: on to verification
+    elif st.status in _RETRY_STATUS or st.status >= 500:
+        raise _Retry(f"HTTP {st.status}", _retry_after(st.retry_after))
+    elif st.status >= 400 or st.status < 200:
+        raise DownloadError(f"{task.url}: HTTP {st.status} (not retried)")
+    elif st.status == 206 and offset:
+        start, total = _content_range(st.content_range)  # type: ignore[assignment]
+        if start != offset:
+            raise _Retry(f"server resumed at byte {start}, not {offset}", discard=True)
+        mode = "ab"
+    else:
+        total = st.content_length
+        mode = "wb"
+    if total is not None and task.size is not None and total != task.size:
+        raise _Retry(f"server reports {total} bytes, expected {task.size}", discard=True)
+    return mode, total, start
+
+
+def _write_body(part: Path, mode: str, chunks: Iterable[bytes], progress: Callable[[int], None]) -> None:
+    """Append (``"ab"``) or write (``"wb"``) the response body to ``part``, flushed to disk."""
+    with open(part, mode) as f:
+        for chunk in chunks:
+            if chunk:
+                f.write(chunk)
+                progress(len(chunk))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _verify_part(part: Path, task: DownloadTask, total: int | None, chunk_size: int) -> tuple[int, str]:
+    """``(size, sha256)`` of a complete, verified part file; :class:`_Retry` otherwise."""
+    got = part.stat().st_size if part.exists() else 0
+    expected = total if total is not None else task.size
+    if expected is not None and got != expected:
+        if got > expected:
+            raise _Retry(f"received {got} bytes, more than the expected {expected}", discard=True)
+        raise _Retry(f"transfer ended after {got} of {expected} bytes")
+    sha256, other = _hash_file(part, task.checksum, chunk_size)
+    if task.checksum is not None and other != task.checksum.hexdigest:
+        raise _Retry(
+            f"{task.checksum.algorithm} checksum mismatch (got {(other or '')[:16]}..., "
+            f"expected {task.checksum.hexdigest[:16]}...)",
+            discard=True,
+        )
+    if task.archive and task.checksum is None:
+        problem = archive_problem(part, chunk_size=chunk_size)
+        if problem is not None:
+            raise _Retry(f"not a complete tar archive ({problem})", discard=True)
+    return got, sha256
 
 
 def archive_problem(path: str | Path, *, chunk_size: int = 1 << 20) -> str | None:
@@ -714,7 +734,6 @@ def download_all(
     retry = retry or RetryPolicy()
     factory = session_factory or (lambda: new_session(pool_size=workers))
     show = True if progress is None else progress
-    rng = random.Random(seed)
 
     by_scene: dict[str, list[DownloadTask]] = {}
     for t in tasks:
@@ -730,81 +749,14 @@ def download_all(
             todo.extend(items)
     if not todo:
         return report
-
-    local = threading.local()
-
-    def session() -> requests.Session:
-        if not hasattr(local, "s"):
-            local.s = factory()
-        return local.s  # type: ignore[no-any-return]
-
     total_bytes = sum(t.size or 0 for t in todo)
     overall = _progress_bar(show, total=total_bytes or None, desc=f"{len(todo)} files", position=0)
-    lock = threading.Lock()
-
-    def run(task: DownloadTask) -> FileResult:
-        dest = _resolve(out, task.dest)
-        rel = os.path.relpath(dest, out)
-        info = manifest.file_info(task.scene_id, rel)
-        if (
-            info
-            and dest.is_file()
-            and dest.stat().st_size == info.get("size")
-            and sha256_file(dest, chunk_size=chunk_size) == info.get("sha256")
-        ):  # verified earlier and unchanged since (a failed extraction forgets the record)
-            with lock:
-                overall.update(info["size"])
-            return FileResult(dest, info["size"], info["sha256"], 0, False)
-        per_file = show and sys.stderr.isatty()  # off a terminal, lines for the whole download only
-        bar = _progress_bar(per_file, total=task.size, desc=dest.name[-40:], leave=False)
-
-        def tick(n: int) -> None:
-            bar.update(n)
-            with lock:
-                overall.update(n)
-
-        try:
-            with lock:
-                wrng = random.Random(rng.random())
-            res = download_file(
-                task,
-                dest,
-                session=session(),
-                retry=retry,
-                on_bytes=tick,
-                rng=wrng,
-                sleep=sleep,
-                chunk_size=chunk_size,
-            )
-        finally:
-            bar.close()
-        manifest.record_file(
-            task.scene_id,
-            rel,
-            {
-                "url": task.url,
-                "size": res.size,
-                "sha256": res.sha256,
-                "checksum": str(task.checksum) if task.checksum else None,
-            },
-        )
-        return res
-
-    errors: dict[str, list[str]] = {}
-    done: dict[str, list[Path]] = {}
+    job = _FileJob(
+        out=out, manifest=manifest, retry=retry, factory=factory, overall=overall, show=show,
+        rng=random.Random(seed), sleep=sleep, chunk_size=chunk_size,
+    )  # fmt: skip
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="landcover-fetch") as pool:
-            futures = {pool.submit(run, t): t for t in todo}
-            for fut in as_completed(futures):
-                t = futures[fut]
-                try:
-                    done.setdefault(t.scene_id, []).append(fut.result().path)
-                except FetchError as exc:
-                    errors.setdefault(t.scene_id, []).append(str(exc))
-                    log.warning("%s: %s", t.scene_id, exc)
-                except OSError as exc:
-                    errors.setdefault(t.scene_id, []).append(f"{t.dest}: {exc}")
-                    log.warning("%s: %s", t.scene_id, exc)
+        done, errors = _run_pool(job, todo, workers)
     finally:
         overall.close()
     for scene in dict.fromkeys(t.scene_id for t in todo):
@@ -817,6 +769,102 @@ def download_all(
             report.files[scene] = [_resolve(out, t.dest) for t in by_scene[scene]]
             manifest.set_status(scene, "complete")
     return report
+
+
+def _run_pool(
+    job: _FileJob, todo: list[DownloadTask], workers: int
+) -> tuple[dict[str, list[Path]], dict[str, list[str]]]:
+    """Run ``job`` over ``todo`` in a bounded thread pool: ``(done paths, errors)`` per scene."""
+    errors: dict[str, list[str]] = {}
+    done: dict[str, list[Path]] = {}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="landcover-fetch") as pool:
+        futures = {pool.submit(job, t): t for t in todo}
+        for fut in as_completed(futures):
+            t = futures[fut]
+            try:
+                done.setdefault(t.scene_id, []).append(fut.result().path)
+            except FetchError as exc:
+                errors.setdefault(t.scene_id, []).append(str(exc))
+                log.warning("%s: %s", t.scene_id, exc)
+            except OSError as exc:
+                errors.setdefault(t.scene_id, []).append(f"{t.dest}: {exc}")
+                log.warning("%s: %s", t.scene_id, exc)
+    return done, errors
+
+
+class _FileJob:
+    """Download one file of :func:`download_all` (called in its worker threads) and record it."""
+
+    def __init__(
+        self,
+        *,
+        out: Path,
+        manifest: Manifest,
+        retry: RetryPolicy,
+        factory: Callable[[], requests.Session],
+        overall: Any,
+        show: bool,
+        rng: random.Random,
+        sleep: Callable[[float], None],
+        chunk_size: int,
+    ) -> None:
+        self.out, self.manifest, self.retry, self.factory = out, manifest, retry, factory
+        self.overall, self.show, self.rng, self.sleep, self.chunk_size = overall, show, rng, sleep, chunk_size
+        self.lock = threading.Lock()
+        self.local = threading.local()
+
+    def session(self) -> requests.Session:
+        """The session of the calling thread (one per worker thread)."""
+        if not hasattr(self.local, "s"):
+            self.local.s = self.factory()
+        return self.local.s  # type: ignore[no-any-return]
+
+    def _tick(self, n: int) -> None:
+        with self.lock:
+            self.overall.update(n)
+
+    def __call__(self, task: DownloadTask) -> FileResult:
+        dest = _resolve(self.out, task.dest)
+        rel = os.path.relpath(dest, self.out)
+        info = self.manifest.file_info(task.scene_id, rel)
+        if (
+            info
+            and dest.is_file()
+            and dest.stat().st_size == info.get("size")
+            and sha256_file(dest, chunk_size=self.chunk_size) == info.get("sha256")
+        ):  # verified earlier and unchanged since (a failed extraction forgets the record)
+            self._tick(info["size"])
+            return FileResult(dest, info["size"], info["sha256"], 0, False)
+        per_file = self.show and sys.stderr.isatty()  # off a terminal, lines for the whole download only
+        bar = _progress_bar(per_file, total=task.size, desc=dest.name[-40:], leave=False)
+
+        def tick(n: int) -> None:
+            bar.update(n)
+            self._tick(n)
+
+        try:
+            with self.lock:
+                wrng = random.Random(self.rng.random())
+            res = download_file(
+                task,
+                dest,
+                session=self.session(),
+                retry=self.retry,
+                on_bytes=tick,
+                rng=wrng,
+                sleep=self.sleep,
+                chunk_size=self.chunk_size,
+            )
+        finally:
+            bar.close()
+        record = {
+            "url": task.url,
+            "size": res.size,
+            "sha256": res.sha256,
+            "checksum": str(task.checksum) if task.checksum else None,
+        }
+        self.manifest.record_file(task.scene_id, rel, record)
+        return res
 
 
 def _resolve(out: Path, dest: Path) -> Path:

@@ -595,40 +595,11 @@ class M2MClient:
         options: dict[str, list[DownloadOption]] = {}
         for o in self.download_options(dataset, list(by_entity)):
             options.setdefault(o.entity_id, []).append(o)
-        wanted: list[tuple[str, str]] = []
-        sizes: dict[str, int | None] = {}
-        sums: dict[str, Checksum | None] = {}
-        for eid, rec in by_entity.items():
-            choice = select_option(options.get(eid, []), product=product)
-            if choice is None:
-                names = (
-                    ", ".join(f"{o.product_name} ({o.download_system})" for o in options.get(eid, []))
-                    or "none"
-                )
-                failed[rec.product_id] = f"no available product bundle (options: {names})"
-            else:
-                wanted.append((eid, choice.product_id))
-                sizes[eid] = choice.filesize
-                sums[eid] = checksum_of(choice.raw)
+        wanted, sizes, sums = _choose_bundles(by_entity, options, product, failed)
         if not wanted:
             return {}, failed
         data = self.download_request(wanted, label=label)
-        # download-request entries know their downloadId (and maybe entityId, size, checksum)
-        by_download: dict[str, Mapping[str, Any]] = {}
-        for d in list(data.get("availableDownloads") or []) + list(data.get("preparingDownloads") or []):
-            if isinstance(d, Mapping):
-                eid = str(d.get("entityId") or "")
-                if eid in by_entity:
-                    sums[eid] = checksum_of(d) or sums.get(eid)
-                    fs = d.get("filesize")
-                    if isinstance(fs, int) and fs > 0:
-                        sizes[eid] = fs
-                if d.get("downloadId") is not None:
-                    by_download[str(d["downloadId"])] = d
-        for f in data.get("failed") or []:
-            eid = str(f.get("entityId", ""))
-            if eid in by_entity:
-                failed[by_entity[eid].product_id] = f"download-request failed: {f.get('errorMessage') or f}"
+        by_download = _note_requested(data, by_entity, sizes, sums, failed)
         pending = {e for e, _ in wanted if by_entity[e].product_id not in failed}
         staged: dict[str, StagedDownload] = {}
         deadline = time.monotonic() + poll_timeout
@@ -726,3 +697,53 @@ def _json_default(o: object) -> Any:
     if isinstance(o, date):
         return o.isoformat()
     raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+def _choose_bundles(
+    by_entity: Mapping[str, SceneRecord],
+    options: Mapping[str, list[DownloadOption]],
+    product: str | None,
+    failed: dict[str, str],
+) -> tuple[list[tuple[str, str]], dict[str, int | None], dict[str, Checksum | None]]:
+    """The bundle to request per scene: ``(entity, product)`` pairs, sizes, checksums; misses: ``failed``."""
+    wanted: list[tuple[str, str]] = []
+    sizes: dict[str, int | None] = {}
+    sums: dict[str, Checksum | None] = {}
+    for eid, rec in by_entity.items():
+        choice = select_option(options.get(eid, []), product=product)
+        if choice is None:
+            names = (
+                ", ".join(f"{o.product_name} ({o.download_system})" for o in options.get(eid, [])) or "none"
+            )
+            failed[rec.product_id] = f"no available product bundle (options: {names})"
+        else:
+            wanted.append((eid, choice.product_id))
+            sizes[eid] = choice.filesize
+            sums[eid] = checksum_of(choice.raw)
+    return wanted, sizes, sums
+
+
+def _note_requested(
+    data: Mapping[str, Any],
+    by_entity: Mapping[str, SceneRecord],
+    sizes: dict[str, int | None],
+    sums: dict[str, Checksum | None],
+    failed: dict[str, str],
+) -> dict[str, Mapping[str, Any]]:
+    """Read a ``download-request`` answer: sizes/checksums it knows, failures; entries by downloadId."""
+    by_download: dict[str, Mapping[str, Any]] = {}
+    for d in list(data.get("availableDownloads") or []) + list(data.get("preparingDownloads") or []):
+        if isinstance(d, Mapping):
+            eid = str(d.get("entityId") or "")
+            if eid in by_entity:
+                sums[eid] = checksum_of(d) or sums.get(eid)
+                fs = d.get("filesize")
+                if isinstance(fs, int) and fs > 0:
+                    sizes[eid] = fs
+            if d.get("downloadId") is not None:
+                by_download[str(d["downloadId"])] = d
+    for f in data.get("failed") or []:
+        eid = str(f.get("entityId", ""))
+        if eid in by_entity:
+            failed[by_entity[eid].product_id] = f"download-request failed: {f.get('errorMessage') or f}"
+    return by_download

@@ -112,6 +112,32 @@ def record_from_item(item: Any) -> SceneRecord:
     )
 
 
+def _search_kwargs(
+    query: SceneQuery, collections: Sequence[str], page_size: int, *, use_query_extension: bool
+) -> dict[str, Any]:
+    """``Client.search`` arguments of a query (the ``query`` extension only where the API has it)."""
+    kwargs: dict[str, Any] = {"collections": list(collections), "limit": page_size}
+    if query.geometry is not None:
+        kwargs["intersects"] = dict(query.geometry)
+    elif query.bbox is not None:
+        kwargs["bbox"] = list(query.bbox)
+    if query.start is not None or query.end is not None:
+        s = query.start.isoformat() if query.start else ".."
+        e = f"{query.end.isoformat()}T23:59:59Z" if query.end else ".."
+        kwargs["datetime"] = f"{s}/{e}"
+    if use_query_extension:
+        q: dict[str, Any] = {}
+        if query.max_cloud is not None:
+            q["eo:cloud_cover"] = {"lte": query.max_cloud}
+        if len(query.path_rows) == 1:
+            p, r = query.path_rows[0]
+            q["landsat:wrs_path"] = {"eq": f"{p:03d}"}
+            q["landsat:wrs_row"] = {"eq": f"{r:03d}"}
+        if q:
+            kwargs["query"] = q
+    return kwargs
+
+
 def stac_search(
     query: SceneQuery,
     *,
@@ -159,25 +185,7 @@ def stac_search(
         from pystac_client.exceptions import APIError
     except ImportError:  # pragma: no cover - a declared dependency
         raise FetchError("the STAC route needs pystac-client (pip install pystac-client)") from None
-    kwargs: dict[str, Any] = {"collections": list(collections), "limit": page_size}
-    if query.geometry is not None:
-        kwargs["intersects"] = dict(query.geometry)
-    elif query.bbox is not None:
-        kwargs["bbox"] = list(query.bbox)
-    if query.start is not None or query.end is not None:
-        s = query.start.isoformat() if query.start else ".."
-        e = f"{query.end.isoformat()}T23:59:59Z" if query.end else ".."
-        kwargs["datetime"] = f"{s}/{e}"
-    if use_query_extension:
-        q: dict[str, Any] = {}
-        if query.max_cloud is not None:
-            q["eo:cloud_cover"] = {"lte": query.max_cloud}
-        if len(query.path_rows) == 1:
-            p, r = query.path_rows[0]
-            q["landsat:wrs_path"] = {"eq": f"{p:03d}"}
-            q["landsat:wrs_row"] = {"eq": f"{r:03d}"}
-        if q:
-            kwargs["query"] = q
+    kwargs = _search_kwargs(query, collections, page_size, use_query_extension=use_query_extension)
     try:
         client = Client.open(url, modifier=modifier, timeout=timeout)
         search = client.search(**kwargs)
@@ -215,11 +223,8 @@ def write_item_collection(items: Sequence[Mapping[str, Any]], path: str | os.Pat
 
     The file is what ``landcover cube build --stac FILE`` (and :mod:`landcover.stac_scene`) reads.
     """
-    import json
+    from ..atomic import write_json
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": list(items)}), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_json(out, {"type": "FeatureCollection", "features": list(items)})

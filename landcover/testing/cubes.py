@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import schema
+from ..atomic import replacing
 
 if TYPE_CHECKING:
     import zarr
@@ -204,9 +206,6 @@ def make_cube(
     Path
         ``path``, holding a complete (unless ``complete=False``) cube.
     """
-    import pandas as pd
-    import rioxarray  # noqa: F401  (registers .rio)
-    import xarray as xr
     import zarr
 
     path = Path(path)
@@ -226,12 +225,65 @@ def make_cube(
         shutil.rmtree(path)
 
     rng = np.random.default_rng(seed)
+    recipe = _draw(
+        rng, k=k, nb=nb, shape=(h, w), classes_present=classes_present, holes=label_holes, times=times
+    )
+    ds, encoding = _template(
+        shape=(h, w), times=times, bands=bands, classes=classes, seed=seed, chunks=chunks, thermal=thermal,
+        crs=crs, origin=origin, resolution=resolution,
+    )  # fmt: skip
+    with replacing(path) as tmp:
+        ds.to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True, encoding=encoding)
+
+        group = zarr.open_group(tmp, mode="r+", zarr_format=3)
+        arrays = {name: _array(group, name) for name in group.array_keys()}
+        class_names = {c: f"CLC {c}" for c in classes}
+        group.attrs["class_names"] = [class_names[c] for c in classes]
+        group.attrs["class_colors"] = [[int(v) for v in rng.integers(0, 256, 3)] for _ in classes]
+        ch, cw = min(chunks, h), min(chunks, w)
+        for r0 in range(0, h, ch):
+            for c0 in range(0, w, cw):
+                block = (r0, min(r0 + ch, h), c0, min(c0 + cw, w))
+                _write_block(
+                    arrays, recipe, block, (h, w), seed=seed, nodata_border=nodata_border, cloud=cloud
+                )
+        zarr.consolidate_metadata(tmp)
+    if complete:
+        group = zarr.open_group(path, mode="r+", zarr_format=3)
+        group.attrs[schema.COMPLETE_ATTR] = True
+        zarr.consolidate_metadata(path)
+    return path
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """The random choices of one synthetic cube (drawn in a fixed order from its seed)."""
+
+    k: int
+    coarse: np.ndarray
+    spectra: np.ndarray
+    temps: np.ndarray
+    hole_centres: np.ndarray
+    hole_radius: float
+    cloud_seeds: list[np.ndarray]
+
+
+def _draw(
+    rng: np.random.Generator,
+    *,
+    k: int,
+    nb: int,
+    shape: tuple[int, int],
+    classes_present: int,
+    holes: int,
+    times: int,
+) -> _Recipe:
+    h, w = shape
     present = rng.choice(k, size=min(classes_present, k), replace=False)
     coarse = present[rng.integers(0, len(present), size=(h // _PATCH + 3, w // _PATCH + 3))]
     spectra = rng.uniform(0.02, 0.45, size=(k, nb)).astype("float32")
     temps = rng.uniform(280.0, 305.0, size=k).astype("float32")
-    hole_centres = np.column_stack([rng.uniform(0, h, label_holes), rng.uniform(0, w, label_holes)])
-    hole_radius = max(4.0, min(h, w) / 12)
+    hole_centres = np.column_stack([rng.uniform(0, h, holes), rng.uniform(0, w, holes)])
     cloud_seeds = [
         np.column_stack(
             [
@@ -243,7 +295,29 @@ def make_cube(
         )
         for _ in range(times)
     ]
+    return _Recipe(k, coarse, spectra, temps, hole_centres, max(4.0, min(h, w) / 12), cloud_seeds)
 
+
+def _template(
+    *,
+    shape: tuple[int, int],
+    times: int,
+    bands: Sequence[str],
+    classes: list[int],
+    seed: int,
+    chunks: int,
+    thermal: bool,
+    crs: str,
+    origin: tuple[float, float],
+    resolution: float,
+) -> tuple[Any, dict[str, dict[str, object]]]:
+    """The lazy all-zero Dataset of the cube (coordinates, attrs, CRS) and its Zarr encoding."""
+    import pandas as pd
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    h, w = shape
+    k, nb = len(classes), len(bands)
     t = resolution
     x = origin[0] + t * (np.arange(w) + 0.5)
     y = origin[1] - t * (np.arange(h) + 0.5)
@@ -317,56 +391,50 @@ def make_cube(
     # raw integers on disk: keep xarray from re-encoding with the CF attrs we set ourselves
     for name in ds.data_vars:
         ds[name].encoding.update(encoding[name])
-    tmp = path.with_name(path.name + ".tmp-synthetic")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    ds.to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True, encoding=encoding)
+    return ds, encoding
 
-    group = zarr.open_group(tmp, mode="r+", zarr_format=3)
-    arrays = {name: _array(group, name) for name in group.array_keys()}
-    class_names = {c: f"CLC {c}" for c in classes}
-    group.attrs["class_names"] = [class_names[c] for c in classes]
-    group.attrs["class_colors"] = [[int(v) for v in rng.integers(0, 256, 3)] for _ in classes]
 
-    for r0 in range(0, h, ch):
-        r1 = min(r0 + ch, h)
-        for c0 in range(0, w, cw):
-            c1 = min(c0 + cw, w)
-            frac = _fractions(r0, r1, c0, c1, coarse, k)
-            fill = _border_fill(r0, r1, c0, c1, (h, w), nodata_border)
-            holes = _holes(r0, r1, c0, c1, hole_centres, hole_radius)
-            label_nodata = fill | holes
-            frac_nan = frac.copy()
-            frac_nan[:, label_nodata] = np.nan
-            arrays["labels"][:, r0:r1, c0:c1] = schema.encode_fractions(frac_nan)
-            cov = np.where(label_nodata, 0, schema.LABEL_STEPS).astype("uint8")
-            cov[fill] = schema.LABEL_FILL
-            arrays["coverage"][r0:r1, c0:c1] = cov
-            mix = np.tensordot(frac, spectra, axes=(0, 0)).transpose(2, 0, 1)  # (nb, h, w)
-            tmix = np.tensordot(frac, temps, axes=(0, 0))
-            for ti in range(times):
-                trng = np.random.default_rng([seed, ti, r0, c0])
-                cl = _clouds(r0, r1, c0, c1, cloud_seeds[ti], cloud)
-                noise = np.asarray(trng.normal(0, 0.01, mix.shape), dtype="float32")
-                refl = mix * np.float32(1.0 + 0.05 * ti) + noise
-                refl[:, cl] = 0.6 + 0.05 * trng.random((nb, int(cl.sum())), dtype="float32")
-                dn = np.clip(np.round((refl - REFLECTANCE_OFFSET) / REFLECTANCE_SCALE), 1, 65455)
-                dn = dn.astype("uint16")
-                dn[:, fill] = 0
-                arrays["reflectance"][ti, :, r0:r1, c0:c1] = dn
-                if thermal:
-                    kel = tmix + trng.normal(0, 0.5, tmix.shape) - 15.0 * cl
-                    tdn = np.clip(np.round((kel - THERMAL_OFFSET) / THERMAL_SCALE), 1, 65455).astype("uint16")
-                    tdn[fill] = 0
-                    arrays["thermal"][ti, r0:r1, c0:c1] = tdn
-                qa = np.where(cl, (1 << 3) | (3 << 8), (1 << 6) | (1 << 8)).astype("uint16")
-                qa[fill] = 1
-                arrays["qa_pixel"][ti, r0:r1, c0:c1] = qa
-                arrays["valid"][ti, r0:r1, c0:c1] = ~(fill | cl | holes)
-    zarr.consolidate_metadata(tmp)
-    tmp.rename(path)
-    if complete:
-        group = zarr.open_group(path, mode="r+", zarr_format=3)
-        group.attrs[schema.COMPLETE_ATTR] = True
-        zarr.consolidate_metadata(path)
-    return path
+def _write_block(
+    arrays: dict[str, Any],
+    recipe: _Recipe,
+    block: tuple[int, int, int, int],
+    shape: tuple[int, int],
+    *,
+    seed: int,
+    nodata_border: int,
+    cloud: float,
+) -> None:
+    """Compute and write one spatial chunk of every variable (its noise seeded by the chunk's origin)."""
+    r0, r1, c0, c1 = block
+    nb = recipe.spectra.shape[1]
+    frac = _fractions(r0, r1, c0, c1, recipe.coarse, recipe.k)
+    fill = _border_fill(r0, r1, c0, c1, shape, nodata_border)
+    holes = _holes(r0, r1, c0, c1, recipe.hole_centres, recipe.hole_radius)
+    label_nodata = fill | holes
+    frac_nan = frac.copy()
+    frac_nan[:, label_nodata] = np.nan
+    arrays["labels"][:, r0:r1, c0:c1] = schema.encode_fractions(frac_nan)
+    cov = np.where(label_nodata, 0, schema.LABEL_STEPS).astype("uint8")
+    cov[fill] = schema.LABEL_FILL
+    arrays["coverage"][r0:r1, c0:c1] = cov
+    mix = np.tensordot(frac, recipe.spectra, axes=(0, 0)).transpose(2, 0, 1)  # (nb, h, w)
+    tmix = np.tensordot(frac, recipe.temps, axes=(0, 0))
+    for ti in range(len(recipe.cloud_seeds)):
+        trng = np.random.default_rng([seed, ti, r0, c0])
+        cl = _clouds(r0, r1, c0, c1, recipe.cloud_seeds[ti], cloud)
+        noise = np.asarray(trng.normal(0, 0.01, mix.shape), dtype="float32")
+        refl = mix * np.float32(1.0 + 0.05 * ti) + noise
+        refl[:, cl] = 0.6 + 0.05 * trng.random((nb, int(cl.sum())), dtype="float32")
+        dn = np.clip(np.round((refl - REFLECTANCE_OFFSET) / REFLECTANCE_SCALE), 1, 65455)
+        dn = dn.astype("uint16")
+        dn[:, fill] = 0
+        arrays["reflectance"][ti, :, r0:r1, c0:c1] = dn
+        if "thermal" in arrays:
+            kel = tmix + trng.normal(0, 0.5, tmix.shape) - 15.0 * cl
+            tdn = np.clip(np.round((kel - THERMAL_OFFSET) / THERMAL_SCALE), 1, 65455).astype("uint16")
+            tdn[fill] = 0
+            arrays["thermal"][ti, r0:r1, c0:c1] = tdn
+        qa = np.where(cl, (1 << 3) | (3 << 8), (1 << 6) | (1 << 8)).astype("uint16")
+        qa[fill] = 1
+        arrays["qa_pixel"][ti, r0:r1, c0:c1] = qa
+        arrays["valid"][ti, r0:r1, c0:c1] = ~(fill | cl | holes)

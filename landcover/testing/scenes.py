@@ -56,10 +56,9 @@ import math
 import os
 import shutil
 import tarfile
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date as Date
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +66,7 @@ from typing import Any, Literal
 import numpy as np
 from affine import Affine
 
+from ..atomic import replacing
 from ..errors import EmptyOverlapError, InputFileError
 from ..grid import Grid
 from . import _noise as nz
@@ -350,7 +350,6 @@ def make_clc(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     profile = {
         "driver": "GTiff",
         "dtype": dtype,
@@ -363,7 +362,7 @@ def make_clc(
         "compress": "lzw",
         "blockysize": 16 if h >= 16 else h,
     }
-    try:
+    with replacing(path) as tmp:
         with rasterio.Env(GDAL_CACHEMAX=128), rasterio.open(tmp, "w", **profile) as dst:
             dst.update_tags(
                 AREA_OR_POINT="Area",
@@ -388,9 +387,6 @@ def make_clc(
                     inside = d + 0.5 * (wobble - 0.5) < 1.0
                     block[inside] = nodata_class if i % 2 == 0 else nodata
                 dst.write(block, 1, window=((rows.start, rows.stop), (0, w)))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -773,7 +769,6 @@ def make_scene(
         The product directory.
     """
     import rasterio
-    from pyproj import Transformer
 
     if level not in ("L2SP", "L1TP"):
         raise ValueError(f"level must be 'L2SP' or 'L1TP', got {level!r}")
@@ -792,6 +787,63 @@ def make_scene(
         sensor=sensor, level=level, path=path, row=row, date=d, processed=processed, category=category
     )
     clc_path = Path(clc) if clc is not None else None
+    landscape_seed, world = _landscape_of(clc_path, seed, landscape_seed, world)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / pid
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final}: product directory exists (pass overwrite=True)")
+
+    hours, sun_el, sun_az, dist = _scene_sun(grid, path, row, d)
+    calib = _l1_calibration(spec, dist)
+    ctx = _StripContext.make(
+        spec=spec, level=level, grid=grid, calib=calib, seed=seed, fill_border=fill_border,
+        clouds=_Clouds.fit(seed, (h, w), fill_border, cloud_fraction, sun_el, sun_az),
+        labels=_Labels(grid, clc=clc_path, landscape_seed=landscape_seed, world=world), world=world,
+        sin_el=math.sin(math.radians(sun_el)),
+    )  # fmt: skip
+    with replacing(final) as tmp:  # the product appears complete, or not at all
+        tmp.mkdir()
+        files = _file_specs(tmp, level, spec, calib, grid)
+        counts = _Counts()
+        with rasterio.Env(GDAL_CACHEMAX=256), _band_writers(files) as dsts:
+            for r0 in range(0, h, _STRIP):
+                _render_strip(ctx, r0, min(h, r0 + _STRIP), dsts, counts)
+        params = synthetic_params(world, seed=seed, landscape_seed=landscape_seed)
+        _finish_files(files, tmp, pid, landscape_seed=landscape_seed, world=world, params=params)
+        mtl = _build_mtl(
+            spec=spec,
+            level=level,
+            pid=pid,
+            grid=grid,
+            d=d,
+            hours=hours,
+            path=path,
+            row=row,
+            processed=_parse_date(processed),
+            category=category,
+            cloud_cover=100.0 * counts.cloud / counts.valid if counts.valid else 0.0,
+            cloud_cover_land=100.0 * counts.cloud_land / counts.land if counts.land else 0.0,
+            sun_el=sun_el,
+            sun_az=sun_az,
+            dist=dist,
+            calib=calib,
+            saturated=counts.saturated,
+            band_files=[n for n in files if n not in ("QA_PIXEL", "QA_RADSAT")],
+        )
+        write_mtl(mtl, tmp, pid, tuple(mtl_formats))
+        if final.exists():
+            shutil.rmtree(final)
+    return final
+
+
+def _landscape_of(
+    clc_path: Path | None, seed: int, landscape_seed: int | None, world: World | None
+) -> tuple[int, World]:
+    """The landscape seed and world: given, else the CORINE raster's tags, else ``seed``/``clc-like``."""
+    import rasterio
+
     clc_tags: dict[str, str] = {}
     if clc_path is not None:
         with rasterio.open(clc_path) as src:
@@ -804,14 +856,14 @@ def make_scene(
     if world is None:
         world = "twins" if clc_tags.get("LANDCOVER_SYNTH_WORLD") == "twins" else "clc-like"
     _check_world(world)
+    return landscape_seed, world
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / pid
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final}: product directory exists (pass overwrite=True)")
 
-    # geometry and sun
+def _scene_sun(grid: Grid, path: int, row: int, d: Date) -> tuple[float, float, float, float]:
+    """``(hours, sun elevation, sun azimuth, Earth-Sun distance)`` at the scene centre, rounded as in MTLs."""
+    from pyproj import Transformer
+
+    h, w = grid.shape
     to_ll = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
     cxy = grid.transform @ (w / 2, h / 2)
     lon_c, lat_c = to_ll.transform(*cxy)
@@ -819,49 +871,62 @@ def make_scene(
     minutes = 5 + nz.unit(np.array([k_time], dtype=np.uint64))[0] * 25
     hours = 10.0 + minutes / 60.0
     sun_el, sun_az, dist = _sun(d, hours, lat_c, lon_c)
-    sun_el = round(sun_el, 8)
-    sun_az = round(sun_az, 8)
-    dist = round(dist, 7)
-    calib = _l1_calibration(spec, dist)
+    return hours, round(sun_el, 8), round(sun_az, 8), round(dist, 7)
 
-    labels = _Labels(grid, clc=clc_path, landscape_seed=landscape_seed, world=world)
-    world_tables = _world.spectra_tables() if world == "clc-like" else None
-    refl_lut, temp_lut = signature_table()
-    refl_lut = np.nan_to_num(refl_lut, nan=0.0)
-    temp_lut = np.nan_to_num(temp_lut, nan=290.0)
-    water_lut = np.zeros(256, dtype=bool)
-    for c in _WATER_CODES:
-        water_lut[CLASS_INDEX[c]] = True
 
-    # clouds: thresholds of a fractal noise field, from a sub-sample of the footprint
-    kc = nz.key(seed, 0xC10D)
-    cloud_wl = 64.0
-    sub_r = np.unique(np.linspace(0, h - 1, min(h, 256)).round()).astype("float64")
-    sub_c = np.unique(np.linspace(0, w - 1, min(w, 256)).round()).astype("float64")
-    big_wl = max(256.0, min(h, w) / 3.0)
+@dataclass(frozen=True)
+class _Clouds:
+    """Clouds and their shadows: thresholds of a fractal noise field, fitted to a sub-sample."""
 
-    def cloudiness(cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        small = nz.fbm(cols, rows, wavelength=cloud_wl, octaves=4, k=kc)
-        large = nz.value_noise(cols, rows, wavelength=big_wl, k=nz.key(kc, 1))
+    kc: int
+    big_wl: float
+    t_cloud: float
+    t_dil: float
+    t_med: float
+    sh_dc: float
+    sh_dr: float
+
+    @classmethod
+    def fit(
+        cls,
+        seed: int,
+        shape: tuple[int, int],
+        fill_border: bool,
+        cloud_fraction: float,
+        sun_el: float,
+        sun_az: float,
+    ) -> _Clouds:
+        h, w = shape
+        kc = nz.key(seed, 0xC10D)
+        sub_r = np.unique(np.linspace(0, h - 1, min(h, 256)).round()).astype("float64")
+        sub_c = np.unique(np.linspace(0, w - 1, min(w, 256)).round()).astype("float64")
+        probe = cls(kc, max(256.0, min(h, w) / 3.0), math.inf, math.inf, math.inf, 0.0, 0.0)
+        sample = probe.cloudiness(sub_c, sub_r)
+        foot = _footprint(h, w, sub_r.astype(int)) if fill_border else np.ones(sample.shape, bool)
+        foot = foot[:, sub_c.astype(int)] if fill_border else foot
+        vals = sample[foot] if foot.any() else sample.ravel()
+        if cloud_fraction > 0:
+            t_cloud = float(np.quantile(vals, 1 - cloud_fraction))
+            t_dil = float(np.quantile(vals, max(0.0, 1 - 1.35 * cloud_fraction)))
+            t_med = float(np.quantile(vals, max(0.0, 1 - 1.7 * cloud_fraction)))
+        else:
+            t_cloud = t_dil = t_med = math.inf
+        shadow_len = min(1200.0 * math.tan(math.radians(90 - sun_el)) / 30.0, 0.2 * min(h, w))
+        sh_dc = shadow_len * math.sin(math.radians(sun_az))
+        sh_dr = -shadow_len * math.cos(math.radians(sun_az))
+        return cls(kc, probe.big_wl, t_cloud, t_dil, t_med, sh_dc, sh_dr)
+
+    def cloudiness(self, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        small = nz.fbm(cols, rows, wavelength=64.0, octaves=4, k=self.kc)
+        large = nz.value_noise(cols, rows, wavelength=self.big_wl, k=nz.key(self.kc, 1))
         return np.float32(0.7) * small + np.float32(0.3) * large
 
-    sample = cloudiness(sub_c, sub_r)
-    foot = _footprint(h, w, sub_r.astype(int)) if fill_border else np.ones(sample.shape, bool)
-    foot = foot[:, sub_c.astype(int)] if fill_border else foot
-    vals = sample[foot] if foot.any() else sample.ravel()
-    if cloud_fraction > 0:
-        t_cloud = float(np.quantile(vals, 1 - cloud_fraction))
-        t_dil = float(np.quantile(vals, max(0.0, 1 - 1.35 * cloud_fraction)))
-        t_med = float(np.quantile(vals, max(0.0, 1 - 1.7 * cloud_fraction)))
-    else:
-        t_cloud = t_dil = t_med = math.inf
-    shadow_len = min(1200.0 * math.tan(math.radians(90 - sun_el)) / 30.0, 0.2 * min(h, w))
-    sh_dc = shadow_len * math.sin(math.radians(sun_az))
-    sh_dr = -shadow_len * math.cos(math.radians(sun_az))
 
-    # files
-    tmp = out_dir / f".{pid}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
+def _file_specs(
+    tmp: Path, level: Level, spec: SensorSpec, calib: list[tuple[_Calib, dict[str, str]]], grid: Grid
+) -> dict[str, _FileSpec]:
+    """The raw (strip-written) GeoTIFF of every product file, before the COG conversion."""
+    h, w = grid.shape
     files: dict[str, _FileSpec] = {}
     gt, crs = grid.transform, grid.crs
     if level == "L2SP":
@@ -878,174 +943,276 @@ def make_scene(
                 files[b.suffix] = (tmp / f"{b.suffix}.raw.tif", spec.l1_dtype, h, w, gt, crs, 0)
     files["QA_PIXEL"] = (tmp / "QA_PIXEL.raw.tif", "uint16", h, w, gt, crs, None)
     files["QA_RADSAT"] = (tmp / "QA_RADSAT.raw.tif", "uint16", h, w, gt, crs, None)
+    return files
 
-    n_valid = n_cloud = n_land = n_cloud_land = 0
-    saturated: set[str] = set()
-    sin_el = math.sin(math.radians(sun_el))
-    try:
-        with rasterio.Env(GDAL_CACHEMAX=256), _band_writers(files) as dsts:
-            for r0 in range(0, h, _STRIP):
-                r1 = min(h, r0 + _STRIP)
-                hh = r1 - r0
-                rows = np.arange(r0, r1)
-                rows_f = rows.astype("float64")
-                cols_f = np.arange(w, dtype="float64")
-                rng = np.random.default_rng([int(seed), 0x5CE7E, r0])
-                idx, fac = labels.strip(r0, r1)
-                valid = _footprint(h, w, rows) if fill_border else np.ones((hh, w), bool)
-                cn = cloudiness(cols_f, rows_f)
-                sn = cloudiness(cols_f + sh_dc, rows_f + sh_dr)
-                cloud = (cn > t_cloud) & valid
-                dil = (cn > t_dil) & ~cloud & valid
-                med = (cn > t_med) & ~cloud & ~dil & valid
-                shadow = (sn > t_cloud) & ~cloud & valid
-                water = water_lut[idx] & valid
 
-                # surface reflectance (6 base bands) and temperature
-                noise = rng.standard_normal((7, hh, w), dtype=np.float32)
-                if world_tables is not None:
-                    cover = labels.cover(r0, r1, idx)
-                    rho, temp = _world.mix_spectra(
-                        cover, cols_f, rows_f, seed=seed, white=noise, tables=world_tables
-                    )
-                else:
-                    mean = refl_lut[idx]  # (hh, w, 6)
-                    rho = np.empty((6, hh, w), dtype=np.float32)
-                    for bi in range(6):
-                        m = mean[..., bi]
-                        rho[bi] = m * fac + (np.float32(0.004) + np.float32(0.04) * m) * noise[bi]
-                    tfield = nz.value_noise(cols_f, rows_f, wavelength=200.0, k=nz.key(seed, 0x7E3))
-                    temp = temp_lut[idx] + np.float32(0.6) * noise[6]
-                    temp += np.float32(3.0) * (tfield - np.float32(0.5))
-                if cloud.any() or dil.any() or shadow.any():
-                    dens = np.clip((cn - t_cloud) / max(1e-6, 1.0 - t_cloud) * 3.0, 0.0, 1.0)
-                    dens = dens.astype("float32")
-                    for bi in range(6):
-                        c_ref = _CLOUD_REFL[bi] * (np.float32(0.75) + np.float32(0.5) * dens)
-                        rho[bi] = np.where(shadow, rho[bi] * np.float32(0.45), rho[bi])
-                        rho[bi] = np.where(dil, np.float32(0.7) * rho[bi] + np.float32(0.3) * c_ref, rho[bi])
-                        rho[bi] = np.where(cloud, c_ref + np.float32(0.01) * noise[bi], rho[bi])
-                    temp = np.where(shadow, temp - np.float32(3.0), temp)
-                    temp = np.where(dil, np.float32(0.8) * temp + np.float32(0.2) * np.float32(270.0), temp)
-                    temp = np.where(cloud, np.float32(270.0) - np.float32(8.0) * dens, temp)
+@dataclass
+class _Counts:
+    """Pixel counts for the MTL's cloud cover, and the bands with saturated pixels."""
 
-                # QA_PIXEL
-                conf_base = _SNOW_CONF_LOW | (_CIRRUS_CONF_LOW if spec.cirrus_bits else 0)
-                qa = np.full((hh, w), _FILL, dtype=np.uint16)
-                qa[valid] = conf_base | _CLEAR | _CLOUD_CONF_LOW | _SHADOW_CONF_LOW
-                qa[med] = conf_base | _CLEAR | _CLOUD_CONF_MED | _SHADOW_CONF_LOW
-                qa[dil] = conf_base | _CLEAR | _DILATED | _CLOUD_CONF_LOW | _SHADOW_CONF_LOW
-                sh_only = shadow & ~dil
-                qa[sh_only] = conf_base | _SHADOW | _CLOUD_CONF_LOW | _SHADOW_CONF_HIGH
-                sh_dil = shadow & dil
-                qa[sh_dil] = conf_base | _SHADOW | _DILATED | _CLOUD_CONF_LOW | _SHADOW_CONF_HIGH
-                qa[cloud] = conf_base | _CLOUD | _CLOUD_CONF_HIGH | _SHADOW_CONF_LOW
-                qa[water & ~cloud] |= np.uint16(_WATER)
+    valid: int = 0
+    cloud: int = 0
+    land: int = 0
+    cloud_land: int = 0
+    saturated: set[str] = field(default_factory=set)
 
-                # Level-1 DNs (also used for the saturation flags of L2 products)
-                toa = rho * np.float32(_TOA_GAIN) + _TOA_PATH[:, None, None]
-                radsat = np.zeros((hh, w), dtype=np.uint16)
-                l1_out: dict[str, np.ndarray] = {}
-                for cal, _ in calib:
-                    b = cal.band
-                    if b.kind == "thermal":
-                        if level != "L1TP":
-                            continue
-                        bt = temp.astype("float64") - 2.0
-                        rad = b.k1 / np.expm1(b.k2 / bt)
-                        q = np.rint((rad - cal.rad_add) / cal.rad_mult)
-                    else:
-                        weights, offset = b.mix
-                        r_toa = np.full((hh, w), np.float32(offset * _TOA_GAIN), dtype=np.float32)
-                        for bi, wgt in enumerate(weights):
-                            if wgt:
-                                r_toa += np.float32(wgt) * toa[bi]
-                        q = np.rint((r_toa.astype("float64") * sin_el - cal.refl_add) / cal.refl_mult)
-                        sat = (q >= spec.l1_qmax) & valid
-                        if b.kind == "reflective" and b.key.isdigit() and sat.any():
-                            radsat |= (sat.astype(np.uint16) << np.uint16(int(b.key) - 1)).astype(np.uint16)
-                            saturated.add(b.key)
-                    qi = np.clip(q, 1, spec.l1_qmax).astype(spec.l1_dtype)
-                    qi[~valid] = 0
-                    l1_out[b.suffix] = qi
 
-                win = ((r0, r1), (0, w))
-                if level == "L2SP":
-                    for num, (weights, offset) in spec.l2_reflective:
-                        r_b = np.full((hh, w), np.float32(offset), dtype=np.float32)
-                        for bi, wgt in enumerate(weights):
-                            if wgt:
-                                r_b += np.float32(wgt) * rho[bi]
-                        dn = np.clip(np.rint((r_b - SR_OFFSET) / SR_SCALE), 1, _DN_MAX).astype(np.uint16)
-                        dn[~valid] = 0
-                        dsts[f"SR_B{num}"].write(dn, 1, window=win)
-                    st = np.clip(np.rint((temp - ST_OFFSET) / ST_SCALE), 1, _DN_MAX).astype(np.uint16)
-                    st[~valid] = 0
-                    dsts[spec.l2_thermal].write(st, 1, window=win)
-                else:
-                    for cal, _ in calib:
-                        b = cal.band
-                        arr = l1_out[b.suffix]
-                        if b.kind == "pan":
-                            arr = np.repeat(np.repeat(arr, 2, axis=0), 2, axis=1)
-                            dsts[b.suffix].write(arr, 1, window=((2 * r0, 2 * r1), (0, 2 * w)))
-                        else:
-                            dsts[b.suffix].write(arr, 1, window=win)
-                dsts["QA_PIXEL"].write(qa, 1, window=win)
-                dsts["QA_RADSAT"].write(radsat, 1, window=win)
+@dataclass(frozen=True)
+class _StripContext:
+    """Everything :func:`_render_strip` needs that is the same for every strip of a scene."""
 
-                n_valid += int(valid.sum())
-                n_cloud += int(cloud.sum())
-                land = valid & ~water
-                n_land += int(land.sum())
-                n_cloud_land += int((cloud & land).sum())
+    spec: SensorSpec
+    level: Level
+    shape: tuple[int, int]
+    calib: list[tuple[_Calib, dict[str, str]]]
+    seed: int
+    fill_border: bool
+    clouds: _Clouds
+    labels: _Labels
+    world_tables: Any
+    refl_lut: np.ndarray
+    temp_lut: np.ndarray
+    water_lut: np.ndarray
+    sin_el: float
 
-        # COG conversion, Point raster type like USGS files
-        for name, (raw, *_rest) in files.items():
-            with rasterio.open(raw, "r+") as ds:
-                ds.update_tags(AREA_OR_POINT="Point")
-                if name == "QA_PIXEL":
-                    ds.update_tags(
-                        LANDCOVER_SYNTH_LANDSCAPE_SEED=str(int(landscape_seed)),
-                        LANDCOVER_SYNTH_WORLD=world,
-                        LANDCOVER_SOURCE="synthetic",
-                        LANDCOVER_SYNTH_PARAMS=json.dumps(
-                            synthetic_params(world, seed=seed, landscape_seed=landscape_seed)
-                        ),
-                    )
-            _to_cog(raw, tmp / f"{pid}_{name}.TIF")
-            raw.unlink()
+    @classmethod
+    def make(
+        cls,
+        *,
+        spec: SensorSpec,
+        level: Level,
+        grid: Grid,
+        calib: list[tuple[_Calib, dict[str, str]]],
+        seed: int,
+        fill_border: bool,
+        clouds: _Clouds,
+        labels: _Labels,
+        world: World,
+        sin_el: float,
+    ) -> _StripContext:
+        world_tables = _world.spectra_tables() if world == "clc-like" else None
+        refl_lut, temp_lut = signature_table()
+        water_lut = np.zeros(256, dtype=bool)
+        for c in _WATER_CODES:
+            water_lut[CLASS_INDEX[c]] = True
+        return cls(
+            spec, level, grid.shape, calib, seed, fill_border, clouds, labels, world_tables,
+            np.nan_to_num(refl_lut, nan=0.0), np.nan_to_num(temp_lut, nan=290.0), water_lut, sin_el,
+        )  # fmt: skip
 
-        cloud_cover = 100.0 * n_cloud / n_valid if n_valid else 0.0
-        cloud_land = 100.0 * n_cloud_land / n_land if n_land else 0.0
-        mtl = _build_mtl(
-            spec=spec,
-            level=level,
-            pid=pid,
-            grid=grid,
-            d=d,
-            hours=hours,
-            path=path,
-            row=row,
-            processed=_parse_date(processed),
-            category=category,
-            cloud_cover=cloud_cover,
-            cloud_cover_land=cloud_land,
-            sun_el=sun_el,
-            sun_az=sun_az,
-            dist=dist,
-            calib=calib,
-            saturated=saturated,
-            band_files=[n for n in files if n not in ("QA_PIXEL", "QA_RADSAT")],
+
+def _render_strip(ctx: _StripContext, r0: int, r1: int, dsts: dict[str, Any], counts: _Counts) -> None:
+    """Compute rows ``r0:r1`` of every product file and write them."""
+    h, w = ctx.shape
+    hh = r1 - r0
+    rows = np.arange(r0, r1)
+    rows_f = rows.astype("float64")
+    cols_f = np.arange(w, dtype="float64")
+    rng = np.random.default_rng([int(ctx.seed), 0x5CE7E, r0])
+    idx, fac = ctx.labels.strip(r0, r1)
+    valid = _footprint(h, w, rows) if ctx.fill_border else np.ones((hh, w), bool)
+    cl = ctx.clouds
+    cn = cl.cloudiness(cols_f, rows_f)
+    sn = cl.cloudiness(cols_f + cl.sh_dc, rows_f + cl.sh_dr)
+    cloud = (cn > cl.t_cloud) & valid
+    dil = (cn > cl.t_dil) & ~cloud & valid
+    med = (cn > cl.t_med) & ~cloud & ~dil & valid
+    shadow = (sn > cl.t_cloud) & ~cloud & valid
+    water = ctx.water_lut[idx] & valid
+
+    noise = rng.standard_normal((7, hh, w), dtype=np.float32)
+    rho, temp = _surface(ctx, r0, r1, idx, fac, cols_f, rows_f, noise)
+    if cloud.any() or dil.any() or shadow.any():
+        rho, temp = _cloud_effects(rho, temp, cn, cl.t_cloud, noise, cloud=cloud, dil=dil, shadow=shadow)
+    qa = _qa_pixel(ctx.spec, valid, med=med, dil=dil, shadow=shadow, cloud=cloud, water=water)
+    l1_out, radsat = _level1_dns(ctx, rho, temp, valid, counts.saturated)
+    _write_strip(ctx, dsts, r0, r1, rho, temp, valid, l1_out)
+    win = ((r0, r1), (0, w))
+    dsts["QA_PIXEL"].write(qa, 1, window=win)
+    dsts["QA_RADSAT"].write(radsat, 1, window=win)
+
+    counts.valid += int(valid.sum())
+    counts.cloud += int(cloud.sum())
+    land = valid & ~water
+    counts.land += int(land.sum())
+    counts.cloud_land += int((cloud & land).sum())
+
+
+def _surface(
+    ctx: _StripContext,
+    r0: int,
+    r1: int,
+    idx: np.ndarray,
+    fac: np.ndarray,
+    cols_f: np.ndarray,
+    rows_f: np.ndarray,
+    noise: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Surface reflectance (6 base bands) and temperature of a strip, before clouds."""
+    hh, w = r1 - r0, len(cols_f)
+    if ctx.world_tables is not None:
+        cover = ctx.labels.cover(r0, r1, idx)
+        rho, temp = _world.mix_spectra(
+            cover, cols_f, rows_f, seed=ctx.seed, white=noise, tables=ctx.world_tables
         )
-        write_mtl(mtl, tmp, pid, tuple(mtl_formats))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        return rho, temp
+    mean = ctx.refl_lut[idx]  # (hh, w, 6)
+    rho = np.empty((6, hh, w), dtype=np.float32)
+    for bi in range(6):
+        m = mean[..., bi]
+        rho[bi] = m * fac + (np.float32(0.004) + np.float32(0.04) * m) * noise[bi]
+    tfield = nz.value_noise(cols_f, rows_f, wavelength=200.0, k=nz.key(ctx.seed, 0x7E3))
+    temp = ctx.temp_lut[idx] + np.float32(0.6) * noise[6]
+    temp += np.float32(3.0) * (tfield - np.float32(0.5))
+    return rho, temp
+
+
+def _cloud_effects(
+    rho: np.ndarray,
+    temp: np.ndarray,
+    cn: np.ndarray,
+    t_cloud: float,
+    noise: np.ndarray,
+    *,
+    cloud: np.ndarray,
+    dil: np.ndarray,
+    shadow: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clouds, their dilated edges and shadows over the surface."""
+    dens = np.clip((cn - t_cloud) / max(1e-6, 1.0 - t_cloud) * 3.0, 0.0, 1.0)
+    dens = dens.astype("float32")
+    for bi in range(6):
+        c_ref = _CLOUD_REFL[bi] * (np.float32(0.75) + np.float32(0.5) * dens)
+        rho[bi] = np.where(shadow, rho[bi] * np.float32(0.45), rho[bi])
+        rho[bi] = np.where(dil, np.float32(0.7) * rho[bi] + np.float32(0.3) * c_ref, rho[bi])
+        rho[bi] = np.where(cloud, c_ref + np.float32(0.01) * noise[bi], rho[bi])
+    temp = np.where(shadow, temp - np.float32(3.0), temp)
+    temp = np.where(dil, np.float32(0.8) * temp + np.float32(0.2) * np.float32(270.0), temp)
+    temp = np.where(cloud, np.float32(270.0) - np.float32(8.0) * dens, temp)
+    return rho, temp
+
+
+def _qa_pixel(
+    spec: SensorSpec,
+    valid: np.ndarray,
+    *,
+    med: np.ndarray,
+    dil: np.ndarray,
+    shadow: np.ndarray,
+    cloud: np.ndarray,
+    water: np.ndarray,
+) -> np.ndarray:
+    """The Collection 2 ``QA_PIXEL`` bits of a strip."""
+    hh, w = valid.shape
+    conf_base = _SNOW_CONF_LOW | (_CIRRUS_CONF_LOW if spec.cirrus_bits else 0)
+    qa = np.full((hh, w), _FILL, dtype=np.uint16)
+    qa[valid] = conf_base | _CLEAR | _CLOUD_CONF_LOW | _SHADOW_CONF_LOW
+    qa[med] = conf_base | _CLEAR | _CLOUD_CONF_MED | _SHADOW_CONF_LOW
+    qa[dil] = conf_base | _CLEAR | _DILATED | _CLOUD_CONF_LOW | _SHADOW_CONF_LOW
+    sh_only = shadow & ~dil
+    qa[sh_only] = conf_base | _SHADOW | _CLOUD_CONF_LOW | _SHADOW_CONF_HIGH
+    sh_dil = shadow & dil
+    qa[sh_dil] = conf_base | _SHADOW | _DILATED | _CLOUD_CONF_LOW | _SHADOW_CONF_HIGH
+    qa[cloud] = conf_base | _CLOUD | _CLOUD_CONF_HIGH | _SHADOW_CONF_LOW
+    qa[water & ~cloud] |= np.uint16(_WATER)
+    return qa
+
+
+def _level1_dns(
+    ctx: _StripContext, rho: np.ndarray, temp: np.ndarray, valid: np.ndarray, saturated: set[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Level-1 DNs per band suffix and ``QA_RADSAT`` (also the saturation flags of L2 products)."""
+    spec = ctx.spec
+    hh, w = valid.shape
+    toa = rho * np.float32(_TOA_GAIN) + _TOA_PATH[:, None, None]
+    radsat = np.zeros((hh, w), dtype=np.uint16)
+    l1_out: dict[str, np.ndarray] = {}
+    for cal, _ in ctx.calib:
+        b = cal.band
+        if b.kind == "thermal":
+            if ctx.level != "L1TP":
+                continue
+            bt = temp.astype("float64") - 2.0
+            rad = b.k1 / np.expm1(b.k2 / bt)
+            q = np.rint((rad - cal.rad_add) / cal.rad_mult)
+        else:
+            weights, offset = b.mix
+            r_toa = np.full((hh, w), np.float32(offset * _TOA_GAIN), dtype=np.float32)
+            for bi, wgt in enumerate(weights):
+                if wgt:
+                    r_toa += np.float32(wgt) * toa[bi]
+            q = np.rint((r_toa.astype("float64") * ctx.sin_el - cal.refl_add) / cal.refl_mult)
+            sat = (q >= spec.l1_qmax) & valid
+            if b.kind == "reflective" and b.key.isdigit() and sat.any():
+                radsat |= (sat.astype(np.uint16) << np.uint16(int(b.key) - 1)).astype(np.uint16)
+                saturated.add(b.key)
+        qi = np.clip(q, 1, spec.l1_qmax).astype(spec.l1_dtype)
+        qi[~valid] = 0
+        l1_out[b.suffix] = qi
+    return l1_out, radsat
+
+
+def _write_strip(
+    ctx: _StripContext,
+    dsts: dict[str, Any],
+    r0: int,
+    r1: int,
+    rho: np.ndarray,
+    temp: np.ndarray,
+    valid: np.ndarray,
+    l1_out: dict[str, np.ndarray],
+) -> None:
+    """Write the band files of a strip: L2 SR/ST DNs, or the L1 DNs (pan at twice the resolution)."""
+    spec = ctx.spec
+    hh, w = valid.shape
+    win = ((r0, r1), (0, w))
+    if ctx.level == "L2SP":
+        for num, (weights, offset) in spec.l2_reflective:
+            r_b = np.full((hh, w), np.float32(offset), dtype=np.float32)
+            for bi, wgt in enumerate(weights):
+                if wgt:
+                    r_b += np.float32(wgt) * rho[bi]
+            dn = np.clip(np.rint((r_b - SR_OFFSET) / SR_SCALE), 1, _DN_MAX).astype(np.uint16)
+            dn[~valid] = 0
+            dsts[f"SR_B{num}"].write(dn, 1, window=win)
+        st = np.clip(np.rint((temp - ST_OFFSET) / ST_SCALE), 1, _DN_MAX).astype(np.uint16)
+        st[~valid] = 0
+        dsts[spec.l2_thermal].write(st, 1, window=win)
+        return
+    for cal, _ in ctx.calib:
+        b = cal.band
+        arr = l1_out[b.suffix]
+        if b.kind == "pan":
+            arr = np.repeat(np.repeat(arr, 2, axis=0), 2, axis=1)
+            dsts[b.suffix].write(arr, 1, window=((2 * r0, 2 * r1), (0, 2 * w)))
+        else:
+            dsts[b.suffix].write(arr, 1, window=win)
+
+
+def _finish_files(
+    files: dict[str, _FileSpec],
+    tmp: Path,
+    pid: str,
+    *,
+    landscape_seed: int,
+    world: World,
+    params: Any,
+) -> None:
+    """Tag the raw files (Point raster type like USGS files; provenance on QA_PIXEL) and make COGs."""
+    import rasterio
+
+    for name, (raw, *_rest) in files.items():
+        with rasterio.open(raw, "r+") as ds:
+            ds.update_tags(AREA_OR_POINT="Point")
+            if name == "QA_PIXEL":
+                ds.update_tags(
+                    LANDCOVER_SYNTH_LANDSCAPE_SEED=str(int(landscape_seed)),
+                    LANDCOVER_SYNTH_WORLD=world,
+                    LANDCOVER_SOURCE="synthetic",
+                    LANDCOVER_SYNTH_PARAMS=json.dumps(params),
+                )
+        _to_cog(raw, tmp / f"{pid}_{name}.TIF")
+        raw.unlink()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1083,11 +1250,7 @@ def _build_mtl(
     saturated: set[str],
     band_files: list[str],
 ) -> Mtl:
-    from pyproj import Transformer
-
-    h, w = grid.shape
     generated = f"{processed:%Y-%m-%d}T10:36:59Z"
-    l1_id = pid.replace(f"_{level}_", "_L1TP_")
     doy = d.timetuple().tm_yday
     scene_id = f"{spec.scene_prefix}{path:03d}{row:03d}{d.year}{doy:03d}KIS00"
     hh = int(hours)
@@ -1095,8 +1258,43 @@ def _build_mtl(
     ss = (hours - hh - mm / 60) * 3600
     centre_time = f"{hh:02d}:{mm:02d}:{ss:010.7f}Z"
     has_pan = level == "L1TP" and any(c.band.kind == "pan" for c, _ in calib)
+    zone = grid.crs.to_epsg() - 32600  # type: ignore[operator]
+    image = _ImageInfo(
+        d, centre_time, path, row, cloud_cover, cloud_cover_land, sun_el, sun_az, dist, saturated
+    )
 
-    mtl: Mtl = {}
+    mtl: Mtl = {}  # group order as in USGS files
+    mtl["PRODUCT_CONTENTS"] = _mtl_product_contents(spec, level, pid, category, calib)
+    mtl["IMAGE_ATTRIBUTES"] = _mtl_image_attributes(spec, image, calib)
+    mtl["PROJECTION_ATTRIBUTES"] = _mtl_projection(grid, zone, has_pan=has_pan)
+    if level == "L2SP":
+        mtl.update(_mtl_level2(spec, level, pid, generated))
+    mtl["LEVEL1_PROCESSING_RECORD"] = _mtl_level1_record(level, pid, scene_id, category, generated, calib)
+    mtl.update(_mtl_level1_calibration(spec, calib))
+    mtl["LEVEL1_PROJECTION_PARAMETERS"] = _mtl_level1_projection(zone, calib)
+    mtl["PRODUCT_PARAMETERS"] = [_q("DATA_TYPE_L0RP", f"{spec.sensor_id.split('_')[0]}R_L0RP")]
+    return mtl
+
+
+@dataclass(frozen=True)
+class _ImageInfo:
+    """Acquisition facts written to ``IMAGE_ATTRIBUTES``."""
+
+    d: Date
+    centre_time: str
+    path: int
+    row: int
+    cloud_cover: float
+    cloud_cover_land: float
+    sun_el: float
+    sun_az: float
+    dist: float
+    saturated: set[str]
+
+
+def _mtl_product_contents(
+    spec: SensorSpec, level: Level, pid: str, category: str, calib: list[tuple[_Calib, dict[str, str]]]
+) -> list[Entry]:
     pc: list[Entry] = [
         _q("ORIGIN", _ORIGIN),
         _q(
@@ -1133,32 +1331,41 @@ def _build_mtl(
         pc.append(_q(f"DATA_TYPE_BAND_{k}", dtype_text))
     pc.append(_q("DATA_TYPE_QUALITY_L1_PIXEL", "UINT16"))
     pc.append(_q("DATA_TYPE_QUALITY_L1_RADIOMETRIC_SATURATION", "UINT16"))
-    mtl["PRODUCT_CONTENTS"] = pc
+    return pc
 
+
+def _mtl_image_attributes(
+    spec: SensorSpec, image: _ImageInfo, calib: list[tuple[_Calib, dict[str, str]]]
+) -> list[Entry]:
+    d, saturated = image.d, image.saturated
     ia: list[Entry] = [
         _q("SPACECRAFT_ID", spec.spacecraft),
         _q("SENSOR_ID", spec.sensor_id),
         _b("WRS_TYPE", "2"),
-        _b("WRS_PATH", f"{path:03d}"),
-        _b("WRS_ROW", f"{row:03d}"),
+        _b("WRS_PATH", f"{image.path:03d}"),
+        _b("WRS_ROW", f"{image.row:03d}"),
         _b("DATE_ACQUIRED", f"{d:%Y-%m-%d}"),
-        _q("SCENE_CENTER_TIME", centre_time),
+        _q("SCENE_CENTER_TIME", image.centre_time),
         _q("STATION_ID", "KIS"),
-        _b("CLOUD_COVER", f"{cloud_cover:.2f}"),
-        _b("CLOUD_COVER_LAND", f"{cloud_cover_land:.2f}"),
+        _b("CLOUD_COVER", f"{image.cloud_cover:.2f}"),
+        _b("CLOUD_COVER_LAND", f"{image.cloud_cover_land:.2f}"),
         _b("IMAGE_QUALITY", "9"),
     ]
     for c, _ in calib:
         if c.band.kind == "reflective" and c.band.key.isdigit():
             ia.append(_q(f"SATURATION_BAND_{c.band.key}", "Y" if c.band.key in saturated else "N"))
     ia += [
-        _b("SUN_AZIMUTH", f"{sun_az:.8f}"),
-        _b("SUN_ELEVATION", f"{sun_el:.8f}"),
-        _b("EARTH_SUN_DISTANCE", f"{dist:.7f}"),
+        _b("SUN_AZIMUTH", f"{image.sun_az:.8f}"),
+        _b("SUN_ELEVATION", f"{image.sun_el:.8f}"),
+        _b("EARTH_SUN_DISTANCE", f"{image.dist:.7f}"),
     ]
-    mtl["IMAGE_ATTRIBUTES"] = ia
+    return ia
 
-    zone = grid.crs.to_epsg() - 32600  # type: ignore[operator]
+
+def _mtl_projection(grid: Grid, zone: int, *, has_pan: bool) -> list[Entry]:
+    from pyproj import Transformer
+
+    h, w = grid.shape
     t = grid.transform
     x_ul, y_ul = t.c + 15.0, t.f - 15.0
     x_lr, y_lr = x_ul + 30.0 * (w - 1), y_ul - 30.0 * (h - 1)
@@ -1190,45 +1397,58 @@ def _build_mtl(
             _b(f"CORNER_{name}_PROJECTION_X_PRODUCT", f"{x:.3f}"),
             _b(f"CORNER_{name}_PROJECTION_Y_PRODUCT", f"{y:.3f}"),
         ]
-    mtl["PROJECTION_ATTRIBUTES"] = pa
+    return pa
 
-    if level == "L2SP":
-        lsrc = "LaSRC_1.5.0" if spec.code == "LC08" else "LEDAPS_3.4.0"
-        mtl["LEVEL2_PROCESSING_RECORD"] = [
-            _q("ORIGIN", _ORIGIN),
-            _q("DIGITAL_OBJECT_IDENTIFIER", "https://doi.org/10.5066/P9IAXOVV"),
-            _q("REQUEST_ID", "L2"),
-            _q("LANDSAT_PRODUCT_ID", pid),
-            _q("PROCESSING_LEVEL", level),
-            _q("OUTPUT_FORMAT", "GEOTIFF"),
-            _b("DATE_PRODUCT_GENERATED", generated),
-            _q("PROCESSING_SOFTWARE_VERSION", "LPGS_15.3.1c"),
-            _q("ALGORITHM_SOURCE_SURFACE_REFLECTANCE", lsrc),
-            _q("ALGORITHM_SOURCE_SURFACE_TEMPERATURE", "st_1.3.0"),
-            _q("DATA_SOURCE_REANALYSIS", "MERRA-2"),
-        ]
-        nums = sorted((num for num, _ in spec.l2_reflective), key=int)
-        sr: list[Entry] = []
-        for n in nums:
-            sr += [
-                _b(f"REFLECTANCE_MAXIMUM_BAND_{n}", "1.602213"),
-                _b(f"REFLECTANCE_MINIMUM_BAND_{n}", "-0.199972"),
-            ]
-        for n in nums:
-            sr += [_b(f"QUANTIZE_CAL_MAX_BAND_{n}", "65535"), _b(f"QUANTIZE_CAL_MIN_BAND_{n}", "1")]
-        sr += [_b(f"REFLECTANCE_MULT_BAND_{n}", "2.75e-05") for n in nums]
-        sr += [_b(f"REFLECTANCE_ADD_BAND_{n}", "-0.2") for n in nums]
-        mtl["LEVEL2_SURFACE_REFLECTANCE_PARAMETERS"] = sr
-        st = spec.l2_thermal
-        mtl["LEVEL2_SURFACE_TEMPERATURE_PARAMETERS"] = [
-            _b(f"TEMPERATURE_MAXIMUM_BAND_{st}", "372.999941"),
-            _b(f"TEMPERATURE_MINIMUM_BAND_{st}", "149.003418"),
-            _b(f"QUANTIZE_CAL_MAXIMUM_BAND_{st}", "65535"),
-            _b(f"QUANTIZE_CAL_MINIMUM_BAND_{st}", "1"),
-            _b(f"TEMPERATURE_MULT_BAND_{st}", "0.00341802"),
-            _b(f"TEMPERATURE_ADD_BAND_{st}", "149.0"),
-        ]
 
+def _mtl_level2(spec: SensorSpec, level: Level, pid: str, generated: str) -> Mtl:
+    mtl: Mtl = {}
+    lsrc = "LaSRC_1.5.0" if spec.code == "LC08" else "LEDAPS_3.4.0"
+    mtl["LEVEL2_PROCESSING_RECORD"] = [
+        _q("ORIGIN", _ORIGIN),
+        _q("DIGITAL_OBJECT_IDENTIFIER", "https://doi.org/10.5066/P9IAXOVV"),
+        _q("REQUEST_ID", "L2"),
+        _q("LANDSAT_PRODUCT_ID", pid),
+        _q("PROCESSING_LEVEL", level),
+        _q("OUTPUT_FORMAT", "GEOTIFF"),
+        _b("DATE_PRODUCT_GENERATED", generated),
+        _q("PROCESSING_SOFTWARE_VERSION", "LPGS_15.3.1c"),
+        _q("ALGORITHM_SOURCE_SURFACE_REFLECTANCE", lsrc),
+        _q("ALGORITHM_SOURCE_SURFACE_TEMPERATURE", "st_1.3.0"),
+        _q("DATA_SOURCE_REANALYSIS", "MERRA-2"),
+    ]
+    nums = sorted((num for num, _ in spec.l2_reflective), key=int)
+    sr: list[Entry] = []
+    for n in nums:
+        sr += [
+            _b(f"REFLECTANCE_MAXIMUM_BAND_{n}", "1.602213"),
+            _b(f"REFLECTANCE_MINIMUM_BAND_{n}", "-0.199972"),
+        ]
+    for n in nums:
+        sr += [_b(f"QUANTIZE_CAL_MAX_BAND_{n}", "65535"), _b(f"QUANTIZE_CAL_MIN_BAND_{n}", "1")]
+    sr += [_b(f"REFLECTANCE_MULT_BAND_{n}", "2.75e-05") for n in nums]
+    sr += [_b(f"REFLECTANCE_ADD_BAND_{n}", "-0.2") for n in nums]
+    mtl["LEVEL2_SURFACE_REFLECTANCE_PARAMETERS"] = sr
+    st = spec.l2_thermal
+    mtl["LEVEL2_SURFACE_TEMPERATURE_PARAMETERS"] = [
+        _b(f"TEMPERATURE_MAXIMUM_BAND_{st}", "372.999941"),
+        _b(f"TEMPERATURE_MINIMUM_BAND_{st}", "149.003418"),
+        _b(f"QUANTIZE_CAL_MAXIMUM_BAND_{st}", "65535"),
+        _b(f"QUANTIZE_CAL_MINIMUM_BAND_{st}", "1"),
+        _b(f"TEMPERATURE_MULT_BAND_{st}", "0.00341802"),
+        _b(f"TEMPERATURE_ADD_BAND_{st}", "149.0"),
+    ]
+    return mtl
+
+
+def _mtl_level1_record(
+    level: Level,
+    pid: str,
+    scene_id: str,
+    category: str,
+    generated: str,
+    calib: list[tuple[_Calib, dict[str, str]]],
+) -> list[Entry]:
+    l1_id = pid.replace(f"_{level}_", "_L1TP_")
     l1: list[Entry] = [
         _q("ORIGIN", _ORIGIN),
         _q("DIGITAL_OBJECT_IDENTIFIER", "https://doi.org/10.5066/P918ROHC"),
@@ -1255,8 +1475,11 @@ def _build_mtl(
         _b("GEOMETRIC_RMSE_MODEL_X", "3.085"),
         _q("EPHEMERIS_TYPE", "DEFINITIVE"),
     ]
-    mtl["LEVEL1_PROCESSING_RECORD"] = l1
+    return l1
 
+
+def _mtl_level1_calibration(spec: SensorSpec, calib: list[tuple[_Calib, dict[str, str]]]) -> Mtl:
+    mtl: Mtl = {}
     qmax = spec.l1_qmax
     rad: list[Entry] = []
     refl: list[Entry] = []
@@ -1290,6 +1513,10 @@ def _build_mtl(
                 _b(f"K2_CONSTANT_BAND_{c.band.key}", f"{c.band.k2:.4f}".rstrip("0").rstrip(".")),
             ]
     mtl["LEVEL1_THERMAL_CONSTANTS"] = thermal
+    return mtl
+
+
+def _mtl_level1_projection(zone: int, calib: list[tuple[_Calib, dict[str, str]]]) -> list[Entry]:
     pp: list[Entry] = [
         _q("MAP_PROJECTION", "UTM"),
         _q("DATUM", "WGS84"),
@@ -1304,9 +1531,7 @@ def _build_mtl(
         _q("ORIENTATION", "NORTH_UP"),
         _q("RESAMPLING_OPTION", "CUBIC_CONVOLUTION"),
     ]
-    mtl["LEVEL1_PROJECTION_PARAMETERS"] = pp
-    mtl["PRODUCT_PARAMETERS"] = [_q("DATA_TYPE_L0RP", f"{spec.sensor_id.split('_')[0]}R_L0RP")]
-    return mtl
+    return pp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1449,8 +1674,7 @@ def make_bundle(scene_dir: str | os.PathLike[str], *, out: str | os.PathLike[str
     if not scene_dir.is_dir():
         raise InputFileError(scene_dir, "not a product directory")
     target = Path(out) if out is not None else scene_dir.with_name(scene_dir.name + ".tar")
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with replacing(target) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for f in sorted(scene_dir.iterdir()):
                 if not f.is_file():
@@ -1462,9 +1686,6 @@ def make_bundle(scene_dir: str | os.PathLike[str], *, out: str | os.PathLike[str
                 info.mode = 0o644
                 with open(f, "rb") as fh:
                     tar.addfile(info, fh)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
