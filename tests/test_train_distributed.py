@@ -53,14 +53,17 @@ sys.addaudithook(_hook)
 SLOW_STEPS = """
 import os, time
 _PAUSE = float(os.environ.get("LC_TEST_STEP_PAUSE", "0"))
-if _PAUSE > 0:
-    import torch
-    _step = torch.optim.AdamW.step
-    def _slow_step(self, *args, **kwargs):
-        out = _step(self, *args, **kwargs)
+def _slowed(step):
+    def slow_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
         time.sleep(_PAUSE)
         return out
-    torch.optim.AdamW.step = _slow_step
+    return slow_step
+if _PAUSE > 0:
+    import torch
+    if not getattr(torch.optim, "_lc_test_slow_steps", False):  # Dask may run a preload file twice
+        torch.optim._lc_test_slow_steps = True
+        torch.optim.AdamW.step = _slowed(torch.optim.AdamW.step)
 """
 """Fault injection (worker preload): every optimiser step of a leg takes ``LC_TEST_STEP_PAUSE`` s longer."""
 
@@ -473,7 +476,7 @@ def test_cli_and_pipeline_on_real_workers(cluster3, tmp_path, capsys):
                "--repository", "A", "--repository", "B"])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "dask dashboard: http" in printed
+    assert "Dask dashboard: http" in printed
     assert printed.count("round-robin round") >= 2 and "fedavg round 0" in printed
     assert (out / "learning_curves.png").stat().st_size > 0
     report = json.loads((out / "report.json").read_text())
