@@ -104,6 +104,38 @@ def install() -> None:
         zarr.config.set({"codecs.blosc": name})
 
 
+def _blosc_chunk_layout(meta_path: Path) -> tuple[Path, str] | None:
+    """``(chunk folder, key separator)`` of an unsharded blosc array's ``zarr.json``, else None."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("node_type") != "array":
+        return None
+    codecs = [c.get("name") for c in meta.get("codecs") or [] if isinstance(c, dict)]
+    if "blosc" not in codecs or "sharding_indexed" in codecs:
+        return None
+    enc = meta.get("chunk_key_encoding") or {}
+    v2 = enc.get("name") == "v2"
+    sep = str((enc.get("configuration") or {}).get("separator", "." if v2 else "/"))
+    base = meta_path.parent if v2 else meta_path.parent / "c"
+    return (base, sep) if base.is_dir() else None
+
+
+def _blosc_problem(chunk: Path) -> str | None:
+    """What is wrong with one blosc chunk file's length, judged by its header (None: nothing)."""
+    with open(chunk, "rb") as fh:
+        head = fh.read(_HEADER)
+    size = chunk.stat().st_size
+    if len(head) < _HEADER:
+        return f"truncated: {size} bytes, shorter than a blosc header ({_HEADER})"
+    cbytes = int.from_bytes(head[12:16], "little")
+    if cbytes == size:
+        return None
+    what = "truncated" if cbytes > size else "trailing bytes"
+    return f"{what}: the blosc header says {cbytes} bytes, the file holds {size}"
+
+
 def find_damaged_chunks(store: str | os.PathLike[str]) -> Iterator[tuple[str, tuple[int, ...], str]]:
     """``(variable, chunk index, problem)`` of every blosc chunk of a Zarr v3 store that fails its header.
 
@@ -112,39 +144,16 @@ def find_damaged_chunks(store: str | os.PathLike[str]) -> Iterator[tuple[str, tu
     """
     root = Path(store)
     for meta_path in sorted(root.rglob("zarr.json")):
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
+        layout = _blosc_chunk_layout(meta_path)
+        if layout is None:
             continue
-        if meta.get("node_type") != "array":
-            continue
-        codecs = [c.get("name") for c in meta.get("codecs") or [] if isinstance(c, dict)]
-        if "blosc" not in codecs or "sharding_indexed" in codecs:
-            continue
-        array_dir = meta_path.parent
-        name = array_dir.relative_to(root).as_posix()
-        enc = meta.get("chunk_key_encoding") or {}
-        sep = str((enc.get("configuration") or {}).get("separator", "/" if enc.get("name") != "v2" else "."))
-        base = array_dir / "c" if enc.get("name") != "v2" else array_dir
-        if not base.is_dir():
-            continue
+        base, sep = layout
+        name = meta_path.parent.relative_to(root).as_posix()
         for f in sorted(p for p in base.rglob("*") if p.is_file()):
             rel = f.relative_to(base).as_posix()
             parts = rel.split("/") if sep == "/" else rel.split(sep)
             if not all(p.isdigit() for p in parts):
                 continue
-            with open(f, "rb") as fh:
-                head = fh.read(_HEADER)
-            size = f.stat().st_size
-            if len(head) < _HEADER:
-                problem: str | None = f"truncated: {size} bytes, shorter than a blosc header ({_HEADER})"
-            else:
-                cbytes = int.from_bytes(head[12:16], "little")
-                what = "truncated" if cbytes > size else "trailing bytes"
-                problem = (
-                    None
-                    if cbytes == size
-                    else f"{what}: the blosc header says {cbytes} bytes, the file holds {size}"
-                )
+            problem = _blosc_problem(f)
             if problem is not None:
                 yield name, tuple(int(p) for p in parts), problem

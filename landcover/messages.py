@@ -103,27 +103,36 @@ def _write_target_state(out: str) -> str | None:
     return None
 
 
+def _named_input(messages: list[str], ctx: PathContext) -> str | None:
+    """``<path>: <rest of the message>`` when a rasterio message names one of the job's paths."""
+    for path in (*ctx.inputs, *ctx.outputs):
+        names = {path, os.path.abspath(path), os.path.basename(os.path.normpath(path))}
+        for m in messages:
+            name = next((n for n in sorted(names, key=len, reverse=True) if n and n in m), None)
+            if name is None:
+                continue
+            rest = re.sub(r"^\s*[,:]\s*", "", m.split(name, 1)[1])
+            others = [x for x in messages if x not in m and "See previous exception" not in x]
+            tail = f" ({'; '.join(others)})" if others else ""
+            return f"{path}: {rest or 'cannot be read'}{tail} (damaged or truncated file?)"
+    return None
+
+
 def _rasterio(exc: BaseException, ctx: PathContext) -> str | None:
     chain = list(_chain(exc))
     if not any(type(e).__module__.startswith("rasterio") for e in chain):
         return None
     messages = [_text(e) for e in chain if _text(e)]
+    named = _named_input(messages, ctx)
+    if named is not None:
+        return named
+    if not ctx.outputs or not any("Write failed" in m or "write error" in m.lower() for m in messages):
+        return None
+    state = _write_target_state(ctx.outputs[0])
+    if state is not None:
+        return f"{ctx.outputs[0]}: cannot write: {state}"
     detail = "; ".join(m for m in messages if "See previous exception" not in m) or messages[0]
-    for path in (*ctx.inputs, *ctx.outputs):
-        names = {path, os.path.abspath(path), os.path.basename(os.path.normpath(path))}
-        for m in messages:
-            for name in sorted(names, key=len, reverse=True):
-                if name and name in m:
-                    rest = re.sub(r"^\s*[,:]\s*", "", m.split(name, 1)[1])
-                    others = [x for x in messages if x not in m and "See previous exception" not in x]
-                    tail = f" ({'; '.join(others)})" if others else ""
-                    return f"{path}: {rest or 'cannot be read'}{tail} (damaged or truncated file?)"
-    if any("Write failed" in m or "write error" in m.lower() for m in messages) and ctx.outputs:
-        state = _write_target_state(ctx.outputs[0])
-        if state is not None:
-            return f"{ctx.outputs[0]}: cannot write: {state}"
-        return f"{ctx.outputs[0]}: cannot write ({detail}; is the disk full or read-only?)"
-    return None
+    return f"{ctx.outputs[0]}: cannot write ({detail}; is the disk full or read-only?)"
 
 
 def one_line(exc: BaseException, context: PathContext | None = None) -> str:
