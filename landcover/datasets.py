@@ -531,6 +531,18 @@ class _WindowSource:
         state["_pool"] = None
         return state
 
+    def strip_mb(self) -> float:
+        """Decoded size of two chunk rows of the widest cube (every variable read), MB.
+
+        What a reader going through the windows in chunk order needs cached: windows that
+        straddle two chunk rows read both.
+        """
+        sizes = []
+        for c in self.cubes:
+            per_pixel = 2 * len(c.bands) + 2 * c.has_thermal + len(c.classes) + 1  # uint16, uint8, bool
+            sizes.append(2 * c.chunk[0] * c.shape[1] * per_pixel / 2**20)
+        return max(sizes)
+
     def release(self) -> None:
         """Drop this process's open stores, decoded-chunk cache and batch buffers.
 
@@ -814,9 +826,10 @@ class WindowDataset(_WindowSource, Dataset[dict[str, Any]]):
         Keep at most this many windows (after shuffling).
     cache_mb
         Bound of the decoded-chunk cache of the process that reads; :func:`make_loader`
-        shares it out among its workers (``cache_mb / num_workers`` each: in chunk order a
-        worker needs the chunks of its own batches only), so that memory stays bounded
-        whatever the number of workers.
+        shares it out among its workers (``cache_mb / num_workers`` each, but at least
+        :meth:`strip_mb`, two chunk rows, when ``cache_mb`` allows: in chunk order a worker
+        needs the chunks of its own batches only), so that memory stays bounded whatever
+        the number of workers.
     target_dtype
         ``"float32"``: fractions (default, for code that reads items directly);
         ``"uint8"``: the stored steps of 1/250 (a quarter of the bytes to build, collate
@@ -982,7 +995,7 @@ def _worker_init(_worker_id: int, buffer_slots: int | None = None) -> None:
     if info is not None and info.num_workers > 1:  # the dataset's cache bound is shared out
         ds = info.dataset.dataset if isinstance(info.dataset, BatchedWindows) else info.dataset
         if isinstance(ds, _WindowSource):
-            ds.cache_mb = ds.cache_mb / info.num_workers
+            ds.cache_mb = min(ds.cache_mb, max(ds.cache_mb / info.num_workers, ds.strip_mb()))
     if info is not None:  # share the cores among workers: blosc decodes with threads too
         import numcodecs.blosc
 
