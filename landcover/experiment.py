@@ -310,7 +310,10 @@ class CompareResult:
 
 
 def _bands_for(model: str) -> Literal["reflective", "rgb"]:
-    return "rgb" if model.startswith("rgb") else "reflective"
+    """Band selection of an arm's datasets: the RGB models' (:func:`landcover.models.model_bands`) or all."""
+    from .models import RGB_NAMES
+
+    return "rgb" if model in RGB_NAMES else "reflective"
 
 
 def _resolve_models(
@@ -467,25 +470,16 @@ def _datasets(cfg: CompareConfig, model: str, seed: int, budget: float = 1.0) ->
         level=cfg.level,
         normalize=False,  # training-split statistics are set below (never whole-cube ones)
     )
-    train = WindowDataset(
-        list(cfg.cubes),
-        split="train",
-        seed=seed,
-        shuffle=True,
-        augment=cfg.augment,
-        max_windows=cfg.max_train_windows,
-        **common,
-    )
+
+    def train_split(max_windows: int | None) -> Any:
+        return WindowDataset(
+            list(cfg.cubes), split="train", seed=seed, shuffle=True, augment=cfg.augment,
+            max_windows=max_windows, **common,
+        )  # fmt: skip
+
+    train = train_split(cfg.max_train_windows)
     if budget < 1.0:  # the first windows of the same seeded order: nested subsets per seed
-        train = WindowDataset(
-            list(cfg.cubes),
-            split="train",
-            seed=seed,
-            shuffle=True,
-            augment=cfg.augment,
-            max_windows=budget_windows(len(train), budget),
-            **common,
-        )
+        train = train_split(budget_windows(len(train), budget))
     val = WindowDataset(list(cfg.cubes), split="val", **common)
     test = WindowDataset(list(cfg.cubes), split="test", **common)
     _normalise_arm(cfg, model, seed, train, val, test)
@@ -527,7 +521,7 @@ def _thermal_for(cfg: CompareConfig, model: str) -> bool:
     Native arms with ``cfg.thermal``; ``ssl4eo`` whenever every cube has it (its weights
     were trained on TM bands 1-7); never the RGB arms.
     """
-    if model.startswith("rgb"):
+    if _bands_for(model) == "rgb":
         return False
     if model == "ssl4eo":
         from .cubemeta import inspect_cube

@@ -191,11 +191,42 @@ def default_bands(name: str, in_channels: int) -> tuple[str, ...]:
         ``("red", "green", "blue")`` for the RGB models, otherwise the first
         ``in_channels`` of :data:`TM_BANDS` (6 reflective bands, 7 with thermal).
     """
-    if name in RGB_NAMES:
-        return _IMAGENET_ORDER
     if 1 <= in_channels <= len(TM_BANDS):
-        return TM_BANDS[:in_channels]
-    return tuple(f"band{i + 1}" for i in range(in_channels))
+        available = TM_BANDS[:in_channels]
+    else:
+        available = tuple(f"band{i + 1}" for i in range(in_channels))
+    try:
+        return model_bands(name, available)
+    except ValueError:  # an RGB model on fewer bands: ModelSpec names the problem
+        return _IMAGENET_ORDER
+
+
+def model_bands(name: str, available: Sequence[str]) -> tuple[str, ...]:
+    """The bands a model called ``name`` takes from data holding ``available``, in channel order.
+
+    The one rule for "which bands does this model take": the RGB models (:data:`RGB_NAMES`)
+    take red, green and blue (in that order, the ImageNet one), each found by name or by its
+    Landsat 4-5 TM alias (``SR_B3``/``B3`` for red, any case); every other model takes all
+    ``available`` bands.
+
+    Raises
+    ------
+    ValueError
+        When an RGB model finds no band for red, green or blue.
+    """
+    if name not in RGB_NAMES:
+        return tuple(available)
+    found: dict[str, str] = {}
+    for band in available:
+        rgb = _rgb_of(band)
+        if rgb is not None and rgb not in found:
+            found[rgb] = band
+    missing = [c for c in _IMAGENET_ORDER if c not in found]
+    if missing:
+        raise ValueError(
+            f"model {name!r} takes red, green and blue; no band for {missing} in {list(available)}"
+        )
+    return tuple(found[c] for c in _IMAGENET_ORDER)
 
 
 @dataclass(frozen=True)

@@ -1085,15 +1085,13 @@ def _imagenet_encoder(backbone_encoder: str) -> str:
 
 
 def _rgb_bands(have: Sequence[str]) -> list[str] | None:
-    from .datasets import _RGB_ALIASES
+    """The bands the RGB arm takes from ``have`` (:func:`landcover.models.model_bands`); None if absent."""
+    from .models import model_bands
 
-    out = []
-    for name in ("red", "green", "blue"):
-        hit = next((b for b in have if b in _RGB_ALIASES[name]), None)
-        if hit is None:
-            return None
-        out.append(hit)
-    return out
+    try:
+        return list(model_bands(ARM_MODEL["imagenet-rgb"], have))
+    except ValueError:
+        return None
 
 
 # -- data ----------------------------------------------------------------------------------------------
@@ -1999,14 +1997,6 @@ def _budget_plot(summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _provenance(path: str) -> str:
-    import zarr
-
-    attrs = dict(zarr.open_group(path, mode="r").attrs)
-    synthetic = "synthetic_seed" in attrs or "synthetic" in str(attrs.get("title", "")).lower()
-    return "synthetic" if synthetic else "real"
-
-
 def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
     """Write ``report.md``, ``learning_curves_<budget>.png``, ``budget_curve.png`` and ``metrics.json``."""
     cfg = result.config
@@ -2057,8 +2047,10 @@ def _curve_figures(result: TransferResult, out_dir: Path) -> list[tuple[float, s
 
 def _report_header(result: TransferResult, arms: Sequence[str]) -> list[str]:
     """Title, data provenance, backbone and the new problem."""
+    from .arms import cube_source
+
     cfg = result.config
-    prov = sorted({_provenance(c) for c in cfg.cubes})
+    prov = sorted({cube_source(c) for c in cfg.cubes})
     lines = [
         f"# Transfer report: {', '.join(arms)}",
         "",

@@ -67,15 +67,15 @@ def build_models(
     :func:`landcover.cluster.engine.survey_repositories`, so the cubes are read only on
     their workers.
     """
-    from ..models import build_model
+    from ..models import build_model, model_bands
 
     first = next(iter(survey.values()))
     out: dict[str, Any] = {}
     for name in names:
-        bands = ("red", "green", "blue") if name.startswith("rgb") else tuple(first["bands"])
-        missing = [b for b in bands if b not in first["bands"]]
-        if missing:
-            raise ConfigError(f"the repositories' cubes lack bands {missing} needed by model {name!r}")
+        try:
+            bands = model_bands(name, first["bands"])
+        except ValueError as exc:
+            raise ConfigError(f"the repositories' cubes lack bands needed by model {name!r}: {exc}") from None
         stats = pooled_stats(survey, bands)
         out[name] = build_model(
             name,  # type: ignore[arg-type]
