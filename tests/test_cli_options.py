@@ -116,9 +116,10 @@ def test_input_checks_come_before_the_cluster(
     missing = tmp_path / "missing.zarr"
     argv = [a.format(missing=missing) for a in argv] + ["--out", str(tmp_path / "out")]
     assert main(argv) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"{missing}: no such cube store" in err
-    assert "dashboard" not in err.lower() and "Dask scheduler" not in err
+    for text in (out, err):  # no dashboard link (train --distributed used to log it on stdout)
+        assert "dashboard" not in text.lower() and "Dask scheduler" not in text
     assert not (tmp_path / "out").exists()
 
 
