@@ -8,8 +8,9 @@ way numpydoc writes them; mkdocstrings renders Markdown and would show the role 
   (members, the module's imports, parent scopes; ``.name`` means a member of the enclosing class or module);
 - a target inside ``landcover`` becomes ``[`title`][landcover.full.path]``, an autorefs link that
   ``mkdocs build --strict`` checks: a role naming a public object that no page renders fails the build;
-- a target no page renders (a ``_name`` component, hidden by the ``!^_`` filter, or an object without a
-  docstring such as a dataclass field) becomes an *optional* autoref: plain code, no broken link;
+- a target no page renders (a ``_name`` component, hidden by the ``!^_`` filter, an object without a
+  docstring such as a dataclass field, or a module no ``::: module`` block in ``docs/`` shows, such as
+  ``landcover.cli``) becomes an *optional* autoref: plain code, no broken link;
 - a target outside the project (numpy, xarray, the standard library) stays code: the build is offline,
   so there is no inventory to link it to;
 - ``~`` shows only the last component, as in Sphinx.
@@ -22,9 +23,11 @@ followed to the module that defines them. Unresolvable ``landcover`` targets are
 from __future__ import annotations
 
 import ast
+import functools
 import html
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -98,13 +101,31 @@ def resolve(obj: Any, target: str, collection: Any) -> str | None:
     return _final_path(collection, path) or path
 
 
-def _rendered(path: str, collection: Any) -> bool:
-    """Whether the API pages render ``path``: public (the ``!^_`` filter) and documented.
+DOCS = Path("docs")  # relative to the MkDocs project root, where mkdocs runs
 
-    mkdocstrings shows no object without a docstring (``show_if_no_docstring: false``), so e.g. a
-    dataclass field or a constant without one has no anchor to link to.
+
+@functools.cache
+def _pages_render() -> tuple[frozenset[str], frozenset[str]]:
+    """Identifiers of the ``::: identifier`` blocks in the docs: (with members, module only)."""
+    deep, shallow = set(), set()
+    for page in sorted(DOCS.rglob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        for m in re.finditer(r"^::: (\S+)\n((?:[ \t]+.*\n)*)", text, flags=re.MULTILINE):
+            (shallow if re.search(r"members:\s*false", m.group(2)) else deep).add(m.group(1))
+    return frozenset(deep), frozenset(shallow)
+
+
+def _rendered(path: str, collection: Any) -> bool:
+    """Whether an API page renders ``path``, i.e. whether it has an anchor to link to.
+
+    It must be public (the ``!^_`` filter), documented (mkdocstrings shows no object without a
+    docstring, ``show_if_no_docstring: false``: e.g. a dataclass field or a constant without one)
+    and inside a module that some page renders (``::: module`` in ``docs/``).
     """
     if any(part.startswith("_") for part in path.split(".")):
+        return False
+    deep, shallow = _pages_render()
+    if path not in shallow and not any(path == d or path.startswith(d + ".") for d in deep):
         return False
     obj = _lookup(collection, path)
     return obj is not None and (obj.is_module or obj.docstring is not None)

@@ -162,6 +162,10 @@ def test_role_rewriting_resolves_in_scope(tmp_path):
         'def _g():\n    """G."""\n\n\nclass K:\n    """K."""\n\n    def m(self):\n        """M."""\n'
     )
     xrefs = _xrefs()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "api.md").write_text("# API\n\n::: landcover.a\n\n::: landcover.grid\n    options:\n      x: 1\n")
+    xrefs.DOCS = docs
     loaded = griffe.load("landcover", search_paths=[tmp_path], try_relative_path=False)
     coll = loaded.modules_collection
     k = loaded["a.K"]
@@ -172,3 +176,6 @@ def test_role_rewriting_resolves_in_scope(tmp_path):
     assert xrefs.rewrite(":mod:`landcover.grid`", k, coll) == "[`landcover.grid`][landcover.grid]"
     assert xrefs.rewrite(":class:`xarray.Dataset`", k, coll) == "`xarray.Dataset`"
     assert "optional" in xrefs.rewrite(":func:`_g`", k, coll)
+    (pkg / "b.py").write_text('"""Module b, on no page."""\n\n\ndef h():\n    """H."""\n')
+    loaded = griffe.load("landcover", search_paths=[tmp_path], try_relative_path=False)
+    assert "optional" in xrefs.rewrite(":func:`landcover.b.h`", loaded["a"], loaded.modules_collection)
