@@ -142,44 +142,12 @@ def open_layer(
         listed = [(str(n), g) for n, g in pyogrio.list_layers(p)]
     except (DataSourceError, OSError) as exc:
         raise InputFileError(p, f"cannot be read as a vector layer ({exc})") from None
-    polygons = [n for n, g in listed if g is not None and "POLYGON" in str(g).upper()]
-    if layer is None:
-        if not polygons:
-            names = ", ".join(n for n, _ in listed) or "none"
-            raise InputFileError(p, f"has no polygon layer (layers: {names})")
-        if len(polygons) == 1:
-            layer = polygons[0]
-        else:
-            with_field = [n for n in polygons if _field_of(_fields(p, n)) is not None]
-            if len(with_field) != 1:
-                raise InputFileError(
-                    p,
-                    f"has {len(polygons)} polygon layers ({', '.join(polygons)}) and "
-                    f"{len(with_field) or 'none'} with a CLC code field; pass --layer NAME",
-                )
-            layer = with_field[0]
-    elif layer not in [n for n, _ in listed]:
-        raise InputFileError(p, f"has no layer {layer!r} (layers: {', '.join(n for n, _ in listed)})")
+    layer = _choose_layer(p, listed, layer)
     try:
         info = pyogrio.read_info(p, layer=layer, force_total_bounds=True)
     except (DataLayerError, DataSourceError) as exc:
         raise InputFileError(p, f"layer {layer!r} cannot be read ({exc})") from None
-    fields = [str(f) for f in info["fields"]]
-    if field is None:
-        field = _field_of(fields)
-        if field is None:
-            raise InputFileError(
-                p,
-                f"layer {layer!r} has no CLC class field ({', '.join(CLC_FIELDS)}); its fields: "
-                f"{', '.join(fields) or 'none'}; pass --field NAME",
-            )
-    elif field not in fields:
-        match = [f for f in fields if f.upper() == field.upper()]
-        if len(match) != 1:
-            raise InputFileError(
-                p, f"layer {layer!r} has no field {field!r}; its fields: {', '.join(fields) or 'none'}"
-            )
-        field = match[0]
+    field = _choose_field(p, layer, [str(f) for f in info["fields"]], field)
     if not info.get("crs"):
         raise InputFileError(p, f"layer {layer!r} has no CRS")
     from pyproj import CRS
@@ -196,6 +164,49 @@ def open_layer(
         bounds=(float(tb[0]), float(tb[1]), float(tb[2]), float(tb[3])),
         features=int(info.get("features", -1)),
     )
+
+
+def _choose_layer(p: str, listed: list[tuple[str, Any]], layer: str | None) -> str:
+    """The layer asked for (it must exist), else the one polygon layer (with a CLC field)."""
+    if layer is not None:
+        if layer not in [n for n, _ in listed]:
+            raise InputFileError(p, f"has no layer {layer!r} (layers: {', '.join(n for n, _ in listed)})")
+        return layer
+    polygons = [n for n, g in listed if g is not None and "POLYGON" in str(g).upper()]
+    if not polygons:
+        names = ", ".join(n for n, _ in listed) or "none"
+        raise InputFileError(p, f"has no polygon layer (layers: {names})")
+    if len(polygons) == 1:
+        return polygons[0]
+    with_field = [n for n in polygons if _field_of(_fields(p, n)) is not None]
+    if len(with_field) != 1:
+        raise InputFileError(
+            p,
+            f"has {len(polygons)} polygon layers ({', '.join(polygons)}) and "
+            f"{len(with_field) or 'none'} with a CLC code field; pass --layer NAME",
+        )
+    return with_field[0]
+
+
+def _choose_field(p: str, layer: str, fields: list[str], field: str | None) -> str:
+    """The class field asked for (matched case-insensitively), else the first CLC code field."""
+    if field is None:
+        found = _field_of(fields)
+        if found is None:
+            raise InputFileError(
+                p,
+                f"layer {layer!r} has no CLC class field ({', '.join(CLC_FIELDS)}); its fields: "
+                f"{', '.join(fields) or 'none'}; pass --field NAME",
+            )
+        return found
+    if field in fields:
+        return field
+    match = [f for f in fields if f.upper() == field.upper()]
+    if len(match) != 1:
+        raise InputFileError(
+            p, f"layer {layer!r} has no field {field!r}; its fields: {', '.join(fields) or 'none'}"
+        )
+    return match[0]
 
 
 def _fields(path: str, layer: str) -> list[str]:
