@@ -153,7 +153,7 @@ def main() -> None:
     from landcover.datasets import WindowDataset
     from landcover.testing.cubes import make_cube
     from landcover.threads import available_cores, limit_threads
-    from landcover.train import TrainConfig, make_loader
+    from landcover.train import TrainConfig
 
     cores = available_cores()
     threads = args.threads or cores
@@ -179,12 +179,12 @@ def main() -> None:
         cfg0 = TrainConfig(batch_size=args.batch, num_workers=0, device="cpu")
         batches: list[dict[str, Any]] = []
         while len(batches) < args.steps:
-            for b in make_loader(ds, cfg0, shuffle=True):
+            for b in cfg0.loader(ds, shuffle=True):
                 batches.append({k: b[k].clone() for k in ("image", "target", "mask")})
                 if len(batches) == args.steps:
                     break
         cfg = TrainConfig(batch_size=args.batch, num_workers=args.workers, device="cpu", prefetch_factor=4)
-        loader = make_loader(ds, cfg, shuffle=True)
+        loader = cfg.loader(ds, shuffle=True)
         mem, via, ratios = [], [], []
         for i in range(args.repeat):
             m = _fit_once(batches, args, codes, threads)

@@ -14,7 +14,7 @@ Entry points
 :class:`TrainState`, :func:`train_steps`
     The optimisation step (AdamW, one-cycle schedule, AMP scaler) that :func:`fit` runs, and
     ``n`` such steps over a loader for the data-local legs of :mod:`landcover.cluster`.
-:func:`make_loader`
+:meth:`TrainConfig.loader`
     A seeded :class:`~torch.utils.data.DataLoader` built from a config.
 
 Batches are dicts with ``image`` float32 ``(B, C, H, W)``, ``target`` float32
@@ -81,7 +81,6 @@ __all__ = [
     "to_device",
     "evaluate",
     "lr_find",
-    "make_loader",
     "seed_everything",
     "resolve_device",
 ]
@@ -118,7 +117,7 @@ class TrainConfig:
     epochs
         Passes over the training loader.
     batch_size
-        Used by :func:`make_loader` (``fit`` takes the loader's own batch size).
+        Used by :meth:`loader` (``fit`` takes the loader's own batch size).
     lr
         Peak learning rate of the one-cycle schedule.
     weight_decay
@@ -167,7 +166,7 @@ class TrainConfig:
     resume
         Continue from ``checkpoint_dir/last.pt``; without it, :class:`InputFileError` naming the folder.
     num_workers, prefetch_factor, pin_memory
-        DataLoader options for :func:`make_loader` (``pin_memory="auto"``: on with CUDA).
+        DataLoader options for :meth:`loader` (``pin_memory="auto"``: on with CUDA).
     progress
         Report progress on stderr (:func:`landcover.progress.progress_bar`: a bar on a terminal,
         a line every few percent elsewhere).
@@ -305,6 +304,38 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """Return a copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    def loader(
+        self,
+        dataset: Dataset[Any],
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        batch_size: int | None = None,
+    ) -> DataLoader[Any]:
+        """A loader of ``dataset`` with this run's batch size, workers, pinning and seeded generator.
+
+        Built by :func:`landcover.datasets.make_loader`, the one loader factory (workers started
+        with ``forkserver``/``spawn``, never fork, persistent across epochs). The generator is
+        seeded with ``seed``; :func:`fit` reseeds it per epoch. ``shuffle`` is ignored (False)
+        for iterable datasets, which order themselves.
+        """
+        from torch.utils.data import IterableDataset
+
+        from .datasets import make_loader
+
+        device = resolve_device(self.device)
+        pin = self.pin_memory == "on" or (self.pin_memory == "auto" and device.type == "cuda")
+        return make_loader(
+            dataset,
+            batch_size or self.batch_size,
+            self.num_workers,
+            shuffle=shuffle and not isinstance(dataset, IterableDataset),
+            pin_memory=pin,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
+            drop_last=drop_last,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
 
 # --------------------------------------------------------------------------- history
@@ -473,39 +504,6 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContex
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def make_loader(
-    dataset: Dataset[Any],
-    config: TrainConfig,
-    *,
-    shuffle: bool = True,
-    drop_last: bool = False,
-    batch_size: int | None = None,
-) -> DataLoader[Any]:
-    """A DataLoader following ``config``: batch size, workers, pinning, seeded generator.
-
-    Delegates to :func:`landcover.datasets.make_loader` (workers started with
-    ``forkserver``/``spawn``, never fork, persistent across epochs). The generator is
-    seeded with ``config.seed``; :func:`fit` reseeds it per epoch. ``shuffle`` is ignored
-    (False) for iterable datasets, which order themselves.
-    """
-    from torch.utils.data import IterableDataset
-
-    from .datasets import make_loader as _dataset_loader
-
-    device = resolve_device(config.device)
-    pin = config.pin_memory == "on" or (config.pin_memory == "auto" and device.type == "cuda")
-    return _dataset_loader(
-        dataset,
-        batch_size or config.batch_size,
-        config.num_workers,
-        shuffle=shuffle and not isinstance(dataset, IterableDataset),
-        pin_memory=pin,
-        prefetch_factor=config.prefetch_factor if config.num_workers > 0 else None,
-        drop_last=drop_last,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
 
 
 # --------------------------------------------------------------------------- RNG state (weights_only-safe)

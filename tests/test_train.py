@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from landcover.errors import ConfigError
 from landcover.models import build_model, load_checkpoint, model_from_checkpoint
 from landcover.plotting import plot_lr_find
-from landcover.train import History, TrainConfig, evaluate, fit, lr_find, make_loader
+from landcover.train import History, TrainConfig, evaluate, fit, lr_find
 
 CODES = (211, 311, 512)
 TIME_KEYS = {"time", "epoch_time", "samples_per_s", "data_wait_share"}
@@ -91,10 +91,10 @@ def test_fit_lowers_the_loss_and_logs(data: tuple[Patches, Patches], tmp_path: P
     train, val = data
     cfg = _config(checkpoint_dir=tmp_path, log_every_samples=16, val_every_samples=24, monitor="val_miou_l3")
     torch.manual_seed(0)
-    before = evaluate(_model(), make_loader(val, cfg, shuffle=False), class_codes=CODES, device="cpu")
+    before = evaluate(_model(), cfg.loader(val, shuffle=False), class_codes=CODES, device="cpu")
     seen: list[str] = []
     hist = fit(
-        _model(), make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg,
+        _model(), cfg.loader(train), cfg.loader(val, shuffle=False), cfg,
         class_codes=CODES, callbacks=[lambda kind, row: seen.append(kind)],
     )  # fmt: skip
     assert [r["epoch"] for r in hist.epochs] == [1, 2, 3]
@@ -132,13 +132,13 @@ def test_resume_continues_identically(data: tuple[Patches, Patches], tmp_path: P
     straight_cfg = _config(checkpoint_dir=tmp_path / "a", **kw)
     straight_model = _model()
     straight = fit(
-        straight_model, make_loader(train, straight_cfg), make_loader(val, straight_cfg, shuffle=False),
+        straight_model, straight_cfg.loader(train), straight_cfg.loader(val, shuffle=False),
         straight_cfg, class_codes=CODES,
     )  # fmt: skip
 
     cfg = _config(checkpoint_dir=tmp_path / "b", **kw)
     first = fit(
-        _model(), make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg, class_codes=CODES,
+        _model(), cfg.loader(train), cfg.loader(val, shuffle=False), cfg, class_codes=CODES,
         callbacks=[lambda kind, row: kind == "epoch" and row["epoch"] == 1],
     )  # fmt: skip
     assert first.meta["stop_reason"] == "callback" and len(first.epochs) == 1
@@ -146,7 +146,7 @@ def test_resume_continues_identically(data: tuple[Patches, Patches], tmp_path: P
     torch.manual_seed(999)  # a new process: different global RNG, different initial weights
     resumed_model = _model(seed=5)
     resumed = fit(
-        resumed_model, make_loader(train, cfg), make_loader(val, cfg, shuffle=False),
+        resumed_model, cfg.loader(train), cfg.loader(val, shuffle=False),
         cfg.replace(resume=True), class_codes=CODES,
     )  # fmt: skip
     a, b = straight_model.state_dict(), resumed_model.state_dict()
@@ -157,30 +157,28 @@ def test_resume_continues_identically(data: tuple[Patches, Patches], tmp_path: P
     assert _strip(resumed.samples) == _strip(straight.samples)
     assert resumed.meta["stop_reason"] == "completed"
     # resuming a finished run trains nothing more
-    done = fit(_model(), make_loader(train, cfg), None, cfg.replace(resume=True), class_codes=CODES)
+    done = fit(_model(), cfg.loader(train), None, cfg.replace(resume=True), class_codes=CODES)
     assert len(done.epochs) == 2
 
 
 def test_early_stopping_and_sample_budget(data: tuple[Patches, Patches]) -> None:
     train, val = data
     cfg = _config(epochs=5, patience=1, min_delta=1e9, lr=1e-3)
-    hist = fit(
-        _model(), make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg, class_codes=CODES
-    )
+    hist = fit(_model(), cfg.loader(train), cfg.loader(val, shuffle=False), cfg, class_codes=CODES)
     assert hist.meta["stop_reason"] == "early_stopping" and len(hist.epochs) == 2
     cfg = _config(epochs=5, max_samples=20)
-    hist = fit(_model(), make_loader(train, cfg), None, cfg, class_codes=CODES)
+    hist = fit(_model(), cfg.loader(train), None, cfg, class_codes=CODES)
     assert hist.meta["stop_reason"] == "max_samples"
     assert hist.epochs[-1]["samples_seen"] == 24 and hist.meta["total_steps"] == 3
     assert "val_loss" not in hist.epochs[-1]
     with pytest.raises(ConfigError, match="val_loader"):
-        fit(_model(), make_loader(train, cfg), None, cfg.replace(patience=2), class_codes=CODES)
+        fit(_model(), cfg.loader(train), None, cfg.replace(patience=2), class_codes=CODES)
 
 
 def test_data_wait_share_is_measured(data: tuple[Patches, Patches]) -> None:
     cfg = _config(epochs=1, batch_size=4, max_samples=16)
-    fast = fit(_model(), make_loader(Patches(16, seed=3), cfg), None, cfg, class_codes=CODES)
-    slow = fit(_model(), make_loader(Patches(16, seed=3, sleep=0.03), cfg), None, cfg, class_codes=CODES)
+    fast = fit(_model(), cfg.loader(Patches(16, seed=3)), None, cfg, class_codes=CODES)
+    slow = fit(_model(), cfg.loader(Patches(16, seed=3, sleep=0.03)), None, cfg, class_codes=CODES)
     assert slow.epochs[0]["data_wait_share"] > 0.4
     assert slow.epochs[0]["data_wait_share"] > fast.epochs[0]["data_wait_share"]
 
@@ -242,7 +240,7 @@ def test_fit_on_a_real_window_dataset(tmp_path: Path) -> None:
     assert model.spec.bands == train.band_names and model.spec.class_codes == train.class_codes
     assert model.spec.band_std == pytest.approx(train.stats.std)
     cfg = _config(epochs=4, batch_size=4, lr=2e-2, checkpoint_dir=tmp_path / "run")
-    hist = fit(model, make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg,
+    hist = fit(model, cfg.loader(train), cfg.loader(val, shuffle=False), cfg,
                class_codes=train.class_codes)  # fmt: skip
     assert hist.epochs[-1]["train_loss"] < hist.epochs[0]["train_loss"]
     assert math.isfinite(hist.epochs[-1]["val_miou_l1"])
@@ -250,7 +248,7 @@ def test_fit_on_a_real_window_dataset(tmp_path: Path) -> None:
     assert rebuilt.spec == model.spec
     rgb = WindowDataset(cube, size=32, bands="rgb", level=2, max_windows=2)
     rgb_model = build_model_for_dataset("rgb-scratch", rgb, preset="tiny")
-    batch = next(iter(make_loader(rgb, cfg, shuffle=False)))
+    batch = next(iter(cfg.loader(rgb, shuffle=False)))
     assert rgb_model(batch["image"]).shape == batch["target"].shape
 
 
@@ -283,7 +281,7 @@ def test_param_groups_train_at_their_own_peak_lr(data: tuple[Patches, Patches]) 
         groups = _two_groups(model, scale)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         hist = fit(
-            model, make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg, class_codes=CODES,
+            model, cfg.loader(train), cfg.loader(val, shuffle=False), cfg, class_codes=CODES,
             param_groups=groups, frozen_modules=[model.encoder.layer1],
         )  # fmt: skip
         # the frozen stage: weights AND BatchNorm running statistics untouched
@@ -324,7 +322,7 @@ def test_resume_with_param_groups_continues_identically(
         model = _model(seed=seed)
         cbs = [] if stop_after is None else [lambda kind, row: kind == "epoch" and row["epoch"] == stop_after]
         hist = fit(
-            model, make_loader(train, cfg), make_loader(val, cfg, shuffle=False), cfg, class_codes=CODES,
+            model, cfg.loader(train), cfg.loader(val, shuffle=False), cfg, class_codes=CODES,
             callbacks=cbs, param_groups=_two_groups(model), frozen_modules=[model.encoder.layer1],
         )  # fmt: skip
         return model, hist
@@ -355,7 +353,7 @@ def test_resume_with_param_groups_continues_identically(
             groups = None
         with pytest.raises(ConfigError, match="cannot resume.*parameter groups"):
             fit(
-                model, make_loader(train, cfg), None, cfg, class_codes=CODES,
+                model, cfg.loader(train), None, cfg, class_codes=CODES,
                 param_groups=groups, frozen_modules=[model.encoder.layer1],
             )  # fmt: skip
 
