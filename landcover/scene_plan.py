@@ -8,7 +8,7 @@ the import graph acyclic: ``landsat -> stack, stac_scene -> scene_plan``.
 
 :class:`BandSource` reads through a small per-thread cache of open datasets
 (:func:`close_open_files`). GDAL's process-wide settings (e.g. ``GDAL_CACHEMAX``) are not changed
-here; the command line sets them (see :func:`landcover.cli.main`), a library user sets them with
+here; the command line sets them (``landcover.cli``), a library user sets them with
 ``rasterio.Env`` or the environment.
 """
 
