@@ -1383,10 +1383,9 @@ def write_prediction_item(folder: str | os.PathLike[str], *, when: Any = None) -
     """Write :func:`prediction_item` as ``folder/item.json`` (atomically); return its path."""
     path = Path(folder) / PREDICTION_ITEM
     doc = prediction_item(folder, when=when).to_dict(include_self_link=False, transform_hrefs=False)
-    part = path.with_name(f".{path.name}.part-{uuid.uuid4().hex[:8]}")
-    part.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(part, path)
-    return path
+    from .atomic import write_text
+
+    return write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
 def _extension_schemas(folder: str | os.PathLike[str]) -> dict[str, Any]:

@@ -61,6 +61,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import atomic
 from .devices import check_device, resolve_device
 from .errors import ConfigError, InputFileError
 from .losses import SoftLabelLoss
@@ -434,10 +435,7 @@ class History:
         """Write the history as JSON (atomically)."""
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default))
-        tmp.replace(dest)
-        return dest
+        return atomic.write_json(dest, self.to_dict(), indent=1, allow_nan=False, default=_json_default)
 
     @classmethod
     def from_json(cls, path: str | Path) -> History:
@@ -456,13 +454,11 @@ class History:
             cols.extend(k for k in r if k not in cols)
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        with tmp.open("w", newline="") as fh:
+        with atomic.replacing(dest) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=cols)
             writer.writeheader()
             for r in rows:
                 writer.writerow({k: ("" if _nan_to_none(r.get(k)) is None else r.get(k)) for k in cols})
-        tmp.replace(dest)
         return dest
 
     def _to_ckpt(self) -> dict[str, Any]:

@@ -191,11 +191,9 @@ class BatchReport:
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` to ``path`` atomically (temporary name, then rename)."""
-        p = Path(path)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, p)
-        return p
+        from ..atomic import write_text
+
+        return write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
 
     def table(self) -> str:
         """A plain-text summary table: one row per item, then the counts."""
