@@ -140,6 +140,9 @@ class CompareConfig:
         The non-deep floor (:mod:`landcover.baselines`): gradient boosting on per-pixel
         spectra plus their ``baseline_context`` x ``baseline_context`` neighbourhood mean
         (1: spectra only), trained on at most ``baseline_pixels`` training pixels per seed.
+    min_steps
+        Least number of optimiser steps of every run (:func:`landcover.arms.run_epochs`): the
+        epochs of a run whose windows make fewer steps are raised, for every arm alike; 0: off.
     tensorboard, mlflow
         Experiment tracking of each run (:mod:`landcover.tracking`): TensorBoard scalars in
         ``RUN/tb``; an MLflow tracking URI (``file:./mlruns``, ``http://HOST:5000``), None: off.
@@ -196,6 +199,7 @@ class CompareConfig:
     baseline: bool = True
     baseline_pixels: int = 20000
     baseline_context: int = 3
+    min_steps: int = 0
     threads: int | None = None
     tensorboard: bool = False
     mlflow: str | None = None
@@ -240,6 +244,8 @@ class CompareConfig:
             raise ValueError(
                 f"baseline_context must be an odd number of pixels >= 1, got {self.baseline_context}"
             )
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
         if self.baseline_pixels < 100:
             raise ValueError(f"baseline_pixels must be >= 100, got {self.baseline_pixels}")
         if self.threads is not None and self.threads < 1:
@@ -589,7 +595,9 @@ def train_model(
 
     t0 = time.perf_counter()
     train_ds, val_ds, test_ds = _datasets(cfg, model_name, seed, budget)
-    epochs = cfg.budget_epochs(budget)
+    from .arms import run_epochs
+
+    epochs = run_epochs(cfg.budget_epochs(budget), len(train_ds), cfg.batch_size, cfg.min_steps)
     _need_windows("the split", train=train_ds, val=val_ds, test=test_ds)
     from .arms import PRETRAINED_ARMS, arm_class_weights, select_lr
     from .models import finetune_param_groups
@@ -660,6 +668,7 @@ def train_model(
             param_groups=groups(model), callbacks=[tracker] if tracker.active else None,
         )  # fmt: skip
     hparams = _run_hparams(cfg, choice.as_dict(), enc_factor, train_ds, class_weights, model)
+    hparams["epochs"] = epochs  # min_steps may have raised them
     history.to_json(run_dir / "history.json")
     history.to_csv(run_dir / "history_epochs.csv", kind="epochs")
     history.to_csv(run_dir / "history_samples.csv", kind="samples")

@@ -369,6 +369,21 @@ def test_ssl4eo_resnet50_is_selected_by_the_base50_preset(demo_cube, tmp_path, m
         assert trained[f"encoder.{key}"].shape == state[key].shape
 
 
+def test_min_steps_raises_the_epochs_of_every_arm_alike(demo_cube, tmp_path):
+    from landcover.arms import run_epochs
+    from landcover.experiment import train_model
+
+    # the real Lanjaron pair in 32 px windows, stride 16: 241 training windows, 16 steps of 16 per epoch
+    assert run_epochs(15, 241, 16) == 15
+    assert run_epochs(15, 241, 16, min_steps=600) == 38
+    assert run_epochs(40, 241, 16, min_steps=600) == 40  # never lowered
+    with pytest.raises(ValueError, match="min_steps"):
+        run_epochs(15, 241, 16, min_steps=-1)
+    cfg = _arm_cfg(demo_cube, tmp_path, lr_select="fixed", min_steps=6, budgets=(1.0,), baseline=False)
+    r = train_model(cfg, "native", 0, preset="tiny")  # 8 windows, batch 4: 2 steps per epoch
+    assert r.hparams["epochs"] == 3 and [row["step"] for row in r.history.epochs] == [2, 4, 6]
+
+
 def test_default_window_is_small_only_on_synthetic_cubes(tmp_path):
     from landcover.arms import REAL_WINDOW, SYNTHETIC_WINDOW, cube_source, default_window
     from landcover.testing.cubes import make_cube

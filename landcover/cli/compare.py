@@ -131,6 +131,12 @@ def register(sub: Any) -> None:
     p.add_argument("--reference", default=None, help="arm the others are compared with (default: RGB arm)")
     p.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates and permutations (2000)")
     p.add_argument(
+        "--min-steps",
+        type=int,
+        default=None,
+        help="least optimiser steps per run: epochs raised alike for every arm (default 0: off)",
+    )
+    p.add_argument(
         "--no-baseline",
         dest="baseline",
         action="store_false",
@@ -194,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             "reference": args.reference,
             "n_boot": args.n_boot,
             "baseline": args.baseline,
+            "min_steps": args.min_steps,
             "threads": args.threads if isinstance(args.threads, int) else None,
         },
     )
