@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from . import atomic
 from .devices import check_device
 from .errors import ConfigError, InputFileError, LandcoverError
 
@@ -1991,9 +1992,8 @@ def _budget_plot(summary: dict[str, Any], path: Path) -> Path:
         ax.legend(fontsize=8)
     ax.set_title("Test score vs label budget (95 % block-bootstrap intervals)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -2003,10 +2003,8 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
     out_dir = Path(out if out is not None else cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(result)
-    tmp = out_dir / ".metrics.json.tmp"
     text = json.dumps(_finite(summary), indent=2, allow_nan=False, default=_json_safe)
-    tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(out_dir / "metrics.json")
+    atomic.write_text(out_dir / "metrics.json", text + "\n")
     curves = _curve_figures(result, out_dir)
     _budget_plot(summary, out_dir / "budget_curve.png")
 
@@ -2017,10 +2015,7 @@ def write_report(result: TransferResult, out: str | Path | None = None) -> Path:
     lines += _scores_section(result, summary, arms)
     lines += _per_class_iou_section(result, summary, arms)
     lines += _compute_section(result, summary, curves)
-    tmp_md = out_dir / ".report.md.tmp"
-    tmp_md.write_text("\n".join(lines), encoding="utf-8")
-    tmp_md.replace(out_dir / "report.md")
-    return out_dir / "report.md"
+    return atomic.write_text(out_dir / "report.md", "\n".join(lines))
 
 
 def _curve_figures(result: TransferResult, out_dir: Path) -> list[tuple[float, str]]:
