@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_text
 from .baseline import BaselineRun
 from .records import DistributedRun
 
@@ -50,9 +51,7 @@ def write_comparison(comparison: Comparison, out: str | os.PathLike[str]) -> Pat
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     summary = comparison.summary()
-    tmp = folder / ".report.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
-    tmp.replace(folder / "report.json")
+    write_text(folder / "report.json", json.dumps(summary, indent=2, default=_json_default))
     curves: dict[str, Any] = {}
     metric = f"val_miou_l{comparison.runs and next(iter(comparison.runs.values())).step.level or 3}"
     for mode, run in comparison.runs.items():
@@ -129,9 +128,7 @@ def write_comparison(comparison: Comparison, out: str | os.PathLike[str]) -> Pat
             extra = f" on {f.retried_on}" if f.retried_on else ""
             lines.append(f"- {mode}: {f.kind} {f.model} round {f.round} on {f.repository}: worker {f.worker} "
                          f"lost ({f.error}), {f.action}{extra}")  # fmt: skip
-    tmp = folder / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(folder / "report.md")
+    write_text(folder / "report.md", "\n".join(lines) + "\n")
     return folder
 
 
