@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import atomic
-from .errors import InputFileError
+from .errors import IncompleteStoreError, InputFileError
 from .grid import Grid
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -371,6 +371,8 @@ def open_labels(path: str | os.PathLike[str], *, decode: bool = True) -> xr.Data
 
     Raises
     ------
+    IncompleteStoreError
+        The write of ``path`` did not finish (killed or failed): no completion marker.
     InputFileError
         ``path`` is not a Zarr store with class fractions.
     """
@@ -388,6 +390,13 @@ def open_labels(path: str | os.PathLike[str], *, decode: bool = True) -> xr.Data
         raise InputFileError(
             p, f"cannot be opened as a Zarr store ({' '.join(str(exc).split())[:200]})"
         ) from None
+    from .schema import COMPLETE_ATTR
+    from .store import FINGERPRINT_ATTR
+
+    if FINGERPRINT_ATTR in ds.attrs and ds.attrs.get(COMPLETE_ATTR) is not True:  # written by write_cube
+        raise IncompleteStoreError(
+            p, "the labels write did not finish; rerun landcover labels with --overwrite"
+        )
     if LABELS_VAR not in ds.data_vars and LEGACY_LABELS_VAR in ds.data_vars:
         ds = ds.rename({LEGACY_LABELS_VAR: LABELS_VAR})
     if LABELS_VAR not in ds.data_vars:

@@ -773,3 +773,30 @@ def test_labels_stores_of_the_old_name_still_open(
 def _coverage_only(ds: xr.Dataset, path: Path) -> Path:
     ds[["coverage"]].to_zarr(path, zarr_format=3, consolidated=True)
     return path
+
+
+def test_a_killed_labels_write_is_refused_by_open_labels(
+    tmp_path: Path, clc_and_like: tuple[Path, Path, Grid]
+) -> None:
+    """The Zarr labels writer is the resumable store writer: a killed write is never read as complete."""
+    import subprocess
+    import sys
+
+    from landcover.errors import IncompleteStoreError
+    from landcover.labels import open_labels
+
+    clc, like, _grid = clc_and_like
+    out = tmp_path / "killed.zarr"
+    script = (
+        "from landcover.testing.faults import kill_after_regions\n"
+        "from landcover.corine import fractions, read_clc\n"
+        "from landcover.labels import grid_of_like, write_labels\n"
+        "kill_after_regions(1)\n"
+        f"ds = fractions(read_clc({str(clc)!r}), grid_of_like({str(like)!r}), chunks=16)\n"
+        f"write_labels(ds, {str(out)!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert out.exists()
+    with pytest.raises(IncompleteStoreError, match="did not finish"):
+        open_labels(out)
