@@ -1615,7 +1615,9 @@ def _setup_section(result: CompareResult, summary: dict[str, Any]) -> list[str]:
         f"Windows {_window(cfg)}x{_window(cfg)} px, split (train/val/test) windows: "
         f"{result.split_sizes.get('train')}/{result.split_sizes.get('val')}/{result.split_sizes.get('test')} "
         f"(spatially blocked, split seed {cfg.split_seed}); training windows at the full budget: "
-        f"{cfg.max_train_windows or 'all'}; {cfg.epochs} epochs at the full budget; seeds {seeds}; "
+        f"{cfg.max_train_windows or 'all'}; {cfg.epochs} epochs at the full budget"
+        + (f" (raised alike to at least {cfg.min_steps} optimiser steps per run)" if cfg.min_steps else "")
+        + f"; seeds {seeds}; "
         f"label budgets {', '.join(f'{100 * b:g} %' for b in sorted(cfg.budgets))}; "
         f"model preset `{result.preset}`; CLC level {cfg.level}.",
         "",
