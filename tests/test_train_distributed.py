@@ -28,7 +28,7 @@ from landcover.cluster.config import StepConfig
 from landcover.cluster.engine import pooled_stats, survey_repositories, train_distributed
 from landcover.cluster.legs import LEG_TOPIC, window_dataset
 from landcover.cluster.registry import parse_repository_option, scan_repository
-from landcover.cluster.repository import Replica, Repository
+from landcover.cluster.repository import Replica, Repository, schedule
 from landcover.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -227,6 +227,17 @@ def test_scan_repository_finds_complete_cubes_only(tmp_path):
             parse_repository_option(bad)
 
 
+def test_schedule_visits_every_repository_once_per_cycle():
+    plan = schedule(2, 3, 3)
+    assert plan == [[0, 1], [1, 2], [2, 0]]
+    for i in range(2):
+        assert sorted(r[i] for r in plan) == [0, 1, 2]
+    for r in plan:  # models are never at the same repository in one round when n_models <= n_repos
+        assert len(set(r)) == len(r)
+    with pytest.raises(ConfigError):
+        schedule(1, 0, 1)
+
+
 def test_average_states_weights_by_samples():
     a = {"w": np.array([0.0, 2.0], dtype=np.float32), "n": np.array(3)}
     b = {"w": np.array([4.0, 6.0], dtype=np.float32), "n": np.array(5)}
@@ -412,11 +423,12 @@ def test_round_robin_on_real_workers_is_local_complete_and_deterministic(cluster
     from landcover.cluster.registry import discover_repositories
 
     repos = discover_repositories(cluster3.client)
-    survey = survey_repositories(repos, client=cluster3.client, step=STEP, log=lambda _m: None)
+    step = StepConfig(**{**STEP.__dict__, "val_batches": 1, "bn_batches": 1})  # cheap validations
+    survey = survey_repositories(repos, client=cluster3.client, step=step, log=lambda _m: None)
     models = {"m0": _model(survey["A"], 0), "m1": _model(survey["A"], 1, "rgb-scratch")}
     before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in models.items()}
     lines: list[str] = []
-    run = train_distributed(models, repos, client=cluster3.client, step=STEP, survey=survey, log=lines.append)
+    run = train_distributed(models, repos, client=cluster3.client, step=step, survey=survey, log=lines.append)
     names = {a: i["name"] for a, i in cluster3.client.scheduler_info()["workers"].items()}
     holder = {"A": "w-a", "B": "w-b", "C": "w-c"}
     # each model visits each repository exactly once in the epoch, at (k + r) mod N, on its holder
@@ -441,8 +453,11 @@ def test_round_robin_on_real_workers_is_local_complete_and_deterministic(cluster
         for d in own:
             if "mirror" not in d:  # the replica was not needed
                 assert any(p.startswith(d + os.sep) and p.endswith("zarr.json") for p in opened)
-    # the weights equal an in-process run of the same legs (the client reads the primaries here)
-    local = train_distributed(models, repos, step=STEP, survey=survey, log=lambda _m: None)
+    # the weights equal an in-process run of the same legs (the client reads the primaries here); it skips
+    # the validations between rounds, which change no weight (the final BatchNorm statistics are re-estimated
+    # from the final weights either way)
+    local_step = StepConfig(**{**step.__dict__, "validate": False})
+    local = train_distributed(models, repos, step=local_step, survey=survey, log=lambda _m: None)
     for name in models:
         for k, v in local.models[name].state.items():
             np.testing.assert_allclose(run.models[name].state[k], v, rtol=0, atol=1e-6)
@@ -457,6 +472,72 @@ def test_round_robin_on_real_workers_is_local_complete_and_deterministic(cluster
     util = run.utilisation()
     assert set(util) == {"w-a", "w-b", "w-c"}
     assert all(0 < u["utilisation"] <= 1 for u in util.values())
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_models_travel_round_robin_to_repositories(tmp_path, cluster3):
+    """Two models round-robin over two repositories named by worker: legs on the holders, weights chained."""
+    from landcover.models import build_model
+    from landcover.testing.cubes import make_cube
+
+    cube_a = make_cube(tmp_path / "a" / "cube.zarr", shape=(320, 320), seed=1)
+    cube_b = make_cube(tmp_path / "b" / "cube.zarr", shape=(320, 320), seed=2)
+    repo_a = Repository("A", (str(cube_a),), "w-a")
+    repo_b = Repository("B", (str(cube_b),), "w-b")
+    from landcover.datasets import WindowDataset
+
+    # a split seed under which both repositories have train and validation windows
+    split_seed = next(
+        k
+        for k in range(20)
+        if all(
+            len(WindowDataset(c, size=32, split=sp, block=128, split_seed=k)) > 0
+            for c in (cube_a, cube_b)
+            for sp in ("train", "val")
+        )
+    )
+    ds = WindowDataset(repo_a.cubes[0], size=32, bands="reflective")
+    rgb = WindowDataset(repo_a.cubes[0], size=32, bands="rgb")
+    models = {
+        "native": build_model(
+            "native", ds.in_channels, ds.num_classes, preset="tiny", bands=ds.band_names,
+            class_codes=ds.class_codes, seed=0,
+        ),
+        "rgb-scratch": build_model(
+            "rgb-scratch", rgb.in_channels, rgb.num_classes, preset="tiny", bands=rgb.band_names,
+            class_codes=rgb.class_codes, seed=0,
+        ),
+    }  # fmt: skip
+    before = {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in models.items()}
+    # 32 windows per leg, a fresh AdamW per leg, augmented windows
+    step = StepConfig(window=32, batch_size=8, batches=4, ship_optimizer=False, augment=True, device="cpu",
+                      split_seed=split_seed)  # fmt: skip
+    run = train_distributed(models, [repo_a, repo_b], client=cluster3.client, step=step, log=lambda _m: None)
+    legs = {n: [leg for leg in run.legs if leg.kind == "train" and leg.model == n] for n in models}
+    # native visits A then B; rgb-scratch visits B then A; each leg ran on the repository's own worker
+    assert [(leg.repository, leg.worker_name) for leg in legs["native"]] == [
+        ("A", "w-a"),
+        ("B", "w-b"),
+    ]
+    assert [(leg.repository, leg.worker_name) for leg in legs["rgb-scratch"]] == [
+        ("B", "w-b"),
+        ("A", "w-a"),
+    ]
+    for name, res in run.models.items():
+        assert all(leg.samples > 0 for leg in legs[name])
+        # a validation score after every leg's round
+        assert all("val_miou_l3" in row for row in res.curve if row["round"] > 0) and len(res.curve) == 3
+        # the weights changed and the second leg started from the first leg's weights
+        trained = res.build().state_dict()
+        changed = [
+            k for k, v in trained.items() if v.dtype.is_floating_point and not np.allclose(v, before[name][k])
+        ]
+        assert changed
+        # the module passed in is not modified
+        assert all(
+            np.array_equal(v.numpy(), before[name][k].numpy()) for k, v in models[name].state_dict().items()
+        )
 
 
 @pytest.mark.cluster
@@ -489,15 +570,28 @@ def test_cli_and_pipeline_on_real_workers(cluster3, tmp_path, capsys):
 
     assert model_from_checkpoint(out / "fedavg-native.pt").spec.name == "native"
 
-    # the batch job, thin over the same library, as a separate process
+    # the batch job, thin over the same library, as a separate process: explicit [[repositories]] on named
+    # workers, round-robin
+    data = cluster3.tmp / "data"
+    pcfg = tmp_path / "rr.toml"
+    pcfg.write_text(
+        'models = ["native"]\nmode = "round-robin"\n'
+        '[step]\nwindow = 16\nbatch_size = 8\nbatches = 1\nblock = 32\nsplit_seed = 5\ndevice = "cpu"\n'
+        f'[[repositories]]\nname = "A"\nworker = "w-a"\ncubes = ["{data / "a" / "cube.zarr"}"]\n'
+        f'[[repositories]]\nname = "B"\nworker = "w-b"\ncubes = ["{data / "b" / "cube.zarr"}"]\n'
+    )
     pipe = [sys.executable, str(REPO_ROOT / "pipelines" / "train_distributed.py")]
     proc = subprocess.run(
-        [*pipe, str(cfg), "--scheduler", cluster3.client.scheduler.address, "--mode", "fedavg",
+        [*pipe, str(pcfg), "--scheduler", cluster3.client.scheduler.address,
          "--out", str(tmp_path / "pipe-out")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "pipe-out" / "report.md").is_file()
+    report = json.loads((tmp_path / "pipe-out" / "report.json").read_text())
+    legs = [leg for leg in report["modes"]["round-robin"]["legs"] if leg["kind"] == "train"]
+    assert [(leg["repository"], leg["worker_name"]) for leg in legs] == [("A", "w-a"), ("B", "w-b")]
+    assert model_from_checkpoint(tmp_path / "pipe-out" / "round-robin-native.pt").spec.name == "native"
     cfg.write_text('mode = "sideways"\n')
     proc = subprocess.run([*pipe, str(cfg)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
