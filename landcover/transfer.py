@@ -1884,53 +1884,18 @@ def summarise(result: TransferResult) -> dict[str, Any]:
     for r in result.runs:
         groups.setdefault((r.arm, r.budget), []).append(r)
     for (arm, budget), rs in groups.items():
-        per_class: dict[str, dict[str, float | None]] = {}
-        for i, code in enumerate(result.class_codes):
-            vals = [r.per_class[i]["iou"] if i < len(r.per_class) else None for r in rs]
-            per_class[str(code)] = _mean_std(vals)
-        conv = [_converged(r.history) for r in rs if r.history is not None]
-        entry: dict[str, Any] = {
-            "arm": arm,
-            "budget": budget,
-            "strategy": ARM_STRATEGY.get(arm, "none"),
-            "seeds": [r.seed for r in rs],
-            "train_windows": rs[0].train_windows,
-            "lr": rs[0].lr,
-            "test": {m: _mean_std([r.test.get(m, math.nan) for r in rs]) for m in TEST_METRICS},
-            "interval": _score_interval(rs, k, n),
-            "per_seed": {m: [r.test.get(m) for r in rs] for m in TEST_METRICS},
-            "per_class_iou": per_class,
-            "steps": [r.steps for r in rs],
-            "samples": [r.samples for r in rs],
-            "seconds": [r.seconds for r in rs],
-            "trainable_parameters": rs[0].trainable_parameters,
-            "parameters": rs[0].parameters,
-            "convergence": conv,
-        }
+        entry = _model_entry(result, arm, budget, rs, k, n)
         out["models"][_label(arm, budget)] = entry
         out["table"].setdefault(arm, {})[f"{budget:.4g}"] = entry["test"][PRIMARY_METRIC]
     arms = [a for a in ARMS if any(r.arm == a for r in result.runs)]
-    bars = [b for b in ("zero-shot", "linear-probe") if b in arms]
-    pairs: list[tuple[str, str]] = []
-    for ref in dict.fromkeys([cfg.reference, *bars]):
-        for arm in arms:
-            if ref in arms and arm != ref and (ref, arm) not in pairs:
-                pairs.append((arm, ref))
+    pairs = _comparison_pairs(cfg.reference, arms)
     for budget in cfg.budgets:
         for arm, ref in pairs:
             c = _paired(result, arm, ref, budget, n)
             if c is not None:
                 c["budget"] = budget
                 out["comparisons"].append(c)
-    out["compute"] = {
-        a: {
-            "runs": sum(1 for r in result.runs if r.arm == a),
-            "steps": int(sum(r.steps for r in result.runs if r.arm == a)),
-            "samples": int(sum(r.samples for r in result.runs if r.arm == a)),
-            "seconds": float(sum(r.seconds for r in result.runs if r.arm == a)),
-        }
-        for a in arms
-    }
+    out["compute"] = {a: _arm_compute(result.runs, a) for a in arms}
     out["split_windows"] = result.split_sizes
     out["split"] = result.split
     out["leakage"] = result.leakage
@@ -1946,6 +1911,57 @@ def summarise(result: TransferResult) -> dict[str, Any]:
     config = dataclasses.asdict(cfg)
     out["config"] = {key: (list(v) if isinstance(v, tuple) else v) for key, v in config.items()}
     return out
+
+
+def _model_entry(
+    result: TransferResult, arm: str, budget: float, rs: list[RunRecord], k: int, n: int
+) -> dict[str, Any]:
+    """One (arm, budget) entry of ``metrics.json``: scores over seeds, interval, per-class IoU, compute."""
+    per_class: dict[str, dict[str, float | None]] = {}
+    for i, code in enumerate(result.class_codes):
+        vals = [r.per_class[i]["iou"] if i < len(r.per_class) else None for r in rs]
+        per_class[str(code)] = _mean_std(vals)
+    conv = [_converged(r.history) for r in rs if r.history is not None]
+    return {
+        "arm": arm,
+        "budget": budget,
+        "strategy": ARM_STRATEGY.get(arm, "none"),
+        "seeds": [r.seed for r in rs],
+        "train_windows": rs[0].train_windows,
+        "lr": rs[0].lr,
+        "test": {m: _mean_std([r.test.get(m, math.nan) for r in rs]) for m in TEST_METRICS},
+        "interval": _score_interval(rs, k, n),
+        "per_seed": {m: [r.test.get(m) for r in rs] for m in TEST_METRICS},
+        "per_class_iou": per_class,
+        "steps": [r.steps for r in rs],
+        "samples": [r.samples for r in rs],
+        "seconds": [r.seconds for r in rs],
+        "trainable_parameters": rs[0].trainable_parameters,
+        "parameters": rs[0].parameters,
+        "convergence": conv,
+    }
+
+
+def _comparison_pairs(reference: str, arms: list[str]) -> list[tuple[str, str]]:
+    """The (arm, reference) pairs compared: every arm against the reference and the zero-shot/probe bars."""
+    bars = [b for b in ("zero-shot", "linear-probe") if b in arms]
+    pairs: list[tuple[str, str]] = []
+    for ref in dict.fromkeys([reference, *bars]):
+        for arm in arms:
+            if ref in arms and arm != ref and (ref, arm) not in pairs:
+                pairs.append((arm, ref))
+    return pairs
+
+
+def _arm_compute(runs: Sequence[RunRecord], arm: str) -> dict[str, Any]:
+    """Total runs, steps, samples and seconds spent on one arm."""
+    mine = [r for r in runs if r.arm == arm]
+    return {
+        "runs": len(mine),
+        "steps": int(sum(r.steps for r in mine)),
+        "samples": int(sum(r.samples for r in mine)),
+        "seconds": float(sum(r.seconds for r in mine)),
+    }
 
 
 def _fmt(ms: Mapping[str, Any] | None) -> str:
