@@ -218,16 +218,34 @@ def _quantise_rows(flat: np.ndarray, active: np.ndarray, nan: np.ndarray, k: int
         rem = sub_s - sub_q
         if active.size < k and (miss > np.add.reduce(rem > 0, axis=0)).any():
             return None
-        cols = np.arange(todo.size)
-        for step in range(min(int(miss.max()), active.size)):
-            sel = cols[miss > step] if step else cols
-            best = np.argmax(rem[:, sel], axis=0)
-            sub_q[best, sel] += 1
-            rem[best, sel] = -np.inf
+        _hand_out_steps(sub_q, rem, miss)
         q[:, todo] = sub_q
     np.clip(q, 0, LABEL_STEPS, out=q)
     result: np.ndarray = q
     return result
+
+
+def _hand_out_steps(q: np.ndarray, rem: np.ndarray, miss: np.ndarray) -> None:
+    """Add one step, in place, to the ``miss[j]`` classes of column ``j`` with the largest remainders.
+
+    Ties go to the lower class index. A few missing steps (CLC blocks: mixed pixels of two or
+    three classes) are handed out with one ``argmax`` per step; many (a softmax over 44
+    classes) with one stable ranking of the remainders per pixel, which gives the same result.
+    """
+    n_steps = min(int(miss.max()), rem.shape[0])
+    if n_steps <= 4:
+        cols = np.arange(rem.shape[1])
+        for step in range(n_steps):
+            sel = cols[miss > step] if step else cols
+            best = np.argmax(rem[:, sel], axis=0)
+            q[best, sel] += 1
+            rem[best, sel] = -np.inf
+        return
+    order = np.argsort(-np.ascontiguousarray(rem.T), axis=1, kind="stable")  # (pixel, class), largest first
+    take = np.arange(rem.shape[0])[None, :] < miss[:, None]  # the first miss[j] classes in that order
+    give = np.zeros_like(take)
+    np.put_along_axis(give, order, take, axis=1)
+    q += give.T
 
 
 def encode_coverage(cov: np.ndarray) -> np.ndarray:
