@@ -540,22 +540,12 @@ def _region_tasks(
     """
     import itertools
 
-    import dask.array as da
     from dask.base import tokenize
     from dask.delayed import Delayed
     from dask.highlevelgraph import HighLevelGraph
 
     names = [str(v) for v in (variables if variables is not None else ds.data_vars)]
-    prepared: dict[str, tuple[Any, tuple[str, ...], list[list[tuple[int, int]]]]] = {}
-    for name in names:
-        var = ds[name]
-        dims = tuple(str(d) for d in var.dims)
-        data = var.data
-        if not isinstance(data, da.Array):
-            data = da.from_array(np.asarray(data), chunks=-1)
-        target = {i: chunk[0] if d == "y" else chunk[1] for i, d in enumerate(dims) if d in ("y", "x")}
-        data = data.rechunk(target)
-        prepared[name] = (data, dims, [_block_ranges(c) for c in data.chunks])
+    prepared = {name: _prepare_variable(ds[name], chunk) for name in names}
     token = tokenize(str(store), time_offset, chunk, [prepared[n][0].name for n in names])
     layer: dict[Any, Any] = {}
     keys: list[str] = []
@@ -566,25 +556,9 @@ def _region_tasks(
             data, dims, ranges = prepared[name]
             if "time" not in dims and not region.static:
                 continue
-            per_dim: list[list[tuple[int, slice]]] = []
-            for d, rng in zip(dims, ranges, strict=True):
-                if d in ("y", "x"):
-                    lo, hi = region.rows if d == "y" else region.cols
-                    hit = [(i, slice(a, b)) for i, (a, b) in enumerate(rng) if a < hi and b > lo]
-                    if not hit or hit[0][1].start != lo or hit[-1][1].stop != hi:
-                        raise ValueError(f"region {region.key} is not aligned with the chunks of {name}")
-                elif d == "time":
-                    lo, hi = (0, rng[-1][1]) if region.times is None else (
-                        region.times[0] - time_offset, region.times[1] - time_offset
-                    )  # fmt: skip
-                    hit = [
-                        (i, slice(a + time_offset, b + time_offset))
-                        for i, (a, b) in enumerate(rng)
-                        if a < hi and b > lo
-                    ]
-                else:
-                    hit = [(i, slice(a, b)) for i, (a, b) in enumerate(rng)]
-                per_dim.append(hit)
+            per_dim = [
+                _region_hits(region, name, d, rng, time_offset) for d, rng in zip(dims, ranges, strict=True)
+            ]
             for combo in itertools.product(*per_dim):
                 block_keys.append((data.name, *(i for i, _ in combo)))
                 targets.append((name, tuple(sl for _, sl in combo)))
@@ -595,6 +569,40 @@ def _region_tasks(
     layer_name = f"write-regions-{token}"
     graph = HighLevelGraph.from_collections(layer_name, layer, dependencies=[prepared[n][0] for n in names])
     return [Delayed(k, graph, layer=layer_name) for k in keys]
+
+
+def _prepare_variable(
+    var: xr.DataArray, chunk: tuple[int, int]
+) -> tuple[Any, tuple[str, ...], list[list[tuple[int, int]]]]:
+    """A variable as a Dask array rechunked to the store's ``(y, x)`` chunk, its dims and block ranges."""
+    import dask.array as da
+
+    dims = tuple(str(d) for d in var.dims)
+    data = var.data
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=-1)
+    target = {i: chunk[0] if d == "y" else chunk[1] for i, d in enumerate(dims) if d in ("y", "x")}
+    data = data.rechunk(target)
+    return data, dims, [_block_ranges(c) for c in data.chunks]
+
+
+def _region_hits(
+    region: Region, name: str, d: str, rng: list[tuple[int, int]], time_offset: int
+) -> list[tuple[int, slice]]:
+    """The blocks of one dimension (index, store slice) that ``region`` covers."""
+    if d in ("y", "x"):
+        lo, hi = region.rows if d == "y" else region.cols
+        hit = [(i, slice(a, b)) for i, (a, b) in enumerate(rng) if a < hi and b > lo]
+        if not hit or hit[0][1].start != lo or hit[-1][1].stop != hi:
+            raise ValueError(f"region {region.key} is not aligned with the chunks of {name}")
+        return hit
+    if d == "time":
+        lo, hi = (0, rng[-1][1]) if region.times is None else (
+            region.times[0] - time_offset, region.times[1] - time_offset
+        )  # fmt: skip
+        off = time_offset
+        return [(i, slice(a + off, b + off)) for i, (a, b) in enumerate(rng) if a < hi and b > lo]
+    return [(i, slice(a, b)) for i, (a, b) in enumerate(rng)]
 
 
 # -- public writers -------------------------------------------------------------------------------
