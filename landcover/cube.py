@@ -1120,16 +1120,7 @@ def _append(
     if isinstance(grid, Grid) and grid != dst:
         raise GridMismatchError(f"{store}: the cube grid {dst!r} differs from the requested grid {grid!r}")
     params = json.loads(old.attrs.get("build_params", "{}"))
-    built = params.get("corine", {})
-    given = _corine_id(corine)
-    if built.get("name") not in (None, given["name"]) or any(
-        built.get(k) is not None and built[k] != given[k] for k in ("size", "sha256")
-    ):
-        raise ConfigError(
-            f"{corine}: the cube {store} was built with another CORINE file ({built.get('name')}, "
-            f"{built.get('size')} bytes, sha256 {str(built.get('sha256', '?'))[:12]}...); "
-            "append with the same CORINE file, or build a new cube"
-        )
+    _check_same_corine(corine, store, params.get("corine", {}))
     chunk = int(params.get("chunk", old["reflectance"].encoding.get("chunks", (1, 1, 512))[-1]))
     opened = _open_scenes(scene_list, chunk)
     have = set(old.attrs.get("product_ids", []))
@@ -1141,17 +1132,7 @@ def _append(
         return store
     _check_sensors(new, mix_sensors=mix_sensors, cube=_cube_sensors(old.attrs))
     mode = old.attrs.get("grid_mode", "scene")
-    for s in new:
-        if mode == "scene" and not dst.is_aligned(s.grid):
-            raise GridMismatchError(
-                f"{s.path}: the scene is not on the cube's grid ({s.grid!r} vs {dst!r}); "
-                "the cube was built on "
-                'the scenes\' own grid: rebuild it with a common grid (grid="utm-first" or "EPSG:3035")'
-            )
-        try:
-            dst.window_of_bounds(s.grid.bounds_in(dst.crs))
-        except EmptyOverlapError:
-            raise EmptyOverlapError(f"{s.path}: the scene does not overlap the cube {store}") from None
+    _check_on_cube_grid(new, dst, mode, store)
     n_old = int(state["n_old"]) if resuming and state is not None else old.sizes["time"]
     old_valid = old["valid"].isel(time=slice(0, n_old)).data.rechunk((-1, chunk, chunk)).any(axis=0)
     level = int(old.attrs.get("clc_level", 3))
@@ -1163,30 +1144,59 @@ def _append(
     if list(ds["band"].values) != list(old["band"].values):
         raise GridMismatchError(f"{new[0].path}: bands differ from the cube's {list(old['band'].values)}")
     fp = _fingerprint({"base": old.attrs.get(store_mod.FINGERPRINT_ATTR), "add": [s.product_id for s in new]})
-    pids = list(old.attrs.get("product_ids", [])) + [s.product_id for s in new]
-    scenes_attr = list(old.attrs.get("scenes", [])) + [
-        os.path.basename(os.path.normpath(s.path)) for s in new
-    ]
-    appends = list(old.attrs.get("appends", [])) + [
+    tvars = ["reflectance", "thermal", "qa_pixel", "valid"]
+    attrs = _appended_attrs(old.attrs, ds, new, n_old)
+    store_mod.append_time(
+        ds[tvars], store, fingerprint=fp, static=ds[["labels"]], attrs=attrs,
+        client=client, progress=progress, threads=threads,
+    )  # fmt: skip
+    _warn_empty(store, [s.product_id for s in new])
+    return store
+
+
+def _check_same_corine(corine: str | os.PathLike[str], store: Path, built: Mapping[str, Any]) -> None:
+    """Refuse to append with a CORINE file other than the one the cube was built with."""
+    given = _corine_id(corine)
+    if built.get("name") not in (None, given["name"]) or any(
+        built.get(k) is not None and built[k] != given[k] for k in ("size", "sha256")
+    ):
+        raise ConfigError(
+            f"{corine}: the cube {store} was built with another CORINE file ({built.get('name')}, "
+            f"{built.get('size')} bytes, sha256 {str(built.get('sha256', '?'))[:12]}...); "
+            "append with the same CORINE file, or build a new cube"
+        )
+
+
+def _check_on_cube_grid(new: Sequence[_Scene], dst: Grid, mode: str, store: Path) -> None:
+    """Refuse scenes off a scene-grid cube's grid, or that do not overlap the cube."""
+    for s in new:
+        if mode == "scene" and not dst.is_aligned(s.grid):
+            raise GridMismatchError(
+                f"{s.path}: the scene is not on the cube's grid ({s.grid!r} vs {dst!r}); "
+                "the cube was built on "
+                'the scenes\' own grid: rebuild it with a common grid (grid="utm-first" or "EPSG:3035")'
+            )
+        try:
+            dst.window_of_bounds(s.grid.bounds_in(dst.crs))
+        except EmptyOverlapError:
+            raise EmptyOverlapError(f"{s.path}: the scene does not overlap the cube {store}") from None
+
+
+def _appended_attrs(
+    attrs: Mapping[str, Any], ds: xr.Dataset, new: Sequence[_Scene], n_old: int
+) -> dict[str, Any]:
+    """The cube's per-time attributes after appending the ``new`` scenes (``ds``) to ``n_old`` times."""
+    appends = list(attrs.get("appends", [])) + [
         {
             "product_ids": [s.product_id for s in new],
             "at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
     ]
-    tvars = ["reflectance", "thermal", "qa_pixel", "valid"]
-    store_mod.append_time(
-        ds[tvars], store, fingerprint=fp, static=ds[["labels"]],
-        attrs={
-            "product_ids": pids,
-            "scenes": scenes_attr,
-            "sensors": [
-                *old.attrs.get("sensors", ["unknown"] * n_old), *(s.sensor or "unknown" for s in new)
-            ],
-            "usable_masks": [*old.attrs.get("usable_masks", ["QA_PIXEL"] * n_old), *(s.usable for s in new)],
-            "appends": appends,
-            "resampled": list(old.attrs.get("resampled", [])) + list(ds.attrs["resampled"]),
-        },
-        client=client, progress=progress, threads=threads,
-    )  # fmt: skip
-    _warn_empty(store, [s.product_id for s in new])
-    return store
+    return {
+        "product_ids": list(attrs.get("product_ids", [])) + [s.product_id for s in new],
+        "scenes": list(attrs.get("scenes", [])) + [os.path.basename(os.path.normpath(s.path)) for s in new],
+        "sensors": [*attrs.get("sensors", ["unknown"] * n_old), *(s.sensor or "unknown" for s in new)],
+        "usable_masks": [*attrs.get("usable_masks", ["QA_PIXEL"] * n_old), *(s.usable for s in new)],
+        "appends": appends,
+        "resampled": list(attrs.get("resampled", [])) + list(ds.attrs["resampled"]),
+    }
