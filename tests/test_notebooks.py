@@ -182,31 +182,35 @@ def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
             continue  # the optional real-data section is skipped without the samples
         pngs = [o for o in cell.outputs if "image/png" in o.get("data", {})]
         assert pngs, f"{path.name}: cell {i} drew no inline figure"
-    text = _text(done)
-    if path.name.startswith("01"):
-        if have_real:
+    _check_text(path.name, _text(done), have_real, real)
+
+
+def _require_real(name: str, have_real: bool, real: Path, what: str) -> bool:
+    """True when the real samples are there; under CI their absence fails the test."""
+    if not have_real and os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(f"real sample data not found at {real}: {name} {what}")
+    return have_real
+
+
+def _check_text(name: str, text: str, have_real: bool, real: Path) -> None:
+    """What each notebook must have printed."""
+    if name.startswith("01"):
+        if _require_real(name, have_real, real, "- the real-data section did not run"):
             assert "LT05_L2SP_090084_19980308_20200909_02_T1" in text  # the real section ran
-        elif os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(f"real sample data not found at {real}: the notebook's real-data section did not run")
         assert "training windows" in text
-    if path.name.startswith("02"):
+    if name.startswith("02"):
         assert "native" in text and "rgb-scratch" in text
         _check_conclusion(text)
-    if path.name.startswith("04"):  # the real pair: without ../shared there is nothing to show
-        if have_real:
-            assert "classes present: 20" in text and "mean NDVI, forest" in text and "best model:" in text
-            assert "pixels whose predicted class is the CORINE dominant class" in text
-        elif os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(f"real sample data not found at {real}: notebook 04 showed nothing")
-    if path.name.startswith("05"):  # phase 2: the leakage guard, a user-label problem, the real pair
+    if name.startswith("04") and _require_real(name, have_real, real, "showed nothing"):
+        assert "classes present: 20" in text and "mean NDVI, forest" in text and "best model:" in text
+        assert "pixels whose predicted class is the CORINE dominant class" in text
+    if name.startswith("05"):  # phase 2: the leakage guard, a user-label problem, the real pair
         assert (
             "refusing to run:" in text and "split: inherit" in text and "within the phase-1 buffer: 0" in text
         )
         assert "classes: (7, 8, 9)" in text and "'sensor': 'new sensor'" in text
-        if have_real:
+        if _require_real(name, have_real, real, "skipped the real pair"):
             assert "'place': 'new region'" in text and "zero-shot" in text
-        elif os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(f"real sample data not found at {real}: notebook 05 skipped the real pair")
-    if path.name.startswith("03"):
+    if name.startswith("03"):
         assert "Dask dashboard: http" in text
         assert "round 0:" in text
