@@ -260,8 +260,6 @@ def run_experiment(
     log, progress
         Messages and progress bars.
     """
-    from .fetch.job import fetch, summary_error
-
     bad = [s for s in steps if s not in STEPS]
     if bad:
         raise ValueError(f"unknown step(s) {bad}; choose from {STEPS}")
@@ -270,22 +268,7 @@ def run_experiment(
     exp.out.mkdir(parents=True, exist_ok=True)
     scenes: dict[tuple[str, str], list[Path]] = {}
     if "fetch" in steps:
-        for region in exp.regions:
-            for epoch in exp.epochs:
-                cfg = _fetch_config(exp, region, epoch, dict(fetch_overrides or {}))
-                where = ", ".join(region.path_rows) or str(region.bbox)
-                log(f"[fetch] {region.name} {epoch.name}: {epoch.start}..{epoch.end}, {where}")
-                summary = fetch(cfg, credentials=credentials(cfg), progress=progress)
-                err = summary_error(summary)
-                if err is not None:
-                    raise err
-                dirs = sorted(summary.extracted.values())
-                if not dirs:
-                    raise ConfigError(
-                        f"{exp.path}: no scene found for region {region.name!r} in epoch {epoch.name!r} "
-                        "(widen the dates, months or cloud limit)"
-                    )
-                scenes[(region.name, epoch.name)] = dirs
+        scenes = _fetch_scenes(exp, fetch_overrides, credentials, log=log, progress=progress)
         _write_scene_list(exp, scenes)
     else:
         scenes = _read_scene_list(exp)
@@ -298,12 +281,64 @@ def run_experiment(
         cubes = [exp.out / "cubes" / f"{exp.cube_name(r, e)}.zarr" for r in exp.regions for e in exp.epochs]
     if "compare" not in steps:
         return None
-    from .experiment import CompareConfig, run_compare, write_report
+    from .experiment import run_compare, write_report
 
     missing = [c for c in cubes if not (c / "zarr.json").is_file()]
     if missing:
         raise InputFileError(missing[0], "cube not built; run the 'cubes' step first")
     held = tuple(exp.cube_name(r, e) for r in exp.regions if r.name in exp.holdout for e in exp.epochs)
+    cfg = _compare_config(exp, cubes, held, compare_overrides, progress=progress)
+    log(f"[compare] {len(cubes)} cube(s); held out for test: {', '.join(held) or 'none (blocks)'}")
+    result = run_compare(cfg, log=log)
+    if "report" not in steps:
+        return None
+    report: Path = write_report(result)
+    log(f"[report] {report}")
+    return report
+
+
+def _fetch_scenes(
+    exp: Experiment,
+    fetch_overrides: dict[str, Any] | None,
+    credentials: Callable[[Any], Any],
+    *,
+    log: Callable[[str], None],
+    progress: bool,
+) -> dict[tuple[str, str], list[Path]]:
+    """Fetch the scenes of every (region, epoch); refuse a pair that finds none."""
+    from .fetch.job import fetch, summary_error
+
+    scenes: dict[tuple[str, str], list[Path]] = {}
+    for region in exp.regions:
+        for epoch in exp.epochs:
+            cfg = _fetch_config(exp, region, epoch, dict(fetch_overrides or {}))
+            where = ", ".join(region.path_rows) or str(region.bbox)
+            log(f"[fetch] {region.name} {epoch.name}: {epoch.start}..{epoch.end}, {where}")
+            summary = fetch(cfg, credentials=credentials(cfg), progress=progress)
+            err = summary_error(summary)
+            if err is not None:
+                raise err
+            dirs = sorted(summary.extracted.values())
+            if not dirs:
+                raise ConfigError(
+                    f"{exp.path}: no scene found for region {region.name!r} in epoch {epoch.name!r} "
+                    "(widen the dates, months or cloud limit)"
+                )
+            scenes[(region.name, epoch.name)] = dirs
+    return scenes
+
+
+def _compare_config(
+    exp: Experiment,
+    cubes: Sequence[Path],
+    held: tuple[str, ...],
+    compare_overrides: dict[str, Any] | None,
+    *,
+    progress: bool,
+) -> Any:
+    """The ``CompareConfig`` of the experiment's ``[compare]`` table, overrides and built cubes."""
+    from .experiment import CompareConfig
+
     data = {**exp.compare, **{k: v for k, v in (compare_overrides or {}).items() if v is not None}}
     data.update(
         cubes=tuple(str(c) for c in cubes),
@@ -312,14 +347,7 @@ def run_experiment(
         holdout_test=held,
         progress=progress,
     )
-    cfg = _build(CompareConfig, data, exp.path, "[compare]")
-    log(f"[compare] {len(cubes)} cube(s); held out for test: {', '.join(held) or 'none (blocks)'}")
-    result = run_compare(cfg, log=log)
-    if "report" not in steps:
-        return None
-    report: Path = write_report(result)
-    log(f"[report] {report}")
-    return report
+    return _build(CompareConfig, data, exp.path, "[compare]")
 
 
 def _scene_list_path(exp: Experiment) -> Path:
