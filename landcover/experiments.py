@@ -152,36 +152,13 @@ def load_experiment(path: str | Path) -> Experiment:
         raise InputFileError(p, "needs at least one [[epochs]] table")
     if not isinstance(regions_raw, list) or not regions_raw:
         raise InputFileError(p, "needs at least one [[regions]] table")
-    epochs = []
-    for i, e in enumerate(epochs_raw):
-        where = f"[[epochs]] #{i + 1}"
-        if "corine" not in e:
-            raise InputFileError(p, f"{where}: needs 'corine' (the CORINE raster of this inventory)")
-        e = dict(e)
-        corine = Path(e.pop("corine"))
-        ep = _build(Epoch, {**e, "corine": corine if corine.is_absolute() else base / corine}, p, where)
-        if not _NAME.match(ep.name):
-            raise InputFileError(p, f"{where}: name {ep.name!r}: use letters, digits, '.', '_' or '-'")
-        epochs.append(ep)
-    regions = []
-    for i, r in enumerate(regions_raw):
-        where = f"[[regions]] #{i + 1}"
-        reg = _build(Region, dict(r), p, where)
-        if not _NAME.match(reg.name):
-            raise InputFileError(p, f"{where}: name {reg.name!r}: use letters, digits, '.', '_' or '-'")
-        if not reg.path_rows and reg.bbox is None:
-            raise InputFileError(p, f"{where}: give path_rows or bbox")
-        regions.append(reg)
+    epochs = [_load_epoch(e, p, i) for i, e in enumerate(epochs_raw)]
+    regions = [_load_region(r, p, i) for i, r in enumerate(regions_raw)]
     for what, items in (("epochs", epochs), ("regions", regions)):
         names = [x.name for x in items]
         if len(set(names)) != len(names):
             raise InputFileError(p, f"[[{what}]] names must be unique, got {names}")
-    holdout = tuple(str(h) for h in head.get("holdout", ()))
-    unknown = sorted(set(holdout) - {r.name for r in regions})
-    if unknown:
-        raise InputFileError(p, f"[experiment] holdout names unknown regions: {', '.join(unknown)}")
-    if holdout and len(holdout) == len(regions):
-        raise InputFileError(p, "[experiment] holdout leaves no region to train on")
+    holdout = _holdout(head, regions, p)
     fetch = _table(raw, "fetch", p)
     compare = _table(raw, "compare", p)
     cube = _table(raw, "cube", p)
@@ -203,6 +180,42 @@ def load_experiment(path: str | Path) -> Experiment:
         cube=cube,
         description=str(head.get("description", "")),
     )
+
+
+def _load_epoch(e: Any, p: Path, i: int) -> Epoch:
+    """The ``i``-th ``[[epochs]]`` table (its CORINE path relative to the experiment file)."""
+    where = f"[[epochs]] #{i + 1}"
+    if "corine" not in e:
+        raise InputFileError(p, f"{where}: needs 'corine' (the CORINE raster of this inventory)")
+    e = dict(e)
+    corine = Path(e.pop("corine"))
+    corine = corine if corine.is_absolute() else p.parent / corine
+    ep: Epoch = _build(Epoch, {**e, "corine": corine}, p, where)
+    if not _NAME.match(ep.name):
+        raise InputFileError(p, f"{where}: name {ep.name!r}: use letters, digits, '.', '_' or '-'")
+    return ep
+
+
+def _load_region(r: Any, p: Path, i: int) -> Region:
+    """The ``i``-th ``[[regions]]`` table."""
+    where = f"[[regions]] #{i + 1}"
+    reg: Region = _build(Region, dict(r), p, where)
+    if not _NAME.match(reg.name):
+        raise InputFileError(p, f"{where}: name {reg.name!r}: use letters, digits, '.', '_' or '-'")
+    if not reg.path_rows and reg.bbox is None:
+        raise InputFileError(p, f"{where}: give path_rows or bbox")
+    return reg
+
+
+def _holdout(head: dict[str, Any], regions: Sequence[Region], p: Path) -> tuple[str, ...]:
+    """The ``[experiment] holdout`` region names, checked against the regions."""
+    holdout = tuple(str(h) for h in head.get("holdout", ()))
+    unknown = sorted(set(holdout) - {r.name for r in regions})
+    if unknown:
+        raise InputFileError(p, f"[experiment] holdout names unknown regions: {', '.join(unknown)}")
+    if holdout and len(holdout) == len(regions):
+        raise InputFileError(p, "[experiment] holdout leaves no region to train on")
+    return holdout
 
 
 def _fetch_config(exp: Experiment, region: Region, epoch: Epoch, overrides: dict[str, Any]) -> Any:
