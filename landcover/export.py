@@ -227,7 +227,6 @@ def export_cube(
         If a variable name is unknown or ``blocksize`` is not a power of two >= 16.
     """
     from .grid import Grid
-    from .predict import write_class_map_cog
     from .safety import check_output, mark_output, remove_output
     from .store import open_cube
 
@@ -241,11 +240,7 @@ def export_cube(
     ds = open_cube(src, decode=False)
     if "spatial_ref" in ds.data_vars:
         ds = ds.set_coords("spatial_ref")
-    present = [v for v in EXPORTABLE if v in ds.data_vars or (v == "dominant_class" and "labels" in ds)]
-    wanted = list(dict.fromkeys(variables)) if variables else present
-    missing = [v for v in wanted if v not in present]
-    if missing:
-        raise InputFileError(src, f"has no variable {', '.join(missing)} to export")
+    wanted = _wanted_variables(ds, variables, src)
     steps = _select_times(np.asarray(ds["time"].values), times, src)
     names = _time_names(np.asarray(ds["time"].values))
     replace = check_output(dst, overwrite=overwrite, inputs=[src], what="export folder")
@@ -258,44 +253,12 @@ def export_cube(
     try:
         mark_output(tmp, "cube-export")
         for var in wanted:
-            if var == "dominant_class":
-                classes = _dominant_class(ds)
-                path = tmp / "dominant_class.tif"
-                written.append(write_class_map_cog(classes, path, blocksize=blocksize, compress=compress))
-                continue
-            da = ds[var]
-            attrs = dict(da.attrs)
-            fill = attrs.get("_FillValue", da.encoding.get("_FillValue"))
-            common: dict[str, Any] = {
-                "grid": grid,
-                "nodata": None if fill is None else float(fill),
-                "scale": attrs.get("scale_factor"),
-                "offset": attrs.get("add_offset"),
-                "units": attrs.get("units") if "scale_factor" in attrs else None,
-                "blocksize": blocksize,
-                "compress": compress,
-            }
-            tags = {"VARIABLE": var, "CUBE": src.name, "LONG_NAME": str(attrs.get("long_name", var))}
-            if "band" in da.dims:
-                desc = [str(b) for b in da["band"].values]
-            elif "class" in da.dims:
-                desc = [f"{int(c)}" for c in da["class"].values]
-            else:
-                desc = [var]
-            if "time" not in da.dims:
-                written.append(_write_cog(da, tmp / f"{var}.tif", descriptions=desc, tags=tags, **common))
-                continue
-            for i in steps:
-                stamp = str(np.datetime_as_string(ds["time"].values[i], unit="s"))
-                written.append(
-                    _write_cog(
-                        da.isel(time=i),
-                        tmp / f"{var}_{names[i]}.tif",
-                        descriptions=desc,
-                        tags={**tags, "TIME": stamp},
-                        **common,
-                    )
+            written.extend(
+                _export_variable(
+                    ds, var, tmp, grid=grid, cube=src.name, steps=steps, names=names,
+                    blocksize=blocksize, compress=compress,
                 )
+            )  # fmt: skip
         if replace:
             remove_output(dst, inputs=[src])
         os.replace(tmp, dst)
@@ -303,3 +266,72 @@ def export_cube(
         if tmp.exists():
             shutil.rmtree(tmp)
     return ExportResult(dst, tuple(dst / p.name for p in written))
+
+
+def _wanted_variables(ds: Any, variables: Sequence[str] | None, src: Path) -> list[str]:
+    """The variables to export (default: every exportable one the cube holds); refuse absent ones."""
+    present = [v for v in EXPORTABLE if v in ds.data_vars or (v == "dominant_class" and "labels" in ds)]
+    wanted = list(dict.fromkeys(variables)) if variables else present
+    missing = [v for v in wanted if v not in present]
+    if missing:
+        raise InputFileError(src, f"has no variable {', '.join(missing)} to export")
+    return wanted
+
+
+def _band_descriptions(da: Any, var: str) -> list[str]:
+    """GeoTIFF band descriptions: band names, class codes, or the variable name."""
+    if "band" in da.dims:
+        return [str(b) for b in da["band"].values]
+    if "class" in da.dims:
+        return [f"{int(c)}" for c in da["class"].values]
+    return [var]
+
+
+def _export_variable(
+    ds: Any,
+    var: str,
+    tmp: Path,
+    *,
+    grid: Any,
+    cube: str,
+    steps: Sequence[int],
+    names: Sequence[str],
+    blocksize: int,
+    compress: Compress,
+) -> list[Path]:
+    """Write one variable as COGs into ``tmp``: one file, or one per selected time step."""
+    from .predict import write_class_map_cog
+
+    if var == "dominant_class":
+        classes = _dominant_class(ds)
+        path = tmp / "dominant_class.tif"
+        return [write_class_map_cog(classes, path, blocksize=blocksize, compress=compress)]
+    da = ds[var]
+    attrs = dict(da.attrs)
+    fill = attrs.get("_FillValue", da.encoding.get("_FillValue"))
+    common: dict[str, Any] = {
+        "grid": grid,
+        "nodata": None if fill is None else float(fill),
+        "scale": attrs.get("scale_factor"),
+        "offset": attrs.get("add_offset"),
+        "units": attrs.get("units") if "scale_factor" in attrs else None,
+        "blocksize": blocksize,
+        "compress": compress,
+    }
+    tags = {"VARIABLE": var, "CUBE": cube, "LONG_NAME": str(attrs.get("long_name", var))}
+    desc = _band_descriptions(da, var)
+    if "time" not in da.dims:
+        return [_write_cog(da, tmp / f"{var}.tif", descriptions=desc, tags=tags, **common)]
+    written: list[Path] = []
+    for i in steps:
+        stamp = str(np.datetime_as_string(ds["time"].values[i], unit="s"))
+        written.append(
+            _write_cog(
+                da.isel(time=i),
+                tmp / f"{var}_{names[i]}.tif",
+                descriptions=desc,
+                tags={**tags, "TIME": stamp},
+                **common,
+            )
+        )
+    return written
