@@ -326,52 +326,9 @@ def fetch(
     manifest = Manifest.in_dir(out) if not config.dry_run or (out / "manifest.json").exists() else None
     pre_failed: dict[str, str] = {}
     if config.source == "stac":
-        summary.records = _search_stac(config)
-        if on_records:
-            on_records(summary.records)
-        tasks = tasks_for_records(
-            summary.records, asset_keys=config.assets or None, prefer_s3=config.prefer_s3
-        )
-        empty = {r.product_id for r in summary.records} - {t.scene_id for t in tasks}
-        pre_failed.update({pid: "no downloadable asset matches" for pid in empty})
+        tasks = _plan_stac(config, summary, pre_failed, on_records)
     else:
-        with _m2m_client(config, credentials) as api:
-            summary.records, missing = _search_m2m(api, config)
-            pre_failed.update(missing)
-            if on_records:
-                on_records(summary.records)
-            todo = [r for r in summary.records if manifest is None or not manifest.is_complete(r.product_id)]
-            if config.dry_run:
-                tasks = [
-                    DownloadTask(f"{config.m2m_url}#{r.entity_id}", Path(f"{r.product_id}.tar"), r.product_id)
-                    for r in todo
-                ]
-            else:
-                staged, failed = (
-                    api.stage_downloads(
-                        config.dataset,
-                        todo,
-                        label=config.label,
-                        product=config.product,
-                        poll_interval=config.poll_interval,
-                        poll_timeout=config.poll_timeout,
-                    )
-                    if todo
-                    else ({}, {})
-                )
-                pre_failed.update(failed)
-                for pid in [p for p in staged if not safe_name(p)]:
-                    pre_failed[pid] = "unsafe product id for a file name"
-                    del staged[pid]
-                # USGS's size and checksum when it gives them; the bundle must be a whole tar either way
-                tasks = [
-                    DownloadTask(s.url, Path(f"{pid}.tar"), pid, s.filesize, s.checksum, archive=True)
-                    for pid, s in staged.items()
-                ]
-                done = [r for r in summary.records if r not in todo]
-                tasks += [
-                    DownloadTask(config.m2m_url, Path(f"{r.product_id}.tar"), r.product_id) for r in done
-                ]
+        tasks = _plan_m2m(config, credentials, summary, manifest, pre_failed, on_records)
     summary.planned = tasks
     if config.dry_run:
         summary.report = DownloadReport(failed=dict(pre_failed))
@@ -392,6 +349,75 @@ def fetch(
     if config.extract:
         _extract_all(summary, out, manifest)
     return summary
+
+
+def _plan_stac(
+    config: FetchConfig,
+    summary: FetchSummary,
+    pre_failed: dict[str, str],
+    on_records: Callable[[list[SceneRecord]], None] | None,
+) -> list[DownloadTask]:
+    """Search STAC into ``summary.records``; the download tasks (assetless scenes go to ``pre_failed``)."""
+    summary.records = _search_stac(config)
+    if on_records:
+        on_records(summary.records)
+    tasks = tasks_for_records(summary.records, asset_keys=config.assets or None, prefer_s3=config.prefer_s3)
+    empty = {r.product_id for r in summary.records} - {t.scene_id for t in tasks}
+    pre_failed.update({pid: "no downloadable asset matches" for pid in empty})
+    return tasks
+
+
+def _plan_m2m(
+    config: FetchConfig,
+    credentials: Credentials | None,
+    summary: FetchSummary,
+    manifest: Manifest | None,
+    pre_failed: dict[str, str],
+    on_records: Callable[[list[SceneRecord]], None] | None,
+) -> list[DownloadTask]:
+    """Search M2M into ``summary.records`` and stage the scenes not yet complete; the download tasks."""
+    with _m2m_client(config, credentials) as api:
+        summary.records, missing = _search_m2m(api, config)
+        pre_failed.update(missing)
+        if on_records:
+            on_records(summary.records)
+        todo = [r for r in summary.records if manifest is None or not manifest.is_complete(r.product_id)]
+        if config.dry_run:
+            return [
+                DownloadTask(f"{config.m2m_url}#{r.entity_id}", Path(f"{r.product_id}.tar"), r.product_id)
+                for r in todo
+            ]
+        tasks = _staged_tasks(api, config, todo, pre_failed)
+        done = [r for r in summary.records if r not in todo]
+        tasks += [DownloadTask(config.m2m_url, Path(f"{r.product_id}.tar"), r.product_id) for r in done]
+        return tasks
+
+
+def _staged_tasks(
+    api: M2MClient, config: FetchConfig, todo: list[SceneRecord], pre_failed: dict[str, str]
+) -> list[DownloadTask]:
+    """Stage ``todo`` on M2M; one archive download task per staged scene (failures go to ``pre_failed``)."""
+    staged, failed = (
+        api.stage_downloads(
+            config.dataset,
+            todo,
+            label=config.label,
+            product=config.product,
+            poll_interval=config.poll_interval,
+            poll_timeout=config.poll_timeout,
+        )
+        if todo
+        else ({}, {})
+    )
+    pre_failed.update(failed)
+    for pid in [p for p in staged if not safe_name(p)]:
+        pre_failed[pid] = "unsafe product id for a file name"
+        del staged[pid]
+    # USGS's size and checksum when it gives them; the bundle must be a whole tar either way
+    return [
+        DownloadTask(s.url, Path(f"{pid}.tar"), pid, s.filesize, s.checksum, archive=True)
+        for pid, s in staged.items()
+    ]
 
 
 def _extract_all(summary: FetchSummary, out: Path, manifest: Manifest) -> None:
