@@ -605,23 +605,7 @@ class M2MClient:
         deadline = time.monotonic() + poll_timeout
         while pending:
             ret = self.download_retrieve(label=label)
-            for a in list(ret.get("available") or []) + list(ret.get("requested") or []):
-                eid = str(a.get("entityId", ""))
-                url = a.get("url")
-                if eid in pending and isinstance(url, str) and url.startswith(("http://", "https://")):
-                    rec = by_entity[eid]
-                    fs = a.get("filesize")
-                    dl_id = str(a.get("downloadId")) if a.get("downloadId") is not None else None
-                    requested = by_download.get(dl_id or "", {})
-                    staged[rec.product_id] = StagedDownload(
-                        eid,
-                        a.get("displayId") or rec.product_id,
-                        url,
-                        int(fs) if isinstance(fs, int) and fs > 0 else sizes.get(eid),
-                        dl_id,
-                        checksum_of(a) or checksum_of(requested) or sums.get(eid),
-                    )
-                    pending.discard(eid)
+            _take_ready(ret, pending, by_entity, by_download, sizes, sums, staged)
             if not pending:
                 break
             if time.monotonic() >= deadline:
@@ -721,6 +705,48 @@ def _choose_bundles(
             sizes[eid] = choice.filesize
             sums[eid] = checksum_of(choice.raw)
     return wanted, sizes, sums
+
+
+def _take_ready(
+    ret: Mapping[str, Any],
+    pending: set[str],
+    by_entity: Mapping[str, SceneRecord],
+    by_download: Mapping[str, Mapping[str, Any]],
+    sizes: Mapping[str, int | None],
+    sums: Mapping[str, Checksum | None],
+    staged: dict[str, StagedDownload],
+) -> None:
+    """Move the ``pending`` entities that a ``download-retrieve`` answer gives a URL into ``staged``."""
+    for a in list(ret.get("available") or []) + list(ret.get("requested") or []):
+        eid = str(a.get("entityId", ""))
+        url = a.get("url")
+        if eid in pending and isinstance(url, str) and url.startswith(("http://", "https://")):
+            rec = by_entity[eid]
+            staged[rec.product_id] = _staged_download(a, rec, url, by_download, sizes, sums)
+            pending.discard(eid)
+
+
+def _staged_download(
+    a: Mapping[str, Any],
+    rec: SceneRecord,
+    url: str,
+    by_download: Mapping[str, Mapping[str, Any]],
+    sizes: Mapping[str, int | None],
+    sums: Mapping[str, Checksum | None],
+) -> StagedDownload:
+    """A ``download-retrieve`` entry with a URL as a :class:`StagedDownload` (size/checksum: any answer)."""
+    eid = str(a.get("entityId", ""))
+    fs = a.get("filesize")
+    dl_id = str(a.get("downloadId")) if a.get("downloadId") is not None else None
+    requested = by_download.get(dl_id or "", {})
+    return StagedDownload(
+        eid,
+        a.get("displayId") or rec.product_id,
+        url,
+        int(fs) if isinstance(fs, int) and fs > 0 else sizes.get(eid),
+        dl_id,
+        checksum_of(a) or checksum_of(requested) or sums.get(eid),
+    )
 
 
 def _note_requested(
