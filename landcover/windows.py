@@ -782,44 +782,15 @@ def plan_split(
     for c in cubes:
         if c.crs not in crs_list:
             crs_list.append(c.crs)
-    spatial = spec.holdout in ("cube", "pathrow")
     assignments = []
     for crs in crs_list:
-        keys: dict[tuple[int, int], int] = {}
-        hists: list[np.ndarray] = []
-        held: set[tuple[int, int]] = set()
-        for ci, c in enumerate(cubes):
-            if c.crs != crs:
-                continue
-            br, bc = blocks_covering(c.shape, c.origin, block)
-            whole = spatial and all(g in spec.holdout_test for g in c.groups)
-            if whole:
-                held.update(zip(br.tolist(), bc.tolist(), strict=True))
-                continue
-            h = block_hist(ci, block) if (spec.stratify and block_hist is not None) else None
-            for i, key in enumerate(zip(br.tolist(), bc.tolist(), strict=True)):
-                if key not in keys:
-                    keys[key] = len(keys)
-                    if h is not None:
-                        hists.append(np.asarray(h[i], dtype="float64").copy())
-                elif h is not None:
-                    hists[keys[key]] += h[i]
+        keys, hists, held = _crs_blocks(cubes, crs, spec, block, block_hist)
         rows = np.array([k[0] for k in keys], dtype="int64")
         cols = np.array([k[1] for k in keys], dtype="int64")
         hist = np.stack(hists) if spec.stratify and hists else None
         a = assign_blocks(rows, cols, fractions=fractions, seed=spec.seed, hist=hist)
         if held:
-            s = a.split.copy()
-            in_held = np.array(
-                [(int(r), int(c)) in held for r, c in zip(rows, cols, strict=True)], dtype=bool
-            )
-            s[in_held] = 2
-            extra = sorted(held - set(keys))
-            a = BlockAssignment(
-                np.r_[rows, np.array([k[0] for k in extra], dtype="int64")],
-                np.r_[cols, np.array([k[1] for k in extra], dtype="int64")],
-                np.r_[s, np.full(len(extra), 2, dtype="int8")].astype("int8"),
-            )
+            a = _with_held_blocks(a, rows, cols, keys, held)
         assignments.append(a)
     return SplitPlan(
         spec=spec,
@@ -830,6 +801,56 @@ def plan_split(
         cubes=tuple(cubes),
         crs=tuple(crs_list),
         assignments=tuple(assignments),
+    )
+
+
+def _crs_blocks(
+    cubes: Sequence[SplitCube],
+    crs: str,
+    spec: SplitSpec,
+    block: int,
+    block_hist: Callable[[int, int], np.ndarray] | None,
+) -> tuple[dict[tuple[int, int], int], list[np.ndarray], set[tuple[int, int]]]:
+    """The global blocks of the cubes in ``crs``: index per block, summed class areas, held-out blocks."""
+    spatial = spec.holdout in ("cube", "pathrow")
+    keys: dict[tuple[int, int], int] = {}
+    hists: list[np.ndarray] = []
+    held: set[tuple[int, int]] = set()
+    for ci, c in enumerate(cubes):
+        if c.crs != crs:
+            continue
+        br, bc = blocks_covering(c.shape, c.origin, block)
+        whole = spatial and all(g in spec.holdout_test for g in c.groups)
+        if whole:
+            held.update(zip(br.tolist(), bc.tolist(), strict=True))
+            continue
+        h = block_hist(ci, block) if (spec.stratify and block_hist is not None) else None
+        for i, key in enumerate(zip(br.tolist(), bc.tolist(), strict=True)):
+            if key not in keys:
+                keys[key] = len(keys)
+                if h is not None:
+                    hists.append(np.asarray(h[i], dtype="float64").copy())
+            elif h is not None:
+                hists[keys[key]] += h[i]
+    return keys, hists, held
+
+
+def _with_held_blocks(
+    a: BlockAssignment,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    keys: Mapping[tuple[int, int], int],
+    held: set[tuple[int, int]],
+) -> BlockAssignment:
+    """``a`` with the held-out blocks set to test (2), those of held-out cubes only appended."""
+    s = a.split.copy()
+    in_held = np.array([(int(r), int(c)) in held for r, c in zip(rows, cols, strict=True)], dtype=bool)
+    s[in_held] = 2
+    extra = sorted(held - set(keys))
+    return BlockAssignment(
+        np.r_[rows, np.array([k[0] for k in extra], dtype="int64")],
+        np.r_[cols, np.array([k[1] for k in extra], dtype="int64")],
+        np.r_[s, np.full(len(extra), 2, dtype="int8")].astype("int8"),
     )
 
 
