@@ -1154,62 +1154,67 @@ def data_provenance(cubes: Sequence[str]) -> dict[str, Any]:
     ``description``), the cube builder's ``product_ids`` / ``build_params`` and the
     time coordinate. ``synthetic`` is None when nothing records it.
     """
-    import json as _json
-
-    out: list[dict[str, Any]] = []
-    for c in cubes:
-        try:
-            meta = _json.loads((Path(c) / "zarr.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            meta = {}
-        attrs: dict[str, Any] = meta.get("attributes", {}) or {}
-        prov = attrs.get("provenance") or {}
-        if isinstance(prov, str):
-            try:
-                prov = _json.loads(prov)
-            except ValueError:
-                prov = {"description": prov}
-        synthetic = prov.get("synthetic")
-        if synthetic is None and (
-            "synthetic_seed" in attrs or "synthetic" in str(attrs.get("title", "")).lower()
-        ):
-            synthetic = True
-        build = attrs.get("build_params")
-        if isinstance(build, str):
-            try:
-                build = _json.loads(build)
-            except ValueError:
-                build = {}
-        build = build or {}
-        dates: list[str] = []
-        try:
-            from .store import open_cube
-
-            ds = open_cube(c)
-            if "time" in ds.coords:
-                dates = [str(np.datetime_as_string(t, unit="D")) for t in np.asarray(ds["time"].values)]
-        except Exception:  # noqa: BLE001 - dates are informative only
-            dates = []
-        out.append(
-            {
-                "cube": str(c),
-                "synthetic": synthetic,
-                "generator": prov.get("generator"),
-                "description": prov.get("description"),
-                "products": list(attrs.get("product_ids") or build.get("product_ids") or []),
-                "dates": dates,
-                "corine": prov.get("corine") or build.get("corine"),
-                "clc_edition": prov.get("clc_edition")
-                or _clc_edition(prov.get("corine") or build.get("corine")),
-                "classes_differ_outside_rgb": [int(x) for x in prov.get("classes_differ_outside_rgb") or []],
-            }
-        )
+    out = [_cube_provenance(c) for c in cubes]
     flags = {d["synthetic"] for d in out}
     return {
         "synthetic": flags.pop() if len(flags) == 1 else None,
         "cubes": out,
         "classes_differ_outside_rgb": sorted({x for d in out for x in d["classes_differ_outside_rgb"]}),
     }
+
+
+def _cube_provenance(c: str) -> dict[str, Any]:
+    """One cube's entry of :func:`data_provenance` (from its root attributes and time coordinate)."""
+    import json as _json
+
+    try:
+        meta = _json.loads((Path(c) / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    attrs: dict[str, Any] = meta.get("attributes", {}) or {}
+    prov = attrs.get("provenance") or {}
+    if isinstance(prov, str):
+        try:
+            prov = _json.loads(prov)
+        except ValueError:
+            prov = {"description": prov}
+    synthetic = prov.get("synthetic")
+    if synthetic is None and (
+        "synthetic_seed" in attrs or "synthetic" in str(attrs.get("title", "")).lower()
+    ):
+        synthetic = True
+    build = attrs.get("build_params")
+    if isinstance(build, str):
+        try:
+            build = _json.loads(build)
+        except ValueError:
+            build = {}
+    build = build or {}
+    return {
+        "cube": str(c),
+        "synthetic": synthetic,
+        "generator": prov.get("generator"),
+        "description": prov.get("description"),
+        "products": list(attrs.get("product_ids") or build.get("product_ids") or []),
+        "dates": _cube_dates(c),
+        "corine": prov.get("corine") or build.get("corine"),
+        "clc_edition": prov.get("clc_edition") or _clc_edition(prov.get("corine") or build.get("corine")),
+        "classes_differ_outside_rgb": [int(x) for x in prov.get("classes_differ_outside_rgb") or []],
+    }
+
+
+def _cube_dates(c: str) -> list[str]:
+    """The cube's acquisition days (ISO), or none when it cannot be opened (informative only)."""
+    dates: list[str] = []
+    try:
+        from .store import open_cube
+
+        ds = open_cube(c)
+        if "time" in ds.coords:
+            dates = [str(np.datetime_as_string(t, unit="D")) for t in np.asarray(ds["time"].values)]
+    except Exception:  # noqa: BLE001 - dates are informative only
+        dates = []
+    return dates
 
 
 def _clc_edition(corine: Any) -> str | None:
