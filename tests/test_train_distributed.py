@@ -736,7 +736,7 @@ def test_frozen_worker_is_given_up_after_the_default_leg_timeout(cluster_faults)
     assert got == [("m0", "A", "w-a", "timeout", "retried", "w-m")]
     assert run.visits("m0") == [(0, "A")] and run.visits("m1") == [(0, "B")]
     assert {names[leg.worker] for leg in run.legs} == {"w-m"}
-    assert wall < 120  # not Dask's heartbeat timeout (minutes)
+    assert wall < 300  # not Dask's heartbeat timeout (about 14 minutes here); slack for a loaded machine
 
 
 @pytest.mark.cluster
