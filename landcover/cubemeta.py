@@ -159,27 +159,14 @@ def inspect_cube(store: str | os.PathLike[str]) -> CubeInfo:
             if "class" in names
             else tuple(range(labels.shape[0]))
         )
-        scale = {}
-        for name in ("reflectance", "thermal", "labels"):
-            if name in names:
-                a: dict[str, Any] = dict(_zarray(group, name).attrs)
-                scale[name] = (float(a.get("scale_factor", 1.0)), float(a.get("add_offset", 0.0)))
+        scale = _scales(group, names)
         chunk = tuple(int(v) for v in refl.chunks[-2:])
     crs = gm.get("crs_wkt") or gm.get("spatial_ref")
     if not crs:
         raise InputFileError(
             path, "cube has no spatial_ref/crs_wkt; rebuild it with landcover (rioxarray write_crs)"
         )
-    if x is not None and y is not None and len(x) == 2 and len(y) == 2:
-        a_, e_ = float(x[1] - x[0]), float(y[1] - y[0])
-        transform = (a_, 0.0, float(x[0] - a_ / 2), 0.0, e_, float(y[0] - e_ / 2))
-    elif "GeoTransform" in gm:
-        c0, a_, b_, f0, d_, e_ = (float(v) for v in str(gm["GeoTransform"]).split())
-        transform = (a_, b_, c0, d_, e_, f0)
-    else:
-        raise InputFileError(
-            path, "cannot derive the grid transform (x/y coordinates or GeoTransform missing)"
-        )
+    transform = _grid_transform(path, x, y, gm)
     if labels.shape[1:] != (h, w) or _zarray(group, "valid").shape != (t, h, w):
         raise InputFileError(
             path, f"cube variables disagree in shape: reflectance {refl.shape}, labels {labels.shape}"
@@ -208,6 +195,29 @@ def inspect_cube(store: str | os.PathLike[str]) -> CubeInfo:
         grid_mode=attrs.get("grid_mode"),
         resampling=attrs.get("resampling"),
     )
+
+
+def _scales(group: Any, names: set[str]) -> dict[str, tuple[float, float]]:
+    """``(scale_factor, add_offset)`` of the stored reflectance, thermal and labels."""
+    scale: dict[str, tuple[float, float]] = {}
+    for name in ("reflectance", "thermal", "labels"):
+        if name in names:
+            a: dict[str, Any] = dict(_zarray(group, name).attrs)
+            scale[name] = (float(a.get("scale_factor", 1.0)), float(a.get("add_offset", 0.0)))
+    return scale
+
+
+def _grid_transform(
+    path: Path, x: np.ndarray | None, y: np.ndarray | None, gm: Mapping[str, Any]
+) -> tuple[float, float, float, float, float, float]:
+    """The affine transform from the first two x/y pixel centres, else the grid mapping's GeoTransform."""
+    if x is not None and y is not None and len(x) == 2 and len(y) == 2:
+        a_, e_ = float(x[1] - x[0]), float(y[1] - y[0])
+        return (a_, 0.0, float(x[0] - a_ / 2), 0.0, e_, float(y[0] - e_ / 2))
+    if "GeoTransform" in gm:
+        c0, a_, b_, f0, d_, e_ = (float(v) for v in str(gm["GeoTransform"]).split())
+        return (a_, b_, c0, d_, e_, f0)
+    raise InputFileError(path, "cannot derive the grid transform (x/y coordinates or GeoTransform missing)")
 
 
 def _split_cube(info: CubeInfo, holdout: str) -> SplitCube:
