@@ -262,13 +262,22 @@ def discover_repositories(
         cube set differs from the primary's (other ``zarr.json`` digests) are left out with
         a warning.
     """
-    import warnings
-
-    from .repository import Replica, Repository
-
     info = client.scheduler_info()["workers"]
     answers: dict[str, dict[str, dict[str, Any]]] = client.run(holdings)
-    by_name: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    by_name, broken = _sort_holdings(answers, info)
+    wanted = list(names) if names is not None else sorted(by_name)
+    _check_holdings(names, wanted, by_name, broken)
+    return [_repository(name, by_name[name]) for name in wanted]
+
+
+_Holder = tuple[str, str, dict[str, Any]]  # (worker name, worker address, holdings entry)
+
+
+def _sort_holdings(
+    answers: Mapping[str, Mapping[str, dict[str, Any]]], info: Mapping[str, Any]
+) -> tuple[dict[str, list[_Holder]], dict[str, list[str]]]:
+    """Workers' answers by repository name: the holders, and the problems of broken holdings."""
+    by_name: dict[str, list[_Holder]] = {}
     broken: dict[str, list[str]] = {}
     for addr, held in answers.items():
         wname = str(info.get(addr, {}).get("name", addr))
@@ -279,14 +288,25 @@ def discover_repositories(
                 )
                 continue
             by_name.setdefault(repo, []).append((wname, addr, entry))
-    wanted = list(names) if names is not None else sorted(by_name)
+    return by_name, broken
+
+
+def _check_holdings(
+    names: Sequence[str] | None,
+    wanted: Sequence[str],
+    by_name: Mapping[str, list[_Holder]],
+    broken: Mapping[str, list[str]],
+) -> None:
+    """Warn about broken holdings that are left out; refuse wanted repositories that no worker holds."""
+    import warnings
+
     for repo, problems in sorted(broken.items()):
         if repo in by_name and repo in wanted:  # another worker holds it: a replica is missing
             for p in problems:
-                warnings.warn(f"{p}; not used as a replica", stacklevel=2)
+                warnings.warn(f"{p}; not used as a replica", stacklevel=3)
         elif names is None and by_name:
             for p in problems:
-                warnings.warn(f"{p}; left out", stacklevel=2)
+                warnings.warn(f"{p}; left out", stacklevel=3)
     missing = [n for n in wanted if n not in by_name]
     if names is None and not by_name and broken:
         missing = sorted(broken)
@@ -299,30 +319,33 @@ def discover_repositories(
             f"no live worker advertises repository {', '.join(missing)} (advertised: {have}); "
             "start workers with --preload landcover.cluster.registry --repository NAME=DIR"
         )
-    out: list[Repository] = []
-    for name in wanted:
-        holders = sorted(by_name[name], key=lambda t: (t[0], t[1]))
-        _, primary, entry = holders[0]
-        replicas = []
-        for wname, addr, other in holders[1:]:
-            if other["digests"] != entry["digests"]:
-                warnings.warn(
-                    f"repository {name}: worker {wname} holds other cubes than {holders[0][0]}; "
-                    "not used as a replica",
-                    stacklevel=2,
-                )
-                continue
-            replicas.append(Replica(worker=addr, cubes=tuple(other["cubes"])))
-        out.append(
-            Repository(
-                name,
-                tuple(entry["cubes"]),
-                primary,
-                replicas=tuple(replicas),
-                digests=tuple(entry["digests"]),
-            )  # fmt: skip
-        )
-    return out
+
+
+def _repository(name: str, held_by: Sequence[_Holder]) -> Repository:
+    """Repository ``name``: first holder (by worker name) primary, those with the same cubes replicas."""
+    import warnings
+
+    from .repository import Replica, Repository
+
+    holders = sorted(held_by, key=lambda t: (t[0], t[1]))
+    _, primary, entry = holders[0]
+    replicas = []
+    for wname, addr, other in holders[1:]:
+        if other["digests"] != entry["digests"]:
+            warnings.warn(
+                f"repository {name}: worker {wname} holds other cubes than {holders[0][0]}; "
+                "not used as a replica",
+                stacklevel=3,
+            )
+            continue
+        replicas.append(Replica(worker=addr, cubes=tuple(other["cubes"])))
+    return Repository(
+        name,
+        tuple(entry["cubes"]),
+        primary,
+        replicas=tuple(replicas),
+        digests=tuple(entry["digests"]),
+    )  # fmt: skip
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
