@@ -1278,16 +1278,8 @@ def summarise(result: CompareResult) -> dict[str, Any]:
     if floor:
         everyone[floor[0].model] = floor
     ref = _reference(result, arms)
-    comparisons = []
-    for m, arm_runs in everyone.items():
-        if m == ref:
-            continue
-        for lv in levels:
-            comparisons.append(_compare(arm_runs, everyone[ref], lv, "miou", cfg.n_boot))
-        if 3 in levels:
-            comparisons.append(_compare(arm_runs, everyone[ref], 3, "mae_present", cfg.n_boot))
     out["reference"] = ref
-    out["comparisons"] = comparisons
+    out["comparisons"] = _reference_comparisons(everyone, ref, levels, cfg.n_boot)
 
     # "best" only with intervals that exclude 0 against every other arm and the floor
     key = f"{PRIMARY_METRIC}"
@@ -1309,6 +1301,37 @@ def summarise(result: CompareResult) -> dict[str, Any]:
     out["top_vs_others"] = beats
 
     # data efficiency: test score against label budget
+    out["budgets"] = _budget_points(result, levels)
+    out["speed_thresholds"] = {"metric": f"val_{PRIMARY_METRIC}", "values": list(cfg.speed_thresholds)}
+    out["split_windows"] = result.split_sizes
+    out["preset"] = result.preset
+    out["imagenet_weights"] = result.imagenet_weights
+    out["arms"] = {"requested": list(cfg.models), "ran": arms, "not_run": dict(result.not_run)}
+    out["seeds"] = list(cfg.seeds)
+    out["data"] = data_provenance(cfg.cubes)
+    out["notes"] = result.notes
+    out["config"] = config_to_dict(result.config)
+    return out
+
+
+def _reference_comparisons(
+    everyone: Mapping[str, Sequence[RunResult]], ref: str, levels: Sequence[int], n_boot: int
+) -> list[dict[str, Any]]:
+    """Paired comparisons of every arm (and the floor) with the reference: mIoU per level, level-3 MAE."""
+    comparisons = []
+    for m, arm_runs in everyone.items():
+        if m == ref:
+            continue
+        for lv in levels:
+            comparisons.append(_compare(arm_runs, everyone[ref], lv, "miou", n_boot))
+        if 3 in levels:
+            comparisons.append(_compare(arm_runs, everyone[ref], 3, "mae_present", n_boot))
+    return comparisons
+
+
+def _budget_points(result: CompareResult, levels: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
+    """Data efficiency: per arm, the test score intervals at every label budget."""
+    cfg = result.config
     budgets: dict[str, list[dict[str, Any]]] = {}
     for b in sorted(cfg.budgets):
         for m, rs in result.by_model(b).items():
@@ -1321,17 +1344,7 @@ def summarise(result: CompareResult) -> dict[str, Any]:
             for lv in levels:
                 point[f"miou_l{lv}"] = _score_interval(rs, lv, "miou", cfg.n_boot)
             budgets.setdefault(m, []).append(point)
-    out["budgets"] = budgets
-    out["speed_thresholds"] = {"metric": f"val_{PRIMARY_METRIC}", "values": list(cfg.speed_thresholds)}
-    out["split_windows"] = result.split_sizes
-    out["preset"] = result.preset
-    out["imagenet_weights"] = result.imagenet_weights
-    out["arms"] = {"requested": list(cfg.models), "ran": arms, "not_run": dict(result.not_run)}
-    out["seeds"] = list(cfg.seeds)
-    out["data"] = data_provenance(cfg.cubes)
-    out["notes"] = result.notes
-    out["config"] = config_to_dict(result.config)
-    return out
+    return budgets
 
 
 def _fmt(ms: dict[str, float]) -> str:
