@@ -253,19 +253,9 @@ def band_names_from(
     families = [sensor] if sensor is not None else ["TM", "OLI/TIRS"]
     found: dict[str, tuple[str, ...]] = {}
     for fam in families:
-        spec = next(s for s in SENSORS.values() if s.name == fam)
-        by_number = {v: k for k, v in spec.reflective.items()}
-        names = []
-        for n in numbers:
-            if n in by_number:
-                names.append(by_number[n])
-            elif n in _THERMAL_NUMBERS[fam]:
-                names.append("thermal")
-            else:
-                break
-        else:
-            if len(set(names)) == len(names):
-                found[fam] = tuple(names)
+        names = _numbered_names(numbers, fam)
+        if names is not None:
+            found[fam] = names
     if sensor is not None:
         return (found[sensor], sensor) if sensor in found else None
     full = {f: n for f, n in found.items() if set(COMMON_BANDS) <= set(n)}
@@ -273,6 +263,21 @@ def band_names_from(
         fam, names_t = next(iter(full.items()))
         return names_t, fam
     return None
+
+
+def _numbered_names(numbers: Sequence[str], fam: str) -> tuple[str, ...] | None:
+    """Names of Landsat band ``numbers`` under sensor family ``fam``; None if one is no band or repeats."""
+    spec = next(s for s in SENSORS.values() if s.name == fam)
+    by_number = {v: k for k, v in spec.reflective.items()}
+    names = []
+    for n in numbers:
+        if n in by_number:
+            names.append(by_number[n])
+        elif n in _THERMAL_NUMBERS[fam]:
+            names.append("thermal")
+        else:
+            return None
+    return tuple(names) if len(set(names)) == len(names) else None
 
 
 # -- planning -------------------------------------------------------------------------------------
