@@ -141,20 +141,8 @@ class StackSpec:
     origin: str = field(default="options", compare=False)
 
     def __post_init__(self) -> None:
-        bands: Any = self.bands
-        if isinstance(bands, str):
-            bands = (bands,)
-        if bands is not None:  # "blue,green,..." (a string, or a list holding one) or a list of names
-            bands = tuple(b.strip() for item in bands for b in str(item).split(","))
-        if bands is not None:
-            bands = tuple(_canonical(str(b), where="bands") for b in bands)
-            named = [b for b in bands if b != "-"]
-            if not named:
-                raise ConfigError("bands: name at least one band")
-            dup = sorted({b for b in named if named.count(b) > 1})
-            if dup:
-                raise ConfigError(f"bands: {', '.join(dup)} given twice")
-            object.__setattr__(self, "bands", bands)
+        if self.bands is not None:
+            object.__setattr__(self, "bands", _spec_bands(self.bands))
         if self.sensor is not None:
             key = str(self.sensor).strip().upper()
             if key not in SENSOR_ALIASES:
@@ -175,6 +163,21 @@ class StackSpec:
     def time(self) -> np.datetime64:
         """Acquisition time as ``datetime64[ns]``; NaT when unknown."""
         return np.datetime64("NaT", "ns") if self.date is None else _time(self.date)
+
+
+def _spec_bands(value: Any) -> tuple[str, ...]:
+    """``bands`` of a :class:`StackSpec` as canonical names (``-`` skips a band); refuses none or repeats."""
+    bands = (value,) if isinstance(value, str) else value
+    # "blue,green,..." (a string, or a list holding one) or a list of names
+    bands = tuple(b.strip() for item in bands for b in str(item).split(","))
+    bands = tuple(_canonical(str(b), where="bands") for b in bands)
+    named = [b for b in bands if b != "-"]
+    if not named:
+        raise ConfigError("bands: name at least one band")
+    dup = sorted({b for b in named if named.count(b) > 1})
+    if dup:
+        raise ConfigError(f"bands: {', '.join(dup)} given twice")
+    return bands
 
 
 def _time(value: str | _dt.date) -> np.datetime64:
