@@ -328,17 +328,7 @@ def plan_stack(
     index = {n: i + 1 for i, n in enumerate(names) if n != "-"}
     wanted = _wanted_bands(p, bands, index, names)
     r_idx = [index[b] for b in wanted]
-    r_scale = (spec.scale, spec.offset) if spec.scale is not None and spec.offset is not None else None
-    r_scale = r_scale or head.factors(r_idx)
-    if r_scale is None:
-        raise InputFileError(
-            p,
-            f"integer DNs ({head.dtypes[r_idx[0] - 1]}) without a scale: give --scale and --offset "
-            "(Collection 2 Level-2 surface reflectance: --scale 2.75e-5 --offset -0.2)",
-        )
-    for i in r_idx:
-        if np.dtype(head.dtypes[i - 1]).kind not in "uif":
-            raise InputFileError(p, f"band {i} has data type {head.dtypes[i - 1]}, not a number type")
+    r_scale = _reflective_scale(p, spec, head, r_idx)
     clip_r = enc_range(SR_SCALE)
     reflective = tuple(
         BandSource(
@@ -375,6 +365,22 @@ def plan_stack(
         source=str(p), mtl=None, layout="stack", grid=head.grid, reflective=reflective, thermal=th_src,
         qa_pixel=qa_src, warnings=tuple(warns), meta=meta,
     )  # fmt: skip
+
+
+def _reflective_scale(p: Path, spec: StackSpec, head: _Header, r_idx: list[int]) -> tuple[float, float]:
+    """``(scale, offset)`` of the reflective bands (the spec's, else the file's); refuses non-numbers."""
+    r_scale = (spec.scale, spec.offset) if spec.scale is not None and spec.offset is not None else None
+    r_scale = r_scale or head.factors(r_idx)
+    if r_scale is None:
+        raise InputFileError(
+            p,
+            f"integer DNs ({head.dtypes[r_idx[0] - 1]}) without a scale: give --scale and --offset "
+            "(Collection 2 Level-2 surface reflectance: --scale 2.75e-5 --offset -0.2)",
+        )
+    for i in r_idx:
+        if np.dtype(head.dtypes[i - 1]).kind not in "uif":
+            raise InputFileError(p, f"band {i} has data type {head.dtypes[i - 1]}, not a number type")
+    return r_scale
 
 
 @dataclass(frozen=True)
