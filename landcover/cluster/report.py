@@ -81,19 +81,7 @@ def write_comparison(comparison: Comparison, out: str | os.PathLike[str]) -> Pat
         f"| run | model | samples | {metric} | val loss |",
         "|---|---|---:|---:|---:|",
     ]
-    for mode, run in comparison.runs.items():
-        for name, m in run.models.items():
-            last = m.curve[-1] if m.curve else {}
-            lines.append(
-                f"| {mode} | {name} | {last.get('samples_seen', 0)} | {last.get(metric, math.nan):.3f} | "
-                f"{last.get('val_loss', math.nan):.4f} |"
-            )
-    for name, b in comparison.baselines.items():
-        last = b.curve[-1] if b.curve else {}
-        lines.append(
-            f"| single machine | {name} | {b.samples} | {last.get(metric, math.nan):.3f} | "
-            f"{last.get('val_loss', math.nan):.4f} |"
-        )
+    lines += _score_rows(comparison, metric)
     lines += ["", "## Bytes moved per epoch", "",
               "| run | weights | optimizer state | validation (weights out, counts back) | "
               "windows instead (raw) | ratio windows / model |",
@@ -121,15 +109,41 @@ def write_comparison(comparison: Comparison, out: str | os.PathLike[str]) -> Pat
     for mode, run in comparison.runs.items():
         for w, u in run.utilisation().items():
             lines.append(f"| {mode} | {w} | {u['busy_s']:.1f} | {u['wall_s']:.1f} | {u['utilisation']:.0%} |")
-    fails = [(mode, f) for mode, run in comparison.runs.items() for f in run.failures]
-    if fails:
-        lines += ["", "## Faults", ""]
-        for mode, f in fails:
-            extra = f" on {f.retried_on}" if f.retried_on else ""
-            lines.append(f"- {mode}: {f.kind} {f.model} round {f.round} on {f.repository}: worker {f.worker} "
-                         f"lost ({f.error}), {f.action}{extra}")  # fmt: skip
+    lines += _fault_lines(comparison)
     write_text(folder / "report.md", "\n".join(lines) + "\n")
     return folder
+
+
+def _score_rows(comparison: Comparison, metric: str) -> list[str]:
+    """Table rows of the final validation score of every data-local run and single-machine baseline."""
+    lines = []
+    for mode, run in comparison.runs.items():
+        for name, m in run.models.items():
+            last = m.curve[-1] if m.curve else {}
+            lines.append(
+                f"| {mode} | {name} | {last.get('samples_seen', 0)} | {last.get(metric, math.nan):.3f} | "
+                f"{last.get('val_loss', math.nan):.4f} |"
+            )
+    for name, b in comparison.baselines.items():
+        last = b.curve[-1] if b.curve else {}
+        lines.append(
+            f"| single machine | {name} | {b.samples} | {last.get(metric, math.nan):.3f} | "
+            f"{last.get('val_loss', math.nan):.4f} |"
+        )
+    return lines
+
+
+def _fault_lines(comparison: Comparison) -> list[str]:
+    """The report's Faults section (none when no leg failed)."""
+    fails = [(mode, f) for mode, run in comparison.runs.items() for f in run.failures]
+    if not fails:
+        return []
+    lines = ["", "## Faults", ""]
+    for mode, f in fails:
+        extra = f" on {f.retried_on}" if f.retried_on else ""
+        lines.append(f"- {mode}: {f.kind} {f.model} round {f.round} on {f.repository}: worker {f.worker} "
+                     f"lost ({f.error}), {f.action}{extra}")  # fmt: skip
+    return lines
 
 
 def _json_default(obj: Any) -> Any:
