@@ -897,12 +897,7 @@ def domain_shift(
     if not phase1_cubes:
         out.update(place=None, time=None, sensor=None)
         return out
-    overlap = False
-    for c2 in phase2_cubes:
-        for c1 in phase1_cubes:
-            l1, b1, r1, t1 = _bounds_in(c1, c1["crs"])
-            l2, b2, r2, t2 = _bounds_in(c2, c1["crs"])
-            overlap |= l2 < r1 and r2 > l1 and b2 < t1 and t2 > b1
+    overlap = _footprints_overlap(phase1_cubes, phase2_cubes)
     y1 = {y for c in phase1_cubes for y in c.get("years", [])}
     y2 = {y for c in phase2_cubes for y in c.get("years", [])}
     s1 = {s for c in phase1_cubes for s in c.get("sensors", [])}
@@ -911,6 +906,19 @@ def domain_shift(
     out["time"] = None if not (y1 and y2) else ("same years" if y1 & y2 else "new years")
     out["sensor"] = None if not (s1 and s2) else ("same sensor" if s1 == s2 else "new sensor")
     return out
+
+
+def _footprints_overlap(
+    phase1_cubes: Sequence[Mapping[str, Any]], phase2_cubes: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Whether any phase-2 cube's bounds overlap any phase-1 cube's (compared in the phase-1 CRS)."""
+    overlap = False
+    for c2 in phase2_cubes:
+        for c1 in phase1_cubes:
+            l1, b1, r1, t1 = _bounds_in(c1, c1["crs"])
+            l2, b2, r2, t2 = _bounds_in(c2, c1["crs"])
+            overlap |= l2 < r1 and r2 > l1 and b2 < t1 and t2 > b1
+    return overlap
 
 
 # -- a new problem from the user's labels --------------------------------------------------------------
