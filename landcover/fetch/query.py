@@ -91,6 +91,21 @@ def parse_date(value: str | date) -> date:
         raise ValueError(f"invalid date {value!r} (expected YYYY-MM-DD)") from None
 
 
+def _checked_bbox(bbox: Sequence[float]) -> tuple[float, float, float, float]:
+    """``(west, south, east, north)`` in degrees as floats; refuses other shapes and antimeridian boxes."""
+    if len(bbox) != 4:
+        raise ValueError(f"bbox needs 4 numbers (west south east north), got {bbox!r}")
+    w, s, e, n = (float(v) for v in bbox)
+    if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s < n <= 90):
+        raise ValueError(f"bbox {bbox!r} is not west south east north in degrees")
+    if w >= e:
+        raise ValueError(
+            f"bbox west {w:g} is not less than east {e:g}: give west south east north "
+            "(for an area across the antimeridian, search its two halves)"
+        )
+    return (w, s, e, n)
+
+
 @dataclass(frozen=True)
 class SceneQuery:
     """A scene search: where, when and how cloudy.
@@ -124,17 +139,7 @@ class SceneQuery:
 
     def __post_init__(self) -> None:
         if self.bbox is not None:
-            if len(self.bbox) != 4:
-                raise ValueError(f"bbox needs 4 numbers (west south east north), got {self.bbox!r}")
-            w, s, e, n = (float(v) for v in self.bbox)
-            if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s < n <= 90):
-                raise ValueError(f"bbox {self.bbox!r} is not west south east north in degrees")
-            if w >= e:
-                raise ValueError(
-                    f"bbox west {w:g} is not less than east {e:g}: give west south east north "
-                    "(for an area across the antimeridian, search its two halves)"
-                )
-            object.__setattr__(self, "bbox", (w, s, e, n))
+            object.__setattr__(self, "bbox", _checked_bbox(self.bbox))
         if self.bbox is not None and self.geometry is not None:
             raise ValueError("give either bbox or geometry, not both")
         if self.geometry is not None and "type" not in self.geometry:
