@@ -132,17 +132,21 @@ class StepConfig:
         object.__setattr__(self, "device", check_device(self.device))  # auto, cpu, cuda, cuda:N
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError("num_threads must be >= 1 or None")
-        if self.leg_timeout is not None and self.leg_timeout != "auto":
-            if isinstance(self.leg_timeout, str) or not self.leg_timeout > 0:
-                raise ValueError(f"leg_timeout must be > 0, 'auto' or None, got {self.leg_timeout!r}")
-        if not self.leg_timeout_floor > 0 or not self.leg_timeout_factor > 0:
-            raise ValueError("leg_timeout_floor and leg_timeout_factor must be > 0")
+        self._check_leg_timeout()
         if self.bn_stats not in ("global", "repository", "none"):
             raise ValueError(f"bn_stats must be 'global', 'repository' or 'none', got {self.bn_stats!r}")
         if self.bn_batches < 1:
             raise ValueError("bn_batches must be >= 1")
         if not 0 <= self.server_momentum < 1 or not self.server_lr > 0:
             raise ValueError("server_momentum must be in [0, 1) and server_lr > 0")
+
+    def _check_leg_timeout(self) -> None:
+        """``leg_timeout`` is > 0, ``"auto"`` or None; its floor and factor are > 0."""
+        if self.leg_timeout is not None and self.leg_timeout != "auto":
+            if isinstance(self.leg_timeout, str) or not self.leg_timeout > 0:
+                raise ValueError(f"leg_timeout must be > 0, 'auto' or None, got {self.leg_timeout!r}")
+        if not self.leg_timeout_floor > 0 or not self.leg_timeout_factor > 0:
+            raise ValueError("leg_timeout_floor and leg_timeout_factor must be > 0")
 
     @property
     def split_block(self) -> int:
