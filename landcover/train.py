@@ -772,6 +772,22 @@ def _check_group(
     params = tuple([raw] if isinstance(raw, nn.Parameter) else raw)
     if not params:
         raise ValueError(f"parameter group {name!r} is empty")
+    _claim_params(name, params, names, owner)
+    if "lr" in g and "lr_scale" in g:
+        raise ValueError(f"parameter group {name!r}: give 'lr' or 'lr_scale', not both")
+    scale = float(g["lr"]) / cfg.lr if "lr" in g else float(g.get("lr_scale", 1.0))
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"parameter group {name!r}: the peak LR must be positive and finite")
+    wd = g.get("weight_decay")
+    if wd is not None and not (float(wd) >= 0 and math.isfinite(float(wd))):
+        raise ValueError(f"parameter group {name!r}: weight_decay must be >= 0")
+    return _Group(name, params, scale, None if wd is None else float(wd))
+
+
+def _claim_params(
+    name: str, params: tuple[Any, ...], names: Mapping[int, str], owner: dict[int, str]
+) -> None:
+    """Record group ``name`` as the owner of ``params``: trainable model parameters in no other group."""
     for prm in params:
         if id(prm) not in names:
             raise ValueError(f"parameter group {name!r} holds a tensor that is not a parameter of the model")
@@ -783,15 +799,6 @@ def _check_group(
         if id(prm) in owner:
             raise ValueError(f"{pname} is in parameter groups {owner[id(prm)]!r} and {name!r}")
         owner[id(prm)] = name
-    if "lr" in g and "lr_scale" in g:
-        raise ValueError(f"parameter group {name!r}: give 'lr' or 'lr_scale', not both")
-    scale = float(g["lr"]) / cfg.lr if "lr" in g else float(g.get("lr_scale", 1.0))
-    if not (scale > 0 and math.isfinite(scale)):
-        raise ValueError(f"parameter group {name!r}: the peak LR must be positive and finite")
-    wd = g.get("weight_decay")
-    if wd is not None and not (float(wd) >= 0 and math.isfinite(float(wd))):
-        raise ValueError(f"parameter group {name!r}: weight_decay must be >= 0")
-    return _Group(name, params, scale, None if wd is None else float(wd))
 
 
 def _describe_layout(layout: Mapping[str, Any]) -> str:
