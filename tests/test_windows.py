@@ -439,7 +439,9 @@ def test_stratified_assignment_balances_classes_better_than_random(seed) -> None
         for s in range(20)
     ]
     assert e_strat < min(e_rand)
-    assert e_strat < 0.25 * float(np.median(e_rand))
+    # at most 0.36 of the random median over every seed this test can draw (0..10000, checked
+    # exhaustively; 2.4 % of seeds exceeded the former 0.25 bound, a flaky test)
+    assert e_strat < 0.4 * float(np.median(e_rand))
 
 
 def _cube(path: str, shape=(96, 96), ox=0, oy=0, groups=("a",)) -> SplitCube:
