@@ -65,8 +65,8 @@ def main() -> int:
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args()
 
-    from landcover.cube import build_cube
     from landcover.cluster.client import ClusterOptions, open_cluster
+    from landcover.cube import build_cube
     from landcover.store import default_threads, raw_nbytes
     from landcover.testing import make_acquisitions, make_clc, make_pair, scene_grid
 

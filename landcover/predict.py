@@ -336,27 +336,8 @@ def _cube_source(ds: xr.Dataset, bands: Sequence[str], time: int | str | np.date
     for name in ("reflectance",):
         if name not in ds.variables:
             raise LandcoverError(f"cube has no {name!r} variable; is it a landcover cube?")
-    refl = ds["reflectance"]
-    if "time" in refl.dims:
-        if isinstance(time, int | np.integer):
-            if not -refl.sizes["time"] <= int(time) < refl.sizes["time"]:
-                raise ConfigError(f"time index {time} out of range (cube has {refl.sizes['time']} times)")
-            tsel: dict[str, Any] = {"time": int(time)}
-            use_isel = True
-        else:
-            tsel = {"time": np.datetime64(time)}
-            use_isel = False
-    else:
-        tsel, use_isel = {}, True
-    cube_bands = [str(b) for b in ds["band"].values]
-    parts: list[tuple[str, Any]] = []
-    for b in bands:
-        if b in cube_bands:
-            parts.append(("reflectance", cube_bands.index(b)))
-        elif b == "thermal" and "thermal" in ds.variables:
-            parts.append(("thermal", None))
-        else:
-            raise ConfigError(f"model band {b!r} not in cube bands {cube_bands}")
+    tsel, use_isel = _time_selection(ds["reflectance"], time)
+    parts = _band_parts(ds, bands)
 
     def _select(var: str) -> xr.DataArray:
         da = ds[var]
@@ -403,17 +384,44 @@ def _cube_source(ds: xr.Dataset, bands: Sequence[str], time: int | str | np.date
         return out
 
     grid = Grid.from_xarray(ds["reflectance"])
-    enc_chunks = ds["reflectance"].encoding.get("chunks") or ds["reflectance"].encoding.get(
-        "preferred_chunks"
-    )
-    if isinstance(enc_chunks, dict):
-        chunks = (int(enc_chunks.get("y", 512)), int(enc_chunks.get("x", 512)))
-    elif enc_chunks:
-        chunks = (int(enc_chunks[-2]), int(enc_chunks[-1]))
-    else:
-        chunks = (512, 512)
     sref = ds["spatial_ref"] if "spatial_ref" in ds.variables else None
+    chunks = _stored_chunks(ds["reflectance"])
     return _Source(grid=grid, read=read, chunks=chunks, spatial_ref=sref, attrs=dict(ds.attrs))
+
+
+def _time_selection(refl: xr.DataArray, time: int | str | np.datetime64) -> tuple[dict[str, Any], bool]:
+    """``(selection, by position)`` of the time step to map (empty for a cube without ``time``)."""
+    if "time" not in refl.dims:
+        return {}, True
+    if isinstance(time, int | np.integer):
+        if not -refl.sizes["time"] <= int(time) < refl.sizes["time"]:
+            raise ConfigError(f"time index {time} out of range (cube has {refl.sizes['time']} times)")
+        return {"time": int(time)}, True
+    return {"time": np.datetime64(time)}, False
+
+
+def _band_parts(ds: xr.Dataset, bands: Sequence[str]) -> list[tuple[str, Any]]:
+    """Where each model band comes from: ``("reflectance", band index)`` or ``("thermal", None)``."""
+    cube_bands = [str(b) for b in ds["band"].values]
+    parts: list[tuple[str, Any]] = []
+    for b in bands:
+        if b in cube_bands:
+            parts.append(("reflectance", cube_bands.index(b)))
+        elif b == "thermal" and "thermal" in ds.variables:
+            parts.append(("thermal", None))
+        else:
+            raise ConfigError(f"model band {b!r} not in cube bands {cube_bands}")
+    return parts
+
+
+def _stored_chunks(da: xr.DataArray) -> tuple[int, int]:
+    """``(y, x)`` chunk shape of a variable as stored (512 x 512 when unknown)."""
+    enc_chunks = da.encoding.get("chunks") or da.encoding.get("preferred_chunks")
+    if isinstance(enc_chunks, dict):
+        return int(enc_chunks.get("y", 512)), int(enc_chunks.get("x", 512))
+    if enc_chunks:
+        return int(enc_chunks[-2]), int(enc_chunks[-1])
+    return 512, 512
 
 
 def _cube_usable_policy(attrs: dict[str, Any]) -> Any:

@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        from landcover.config import load_config
         from landcover.cluster.client import open_cluster
+        from landcover.config import load_config
         from landcover.errors import ConfigError, InputFileError
 
         overrides = {

@@ -312,8 +312,8 @@ def test_cube_batch_takes_stacks_with_sidecars(pair: tuple[Path, Path], tmp_path
 
 def test_cube_batch_stack_options(pair: tuple[Path, Path], tmp_path: Path) -> None:
     """``cube batch --stack FILE --bands ...``: planned here with the options; the plan goes to the task."""
-    from landcover.cluster.batch import plan_batch
     from landcover.cli import main
+    from landcover.cluster.batch import plan_batch
     from landcover.store import open_cube
 
     product, clc = pair
