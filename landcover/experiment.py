@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from . import atomic
 from .config import config_to_dict
 from .devices import check_device
 from .errors import ConfigError, InputFileError
@@ -830,9 +831,8 @@ def save_block_stats(metrics: Any, path: Path) -> dict[int, dict[str, Any]]:
     """
     blocks = {lv: metrics.group_stats(lv) for lv in metrics.levels}
     flat = {f"l{lv}_{k}": v for lv, st in blocks.items() for k, v in st.items()}
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, **flat)  # type: ignore[arg-type]
-    tmp.replace(path)
+    with atomic.replacing(path) as tmp, open(tmp, "wb") as fh:  # a file object: no ".npz" appended
+        np.savez_compressed(fh, **flat)  # type: ignore[arg-type]
     return blocks
 
 
@@ -1243,9 +1243,7 @@ def record_provenance(cube: str | Path, **fields: Any) -> None:
     prov = dict(attrs.get("provenance") or {})
     prov.update(fields)
     attrs["provenance"] = prov
-    tmp = path.with_name(".zarr.json.tmp")
-    tmp.write_text(_json.dumps(meta, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, _json.dumps(meta, indent=2))
 
 
 def summarise(result: CompareResult) -> dict[str, Any]:
@@ -1439,9 +1437,8 @@ def _prediction_panel(result: CompareResult, path: Path) -> Path | None:
     handles = [Patch(color=rgb01(c), label=f"{c} {label.get(c, '')}"[:38]) for c in present]
     fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
     fig.subplots_adjust(right=1 - 2.8 / (3.0 * len(panels) + 3.0), wspace=0.05)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return path
 
 
@@ -1525,9 +1522,7 @@ def write_report(result: CompareResult, out: str | Path | None = None) -> Path:
     confusion_pngs = _confusion_figures(result, everyone, summary["levels"], out_dir)
     map_png = _prediction_panel(result, out_dir / "prediction_map.png")
 
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float), encoding="utf-8")
-    tmp.replace(out_dir / "metrics.json")
+    atomic.write_text(out_dir / "metrics.json", json.dumps(summary, indent=2, default=float))
 
     lines = [_title(summary), ""]
     lines += _setup_section(result, summary)
