@@ -29,9 +29,7 @@ only when landcover wrote it (:mod:`landcover.safety`).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
+from . import atomic
 from .errors import ConfigError, InputFileError
 from .schema import LABEL_FILL
 
@@ -247,10 +246,9 @@ def export_cube(
 
     grid = Grid.from_xarray(ds["valid"] if "valid" in ds else ds["labels"])
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
     written: list[Path] = []
-    try:
+    with atomic.replacing(dst) as tmp:  # the folder appears complete, or not at all
+        tmp.mkdir()
         mark_output(tmp, "cube-export")
         for var in wanted:
             written.extend(
@@ -261,10 +259,6 @@ def export_cube(
             )  # fmt: skip
         if replace:
             remove_output(dst, inputs=[src])
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return ExportResult(dst, tuple(dst / p.name for p in written))
 
 

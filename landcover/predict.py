@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import uuid
 import xml.etree.ElementTree as ET
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from . import atomic
 from .devices import resolve_device
 from .errors import ConfigError, InputFileError, LandcoverError
 from .grid import Grid
@@ -1122,8 +1122,7 @@ def _predict_source(
         from .safety import check_output, remove_output
 
         check_output(out_path, overwrite=overwrite, what="prediction")  # only a landcover output is replaced
-        tmp = out_path.with_name(f".{out_path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
+        with atomic.replacing(out_path) as tmp:  # the store appears complete, or not at all
             tmpl = _template(source, codes.tolist(), out_chunks, fractions_dtype, meta, lazy=True)
             tmpl.to_zarr(
                 str(tmp),
@@ -1141,10 +1140,6 @@ def _predict_source(
                 _sweep(engine, source, _ZarrWriter(tmp), **sweep_kw)  # type: ignore[arg-type]
             _mark_complete(tmp)
             remove_output(out_path)
-            os.replace(tmp, out_path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         result = xr.open_zarr(out_path, decode_coords="all")
         result["fractions"] = result["fractions"].astype("float32")
         final: xr.Dataset = result
@@ -1301,24 +1296,18 @@ def _cog_copy(tmp_tif: Path, dst: Path, *, resampling: str, blocksize: int, comp
     import rasterio
     import rasterio.shutil
 
-    part = dst.with_name(f".{dst.name}.part-{uuid.uuid4().hex[:8]}")
-    try:
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-            rasterio.shutil.copy(
-                str(tmp_tif),
-                str(part),
-                driver="COG",
-                BLOCKSIZE=blocksize,
-                COMPRESS=compress,
-                OVERVIEW_RESAMPLING=resampling,
-                OVERVIEWS="AUTO",
-                BIGTIFF="IF_SAFER",
-                NUM_THREADS="ALL_CPUS",
-            )
-        os.replace(part, dst)
-    finally:
-        if part.exists():
-            part.unlink()
+    with atomic.replacing(dst) as part, rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        rasterio.shutil.copy(
+            str(tmp_tif),
+            str(part),
+            driver="COG",
+            BLOCKSIZE=blocksize,
+            COMPRESS=compress,
+            OVERVIEW_RESAMPLING=resampling,
+            OVERVIEWS="AUTO",
+            BIGTIFF="IF_SAFER",
+            NUM_THREADS="ALL_CPUS",
+        )
 
 
 def write_class_map_cog(
