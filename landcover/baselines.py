@@ -115,6 +115,19 @@ class PixelGBM(nn.Module):
         return torch.from_numpy(np.moveaxis(logp, -1, 1).copy()).to(image.device)
 
 
+def early_stopping_possible(y: np.ndarray) -> bool:
+    """Whether the classifier may hold out a validation split for early stopping.
+
+    It needs enough pixels (1,000) and, as scikit-learn stratifies that split by class, at
+    least two pixels of every class present: one rare class with a single sampled pixel
+    made the whole fit fail (``make demo`` at its default size did).
+    """
+    if len(y) < 1000:
+        return False
+    counts = np.unique(np.asarray(y), return_counts=True)[1]
+    return bool(counts.min() >= 2)
+
+
 def fit_floor(
     dataset: Any,
     *,
@@ -141,7 +154,7 @@ def fit_floor(
     clf = HistGradientBoostingClassifier(
         max_iter=max_iter,
         learning_rate=learning_rate,
-        early_stopping=len(y) >= 1000,
+        early_stopping=early_stopping_possible(y),
         random_state=seed,
     )
     from threadpoolctl import threadpool_limits

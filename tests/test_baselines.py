@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from landcover.baselines import FLOOR_NAME, PixelGBM, fit_floor, pixel_features, sample_pixels
+from landcover.baselines import (
+    FLOOR_NAME,
+    PixelGBM,
+    early_stopping_possible,
+    fit_floor,
+    pixel_features,
+    sample_pixels,
+)
 from landcover.errors import ConfigError
 from landcover.experiment import CompareConfig, run_floor
 
@@ -66,3 +73,20 @@ def test_unseen_classes_get_no_probability(cube):
     unseen = sorted(set(range(ds.num_classes)) - set(np.unique(y).tolist()))
     assert unseen and float(prob[:, unseen].max()) < 1e-4
     assert torch.allclose(prob.sum(dim=1), torch.ones(2, 4, 4), atol=1e-5)
+
+
+def test_a_class_with_one_sampled_pixel_does_not_break_the_floor():
+    """scikit-learn stratifies its early-stopping split: a single-pixel class made the fit raise."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 3))
+    y = (x[:, 0] > 0).astype(int)
+    y[0] = 11  # one pixel of a rare class
+    with pytest.raises(ValueError, match="least populated class"):
+        HistGradientBoostingClassifier(max_iter=5, early_stopping=True, random_state=0).fit(x, y)
+    assert not early_stopping_possible(y)
+    assert early_stopping_possible(np.r_[y[1:], 1]) and not early_stopping_possible(y[:999])
+    stop = early_stopping_possible(y)
+    clf = HistGradientBoostingClassifier(max_iter=5, early_stopping=stop, random_state=0)
+    assert set(clf.fit(x, y).classes_) == {0, 1, 11}
