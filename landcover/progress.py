@@ -8,6 +8,9 @@ unknown size: only the latter), and a last line when it ends::
 
     predict: 40% (1200/3000 win, 12 s)
 
+A transient report (``leave=False``: one training epoch, the tasks of one computation)
+writes only its time-based lines and its last line, so a log gets one line per epoch.
+
 :func:`dask_progress` reports the tasks of a computation on Dask's local schedulers and
 :func:`wait_with_progress` the tasks behind a future of a ``distributed`` cluster; both
 go through :func:`progress_bar`. Nothing is written to stdout, which stays for results.
@@ -84,7 +87,8 @@ def progress_bar(
         bar: Progress = tqdm(total=total, desc=desc, unit=unit, file=stream, **tqdm_kwargs)
         return bar
     scale = bool(tqdm_kwargs.get("unit_scale"))
-    return _Lines(total, desc, unit, stream, every_percent, every_seconds, scale=scale)
+    transient = tqdm_kwargs.get("leave") is False  # a part of longer work (an epoch, a batch of tasks)
+    return _Lines(total, desc, unit, stream, every_percent, every_seconds, scale=scale, transient=transient)
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -118,7 +122,12 @@ class _Silent:
 
 
 class _Lines:
-    """A line per ``every_percent`` of ``total`` (or per ``every_seconds``), and one at the end."""
+    """A line per ``every_percent`` of ``total`` (or per ``every_seconds``), and one at the end.
+
+    A ``transient`` report (``leave=False``: one epoch of a run, the tasks of one step) is a
+    part of longer work; off a terminal it writes no percent lines, only the time-based
+    ones and its last line, so that a 20-epoch log has a line per epoch, not ten.
+    """
 
     def __init__(
         self,
@@ -130,8 +139,10 @@ class _Lines:
         every_seconds: float,
         *,
         scale: bool = False,
+        transient: bool = False,
     ) -> None:
         self.total = total
+        self.transient = transient
         self.n: float = 0
         self.desc = desc
         self.unit = unit
@@ -148,7 +159,7 @@ class _Lines:
     def update(self, n: float = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if self.total:
+        if self.total and not self.transient:
             step = math.floor(100.0 * self.n / self.total / self.every_percent)
             if step > self.last_step and self.n < self.total:
                 self.last_step = step

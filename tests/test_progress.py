@@ -26,6 +26,20 @@ def test_off_a_terminal_a_line_every_few_percent_and_no_carriage_returns() -> No
     assert lines[-1].startswith("predict: 100% (200/200 win, ")
 
 
+def test_a_transient_report_off_a_terminal_is_one_line_per_run() -> None:
+    # one training epoch (leave=False) used to write ten lines to a log; 20 epochs gave 200
+    buf = io.StringIO()
+    for epoch in range(3):
+        bar = progress_bar(50, desc=f"epoch {epoch + 1}/3", file=buf, leave=False, every_seconds=3600)
+        for _ in range(50):
+            bar.update(1)
+            bar.set_postfix(loss="0.4100")
+        bar.close()
+    lines = buf.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all(line.split(": ")[1].startswith("100% (50/50 it, ") and "loss=0.4100" in line for line in lines)
+
+
 def test_unknown_total_and_time_cadence_and_postfix() -> None:
     buf = io.StringIO()
     bar = progress_bar(None, desc="epoch 1/2", unit="it", file=buf, every_seconds=0.05)
