@@ -98,3 +98,18 @@ def test_cli_bounds_the_gdal_block_cache_unless_the_user_set_it(
     monkeypatch.setenv("GDAL_CACHEMAX", "512")
     main(["scene", "info", str(tmp_path / "missing")])
     assert os.environ["GDAL_CACHEMAX"] == "512"
+
+
+def test_batch_jobs_bound_the_gdal_block_cache_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pipelines/*.py that do not go through `landcover` (build_cube, predict_map, ...) ran with GDAL's default
+    # cache (5 % of RAM per process) after the setting moved out of the library
+    import runpy
+
+    from landcover.cli import GDAL_CACHEMAX_MB
+
+    monkeypatch.setenv("GDAL_CACHEMAX", "0")
+    monkeypatch.delenv("GDAL_CACHEMAX")
+    job = runpy.run_path(str(Path(__file__).parents[1] / "pipelines" / "predict_map.py"))
+    argv = ["--cube", str(tmp_path / "missing.zarr"), "--checkpoint", str(tmp_path / "m.pt")]
+    assert job["main"](argv) == 1
+    assert os.environ["GDAL_CACHEMAX"] == str(GDAL_CACHEMAX_MB)

@@ -107,7 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_third_party_warnings()
-    _bound_gdal_cache()
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
@@ -161,8 +160,10 @@ def run_job(
     Any failure becomes one line ``<prog>: <message>`` on stderr and status 1
     (130 on Ctrl-C); ``debug=True`` re-raises instead, for the traceback. ``context``
     (the command's input and output paths) lets the line name the file when the
-    exception itself does not (see :mod:`landcover.cli._errors`).
+    exception itself does not (see :mod:`landcover.cli._errors`). The job runs with GDAL's
+    block cache bounded (:data:`GDAL_CACHEMAX_MB`) unless the user set ``GDAL_CACHEMAX``.
     """
+    _bound_gdal_cache()
     try:
         return int(job() or 0)
     except KeyboardInterrupt:
