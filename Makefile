@@ -20,9 +20,11 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/landcover demo --out $(OUT)
 
-## make test: set up, then lint (ruff), type-check (mypy strict) and run the test suite.
+## make test: set up, then lint (ruff), type-check (mypy strict) and run the test suite, one pytest-xdist worker
+## per core (at most 4; each pinned to its cores by tests/conftest.py). TEST_WORKERS=0: in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 test: setup lint typecheck
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests (exit 5)' >&2; exit 1; fi; exit $$rc
 
 lint: setup

@@ -6,15 +6,52 @@ When it is missing, tests that need it skip locally but FAIL under ``CI=true``.
 Hypothesis explores new random examples on every local run (that is how it finds bugs); under
 ``CI=true`` it is derandomised, so a CI verdict is reproducible. Counter-examples it finds are
 pinned in the tests with ``@example``.
+
+Under pytest-xdist (``make test`` runs ``pytest -n N --dist worksteal``) each worker process is
+pinned to its own share of the cores before anything imports torch or dask, so that every
+library sizing itself to "the machine" (torch and BLAS thread pools, Dask's LocalCluster,
+:func:`landcover.threads.available_cores`) sizes itself to that share: two workers on a
+2-core machine each train on one core instead of four threads fighting over two. The modules
+holding slow tests are collected first (each module's tests stay together, so its module-scoped
+fixtures are built once), so the longest tests do not start last.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+
+def _pin_xdist_worker() -> None:
+    """Pin this pytest-xdist worker to its share of the cores (no-op outside xdist or with too few cores)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < count:  # more workers than cores: leave the sharing to the OS
+        return
+    index = int(worker[2:]) % count
+    share, extra = divmod(len(cores), count)
+    start = index * share + min(index, extra)
+    mine = cores[start : start + share + (index < extra)]
+    try:
+        os.sched_setaffinity(0, mine)
+    except OSError:  # pragma: no cover - a container that forbids it: run unpinned
+        return
+    if "torch" in sys.modules:  # not imported yet as a rule; then its pools size themselves to `mine`
+        sys.modules["torch"].set_num_threads(len(mine))
+    if "numpy" in sys.modules:  # already loaded (by a plugin): its BLAS pool was sized to every core
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=len(mine))
+
+
+_pin_xdist_worker()
 
 _CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -34,3 +71,17 @@ def shared_data() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return SHARED_REAL
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with slow tests first (most first; the file order otherwise), each module's tests together.
+
+    With ``--dist worksteal`` a worker that finishes early takes half of the other's remaining
+    tests; starting with the slow modules keeps a long test from being the last one running.
+    """
+    slow: dict[str, int] = {}
+    for item in items:
+        key = item.nodeid.split("::", 1)[0]
+        slow[key] = slow.get(key, 0) + (item.get_closest_marker("slow") is not None)
+    order = {key: i for i, key in enumerate(sorted(slow, key=lambda k: -slow[k]))}  # stable: file order
+    items.sort(key=lambda item: order[item.nodeid.split("::", 1)[0]])
