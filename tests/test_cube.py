@@ -673,6 +673,30 @@ def test_fast_label_encoding_equals_schema(
     np.testing.assert_array_equal(schema.encode_fractions(f2), encode_fractions_reference(f2))
 
 
+def test_label_planes_in_strips_equal_one_encoding() -> None:
+    """The build quantises each block in strips of rows: the same bytes as one call on the block."""
+    from landcover.cube import _LABEL_STRIP, _label_planes, _mask_labels
+
+    rng = np.random.default_rng(5)
+    h, w, k = 2 * _LABEL_STRIP + 7, 40, 44  # a last strip shorter than the others
+    frac = rng.random((k, h, w)).astype("float32") ** 6
+    frac[rng.random(k) < 0.7] = 0  # classes absent from the block
+    frac[0, frac.sum(0) == 0] = 1
+    frac /= frac.sum(0, keepdims=True)
+    frac[:, : _LABEL_STRIP // 2, :5] = 0  # pure pixels
+    frac[3, : _LABEL_STRIP // 2, :5] = 1
+    frac[:, rng.random((h, w)) < 0.05] = np.nan
+    cov = np.where(np.isnan(frac[0]), np.float32(0.2), np.float32(0.9))[None]
+    planes = _label_planes(frac, cov, 0.5)
+    np.testing.assert_array_equal(planes[2:], schema.encode_fractions(frac))
+    np.testing.assert_array_equal(planes[0], schema.encode_coverage(cov[0]))
+    np.testing.assert_array_equal(planes[1], ~np.isnan(frac[0]))
+    keep = rng.random((1, h, w)) < 0.5
+    masked = _mask_labels(planes[2:], keep)
+    np.testing.assert_array_equal(masked[:, ~keep[0]], 255)
+    np.testing.assert_array_equal(masked[:, keep[0]], planes[2:][:, keep[0]])
+
+
 def test_batched_chunk_bounds_equal_grid_bounds_in() -> None:
     from landcover.cube import _block, _chunk_bounds_in
     from landcover.testing import scene_grid
