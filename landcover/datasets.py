@@ -594,11 +594,7 @@ class _WindowSource:
             plane = therm if s is None else None if refl is None else refl[s]
             if plane is None:  # pragma: no cover - src names only variables read above
                 raise RuntimeError(f"channel {k} of window {i} was not read")
-            if rotated:  # resampled raw, decoded afterwards (the decoding is affine)
-                planes.append(plane)
-                continue
-            np.multiply(plane, a[k], out=image[k], dtype="float32")
-            image[k] += b[k]
+            planes.append(plane)
         compact = self.target_dtype == "uint8"
         rows: np.ndarray | None = None
         if rotated and self._group_starts is None and len(self._groups) == target.shape[0]:
@@ -614,7 +610,7 @@ class _WindowSource:
                 raw = np.add.reduceat(raw, self._group_starts, axis=0, dtype="uint16")
             elif len(self._groups) != raw.shape[0]:
                 raw = np.stack([raw[g].sum(axis=0, dtype="uint16") for g in self._groups])
-        if rotated:
+        if rotated:  # the raw footprint is resampled, then decoded (the decoding is affine)
             sample_rotated(
                 np.stack(planes),
                 raw,
@@ -628,26 +624,7 @@ class _WindowSource:
                 label_rows=rows,
             )
             return
-        mask[...] = ok
-        everywhere = bool(ok.all())
-        if not everywhere:  # zero outside the mask (boolean indexing is far slower)
-            np.multiply(image, ok, out=image)
-        if compact:
-            if everywhere:
-                np.copyto(target, raw, casting="unsafe")
-            else:
-                np.multiply(raw, ok, out=target, casting="unsafe")
-            return
-        # float32 fractions: convert, then scale (and mask) in place, a few classes at a
-        # time so that the second pass runs in cache: half the memory traffic of one
-        # mixed-dtype multiply, which casts through a buffer
-        scale: np.float32 | np.ndarray = np.float32(schema.LABEL_SCALE)
-        if not everywhere:
-            scale = np.multiply(ok, scale, dtype="float32")
-        for k in range(0, target.shape[0], _CLASS_STEP):
-            part = target[k : k + _CLASS_STEP]
-            np.copyto(part, raw[k : k + _CLASS_STEP], casting="unsafe")
-            np.multiply(part, scale, out=part)
+        _decode_aligned(planes, raw, ok, (a, b), image, target, mask)
 
     def _geo(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """``transform`` (n, 6) float64, ``position`` (n, 4) int64, ``angle`` (n,) float32, CRS list."""
@@ -715,6 +692,51 @@ class _WindowSource:
     def _item(self, i: int) -> dict[str, Any]:
         batch = self._batch([i])
         return {k: v[0] for k, v in batch.items()}
+
+
+def _decode_aligned(
+    planes: Sequence[np.ndarray],
+    raw: np.ndarray,
+    ok: np.ndarray,
+    decode: tuple[np.ndarray, np.ndarray],
+    image: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray,
+) -> None:
+    """Decode one axis-aligned window into its batch slots; 0 outside ``ok`` (valid and labelled).
+
+    Each image plane is converted, scaled, shifted and masked while it is in cache (one
+    trip through memory instead of two), and the mask multiplies as float32 / uint8 rather
+    than bool, which numpy would cast through a buffer; the results are those of
+    ``(raw * a + b) * ok`` and ``labels * ok`` computed in float32 / the labels' dtype.
+    """
+    a, b = decode
+    mask[...] = ok
+    everywhere = bool(ok.all())
+    okf = None if everywhere else ok.astype("float32")
+    for k, plane in enumerate(planes):
+        out = image[k]
+        np.copyto(out, plane, casting="unsafe")  # the cast of np.multiply(plane, a, dtype="float32")
+        out *= a[k]
+        out += b[k]
+        if okf is not None:  # zero outside the mask (boolean indexing is far slower)
+            out *= okf
+    if target.dtype == np.uint8:
+        if everywhere:
+            np.copyto(target, raw, casting="unsafe")
+        else:
+            np.multiply(raw, ok.view(np.uint8), out=target, casting="unsafe")
+        return
+    # float32 fractions: convert, then scale (and mask) in place, a few classes at a
+    # time so that the second pass runs in cache: half the memory traffic of one
+    # mixed-dtype multiply, which casts through a buffer
+    scale: np.float32 | np.ndarray = np.float32(schema.LABEL_SCALE)
+    if okf is not None:
+        scale = okf * scale
+    for k in range(0, target.shape[0], _CLASS_STEP):
+        part = target[k : k + _CLASS_STEP]
+        np.copyto(part, raw[k : k + _CLASS_STEP], casting="unsafe")
+        np.multiply(part, scale, out=part)
 
 
 class WindowBatch(list[dict[str, Any]]):
