@@ -42,7 +42,13 @@ class DemoConfig:
     included 0. ``torch_threads`` (default 1): the demo's
     convolutions are small, and with two threads a busy two-core machine spends most of each step
     waiting for the second thread (a training step was several times slower per sample at load
-    average 17); None leaves torch's setting.
+    average 17). Every compare run trains on that many threads, in this process or on its worker
+    (None: each run's share of the cores, :mod:`landcover.threads`).
+
+    ``scheduler``: where the compare runs go (:func:`landcover.cluster.client.get_client`): None
+    (default), one after another in this process; ``"local"``, in parallel on a LocalCluster sized
+    to the cores this process may use (the same runs and numbers, sooner when cores are free); or
+    a scheduler address.
     """
 
     out: Path = Path("demo-output")
@@ -67,6 +73,7 @@ class DemoConfig:
     baseline_pixels: int = 5000
     prediction_map: bool = True
     torch_threads: int | None = 1
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         if self.size < 4 * self.window:
@@ -236,6 +243,8 @@ def run_demo(
         n_boot=cfg.n_boot,
         baseline=cfg.baseline,
         baseline_pixels=cfg.baseline_pixels,
+        threads=cfg.torch_threads,
+        scheduler=cfg.scheduler,
     )
     import torch
 
