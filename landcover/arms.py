@@ -28,10 +28,13 @@ Optimisation effort (:func:`run_epochs`)
     level-3 classes (test mIoU 0.097, level 3, against the gradient-boosting floor's 0.095;
     40 epochs: 0.124, seed 0). ``min_steps`` raises the epochs of every arm alike so that
     each run takes at least that many steps.
-Window size (:func:`default_window`)
+Window size (:func:`default_window`, :func:`fit_window`)
     A ResNet encoder downsamples by 32: a 32 px window leaves it a 1x1 bottleneck. On
     real cubes the default window is :data:`REAL_WINDOW` (128 px); synthetic cubes keep
-    a small one (:data:`SYNTHETIC_WINDOW`) so that CPU demos finish, and say so.
+    a small one (:data:`SYNTHETIC_WINDOW`) so that CPU demos finish, and say so. The
+    windows of every split are counted before training: when the default leaves a split
+    empty (a small cube), the largest window that fills every split is chosen and the
+    report says why; an explicit window that does is a one-line error naming that window.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ __all__ = [
     "preset_encoder",
     "cube_product_level",
     "default_window",
+    "fit_window",
+    "smaller_windows",
     "arm_input_norm",
     "arm_normalisation",
     "arm_class_weights",
@@ -338,3 +343,98 @@ def run_epochs(epochs: int, train_windows: int, batch_size: int, min_steps: int 
         )
     per_epoch = max(1, math.ceil(train_windows / batch_size))
     return max(epochs, math.ceil(min_steps / per_epoch))
+
+
+SplitCounts = dict[str, int]
+"""Windows per split: ``{"train": n, "val": n, "test": n}``."""
+
+
+def smaller_windows(window: int) -> list[int]:
+    """Windows tried, largest first, when ``window`` leaves a split empty: multiples of 32 below, then 16."""
+    top = (window - 1) // 32 * 32
+    return [w for w in range(top, 31, -32)] + ([16] if window > 16 else [])
+
+
+def _cubes_text(cubes: Sequence[str | Path]) -> str:
+    names = [str(c) for c in cubes]
+    return names[0] if len(names) == 1 else f"{len(names)} cubes ({', '.join(names)})"
+
+
+def _counts_text(counts: SplitCounts) -> str:
+    return "/".join(str(counts[s]) for s in ("train", "val", "test"))
+
+
+def fit_window(
+    window: int,
+    split_windows: Callable[[int], SplitCounts],
+    *,
+    explicit: bool,
+    cubes: Sequence[str | Path],
+    layout: Callable[[int], str],
+) -> tuple[int, str | None]:
+    """The window a comparison runs at: ``window`` when every split gets windows, else the largest that does.
+
+    A leak-proof split (blocks of several windows, a one-window buffer around val/test blocks)
+    needs a cube many windows wide: the Lanjarón pair (394 x 621 px) gives 0/3/0
+    train/val/test windows of 128 px, 15/8/9 of 64 px. The windows of every split are
+    counted before anything trains.
+
+    Parameters
+    ----------
+    window
+        The configured (``explicit``) or default window.
+    split_windows
+        ``split_windows(w)`` -> windows per split at window ``w`` (the rest of the split as configured).
+    explicit
+        The user set ``window``: an empty split is an error naming the largest window that
+        works. Otherwise (the default window) that window is chosen and the reason returned.
+    cubes
+        The cubes, named in the message.
+    layout
+        ``layout(w)`` -> the split's stride, block and buffer at window ``w``, for the message.
+
+    Returns
+    -------
+    tuple
+        The window, and a note for the report when it differs from ``window`` (else None).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the cubes, the window, the windows per split and the largest window
+        that gives every split a window (or that none down to 16 px does).
+    """
+    from .errors import ConfigError
+
+    counts = split_windows(window)
+    if min(counts.values()) > 0:
+        return window, None
+    found: tuple[int, SplitCounts] | None = None
+    for w in smaller_windows(window):
+        c = split_windows(w)
+        if min(c.values()) > 0:
+            found = (w, c)
+            break
+    what = (
+        f"{_cubes_text(cubes)}: {window} px windows ({layout(window)}) give train/val/test "
+        f"{_counts_text(counts)} windows"
+    )
+    if found is None:
+        raise ConfigError(
+            f"{what}, and no window down to 16 px gives every split a window; use bigger cubes "
+            "or a smaller split block/buffer"
+        )
+    w, c = found
+    if explicit:
+        raise ConfigError(
+            f"{what}; the largest window that gives every split windows is {w} px ({_counts_text(c)}): "
+            f"use --window {w}"
+        )
+    side = max(1, w // 32)
+    return w, (
+        f"{w} px windows, chosen instead of the default {window} px: on {_cubes_text(cubes)} {window} px "
+        f"windows ({layout(window)}) give train/val/test {_counts_text(counts)} windows, and a split with "
+        f"no window cannot be trained or scored. {w} px is the largest that gives every split windows "
+        f"({_counts_text(c)}; {layout(w)}); a ResNet encoder downsamples by 32, leaving a {side}x{side} px "
+        "bottleneck. Bigger cubes (or more of them) allow the default window"
+    )

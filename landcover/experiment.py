@@ -391,13 +391,17 @@ def _prepare_arms(
     from .models import _checked
     from .weights import find_weights, weights_for
 
+    explicit_window = cfg.window is not None
     if cfg.window is None:
         window, why = default_window(cfg.cubes)
         cfg = replace(cfg, window=window)
-        notes.append(f"Window: {why}.")
-    elif cfg.window < REAL_WINDOW:
+        cfg, chosen = _fit_window(cfg, explicit=False)
+        notes.append(f"Window: {chosen or why}.")
+    else:
+        cfg, _ = _fit_window(cfg, explicit=True)
+    if explicit_window and _window(cfg) < REAL_WINDOW:
         real = any(cube_source(c) == "real" for c in cfg.cubes)
-        side = max(1, cfg.window // 32)
+        side = max(1, _window(cfg) // 32)
         notes.append(
             f"Window: {cfg.window} px, set explicitly"
             + (
@@ -435,6 +439,35 @@ def _prepare_arms(
                     f"hold {'/'.join(sorted(levels))} reflectance, a domain shift the comparison carries."
                 )
     return cfg
+
+
+def split_windows(cfg: CompareConfig) -> dict[str, int]:
+    """Windows each split (train/val/test) of ``cfg`` holds before any label budget: counted, nothing read."""
+    from .datasets import WindowDataset
+
+    model = cfg.models[0]
+    common: dict[str, Any] = dict(
+        size=_window(cfg), stride=cfg.stride, bands=_bands_for(model), thermal=_thermal_for(cfg, model),
+        min_valid=cfg.min_valid, split_spec=split_spec(cfg), level=cfg.level, normalize=False,
+    )  # fmt: skip
+    return {s: len(WindowDataset(list(cfg.cubes), split=s, **common)) for s in ("train", "val", "test")}
+
+
+def _fit_window(cfg: CompareConfig, *, explicit: bool) -> tuple[CompareConfig, str | None]:
+    """``cfg`` at the window :func:`landcover.arms.fit_window` finds (every split non-empty), and its note."""
+    from .arms import fit_window
+
+    def layout(w: int) -> str:
+        stride = cfg.stride or w
+        block = cfg.block if cfg.block is not None else 4 * w
+        buffer = cfg.split_buffer if cfg.split_buffer is not None else w
+        return f"stride {stride}, blocks {block} px, buffer {buffer} px"
+
+    window, note = fit_window(
+        _window(cfg), lambda w: split_windows(replace(cfg, window=w)), explicit=explicit,
+        cubes=cfg.cubes, layout=layout,
+    )  # fmt: skip
+    return replace(cfg, window=window), note
 
 
 def budget_windows(available: int, budget: float) -> int:

@@ -426,3 +426,96 @@ def test_download_weights_refuses_a_file_that_does_not_match(demo_cube, tmp_path
     assert "not the published prefix 1c691b4f" in err and len(err.strip().splitlines()) == 1
     cache = tmp_path / "torch-home" / "hub" / "checkpoints"
     assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_smaller_windows_and_fit_window_pick_the_largest_that_fills_every_split():
+    from landcover.arms import fit_window, smaller_windows
+
+    assert smaller_windows(128) == [96, 64, 32, 16] and smaller_windows(100) == [96, 64, 32, 16]
+    assert smaller_windows(32) == [16] and smaller_windows(16) == []
+    seen: list[int] = []
+
+    def counts(w: int) -> dict[str, int]:  # a cube 300 px wide: blocks of 4 windows + a 1-window buffer
+        seen.append(w)
+        n = max(0, 300 // w - 5)
+        return {"train": n, "val": 1 if w <= 96 else 0, "test": 1}
+
+    layout = lambda w: f"stride {w}"  # noqa: E731
+    assert fit_window(32, counts, explicit=True, cubes=["c.zarr"], layout=layout) == (32, None)
+    seen.clear()
+    window, note = fit_window(128, counts, explicit=False, cubes=["c.zarr"], layout=layout)
+    assert (window, seen) == (32, [128, 96, 64, 32])  # 96: val empty; 64: train 0; 32: 4/1/1
+    assert note is not None and "instead of the default 128 px" in note
+    assert "0/0/1" in note and "4/1/1" in note
+    one_line = r"^c\.zarr: 128 px windows \(stride 128\) give train/val/test 0/0/1 windows; .* --window 32$"
+    with pytest.raises(ConfigError, match=one_line):
+        fit_window(128, counts, explicit=True, cubes=["c.zarr"], layout=layout)
+    empty = {"train": 0, "val": 1, "test": 1}
+    with pytest.raises(ConfigError, match="2 cubes .*no window down to 16 px"):
+        fit_window(64, lambda w: empty, explicit=False, cubes=["a", "b"], layout=layout)
+
+
+@pytest.fixture(scope="module")
+def lanjaron_cube(shared_data, tmp_path_factory):
+    """The real Lanjarón pair (394 x 621 px) as a cube, built as the README does."""
+    d = shared_data / "pairs" / "lanjaron"
+    out = tmp_path_factory.mktemp("lanjaron") / "lanjaron.zarr"
+    argv = ["-q", "cube", "build", "--stack", str(d / "landsat8_lanjaron_sat_30m.tif"), "--scale", "2.75e-5",
+            "--offset", "-0.2", "--sensor", "OLI", "--corine", str(d / "clc2018_lanjaron.gpkg"),
+            "--out", str(out), "--scheduler", "none"]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+@pytest.mark.real
+def test_default_window_on_the_small_real_pair_is_one_every_split_can_use(lanjaron_cube, tmp_path):
+    """128 px windows in 4-window blocks with a one-window buffer leave the real pair no training window.
+
+    compare counts the windows of every split first and, at the default window, trains at the largest
+    window that fills every split; the report says which and why.
+    """
+    from dataclasses import replace
+
+    from landcover.arms import REAL_WINDOW
+    from landcover.experiment import split_windows
+
+    cfg = CompareConfig(
+        cubes=(str(lanjaron_cube),), out=tmp_path / "r", models=("native",), seeds=(0,), epochs=1,
+        max_train_windows=2, batch_size=2, lr_select="fixed", budgets=(1.0,), baseline=False, progress=False,
+    )  # fmt: skip
+    default = split_windows(replace(cfg, window=REAL_WINDOW))
+    assert min(default.values()) == 0  # the issue: the default window cannot train here
+    result = run_compare(cfg, log=lambda _m: None)
+    window = result.config.window
+    assert window is not None and window < REAL_WINDOW
+    assert min(result.split_sizes.values()) > 0 and len(result.runs) == 1
+    bigger = [w for w in range(window + 32, REAL_WINDOW, 32)]
+    assert all(min(split_windows(replace(cfg, window=w)).values()) == 0 for w in bigger)
+    counted = split_windows(replace(cfg, window=window))
+    assert result.split_sizes == {**counted, "train": min(2, counted["train"])}  # max_train_windows=2
+    text = "\n".join(result.notes)  # the report's notes (write_report lists them)
+    counts = "/".join(str(default[s]) for s in ("train", "val", "test"))
+    assert f"{window} px windows, chosen instead of the default {REAL_WINDOW} px" in text
+    assert f"train/val/test {counts} windows" in text and str(lanjaron_cube) in text
+
+
+@pytest.mark.real
+def test_an_explicit_window_too_big_for_the_real_pair_is_one_line_naming_one_that_fits(
+    lanjaron_cube, tmp_path, capsys
+):
+    from dataclasses import replace
+
+    argv = ["compare", str(lanjaron_cube), "--out", str(tmp_path / "r"), "--models", "native", "--seeds", "0",
+            "--epochs", "1", "--budgets", "1", "--no-baseline", "--window", "128"]  # fmt: skip
+    from landcover.experiment import split_windows
+
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"landcover: {lanjaron_cube}: 128 px windows")
+    cfg = CompareConfig(cubes=(str(lanjaron_cube),), models=("native",))
+    counts = {w: split_windows(replace(cfg, window=w)) for w in (128, 96, 64, 32)}
+    fits = next(w for w in (96, 64, 32) if min(counts[w].values()) > 0)
+    at = "/".join(str(counts[128][s]) for s in ("train", "val", "test"))
+    assert f"give train/val/test {at} windows" in err and err.endswith(f"use --window {fits}")
+    assert not (tmp_path / "r" / "report.md").exists()
