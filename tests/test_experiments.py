@@ -228,6 +228,73 @@ def test_shipped_phase1_experiment_parses() -> None:
     assert exp.fetch["dataset"] == "landsat_tm_c2_l2" and exp.fetch["max_cloud"] <= 20
 
 
+def _country_outlines() -> dict[str, object]:
+    """Natural Earth 1:110m country outlines (public domain), as shipped in pyogrio's test fixtures."""
+    import pyogrio
+    import shapely
+    from pyogrio.raw import read
+
+    shp = (
+        Path(pyogrio.__file__).parent
+        / "tests"
+        / "fixtures"
+        / "naturalearth_lowres"
+        / "naturalearth_lowres.shp"
+    )
+    assert shp.is_file(), f"{shp} missing (pyogrio {pyogrio.__version__})"
+    _, _, wkb, fields = read(str(shp), columns=["name"])
+    return dict(zip((str(n) for n in fields[0]), shapely.from_wkb(wkb), strict=True))
+
+
+def test_shipped_phase1_path_rows_lie_over_the_countries_they_claim() -> None:
+    """Each region's WRS-2 scene (nominal centre, landcover.wrs2) lies over its country and covers its box.
+
+    The centre is inside the country at least 20 km from its 1:110m outline (well beyond the outline's
+    generalisation), >= 75 % of the nominal 185 x 170 km scene is over the country, and the region's box
+    lies inside the scene. The two path/rows the file had before this test (197/025 "DE", centre in
+    Belgium; 194/028 "IT", centre at Lugano on the Swiss border) fail it.
+    """
+    import math
+
+    import shapely
+    import shapely.ops
+    from pyproj import Geod
+
+    from landcover.experiments import load_experiment
+    from landcover.fetch.query import parse_path_row
+    from landcover.wrs2 import scene_centre
+
+    outlines = _country_outlines()
+    names = {"DE": "Germany", "ES": "Spain", "FR": "France", "IT": "Italy", "HU": "Hungary"}
+    geod = Geod(ellps="WGS84")
+
+    def scene(lat: float, lon: float) -> shapely.Polygon:
+        dx, dy = 92.5 / (111.32 * math.cos(math.radians(lat))), 85.0 / 110.6
+        return shapely.box(lon - dx, lat - dy, lon + dx, lat + dy)
+
+    def check(country: str, path_row: str, bbox: object) -> list[str]:
+        land = outlines[names[country]]
+        lat, lon = scene_centre(*parse_path_row(path_row))
+        where = shapely.Point(lon, lat)
+        near = shapely.ops.nearest_points(land.boundary, where)[0]
+        border_km = geod.inv(lon, lat, near.x, near.y)[2] / 1000
+        foot = scene(lat, lon)
+        problems = []
+        if not land.contains(where) or border_km < 20:
+            problems.append(f"{path_row}: centre ({lat:.2f}, {lon:.2f}) not well inside {country}")
+        if shapely.area(foot & land) < 0.75 * foot.area:
+            problems.append(f"{path_row}: under 75 % of the scene over {country}")
+        if bbox is not None and not foot.contains(shapely.box(*bbox)):
+            problems.append(f"{path_row}: box {bbox} not inside the scene")
+        return problems
+
+    exp = load_experiment(REPO / "experiments" / "phase1-europe-tm.toml")
+    problems = [p for r in exp.regions for pr in r.path_rows for p in check(r.country, pr, r.bbox)]
+    assert problems == []
+    assert len(check("DE", "197/025", (5.8, 50.3, 7.5, 51.3))) == 3  # the file's earlier choices
+    assert len(check("IT", "194/028", (8.5, 45.0, 10.0, 46.0))) == 3
+
+
 @pytest.mark.slow
 def test_demo_sanity_native_beats_rgb_on_the_outside_rgb_classes(tmp_path: Path) -> None:
     """The experiment's own sanity on the synthetic stand-in (the demo's pipeline, smaller).
