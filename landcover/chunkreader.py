@@ -6,7 +6,9 @@ numcodecs (blosc headers are checked first, :mod:`landcover.chunkguard`); any ot
 goes through ``zarr.Array.__getitem__``. Decoded chunks live in a :class:`ChunkCache` bounded
 in bytes, so the many windows cut from one chunk cost one decode and memory stays bounded.
 :class:`CubeReader` serves regions of a cube's variables, as views of a cached chunk when
-they fit in one.
+they fit in one, and (:meth:`CubeReader.planes`) the class planes of a label region that
+hold a class somewhere: the others are decoded once, found empty, and from then on
+neither decoded (single blosc blocks are decompressed, :func:`blosc_blocks`) nor cached.
 """
 
 from __future__ import annotations
@@ -25,6 +27,56 @@ import numpy as np
 from .errors import InputFileError
 
 __all__ = ["ChunkCache", "CubeReader"]
+
+
+_BLOSC_ZSTD = 4  # compressor code in bits 5-7 of a blosc header's flags
+_BLOSC_FILTERS = 0x0F  # byte shuffle, memcpyed, bit shuffle, delta
+_BLOSC_NOSPLIT = 0x10
+
+
+def blosc_blocks(data: bytes) -> tuple[int, int, np.ndarray] | None:
+    """``(nbytes, blocksize, block starts)`` of a blosc chunk whose blocks are single zstd streams.
+
+    That is c-blosc's format 2 without shuffle, bit shuffle or delta filters and with
+    every block stored as one stream (``typesize`` 1, or the no-split flag): each block
+    then decodes on its own, to the bytes ``[i * blocksize, (i + 1) * blocksize)`` of
+    the chunk. Returns None for any other layout (decode the whole chunk then).
+    """
+    if len(data) < 16 or data[0] != 2:
+        return None
+    flags, typesize = data[2], data[3]
+    if flags & _BLOSC_FILTERS or flags >> 5 != _BLOSC_ZSTD or not (typesize == 1 or flags & _BLOSC_NOSPLIT):
+        return None
+    nbytes, blocksize = int.from_bytes(data[4:8], "little"), int.from_bytes(data[8:12], "little")
+    if blocksize <= 0 or nbytes <= 0:
+        return None
+    nblocks = -(-nbytes // blocksize)
+    if 16 + 4 * nblocks > len(data):
+        return None
+    starts = np.frombuffer(data, dtype="<i4", count=nblocks, offset=16).astype(np.int64)
+    if starts.min() < 16 + 4 * nblocks or starts.max() + 4 > len(data):
+        return None
+    return nbytes, blocksize, starts
+
+
+def _decode_block(data: bytes, starts: np.ndarray, i: int, out: np.ndarray) -> str | None:
+    """Decode block ``i`` of a :func:`blosc_blocks` chunk into ``out`` (its exact size); why not, or None."""
+    from numcodecs import zstd
+
+    s = int(starts[i])
+    size = int.from_bytes(data[s : s + 4], "little")
+    if size <= 0 or s + 4 + size > len(data):
+        return f"block {i} overruns the chunk"
+    if size == out.nbytes:  # stored uncompressed
+        out[...] = np.frombuffer(data, dtype=np.uint8, count=size, offset=s + 4)
+        return None
+    try:
+        got = zstd.decompress(memoryview(data)[s + 4 : s + 4 + size], out)
+    except (RuntimeError, ValueError) as exc:
+        return f"block {i}: {exc}"
+    if len(memoryview(got)) != out.nbytes:
+        return f"block {i} decodes to {len(memoryview(got))} bytes, not {out.nbytes}"
+    return None
 
 
 class _Array:
@@ -102,6 +154,50 @@ class _Array:
         got: np.ndarray = np.asarray(self.arr[sel])
         return got
 
+    def planes(self, coords: tuple[int, ...], rows: np.ndarray) -> np.ndarray:
+        """Planes ``rows`` (first dimension) of the decoded chunk at ``coords``, clipped as :meth:`chunk`.
+
+        For a blosc chunk of single zstd streams (:func:`blosc_blocks`) only the blocks
+        that hold those planes are decompressed; otherwise the whole chunk is.
+        """
+        data = None
+        layout = None
+        if self.root is not None and self.codec != "raw" and self.codec.codec_id == "blosc":
+            key = self.arr.metadata.encode_chunk_key(coords)
+            try:
+                data = (self.root / key).read_bytes()
+            except FileNotFoundError:
+                data = None
+            layout = None if data is None else blosc_blocks(data)
+        if data is None or layout is None:
+            return np.ascontiguousarray(self.chunk(coords)[rows])
+        nbytes, blocksize, starts = layout
+        plane = math.prod(self.chunks[1:]) * self.dtype.itemsize
+        if nbytes != plane * self.chunks[0]:
+            raise InputFileError(self.root / key, f"damaged chunk of the cube (header: {nbytes} bytes)")
+        out = np.empty((len(rows), *self.chunks[1:]), dtype=self.dtype)
+        flat = out.reshape(len(rows), plane // self.dtype.itemsize).view(np.uint8)
+        scratch: np.ndarray | None = None
+        for j, r in enumerate(rows):
+            lo, hi = int(r) * plane, (int(r) + 1) * plane
+            for i in range(lo // blocksize, (hi - 1) // blocksize + 1):
+                b0, b1 = i * blocksize, min((i + 1) * blocksize, nbytes)
+                if lo <= b0 and b1 <= hi:  # the block lies in this plane: straight into it
+                    problem = _decode_block(data, starts, i, flat[j, b0 - lo : b1 - lo])
+                else:  # it straddles planes: through a scratch block
+                    if scratch is None:
+                        scratch = np.empty(blocksize, dtype=np.uint8)
+                    problem = _decode_block(data, starts, i, scratch[: b1 - b0])
+                    a, b = max(lo, b0), min(hi, b1)
+                    flat[j, a - lo : b - lo] = scratch[a - b0 : b - b0]
+                if problem is not None:
+                    raise InputFileError(self.root / key, f"damaged chunk of the cube ({problem})")
+        clip = tuple(
+            slice(0, min(c, s - i * c))
+            for i, c, s in zip(coords[1:], self.chunks[1:], self.shape[1:], strict=True)
+        )
+        return out[(slice(None), *clip)]
+
 
 class ChunkCache:
     """Per-process LRU cache of decoded chunks, bounded in bytes.
@@ -138,6 +234,10 @@ class ChunkCache:
         spare = self._spare.setdefault((old.shape, old.dtype.str), [])
         if len(spare) < self._SPARE:
             spare.append(old)
+
+    def recycle(self, buf: np.ndarray) -> None:
+        """Hand back a buffer from :meth:`buffer` that nothing refers to any more (kept for reuse)."""
+        self._retire(buf)
 
     def get(self, key: tuple[Any, ...], load: Callable[[], np.ndarray]) -> np.ndarray:
         """Cached value of ``key``, computing it with ``load()`` on a miss."""
@@ -186,6 +286,8 @@ class CubeReader:
             }
         self.cache = cache
         self.key = key
+        # per (variable, fill, chunk): the planes :meth:`planes` keeps (small; never evicted)
+        self._kept: dict[tuple[str, int, tuple[int, ...]], np.ndarray] = {}
 
     def present(self, name: str, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Classes (bool, (K,)) with a value in 1..254 somewhere in the chunks of ``name[:, r0:r1, c0:c1]``.
@@ -217,6 +319,78 @@ class CubeReader:
 
                 out |= self.cache.get((self.key, name, "present", cy, cx), load)
         return out
+
+    def _kept_planes(self, name: str, coords: tuple[int, ...], fill: int) -> np.ndarray:
+        """Decoded planes of chunk ``coords`` of ``name`` that :meth:`planes` keeps.
+
+        Plane 0 and the planes not 0 at some pixel where plane 0 is not ``fill``; their
+        rows are recorded in ``_kept`` when the chunk is first decoded (then in full).
+        """
+        arr = self.arrays[name]
+        rows = self._kept.get((name, fill, coords))
+        if rows is not None:
+            return arr.planes(coords, rows)
+        full = arr.chunk(coords, self.cache.buffer)  # first sight of the chunk: decode it all
+        flat = full.reshape(full.shape[0], -1)
+        top = flat.max(axis=1)
+        rows = np.flatnonzero(top)
+        if len(rows) and bool((flat[0] == fill).any()):  # ignore pixels where plane 0 is the fill
+            keep = (flat[0] != fill).view(np.uint8)
+            rows = np.array([r for r in rows if bool(np.multiply(flat[r], keep).any())], dtype=np.intp)
+        rows = np.union1d([0], rows).astype(np.intp)
+        self._kept[(name, fill, coords)] = rows
+        out = np.ascontiguousarray(full[rows])
+        self.cache.recycle(full)
+        return out
+
+    def planes(
+        self, name: str, r0: int, r1: int, c0: int, c1: int, fill: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, values)``: the planes of ``name[:, r0:r1, c0:c1]`` that may hold a value, in order.
+
+        ``name`` is a 3-d array whose first dimension (classes) lies in one chunk. ``rows``
+        always starts with plane 0; every plane not in ``rows`` is 0 wherever plane 0 is
+        not ``fill`` (the NODATA value written to every plane). Per chunk, the planes kept
+        are found when the chunk is first decoded; from then on only those are decoded
+        (the blocks that hold them) and cached, so a chunk of a few classes out of many
+        costs a fraction of its full size. ``values`` is a view of a cached chunk when the
+        region lies in one (do not write to it).
+        """
+        arr = self.arrays[name]
+        if arr.chunks[0] < arr.shape[0] or len(arr.shape) != 3:
+            raise ValueError(f"planes needs a 3-d {name} with its first dimension in one chunk")
+        if r0 < 0 or c0 < 0 or r1 > arr.shape[1] or c1 > arr.shape[2] or r1 <= r0 or c1 <= c0:
+            raise IndexError(f"region {(r0, r1, c0, c1)} outside {name} {arr.shape}")
+        ch, cw = arr.chunks[1:]
+        parts = []
+        for cy in range(r0 // ch, (r1 - 1) // ch + 1):
+            for cx in range(c0 // cw, (c1 - 1) // cw + 1):
+                coords = (0, cy, cx)
+                got = self.cache.get(
+                    (self.key, name, "planes", fill, coords),
+                    lambda coords=coords: self._kept_planes(name, coords, fill),  # type: ignore[misc]
+                )
+                parts.append((cy, cx, self._kept[(name, fill, coords)], got))
+        if len(parts) == 1:
+            cy, cx, rows, got = parts[0]
+            return rows, got[:, r0 - cy * ch : r1 - cy * ch, c0 - cx * cw : c1 - cx * cw]
+        union = parts[0][2]
+        for _, _, rows, _ in parts[1:]:
+            union = np.union1d(union, rows)
+        out = np.empty((len(union), r1 - r0, c1 - c0), dtype=arr.dtype)
+        for cy, cx, rows, got in parts:
+            lo_r, hi_r = max(r0, cy * ch), min(r1, (cy + 1) * ch)
+            lo_c, hi_c = max(c0, cx * cw), min(c1, (cx + 1) * cw)
+            dst = out[:, lo_r - r0 : hi_r - r0, lo_c - c0 : hi_c - c0]
+            src = got[:, lo_r - cy * ch : hi_r - cy * ch, lo_c - cx * cw : hi_c - cx * cw]
+            if len(rows) == len(union):
+                dst[...] = src
+            else:  # planes this chunk does not keep are 0 (outside the fill)
+                dst[...] = 0
+                pos = np.searchsorted(union, rows)
+                for j, q in enumerate(pos):
+                    dst[q] = src[j]
+        return union.astype(np.intp), out
 
     def region(
         self,

@@ -21,6 +21,10 @@ positions, rotation footprints, valid-share filter, spatial splits), planned onc
 * a window is a numpy view of one cached chunk when it fits in it (otherwise it is
   assembled from the chunks it touches), decoded from uint16/uint8 to float32 with one
   fused multiply-add per band (CF scale/offset and the normalisation together);
+* of the class planes of a label chunk only those holding a class there are kept
+  (:meth:`CubeReader.planes`): found when the chunk is first decoded, then the only
+  blosc blocks decoded and cached; the window's other planes are filled with 0, which
+  is what they hold (a chunk usually holds a few of the 44 classes);
 * batches are read whole: every window is decoded straight into its slot of the batch
   tensors (``WindowDataset.__getitems__`` + :func:`collate_windows`, or
   :class:`BatchedWindows` for the iterable dataset), so there are no per-window tensors
@@ -597,12 +601,16 @@ class _WindowSource:
             planes.append(plane)
         compact = self.target_dtype == "uint8"
         rows: np.ndarray | None = None
-        if rotated and self._group_starts is None and len(self._groups) == target.shape[0]:
+        classes = self._group_starts is None and len(self._groups) == target.shape[0]  # as stored
+        if rotated and classes:
             # only the classes present around the footprint are read and resampled
             rows = np.flatnonzero(reader.present("labels", r0, r1, c0, c1))
             raw = reader.region("labels", (rows,), r0, r1, c0, c1)
             fill = reader.region("labels", (0,), r0, r1, c0, c1) == schema.LABEL_FILL
             ok = reader.region("valid", (t,), r0, r1, c0, c1) & ~fill
+        elif classes:  # only the planes that hold a class in the chunks (the others are 0)
+            rows, raw = reader.planes("labels", r0, r1, c0, c1, schema.LABEL_FILL)
+            ok = reader.region("valid", (t,), r0, r1, c0, c1) & (raw[0] != schema.LABEL_FILL)
         else:
             raw = reader.region("labels", (None,), r0, r1, c0, c1)
             ok = reader.region("valid", (t,), r0, r1, c0, c1) & (raw[0] != schema.LABEL_FILL)
@@ -624,7 +632,7 @@ class _WindowSource:
                 label_rows=rows,
             )
             return
-        _decode_aligned(planes, raw, ok, (a, b), image, target, mask)
+        _decode_aligned(planes, raw, ok, (a, b), image, target, mask, rows)
 
     def _geo(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """``transform`` (n, 6) float64, ``position`` (n, 4) int64, ``angle`` (n,) float32, CRS list."""
@@ -702,8 +710,12 @@ def _decode_aligned(
     image: np.ndarray,
     target: np.ndarray,
     mask: np.ndarray,
+    rows: np.ndarray | None = None,
 ) -> None:
     """Decode one axis-aligned window into its batch slots; 0 outside ``ok`` (valid and labelled).
+
+    ``raw`` holds the target planes ``rows`` (None: all), every other plane being 0
+    wherever ``ok`` (:meth:`landcover.chunkreader.CubeReader.planes`).
 
     Each image plane is converted, scaled, shifted and masked while it is in cache (one
     trip through memory instead of two), and the mask multiplies as float32 / uint8 rather
@@ -721,11 +733,21 @@ def _decode_aligned(
         out += b[k]
         if okf is not None:  # zero outside the mask (boolean indexing is far slower)
             out *= okf
+    if rows is not None and len(rows) < target.shape[0]:
+        held = np.zeros(target.shape[0], dtype=bool)
+        held[rows] = True
+        for empty in np.flatnonzero(~held):
+            target[empty].fill(0)  # raw * ok would be 0 everywhere
+        pairs = list(zip(rows.tolist(), raw, strict=True))
+    else:
+        pairs = [(-1, raw)]  # all planes at once
     if target.dtype == np.uint8:
-        if everywhere:
-            np.copyto(target, raw, casting="unsafe")
-        else:
-            np.multiply(raw, ok.view(np.uint8), out=target, casting="unsafe")
+        for k, values in pairs:
+            dest = target if k < 0 else target[k]
+            if everywhere:
+                np.copyto(dest, values, casting="unsafe")
+            else:
+                np.multiply(values, ok.view(np.uint8), out=dest, casting="unsafe")
         return
     # float32 fractions: convert, then scale (and mask) in place, a few classes at a
     # time so that the second pass runs in cache: half the memory traffic of one
@@ -733,10 +755,13 @@ def _decode_aligned(
     scale: np.float32 | np.ndarray = np.float32(schema.LABEL_SCALE)
     if okf is not None:
         scale = okf * scale
-    for k in range(0, target.shape[0], _CLASS_STEP):
-        part = target[k : k + _CLASS_STEP]
-        np.copyto(part, raw[k : k + _CLASS_STEP], casting="unsafe")
-        np.multiply(part, scale, out=part)
+    for k, values in pairs:
+        dest = target if k < 0 else target[k : k + 1]
+        values = values if k < 0 else values[None]
+        for q in range(0, dest.shape[0], _CLASS_STEP):
+            part = dest[q : q + _CLASS_STEP]
+            np.copyto(part, values[q : q + _CLASS_STEP], casting="unsafe")
+            np.multiply(part, scale, out=part)
 
 
 class WindowBatch(list[dict[str, Any]]):

@@ -675,3 +675,146 @@ def replace_names(stats: Any) -> Any:
     from dataclasses import replace
 
     return replace(stats, names=tuple(reversed(stats.names)))
+
+
+def _planes_array(
+    path: Path, shuffle: str = "noshuffle", blocksize: int = 96
+) -> tuple[zarr.Array, np.ndarray]:
+    """A (5, 40, 36) uint8 class array in (5, 16, 16) chunks of small blosc blocks (some straddle planes).
+
+    Plane 2 is empty, plane 4 is non-zero only where plane 0 holds the fill (NODATA) value.
+    """
+    from zarr.codecs import BloscCodec
+
+    rng = np.random.default_rng(5)
+    data = np.zeros((5, 40, 36), dtype="uint8")
+    data[0] = rng.integers(0, 250, size=(40, 36))
+    data[1, :20] = rng.integers(1, 250, size=(20, 36))
+    data[3, 25:, 10:] = 7
+    fill = np.zeros((40, 36), dtype=bool)
+    fill[:3, :] = True
+    fill[30:34, 5:9] = True
+    data[:, fill] = schema.LABEL_FILL
+    data[4, fill] = 9  # only under NODATA: never needed
+    arr = zarr.create_array(
+        str(path),
+        shape=data.shape,
+        chunks=(5, 15, 15),
+        dtype="uint8",
+        compressors=BloscCodec(cname="zstd", clevel=3, shuffle=shuffle, typesize=1, blocksize=128),
+        zarr_format=3,
+    )
+    arr[:] = data
+    return arr, data
+
+
+def _chunk_file(path: Path, coords: tuple[int, int, int]) -> Path:
+    return path / "c" / "/".join(map(str, coords))
+
+
+def test_planes_keep_the_classes_held_and_decode_only_their_blocks(tmp_path: Path) -> None:
+    from landcover.chunkreader import ChunkCache, CubeReader, blosc_blocks
+
+    store = tmp_path / "c.zarr"
+    zarr.create_group(str(store), zarr_format=3)
+    arr, data = _planes_array(store / "labels")
+    fill = schema.LABEL_FILL
+    reader = CubeReader(str(store), ChunkCache(2**20), 0)
+    regions = [(0, 16, 0, 16), (3, 30, 5, 33), (20, 40, 0, 36), (0, 40, 0, 36), (28, 35, 4, 10)]
+    first = [reader.planes("labels", *reg, fill) for reg in regions]
+    for (r0, r1, c0, c1), (rows, vals) in zip(regions, first, strict=True):
+        full = data[:, r0:r1, c0:c1]
+        held = full[0] != fill
+        assert rows[0] == 0 and list(rows) == sorted(set(rows.tolist())) and vals.shape[0] == len(rows)
+        assert np.array_equal(vals[:, held], full[rows][:, held])
+        assert not full[np.setdiff1d(np.arange(5), rows)][:, held].any()  # the others are 0 there
+        assert 2 not in rows and 4 not in rows
+    raw = _chunk_file(store / "labels", (0, 0, 0)).read_bytes()
+    nbytes, blocksize, starts = blosc_blocks(raw) or pytest.fail("a zstd noshuffle chunk has single blocks")
+    assert (nbytes, blocksize) == (5 * 15 * 15, 128) and plane_straddles(blocksize, 15 * 15)
+    # a block that holds only plane 2 (never kept): damage it; the kept planes still decode
+    plane = 15 * 15
+    lone = next(i for i in range(len(starts)) if i * 128 >= 2 * plane and (i + 1) * 128 <= 3 * plane)
+    s = int(starts[lone]) + 4
+    damaged = bytearray(raw)
+    damaged[s : s + 4] = b"\0\0\0\0"  # no zstd frame any more
+    _chunk_file(store / "labels", (0, 0, 0)).write_bytes(bytes(damaged))
+    reader.cache.clear()  # decoded again, now block by block
+    again = [reader.planes("labels", *reg, fill) for reg in regions]
+    for (rows, vals), (rows2, vals2) in zip(first, again, strict=True):
+        assert np.array_equal(rows, rows2) and np.array_equal(vals, vals2)
+    with pytest.raises(Exception, match="blosc"):  # a whole-chunk decode would fail
+        arr[:, :15, :15]
+    # a damaged block that a kept plane needs is named as a damaged chunk
+    first_block = int(starts[0]) + 4
+    damaged[first_block : first_block + 4] = b"\0\0\0\0"
+    _chunk_file(store / "labels", (0, 0, 0)).write_bytes(bytes(damaged))
+    reader.cache.clear()
+    with pytest.raises(InputFileError, match="damaged chunk"):
+        reader.planes("labels", 0, 15, 0, 15, fill)
+
+
+def plane_straddles(blocksize: int, plane: int) -> bool:
+    """Some block of the chunk holds the end of one plane and the start of the next."""
+    return any((k * plane) % blocksize for k in range(1, 5))
+
+
+def test_planes_of_a_shuffled_chunk_decode_it_whole(tmp_path: Path) -> None:
+    from landcover.chunkreader import ChunkCache, CubeReader, blosc_blocks
+
+    store = tmp_path / "s.zarr"
+    zarr.create_group(str(store), zarr_format=3)
+    _, data = _planes_array(store / "labels", shuffle="bitshuffle")
+    assert blosc_blocks(_chunk_file(store / "labels", (0, 1, 1)).read_bytes()) is None
+    reader = CubeReader(str(store), ChunkCache(2**20), 0)
+    for _ in range(2):  # the second time only the kept planes of the whole decoded chunk are taken
+        rows, vals = reader.planes("labels", 17, 40, 3, 36, schema.LABEL_FILL)
+        held = data[0, 17:40, 3:36] != schema.LABEL_FILL
+        assert np.array_equal(vals[:, held], data[rows, 17:40, 3:36][:, held]) and 2 not in rows
+        reader.cache.clear()
+
+
+def test_windows_decoded_again_from_kept_planes_are_unchanged(cube: Path) -> None:
+    # a cache far smaller than the cube: every chunk is decoded again on the second pass,
+    # then only the blocks of the class planes that hold a class
+    for target_dtype in ("uint8", "float32"):
+        ds = WindowIterableDataset(
+            cube,
+            size=(24, 20),
+            sampling="random",
+            count=20,
+            seed=4,
+            min_valid=0.0,
+            cache_mb=0.05,
+            thermal=True,
+            target_dtype=target_dtype,  # fmt: skip
+        )
+        passes = [
+            [{k: v.clone() for k, v in b.items() if k in ("image", "target", "mask")} for b in ds.batched(6)]
+        ]
+        passes.append(
+            [{k: v.clone() for k, v in b.items() if k in ("image", "target", "mask")} for b in ds.batched(6)]
+        )
+        assert ds._cache is not None and ds._cache.misses > 2 * len(ds._readers or {})
+        reader = next(iter((ds._readers or {}).values()))
+        assert any(len(rows) < 44 for rows in reader._kept.values())
+        for a, b in zip(*passes, strict=True):
+            assert all(torch.equal(a[k], b[k]) for k in a)
+        mp = WindowDataset(
+            cube,
+            size=(24, 20),
+            sampling="random",
+            count=20,
+            seed=4,
+            min_valid=0.0,
+            thermal=True,
+            target_dtype=target_dtype,  # fmt: skip
+        )
+        for j, b in enumerate(passes[1]):
+            for q in range(b["image"].shape[0]):
+                item = mp[j * 6 + q]
+                ref = {"image": item["image"], "target": item["target"], "mask": item["mask"]}
+                t, r, c = item["position"].tolist()[1:]
+                exp = _expected(mp, cube, t, r, c)
+                assert torch.equal(b["mask"][q], torch.from_numpy(exp["mask"]))
+                assert all(torch.equal(b[k][q], ref[k]) for k in ref)
