@@ -39,9 +39,11 @@ worker's peak beyond the pages it shares with the forkserver (torch and the libr
 once in the main process). On a shared machine the wall-clock ratios follow the CPU share each
 process happens to get; the CPU-cost ratios in brackets are steadier. Moderate sizes for iteration:
 
-    .venv/bin/python bench/bench_windows.py --size 2048 --workers 0 2 --target uint8 --repeat 2 --cache-mb 128
+    .venv/bin/python bench/bench_windows.py --size 2048 --workers 0 2 --target uint8 --repeat 2 --cache-mb 64
 
-(``--cache-mb 128`` keeps the 2048² cube larger than the chunk cache, as the default 512 MB is for 4096².)
+(``--cache-mb 64`` keeps the decoded 2048² cube larger than the chunk cache, so that every epoch decodes every
+chunk again: label chunks keep only the class planes that hold a class (``CubeReader.planes``), which makes the
+decoded cube about 100 MB at 2048² and 400 MB at 4096², so use ``--cache-mb 256`` there.)
 
 (a) allocates nothing per batch: its batch buffers are reused (``landcover.datasets.BatchPool``,
 shared memory leased from worker to main process), while (b) gets fresh memory per window and
