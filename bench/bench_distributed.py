@@ -146,7 +146,14 @@ def main() -> int:
     )  # fmt: skip
     ap.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM server momentum (fedavg)")
     ap.add_argument("--server-lr", type=float, default=1.0, help="FedAvg server learning rate (fedavg)")
-    ap.add_argument("--modes", default="round-robin,fedavg")
+    ap.add_argument("--modes", default="round-robin,fedavg", help="comma list of round-robin, fedavg, sync")
+    ap.add_argument(
+        "--sync-bn", default="ghost", help="sync mode, k = 1: BatchNorm variants (comma list of ghost/pooled)"
+    )
+    ap.add_argument(
+        "--local-steps", type=lambda t: [int(x) for x in t.split(",")], default=[1],
+        help="sync mode: local steps between averagings (comma list; default 1 = every step mixed)",
+    )  # fmt: skip
     ap.add_argument("--no-control", action="store_true", help="skip the 1 repo/batch control")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "distributed")
     args = ap.parse_args()
@@ -280,51 +287,71 @@ def _one_seed(
             if grouped else []
         )  # fmt: skip
 
-        # --- distributed sweeps
-        for leg, bn in [(leg, bn) for leg in args.legs for bn in bn_variants]:
-            step = StepConfig(**{**base.__dict__, "batches": leg, "bn_stats": bn})
-            for mode in modes:
+        # --- distributed sweeps: (mode, batches per leg or local steps, BatchNorm statistics)
+        sweep = [
+            (mode, leg, bn) for leg in args.legs for bn in bn_variants for mode in modes if mode != "sync"
+        ] + [
+            ("sync", k, f"{bn}/{sbn}")
+            for k in args.local_steps
+            for bn in bn_variants
+            for sbn in (args.sync_bn.split(",") if k == 1 else ["ghost"])
+            if "sync" in modes
+        ]
+        for mode, leg, bn in sweep:
+            sbn = "ghost"
+            if mode == "sync":  # rounds from the epochs (the engine's default); leg = local steps
+                bn, sbn = bn.split("/")
+                step = StepConfig(**{**base.__dict__, "bn_stats": bn, "local_steps": leg, "sync_bn": sbn})
+                rounds = None
+            else:
+                step = StepConfig(**{**base.__dict__, "batches": leg, "bn_stats": bn})
                 if leg is None:
                     rounds = args.epochs * args.repos if mode == "round-robin" else args.epochs
                 else:  # the round count nearest to the sample budget (actual samples are reported)
                     per_round = leg * args.batch_size * (args.repos if mode == "fedavg" else 1)
                     rounds = max(1, round(samples / per_round))
-                t0 = time.perf_counter()
-                run = train_distributed(
-                    models, repos, client=client, mode=mode, rounds=rounds, step=step, seed=seed,
-                    log=quiet, survey=survey,  # type: ignore[arg-type]
-                )  # fmt: skip
-                wall = time.perf_counter() - t0
-                scores = [_score(m.state, m.spec, val_loader)["val_miou_l3"] for m in run.models.values()]
-                train = [g for g in run.legs if g.kind == "train"]
-                moved = sum(2 * (g.weights_bytes + g.optimizer_bytes) for g in train)
-                data = sum(g.data_bytes for g in train)
-                util = run.utilisation()
-                rows.append(
-                    {
-                        "mode": mode if bn == "none" else f"{mode}+bn-{bn}",
-                        "leg_batches": leg,
-                        "rounds": rounds,
-                        "legs": len(train),
-                        "samples": sum(m.samples_seen for m in run.models.values()) // len(run.models),
-                        "val_miou_l3": sum(scores) / len(scores),
-                        "wall_s": wall,
-                        "model_bytes_per_epoch": moved / args.epochs,
-                        "weights_bytes_per_epoch": sum(2 * g.weights_bytes for g in train) / args.epochs,
-                        "weights_bytes_per_model": train[0].weights_bytes if train else 0,
-                        "optimizer_bytes_per_model": train[0].optimizer_bytes if train else 0,
-                        "bytes_per_window": (train[0].data_bytes / train[0].samples) if train else 0,
-                        "data_bytes_per_epoch": data / args.epochs,
-                        "utilisation": sum(u["utilisation"] for u in util.values()) / max(len(util), 1),
-                        "utilisation_per_worker": {w: u["utilisation"] for w, u in util.items()},
-                        "failures": len(run.failures),
-                    }
-                )
-                print(
-                    f"  seed {seed} {rows[-1]['mode']:<24} leg {leg or 'full':>4}: {rounds} rounds, "
-                    f"{wall:.1f} s, val mIoU {rows[-1]['val_miou_l3']:.3f} (one machine {base_miou:.3f})",
-                    flush=True,
-                )
+            t0 = time.perf_counter()
+            run = train_distributed(
+                models, repos, client=client, mode=mode, rounds=rounds, epochs=args.epochs, step=step,
+                seed=seed, log=quiet, survey=survey,  # type: ignore[arg-type]
+            )  # fmt: skip
+            rounds = run.rounds
+            wall = time.perf_counter() - t0
+            scores = [_score(m.state, m.spec, val_loader)["val_miou_l3"] for m in run.models.values()]
+            train = [g for g in run.legs if g.kind == "train"]
+            moved = sum(g.bytes_to_worker + g.bytes_from_worker for g in train)
+            data = sum(g.data_bytes for g in train)
+            util = run.utilisation()
+            rows.append(
+                {
+                    "mode": (
+                        mode if mode != "sync" else f"sync k={leg}" + ("" if sbn == "ghost" else f" {sbn}")
+                    )
+                    + ("" if bn == "none" else f"+bn-{bn}"),
+                    "local_steps": leg if mode == "sync" else None,
+                    "bytes_per_round": moved / max(1, rounds),
+                    "leg_batches": leg,
+                    "rounds": rounds,
+                    "legs": len(train),
+                    "samples": sum(m.samples_seen for m in run.models.values()) // len(run.models),
+                    "val_miou_l3": sum(scores) / len(scores),
+                    "wall_s": wall,
+                    "model_bytes_per_epoch": moved / args.epochs,
+                    "weights_bytes_per_epoch": sum(2 * g.weights_bytes for g in train) / args.epochs,
+                    "weights_bytes_per_model": train[0].weights_bytes if train else 0,
+                    "optimizer_bytes_per_model": train[0].optimizer_bytes if train else 0,
+                    "bytes_per_window": (train[0].data_bytes / train[0].samples) if train else 0,
+                    "data_bytes_per_epoch": data / args.epochs,
+                    "utilisation": sum(u["utilisation"] for u in util.values()) / max(len(util), 1),
+                    "utilisation_per_worker": {w: u["utilisation"] for w, u in util.items()},
+                    "failures": len(run.failures),
+                }
+            )
+            print(
+                f"  seed {seed} {rows[-1]['mode']:<24} leg {leg or 'full':>4}: {rounds} rounds, "
+                f"{wall:.1f} s, val mIoU {rows[-1]['val_miou_l3']:.3f} (one machine {base_miou:.3f})",
+                flush=True,
+            )
     finally:
         client.close()
         lc.close()
@@ -337,7 +364,7 @@ def _one_seed(
 
 
 def _summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    """Per setting over seeds: val mIoU, ratio to one machine (Student-t 95 % interval), wall, bytes."""
+    """Per setting over seeds: val mIoU, ratio to one machine (95 % intervals), wall, utilisation, bytes."""
     from landcover.stats import t_interval
 
     results: dict[str, Any] = {
@@ -348,39 +375,46 @@ def _summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     settings: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for r in rows:
         settings.setdefault((r["mode"], r["leg_batches"]), []).append(r)
+    scale = _scale(args)
     print()
-    print(f"{'run':<26}{'leg':>6}{'seeds':>6}{'val mIoU':>10}{'x one machine [95% CI]':>26}{'wall s':>8}"
-          f"{'model MiB/ep':>14}{'data MiB/ep':>13}{'util':>7}")  # fmt: skip
+    print(f"{'run':<26}{'leg':>6}{'seeds':>6}{'val mIoU':>10}{'x one machine: t 95% CI':>26}{'bootstrap':>16}"
+          f"{'wall s':>8}{'model MiB/ep':>14}{'data MiB/ep':>13}{'util':>7}{'at scale':>10}")  # fmt: skip
     summary = []
     for (mode, leg), rs in settings.items():
         ratios = [r["val_miou_l3"] / r["baseline_val_miou_l3"] for r in rs if r["baseline_val_miou_l3"] > 0]
-        ci = t_interval(ratios)
+        ci, boot = t_interval(ratios), _bootstrap_ratio(rs)
         miou = t_interval([r["val_miou_l3"] for r in rs])
         util = [r["utilisation"] for r in rs if not math.isnan(r["utilisation"])]
         leg_txt = "-" if mode in ("single machine", "1 repo/batch") else (str(leg) if leg else "full")
+        at_scale = _at_scale(rs[0], scale) if rs[0].get("legs") else math.nan
         print(
             f"{mode:<26}{leg_txt:>6}{len(rs):>6}{miou.estimate:>10.3f}"
             f"{f'{ci.estimate:.2f} [{ci.low:.2f}, {ci.high:.2f}]':>26}"
+            f"{f'[{boot.low:.2f}, {boot.high:.2f}]':>16}"
             f"{sum(r['wall_s'] for r in rs) / len(rs):>8.1f}"
             f"{_mib(sum(r['model_bytes_per_epoch'] for r in rs) / len(rs)):>14}"
             f"{_mib(sum(r['data_bytes_per_epoch'] for r in rs) / len(rs)):>13}"
             f"{(f'{sum(util) / len(util):.0%}' if util else '-'):>7}"
+            f"{(f'{at_scale:.2%}' if math.isfinite(at_scale) else '-'):>10}"
         )
         summary.append({"mode": mode, "leg_batches": leg, "seeds": len(rs), "val_miou_l3": miou.estimate,
                         "ratio": ci.estimate, "ratio_low": ci.low, "ratio_high": ci.high,
+                        "ratio_boot_low": boot.low, "ratio_boot_high": boot.high,
+                        "wall_s": sum(r["wall_s"] for r in rs) / len(rs),
+                        "utilisation": sum(util) / len(util) if util else None,
+                        "model_bytes_per_epoch": sum(r["model_bytes_per_epoch"] for r in rs) / len(rs),
+                        "bytes_moved_over_window_bytes_at_scale": at_scale,
                         "reaches_90pct": bool(ci.low >= 0.9) if math.isfinite(ci.low) else None})  # fmt: skip
     results["summary"] = summary
-    dist = [r for r in rows if r.get("weights_bytes_per_model")]
-    if dist:
-        results["realistic_scale"] = _realistic_bytes(dist[0], args)
-        rs_ = results["realistic_scale"]
-        print(
-            f"\nAt realistic scale ({rs_['scenes_per_repository']} full scenes of {rs_['scene_px']}^2 px per "
-            f"repository, {args.window}^2 windows): one model's weights + AdamW state "
-            f"{_mib(rs_['model_bytes_per_leg'])} MiB each way per leg, windows of a repository per epoch "
-            f"{rs_['window_bytes_per_epoch'] / 2**30:.1f} GiB: model bytes / data bytes = "
-            f"{rs_['ratio']:.4%} per epoch with one leg per repository and epoch"
-        )
+    results["realistic_scale"] = scale
+    print(
+        f"\n'at scale': bytes moved (weights, gradients, optimiser state, BatchNorm moments; both ways; "
+        f"measured per round here) / window bytes the same training reads, for repositories of "
+        f"{scale['scenes_per_repository']} full scenes of {scale['scene_px']}^2 px "
+        f"({scale['train_windows_per_repository']:.0f} training windows of {args.window}^2 each, computed): "
+        f"modes whose rounds are a fixed number of batches move the same bytes per window at any scale "
+        f"(the measured ratio); full-pass legs move a fixed amount per epoch"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     first = [r for r in rows if r["seed"] == rows[0]["seed"]]
@@ -388,28 +422,41 @@ def _summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nresults: {args.out / 'results.json'}, plot: {args.out / 'distributed.png'}")
 
 
-def _realistic_bytes(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Bytes moved vs window bytes, analytically, for repositories of several full Landsat scenes.
+def _bootstrap_ratio(rs: list[dict[str, Any]]) -> Any:
+    """Seed-mean ratio to one machine, bootstrap over seeds (:func:`landcover.stats.bootstrap_score`)."""
+    import numpy as np
 
-    A Landsat scene is ~7,800 px square (30 m); a repository of ``scenes`` of them cut into
-    non-overlapping ``window`` windows, 60 % of which train. Per epoch a model makes one leg per
-    repository (round-robin, full pass): weights + AdamW state out and back (measured sizes);
-    moving the data instead would move every training window once (measured bytes/window).
-    """
+    from landcover.stats import bootstrap_score
+
+    pairs = np.array([[[r["val_miou_l3"], r["baseline_val_miou_l3"]]] for r in rs], dtype=np.float64)
+    return bootstrap_score(pairs, lambda a: a[..., 0] / a[..., 1])
+
+
+def _scale(args: argparse.Namespace) -> dict[str, Any]:
+    """A realistic repository: ``scenes`` full Landsat scenes (~7,800 px square) cut into training windows."""
     scenes, side = 4, 7800
-    windows = scenes * (side // args.window) ** 2 * 0.6
-    data = windows * row["bytes_per_window"]
-    model = row["weights_bytes_per_model"] + row["optimizer_bytes_per_model"]
-    moved = 2 * model  # out and back, per repository and epoch
     return {
         "scenes_per_repository": scenes,
         "scene_px": side,
-        "train_windows_per_repository": windows,
-        "bytes_per_window": row["bytes_per_window"],
-        "model_bytes_per_leg": model,
-        "window_bytes_per_epoch": data,
-        "ratio": moved / data,
+        "train_windows_per_repository": scenes * (side // args.window) ** 2 * 0.6,
     }
+
+
+def _at_scale(row: dict[str, Any], scale: dict[str, Any]) -> float:
+    """Bytes moved / window bytes read when the repositories are ``scale``'s instead of the benchmark's.
+
+    Rounds of a fixed number of batches (``leg_batches``; sync mode: ``local_steps`` steps)
+    move a fixed number of bytes per window trained on, so the measured ratio holds at any
+    repository size. Full-pass legs (``leg_batches`` None) move a fixed amount per epoch,
+    while an epoch reads every training window of every repository.
+    """
+    if not row["data_bytes_per_epoch"]:
+        return math.nan
+    if row["leg_batches"] is not None:
+        return float(row["model_bytes_per_epoch"] / row["data_bytes_per_epoch"])
+    repos = len(row.get("utilisation_per_worker") or {}) or 1
+    data = scale["train_windows_per_repository"] * repos * row["bytes_per_window"]
+    return float(row["model_bytes_per_epoch"] / data)
 
 
 def _plot(rows: list[dict[str, Any]], base_miou: float, path: Path, args: argparse.Namespace) -> None:

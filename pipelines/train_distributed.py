@@ -16,7 +16,7 @@ The same as ``landcover train --distributed --config CONFIG.toml``. Every key ha
 default (:class:`landcover.cluster.config.DistributedTrainConfig`), so an empty file works::
 
     scheduler = "tcp://10.0.0.1:8786"   # or "local" with cubes = [...]
-    mode = "compare"                    # "round-robin", "fedavg" or "compare"
+    mode = "compare"                    # "round-robin", "fedavg", "sync" or "compare" (the first two)
     models = ["native", "rgb-scratch"]
     epochs = 2
     names = []                          # advertised repositories to use (empty: all)
@@ -29,6 +29,8 @@ default (:class:`landcover.cluster.config.DistributedTrainConfig`), so an empty 
     leg_timeout = "auto"                # seconds, "auto" (max(60 s, 10 x median task)) or "none"
     bn_stats = "global"                 # BatchNorm statistics from every repository ("repository", "none")
     server_momentum = 0.0               # FedAvgM (fedavg mode)
+    local_steps = 1                     # sync mode: steps on local sub-batches between averagings
+    sync_bn = "ghost"                   # sync mode, 1 local step: "ghost" or "pooled" BatchNorm
     [[repositories]]                    # optional: explicit instead of discovered
     name = "site-a"
     worker = "site-a"
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", type=Path, nargs="?", default=None)
     parser.add_argument("--scheduler", default=None)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--mode", choices=["round-robin", "fedavg", "compare"], default=None)
+    parser.add_argument("--mode", choices=["round-robin", "fedavg", "sync", "compare"], default=None)
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
 

@@ -321,11 +321,13 @@ def test_localcluster_fedavg_and_roundrobin_match_in_process_runs(tmp_path):
             models = {"m0": _model(survey["A"], 0), "m1": _model(survey["A"], 1)}
             runs = {
                 mode: train_distributed(models, repos, client=client, mode=mode, step=STEP, survey=survey,
-                                        log=lambda _m: None)
-                for mode in ("fedavg", "round-robin")
+                                        log=lambda _m: None, rounds=2 if mode == "sync" else None)
+                for mode in ("fedavg", "round-robin", "sync")
             }  # fmt: skip
     for mode, run in runs.items():
-        local = train_distributed(models, repos, mode=mode, step=STEP, survey=survey, log=lambda _m: None)
+        local = train_distributed(
+            models, repos, mode=mode, step=STEP, survey=survey, log=lambda _m: None, rounds=run.rounds
+        )
         for name in models:
             for k, v in local.models[name].state.items():
                 np.testing.assert_allclose(run.models[name].state[k], v, rtol=0, atol=1e-6)
@@ -339,6 +341,13 @@ def test_localcluster_fedavg_and_roundrobin_match_in_process_runs(tmp_path):
         assert sorted(fed.visits(name)) == [(0, "A"), (0, "B")]
     assert {(leg.repository, leg.worker) for leg in fed.legs} == {("A", workers[0]), ("B", workers[1])}
     assert fed.models["m0"].samples_seen == 2 * 2 * 8
+    # sync: every round one mixed batch of 8, 4 windows from each repository, each on its holder
+    sync = runs["sync"]
+    assert sync.models["m0"].samples_seen == 2 * 8 and sync.models["m0"].step == 2
+    assert {(leg.repository, leg.worker) for leg in sync.legs if leg.kind == "train"} == {
+        ("A", workers[0]),
+        ("B", workers[1]),
+    }
 
 
 def test_stuck_leg_times_out_moves_to_replica_then_is_skipped(tmp_path, slow_steps):
@@ -838,3 +847,86 @@ def test_local_mode_prints_no_dask_log_and_names_where_repositories_are(tmp_path
         ln.endswith("on any worker (a disk every worker reads)") for ln in repo_lines
     )
     assert "on None" not in proc.stdout and (tmp_path / "out" / "report.md").is_file()
+
+
+def test_sync_stream_and_sub_batches():
+    """Sub-batches follow the repositories' window shares; each pass of a stream visits every window once."""
+    from landcover.cluster.engine import sub_batches
+    from landcover.cluster.legs import stream_indices
+
+    assert sub_batches({"a": 100, "b": 300, "c": 0}, 16) == {"a": 4, "b": 12, "c": 0}
+    assert sub_batches({"a": 1, "b": 1000}, 8) == {"a": 2, "b": 8}  # at least 2 (batch statistics)
+    first = stream_indices(10, 3, 0, 10)
+    assert sorted(first) == list(range(10)) and first != list(range(10))
+    # position 7, 6 windows: the end of pass 0 and the start of pass 1, as drawn at any time
+    assert stream_indices(10, 3, 7, 6) == first[7:] + stream_indices(10, 3, 10, 3)
+    assert stream_indices(10, 4, 0, 10) != first
+
+
+def test_mixed_batchnorm_of_a_sub_batch_equals_batchnorm_of_the_mixed_batch():
+    """With the current step's offsets each repository's sub-batch is normalised as in the mixed batch."""
+    import torch
+
+    from landcover.cluster.legs import _mixed_bn, mixed_norm
+
+    torch.manual_seed(0)
+    layer = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        layer.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    a, b = torch.randn(4, 3, 5, 5), 3 + 2 * torch.randn(6, 3, 5, 5)  # two repositories, other distributions
+    moments = {
+        name: {
+            "bn": (
+                x.double().sum((0, 2, 3)).numpy(),
+                (x.double() ** 2).sum((0, 2, 3)).numpy(),
+                x.numel() // 3,
+            )
+        }
+        for name, x in (("a", a), ("b", b))
+    }
+    whole = layer.train()(torch.cat([a, b]))  # one machine, the mixed batch
+    for name, x, rows in (("a", a, slice(0, 4)), ("b", b, slice(4, 10))):
+        offset, ratio = mixed_norm(moments[name], list(moments.values()))["bn"]
+        got = _mixed_bn(layer, offset, ratio, x)
+        np.testing.assert_allclose(got.detach().numpy(), whole[rows].detach().numpy(), atol=1e-4)
+        ghost = layer(x)  # the sub-batch's own statistics: not the mixed batch's
+        assert not np.allclose(ghost.detach().numpy(), whole[rows].detach().numpy(), atol=0.1)
+
+
+def test_sync_with_one_repository_is_ordinary_training(tmp_path):
+    """mode="sync" (gradients averaged, AdamW stepped by the trainer) with N = 1: the single-machine steps."""
+    from landcover.cluster.legs import stream_indices
+    from landcover.train import TrainState
+
+    cube = _cube(tmp_path / "a" / "cube.zarr", seed=3)
+    repo = Repository("A", (str(cube),))
+    step = StepConfig(**{**STEP.__dict__, "validate": False, "bn_stats": "none"})
+    survey = survey_repositories([repo], step=step, log=lambda _m: None)
+    model = _model(survey["A"], seed=0)
+    run = train_distributed(
+        {"m": model}, [repo], mode="sync", rounds=3, step=step, seed=7, survey=survey, log=lambda _m: None
+    )
+    assert run.models["m"].step == 3 and run.models["m"].samples_seen == 3 * 8
+
+    reference = copy.deepcopy(model)
+    stats = pooled_stats(survey, list(model.spec.bands))
+    ds = window_dataset([str(cube)], list(model.spec.bands), step, "train", stats)
+    state = TrainState.create(
+        reference,
+        lr=step.lr,
+        total_steps=3,
+        weight_decay=step.weight_decay,
+        pct_start=step.pct_start,
+        device="cpu",
+    )
+    reference.train()
+    for j in range(3):
+        state.step(ds.__getitems__(stream_indices(len(ds), 7, j * 8, 8)).batch)
+    for k, v in reference.state_dict().items():
+        np.testing.assert_allclose(run.models["m"].state[k], v.numpy(), rtol=0, atol=2e-5, err_msg=k)
+    # only weights travel to the worker and gradients (+ BatchNorm moments) back: no optimiser state
+    train = [g for g in run.legs if g.kind == "train"]
+    assert len(train) == 3 and all(g.optimizer_bytes == 0 for g in train)
+    grads = sum(p.numel() * 4 for p in model.parameters())
+    assert all(grads < g.bytes_from_worker < grads + g.weights_bytes // 4 for g in train)

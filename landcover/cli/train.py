@@ -76,9 +76,10 @@ def register(sub: Any) -> None:
     )
     d.add_argument(
         "--mode",
-        choices=["round-robin", "fedavg", "compare"],
+        choices=["round-robin", "fedavg", "sync", "compare"],
         default=None,
-        help="how models meet the data (default: from --config, else built in)",
+        help="how models meet the data (sync: every step on a batch mixed across repositories; "
+        "default: from --config, else built in)",
     )
     d.add_argument(
         "--repository",

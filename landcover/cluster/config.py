@@ -13,10 +13,10 @@ from typing import Literal
 from ..devices import check_device
 from .repository import Repository
 
-Mode = Literal["round-robin", "fedavg"]
+Mode = Literal["round-robin", "fedavg", "sync"]
 
 
-JobMode = Literal["round-robin", "fedavg", "compare"]
+JobMode = Literal["round-robin", "fedavg", "sync", "compare"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class StepConfig:
     window
         Window side in pixels.
     batch_size
-        Windows per batch.
+        Windows per batch (``mode="sync"``: of the batch mixed across repositories, split
+        between them in proportion to their training windows).
     batches
         Batches per leg; None: one pass over the repository's training windows (legs then
         differ in length between repositories).
@@ -82,7 +83,25 @@ class StepConfig:
         update: ``v = momentum x v + (w_old - w_avg)``, ``w_new = w_old - server_lr x v``.
         0 (default) with ``server_lr = 1`` is plain FedAvg.
     server_lr
-        FedAvg only: server learning rate of that update.
+        FedAvg only: server learning rate of that update (also ``mode="sync"`` with
+        ``local_steps > 1``).
+    local_steps
+        ``mode="sync"`` only: optimiser steps every repository's worker takes on its own
+        sub-batches between two averagings. 1 (default): every optimiser step is one step
+        on a batch mixed across repositories (each worker returns the gradient of the
+        same weights on its sub-batch; the trainer sums them and steps AdamW itself, so
+        the optimiser state never travels). ``k > 1``: local SGD, every worker runs ``k``
+        AdamW steps from the same weights and optimiser state, which come back averaged
+        (``server_momentum``/``server_lr`` apply), ``k`` times less traffic per sample.
+    sync_bn
+        ``mode="sync"``, ``local_steps == 1``: what BatchNorm layers normalise with in a
+        step. ``"ghost"``: each repository's sub-batch with its own statistics (ghost
+        batch normalisation on non-IID sub-batches); ``"pooled"``: the statistics of the
+        previous step's whole mixed batch, pooled from every repository's per-channel
+        moments (a few KiB; one step stale, cf. cross-iteration batch normalisation), so
+        every sub-batch is normalised as one machine would normalise the mixed batch. The
+        first step uses ``"ghost"``. Either way the running statistics follow the pooled
+        moments of each mixed batch.
     """
 
     window: int = 64
@@ -110,6 +129,8 @@ class StepConfig:
     bn_batches: int = 4
     server_momentum: float = 0.0
     server_lr: float = 1.0
+    local_steps: int = 1
+    sync_bn: Literal["ghost", "pooled"] = "ghost"
 
     def __post_init__(self) -> None:
         if self.leg_timeout == "none":
@@ -139,6 +160,10 @@ class StepConfig:
             raise ValueError("bn_batches must be >= 1")
         if not 0 <= self.server_momentum < 1 or not self.server_lr > 0:
             raise ValueError("server_momentum must be in [0, 1) and server_lr > 0")
+        if self.sync_bn not in ("ghost", "pooled"):
+            raise ValueError(f"sync_bn must be 'ghost' or 'pooled', got {self.sync_bn!r}")
+        if self.local_steps < 1:
+            raise ValueError(f"local_steps must be >= 1, got {self.local_steps}")
 
     def _check_leg_timeout(self) -> None:
         """``leg_timeout`` is > 0, ``"auto"`` or None; its floor and factor are > 0."""
@@ -163,7 +188,7 @@ class DistributedTrainConfig:
     scheduler
         ``"local"`` (a LocalCluster here; give ``cubes``) or a scheduler address.
     mode
-        ``"round-robin"``, ``"fedavg"`` or ``"compare"`` (both, plus the single-machine
+        ``"round-robin"``, ``"fedavg"``, ``"sync"`` or ``"compare"`` (the first two, plus the single-machine
         baseline when ``baseline`` and the cubes are readable here).
     models
         Model names (:func:`landcover.models.build_model`), e.g. ``["native", "rgb-scratch"]``.
@@ -199,8 +224,8 @@ class DistributedTrainConfig:
     step: StepConfig = field(default_factory=StepConfig)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("round-robin", "fedavg", "compare"):
-            raise ValueError(f"mode must be 'round-robin', 'fedavg' or 'compare', got {self.mode!r}")
+        if self.mode not in ("round-robin", "fedavg", "sync", "compare"):
+            raise ValueError(f"mode must be 'round-robin', 'fedavg', 'sync' or 'compare', got {self.mode!r}")
         if self.epochs < 1:
             raise ValueError("epochs must be >= 1")
         if not self.models:

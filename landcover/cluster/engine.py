@@ -21,6 +21,21 @@ only ever read by a worker that holds it. What travels is a model:
     copies train in parallel, and the weights (and, when shipped, the optimiser moments)
     come back averaged, weighted by the samples each copy trained on. One epoch is one
     round.
+``mode="sync"``
+    Synchronous training on batches mixed across repositories. A step's batch of
+    :attr:`StepConfig.batch_size` windows is split between the repositories in proportion
+    to their training windows (:func:`sub_batches`); every repository's worker computes the
+    gradient of the *same* weights on its own sub-batch (:func:`~landcover.cluster.legs.sync_task`),
+    the trainer averages the gradients weighted by sub-batch size and takes one AdamW step
+    itself (:func:`server_update`; the optimiser state never travels), and the BatchNorm
+    running statistics follow the pooled moments of the whole mixed batch. Apart from
+    BatchNorm, whose batch statistics are each sub-batch's own (ghost batch normalisation;
+    :attr:`StepConfig.sync_bn`), this is a single-machine step on the mixed batch; pixels
+    never move, weights go out and gradients come back every step. With
+    :attr:`StepConfig.local_steps` ``k > 1`` every worker takes ``k`` AdamW steps on its own
+    sub-batches between averagings (local SGD: weights and optimiser state averaged, FedAvgM
+    server momentum available), ``k`` times fewer bytes per sample. One round is one
+    averaging; validation runs at epoch boundaries only.
 validation
     After every round each model is evaluated on every repository's validation windows
     (again a pinned task; the weights travel, the per-class confusion counts come back)
@@ -87,7 +102,7 @@ import numpy as np
 from ..errors import ConfigError
 from .aggregate import average_optimizers, average_states, pool_bn, server_step, with_bn
 from .config import Mode, StepConfig
-from .legs import bn_task, eval_task, survey_task, train_task, window_bytes
+from .legs import bn_task, eval_task, mixed_norm, survey_task, sync_task, train_task, window_bytes
 from .payload import nbytes
 from .records import DistributedRun, LegRecord, ModelRun
 from .repository import Repository, schedule
@@ -178,8 +193,8 @@ def train_distributed(
     -------
     DistributedRun
     """
-    if mode not in ("round-robin", "fedavg"):
-        raise ConfigError(f"mode must be 'round-robin' or 'fedavg', got {mode!r}")
+    if mode not in ("round-robin", "fedavg", "sync"):
+        raise ConfigError(f"mode must be 'round-robin', 'fedavg' or 'sync', got {mode!r}")
     if not models:
         raise ConfigError("no models to train")
     if epochs < 1:
@@ -291,6 +306,8 @@ class _Training:
             r.name: step.batches or max(1, math.ceil(surveyed[r.name]["n_train"] / step.batch_size))
             for r in repos
         }
+        self.sub: dict[str, int] = {}  # mode="sync": windows per repository in a mixed batch
+        self.steps_per_epoch = 1  # mode="sync": optimiser steps per pass over every repository
         if mode == "round-robin":
             self.rounds = rounds if rounds is not None else epochs * n
             self.epochs = math.ceil(self.rounds / n)
@@ -299,6 +316,15 @@ class _Training:
                 m: sum(self.batches[repos[self.plan[r][k]].name] for r in range(self.rounds))
                 for k, m in enumerate(self.names)
             }
+        elif mode == "sync":
+            self.sub = sub_batches({r.name: int(surveyed[r.name]["n_train"]) for r in repos}, step.batch_size)
+            n_all = sum(int(surveyed[r.name]["n_train"]) for r in repos)
+            self.steps_per_epoch = max(1, math.ceil(n_all / sum(self.sub.values())))
+            k = step.local_steps
+            self.rounds = rounds if rounds is not None else math.ceil(epochs * self.steps_per_epoch / k)
+            self.epochs = math.ceil(self.rounds * k / self.steps_per_epoch)
+            self.plan = []
+            totals = dict.fromkeys(self.names, self.rounds * k)
         else:
             self.rounds = rounds if rounds is not None else epochs
             self.epochs = self.rounds
@@ -318,17 +344,34 @@ class _Training:
         self.wbytes = {m: nbytes(self.runs[m].state) for m in self.names}
         self.has_bn = any(k.endswith(".running_mean") for m in self.names for k in self.runs[m].state)
         self.velocity: dict[str, dict[str, np.ndarray]] = {m: {} for m in self.names}
+        self.servers: dict[str, Any] = {}  # mode="sync", local_steps=1: the trainer's model and AdamW
+        self.norm: dict[str, dict[str, Any]] = {
+            m: {} for m in self.names
+        }  # the last mixed batch's BN moments
 
     def epoch_of(self, r: int) -> float:
+        if self.mode == "sync":
+            return r * self.step.local_steps / self.steps_per_epoch
         return (r / len(self.repos)) if self.mode == "round-robin" else float(r)
 
     def leg_seed(self, r: int, k: int, i: int) -> int:
         return self.seed + 1_000_003 * r + 1_009 * k + i
 
-    def record(self, job: Job, res: Mapping[str, Any], *, samples: int, opt_bytes: int, start: int) -> None:
+    def record(
+        self,
+        job: Job,
+        res: Mapping[str, Any],
+        *,
+        samples: int,
+        opt_bytes: int,
+        start: int,
+        back: int | None = None,
+    ) -> None:
         """A :class:`LegRecord` of a task that ran (bytes each way, and the window bytes it read)."""
         kind: Literal["train", "eval", "bn"] = job.kind if job.kind in ("train", "bn") else "eval"  # type: ignore[assignment]
-        if kind == "train":
+        if back is not None:
+            pass
+        elif kind == "train":
             back = self.wbytes[job.model] + opt_bytes
         elif kind == "bn":
             back = nbytes([list(v[:2]) for v in res["moments"].values()])
@@ -352,7 +395,7 @@ class _Training:
                 train_loss=res.get("train_loss"),
                 started=float(res["started"]),
                 finished=float(res["finished"]),
-                bytes_to_worker=self.wbytes[job.model] + opt_bytes,
+                bytes_to_worker=self.wbytes[job.model] + int(job.payload.get("optimizer_bytes", opt_bytes)),
                 bytes_from_worker=back,
                 weights_bytes=self.wbytes[job.model],
                 optimizer_bytes=opt_bytes,
@@ -390,8 +433,14 @@ class _Training:
                 self.runs[m].state = with_bn(self.runs[m].state, pool_bn(parts[m]))
 
     def validate(self, r: int) -> None:
-        """After round ``r``: BatchNorm statistics as configured, then every model on every repository."""
+        """After round ``r``: BatchNorm statistics as configured, then every model on every repository.
+
+        With ``mode="sync"`` (a round is one or a few optimiser steps) only at the start, at the
+        end and when a round completes an epoch.
+        """
         step = self.step
+        if self.mode == "sync" and 0 < r < self.rounds and int(self.epoch_of(r)) == int(self.epoch_of(r - 1)):
+            return
         if self.has_bn and (
             (step.bn_stats == "global" and (step.validate or r == self.rounds))
             or (step.bn_stats == "repository" and r == self.rounds)  # the saved model: all the data's
@@ -423,6 +472,9 @@ class _Training:
 
     def train_round(self, r: int) -> None:
         """Round ``r``: every model's legs (one repository, or all with FedAvg), then their results merged."""
+        if self.mode == "sync":
+            self.sync_round(r)
+            return
         step = self.step
         jobs: list[Job] = []
         for k, m in enumerate(self.names):
@@ -459,6 +511,63 @@ class _Training:
             if done[m]:
                 self._merge(m, [res for _, res in done[m]])
 
+    def sync_round(self, r: int) -> None:
+        """Round ``r`` of ``mode="sync"``: each repository's sub-batch(es) of the same weights, one update."""
+        step, k = self.step, self.step.local_steps
+        jobs: list[Job] = []
+        for km, m in enumerate(self.names):
+            run = self.runs[m]
+            opt = run.optimizer if k > 1 else None
+            for i, repo in enumerate(self.repos):
+                payload = {
+                    "spec": self.specs[m], "weights": run.state, "optimizer": opt, "step": step,
+                    "stats": self.stats[m], "seed": self.leg_seed(r, km, i),
+                    "stream_seed": self.leg_seed(0, km, i), "sub_batch": self.sub[repo.name],
+                    "local_steps": k, "position": run.step * self.sub[repo.name],
+                    "start_step": run.step, "total_steps": run.total_steps,
+                    "optimizer_bytes": nbytes(opt) if opt is not None else 0,
+                    "norm": self.norm[m].get(repo.name),
+                }  # fmt: skip
+                jobs.append(Job("train", m, r, repo, sync_task, payload))
+        done: dict[str, list[Mapping[str, Any]]] = {m: [] for m in self.names}
+        for job, res in self._run(jobs, r):
+            back = nbytes([res["gradient"], res["weights"], res["optimizer"]])
+            back += nbytes([list(v[:2]) for v in (res["moments"] or {}).values()])
+            self.record(job, res, samples=int(res["samples"]), opt_bytes=nbytes(res["optimizer"] or {}),
+                        start=int(job.payload["start_step"]), back=back)  # fmt: skip
+            if res["samples"]:
+                done[job.model].append({**res, "repository": job.repository.name})
+        for m in self.names:
+            if done[m]:
+                self._merge_sync(m, done[m])
+        if r % max(1, self.steps_per_epoch // k) == 0 or r == self.rounds - 1:
+            self.log(f"sync round {r}: {self.names} stepped on {len(self.repos)} repositories")
+
+    def _merge_sync(self, m: str, got: Sequence[Mapping[str, Any]]) -> None:
+        """``mode="sync"``: one AdamW step on the summed gradients, or the average of the local steps."""
+        run, step = self.runs[m], self.step
+        w = [int(res["samples"]) for res in got]
+        if step.local_steps == 1:
+            server = self.servers.get(m)
+            if server is None:
+                server = self.servers[m] = _server(self.specs[m], run.state, run.total_steps, step)
+            grads = average_states([res["gradient"] for res in got], w)
+            pooled = pool_bn([res["moments"] for res in got])
+            if step.sync_bn == "pooled":
+                parts = [res["moments"] for res in got if res["moments"]]
+                self.norm[m] = {
+                    res["repository"]: mixed_norm(res["moments"], parts) for res in got if res["moments"]
+                }
+            run.state = server_update(server, grads, pooled)
+        else:
+            avg = average_states([res["weights"] for res in got], w)
+            if step.server_momentum > 0 or step.server_lr != 1.0:
+                avg = server_step(run.state, avg, self.velocity[m], step)
+            run.state = avg
+            run.optimizer = average_optimizers([res["optimizer"] for res in got], w)
+        run.step += max(int(res["batches"]) for res in got)
+        run.samples_seen += sum(w)
+
     def _merge(self, m: str, got: Sequence[Mapping[str, Any]]) -> None:
         """Model ``m`` after its legs of a round: the one leg's result, or the FedAvg(M) average."""
         run, step = self.runs[m], self.step
@@ -478,6 +587,73 @@ class _Training:
             run.optimizer = average_optimizers([res["optimizer"] for res in got], w)
         run.step += max(int(res["batches"]) for res in got)
         run.samples_seen += sum(int(res["samples"]) for res in got)
+
+
+def sub_batches(n_train: Mapping[str, int], batch_size: int) -> dict[str, int]:
+    """``mode="sync"``: windows each repository adds to a mixed batch, in proportion to its training windows.
+
+    Every repository with windows gets at least 2 (BatchNorm needs two windows for batch
+    statistics), so the mixed batch may exceed ``batch_size`` slightly; the shares are
+    rounded by largest remainder, so that all repositories end a pass at about the same step.
+    """
+    have = {k: n for k, n in n_train.items() if n > 0}
+    total = sum(have.values())
+    if not total:
+        return dict.fromkeys(n_train, 0)
+    exact = {k: batch_size * n / total for k, n in have.items()}
+    out = {k: int(math.floor(v)) for k, v in exact.items()}
+    for key in sorted(have, key=lambda x: out[x] - exact[x])[: max(0, batch_size - sum(out.values()))]:
+        out[key] += 1
+    return {k: (max(2, out[k]) if k in have else 0) for k in n_train}
+
+
+def _server(
+    spec: Mapping[str, Any], state: Mapping[str, np.ndarray], total_steps: int, step: StepConfig
+) -> Any:
+    """The trainer's copy of a ``mode="sync"`` model with its AdamW and one-cycle schedule (never sent)."""
+    from ..train import TrainState
+    from .payload import model_from_payload
+
+    model = model_from_payload(spec, state)
+    return TrainState.create(
+        model, lr=step.lr, total_steps=total_steps, weight_decay=step.weight_decay, pct_start=step.pct_start,
+        device="cpu",
+    )  # fmt: skip
+
+
+def server_update(
+    server: Any, grads: Mapping[str, np.ndarray], pooled: Mapping[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """One AdamW + schedule step of the trainer's model on averaged gradients, as a single machine takes it.
+
+    The BatchNorm running statistics move towards the mixed batch's ``pooled`` (mean,
+    unbiased variance) with each layer's momentum, as one machine's forward pass on the
+    mixed batch would move them.
+    """
+    import torch
+
+    from .legs import _bn_layers
+    from .payload import to_numpy
+
+    model = server.model
+    for name, p in model.named_parameters():
+        if name in grads:
+            p.grad = torch.from_numpy(np.array(grads[name], dtype=np.float32, copy=True)).to(p.device)
+    server.optimizer.step()
+    server.optimizer.zero_grad(set_to_none=True)
+    if server.scheduler.last_epoch < server.total_steps:
+        server.scheduler.step()
+    with torch.no_grad():
+        for name, layer in _bn_layers(model).items():
+            if name not in pooled:
+                continue
+            mom = 0.1 if layer.momentum is None else float(layer.momentum)
+            mean, var = (torch.as_tensor(np.asarray(v), dtype=layer.running_mean.dtype) for v in pooled[name])
+            layer.running_mean.mul_(1 - mom).add_(mom * mean)
+            layer.running_var.mul_(1 - mom).add_(mom * var)
+            layer.num_batches_tracked += 1
+    state: dict[str, np.ndarray] = to_numpy(dict(model.state_dict()))
+    return state
 
 
 def leg_samples(n_train: int, step: StepConfig) -> int:

@@ -260,6 +260,28 @@ def _bn_moments(model: Any, ds: Any, step: StepConfig, seed: int) -> dict[str, t
     device = resolve_device(step.device)
     model.to(device)
     layers = _bn_layers(model)
+    was = {n: m.momentum for n, m in layers.items()}
+    with _moment_hooks(model) as acc:
+        model.train()
+        gen = torch.Generator()
+        gen.manual_seed(seed)
+        loader = make_loader(ds, step.batch_size, 0, shuffle=True, generator=gen)
+        with torch.no_grad():
+            for b, batch in enumerate(loader):
+                if b >= step.bn_batches:
+                    break
+                x = batch["image"]
+                if int(x.shape[0]) < 2:  # batch statistics of one window are undefined
+                    continue
+                model(x.to(device))
+    for n, m in layers.items():
+        m.momentum = was[n]
+    return {n: (v[0].cpu().numpy(), v[1].cpu().numpy(), int(v[2])) for n, v in acc.items()}
+
+
+@contextlib.contextmanager
+def _moment_hooks(model: Any) -> Iterator[dict[str, list[Any]]]:
+    """While open: per BatchNorm layer, the per-channel sum, sum of squares and count of its inputs."""
     acc: dict[str, list[Any]] = {}
 
     def hook(name: str) -> Any:
@@ -277,27 +299,12 @@ def _bn_moments(model: Any, ds: Any, step: StepConfig, seed: int) -> dict[str, t
 
         return fn
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
-    was = {n: m.momentum for n, m in layers.items()}
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in _bn_layers(model).items()]
     try:
-        model.train()
-        gen = torch.Generator()
-        gen.manual_seed(seed)
-        loader = make_loader(ds, step.batch_size, 0, shuffle=True, generator=gen)
-        with torch.no_grad():
-            for b, batch in enumerate(loader):
-                if b >= step.bn_batches:
-                    break
-                x = batch["image"]
-                if int(x.shape[0]) < 2:  # batch statistics of one window are undefined
-                    continue
-                model(x.to(device))
+        yield acc
     finally:
         for h in handles:
             h.remove()
-        for n, m in layers.items():
-            m.momentum = was[n]
-    return {n: (v[0].cpu().numpy(), v[1].cpu().numpy(), int(v[2])) for n, v in acc.items()}
 
 
 def bn_task(job: dict[str, Any]) -> dict[str, Any]:
@@ -315,6 +322,210 @@ def bn_task(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "moments": moments,
         "windows": windows,
+        "worker": addr,
+        "worker_name": wname,
+        "started": t0,
+        "finished": time.time(),
+    }
+
+
+# --------------------------------------------------------------------------- synchronous mixed batches
+
+_DATASETS: dict[tuple[Any, ...], Any] = {}
+_DATASETS_MAX = 8
+
+
+def _cube_stamp(cube: str) -> int:
+    """Modification time of a cube's root metadata (a cube rewritten in place is opened again)."""
+    try:
+        return os.stat(os.path.join(cube, "zarr.json")).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def cached_dataset(
+    cubes: Sequence[str], bands: Sequence[str], step: StepConfig, split: str, stats: Any
+) -> Any:
+    """:func:`window_dataset`, kept open in this (worker) process across the tasks of a run.
+
+    ``mode="sync"`` runs a task per optimiser step; opening the cubes and planning the
+    windows every step would cost more than the step. The key holds everything the
+    dataset depends on, including each cube's modification time.
+    """
+    key = (
+        tuple(str(c) for c in cubes),
+        tuple(_cube_stamp(str(c)) for c in cubes),
+        tuple(bands),
+        split,
+        step.window, step.min_valid, step.level, tuple(step.split_fractions), step.split_block,
+        step.split_seed, step.augment,
+        None if stats is None else repr(sorted(dict(stats).items())),
+    )  # fmt: skip
+    ds = _DATASETS.get(key)
+    if ds is None:
+        ds = window_dataset(cubes, bands, step, split, stats)
+        while len(_DATASETS) >= _DATASETS_MAX:
+            _DATASETS.pop(next(iter(_DATASETS)))
+        _DATASETS[key] = ds
+    return ds
+
+
+def stream_indices(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Positions ``start .. start + count - 1`` of an endless stream of shuffled passes over ``n`` windows.
+
+    Pass ``p`` is the permutation drawn from ``(seed, p)``, so a worker needs only the
+    position (steps done x sub-batch size) to draw the next sub-batch: nothing to keep
+    between tasks, and a task retried elsewhere draws the same windows.
+    """
+    if n <= 0 or count <= 0:
+        return []
+    out: list[int] = []
+    pos = start
+    while len(out) < count:
+        p, off = divmod(pos, n)
+        perm = np.random.default_rng([seed, p]).permutation(n)
+        take = perm[off : off + count - len(out)]
+        out.extend(int(i) for i in take)
+        pos += len(take)
+    return out
+
+
+def _gradient(
+    model: Any, batch: Mapping[str, Any], device: Any, norm: Mapping[str, Any] | None
+) -> tuple[dict[str, np.ndarray], float, dict[str, tuple[Any, Any, int]]]:
+    """Gradient of the batch's mean loss (the default soft cross-entropy) for every parameter.
+
+    ``norm``: per BatchNorm layer the offset of the mixed batch's mean from this
+    sub-batch's and the ratio of their variances (see :func:`mixed_norm`); the layer then
+    normalises with ``(batch mean + offset, batch variance x ratio)``, gradients flowing
+    through the batch statistics as in ordinary BatchNorm. None: the sub-batch's own
+    statistics (ghost batch normalisation). Also returns the per-layer input moments of the
+    forward pass (see :func:`_moment_hooks`).
+    """
+    import functools
+
+    from ..losses import SoftLabelLoss
+    from ..train import _singleton_batchnorm, _to
+
+    image, target, mask = _to(batch, device, False)
+    model.train()
+    for name, layer in _bn_layers(model).items():
+        if norm and name in norm:  # the model is this task's own: its layers may be patched
+            layer.forward = functools.partial(_mixed_bn, layer, *norm[name])
+    model.zero_grad(set_to_none=True)
+    with _moment_hooks(model) as acc, _singleton_batchnorm(model, int(image.shape[0])):
+        logits = model(image)
+    moments = {n: (v[0].cpu().numpy(), v[1].cpu().numpy(), int(v[2])) for n, v in acc.items()}
+    loss = SoftLabelLoss("ce").to(device)(logits.float(), target, mask)
+    loss.backward()
+    grads = {
+        n: (
+            p.grad.detach().cpu().numpy().copy()
+            if p.grad is not None
+            else np.zeros(tuple(p.shape), np.float32)
+        )
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+    return grads, float(loss.detach()), moments
+
+
+def _mixed_bn(layer: Any, offset: Any, ratio: Any, x: Any) -> Any:
+    """BatchNorm of ``x``, its batch mean shifted by ``offset`` and its batch variance scaled by ``ratio``."""
+    import torch
+
+    dims = [d for d in range(x.dim()) if d != 1]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    mean = x.mean(dim=dims) + torch.as_tensor(offset, dtype=x.dtype, device=x.device)
+    var = x.var(dim=dims, unbiased=False) * torch.as_tensor(ratio, dtype=x.dtype, device=x.device)
+    y = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + layer.eps)
+    if layer.affine:
+        y = y * layer.weight.reshape(shape) + layer.bias.reshape(shape)
+    return y
+
+
+def mixed_norm(
+    own: Mapping[str, tuple[Any, Any, int]],
+    parts: Sequence[Mapping[str, tuple[Any, Any, int]]],
+    eps: float = 1e-5,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per layer: (mixed mean - own mean, (mixed variance + eps) / (own variance + eps)).
+
+    ``own``: one repository's BatchNorm input moments (sums, sums of squares, count) of the
+    last step; ``parts``: every repository's, which make the mixed batch (variances biased,
+    as BatchNorm normalises). A repository's offset from the mixed batch changes slowly, its
+    own statistics do not: applying last step's offset to this step's own statistics
+    normalises each sub-batch almost as the whole mixed batch would be (using last step's
+    mixed statistics as they are makes the layers oscillate: each layer's statistics depend
+    on the layers before it).
+    """
+
+    def mean_var(s: Any, q: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+        mean = np.asarray(s, dtype=np.float64) / n
+        return mean, np.maximum(np.asarray(q, dtype=np.float64) / n - mean * mean, 0.0)
+
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, (s, q, n) in own.items():
+        have = [p[name] for p in parts if name in p]
+        total = sum(int(h[2]) for h in have)
+        if n < 1 or total < 1:
+            continue
+        mean, var = mean_var(s, q, n)
+        pm, pv = mean_var(sum(np.asarray(h[0]) for h in have), sum(np.asarray(h[1]) for h in have), total)
+        out[name] = ((pm - mean).astype(np.float32), ((pv + eps) / (var + eps)).astype(np.float32))
+    return out
+
+
+def sync_task(job: dict[str, Any]) -> dict[str, Any]:
+    """One step (or ``local_steps`` steps) of ``mode="sync"`` on this repository's sub-batches.
+
+    Every repository's worker gets the same weights. With ``local_steps == 1`` it returns
+    the gradient of its sub-batch's mean loss and the per-layer BatchNorm input moments of
+    its forward pass; the layers normalise as given by ``norm`` (:func:`mixed_norm`,
+    :attr:`StepConfig.sync_bn` ``"pooled"``) or, without it, with the sub-batch's own
+    statistics (ghost batch normalisation); with ``k > 1`` it runs ``k``
+    AdamW steps from the shipped optimiser state and returns the weights and optimiser state.
+    The sub-batches are positions ``position ..`` of :func:`stream_indices` over this
+    repository's training windows.
+    """
+    from ..train import TrainState, resolve_device, seed_everything
+
+    step: StepConfig = job["step"]
+    with task_env(job) as (addr, wname, t0):
+        spec = job["spec"]
+        ds = cached_dataset(job["cubes"], spec["bands"], step, "train", job["stats"])
+        model = model_from_payload(spec, job["weights"])
+        seed_everything(int(job["seed"]))
+        b, k, pos = int(job["sub_batch"]), int(job["local_steps"]), int(job["position"])
+        out: dict[str, Any] = {"gradient": None, "weights": None, "optimizer": None, "moments": None}
+        samples, loss_sum, done = 0, 0.0, 0
+        if len(ds) and b > 0:
+            device = resolve_device(step.device)
+            model.to(device)
+            if k == 1:
+                idx = stream_indices(len(ds), int(job["stream_seed"]), pos, b)
+                grads, loss, moments = _gradient(model, ds.__getitems__(idx).batch, device, job.get("norm"))
+                out["gradient"], out["moments"] = grads, moments
+                samples, loss_sum, done = len(idx), loss * len(idx), 1
+            else:
+                opt = job.get("optimizer")
+                state = TrainState.create(
+                    model, lr=step.lr, total_steps=int(job["total_steps"]), weight_decay=step.weight_decay,
+                    pct_start=step.pct_start, device=device,
+                    optimizer_state=None if opt is None else to_torch(opt), start_step=int(job["start_step"]),
+                )  # fmt: skip
+                model.train()
+                for j in range(k):
+                    idx = stream_indices(len(ds), int(job["stream_seed"]), pos + j * b, b)
+                    loss, n = state.step(ds.__getitems__(idx).batch)
+                    samples, loss_sum, done = samples + n, loss_sum + loss * n, done + 1
+                out["weights"] = to_numpy(dict(model.state_dict()))
+                out["optimizer"] = to_numpy(state.optimizer.state_dict())
+    return {
+        **out,
+        "samples": samples,
+        "batches": done,
+        "train_loss": loss_sum / samples if samples else None,
         "worker": addr,
         "worker_name": wname,
         "started": t0,
