@@ -1311,6 +1311,10 @@ def summarise(result: CompareResult) -> dict[str, Any]:
     ref = _reference(result, arms)
     out["reference"] = ref
     out["comparisons"] = _reference_comparisons(everyone, ref, levels, cfg.n_boot)
+    # every deep arm against the floor it must clear, at every level
+    out["floor_comparisons"] = [
+        _compare(rs, floor, lv, "miou", cfg.n_boot) for rs in groups.values() for lv in levels if floor
+    ]
 
     # "best" only with intervals that exclude 0 against every other arm and the floor
     key = f"{PRIMARY_METRIC}"
@@ -1687,6 +1691,21 @@ def _setup_section(result: CompareResult, summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+_VERDICT_HEAD = (
+    "| arm | metric | difference [95 % CI] | p | d_z | per-seed differences | verdict |",
+    "|---|---|---|---|---|---|---|",
+)
+
+
+def _verdict_row(c: Mapping[str, Any]) -> str:
+    """One paired comparison (:meth:`landcover.stats.PairedComparison.as_dict`) as a table row."""
+    per_seed = ", ".join(f"{d:+.3f}" for d in c["per_seed_diff"])
+    dz = "n/a" if not math.isfinite(c["effect_size"]) else f"{c['effect_size']:.2f}"
+    ci = f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+    cells = (c["arm"], c["metric"], ci, f"{c['p_value']:.3f}", dz, per_seed, f"**{c['verdict']}**")
+    return "| " + " | ".join(cells) + " |"
+
+
 def _verdict_section(summary: dict[str, Any]) -> list[str]:
     """Paired comparisons against the reference arm and the best-arm sentence."""
     ref = summary["reference"]
@@ -1700,17 +1719,14 @@ def _verdict_section(summary: dict[str, Any]) -> list[str]:
         "permutation test (arms swapped within seed × block cells); d_z = mean / sd of the per-seed "
         "differences. An arm is called better only when its interval excludes 0.",
         "",
-        "| arm | metric | difference [95 % CI] | p | d_z | per-seed differences | verdict |",
-        "|---|---|---|---|---|---|---|",
+        *_VERDICT_HEAD,
     ]
-    for c in summary["comparisons"]:
-        per_seed = ", ".join(f"{d:+.3f}" for d in c["per_seed_diff"])
-        dz = "n/a" if not math.isfinite(c["effect_size"]) else f"{c['effect_size']:.2f}"
-        ci = f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
-        lines.append(
-            f"| {c['arm']} | {c['metric']} | {ci} | {c['p_value']:.3f} | {dz} | {per_seed} | "
-            f"**{c['verdict']}** |"
-        )
+    lines += [_verdict_row(c) for c in summary["comparisons"]]
+    floor_rows = summary.get("floor_comparisons") or []
+    if floor_rows:
+        lines += ["", f"Every deep arm against the non-deep floor ({floor_rows[0]['reference']}), same "
+                  "statistics (arm − floor):", "", *_VERDICT_HEAD]  # fmt: skip
+        lines += [_verdict_row(c) for c in floor_rows]
     best = summary["best_model"]
     lines += [
         "",

@@ -99,7 +99,12 @@ def test_summary_verdicts_follow_the_intervals(result):
     assert arms == {"native", "gbm-pixels"}
     metrics = {c["metric"] for c in s["comparisons"] if c["arm"] == "native"}
     assert metrics == {"miou_l1", "miou_l2", "miou_l3", "mae_present_l3"}
-    for c in s["comparisons"]:
+    floor = s["floor_comparisons"]  # every deep arm against the floor, at every level
+    assert {(c["arm"], c["metric"]) for c in floor} == {
+        (m, f"miou_l{lv}") for m in ("native", "rgb-scratch") for lv in (1, 2, 3)
+    }
+    assert all(c["reference"] == "gbm-pixels" for c in floor)
+    for c in [*s["comparisons"], *floor]:
         assert c["seeds"] == [0, 1] and len(c["per_seed_diff"]) == 2
         assert c["ci_low"] <= c["diff"] <= c["ci_high"] or math.isclose(c["ci_low"], c["ci_high"])
         excl = c["ci_low"] > 0 or c["ci_high"] < 0
@@ -137,6 +142,8 @@ def test_report_is_honest(result, tmp_path):
     assert "**The data are SYNTHETIC**" in text and "CLC2000 (test)" in text
     assert "**Only 2 seed(s).**" in text
     assert "## Verdicts (paired, against rgb-scratch)" in text and "mIoU L1 | mIoU L2 | mIoU L3" in text
+    assert "Every deep arm against the non-deep floor (gbm-pixels)" in text
+    assert "| rgb-scratch | miou_l3 |" in text  # a row of the floor table (the reference has none above)
     assert " †" in text  # classes recorded as differing outside RGB are marked
     assert "90 % of the best" not in text
     for name in ("score_vs_budget.png", "confusion_native.png", "confusion_gbm-pixels.png",
