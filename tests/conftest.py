@@ -11,9 +11,8 @@ Under pytest-xdist (``make test`` runs ``pytest -n N --dist worksteal``) each wo
 pinned to its own share of the cores before anything imports torch or dask, so that every
 library sizing itself to "the machine" (torch and BLAS thread pools, Dask's LocalCluster,
 :func:`landcover.threads.available_cores`) sizes itself to that share: two workers on a
-2-core machine each train on one core instead of four threads fighting over two. The modules
-holding slow tests are collected first (each module's tests stay together, so its module-scoped
-fixtures are built once), so the longest tests do not start last.
+2-core machine each train on one core instead of four threads fighting over two. The slow tests
+are collected first, so that the longest tests do not start last.
 """
 
 from __future__ import annotations
@@ -74,14 +73,10 @@ def shared_data() -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Modules with slow tests first (most first; the file order otherwise), each module's tests together.
+    """The ``slow`` tests first (in file order), then the others (in file order).
 
-    With ``--dist worksteal`` a worker that finishes early takes half of the other's remaining
-    tests; starting with the slow modules keeps a long test from being the last one running.
+    With ``--dist worksteal`` a worker that runs out of tests takes the unstarted half of the
+    other's queue, from its end: with the long tests at the front, the last tests to run are
+    short ones, so neither worker waits long for the other at the end.
     """
-    slow: dict[str, int] = {}
-    for item in items:
-        key = item.nodeid.split("::", 1)[0]
-        slow[key] = slow.get(key, 0) + (item.get_closest_marker("slow") is not None)
-    order = {key: i for i, key in enumerate(sorted(slow, key=lambda k: -slow[k]))}  # stable: file order
-    items.sort(key=lambda item: order[item.nodeid.split("::", 1)[0]])
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order within
