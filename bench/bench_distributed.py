@@ -19,6 +19,11 @@ passes over every repository's training windows.
 - ``1 repo/batch`` (a control without a cluster): the same single-machine training, but
   every batch drawn from one repository, repositories in turn -- what a leg sees. It
   separates the cost of non-IID batches from the cost of the transport;
+- ``sync`` (``--modes sync``): every step on a batch mixed across repositories, ``--local-steps``
+  steps between averagings, ``--sync-bn`` BatchNorm variants. With ``--bn-stats repository``
+  its final model is scored by the engine's own validation, every repository's validation
+  windows with BatchNorm statistics re-estimated on that repository (FedBN-style: the model
+  each site uses), the same validation windows as the other runs;
 - ``round-robin`` and ``fedavg`` (:func:`landcover.cluster.engine.train_distributed`, AdamW
   state shipped with the weights) for each leg length in ``--legs`` (batches per leg;
   ``full`` = one pass over the repository's windows). Shorter legs mean more rounds for
@@ -301,7 +306,10 @@ def _one_seed(
             sbn = "ghost"
             if mode == "sync":  # rounds from the epochs (the engine's default); leg = local steps
                 bn, sbn = bn.split("/")
-                step = StepConfig(**{**base.__dict__, "bn_stats": bn, "local_steps": leg, "sync_bn": sbn})
+                step = StepConfig(
+                    **{**base.__dict__, "bn_stats": bn, "local_steps": leg, "sync_bn": sbn,
+                       "validate": bn == "repository"}
+                )  # fmt: skip
                 rounds = None
             else:
                 step = StepConfig(**{**base.__dict__, "batches": leg, "bn_stats": bn})
@@ -317,7 +325,10 @@ def _one_seed(
             )  # fmt: skip
             rounds = run.rounds
             wall = time.perf_counter() - t0
-            scores = [_score(m.state, m.spec, val_loader)["val_miou_l3"] for m in run.models.values()]
+            if step.bn_stats == "repository" and step.validate:  # each repository with its own statistics
+                scores = [m.curve[-1]["val_miou_l3"] for m in run.models.values()]
+            else:
+                scores = [_score(m.state, m.spec, val_loader)["val_miou_l3"] for m in run.models.values()]
             train = [g for g in run.legs if g.kind == "train"]
             moved = sum(g.bytes_to_worker + g.bytes_from_worker for g in train)
             data = sum(g.data_bytes for g in train)
