@@ -935,7 +935,7 @@ def run_compare(
                 runs.append(fut.result())
                 log(f"  {m} seed {s} budget {b:g}: done ({runs[-1].seconds:.0f} s)")
         finally:
-            if own and cfg.scheduler == "local":
+            if own:  # the Client it opened (and its LocalCluster for "local"), never a remote cluster
                 from .cluster.client import close_client
 
                 close_client(client)

@@ -99,3 +99,9 @@ def test_compare_tasks_train_on_their_thread_share(tmp_path):
         )  # fmt: skip
         result = run_compare(cfg, log=lambda _m: None)
     assert [r.hparams["threads"] for r in result.runs] == [share_of(available_cores(), 2)] * 2
+    # the Client run_compare opened for the address is closed: none is left as the process's default,
+    # pointing at the closed cluster (later dask computes in this process would hang then fail)
+    from distributed import default_client
+
+    with pytest.raises(ValueError, match="No clients found"):
+        default_client()
