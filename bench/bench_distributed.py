@@ -74,6 +74,21 @@ def _score(state: dict[str, Any], spec: dict[str, Any], loader: Any) -> dict[str
     return evaluate(model, loader, class_codes=spec["class_codes"], device="cpu").summary("val_")
 
 
+def _score_per_repository(
+    state: dict[str, Any], spec: dict[str, Any], repos: Any, step: Any, stats: Any
+) -> float:
+    """Val mIoU, every repository's windows scored under its own BatchNorm statistics (in this process)."""
+    from landcover.cluster.engine import merge_eval
+    from landcover.cluster.legs import eval_task
+
+    st = type(step)(**{**step.__dict__, "bn_stats": "repository"})
+    parts = [
+        eval_task({"spec": spec, "weights": state, "step": st, "stats": stats, "cubes": list(r.cubes)})
+        for r in repos
+    ]
+    return float(merge_eval(parts, spec["class_codes"])["val_miou_l3"])
+
+
 class _RepoBatches:
     """Batch sampler: every batch from one repository, repositories taken in turn (as legs see them)."""
 
@@ -255,13 +270,15 @@ def _one_seed(
         samples = args.epochs * sum(windows.values())
         rows: list[dict[str, Any]] = []
         t0 = time.perf_counter()
-        base_scores = []
+        base_scores, base_repo_bn = [], []
         for k, (name, model) in enumerate(models.items()):
             b = train_baseline(
                 model, [str(c) for c in cubes], step=base, samples=samples, stats=stats,
                 val_every=samples, seed=seed + k, name=name,
             )  # fmt: skip
             base_scores.append(_score(b.state, spec0, val_loader)["val_miou_l3"])
+            if "repository" in bn_variants:  # the same model, scored as the FedBN-style runs are
+                base_repo_bn.append(_score_per_repository(b.state, spec0, repos, base, stats))
         base_wall = time.perf_counter() - t0
         base_miou = sum(base_scores) / len(base_scores)
         rows.append(
@@ -269,6 +286,12 @@ def _one_seed(
              "val_miou_l3": base_miou, "wall_s": base_wall, "model_bytes_per_epoch": 0.0,
              "data_bytes_per_epoch": 0.0, "utilisation": math.nan}
         )  # fmt: skip
+        if base_repo_bn:
+            rows.append(
+                {"mode": "single machine+bn-repository", "leg_batches": None, "rounds": 1, "samples": samples,
+                 "val_miou_l3": sum(base_repo_bn) / len(base_repo_bn), "wall_s": base_wall,
+                 "model_bytes_per_epoch": 0.0, "data_bytes_per_epoch": 0.0, "utilisation": math.nan}
+            )  # fmt: skip
 
         # --- control without a cluster: the same training, each batch from one repository
         t0 = time.perf_counter()
@@ -396,7 +419,9 @@ def _summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         ci, boot = t_interval(ratios), _bootstrap_ratio(rs)
         miou = t_interval([r["val_miou_l3"] for r in rs])
         util = [r["utilisation"] for r in rs if not math.isnan(r["utilisation"])]
-        leg_txt = "-" if mode in ("single machine", "1 repo/batch") else (str(leg) if leg else "full")
+        leg_txt = (
+            "-" if mode.startswith(("single machine", "1 repo/batch")) else (str(leg) if leg else "full")
+        )
         at_scale = _at_scale(rs[0], scale) if rs[0].get("legs") else math.nan
         print(
             f"{mode:<26}{leg_txt:>6}{len(rs):>6}{miou.estimate:>10.3f}"
@@ -477,7 +502,7 @@ def _plot(rows: list[dict[str, Any]], base_miou: float, path: Path, args: argpar
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    names = sorted({r["mode"] for r in rows} - {"single machine", "1 repo/batch"})
+    names = sorted({r["mode"] for r in rows if not r["mode"].startswith(("single machine", "1 repo/batch"))})
     for mode, marker in zip(names, "osv^<>Dp", strict=False):
         mine = [r for r in rows if r["mode"] == mode]
         labels = [str(r["leg_batches"]) if r["leg_batches"] else "full" for r in mine]
