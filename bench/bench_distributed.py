@@ -5,7 +5,9 @@ Usage::
     .venv/bin/python bench/bench_distributed.py [--size 768] [--repos 3] [--epochs 3]
                                                 [--legs 1,4,full] [--models 1] [--window 32]
                                                 [--batch-size 16] [--norm batch|group]
-                                                [--out bench-output/distributed]
+                                                [--modes round-robin,fedavg,sync] [--local-steps 1,4]
+                                                [--sync-bn ghost,pooled] [--bn-stats none,global,repository]
+                                                [--seeds 3] [--out bench-output/distributed]
 
 ``repos`` synthetic repositories (``landcover.testing.cubes.make_cube``, ``size`` x ``size``
 px, a different seed each: different class layouts, i.e. heterogeneous repositories) are
