@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/landcover demo --out $(OUT)
 
 ## make test: set up, then lint (ruff), type-check (mypy strict) and run the test suite, one pytest-xdist worker
-## per core (at most 4; each pinned to its cores by tests/conftest.py). TEST_WORKERS=0: in one process.
+## per core (at most 4), slow tests first (tests/conftest.py). TEST_WORKERS=0: in one process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 test: setup lint typecheck
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS); rc=$$?; \

@@ -7,50 +7,40 @@ Hypothesis explores new random examples on every local run (that is how it finds
 ``CI=true`` it is derandomised, so a CI verdict is reproducible. Counter-examples it finds are
 pinned in the tests with ``@example``.
 
-Under pytest-xdist (``make test`` runs ``pytest -n N --dist worksteal``) each worker process is
-pinned to its own share of the cores before anything imports torch or dask, so that every
-library sizing itself to "the machine" (torch and BLAS thread pools, Dask's LocalCluster,
-:func:`landcover.threads.available_cores`) sizes itself to that share: two workers on a
-2-core machine each train on one core instead of four threads fighting over two. The slow tests
-are collected first, so that the longest tests do not start last.
+Under pytest-xdist (``make test`` runs ``pytest -n N --dist worksteal``) the ``cpu_share``
+fixture gives a test its worker's share of the cores, for tests that would otherwise start one
+process per core. The workers' thread pools are left as they are: neither CPU affinity nor one
+torch/OpenMP thread per worker (``predict``'s peak RSS in ``test_memory_stays_bounded_on_a_large_scene``
+grew by 425-451 MiB with one core or one thread, against 271-281 MiB with two, over that test's
+bound). The slow tests are collected first, so that the longest tests do not start last.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
 
-def _pin_xdist_worker() -> None:
-    """Pin this pytest-xdist worker to its share of the cores (no-op outside xdist or with too few cores)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
-        return
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < count:  # more workers than cores: leave the sharing to the OS
-        return
-    index = int(worker[2:]) % count
-    share, extra = divmod(len(cores), count)
-    start = index * share + min(index, extra)
-    mine = cores[start : start + share + (index < extra)]
+def _xdist_workers() -> int:
+    """Number of pytest-xdist workers of this run (0 outside xdist)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+        return 0
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+
+
+def _cores() -> int:
     try:
-        os.sched_setaffinity(0, mine)
-    except OSError:  # pragma: no cover - a container that forbids it: run unpinned
-        return
-    if "torch" in sys.modules:  # not imported yet as a rule; then its pools size themselves to `mine`
-        sys.modules["torch"].set_num_threads(len(mine))
-    if "numpy" in sys.modules:  # already loaded (by a plugin): its BLAS pool was sized to every core
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=len(mine))
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS/Windows
+        return max(1, os.cpu_count() or 1)
 
 
-_pin_xdist_worker()
+CPU_SHARE = max(1, _cores() // max(1, _xdist_workers()))
+"""Cores this test process may keep busy: all of them, or its share under pytest-xdist."""
+
 
 _CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -59,6 +49,12 @@ if _CI:
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_REAL = Path(os.environ.get("LANDCOVER_SHARED_DATA", REPO.parent / "shared" / "data" / "real"))
+
+
+@pytest.fixture(scope="session")
+def cpu_share() -> int:
+    """Cores this test process may keep busy (its share under pytest-xdist, else all of them)."""
+    return CPU_SHARE
 
 
 @pytest.fixture(scope="session")

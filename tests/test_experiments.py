@@ -296,16 +296,15 @@ def test_shipped_phase1_path_rows_lie_over_the_countries_they_claim() -> None:
 
 
 @pytest.mark.slow
-def test_demo_sanity_native_beats_rgb_on_the_outside_rgb_classes(tmp_path: Path) -> None:
+def test_demo_sanity_native_beats_rgb_on_the_outside_rgb_classes(tmp_path: Path, cpu_share: int) -> None:
     """The experiment's own sanity on the synthetic stand-in (the demo's pipeline, smaller).
 
-    Each of its 10 runs trains on one torch thread; with more than one core free (the test run
-    alone) they are Dask tasks on a LocalCluster, one per core, else (a pytest-xdist worker pinned
-    to one core by ``make test``) one after another here: the same numbers either way.
+    Each of its 10 runs trains on one torch thread; with more than one core to itself (the test
+    run alone) they are Dask tasks on a LocalCluster, one per core, else (one of the pytest-xdist
+    workers of ``make test``) one after another here: the same numbers either way.
     """
     from landcover.demo import DemoConfig, run_demo
     from landcover.testing import OUTSIDE_RGB_CLASSES
-    from landcover.threads import available_cores
 
     cfg = DemoConfig(
         out=tmp_path / "demo",
@@ -321,7 +320,7 @@ def test_demo_sanity_native_beats_rgb_on_the_outside_rgb_classes(tmp_path: Path)
         n_boot=1000,
         device="cpu",
         torch_threads=1,
-        scheduler="local" if available_cores() > 1 else None,
+        scheduler="local" if cpu_share > 1 else None,
     )
     got: list = []
     report = run_demo(cfg, log=lambda _m: None, result_out=got)
