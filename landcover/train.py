@@ -80,6 +80,7 @@ __all__ = [
     "fit",
     "train_steps",
     "to_device",
+    "singleton_batchnorm",
     "evaluate",
     "lr_find",
     "seed_everything",
@@ -568,7 +569,7 @@ def _to(
 
 
 @contextmanager
-def _singleton_batchnorm(model: nn.Module, batch_size: int) -> Iterator[None]:
+def singleton_batchnorm(model: nn.Module, batch_size: int) -> Iterator[None]:
     """For a batch of one: BatchNorm layers in training mode use (and keep) running statistics.
 
     Their affine weights still get gradients; the running statistics are not updated by
@@ -607,10 +608,10 @@ def _optimizer_step(
     A batch of a single window (the tail of an epoch, or ``batch_size=1``) runs its
     BatchNorm layers on their running statistics: batch statistics of one window are
     undefined once the encoder has reduced it to 1x1 (PyTorch raises), and would be
-    noise before that. The step still trains every weight (see :func:`_singleton_batchnorm`).
+    noise before that. The step still trains every weight (see :func:`singleton_batchnorm`).
     """
     image, target, mask = _to(batch, device, non_blocking)
-    with _autocast(device, amp_dtype), _singleton_batchnorm(model, int(image.shape[0])):
+    with _autocast(device, amp_dtype), singleton_batchnorm(model, int(image.shape[0])):
         logits = model(image)
     loss = loss_fn(logits.float(), target, mask)
     optimizer.zero_grad(set_to_none=True)

@@ -405,15 +405,15 @@ def _gradient(
     import functools
 
     from ..losses import SoftLabelLoss
-    from ..train import _singleton_batchnorm, _to
+    from ..train import singleton_batchnorm, to_device
 
-    image, target, mask = _to(batch, device, False)
+    image, target, mask = to_device(batch, device)
     model.train()
     for name, layer in _bn_layers(model).items():
         if norm and name in norm:  # the model is this task's own: its layers may be patched
             layer.forward = functools.partial(_mixed_bn, layer, *norm[name])
     model.zero_grad(set_to_none=True)
-    with _moment_hooks(model) as acc, _singleton_batchnorm(model, int(image.shape[0])):
+    with _moment_hooks(model) as acc, singleton_batchnorm(model, int(image.shape[0])):
         logits = model(image)
     moments = {n: (v[0].cpu().numpy(), v[1].cpu().numpy(), int(v[2])) for n, v in acc.items()}
     loss = SoftLabelLoss("ce").to(device)(logits.float(), target, mask)
