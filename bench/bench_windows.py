@@ -41,9 +41,9 @@ process happens to get; the CPU-cost ratios in brackets are steadier. Moderate s
 
     .venv/bin/python bench/bench_windows.py --size 2048 --workers 0 2 --target uint8 --repeat 2 --cache-mb 64
 
-(``--cache-mb 64`` keeps the decoded 2048² cube larger than the chunk cache, so that every epoch decodes every
-chunk again: label chunks keep only the class planes that hold a class (``CubeReader.planes``), which makes the
-decoded cube about 100 MB at 2048² and 400 MB at 4096², so use ``--cache-mb 256`` there.)
+(``--cache-mb 64`` keeps the decoded 2048² cube larger than the chunk cache, so that every epoch decodes
+every chunk again: label chunks keep only the class planes that hold a class (``CubeReader.planes``), which
+makes the decoded cube about 100 MB at 2048² and 400 MB at 4096², so use ``--cache-mb 256`` there.)
 
 (a) allocates nothing per batch: its batch buffers are reused (``landcover.datasets.BatchPool``,
 shared memory leased from worker to main process), while (b) gets fresh memory per window and
