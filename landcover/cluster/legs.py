@@ -183,11 +183,17 @@ def train_task(job: dict[str, Any]) -> dict[str, Any]:
             done, samples, loss_sum = res.batches, res.samples, res.loss_sum
         weights = to_numpy({k: v for k, v in model.state_dict().items()})
         opt_state = to_numpy(state.optimizer.state_dict()) if step.ship_optimizer else None
+    record = _task_record(samples, done, loss_sum, addr, wname, t0)
+    return {"weights": weights, "optimizer": opt_state, **record}
+
+
+def _task_record(
+    samples: int, batches: int, loss_sum: float, addr: str, wname: str, t0: float
+) -> dict[str, Any]:
+    """What every training task reports besides its weights: work done, mean loss, where and when."""
     return {
-        "weights": weights,
-        "optimizer": opt_state,
         "samples": samples,
-        "batches": done,
+        "batches": batches,
         "train_loss": loss_sum / samples if samples else None,
         "worker": addr,
         "worker_name": wname,
@@ -521,13 +527,4 @@ def sync_task(job: dict[str, Any]) -> dict[str, Any]:
                     samples, loss_sum, done = samples + n, loss_sum + loss * n, done + 1
                 out["weights"] = to_numpy(dict(model.state_dict()))
                 out["optimizer"] = to_numpy(state.optimizer.state_dict())
-    return {
-        **out,
-        "samples": samples,
-        "batches": done,
-        "train_loss": loss_sum / samples if samples else None,
-        "worker": addr,
-        "worker_name": wname,
-        "started": t0,
-        "finished": time.time(),
-    }
+    return {**out, **_task_record(samples, done, loss_sum, addr, wname, t0)}
