@@ -602,13 +602,7 @@ class _WindowSource:
         compact = self.target_dtype == "uint8"
         rows: np.ndarray | None = None
         classes = self._group_starts is None and len(self._groups) == target.shape[0]  # as stored
-        if rotated and classes:
-            # only the classes present around the footprint are read and resampled
-            rows = np.flatnonzero(reader.present("labels", r0, r1, c0, c1))
-            raw = reader.region("labels", (rows,), r0, r1, c0, c1)
-            fill = reader.region("labels", (0,), r0, r1, c0, c1) == schema.LABEL_FILL
-            ok = reader.region("valid", (t,), r0, r1, c0, c1) & ~fill
-        elif classes:  # only the planes that hold a class in the chunks (the others are 0)
+        if classes:  # only the planes that hold a class in the chunks (the others are 0)
             rows, raw = reader.planes("labels", r0, r1, c0, c1, schema.LABEL_FILL)
             ok = reader.region("valid", (t,), r0, r1, c0, c1) & (raw[0] != schema.LABEL_FILL)
         else:
@@ -620,7 +614,7 @@ class _WindowSource:
                 raw = np.stack([raw[g].sum(axis=0, dtype="uint16") for g in self._groups])
         if rotated:  # the raw footprint is resampled, then decoded (the decoding is affine)
             sample_rotated(
-                np.stack(planes),
+                planes,  # views of the cached chunks when the footprint lies in one
                 raw,
                 ok,
                 (h, wd),

@@ -41,6 +41,7 @@ overlapping windows cannot leak pixels between splits.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1198,7 +1199,7 @@ def rotated_transform(
 
 
 def sample_rotated(
-    image: np.ndarray,
+    image: np.ndarray | Sequence[np.ndarray],
     labels: np.ndarray | None,
     valid: np.ndarray,
     size: tuple[int, int],
@@ -1216,8 +1217,8 @@ def sample_rotated(
     Parameters
     ----------
     image
-        ``(C, fh, fw)`` footprint: float32 values, or raw values (any numeric dtype) with
-        ``decode``.
+        ``(C, fh, fw)`` footprint (or a sequence of ``C`` planes ``(fh, fw)``, e.g. views
+        of cached chunks): float32 values, or raw values (any numeric dtype) with ``decode``.
     labels
         ``(K, fh, fw)`` class fractions in any numeric dtype (e.g. raw uint8 steps with
         ``label_scale=1/250``), or None.
@@ -1261,18 +1262,23 @@ def sample_rotated(
     (the renormalised weighted sum of one non-zero class is 1), so only the other
     pixels are interpolated class by class: the label cost follows the share of
     mixed pixels rather than the number of classes.
+
+    The geometry of the taps (source indices and bilinear weights) depends only on the
+    window size, margin, angle and footprint shape and is cached for the last few of
+    them; the valid mask only changes the weights of output pixels with an invalid
+    source among their four, which are recomputed alone.
     """
     h, w = size
     n = h * w
     taps = _bilinear_taps(valid, size, pad, angle)
-    nc = image.shape[0]
+    nc = len(image)
     img_out = out[0] if out is not None else np.empty((nc, h, w), dtype="float32")
     img = img_out.reshape(nc, n)
-    taps.interp(image.reshape(nc, -1), dest=img)
     if decode is not None:
         a, b = (np.asarray(v, dtype="float32").reshape(nc, 1) for v in decode)
-        img *= a
-        img += b * taps.mask.astype("float32")[None, :]  # 0 outside the mask, as without decode
+        taps.interp(image, dest=img, decode=(a, b))
+    else:
+        taps.interp(image, dest=img)
     mask_out = out[2] if out is not None else np.empty((h, w), dtype=bool)
     mask_out.reshape(n)[...] = taps.mask
     lab_out: np.ndarray | None = None
@@ -1289,82 +1295,203 @@ def sample_rotated(
 
 
 @dataclass(frozen=True)
-class _Taps:
-    """Bilinear taps of a turned window in its footprint: 4 flat source indices and weights per pixel.
+class _Geometry:
+    """Taps of a turned window in its footprint, before the valid mask (:func:`_rotation_geometry`).
 
-    ``weights`` are renormalised over valid sources; ``mask`` (flat, bool) is True where the
-    nearest source pixel is valid; ``valid`` is the flat footprint mask.
+    ``index``: the 4 flat source indices per output pixel (top-left, right, below,
+    below-right; clamped at the far edges); ``products``: their bilinear weights;
+    ``fy``/``fx``: the fractional source coordinates (which tap is the nearest);
+    ``weights``/``mask``: the taps' renormalised weights and mask when every source is
+    valid; ``inside``: every top-left source lies in the footprint (no index wraps
+    around), which the footprint-level shortcuts (:func:`_all_four`) need.
     """
 
     index: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-    weights: list[np.ndarray]
+    products: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    fy: np.ndarray
+    fx: np.ndarray
+    weights: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     mask: np.ndarray
-    valid: np.ndarray
+    inside: bool
 
-    def interp(
-        self, flat: np.ndarray, sel: np.ndarray | None = None, dest: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Bilinear samples (float32, (rows, m)) of the rows of ``flat`` ((rows, fh*fw)), at ``sel``.
-
-        Row by row, every product formed in place. For all pixels, one source row
-        (converted to float32 once) serves its four taps while it is in cache; for a
-        subset (``sel``, e.g. the mixed label pixels) the taps are gathered from the row in
-        its own dtype instead, with no conversion of the whole footprint (small integers
-        convert to float32 exactly, so the result is the same).
-        """
-        ix = self.index if sel is None else tuple(ik[sel] for ik in self.index)
-        ws = self.weights if sel is None else [wk[sel] for wk in self.weights]
-        m = len(ix[0])
-        res = np.empty((flat.shape[0], m), dtype="float32") if dest is None else dest
-        exact = sel is not None and flat.dtype.kind in "biu" and flat.dtype.itemsize <= 2
-        got = np.empty(m, dtype=flat.dtype if exact else "float32")
-        src = None if exact else np.empty(flat.shape[1], dtype="float32")
-        tap = np.empty(m, dtype="float32")
-        for r in range(flat.shape[0]):
-            row = res[r]
-            if src is not None:
-                np.copyto(src, flat[r], casting="unsafe")
-            plane = flat[r] if src is None else src
-            np.take(plane, ix[0], out=got)
-            np.multiply(got, ws[0], out=row)
-            for k in range(1, 4):
-                np.take(plane, ix[k], out=got)
-                np.multiply(got, ws[k], out=tap)
-                row += tap
-        return res
+    def nearest(self, sel: np.ndarray) -> np.ndarray:
+        """Flat index of the nearest source of output pixels ``sel``."""
+        fy, fx = self.fy[sel], self.fx[sel]
+        ix = [ik[sel] for ik in self.index]
+        right = fx >= 0.5
+        got: np.ndarray = np.where(fy >= 0.5, np.where(right, ix[3], ix[2]), np.where(right, ix[1], ix[0]))
+        return got
 
 
-def _bilinear_taps(valid: np.ndarray, size: tuple[int, int], pad: tuple[int, int], angle: float) -> _Taps:
-    """The :class:`_Taps` of a ``size`` window turned by ``angle`` in the footprint ``valid``."""
+@functools.lru_cache(maxsize=4)
+def _rotation_geometry(
+    size: tuple[int, int], pad: tuple[int, int], angle: float, fshape: tuple[int, int]
+) -> _Geometry:
+    """The :class:`_Geometry` of a ``size`` window turned by ``angle`` in an ``fshape`` footprint (cached)."""
     h, w = size
-    fh, fw = valid.shape
+    fh, fw = fshape
     n = h * w
     ry, rx = rotation_coords(size, pad, angle)
     if ry.min() < -1e-9 or rx.min() < -1e-9 or ry.max() > fh - 1 + 1e-9 or rx.max() > fw - 1 + 1e-9:
-        raise ValueError(f"footprint {valid.shape} too small for a {size} window at {angle} degrees")
+        raise ValueError(f"footprint {fshape} too small for a {size} window at {angle} degrees")
     fl_y, fl_x = np.floor(ry), np.floor(rx)
     fy = (ry - fl_y).astype("float32").reshape(n)
     fx = (rx - fl_x).astype("float32").reshape(n)
     i0 = fl_y.astype(np.intp).reshape(n)
     j0 = fl_x.astype(np.intp).reshape(n)
-    di = np.where(i0 < fh - 1, fw, 0)  # the next row/column, clamped at the far edge
-    dj = (j0 < fw - 1).astype(np.intp)
     i00 = i0 * fw + j0
-    idx = (i00, i00 + dj, i00 + di, i00 + di + dj)
+    lo_i, hi_i = (int(i0.min()), int(i0.max())) if n else (0, 0)
+    lo_j, hi_j = (int(j0.min()), int(j0.max())) if n else (0, 0)
+    if hi_i < fh - 1 and hi_j < fw - 1:  # no source on the far edges: no clamping
+        right = i00 + 1
+        below = i00 + fw
+        idx = (i00, right, below, below + 1)
+    else:
+        di = np.where(i0 < fh - 1, fw, 0)  # the next row/column, clamped at the far edge
+        dj = (j0 < fw - 1).astype(np.intp)
+        idx = (i00, i00 + dj, i00 + di, i00 + di + dj)
     gx = 1 - fx
     gy = 1 - fy
+    prods = (gy * gx, gy * fx, fy * gx, fy * fx)
+    wsum = prods[0] + prods[1]
+    wsum += prods[2]
+    wsum += prods[3]
+    mask = wsum > 0
+    inv = np.zeros_like(wsum)
+    np.divide(1.0, wsum, out=inv, where=mask)
+    weights = (prods[0] * inv, prods[1] * inv, prods[2] * inv, prods[3] * inv)
+    inside = lo_i >= 0 and lo_j >= 0
+    for arr in (*idx, *prods, fy, fx, *weights, mask):
+        arr.setflags(write=False)  # shared by every window of this geometry
+    return _Geometry(idx, prods, fy, fx, weights, mask, inside)
+
+
+def _all_four(plane: np.ndarray, same: bool = False) -> np.ndarray:
+    """Per footprint pixel, a summary of it and its right, lower and lower-right neighbours (flat).
+
+    Whether all four are True (bool ``plane``), or, with ``same``, ``plane`` where all four
+    are equal and 0 elsewhere; neighbours are clamped at the far edges as the taps are, so
+    read at the top-left tap of an output pixel it answers for that pixel's four sources.
+    """
+    fh, fw = plane.shape
+    edge = np.empty((fh + 1, fw + 1), dtype=plane.dtype)  # the plane with its last row/column repeated
+    edge[:fh, :fw] = plane
+    edge[fh, :fw] = plane[fh - 1]
+    edge[:, fw] = edge[:, fw - 1]
+    if same:
+        eq = plane == edge[:fh, 1:]
+        eq &= plane == edge[1:, :fw]
+        eq &= plane == edge[1:, 1:]
+        same_code: np.ndarray = np.multiply(plane, eq, dtype=plane.dtype)
+        return same_code.reshape(-1)
+    got = plane & edge[:fh, 1:]
+    got &= edge[1:, :fw]
+    got &= edge[1:, 1:]
+    return got.reshape(-1)
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """Bilinear taps of a turned window in its footprint: 4 flat source indices and weights per pixel.
+
+    ``weights`` are renormalised over valid sources; ``mask`` (flat, bool) is True where the
+    nearest source pixel is valid; ``valid`` is the flat footprint mask; ``shape`` the
+    footprint's and ``inside`` as in :class:`_Geometry`. ``weights`` and ``mask`` may be
+    read-only arrays shared with other windows.
+    """
+
+    index: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    weights: Sequence[np.ndarray]
+    mask: np.ndarray
+    valid: np.ndarray
+    shape: tuple[int, int] = (0, 0)
+    inside: bool = False
+
+    def interp(
+        self,
+        flat: np.ndarray | Sequence[np.ndarray],
+        sel: np.ndarray | None = None,
+        dest: np.ndarray | None = None,
+        decode: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Bilinear samples (float32, (rows, m)) of the rows of ``flat`` ((rows, fh*fw)), at ``sel``.
+
+        ``flat`` may also be a sequence of footprint planes (any shape of ``fh*fw`` pixels,
+        any strides). Row by row, every product formed in place. For all pixels, one
+        source row (converted to float32 once) serves its four taps while it is in cache;
+        for a subset (``sel``, e.g. the mixed label pixels) the taps are gathered from the
+        row in its own dtype instead, with no conversion of the whole footprint (small
+        integers convert to float32 exactly, so the result is the same). ``decode``
+        (``(a, b)``, (rows, 1) float32) then maps each row to ``row * a + b`` where
+        :attr:`mask`, ``row * a + b * 0`` elsewhere, while it is in cache.
+        """
+        ix = self.index if sel is None else tuple(ik[sel] for ik in self.index)
+        ws = self.weights if sel is None else [wk[sel] for wk in self.weights]
+        m = len(ix[0])
+        nrows = len(flat)
+        res = np.empty((nrows, m), dtype="float32") if dest is None else dest
+        dtype = np.dtype(flat[0].dtype) if nrows else np.dtype("float32")
+        exact = sel is not None and dtype.kind in "biu" and dtype.itemsize <= 2
+        got = np.empty(m, dtype=dtype if exact else "float32")
+        npix = len(self.valid)
+        src = None if exact else np.empty(npix, dtype="float32")
+        tap = np.empty(m, dtype="float32")
+        maskf = None if decode is None else self.mask.astype("float32")
+        for r in range(nrows):
+            row = res[r]
+            plane = flat[r]
+            if src is not None:
+                np.copyto(src.reshape(plane.shape), plane, casting="unsafe")
+                plane = src
+            # indices lie in [-size, size): "wrap" reads what "raise" reads, without its buffered copy
+            np.take(plane, ix[0], out=got, mode="wrap")
+            np.multiply(got, ws[0], out=row)
+            for k in range(1, 4):
+                np.take(plane, ix[k], out=got, mode="wrap")
+                np.multiply(got, ws[k], out=tap)
+                row += tap
+            if decode is not None and maskf is not None:
+                row *= decode[0][r]
+                np.multiply(decode[1][r], maskf, out=tap)  # 0 outside the mask
+                row += tap
+        return res
+
+
+def _bilinear_taps(valid: np.ndarray, size: tuple[int, int], pad: tuple[int, int], angle: float) -> _Taps:
+    """The :class:`_Taps` of a ``size`` window turned by ``angle`` in the footprint ``valid``.
+
+    From the cached :func:`_rotation_geometry`: output pixels whose four sources are
+    valid keep its weights; the others (found with one read of :func:`_all_four`) are
+    renormalised over their valid sources.
+    """
+    fshape = (int(valid.shape[0]), int(valid.shape[1]))
+    geo = _rotation_geometry((int(size[0]), int(size[1])), (int(pad[0]), int(pad[1])), float(angle), fshape)
     vflat = np.ascontiguousarray(valid).reshape(-1)
-    vk = [np.take(vflat, ik) for ik in idx]
-    wv = [gy * gx * vk[0], gy * fx * vk[1], fy * gx * vk[2], fy * fx * vk[3]]
+    idx = geo.index
+    if geo.inside:
+        good = np.take(_all_four(vflat.reshape(fshape)), idx[0], mode="wrap")
+        bad = np.flatnonzero(~good)
+    else:  # an index wraps around: check the four taps one by one
+        bad = np.flatnonzero(~np.logical_and.reduce([np.take(vflat, ik, mode="wrap") for ik in idx]))
+    if not len(bad):
+        return _Taps(idx, geo.weights, geo.mask, vflat, fshape, geo.inside)
+    vk = [np.take(vflat, ik[bad], mode="wrap") for ik in idx]
+    wv = [geo.products[k][bad] * vk[k] for k in range(4)]
     wsum = wv[0] + wv[1]
     wsum += wv[2]
     wsum += wv[3]
-    near = np.where(fy >= 0.5, np.where(fx >= 0.5, vk[3], vk[2]), np.where(fx >= 0.5, vk[1], vk[0]))
-    mask = near & (wsum > 0)
+    near = np.take(vflat, geo.nearest(bad), mode="wrap")
+    sub_mask = near & (wsum > 0)
     inv = np.zeros_like(wsum)
-    np.divide(1.0, wsum, out=inv, where=mask)
-    wn = [np.multiply(wk, inv, out=wk) for wk in wv]
-    return _Taps(idx, wn, mask, vflat)
+    np.divide(1.0, wsum, out=inv, where=sub_mask)
+    weights = []
+    for k in range(4):
+        wk = geo.weights[k].copy()
+        wk[bad] = np.multiply(wv[k], inv, out=wv[k])
+        weights.append(wk)
+    mask = geo.mask.copy()
+    mask[bad] = sub_mask
+    return _Taps(idx, weights, mask, vflat, fshape, geo.inside)
 
 
 def _present_classes(lflat: np.ndarray, vflat: np.ndarray) -> np.ndarray:
@@ -1383,15 +1510,18 @@ def _pure_codes(sub: np.ndarray, taps: _Taps) -> np.ndarray:
     ctype = np.dtype("uint8" if sub.shape[0] < 255 else "uint16")
     code: np.ndarray = np.zeros(sub.shape[1], dtype=ctype)
     count: np.ndarray = np.zeros(sub.shape[1], dtype=ctype)
+    nz = np.empty(sub.shape[1], dtype=bool)
     for p in range(sub.shape[0]):
-        nz = sub[p] > 0
+        np.greater(sub[p], 0, out=nz)
         np.add(count, nz, out=count)
         np.add(code, np.multiply(nz, p + 1, dtype=ctype), out=code)
     np.multiply(code, (count == 1) & taps.valid, out=code)
     idx = taps.index
-    c0 = np.take(code, idx[0])
-    same = (c0 == np.take(code, idx[1])) & (c0 == np.take(code, idx[2]))
-    same &= c0 == np.take(code, idx[3])
+    if taps.inside:  # the code where a footprint pixel and its 3 neighbours agree: one read per pixel
+        return np.take(_all_four(code.reshape(taps.shape), same=True), idx[0], mode="wrap")
+    c0 = np.take(code, idx[0], mode="wrap")
+    same = (c0 == np.take(code, idx[1], mode="wrap")) & (c0 == np.take(code, idx[2], mode="wrap"))
+    same &= c0 == np.take(code, idx[3], mode="wrap")
     c0 *= same  # the class code of pixels whose four sources agree, else 0
     return c0
 
