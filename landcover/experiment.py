@@ -546,6 +546,16 @@ def split_spec(cfg: CompareConfig) -> Any:
     )
 
 
+def split_layout(cfg: CompareConfig) -> str:
+    """The resolved split blocks and training buffer of ``cfg`` in words (blocks on the window grid)."""
+    from .windows import WindowSpec
+
+    w = _window(cfg)
+    stride = None if cfg.stride is None else (cfg.stride, cfg.stride)
+    block, buffer = split_spec(cfg).resolved(WindowSpec(size=(w, w), stride=stride))
+    return f"blocks of {block} px, training buffer {buffer} px"
+
+
 def _window(cfg: CompareConfig) -> int:
     """The configured window, or the default for the cubes (:func:`landcover.arms.default_window`)."""
     if cfg.window is not None:
@@ -1664,7 +1674,8 @@ def _setup_section(result: CompareResult, summary: dict[str, Any]) -> list[str]:
         f"Cubes: {', '.join(cfg.cubes)}  ",
         f"Windows {_window(cfg)}x{_window(cfg)} px, split (train/val/test) windows: "
         f"{result.split_sizes.get('train')}/{result.split_sizes.get('val')}/{result.split_sizes.get('test')} "
-        f"(spatially blocked, split seed {cfg.split_seed}); training windows at the full budget: "
+        f"(spatially blocked: {split_layout(cfg)}, split seed {cfg.split_seed}); "
+        "training windows at the full budget: "
         f"{cfg.max_train_windows or 'all'}; {cfg.epochs} epochs at the full budget"
         + (f" (raised alike to at least {cfg.min_steps} optimiser steps per run)" if cfg.min_steps else "")
         + f"; seeds {seeds}; "

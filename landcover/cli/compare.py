@@ -49,6 +49,15 @@ def register(sub: Any) -> None:
         default=None,
         help="window stride in pixels (default: from --config, else built in)",
     )
+    p.add_argument(
+        "--block-size",
+        type=_positive_int,
+        default=None,
+        metavar="PX",
+        help="side of the spatial split blocks in px, rounded up to the window grid (default 4 windows); "
+        "the test blocks are the units of the block bootstrap, so smaller blocks give more of them "
+        "(and, with the one-window buffer, fewer training windows)",
+    )
     p.add_argument("--lr", type=float, default=None, help="peak LR with --lr-select fixed")
     p.add_argument(
         "--lr-select",
@@ -156,6 +165,17 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _positive_int(text: str) -> int:
+    """``--block-size`` value: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
 def threads(text: str) -> int | str:
     """``--threads`` value: an integer >= 1 or ``'auto'`` (``type=`` of every ``--threads``)."""
     from ..threads import parse_threads
@@ -180,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             "out": args.out,
             "models": tuple(args.models) if args.models else None,
             "stride": args.stride,
+            "block": args.block_size,
             "lr": args.lr,
             "lr_select": args.lr_select,
             "lr_grid": tuple(args.lr_grid) if args.lr_grid else None,
