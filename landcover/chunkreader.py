@@ -392,6 +392,50 @@ class CubeReader:
                     dst[q] = src[j]
         return union.astype(np.intp), out
 
+    def pieces(
+        self, name: str, lead: tuple[int | None, ...], r0: int, r1: int, c0: int, c1: int
+    ) -> list[tuple[tuple[slice, slice], np.ndarray]]:
+        """``name[lead..., r0:r1, c0:c1]`` as views of cached chunks, without assembling it.
+
+        ``lead`` holds an index or None (a whole dimension, which must lie in one chunk) per
+        leading dimension, as in :meth:`region`. Returns ``((rows, cols), view)`` pairs:
+        ``out[..., rows, cols] = view`` for every pair gives :meth:`region`'s result. Do
+        not write to the views.
+        """
+        arr = self.arrays[name]
+        if len(lead) + 2 != len(arr.shape):
+            raise ValueError(f"{name} has {len(arr.shape)} dimensions, lead {lead}")
+        (ch, cw), (hh, ww) = arr.chunks[-2:], arr.shape[-2:]
+        if r0 < 0 or c0 < 0 or r1 > hh or c1 > ww or r1 <= r0 or c1 <= c0:
+            raise IndexError(f"region {(r0, r1, c0, c1)} outside {name} {arr.shape}")
+        head: list[int] = []
+        pick: list[int | slice] = []
+        for d, v in enumerate(lead):
+            if v is None:
+                if arr.chunks[d] < arr.shape[d]:
+                    raise ValueError(f"{name} dimension {d} is not in one chunk")
+                head.append(0)
+                pick.append(slice(None))
+            else:
+                if not 0 <= int(v) < arr.shape[d]:
+                    raise IndexError(f"index {v} outside {name} dimension {d} ({arr.shape[d]})")
+                head.append(int(v) // arr.chunks[d])
+                pick.append(int(v) - head[-1] * arr.chunks[d])
+        out = []
+        for cy in range(r0 // ch, (r1 - 1) // ch + 1):
+            for cx in range(c0 // cw, (c1 - 1) // cw + 1):
+                coords = (*head, cy, cx)
+                chunk = self.cache.get(
+                    (self.key, name, coords),
+                    lambda coords=coords: arr.chunk(coords, self.cache.buffer),  # type: ignore[misc]
+                )
+                lo_r, hi_r = max(r0, cy * ch), min(r1, (cy + 1) * ch)
+                lo_c, hi_c = max(c0, cx * cw), min(c1, (cx + 1) * cw)
+                rows, cols = slice(lo_r - cy * ch, hi_r - cy * ch), slice(lo_c - cx * cw, hi_c - cx * cw)
+                view = chunk[(*pick, rows, cols)]
+                out.append(((slice(lo_r - r0, hi_r - r0), slice(lo_c - c0, hi_c - c0)), view))
+        return out
+
     def region(
         self,
         name: str,

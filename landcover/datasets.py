@@ -100,6 +100,7 @@ from .errors import InputFileError
 from .windows import (
     SPLITS,
     Angle,
+    PlanePieces,
     Split,
     SplitPlan,
     SplitSpec,
@@ -591,14 +592,24 @@ class _WindowSource:
         r0, c0 = row - py, col - px
         r1, c1 = row + h + py, col + wd + px
         a, b, src = self._affine[ci]
-        refl = reader.region("reflectance", (t, None), r0, r1, c0, c1) if self._need_refl else None
-        therm = reader.region("thermal", (t,), r0, r1, c0, c1) if None in src else None
-        planes = []
-        for k, s in enumerate(src):
-            plane = therm if s is None else None if refl is None else refl[s]
-            if plane is None:  # pragma: no cover - src names only variables read above
-                raise RuntimeError(f"channel {k} of window {i} was not read")
-            planes.append(plane)
+        planes: list[Any] = []
+        if rotated:  # pieces of the cached chunks, converted straight into the resampler's scratch
+            fp = (r1 - r0, c1 - c0)
+            rp = reader.pieces("reflectance", (t, None), r0, r1, c0, c1) if self._need_refl else None
+            tp = reader.pieces("thermal", (t,), r0, r1, c0, c1) if None in src else None
+            for k, s in enumerate(src):
+                got = tp if s is None else None if rp is None else [(sl, v[s]) for sl, v in rp]
+                if got is None:  # pragma: no cover - src names only variables read above
+                    raise RuntimeError(f"channel {k} of window {i} was not read")
+                planes.append(PlanePieces(fp, got))
+        else:
+            refl = reader.region("reflectance", (t, None), r0, r1, c0, c1) if self._need_refl else None
+            therm = reader.region("thermal", (t,), r0, r1, c0, c1) if None in src else None
+            for k, s in enumerate(src):
+                plane = therm if s is None else None if refl is None else refl[s]
+                if plane is None:  # pragma: no cover - src names only variables read above
+                    raise RuntimeError(f"channel {k} of window {i} was not read")
+                planes.append(plane)
         compact = self.target_dtype == "uint8"
         rows: np.ndarray | None = None
         classes = self._group_starts is None and len(self._groups) == target.shape[0]  # as stored
@@ -614,7 +625,7 @@ class _WindowSource:
                 raw = np.stack([raw[g].sum(axis=0, dtype="uint16") for g in self._groups])
         if rotated:  # the raw footprint is resampled, then decoded (the decoding is affine)
             sample_rotated(
-                planes,  # views of the cached chunks when the footprint lies in one
+                planes,
                 raw,
                 ok,
                 (h, wd),

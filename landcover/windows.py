@@ -80,6 +80,7 @@ __all__ = [
     "rotation_coords",
     "rotated_transform",
     "sample_rotated",
+    "PlanePieces",
 ]
 
 Angle = float | Literal["random"] | None
@@ -1199,7 +1200,7 @@ def rotated_transform(
 
 
 def sample_rotated(
-    image: np.ndarray | Sequence[np.ndarray],
+    image: np.ndarray | Sequence[np.ndarray | PlanePieces],
     labels: np.ndarray | None,
     valid: np.ndarray,
     size: tuple[int, int],
@@ -1217,8 +1218,9 @@ def sample_rotated(
     Parameters
     ----------
     image
-        ``(C, fh, fw)`` footprint (or a sequence of ``C`` planes ``(fh, fw)``, e.g. views
-        of cached chunks): float32 values, or raw values (any numeric dtype) with ``decode``.
+        ``(C, fh, fw)`` footprint (or a sequence of ``C`` planes ``(fh, fw)``: arrays, e.g.
+        views of cached chunks, or :class:`PlanePieces`): float32 values, or raw values (any
+        numeric dtype) with ``decode``.
     labels
         ``(K, fh, fw)`` class fractions in any numeric dtype (e.g. raw uint8 steps with
         ``label_scale=1/250``), or None.
@@ -1292,6 +1294,29 @@ def sample_rotated(
         _resample_labels(taps, labels.reshape(k, -1), lab_out.reshape(lab_out.shape[0], n), rows, quantize)
     del label_scale  # fractions are renormalised, so the scale cancels out
     return img_out, lab_out, mask_out
+
+
+class PlanePieces:
+    """A footprint plane held as pieces of other arrays (e.g. views of cached chunks), never assembled.
+
+    ``pieces`` are ``((rows, cols), view)`` pairs that tile a plane of ``shape``;
+    :func:`sample_rotated` converts them straight into its float32 copy of the plane,
+    which saves assembling the footprint first (one copy of every image plane).
+    """
+
+    def __init__(
+        self, shape: tuple[int, int], pieces: Sequence[tuple[tuple[slice, slice], np.ndarray]]
+    ) -> None:
+        if not pieces:
+            raise ValueError("PlanePieces needs at least one piece")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.pieces = list(pieces)
+        self.dtype = np.dtype(self.pieces[0][1].dtype)
+
+    def copy_to(self, out: np.ndarray) -> None:
+        """Write the plane into ``out`` (``shape``, any dtype: values cast as ``np.copyto`` does)."""
+        for (rows, cols), view in self.pieces:
+            np.copyto(out[rows, cols], view, casting="unsafe")
 
 
 @dataclass(frozen=True)
@@ -1409,7 +1434,7 @@ class _Taps:
 
     def interp(
         self,
-        flat: np.ndarray | Sequence[np.ndarray],
+        flat: np.ndarray | Sequence[np.ndarray | PlanePieces],
         sel: np.ndarray | None = None,
         dest: np.ndarray | None = None,
         decode: tuple[np.ndarray, np.ndarray] | None = None,
@@ -1432,6 +1457,14 @@ class _Taps:
         res = np.empty((nrows, m), dtype="float32") if dest is None else dest
         dtype = np.dtype(flat[0].dtype) if nrows else np.dtype("float32")
         exact = sel is not None and dtype.kind in "biu" and dtype.itemsize <= 2
+        if exact and isinstance(flat, np.ndarray) and flat.ndim == 2 and decode is None:
+            # a subset: every row at once (per-row calls would cost more than their few taps)
+            gathered = np.take(flat, ix[0], axis=1, mode="wrap")
+            np.multiply(gathered, ws[0], out=res)
+            for k in range(1, 4):
+                np.take(flat, ix[k], axis=1, out=gathered, mode="wrap")
+                res += np.multiply(gathered, ws[k], dtype="float32")
+            return res
         got = np.empty(m, dtype=dtype if exact else "float32")
         npix = len(self.valid)
         src = None if exact else np.empty(npix, dtype="float32")
@@ -1439,10 +1472,17 @@ class _Taps:
         maskf = None if decode is None else self.mask.astype("float32")
         for r in range(nrows):
             row = res[r]
-            plane = flat[r]
+            item = flat[r]
             if src is not None:
-                np.copyto(src.reshape(plane.shape), plane, casting="unsafe")
+                if isinstance(item, PlanePieces):
+                    item.copy_to(src.reshape(item.shape))
+                else:
+                    np.copyto(src.reshape(item.shape), item, casting="unsafe")
                 plane = src
+            elif isinstance(item, PlanePieces):
+                raise TypeError("PlanePieces are only resampled at every output pixel")
+            else:
+                plane = item
             # indices lie in [-size, size): "wrap" reads what "raise" reads, without its buffered copy
             np.take(plane, ix[0], out=got, mode="wrap")
             np.multiply(got, ws[0], out=row)
@@ -1513,8 +1553,8 @@ def _pure_codes(sub: np.ndarray, taps: _Taps) -> np.ndarray:
     nz = np.empty(sub.shape[1], dtype=bool)
     for p in range(sub.shape[0]):
         np.greater(sub[p], 0, out=nz)
-        np.add(count, nz, out=count)
-        np.add(code, np.multiply(nz, p + 1, dtype=ctype), out=code)
+        np.add(count, nz.view(np.uint8), out=count)
+        np.copyto(code, ctype.type(p + 1), where=nz)  # right where the pixel holds one class
     np.multiply(code, (count == 1) & taps.valid, out=code)
     idx = taps.index
     if taps.inside:  # the code where a footprint pixel and its 3 neighbours agree: one read per pixel
@@ -1535,11 +1575,18 @@ def _resample_labels(
         lab[c].fill(0)
     if not len(present):
         return
-    sub = lflat[present]
+    sub = lflat if len(present) == len(lflat) else lflat[present]
     c0 = _pure_codes(sub, taps)
     pure_value = 250 if quantize else 1.0
+    eq = np.empty(len(c0), dtype=bool)
     for p, c in enumerate(rows[present]):
-        np.multiply(c0 == p + 1, pure_value, out=lab[c], casting="unsafe")
+        np.equal(c0, p + 1, out=eq)
+        if quantize and lab.dtype == np.uint8:  # eq * 250 in uint8, without a cast through int64
+            np.multiply(eq.view(np.uint8), np.uint8(pure_value), out=lab[c])
+        elif not quantize and lab.dtype == np.float32:  # True -> 1.0, False -> 0.0
+            np.copyto(lab[c], eq)
+        else:
+            np.multiply(eq, pure_value, out=lab[c], casting="unsafe")
     mixed = np.flatnonzero(taps.mask & (c0 == 0))
     if len(mixed):
         vals = taps.interp(sub, mixed)

@@ -192,3 +192,18 @@ def test_taps_match_plain_formulas(size: tuple[int, int], pad: tuple[int, int] |
             assert np.array_equal(_pure_codes(sub, taps), want)
     geo = _rotation_geometry(tuple(size), tuple(pad), float(angle), fshape)
     assert not geo.weights[0].flags.writeable  # shared by windows: read-only
+
+
+def test_pieces_tile_the_region(cube: Path) -> None:
+    from landcover.chunkreader import ChunkCache, CubeReader
+
+    reader = CubeReader(str(cube), ChunkCache(2**24), 0)
+    for r0, r1, c0, c1 in ((3, 70, 5, 99), (32, 64, 0, 32), (40, 41, 100, 130)):
+        for name, lead in (("reflectance", (1, None)), ("thermal", (0,)), ("valid", (1,))):
+            want = reader.region(name, lead, r0, r1, c0, c1)
+            got = np.full_like(want, 77)
+            for (rows, cols), view in reader.pieces(name, lead, r0, r1, c0, c1):
+                got[..., rows, cols] = view
+            assert np.array_equal(got, want)
+    with pytest.raises(IndexError):
+        reader.pieces("thermal", (0,), 0, 200, 0, 10)
