@@ -1357,16 +1357,18 @@ def _rotation_geometry(
     fh, fw = fshape
     n = h * w
     ry, rx = rotation_coords(size, pad, angle)
-    if ry.min() < -1e-9 or rx.min() < -1e-9 or ry.max() > fh - 1 + 1e-9 or rx.max() > fw - 1 + 1e-9:
+    lo_y, hi_y, lo_x, hi_x = float(ry.min()), float(ry.max()), float(rx.min()), float(rx.max())
+    if lo_y < -1e-9 or lo_x < -1e-9 or hi_y > fh - 1 + 1e-9 or hi_x > fw - 1 + 1e-9:
         raise ValueError(f"footprint {fshape} too small for a {size} window at {angle} degrees")
     fl_y, fl_x = np.floor(ry), np.floor(rx)
-    fy = (ry - fl_y).astype("float32").reshape(n)
-    fx = (rx - fl_x).astype("float32").reshape(n)
     i0 = fl_y.astype(np.intp).reshape(n)
     j0 = fl_x.astype(np.intp).reshape(n)
-    i00 = i0 * fw + j0
-    lo_i, hi_i = (int(i0.min()), int(i0.max())) if n else (0, 0)
-    lo_j, hi_j = (int(j0.min()), int(j0.max())) if n else (0, 0)
+    fy = np.subtract(ry, fl_y, out=fl_y).astype("float32").reshape(n)
+    fx = np.subtract(rx, fl_x, out=fl_x).astype("float32").reshape(n)
+    i00 = i0 * fw
+    i00 += j0
+    # floor is monotonic: the extremes of i0 and j0 are the floors of those of the coordinates
+    lo_i, hi_i, lo_j, hi_j = math.floor(lo_y), math.floor(hi_y), math.floor(lo_x), math.floor(hi_x)
     if hi_i < fh - 1 and hi_j < fw - 1:  # no source on the far edges: no clamping
         right = i00 + 1
         below = i00 + fw
