@@ -1023,6 +1023,7 @@ def build_cube(
         For every time step with no valid pixel (e.g. an all-cloud scene).
     """
     from . import store as store_mod
+    from .testing.provenance import input_provenance
 
     scene_list = [scenes] if isinstance(scenes, str | os.PathLike) else list(scenes)
     if isinstance(chunks, int):
@@ -1075,6 +1076,7 @@ def build_cube(
         overwrite=overwrite, progress=progress, threads=threads, inputs=[*scene_list, corine],
     )  # fmt: skip
     _warn_empty(out, ds.attrs["product_ids"])
+    store_mod.record_provenance(out, **input_provenance(scene_list))
     return out
 
 

@@ -397,8 +397,7 @@ def _build_cube(
     progress: bool,
 ) -> Path:
     from .cube import build_cube
-    from .experiment import record_provenance
-    from .testing.provenance import scene_provenance
+    from .store import record_provenance
 
     dirs = scenes.get((region.name, epoch.name))
     if not dirs:
@@ -412,20 +411,13 @@ def _build_cube(
     store = exp.out / "cubes" / f"{exp.cube_name(region, epoch)}.zarr"
     log(f"[cubes] {store.name}: {len(dirs)} scene(s) + {epoch.corine.name}")
     build_cube(list(dirs), epoch.corine, store, overwrite=True, progress=progress, **exp.cube)
-    synth = [p for p in (scene_provenance(d) for d in dirs) if p is not None]
-    fields: dict[str, Any] = dict(
-        synthetic=bool(synth) and len(synth) == len(dirs),
+    # build_cube recorded whether the scenes are synthetic; the experiment adds where and when
+    record_provenance(
+        store,
         region=region.name,
         country=region.country,
         epoch=epoch.name,
         clc_edition=epoch.clc_edition,
         experiment=exp.name,
     )
-    if synth:
-        fields.update(
-            source="synthetic",
-            generator=synth[0],
-            classes_differ_outside_rgb=list(synth[0].get("outside_rgb_classes", [])),
-        )
-    record_provenance(store, **fields)
     return store

@@ -309,6 +309,30 @@ def _root_attrs(store: Path) -> dict[str, Any]:
     return dict(meta.get("attributes") or {})
 
 
+def record_provenance(store: str | os.PathLike[str], **fields: Any) -> None:
+    """Merge ``fields`` into the ``provenance`` root attribute of a store (atomic rewrite of zarr.json).
+
+    What the data are, for reports (:func:`landcover.experiment.data_provenance` reads it):
+    :func:`landcover.cube.build_cube` records whether the inputs are synthetic
+    (:func:`landcover.testing.provenance.input_provenance`); the demo and experiment runner
+    add their own keys.
+    """
+    path = Path(store) / "zarr.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputFileError(store, f"not a readable Zarr v3 store ({exc})") from None
+    attrs = meta.setdefault("attributes", {})
+    prov = attrs.get("provenance") or {}
+    if isinstance(prov, str):  # written as JSON text by other tools
+        try:
+            prov = json.loads(prov)
+        except ValueError:
+            prov = {"description": prov}
+    attrs["provenance"] = {**(prov if isinstance(prov, dict) else {}), **fields}
+    atomic.write_text(path, json.dumps(meta, indent=2))
+
+
 def is_complete(store: str | os.PathLike[str]) -> bool:
     """True when ``store`` is a finished landcover cube (completion marker present)."""
     return bool(_root_attrs(Path(store)).get(schema.COMPLETE_ATTR) is True)

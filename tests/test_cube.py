@@ -779,3 +779,27 @@ def test_real_level2_raw_pass_through_is_bit_identical(real_scene: Path, tmp_pat
     for k in new:
         np.testing.assert_array_equal(new[k], old[k], err_msg=k)
     assert (new["qa_pixel"] == 1).any() and new["valid"].any()
+
+
+def test_cube_records_whether_its_inputs_are_synthetic(real_scene: Path, tmp_path: Path) -> None:
+    """A cube says what its data are, so that compare's report can say 'synthetic' or 'real'.
+
+    Built from a USGS product (no synthetic marker) it records real data; from the synthetic
+    generator's product, synthetic data with the generator's parameters; from both, neither.
+    Before, only the demo and the experiment runner recorded it, and a cube from `cube build`
+    made reports say 'data of unrecorded origin'.
+    """
+    from landcover.experiment import data_provenance
+    from landcover.testing import make_pair
+    from landcover.testing.provenance import input_provenance
+
+    pair = make_pair(tmp_path / "synth", size=48, seed=2, overlap=1.0)
+    clc = real_clc(tmp_path, name="clc_real.tif")
+    real = build_cube([real_scene], clc, tmp_path / "real.zarr", chunks=32, progress=False)
+    synth = build_cube([pair.scene_dir], pair.clc_path, tmp_path / "synth.zarr", chunks=32, progress=False)
+    assert data_provenance([str(real)])["synthetic"] is False
+    prov = data_provenance([str(synth)])
+    assert prov["synthetic"] is True and prov["cubes"][0]["generator"]["world"] == "clc-like"
+    assert data_provenance([str(real), str(synth)])["synthetic"] is None  # reports say so
+    both = input_provenance([real_scene, pair.scene_dir])
+    assert both["synthetic"] is None and "1 of 2 inputs are synthetic" in both["description"]

@@ -319,22 +319,30 @@ def test_ssl4eo_arm_fine_tunes_its_encoder_at_a_lower_lr(demo_cube, tmp_path, mo
 
 
 def test_ssl4eo_without_weights_is_dropped_with_a_reason(demo_cube, tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    from landcover.experiment import _prepare_arms
+    import shutil
 
-    models, notes = ["native", "ssl4eo"], []
+    from landcover.experiment import _prepare_arms
+    from landcover.store import record_provenance
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    # build_cube records that the demo cube's scenes are synthetic, whose default window is 64 px
+    models, notes = ["native"], []
     cfg = _prepare_arms(_arm_cfg(demo_cube, tmp_path, window=None), models, None, notes, lambda _m: None)
+    assert cfg.window == 64 and any(n.startswith("Window: 64 px windows (synthetic data)") for n in notes)
+    # the same cube marked real: real data's default is 128 px windows
+    real = tmp_path / "real.zarr"
+    shutil.copytree(demo_cube, real)
+    record_provenance(real, synthetic=False)
+    models, notes = ["native", "ssl4eo"], []
+    cfg = _prepare_arms(_arm_cfg(real, tmp_path, window=None), models, None, notes, lambda _m: None)
     assert models == ["native"]
     assert any("ssl4eo not run" in n and "--download-weights" in n for n in notes)
-    # the demo cube records no synthetic provenance: it counts as real, whose default is 128 px windows;
     # at 128 px this small cube leaves a split empty, so compare trains at the largest window that fills all
     fit = [n for n in notes if n.startswith("Window: ")]
     assert cfg.window == 96 and len(fit) == 1 and "instead of the default 128 px" in fit[0]
     weights = _ssl4eo_file(tmp_path / "w.pth")
     models, notes = ["ssl4eo"], []
-    cfg = _prepare_arms(
-        _arm_cfg(demo_cube, tmp_path, ssl4eo_weights=str(weights)), models, None, notes, print
-    )
+    cfg = _prepare_arms(_arm_cfg(real, tmp_path, ssl4eo_weights=str(weights)), models, None, notes, print)
     assert models == ["ssl4eo"] and cfg.ssl4eo_weights == str(weights)
     assert any("unverified weights" in n and "not called ssl4eo" in n for n in notes)
     assert any("32 px, set explicitly on real data" in n and "1x1 px bottleneck" in n for n in notes)

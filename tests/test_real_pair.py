@@ -39,6 +39,12 @@ def cube(pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> x
     return xr.open_zarr(out).load()
 
 
+def test_cube_from_the_real_stack_records_real_data(cube: xr.Dataset) -> None:
+    """`cube build --stack` records that the data are real, so compare's report says so (not 'unrecorded')."""
+    prov = cube.attrs["provenance"]
+    assert prov["synthetic"] is False and "landsat8_lanjaron_sat_30m.tif" in prov["description"]
+
+
 def _pure(cube: xr.Dataset, codes: list[int]) -> np.ndarray:
     lab = cube.labels.sel({"class": [c for c in codes if c in cube["class"].values]})
     return np.asarray((lab >= 0.99).any("class").values)
