@@ -83,24 +83,22 @@ class DemoConfig:
 
 
 def mark_synthetic_cube(store: str | Path, scene_dirs: Sequence[str | Path]) -> dict[str, Any]:
-    """Record in a cube built from synthetic scenes that it is synthetic, with the generator parameters.
+    """Describe in a cube built from synthetic scenes what they are; return the generator parameters.
 
-    Writes the ``provenance`` root attribute the reports read
-    (:func:`landcover.experiment.record_provenance`): ``synthetic``, ``source``, ``generator``
-    and ``classes_differ_outside_rgb``. Returns the generator parameters (of the first scene).
+    :func:`landcover.cube.build_cube` already recorded ``synthetic``, ``source``, ``generator`` and
+    ``classes_differ_outside_rgb`` (:func:`landcover.testing.provenance.input_provenance`); this
+    adds the ``description`` the report prints, and refuses scenes that are not synthetic.
     """
-    from .experiment import record_provenance
-    from .testing.provenance import scene_provenance
+    from .store import record_provenance
+    from .testing.provenance import input_provenance
 
-    params = next((p for p in (scene_provenance(d) for d in scene_dirs) if p is not None), None)
-    if params is None:
-        raise ValueError("none of the scenes is synthetic (no LANDCOVER_SOURCE=synthetic tag)")
+    prov = input_provenance(list(scene_dirs))
+    if prov["synthetic"] is not True:
+        raise ValueError("not every scene is synthetic (no LANDCOVER_SOURCE=synthetic tag)")
+    params: dict[str, Any] = prov["generator"]
     record_provenance(
         store,
-        synthetic=True,
-        source="synthetic",
-        generator=params,
-        classes_differ_outside_rgb=list(params.get("outside_rgb_classes", [])),
+        **prov,
         description=(
             f"synthetic Landsat 5 TM scene(s), world {params.get('world')!r}: "
             f"{params.get('spectra_source', '')}"

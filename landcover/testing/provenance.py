@@ -4,8 +4,9 @@ Synthetic products carry, in their QA_PIXEL file's tags, ``LANDCOVER_SOURCE=synt
 ``LANDCOVER_SYNTH_WORLD`` and ``LANDCOVER_SYNTH_PARAMS`` (the JSON of
 :func:`landcover.testing.synthetic_params`: world, seeds, classes, spectra source and the
 classes that differ mainly outside RGB). Cubes built from them get the same parameters in
-their ``provenance`` attribute (:func:`landcover.demo.mark_synthetic_cube`, read by
-:func:`landcover.experiment.data_provenance`), so reports say the data are synthetic.
+their ``provenance`` attribute (:func:`input_provenance`, recorded by
+:func:`landcover.cube.build_cube`; read by :func:`landcover.experiment.data_provenance`), so
+reports say the data are synthetic; cubes built from other inputs say they are real.
 """
 
 from __future__ import annotations
