@@ -90,7 +90,7 @@ def cube_source(path: str | Path) -> Literal["synthetic", "real"]:
     """Whether a cube holds synthetic or real data, from its provenance attributes.
 
     The ``provenance`` attribute's ``synthetic`` flag decides when present
-    (:func:`landcover.experiment.record_provenance`); otherwise synthetic when the root
+    (:func:`landcover.store.record_provenance`); otherwise synthetic when the root
     attribute ``source`` is ``"synthetic"``, a ``synthetic_seed`` is recorded
     (:func:`landcover.testing.cubes.make_cube`), or the title says so.
     """

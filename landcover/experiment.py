@@ -1270,23 +1270,14 @@ def _clc_edition(corine: Any) -> str | None:
 
 
 def record_provenance(cube: str | Path, **fields: Any) -> None:
-    """Merge ``fields`` into the ``provenance`` root attribute of a cube (atomic rewrite of zarr.json).
+    """Merge ``fields`` into the ``provenance`` root attribute of a cube.
 
-    Used by data makers (the demo's synthetic generator) so that reports can say what
-    the data are; see :func:`data_provenance` for the keys reports read.
+    The same as :func:`landcover.store.record_provenance`, kept beside :func:`data_provenance`
+    which reads it.
     """
-    import json as _json
+    from .store import record_provenance as record
 
-    path = Path(cube) / "zarr.json"
-    try:
-        meta = _json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputFileError(cube, f"not a readable Zarr v3 store ({exc})") from None
-    attrs = meta.setdefault("attributes", {})
-    prov = dict(attrs.get("provenance") or {})
-    prov.update(fields)
-    attrs["provenance"] = prov
-    atomic.write_text(path, _json.dumps(meta, indent=2))
+    record(cube, **fields)
 
 
 def summarise(result: CompareResult) -> dict[str, Any]:
