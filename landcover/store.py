@@ -329,7 +329,10 @@ def record_provenance(store: str | os.PathLike[str], **fields: Any) -> None:
             prov = json.loads(prov)
         except ValueError:
             prov = {"description": prov}
-    attrs["provenance"] = {**(prov if isinstance(prov, dict) else {}), **fields}
+    merged = {**(prov if isinstance(prov, dict) else {}), **fields}
+    if merged == prov:  # a rerun on a finished store leaves it untouched
+        return
+    attrs["provenance"] = merged
     atomic.write_text(path, json.dumps(meta, indent=2))
 
 

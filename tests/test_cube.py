@@ -798,6 +798,9 @@ def test_cube_records_whether_its_inputs_are_synthetic(real_scene: Path, tmp_pat
     real = build_cube([real_scene], clc, tmp_path / "real.zarr", chunks=32, progress=False)
     synth = build_cube([pair.scene_dir], pair.clc_path, tmp_path / "synth.zarr", chunks=32, progress=False)
     assert data_provenance([str(real)])["synthetic"] is False
+    before = (real / "zarr.json").stat().st_mtime_ns
+    build_cube([real_scene], clc, real, chunks=32, progress=False)  # a rerun on the finished cube
+    assert (real / "zarr.json").stat().st_mtime_ns == before  # writes nothing
     prov = data_provenance([str(synth)])
     assert prov["synthetic"] is True and prov["cubes"][0]["generator"]["world"] == "clc-like"
     assert data_provenance([str(real), str(synth)])["synthetic"] is None  # reports say so
