@@ -179,3 +179,40 @@ def test_role_rewriting_resolves_in_scope(tmp_path):
     (pkg / "b.py").write_text('"""Module b, on no page."""\n\n\ndef h():\n    """H."""\n')
     loaded = griffe.load("landcover", search_paths=[tmp_path], try_relative_path=False)
     assert "optional" in xrefs.rewrite(":func:`landcover.b.h`", loaded["a"], loaded.modules_collection)
+
+
+def test_mermaid_is_fetched_from_a_registry_and_hash_checked(tmp_path):
+    """docs/fetch_mermaid.py (run by `make setup`) against a real loopback registry: the pinned file is
+    written; a tarball whose file differs is refused in one line and writes nothing."""
+    import functools
+    import http.server
+    import io
+    import tarfile
+    import threading
+
+    spec = importlib.util.spec_from_file_location("fetch_mermaid", ROOT / "docs" / "fetch_mermaid.py")
+    fetch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetch)
+    good = fetch.TARGET.read_bytes()  # present: `make setup` fetched it (CI fails here otherwise)
+
+    def tarball(folder, data):
+        path = folder / "mermaid" / "-" / f"mermaid-{fetch.VERSION}.tgz"
+        path.parent.mkdir(parents=True)
+        with tarfile.open(path, "w:gz") as tar:
+            info = tarfile.TarInfo("package/dist/mermaid.min.js")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    results = {}
+    for name, data in (("good", good), ("bad", good + b"//")):
+        root = tmp_path / name
+        tarball(root, data)
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+        with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as srv:
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            out = tmp_path / f"{name}.js"
+            rc = fetch.main(["--registry", f"http://127.0.0.1:{srv.server_address[1]}", "--out", str(out)])
+            srv.shutdown()
+        results[name] = (rc, out.read_bytes() if out.exists() else None)
+    assert results["good"] == (0, good)
+    assert results["bad"] == (1, None)
