@@ -458,10 +458,7 @@ def _fit_window(cfg: CompareConfig, *, explicit: bool) -> tuple[CompareConfig, s
     from .arms import fit_window
 
     def layout(w: int) -> str:
-        stride = cfg.stride or w
-        block = cfg.block if cfg.block is not None else 4 * w
-        buffer = cfg.split_buffer if cfg.split_buffer is not None else w
-        return f"stride {stride}, blocks {block} px, buffer {buffer} px"
+        return f"stride {cfg.stride or w}, {split_layout(replace(cfg, window=w))}"
 
     window, note = fit_window(
         _window(cfg), lambda w: split_windows(replace(cfg, window=w)), explicit=explicit,
