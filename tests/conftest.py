@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from landcover.threads import available_cores, share_of
+
 
 def _xdist_workers() -> int:
     """Number of pytest-xdist workers of this run (0 outside xdist)."""
@@ -31,14 +33,7 @@ def _xdist_workers() -> int:
     return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
 
 
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - macOS/Windows
-        return max(1, os.cpu_count() or 1)
-
-
-CPU_SHARE = max(1, _cores() // max(1, _xdist_workers()))
+CPU_SHARE = share_of(available_cores(), max(1, _xdist_workers()))
 """Cores this test process may keep busy: all of them, or its share under pytest-xdist."""
 
 
