@@ -774,42 +774,34 @@ def test_planes_of_a_shuffled_chunk_decode_it_whole(tmp_path: Path) -> None:
         reader.cache.clear()
 
 
+def _kept_planes_windows(target_dtype: str) -> dict[str, Any]:
+    """The windows both datasets of the kept-planes test cut (20 random, thermal, no valid floor)."""
+    return dict(
+        size=(24, 20),
+        sampling="random",
+        count=20,
+        seed=4,
+        min_valid=0.0,
+        thermal=True,
+        target_dtype=target_dtype,
+    )
+
+
 def test_windows_decoded_again_from_kept_planes_are_unchanged(cube: Path) -> None:
     # a cache far smaller than the cube: every chunk is decoded again on the second pass,
     # then only the blocks of the class planes that hold a class
     for target_dtype in ("uint8", "float32"):
-        ds = WindowIterableDataset(
-            cube,
-            size=(24, 20),
-            sampling="random",
-            count=20,
-            seed=4,
-            min_valid=0.0,
-            cache_mb=0.05,
-            thermal=True,
-            target_dtype=target_dtype,  # fmt: skip
-        )
+        ds = WindowIterableDataset(cube, cache_mb=0.05, **_kept_planes_windows(target_dtype))
         passes = [
             [{k: v.clone() for k, v in b.items() if k in ("image", "target", "mask")} for b in ds.batched(6)]
+            for _ in range(2)
         ]
-        passes.append(
-            [{k: v.clone() for k, v in b.items() if k in ("image", "target", "mask")} for b in ds.batched(6)]
-        )
         assert ds._cache is not None and ds._cache.misses > 2 * len(ds._readers or {})
         reader = next(iter((ds._readers or {}).values()))
         assert any(len(rows) < 44 for rows in reader._kept.values())
         for a, b in zip(*passes, strict=True):
             assert all(torch.equal(a[k], b[k]) for k in a)
-        mp = WindowDataset(
-            cube,
-            size=(24, 20),
-            sampling="random",
-            count=20,
-            seed=4,
-            min_valid=0.0,
-            thermal=True,
-            target_dtype=target_dtype,  # fmt: skip
-        )
+        mp = WindowDataset(cube, **_kept_planes_windows(target_dtype))
         for j, b in enumerate(passes[1]):
             for q in range(b["image"].shape[0]):
                 item = mp[j * 6 + q]
