@@ -369,13 +369,11 @@ class _Training:
     ) -> None:
         """A :class:`LegRecord` of a task that ran (bytes each way, and the window bytes it read)."""
         kind: Literal["train", "eval", "bn"] = job.kind if job.kind in ("train", "bn") else "eval"  # type: ignore[assignment]
-        if back is not None:
-            pass
-        elif kind == "train":
+        if back is None and kind == "train":
             back = self.wbytes[job.model] + opt_bytes
-        elif kind == "bn":
+        elif back is None and kind == "bn":
             back = nbytes([list(v[:2]) for v in res["moments"].values()])
-        else:
+        elif back is None:
             back = _metrics_bytes(res)
         bpw = window_bytes(
             self.surveyed[job.repository.name], self.specs[job.model]["bands"], self.step.window
