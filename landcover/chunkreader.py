@@ -120,34 +120,54 @@ class _Array:
             return
         self.root = Path(self.arr.store.root) / self.arr.path
 
+    def _clip(self, coords: tuple[int, ...]) -> tuple[slice, ...]:
+        """The part of the chunk at ``coords`` inside the array extent (per dimension)."""
+        return tuple(
+            slice(0, min(c, s - i * c)) for i, c, s in zip(coords, self.chunks, self.shape, strict=True)
+        )
+
+    @staticmethod
+    def _read(path: Path) -> bytes | None:
+        """The bytes of a chunk file, or None when it is absent (a chunk of the fill value)."""
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _decoded(
+        self,
+        coords: tuple[int, ...],
+        path: Path,
+        data: bytes | None,
+        alloc: Callable[..., np.ndarray] = np.empty,
+    ) -> np.ndarray:
+        """:meth:`chunk` of the chunk file ``path`` at ``coords`` whose bytes (:meth:`_read`) are ``data``."""
+        clip = self._clip(coords)
+        if data is None:
+            return np.full(self.chunks, self.fill, dtype=self.dtype)[clip]
+        out = alloc(self.chunks, self.dtype)
+        if self.codec == "raw":
+            out[...] = np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
+        else:
+            if self.codec.codec_id == "blosc":  # c-blosc trusts the header: check it first
+                from .chunkguard import blosc_problem
+
+                problem = blosc_problem(data, out.nbytes)
+                if problem is not None:
+                    raise InputFileError(path, f"damaged chunk of the cube ({problem})")
+            self.codec.decode(data, out=out)
+        whole = all(sl.stop == c for sl, c in zip(clip, self.chunks, strict=True))
+        return out if whole else out[clip]  # a whole chunk stays a base array (recyclable)
+
     def chunk(self, coords: tuple[int, ...], alloc: Callable[..., np.ndarray] = np.empty) -> np.ndarray:
         """Decoded chunk at chunk-grid ``coords``, clipped to the array extent.
 
         ``alloc(shape, dtype)`` provides the (uninitialised) buffer a whole chunk file is
         decoded into, e.g. :meth:`ChunkCache.buffer`.
         """
-        clip = tuple(
-            slice(0, min(c, s - i * c)) for i, c, s in zip(coords, self.chunks, self.shape, strict=True)
-        )
         if self.root is not None:
-            key = self.arr.metadata.encode_chunk_key(coords)
-            try:
-                data = (self.root / key).read_bytes()
-            except FileNotFoundError:
-                return np.full(self.chunks, self.fill, dtype=self.dtype)[clip]
-            out = alloc(self.chunks, self.dtype)
-            if self.codec == "raw":
-                out[...] = np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
-            else:
-                if self.codec.codec_id == "blosc":  # c-blosc trusts the header: check it first
-                    from .chunkguard import blosc_problem
-
-                    problem = blosc_problem(data, out.nbytes)
-                    if problem is not None:
-                        raise InputFileError(self.root / key, f"damaged chunk of the cube ({problem})")
-                self.codec.decode(data, out=out)
-            whole = all(sl.stop == c for sl, c in zip(clip, self.chunks, strict=True))
-            return out if whole else out[clip]  # a whole chunk stays a base array (recyclable)
+            path = self.root / self.arr.metadata.encode_chunk_key(coords)
+            return self._decoded(coords, path, self._read(path), alloc)
         sel = tuple(
             slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(coords, self.chunks, self.shape, strict=True)
         )
@@ -160,21 +180,17 @@ class _Array:
         For a blosc chunk of single zstd streams (:func:`blosc_blocks`) only the blocks
         that hold those planes are decompressed; otherwise the whole chunk is.
         """
-        data = None
-        layout = None
-        if self.root is not None and self.codec != "raw" and self.codec.codec_id == "blosc":
-            key = self.arr.metadata.encode_chunk_key(coords)
-            try:
-                data = (self.root / key).read_bytes()
-            except FileNotFoundError:
-                data = None
-            layout = None if data is None else blosc_blocks(data)
-        if data is None or layout is None:
+        if self.root is None or self.codec == "raw" or self.codec.codec_id != "blosc":
             return np.ascontiguousarray(self.chunk(coords)[rows])
+        path = self.root / self.arr.metadata.encode_chunk_key(coords)
+        data = self._read(path)
+        layout = None if data is None else blosc_blocks(data)
+        if data is None or layout is None:  # the bytes read once, decoded whole
+            return np.ascontiguousarray(self._decoded(coords, path, data)[rows])
         nbytes, blocksize, starts = layout
         plane = math.prod(self.chunks[1:]) * self.dtype.itemsize
         if nbytes != plane * self.chunks[0]:
-            raise InputFileError(self.root / key, f"damaged chunk of the cube (header: {nbytes} bytes)")
+            raise InputFileError(path, f"damaged chunk of the cube (header: {nbytes} bytes)")
         out = np.empty((len(rows), *self.chunks[1:]), dtype=self.dtype)
         flat = out.reshape(len(rows), plane // self.dtype.itemsize).view(np.uint8)
         scratch: np.ndarray | None = None
@@ -191,12 +207,8 @@ class _Array:
                     a, b = max(lo, b0), min(hi, b1)
                     flat[j, a - lo : b - lo] = scratch[a - b0 : b - b0]
                 if problem is not None:
-                    raise InputFileError(self.root / key, f"damaged chunk of the cube ({problem})")
-        clip = tuple(
-            slice(0, min(c, s - i * c))
-            for i, c, s in zip(coords[1:], self.chunks[1:], self.shape[1:], strict=True)
-        )
-        return out[(slice(None), *clip)]
+                    raise InputFileError(path, f"damaged chunk of the cube ({problem})")
+        return out[(slice(None), *self._clip(coords)[1:])]
 
 
 class ChunkCache:
