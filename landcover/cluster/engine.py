@@ -345,9 +345,8 @@ class _Training:
         self.has_bn = any(k.endswith(".running_mean") for m in self.names for k in self.runs[m].state)
         self.velocity: dict[str, dict[str, np.ndarray]] = {m: {} for m in self.names}
         self.servers: dict[str, Any] = {}  # mode="sync", local_steps=1: the trainer's model and AdamW
-        self.norm: dict[str, dict[str, Any]] = {
-            m: {} for m in self.names
-        }  # the last mixed batch's BN moments
+        # mode="sync", sync_bn="pooled": per model and repository, the last mixed batch's mixed_norm
+        self.norm: dict[str, dict[str, Any]] = {m: {} for m in self.names}
 
     def epoch_of(self, r: int) -> float:
         if self.mode == "sync":
