@@ -317,20 +317,22 @@ def _one_seed(
             if grouped else []
         )  # fmt: skip
 
-        # --- distributed sweeps: (mode, batches per leg or local steps, BatchNorm statistics)
+        # --- distributed sweeps: (mode, batches per leg or local steps, BatchNorm statistics, sync_bn)
         sweep = [
-            (mode, leg, bn) for leg in args.legs for bn in bn_variants for mode in modes if mode != "sync"
+            (mode, leg, bn, "ghost")
+            for leg in args.legs
+            for bn in bn_variants
+            for mode in modes
+            if mode != "sync"
         ] + [
-            ("sync", k, f"{bn}/{sbn}")
+            ("sync", k, bn, sbn)
             for k in args.local_steps
             for bn in bn_variants
             for sbn in (args.sync_bn.split(",") if k == 1 else ["ghost"])
             if "sync" in modes
         ]
-        for mode, leg, bn in sweep:
-            sbn = "ghost"
+        for mode, leg, bn, sbn in sweep:
             if mode == "sync":  # rounds from the epochs (the engine's default); leg = local steps
-                bn, sbn = bn.split("/")
                 step = StepConfig(
                     **{**base.__dict__, "bn_stats": bn, "local_steps": leg, "sync_bn": sbn,
                        "validate": bn == "repository"}
