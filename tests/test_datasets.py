@@ -774,6 +774,27 @@ def test_planes_of_a_shuffled_chunk_decode_it_whole(tmp_path: Path) -> None:
         reader.cache.clear()
 
 
+def test_planes_of_a_shuffled_chunk_read_its_file_once(tmp_path: Path, monkeypatch: Any) -> None:
+    from landcover.chunkreader import ChunkCache, CubeReader
+
+    store = tmp_path / "s.zarr"
+    zarr.create_group(str(store), zarr_format=3)
+    _, data = _planes_array(store / "labels", shuffle="bitshuffle")
+    reader = CubeReader(str(store), ChunkCache(2**20), 0)
+    reads: list[Path] = []
+    read_bytes = Path.read_bytes
+
+    def counted(path: Path) -> bytes:  # the real read, counted
+        reads.append(path)
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counted)
+    for _ in range(2):  # the first decode of the chunks, then their kept planes (decoded whole)
+        reader.planes("labels", 17, 40, 3, 36, schema.LABEL_FILL)
+        reader.cache.clear()
+    assert len(reads) == 2 * len(set(reads))  # each chunk file read once per decode
+
+
 def _kept_planes_windows(target_dtype: str) -> dict[str, Any]:
     """The windows both datasets of the kept-planes test cut (20 random, thermal, no valid floor)."""
     return dict(
