@@ -181,6 +181,15 @@ def main() -> int:
     args = ap.parse_args()
     bn_variants = [v.strip() for v in args.bn_stats.split(",") if v.strip()]
     modes = [v.strip() for v in args.modes.split(",") if v.strip()]
+    for opt, given, allowed in (
+        ("--modes", modes, ("round-robin", "fedavg", "sync")),
+        ("--bn-stats", bn_variants, ("none", "global", "repository")),
+        ("--sync-bn", args.sync_bn.split(","), ("ghost", "pooled")),
+    ):  # checked before any training, not when the first run of the setting starts
+        if bad := [v for v in given if v not in allowed]:
+            ap.error(f"{opt}: {', '.join(map(repr, bad))} not one of {', '.join(allowed)}")
+    if any(k < 1 for k in args.local_steps):
+        ap.error(f"--local-steps must be >= 1, got {args.local_steps}")
     all_rows: list[dict[str, Any]] = []
     for seed in range(args.seed, args.seed + args.seeds):
         try:
