@@ -930,3 +930,23 @@ def test_sync_with_one_repository_is_ordinary_training(tmp_path):
     assert len(train) == 3 and all(g.optimizer_bytes == 0 for g in train)
     grads = sum(p.numel() * 4 for p in model.parameters())
     assert all(grads < g.bytes_from_worker < grads + g.weights_bytes // 4 for g in train)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--modes", "sync,fed"], "--modes: 'fed' not one of"),
+        (["--sync-bn", "pooled,x"], "--sync-bn: 'x' not one of"),
+        (["--bn-stats", "glob"], "--bn-stats: 'glob' not one of"),
+        (["--local-steps", "0"], "--local-steps must be >= 1"),
+    ],
+)
+def test_bench_distributed_refuses_a_bad_setting_before_training(tmp_path, argv, says):
+    """A bad sweep value is one usage line at start (exit 2), not a traceback after the baseline trained."""
+    bench = Path(__file__).resolve().parents[1] / "bench" / "bench_distributed.py"
+    proc = subprocess.run(
+        [sys.executable, str(bench), *argv, "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and says in proc.stderr.splitlines()[-1]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
