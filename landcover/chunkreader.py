@@ -399,9 +399,7 @@ class CubeReader:
                 dst[...] = src
             else:  # planes this chunk does not keep are 0 (outside the fill)
                 dst[...] = 0
-                pos = np.searchsorted(union, rows)
-                for j, q in enumerate(pos):
-                    dst[q] = src[j]
+                dst[np.searchsorted(union, rows)] = src
         return union.astype(np.intp), out
 
     def pieces(
