@@ -265,8 +265,6 @@ def _bn_moments(model: Any, ds: Any, step: StepConfig, seed: int) -> dict[str, t
 
     device = resolve_device(step.device)
     model.to(device)
-    layers = _bn_layers(model)
-    was = {n: m.momentum for n, m in layers.items()}
     with _moment_hooks(model) as acc:
         model.train()
         gen = torch.Generator()
@@ -280,8 +278,6 @@ def _bn_moments(model: Any, ds: Any, step: StepConfig, seed: int) -> dict[str, t
                 if int(x.shape[0]) < 2:  # batch statistics of one window are undefined
                     continue
                 model(x.to(device))
-    for n, m in layers.items():
-        m.momentum = was[n]
     return {n: (v[0].cpu().numpy(), v[1].cpu().numpy(), int(v[2])) for n, v in acc.items()}
 
 
