@@ -278,6 +278,11 @@ def _bn_moments(model: Any, ds: Any, step: StepConfig, seed: int) -> dict[str, t
                 if int(x.shape[0]) < 2:  # batch statistics of one window are undefined
                     continue
                 model(x.to(device))
+    return _moments(acc)
+
+
+def _moments(acc: Mapping[str, Sequence[Any]]) -> dict[str, tuple[Any, Any, int]]:
+    """What :func:`_moment_hooks` gathered, as (sum, sum of squares, count) in numpy, to ship."""
     return {n: (v[0].cpu().numpy(), v[1].cpu().numpy(), int(v[2])) for n, v in acc.items()}
 
 
@@ -417,7 +422,7 @@ def _gradient(
     model.zero_grad(set_to_none=True)
     with _moment_hooks(model) as acc, singleton_batchnorm(model, int(image.shape[0])):
         logits = model(image)
-    moments = {n: (v[0].cpu().numpy(), v[1].cpu().numpy(), int(v[2])) for n, v in acc.items()}
+    moments = _moments(acc)
     loss = SoftLabelLoss("ce").to(device)(logits.float(), target, mask)
     loss.backward()
     grads = {
