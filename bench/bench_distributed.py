@@ -42,6 +42,7 @@ data would have cost, and the mean worker utilisation (busy / wall). Writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -83,7 +84,7 @@ def _score_per_repository(
     from landcover.cluster.engine import merge_eval
     from landcover.cluster.legs import eval_task
 
-    st = type(step)(**{**step.__dict__, "bn_stats": "repository"})
+    st = dataclasses.replace(step, bn_stats="repository")
     parts = [
         eval_task({"spec": spec, "weights": state, "step": st, "stats": stats, "cubes": list(r.cubes)})
         for r in repos
