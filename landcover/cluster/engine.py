@@ -515,6 +515,7 @@ class _Training:
         for km, m in enumerate(self.names):
             run = self.runs[m]
             opt = run.optimizer if k > 1 else None
+            opt_bytes = nbytes(opt) if opt is not None else 0  # the same state goes to every repository
             for i, repo in enumerate(self.repos):
                 payload = {
                     "spec": self.specs[m], "weights": run.state, "optimizer": opt, "step": step,
@@ -522,7 +523,7 @@ class _Training:
                     "stream_seed": self.leg_seed(0, km, i), "sub_batch": self.sub[repo.name],
                     "local_steps": k, "position": run.step * self.sub[repo.name],
                     "start_step": run.step, "total_steps": run.total_steps,
-                    "optimizer_bytes": nbytes(opt) if opt is not None else 0,
+                    "optimizer_bytes": opt_bytes,
                     "norm": self.norm[m].get(repo.name),
                 }  # fmt: skip
                 jobs.append(Job("train", m, r, repo, sync_task, payload))
