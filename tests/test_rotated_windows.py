@@ -1,10 +1,10 @@
 """Rotated windows: the fast read path gives, bit for bit, what plain whole-footprint resampling gives.
 
 The dataset reads only the class planes a chunk holds (``CubeReader.planes``), passes
-views of cached chunks, and :func:`landcover.windows.sample_rotated` caches the tap
-geometry per (size, margin, angle, footprint) and renormalises only the output pixels
-with an invalid source. References here: the footprint read straight from Zarr with
-every class plane, and the per-window tap formulas written out plainly.
+views of cached chunks, and :func:`landcover.windows.sample_rotated` computes the taps of
+each output pixel in compiled kernels (:mod:`landcover._kernels`). References here: the
+footprint read straight from Zarr with every class plane, and the per-window tap formulas
+written out plainly.
 """
 
 from __future__ import annotations
@@ -18,16 +18,10 @@ import pytest
 import zarr
 
 from landcover import schema
+from landcover._kernels import footprint_codes, rotated_image, rotated_taps
 from landcover.datasets import WindowDataset, WindowIterableDataset
 from landcover.testing.cubes import make_cube
-from landcover.windows import (
-    _bilinear_taps,
-    _pure_codes,
-    _rotation_geometry,
-    rotation_coords,
-    rotation_pad,
-    sample_rotated,
-)
+from landcover.windows import _turn, rotation_coords, rotation_pad, sample_rotated
 
 warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
 
@@ -174,24 +168,35 @@ def test_taps_match_plain_formulas(size: tuple[int, int], pad: tuple[int, int] |
     edge[:, -3:] = False
     edge[-2:] = False
     masks.append(edge)
+    n = size[0] * size[1]
+    cy, cx, c, s = _turn(size, pad, angle, fshape)
     for valid in masks:
-        for _ in range(2):  # the second call hits the geometry cache
-            taps = _bilinear_taps(valid, size, pad, angle)
-            idx, weights, mask = _plain_taps(valid, size, pad, angle)
-            for k in range(4):
-                assert np.array_equal(taps.index[k], idx[k])
-                assert np.asarray(taps.weights[k]).tobytes() == weights[k].tobytes()
-            assert np.array_equal(taps.mask, mask)
-            # pure codes: 1 + class where the 4 sources are valid and pure in that class
-            sub = (rng.random((3, valid.size)) < 0.5).astype("uint8") * rng.integers(1, 250, (3, valid.size))
-            sub = sub.astype("uint8")
-            nz = sub > 0
-            code = (np.argmax(nz, axis=0) + 1) * ((nz.sum(axis=0) == 1) & valid.reshape(-1))
-            c = [code[ik] for ik in idx]
-            want = c[0] * ((c[0] == c[1]) & (c[0] == c[2]) & (c[0] == c[3]))
-            assert np.array_equal(_pure_codes(sub, taps), want)
-    geo = _rotation_geometry(tuple(size), tuple(pad), float(angle), fshape)
-    assert not geo.weights[0].flags.writeable  # shared by windows: read-only
+        vflat = valid.reshape(-1)
+        geometry = (size[0], size[1], cy, cx, c, s, fshape[0], fshape[1], vflat)
+        index = np.empty((4, n), dtype=np.int64)
+        weights = np.empty((4, n), dtype=np.float32)
+        got_mask = np.empty(n, dtype=bool)
+        rotated_taps(*geometry, np.arange(n), index, weights, got_mask)
+        idx, want_w, mask = _plain_taps(valid, size, pad, angle)
+        for k in range(4):
+            assert np.array_equal(index[k] % valid.size, idx[k] % valid.size)  # as np.take(mode="wrap")
+            assert weights[k].tobytes() == want_w[k].tobytes()
+        assert np.array_equal(got_mask, mask)
+        # pure codes: 1 + class where the 4 sources are valid and pure in that class
+        sub = (rng.random((3, valid.size)) < 0.5).astype("uint8") * rng.integers(1, 250, (3, valid.size))
+        sub = sub.astype("uint8")
+        nz = sub > 0
+        code = (np.argmax(nz, axis=0) + 1) * ((nz.sum(axis=0) == 1) & vflat)
+        c4 = [code[ik % valid.size] for ik in idx]
+        want = c4[0] * ((c4[0] == c4[1]) & (c4[0] == c4[2]) & (c4[0] == c4[3]))
+        codes = np.empty(valid.size, dtype=np.int32)
+        footprint_codes(sub, np.arange(3), vflat, codes)
+        pure = np.empty(n, dtype=np.int32)
+        planes = np.zeros((1, valid.size), dtype=np.uint16)
+        a = np.zeros(1, dtype=np.float32)
+        rotated_image(*geometry, planes, a, a, False, codes, np.empty((1, n), np.float32), got_mask, pure)
+        assert np.array_equal(pure, want)
+        assert np.array_equal(got_mask, mask)
 
 
 def test_pieces_tile_the_region(cube: Path) -> None:
