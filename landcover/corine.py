@@ -53,9 +53,10 @@ piecewise quadratic). The area of the quad inside cell ``(i, j)`` is the second 
 ``F(i+1, j+1) - F(i, j+1) - F(i+1, j) + F(i, j)``. Pixels are grouped by how many source
 columns/rows their bounding box spans (``K x M``): a 30 m pixel on a 100 m raster spans 1 x 1
 (about half of them: weight 1, no geometry), 2 x 1, 1 x 2 or 2 x 2 cells; coarser targets give
-larger groups, handled by the same code. Everything is vectorised in numpy, computed in float64
-in coordinates local to each pixel (values in [0, K]), so the weights are exact to ~1e-15
-(checked against Sutherland-Hodgman polygon clipping in the tests).
+larger groups, handled by the same code. A compiled kernel (:mod:`landcover.fraction_kernels`,
+one pass per pixel) computes it in float64 in coordinates local to each pixel (values in
+[0, K]), so the weights are exact to ~1e-15 (checked against Sutherland-Hodgman polygon
+clipping in the tests).
 
 Classes are accumulated in ONE pass over the source window of each output chunk (not one warp
 per class). Weights of NODATA cells and of cells outside the source raster count towards the
@@ -92,7 +93,7 @@ import io
 import math
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -1009,65 +1010,6 @@ def _corners_in_source(
     return _bilinear(xk, rw, cw), _bilinear(yk, rw, cw)
 
 
-def _meanmin(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Mean of ``min(l, 0)`` for ``l`` linear from ``u`` to ``v`` (exact, stable)."""
-    lo = np.minimum(u, v)
-    hi = np.maximum(u, v)
-    neg = np.minimum(lo, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mixed = -0.5 * neg * neg / (hi - lo)
-    return np.where(hi <= 0.0, 0.5 * (u + v), np.where(lo >= 0.0, 0.0, mixed))
-
-
-Edge = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-def _clip_edges_x(edges: list[Edge], xcut: float) -> list[Edge]:
-    """Edges restricted to ``x <= xcut`` (endpoints slid along each edge; vertical parts dropped)."""
-    out: list[Edge] = []
-    for x1, y1, x2, y2 in edges:
-        dx = x2 - x1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = np.where(dx != 0.0, 1.0 / dx, 0.0)
-        xa = np.minimum(x1, xcut)
-        xb = np.minimum(x2, xcut)
-        dy = y2 - y1
-        ya = y1 + np.minimum(np.maximum((xa - x1) * inv, 0.0), 1.0) * dy
-        yb = y1 + np.minimum(np.maximum((xb - x1) * inv, 0.0), 1.0) * dy
-        out.append((xa, ya, xb, yb))
-    return out
-
-
-def _lattice_area(edges: list[Edge], ycut: float | None) -> np.ndarray:
-    """``area(quad ∩ {y < ycut})`` for (possibly x-clipped) edges; ``ycut=None``: no y limit.
-
-    Uses ``-sum over edges of the integral of min(y, ycut) dx`` (Green's theorem).
-    """
-    acc: np.ndarray | None = None
-    for xa, ya, xb, yb in edges:
-        if ycut is None:
-            term = (xb - xa) * (0.5 * (ya + yb))
-        else:
-            term = (xb - xa) * _meanmin(ya - ycut, yb - ycut)
-        acc = term if acc is None else acc + term
-    assert acc is not None
-    return -acc
-
-
-def _lattice_area_x(edges: list[Edge], xcut: float) -> np.ndarray:
-    """``area(quad ∩ {x < xcut})`` of unclipped edges, as ``sum of the integral of min(x - xcut, 0) dy``.
-
-    Green's theorem again (same orientation as :func:`_lattice_area`), with the roles of x and y
-    swapped: no clipping of the edges is needed for a cut in x alone.
-    """
-    acc: np.ndarray | None = None
-    for xa, ya, xb, yb in edges:
-        term = (yb - ya) * _meanmin(xa - xcut, xb - xcut)
-        acc = term if acc is None else acc + term
-    assert acc is not None
-    return acc
-
-
 def area_weights(
     cx: np.ndarray, cy: np.ndarray
 ) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -1087,93 +1029,18 @@ def area_weights(
         (int64, may lie outside the raster), and the share of the pixel's footprint area
         inside that cell (float64, the shares of a pixel sum to 1).
     """
+    from .fraction_kernels import footprint_pieces
+
     fin = np.isfinite(cx) & np.isfinite(cy)
     if not fin.any():
         return
     ox, oy = float(np.floor(cx[fin].min())), float(np.floor(cy[fin].min()))
     stride = int(np.ceil(cx[fin].max() - ox)) + 2
-    for pix, cell, share in _weights(cx - ox, cy - oy, stride):
-        row, col = np.divmod(cell, stride)
-        yield pix, row + int(oy), col + int(ox), np.ones(pix.size) if share is None else share
-
-
-def _weights(
-    cx: np.ndarray, cy: np.ndarray, stride: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Core of :func:`area_weights`: yields ``(pix, row * stride + col, share)``.
-
-    ``share`` is None for pixels inside a single cell (share 1). ``stride`` must exceed every
-    column index touched (``ceil(max cx) + 1``); corners must be >= 0 for the flat index to be
-    unambiguous.
-    """
-    w = cx.shape[1] - 1
-    cx = np.ascontiguousarray(cx, dtype="float64")
-    cy = np.ascontiguousarray(cy, dtype="float64")
-
-    def corners(a: np.ndarray) -> list[np.ndarray]:
-        return [a[:-1, :-1], a[:-1, 1:], a[1:, 1:], a[1:, :-1]]  # clockwise in (col, row)
-
-    xc, yc = corners(cx), corners(cy)
-    xmin = np.minimum(np.minimum(xc[0], xc[1]), np.minimum(xc[2], xc[3])).reshape(-1)
-    xmax = np.maximum(np.maximum(xc[0], xc[1]), np.maximum(xc[2], xc[3])).reshape(-1)
-    ymin = np.minimum(np.minimum(yc[0], yc[1]), np.minimum(yc[2], yc[3])).reshape(-1)
-    ymax = np.maximum(np.maximum(yc[0], yc[1]), np.maximum(yc[2], yc[3])).reshape(-1)
-    finite = bool(np.isfinite(cx).all() and np.isfinite(cy).all())
-    if not finite:
-        ok = np.isfinite(xmin) & np.isfinite(xmax) & np.isfinite(ymin) & np.isfinite(ymax)
-        for a in (xmin, xmax, ymin, ymax):
-            a[~ok] = 0.0
-    i0 = np.floor(xmin)
-    j0 = np.floor(ymin)
-    k = np.ceil(xmax)
-    k -= i0
-    m = np.ceil(ymax)
-    m -= j0
-    np.maximum(k, 1.0, out=k)
-    np.maximum(m, 1.0, out=m)
-    mmax = int(m.max()) if m.size else 1
-    key = ((k - 1.0) * mmax + (m - 1.0)).astype("int64")
-    if not finite:
-        key[~ok] = -1
-    counts = np.bincount(key[key >= 0]) if key.size else np.zeros(0, "int64")
-    del xmin, xmax, ymin, ymax, k, m
-    flat_x, flat_y = cx.reshape(-1), cy.reshape(-1)
-    offsets = (0, 1, w + 2, w + 1)  # lattice offsets of the 4 corners, same order as corners()
-    for g in np.flatnonzero(counts):
-        kk, mm = int(g // mmax) + 1, int(g % mmax) + 1
-        pix = np.flatnonzero(key == g)
-        ii, jj = i0[pix], j0[pix]
-        i0i, j0i = ii.astype("int64"), jj.astype("int64")
-        cell = j0i * stride + i0i
-        if kk == 1 and mm == 1:
-            yield pix, cell, None
-            continue
-        lat = pix + pix // w  # lattice index of each pixel's upper-left corner
-        vx = [flat_x[lat + o] - ii for o in offsets]
-        vy = [flat_y[lat + o] - jj for o in offsets]
-        edges: list[Edge] = [(vx[e], vy[e], vx[(e + 1) % 4], vy[(e + 1) % 4]) for e in range(4)]
-        # F[X][Y] = area(quad ∩ {x < X, y < Y}) for X in 1..kk, Y in 1..mm; F[0][*] = F[*][0] = 0.
-        # Cuts in x alone (last column) need no clipping; clip only where both x and y cut.
-        lattice: list[list[np.ndarray]] = []
-        for xcut in range(1, kk + 1):
-            ex = _clip_edges_x(edges, float(xcut)) if xcut < kk and mm > 1 else edges
-            col = [_lattice_area(ex, float(yc_)) for yc_ in range(1, mm)]
-            col.append(_lattice_area_x(edges, float(xcut)) if xcut < kk else _lattice_area(edges, None))
-            lattice.append(col)
-        total = lattice[-1][-1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv_total = np.where(total != 0.0, 1.0 / total, 0.0)
-        zero = np.zeros(pix.size)
-
-        def f_at(
-            xi: int, yi: int, _lat: list[list[np.ndarray]] = lattice, _z: np.ndarray = zero
-        ) -> np.ndarray:
-            return _z if xi == 0 or yi == 0 else _lat[xi - 1][yi - 1]
-
-        for di in range(kk):
-            for dj in range(mm):
-                a = f_at(di + 1, dj + 1) - f_at(di, dj + 1) - f_at(di + 1, dj) + f_at(di, dj)
-                yield pix, cell + (dj * stride + di), np.maximum(a * inv_total, 0.0)
+    pix, cell, share, _ = footprint_pieces(
+        np.ascontiguousarray(cx - ox, dtype="float64"), np.ascontiguousarray(cy - oy, dtype="float64"), stride
+    )
+    row, col = np.divmod(cell, stride)
+    yield pix, row + int(oy), col + int(ox), share
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1232,7 +1099,14 @@ def _value_positions(src: ClcSource, agg: Aggregation, values: np.ndarray) -> np
 
 
 def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage: float) -> np.ndarray:
-    """Fractions ``(n, h, w)`` plus coverage as band ``n`` of one target block, float32."""
+    """Fractions ``(n, h, w)`` plus coverage as band ``n`` of one target block, float32.
+
+    The footprint/cell shares come from :func:`landcover.fraction_kernels.footprint_pieces`
+    (one pass per pixel; a footprint inside one cell has share 1), the covered share of each
+    pixel from :func:`~landcover.fraction_kernels.covered_share`.
+    """
+    from .fraction_kernels import covered_share, footprint_pieces
+
     n = len(agg.classes)
     h, w = target.shape
     npix = h * w
@@ -1251,19 +1125,11 @@ def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage:
     pos = np.full((wh, ww), n, dtype="int64")  # n = NODATA (lands in the coverage band, overwritten)
     got = _value_positions(src, agg, src.read(rows, cols))
     pos[rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0] = np.where(got < 0, n, got)
-    pos_flat = pos.reshape(-1)
-    pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    valid = np.zeros(npix)
-    flat = out.reshape(-1)
-    for pix, cell, share in _weights(cx - c0, cy - r0, ww):
-        cls = pos_flat[cell]
-        if share is None:  # whole footprint in one cell: fraction 1 (coverage band n is overwritten)
-            valid[pix] = cls < n
-            flat[cls * npix + pix] = 1.0
-        else:
-            valid[pix] += np.where(cls < n, share, 0.0)  # each pixel occurs once per piece
-            pieces.append((pix, cls, share))
-    _apply_coverage(out, valid, pieces, min_coverage)
+    pix, cell, share, _ = footprint_pieces(
+        np.ascontiguousarray(cx - c0, dtype="float64"), np.ascontiguousarray(cy - r0, dtype="float64"), ww
+    )
+    valid, cls = covered_share(npix, pix, cell, share, pos.reshape(-1), n)
+    _apply_coverage(out, valid, [(pix, cls, share)], min_coverage)
     return out
 
 
@@ -1282,6 +1148,8 @@ def _apply_coverage(
     min(valid, 1)``; pixels with coverage 0 or below ``min_coverage`` are NaN in every class;
     other fractions are renormalised over the valid share.
     """
+    from .fraction_kernels import add_pieces
+
     n = out.shape[0] - 1
     h, w = out.shape[1:]
     npix = h * w
@@ -1292,7 +1160,7 @@ def _apply_coverage(
     with np.errstate(divide="ignore"):
         scale = np.where(keep, 1.0 / valid, 0.0)
     for pix, cls, share in pieces:
-        flat[cls * npix + pix] += share * scale[pix]
+        add_pieces(flat, npix, pix, np.broadcast_to(np.asarray(cls, dtype="int64"), pix.shape), share, scale)
     out[n] = cov.reshape(h, w)
     drop = np.flatnonzero(~keep)
     if drop.size:

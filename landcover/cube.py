@@ -542,12 +542,6 @@ def _encode_u16(x: np.ndarray, keep: np.ndarray, scale: float, offset: float) ->
     return out
 
 
-_LABEL_STRIP = 32
-"""Rows of a block quantised at a time by :func:`_label_planes` (measured: a 512² block of 44
-classes in 32-row strips takes ~0.4x the time of one call, whose float temporaries of ~46 MB
-miss the caches and are page-faulted afresh on every call)."""
-
-
 def _label_planes(frac: np.ndarray, cov: np.ndarray, min_coverage: float) -> np.ndarray:
     """``(2 + class, y, x)`` uint8 of one block: coverage, ``label_ok`` and the encoded fractions.
 
@@ -569,19 +563,25 @@ def _label_planes(frac: np.ndarray, cov: np.ndarray, min_coverage: float) -> np.
     numpy.ndarray
         ``[0]``: coverage in 1/250 steps (255 at NaN); ``[1]``: 1 where every fraction is
         finite and the coverage is at least ``min_coverage``; ``[2:]``: the fractions encoded
-        by :func:`landcover.schema.encode_fractions` (a pixel-wise rule, so quantising the
-        block in strips of rows gives the same bytes), not masked.
+        as :func:`landcover.schema.encode_fractions` does (its compiled kernel, called here
+        directly: it also returns the per-pixel sum of the fractions), not masked.
     """
-    frac = np.asarray(frac, dtype="float32")
+    from .fraction_kernels import encode_steps
+
+    frac = np.ascontiguousarray(frac, dtype="float32")
     c = cov[0]
-    out = np.empty((2 + frac.shape[0],) + c.shape, dtype="uint8")
+    k = frac.shape[0]
+    out = np.empty((2 + k,) + c.shape, dtype="uint8")
     out[0] = schema.encode_coverage(c)
-    # one pass over the classes: a sum of fractions (each <= 1) is finite iff all of them are
-    ok = np.isfinite(np.add.reduce(frac, axis=0))
+    sums = np.empty(c.size, dtype="float32")
+    if k:
+        encode_steps(frac.reshape(k, -1), schema.LABEL_STEPS, schema.LABEL_FILL, out[2:].reshape(k, -1), sums)
+    else:
+        sums[:] = 0.0
+    # a sum of fractions (each <= 1) is finite iff all of them are
+    ok = np.isfinite(sums.reshape(c.shape))
     ok &= np.nan_to_num(c) >= np.float32(min_coverage) - 1e-6
     out[1] = ok
-    for r in range(0, frac.shape[1], _LABEL_STRIP):
-        out[2:, r : r + _LABEL_STRIP] = schema.encode_fractions(frac[:, r : r + _LABEL_STRIP])
     return out
 
 

@@ -152,34 +152,21 @@ def encode_fractions(frac: np.ndarray) -> np.ndarray:
 
     Notes
     -----
-    Only the classes with a non-zero value somewhere in the block are quantised (CLC
-    blocks hold a dozen of the 44 classes); all-zero classes stay 0. Fractions are
-    >= 0, so truncation equals ``floor``; a NaN in any class makes the pixel's sum
-    NaN. Only pixels whose truncated steps do not already sum to 250 (mixed pixels)
-    need the largest-remainder correction; it hands out the missing steps with one
-    ``argmax`` per step (ties to the lower class index, as a stable sort of the remainders
-    would). Should a pixel need more steps than it has classes with a positive remainder
-    (only for fractions that do not sum to 1), the block is quantised over all classes.
+    Per pixel, in float32: ``scaled = frac * 250``, ``q = trunc(scaled)`` (fractions are >= 0, so
+    this is ``floor``); a pixel whose ``q`` sum to less than 250 and whose scaled values sum to
+    more than 0 gives one more step to its ``min(missing, classes)`` classes with the largest
+    remainders ``scaled - q`` (ties to the lower class index), then the steps are clipped to
+    0..250. A pixel whose float32 sum of fractions is NaN is NODATA. One pass per pixel in
+    :func:`landcover.fraction_kernels.encode_steps` (compiled).
     """
+    from .fraction_kernels import encode_steps
+
     frac = np.asarray(frac, dtype="float32")
     k = frac.shape[0] if frac.ndim else 0
-    flat = frac.reshape(k, -1)
-    out = np.zeros(flat.shape, dtype="uint8")
+    flat = np.ascontiguousarray(frac.reshape(k, -1))
+    out = np.empty(flat.shape, dtype="uint8")
     if out.size:
-        nan = np.isnan(np.add.reduce(flat, axis=0))
-        active = np.flatnonzero(np.bitwise_or.reduce(flat.view(np.uint32), axis=1))  # +-0.0 only: skip
-        q = _quantise_rows(flat, active, nan, k)
-        if q is None:  # a zero-remainder class might get a step: quantise every class
-            active = np.arange(k)
-            q = _quantise_rows(flat, active, nan, k)
-        if q is not None:
-            if active.size == k:
-                out[...] = q
-            else:
-                for i, c in enumerate(active):
-                    out[c] = q[i]
-        if nan.any():
-            fill_labels(out, nan)
+        encode_steps(flat, LABEL_STEPS, LABEL_FILL, out, np.empty(flat.shape[1], dtype="float32"))
     return out.reshape(frac.shape)
 
 
@@ -194,58 +181,6 @@ def fill_labels(out: np.ndarray, mask: np.ndarray) -> None:
         return
     plane = np.multiply(mask, np.uint8(0xFF), dtype="uint8")
     np.bitwise_or(flat, plane.reshape(1, -1), out=flat)
-
-
-def _quantise_rows(flat: np.ndarray, active: np.ndarray, nan: np.ndarray, k: int) -> np.ndarray | None:
-    """Largest-remainder steps ``(len(active), n)`` int16 of ``flat[active]`` (garbage where ``nan``).
-
-    None when the other (all-zero) classes could take part in the correction.
-    """
-    if active.size == 0:  # every class is 0 (or NaN): no pixel has a step to hand out
-        return np.zeros((0, flat.shape[1]), dtype="int16")
-    with np.errstate(invalid="ignore"):
-        scaled = flat[active] if active.size < k else flat.copy()
-        scaled *= np.float32(LABEL_STEPS)
-        q = scaled.astype("int16")
-    missing = LABEL_STEPS - np.add.reduce(q, axis=0, dtype="int32")
-    todo = np.flatnonzero((missing > 0) & ~nan)
-    if todo.size:
-        sub_s = scaled[:, todo]
-        keep = np.add.reduce(sub_s, axis=0) > 0
-        todo, sub_s, miss = todo[keep], sub_s[:, keep], missing[todo][keep]
-    if todo.size:
-        sub_q = q[:, todo]
-        rem = sub_s - sub_q
-        if active.size < k and (miss > np.add.reduce(rem > 0, axis=0)).any():
-            return None
-        _hand_out_steps(sub_q, rem, miss)
-        q[:, todo] = sub_q
-    np.clip(q, 0, LABEL_STEPS, out=q)
-    result: np.ndarray = q
-    return result
-
-
-def _hand_out_steps(q: np.ndarray, rem: np.ndarray, miss: np.ndarray) -> None:
-    """Add one step, in place, to the ``miss[j]`` classes of column ``j`` with the largest remainders.
-
-    Ties go to the lower class index. A few missing steps (CLC blocks: mixed pixels of two or
-    three classes) are handed out with one ``argmax`` per step; many (a softmax over 44
-    classes) with one stable ranking of the remainders per pixel, which gives the same result.
-    """
-    n_steps = min(int(miss.max()), rem.shape[0])
-    if n_steps <= 4:
-        cols = np.arange(rem.shape[1])
-        for step in range(n_steps):
-            sel = cols[miss > step] if step else cols
-            best = np.argmax(rem[:, sel], axis=0)
-            q[best, sel] += 1
-            rem[best, sel] = -np.inf
-        return
-    order = np.argsort(-np.ascontiguousarray(rem.T), axis=1, kind="stable")  # (pixel, class), largest first
-    take = np.arange(rem.shape[0])[None, :] < miss[:, None]  # the first miss[j] classes in that order
-    give = np.zeros_like(take)
-    np.put_along_axis(give, order, take, axis=1)
-    q += give.T
 
 
 def encode_coverage(cov: np.ndarray) -> np.ndarray:

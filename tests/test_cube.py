@@ -696,18 +696,18 @@ def test_fast_label_encoding_equals_schema(
     np.testing.assert_array_equal(schema.encode_fractions(f2), encode_fractions_reference(f2))
 
 
-def test_label_planes_in_strips_equal_one_encoding() -> None:
-    """The build quantises each block in strips of rows: the same bytes as one call on the block."""
-    from landcover.cube import _LABEL_STRIP, _label_planes, _mask_labels
+def test_label_planes_equal_the_schema_encoding() -> None:
+    """One block's label planes: the bytes of schema.encode_fractions/encode_coverage and the label mask."""
+    from landcover.cube import _label_planes, _mask_labels
 
     rng = np.random.default_rng(5)
-    h, w, k = 2 * _LABEL_STRIP + 7, 40, 44  # a last strip shorter than the others
+    h, w, k = 71, 40, 44
     frac = rng.random((k, h, w)).astype("float32") ** 6
     frac[rng.random(k) < 0.7] = 0  # classes absent from the block
     frac[0, frac.sum(0) == 0] = 1
     frac /= frac.sum(0, keepdims=True)
-    frac[:, : _LABEL_STRIP // 2, :5] = 0  # pure pixels
-    frac[3, : _LABEL_STRIP // 2, :5] = 1
+    frac[:, :16, :5] = 0  # pure pixels
+    frac[3, :16, :5] = 1
     frac[:, rng.random((h, w)) < 0.05] = np.nan
     cov = np.where(np.isnan(frac[0]), np.float32(0.2), np.float32(0.9))[None]
     planes = _label_planes(frac, cov, 0.5)

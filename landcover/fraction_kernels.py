@@ -1,0 +1,261 @@
+"""Compiled kernels of the label path: CORINE class fractions and their uint8 storage encoding.
+
+Numba (``@njit(cache=True, nogil=True)``, no fastmath: every float operation is the IEEE one,
+in the same order as the rule's definition) runs one pass per pixel where NumPy needed one pass
+per class plane and operation. ``nogil`` lets Dask's threads run these kernels side by side.
+The first call of each kernel in a fresh environment compiles it (cached on disk afterwards).
+
+This module holds the one implementation of each rule; the public entry points are
+:func:`landcover.schema.encode_fractions` (largest-remainder steps) and
+:func:`landcover.corine.fractions` (exact footprint/cell areas and the coverage rule). Tests
+compare both, bit for bit, with plain NumPy references kept in ``tests/``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["encode_steps", "footprint_pieces", "covered_share", "add_pieces"]
+
+_TILE = 1024
+"""Pixels handled together by :func:`encode_steps` (class planes are read in runs of this length)."""
+
+
+@numba.njit(cache=True, nogil=True)
+def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums: np.ndarray) -> None:
+    """Largest-remainder steps of ``frac (class, pixel)`` float32 into ``out (class, pixel)`` uint8.
+
+    Per pixel: ``scaled = frac * steps`` (float32), ``q = trunc(scaled)``; if the ``q`` sum to less
+    than ``steps``, the pixel is not NODATA and its scaled values sum to more than 0, the
+    ``min(missing, classes)`` classes with the largest remainders ``scaled - q`` (ties to the lower
+    class index) get one step more; the result is clipped to ``0..steps``. A pixel whose float32
+    sum of ``frac`` (classes added in order) is NaN gets ``fill`` in every class. ``sums (pixel)``
+    receives that float32 sum.
+    """
+    k, n = frac.shape
+    fs = np.float32(steps)
+    qsum = np.empty(_TILE, np.int64)
+    ssum = np.empty(_TILE, np.float32)
+    rem = np.empty(k, np.float32)
+    qq = np.empty(k, np.int64)
+    for t0 in range(0, n, _TILE):
+        m = min(_TILE, n - t0)
+        for j in range(m):
+            qsum[j] = 0
+            ssum[j] = np.float32(0.0)
+            sums[t0 + j] = np.float32(0.0)
+        for c in range(k):
+            for j in range(m):
+                f = frac[c, t0 + j]
+                sums[t0 + j] += f
+                s = f * fs
+                ssum[j] += s
+                q = int(s) if s == s else 0
+                qsum[j] += q
+                out[c, t0 + j] = min(max(q, 0), steps)
+        for j in range(m):
+            p = t0 + j
+            if sums[p] != sums[p]:  # NaN in some class: NODATA
+                for c in range(k):
+                    out[c, p] = fill
+                continue
+            missing = steps - qsum[j]
+            if missing <= 0 or not ssum[j] > 0:
+                continue
+            for c in range(k):
+                s = frac[c, p] * fs
+                qq[c] = int(s)
+                rem[c] = s - np.float32(qq[c])
+            for _ in range(min(missing, k)):
+                best = 0
+                for c in range(1, k):
+                    if rem[c] > rem[best]:
+                        best = c
+                qq[best] += 1
+                rem[best] = -np.inf
+            for c in range(k):
+                out[c, p] = min(max(qq[c], 0), steps)
+
+
+@numba.njit(cache=True, nogil=True)
+def _meanmin(u: float, v: float) -> float:
+    """Mean of ``min(l, 0)`` for ``l`` linear from ``u`` to ``v`` (exact, stable)."""
+    lo = min(u, v)
+    hi = max(u, v)
+    if hi <= 0.0:
+        return 0.5 * (u + v)
+    if lo >= 0.0:
+        return 0.0
+    neg = min(lo, 0.0)
+    return -0.5 * neg * neg / (hi - lo)
+
+
+@numba.njit(cache=True, nogil=True)
+def _area_below(ex: np.ndarray, ycut: float) -> float:
+    """``area(quad ∩ {y < ycut})`` of the (x-clipped) edges ``ex (4, [xa, ya, xb, yb])`` (Green's theorem)."""
+    acc = (ex[0, 2] - ex[0, 0]) * _meanmin(ex[0, 1] - ycut, ex[0, 3] - ycut)
+    for e in range(1, 4):
+        acc = acc + (ex[e, 2] - ex[e, 0]) * _meanmin(ex[e, 1] - ycut, ex[e, 3] - ycut)
+    return float(-acc)
+
+
+@numba.njit(cache=True, nogil=True)
+def _area(ed: np.ndarray) -> float:
+    """``area(quad)`` of the edges ``ed`` (no cut)."""
+    acc = (ed[0, 2] - ed[0, 0]) * (0.5 * (ed[0, 1] + ed[0, 3]))
+    for e in range(1, 4):
+        acc = acc + (ed[e, 2] - ed[e, 0]) * (0.5 * (ed[e, 1] + ed[e, 3]))
+    return float(-acc)
+
+
+@numba.njit(cache=True, nogil=True)
+def _area_left(ed: np.ndarray, xcut: float) -> float:
+    """``area(quad ∩ {x < xcut})`` of unclipped edges: the integral of ``min(x - xcut, 0) dy``."""
+    acc = (ed[0, 3] - ed[0, 1]) * _meanmin(ed[0, 0] - xcut, ed[0, 2] - xcut)
+    for e in range(1, 4):
+        acc = acc + (ed[e, 3] - ed[e, 1]) * _meanmin(ed[e, 0] - xcut, ed[e, 2] - xcut)
+    return float(acc)
+
+
+@numba.njit(cache=True, nogil=True)
+def _clip_x(ed: np.ndarray, xcut: float, ex: np.ndarray) -> None:
+    """Edges restricted to ``x <= xcut`` into ``ex`` (endpoints slid along each edge)."""
+    for e in range(4):
+        x1, y1, x2, y2 = ed[e, 0], ed[e, 1], ed[e, 2], ed[e, 3]
+        dx = x2 - x1
+        inv = 1.0 / dx if dx != 0.0 else 0.0
+        xa = min(x1, xcut)
+        xb = min(x2, xcut)
+        dy = y2 - y1
+        ex[e, 0] = xa
+        ex[e, 1] = y1 + min(max((xa - x1) * inv, 0.0), 1.0) * dy
+        ex[e, 2] = xb
+        ex[e, 3] = y1 + min(max((xb - x1) * inv, 0.0), 1.0) * dy
+
+
+@numba.njit(cache=True, nogil=True)
+def _span(a0: float, a1: float, a2: float, a3: float) -> tuple[float, int]:
+    """``floor`` of the least of four finite coordinates and the cells spanned from there (>= 1)."""
+    lo = np.floor(min(min(a0, a1), min(a2, a3)))
+    return lo, int(max(np.ceil(max(max(a0, a1), max(a2, a3))) - lo, 1.0))
+
+
+@numba.njit(cache=True, nogil=True)
+def footprint_pieces(
+    cx: np.ndarray, cy: np.ndarray, stride: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact shares of the source cells inside every target pixel's quadrilateral footprint.
+
+    ``cx, cy (h + 1, w + 1)`` float64 are the pixel corners in source pixel units (>= 0 where
+    finite; a pixel with a non-finite corner yields nothing). The footprint of pixel ``(r, c)``
+    has the corners ``(r, c), (r, c + 1), (r + 1, c + 1), (r + 1, c)`` joined by straight edges;
+    cell ``(row j, col i)`` is ``[i, i + 1] x [j, j + 1]``. With ``F(X, Y) = area(quad ∩ {x < X,
+    y < Y})`` (Green's theorem, edge by edge, in coordinates local to the pixel's bounding box),
+    the area in a cell is the second difference of ``F``, divided by the quad's area and
+    clipped at 0. A pixel inside one cell gets share 1 (no geometry).
+
+    Returns ``(pix, cell, share, kk_mm)``: flat pixel index, flat cell index ``row * stride +
+    col``, share (float64), each pixel's pieces consecutive (column offset outer, row offset
+    inner); ``kk_mm`` is unused scratch of the piece count per pixel.
+    """
+    h = cx.shape[0] - 1
+    w = cx.shape[1] - 1
+    npix = h * w
+    kk_mm = np.zeros(npix, np.int64)
+    total = 0
+    kmax = 1
+    mmax = 1
+    for r in range(h):
+        for c in range(w):
+            x0, x1, x2, x3 = cx[r, c], cx[r, c + 1], cx[r + 1, c + 1], cx[r + 1, c]
+            y0, y1, y2, y3 = cy[r, c], cy[r, c + 1], cy[r + 1, c + 1], cy[r + 1, c]
+            if not (
+                np.isfinite(x0) and np.isfinite(x1) and np.isfinite(x2) and np.isfinite(x3)
+                and np.isfinite(y0) and np.isfinite(y1) and np.isfinite(y2) and np.isfinite(y3)
+            ):  # fmt: skip
+                continue
+            kk = _span(x0, x1, x2, x3)[1]
+            mm = _span(y0, y1, y2, y3)[1]
+            kk_mm[r * w + c] = kk * mm
+            total += kk * mm
+            kmax = max(kmax, kk)
+            mmax = max(mmax, mm)
+    pix = np.empty(total, np.int64)
+    cell = np.empty(total, np.int64)
+    share = np.empty(total, np.float64)
+    ed = np.empty((4, 4), np.float64)
+    ex = np.empty((4, 4), np.float64)
+    lat = np.zeros((kmax + 1, mmax + 1), np.float64)  # lat[0, :] and lat[:, 0] stay 0
+    at = 0
+    for r in range(h):
+        for c in range(w):
+            p = r * w + c
+            if kk_mm[p] == 0:
+                continue
+            xs = (cx[r, c], cx[r, c + 1], cx[r + 1, c + 1], cx[r + 1, c])
+            ys = (cy[r, c], cy[r, c + 1], cy[r + 1, c + 1], cy[r + 1, c])
+            ii, kk = _span(xs[0], xs[1], xs[2], xs[3])
+            jj, mm = _span(ys[0], ys[1], ys[2], ys[3])
+            base = int(jj) * stride + int(ii)
+            if kk == 1 and mm == 1:
+                pix[at] = p
+                cell[at] = base
+                share[at] = 1.0
+                at += 1
+                continue
+            for e in range(4):
+                f = (e + 1) % 4
+                ed[e, 0] = xs[e] - ii
+                ed[e, 1] = ys[e] - jj
+                ed[e, 2] = xs[f] - ii
+                ed[e, 3] = ys[f] - jj
+            # lat[xi, yi] = F(xi, yi) for xi in 0..kk, yi in 0..mm (0 on the first row/column)
+            for xcut in range(1, kk + 1):
+                if xcut < kk and mm > 1:
+                    _clip_x(ed, float(xcut), ex)
+                    for yc in range(1, mm):
+                        lat[xcut, yc] = _area_below(ex, float(yc))
+                else:
+                    for yc in range(1, mm):
+                        lat[xcut, yc] = _area_below(ed, float(yc))
+                lat[xcut, mm] = _area_left(ed, float(xcut)) if xcut < kk else _area(ed)
+            tot = lat[kk, mm]
+            inv_total = 1.0 / tot if tot != 0.0 else 0.0
+            for di in range(kk):
+                for dj in range(mm):
+                    a = lat[di + 1, dj + 1] - lat[di, dj + 1] - lat[di + 1, dj] + lat[di, dj]
+                    pix[at] = p
+                    cell[at] = base + dj * stride + di
+                    share[at] = max(a * inv_total, 0.0)
+                    at += 1
+    return pix, cell, share, kk_mm
+
+
+@numba.njit(cache=True, nogil=True)
+def add_pieces(
+    flat: np.ndarray, npix: int, pix: np.ndarray, cls: np.ndarray, share: np.ndarray, scale: np.ndarray
+) -> None:
+    """``flat[cls * npix + pix] += share * scale[pix]`` (float32 target, float64 sum), in order."""
+    for i in range(pix.size):
+        t = cls[i] * npix + pix[i]
+        flat[t] = np.float32(np.float64(flat[t]) + share[i] * scale[pix[i]])
+
+
+@numba.njit(cache=True, nogil=True)
+def covered_share(
+    npix: int, pix: np.ndarray, cell: np.ndarray, share: np.ndarray, pos: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class position ``pos[cell]`` of every piece and each pixel's share covered by a class (< ``n``).
+
+    Returns ``(valid (npix) float64, cls (pieces) int64)``; the shares of a pixel are added in
+    piece order.
+    """
+    valid = np.zeros(npix, np.float64)
+    cls = np.empty(pix.size, np.int64)
+    for i in range(pix.size):
+        c = pos[cell[i]]
+        cls[i] = c
+        if c < n:
+            valid[pix[i]] += share[i]
+    return valid, cls

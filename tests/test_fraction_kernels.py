@@ -1,0 +1,104 @@
+"""The compiled label kernels (landcover.fraction_kernels) against plain NumPy references, bit for bit.
+
+``fraction_oracle.encode_fractions_reference`` is the largest-remainder rule written with a full
+sort; ``corine_reference`` is the vectorised NumPy fraction accumulation the kernels replaced.
+Random inputs cover ties, NODATA (NaN fractions, NODATA and missing source cells), all-zero
+pixels, fractions that do not sum to 1, and footprints spanning 1 to many source cells.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corine_reference import _weights, compute_block_reference
+from fraction_oracle import encode_fractions_reference
+from test_corine import LAEA, random_clc, utm_grid_over, write_raster
+
+from landcover.corine import _compute_block, aggregation, area_weights, read_clc
+from landcover.grid import Grid
+from landcover.schema import encode_fractions
+
+
+def _random_fractions(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n, m = int(rng.integers(1, 45)), 240
+    kind = seed % 5
+    if kind == 0:  # sums far above 1: no step is missing
+        frac = rng.random((n, m))
+    elif kind == 1:  # sums far below 1: more steps missing than classes
+        frac = rng.random((n, m)) * 0.01
+    else:
+        frac = rng.dirichlet(np.full(n, 0.4), size=m).T
+        frac[rng.random(frac.shape) < 0.3] = 0
+        s = frac.sum(0)
+        frac = np.where(s > 0, frac / np.where(s > 0, s, 1), frac)
+    frac = frac.astype("float32")
+    if kind == 2:  # many equal remainders: ties go to the lower class
+        frac = (np.round(frac * 8) / 8).astype("float32")
+    if kind == 3:
+        frac[rng.random(frac.shape) < 0.2] = -0.0
+    frac[:, rng.random(m) < 0.1] = np.nan  # NODATA pixels
+    frac[rng.integers(0, n), rng.random(m) < 0.05] = np.nan  # NaN in one class only
+    frac[:, rng.random(m) < 0.05] = 0  # all-zero pixels
+    return frac.reshape(n, 12, 20)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_encode_fractions_matches_the_largest_remainder_reference(seed: int) -> None:
+    frac = _random_fractions(seed)
+    got = encode_fractions(frac)
+    assert got.dtype == np.uint8 and got.shape == frac.shape
+    np.testing.assert_array_equal(got, encode_fractions_reference(frac))
+    np.testing.assert_array_equal(encode_fractions(frac[:, ::2, 1::3]), got[:, ::2, 1::3])  # strided input
+
+
+def _grids(src: Grid) -> list[tuple[str, Grid]]:
+    left, bottom, right, top = src.bounds
+    shifted = (left + 137, bottom + 263, right - 91, top - 40)
+    return [
+        ("utm 30 m", utm_grid_over(src, size=70)),
+        ("utm 30 m past the edges", utm_grid_over(src, inset=-700.0)),
+        ("utm 230 m", utm_grid_over(src, res=230.0, size=14)),
+        ("laea 45 m shifted", Grid.from_bounds(shifted, LAEA, resolution=45.0)),
+        ("laea 100 m aligned", Grid.from_bounds((left, bottom, right, top), LAEA, resolution=100.0)),
+    ]
+
+
+@pytest.mark.parametrize("min_coverage", [0.0, 0.5, 0.99])
+def test_fraction_blocks_match_the_numpy_reference(tmp_path: Path, min_coverage: float) -> None:
+    rng = np.random.default_rng(int(min_coverage * 100))
+    src = read_clc(write_raster(tmp_path / "c.tif", random_clc(rng, (30, 30), patch=2)))
+    for level in (3, 1):
+        agg = aggregation(level)  # type: ignore[arg-type]
+        for what, grid in _grids(src.grid):
+            for r0, c0, size in ((0, 0, 10_000), (3, 5, 17)):  # whole grid, and a block inside it
+                sub = grid.subgrid(slice(r0, r0 + size), slice(c0, c0 + size))
+                got = _compute_block(src, sub, agg, min_coverage)
+                ref = compute_block_reference(src, sub, agg, min_coverage)
+                assert got.shape == ref.shape, what
+                # bit for bit (NaN where the reference has NaN, same float32 bits elsewhere)
+                assert np.array_equal(got.view("uint32"), ref.view("uint32")), (what, level, r0)
+
+
+def test_area_weights_match_the_numpy_reference_with_unusable_corners() -> None:
+    rng = np.random.default_rng(5)
+    cx = np.add.outer(np.zeros(9), np.arange(9) * 0.83) + rng.normal(0, 0.2, (9, 9)) + 2.3
+    cy = np.add.outer(np.arange(9) * 1.37, np.zeros(9)) + rng.normal(0, 0.2, (9, 9)) + 1.1
+    cx[4, 4] = np.nan  # the four pixels sharing this corner are not covered
+    cy[0, 7] = np.inf
+    got = {
+        (int(p), int(r), int(c)): float(s)
+        for pix, row, col, share in area_weights(cx, cy)
+        for p, r, c, s in zip(pix, row, col, share, strict=True)
+    }
+    ref: dict[tuple[int, int, int], float] = {}
+    for pix, cell, share in _weights(cx, cy, 30):
+        row, col = np.divmod(cell, 30)
+        shares = np.ones(pix.size) if share is None else share
+        ref.update(
+            {(int(p), int(r), int(c)): float(s) for p, r, c, s in zip(pix, row, col, shares, strict=True)}
+        )
+    assert got == ref
+    assert not {p for p, _, _ in got} & {3 * 8 + 3, 3 * 8 + 4, 4 * 8 + 3, 4 * 8 + 4, 6, 7}
