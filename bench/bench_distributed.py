@@ -171,8 +171,13 @@ def main() -> int:
     ap.add_argument("--server-lr", type=float, default=1.0, help="FedAvg server learning rate (fedavg)")
     ap.add_argument("--modes", default="round-robin,fedavg", help="comma list of round-robin, fedavg, sync")
     ap.add_argument(
-        "--sync-bn", default="ghost", help="sync mode, k = 1: BatchNorm variants (comma list of ghost/pooled)"
-    )
+        "--sync-bn", default="ghost",
+        help="sync mode, k = 1: BatchNorm variants (comma list of ghost/pooled/exact)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--stratified-baseline", action="store_true",
+        help="also train one machine on the sync runs' stratified mixed batches (the paired reference)",
+    )  # fmt: skip
     ap.add_argument(
         "--local-steps", type=lambda t: [int(x) for x in t.split(",")], default=[1],
         help="sync mode: local steps between averagings (comma list; default 1 = every step mixed)",
@@ -185,7 +190,7 @@ def main() -> int:
     for opt, given, allowed in (
         ("--modes", modes, ("round-robin", "fedavg", "sync")),
         ("--bn-stats", bn_variants, ("none", "global", "repository")),
-        ("--sync-bn", args.sync_bn.split(","), ("ghost", "pooled")),
+        ("--sync-bn", args.sync_bn.split(","), ("ghost", "pooled", "exact")),
     ):  # checked before any training, not when the first run of the setting starts
         if bad := [v for v in given if v not in allowed]:
             ap.error(f"{opt}: {', '.join(map(repr, bad))} not one of {', '.join(allowed)}")
@@ -305,6 +310,21 @@ def _one_seed(
                  "model_bytes_per_epoch": 0.0, "data_bytes_per_epoch": 0.0, "utilisation": math.nan}
             )  # fmt: skip
 
+        # --- paired reference: one machine on the same stratified mixed batches as mode="sync"
+        if args.stratified_baseline and "sync" in modes:
+            t0 = time.perf_counter()
+            strat = [
+                _score(_stratified_baseline(model, repos, survey, base, stats, args.epochs, seed, k), spec0,
+                       val_loader)["val_miou_l3"]
+                for k, model in enumerate(models.values())
+            ]  # fmt: skip
+            rows.append(
+                {"mode": STRATIFIED, "leg_batches": None, "rounds": 1, "samples": samples,
+                 "val_miou_l3": sum(strat) / len(strat), "wall_s": time.perf_counter() - t0,
+                 "model_bytes_per_epoch": 0.0, "data_bytes_per_epoch": 0.0, "utilisation": math.nan}
+            )  # fmt: skip
+            print(f"  seed {seed} {STRATIFIED}: val mIoU {rows[-1]['val_miou_l3']:.3f}", flush=True)
+
         # --- control without a cluster: the same training, each batch from one repository
         t0 = time.perf_counter()
         if args.no_control:
@@ -367,7 +387,7 @@ def _one_seed(
             else:
                 scores = [_score(m.state, m.spec, val_loader)["val_miou_l3"] for m in run.models.values()]
             train = [g for g in run.legs if g.kind == "train"]
-            moved = sum(g.bytes_to_worker + g.bytes_from_worker for g in train)
+            moved = sum(g.bytes_to_worker + g.bytes_from_worker + g.peer_bytes for g in train)
             data = sum(g.data_bytes for g in train)
             util = run.utilisation()
             rows.append(
@@ -404,8 +424,10 @@ def _one_seed(
         client.close()
         lc.close()
 
+    strat_miou = next((r["val_miou_l3"] for r in rows if r["mode"] == STRATIFIED), None)
     for r in rows:
         r["seed"] = seed
+        r["stratified_val_miou_l3"] = strat_miou
         r["baseline_val_miou_l3"] = base_miou
         r["baseline_wall_s"] = base_wall
     return rows
@@ -456,6 +478,7 @@ def _summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                         "bytes_moved_over_window_bytes_at_scale": at_scale,
                         "reaches_90pct": bool(ci.low >= 0.9) if math.isfinite(ci.low) else None})  # fmt: skip
     results["summary"] = summary
+    _paired(settings)
     results["realistic_scale"] = scale
     print(
         f"\n'at scale': bytes moved (weights, gradients, optimiser state, BatchNorm moments; both ways; "
@@ -470,6 +493,68 @@ def _summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     first = [r for r in rows if r["seed"] == rows[0]["seed"]]
     _plot(first, first[0]["baseline_val_miou_l3"], args.out / "distributed.png", args)
     print(f"\nresults: {args.out / 'results.json'}, plot: {args.out / 'distributed.png'}")
+
+
+STRATIFIED = "single machine, stratified"
+"""One machine on the sync runs' stratified mixed batches (same sub-batches, steps, schedule)."""
+
+
+def _stratified_baseline(
+    model: Any, repos: Any, survey: Any, step: Any, stats: Any, epochs: int, seed: int, k: int
+) -> dict[str, Any]:
+    """One machine, AdamW + one-cycle, every step on the concatenated sub-batches ``mode="sync"`` draws.
+
+    The sub-batches are the sync runs' (:func:`~landcover.cluster.engine.sub_batches`, the
+    streams of :func:`~landcover.cluster.legs.stream_indices` with the engine's seeds for model
+    ``k``), as many steps as the sync runs take: what exact SyncBN reproduces.
+    """
+    import copy
+
+    import torch
+
+    from landcover.cluster.engine import sub_batches
+    from landcover.cluster.legs import stream_indices, window_dataset
+    from landcover.cluster.payload import to_numpy
+    from landcover.train import TrainState, to_device
+
+    m = copy.deepcopy(model)
+    sub = sub_batches({r.name: int(survey[r.name]["n_train"]) for r in repos}, step.batch_size)
+    n_all = sum(int(survey[r.name]["n_train"]) for r in repos)
+    n_steps = epochs * max(1, math.ceil(n_all / sum(sub.values())))
+    dss = [window_dataset(list(r.cubes), list(m.spec.bands), step, "train", stats) for r in repos]
+    state = TrainState.create(
+        m, lr=step.lr, total_steps=n_steps, weight_decay=step.weight_decay, pct_start=step.pct_start,
+        device="cpu",
+    )  # fmt: skip
+    m.train()
+    cpu = torch.device("cpu")
+    for j in range(n_steps):
+        parts = []
+        for i, (r, ds) in enumerate(zip(repos, dss, strict=True)):
+            idx = stream_indices(len(ds), seed + 1_009 * k + i, j * sub[r.name], sub[r.name])
+            parts.append(to_device(ds.__getitems__(idx).batch, cpu))
+        state.step(tuple(torch.cat([p[c] for p in parts]) for c in range(3)))
+    return dict(to_numpy(m.state_dict()))
+
+
+def _paired(settings: dict[tuple[str, Any], list[dict[str, Any]]]) -> None:
+    """Paired ratios of the sync runs to one machine on the same stratified mixed batches (per seed)."""
+    from landcover.stats import t_interval
+
+    lines = []
+    for (mode, _leg), rs in settings.items():
+        if not mode.startswith("sync"):
+            continue
+        ratios = [
+            r["val_miou_l3"] / r["stratified_val_miou_l3"] for r in rs if r.get("stratified_val_miou_l3")
+        ]
+        if ratios:
+            ci = t_interval(ratios)
+            per = " / ".join(f"{x:.2f}" for x in ratios)
+            lines.append(f"{mode:<26} {ci.estimate:.2f} [{ci.low:.2f}, {ci.high:.2f}] (per seed {per})")
+    if lines:
+        print(f"\npaired: x one machine on the same stratified mixed batches ({STRATIFIED!r}), t 95% CI")
+        print("\n".join(lines))
 
 
 def _bootstrap_ratio(rs: list[dict[str, Any]]) -> Any:

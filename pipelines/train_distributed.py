@@ -30,7 +30,7 @@ default (:class:`landcover.cluster.config.DistributedTrainConfig`), so an empty 
     bn_stats = "global"                 # BatchNorm statistics from every repository ("repository", "none")
     server_momentum = 0.0               # FedAvgM (fedavg mode)
     local_steps = 1                     # sync mode: steps on local sub-batches between averagings
-    sync_bn = "ghost"                   # sync mode, 1 local step: "ghost" or "pooled" BatchNorm
+    sync_bn = "ghost"                   # sync mode, 1 local step: "ghost", "pooled" or "exact" (SyncBN)
     [[repositories]]                    # optional: explicit instead of discovered
     name = "site-a"
     worker = "site-a"

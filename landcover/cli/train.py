@@ -103,6 +103,22 @@ def register(sub: Any) -> None:
         help="give up a leg still running this long on its worker (frozen worker): retry it on a replica "
         "or skip it; auto (default): max(60 s, 10 x the median leg so far)",
     )
+    d.add_argument(
+        "--sync-bn",
+        choices=["ghost", "pooled", "exact"],
+        default=None,
+        help="--mode sync: BatchNorm of a step (ghost: each repository's sub-batch its own statistics; "
+        "pooled: shifted by last step's offsets; exact: synchronised across the workers in every step, "
+        "i.e. one machine's step on the mixed batch; default: from --config, else ghost)",
+    )
+    d.add_argument(
+        "--round-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--sync-bn exact: optimiser steps per round, one task per worker "
+        "(default: up to the epoch's end)",
+    )
     p.set_defaults(func=run)
 
 
@@ -151,6 +167,8 @@ def run_distributed(args: argparse.Namespace) -> int:
         "device": args.device,
         "ship_optimizer": False if args.no_ship_optimizer else None,
         "leg_timeout": args.leg_timeout,
+        "sync_bn": args.sync_bn,
+        "round_steps": args.round_steps,
         "num_threads": args.threads if isinstance(args.threads, int) else None,
     }
     step_changes = {k: v for k, v in step_changes.items() if v is not None}

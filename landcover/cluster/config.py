@@ -101,7 +101,15 @@ class StepConfig:
         moments (a few KiB; one step stale, cf. cross-iteration batch normalisation), so
         every sub-batch is normalised as one machine would normalise the mixed batch. The
         first step uses ``"ghost"``. Either way the running statistics follow the pooled
-        moments of each mixed batch.
+        moments of each mixed batch. ``"exact"``: synchronised BatchNorm, every step exactly a
+        single-machine step on the mixed batch (:mod:`landcover.cluster.syncbn`): a round of
+        ``round_steps`` steps is one task per worker, all at once, forming a gloo process
+        group that all-reduces every BatchNorm layer's moments (forward and backward) and the
+        gradients inside each step; weights and AdamW state go out at the start of a round
+        and come back at its end. Needs ``local_steps == 1``.
+    round_steps
+        ``sync_bn="exact"``: optimiser steps per round (one task per worker); None (default):
+        up to the next epoch boundary (validation and faults are handled between rounds).
     """
 
     window: int = 64
@@ -130,7 +138,8 @@ class StepConfig:
     server_momentum: float = 0.0
     server_lr: float = 1.0
     local_steps: int = 1
-    sync_bn: Literal["ghost", "pooled"] = "ghost"
+    sync_bn: Literal["ghost", "pooled", "exact"] = "ghost"
+    round_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.leg_timeout == "none":
@@ -160,10 +169,18 @@ class StepConfig:
             raise ValueError("bn_batches must be >= 1")
         if not 0 <= self.server_momentum < 1 or not self.server_lr > 0:
             raise ValueError("server_momentum must be in [0, 1) and server_lr > 0")
-        if self.sync_bn not in ("ghost", "pooled"):
-            raise ValueError(f"sync_bn must be 'ghost' or 'pooled', got {self.sync_bn!r}")
+        self._check_sync()
+
+    def _check_sync(self) -> None:
+        """``sync_bn``, ``local_steps`` and ``round_steps`` of ``mode="sync"``."""
+        if self.sync_bn not in ("ghost", "pooled", "exact"):
+            raise ValueError(f"sync_bn must be 'ghost', 'pooled' or 'exact', got {self.sync_bn!r}")
         if self.local_steps < 1:
             raise ValueError(f"local_steps must be >= 1, got {self.local_steps}")
+        if self.sync_bn == "exact" and self.local_steps != 1:
+            raise ValueError(f"sync_bn='exact' needs local_steps = 1, got {self.local_steps}")
+        if self.round_steps is not None and self.round_steps < 1:
+            raise ValueError(f"round_steps must be >= 1 or None, got {self.round_steps}")
 
     def _check_leg_timeout(self) -> None:
         """``leg_timeout`` is > 0, ``"auto"`` or None; its floor and factor are > 0."""

@@ -102,6 +102,7 @@ import numpy as np
 from ..errors import ConfigError
 from .aggregate import average_optimizers, average_states, pool_bn, server_step, with_bn
 from .config import Mode, StepConfig
+from .exact import exact_round
 from .legs import bn_task, eval_task, mixed_norm, survey_task, sync_task, train_task, window_bytes
 from .payload import nbytes
 from .records import DistributedRun, LegRecord, ModelRun
@@ -307,6 +308,8 @@ class _Training:
             for r in repos
         }
         self.sub: dict[str, int] = {}  # mode="sync": windows per repository in a mixed batch
+        self.round_steps = 1  # mode="sync": optimiser steps per round
+        self.sync_steps = 0  # mode="sync": optimiser steps of the run
         self.steps_per_epoch = 1  # mode="sync": optimiser steps per pass over every repository
         if mode == "round-robin":
             self.rounds = rounds if rounds is not None else epochs * n
@@ -321,10 +324,18 @@ class _Training:
             n_all = sum(int(surveyed[r.name]["n_train"]) for r in repos)
             self.steps_per_epoch = max(1, math.ceil(n_all / sum(self.sub.values())))
             k = step.local_steps
-            self.rounds = rounds if rounds is not None else math.ceil(epochs * self.steps_per_epoch / k)
-            self.epochs = math.ceil(self.rounds * k / self.steps_per_epoch)
+            if step.sync_bn == "exact":  # a round: round_steps steps (default: up to the epoch's end)
+                self.round_steps = step.round_steps or self.steps_per_epoch
+                total = epochs * self.steps_per_epoch if rounds is None else rounds * self.round_steps
+                self.rounds = math.ceil(total / self.round_steps)
+            else:
+                self.round_steps = k
+                self.rounds = rounds if rounds is not None else math.ceil(epochs * self.steps_per_epoch / k)
+                total = self.rounds * k
+            self.sync_steps = total
+            self.epochs = math.ceil(total / self.steps_per_epoch)
             self.plan = []
-            totals = dict.fromkeys(self.names, self.rounds * k)
+            totals = dict.fromkeys(self.names, total)
         else:
             self.rounds = rounds if rounds is not None else epochs
             self.epochs = self.rounds
@@ -350,7 +361,7 @@ class _Training:
 
     def epoch_of(self, r: int) -> float:
         if self.mode == "sync":
-            return r * self.step.local_steps / self.steps_per_epoch
+            return min(r * self.round_steps, self.sync_steps) / self.steps_per_epoch
         return (r / len(self.repos)) if self.mode == "round-robin" else float(r)
 
     def leg_seed(self, r: int, k: int, i: int) -> int:
@@ -511,6 +522,9 @@ class _Training:
     def sync_round(self, r: int) -> None:
         """Round ``r`` of ``mode="sync"``: each repository's sub-batch(es) of the same weights, one update."""
         step, k = self.step, self.step.local_steps
+        if step.sync_bn == "exact":
+            exact_round(self, r)
+            return
         jobs: list[Job] = []
         for km, m in enumerate(self.names):
             run = self.runs[m]

@@ -35,6 +35,9 @@ class LegRecord:
     weights_bytes: int
     optimizer_bytes: int
     data_bytes: int
+    peer_bytes: int = 0
+    """Bytes this task sent to its peers (``sync_bn="exact"``: gloo all-reduces; ring, 2 (n - 1) / n x each
+    tensor, counted by the sender only)."""
 
     @property
     def seconds(self) -> float:
@@ -101,11 +104,13 @@ class DistributedRun:
         data_train = sum(leg.data_bytes for leg in train)
         data_eval = sum(leg.data_bytes for leg in evals)
         windows = sum(leg.samples for leg in train)
-        moved = weights + optim
+        peer = sum(leg.peer_bytes for leg in train)
+        moved = weights + optim + peer
         return {
             "epochs": self.epochs,
             "weights_bytes_per_epoch": weights / e,
             "optimizer_bytes_per_epoch": optim / e,
+            "peer_bytes_per_epoch": peer / e,
             "model_bytes_per_epoch": moved / e,
             "eval_model_bytes_per_epoch": eval_model / e,
             "train_windows_per_epoch": windows / e,
