@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-__all__ = ["footprint_codes", "gather", "rotated_image", "rotated_taps"]
+__all__ = ["footprint_codes", "gather", "pure_labels", "rotated_image", "rotated_taps"]
 
 
 def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -44,20 +44,17 @@ def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
 
 
 @_compiled(inline="always")
-def _tap(  # type: ignore[no-untyped-def]
-    i, j, h, w, cy, cx, c, s, fh, fw, valid
-):  # pragma: no cover - compiled
-    """The 4 wrapped flat sources, renormalised float32 weights and mask of output pixel ``(i, j)``.
+def _tap(ry, rx, fh, fw, valid):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """The 4 wrapped flat sources, renormalised float32 weights and mask of the source point ``(ry, rx)``.
 
-    Coordinates as :func:`landcover.windows.rotation_coords` (float64), sources clamped at
-    the far edges and wrapped like ``np.take(mode="wrap")``, weights renormalised over the
-    valid sources; the mask is the nearest source's validity (and a positive weight sum).
+    ``(ry, rx)`` as :func:`landcover.windows.rotation_coords` gives them (float64);
+    sources clamped at the far edges and wrapped like ``np.take(mode="wrap")``; each
+    bilinear product times the validity of its source (``p * 1.0`` is ``p``, so an output
+    pixel with 4 valid sources keeps its plain weights), the weights renormalised to sum
+    to 1; the mask is the nearest source's validity and a positive weight sum. No branch
+    on the data: the compiler may turn the selects into vector code.
     """
     npix = fh * fw
-    v = np.float64(i) - (h - 1) / 2.0
-    u = np.float64(j) - (w - 1) / 2.0
-    ry = cy + v * c + u * s
-    rx = cx + u * c - v * s
     fl_y = np.floor(ry)
     fl_x = np.floor(rx)
     i0 = np.int64(fl_y)
@@ -65,44 +62,29 @@ def _tap(  # type: ignore[no-untyped-def]
     fy = np.float32(ry - fl_y)
     fx = np.float32(rx - fl_x)
     k0 = i0 * fw + j0
-    di = fw if i0 < fh - 1 else 0
+    k2 = k0 + (fw if i0 < fh - 1 else 0)
     dj = 1 if j0 < fw - 1 else 0
     k1 = k0 + dj
-    k2 = k0 + di
     k3 = k2 + dj
-    if k0 < 0:
-        k0 += npix
-    if k1 < 0:
-        k1 += npix
-    if k2 < 0:
-        k2 += npix
-    if k3 < 0:
-        k3 += npix
+    k0 = k0 + npix if k0 < 0 else k0
+    k1 = k1 + npix if k1 < 0 else k1
+    k2 = k2 + npix if k2 < 0 else k2
+    k3 = k3 + npix if k3 < 0 else k3
     one = np.float32(1.0)
     zero = np.float32(0.0)
+    v0, v1, v2, v3 = valid[k0], valid[k1], valid[k2], valid[k3]
     gx = one - fx
     gy = one - fy
-    p0 = gy * gx
-    p1 = gy * fx
-    p2 = fy * gx
-    p3 = fy * fx
-    v0, v1, v2, v3 = valid[k0], valid[k1], valid[k2], valid[k3]
-    if v0 and v1 and v2 and v3:
-        m = True
-    else:  # zero weight on the invalid sources; the mask follows the nearest source
-        p0 = p0 * (one if v0 else zero)
-        p1 = p1 * (one if v1 else zero)
-        p2 = p2 * (one if v2 else zero)
-        p3 = p3 * (one if v3 else zero)
-        if fy >= 0.5:
-            m = v3 if fx >= 0.5 else v2
-        else:
-            m = v1 if fx >= 0.5 else v0
+    p0 = gy * gx * (one if v0 else zero)
+    p1 = gy * fx * (one if v1 else zero)
+    p2 = fy * gx * (one if v2 else zero)
+    p3 = fy * fx * (one if v3 else zero)
+    right = fx >= 0.5
+    near = (v3 if right else v2) if fy >= 0.5 else (v1 if right else v0)
     wsum = p0 + p1
     wsum += p2
     wsum += p3
-    if not wsum > zero:
-        m = False
+    m = near and wsum > zero
     inv = one / wsum if m else zero
     return k0, k1, k2, k3, p0 * inv, p1 * inv, p2 * inv, p3 * inv, m
 
@@ -111,34 +93,53 @@ def _tap(  # type: ignore[no-untyped-def]
 def rotated_image(  # type: ignore[no-untyped-def]
     h, w, cy, cx, c, s, fh, fw, valid, planes, a, b, decode, codes, img, mask, pure
 ):  # pragma: no cover - compiled
-    """Resample a turned ``(h, w)`` window from footprint planes, one pass over the output pixels.
+    """Resample a turned ``(h, w)`` window from footprint planes, row by row of the output.
 
     ``valid`` (fh*fw,) bool; ``planes`` (C, fh*fw) in any numeric dtype (each tap converted
     to float32); ``a``, ``b`` (C,) float32 applied when ``decode``: ``row * a + b * mask``.
     Writes ``img`` (C, h*w) float32 and ``mask`` (h*w,) bool; when ``codes`` (fh*fw,) is not
     empty, ``pure`` (h*w,) gets the code of the pixels whose 4 sources share one, else 0.
+    The taps of an output row are computed once (source coordinates
+    ``(cy + v*c) + u*s`` and ``(cx + u*c) - v*s`` as :func:`landcover.windows.rotation_coords`),
+    then every plane is sampled along the row.
     """
     nc = planes.shape[0]
     labels = codes.shape[0] > 0
+    index = np.empty((4, w), dtype=np.int64)
+    weights = np.empty((5, w), dtype=np.float32)
+    us = np.empty(w, dtype=np.float64)
+    xc = np.empty(w, dtype=np.float64)
+    for j in range(w):
+        u = np.float64(j) - (w - 1) / 2.0
+        us[j] = u * s
+        xc[j] = cx + u * c
     for i in range(h):
+        v = np.float64(i) - (h - 1) / 2.0
+        yc = cy + v * c
+        vs = v * s
+        base = i * w
         for j in range(w):
-            p = i * w + j
-            k0, k1, k2, k3, w0, w1, w2, w3, m = _tap(i, j, h, w, cy, cx, c, s, fh, fw, valid)
-            mask[p] = m
-            maskf = np.float32(1.0) if m else np.float32(0.0)
-            for r in range(nc):
-                row = np.float32(planes[r, k0]) * w0
-                row += np.float32(planes[r, k1]) * w1
-                row += np.float32(planes[r, k2]) * w2
-                row += np.float32(planes[r, k3]) * w3
-                if decode:
-                    row *= a[r]
-                    row += b[r] * maskf
-                img[r, p] = row
+            k0, k1, k2, k3, w0, w1, w2, w3, m = _tap(yc + us[j], xc[j] - vs, fh, fw, valid)
+            index[0, j], index[1, j], index[2, j], index[3, j] = k0, k1, k2, k3
+            weights[0, j], weights[1, j], weights[2, j], weights[3, j] = w0, w1, w2, w3
+            weights[4, j] = np.float32(1.0) if m else np.float32(0.0)
+            mask[base + j] = m
             if labels:
                 q = codes[k0]
-                same = q == codes[k1] and q == codes[k2] and q == codes[k3]
-                pure[p] = q if same else 0
+                pure[base + j] = q if q == codes[k1] and q == codes[k2] and q == codes[k3] else 0
+        for r in range(nc):
+            plane = planes[r]
+            ar = a[r]
+            br = b[r]
+            for j in range(w):
+                row = np.float32(plane[index[0, j]]) * weights[0, j]
+                row += np.float32(plane[index[1, j]]) * weights[1, j]
+                row += np.float32(plane[index[2, j]]) * weights[2, j]
+                row += np.float32(plane[index[3, j]]) * weights[3, j]
+                if decode:
+                    row *= ar
+                    row += br * weights[4, j]
+                img[r, base + j] = row
 
 
 @_compiled()
@@ -147,8 +148,11 @@ def rotated_taps(  # type: ignore[no-untyped-def]
 ):  # pragma: no cover - compiled
     """The taps of output pixels ``sel``: ``index`` (4, m) int64, ``weights`` (4, m) float32, ``mask``."""
     for t in range(sel.shape[0]):
-        p = sel[t]
-        k0, k1, k2, k3, w0, w1, w2, w3, m = _tap(p // w, p % w, h, w, cy, cx, c, s, fh, fw, valid)
+        i = sel[t] // w
+        j = sel[t] % w
+        v = np.float64(i) - (h - 1) / 2.0
+        u = np.float64(j) - (w - 1) / 2.0
+        k0, k1, k2, k3, w0, w1, w2, w3, m = _tap(cy + v * c + u * s, cx + u * c - v * s, fh, fw, valid)
         index[0, t], index[1, t], index[2, t], index[3, t] = k0, k1, k2, k3
         weights[0, t], weights[1, t], weights[2, t], weights[3, t] = w0, w1, w2, w3
         mask[t] = m
@@ -158,24 +162,40 @@ def rotated_taps(  # type: ignore[no-untyped-def]
 def gather(rows, planes, index, weights, out):  # type: ignore[no-untyped-def]  # pragma: no cover
     """``out[t, q] = sum_k float32(planes[rows[t], index[k, q]]) * weights[k, q]`` (k in order)."""
     for t in range(rows.shape[0]):
-        r = rows[t]
+        plane = planes[rows[t]]
         for q in range(index.shape[1]):
-            v = np.float32(planes[r, index[0, q]]) * weights[0, q]
-            v += np.float32(planes[r, index[1, q]]) * weights[1, q]
-            v += np.float32(planes[r, index[2, q]]) * weights[2, q]
-            v += np.float32(planes[r, index[3, q]]) * weights[3, q]
+            v = np.float32(plane[index[0, q]]) * weights[0, q]
+            v += np.float32(plane[index[1, q]]) * weights[1, q]
+            v += np.float32(plane[index[2, q]]) * weights[2, q]
+            v += np.float32(plane[index[3, q]]) * weights[3, q]
             out[t, q] = v
 
 
 @_compiled()
-def footprint_codes(planes, rows, valid, codes):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """Per footprint pixel: 1 + t where ``planes[rows[t]]`` is its only class > 0 and it is valid, else 0."""
-    for q in range(planes.shape[1]):
-        code = 0
-        count = 0
-        if valid[q]:
-            for t in range(rows.shape[0]):
-                if planes[rows[t], q] > 0:
-                    count += 1
-                    code = t + 1
-        codes[q] = code if count == 1 else 0
+def footprint_codes(planes, rows, valid, codes, count):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Per footprint pixel: 1 + t where ``planes[rows[t]]`` is its only class > 0 and it is valid, else 0.
+
+    ``codes`` and ``count`` (fh*fw,) are scratch of an unsigned dtype that holds ``len(rows)``.
+    """
+    codes[:] = 0
+    count[:] = 0
+    for t in range(rows.shape[0]):
+        plane = planes[rows[t]]
+        tag = codes.dtype.type(t + 1)
+        for q in range(plane.shape[0]):
+            nz = plane[q] > 0
+            count[q] += nz
+            codes[q] = tag if nz else codes[q]
+    for q in range(codes.shape[0]):
+        codes[q] = codes[q] if count[q] == 1 and valid[q] else 0
+
+
+@_compiled()
+def pure_labels(pure, rows, value, lab):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """``lab[rows[t]] = value`` where ``pure == t + 1``, else 0 (``lab`` (K, n), ``value`` of its dtype)."""
+    zero = lab.dtype.type(0)
+    for t in range(rows.shape[0]):
+        out = lab[rows[t]]
+        tag = t + 1
+        for q in range(pure.shape[0]):
+            out[q] = value if pure[q] == tag else zero

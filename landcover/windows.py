@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._kernels import footprint_codes, gather, rotated_image, rotated_taps
+from ._kernels import footprint_codes, gather, pure_labels, rotated_image, rotated_taps
 from .schema import encode_fractions
 
 __all__ = [
@@ -1279,20 +1279,21 @@ def sample_rotated(
     planes = _raw_planes(image, (fh, fw))
     lflat: np.ndarray | None = None
     present = np.zeros(0, dtype=np.intp)
-    codes = np.zeros(0, dtype=np.int32)
+    codes = np.zeros(0, dtype=np.uint8)
     if labels is not None:
         lflat = np.ascontiguousarray(labels).reshape(labels.shape[0], -1)
         present = _present_classes(lflat, vflat)
-        if len(present):
-            codes = np.empty(fh * fw, dtype=np.int32)
-            footprint_codes(lflat, present, vflat, codes)
+        if len(present):  # 1 + the index in present of a footprint pixel's only class, else 0
+            ctype = np.uint8 if len(present) < 255 else np.uint16
+            codes = np.empty(fh * fw, dtype=ctype)
+            footprint_codes(lflat, present, vflat, codes, np.empty(fh * fw, dtype=ctype))
     if decode is not None:
         a, b = (np.ascontiguousarray(v, dtype="float32").reshape(nc) for v in decode)
     else:
         a = b = np.zeros(nc, dtype="float32")
     img_out = out[0] if out is not None else np.empty((nc, h, w), dtype="float32")
     mask = np.empty(n, dtype=bool)
-    pure = np.empty(n if len(codes) else 0, dtype=np.int32)
+    pure = np.empty(n if len(codes) else 0, dtype=codes.dtype)
     args = (h, w, cy, cx, c, s, fh, fw, vflat)
     rotated_image(*args, planes, a, b, decode is not None, codes, img_out.reshape(nc, n), mask, pure)
     mask_out = out[2] if out is not None else np.empty((h, w), dtype=bool)
@@ -1407,16 +1408,7 @@ def _resample_labels(
         lab[c].fill(0)
     if not len(present):
         return
-    pure_value = 250 if quantize else 1.0
-    eq = np.empty(len(pure), dtype=bool)
-    for p, c in enumerate(rows[present]):
-        np.equal(pure, p + 1, out=eq)
-        if quantize and lab.dtype == np.uint8:  # eq * 250 in uint8, without a cast through int64
-            np.multiply(eq.view(np.uint8), np.uint8(pure_value), out=lab[c])
-        elif not quantize and lab.dtype == np.float32:  # True -> 1.0, False -> 0.0
-            np.copyto(lab[c], eq)
-        else:
-            np.multiply(eq, pure_value, out=lab[c], casting="unsafe")
+    pure_labels(pure, rows[present], lab.dtype.type(250 if quantize else 1), lab)
     mixed = np.flatnonzero(mask & (pure == 0))
     if len(mixed):
         m = len(mixed)

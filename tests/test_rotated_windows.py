@@ -189,9 +189,9 @@ def test_taps_match_plain_formulas(size: tuple[int, int], pad: tuple[int, int] |
         code = (np.argmax(nz, axis=0) + 1) * ((nz.sum(axis=0) == 1) & vflat)
         c4 = [code[ik % valid.size] for ik in idx]
         want = c4[0] * ((c4[0] == c4[1]) & (c4[0] == c4[2]) & (c4[0] == c4[3]))
-        codes = np.empty(valid.size, dtype=np.int32)
-        footprint_codes(sub, np.arange(3), vflat, codes)
-        pure = np.empty(n, dtype=np.int32)
+        codes = np.empty(valid.size, dtype=np.uint8)
+        footprint_codes(sub, np.arange(3), vflat, codes, np.empty(valid.size, dtype=np.uint8))
+        pure = np.empty(n, dtype=np.uint8)
         planes = np.zeros((1, valid.size), dtype=np.uint16)
         a = np.zeros(1, dtype=np.float32)
         rotated_image(*geometry, planes, a, a, False, codes, np.empty((1, n), np.float32), got_mask, pure)
