@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-__all__ = ["footprint_codes", "gather", "pure_labels", "rotated_image", "rotated_taps"]
+__all__ = ["footprint_codes", "gather", "pure_labels", "rotated_image"]
 
 
 def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -44,23 +44,18 @@ def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
 
 
 @_compiled(inline="always")
-def _tap(ry, rx, fh, fw, valid):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """The 4 wrapped flat sources, renormalised float32 weights and mask of the source point ``(ry, rx)``.
+def _sources(ry, rx, fh, fw):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """The 4 flat sources of the source point ``(ry, rx)`` and its fractional offsets ``(fy, fx)``.
 
-    ``(ry, rx)`` as :func:`landcover.windows.rotation_coords` gives them (float64);
-    sources clamped at the far edges and wrapped like ``np.take(mode="wrap")``; each
-    bilinear product times the validity of its source (``p * 1.0`` is ``p``, so an output
-    pixel with 4 valid sources keeps its plain weights), the weights renormalised to sum
-    to 1; the mask is the nearest source's validity and a positive weight sum. No branch
-    on the data: the compiler may turn the selects into vector code.
+    ``(ry, rx)`` as :func:`landcover.windows.rotation_coords` gives them (float64); the
+    sources (top-left, right, below, below-right) are clamped at the far edges and wrapped
+    like ``np.take(mode="wrap")``; ``fy``, ``fx`` are float32.
     """
     npix = fh * fw
     fl_y = np.floor(ry)
     fl_x = np.floor(rx)
     i0 = np.int64(fl_y)
     j0 = np.int64(fl_x)
-    fy = np.float32(ry - fl_y)
-    fx = np.float32(rx - fl_x)
     k0 = i0 * fw + j0
     k2 = k0 + (fw if i0 < fh - 1 else 0)
     dj = 1 if j0 < fw - 1 else 0
@@ -70,36 +65,50 @@ def _tap(ry, rx, fh, fw, valid):  # type: ignore[no-untyped-def]  # pragma: no c
     k1 = k1 + npix if k1 < 0 else k1
     k2 = k2 + npix if k2 < 0 else k2
     k3 = k3 + npix if k3 < 0 else k3
+    return k0, k1, k2, k3, np.float32(ry - fl_y), np.float32(rx - fl_x)
+
+
+@_compiled(inline="always")
+def _weights(fy, fx, v0, v1, v2, v3):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Renormalised float32 bilinear weights and mask of a point with offsets ``fy``, ``fx``.
+
+    ``v0..v3``: the validity (0 or 1, uint8) of its 4 sources. Each bilinear product is
+    multiplied by its source's validity as float32 (``p * 1.0`` is ``p``, so a pixel with 4
+    valid sources keeps its plain weights), the weights renormalised to sum to 1; the mask
+    is the nearest source's validity and a positive weight sum. No branch on the data:
+    the compiler turns the selects into vector code.
+    """
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    v0, v1, v2, v3 = valid[k0], valid[k1], valid[k2], valid[k3]
     gx = one - fx
     gy = one - fy
-    p0 = gy * gx * (one if v0 else zero)
-    p1 = gy * fx * (one if v1 else zero)
-    p2 = fy * gx * (one if v2 else zero)
-    p3 = fy * fx * (one if v3 else zero)
+    p0 = gy * gx * np.float32(v0)
+    p1 = gy * fx * np.float32(v1)
+    p2 = fy * gx * np.float32(v2)
+    p3 = fy * fx * np.float32(v3)
     right = fx >= 0.5
     near = (v3 if right else v2) if fy >= 0.5 else (v1 if right else v0)
     wsum = p0 + p1
     wsum += p2
     wsum += p3
-    m = near and wsum > zero
+    m = (near != 0) & (wsum > zero)
     inv = one / wsum if m else zero
-    return k0, k1, k2, k3, p0 * inv, p1 * inv, p2 * inv, p3 * inv, m
+    return p0 * inv, p1 * inv, p2 * inv, p3 * inv, m
 
 
 @_compiled()
 def rotated_image(  # type: ignore[no-untyped-def]
-    h, w, cy, cx, c, s, fh, fw, valid, planes, a, b, decode, codes, img, mask, pure
+    h, w, cy, cx, c, s, fh, fw, valid, planes, a, b, decode, codes, img, mask, pure, mixed, mindex, mweights
 ):  # pragma: no cover - compiled
     """Resample a turned ``(h, w)`` window from footprint planes, row by row of the output.
 
-    ``valid`` (fh*fw,) bool; ``planes`` (C, fh*fw) in any numeric dtype (each tap converted
-    to float32); ``a``, ``b`` (C,) float32 applied when ``decode``: ``row * a + b * mask``.
-    Writes ``img`` (C, h*w) float32 and ``mask`` (h*w,) bool; when ``codes`` (fh*fw,) is not
-    empty, ``pure`` (h*w,) gets the code of the pixels whose 4 sources share one, else 0.
-    The taps of an output row are computed once (source coordinates
+    ``valid`` (fh*fw,) uint8 0/1; ``planes`` (C, fh*fw) in any numeric dtype (each tap
+    converted to float32); ``a``, ``b`` (C,) float32 applied when ``decode``:
+    ``row * a + b * mask``. Writes ``img`` (C, h*w) float32 and ``mask`` (h*w,) bool. When
+    ``codes`` (fh*fw,) is not empty: ``pure`` (h*w,) gets the code of the pixels whose 4
+    sources share one, else 0, and the other pixels inside the mask (``mixed``, (h*w,)
+    int64) get their taps in ``mindex`` (4, h*w) int64 and ``mweights`` (4, h*w) float32;
+    returns how many. The taps of an output row are computed once (source coordinates
     ``(cy + v*c) + u*s`` and ``(cx + u*c) - v*s`` as :func:`landcover.windows.rotation_coords`),
     then every plane is sampled along the row.
     """
@@ -107,26 +116,42 @@ def rotated_image(  # type: ignore[no-untyped-def]
     labels = codes.shape[0] > 0
     index = np.empty((4, w), dtype=np.int64)
     weights = np.empty((5, w), dtype=np.float32)
+    frac = np.empty((2, w), dtype=np.float32)
     us = np.empty(w, dtype=np.float64)
     xc = np.empty(w, dtype=np.float64)
     for j in range(w):
         u = np.float64(j) - (w - 1) / 2.0
         us[j] = u * s
         xc[j] = cx + u * c
+    nmixed = 0
     for i in range(h):
         v = np.float64(i) - (h - 1) / 2.0
         yc = cy + v * c
         vs = v * s
         base = i * w
-        for j in range(w):
-            k0, k1, k2, k3, w0, w1, w2, w3, m = _tap(yc + us[j], xc[j] - vs, fh, fw, valid)
+        for j in range(w):  # geometry alone: a loop the compiler vectorises
+            k0, k1, k2, k3, fy, fx = _sources(yc + us[j], xc[j] - vs, fh, fw)
             index[0, j], index[1, j], index[2, j], index[3, j] = k0, k1, k2, k3
+            frac[0, j], frac[1, j] = fy, fx
+        for j in range(w):
+            v0, v1 = valid[index[0, j]], valid[index[1, j]]
+            v2, v3 = valid[index[2, j]], valid[index[3, j]]
+            w0, w1, w2, w3, m = _weights(frac[0, j], frac[1, j], v0, v1, v2, v3)
             weights[0, j], weights[1, j], weights[2, j], weights[3, j] = w0, w1, w2, w3
             weights[4, j] = np.float32(1.0) if m else np.float32(0.0)
             mask[base + j] = m
-            if labels:
-                q = codes[k0]
-                pure[base + j] = q if q == codes[k1] and q == codes[k2] and q == codes[k3] else 0
+        if labels:
+            for j in range(w):
+                q = codes[index[0, j]]
+                same = (q == codes[index[1, j]]) & (q == codes[index[2, j]]) & (q == codes[index[3, j]])
+                q = q if same else 0
+                pure[base + j] = q
+                if q == 0 and mask[base + j]:
+                    mixed[nmixed] = base + j
+                    for k in range(4):
+                        mindex[k, nmixed] = index[k, j]
+                        mweights[k, nmixed] = weights[k, j]
+                    nmixed += 1
         for r in range(nc):
             plane = planes[r]
             ar = a[r]
@@ -140,22 +165,7 @@ def rotated_image(  # type: ignore[no-untyped-def]
                     row *= ar
                     row += br * weights[4, j]
                 img[r, base + j] = row
-
-
-@_compiled()
-def rotated_taps(  # type: ignore[no-untyped-def]
-    h, w, cy, cx, c, s, fh, fw, valid, sel, index, weights, mask
-):  # pragma: no cover - compiled
-    """The taps of output pixels ``sel``: ``index`` (4, m) int64, ``weights`` (4, m) float32, ``mask``."""
-    for t in range(sel.shape[0]):
-        i = sel[t] // w
-        j = sel[t] % w
-        v = np.float64(i) - (h - 1) / 2.0
-        u = np.float64(j) - (w - 1) / 2.0
-        k0, k1, k2, k3, w0, w1, w2, w3, m = _tap(cy + v * c + u * s, cx + u * c - v * s, fh, fw, valid)
-        index[0, t], index[1, t], index[2, t], index[3, t] = k0, k1, k2, k3
-        weights[0, t], weights[1, t], weights[2, t], weights[3, t] = w0, w1, w2, w3
-        mask[t] = m
+    return nmixed
 
 
 @_compiled()

@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._kernels import footprint_codes, gather, pure_labels, rotated_image, rotated_taps
+from ._kernels import footprint_codes, gather, pure_labels, rotated_image
 from .schema import encode_fractions
 
 __all__ = [
@@ -1293,9 +1293,11 @@ def sample_rotated(
         a = b = np.zeros(nc, dtype="float32")
     img_out = out[0] if out is not None else np.empty((nc, h, w), dtype="float32")
     mask = np.empty(n, dtype=bool)
-    pure = np.empty(n if len(codes) else 0, dtype=codes.dtype)
-    args = (h, w, cy, cx, c, s, fh, fw, vflat)
-    rotated_image(*args, planes, a, b, decode is not None, codes, img_out.reshape(nc, n), mask, pure)
+    m = n if len(codes) else 0  # room for the taps of every pixel, should all be mixed
+    pure, mixed = np.empty(m, dtype=codes.dtype), np.empty(m, dtype=np.int64)
+    taps = (np.empty((4, m), dtype=np.int64), np.empty((4, m), dtype=np.float32))
+    args = (h, w, cy, cx, c, s, fh, fw, vflat.view(np.uint8), planes, a, b, decode is not None, codes)
+    nmixed = rotated_image(*args, img_out.reshape(nc, n), mask, pure, mixed, *taps)
     mask_out = out[2] if out is not None else np.empty((h, w), dtype=bool)
     mask_out.reshape(n)[...] = mask
     lab_out: np.ndarray | None = None
@@ -1307,7 +1309,8 @@ def sample_rotated(
         if len(rows) != k or (label_rows is None and lab_out.shape[0] != k):
             raise ValueError(f"{k} label planes for {lab_out.shape[0]} output classes, rows {label_rows}")
         lab = lab_out.reshape(lab_out.shape[0], n)
-        _resample_labels(args, lflat, present, pure, mask, lab, rows, quantize)
+        sel = (mixed[:nmixed], taps[0][:, :nmixed], taps[1][:, :nmixed])
+        _resample_labels(lflat, present, pure, sel, lab, rows, quantize)
     del label_scale  # fractions are renormalised, so the scale cancels out
     return img_out, lab_out, mask_out
 
@@ -1389,11 +1392,10 @@ def _present_classes(lflat: np.ndarray, vflat: np.ndarray) -> np.ndarray:
 
 
 def _resample_labels(
-    geometry: tuple[Any, ...],
     lflat: np.ndarray,
     present: np.ndarray,
     pure: np.ndarray,
-    mask: np.ndarray,
+    mixed: tuple[np.ndarray, np.ndarray, np.ndarray],
     lab: np.ndarray,
     rows: np.ndarray,
     quantize: bool,
@@ -1401,25 +1403,22 @@ def _resample_labels(
     """Resample the ``present`` planes of ``lflat`` ((k, fh*fw)) into rows ``rows`` of ``lab`` ((K, h*w)).
 
     ``pure`` is 1 + the index in ``present`` of the one class of the output pixels whose
-    four sources are valid and pure in it, else 0 (:func:`landcover._kernels.rotated_image`);
-    the other pixels inside ``mask`` are interpolated class by class with the image's taps.
+    four sources are valid and pure in it, else 0; ``mixed`` holds the other pixels inside
+    the mask and their taps (flat pixels, (4, m) sources and weights), which are
+    interpolated class by class (both from :func:`landcover._kernels.rotated_image`).
     """
     for c in np.setdiff1d(np.arange(lab.shape[0]), rows[present], assume_unique=True):
         lab[c].fill(0)
     if not len(present):
         return
     pure_labels(pure, rows[present], lab.dtype.type(250 if quantize else 1), lab)
-    mixed = np.flatnonzero(mask & (pure == 0))
-    if len(mixed):
-        m = len(mixed)
-        index = np.empty((4, m), dtype=np.int64)
-        weights = np.empty((4, m), dtype=np.float32)
-        rotated_taps(*geometry, mixed, index, weights, np.empty(m, dtype=bool))
-        vals = np.empty((len(present), m), dtype=np.float32)
+    sel, index, weights = mixed
+    if len(sel):
+        vals = np.empty((len(present), len(sel)), dtype=np.float32)
         gather(present, lflat, index, weights, vals)
         tot = vals.sum(axis=0)
         np.divide(vals, tot, out=vals, where=tot > 0)
         if quantize:  # only the classes present in the footprint: the others stay 0
             vals = encode_fractions(vals)
         for p, c in enumerate(rows[present]):
-            lab[c, mixed] = vals[p]
+            lab[c, sel] = vals[p]

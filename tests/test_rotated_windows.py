@@ -18,7 +18,7 @@ import pytest
 import zarr
 
 from landcover import schema
-from landcover._kernels import footprint_codes, rotated_image, rotated_taps
+from landcover._kernels import footprint_codes, rotated_image
 from landcover.datasets import WindowDataset, WindowIterableDataset
 from landcover.testing.cubes import make_cube
 from landcover.windows import _turn, rotation_coords, rotation_pad, sample_rotated
@@ -170,18 +170,34 @@ def test_taps_match_plain_formulas(size: tuple[int, int], pad: tuple[int, int] |
     masks.append(edge)
     n = size[0] * size[1]
     cy, cx, c, s = _turn(size, pad, angle, fshape)
+    a = np.zeros(1, dtype=np.float32)
     for valid in masks:
         vflat = valid.reshape(-1)
-        geometry = (size[0], size[1], cy, cx, c, s, fshape[0], fshape[1], vflat)
-        index = np.empty((4, n), dtype=np.int64)
-        weights = np.empty((4, n), dtype=np.float32)
-        got_mask = np.empty(n, dtype=bool)
-        rotated_taps(*geometry, np.arange(n), index, weights, got_mask)
         idx, want_w, mask = _plain_taps(valid, size, pad, angle)
-        for k in range(4):
-            assert np.array_equal(index[k] % valid.size, idx[k] % valid.size)  # as np.take(mode="wrap")
-            assert weights[k].tobytes() == want_w[k].tobytes()
+        nc = int(rng.integers(1, 4))
+        planes = rng.integers(0, 1000, (nc, valid.size)).astype(np.uint16)
+        geometry = (size[0], size[1], cy, cx, c, s, fshape[0], fshape[1], vflat.view(np.uint8), planes, a, a)
+
+        def run(
+            codes: np.ndarray, geometry: tuple[Any, ...] = geometry, nc: int = nc
+        ) -> tuple[np.ndarray, ...]:
+            got = (np.empty((nc, n), np.float32), np.empty(n, bool), np.empty(n, codes.dtype))
+            taps = (np.empty(n, np.int64), np.empty((4, n), np.int64), np.empty((4, n), np.float32))
+            m = rotated_image(*geometry, False, codes, *got, *taps)
+            return (*got, taps[0][:m], taps[1][:, :m], taps[2][:, :m])
+
+        # no class anywhere: every output pixel inside the mask hands out its taps
+        image, got_mask, _, sel, index, weights = run(np.zeros(valid.size, dtype=np.uint8))
         assert np.array_equal(got_mask, mask)
+        assert np.array_equal(sel, np.flatnonzero(mask))
+        plain = np.zeros((nc, n), np.float32)
+        for k in range(4):
+            assert np.array_equal(index[k], idx[k][sel] % valid.size)  # as np.take(mode="wrap")
+            assert weights[k].tobytes() == want_w[k][sel].tobytes()
+            assert not want_w[k][~mask].any()
+            tap = planes[:, idx[k] % valid.size].astype(np.float32) * want_w[k]
+            plain = tap if k == 0 else plain + tap
+        assert image.tobytes() == plain.tobytes()
         # pure codes: 1 + class where the 4 sources are valid and pure in that class
         sub = (rng.random((3, valid.size)) < 0.5).astype("uint8") * rng.integers(1, 250, (3, valid.size))
         sub = sub.astype("uint8")
@@ -191,12 +207,9 @@ def test_taps_match_plain_formulas(size: tuple[int, int], pad: tuple[int, int] |
         want = c4[0] * ((c4[0] == c4[1]) & (c4[0] == c4[2]) & (c4[0] == c4[3]))
         codes = np.empty(valid.size, dtype=np.uint8)
         footprint_codes(sub, np.arange(3), vflat, codes, np.empty(valid.size, dtype=np.uint8))
-        pure = np.empty(n, dtype=np.uint8)
-        planes = np.zeros((1, valid.size), dtype=np.uint16)
-        a = np.zeros(1, dtype=np.float32)
-        rotated_image(*geometry, planes, a, a, False, codes, np.empty((1, n), np.float32), got_mask, pure)
+        _, _, pure, sel, _, _ = run(codes)
         assert np.array_equal(pure, want)
-        assert np.array_equal(got_mask, mask)
+        assert np.array_equal(sel, np.flatnonzero(mask & (want == 0)))
 
 
 def test_pieces_tile_the_region(cube: Path) -> None:
