@@ -23,6 +23,70 @@ _TILE = 1024
 
 
 @numba.njit(cache=True, nogil=True)
+def _truncated_tile(
+    frac: np.ndarray, bits: np.ndarray, fs: np.float32, steps: int, t0: int, m: int,
+    out: np.ndarray, sm: np.ndarray, qsum: np.ndarray, ssum: np.ndarray, act: np.ndarray,
+) -> int:  # fmt: skip
+    """Truncated steps of pixels ``t0 .. t0 + m`` into ``out``; returns the count of non-zero classes.
+
+    Sums of fractions, scaled values and steps go to ``sm``, ``ssum``, ``qsum``; the classes with a
+    value other than +-0 in these pixels to ``act``, in class order.
+    """
+    sm[:] = np.float32(0.0)
+    ssum[:m] = np.float32(0.0)
+    qsum[:m] = 0
+    na = 0
+    for c in range(frac.shape[0]):
+        fr = frac[c, t0 : t0 + m]
+        br = bits[c, t0 : t0 + m]
+        orow = out[c, t0 : t0 + m]
+        nonzero = np.uint32(0)
+        for j in range(m):
+            nonzero |= br[j]
+        if not nonzero & np.uint32(0x7FFFFFFF):  # +-0 only (most classes of a CLC block)
+            orow[:] = 0  # 0 steps; the sums do not change
+            continue
+        act[na] = c
+        na += 1
+        for j in range(m):
+            f = fr[j]
+            sm[j] += f
+            x = f * fs
+            ssum[j] += x
+            q = int(x) if x == x else 0
+            qsum[j] += q
+            orow[j] = min(max(q, 0), steps)
+    return na
+
+
+@numba.njit(cache=True, nogil=True)
+def _rank_steps(
+    frac: np.ndarray, fs: np.float32, p: int, missing: int, cls: np.ndarray, nc: int,
+    rem: np.ndarray, qq: np.ndarray, positive_only: bool,
+) -> bool:  # fmt: skip
+    """Steps ``qq`` of pixel ``p`` over the classes ``cls[:nc]``, with the largest remainders stepped up.
+
+    One more step for each of the ``min(missing, k)`` largest remainders (ties to the lower class).
+    False, with ``qq`` unfinished, if ``positive_only`` and a step would go to a remainder <= 0.
+    """
+    for i in range(nc):
+        c = cls[i]
+        x = frac[c, p] * fs
+        qq[c] = int(x)
+        rem[c] = x - np.float32(qq[c])
+    for _ in range(min(missing, frac.shape[0])):
+        best = cls[0]
+        for i in range(1, nc):
+            if rem[cls[i]] > rem[best]:
+                best = cls[i]
+        if positive_only and not rem[best] > 0:
+            return False
+        qq[best] += 1
+        rem[best] = -np.inf
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
 def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums: np.ndarray) -> None:
     """Largest-remainder steps of ``frac (class, pixel)`` float32 into ``out (class, pixel)`` uint8.
 
@@ -39,43 +103,28 @@ def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums:
     ssum = np.empty(_TILE, np.float32)
     rem = np.empty(k, np.float32)
     qq = np.empty(k, np.int64)
+    act = np.empty(k, np.int64)
+    every = np.arange(k)
+    bits = frac.view(np.uint32)  # +-0.0 are the floats whose bits other than the sign are 0
     for t0 in range(0, n, _TILE):
         m = min(_TILE, n - t0)
-        for j in range(m):
-            qsum[j] = 0
-            ssum[j] = np.float32(0.0)
-            sums[t0 + j] = np.float32(0.0)
-        for c in range(k):
-            for j in range(m):
-                f = frac[c, t0 + j]
-                sums[t0 + j] += f
-                s = f * fs
-                ssum[j] += s
-                q = int(s) if s == s else 0
-                qsum[j] += q
-                out[c, t0 + j] = min(max(q, 0), steps)
+        na = _truncated_tile(frac, bits, fs, steps, t0, m, out, sums[t0 : t0 + m], qsum, ssum, act)
         for j in range(m):
             p = t0 + j
             if sums[p] != sums[p]:  # NaN in some class: NODATA
-                for c in range(k):
-                    out[c, p] = fill
+                out[:, p] = fill
                 continue
             missing = steps - qsum[j]
             if missing <= 0 or not ssum[j] > 0:
                 continue
-            for c in range(k):
-                s = frac[c, p] * fs
-                qq[c] = int(s)
-                rem[c] = s - np.float32(qq[c])
-            for _ in range(min(missing, k)):
-                best = 0
-                for c in range(1, k):
-                    if rem[c] > rem[best]:
-                        best = c
-                qq[best] += 1
-                rem[best] = -np.inf
-            for c in range(k):
-                out[c, p] = min(max(qq[c], 0), steps)
+            # the classes that are 0 in this tile have remainder 0: while a non-zero class has a
+            # positive remainder it outranks them, so only those need ranking; otherwise rank all
+            cls, nc = act, na
+            if not _rank_steps(frac, fs, p, missing, act, na, rem, qq, True):
+                cls, nc = every, k
+                _rank_steps(frac, fs, p, missing, every, k, rem, qq, False)
+            for i in range(nc):
+                out[cls[i], p] = min(max(qq[cls[i]], 0), steps)
 
 
 @numba.njit(cache=True, nogil=True)
