@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-__all__ = ["footprint_codes", "gather", "pure_labels", "rotated_image"]
+__all__ = ["footprint_codes", "mixed_fractions", "pure_labels", "rotated_image", "scatter_columns"]
 
 
 def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -180,8 +180,13 @@ def rotated_image(  # type: ignore[no-untyped-def]
 
 
 @_compiled()
-def gather(rows, planes, index, weights, out):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """``out[t, q] = sum_k float32(planes[rows[t], index[k, q]]) * weights[k, q]`` (k in order)."""
+def mixed_fractions(rows, planes, index, weights, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Class fractions of the mixed output pixels: bilinear class values, renormalised per pixel.
+
+    ``out[t, q] = sum_k float32(planes[rows[t], index[k, q]]) * weights[k, q]`` (k in
+    order), then each column divided by its sum where that is positive, the sum taken
+    class after class as ``out.sum(axis=0)`` does.
+    """
     for t in range(rows.shape[0]):
         plane = planes[rows[t]]
         for q in range(index.shape[1]):
@@ -190,6 +195,22 @@ def gather(rows, planes, index, weights, out):  # type: ignore[no-untyped-def]  
             v += np.float32(plane[index[2, q]]) * weights[2, q]
             v += np.float32(plane[index[3, q]]) * weights[3, q]
             out[t, q] = v
+    for q in range(out.shape[1]):
+        tot = out[0, q]
+        for t in range(1, out.shape[0]):
+            tot += out[t, q]
+        if tot > 0:
+            for t in range(out.shape[0]):
+                out[t, q] = out[t, q] / tot
+
+
+@_compiled()
+def scatter_columns(values, rows, cols, lab):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """``lab[rows[t], cols[q]] = values[t, q]`` (cast to the dtype of ``lab``)."""
+    for t in range(rows.shape[0]):
+        out = lab[rows[t]]
+        for q in range(cols.shape[0]):
+            out[cols[q]] = values[t, q]
 
 
 @_compiled()

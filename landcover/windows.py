@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._kernels import footprint_codes, gather, pure_labels, rotated_image
+from ._kernels import footprint_codes, mixed_fractions, pure_labels, rotated_image, scatter_columns
 from .schema import encode_fractions
 
 __all__ = [
@@ -1415,10 +1415,7 @@ def _resample_labels(
     sel, index, weights = mixed
     if len(sel):
         vals = np.empty((len(present), len(sel)), dtype=np.float32)
-        gather(present, lflat, index, weights, vals)
-        tot = vals.sum(axis=0)
-        np.divide(vals, tot, out=vals, where=tot > 0)
+        mixed_fractions(present, lflat, index, weights, vals)
         if quantize:  # only the classes present in the footprint: the others stay 0
             vals = encode_fractions(vals)
-        for p, c in enumerate(rows[present]):
-            lab[c, sel] = vals[p]
+        scatter_columns(vals, rows[present], sel, lab)
