@@ -1102,14 +1102,14 @@ def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage:
     """Fractions ``(n, h, w)`` plus coverage as band ``n`` of one target block, float32.
 
     The footprint/cell shares come from :func:`landcover.fraction_kernels.footprint_pieces`
-    (one pass per pixel; a footprint inside one cell has share 1), the covered share of each
-    pixel from :func:`~landcover.fraction_kernels.covered_share`.
+    (one pass per pixel; a footprint inside one cell has share 1); the covered share, the
+    coverage rule (:func:`~landcover.fraction_kernels.coverage_scale`) and the class sums of
+    each pixel from :func:`~landcover.fraction_kernels.raster_fractions`.
     """
-    from .fraction_kernels import covered_share, footprint_pieces
+    from .fraction_kernels import footprint_pieces, raster_fractions
 
     n = len(agg.classes)
     h, w = target.shape
-    npix = h * w
     out = np.zeros((n + 1, h, w), dtype="float32")
     cx, cy = _corners_in_source(src.grid, target)
     win = _source_window(src, cx, cy)
@@ -1122,14 +1122,15 @@ def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage:
     r1, c1 = int(np.ceil(fy.max())), int(np.ceil(fx.max()))
     wh, ww = r1 - r0 + 1, c1 - c0 + 1
     rows, cols = win
-    pos = np.full((wh, ww), n, dtype="int64")  # n = NODATA (lands in the coverage band, overwritten)
+    pos = np.full((wh, ww), n, dtype="int64")  # n = NODATA
     got = _value_positions(src, agg, src.read(rows, cols))
     pos[rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0] = np.where(got < 0, n, got)
     pix, cell, share, _ = footprint_pieces(
         np.ascontiguousarray(cx - c0, dtype="float64"), np.ascontiguousarray(cy - r0, dtype="float64"), ww
     )
-    valid, cls = covered_share(npix, pix, cell, share, pos.reshape(-1), n)
-    _apply_coverage(out, valid, [(pix, cls, share)], min_coverage)
+    raster_fractions(
+        pix, cell, share, pos.reshape(-1), n, float(min_coverage), SLIVER_COVERAGE, out.reshape(n + 1, -1)
+    )
     return out
 
 
@@ -1139,26 +1140,24 @@ def _apply_coverage(
     pieces: Iterable[tuple[np.ndarray, np.ndarray | int, np.ndarray]],
     min_coverage: float,
 ) -> None:
-    """The coverage and NODATA rule of every CLC source, applied in place to a ``(n + 1, h, w)`` block.
+    """The coverage and NODATA rule applied in place to a ``(n + 1, h, w)`` block of class pieces.
 
     ``valid`` is the covered share of each pixel footprint (flat, float64; may exceed 1 where
     sources overlap); ``pieces`` are ``(pixels, class positions, shares)`` whose pixels are
-    unique within a piece (class position ``n`` = NODATA lands in the coverage band, which is
-    overwritten). Shares at or below :data:`SLIVER_COVERAGE` count as none; ``coverage =
-    min(valid, 1)``; pixels with coverage 0 or below ``min_coverage`` are NaN in every class;
-    other fractions are renormalised over the valid share.
+    unique within a piece. The rule is :func:`landcover.fraction_kernels.coverage_scale`, which
+    the raster path applies per pixel in its kernel: shares at or below :data:`SLIVER_COVERAGE`
+    count as none; ``coverage = min(valid, 1)``; pixels with coverage 0 or below
+    ``min_coverage`` are NaN in every class; other fractions are renormalised over the valid
+    share.
     """
-    from .fraction_kernels import add_pieces
+    from .fraction_kernels import add_pieces, pixel_rule
 
     n = out.shape[0] - 1
     h, w = out.shape[1:]
     npix = h * w
     flat = out.reshape(-1)
-    valid[valid <= SLIVER_COVERAGE] = 0.0
-    cov = np.minimum(valid, 1.0)
-    keep = (valid > 0) & (cov >= min_coverage)
-    with np.errstate(divide="ignore"):
-        scale = np.where(keep, 1.0 / valid, 0.0)
+    valid = np.ascontiguousarray(valid, dtype="float64")
+    cov, keep, scale = pixel_rule(valid, float(min_coverage), SLIVER_COVERAGE)
     for pix, cls, share in pieces:
         add_pieces(flat, npix, pix, np.broadcast_to(np.asarray(cls, dtype="int64"), pix.shape), share, scale)
     out[n] = cov.reshape(h, w)

@@ -16,7 +16,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["encode_steps", "footprint_pieces", "covered_share", "add_pieces"]
+__all__ = [
+    "encode_steps",
+    "footprint_pieces",
+    "coverage_scale",
+    "pixel_rule",
+    "raster_fractions",
+    "add_pieces",
+]
 
 _TILE = 1024
 """Pixels handled together by :func:`encode_steps` (class planes are read in runs of this length)."""
@@ -282,6 +289,73 @@ def footprint_pieces(
 
 
 @numba.njit(cache=True, nogil=True)
+def coverage_scale(valid: float, min_coverage: float, sliver: float) -> tuple[float, bool, float]:
+    """The coverage and NODATA rule of one pixel: ``(coverage, kept, scale of its class shares)``.
+
+    ``valid`` is the pixel's covered share (may exceed 1 where sources overlap); at or below
+    ``sliver`` it counts as none. ``coverage = min(valid, 1)``; the pixel is kept (labelled) if
+    ``valid > 0`` and ``coverage >= min_coverage``; its class shares are then renormalised by
+    ``1 / valid``.
+    """
+    if valid <= sliver:
+        valid = 0.0
+    cov = min(valid, 1.0)
+    keep = valid > 0 and cov >= min_coverage
+    return cov, keep, (1.0 / valid if keep else 0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def pixel_rule(
+    valid: np.ndarray, min_coverage: float, sliver: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`coverage_scale` of every pixel: ``(coverage, kept, scale)`` arrays."""
+    cov = np.empty(valid.size, np.float64)
+    keep = np.empty(valid.size, np.bool_)
+    scale = np.empty(valid.size, np.float64)
+    for i in range(valid.size):
+        ci, ki, si = coverage_scale(valid[i], min_coverage, sliver)
+        cov[i] = ci
+        keep[i] = ki
+        scale[i] = si
+    return cov, keep, scale
+
+
+@numba.njit(cache=True, nogil=True)
+def raster_fractions(
+    pix: np.ndarray, cell: np.ndarray, share: np.ndarray, pos: np.ndarray, n: int,
+    min_coverage: float, sliver: float, out: np.ndarray,
+) -> None:  # fmt: skip
+    """Class fractions and coverage of target pixels over a class raster, from their pieces, into ``out``.
+
+    ``pix, cell, share`` are the pieces of :func:`footprint_pieces` (each pixel's together, pixels
+    ascending); ``pos`` (flat cell index) holds each cell's class position, ``n`` for NODATA;
+    ``out (n + 1, pixels)`` float32 must be 0. Per pixel: the covered share (shares of the cells
+    with a class, added in piece order), :func:`coverage_scale`, then ``out[class] += share *
+    scale`` in piece order (float32 after each float64 sum), ``out[n] = coverage``, and NaN in
+    every class where the pixel is not kept.
+    """
+    npix = out.shape[1]
+    i = 0
+    for p in range(npix):
+        j = i
+        valid = 0.0
+        while j < pix.size and pix[j] == p:
+            if pos[cell[j]] < n:
+                valid += share[j]
+            j += 1
+        cov, keep, scale = coverage_scale(valid, min_coverage, sliver)
+        out[n, p] = np.float32(cov)
+        if keep:
+            for q in range(i, j):
+                k = pos[cell[q]]
+                if k < n:
+                    out[k, p] = np.float32(np.float64(out[k, p]) + share[q] * scale)
+        else:
+            out[:n, p] = np.nan
+        i = j
+
+
+@numba.njit(cache=True, nogil=True)
 def add_pieces(
     flat: np.ndarray, npix: int, pix: np.ndarray, cls: np.ndarray, share: np.ndarray, scale: np.ndarray
 ) -> None:
@@ -289,22 +363,3 @@ def add_pieces(
     for i in range(pix.size):
         t = cls[i] * npix + pix[i]
         flat[t] = np.float32(np.float64(flat[t]) + share[i] * scale[pix[i]])
-
-
-@numba.njit(cache=True, nogil=True)
-def covered_share(
-    npix: int, pix: np.ndarray, cell: np.ndarray, share: np.ndarray, pos: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class position ``pos[cell]`` of every piece and each pixel's share covered by a class (< ``n``).
-
-    Returns ``(valid (npix) float64, cls (pieces) int64)``; the shares of a pixel are added in
-    piece order.
-    """
-    valid = np.zeros(npix, np.float64)
-    cls = np.empty(pix.size, np.int64)
-    for i in range(pix.size):
-        c = pos[cell[i]]
-        cls[i] = c
-        if c < n:
-            valid[pix[i]] += share[i]
-    return valid, cls
