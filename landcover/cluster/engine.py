@@ -36,6 +36,17 @@ only ever read by a worker that holds it. What travels is a model:
     sub-batches between averagings (local SGD: weights and optimiser state averaged, FedAvgM
     server momentum available), ``k`` times fewer bytes per sample. One round is one
     averaging; validation runs at epoch boundaries only.
+``mode="sync"``, ``sync_bn="exact"``
+    Synchronised BatchNorm: every step *is* one machine's step on the mixed batch
+    (:mod:`landcover.cluster.exact`, :mod:`landcover.cluster.syncbn`). A round of
+    :attr:`StepConfig.round_steps` steps (default: up to the next epoch boundary) is one task
+    per worker holding a repository of the run, all running at once and pinned as legs are;
+    the tasks form a ``torch.distributed`` gloo process group (one rank per worker; rank 0's
+    worker hosts the rendezvous store, its address travels through a ``distributed.Variable``),
+    and inside every step each BatchNorm layer all-reduces its per-channel sums (forward, and
+    their gradients backward) and the gradients are all-reduced in one bucket, so every rank
+    takes the same AdamW step. Weights and AdamW state go out at the start of a round and come
+    back from rank 0; the gloo traffic is counted per rank (:attr:`LegRecord.peer_bytes`).
 validation
     After every round each model is evaluated on every repository's validation windows
     (again a pinned task; the weights travel, the per-class confusion counts come back)
@@ -71,7 +82,13 @@ that had a nanny waits up to :data:`~landcover.cluster.runner.REJOIN_WAIT` secon
 skipped. Every
 failure is recorded with its reason (:class:`Failure`: worker lost, timeout, error).
 Errors raised *by* a leg (a broken cube, a bad configuration) are not faults: they stop
-the run with their message.
+the run with their message. With ``sync_bn="exact"`` the unit of failure is the round: a
+worker lost or stuck during it makes the other ranks' collectives fail (at once when its
+connections close; else after the leg timeout, which is also every collective's timeout), the
+trainer gives the round up, keeps the weights from before it, avoids the worker, and runs the
+round again with a replica of each of its repositories or without them (skipped with a
+warning, :class:`Failure` recorded). A survivor blocked in a collective keeps its worker's
+thread until its own timeout, so the round's next attempt may start that late on that worker.
 
 Determinism: with ``deterministic=True`` (default) and ``device="cpu"`` a leg gives the
 same weights wherever it runs; ``K = N = 1`` with ``ship_optimizer`` and ``bn_stats="none"`` is

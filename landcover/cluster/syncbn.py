@@ -31,6 +31,7 @@ task whatever happens. A failed or timed-out collective or rendezvous raises
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 from collections.abc import Mapping
@@ -246,8 +247,14 @@ def exact_task(job: dict[str, Any]) -> dict[str, Any]:
             if _is_collective_failure(exc):
                 raise CollectiveError(f"rank {job['rank']} on {wname}: {type(exc).__name__}: {exc}") from None
             raise
-        finally:
-            del group, store  # the process group and (rank 0) its store go with the task
+        finally:  # the process group (its threads) and rank 0's store go with the task, whatever happened
+            comm.group = None
+            for layer in _bn_layers(model).values():
+                layer.__dict__.pop("forward", None)
+            if group is not None:
+                with contextlib.suppress(Exception):
+                    group.shutdown()
+            del group, store
         first = int(job["rank"]) == 0
         weights = to_numpy(dict(model.state_dict())) if first else None
         opt_state = to_numpy(state.optimizer.state_dict()) if first else None
