@@ -963,12 +963,13 @@ def _interp_weights(knots: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 def _bilinear(
     values: np.ndarray, rows: tuple[np.ndarray, np.ndarray], cols: tuple[np.ndarray, np.ndarray]
 ) -> np.ndarray:
-    """Separable linear interpolation of a knot lattice onto all rows/cols."""
+    """Separable linear interpolation of a knot lattice onto all rows/cols (compiled kernel)."""
+    from .fraction_kernels import bilinear
+
     kr, tr = rows
     kc, tc = cols
-    v = values[kr] * (1.0 - tr)[:, None] + values[kr + 1] * tr[:, None]
-    out: np.ndarray = v[:, kc] * (1.0 - tc)[None, :] + v[:, kc + 1] * tc[None, :]
-    return out
+    result: np.ndarray = bilinear(np.ascontiguousarray(values, dtype="float64"), kr, tr, kc, tc)
+    return result
 
 
 def _corners_in_source(

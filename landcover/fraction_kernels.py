@@ -23,6 +23,7 @@ __all__ = [
     "pixel_rule",
     "raster_fractions",
     "add_pieces",
+    "bilinear",
 ]
 
 _TILE = 1024
@@ -363,3 +364,24 @@ def add_pieces(
     for i in range(pix.size):
         t = cls[i] * npix + pix[i]
         flat[t] = np.float32(np.float64(flat[t]) + share[i] * scale[pix[i]])
+
+
+@numba.njit(cache=True, nogil=True)
+def bilinear(
+    values: np.ndarray, kr: np.ndarray, tr: np.ndarray, kc: np.ndarray, tc: np.ndarray
+) -> np.ndarray:
+    """Separable linear interpolation of a knot lattice ``values`` onto rows ``(kr, tr)``, cols ``(kc, tc)``.
+
+    ``kr``/``kc``: left knot index of every output row/column, ``tr``/``tc``: weight of the right
+    knot. Rows first: ``v = values[kr] * (1 - tr) + values[kr + 1] * tr``, then columns the same way.
+    """
+    out = np.empty((kr.size, kc.size), np.float64)
+    v = np.empty(values.shape[1], np.float64)
+    for r in range(kr.size):
+        a = 1.0 - tr[r]
+        b = tr[r]
+        for j in range(values.shape[1]):
+            v[j] = values[kr[r], j] * a + values[kr[r] + 1, j] * b
+        for c in range(kc.size):
+            out[r, c] = v[kc[c]] * (1.0 - tc[c]) + v[kc[c] + 1] * tc[c]
+    return out

@@ -102,3 +102,19 @@ def test_area_weights_match_the_numpy_reference_with_unusable_corners() -> None:
         )
     assert got == ref
     assert not {p for p, _, _ in got} & {3 * 8 + 3, 3 * 8 + 4, 4 * 8 + 3, 4 * 8 + 4, 6, 7}
+
+
+def test_bilinear_corner_interpolation_matches_numpy() -> None:
+    """The compiled bilinear interpolation of the corner lattice gives NumPy's separable formula's bits."""
+    from landcover.corine import _bilinear, _interp_weights
+
+    rng = np.random.default_rng(7)
+    kr = np.unique(np.r_[np.arange(0, 65, 8), 64]).astype("float64")
+    kc = np.unique(np.r_[np.arange(0, 49, 8), 50]).astype("float64")
+    knots = rng.normal(0, 1e5, (kr.size, kc.size))
+    rows, cols = _interp_weights(kr, 65), _interp_weights(kc, 51)
+    (ir, tr), (ic, tc) = rows, cols
+    v = knots[ir] * (1.0 - tr)[:, None] + knots[ir + 1] * tr[:, None]
+    ref = v[:, ic] * (1.0 - tc)[None, :] + v[:, ic + 1] * tc[None, :]
+    got = _bilinear(knots, rows, cols)
+    assert np.array_equal(got.view("uint64"), ref.view("uint64"))
