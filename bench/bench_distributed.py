@@ -172,7 +172,7 @@ def main() -> int:
     ap.add_argument("--modes", default="round-robin,fedavg", help="comma list of round-robin, fedavg, sync")
     ap.add_argument(
         "--sync-bn", default="ghost",
-        help="sync mode, k = 1: BatchNorm variants (comma list of ghost/pooled/exact)",
+        help="sync mode: BatchNorm variants (comma list of ghost/pooled/exact; k > 1: exact or local SGD)",
     )  # fmt: skip
     ap.add_argument(
         "--stratified-baseline", action="store_true",
@@ -358,7 +358,11 @@ def _one_seed(
             ("sync", k, bn, sbn)
             for k in args.local_steps
             for bn in bn_variants
-            for sbn in (args.sync_bn.split(",") if k == 1 else ["ghost"])
+            for sbn in (
+                args.sync_bn.split(",")
+                if k == 1
+                else ([v for v in args.sync_bn.split(",") if v == "exact"] or ["ghost"])
+            )
             if "sync" in modes
         ]
         for mode, leg, bn, sbn in sweep:

@@ -94,6 +94,10 @@ def test_exact_sync_on_real_workers_equals_one_machine_and_ghost_does_not(tmp_pa
             {"m": model}, repos, client=client, mode="sync", rounds=2, step=EXACT, seed=7, survey=survey,
             log=lambda _m: None,
         )  # fmt: skip
+        local = train_distributed(
+            {"m": model}, repos, client=client, mode="sync", rounds=2, survey=survey, log=lambda _m: None,
+            step=StepConfig(**{**EXACT.__dict__, "local_steps": 2}), seed=7,
+        )  # fmt: skip
         ghost_step = StepConfig(**{**EXACT.__dict__, "sync_bn": "ghost", "round_steps": None})
         ghost = train_distributed(
             {"m": model}, repos, client=client, mode="sync", rounds=4, step=ghost_step, seed=7, survey=survey,
@@ -113,6 +117,14 @@ def test_exact_sync_on_real_workers_equals_one_machine_and_ghost_does_not(tmp_pa
     # gloo traffic: 2 ranks, ring all-reduce: each sends (2 (n-1) / n =) 1 x every reduced tensor
     grads = sum(p.numel() * 4 for p in model.parameters())
     assert all(g.peer_bytes > 2 * grads for g in train)  # 2 steps a round, each one gradient bucket + BN
+    # local_steps = 2 (BatchNorm synchronised, weights averaged every 2 steps): fewer bytes, other weights
+    lt = [g for g in local.legs if g.kind == "train"]
+    assert not local.failures and local.models["m"].step == 4 and len(lt) == 4
+    # per round and rank: the weights averaged once (round of 2 steps) and the AdamW moments (2 x the weights)
+    assert 2 * 2 * 3 * grads <= sum(g.peer_bytes for g in lt) < 1.15 * 2 * 2 * 3 * grads
+    assert all(np.isfinite(v).all() for v in local.models["m"].state.values() if v.dtype.kind == "f")
+    with pytest.raises(AssertionError):
+        _assert_same(local.models["m"].state, ref, scale_atol=1e-3)
     # ghost BatchNorm (each sub-batch its own statistics) does not reach one machine's weights
     with pytest.raises(AssertionError):
         _assert_same(ghost.models["m"].state, ref, scale_atol=1e-3)

@@ -106,7 +106,10 @@ class StepConfig:
         ``round_steps`` steps is one task per worker, all at once, forming a gloo process
         group that all-reduces every BatchNorm layer's moments (forward and backward) and the
         gradients inside each step; weights and AdamW state go out at the start of a round
-        and come back at its end. Needs ``local_steps == 1``.
+        and come back at its end. With ``local_steps = k > 1`` BatchNorm stays synchronised
+        every step but every rank steps AdamW on its own gradient and the weights are averaged
+        (all-reduce) every ``k`` steps and at the end of a round (local SGD; the AdamW moments
+        are averaged once per round).
     round_steps
         ``sync_bn="exact"``: optimiser steps per round (one task per worker); None (default):
         up to the next epoch boundary (validation and faults are handled between rounds).
@@ -177,8 +180,6 @@ class StepConfig:
             raise ValueError(f"sync_bn must be 'ghost', 'pooled' or 'exact', got {self.sync_bn!r}")
         if self.local_steps < 1:
             raise ValueError(f"local_steps must be >= 1, got {self.local_steps}")
-        if self.sync_bn == "exact" and self.local_steps != 1:
-            raise ValueError(f"sync_bn='exact' needs local_steps = 1, got {self.local_steps}")
         if self.round_steps is not None and self.round_steps < 1:
             raise ValueError(f"round_steps must be >= 1 or None, got {self.round_steps}")
 

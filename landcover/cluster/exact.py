@@ -16,6 +16,7 @@ round again. Every such event is a :class:`~landcover.cluster.records.Failure` w
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -249,17 +250,19 @@ class _Attempt:
         return True
 
     def close(self) -> None:
-        """Cancel what still runs (its collectives fail then) and drop the rendezvous variable."""
-        from distributed import Variable
+        """Tell ranks still joining to stop, cancel what still runs, drop the rendezvous variable."""
+        from distributed import Event, Variable
 
+        name = next(iter(self.payloads.values()))["rendezvous"]
+        client = self.runner.client
+        if len(self.out.results) < len(self.payloads):
+            with contextlib.suppress(Exception):
+                Event(f"{name}-abort", client=client).set()
         for fut in self.futures:
             if not fut.done():
                 fut.cancel()
-        try:
-            name = next(iter(self.payloads.values()))["rendezvous"]
-            Variable(name, client=self.runner.client).delete()
-        except Exception:  # noqa: BLE001 - nothing was published
-            pass
+        with contextlib.suppress(Exception):  # nothing may have been published
+            Variable(name, client=client).delete()
 
 
 def _lost(

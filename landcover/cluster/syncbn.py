@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -132,7 +133,7 @@ def _group(job: Mapping[str, Any], addr: str, timeout: float) -> tuple[Any, Any]
     rank, world = int(job["rank"]), int(job["world"])
     if world == 1:
         return None, None
-    from distributed import Variable, get_client
+    from distributed import Event, Variable, get_client
 
     c10d: Any = dist  # TCPStore, PrefixStore and the gloo options are not in the stubs' exports
     host = _host(addr)
@@ -146,11 +147,30 @@ def _group(job: Mapping[str, Any], addr: str, timeout: float) -> tuple[Any, Any]
         master = str(var.get(timeout=timeout))
         mhost, port = master.rsplit(":", 1)
         store = c10d.TCPStore(mhost, int(port), world, False, timeout=td)
+    _ready(store, rank, world, Event(f"{name}-abort", client=get_client()), timeout)
     opts = c10d.ProcessGroupGloo._Options()
     opts._timeout = td
     opts._devices = [c10d.ProcessGroupGloo.create_device(hostname=host)]
     group = c10d.ProcessGroupGloo(c10d.PrefixStore(name + "/", store), rank, world, opts)
     return group, store
+
+
+def _ready(store: Any, rank: int, world: int, abort: Any, timeout: float) -> None:
+    """Wait until every rank has joined the store; give up when the trainer aborts the round.
+
+    A rank lost before it joined would otherwise keep the others waiting in the process
+    group's construction for the whole timeout; the trainer sets ``abort`` when it gives
+    the round up.
+    """
+    store.set(f"ready/{rank}", "1")
+    keys = [f"ready/{r}" for r in range(world)]
+    deadline = time.monotonic() + timeout
+    while not store.check(keys):
+        if abort.is_set():
+            raise CollectiveError("the trainer gave the round up (a peer was lost)")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not every rank joined within {timeout:.3g} s")
+        time.sleep(0.05)
 
 
 def _mixed_loss(logits: torch.Tensor, target: torch.Tensor, mask: Any, comm: _Comm) -> torch.Tensor:
@@ -167,6 +187,64 @@ def _mixed_loss(logits: torch.Tensor, target: torch.Tensor, mask: Any, comm: _Co
     num = torch.where(valid, per_pixel, torch.zeros_like(per_pixel)).sum()
     den = comm.sum_(valid.sum().to(torch.float64).reshape(1))[0].to(num.dtype)
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), num * 0.0)
+
+
+def _mixed_batch(parts: Any, j: int, device: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Step ``j`` of the round: this rank's repositories' sub-batches, concatenated."""
+    from ..train import to_device
+
+    batches = []
+    for ds, p in parts:
+        b = int(p["sub_batch"])
+        if len(ds) and b > 0:
+            idx = stream_indices(len(ds), int(p["stream_seed"]), int(p["position"]) + j * b, b)
+            batches.append(to_device(ds.__getitems__(idx).batch, device))
+    masks = [b[2] for b in batches]
+    mask = None if any(m is None for m in masks) else torch.cat(masks)  # type: ignore[arg-type]
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]), mask
+
+
+def _step(
+    model: Any, state: Any, params: list[Any], comm: _Comm, image: Any, target: Any, mask: Any, k: int
+) -> float:
+    """One AdamW + schedule step; returns the mixed batch's loss.
+
+    ``k == 1``: on the mixed batch's gradient (every rank's, summed in one bucket), so every
+    rank takes the same step. ``k > 1``: on this rank's own gradient (its pixels' loss over
+    the mixed batch's pixel count, BatchNorm still synchronised), local SGD between averagings.
+    """
+    state.optimizer.zero_grad(set_to_none=True)
+    loss = _mixed_loss(model(image), target, mask, comm)
+    loss.backward()
+    if k == 1:
+        flat = torch.cat(
+            [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in params]
+            + [loss.detach().reshape(1)]
+        )
+        comm.sum_(flat)  # one bucket: the mixed batch's gradient (and loss) on every rank
+        off = 0
+        for p in params:
+            p.grad = flat[off : off + p.numel()].view_as(p).clone()
+            off += p.numel()
+        total = float(flat[-1])
+    else:
+        total = float(comm.sum_(loss.detach().reshape(1).clone())[0])
+    state.optimizer.step()
+    if state.scheduler.last_epoch < state.total_steps:
+        state.scheduler.step()
+    return total
+
+
+def _average(tensors: list[torch.Tensor], comm: _Comm) -> None:
+    """Replace ``tensors`` in place by their mean over the ranks (one flat bucket)."""
+    if comm.group is None or not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+    comm.sum_(flat).div_(comm.world)
+    off = 0
+    for t in tensors:
+        t.copy_(flat[off : off + t.numel()].view_as(t))
+        off += t.numel()
 
 
 def _is_collective_failure(exc: BaseException) -> bool:
@@ -186,7 +264,7 @@ def exact_task(job: dict[str, Any]) -> dict[str, Any]:
     weights and AdamW state after ``n_steps`` steps; from every rank its samples, the
     mixed batch's mean loss and the bytes it sent to its peers.
     """
-    from ..train import TrainState, resolve_device, seed_everything, to_device
+    from ..train import TrainState, resolve_device, seed_everything
 
     step: StepConfig = job["step"]
     timeout = float(job.get("timeout") or COLLECTIVE_TIMEOUT)
@@ -215,34 +293,17 @@ def exact_task(job: dict[str, Any]) -> dict[str, Any]:
             for layer in _bn_layers(model).values():  # the model is this task's own
                 layer.forward = functools.partial(sync_batchnorm, layer, comm)
             model.train()
+            k, start = int(step.local_steps), int(job["start_step"])
             for j in range(int(job["n_steps"])):
-                batches = []
-                for ds, p in parts:
-                    b = int(p["sub_batch"])
-                    if len(ds) and b > 0:
-                        idx = stream_indices(len(ds), int(p["stream_seed"]), int(p["position"]) + j * b, b)
-                        batches.append(to_device(ds.__getitems__(idx).batch, device))
-                image = torch.cat([b[0] for b in batches])
-                target = torch.cat([b[1] for b in batches])
-                masks = [b[2] for b in batches]
-                mask = None if any(m is None for m in masks) else torch.cat(masks)  # type: ignore[arg-type]
-                state.optimizer.zero_grad(set_to_none=True)
-                loss = _mixed_loss(model(image), target, mask, comm)
-                loss.backward()
-                flat = torch.cat(
-                    [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in params]
-                    + [loss.detach().reshape(1)]
-                )
-                comm.sum_(flat)  # one bucket: the mixed batch's gradient (and loss) on every rank
-                off = 0
-                for p in params:
-                    p.grad = flat[off : off + p.numel()].view_as(p).clone()
-                    off += p.numel()
-                state.optimizer.step()
-                if state.scheduler.last_epoch < state.total_steps:
-                    state.scheduler.step()
+                image, target, mask = _mixed_batch(parts, j, device)
+                loss = _step(model, state, params, comm, image, target, mask, k)
+                if k > 1 and ((start + j + 1) % k == 0 or j + 1 == int(job["n_steps"])):
+                    _average([p.data for p in params], comm)  # local SGD: weights averaged every k steps
                 n = int(image.shape[0])
-                samples, loss_sum, done = samples + n, loss_sum + float(flat[-1]) * n, done + 1
+                samples, loss_sum, done = samples + n, loss_sum + loss * n, done + 1
+            if k > 1:  # each rank's AdamW moments, averaged once per round (what comes back)
+                adam = state.optimizer.state.values()
+                _average([v for st in adam for key, v in st.items() if key != "step"], comm)
         except Exception as exc:
             if _is_collective_failure(exc):
                 raise CollectiveError(f"rank {job['rank']} on {wname}: {type(exc).__name__}: {exc}") from None
