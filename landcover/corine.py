@@ -1099,24 +1099,22 @@ def _value_positions(src: ClcSource, agg: Aggregation, values: np.ndarray) -> np
     return lut[inv.reshape(values.shape)]
 
 
-def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage: float) -> np.ndarray:
-    """Fractions ``(n, h, w)`` plus coverage as band ``n`` of one target block, float32.
+def _block_pieces(
+    src: ClcSource, target: Grid, agg: Aggregation
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(pix, cell, share, pos)`` of one target block over a class raster; None outside it.
 
-    The footprint/cell shares come from :func:`landcover.fraction_kernels.footprint_pieces`
-    (one pass per pixel; a footprint inside one cell has share 1); the covered share, the
-    coverage rule (:func:`~landcover.fraction_kernels.coverage_scale`) and the class sums of
-    each pixel from :func:`~landcover.fraction_kernels.raster_fractions`.
+    The footprint/cell shares of every pixel (:func:`landcover.fraction_kernels.footprint_pieces`:
+    one pass per pixel; a footprint inside one cell has share 1) and the class position of every
+    cell they index (flat, ``len(agg.classes)`` for NODATA and cells outside the raster).
     """
-    from .fraction_kernels import footprint_pieces, raster_fractions
+    from .fraction_kernels import footprint_pieces
 
     n = len(agg.classes)
-    h, w = target.shape
-    out = np.zeros((n + 1, h, w), dtype="float32")
     cx, cy = _corners_in_source(src.grid, target)
     win = _source_window(src, cx, cy)
     if win is None:
-        out[:n] = np.nan
-        return out
+        return None
     # Window of every cell touched by a footprint (may extend past the raster: NODATA there).
     fx, fy = _finite_values(cx, cy)
     r0, c0 = int(np.floor(fy.min())), int(np.floor(fx.min()))
@@ -1129,10 +1127,62 @@ def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage:
     pix, cell, share, _ = footprint_pieces(
         np.ascontiguousarray(cx - c0, dtype="float64"), np.ascontiguousarray(cy - r0, dtype="float64"), ww
     )
-    raster_fractions(
-        pix, cell, share, pos.reshape(-1), n, float(min_coverage), SLIVER_COVERAGE, out.reshape(n + 1, -1)
-    )
+    return pix, cell, share, pos.reshape(-1)
+
+
+def _compute_block(src: ClcSource, target: Grid, agg: Aggregation, min_coverage: float) -> np.ndarray:
+    """Fractions ``(n, h, w)`` plus coverage as band ``n`` of one target block, float32.
+
+    The pieces of :func:`_block_pieces`; the covered share, the coverage rule
+    (:func:`~landcover.fraction_kernels.coverage_scale`) and the class sums of each pixel from
+    :func:`~landcover.fraction_kernels.raster_fractions`.
+    """
+    from .fraction_kernels import raster_fractions
+
+    n = len(agg.classes)
+    h, w = target.shape
+    out = np.zeros((n + 1, h, w), dtype="float32")
+    pieces = _block_pieces(src, target, agg)
+    if pieces is None:
+        out[:n] = np.nan
+        return out
+    pix, cell, share, pos = pieces
+    raster_fractions(pix, cell, share, pos, n, float(min_coverage), SLIVER_COVERAGE, out.reshape(n + 1, -1))
     return out
+
+
+def label_steps_block(
+    src: ClcSource, target: Grid, agg: Aggregation, min_coverage: float, steps: int, fill: int,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The fractions of one target block over a class raster, encoded straight to steps.
+
+    Returns ``(steps (n, h, w) uint8, coverage (h, w) float32, sums (h, w) float32)``: exactly
+    :func:`landcover.fraction_kernels.encode_steps` of :func:`_compute_block`'s fractions (``fill``
+    where NODATA), its coverage band, and the float32 sum of each pixel's fractions (NaN where
+    NODATA), computed pixel by pixel (:func:`landcover.fraction_kernels.raster_steps`) without the
+    ``(n + 1, h, w)`` float32 block. For :mod:`landcover.cube`. ``out``: a C-contiguous
+    ``(n, h, w)`` uint8 array to write the steps to (returned).
+    """
+    from .fraction_kernels import raster_steps
+
+    n = len(agg.classes)
+    h, w = target.shape
+    cov = np.zeros((h, w), dtype="float32")
+    sums = np.full((h, w), np.nan, dtype="float32")
+    if out is None:
+        out = np.empty((n, h, w), dtype="uint8")
+    pieces = _block_pieces(src, target, agg)
+    if pieces is None:
+        out[...] = fill
+        return out, cov, sums
+    out[...] = 0
+    pix, cell, share, pos = pieces
+    raster_steps(
+        pix, cell, share, pos, n, float(min_coverage), SLIVER_COVERAGE, steps, fill,
+        out.reshape(n, -1), cov.reshape(-1), sums.reshape(-1),
+    )  # fmt: skip
+    return out, cov, sums
 
 
 def _apply_coverage(

@@ -572,17 +572,69 @@ def _label_planes(frac: np.ndarray, cov: np.ndarray, min_coverage: float) -> np.
     c = cov[0]
     k = frac.shape[0]
     out = np.empty((2 + k,) + c.shape, dtype="uint8")
-    out[0] = schema.encode_coverage(c)
-    sums = np.empty(c.size, dtype="float32")
+    sums = np.zeros(c.size, dtype="float32")
     if k:
         encode_steps(frac.reshape(k, -1), schema.LABEL_STEPS, schema.LABEL_FILL, out[2:].reshape(k, -1), sums)
-    else:
-        sums[:] = 0.0
-    # a sum of fractions (each <= 1) is finite iff all of them are
-    ok = np.isfinite(sums.reshape(c.shape))
-    ok &= np.nan_to_num(c) >= np.float32(min_coverage) - 1e-6
-    out[1] = ok
+    _coverage_planes(out, c, sums.reshape(c.shape), min_coverage)
     return out
+
+
+def _coverage_planes(out: np.ndarray, cov: np.ndarray, sums: np.ndarray, min_coverage: float) -> None:
+    """``out[0]``: the encoded coverage; ``out[1]``: 1 where the label is valid (of :func:`_label_planes`).
+
+    A label is valid where the sum of its fractions is finite (a sum of fractions, each <= 1, is
+    finite iff all of them are) and the coverage is at least ``min_coverage``.
+    """
+    out[0] = schema.encode_coverage(cov)
+    ok = np.isfinite(sums)
+    ok &= np.nan_to_num(cov) >= np.float32(min_coverage) - 1e-6
+    out[1] = ok
+
+
+def _raster_label_planes(src: Any, target: Grid, agg: Any, min_coverage: float) -> np.ndarray:
+    """:func:`_label_planes` of one block over a CORINE raster, from the source directly.
+
+    :func:`landcover.corine.label_steps_block` encodes each pixel's fractions as it computes
+    them (the same bytes as the fractions block encoded afterwards) and gives the coverage and
+    the sums of the fractions for :func:`_coverage_planes`.
+    """
+    from .corine import label_steps_block
+
+    n = len(agg.classes)
+    h, w = target.shape
+    out = np.empty((2 + n, h, w), dtype="uint8")
+    _, cov, sums = label_steps_block(
+        src, target, agg, min_coverage, schema.LABEL_STEPS, schema.LABEL_FILL, out=out[2:]
+    )
+    _coverage_planes(out, cov, sums, min_coverage)
+    return out
+
+
+def _raster_planes(
+    corine: str | os.PathLike[str], dst: Grid, level: int, min_coverage: float, chunk: int
+) -> Any:
+    """Lazy ``(2 + class, y, x)`` uint8 label planes of a CORINE raster on ``dst``, or None for polygons."""
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    from . import corine as clc_mod
+
+    src = clc_mod.read_clc(corine)
+    if isinstance(src, clc_mod.ClcVectorSource):
+        return None
+    agg = clc_mod.aggregation(cast("Literal[1, 2, 3]", level))
+    n = len(agg.classes)
+    name = "label-planes-" + tokenize(src, dst, agg, float(min_coverage), chunk)
+    dsk: dict[Any, Any] = {}
+    for bi, r in enumerate(range(0, dst.height, chunk)):
+        for bj, c in enumerate(range(0, dst.width, chunk)):
+            sub = dst.subgrid(slice(r, r + chunk), slice(c, c + chunk))
+            dsk[(name, 0, bi, bj)] = (_raster_label_planes, src, sub, agg, float(min_coverage))
+    ychunks = tuple(min(chunk, dst.height - r) for r in range(0, dst.height, chunk))
+    xchunks = tuple(min(chunk, dst.width - c) for c in range(0, dst.width, chunk))
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks=((2 + n,), ychunks, xchunks), dtype="uint8")
 
 
 def _mask_labels(encoded: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -798,12 +850,15 @@ def _assemble(
     frac, cov, clc_attrs = _label_fractions(corine, dst, level=level, min_coverage=min_coverage, chunk=chunk)
     frac_d = frac.transpose("class", "y", "x").data.astype("float32").rechunk((-1, chunk, chunk))
     cov_d = cov.transpose("y", "x").data.astype("float32").rechunk((chunk, chunk))
-    # one task per block reads the float fractions once: coverage, label_ok and the quantised
-    # labels (the only consumers of the fractions, which are then released)
-    planes = da.map_blocks(
-        _label_planes, frac_d, cov_d[None], float(min_coverage), dtype="uint8",
-        chunks=((2 + frac_d.shape[0],),) + frac_d.chunks[1:],
-    )  # fmt: skip
+    # coverage, label_ok and the quantised labels of each block: over a CORINE raster computed
+    # from the source pixel by pixel (no float fractions block); otherwise (polygons) one task
+    # per block reads the float fractions once (their only consumer, so they are then released)
+    planes = _raster_planes(corine, dst, level, min_coverage, chunk)
+    if planes is None or planes.shape[0] != 2 + frac_d.shape[0]:
+        planes = da.map_blocks(
+            _label_planes, frac_d, cov_d[None], float(min_coverage), dtype="uint8",
+            chunks=((2 + frac_d.shape[0],),) + frac_d.chunks[1:],
+        )  # fmt: skip
     coverage = planes[0]
     label_ok = planes[1].astype(bool)
     arrays, how = _layers_on_grid(opened, dst, chunk, policy, label_ok)

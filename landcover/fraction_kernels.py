@@ -24,10 +24,18 @@ __all__ = [
     "raster_fractions",
     "add_pieces",
     "bilinear",
+    "raster_steps",
 ]
 
 _TILE = 1024
 """Pixels handled together by :func:`encode_steps` (class planes are read in runs of this length)."""
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _trunc(f: np.float32, fs: np.float32) -> tuple[np.float32, int]:
+    """``(scaled, steps)`` of one fraction: ``f * fs`` in float32 and its truncation (0 for NaN)."""
+    x = f * fs
+    return x, (int(x) if x == x else 0)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -59,9 +67,8 @@ def _truncated_tile(
         for j in range(m):
             f = fr[j]
             sm[j] += f
-            x = f * fs
+            x, q = _trunc(f, fs)
             ssum[j] += x
-            q = int(x) if x == x else 0
             qsum[j] += q
             orow[j] = min(max(q, 0), steps)
     return na
@@ -122,17 +129,28 @@ def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums:
             if sums[p] != sums[p]:  # NaN in some class: NODATA
                 out[:, p] = fill
                 continue
-            missing = steps - qsum[j]
-            if missing <= 0 or not ssum[j] > 0:
-                continue
-            # the classes that are 0 in this tile have remainder 0: while a non-zero class has a
-            # positive remainder it outranks them, so only those need ranking; otherwise rank all
-            cls, nc = act, na
-            if not _rank_steps(frac, fs, p, missing, act, na, rem, qq, True):
-                cls, nc = every, k
-                _rank_steps(frac, fs, p, missing, every, k, rem, qq, False)
-            for i in range(nc):
-                out[cls[i], p] = min(max(qq[cls[i]], 0), steps)
+            if steps - qsum[j] > 0 and ssum[j] > 0:  # steps missing: the correction (a minority)
+                _finish_pixel(frac, fs, p, steps - qsum[j], act, na, every, rem, qq, steps, out, p)
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish_pixel(
+    frac: np.ndarray, fs: np.float32, p: int, missing: int, act: np.ndarray, na: int,
+    every: np.ndarray, rem: np.ndarray, qq: np.ndarray, steps: int, out: np.ndarray, p_out: int,
+) -> None:  # fmt: skip
+    """The largest-remainder correction of pixel ``p`` of ``frac``, written to ``out[:, p_out]``.
+
+    For a pixel with ``missing`` > 0 steps whose scaled values sum to more than 0. The classes
+    that are 0 (``act[:na]`` holds every other one) have remainder 0: while a non-zero class has
+    a positive remainder it outranks them, so only those need ranking; otherwise every class is
+    ranked.
+    """
+    cls, nc = act, na
+    if not _rank_steps(frac, fs, p, missing, act, na, rem, qq, True):
+        cls, nc = every, every.size
+        _rank_steps(frac, fs, p, missing, every, every.size, rem, qq, False)
+    for i in range(nc):
+        out[cls[i], p_out] = min(max(qq[cls[i]], 0), steps)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -385,3 +403,71 @@ def bilinear(
         for c in range(kc.size):
             out[r, c] = v[kc[c]] * (1.0 - tc[c]) + v[kc[c] + 1] * tc[c]
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def raster_steps(
+    pix: np.ndarray, cell: np.ndarray, share: np.ndarray, pos: np.ndarray, n: int, min_coverage: float,
+    sliver: float, steps: int, fill: int, out: np.ndarray, cov: np.ndarray, sums: np.ndarray,
+) -> None:  # fmt: skip
+    """:func:`raster_fractions` and :func:`encode_steps` of each pixel at once, without the float planes.
+
+    Same inputs as :func:`raster_fractions`; ``out (n, pixels)`` uint8 must be 0 and receives the
+    steps (``fill`` where the pixel is not kept), ``cov (pixels)`` float32 the coverage and
+    ``sums (pixels)`` float32 the sum of the pixel's float32 fractions (NaN where not kept): the
+    same values as those two kernels give one after the other, since a pixel's fractions are
+    its few classes' float32 sums and the other classes are 0 (which change no sum).
+    """
+    npix = out.shape[1]
+    fs = np.float32(steps)
+    col = np.zeros((n, 1), np.float32)  # this pixel's fractions (0 outside act[:na])
+    mark = np.full(n, -1, np.int64)
+    act = np.empty(n, np.int64)
+    every = np.arange(n)
+    rem = np.empty(n, np.float32)
+    qq = np.empty(n, np.int64)
+    i = 0
+    for p in range(npix):
+        j = i
+        valid = 0.0
+        while j < pix.size and pix[j] == p:
+            if pos[cell[j]] < n:
+                valid += share[j]
+            j += 1
+        c_, keep, scale = coverage_scale(valid, min_coverage, sliver)
+        cov[p] = np.float32(c_)
+        if not keep:
+            sums[p] = np.nan
+            out[:, p] = fill
+            i = j
+            continue
+        na = 0
+        for q in range(i, j):
+            k = pos[cell[q]]
+            if k < n:
+                if mark[k] != p:  # first piece of class k: keep act[:na] in class order
+                    mark[k] = p
+                    t = na
+                    while t > 0 and act[t - 1] > k:
+                        act[t] = act[t - 1]
+                        t -= 1
+                    act[t] = k
+                    na += 1
+                col[k, 0] = np.float32(np.float64(col[k, 0]) + share[q] * scale)
+        s = np.float32(0.0)
+        ssum = np.float32(0.0)
+        qsum = 0
+        for t in range(na):
+            c = act[t]
+            f = col[c, 0]
+            s += f
+            x, qv = _trunc(f, fs)
+            ssum += x
+            qsum += qv
+            out[c, p] = min(max(qv, 0), steps)
+        sums[p] = s
+        if steps - qsum > 0 and ssum > 0:
+            _finish_pixel(col, fs, 0, steps - qsum, act, na, every, rem, qq, steps, out, p)
+        for t in range(na):
+            col[act[t], 0] = np.float32(0.0)
+        i = j

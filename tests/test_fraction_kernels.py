@@ -118,3 +118,30 @@ def test_bilinear_corner_interpolation_matches_numpy() -> None:
     ref = v[:, ic] * (1.0 - tc)[None, :] + v[:, ic + 1] * tc[None, :]
     got = _bilinear(knots, rows, cols)
     assert np.array_equal(got.view("uint64"), ref.view("uint64"))
+
+
+@pytest.mark.parametrize("min_coverage", [0.0, 0.5, 0.99])
+def test_label_steps_of_a_block_equal_the_encoded_fractions(tmp_path: Path, min_coverage: float) -> None:
+    """The fused fractions-to-steps kernel gives the bytes of the float32 fractions encoded afterwards."""
+    from landcover.corine import label_steps_block
+    from landcover.fraction_kernels import encode_steps
+
+    rng = np.random.default_rng(11 + int(min_coverage * 100))
+    src = read_clc(write_raster(tmp_path / "c.tif", random_clc(rng, (30, 30), patch=2)))
+    for level in (3, 1):
+        agg = aggregation(level)  # type: ignore[arg-type]
+        n = len(agg.classes)
+        left, bottom, right, top = src.grid.bounds
+        far = Grid.from_bounds((left + 1e5, bottom, right + 1e5, top), LAEA, resolution=100.0)
+        grids = [*_grids(src.grid), ("outside the raster", far)]
+        for what, grid in grids:
+            for r0, c0, size in ((0, 0, 10_000), (3, 5, 17)):
+                sub = grid.subgrid(slice(r0, r0 + size), slice(c0, c0 + size))
+                block = _compute_block(src, sub, agg, min_coverage)
+                want = np.empty(block[:n].shape, dtype="uint8")
+                want_sums = np.empty(block[0].size, dtype="float32")
+                encode_steps(block[:n].reshape(n, -1), 250, 255, want.reshape(n, -1), want_sums)
+                got, cov, sums = label_steps_block(src, sub, agg, min_coverage, 250, 255)
+                assert np.array_equal(got, want), (what, level, r0)
+                assert np.array_equal(cov.view("uint32"), block[n].view("uint32")), (what, level)
+                assert np.array_equal(sums.reshape(-1), want_sums, equal_nan=True), (what, level)
