@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def test_exact_sync_survives_killed_workers(tmp_path):
         "w-b": {"B": data / "b"},
         "w-c": {"C": data / "c", "A": data / "c-mirror"},
     }
-    cluster = _Cluster(tmp_path, layout, step_pause=0.5)  # 0.5 s per optimiser step
+    cluster = _Cluster(tmp_path, layout, step_pause=0.8)  # 0.8 s per optimiser step
     try:
         client = cluster.client
         repos = sorted(discover_repositories(client), key=lambda r: r.name)
@@ -160,7 +161,8 @@ def test_exact_sync_survives_killed_workers(tmp_path):
             victim = {0: "w-a", 1: "w-b"}.get(msg["round"])
             if msg["kind"] == "train" and victim == names.get(msg["worker"]) and victim not in killed:
                 killed.append(victim)
-                cluster.kill(victim)
+                # w-a as its round starts (the ranks are joining), w-b 1.2 s in (in the steps' collectives)
+                threading.Timer(0.0 if victim == "w-a" else 1.2, cluster.kill, (victim,)).start()
 
         client.subscribe_topic(LEG_TOPIC, on_start)
         with warnings.catch_warnings(record=True) as caught:

@@ -12,6 +12,14 @@ The trainer then gives the whole round up (the model keeps the weights from befo
 avoids that worker for the rest of the run, re-forms the group with a replica of each lost
 repository when one is live (else that repository is skipped with a warning) and runs the
 round again. Every such event is a :class:`~landcover.cluster.records.Failure` with its reason.
+
+Threads: a round needs one free worker thread on every worker of its group at the same time
+(the ranks wait for each other). Models take their rounds one after another, so a run never
+puts two ranks on one worker; a rank whose worker stays busy with other work is counted as
+stuck after twice the leg timeout, and the round is run again without that worker. Ranks still
+joining when the trainer gives a round up stop at once (a ``distributed.Event`` per attempt);
+a rank blocked in a collective with a frozen peer ends at the collective's timeout (the leg
+timeout), so its worker's thread stays busy until then.
 """
 
 from __future__ import annotations
