@@ -339,6 +339,29 @@ def pixel_rule(
     return cov, keep, scale
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _covered(
+    pix: np.ndarray, cell: np.ndarray, share: np.ndarray, pos: np.ndarray, n: int, i: int
+) -> tuple[int, float]:
+    """``(end, valid)`` of the pixel whose pieces start at ``i``: where they end and its covered share.
+
+    The covered share is the sum, in piece order, of the shares of the cells with a class (< ``n``).
+    """
+    j = i
+    valid = 0.0
+    while j < pix.size and pix[j] == pix[i]:
+        if pos[cell[j]] < n:
+            valid += share[j]
+        j += 1
+    return j, valid
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_share(acc: np.float32, share: float, scale: float) -> np.float32:
+    """One piece's addition to a class fraction: ``acc + share * scale`` in float64, kept as float32."""
+    return np.float32(np.float64(acc) + share * scale)
+
+
 @numba.njit(cache=True, nogil=True)
 def raster_fractions(
     pix: np.ndarray, cell: np.ndarray, share: np.ndarray, pos: np.ndarray, n: int,
@@ -356,19 +379,14 @@ def raster_fractions(
     npix = out.shape[1]
     i = 0
     for p in range(npix):
-        j = i
-        valid = 0.0
-        while j < pix.size and pix[j] == p:
-            if pos[cell[j]] < n:
-                valid += share[j]
-            j += 1
+        j, valid = _covered(pix, cell, share, pos, n, i) if i < pix.size and pix[i] == p else (i, 0.0)
         cov, keep, scale = coverage_scale(valid, min_coverage, sliver)
         out[n, p] = np.float32(cov)
         if keep:
             for q in range(i, j):
                 k = pos[cell[q]]
                 if k < n:
-                    out[k, p] = np.float32(np.float64(out[k, p]) + share[q] * scale)
+                    out[k, p] = _add_share(out[k, p], share[q], scale)
         else:
             out[:n, p] = np.nan
         i = j
@@ -428,12 +446,7 @@ def raster_steps(
     qq = np.empty(n, np.int64)
     i = 0
     for p in range(npix):
-        j = i
-        valid = 0.0
-        while j < pix.size and pix[j] == p:
-            if pos[cell[j]] < n:
-                valid += share[j]
-            j += 1
+        j, valid = _covered(pix, cell, share, pos, n, i) if i < pix.size and pix[i] == p else (i, 0.0)
         c_, keep, scale = coverage_scale(valid, min_coverage, sliver)
         cov[p] = np.float32(c_)
         if not keep:
@@ -453,7 +466,7 @@ def raster_steps(
                         t -= 1
                     act[t] = k
                     na += 1
-                col[k, 0] = np.float32(np.float64(col[k, 0]) + share[q] * scale)
+                col[k, 0] = _add_share(col[k, 0], share[q], scale)
         s = np.float32(0.0)
         ssum = np.float32(0.0)
         qsum = 0
