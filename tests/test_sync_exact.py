@@ -187,3 +187,59 @@ def test_exact_sync_survives_killed_workers(tmp_path):
     state = run.models["m"].state
     assert all(np.isfinite(v).all() for v in state.values() if v.dtype.kind == "f")
     assert any(not np.array_equal(state[k], start[k]) for k in state)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_exact_sync_gives_a_frozen_worker_up_after_the_leg_timeout(tmp_path):
+    """SIGSTOP w-b in its round: the collectives time out, B (no replica) is skipped, the run completes."""
+    import os
+    import signal
+    import time
+
+    from landcover.cluster.registry import discover_repositories
+
+    data = tmp_path / "data"
+    _three(tmp_path)
+    layout = {"w-a": {"A": data / "a"}, "w-b": {"B": data / "b"}, "w-c": {"C": data / "c"}}
+    cluster = _Cluster(tmp_path, layout, step_pause=0.8)
+    try:
+        client = cluster.client
+        repos = sorted(discover_repositories(client), key=lambda r: r.name)
+        step = StepConfig(**{**EXACT.__dict__, "round_steps": 3, "leg_timeout": 15.0})
+        survey = survey_repositories(repos, client=client, step=step, log=lambda _m: None)
+        model = _model(survey["A"], seed=0)
+        pids = cluster.worker_pids()
+        names = {a: i["name"] for a, i in client.scheduler_info()["workers"].items()}
+        frozen: list[str] = []
+
+        def on_start(event):
+            _, msg = event
+            if msg["kind"] == "train" and names.get(msg["worker"]) == "w-b" and not frozen:
+                frozen.append("w-b")
+                threading.Timer(1.2, os.kill, (pids["w-b"], signal.SIGSTOP)).start()
+
+        client.subscribe_topic(LEG_TOPIC, on_start)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                t0 = time.perf_counter()
+                run = train_distributed(
+                    {"m": model}, repos, client=client, mode="sync", rounds=2, step=step, seed=7,
+                    survey=survey, log=lambda _m: None, poll=0.1,
+                )  # fmt: skip
+                wall = time.perf_counter() - t0
+        finally:
+            client.unsubscribe_topic(LEG_TOPIC)
+            os.kill(pids["w-b"], signal.SIGCONT)
+    finally:
+        cluster.close()
+    assert frozen == ["w-b"]
+    got = [(f.round, f.repository, f.worker, f.error, f.action) for f in run.failures]
+    assert got[0] == (0, "B", "w-b", "timeout", "skipped"), got
+    assert any("on B" in str(w.message) and "skipped" in str(w.message) for w in caught)
+    train = sorted((g.round, g.repository, g.worker_name) for g in run.legs if g.kind == "train")
+    assert train == [(0, "A", "w-a"), (0, "C", "w-c"), (1, "A", "w-a"), (1, "C", "w-c")], got
+    assert train == [(0, "A", "w-a"), (0, "C", "w-c"), (1, "A", "w-a"), (1, "C", "w-c")]
+    assert run.models["m"].step == 6
+    assert wall < 150  # the leg timeout (15 s) and a rerun, not Dask's heartbeat timeout

@@ -84,7 +84,8 @@ failure is recorded with its reason (:class:`Failure`: worker lost, timeout, err
 Errors raised *by* a leg (a broken cube, a bad configuration) are not faults: they stop
 the run with their message. With ``sync_bn="exact"`` the unit of failure is the round: a
 worker lost or stuck during it makes the other ranks' collectives fail (at once when its
-connections close; else after the leg timeout, which is also every collective's timeout), the
+connections close; else after the leg timeout, which is also every collective's timeout, plus a
+short grace that tells the frozen rank from the peers waiting for it), the
 trainer gives the round up, keeps the weights from before it, avoids the worker, and runs the
 round again with a replica of each of its repositories or without them (skipped with a
 warning, :class:`Failure` recorded). A survivor blocked in a collective keeps its worker's

@@ -160,6 +160,7 @@ class _Attempt:
         self.failures = _worker_failures()
         self.t_submit = time.time()
         self.all_failed_at: float | None = None
+        self.first_failed_at: float | None = None  # when a rank's collectives first failed
 
     def submit(self, m: str, r: int, attempt: int) -> None:
         from ..threads import host_slots
@@ -206,6 +207,7 @@ class _Attempt:
                     fut.result()
                 except BaseException as exc:  # noqa: BLE001 - sorted by the caller
                     self.errors[addr] = exc
+                    self.first_failed_at = self.first_failed_at or now
         return now
 
     def watch(self) -> _Outcome:
@@ -236,16 +238,33 @@ class _Attempt:
                 return out
 
     def _overdue(self, now: float) -> bool:
-        """Ranks still running past the leg timeout (counted from their start; never started: 2 x)."""
+        """Ranks still running past the leg timeout (from their start; never started: 2 x): the stuck ones.
+
+        The leg timeout is also every collective's, so when one worker freezes the others'
+        collectives fail at about the same time as the frozen rank passes the limit. Only the
+        ranks still running ``grace`` seconds after the first such failure (or, when none
+        failed, ``grace`` seconds past the limit) are given up: the frozen ones, not the
+        peers that were waiting for them.
+        """
         if self.timeout is None:
             return False
+        grace = max(5.0, 0.25 * self.timeout)
+        late = []
         for addr in self._running():
             t0 = self.started.get(self.keys[addr])
-            if (t0 is not None and now - t0 > self.timeout) or (
-                t0 is None and now - self.t_submit > 2 * self.timeout
-            ):
-                self.out.lost[addr] = "timeout"
-        return bool(self.out.lost)
+            over = (now - t0 - self.timeout) if t0 is not None else (now - self.t_submit - 2 * self.timeout)
+            if over > 0:
+                late.append((addr, over))
+        if not late:
+            return False
+        if self.first_failed_at is not None:
+            if now - self.first_failed_at < grace:
+                return False
+        elif max(over for _, over in late) < grace:
+            return False
+        for addr, _ in late:
+            self.out.lost[addr] = "timeout"
+        return True
 
     def _all_failed(self, now: float) -> bool:
         """Every rank ended, some with failed collectives, nobody lost after 5 s more (time to notice one)."""
