@@ -6,7 +6,8 @@ Usage::
                                                 [--legs 1,4,full] [--models 1] [--window 32]
                                                 [--batch-size 16] [--norm batch|group]
                                                 [--modes round-robin,fedavg,sync] [--local-steps 1,4]
-                                                [--sync-bn ghost,pooled] [--bn-stats none,global,repository]
+                                                [--sync-bn ghost,pooled,exact] [--stratified-baseline]
+                                                [--bn-stats none,global,repository]
                                                 [--seeds 3] [--out bench-output/distributed]
 
 ``repos`` synthetic repositories (``landcover.testing.cubes.make_cube``, ``size`` x ``size``
@@ -22,7 +23,11 @@ passes over every repository's training windows.
   every batch drawn from one repository, repositories in turn -- what a leg sees. It
   separates the cost of non-IID batches from the cost of the transport;
 - ``sync`` (``--modes sync``): every step on a batch mixed across repositories, ``--local-steps``
-  steps between averagings, ``--sync-bn`` BatchNorm variants. With ``--bn-stats repository``
+  steps between averagings, ``--sync-bn`` BatchNorm variants (``exact``: synchronised BatchNorm,
+  every step one machine's step on the mixed batch; with ``--local-steps k > 1`` BatchNorm synced
+  every step, weights averaged every ``k`` steps). ``--stratified-baseline`` adds one machine
+  trained on the sync runs' own stratified mixed batches and prints the sync runs' paired ratios
+  to it (exact SyncBN takes those very steps). With ``--bn-stats repository``
   its final model is scored by the engine's own validation, every repository's validation
   windows with BatchNorm statistics re-estimated on that repository (FedBN-style: the model
   each site uses), the same validation windows as the other runs;
