@@ -75,6 +75,12 @@ def test_exact_sync_in_process_is_one_machine_on_the_mixed_batch(tmp_path):
     ref, sub = _one_machine(model, repos, survey, EXACT, 7, 4)
     assert len(set(sub.values())) > 1 or sum(sub.values()) >= 8  # heterogeneous shares of the batch
     _assert_same(run.models["m"].state, ref)
+    # bn_stats="global" (the default) keeps the running statistics exact SyncBN tracked: one machine's
+    step = StepConfig(**{**EXACT.__dict__, "bn_stats": "global"})
+    run = train_distributed(
+        {"m": model}, repos, mode="sync", rounds=2, step=step, seed=7, survey=survey, log=lambda _m: None
+    )
+    _assert_same(run.models["m"].state, ref)
 
 
 @pytest.mark.cluster

@@ -75,7 +75,8 @@ class StepConfig:
         as one pass over all the data would; ``"repository"`` re-estimates them on each
         repository for its own validation (FedBN-style; the saved model gets the global
         ones); ``"none"``: the statistics the legs left (the last repository's, or the
-        FedAvg mean).
+        FedAvg mean). With ``mode="sync"``, ``sync_bn="exact"`` ``"global"`` keeps the running
+        statistics the steps tracked: they already are one machine's on the mixed batches.
     bn_batches
         Training batches per repository of a BatchNorm re-estimation.
     server_momentum

@@ -467,8 +467,9 @@ class _Training:
         step = self.step
         if self.mode == "sync" and 0 < r < self.rounds and int(self.epoch_of(r)) == int(self.epoch_of(r - 1)):
             return
+        exact = self.mode == "sync" and step.sync_bn == "exact"  # running statistics: the mixed batches'
         if self.has_bn and (
-            (step.bn_stats == "global" and (step.validate or r == self.rounds))
+            (step.bn_stats == "global" and not exact and (step.validate or r == self.rounds))
             or (step.bn_stats == "repository" and r == self.rounds)  # the saved model: all the data's
         ):
             self.recalibrate(r)
