@@ -151,12 +151,28 @@ def task_env(job: Mapping[str, Any]) -> Iterator[tuple[str, str, float]]:
             torch.use_deterministic_algorithms(prev_det, warn_only=True)
 
 
+def leg_state(model: Any, step: StepConfig, job: Mapping[str, Any], device: Any) -> Any:
+    """The AdamW + one-cycle :class:`~landcover.train.TrainState` of a task's model.
+
+    Restored from the job's shipped optimiser state (``job["optimizer"]``, numpy, or None for
+    a fresh one) at ``job["start_step"]`` of ``job["total_steps"]``.
+    """
+    from ..train import TrainState
+
+    opt = job.get("optimizer")
+    return TrainState.create(
+        model, lr=step.lr, total_steps=int(job["total_steps"]), weight_decay=step.weight_decay,
+        pct_start=step.pct_start, device=device,
+        optimizer_state=None if opt is None else to_torch(opt), start_step=int(job["start_step"]),
+    )  # fmt: skip
+
+
 def train_task(job: dict[str, Any]) -> dict[str, Any]:
     """One leg: load weights (and optimiser state), train ``n_batches`` batches locally, return them."""
     import torch
 
     from ..datasets import make_loader
-    from ..train import TrainState, seed_everything, train_steps
+    from ..train import seed_everything, train_steps
 
     step: StepConfig = job["step"]
     with task_env(job) as (addr, wname, t0):
@@ -165,17 +181,7 @@ def train_task(job: dict[str, Any]) -> dict[str, Any]:
         model = model_from_payload(spec, job["weights"])
         seed = int(job["seed"])
         seed_everything(seed)
-        optimizer_state = job.get("optimizer")
-        state = TrainState.create(
-            model,
-            lr=step.lr,
-            total_steps=int(job["total_steps"]),
-            weight_decay=step.weight_decay,
-            pct_start=step.pct_start,
-            device=step.device,
-            optimizer_state=None if optimizer_state is None else to_torch(optimizer_state),
-            start_step=int(job["start_step"]),
-        )
+        state = leg_state(model, step, job, step.device)
         done, samples, loss_sum = 0, 0, 0.0
         if len(ds):
             loader = make_loader(ds, step.batch_size, 0, shuffle=True, generator=torch.Generator())
@@ -495,7 +501,7 @@ def sync_task(job: dict[str, Any]) -> dict[str, Any]:
     The sub-batches are positions ``position ..`` of :func:`stream_indices` over this
     repository's training windows.
     """
-    from ..train import TrainState, resolve_device, seed_everything
+    from ..train import resolve_device, seed_everything
 
     step: StepConfig = job["step"]
     with task_env(job) as (addr, wname, t0):
@@ -515,12 +521,7 @@ def sync_task(job: dict[str, Any]) -> dict[str, Any]:
                 out["gradient"], out["moments"] = grads, moments
                 samples, loss_sum, done = len(idx), loss * len(idx), 1
             else:
-                opt = job.get("optimizer")
-                state = TrainState.create(
-                    model, lr=step.lr, total_steps=int(job["total_steps"]), weight_decay=step.weight_decay,
-                    pct_start=step.pct_start, device=device,
-                    optimizer_state=None if opt is None else to_torch(opt), start_step=int(job["start_step"]),
-                )  # fmt: skip
+                state = leg_state(model, step, job, device)
                 model.train()
                 for j in range(k):
                     idx = stream_indices(len(ds), int(job["stream_seed"]), pos + j * b, b)

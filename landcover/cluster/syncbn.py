@@ -42,8 +42,8 @@ import torch
 import torch.distributed as dist
 
 from .config import StepConfig
-from .legs import _bn_layers, _task_record, cached_dataset, stream_indices, task_env
-from .payload import model_from_payload, to_numpy, to_torch
+from .legs import _bn_layers, _task_record, cached_dataset, leg_state, stream_indices, task_env
+from .payload import model_from_payload, to_numpy
 
 COLLECTIVE_TIMEOUT = 1800.0
 """Seconds a collective may wait when no leg timeout is set."""
@@ -264,7 +264,7 @@ def exact_task(job: dict[str, Any]) -> dict[str, Any]:
     weights and AdamW state after ``n_steps`` steps; from every rank its samples, the
     mixed batch's mean loss and the bytes it sent to its peers.
     """
-    from ..train import TrainState, resolve_device, seed_everything
+    from ..train import resolve_device, seed_everything
 
     step: StepConfig = job["step"]
     timeout = float(job.get("timeout") or COLLECTIVE_TIMEOUT)
@@ -276,12 +276,7 @@ def exact_task(job: dict[str, Any]) -> dict[str, Any]:
         model = model_from_payload(spec, job["weights"])
         seed_everything(int(job["seed"]))
         device = resolve_device(step.device)
-        opt = job.get("optimizer")
-        state = TrainState.create(
-            model, lr=step.lr, total_steps=int(job["total_steps"]), weight_decay=step.weight_decay,
-            pct_start=step.pct_start, device=device,
-            optimizer_state=None if opt is None else to_torch(opt), start_step=int(job["start_step"]),
-        )  # fmt: skip
+        state = leg_state(model, step, job, device)
         params = [p for p in model.parameters() if p.requires_grad]
         samples, loss_sum, done = 0, 0.0, 0
         try:
