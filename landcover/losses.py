@@ -25,6 +25,7 @@ from torch import nn
 __all__ = [
     "LossKind",
     "soft_cross_entropy",
+    "soft_cross_entropy_pixels",
     "kl_divergence",
     "class_weights_from_frequencies",
     "SoftLabelLoss",
@@ -44,6 +45,30 @@ def _check(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
     if tuple(mask.shape) != (b, h, w):
         raise ValueError(f"mask must be (B, H, W) = {(b, h, w)}, got {tuple(mask.shape)}")
     return mask.to(torch.bool)
+
+
+def _masked(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(log p, t, valid)``: float32 log-probabilities, targets with NaN and invalid pixels at 0, mask."""
+    valid = _check(logits, target, mask)
+    logp = F.log_softmax(logits.float(), dim=1)
+    t = torch.nan_to_num(target.float(), nan=0.0)
+    t = torch.where(valid.unsqueeze(1), t, torch.zeros_like(t))
+    return logp, t, valid
+
+
+def soft_cross_entropy_pixels(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel soft cross-entropy ``(B, H, W)`` and the valid mask, before any reduction.
+
+    :func:`soft_cross_entropy` (unweighted) is the mean of the first over the second; a
+    caller that reduces over a batch split between processes (exact SyncBN,
+    :mod:`landcover.cluster.syncbn`) sums them itself.
+    """
+    logp, t, valid = _masked(logits, target, mask)
+    return -(t * logp).sum(dim=1), valid
 
 
 def _reduce(per_pixel: torch.Tensor, denom_per_pixel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -79,15 +104,13 @@ def soft_cross_entropy(
     torch.Tensor
         Scalar float32: mean over valid pixels (weighted mean with ``class_weights``).
     """
-    valid = _check(logits, target, mask)
-    logp = F.log_softmax(logits.float(), dim=1)
-    t = torch.nan_to_num(target.float(), nan=0.0)
-    t = torch.where(valid.unsqueeze(1), t, torch.zeros_like(t))
     if class_weights is not None:
+        logp, t, valid = _masked(logits, target, mask)
         w = class_weights.to(device=logits.device, dtype=torch.float32).view(1, -1, 1, 1)
         tw = t * w
         return _reduce(-(tw * logp).sum(dim=1), tw.sum(dim=1), valid)
-    return _reduce(-(t * logp).sum(dim=1), torch.ones_like(logp[:, 0]), valid)
+    per_pixel, valid = soft_cross_entropy_pixels(logits, target, mask)
+    return _reduce(per_pixel, torch.ones_like(per_pixel), valid)
 
 
 def kl_divergence(
@@ -103,10 +126,7 @@ def kl_divergence(
     cross-entropy minus the (weighted) entropy of the target, so it is 0 when the
     predicted fractions equal the targets.
     """
-    valid = _check(logits, target, mask)
-    logp = F.log_softmax(logits.float(), dim=1)
-    t = torch.nan_to_num(target.float(), nan=0.0)
-    t = torch.where(valid.unsqueeze(1), t, torch.zeros_like(t))
+    logp, t, valid = _masked(logits, target, mask)
     logt = torch.where(t > 0, torch.log(t.clamp_min(1e-30)), torch.zeros_like(t))
     pointwise = t * (logt - logp)
     if class_weights is not None:

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from landcover.losses import SoftLabelLoss, class_weights_from_frequencies, kl_divergence, soft_cross_entropy
+from landcover.losses import (
+    SoftLabelLoss,
+    class_weights_from_frequencies,
+    kl_divergence,
+    soft_cross_entropy,
+    soft_cross_entropy_pixels,
+)
 
 
 def _pixels(logits: list[list[float]], target: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,3 +134,23 @@ def test_shape_errors() -> None:
         soft_cross_entropy(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2), bad_mask)
     with pytest.raises(ValueError):
         SoftLabelLoss("mse")  # type: ignore[arg-type]
+
+
+def test_per_pixel_terms_split_between_parts_give_the_whole_batch_loss() -> None:
+    # what exact SyncBN does: each part sums its valid pixels' terms, the sum is divided by all valid pixels
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 5, 3, 3, generator=g)
+    target = torch.rand(4, 5, 3, 3, generator=g)
+    target /= target.sum(1, keepdim=True)
+    target[1, 2, 0, 0] = float("nan")  # ignored where invalid
+    mask = torch.rand(4, 3, 3, generator=g) > 0.3
+    mask[1, 0, 0] = False
+    whole = soft_cross_entropy(logits, target, mask)
+    num, count = torch.zeros(()), 0
+    for part in (slice(0, 1), slice(1, 4)):
+        pp, valid = soft_cross_entropy_pixels(logits[part], target[part], mask[part])
+        assert pp.shape == (pp.shape[0], 3, 3) and bool(torch.isfinite(pp).all())
+        num = num + torch.where(valid, pp, torch.zeros_like(pp)).sum()
+        count += int(valid.sum())
+    assert count == int(mask.sum())
+    assert float(num / count) == pytest.approx(float(whole), rel=1e-6)
