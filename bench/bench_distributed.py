@@ -7,6 +7,7 @@ Usage::
                                                 [--batch-size 16] [--norm batch|group]
                                                 [--modes round-robin,fedavg,sync] [--local-steps 1,4]
                                                 [--sync-bn ghost,pooled,exact] [--stratified-baseline]
+                                                [--grad-compression none|powersgd] [--powersgd-rank R]
                                                 [--bn-stats none,global,repository]
                                                 [--seeds 3] [--out bench-output/distributed]
 
@@ -187,6 +188,11 @@ def main() -> int:
         "--local-steps", type=lambda t: [int(x) for x in t.split(",")], default=[1],
         help="sync mode: local steps between averagings (comma list; default 1 = every step mixed)",
     )  # fmt: skip
+    ap.add_argument(
+        "--grad-compression", choices=["none", "powersgd"], default="none",
+        help="sync exact, k = 1: gradient all-reduce (powersgd: low-rank factors with error feedback)",
+    )  # fmt: skip
+    ap.add_argument("--powersgd-rank", type=int, default=4, help="--grad-compression powersgd: factor rank")
     ap.add_argument("--no-control", action="store_true", help="skip the 1 repo/batch control")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "distributed")
     args = ap.parse_args()
@@ -374,7 +380,8 @@ def _one_seed(
             if mode == "sync":  # rounds from the epochs (the engine's default); leg = local steps
                 step = StepConfig(
                     **{**base.__dict__, "bn_stats": bn, "local_steps": leg, "sync_bn": sbn,
-                       "validate": bn == "repository"}
+                       "validate": bn == "repository", "grad_compression": args.grad_compression,
+                       "powersgd_rank": args.powersgd_rank}
                 )  # fmt: skip
                 rounds = None
             else:
@@ -403,6 +410,14 @@ def _one_seed(
                 {
                     "mode": (
                         mode if mode != "sync" else f"sync k={leg}" + ("" if sbn == "ghost" else f" {sbn}")
+                    )
+                    + (
+                        f" powersgd-r{args.powersgd_rank}"
+                        if mode == "sync"
+                        and sbn == "exact"
+                        and leg == 1
+                        and args.grad_compression == "powersgd"
+                        else ""
                     )
                     + ("" if bn == "none" else f"+bn-{bn}"),
                     "local_steps": leg if mode == "sync" else None,

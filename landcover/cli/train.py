@@ -119,6 +119,20 @@ def register(sub: Any) -> None:
         help="--sync-bn exact: optimiser steps per round, one task per worker "
         "(default: up to the epoch's end)",
     )
+    d.add_argument(
+        "--grad-compression",
+        choices=["none", "powersgd"],
+        default=None,
+        help="--sync-bn exact: gradient all-reduce of a step (none: exact; powersgd: low-rank factors "
+        "with error feedback for the weight matrices; default: from --config, else none)",
+    )
+    d.add_argument(
+        "--powersgd-rank",
+        type=int,
+        default=None,
+        metavar="R",
+        help="--grad-compression powersgd: rank of the factors (default: from --config, else 4)",
+    )
     p.set_defaults(func=run)
 
 
@@ -169,6 +183,8 @@ def run_distributed(args: argparse.Namespace) -> int:
         "leg_timeout": args.leg_timeout,
         "sync_bn": args.sync_bn,
         "round_steps": args.round_steps,
+        "grad_compression": args.grad_compression,
+        "powersgd_rank": args.powersgd_rank,
         "num_threads": args.threads if isinstance(args.threads, int) else None,
     }
     step_changes = {k: v for k, v in step_changes.items() if v is not None}

@@ -114,6 +114,14 @@ class StepConfig:
     round_steps
         ``sync_bn="exact"``: optimiser steps per round (one task per worker); None (default):
         up to the next epoch boundary (validation and faults are handled between rounds).
+    grad_compression
+        ``sync_bn="exact"``, ``local_steps == 1``: how the gradient bucket is all-reduced every
+        step. ``"none"`` (default): exactly (float32, every element). ``"powersgd"``: PowerSGD
+        with error feedback (Vogels et al. 2019; :mod:`landcover.cluster.powersgd`), every weight
+        matrix with both sides > ``powersgd_rank`` sent as two rank-``powersgd_rank`` factors,
+        the rest exactly; the compression state (``Q``, the errors) lives in a round's task.
+    powersgd_rank
+        Rank of the PowerSGD factors (default 4).
     """
 
     window: int = 64
@@ -144,6 +152,8 @@ class StepConfig:
     local_steps: int = 1
     sync_bn: Literal["ghost", "pooled", "exact"] = "ghost"
     round_steps: int | None = None
+    grad_compression: Literal["none", "powersgd"] = "none"
+    powersgd_rank: int = 4
 
     def __post_init__(self) -> None:
         if self.leg_timeout == "none":
@@ -176,13 +186,17 @@ class StepConfig:
         self._check_sync()
 
     def _check_sync(self) -> None:
-        """``sync_bn``, ``local_steps`` and ``round_steps`` of ``mode="sync"``."""
+        """``sync_bn``, ``local_steps``, ``round_steps`` and the gradient compression of ``mode="sync"``."""
         if self.sync_bn not in ("ghost", "pooled", "exact"):
             raise ValueError(f"sync_bn must be 'ghost', 'pooled' or 'exact', got {self.sync_bn!r}")
         if self.local_steps < 1:
             raise ValueError(f"local_steps must be >= 1, got {self.local_steps}")
         if self.round_steps is not None and self.round_steps < 1:
             raise ValueError(f"round_steps must be >= 1 or None, got {self.round_steps}")
+        if self.grad_compression not in ("none", "powersgd"):
+            raise ValueError(f"grad_compression must be 'none' or 'powersgd', got {self.grad_compression!r}")
+        if self.powersgd_rank < 1:
+            raise ValueError(f"powersgd_rank must be >= 1, got {self.powersgd_rank}")
 
     def _check_leg_timeout(self) -> None:
         """``leg_timeout`` is > 0, ``"auto"`` or None; its floor and factor are > 0."""

@@ -44,6 +44,7 @@ import torch.distributed as dist
 from .config import StepConfig
 from .legs import _bn_layers, _task_record, cached_dataset, leg_state, stream_indices, task_env
 from .payload import model_from_payload, to_numpy
+from .powersgd import PowerSGD
 
 COLLECTIVE_TIMEOUT = 1800.0
 """Seconds a collective may wait when no leg timeout is set."""
@@ -205,18 +206,27 @@ def _mixed_batch(parts: Any, j: int, device: Any) -> tuple[torch.Tensor, torch.T
 
 
 def _step(
-    model: Any, state: Any, params: list[Any], comm: _Comm, image: Any, target: Any, mask: Any, k: int
-) -> float:
+    model: Any, state: Any, params: list[Any], comm: _Comm, image: Any, target: Any, mask: Any, k: int,
+    compressor: PowerSGD | None = None,
+) -> float:  # fmt: skip
     """One AdamW + schedule step; returns the mixed batch's loss.
 
     ``k == 1``: on the mixed batch's gradient (every rank's, summed in one bucket), so every
-    rank takes the same step. ``k > 1``: on this rank's own gradient (its pixels' loss over
-    the mixed batch's pixel count, BatchNorm still synchronised), local SGD between averagings.
+    rank takes the same step; with ``compressor`` the PowerSGD approximation of that sum
+    (:mod:`landcover.cluster.powersgd`), the same on every rank too. ``k > 1``: on this rank's
+    own gradient (its pixels' loss over the mixed batch's pixel count, BatchNorm still
+    synchronised), local SGD between averagings.
     """
     state.optimizer.zero_grad(set_to_none=True)
     loss = _mixed_loss(model(image), target, mask, comm)
     loss.backward()
-    if k == 1:
+    if k == 1 and compressor is not None:
+        extra = loss.detach().reshape(1).clone()
+        grads = compressor.reduce([p.grad for p in params], extra, comm)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.view_as(p).to(p.dtype)
+        total = float(extra[0])
+    elif k == 1:
         flat = torch.cat(
             [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in params]
             + [loss.detach().reshape(1)]
@@ -289,9 +299,12 @@ def exact_task(job: dict[str, Any]) -> dict[str, Any]:
                 layer.forward = functools.partial(sync_batchnorm, layer, comm)
             model.train()
             k, start = int(step.local_steps), int(job["start_step"])
+            compressor = None
+            if k == 1 and step.grad_compression == "powersgd":  # Q seeded alike on every rank
+                compressor = PowerSGD([p.detach() for p in params], step.powersgd_rank, seed=start)
             for j in range(int(job["n_steps"])):
                 image, target, mask = _mixed_batch(parts, j, device)
-                loss = _step(model, state, params, comm, image, target, mask, k)
+                loss = _step(model, state, params, comm, image, target, mask, k, compressor)
                 if k > 1 and ((start + j + 1) % k == 0 or j + 1 == int(job["n_steps"])):
                     _average([p.data for p in params], comm)  # local SGD: weights averaged every k steps
                 n = int(image.shape[0])
