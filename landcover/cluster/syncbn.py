@@ -176,15 +176,9 @@ def _ready(store: Any, rank: int, world: int, abort: Any, timeout: float) -> Non
 
 def _mixed_loss(logits: torch.Tensor, target: torch.Tensor, mask: Any, comm: _Comm) -> torch.Tensor:
     """The share of this rank in the mixed batch's soft cross-entropy: its pixels' sum / all valid pixels."""
-    import torch.nn.functional as F
+    from ..losses import soft_cross_entropy_pixels
 
-    from ..losses import _check
-
-    valid = _check(logits, target, mask)
-    logp = F.log_softmax(logits.float(), dim=1)
-    t = torch.nan_to_num(target.float(), nan=0.0)
-    t = torch.where(valid.unsqueeze(1), t, torch.zeros_like(t))
-    per_pixel = -(t * logp).sum(dim=1)
+    per_pixel, valid = soft_cross_entropy_pixels(logits, target, mask)
     num = torch.where(valid, per_pixel, torch.zeros_like(per_pixel)).sum()
     den = comm.sum_(valid.sum().to(torch.float64).reshape(1))[0].to(num.dtype)
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), num * 0.0)
