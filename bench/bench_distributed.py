@@ -380,8 +380,9 @@ def _one_seed(
             if mode == "sync":  # rounds from the epochs (the engine's default); leg = local steps
                 step = StepConfig(
                     **{**base.__dict__, "bn_stats": bn, "local_steps": leg, "sync_bn": sbn,
-                       "validate": bn == "repository", "grad_compression": args.grad_compression,
-                       "powersgd_rank": args.powersgd_rank}
+                       "validate": bn == "repository", "powersgd_rank": args.powersgd_rank,
+                       # only the exact k = 1 all-reduce is compressed (StepConfig refuses it elsewhere)
+                       "grad_compression": args.grad_compression if sbn == "exact" and leg == 1 else "none"}
                 )  # fmt: skip
                 rounds = None
             else:
@@ -413,10 +414,7 @@ def _one_seed(
                     )
                     + (
                         f" powersgd-r{args.powersgd_rank}"
-                        if mode == "sync"
-                        and sbn == "exact"
-                        and leg == 1
-                        and args.grad_compression == "powersgd"
+                        if mode == "sync" and step.grad_compression == "powersgd"
                         else ""
                     )
                     + ("" if bn == "none" else f"+bn-{bn}"),

@@ -110,7 +110,11 @@ def test_powersgd_one_rank_without_group_and_config():
     comm = _Comm(None, 1)
     out = comp.reduce(_grads(0, 0), torch.zeros(1), comm)
     assert comm.sent == 0 and [o.numel() for o in out] == [60, 5, 72, 216, 10]
-    assert StepConfig(grad_compression="powersgd").powersgd_rank == 4
+    assert StepConfig(grad_compression="powersgd", sync_bn="exact").powersgd_rank == 4
+    # where it would have no effect it is refused, not silently ignored
+    for other in ({"sync_bn": "ghost"}, {"sync_bn": "exact", "local_steps": 2}):
+        with pytest.raises(ValueError, match="grad_compression='powersgd' compresses"):
+            StepConfig(grad_compression="powersgd", **other)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="grad_compression"):
         StepConfig(grad_compression="topk")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="powersgd_rank"):

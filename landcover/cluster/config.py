@@ -120,6 +120,8 @@ class StepConfig:
         with error feedback (Vogels et al. 2019; :mod:`landcover.cluster.powersgd`), every weight
         matrix with both sides > ``powersgd_rank`` sent as two rank-``powersgd_rank`` factors,
         the rest exactly; the compression state (``Q``, the errors) lives in a round's task.
+        Refused (``ValueError``) with any other ``sync_bn`` or ``local_steps``, where it would
+        have no effect.
     powersgd_rank
         Rank of the PowerSGD factors (default 4).
     """
@@ -197,6 +199,12 @@ class StepConfig:
             raise ValueError(f"grad_compression must be 'none' or 'powersgd', got {self.grad_compression!r}")
         if self.powersgd_rank < 1:
             raise ValueError(f"powersgd_rank must be >= 1, got {self.powersgd_rank}")
+        if self.grad_compression != "none" and (self.sync_bn != "exact" or self.local_steps != 1):
+            raise ValueError(
+                f"grad_compression={self.grad_compression!r} compresses the gradient all-reduce of "
+                f"sync_bn='exact' with local_steps=1, got sync_bn={self.sync_bn!r}, "
+                f"local_steps={self.local_steps}"
+            )
 
     def _check_leg_timeout(self) -> None:
         """``leg_timeout`` is > 0, ``"auto"`` or None; its floor and factor are > 0."""
