@@ -36,63 +36,7 @@ def sample_rotated(
     out: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None,
     label_rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Sample a turned ``(H, W)`` window from an axis-aligned footprint.
-
-    Parameters
-    ----------
-    image
-        ``(C, fh, fw)`` footprint (or a sequence of ``C`` planes ``(fh, fw)``: arrays, e.g.
-        views of cached chunks, or :class:`PlanePieces`): float32 values, or raw values (any
-        numeric dtype) with ``decode``.
-    labels
-        ``(K, fh, fw)`` class fractions in any numeric dtype (e.g. raw uint8 steps with
-        ``label_scale=1/250``), or None.
-    valid
-        ``(fh, fw)`` bool: pixels usable as interpolation sources.
-    size, pad, angle
-        Window size, footprint margin (see :attr:`WindowSpec.pad`) and angle in degrees.
-    label_scale
-        Factor turning ``labels`` into fractions.
-    decode
-        Per-channel ``(a, b)`` (float32, (C,)) applied after resampling raw ``image``
-        values: ``a * x + b``. Resampling commutes with this affine map (the weights sum
-        to 1), so resampling the raw footprint and decoding the window is the same as
-        decoding the footprint first, at a fraction of the cost.
-    quantize
-        Return the labels as uint8 steps of 1/250 (:data:`landcover.schema.LABEL_STEPS`)
-        instead of float32 fractions: the resampled fractions are quantised with the
-        largest-remainder rule of the cube encoding (:func:`landcover.schema.encode_fractions`), so the
-        steps of every pixel inside the mask sum to exactly 250.
-    out
-        Optional ``(image, labels, mask)`` arrays to write the results into (float32
-        ``(C, H, W)``, float32 or, with ``quantize``, uint8 ``(K, H, W)`` or None, bool
-        ``(H, W)``), e.g. slots of a batch; they are returned.
-    label_rows
-        With ``out``: the classes (rows of ``out[1]``) that the rows of ``labels`` hold,
-        when ``labels`` is a subset of them (say, those present around the footprint);
-        the other classes are 0 everywhere.
-
-    Returns
-    -------
-    image, labels, mask
-        ``(C, H, W)`` float32 bilinear (over valid neighbours only, weights renormalised);
-        ``(K, H, W)`` float32 fractions with the same weights, renormalised to sum to 1
-        (uint8 steps summing to 250 with ``quantize``); ``(H, W)`` bool: the nearest
-        source pixel is valid. Image and labels are 0 where the mask is False.
-
-    Notes
-    -----
-    Land-cover fractions are mostly pure (one class per pixel). An output pixel whose
-    four source pixels are valid and pure in the same class is that class, exactly
-    (the renormalised weighted sum of one non-zero class is 1), so only the other
-    pixels are interpolated class by class: the label cost follows the share of
-    mixed pixels rather than the number of classes.
-
-    The geometry of the taps (source indices and bilinear weights) depends only on the
-    window size, margin, angle and footprint shape and is cached for the last few of
-    them; the valid mask only changes the weights of output pixels with an invalid
-    source among their four, which are recomputed alone.
-    """
+    """The NumPy ``landcover.windows.sample_rotated`` before the compiled kernels (same arguments and results)."""
     h, w = size
     n = h * w
     taps = _bilinear_taps(valid, size, pad, angle)

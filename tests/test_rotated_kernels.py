@@ -160,6 +160,15 @@ print(float(got[0].sum()), int(got[1].sum()), type(k.rotated_image._cache).__nam
 """
 
 
+def _cache_kind(pkg: Path, env: dict[str, str], cwd: Path) -> str:
+    """Run ``_RUN`` against the copy ``pkg`` in a fresh interpreter; the numba cache class it reports."""
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN, str(pkg)], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-1]
+
+
 def test_kernels_run_where_no_cache_is_writable(tmp_path: Path) -> None:
     # a read-only install run by a user without a writable home: numba has no cache
     # location (it refuses cache=True then), so the kernels compile in the process
@@ -177,28 +186,10 @@ def test_kernels_run_where_no_cache_is_writable(tmp_path: Path) -> None:
         "XDG_CACHE_HOME": str(blocked / "cache"),
         "NUMBA_CACHE_DIR": str(blocked / "numba"),
     }
-    done = subprocess.run(
-        [sys.executable, "-c", _RUN, str(pkg)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-1] == "NullCache"  # compiled in the process, not cached
+    assert _cache_kind(pkg, env, tmp_path) == "NullCache"  # compiled in the process, not cached
     # with a writable NUMBA_CACHE_DIR the compiled kernels are stored there
     env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba")
-    done = subprocess.run(
-        [sys.executable, "-c", _RUN, str(pkg)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-1] == "FunctionCache"
+    assert _cache_kind(pkg, env, tmp_path) == "FunctionCache"
     assert list((tmp_path / "numba").rglob("*.nbi")), "no numba cache index written"
 
 
