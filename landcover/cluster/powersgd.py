@@ -85,14 +85,11 @@ class PowerSGD:
         g = [
             x.detach().float() if x is not None else torch.zeros(self.numels[i]) for i, x in enumerate(grads)
         ]
-        flat = torch.cat([g[i].reshape(-1) for i in self.small] + [extra.detach().float().reshape(-1)])
-        comm.sum_(flat)
+        summed = self._sum({**{i: g[i].reshape(-1) for i in self.small}, -1: extra.detach().float()}, comm)
         out: list[torch.Tensor] = [torch.empty(0)] * len(g)
-        off = 0
         for i in self.small:
-            out[i] = flat[off : off + self.numels[i]].clone()
-            off += self.numels[i]
-        extra.copy_(flat[off:].view_as(extra))
+            out[i] = summed[i]
+        extra.copy_(summed[-1])
         if not self.big:
             return out
         ms = {i: g[i].reshape(self.shapes[i]) + self.err[i] for i in self.big}
@@ -110,10 +107,5 @@ class PowerSGD:
 
     @staticmethod
     def _sum(parts: dict[int, torch.Tensor], comm: Any) -> dict[int, torch.Tensor]:
-        """``parts`` summed over the ranks in one bucket."""
-        flat = comm.sum_(torch.cat([t.reshape(-1) for t in parts.values()]))
-        out, off = {}, 0
-        for i, t in parts.items():
-            out[i] = flat[off : off + t.numel()].view_as(t).clone()
-            off += t.numel()
-        return out
+        """``parts`` summed over the ranks in one bucket (``comm.sum_bucket``)."""
+        return dict(zip(parts, comm.sum_bucket(list(parts.values())), strict=True))

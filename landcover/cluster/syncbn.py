@@ -71,6 +71,15 @@ class _Comm:
             dist.all_reduce(t, group=self.group)
         return t
 
+    def sum_bucket(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``tensors`` (one dtype) summed over the ranks in one flat bucket: new tensors of their shapes."""
+        flat = self.sum_(torch.cat([t.reshape(-1) for t in tensors]))
+        out, off = [], 0
+        for t in tensors:
+            out.append(flat[off : off + t.numel()].view_as(t).clone())
+            off += t.numel()
+        return out
+
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         """Differentiable: the backward pass sums the gradients over the ranks."""
         if self.group is None:
@@ -221,16 +230,12 @@ def _step(
             p.grad = g.view_as(p).to(p.dtype)
         total = float(extra[0])
     elif k == 1:
-        flat = torch.cat(
-            [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in params]
-            + [loss.detach().reshape(1)]
-        )
-        comm.sum_(flat)  # one bucket: the mixed batch's gradient (and loss) on every rank
-        off = 0
-        for p in params:
-            p.grad = flat[off : off + p.numel()].view_as(p).clone()
-            off += p.numel()
-        total = float(flat[-1])
+        # one bucket: the mixed batch's gradient (and loss) on every rank
+        parts = [p.grad if p.grad is not None else torch.zeros(p.shape) for p in params]
+        *grads, summed = comm.sum_bucket([*parts, loss.detach().reshape(1)])
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        total = float(summed[0])
     else:
         total = float(comm.sum_(loss.detach().reshape(1).clone())[0])
     state.optimizer.step()
@@ -243,12 +248,8 @@ def _average(tensors: list[torch.Tensor], comm: _Comm) -> None:
     """Replace ``tensors`` in place by their mean over the ranks (one flat bucket)."""
     if comm.group is None or not tensors:
         return
-    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
-    comm.sum_(flat).div_(comm.world)
-    off = 0
-    for t in tensors:
-        t.copy_(flat[off : off + t.numel()].view_as(t))
-        off += t.numel()
+    for t, summed in zip(tensors, comm.sum_bucket([t.detach().float() for t in tensors]), strict=True):
+        t.copy_(summed.div_(comm.world))
 
 
 def _is_collective_failure(exc: BaseException) -> bool:
