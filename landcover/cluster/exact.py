@@ -32,9 +32,9 @@ from typing import Any
 
 from .legs import LEG_TOPIC, window_bytes
 from .payload import nbytes
-from .records import Failure, LegRecord
+from .records import LegRecord
 from .repository import Repository
-from .runner import NO_HOLDER, Job, _worker_failures
+from .runner import NO_HOLDER, Task, worker_failures
 
 Plan = Mapping[str, list[tuple[int, Repository, tuple[str, ...]]]]
 """Address of a worker -> the repositories its rank draws from: (index in the run, repository, cubes)."""
@@ -82,26 +82,22 @@ def _plan(tr: Any, r: int, m: str, skipped_here: set[str]) -> Plan:
     runner = tr.runner
     live = runner.live()
     if runner.client is not None and any(rep.worker is not None for rep in tr.repos):
-        runner._refresh(live, again=True)  # workers that joined (e.g. restarted by their nanny)
+        runner.refresh(live, again=True)  # workers that joined (e.g. restarted by their nanny)
     plan: dict[str, list[tuple[int, Repository, tuple[str, ...]]]] = {}
     for i, repo in enumerate(tr.repos):
         if tr.sub.get(repo.name, 0) <= 0:
             continue
-        job = Job("train", m, r, repo, _noop, {})
-        place = runner._place(job, live)
+        task = Task("train", m, r, repo)
+        place = runner.holder(task, live)
         if place is None:
             if repo.name not in skipped_here:
                 skipped_here.add(repo.name)
-                runner._skip(job, str(repo.worker), NO_HOLDER, NO_HOLDER)
+                runner.skip(task, str(repo.worker), NO_HOLDER, NO_HOLDER)
                 tr.skipped.append({"kind": "train", "model": m, "round": r, "repository": repo.name})
             continue
         addr, cubes = place
         plan.setdefault(addr, []).append((i, repo, cubes))
     return plan
-
-
-def _noop(payload: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - placement only
-    return payload
 
 
 def _payloads(
@@ -157,7 +153,7 @@ class _Attempt:
         self.keys: dict[str, str] = {}
         self.started: dict[str, float] = {}
         self.errors: dict[str, BaseException] = {}
-        self.failures = _worker_failures()
+        self.failures = worker_failures()
         self.t_submit = time.time()
         self.all_failed_at: float | None = None
         self.first_failed_at: float | None = None  # when a rank's collectives first failed
@@ -299,36 +295,31 @@ def _lost(
     """Give the round up: avoid the lost workers, record where each of their repositories goes next."""
     runner = tr.runner
     for addr, error in out.lost.items():
-        runner.dead.add(addr)
-        if error == "timeout":
-            runner.stuck.add(addr)
-        elif runner.nanny.get(addr):
-            runner.lost_at.setdefault(addr, time.time())
+        runner.mark_lost(addr, error)
     live = runner.live()
     if not out.lost:  # collectives failed without a worker lost: the same group again
         for addr, parts in plan.items():
-            name = runner.seen_workers.get(addr, addr)
+            name = runner.worker_name(addr)
             for _i, repo, _c in parts:
-                error = f"collective failed: {out.error}"
-                runner.failures.append(Failure("train", m, r, repo.name, name, error, "retried", name))
+                runner.record_retry(Task("train", m, r, repo), name, f"collective failed: {out.error}", name)
         tr.log(f"WARNING sync round {r}: {m}: collectives failed ({out.error}); round given up and run again")
         return
     for addr, error in out.lost.items():
-        name = runner.seen_workers.get(addr, addr)
+        name = runner.worker_name(addr)
         what = (
             f"worker {name} stuck (no result {runner.task_timeout('sync-exact') or math.nan:.3g} s after the "
             f"round started there)" if error == "timeout" else f"worker {name} lost ({error})"
         )  # fmt: skip
         for _i, repo, _c in plan[addr]:
-            job = Job("train", m, r, repo, _noop, {})
-            place = runner._place(job, live)
+            task = Task("train", m, r, repo)
+            place = runner.holder(task, live)
             if place is None:
                 skipped_here.add(repo.name)
-                runner._skip(job, name, error, f"{what}; the round was given up and run again without it")
+                runner.skip(task, name, error, f"{what}; the round was given up and run again without it")
                 tr.skipped.append({"kind": "train", "model": m, "round": r, "repository": repo.name})
             else:
                 to = live.get(place[0], place[0])
-                runner.failures.append(Failure("train", m, r, repo.name, name, error, "retried", to))
+                runner.record_retry(task, name, error, to)
                 tr.log(f"train {m} round {r} on {repo.name}: {what}; round given up, run again with {to}")
 
 

@@ -22,7 +22,8 @@ from .repository import Repository
 _WORKER_FAILURES: tuple[type[BaseException], ...] = ()
 
 
-def _worker_failures() -> tuple[type[BaseException], ...]:
+def worker_failures() -> tuple[type[BaseException], ...]:
+    """The exceptions with which Dask reports a task lost with its worker (imported on first use)."""
     global _WORKER_FAILURES
     if not _WORKER_FAILURES:
         from distributed.comm.core import CommClosedError
@@ -33,13 +34,24 @@ def _worker_failures() -> tuple[type[BaseException], ...]:
 
 
 @dataclass
-class Job:
-    """One task of a round: what runs (``fn`` with ``payload``), for which model, on which repository."""
+class Task:
+    """What a pinned task is for: its kind, model, round and repository (placement, failure records)."""
 
     kind: str
     model: str
     round: int
     repository: Repository
+
+    @property
+    def where(self) -> str:
+        """``"train m0 round 2 on repo-a"``: how logs and warnings name the task."""
+        return f"{self.kind} {self.model} round {self.round} on {self.repository.name}"
+
+
+@dataclass
+class Job(Task):
+    """One task of a round: what runs (``fn`` with ``payload``), for which model, on which repository."""
+
     fn: Callable[[dict[str, Any]], dict[str, Any]]
     payload: dict[str, Any]
     attempt: int = 0
@@ -119,7 +131,7 @@ class Runner:
             return self.floor * self.factor
         return max(self.floor, self.factor * float(np.median(seen)))
 
-    def _refresh(self, live: Mapping[str, str], *, again: bool = False) -> None:
+    def refresh(self, live: Mapping[str, str], *, again: bool = False) -> None:
         """Ask workers not asked yet (``again``: also those that held nothing) what they hold."""
         from .registry import holdings
 
@@ -160,12 +172,22 @@ class Runner:
                 return addr
         return None
 
-    def _place(self, job: Job, live: Mapping[str, str]) -> tuple[str, tuple[str, ...]] | None:
-        for worker, cubes in self._locations(job.repository):
-            addr = self._resolve(worker, live, job.repository.name)
-            if addr is not None and addr not in job.tried:
+    def holder(
+        self, task: Task, live: Mapping[str, str], avoid: Sequence[str] = ()
+    ) -> tuple[str, tuple[str, ...]] | None:
+        """A live worker holding ``task``'s repository (none in ``avoid``) and its cubes there, or None.
+
+        The repository's own locations first (its holder, then its replicas), then workers
+        that joined since and advertise the same cubes (see :meth:`refresh`).
+        """
+        for worker, cubes in self._locations(task.repository):
+            addr = self._resolve(worker, live, task.repository.name)
+            if addr is not None and addr not in avoid:
                 return addr, cubes
         return None
+
+    def _place(self, job: Job, live: Mapping[str, str]) -> tuple[str, tuple[str, ...]] | None:
+        return self.holder(job, live, job.tried)
 
     def _rejoin_deadline(self, job: Job) -> float | None:
         """Until when ``job`` may wait for a restarted holder (None: it may not)."""
@@ -180,42 +202,60 @@ class Runner:
         deadline = max(lost) + self.rejoin_wait
         return deadline if deadline > time.time() else None
 
-    def _skip(self, job: Job, worker: str, error: str, what: str) -> None:
-        where = f"{job.kind} {job.model} round {job.round} on {job.repository.name}"
+    def skip(self, task: Task, worker: str, error: str, what: str) -> None:
+        """Record ``task`` as skipped (a :class:`Failure`), warn and log why: the model keeps its weights."""
         self.failures.append(
-            Failure(job.kind, job.model, job.round, job.repository.name, worker, error, "skipped")
+            Failure(task.kind, task.model, task.round, task.repository.name, worker, error, "skipped")
         )
-        msg = f"{where}: {what}; no live replica: skipped, the model keeps its previous weights"
+        msg = f"{task.where}: {what}; no live replica: skipped, the model keeps its previous weights"
         warnings.warn(msg, RuntimeWarning, stacklevel=4)
         self.log(f"WARNING {msg}")
+
+    def record_retry(self, task: Task, worker: str, error: str, to: str) -> None:
+        """Record that ``task``, lost on ``worker`` with ``error``, runs again on ``to`` (a Failure)."""
+        self.failures.append(
+            Failure(task.kind, task.model, task.round, task.repository.name, worker, error, "retried", to)
+        )
+
+    def mark_lost(self, addr: str, error: str) -> None:
+        """Avoid the worker at ``addr`` from now on.
+
+        A stuck one (``error == "timeout"``) is never waited for; one with a nanny may come back
+        under a new address (see :meth:`holder` and :data:`REJOIN_WAIT`).
+        """
+        self.dead.add(addr)
+        if error == "timeout":
+            self.stuck.add(addr)
+        elif self.nanny.get(addr):
+            self.lost_at.setdefault(addr, time.time())
+
+    def worker_name(self, addr: str) -> str:
+        """The name under which the worker at ``addr`` was seen (its address if never seen)."""
+        return self.seen_workers.get(addr, addr)
 
     def _lost(
         self, job: Job, worker: str, error: str, live: Mapping[str, str], what: str | None = None
     ) -> tuple[Literal["retry", "wait", "skip"], Job]:
         """Record the failure; retry ``job`` elsewhere, let it wait for a restarted holder, or skip it."""
         job.tried.append(worker)
-        name = self.seen_workers.get(worker, worker)
+        name = self.worker_name(worker)
         if what is None:
             what = NO_HOLDER if error == NO_HOLDER else f"worker {name} lost ({error})"
         job.lost = (name, error, what)
         nxt = self._place(job, live)
         if nxt is None:
             if self._rejoin_deadline(job) is not None:
-                where = f"{job.kind} {job.model} round {job.round} on {job.repository.name}"
-                self.log(f"{where}: {what}; waiting for the worker to come back")
+                self.log(f"{job.where}: {what}; waiting for the worker to come back")
                 return "wait", job
-            self._skip(job, name, error, what)
+            self.skip(job, name, error, what)
             return "skip", job
         return "retry", self._retried(job, live.get(nxt[0], nxt[0]))
 
     def _retried(self, job: Job, to: str) -> Job:
         assert job.lost is not None
         name, error, what = job.lost
-        where = f"{job.kind} {job.model} round {job.round} on {job.repository.name}"
-        self.failures.append(
-            Failure(job.kind, job.model, job.round, job.repository.name, name, error, "retried", to)
-        )
-        self.log(f"{where}: {what}; retrying on {to}")
+        self.record_retry(job, name, error, to)
+        self.log(f"{job.where}: {what}; retrying on {to}")
         job.attempt += 1
         job.lost = None
         return job
@@ -230,7 +270,7 @@ class Runner:
                     self.asked.add(w)
         live = self.live()
         if any(job.repository.worker is not None for job in jobs):
-            self._refresh(live)
+            self.refresh(live)
         batch = _Batch(self, live)
         for i, job in enumerate(jobs):
             batch.submit(i, job)
@@ -253,7 +293,7 @@ class _Batch:
         self.runner = runner
         self.client = runner.client
         self.live = live
-        self.failures = _worker_failures()
+        self.failures = worker_failures()
         self.pending: dict[Any, tuple[int, Job, str]] = {}
         self.waiting: dict[int, Job] = {}
         self.results: dict[int, dict[str, Any] | None] = {}
@@ -292,11 +332,7 @@ class _Batch:
         runner = self.runner
         i, job, addr = self.pending.pop(fut)
         fut.cancel()
-        runner.dead.add(addr)
-        if error == "timeout":
-            runner.stuck.add(addr)
-        elif runner.nanny.get(addr):
-            runner.lost_at.setdefault(addr, time.time())
+        runner.mark_lost(addr, error)
         action, again = runner._lost(job, addr, error, runner.live(), what)
         if action == "retry":
             self.submit(i, again)
@@ -321,7 +357,7 @@ class _Batch:
     def place_waiting(self) -> None:
         """Jobs waiting for a restarted holder: submit them to one that came back, or skip them."""
         runner = self.runner
-        runner._refresh(self.live, again=True)
+        runner.refresh(self.live, again=True)
         for i, job in list(self.waiting.items()):
             place = runner._place(job, self.live)
             if place is not None:
@@ -331,7 +367,7 @@ class _Batch:
                 del self.waiting[i]
                 assert job.lost is not None
                 name, error, what = job.lost
-                runner._skip(job, name, error, f"{what}; it did not come back")
+                runner.skip(job, name, error, f"{what}; it did not come back")
                 self.results[i] = None
 
     def give_up_overdue(self, done: set[Any]) -> None:
@@ -345,7 +381,7 @@ class _Batch:
             t0 = self.started.get(str(fut.key))
             limit = runner.task_timeout(job.kind)
             if fut not in done and t0 is not None and limit is not None and now - t0 > limit:
-                name = runner.seen_workers.get(addr, addr)
+                name = runner.worker_name(addr)
                 self.give_up(fut, "timeout", f"worker {name} stuck (no result {limit:.3g} s after "
                                              f"the task started there)")  # fmt: skip
 
@@ -371,7 +407,7 @@ class _Batch:
         """Tasks pinned to a stuck worker or to one that left: they would never run."""
         for fut, (_i, _job, addr) in list(self.pending.items()):
             if addr in self.runner.stuck:  # queued behind a stuck task: it would never start
-                name = self.runner.seen_workers.get(addr, addr)
+                name = self.runner.worker_name(addr)
                 self.give_up(fut, "stuck worker", f"worker {name} avoided (stuck on an earlier task)")
             elif addr not in self.live:  # the worker left; its pinned task would wait for it forever
                 self.give_up(fut, "worker left the cluster")
