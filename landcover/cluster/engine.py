@@ -666,7 +666,7 @@ def server_update(
     """
     import torch
 
-    from .legs import _bn_layers
+    from .legs import bn_layers
     from .payload import to_numpy
 
     model = server.model
@@ -678,7 +678,7 @@ def server_update(
     if server.scheduler.last_epoch < server.total_steps:
         server.scheduler.step()
     with torch.no_grad():
-        for name, layer in _bn_layers(model).items():
+        for name, layer in bn_layers(model).items():
             if name not in pooled:
                 continue
             mom = 0.1 if layer.momentum is None else float(layer.momentum)

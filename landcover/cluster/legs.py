@@ -189,11 +189,11 @@ def train_task(job: dict[str, Any]) -> dict[str, Any]:
             done, samples, loss_sum = res.batches, res.samples, res.loss_sum
         weights = to_numpy({k: v for k, v in model.state_dict().items()})
         opt_state = to_numpy(state.optimizer.state_dict()) if step.ship_optimizer else None
-    record = _task_record(samples, done, loss_sum, addr, wname, t0)
+    record = task_record(samples, done, loss_sum, addr, wname, t0)
     return {"weights": weights, "optimizer": opt_state, **record}
 
 
-def _task_record(
+def task_record(
     samples: int, batches: int, loss_sum: float, addr: str, wname: str, t0: float
 ) -> dict[str, Any]:
     """What every training task reports besides its weights: work done, mean loss, where and when."""
@@ -251,7 +251,7 @@ def eval_task(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _bn_layers(model: Any) -> dict[str, Any]:
+def bn_layers(model: Any) -> dict[str, Any]:
     """Name -> BatchNorm module of ``model`` (those that track running statistics)."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -312,7 +312,7 @@ def _moment_hooks(model: Any) -> Iterator[dict[str, list[Any]]]:
 
         return fn
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in _bn_layers(model).items()]
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in bn_layers(model).items()]
     try:
         yield acc
     finally:
@@ -422,7 +422,7 @@ def _gradient(
 
     image, target, mask = to_device(batch, device)
     model.train()
-    for name, layer in _bn_layers(model).items():
+    for name, layer in bn_layers(model).items():
         if norm and name in norm:  # the model is this task's own: its layers may be patched
             layer.forward = functools.partial(_mixed_bn, layer, *norm[name])
     model.zero_grad(set_to_none=True)
@@ -529,4 +529,4 @@ def sync_task(job: dict[str, Any]) -> dict[str, Any]:
                     samples, loss_sum, done = samples + n, loss_sum + loss * n, done + 1
                 out["weights"] = to_numpy(dict(model.state_dict()))
                 out["optimizer"] = to_numpy(state.optimizer.state_dict())
-    return {**out, **_task_record(samples, done, loss_sum, addr, wname, t0)}
+    return {**out, **task_record(samples, done, loss_sum, addr, wname, t0)}

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from .config import StepConfig
-from .legs import _bn_layers, _task_record, cached_dataset, leg_state, stream_indices, task_env
+from .legs import bn_layers, cached_dataset, leg_state, stream_indices, task_env, task_record
 from .payload import model_from_payload, to_numpy
 from .powersgd import PowerSGD
 
@@ -290,7 +290,7 @@ def exact_task(job: dict[str, Any]) -> dict[str, Any]:
             raise CollectiveError(f"rendezvous of rank {job['rank']} on {wname} failed: {exc}") from None
         comm = _Comm(group, int(job["world"]))
         try:
-            for layer in _bn_layers(model).values():  # the model is this task's own
+            for layer in bn_layers(model).values():  # the model is this task's own
                 layer.forward = functools.partial(sync_batchnorm, layer, comm)
             model.train()
             k, start = int(step.local_steps), int(job["start_step"])
@@ -313,7 +313,7 @@ def exact_task(job: dict[str, Any]) -> dict[str, Any]:
             raise
         finally:  # the process group (its threads) and rank 0's store go with the task, whatever happened
             comm.group = None
-            for layer in _bn_layers(model).values():
+            for layer in bn_layers(model).values():
                 layer.__dict__.pop("forward", None)
             if group is not None:
                 with contextlib.suppress(Exception):
@@ -322,5 +322,5 @@ def exact_task(job: dict[str, Any]) -> dict[str, Any]:
         first = int(job["rank"]) == 0
         weights = to_numpy(dict(model.state_dict())) if first else None
         opt_state = to_numpy(state.optimizer.state_dict()) if first else None
-    record = _task_record(samples, done, loss_sum, addr, wname, t0)
+    record = task_record(samples, done, loss_sum, addr, wname, t0)
     return {"weights": weights, "optimizer": opt_state, "peer_bytes": int(round(comm.sent)), **record}
