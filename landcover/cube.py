@@ -1143,16 +1143,22 @@ def _is_plan(scene: Any) -> bool:
 
 
 def _warn_empty(store: Path, product_ids: Sequence[str]) -> list[str]:
-    """Warn for every listed product whose time step has no valid pixel; return them."""
-    from .store import open_cube
+    """Warn for every listed product whose time step has no valid pixel; return them.
 
-    ds = open_cube(store, decode=False)
-    pids = list(ds.attrs.get("product_ids", []))
+    Told by the manifest when it can (:func:`_empty_steps`), else by reading ``valid`` back.
+    """
+    from .store import _root_attrs, open_cube
+
+    pids = [str(p) for p in _root_attrs(store).get("product_ids", [])]
     wanted = [i for i, p in enumerate(pids) if p in set(product_ids)]
     if not wanted:
         return []
-    anyv = ds["valid"].isel(time=wanted).any(dim=("y", "x")).values
-    empty = [pids[i] for i, a in zip(wanted, anyv, strict=True) if not a]
+    known = _empty_steps(store, wanted)
+    if known is None:
+        ds = open_cube(store, decode=False)
+        anyv = ds["valid"].isel(time=wanted).any(dim=("y", "x")).values
+        known = [not a for a in anyv]
+    empty = [pids[i] for i, e in zip(wanted, known, strict=True) if e]
     for pid in empty:
         warnings.warn(
             f"{pid}: no valid pixel in the cube (all cloud, fill or outside CORINE); "
@@ -1161,6 +1167,37 @@ def _warn_empty(store: Path, product_ids: Sequence[str]) -> list[str]:
             stacklevel=3,
         )
     return empty
+
+
+def _empty_steps(store: Path, steps: Sequence[int]) -> list[bool] | None:
+    """Whether each time step in ``steps`` has no valid pixel, from the manifest's chunk checksums.
+
+    ``valid`` is False-filled, and the manifest marks every chunk that holds only the fill value
+    (``"<crc>:fill"``): a step is empty exactly when all its chunks are marked so. ``None`` when
+    that cannot be told (no manifest, another fill value, chunks not all recorded); the caller
+    then reads the array back.
+    """
+    from .store import MANIFEST_FILE
+
+    try:
+        manifest = json.loads((store / MANIFEST_FILE).read_text())
+        meta = json.loads((store / "valid" / "zarr.json").read_text())
+        entry = manifest["arrays"]["valid"]
+        sums = entry["chunks_crc32"]
+        _, cy, cx = (int(c) for c in entry["chunks"])
+        _, h, w = (int(n) for n in meta["shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if meta.get("fill_value") is not False or meta.get("data_type") != "bool":
+        return None
+    per_step = -(-h // cy) * -(-w // cx)
+    out = []
+    for t in steps:
+        marks = [v.endswith(":fill") for k, v in sums.items() if k.split(".", 1)[0] == str(t)]
+        if len(marks) != per_step:
+            return None
+        out.append(all(marks))
+    return out
 
 
 def _append(

@@ -280,3 +280,104 @@ def test_cube_without_manifest_opens_and_verify_says_so(tmp_path: Path) -> None:
     (store / MANIFEST_FILE).write_text("{not json")
     with pytest.raises(InputFileError, match="unreadable cube manifest"):
         open_cube(store)
+
+
+def test_region_writers_open_arrays_once_and_skip_zarrs_fill_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each array is opened once per build (not per region), and zarr compares a chunk with the fill
+    value only where the writer's checksums found an all-fill chunk (the same files either way)."""
+    import zarr
+    from zarr.core.buffer.core import NDBuffer
+
+    import landcover.store as store_mod
+    from landcover.store import MANIFEST_FILE
+
+    raw = _raw(4)
+    raw["labels"][:, 32:64, 32:64] = schema.LABEL_FILL  # the one all-fill chunk
+    opened: list[str] = []
+    compared: list[tuple[int, ...]] = []
+    writing = [False]
+    open_array, all_equal, run_regions = zarr.open_array, NDBuffer.all_equal, store_mod._run_regions
+
+    def counting_open(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if writing[0]:
+            opened.append(str(kwargs.get("path")))
+        return open_array(*args, **kwargs)
+
+    def counting_all_equal(self, other, equal_nan=True):  # type: ignore[no-untyped-def]
+        if writing[0]:
+            compared.append(tuple(self.shape))
+        return all_equal(self, other, equal_nan)
+
+    def flagged_run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        writing[0] = True
+        try:
+            return run_regions(*args, **kwargs)
+        finally:
+            writing[0] = False
+
+    monkeypatch.setattr(zarr, "open_array", counting_open)
+    monkeypatch.setattr(NDBuffer, "all_equal", counting_all_equal)
+    monkeypatch.setattr(store_mod, "_run_regions", flagged_run)
+    store = write_cube(_dataset(raw), tmp_path / "c.zarr", fingerprint="f", chunks=CHUNKS, progress=False)
+    assert sorted(opened) == ["coverage", "labels", "reflectance", "valid"]  # 9 regions, each once
+    assert compared == [(K, 32, 32)]  # only the all-fill labels chunk (zarr then stores no file)
+    assert not (store / "labels" / "c" / "0" / "1" / "1").exists()
+    got = _raw_arrays(store)
+    for k, v in raw.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    sums = json.loads((store / MANIFEST_FILE).read_text())["arrays"]["labels"]["chunks_crc32"]
+    assert [k for k, v in sums.items() if v.endswith(":fill")] == ["0.1.1"]
+
+
+def test_template_never_walks_the_data_graph(tmp_path: Path) -> None:
+    """The template holds metadata only: the graph behind the data variables is not optimised or read."""
+    from dask.highlevelgraph import HighLevelGraph
+
+    from landcover.store import _write_template
+
+    class Sealed(dict):  # type: ignore[type-arg]
+        def _touched(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise AssertionError("the data graph was walked")
+
+        __iter__ = __getitem__ = __len__ = __contains__ = keys = items = values = _touched  # type: ignore[assignment]
+
+    ds = _dataset(_raw())
+    name = "sealed-refl"
+    graph = HighLevelGraph({name: Sealed()}, {name: set()})
+    refl = ds["reflectance"]
+    sealed = da.Array(
+        graph, name, chunks=refl.data.chunks, dtype=refl.dtype, meta=np.empty((0,) * 4, "uint16")
+    )
+    ds["reflectance"] = refl.copy(data=sealed)
+    _write_template(
+        ds, tmp_path / "t.zarr", fingerprint="f", chunks=CHUNKS, compressor="blosc-zstd", level=None
+    )
+    meta = json.loads((tmp_path / "t.zarr" / "reflectance" / "zarr.json").read_text())
+    assert meta["shape"] == [T, B, H, W] and meta["attributes"]["scale_factor"] == 2.75e-5
+    assert not list((tmp_path / "t.zarr" / "reflectance").glob("c/**/*"))
+
+
+def test_empty_time_steps_told_by_the_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """landcover.cube warns of a time step without a valid pixel from the manifest, not by reading it."""
+    import landcover.store as store_mod
+    from landcover.cube import _empty_steps, _warn_empty
+    from landcover.store import MANIFEST_FILE
+
+    raw = _raw(5)
+    raw["valid"][1] = False
+    store = write_cube(_dataset(raw), tmp_path / "c.zarr", fingerprint="f", chunks=CHUNKS, progress=False)
+    assert _empty_steps(store, [0, 1]) == [False, True]
+
+    def no_reading(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the cube was opened")
+
+    with monkeypatch.context() as m:
+        m.setattr(store_mod, "open_cube", no_reading)
+        with pytest.warns(UserWarning, match="B: no valid pixel"):
+            assert _warn_empty(store, ["A", "B"]) == ["B"]
+    (store / MANIFEST_FILE).unlink()  # a cube built before manifests: read back
+    assert _empty_steps(store, [0, 1]) is None
+    with pytest.warns(UserWarning, match="B: no valid pixel"):
+        assert _warn_empty(store, ["A", "B"]) == ["B"]
