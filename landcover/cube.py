@@ -111,6 +111,8 @@ class _Scene:
     """Sensor name (``TM``, ``ETM+``, ``OLI/TIRS``; empty when unknown)."""
     usable: str = "QA_PIXEL"
     """How the scene's usable mask is made (``QA_PIXEL`` or ``not nodata``)."""
+    plan: Any = None
+    """The scene's ``ScenePlan`` (its band sources), for the fused tasks of :func:`_fused_layers`."""
 
 
 def _same_encoding(sources: Sequence[Any], scale: float, offset: float) -> bool:
@@ -142,7 +144,7 @@ def _open_scenes(scenes: Sequence[str | os.PathLike[str]], chunk: int) -> list[_
         raw = open_scene(plan, chunks=chunks, validate=False, decode=False) if raw_r or raw_t else None
         pid = str(ds.attrs.get("product_id", Path(p).name))
         meta = plan.meta
-        out.append(_Scene(plan.source, ds, grid, t, pid, raw, raw_r, raw_t, meta.sensor, meta.usable))
+        out.append(_Scene(plan.source, ds, grid, t, pid, raw, raw_r, raw_t, meta.sensor, meta.usable, plan))
     times = [s.time for s in out]
     dup = {str(t) for t in times if times.count(t) > 1}
     if dup:
@@ -743,6 +745,239 @@ def _layers_on_grid(
     return arrays, how
 
 
+@dataclass(frozen=True)
+class _SceneReader:
+    """What the fused task of one scene block reads, and how it is stored (pickleable).
+
+    ``reflective``/``thermal`` are read raw (uint16 DNs, the cube encoding) when ``refl_raw``/
+    ``th_raw``, else decoded to float32 (NaN at fill) and encoded with :func:`_encode_u16`.
+    """
+
+    reflective: tuple[Any, ...]
+    thermal: Any
+    qa: Any
+    refl_raw: bool
+    th_raw: bool
+    policy: Any
+
+
+def _scene_reader(scene: _Scene, dst: Grid, policy: UsablePolicy | None) -> _SceneReader | None:
+    """The reader of a scene on the grid ``dst``, or None where only the lazy path applies.
+
+    That is a scene off ``dst``'s grid (resampled), without a plan, or whose bands the lazy
+    path reads in a way the fused task does not reproduce (raw DNs left undecoded where a
+    float is expected, a QA band that is not uint16).
+    """
+    from dataclasses import replace
+
+    plan = scene.plan
+    if plan is None or not dst.is_aligned(scene.grid) or not plan.reflective:
+        return None
+    refl_raw = scene.raw is not None and scene.raw_reflectance
+    th_raw = scene.raw is not None and scene.raw_thermal and plan.thermal is not None
+    if refl_raw:
+        refl = tuple(replace(b, decode="raw", clip=None) for b in plan.reflective)
+        if any(b.dtype != "uint16" for b in refl):
+            return None
+    elif any(b.decode == "raw" for b in plan.reflective):
+        return None
+    else:
+        refl = tuple(plan.reflective)
+    th = plan.thermal
+    if th is not None:
+        if th_raw:
+            th = replace(th, decode="raw", clip=None)
+            if th.dtype != "uint16":
+                return None
+        elif th.decode == "raw":
+            return None
+    qa = plan.qa_pixel
+    if qa is not None and (qa.decode != "raw" or qa.dtype != "uint16"):
+        return None
+    return _SceneReader(refl, th, qa, refl_raw, th_raw, policy)
+
+
+def _scene_block(
+    reader: _SceneReader,
+    shape: tuple[int, int],
+    window: tuple[tuple[int, int], tuple[int, int], slice, slice] | None,
+    planes: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(reflectance, thermal, qa_pixel, valid)`` of one scene on one cube block, as stored.
+
+    The values of the lazy path (:func:`_scene_layers`, then :func:`_layers_on_grid`) for a scene on
+    the cube grid, in one task: every band's window read once, fill outside the scene, masked
+    where the label is NODATA (``planes[1]``, from :func:`_raster_planes` or :func:`_label_planes`),
+    the usable test of :func:`landcover.landsat.usable_block`. Each output has a leading time axis
+    of 1.
+
+    Parameters
+    ----------
+    shape
+        ``(h, w)`` of the block.
+    window
+        ``(rows, cols, out_rows, out_cols)``: the scene's pixels to read and where they go in the
+        block; ``None`` when the scene does not reach the block.
+    """
+    from .landsat import usable_block
+
+    h, w = shape
+    n = len(reader.reflective)
+    keep = planes[1].astype(bool)
+    if reader.refl_raw:
+        refl: np.ndarray = np.zeros((n, h, w), dtype="uint16")
+    else:
+        refl = np.full((n, h, w), np.nan, dtype="float32")
+    th: np.ndarray | None = None
+    if reader.thermal is not None:
+        th = np.zeros((h, w), dtype="uint16") if reader.th_raw else np.full((h, w), np.nan, dtype="float32")
+    qa = None if reader.qa is None else np.full((h, w), QA_FILL, dtype="uint16")
+    if window is not None:
+        rows, cols, out_r, out_c = window
+        for i, band in enumerate(reader.reflective):
+            refl[i, out_r, out_c] = band.read(rows, cols)
+        if th is not None:
+            th[out_r, out_c] = reader.thermal.read(rows, cols)
+        if qa is not None:
+            qa[out_r, out_c] = reader.qa.read(rows, cols)
+    if reader.refl_raw:
+        nodata = (refl == 0).any(axis=0)
+        refl_out = _mask_u16(refl, keep[None])
+    else:
+        nodata = np.isnan(refl).any(axis=0)
+        refl_out = _encode_u16(refl, keep[None], REFLECTANCE_SCALE, REFLECTANCE_OFFSET)
+    if th is None:
+        th_out = np.zeros((h, w), dtype="uint16")
+    elif reader.th_raw:
+        th_out = _mask_u16(th, keep)
+    else:
+        th_out = _encode_u16(th, keep, THERMAL_SCALE, THERMAL_OFFSET)
+    usable = usable_block(nodata, qa, reader.policy)
+    if qa is None:
+        qa = np.where(usable, np.uint16(0), np.uint16(QA_FILL)).astype("uint16")
+    return refl_out[None], th_out[None], qa[None], (usable & keep)[None]
+
+
+def _labels_block(planes: np.ndarray, valid: Sequence[np.ndarray], static: np.ndarray | None) -> np.ndarray:
+    """The stored labels of one block: ``planes[2:]``, NODATA where no time step is valid."""
+    keep = np.zeros(planes.shape[1:], dtype=bool)
+    for v in valid:
+        keep |= v[0]
+    if static is not None:
+        keep |= static
+    return _mask_labels(planes[2:], keep[None])
+
+
+def _fused_layers(
+    scenes: Sequence[_Scene],
+    dst: Grid,
+    chunk: int,
+    policy: UsablePolicy | None,
+    planes: Any,
+    static_valid: Any = None,
+) -> tuple[dict[str, Any], Any] | None:
+    """The time-dependent arrays and the labels of scenes on the cube grid, one task per scene block.
+
+    The same values as :func:`_layers_on_grid` and the labels masking of :func:`_assemble`, with
+    a graph of one reading task per scene and block (:func:`_scene_block`, whose four outputs the
+    arrays pick) and one labels task per block (:func:`_labels_block`), built directly: the lazy
+    path's ~40 small tasks per scene block (band stacking, padding, rechunking, the QA masks one
+    operation at a time) cost more to build, cull and schedule than to run. ``None`` when a scene
+    needs the lazy path (see :func:`_scene_reader`), or ``static_valid`` is chunked otherwise.
+
+    Returns
+    -------
+    ``({"reflectance", "thermal", "qa_pixel", "valid": dask array}, labels dask array)``
+    """
+    import operator
+
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    readers = [_scene_reader(s, dst, policy) for s in scenes]
+    if not scenes or any(r is None for r in readers):
+        return None
+    ychunks, xchunks = planes.chunks[1:]
+    if static_valid is not None and tuple(static_valid.chunks) != (ychunks, xchunks):
+        return None
+    rows = [(sum(ychunks[:i]), sum(ychunks[: i + 1])) for i in range(len(ychunks))]
+    cols = [(sum(xchunks[:j]), sum(xchunks[: j + 1])) for j in range(len(xchunks))]
+    layers: dict[str, Any] = {}
+    deps: dict[str, set[str]] = {}
+    for coll in (planes, static_valid):
+        if coll is not None:
+            graph = coll.__dask_graph__()
+            layers.update(graph.layers)
+            deps.update(graph.dependencies)
+    token = tokenize(readers, dst, chunk, planes.name, None if static_valid is None else static_valid.name)
+    names = [f"scene-block-{t}-{token}" for t in range(len(scenes))]
+    for scene, reader, name in zip(scenes, readers, names, strict=True):
+        r_off, c_off = dst.offset_of(scene.grid)  # the scene's upper-left pixel in cube pixels
+        sh, sw = scene.grid.shape
+        dsk: dict[Any, Any] = {}
+        for bi, (r0, r1) in enumerate(rows):
+            for bj, (c0, c1) in enumerate(cols):
+                sr0, sr1 = max(r0 - r_off, 0), min(r1 - r_off, sh)
+                sc0, sc1 = max(c0 - c_off, 0), min(c1 - c_off, sw)
+                window = None
+                if sr1 > sr0 and sc1 > sc0:
+                    out_r = slice(sr0 + r_off - r0, sr1 + r_off - r0)
+                    out_c = slice(sc0 + c_off - c0, sc1 + c_off - c0)
+                    window = ((sr0, sr1), (sc0, sc1), out_r, out_c)
+                dsk[(name, bi, bj)] = (
+                    _scene_block,
+                    reader,
+                    (r1 - r0, c1 - c0),
+                    window,
+                    (planes.name, 0, bi, bj),
+                )
+        layers[name] = dsk
+        deps[name] = {planes.name}
+    n_t = len(scenes)
+    nb = len(readers[0].reflective)  # type: ignore[union-attr]
+    outputs = {
+        "reflectance": (0, "uint16"),
+        "thermal": (1, "uint16"),
+        "qa_pixel": (2, "uint16"),
+        "valid": (3, "bool"),
+    }
+    out_names = {v: f"cube-{v.replace('_', '-')}-{token}" for v in outputs}
+    for var, (k, _) in outputs.items():
+        lead = (0,) if var == "reflectance" else ()
+        layers[out_names[var]] = {
+            (out_names[var], t, *lead, bi, bj): (operator.getitem, (names[t], bi, bj), k)
+            for t in range(n_t)
+            for bi in range(len(rows))
+            for bj in range(len(cols))
+        }
+        deps[out_names[var]] = set(names)
+    lname = f"cube-labels-{token}"
+    layers[lname] = {
+        (lname, 0, bi, bj): (
+            _labels_block,
+            (planes.name, 0, bi, bj),
+            [(out_names["valid"], t, bi, bj) for t in range(n_t)],
+            None if static_valid is None else (static_valid.name, bi, bj),
+        )
+        for bi in range(len(rows))
+        for bj in range(len(cols))
+    }
+    deps[lname] = {planes.name, out_names["valid"]} | (set() if static_valid is None else {static_valid.name})
+    graph = HighLevelGraph(layers, deps)
+    tchunks = (1,) * n_t
+    arrays: dict[str, Any] = {}
+    for var, (_, dtype) in outputs.items():
+        chunks = (tchunks, (nb,), ychunks, xchunks) if var == "reflectance" else (tchunks, ychunks, xchunks)
+        meta = np.empty((0,) * len(chunks), dtype=dtype)
+        arrays[var] = da.Array(graph, out_names[var], chunks=chunks, dtype=dtype, meta=meta)
+    n_cls = planes.shape[0] - 2
+    labels = da.Array(
+        graph, lname, chunks=((n_cls,), ychunks, xchunks), dtype="uint8", meta=np.empty((0, 0, 0), "uint8")
+    )
+    return arrays, labels
+
+
 def _class_attrs(codes: Sequence[int], extra: Mapping[str, Any]) -> dict[str, Any]:
     """``class_names``/``class_colors`` from ``extra``, else :func:`landcover.corine.class_legend`."""
     out: dict[str, Any] = {}
@@ -860,13 +1095,18 @@ def _assemble(
             chunks=((2 + frac_d.shape[0],),) + frac_d.chunks[1:],
         )  # fmt: skip
     coverage = planes[0]
-    label_ok = planes[1].astype(bool)
-    arrays, how = _layers_on_grid(opened, dst, chunk, policy, label_ok)
-    any_valid = arrays["valid"].any(axis=0)
-    if static_valid is not None:
-        any_valid = any_valid | static_valid
-    # the quantised fractions, NODATA wherever no time step is valid
-    labels = da.map_blocks(_mask_labels, planes[2:], any_valid[None], dtype="uint8")
+    fused = _fused_layers(opened, dst, chunk, policy, planes, static_valid)
+    if fused is not None:
+        arrays, labels = fused
+        how = ["none"] * len(opened)
+    else:
+        label_ok = planes[1].astype(bool)
+        arrays, how = _layers_on_grid(opened, dst, chunk, policy, label_ok)
+        any_valid = arrays["valid"].any(axis=0)
+        if static_valid is not None:
+            any_valid = any_valid | static_valid
+        # the quantised fractions, NODATA wherever no time step is valid
+        labels = da.map_blocks(_mask_labels, planes[2:], any_valid[None], dtype="uint8")
     codes = np.asarray(frac["class"].values).astype("int16")
     bands = np.asarray(opened[0].ds["band"].values, dtype=object)
     for s in opened[1:]:

@@ -97,6 +97,7 @@ __all__ = [
     "open_scene",
     "qa_masks",
     "usable_mask",
+    "usable_block",
     "SR_SCALE",
     "ST_SCALE",
     "SceneMeta",
@@ -292,6 +293,43 @@ def usable_mask(ds: xr.Dataset, policy: UsablePolicy | None = None) -> xr.DataAr
     ok = ok.astype(bool)
     ok.name = "usable"
     ok.attrs = {"long_name": "usable pixel", "policy": repr(policy)}
+    return ok
+
+
+def usable_block(nodata: np.ndarray, qa: np.ndarray | None, policy: UsablePolicy | None = None) -> np.ndarray:
+    """:func:`usable_mask` of one in-memory block, in NumPy (the cube build's fused scene tasks).
+
+    Parameters
+    ----------
+    nodata
+        ``(y, x)`` bool, True where any reflective band is fill.
+    qa
+        ``(y, x)`` raw ``QA_PIXEL`` values, or ``None`` (no QA band: only the fill test applies).
+    policy
+        As in :func:`usable_mask` (default :class:`UsablePolicy()`).
+
+    Returns
+    -------
+    numpy.ndarray
+        bool ``(y, x)``, the same values as :func:`usable_mask` (one bit test per flag instead
+        of the decoded masks; checked against it on every ``QA_PIXEL`` value in the tests).
+    """
+    policy = policy or UsablePolicy()
+    ok: np.ndarray = ~np.asarray(nodata, dtype=bool)
+    if qa is not None:
+        q = np.asarray(qa).astype("uint16")
+        flags = 1 << QA_BITS["fill"]
+        for flag in ("cloud", "dilated_cloud", "cloud_shadow", "snow", "cirrus", "water"):
+            if getattr(policy, flag):
+                flags |= 1 << QA_BITS[flag]
+        bad = (q & np.uint16(flags)) != 0
+        for name, bit in QA_CONFIDENCE.items():
+            limit = getattr(policy, f"max_{name}")
+            if limit is not None:
+                bad |= ((q >> np.uint16(bit)) & np.uint16(3)) > limit
+        if policy.require_clear:
+            bad |= (q & np.uint16(1 << QA_BITS["clear"])) == 0
+        ok &= ~bad
     return ok
 
 

@@ -731,8 +731,11 @@ def test_batched_chunk_bounds_equal_grid_bounds_in() -> None:
         assert fast == {(r, c): tuple(_block(grid, r, c, chunk).bounds_in(crs)) for r, c in fast}
 
 
-def _computed_cube(scenes: list[Any], clc: Path, *, raw: bool, chunk: int) -> dict[str, np.ndarray]:
-    """Every array of the assembled cube; ``raw=False`` forces the decode/encode path."""
+def _computed_cube(
+    scenes: list[Any], clc: Path, *, raw: bool, chunk: int, fused: bool = True, policy: Any = None
+) -> dict[str, np.ndarray]:
+    """Every array of the assembled cube; ``raw=False`` forces the decode/encode path, ``fused=False``
+    the lazy path (Dask array operations) instead of one task per scene block."""
     import dataclasses
 
     from landcover import cube as cube_mod
@@ -740,12 +743,19 @@ def _computed_cube(scenes: list[Any], clc: Path, *, raw: bool, chunk: int) -> di
     opened = cube_mod._open_scenes(scenes, chunk)
     if not raw:
         opened = [dataclasses.replace(s, raw=None) for s in opened]
+    if not fused:
+        opened = [dataclasses.replace(s, plan=None) for s in opened]
     dst = cube_mod.target_grid([s.grid for s in opened], cube_mod._clc_grid(clc))
     ds = cube_mod._assemble(
-        opened, clc, dst, level=3, min_coverage=0.5, policy=None, chunk=chunk, grid_mode="scene"
+        opened, clc, dst, level=3, min_coverage=0.5, policy=policy, chunk=chunk, grid_mode="scene"
     )
     graph = str(dict(ds["reflectance"].data.__dask_graph__()))
-    assert ("_mask_u16" in graph) == raw and ("_encode_u16" in graph) != raw
+    assert ("function _scene_block" in graph) == fused
+    raw = raw and all(s.raw_reflectance for s in opened)  # Level-2 DNs in the cube's encoding
+    if fused:
+        assert ("refl_raw=True" in graph) == raw
+    else:
+        assert ("_mask_u16" in graph) == raw and ("_encode_u16" in graph) != raw
     return {str(k): ds[k].values for k in ds.data_vars}
 
 
@@ -761,13 +771,43 @@ def test_level2_raw_pass_through_is_bit_identical(tmp_path: Path) -> None:
         dn[20:30, 30:50] = 0
         f.write(dn, 1)
     new = _computed_cube([pair.scene_dir], pair.clc_path, raw=True, chunk=16)
-    old = _computed_cube([pair.scene_dir], pair.clc_path, raw=False, chunk=16)
-    assert new.keys() == old.keys()
-    for k in new:
-        assert new[k].dtype == old[k].dtype, k
-        np.testing.assert_array_equal(new[k], old[k], err_msg=k)
+    for raw, fused in ((False, True), (True, False), (False, False)):
+        old = _computed_cube([pair.scene_dir], pair.clc_path, raw=raw, chunk=16, fused=fused)
+        assert new.keys() == old.keys()
+        for k in new:
+            assert new[k].dtype == old[k].dtype, k
+            np.testing.assert_array_equal(new[k], old[k], err_msg=k)
     refl = new["reflectance"]
     assert (refl == 0).any() and (refl > 0).any() and new["valid"].any() and not new["valid"].all()
+
+
+@pytest.mark.parametrize("level", ["L2SP", "L1TP"])
+def test_one_task_per_scene_block_gives_the_lazy_paths_arrays(tmp_path: Path, level: str) -> None:
+    """The fused scene tasks (one per scene and block: reads, fill outside the scene, masks, usable
+    test) store exactly what the Dask array operations did: scenes offset from each other and from
+    the block edges, one that misses whole blocks, CORINE with holes, two QA policies, L2 raw DNs
+    and L1 decoded bands."""
+    from landcover.landsat import UsablePolicy
+    from landcover.testing import make_clc, make_scene, scene_grid
+
+    g = scene_grid(size=(50, 40))
+    x0, y0 = g.transform.c + 15, g.transform.f - 15  # centre of the upper-left pixel
+    a = make_scene(tmp_path / "a", size=(50, 40), seed=1, origin=(x0, y0), level=level,  # type: ignore[arg-type]
+                   date="1995-06-12", cloud_fraction=0.3)  # fmt: skip
+    b = make_scene(tmp_path / "b", size=(30, 44), seed=2, origin=(x0 + 30 * 23, y0 - 30 * 37), level=level,  # type: ignore[arg-type]
+                   date="1995-07-14", cloud_fraction=0.2)  # fmt: skip
+    left, bottom, right, top = scene_grid(size=(70, 70), origin=(x0, y0)).bounds_in("EPSG:3035")
+    clc = make_clc(tmp_path / "clc.tif", bounds=(left + 200, bottom - 500, right + 500, top - 100), seed=3)
+    policy = UsablePolicy(snow=True, max_cloud_confidence=1)
+    for pol in (None, policy):
+        fused = _computed_cube([a, b], clc, raw=True, chunk=16, policy=pol)
+        lazy = _computed_cube([a, b], clc, raw=True, chunk=16, fused=False, policy=pol)
+        assert fused.keys() == lazy.keys()
+        for k in fused:
+            assert fused[k].dtype == lazy[k].dtype, k
+            np.testing.assert_array_equal(fused[k], lazy[k], err_msg=k)
+        assert fused["valid"].any() and not fused["valid"].all()
+        assert (fused["qa_pixel"] == 1).any()  # pixels of the cube outside a scene
 
 
 @pytest.mark.real
@@ -775,9 +815,10 @@ def test_real_level2_raw_pass_through_is_bit_identical(real_scene: Path, tmp_pat
     """Same on the real LT05 L2 product (fill border, real QA) under CORINE with holes."""
     clc = real_clc(tmp_path, cover=0.7, holes=True)
     new = _computed_cube([real_scene], clc, raw=True, chunk=32)
-    old = _computed_cube([real_scene], clc, raw=False, chunk=32)
-    for k in new:
-        np.testing.assert_array_equal(new[k], old[k], err_msg=k)
+    for raw, fused in ((False, True), (True, False), (False, False)):
+        old = _computed_cube([real_scene], clc, raw=raw, chunk=32, fused=fused)
+        for k in new:
+            np.testing.assert_array_equal(new[k], old[k], err_msg=k)
     assert (new["qa_pixel"] == 1).any() and new["valid"].any()
 
 

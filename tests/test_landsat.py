@@ -727,3 +727,32 @@ def test_decode_false_refuses_level1(tmp_path: Path) -> None:
     d = make_product(tmp_path, level="L1TP")
     with pytest.raises(ValueError, match="Level-2"):
         open_scene(d, decode=False)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        UsablePolicy(),
+        UsablePolicy(cloud=False, dilated_cloud=False, cloud_shadow=False),
+        UsablePolicy(snow=True, cirrus=True, water=True),
+        UsablePolicy(require_clear=True),
+        UsablePolicy(max_cloud_confidence=0, max_snow_confidence=1),
+        UsablePolicy(max_cloud_shadow_confidence=2, max_cirrus_confidence=0, cloud=False),
+        UsablePolicy(max_cloud_confidence=3, max_cirrus_confidence=1, require_clear=True, water=True),
+    ],
+)
+def test_usable_block_equals_usable_mask_on_every_qa_value(policy: UsablePolicy) -> None:
+    """The cube build's NumPy usable test gives usable_mask's values for all 65536 QA_PIXEL values."""
+    from landcover.landsat import usable_block
+
+    qa = np.arange(65536, dtype="uint16").reshape(256, 256)
+    rng = np.random.default_rng(0)
+    refl = rng.random((3, 256, 256)).astype("float32")
+    refl[rng.random(refl.shape) < 0.05] = np.nan
+    ds = xr.Dataset({"reflectance": (("band", "y", "x"), refl), "qa_pixel": (("y", "x"), qa)})
+    nodata = np.isnan(refl).any(axis=0)
+    want = usable_mask(ds, policy).values
+    np.testing.assert_array_equal(usable_block(nodata, qa, policy), want)
+    np.testing.assert_array_equal(
+        usable_block(nodata, None, policy), usable_mask(ds[["reflectance"]], policy).values
+    )
