@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-__all__ = ["footprint_codes", "mixed_fractions", "pure_labels", "rotated_image", "scatter_columns"]
+__all__ = [
+    "footprint_codes",
+    "mixed_fractions",
+    "pack_block",
+    "pure_labels",
+    "rotated_image",
+    "scatter_columns",
+]
 
 
 def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -96,9 +103,121 @@ def _weights(fy, fx, v0, v1, v2, v3):  # type: ignore[no-untyped-def]  # pragma:
     return p0 * inv, p1 * inv, p2 * inv, p3 * inv, m
 
 
+@_compiled(inline="always")
+def _lane(q, t):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Value ``t`` (0..3) of a :func:`pack_block` word, as float32."""
+    return np.float32((q >> np.uint64(16 * t)) & np.uint64(0xFFFF))
+
+
+@_compiled()
+def pack_block(p0, p1, p2, p3, n, out, r0, c0):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Words of four uint16 planes: ``out[r0 + r, c0 + c] = sum_t pt[r, c] << 16t`` (``t < n``).
+
+    ``p0 .. p3`` (rows, cols) uint16, e.g. views of cached chunks (pass any of them for
+    the ``4 - n`` unused ones); ``out`` (fh, fw) uint64 is one group of the words
+    :func:`rotated_image` reads with ``packed`` (a tap's four planes in one load).
+    """
+    s16, s32, s48 = np.uint64(16), np.uint64(32), np.uint64(48)
+    rows, cols = p0.shape
+    for r in range(rows):
+        o = out[r0 + r, c0 : c0 + cols]
+        # rows of chunk views are contiguous: typed so (no copy), the loops below vectorise
+        a0, a1 = np.ascontiguousarray(p0[r]), np.ascontiguousarray(p1[r])
+        a2, a3 = np.ascontiguousarray(p2[r]), np.ascontiguousarray(p3[r])
+        if n == 4:
+            for k in range(cols):
+                o[k] = (
+                    np.uint64(a0[k])
+                    | (np.uint64(a1[k]) << s16)
+                    | (np.uint64(a2[k]) << s32)
+                    | (np.uint64(a3[k]) << s48)
+                )
+        elif n == 3:
+            for k in range(cols):
+                o[k] = np.uint64(a0[k]) | (np.uint64(a1[k]) << s16) | (np.uint64(a2[k]) << s32)
+        elif n == 2:
+            for k in range(cols):
+                o[k] = np.uint64(a0[k]) | (np.uint64(a1[k]) << s16)
+        else:
+            for k in range(cols):
+                o[k] = np.uint64(a0[k])
+
+
+@_compiled()
+def _sample_planes(planes, w, base, index, weights, a, b, decode, img):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """One output row (``img[:, base : base + w]``) of every plane from its taps, two planes per pass."""
+    nc = planes.shape[0]
+    r = 0
+    while r < nc:  # two planes per pass: the row's taps are read once for both
+        r2 = r + 1 if r + 1 < nc else r  # an odd last plane is sampled twice
+        pa = planes[r]
+        pb = planes[r2]
+        for j in range(w):
+            k0, k1, k2, k3 = index[0, j], index[1, j], index[2, j], index[3, j]
+            w0, w1, w2, w3 = weights[0, j], weights[1, j], weights[2, j], weights[3, j]
+            x = np.float32(pa[k0]) * w0
+            y = np.float32(pb[k0]) * w0
+            x += np.float32(pa[k1]) * w1
+            y += np.float32(pb[k1]) * w1
+            x += np.float32(pa[k2]) * w2
+            y += np.float32(pb[k2]) * w2
+            x += np.float32(pa[k3]) * w3
+            y += np.float32(pb[k3]) * w3
+            if decode:
+                x *= a[r]
+                x += b[r] * weights[4, j]
+                y *= a[r2]
+                y += b[r2] * weights[4, j]
+            img[r, base + j] = x
+            img[r2, base + j] = y
+        r += 2
+
+
+@_compiled()
+def _sample_packed(packed, nc, w, base, index, weights, a, b, decode, img):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """One output row of the ``nc`` planes held four to a word in ``packed`` (one load per tap for four)."""
+    for g in range(packed.shape[0]):
+        pk = packed[g]
+        r = 4 * g
+        n4 = min(4, nc - r)
+        for j in range(w):
+            q0, q1, q2, q3 = pk[index[0, j]], pk[index[1, j]], pk[index[2, j]], pk[index[3, j]]
+            w0, w1, w2, w3 = weights[0, j], weights[1, j], weights[2, j], weights[3, j]
+            for t in range(4):
+                if t < n4:
+                    x = _lane(q0, t) * w0
+                    x += _lane(q1, t) * w1
+                    x += _lane(q2, t) * w2
+                    x += _lane(q3, t) * w3
+                    if decode:
+                        x *= a[r + t]
+                        x += b[r + t] * weights[4, j]
+                    img[r + t, base + j] = x
+
+
 @_compiled()
 def rotated_image(  # type: ignore[no-untyped-def]
-    h, w, cy, cx, c, s, fh, fw, valid, planes, a, b, decode, codes, img, mask, pure, mixed, mindex, mweights
+    h,
+    w,
+    cy,
+    cx,
+    c,
+    s,
+    fh,
+    fw,
+    valid,
+    planes,
+    a,
+    b,
+    decode,
+    codes,
+    img,
+    mask,
+    pure,
+    mixed,
+    mindex,
+    mweights,
+    packed=None,
 ):  # pragma: no cover - compiled
     """Resample a turned ``(h, w)`` window from footprint planes, row by row of the output.
 
@@ -110,7 +229,10 @@ def rotated_image(  # type: ignore[no-untyped-def]
     int64) get their taps in ``mindex`` (4, h*w) int64 and ``mweights`` (4, h*w) float32;
     returns how many. The taps of an output row are computed once (source coordinates
     ``(cy + v*c) + u*s`` and ``(cx + u*c) - v*s`` as :func:`landcover.windows.rotation_coords`),
-    then the planes are sampled along the row, two at a time.
+    then the planes are sampled along the row, two at a time. With ``packed``
+    ((ceil(C / 4), fh*fw) uint64, the uint16 planes four to a word, :func:`pack_block`) the
+    taps are read from there instead: one 64-bit load per tap gives four planes (the same
+    values and operations, so the same bits; ``planes`` then only gives the count C).
     """
     nc = planes.shape[0]
     labels = codes.shape[0] > 0
@@ -152,30 +274,10 @@ def rotated_image(  # type: ignore[no-untyped-def]
                         mindex[k, nmixed] = index[k, j]
                         mweights[k, nmixed] = weights[k, j]
                     nmixed += 1
-        r = 0
-        while r < nc:  # two planes per pass: the row's taps are read once for both
-            r2 = r + 1 if r + 1 < nc else r  # an odd last plane is sampled twice
-            pa = planes[r]
-            pb = planes[r2]
-            for j in range(w):
-                k0, k1, k2, k3 = index[0, j], index[1, j], index[2, j], index[3, j]
-                w0, w1, w2, w3 = weights[0, j], weights[1, j], weights[2, j], weights[3, j]
-                x = np.float32(pa[k0]) * w0
-                y = np.float32(pb[k0]) * w0
-                x += np.float32(pa[k1]) * w1
-                y += np.float32(pb[k1]) * w1
-                x += np.float32(pa[k2]) * w2
-                y += np.float32(pb[k2]) * w2
-                x += np.float32(pa[k3]) * w3
-                y += np.float32(pb[k3]) * w3
-                if decode:
-                    x *= a[r]
-                    x += b[r] * weights[4, j]
-                    y *= a[r2]
-                    y += b[r2] * weights[4, j]
-                img[r, base + j] = x
-                img[r2, base + j] = y
-            r += 2
+        if packed is not None:  # four planes per tap load
+            _sample_packed(packed, nc, w, base, index, weights, a, b, decode, img)
+        else:
+            _sample_planes(planes, w, base, index, weights, a, b, decode, img)
     return nmixed
 
 

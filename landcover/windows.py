@@ -48,7 +48,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._kernels import footprint_codes, mixed_fractions, pure_labels, rotated_image, scatter_columns
+from ._kernels import (
+    footprint_codes,
+    mixed_fractions,
+    pack_block,
+    pure_labels,
+    rotated_image,
+    scatter_columns,
+)
 from .schema import encode_fractions
 
 __all__ = [
@@ -1276,7 +1283,8 @@ def sample_rotated(
     cy, cx, c, s = _turn(size, pad, angle, (fh, fw))
     vflat = np.ascontiguousarray(valid, dtype=bool).reshape(-1)
     nc = len(image)
-    planes = _raw_planes(image, (fh, fw))
+    packed = _packed_planes(image, (fh, fw))
+    planes = _raw_planes(image, (fh, fw)) if packed is None else np.empty((nc, 0), dtype=np.uint16)
     lflat: np.ndarray | None = None
     present = np.zeros(0, dtype=np.intp)
     codes = np.zeros(0, dtype=np.uint8)
@@ -1297,7 +1305,8 @@ def sample_rotated(
     pure, mixed = np.empty(m, dtype=codes.dtype), np.empty(m, dtype=np.int64)
     taps = (np.empty((4, m), dtype=np.int64), np.empty((4, m), dtype=np.float32))
     args = (h, w, cy, cx, c, s, fh, fw, vflat.view(np.uint8), planes, a, b, decode is not None, codes)
-    nmixed = rotated_image(*args, img_out.reshape(nc, n), mask, pure, mixed, *taps)
+    outs = (img_out.reshape(nc, n), mask, pure, mixed, *taps)
+    nmixed = rotated_image(*args, *outs) if packed is None else rotated_image(*args, *outs, packed)
     mask_out = out[2] if out is not None else np.empty((h, w), dtype=bool)
     mask_out.reshape(n)[...] = mask
     lab_out: np.ndarray | None = None
@@ -1381,6 +1390,44 @@ def _raw_planes(
     return buf.reshape(len(image), fh * fw)
 
 
+def _packed_planes(
+    image: np.ndarray | Sequence[np.ndarray | PlanePieces], fshape: tuple[int, int]
+) -> np.ndarray | None:
+    """uint16 footprint planes four to a 64-bit word, ``(ceil(C / 4), fh*fw)`` uint64; None for other dtypes.
+
+    The words are written straight from the planes or their pieces (views of cached
+    chunks, no intermediate copy): :func:`landcover._kernels.pack_block` per piece
+    shared by a group of four planes; a plane cut differently from the first of its
+    group is assembled first.
+    """
+    fh, fw = fshape
+    if any(np.dtype(p.dtype) != np.uint16 for p in image):
+        return None
+    whole = (slice(0, fh), slice(0, fw))
+
+    def pieces(item: np.ndarray | PlanePieces) -> list[tuple[tuple[slice, slice], np.ndarray]]:
+        if isinstance(item, PlanePieces):
+            return item.pieces
+        return [(whole, np.reshape(item, (fh, fw)))]
+
+    nc = len(image)
+    out = np.empty(((nc + 3) // 4, fh, fw), dtype=np.uint64)
+    for g in range(len(out)):
+        group = [pieces(image[k]) for k in range(4 * g, min(4 * g + 4, nc))]
+        cut = [sl for sl, _ in group[0]]
+        for k, got in enumerate(group):
+            if [sl for sl, _ in got] != cut:  # cut differently: assembled, then sliced as the first
+                plane = np.empty((fh, fw), dtype=np.uint16)
+                for sl, view in got:
+                    plane[sl] = view
+                group[k] = [(sl, plane[sl]) for sl in cut]
+        for i, (rows, cols) in enumerate(cut):
+            views = [got[i][1] for got in group]
+            views += [views[0]] * (4 - len(views))
+            pack_block(*views, len(group), out[g], rows.start, cols.start)
+    return out.reshape(len(out), fh * fw)
+
+
 def _present_classes(lflat: np.ndarray, vflat: np.ndarray) -> np.ndarray:
     """Rows of ``lflat`` with a non-zero value at some valid pixel (a superset when there is no NODATA)."""
     top = lflat.max(axis=1) if lflat.dtype == np.uint8 else None
@@ -1407,7 +1454,9 @@ def _resample_labels(
     the mask and their taps (flat pixels, (4, m) sources and weights), which are
     interpolated class by class (both from :func:`landcover._kernels.rotated_image`).
     """
-    for c in np.setdiff1d(np.arange(lab.shape[0]), rows[present], assume_unique=True):
+    absent = np.ones(lab.shape[0], dtype=bool)
+    absent[rows[present]] = False
+    for c in np.flatnonzero(absent):
         lab[c].fill(0)
     if not len(present):
         return

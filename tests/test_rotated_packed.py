@@ -1,0 +1,96 @@
+"""uint16 footprint planes four to a 64-bit word: the rotated resampler reads one word per tap.
+
+:func:`landcover.windows.sample_rotated` packs uint16 planes (:func:`landcover._kernels.pack_block`,
+straight from the pieces of cached chunks) and :func:`landcover._kernels.rotated_image` reads
+four planes per tap load; the outputs are the bits of the plane-by-plane path (checked here
+and against the frozen NumPy oracle in ``test_rotated_kernels``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from landcover._kernels import pack_block, rotated_image
+from landcover.windows import PlanePieces, _packed_planes, _turn, rotation_pad, sample_rotated
+
+
+def test_pack_block_puts_four_planes_in_a_word() -> None:
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 65536, (5, 40, 50)).astype(np.uint16)
+    views = [big[k, 3:20, 7:31] for k in range(4)]  # views of a larger (chunk) array
+    for n in (1, 2, 3, 4):
+        out = np.zeros((30, 40), dtype=np.uint64)
+        pack_block(*views[:n], *[views[0]] * (4 - n), n, out, 2, 5)
+        want = sum(views[t].astype(np.uint64) << np.uint64(16 * t) for t in range(n))
+        assert np.array_equal(out[2:19, 5:29], want)
+        assert not out[:2].any() and not out[19:].any() and not out[:, :5].any() and not out[:, 29:].any()
+
+
+def _pieces(plane: np.ndarray, r: int, c: int) -> PlanePieces:
+    fh, fw = plane.shape
+    parts = []
+    for rs in (slice(0, r), slice(r, fh)):
+        for cs in (slice(0, c), slice(c, fw)):
+            big = np.zeros((fh + 4, fw + 4), dtype=plane.dtype)
+            big[1 : 1 + rs.stop - rs.start, 2 : 2 + cs.stop - cs.start] = plane[rs, cs]
+            parts.append(((rs, cs), big[1 : 1 + rs.stop - rs.start, 2 : 2 + cs.stop - cs.start]))
+    return PlanePieces((fh, fw), parts)
+
+
+@pytest.mark.parametrize("nc", [1, 3, 4, 7, 9])
+def test_packed_planes_hold_the_values_of_any_input_form(nc: int) -> None:
+    rng = np.random.default_rng(nc)
+    fshape = (23, 31)
+    image = rng.integers(0, 65536, (nc, *fshape)).astype(np.uint16)
+    want = image.reshape(nc, -1)
+    groups = (nc + 3) // 4
+    forms: list[Any] = [
+        image,
+        list(image),
+        [_pieces(p, 7, 11) for p in image],  # cut alike, as chunk pieces are
+        [_pieces(p, 3 + k, 20 - k) for k, p in enumerate(image)],  # cut differently
+    ]
+    for form in forms:
+        got = _packed_planes(form, fshape)
+        assert got is not None and got.shape == (groups, want.shape[1]) and got.dtype == np.uint64
+        for k in range(nc):
+            lane = (got[k // 4] >> np.uint64(16 * (k % 4))) & np.uint64(0xFFFF)
+            assert np.array_equal(lane, want[k])
+    assert _packed_planes(image.astype(np.int32), fshape) is None
+    assert _packed_planes([image[0], image[0].astype(np.float32)], fshape) is None
+
+
+@pytest.mark.parametrize("angle", [0.0, 33.0, 90.0, 211.7, -45.0])
+def test_packed_taps_give_the_bits_of_the_plane_path(angle: float) -> None:
+    rng = np.random.default_rng(3)
+    size = (19, 26)
+    pad = rotation_pad(size, angle)
+    fshape = (size[0] + 2 * pad[0], size[1] + 2 * pad[1])
+    n = size[0] * size[1]
+    valid = rng.random(fshape) > 0.1
+    cy, cx, c, s = _turn(size, pad, angle, fshape)
+    for nc in (1, 2, 5, 7, 8):
+        planes = rng.integers(0, 65536, (nc, valid.size)).astype(np.uint16)
+        a = rng.normal(0, 1e-4, nc).astype(np.float32)
+        b = rng.normal(0, 0.2, nc).astype(np.float32)
+        packed = _packed_planes(planes.reshape(nc, *fshape), fshape)
+        vflat = valid.reshape(-1).view(np.uint8)
+        for decode in (False, True):
+            geometry = (size[0], size[1], cy, cx, c, s, fshape[0], fshape[1], vflat)
+            codes = np.zeros(0, dtype=np.uint8)
+            outs = []
+            for extra in ((), (packed,)):
+                img = np.empty((nc, n), np.float32)
+                taps: tuple[np.ndarray, ...] = (np.empty(0, np.uint8), np.empty(0, np.int64))
+                taps += (np.empty((4, 0), np.int64), np.empty((4, 0), np.float32))
+                rotated_image(*geometry, planes, a, b, decode, codes, img, np.empty(n, bool), *taps, *extra)
+                outs.append(img)
+            assert outs[0].tobytes() == outs[1].tobytes()
+    # and through sample_rotated: uint16 planes (packed) against the same values as float32 planes
+    image = rng.integers(0, 65536, (7, *fshape)).astype(np.uint16)
+    got = sample_rotated(image, None, valid, size, pad, angle)[0]
+    want = sample_rotated(image.astype(np.float32), None, valid, size, pad, angle)[0]
+    assert got.tobytes() == want.tobytes()
