@@ -309,9 +309,18 @@ def target_grid(
         raise ConfigError("no scenes given")
     names = list(names) or [f"scene {i}" for i in range(len(scene_grids))]
     first = scene_grids[0]
+    memo: dict[str, tuple[float, float, float, float]] = {}
+
+    def clc_bounds_in(crs: Any) -> tuple[float, float, float, float]:
+        """CORINE's bounds in ``crs``, once per CRS (a densified transform: ~20 ms each)."""
+        key = crs.to_wkt()
+        if key not in memo:
+            memo[key] = cast("tuple[float, float, float, float]", tuple(clc_grid.bounds_in(crs)))
+        return memo[key]
+
     for g, n in zip(scene_grids, names, strict=True):
         try:
-            clc_b = clc_grid.bounds_in(g.crs)
+            clc_b = clc_bounds_in(g.crs)
             g.window_of_bounds(clc_b)
         except EmptyOverlapError:
             raise EmptyOverlapError(
@@ -334,7 +343,7 @@ def target_grid(
         union = Grid.from_bounds(
             _union_bounds([g.bounds for g in scene_grids]), first.crs, resolution=(rx, ry), anchor=anchor
         )
-        out = _crop(union, clc_grid.bounds_in(first.crs), "CORINE")
+        out = _crop(union, clc_bounds_in(first.crs), "CORINE")
     else:
         if grid == "utm-first":
             crs = first.crs
@@ -353,7 +362,7 @@ def target_grid(
             anchor = (0.0, 0.0)
         union_b = _union_bounds([g.bounds_in(crs) for g in scene_grids])
         union = Grid.from_bounds(union_b, crs, resolution=(rx, ry), anchor=anchor)
-        out = _crop(union, clc_grid.bounds_in(crs), "CORINE")
+        out = _crop(union, clc_bounds_in(crs), "CORINE")
     return out
 
 

@@ -720,6 +720,32 @@ def test_label_planes_equal_the_schema_encoding() -> None:
     np.testing.assert_array_equal(masked[:, keep[0]], planes[2:][:, keep[0]])
 
 
+def test_target_grid_transforms_corine_bounds_once_per_crs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CORINE's densified bounds are transformed once per scene CRS (~20 ms each), not once per
+    scene plus once more for the crop; the grid is the same."""
+    from landcover.cube import target_grid
+    from landcover.testing import scene_grid
+
+    scenes = [scene_grid(size=64), scene_grid(size=(40, 70)), scene_grid(size=64)]
+    box = scenes[0].bounds_in("EPSG:3035")
+    clc = Grid.from_bounds(
+        (box[0] + 300, box[1] - 200, box[2] + 500, box[3] - 400), "EPSG:3035", resolution=100
+    )
+    want, want_laea = target_grid(scenes, clc), target_grid(scenes, clc, grid="EPSG:3035")
+    calls: list[str] = []
+    bounds_in = Grid.bounds_in
+
+    def counting(self: Grid, crs: Any, **kw: Any) -> Any:
+        calls.append(str(crs))
+        return bounds_in(self, crs, **kw)
+
+    monkeypatch.setattr(Grid, "bounds_in", counting)
+    assert target_grid(scenes, clc) == want and len(calls) == 1
+    calls.clear()
+    assert target_grid(scenes, clc, grid="EPSG:3035") == want_laea
+    assert len(calls) == 1 + 3 + 1  # CORINE in the scenes' CRS, each scene in 3035, CORINE in 3035
+
+
 def test_batched_chunk_bounds_equal_grid_bounds_in() -> None:
     from landcover.cube import _block, _chunk_bounds_in
     from landcover.testing import scene_grid
