@@ -198,6 +198,7 @@ class _WritePlan:
 _OPENED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 """``(store, variable, epoch) -> (array, the same array without zarr's empty-chunk check)``."""
 _OPENED_LOCK = threading.Lock()
+_OPENED_MAX = 64
 
 
 def _open_for_write(plan: _WritePlan, name: str) -> tuple[Any, Any]:
@@ -205,7 +206,8 @@ def _open_for_write(plan: _WritePlan, name: str) -> tuple[Any, Any]:
 
     Opened once per writer run (``plan.epoch``) and process instead of once per region (~1 ms of
     metadata reading and parsing each); the metadata cannot change during a run (an append
-    resizes the arrays before its writers start). Entries of other runs are dropped.
+    resizes the arrays before its writers start). Entries of earlier runs are dropped once there
+    are :data:`_OPENED_MAX` (an append runs two writer sets at once: both stay).
     """
     import zarr
     from zarr.storage import LocalStore
@@ -220,8 +222,9 @@ def _open_for_write(plan: _WritePlan, name: str) -> tuple[Any, Any]:
     with _OPENED_LOCK:  # the regions' threads start together: open once, not once per thread
         pair = _OPENED.get(key)
         if pair is None:
-            for k in [k for k in _OPENED if k[2] != plan.epoch]:
-                del _OPENED[k]
+            if len(_OPENED) >= _OPENED_MAX:
+                for k in [k for k in _OPENED if k[2] != plan.epoch]:
+                    del _OPENED[k]
             pair = _OPENED[key] = open_pair()
     return pair
 
