@@ -42,6 +42,7 @@ overlapping windows cannot leak pixels between splits.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -1293,17 +1294,17 @@ def sample_rotated(
         present = _present_classes(lflat, vflat)
         if len(present):  # 1 + the index in present of a footprint pixel's only class, else 0
             ctype = np.uint8 if len(present) < 255 else np.uint16
-            codes = np.empty(fh * fw, dtype=ctype)
-            footprint_codes(lflat, present, vflat, codes, np.empty(fh * fw, dtype=ctype))
+            codes = _scratch("codes", (fh * fw,), ctype)
+            footprint_codes(lflat, present, vflat, codes, _scratch("count", (fh * fw,), ctype))
     if decode is not None:
         a, b = (np.ascontiguousarray(v, dtype="float32").reshape(nc) for v in decode)
     else:
         a = b = np.zeros(nc, dtype="float32")
     img_out = out[0] if out is not None else np.empty((nc, h, w), dtype="float32")
-    mask = np.empty(n, dtype=bool)
+    mask = _scratch("mask", (n,), bool)
     m = n if len(codes) else 0  # room for the taps of every pixel, should all be mixed
-    pure, mixed = np.empty(m, dtype=codes.dtype), np.empty(m, dtype=np.int64)
-    taps = (np.empty((4, m), dtype=np.int64), np.empty((4, m), dtype=np.float32))
+    pure, mixed = _scratch("pure", (m,), codes.dtype), _scratch("mixed", (m,), np.int64)
+    taps = (_scratch("index", (4, m), np.int64), _scratch("weights", (4, m), np.float32))
     args = (h, w, cy, cx, c, s, fh, fw, vflat.view(np.uint8), planes, a, b, decode is not None, codes)
     outs = (img_out.reshape(nc, n), mask, pure, mixed, *taps)
     nmixed = rotated_image(*args, *outs) if packed is None else rotated_image(*args, *outs, packed)
@@ -1390,6 +1391,28 @@ def _raw_planes(
     return buf.reshape(len(image), fh * fw)
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Uninitialised scratch ``name`` of :func:`sample_rotated`, in memory kept by this thread.
+
+    A buffer is reused from window to window (grown when a larger one is asked for): fresh
+    memory costs page faults, as much as the work done in it. Valid until the next call
+    with the same ``name`` in this thread; never returned to the caller.
+    """
+    dt = np.dtype(dtype)
+    size = math.prod(shape)
+    if size == 0:
+        return np.empty(shape, dtype=dt)
+    bufs: dict[str, np.ndarray] = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get(name)
+    if buf is None or buf.nbytes < size * dt.itemsize:
+        buf = bufs[name] = np.empty(size * dt.itemsize, dtype=np.uint8)
+    got: np.ndarray = buf[: size * dt.itemsize].view(dt).reshape(shape)
+    return got
+
+
 def _packed_planes(
     image: np.ndarray | Sequence[np.ndarray | PlanePieces], fshape: tuple[int, int]
 ) -> np.ndarray | None:
@@ -1411,7 +1434,7 @@ def _packed_planes(
         return [(whole, np.reshape(item, (fh, fw)))]
 
     nc = len(image)
-    out = np.empty(((nc + 3) // 4, fh, fw), dtype=np.uint64)
+    out = _scratch("packed", ((nc + 3) // 4, fh, fw), np.uint64)
     for g in range(len(out)):
         group = [pieces(image[k]) for k in range(4 * g, min(4 * g + 4, nc))]
         cut = [sl for sl, _ in group[0]]

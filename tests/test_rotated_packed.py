@@ -94,3 +94,37 @@ def test_packed_taps_give_the_bits_of_the_plane_path(angle: float) -> None:
     got = sample_rotated(image, None, valid, size, pad, angle)[0]
     want = sample_rotated(image.astype(np.float32), None, valid, size, pad, angle)[0]
     assert got.tobytes() == want.tobytes()
+
+
+def test_scratch_is_kept_per_thread_and_windows_do_not_see_each_other() -> None:
+    import threading
+
+    from landcover.windows import _scratch
+
+    a = _scratch("test", (10, 3), np.float32)
+    b = _scratch("test", (4,), np.int64)  # smaller: the same memory
+    assert np.shares_memory(a, b) and b.shape == (4,) and b.dtype == np.int64
+    c = _scratch("test", (100,), np.int64)  # larger: grown
+    assert c.shape == (100,) and not np.shares_memory(a, c)
+    other: list[np.ndarray] = []
+    t = threading.Thread(target=lambda: other.append(_scratch("test", (100,), np.int64)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(other[0], c)  # each thread has its own
+    # windows of different sizes in a row (scratch reused, never cleared) equal fresh ones
+    rng = np.random.default_rng(5)
+    runs = []
+    for size, angle in (((40, 37), 20.0), ((9, 12), 71.0)):
+        pad = rotation_pad(size, angle)
+        fshape = (size[0] + 2 * pad[0], size[1] + 2 * pad[1])
+        image = rng.integers(0, 65536, (7, *fshape)).astype(np.uint16)
+        labels = np.zeros((5, *fshape), np.uint8)
+        labels[rng.integers(0, 5, fshape), *np.indices(fshape)] = 250
+        labels[:, rng.random(fshape) < 0.3] = 0
+        labels[1, rng.random(fshape) < 0.3] += 50
+        valid = rng.random(fshape) > 0.05
+        runs.append((image, labels, valid, size, pad, angle))
+    first = [x.copy() for x in sample_rotated(*runs[0], quantize=True) if x is not None]
+    sample_rotated(*runs[1], quantize=True)
+    again = [x for x in sample_rotated(*runs[0], quantize=True) if x is not None]
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(first, again, strict=True))
