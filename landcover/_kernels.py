@@ -257,6 +257,8 @@ def rotated_image(  # type: ignore[no-untyped-def]
     weights = np.empty((5, w), dtype=np.float32)
     frac = np.empty((2, w), dtype=np.float32)
     words = np.empty((4, w), dtype=np.uint64)
+    vv = np.empty((4, w), dtype=valid.dtype)
+    cc = np.empty((4, w), dtype=codes.dtype)
     us = np.empty(w, dtype=np.float64)
     xc = np.empty(w, dtype=np.float64)
     for j in range(w):
@@ -273,20 +275,24 @@ def rotated_image(  # type: ignore[no-untyped-def]
             k0, k1, k2, k3, fy, fx = _sources(yc + us[j], xc[j] - vs, fh, fw)
             index[0, j], index[1, j], index[2, j], index[3, j] = k0, k1, k2, k3
             frac[0, j], frac[1, j] = fy, fx
+        for j in range(w):  # the sources' validity gathered, then the weights on contiguous data
+            vv[0, j], vv[1, j] = valid[index[0, j]], valid[index[1, j]]
+            vv[2, j], vv[3, j] = valid[index[2, j]], valid[index[3, j]]
         for j in range(w):
-            v0, v1 = valid[index[0, j]], valid[index[1, j]]
-            v2, v3 = valid[index[2, j]], valid[index[3, j]]
-            w0, w1, w2, w3, m = _weights(frac[0, j], frac[1, j], v0, v1, v2, v3)
+            w0, w1, w2, w3, m = _weights(frac[0, j], frac[1, j], vv[0, j], vv[1, j], vv[2, j], vv[3, j])
             weights[0, j], weights[1, j], weights[2, j], weights[3, j] = w0, w1, w2, w3
             weights[4, j] = np.float32(1.0) if m else np.float32(0.0)
             mask[base + j] = m
         if labels:
+            for j in range(w):  # the sources' codes gathered, then compared on contiguous data
+                cc[0, j], cc[1, j] = codes[index[0, j]], codes[index[1, j]]
+                cc[2, j], cc[3, j] = codes[index[2, j]], codes[index[3, j]]
             for j in range(w):
-                q = codes[index[0, j]]
-                same = (q == codes[index[1, j]]) & (q == codes[index[2, j]]) & (q == codes[index[3, j]])
-                q = q if same else 0
-                pure[base + j] = q
-                if q == 0 and mask[base + j]:
+                q = cc[0, j]
+                same = (q == cc[1, j]) & (q == cc[2, j]) & (q == cc[3, j])
+                pure[base + j] = q if same else 0
+            for j in range(w):
+                if pure[base + j] == 0 and mask[base + j]:
                     mixed[nmixed] = base + j
                     for k in range(4):
                         mindex[k, nmixed] = index[k, j]
