@@ -27,6 +27,7 @@ __all__ = [
     "mixed_fractions",
     "pack_block",
     "pure_labels",
+    "reach",
     "rotated_image",
     "scatter_columns",
 ]
@@ -110,22 +111,28 @@ def _lane(q, t):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
 
 
 @_compiled()
-def pack_block(p0, p1, p2, p3, n, out, r0, c0):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def pack_block(p0, p1, p2, p3, n, out, r0, c0, lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Words of four uint16 planes: ``out[r0 + r, c0 + c] = sum_t pt[r, c] << 16t`` (``t < n``).
 
     ``p0 .. p3`` (rows, cols) uint16, e.g. views of cached chunks (pass any of them for
     the ``4 - n`` unused ones); ``out`` (fh, fw) uint64 is one group of the words
-    :func:`rotated_image` reads with ``packed`` (a tap's four planes in one load).
+    :func:`rotated_image` reads with ``packed`` (a tap's four planes in one load). Only the
+    columns ``lo[y] .. hi[y]`` of each footprint row ``y`` are written (:func:`reach`).
     """
     s16, s32, s48 = np.uint64(16), np.uint64(32), np.uint64(48)
     rows, cols = p0.shape
     for r in range(rows):
-        o = out[r0 + r, c0 : c0 + cols]
+        k0 = max(lo[r0 + r] - c0, 0)
+        k1 = min(hi[r0 + r] - c0, cols)
+        if k1 <= k0:
+            continue
+        o = out[r0 + r, c0 + k0 : c0 + k1]
         # rows of chunk views are contiguous: typed so (no copy), the loops below vectorise
-        a0, a1 = np.ascontiguousarray(p0[r]), np.ascontiguousarray(p1[r])
-        a2, a3 = np.ascontiguousarray(p2[r]), np.ascontiguousarray(p3[r])
+        a0, a1 = np.ascontiguousarray(p0[r, k0:k1]), np.ascontiguousarray(p1[r, k0:k1])
+        a2, a3 = np.ascontiguousarray(p2[r, k0:k1]), np.ascontiguousarray(p3[r, k0:k1])
+        m = k1 - k0
         if n == 4:
-            for k in range(cols):
+            for k in range(m):
                 o[k] = (
                     np.uint64(a0[k])
                     | (np.uint64(a1[k]) << s16)
@@ -133,14 +140,59 @@ def pack_block(p0, p1, p2, p3, n, out, r0, c0):  # type: ignore[no-untyped-def] 
                     | (np.uint64(a3[k]) << s48)
                 )
         elif n == 3:
-            for k in range(cols):
+            for k in range(m):
                 o[k] = np.uint64(a0[k]) | (np.uint64(a1[k]) << s16) | (np.uint64(a2[k]) << s32)
         elif n == 2:
-            for k in range(cols):
+            for k in range(m):
                 o[k] = np.uint64(a0[k]) | (np.uint64(a1[k]) << s16)
         else:
-            for k in range(cols):
+            for k in range(m):
                 o[k] = np.uint64(a0[k])
+
+
+@_compiled()
+def reach(ys, xs, fw, lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Per footprint row ``y``: the columns ``lo[y] .. hi[y]`` (exclusive) that bilinear taps can read.
+
+    ``ys``, ``xs`` (4,) float64 are the source coordinates of the turned window's corners in
+    order around it (a parallelogram holding every output pixel's source point). Row ``y``
+    is read by the points with ``floor(ry)`` ``y - 1`` or ``y``, i.e. ``ry`` in ``[y - 1,
+    y + 1)``; their ``rx`` lie within the parallelogram's extent over that band (the ends of
+    its edges clipped to the band), and their taps in columns ``floor(rx)`` and one more.
+    The band and the extent are widened by 1e-6 pixel, far above the rounding of the
+    coordinates (about 1e-13), so the spans hold every tap; the sources must not wrap
+    (every coordinate >= 0). Rows no tap reads get ``lo = hi = 0``.
+    """
+    d = 1e-6
+    for y in range(lo.shape[0]):
+        b0 = y - 1.0 - d
+        b1 = y + 1.0 + d
+        xmin = np.inf
+        xmax = -np.inf
+        for e in range(4):
+            ya, xa = ys[e], xs[e]
+            yb, xb = ys[(e + 1) % 4], xs[(e + 1) % 4]
+            if ya == yb:  # level edge: inside the band or not
+                if b0 <= ya <= b1:
+                    xmin = min(xmin, xa, xb)
+                    xmax = max(xmax, xa, xb)
+                continue
+            t0 = (b0 - ya) / (yb - ya)
+            t1 = (b1 - ya) / (yb - ya)
+            tlo = max(min(t0, t1), 0.0)
+            thi = min(max(t0, t1), 1.0)
+            if tlo > thi:
+                continue
+            x0 = xa + tlo * (xb - xa)
+            x1 = xa + thi * (xb - xa)
+            xmin = min(xmin, x0, x1)
+            xmax = max(xmax, x0, x1)
+        if xmin > xmax:
+            lo[y] = 0
+            hi[y] = 0
+        else:
+            lo[y] = max(int(np.floor(xmin - d)), 0)
+            hi[y] = min(int(np.floor(xmax + d)) + 2, fw)
 
 
 @_compiled()

@@ -54,6 +54,7 @@ from ._kernels import (
     mixed_fractions,
     pack_block,
     pure_labels,
+    reach,
     rotated_image,
     scatter_columns,
 )
@@ -1284,7 +1285,7 @@ def sample_rotated(
     cy, cx, c, s = _turn(size, pad, angle, (fh, fw))
     vflat = np.ascontiguousarray(valid, dtype=bool).reshape(-1)
     nc = len(image)
-    packed = _packed_planes(image, (fh, fw))
+    packed = _packed_planes(image, (fh, fw), _reach(size, pad, angle, (fh, fw)))
     planes = _raw_planes(image, (fh, fw)) if packed is None else np.empty((nc, 0), dtype=np.uint16)
     lflat: np.ndarray | None = None
     present = np.zeros(0, dtype=np.intp)
@@ -1413,15 +1414,40 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return got
 
 
+def _reach(
+    size: tuple[int, int], pad: tuple[int, int], angle: float, fshape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per footprint row, the columns ``lo .. hi`` (int64 (fh,) each, exclusive) the taps can read.
+
+    From the corners' source coordinates (:func:`landcover._kernels.reach`); every column
+    where a corner could lie below 0 (sources wrapping around, as ``np.take(mode="wrap")``).
+    """
+    h, w = size
+    fh, fw = fshape
+    c, s = _cos_sin(float(angle))
+    cy = pad[0] + (h - 1) / 2.0
+    cx = pad[1] + (w - 1) / 2.0
+    v = np.array([0.0, 0.0, h - 1.0, h - 1.0]) - (h - 1) / 2.0  # corners in order around the window
+    u = np.array([0.0, w - 1.0, w - 1.0, 0.0]) - (w - 1) / 2.0
+    ry, rx = cy + v * c + u * s, cx + u * c - v * s
+    lo, hi = np.zeros(fh, dtype=np.int64), np.full(fh, fw, dtype=np.int64)
+    if ry.min() >= 0 and rx.min() >= 0:
+        reach(ry, rx, fw, lo, hi)
+    return lo, hi
+
+
 def _packed_planes(
-    image: np.ndarray | Sequence[np.ndarray | PlanePieces], fshape: tuple[int, int]
+    image: np.ndarray | Sequence[np.ndarray | PlanePieces],
+    fshape: tuple[int, int],
+    spans: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray | None:
     """uint16 footprint planes four to a 64-bit word, ``(ceil(C / 4), fh*fw)`` uint64; None for other dtypes.
 
     The words are written straight from the planes or their pieces (views of cached
     chunks, no intermediate copy): :func:`landcover._kernels.pack_block` per piece
     shared by a group of four planes; a plane cut differently from the first of its
-    group is assembled first.
+    group is assembled first. With ``spans`` (:func:`_reach`) only those columns of each
+    footprint row are written (the others keep what they held).
     """
     fh, fw = fshape
     if any(np.dtype(p.dtype) != np.uint16 for p in image):
@@ -1434,6 +1460,8 @@ def _packed_planes(
         return [(whole, np.reshape(item, (fh, fw)))]
 
     nc = len(image)
+    if spans is None:
+        spans = (np.zeros(fh, dtype=np.int64), np.full(fh, fw, dtype=np.int64))
     out = _scratch("packed", ((nc + 3) // 4, fh, fw), np.uint64)
     for g in range(len(out)):
         group = [pieces(image[k]) for k in range(4 * g, min(4 * g + 4, nc))]
@@ -1447,7 +1475,7 @@ def _packed_planes(
         for i, (rows, cols) in enumerate(cut):
             views = [got[i][1] for got in group]
             views += [views[0]] * (4 - len(views))
-            pack_block(*views, len(group), out[g], rows.start, cols.start)
+            pack_block(*views, len(group), out[g], rows.start, cols.start, *spans)
     return out.reshape(len(out), fh * fw)
 
 

@@ -8,25 +8,75 @@ and against the frozen NumPy oracle in ``test_rotated_kernels``).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import pytest
 
 from landcover._kernels import pack_block, rotated_image
-from landcover.windows import PlanePieces, _packed_planes, _turn, rotation_pad, sample_rotated
+from landcover.windows import (
+    PlanePieces,
+    _packed_planes,
+    _reach,
+    _turn,
+    rotation_coords,
+    rotation_pad,
+    sample_rotated,
+)
 
 
 def test_pack_block_puts_four_planes_in_a_word() -> None:
     rng = np.random.default_rng(0)
     big = rng.integers(0, 65536, (5, 40, 50)).astype(np.uint16)
     views = [big[k, 3:20, 7:31] for k in range(4)]  # views of a larger (chunk) array
+    every = (np.zeros(30, dtype=np.int64), np.full(30, 40, dtype=np.int64))
     for n in (1, 2, 3, 4):
         out = np.zeros((30, 40), dtype=np.uint64)
-        pack_block(*views[:n], *[views[0]] * (4 - n), n, out, 2, 5)
+        pack_block(*views[:n], *[views[0]] * (4 - n), n, out, 2, 5, *every)
         want = sum(views[t].astype(np.uint64) << np.uint64(16 * t) for t in range(n))
         assert np.array_equal(out[2:19, 5:29], want)
         assert not out[:2].any() and not out[19:].any() and not out[:, :5].any() and not out[:, 29:].any()
+    # only the columns lo[y] .. hi[y] of each footprint row y are written
+    lo = rng.integers(0, 40, 30)
+    hi = np.minimum(lo + rng.integers(0, 30, 30), 40)
+    out = np.zeros((30, 40), dtype=np.uint64)
+    pack_block(*views, 4, out, 2, 5, lo, hi)
+    full = np.zeros((30, 40), dtype=np.uint64)
+    full[2:19, 5:29] = sum(views[t].astype(np.uint64) << np.uint64(16 * t) for t in range(4))
+    cols = np.arange(40)
+    inside = (cols >= lo[:, None]) & (cols < hi[:, None])
+    assert np.array_equal(out, np.where(inside, full, 0))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reach_holds_every_tap_and_skips_the_corners(seed: int) -> None:
+    # the spans of _reach hold both taps columns of every output pixel's source rows (the
+    # coordinates of rotation_coords, as the kernels compute them), and leave out most of the
+    # footprint box's corners at turned angles
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        size = (int(rng.integers(1, 70)), int(rng.integers(1, 70)))
+        angle = float(rng.choice([rng.uniform(-400, 400), 90.0 * rng.integers(-2, 5), 45.0]))
+        pad = rotation_pad(size, angle if rng.random() < 0.5 else "random")
+        fshape = (size[0] + 2 * pad[0], size[1] + 2 * pad[1])
+        lo, hi = _reach(size, pad, angle, fshape)
+        ry, rx = rotation_coords(size, pad, angle)
+        i0, j0 = np.floor(ry).astype(int), np.floor(rx).astype(int)
+        assert i0.min() >= 0 and j0.min() >= 0  # no wrap with these pads
+        for di in (0, 1):
+            rows = np.minimum(i0 + di, fshape[0] - 1)
+            for dj in (0, 1):
+                cols = np.minimum(j0 + dj, fshape[1] - 1)
+                assert (cols >= lo[rows]).all() and (cols < hi[rows]).all(), (size, angle)
+        if min(size) > 20 and abs(math.sin(math.radians(2 * angle))) > 0.5:
+            assert (hi - lo).sum() < 0.8 * fshape[0] * fshape[1]
+    # sources that wrap (a coordinate just below 0, within _turn's tolerance): every column of every row
+    for angle in (90.0 + 1e-10, 1e-10):
+        ry, rx = rotation_coords((16, 16), (0, 0), angle)
+        assert min(ry.min(), rx.min()) < 0
+        lo, hi = _reach((16, 16), (0, 0), angle, (16, 16))
+        assert (lo == 0).all() and (hi == 16).all()
 
 
 def _pieces(plane: np.ndarray, r: int, c: int) -> PlanePieces:
