@@ -1285,8 +1285,6 @@ def sample_rotated(
     cy, cx, c, s = _turn(size, pad, angle, (fh, fw))
     vflat = np.ascontiguousarray(valid, dtype=bool).reshape(-1)
     nc = len(image)
-    packed = _packed_planes(image, (fh, fw), _reach(size, pad, angle, (fh, fw)))
-    planes = _raw_planes(image, (fh, fw)) if packed is None else np.empty((nc, 0), dtype=np.uint16)
     lflat: np.ndarray | None = None
     present = np.zeros(0, dtype=np.intp)
     codes = np.zeros(0, dtype=np.uint8)
@@ -1297,6 +1295,9 @@ def sample_rotated(
             ctype = np.uint8 if len(present) < 255 else np.uint16
             codes = _scratch("codes", (fh * fw,), ctype)
             footprint_codes(lflat, present, vflat, codes, _scratch("count", (fh * fw,), ctype))
+    # the planes last, right before the kernel reads them (still in cache)
+    packed = _packed_planes(image, (fh, fw), _reach(size, pad, angle, (fh, fw)))
+    planes = _raw_planes(image, (fh, fw)) if packed is None else np.empty((nc, 0), dtype=np.uint16)
     if decode is not None:
         a, b = (np.ascontiguousarray(v, dtype="float32").reshape(nc) for v in decode)
     else:
