@@ -18,7 +18,9 @@ bound). The slow tests are collected first, so that the longest tests do not sta
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -50,6 +52,44 @@ SHARED_REAL = Path(os.environ.get("LANDCOVER_SHARED_DATA", REPO.parent / "shared
 def cpu_share() -> int:
     """Cores this test process may keep busy (its share under pytest-xdist, else all of them)."""
     return CPU_SHARE
+
+
+@dataclass
+class RegionWrites:
+    """What :func:`region_writes` saw: the arrays opened while regions were being written."""
+
+    opened: list[str] = field(default_factory=list)
+    writing: bool = False
+
+
+@pytest.fixture
+def region_writes(monkeypatch: pytest.MonkeyPatch) -> RegionWrites:
+    """Record the ``zarr.open_array`` calls made while :mod:`landcover.store` writes regions.
+
+    ``writing`` is True during a region-writer run, for tests that count other calls in it.
+    """
+    import zarr
+
+    import landcover.store as store_mod
+
+    rec = RegionWrites()
+    open_array, run_regions = zarr.open_array, store_mod._run_regions
+
+    def counting_open(*args: Any, **kwargs: Any) -> Any:
+        if rec.writing:
+            rec.opened.append(str(kwargs.get("path")))
+        return open_array(*args, **kwargs)
+
+    def flagged_run(*args: Any, **kwargs: Any) -> Any:
+        rec.writing = True
+        try:
+            return run_regions(*args, **kwargs)
+        finally:
+            rec.writing = False
+
+    monkeypatch.setattr(zarr, "open_array", counting_open)
+    monkeypatch.setattr(store_mod, "_run_regions", flagged_run)
+    return rec
 
 
 @pytest.fixture(scope="session")

@@ -575,14 +575,9 @@ def test_synthetic_acquisitions_stack_in_time(tmp_path: Path) -> None:
     assert (per_time > 0.2).all() and len(set(np.round(per_time, 6))) > 1  # clouds differ per date
 
 
-def test_append_opens_each_array_once_and_equals_the_build(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_append_opens_each_array_once_and_equals_the_build(tmp_path: Path, region_writes: Any) -> None:
     """An append runs two writer sets at once (the new time steps, the rewritten labels): each opens
     its arrays once for all its regions, and the cube equals the one built in one go."""
-    import zarr
-
-    import landcover.store as store_mod
     from landcover.testing import make_acquisitions, make_clc, scene_grid
 
     grid = scene_grid(size=48)
@@ -591,26 +586,15 @@ def test_append_opens_each_array_once_and_equals_the_build(
     scenes = make_acquisitions(tmp_path, dates=("1995-06-12", "1995-07-14", "1995-08-31"), size=48, clc=clc)
     both = build_cube(scenes, clc, tmp_path / "both.zarr", chunks=16, progress=False)
     inc = build_cube(scenes[:1], clc, tmp_path / "inc.zarr", chunks=16, progress=False)
-    opened: list[str] = []
-    writing = [False]
-    open_array, run_regions = zarr.open_array, store_mod._run_regions
-
-    def counting_open(*args: Any, **kwargs: Any) -> Any:
-        if writing[0]:
-            opened.append(str(kwargs.get("path")))
-        return open_array(*args, **kwargs)
-
-    def flagged_run(*args: Any, **kwargs: Any) -> Any:
-        writing[0] = True
-        try:
-            return run_regions(*args, **kwargs)
-        finally:
-            writing[0] = False
-
-    monkeypatch.setattr(zarr, "open_array", counting_open)
-    monkeypatch.setattr(store_mod, "_run_regions", flagged_run)
+    region_writes.opened.clear()  # count the append's opens only
     build_cube(scenes[1:], clc, inc, append=True, progress=False)
-    assert sorted(opened) == ["labels", "qa_pixel", "reflectance", "thermal", "valid"]  # 9 + 9 regions
+    assert sorted(region_writes.opened) == [
+        "labels",
+        "qa_pixel",
+        "reflectance",
+        "thermal",
+        "valid",
+    ]  # 9 + 9 regions
     assert_same_arrays(both, inc)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -283,45 +284,32 @@ def test_cube_without_manifest_opens_and_verify_says_so(tmp_path: Path) -> None:
 
 
 def test_region_writers_open_arrays_once_and_skip_zarrs_fill_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, region_writes: Any
 ) -> None:
     """Each array is opened once per build (not per region), and zarr compares a chunk with the fill
     value only where the writer's checksums found an all-fill chunk (the same files either way)."""
-    import zarr
     from zarr.core.buffer.core import NDBuffer
 
-    import landcover.store as store_mod
     from landcover.store import MANIFEST_FILE
 
     raw = _raw(4)
     raw["labels"][:, 32:64, 32:64] = schema.LABEL_FILL  # the one all-fill chunk
-    opened: list[str] = []
     compared: list[tuple[int, ...]] = []
-    writing = [False]
-    open_array, all_equal, run_regions = zarr.open_array, NDBuffer.all_equal, store_mod._run_regions
-
-    def counting_open(*args, **kwargs):  # type: ignore[no-untyped-def]
-        if writing[0]:
-            opened.append(str(kwargs.get("path")))
-        return open_array(*args, **kwargs)
+    all_equal = NDBuffer.all_equal
 
     def counting_all_equal(self, other, equal_nan=True):  # type: ignore[no-untyped-def]
-        if writing[0]:
+        if region_writes.writing:
             compared.append(tuple(self.shape))
         return all_equal(self, other, equal_nan)
 
-    def flagged_run(*args, **kwargs):  # type: ignore[no-untyped-def]
-        writing[0] = True
-        try:
-            return run_regions(*args, **kwargs)
-        finally:
-            writing[0] = False
-
-    monkeypatch.setattr(zarr, "open_array", counting_open)
     monkeypatch.setattr(NDBuffer, "all_equal", counting_all_equal)
-    monkeypatch.setattr(store_mod, "_run_regions", flagged_run)
     store = write_cube(_dataset(raw), tmp_path / "c.zarr", fingerprint="f", chunks=CHUNKS, progress=False)
-    assert sorted(opened) == ["coverage", "labels", "reflectance", "valid"]  # 9 regions, each once
+    assert sorted(region_writes.opened) == [
+        "coverage",
+        "labels",
+        "reflectance",
+        "valid",
+    ]  # 9 regions, each once
     assert compared == [(K, 32, 32)]  # only the all-fill labels chunk (zarr then stores no file)
     assert not (store / "labels" / "c" / "0" / "1" / "1").exists()
     got = _raw_arrays(store)
