@@ -16,11 +16,9 @@ seconds) and are cached on disk (``cache=True``: next to this file, or under
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
-from numba import njit
+
+from .jit import compiled
 
 __all__ = [
     "footprint_codes",
@@ -33,25 +31,7 @@ __all__ = [
 ]
 
 
-def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """``numba.njit(cache=True, nogil=True, **options)``, without the disk cache where none is writable.
-
-    Numba refuses ``cache=True`` (``RuntimeError`` at decoration) when neither
-    ``NUMBA_CACHE_DIR``, the package's ``__pycache__`` nor the user's cache directory is
-    writable, e.g. a read-only install run by a user without a home: the kernels are then
-    compiled in every process instead.
-    """
-
-    def wrap(func: Callable[..., Any]) -> Any:
-        try:
-            return njit(cache=True, nogil=True, **options)(func)
-        except RuntimeError:  # no cache locator: compile per process
-            return njit(nogil=True, **options)(func)
-
-    return wrap
-
-
-@_compiled(inline="always")
+@compiled(inline="always")
 def _sources(ry, rx, fh, fw):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """The 4 flat sources of the source point ``(ry, rx)`` and its fractional offsets ``(fy, fx)``.
 
@@ -76,7 +56,7 @@ def _sources(ry, rx, fh, fw):  # type: ignore[no-untyped-def]  # pragma: no cove
     return k0, k1, k2, k3, np.float32(ry - fl_y), np.float32(rx - fl_x)
 
 
-@_compiled(inline="always")
+@compiled(inline="always")
 def _weights(fy, fx, v0, v1, v2, v3):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Renormalised float32 bilinear weights and mask of a point with offsets ``fy``, ``fx``.
 
@@ -104,13 +84,7 @@ def _weights(fy, fx, v0, v1, v2, v3):  # type: ignore[no-untyped-def]  # pragma:
     return p0 * inv, p1 * inv, p2 * inv, p3 * inv, m
 
 
-@_compiled(inline="always")
-def _lane(q, t):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """Value ``t`` (0..3) of a :func:`pack_block` word, as float32."""
-    return np.float32((q >> np.uint64(16 * t)) & np.uint64(0xFFFF))
-
-
-@_compiled()
+@compiled()
 def pack_block(p0, p1, p2, p3, n, out, r0, c0, lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Words of four uint16 planes: ``out[r0 + r, c0 + c] = sum_t pt[r, c] << 16t`` (``t < n``).
 
@@ -150,7 +124,7 @@ def pack_block(p0, p1, p2, p3, n, out, r0, c0, lo, hi):  # type: ignore[no-untyp
                 o[k] = np.uint64(a0[k])
 
 
-@_compiled()
+@compiled()
 def reach(ys, xs, fw, lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Per footprint row ``y``: the columns ``lo[y] .. hi[y]`` (exclusive) that bilinear taps can read.
 
@@ -195,18 +169,26 @@ def reach(ys, xs, fw, lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cov
             hi[y] = min(int(np.floor(xmax + d)) + 2, fw)
 
 
-@_compiled()
+@compiled()
 def _sample_planes(planes, w, base, index, weights, a, b, decode, img):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """One output row (``img[:, base : base + w]``) of every plane from its taps, two planes per pass."""
+    """One output row (``img[:, base : base + w]``) of every plane from its taps, two planes per pass.
+
+    Rows of ``index``, ``weights`` and ``img`` are taken as 1-d views first: indices from
+    ``range`` are then known to be >= 0 (no negative-index wrap-around per element).
+    """
     nc = planes.shape[0]
+    i0, i1, i2, i3 = index[0], index[1], index[2], index[3]
+    w0r, w1r, w2r, w3r, mr = weights[0], weights[1], weights[2], weights[3], weights[4]
     r = 0
     while r < nc:  # two planes per pass: the row's taps are read once for both
         r2 = r + 1 if r + 1 < nc else r  # an odd last plane is sampled twice
         pa = planes[r]
         pb = planes[r2]
+        oa = img[r, base : base + w]
+        ob = img[r2, base : base + w]
         for j in range(w):
-            k0, k1, k2, k3 = index[0, j], index[1, j], index[2, j], index[3, j]
-            w0, w1, w2, w3 = weights[0, j], weights[1, j], weights[2, j], weights[3, j]
+            k0, k1, k2, k3 = i0[j], i1[j], i2[j], i3[j]
+            w0, w1, w2, w3 = w0r[j], w1r[j], w2r[j], w3r[j]
             x = np.float32(pa[k0]) * w0
             y = np.float32(pb[k0]) * w0
             x += np.float32(pa[k1]) * w1
@@ -217,54 +199,63 @@ def _sample_planes(planes, w, base, index, weights, a, b, decode, img):  # type:
             y += np.float32(pb[k3]) * w3
             if decode:
                 x *= a[r]
-                x += b[r] * weights[4, j]
+                x += b[r] * mr[j]
                 y *= a[r2]
-                y += b[r2] * weights[4, j]
-            img[r, base + j] = x
-            img[r2, base + j] = y
+                y += b[r2] * mr[j]
+            oa[j] = x
+            ob[j] = y
         r += 2
 
 
-@_compiled()
+@compiled(inline="always")
+def _lane(q, sh):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Bits ``sh .. sh + 16`` of the uint64 ``q`` as float32 (through int32, which vectorises)."""
+    return np.float32(np.int32((q >> sh) & np.uint64(0xFFFF)))
+
+
+@compiled()
 def _sample_packed(packed, nc, w, base, index, weights, a, b, decode, img, words):  # type: ignore[no-untyped-def]  # pragma: no cover
     """One output row of the ``nc`` planes held four to a word in ``packed`` (one load per tap for four).
 
     The row's tap words are gathered first (``words`` (4, w) uint64 scratch); the arithmetic
-    then runs along the row on contiguous data, plane by plane, which the compiler
-    vectorises (the same float32 operations in the same order in every lane).
+    then runs along the row on contiguous 1-d views, plane by plane, which the compiler
+    vectorises (the same float32 operations in the same order in every lane; a 16-bit value
+    is exactly the same float32 through int32 as straight from uint64).
     """
+    i0, i1, i2, i3 = index[0], index[1], index[2], index[3]
+    q0, q1, q2, q3 = words[0], words[1], words[2], words[3]
+    w0r, w1r, w2r, w3r, mr = weights[0], weights[1], weights[2], weights[3], weights[4]
     for g in range(packed.shape[0]):
         pk = packed[g]
         r = 4 * g
         for j in range(w):
-            words[0, j] = pk[index[0, j]]
-            words[1, j] = pk[index[1, j]]
-            words[2, j] = pk[index[2, j]]
-            words[3, j] = pk[index[3, j]]
+            q0[j] = pk[i0[j]]
+            q1[j] = pk[i1[j]]
+            q2[j] = pk[i2[j]]
+            q3[j] = pk[i3[j]]
         for t in range(min(4, nc - r)):
             sh = np.uint64(16 * t)
-            m16 = np.uint64(0xFFFF)
             at, bt = a[r + t], b[r + t]
-            o = r + t
+            row = img[r + t, base : base + w]
             if decode:
                 for j in range(w):
-                    x = np.float32((words[0, j] >> sh) & m16) * weights[0, j]
-                    x += np.float32((words[1, j] >> sh) & m16) * weights[1, j]
-                    x += np.float32((words[2, j] >> sh) & m16) * weights[2, j]
-                    x += np.float32((words[3, j] >> sh) & m16) * weights[3, j]
+                    x = _lane(q0[j], sh) * w0r[j]
+                    x += _lane(q1[j], sh) * w1r[j]
+                    x += _lane(q2[j], sh) * w2r[j]
+                    x += _lane(q3[j], sh) * w3r[j]
                     x *= at
-                    x += bt * weights[4, j]
-                    img[o, base + j] = x
+                    x += bt * mr[j]
+                    row[j] = x
             else:
                 for j in range(w):
-                    x = np.float32((words[0, j] >> sh) & m16) * weights[0, j]
-                    x += np.float32((words[1, j] >> sh) & m16) * weights[1, j]
-                    x += np.float32((words[2, j] >> sh) & m16) * weights[2, j]
-                    x += np.float32((words[3, j] >> sh) & m16) * weights[3, j]
-                    img[o, base + j] = x
+                    x = _lane(q0[j], sh) * w0r[j]
+                    x += _lane(q1[j], sh) * w1r[j]
+                    x += _lane(q2[j], sh) * w2r[j]
+                    x += _lane(q3[j], sh) * w3r[j]
+                    row[j] = x
 
 
-@_compiled()
+@compiled()
 def rotated_image(  # type: ignore[no-untyped-def]
     h,
     w,
@@ -307,12 +298,18 @@ def rotated_image(  # type: ignore[no-untyped-def]
     labels = codes.shape[0] > 0
     index = np.empty((4, w), dtype=np.int64)
     weights = np.empty((5, w), dtype=np.float32)
-    frac = np.empty((2, w), dtype=np.float32)
     words = np.empty((4, w), dtype=np.uint64)
+    fy = np.empty(w, dtype=np.float32)
+    fx = np.empty(w, dtype=np.float32)
     vv = np.empty((4, w), dtype=valid.dtype)
     cc = np.empty((4, w), dtype=codes.dtype)
     us = np.empty(w, dtype=np.float64)
     xc = np.empty(w, dtype=np.float64)
+    # 1-d views of the rows: indices from range() are >= 0, so no wrap-around per element
+    i0, i1, i2, i3 = index[0], index[1], index[2], index[3]
+    w0r, w1r, w2r, w3r, mr = weights[0], weights[1], weights[2], weights[3], weights[4]
+    v0, v1, v2, v3 = vv[0], vv[1], vv[2], vv[3]
+    c0, c1, c2, c3 = cc[0], cc[1], cc[2], cc[3]
     for j in range(w):
         u = np.float64(j) - (w - 1) / 2.0
         us[j] = u * s
@@ -323,28 +320,28 @@ def rotated_image(  # type: ignore[no-untyped-def]
         yc = cy + v * c
         vs = v * s
         base = i * w
+        mrow = mask[base : base + w]
         for j in range(w):  # geometry alone: a loop the compiler vectorises
-            k0, k1, k2, k3, fy, fx = _sources(yc + us[j], xc[j] - vs, fh, fw)
-            index[0, j], index[1, j], index[2, j], index[3, j] = k0, k1, k2, k3
-            frac[0, j], frac[1, j] = fy, fx
+            k0, k1, k2, k3, fyj, fxj = _sources(yc + us[j], xc[j] - vs, fh, fw)
+            i0[j], i1[j], i2[j], i3[j] = k0, k1, k2, k3
+            fy[j], fx[j] = fyj, fxj
         for j in range(w):  # the sources' validity gathered, then the weights on contiguous data
-            vv[0, j], vv[1, j] = valid[index[0, j]], valid[index[1, j]]
-            vv[2, j], vv[3, j] = valid[index[2, j]], valid[index[3, j]]
+            v0[j], v1[j], v2[j], v3[j] = valid[i0[j]], valid[i1[j]], valid[i2[j]], valid[i3[j]]
         for j in range(w):
-            w0, w1, w2, w3, m = _weights(frac[0, j], frac[1, j], vv[0, j], vv[1, j], vv[2, j], vv[3, j])
-            weights[0, j], weights[1, j], weights[2, j], weights[3, j] = w0, w1, w2, w3
-            weights[4, j] = np.float32(1.0) if m else np.float32(0.0)
-            mask[base + j] = m
+            w0, w1, w2, w3, m = _weights(fy[j], fx[j], v0[j], v1[j], v2[j], v3[j])
+            w0r[j], w1r[j], w2r[j], w3r[j] = w0, w1, w2, w3
+            mr[j] = np.float32(1.0) if m else np.float32(0.0)
+            mrow[j] = m
         if labels:
+            prow = pure[base : base + w]
             for j in range(w):  # the sources' codes gathered, then compared on contiguous data
-                cc[0, j], cc[1, j] = codes[index[0, j]], codes[index[1, j]]
-                cc[2, j], cc[3, j] = codes[index[2, j]], codes[index[3, j]]
+                c0[j], c1[j], c2[j], c3[j] = codes[i0[j]], codes[i1[j]], codes[i2[j]], codes[i3[j]]
             for j in range(w):
-                q = cc[0, j]
-                same = (q == cc[1, j]) & (q == cc[2, j]) & (q == cc[3, j])
-                pure[base + j] = q if same else 0
+                q = c0[j]
+                same = (q == c1[j]) & (q == c2[j]) & (q == c3[j])
+                prow[j] = q if same else 0
             for j in range(w):
-                if pure[base + j] == 0 and mask[base + j]:
+                if prow[j] == 0 and mrow[j]:
                     mixed[nmixed] = base + j
                     for k in range(4):
                         mindex[k, nmixed] = index[k, j]
@@ -357,7 +354,7 @@ def rotated_image(  # type: ignore[no-untyped-def]
     return nmixed
 
 
-@_compiled()
+@compiled()
 def mixed_fractions(rows, planes, index, weights, out):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Class fractions of the mixed output pixels: bilinear class values, renormalised per pixel.
 
@@ -382,7 +379,7 @@ def mixed_fractions(rows, planes, index, weights, out):  # type: ignore[no-untyp
                 out[t, q] = out[t, q] / tot
 
 
-@_compiled()
+@compiled()
 def scatter_columns(values, rows, cols, lab):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """``lab[rows[t], cols[q]] = values[t, q]`` (cast to the dtype of ``lab``)."""
     for t in range(rows.shape[0]):
@@ -391,7 +388,7 @@ def scatter_columns(values, rows, cols, lab):  # type: ignore[no-untyped-def]  #
             out[cols[q]] = values[t, q]
 
 
-@_compiled()
+@compiled()
 def footprint_codes(planes, rows, valid, codes, count):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Per footprint pixel: 1 + t where ``planes[rows[t]]`` is its only class > 0 and it is valid, else 0.
 
@@ -410,7 +407,7 @@ def footprint_codes(planes, rows, valid, codes, count):  # type: ignore[no-untyp
         codes[q] = codes[q] if count[q] == 1 and valid[q] else 0
 
 
-@_compiled()
+@compiled()
 def pure_labels(pure, rows, value, lab):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """``lab[rows[t]] = value`` where ``pure == t + 1``, else 0 (``lab`` (K, n), ``value`` of its dtype)."""
     zero = lab.dtype.type(0)

@@ -13,11 +13,14 @@ compare both, bit for bit, with plain NumPy references kept in ``tests/``.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from .jit import compiled
 
 __all__ = [
     "encode_steps",
+    "encode_pixel",
+    "encode_scattered",
     "footprint_pieces",
     "coverage_scale",
     "pixel_rule",
@@ -31,14 +34,14 @@ _TILE = 1024
 """Pixels handled together by :func:`encode_steps` (class planes are read in runs of this length)."""
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@compiled(inline="always")
 def _trunc(f: np.float32, fs: np.float32) -> tuple[np.float32, int]:
     """``(scaled, steps)`` of one fraction: ``f * fs`` in float32 and its truncation (0 for NaN)."""
     x = f * fs
     return x, (int(x) if x == x else 0)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def _truncated_tile(
     frac: np.ndarray, bits: np.ndarray, fs: np.float32, steps: int, t0: int, m: int,
     out: np.ndarray, sm: np.ndarray, qsum: np.ndarray, ssum: np.ndarray, act: np.ndarray,
@@ -74,26 +77,27 @@ def _truncated_tile(
     return na
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(inline="always")
 def _rank_steps(
     frac: np.ndarray, fs: np.float32, p: int, missing: int, cls: np.ndarray, nc: int,
     rem: np.ndarray, qq: np.ndarray, positive_only: bool,
 ) -> bool:  # fmt: skip
-    """Steps ``qq`` of pixel ``p`` over the classes ``cls[:nc]``, with the largest remainders stepped up.
+    """Steps ``qq[i]`` of pixel ``p`` in class ``cls[i]`` (``i < nc``), the largest remainders stepped up.
 
-    One more step for each of the ``min(missing, k)`` largest remainders (ties to the lower class).
-    False, with ``qq`` unfinished, if ``positive_only`` and a step would go to a remainder <= 0.
+    One more step for each of the ``min(missing, k)`` largest remainders (ties to the lower
+    class: ``cls[:nc]`` is in class order). False, with ``qq`` unfinished, if
+    ``positive_only`` and a step would go to a remainder <= 0. ``rem`` and ``qq`` are indexed
+    like ``cls`` (contiguous scratch, no indirection in the ranking loop).
     """
     for i in range(nc):
-        c = cls[i]
-        x = frac[c, p] * fs
-        qq[c] = int(x)
-        rem[c] = x - np.float32(qq[c])
+        x = frac[cls[i], p] * fs
+        qq[i] = int(x)
+        rem[i] = x - np.float32(qq[i])
     for _ in range(min(missing, frac.shape[0])):
-        best = cls[0]
+        best = 0
         for i in range(1, nc):
-            if rem[cls[i]] > rem[best]:
-                best = cls[i]
+            if rem[i] > rem[best]:
+                best = i
         if positive_only and not rem[best] > 0:
             return False
         qq[best] += 1
@@ -101,7 +105,7 @@ def _rank_steps(
     return True
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums: np.ndarray) -> None:
     """Largest-remainder steps of ``frac (class, pixel)`` float32 into ``out (class, pixel)`` uint8.
 
@@ -133,27 +137,97 @@ def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums:
                 _finish_pixel(frac, fs, p, steps - qsum[j], act, na, every, rem, qq, steps, out, p)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(inline="always")
 def _finish_pixel(
     frac: np.ndarray, fs: np.float32, p: int, missing: int, act: np.ndarray, na: int,
     every: np.ndarray, rem: np.ndarray, qq: np.ndarray, steps: int, out: np.ndarray, p_out: int,
-) -> None:  # fmt: skip
+) -> bool:  # fmt: skip
     """The largest-remainder correction of pixel ``p`` of ``frac``, written to ``out[:, p_out]``.
 
     For a pixel with ``missing`` > 0 steps whose scaled values sum to more than 0. The classes
     that are 0 (``act[:na]`` holds every other one) have remainder 0: while a non-zero class has
     a positive remainder it outranks them, so only those need ranking; otherwise every class is
-    ranked.
+    ranked (returns True: every class of ``out[:, p_out]`` was written, else only ``act[:na]``).
     """
     cls, nc = act, na
-    if not _rank_steps(frac, fs, p, missing, act, na, rem, qq, True):
+    ranked_all = not _rank_steps(frac, fs, p, missing, act, na, rem, qq, True)
+    if ranked_all:
         cls, nc = every, every.size
         _rank_steps(frac, fs, p, missing, every, every.size, rem, qq, False)
     for i in range(nc):
-        out[cls[i], p_out] = min(max(qq[cls[i]], 0), steps)
+        out[cls[i], p_out] = min(max(qq[i], 0), steps)
+    return ranked_all
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(inline="always")
+def encode_pixel(
+    frac: np.ndarray, p: int, cls: np.ndarray, nc: int, steps: int,
+    every: np.ndarray, rem: np.ndarray, qq: np.ndarray, out: np.ndarray, p_out: int,
+) -> tuple[np.float32, bool]:  # fmt: skip
+    """:func:`encode_steps` of pixel ``p`` of ``frac (class, pixel)``, its non-zero classes in ``cls[:nc]``.
+
+    ``cls[:nc]`` in class order holds every class of the pixel that is not +-0 (it may hold
+    zeros too): the same float32 operations in the same order as :func:`encode_steps` give
+    the same steps, written to ``out[:, p_out]`` (uint8) for the classes ``cls[:nc]`` only,
+    unless the correction had to rank every class (then every class was written). The other
+    classes' steps are 0. Returns the float32 sum of the fractions (NaN: NODATA, for the
+    caller to fill) and whether every class was written. ``every`` is ``arange(class)``;
+    ``rem``, ``qq`` (class,) scratch. The cost follows ``nc``, not the number of classes.
+    """
+    fs = np.float32(steps)
+    sm = np.float32(0.0)
+    ssum = np.float32(0.0)
+    qsum = 0
+    for i in range(nc):
+        c = cls[i]
+        f = frac[c, p]
+        sm += f
+        x, q = _trunc(f, fs)
+        ssum += x
+        qsum += q
+        out[c, p_out] = min(max(q, 0), steps)
+    if steps - qsum > 0 and ssum > 0:  # (a NaN fraction makes ssum NaN: no correction)
+        return sm, _finish_pixel(frac, fs, p, steps - qsum, cls, nc, every, rem, qq, steps, out, p_out)
+    return sm, False
+
+
+@compiled()
+def encode_scattered(
+    frac: np.ndarray, rows: np.ndarray, cols: np.ndarray, steps: int, fill: int, out: np.ndarray
+) -> None:  # fmt: skip
+    """:func:`encode_steps` of ``frac (class, m)`` written to ``out[rows[t], cols[q]]`` (uint8).
+
+    The same steps as ``encode_steps`` then a scatter of its columns, pixel by pixel over the
+    pixel's non-zero classes (:func:`encode_pixel`): the classes a pixel does not hold are not
+    written, so ``out`` must already be 0 there (e.g. the mixed pixels of a resampled window,
+    about 2 classes each out of the ~8-20 of a footprint). ``fill`` in every class where the
+    pixel's fractions sum to NaN.
+    """
+    k = frac.shape[0]
+    got = np.zeros((k, 1), np.uint8)
+    cls = np.empty(k, np.int64)
+    every = np.arange(k)
+    rem = np.empty(k, np.float32)
+    qq = np.empty(k, np.int64)
+    for q in range(cols.shape[0]):
+        n = 0
+        for t in range(k):  # the classes other than +-0, in class order (no branch)
+            cls[n] = t
+            n += frac[t, q] != 0
+        sm, every_written = encode_pixel(frac, q, cls, n, steps, every, rem, qq, got, 0)
+        pix = cols[q]
+        if sm != sm:  # NaN in some class: NODATA
+            for t in range(k):
+                out[rows[t], pix] = fill
+        elif every_written:
+            for t in range(k):
+                out[rows[t], pix] = got[t, 0]
+        else:
+            for i in range(n):
+                out[rows[cls[i]], pix] = got[cls[i], 0]
+
+
+@compiled()
 def _meanmin(u: float, v: float) -> float:
     """Mean of ``min(l, 0)`` for ``l`` linear from ``u`` to ``v`` (exact, stable)."""
     lo = min(u, v)
@@ -166,7 +240,7 @@ def _meanmin(u: float, v: float) -> float:
     return -0.5 * neg * neg / (hi - lo)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def _area_below(ex: np.ndarray, ycut: float) -> float:
     """``area(quad ∩ {y < ycut})`` of the (x-clipped) edges ``ex (4, [xa, ya, xb, yb])`` (Green's theorem)."""
     acc = (ex[0, 2] - ex[0, 0]) * _meanmin(ex[0, 1] - ycut, ex[0, 3] - ycut)
@@ -175,7 +249,7 @@ def _area_below(ex: np.ndarray, ycut: float) -> float:
     return float(-acc)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def _area(ed: np.ndarray) -> float:
     """``area(quad)`` of the edges ``ed`` (no cut)."""
     acc = (ed[0, 2] - ed[0, 0]) * (0.5 * (ed[0, 1] + ed[0, 3]))
@@ -184,7 +258,7 @@ def _area(ed: np.ndarray) -> float:
     return float(-acc)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def _area_left(ed: np.ndarray, xcut: float) -> float:
     """``area(quad ∩ {x < xcut})`` of unclipped edges: the integral of ``min(x - xcut, 0) dy``."""
     acc = (ed[0, 3] - ed[0, 1]) * _meanmin(ed[0, 0] - xcut, ed[0, 2] - xcut)
@@ -193,7 +267,7 @@ def _area_left(ed: np.ndarray, xcut: float) -> float:
     return float(acc)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def _clip_x(ed: np.ndarray, xcut: float, ex: np.ndarray) -> None:
     """Edges restricted to ``x <= xcut`` into ``ex`` (endpoints slid along each edge)."""
     for e in range(4):
@@ -209,14 +283,14 @@ def _clip_x(ed: np.ndarray, xcut: float, ex: np.ndarray) -> None:
         ex[e, 3] = y1 + min(max((xb - x1) * inv, 0.0), 1.0) * dy
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def _span(a0: float, a1: float, a2: float, a3: float) -> tuple[float, int]:
     """``floor`` of the least of four finite coordinates and the cells spanned from there (>= 1)."""
     lo = np.floor(min(min(a0, a1), min(a2, a3)))
     return lo, int(max(np.ceil(max(max(a0, a1), max(a2, a3))) - lo, 1.0))
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def footprint_pieces(
     cx: np.ndarray, cy: np.ndarray, stride: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -307,7 +381,7 @@ def footprint_pieces(
     return pix, cell, share, kk_mm
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def coverage_scale(valid: float, min_coverage: float, sliver: float) -> tuple[float, bool, float]:
     """The coverage and NODATA rule of one pixel: ``(coverage, kept, scale of its class shares)``.
 
@@ -323,7 +397,7 @@ def coverage_scale(valid: float, min_coverage: float, sliver: float) -> tuple[fl
     return cov, keep, (1.0 / valid if keep else 0.0)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def pixel_rule(
     valid: np.ndarray, min_coverage: float, sliver: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -339,7 +413,7 @@ def pixel_rule(
     return cov, keep, scale
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@compiled(inline="always")
 def _covered(
     pix: np.ndarray, cell: np.ndarray, share: np.ndarray, pos: np.ndarray, n: int, i: int
 ) -> tuple[int, float]:
@@ -356,13 +430,13 @@ def _covered(
     return j, valid
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@compiled(inline="always")
 def _add_share(acc: np.float32, share: float, scale: float) -> np.float32:
     """One piece's addition to a class fraction: ``acc + share * scale`` in float64, kept as float32."""
     return np.float32(np.float64(acc) + share * scale)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def raster_fractions(
     pix: np.ndarray, cell: np.ndarray, share: np.ndarray, pos: np.ndarray, n: int,
     min_coverage: float, sliver: float, out: np.ndarray,
@@ -392,7 +466,7 @@ def raster_fractions(
         i = j
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def add_pieces(
     flat: np.ndarray, npix: int, pix: np.ndarray, cls: np.ndarray, share: np.ndarray, scale: np.ndarray
 ) -> None:
@@ -402,7 +476,7 @@ def add_pieces(
         flat[t] = np.float32(np.float64(flat[t]) + share[i] * scale[pix[i]])
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def bilinear(
     values: np.ndarray, kr: np.ndarray, tr: np.ndarray, kc: np.ndarray, tc: np.ndarray
 ) -> np.ndarray:
@@ -423,7 +497,7 @@ def bilinear(
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def raster_steps(
     pix: np.ndarray, cell: np.ndarray, share: np.ndarray, pos: np.ndarray, n: int, min_coverage: float,
     sliver: float, steps: int, fill: int, out: np.ndarray, cov: np.ndarray, sums: np.ndarray,
@@ -437,7 +511,6 @@ def raster_steps(
     its few classes' float32 sums and the other classes are 0 (which change no sum).
     """
     npix = out.shape[1]
-    fs = np.float32(steps)
     col = np.zeros((n, 1), np.float32)  # this pixel's fractions (0 outside act[:na])
     mark = np.full(n, -1, np.int64)
     act = np.empty(n, np.int64)
@@ -467,20 +540,7 @@ def raster_steps(
                     act[t] = k
                     na += 1
                 col[k, 0] = _add_share(col[k, 0], share[q], scale)
-        s = np.float32(0.0)
-        ssum = np.float32(0.0)
-        qsum = 0
-        for t in range(na):
-            c = act[t]
-            f = col[c, 0]
-            s += f
-            x, qv = _trunc(f, fs)
-            ssum += x
-            qsum += qv
-            out[c, p] = min(max(qv, 0), steps)
-        sums[p] = s
-        if steps - qsum > 0 and ssum > 0:
-            _finish_pixel(col, fs, 0, steps - qsum, act, na, every, rem, qq, steps, out, p)
+        sums[p] = encode_pixel(col, 0, act, na, steps, every, rem, qq, out, p)[0]
         for t in range(na):
             col[act[t], 0] = np.float32(0.0)
         i = j

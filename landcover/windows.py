@@ -58,7 +58,8 @@ from ._kernels import (
     rotated_image,
     scatter_columns,
 )
-from .schema import encode_fractions
+from .fraction_kernels import encode_scattered
+from .schema import LABEL_FILL, LABEL_STEPS
 
 __all__ = [
     "Angle",
@@ -1504,7 +1505,8 @@ def _resample_labels(
     ``pure`` is 1 + the index in ``present`` of the one class of the output pixels whose
     four sources are valid and pure in it, else 0; ``mixed`` holds the other pixels inside
     the mask and their taps (flat pixels, (4, m) sources and weights), which are
-    interpolated class by class (both from :func:`landcover._kernels.rotated_image`).
+    interpolated class by class (both from :func:`landcover._kernels.rotated_image`), then
+    quantised pixel by pixel over their non-zero classes.
     """
     absent = np.ones(lab.shape[0], dtype=bool)
     absent[rows[present]] = False
@@ -1517,6 +1519,7 @@ def _resample_labels(
     if len(sel):
         vals = np.empty((len(present), len(sel)), dtype=np.float32)
         mixed_fractions(present, lflat, index, weights, vals)
-        if quantize:  # only the classes present in the footprint: the others stay 0
-            vals = encode_fractions(vals)
-        scatter_columns(vals, rows[present], sel, lab)
+        if quantize:  # only the classes present in the footprint (the others stay 0), pixel by pixel
+            encode_scattered(vals, rows[present], sel, LABEL_STEPS, LABEL_FILL, lab)
+        else:
+            scatter_columns(vals, rows[present], sel, lab)

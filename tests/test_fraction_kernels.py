@@ -18,7 +18,8 @@ from test_corine import LAEA, random_clc, utm_grid_over, write_raster
 
 from landcover.corine import _compute_block, aggregation, area_weights, read_clc
 from landcover.grid import Grid
-from landcover.schema import encode_fractions
+from landcover.fraction_kernels import encode_scattered
+from landcover.schema import LABEL_FILL, LABEL_STEPS, encode_fractions
 
 
 def _random_fractions(seed: int) -> np.ndarray:
@@ -53,6 +54,23 @@ def test_encode_fractions_matches_the_largest_remainder_reference(seed: int) -> 
     np.testing.assert_array_equal(got, encode_fractions_reference(frac))
     np.testing.assert_array_equal(encode_fractions(frac[:, ::2, 1::3]), got[:, ::2, 1::3])  # strided input
 
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_encoded_columns_scattered_pixel_by_pixel_match_the_reference(seed: int) -> None:
+    # what a rotated window does with its mixed pixels: the steps of each column, written to
+    # out[rows[t], cols[q]] over the pixel's non-zero classes only (out is 0 elsewhere there)
+    frac = _random_fractions(seed).reshape(-1, 240)
+    n = frac.shape[0]
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n + 5, n, replace=False))  # a subset of the output classes
+    cols = np.sort(rng.choice(600, 240, replace=False))  # a subset of the output pixels
+    out = np.full((n + 5, 600), 77, dtype=np.uint8)
+    out[np.ix_(rows, cols)] = 0
+    encode_scattered(frac, rows, cols, LABEL_STEPS, LABEL_FILL, out)
+    want = np.full((n + 5, 600), 77, dtype=np.uint8)
+    want[np.ix_(rows, cols)] = encode_fractions_reference(frac)
+    np.testing.assert_array_equal(out, want)
 
 def _grids(src: Grid) -> list[tuple[str, Grid]]:
     left, bottom, right, top = src.bounds

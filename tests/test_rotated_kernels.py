@@ -149,24 +149,31 @@ def test_footprint_too_small_raises() -> None:
 
 _RUN = """
 import sys, numpy as np
-import landcover, landcover._kernels as k
+import landcover, landcover._kernels as k, landcover.fraction_kernels as f
+from landcover.schema import encode_fractions
 from landcover.windows import sample_rotated
 assert landcover.__file__.startswith(sys.argv[1]), landcover.__file__
 rng = np.random.default_rng(0)
 img = rng.integers(0, 9999, (3, 30, 30)).astype(np.uint16)
 lab = np.zeros((4, 30, 30), np.uint8); lab[0] = 250
+lab[0, 10:20], lab[1, 10:20] = 100, 150  # mixed pixels: the label kernels run too
 got = sample_rotated(img, lab, np.ones((30, 30), bool), (16, 16), (7, 7), 33.0, quantize=True)
-print(float(got[0].sum()), int(got[1].sum()), type(k.rotated_image._cache).__name__)
+assert ((got[1] > 0) & (got[1] < 250)).any()
+steps = encode_fractions(np.array([[0.3], [0.7]]))
+kinds = {type(g._cache).__name__ for g in (k.rotated_image, f.encode_scattered, f.encode_steps)}
+print(float(got[0].sum()), int(got[1].sum()), int(steps.sum()), *kinds)
 """
 
 
 def _cache_kind(pkg: Path, env: dict[str, str], cwd: Path) -> str:
-    """Run ``_RUN`` against the copy ``pkg`` in a fresh interpreter; the numba cache class it reports."""
+    """Run ``_RUN`` against the copy ``pkg`` in a fresh interpreter; the numba cache class of its kernels."""
     done = subprocess.run(
         [sys.executable, "-c", _RUN, str(pkg)], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout.split()[-1]
+    kinds = done.stdout.split()[3:]
+    assert len(kinds) == 1, kinds  # every kernel module alike
+    return kinds[0]
 
 
 def test_kernels_run_where_no_cache_is_writable(tmp_path: Path) -> None:
