@@ -21,6 +21,7 @@ import numpy as np
 from .jit import compiled
 
 __all__ = [
+    "footprint_blocks",
     "footprint_codes",
     "mixed_fractions",
     "pack_block",
@@ -37,7 +38,9 @@ def _sources(ry, rx, fh, fw):  # type: ignore[no-untyped-def]  # pragma: no cove
 
     ``(ry, rx)`` as :func:`landcover.windows.rotation_coords` gives them (float64); the
     sources (top-left, right, below, below-right) are clamped at the far edges and wrapped
-    like ``np.take(mode="wrap")``; ``fy``, ``fx`` are float32.
+    like ``np.take(mode="wrap")``; ``fy``, ``fx`` are float32. ``inside``: the point is not
+    left of or above the footprint, so the 4 sources are the block of
+    :func:`footprint_blocks` at ``k0``.
     """
     npix = fh * fw
     fl_y = np.floor(ry)
@@ -53,7 +56,8 @@ def _sources(ry, rx, fh, fw):  # type: ignore[no-untyped-def]  # pragma: no cove
     k1 = k1 + npix if k1 < 0 else k1
     k2 = k2 + npix if k2 < 0 else k2
     k3 = k3 + npix if k3 < 0 else k3
-    return k0, k1, k2, k3, np.float32(ry - fl_y), np.float32(rx - fl_x)
+    inside = (i0 >= 0) & (j0 >= 0)  # the 4 sources are the block at k0 (footprint_blocks)
+    return k0, k1, k2, k3, np.float32(ry - fl_y), np.float32(rx - fl_x), inside
 
 
 @compiled(inline="always")
@@ -256,6 +260,39 @@ def _sample_packed(packed, nc, w, base, index, weights, a, b, decode, img, words
 
 
 @compiled()
+def footprint_blocks(valid, codes, fh, fw, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Per footprint pixel ``q``: what the 4 bilinear sources of a point in its cell hold, in one word.
+
+    The sources of a point with ``floor`` coordinates ``(i, j)`` (both >= 0) are ``q = i*fw + j``,
+    its right and lower neighbours and the one below-right, clamped at the far edges as
+    :func:`_sources` does. ``out[q]`` (unsigned, (fh*fw,)): bits 0-3 their validity
+    (``valid`` (fh*fw,) uint8 0/1, in source order), bits 4 and up their common code when
+    ``codes`` (fh*fw,) is not empty and all 4 codes are equal, else 0. One gather per output
+    pixel in :func:`rotated_image` instead of eight.
+    """
+    labels = codes.shape[0] > 0
+    for i in range(fh):
+        r0 = i * fw
+        r1 = r0 + (fw if i < fh - 1 else 0)  # the row below, clamped
+        va, vb = valid[r0 : r0 + fw], valid[r1 : r1 + fw]
+        row = out[r0 : r0 + fw]
+        for j in range(fw - 1):  # the inner columns: branch-free, vectorised
+            word = np.uint32(va[j]) | (np.uint32(va[j + 1]) << 1)
+            word |= (np.uint32(vb[j]) << 2) | (np.uint32(vb[j + 1]) << 3)
+            row[j] = word
+        e = fw - 1  # the last column: the right neighbours clamped
+        row[e] = np.uint32(va[e]) * 3 | np.uint32(vb[e]) * 12
+        if labels:
+            ca, cb = codes[r0 : r0 + fw], codes[r1 : r1 + fw]
+            for j in range(fw - 1):
+                q = ca[j]
+                same = (q == ca[j + 1]) & (q == cb[j]) & (q == cb[j + 1])
+                row[j] |= np.uint32(q if same else 0) << 4
+            q = ca[e]
+            row[e] |= np.uint32(q if q == cb[e] else 0) << 4
+
+
+@compiled()
 def rotated_image(  # type: ignore[no-untyped-def]
     h,
     w,
@@ -277,6 +314,7 @@ def rotated_image(  # type: ignore[no-untyped-def]
     mixed,
     mindex,
     mweights,
+    blocks,
     packed=None,
 ):  # pragma: no cover - compiled
     """Resample a turned ``(h, w)`` window from footprint planes, row by row of the output.
@@ -293,6 +331,9 @@ def rotated_image(  # type: ignore[no-untyped-def]
     ((ceil(C / 4), fh*fw) uint64, the uint16 planes four to a word, :func:`pack_block`) the
     taps are read from there instead: one 64-bit load per tap gives four planes (the same
     values and operations, so the same bits; ``planes`` then only gives the count C).
+    ``blocks`` (:func:`footprint_blocks` of ``valid`` and ``codes``) gives a pixel's 4
+    validities and common code in one load; ``valid`` and ``codes`` are read instead only
+    for the points left of or above the footprint (sources wrapping around).
     """
     nc = planes.shape[0]
     labels = codes.shape[0] > 0
@@ -302,14 +343,14 @@ def rotated_image(  # type: ignore[no-untyped-def]
     fy = np.empty(w, dtype=np.float32)
     fx = np.empty(w, dtype=np.float32)
     vv = np.empty((4, w), dtype=valid.dtype)
-    cc = np.empty((4, w), dtype=codes.dtype)
+    pc = np.empty(w, dtype=codes.dtype)
+    inside = np.empty(w, dtype=np.bool_)
     us = np.empty(w, dtype=np.float64)
     xc = np.empty(w, dtype=np.float64)
     # 1-d views of the rows: indices from range() are >= 0, so no wrap-around per element
     i0, i1, i2, i3 = index[0], index[1], index[2], index[3]
     w0r, w1r, w2r, w3r, mr = weights[0], weights[1], weights[2], weights[3], weights[4]
     v0, v1, v2, v3 = vv[0], vv[1], vv[2], vv[3]
-    c0, c1, c2, c3 = cc[0], cc[1], cc[2], cc[3]
     for j in range(w):
         u = np.float64(j) - (w - 1) / 2.0
         us[j] = u * s
@@ -322,11 +363,22 @@ def rotated_image(  # type: ignore[no-untyped-def]
         base = i * w
         mrow = mask[base : base + w]
         for j in range(w):  # geometry alone: a loop the compiler vectorises
-            k0, k1, k2, k3, fyj, fxj = _sources(yc + us[j], xc[j] - vs, fh, fw)
+            k0, k1, k2, k3, fyj, fxj, ok = _sources(yc + us[j], xc[j] - vs, fh, fw)
             i0[j], i1[j], i2[j], i3[j] = k0, k1, k2, k3
             fy[j], fx[j] = fyj, fxj
-        for j in range(w):  # the sources' validity gathered, then the weights on contiguous data
-            v0[j], v1[j], v2[j], v3[j] = valid[i0[j]], valid[i1[j]], valid[i2[j]], valid[i3[j]]
+            inside[j] = ok
+        for j in range(w):  # the sources' validity and common code gathered, one load a pixel
+            if inside[j]:
+                word = blocks[i0[j]]
+                v0[j], v1[j] = word & 1, (word >> 1) & 1
+                v2[j], v3[j] = (word >> 2) & 1, (word >> 3) & 1
+                pc[j] = word >> 4
+            else:  # sources wrapped around: read one by one
+                v0[j], v1[j], v2[j], v3[j] = valid[i0[j]], valid[i1[j]], valid[i2[j]], valid[i3[j]]
+                if labels:
+                    q = codes[i0[j]]
+                    same = (q == codes[i1[j]]) & (q == codes[i2[j]]) & (q == codes[i3[j]])
+                    pc[j] = q if same else 0
         for j in range(w):
             w0, w1, w2, w3, m = _weights(fy[j], fx[j], v0[j], v1[j], v2[j], v3[j])
             w0r[j], w1r[j], w2r[j], w3r[j] = w0, w1, w2, w3
@@ -334,12 +386,8 @@ def rotated_image(  # type: ignore[no-untyped-def]
             mrow[j] = m
         if labels:
             prow = pure[base : base + w]
-            for j in range(w):  # the sources' codes gathered, then compared on contiguous data
-                c0[j], c1[j], c2[j], c3[j] = codes[i0[j]], codes[i1[j]], codes[i2[j]], codes[i3[j]]
             for j in range(w):
-                q = c0[j]
-                same = (q == c1[j]) & (q == c2[j]) & (q == c3[j])
-                prow[j] = q if same else 0
+                prow[j] = pc[j]
             for j in range(w):
                 if prow[j] == 0 and mrow[j]:
                     mixed[nmixed] = base + j
@@ -360,22 +408,46 @@ def mixed_fractions(rows, planes, index, weights, out):  # type: ignore[no-untyp
 
     ``out[t, q] = sum_k float32(planes[rows[t], index[k, q]]) * weights[k, q]`` (k in
     order), then each column divided by its sum where that is positive, the sum taken
-    class after class as ``out.sum(axis=0)`` does.
+    class after class as ``out.sum(axis=0)`` does. Four classes per pass over the pixels:
+    each pixel's taps and weights are read once for the four (a last pass short of four
+    classes computes its last class again, writing the same values).
     """
-    for t in range(rows.shape[0]):
-        plane = planes[rows[t]]
+    k = rows.shape[0]
+    i0, i1, i2, i3 = index[0], index[1], index[2], index[3]
+    w0, w1, w2, w3 = weights[0], weights[1], weights[2], weights[3]
+    for t in range(0, k, 4):
+        ta, tb, tc, td = t, min(t + 1, k - 1), min(t + 2, k - 1), min(t + 3, k - 1)
+        pa, pb, pc, pd = planes[rows[ta]], planes[rows[tb]], planes[rows[tc]], planes[rows[td]]
+        oa, ob, oc, od = out[ta], out[tb], out[tc], out[td]
         for q in range(index.shape[1]):
-            v = np.float32(plane[index[0, q]]) * weights[0, q]
-            v += np.float32(plane[index[1, q]]) * weights[1, q]
-            v += np.float32(plane[index[2, q]]) * weights[2, q]
-            v += np.float32(plane[index[3, q]]) * weights[3, q]
-            out[t, q] = v
+            a0, a1, a2, a3 = i0[q], i1[q], i2[q], i3[q]
+            x0, x1, x2, x3 = w0[q], w1[q], w2[q], w3[q]
+            va = np.float32(pa[a0]) * x0
+            vb = np.float32(pb[a0]) * x0
+            vc = np.float32(pc[a0]) * x0
+            vd = np.float32(pd[a0]) * x0
+            va += np.float32(pa[a1]) * x1
+            vb += np.float32(pb[a1]) * x1
+            vc += np.float32(pc[a1]) * x1
+            vd += np.float32(pd[a1]) * x1
+            va += np.float32(pa[a2]) * x2
+            vb += np.float32(pb[a2]) * x2
+            vc += np.float32(pc[a2]) * x2
+            vd += np.float32(pd[a2]) * x2
+            va += np.float32(pa[a3]) * x3
+            vb += np.float32(pb[a3]) * x3
+            vc += np.float32(pc[a3]) * x3
+            vd += np.float32(pd[a3]) * x3
+            od[q] = vd
+            oc[q] = vc
+            ob[q] = vb
+            oa[q] = va
     for q in range(out.shape[1]):
         tot = out[0, q]
-        for t in range(1, out.shape[0]):
+        for t in range(1, k):
             tot += out[t, q]
         if tot > 0:
-            for t in range(out.shape[0]):
+            for t in range(k):
                 out[t, q] = out[t, q] / tot
 
 

@@ -50,6 +50,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._kernels import (
+    footprint_blocks,
     footprint_codes,
     mixed_fractions,
     pack_block,
@@ -1296,6 +1297,9 @@ def sample_rotated(
             ctype = np.uint8 if len(present) < 255 else np.uint16
             codes = _scratch("codes", (fh * fw,), ctype)
             footprint_codes(lflat, present, vflat, codes, _scratch("count", (fh * fw,), ctype))
+    # per footprint pixel, the validity and common code of the 4 sources of its cell: one load a tap
+    blocks = _scratch("blocks", (fh * fw,), np.uint16 if codes.dtype == np.uint8 else np.uint32)
+    footprint_blocks(vflat.view(np.uint8), codes, fh, fw, blocks)
     # the planes last, right before the kernel reads them (still in cache)
     packed = _packed_planes(image, (fh, fw), _reach(size, pad, angle, (fh, fw)))
     planes = _raw_planes(image, (fh, fw)) if packed is None else np.empty((nc, 0), dtype=np.uint16)
@@ -1309,7 +1313,7 @@ def sample_rotated(
     pure, mixed = _scratch("pure", (m,), codes.dtype), _scratch("mixed", (m,), np.int64)
     taps = (_scratch("index", (4, m), np.int64), _scratch("weights", (4, m), np.float32))
     args = (h, w, cy, cx, c, s, fh, fw, vflat.view(np.uint8), planes, a, b, decode is not None, codes)
-    outs = (img_out.reshape(nc, n), mask, pure, mixed, *taps)
+    outs = (img_out.reshape(nc, n), mask, pure, mixed, *taps, blocks)
     nmixed = rotated_image(*args, *outs) if packed is None else rotated_image(*args, *outs, packed)
     mask_out = out[2] if out is not None else np.empty((h, w), dtype=bool)
     mask_out.reshape(n)[...] = mask

@@ -138,6 +138,28 @@ def test_kernels_match_numpy_reference(block: int) -> None:
     assert mixed > 0  # some windows hold mixed (re-quantised) label pixels
 
 
+@pytest.mark.parametrize("angle", [1e-9, -1e-9, 90 + 1e-9, 180 - 1e-9, 270 + 1e-9])
+def test_points_a_hair_outside_the_footprint_wrap_as_the_reference(angle: float) -> None:
+    # a footprint without margin: the turned window's edge points fall a hair (< 1e-9 px)
+    # left of or above the footprint, so their sources wrap around (np.take mode="wrap")
+    # instead of being read from the per-cell blocks
+    rng = np.random.default_rng(int(abs(angle)) + 1)
+    size = (23, 31) if int(abs(angle)) % 180 == 0 else (31, 31)
+    valid = rng.random(size) > 0.1
+    labels = _labels(rng, 5, size, 0.3)
+    valid &= labels[0] != 255
+    image = rng.integers(0, 65535, size=(5, *size)).astype(np.uint16)
+    for quantize in (False, True):
+        args = (image, labels, valid, size, (0, 0), angle)
+        got = sample_rotated(*args, quantize=quantize)
+        want = ref.sample_rotated(
+            *(a.copy() if isinstance(a, np.ndarray) else a for a in args), quantize=quantize
+        )
+        for g, w in zip(got, want, strict=True):
+            assert g is not None and w is not None
+            assert g.tobytes() == w.tobytes(), (angle, quantize)
+
+
 def test_footprint_too_small_raises() -> None:
     valid = np.ones((10, 10), dtype=bool)
     image = np.zeros((1, 10, 10), dtype=np.float32)

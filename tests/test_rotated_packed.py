@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from landcover._kernels import pack_block, rotated_image
+from landcover._kernels import footprint_blocks, pack_block, rotated_image
 from landcover.windows import (
     PlanePieces,
     _packed_planes,
@@ -131,11 +131,13 @@ def test_packed_taps_give_the_bits_of_the_plane_path(angle: float) -> None:
         for decode in (False, True):
             geometry = (size[0], size[1], cy, cx, c, s, fshape[0], fshape[1], vflat)
             codes = np.zeros(0, dtype=np.uint8)
+            blocks = np.empty(valid.size, np.uint16)
+            footprint_blocks(vflat, codes, *fshape, blocks)
             outs = []
             for extra in ((), (packed,)):
                 img = np.empty((nc, n), np.float32)
                 taps: tuple[np.ndarray, ...] = (np.empty(0, np.uint8), np.empty(0, np.int64))
-                taps += (np.empty((4, 0), np.int64), np.empty((4, 0), np.float32))
+                taps += (np.empty((4, 0), np.int64), np.empty((4, 0), np.float32), blocks)
                 rotated_image(*geometry, planes, a, b, decode, codes, img, np.empty(n, bool), *taps, *extra)
                 outs.append(img)
             assert outs[0].tobytes() == outs[1].tobytes()
@@ -178,3 +180,24 @@ def test_scratch_is_kept_per_thread_and_windows_do_not_see_each_other() -> None:
     sample_rotated(*runs[1], quantize=True)
     again = [x for x in sample_rotated(*runs[0], quantize=True) if x is not None]
     assert all(x.tobytes() == y.tobytes() for x, y in zip(first, again, strict=True))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (9, 13)])
+def test_footprint_blocks_hold_the_four_sources_of_each_cell(shape: tuple[int, int]) -> None:
+    # bits 0-3: validity of the cell's sources (the right / lower ones clamped at the far
+    # edges); bits 4+: their common code, 0 where they differ
+    rng = np.random.default_rng(sum(shape))
+    fh, fw = shape
+    valid = (rng.random(shape) > 0.3).astype(np.uint8)
+    codes = rng.integers(0, 3, shape).astype(np.uint8)
+    ii, jj = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
+    i2, j2 = np.minimum(ii + 1, fh - 1), np.minimum(jj + 1, fw - 1)
+    src = [(ii, jj), (ii, j2), (i2, jj), (i2, j2)]
+    bits = sum(valid[r, q].astype(np.uint32) << t for t, (r, q) in enumerate(src))
+    first = codes[ii, jj]
+    same = np.logical_and.reduce([codes[r, q] == first for r, q in src])
+    for with_codes in (False, True):
+        out = np.full(fh * fw, 0xFFFF, np.uint16)
+        footprint_blocks(valid.reshape(-1), codes.reshape(-1) if with_codes else codes[:0, 0], fh, fw, out)
+        want = bits | ((np.where(same, first, 0).astype(np.uint32) << 4) if with_codes else 0)
+        np.testing.assert_array_equal(out.reshape(shape), want)
