@@ -17,8 +17,8 @@ from fraction_oracle import encode_fractions_reference
 from test_corine import LAEA, random_clc, utm_grid_over, write_raster
 
 from landcover.corine import _compute_block, aggregation, area_weights, read_clc
-from landcover.grid import Grid
 from landcover.fraction_kernels import encode_scattered
+from landcover.grid import Grid
 from landcover.schema import LABEL_FILL, LABEL_STEPS, encode_fractions
 
 
