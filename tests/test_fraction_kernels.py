@@ -55,7 +55,6 @@ def test_encode_fractions_matches_the_largest_remainder_reference(seed: int) -> 
     np.testing.assert_array_equal(encode_fractions(frac[:, ::2, 1::3]), got[:, ::2, 1::3])  # strided input
 
 
-
 @pytest.mark.parametrize("seed", range(40))
 def test_encoded_columns_scattered_pixel_by_pixel_match_the_reference(seed: int) -> None:
     # what a rotated window does with its mixed pixels: the steps of each column, written to
@@ -71,6 +70,7 @@ def test_encoded_columns_scattered_pixel_by_pixel_match_the_reference(seed: int)
     want = np.full((n + 5, 600), 77, dtype=np.uint8)
     want[np.ix_(rows, cols)] = encode_fractions_reference(frac)
     np.testing.assert_array_equal(out, want)
+
 
 def _grids(src: Grid) -> list[tuple[str, Grid]]:
     left, bottom, right, top = src.bounds
