@@ -173,42 +173,59 @@ def reach(ys, xs, fw, lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cov
             hi[y] = min(int(np.floor(xmax + d)) + 2, fw)
 
 
+@compiled(inline="always")
+def _tap_sums(pa, pb, pc, pd, k0, k1, k2, k3, w0, w1, w2, w3):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Bilinear sums of four planes at the same 4 taps: ``float32(p[k]) * w``, taps added in order."""
+    va = np.float32(pa[k0]) * w0
+    vb = np.float32(pb[k0]) * w0
+    vc = np.float32(pc[k0]) * w0
+    vd = np.float32(pd[k0]) * w0
+    va += np.float32(pa[k1]) * w1
+    vb += np.float32(pb[k1]) * w1
+    vc += np.float32(pc[k1]) * w1
+    vd += np.float32(pd[k1]) * w1
+    va += np.float32(pa[k2]) * w2
+    vb += np.float32(pb[k2]) * w2
+    vc += np.float32(pc[k2]) * w2
+    vd += np.float32(pd[k2]) * w2
+    va += np.float32(pa[k3]) * w3
+    vb += np.float32(pb[k3]) * w3
+    vc += np.float32(pc[k3]) * w3
+    vd += np.float32(pd[k3]) * w3
+    return va, vb, vc, vd
+
+
 @compiled()
 def _sample_planes(planes, w, base, index, weights, a, b, decode, img):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """One output row (``img[:, base : base + w]``) of every plane from its taps, two planes per pass.
+    """One output row (``img[:, base : base + w]``) of every plane from its taps, four planes per pass.
 
     Rows of ``index``, ``weights`` and ``img`` are taken as 1-d views first: indices from
-    ``range`` are then known to be >= 0 (no negative-index wrap-around per element).
+    ``range`` are then known to be >= 0 (no negative-index wrap-around per element). A last
+    pass short of four planes samples its last plane again (the same values, written again).
     """
     nc = planes.shape[0]
     i0, i1, i2, i3 = index[0], index[1], index[2], index[3]
     w0r, w1r, w2r, w3r, mr = weights[0], weights[1], weights[2], weights[3], weights[4]
-    r = 0
-    while r < nc:  # two planes per pass: the row's taps are read once for both
-        r2 = r + 1 if r + 1 < nc else r  # an odd last plane is sampled twice
-        pa = planes[r]
-        pb = planes[r2]
-        oa = img[r, base : base + w]
-        ob = img[r2, base : base + w]
+    for ra in range(0, nc, 4):
+        rb, rc, rd = min(ra + 1, nc - 1), min(ra + 2, nc - 1), min(ra + 3, nc - 1)
+        pa, pb, pc, pd = planes[ra], planes[rb], planes[rc], planes[rd]
+        oa, ob = img[ra, base : base + w], img[rb, base : base + w]
+        oc, od = img[rc, base : base + w], img[rd, base : base + w]
         for j in range(w):
-            k0, k1, k2, k3 = i0[j], i1[j], i2[j], i3[j]
-            w0, w1, w2, w3 = w0r[j], w1r[j], w2r[j], w3r[j]
-            x = np.float32(pa[k0]) * w0
-            y = np.float32(pb[k0]) * w0
-            x += np.float32(pa[k1]) * w1
-            y += np.float32(pb[k1]) * w1
-            x += np.float32(pa[k2]) * w2
-            y += np.float32(pb[k2]) * w2
-            x += np.float32(pa[k3]) * w3
-            y += np.float32(pb[k3]) * w3
+            x, y, z, t = _tap_sums(pa, pb, pc, pd, i0[j], i1[j], i2[j], i3[j], w0r[j], w1r[j], w2r[j], w3r[j])
             if decode:
-                x *= a[r]
-                x += b[r] * mr[j]
-                y *= a[r2]
-                y += b[r2] * mr[j]
-            oa[j] = x
+                x *= a[ra]
+                x += b[ra] * mr[j]
+                y *= a[rb]
+                y += b[rb] * mr[j]
+                z *= a[rc]
+                z += b[rc] * mr[j]
+                t *= a[rd]
+                t += b[rd] * mr[j]
+            od[j] = t
+            oc[j] = z
             ob[j] = y
-        r += 2
+            oa[j] = x
 
 
 @compiled(inline="always")
@@ -422,22 +439,7 @@ def mixed_fractions(rows, planes, index, weights, out):  # type: ignore[no-untyp
         for q in range(index.shape[1]):
             a0, a1, a2, a3 = i0[q], i1[q], i2[q], i3[q]
             x0, x1, x2, x3 = w0[q], w1[q], w2[q], w3[q]
-            va = np.float32(pa[a0]) * x0
-            vb = np.float32(pb[a0]) * x0
-            vc = np.float32(pc[a0]) * x0
-            vd = np.float32(pd[a0]) * x0
-            va += np.float32(pa[a1]) * x1
-            vb += np.float32(pb[a1]) * x1
-            vc += np.float32(pc[a1]) * x1
-            vd += np.float32(pd[a1]) * x1
-            va += np.float32(pa[a2]) * x2
-            vb += np.float32(pb[a2]) * x2
-            vc += np.float32(pc[a2]) * x2
-            vd += np.float32(pd[a2]) * x2
-            va += np.float32(pa[a3]) * x3
-            vb += np.float32(pb[a3]) * x3
-            vc += np.float32(pc[a3]) * x3
-            vd += np.float32(pd[a3]) * x3
+            va, vb, vc, vd = _tap_sums(pa, pb, pc, pd, a0, a1, a2, a3, x0, x1, x2, x3)
             od[q] = vd
             oc[q] = vc
             ob[q] = vb
