@@ -18,7 +18,7 @@ import pytest
 import zarr
 
 from landcover import schema
-from landcover._kernels import footprint_codes, rotated_image
+from landcover._kernels import footprint_blocks, footprint_codes, rotated_image
 from landcover.datasets import WindowDataset, WindowIterableDataset
 from landcover.testing.cubes import make_cube
 from landcover.windows import _turn, rotation_coords, rotation_pad, sample_rotated
@@ -183,7 +183,9 @@ def test_taps_match_plain_formulas(size: tuple[int, int], pad: tuple[int, int] |
         ) -> tuple[np.ndarray, ...]:
             got = (np.empty((nc, n), np.float32), np.empty(n, bool), np.empty(n, codes.dtype))
             taps = (np.empty(n, np.int64), np.empty((4, n), np.int64), np.empty((4, n), np.float32))
-            m = rotated_image(*geometry, False, codes, *got, *taps)
+            blocks = np.empty(codes.size, np.uint16)  # the cells' source validities and common codes
+            footprint_blocks(geometry[8], codes, *fshape, blocks)
+            m = rotated_image(*geometry, False, codes, *got, *taps, blocks)
             return (*got, taps[0][:m], taps[1][:, :m], taps[2][:, :m])
 
         # no class anywhere: every output pixel inside the mask hands out its taps
