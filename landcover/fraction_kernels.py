@@ -13,6 +13,8 @@ compare both, bit for bit, with plain NumPy references kept in ``tests/``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .jit import compiled
@@ -78,30 +80,70 @@ def _truncated_tile(
 
 
 @compiled(inline="always")
+def _kth_largest(a: np.ndarray, n: int, kth: int) -> Any:
+    """The ``kth`` largest (0-based) of ``a[:n]`` (finite floats), reordering ``a[:n]`` (quickselect)."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        pivot = a[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:  # larger values to the left, smaller to the right
+            while a[i] > pivot:
+                i += 1
+            while a[j] < pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if kth <= j:
+            hi = j
+        elif kth >= i:
+            lo = i
+        else:  # a[j + 1 : i] are all the pivot
+            return a[kth]
+    return a[kth]
+
+
+@compiled(inline="always")
 def _rank_steps(
     frac: np.ndarray, fs: np.float32, p: int, missing: int, cls: np.ndarray, nc: int,
     rem: np.ndarray, qq: np.ndarray, positive_only: bool,
 ) -> bool:  # fmt: skip
     """Steps ``qq[i]`` of pixel ``p`` in class ``cls[i]`` (``i < nc``), the largest remainders stepped up.
 
-    One more step for each of the ``min(missing, k)`` largest remainders (ties to the lower
+    One more step for each of the ``m = min(missing, k)`` largest remainders (ties to the lower
     class: ``cls[:nc]`` is in class order). False, with ``qq`` unfinished, if
-    ``positive_only`` and a step would go to a remainder <= 0. ``rem`` and ``qq`` are indexed
-    like ``cls`` (contiguous scratch, no indirection in the ranking loop).
+    ``positive_only`` and a step would go to a remainder <= 0 (or to a class stepped already,
+    when ``m > nc``). ``qq`` and ``rem`` are indexed like ``cls``; ``rem`` holds ``2 * k``
+    floats, its second half the scratch of the selection. The stepped classes are those above
+    the m-th largest remainder ``t`` and, of those equal to it, the lowest: what stepping the
+    largest remaining one m times gives, found in O(nc) instead of O(m * nc) (dense
+    fractions, e.g. softmax outputs, miss ~k/2 steps).
     """
     for i in range(nc):
         x = frac[cls[i], p] * fs
         qq[i] = int(x)
         rem[i] = x - np.float32(qq[i])
-    for _ in range(min(missing, frac.shape[0])):
-        best = 0
-        for i in range(1, nc):
-            if rem[i] > rem[best]:
-                best = i
-        if positive_only and not rem[best] > 0:
-            return False
-        qq[best] += 1
-        rem[best] = -np.inf
+    m = min(missing, frac.shape[0])
+    if m > nc:  # (with every class ranked, nc is k: only with positive_only)
+        return False
+    work = rem[rem.shape[0] // 2 :]
+    for i in range(nc):
+        work[i] = rem[i]
+    t = _kth_largest(work, nc, m - 1)
+    if positive_only and not t > 0:
+        return False
+    left = m
+    for i in range(nc):
+        if rem[i] > t:
+            qq[i] += 1
+            left -= 1
+    for i in range(nc):
+        if left == 0:
+            break
+        if rem[i] == t:
+            qq[i] += 1
+            left -= 1
     return True
 
 
@@ -120,7 +162,7 @@ def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums:
     fs = np.float32(steps)
     qsum = np.empty(_TILE, np.int64)
     ssum = np.empty(_TILE, np.float32)
-    rem = np.empty(k, np.float32)
+    rem = np.empty(2 * k, np.float32)
     qq = np.empty(k, np.int64)
     act = np.empty(k, np.int64)
     every = np.arange(k)
@@ -172,7 +214,7 @@ def encode_pixel(
     unless the correction had to rank every class (then every class was written). The other
     classes' steps are 0. Returns the float32 sum of the fractions (NaN: NODATA, for the
     caller to fill) and whether every class was written. ``every`` is ``arange(class)``;
-    ``rem``, ``qq`` (class,) scratch. The cost follows ``nc``, not the number of classes.
+    ``rem`` (2 * class,), ``qq`` (class,) scratch. The cost follows ``nc``, not the number of classes.
     """
     fs = np.float32(steps)
     sm = np.float32(0.0)
@@ -207,7 +249,7 @@ def encode_scattered(
     got = np.zeros((k, 1), np.uint8)
     cls = np.empty(k, np.int64)
     every = np.arange(k)
-    rem = np.empty(k, np.float32)
+    rem = np.empty(2 * k, np.float32)
     qq = np.empty(k, np.int64)
     for q in range(cols.shape[0]):
         n = 0
@@ -515,7 +557,7 @@ def raster_steps(
     mark = np.full(n, -1, np.int64)
     act = np.empty(n, np.int64)
     every = np.arange(n)
-    rem = np.empty(n, np.float32)
+    rem = np.empty(2 * n, np.float32)
     qq = np.empty(n, np.int64)
     i = 0
     for p in range(npix):

@@ -17,7 +17,7 @@ from fraction_oracle import encode_fractions_reference
 from test_corine import LAEA, random_clc, utm_grid_over, write_raster
 
 from landcover.corine import _compute_block, aggregation, area_weights, read_clc
-from landcover.fraction_kernels import encode_scattered
+from landcover.fraction_kernels import _kth_largest, encode_scattered
 from landcover.grid import Grid
 from landcover.schema import LABEL_FILL, LABEL_STEPS, encode_fractions
 
@@ -70,6 +70,27 @@ def test_encoded_columns_scattered_pixel_by_pixel_match_the_reference(seed: int)
     want = np.full((n + 5, 600), 77, dtype=np.uint8)
     want[np.ix_(rows, cols)] = encode_fractions_reference(frac)
     np.testing.assert_array_equal(out, want)
+
+
+def test_kth_largest_selects_like_a_sort() -> None:
+    # the selection behind the largest-remainder correction (many ties, as remainders of 1/16 steps give)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 50))
+        a = (np.round(rng.random(n) * rng.choice([4, 16, 1000])) / 16).astype(np.float32)
+        kth = int(rng.integers(0, n))
+        work = np.concatenate([a, np.full(3, 9.0, np.float32)])  # past n: not looked at
+        assert _kth_largest(work, n, kth) == np.sort(a)[::-1][kth]
+        assert sorted(work[:n]) == sorted(a)  # reordered, not changed
+
+
+def test_dense_fractions_correction_matches_the_reference() -> None:
+    # softmax-like outputs: every class non-zero, ~k/2 steps missing per pixel (the selection path)
+    rng = np.random.default_rng(1)
+    for k in (2, 7, 44):
+        p = np.exp(rng.normal(0, 2, (k, 500)))
+        frac = (p / p.sum(0)).astype(np.float32)
+        np.testing.assert_array_equal(encode_fractions(frac), encode_fractions_reference(frac))
 
 
 def _grids(src: Grid) -> list[tuple[str, Grid]]:
