@@ -226,6 +226,34 @@ def test_every_split_is_normalised_with_training_statistics_only(demo_cube, tmp_
     np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-4)
 
 
+def test_training_windows_travel_compact_and_decode_to_the_float_targets(demo_cube, tmp_path):
+    """compare's training split hands uint8 steps to the loader (a quarter of the float32 bytes:
+    the GPU check measured 182 -> 437 samples/s); fit decodes them to exactly the float targets."""
+    import copy
+
+    import torch
+
+    from landcover.datasets import decode_target
+    from landcover.experiment import _datasets
+
+    cfg = _arm_cfg(demo_cube, tmp_path, max_train_windows=None)
+    assert cfg.augment
+    train, val, test = _datasets(cfg, "native", 0)
+    assert train.target_dtype == "uint8"
+    assert val.target_dtype == test.target_dtype == "float32"  # scored as before
+    wide = copy.copy(train)
+    wide.target_dtype = "float32"
+    idx = list(range(min(len(train), 6)))
+    torch.manual_seed(5)  # the same dihedral draws for both reads
+    compact = train._batch(idx)
+    torch.manual_seed(5)
+    plain = wide._batch(idx)
+    assert compact["target"].dtype == torch.uint8
+    assert compact["target"].nbytes * 4 == plain["target"].nbytes
+    assert torch.equal(decode_target(compact["target"]), plain["target"])
+    assert torch.equal(compact["image"], plain["image"]) and torch.equal(compact["mask"], plain["mask"])
+
+
 def test_pretrained_arms_get_their_pretraining_scaling(demo_cube, tmp_path):
     import numpy as np
 
