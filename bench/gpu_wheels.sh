@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Wheels that bench/gpu_check.py needs on the lent GPU machine, fetched HERE (that machine has no
 # network; its python3 is 3.12 with torch, torchvision, numpy, xarray, pandas, tqdm, pyyaml, psutil,
-# but not zarr, dask, rasterio, pyproj, rioxarray). Versions from constraints.txt.
+# but not zarr, dask, rasterio, pyproj, rioxarray; xarray, toolz and fsspec are pinned to ours). Versions
+# from constraints.txt; the 2026-12-04 run used exactly this set (~56 MB).
 #
 #   bash bench/gpu_wheels.sh            # -> .whl/ (git-ignored through .git/info/exclude), ~54 MB; the repo travels too: 64 MiB in all
 #
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
 pkgs=(zarr numcodecs donfig google-crc32c dask partd locket rasterio affine click-plugins cligj pyproj
-  rioxarray xbatcher)
+  rioxarray xbatcher xarray lazy-importer tblib toolz fsspec)
 pins=()
 for p in "${pkgs[@]}"; do
   pin=$(grep -i -E "^${p}==" constraints.txt || true)
