@@ -721,19 +721,30 @@ def _sweep_bands(
         pend_f: list[np.ndarray] = []
         pend_c: list[np.ndarray] = []
         pend_start = 0
+        carried: tuple[np.ndarray, Any] | None = None  # this row's first batch, already running
         for i, r in enumerate(row_o):
             r = int(r)
             img, _ = reader.rows(r, r + wh)
+            nxt = int(row_o[i + 1]) if i + 1 < len(row_o) else h
+            n_final = nxt - a0
+            usable: np.ndarray | None = None
             # accumulate every window of this window row, batch by batch: the model runs in a
             # helper thread (torch releases the GIL) while this thread stacks the next batch and
-            # blends the previous one (same batches, same order of sums: identical results)
-            pending: tuple[np.ndarray, Any] | None = None
-            for b0 in [*range(0, len(cols), batch_size), None]:
+            # blends the previous one; the next window row's first batch is started before this
+            # row's last blend and its finalisation, so the model never waits for them (same
+            # batches, same order of sums: identical results)
+            starts = list(range(0, len(cols), batch_size))
+            pending, carried = carried, None
+            for b0 in [*(starts[1:] if pending is not None else starts), None]:
                 nxt_job: tuple[np.ndarray, Any] | None = None
                 if b0 is not None:
-                    bcols = cols[b0 : b0 + batch_size]
-                    batch = np.stack([img[:, :, o - in_c0 : o - in_c0 + ww] for o in bcols])
-                    nxt_job = (bcols, pool.submit(engine, batch))
+                    nxt_job = _submit(pool, engine, img, cols[b0 : b0 + batch_size], in_c0, ww)
+                else:
+                    if n_final > 0:  # read before the reader moves on to the next window row
+                        _, usable = reader.rows(a0, nxt)
+                    if i + 1 < len(row_o):
+                        nimg, _ = reader.rows(nxt, nxt + wh)
+                        carried = _submit(pool, engine, nimg, cols[:batch_size], in_c0, ww)
                 if pending is not None:
                     pcols, fut = pending
                     prob = fut.result()
@@ -752,25 +763,9 @@ def _sweep_bands(
                         acc[:, ry, ax] += p[:, :, wx] * wgt
                         wsum[ry, ax] += wgt
                 pending = nxt_job
-            nxt = int(row_o[i + 1]) if i + 1 < len(row_o) else h
-            n_final = nxt - a0
-            if n_final > 0:
-                _, usable = reader.rows(a0, nxt)
+            if n_final > 0 and usable is not None:
                 ucols = usable[:, c0 - in_c0 : c1 - in_c0]
-                enc = np.empty((k, n_final, bw), dtype="uint8" if fractions_dtype == "uint8" else "float32")
-                cmap = np.empty((n_final, bw), dtype="uint16")
-                for x0 in range(0, bw, _FINALIZE_COLS):  # in pieces: bounded temporaries
-                    xs = slice(x0, min(x0 + _FINALIZE_COLS, bw))
-                    frac = acc[:, :n_final, xs] / wsum[None, :n_final, xs]
-                    ok = ucols[:, xs]
-                    cmap[:, xs] = np.where(ok, codes[np.argmax(frac, axis=0)], NODATA_CODE)
-                    if fractions_dtype == "uint8":
-                        piece = encode_fractions(frac)
-                        piece[:, ~ok] = LABEL_FILL
-                    else:
-                        piece = frac
-                        piece[:, ~ok] = np.nan
-                    enc[:, :, xs] = piece
+                enc, cmap = _finalize(acc[:, :n_final], wsum[:n_final], ucols, codes, fractions_dtype)
                 pend_f.append(enc)
                 pend_c.append(cmap)
                 keep = wh - n_final
@@ -791,6 +786,41 @@ def _sweep_bands(
                 pend_start = flush_to
             if progress is not None:
                 progress(len(cols))
+
+
+def _submit(
+    pool: ThreadPoolExecutor,
+    engine: Callable[[np.ndarray], np.ndarray],
+    img: np.ndarray,
+    bcols: np.ndarray,
+    in_c0: int,
+    ww: int,
+) -> tuple[np.ndarray, Any]:
+    """Start the model in ``pool`` on the windows at columns ``bcols`` of ``img`` (column ``in_c0`` first)."""
+    batch = np.stack([img[:, :, o - in_c0 : o - in_c0 + ww] for o in bcols])
+    return bcols, pool.submit(engine, batch)
+
+
+def _finalize(
+    acc: np.ndarray, wsum: np.ndarray, usable: np.ndarray, codes: np.ndarray, fractions_dtype: FractionsDType
+) -> tuple[np.ndarray, np.ndarray]:
+    """Finished rows: blended fractions ``acc / wsum`` encoded as stored, and the class map."""
+    k, n_rows, bw = acc.shape
+    enc = np.empty((k, n_rows, bw), dtype="uint8" if fractions_dtype == "uint8" else "float32")
+    cmap = np.empty((n_rows, bw), dtype="uint16")
+    for x0 in range(0, bw, _FINALIZE_COLS):  # in pieces: bounded temporaries
+        xs = slice(x0, min(x0 + _FINALIZE_COLS, bw))
+        frac = acc[:, :, xs] / wsum[None, :, xs]
+        ok = usable[:, xs]
+        cmap[:, xs] = np.where(ok, codes[np.argmax(frac, axis=0)], NODATA_CODE)
+        if fractions_dtype == "uint8":
+            piece = encode_fractions(frac)
+            piece[:, ~ok] = LABEL_FILL
+        else:
+            piece = frac
+            piece[:, ~ok] = np.nan
+        enc[:, :, xs] = piece
+    return enc, cmap
 
 
 def check_window(
