@@ -93,6 +93,37 @@ def test_dense_fractions_correction_matches_the_reference() -> None:
         np.testing.assert_array_equal(encode_fractions(frac), encode_fractions_reference(frac))
 
 
+def test_tile_correction_mixed_with_pixels_ranked_over_every_class_matches_the_reference() -> None:
+    # tiles where most pixels need the correction are ranked together; in them, pixels whose
+    # steps would go to remainders <= 0 (sums far below 1, zeros, -0) or to more classes than
+    # they hold must still be ranked over every class, and ties go to the lower class
+    rng = np.random.default_rng(7)
+    k, n = 44, 2600  # three tiles, the last one partial
+    p = np.exp(rng.normal(0, 2, (k, n)))
+    frac = (p / p.sum(0)).astype(np.float32)
+    frac[:, 100:400] = (np.round(frac[:, 100:400] * 16) / 16).astype(np.float32)  # equal remainders
+    frac[:, 500:700] *= np.float32(0.003)  # ~all steps missing: more than the classes
+    sparse = rng.random((k, n)) < 0.8
+    frac[:, 800:1100][sparse[:, 800:1100]] = 0  # few classes held, most steps still missing
+    frac[:, 1100:1200][sparse[:, 1100:1200]] = -0.0
+    frac[:, 1200:1250] = np.nan
+    frac[3, 1300:1320] = np.nan
+    frac[:, 1400:1450] = 0
+    frac[:, 2100:2150] = rng.random((k, 50)).astype(np.float32)  # sums above 1: nothing missing
+    frac[0, :1024] = 0  # classes absent from a whole tile are not ranked there, unless a pixel
+    frac[17, :1024] = -0.0  # must rank every class:
+    frac[:, 10] = 0
+    frac[[3, 9], 10] = 0.001  # 44 steps missing, 2 classes held: every class gets one
+    frac[:, 11] = 0
+    frac[[2, 5], 11] = (0.5, 0.496)  # exact steps, one missing: it goes to class 0 (remainder 0)
+    np.testing.assert_array_equal(encode_fractions(frac), encode_fractions_reference(frac))
+    # and in a tile where only a minority needs it (label data), pixel by pixel
+    few = np.zeros((k, 1024), np.float32)
+    few[5] = 1.0
+    few[:, :100] = frac[:, :100]
+    np.testing.assert_array_equal(encode_fractions(few), encode_fractions_reference(few))
+
+
 def _grids(src: Grid) -> list[tuple[str, Grid]]:
     left, bottom, right, top = src.bounds
     shifted = (left + 137, bottom + 263, right - 91, top - 40)
