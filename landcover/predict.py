@@ -805,14 +805,18 @@ def _finalize(
     acc: np.ndarray, wsum: np.ndarray, usable: np.ndarray, codes: np.ndarray, fractions_dtype: FractionsDType
 ) -> tuple[np.ndarray, np.ndarray]:
     """Finished rows: blended fractions ``acc / wsum`` encoded as stored, and the class map."""
+    from .blend_kernels import finish_rows
+
     k, n_rows, bw = acc.shape
     enc = np.empty((k, n_rows, bw), dtype="uint8" if fractions_dtype == "uint8" else "float32")
     cmap = np.empty((n_rows, bw), dtype="uint16")
+    buf = np.empty(k * n_rows * min(_FINALIZE_COLS, bw), dtype="float32")
     for x0 in range(0, bw, _FINALIZE_COLS):  # in pieces: bounded temporaries
         xs = slice(x0, min(x0 + _FINALIZE_COLS, bw))
-        frac = acc[:, :, xs] / wsum[None, :, xs]
+        frac = buf[: k * n_rows * (xs.stop - x0)].reshape(k, n_rows, xs.stop - x0)
         ok = usable[:, xs]
-        cmap[:, xs] = np.where(ok, codes[np.argmax(frac, axis=0)], NODATA_CODE)
+        # frac = acc / wsum and the class map (np.argmax's rule), in one compiled pass
+        finish_rows(acc[:, :, xs], wsum[:, xs], ok, codes, NODATA_CODE, frac, cmap[:, xs])
         if fractions_dtype == "uint8":
             piece = encode_fractions(frac)
             piece[:, ~ok] = LABEL_FILL

@@ -612,3 +612,38 @@ def test_the_model_runs_while_finished_rows_are_encoded(tmp_path: Path, monkeypa
     monkeypatch.setattr(pm, "encode_fractions", plain)
     again = predict_cube(model, cube, **kw)  # and the same bytes either way
     np.testing.assert_array_equal(got["fractions"].values, again["fractions"].values)
+
+
+def test_finished_rows_match_numpy_division_and_argmax() -> None:
+    """The compiled finishing pass gives NumPy's quotient and np.argmax's choice bit for bit:
+    the first maximum on ties, the first NaN where one is present, -0.0 equal to 0.0."""
+    from landcover.blend_kernels import finish_rows
+
+    rng = np.random.default_rng(11)
+    k, rows, cols = 7, 9, 37
+    acc = rng.random((k, rows, cols)).astype(np.float32)
+    acc[:, 0, :] = np.round(acc[:, 0, :] * 2) / 2  # ties
+    acc[2, 1, ::3] = np.nan
+    acc[5, 1, ::2] = np.nan  # two NaNs in some pixels: the first one wins
+    acc[0, 2, :] = np.nan  # a NaN in the first class
+    acc[:, 3, :5] = -0.0
+    acc[1, 3, 5:9] = 0.0
+    acc[:, 4, :] = np.inf
+    wsum = (rng.random((rows, cols)) + 0.1).astype(np.float32)
+    wsum[5, :3] = 0  # 0/0 and x/0
+    usable = rng.random((rows, cols)) > 0.2
+    codes = np.array([111, 112, 121, 211, 311, 512, 523], dtype=np.int64)
+    frac = np.empty_like(acc)
+    cmap = np.empty((rows, cols), np.uint16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want_frac = acc / wsum[None]
+        finish_rows(acc, wsum, usable, codes, 0, frac, cmap)
+    np.testing.assert_array_equal(frac.view(np.uint32), want_frac.view(np.uint32))
+    want = np.where(usable, codes[np.argmax(want_frac, axis=0)], 0)
+    np.testing.assert_array_equal(cmap, want)
+    # strided pieces (as the sweep hands them over) give the same
+    part = np.empty((k, rows, 20), np.float32)
+    cpart = np.empty((rows, 20), np.uint16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        finish_rows(acc[:, :, 10:30], wsum[:, 10:30], usable[:, 10:30], codes, 0, part, cpart)
+    np.testing.assert_array_equal(cpart, want[:, 10:30])

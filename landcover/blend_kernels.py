@@ -1,0 +1,60 @@
+"""Compiled kernels of whole-scene prediction (:mod:`landcover.predict`): finishing blended rows.
+
+The sweep accumulates each window's softmax probabilities times its blending weight; a row of
+pixels that no further window reaches is finished here in one pass per row: the blended
+fractions ``acc / wsum`` (the float32 division NumPy does), their argmax with NumPy's rule (the
+first maximum; the first NaN, if any, wins) and the class code, or ``nodata`` where the input
+was unusable. NumPy needed a temporary for the quotient and a strided argmax over the class
+planes. Compiled without ``fastmath`` (IEEE operations): the same bits as the NumPy code, which
+``tests/test_predict.py`` keeps as the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .jit import compiled
+
+__all__ = ["finish_rows"]
+
+
+@compiled(error_model="numpy")  # x / 0 is inf or NaN as in NumPy, not an exception
+def finish_rows(
+    acc: np.ndarray, wsum: np.ndarray, usable: np.ndarray, codes: np.ndarray, nodata: int,
+    frac: np.ndarray, cmap: np.ndarray,
+) -> None:  # fmt: skip
+    """``frac = acc / wsum`` and ``cmap = codes[argmax(frac, axis=0)]`` (``nodata`` where not ``usable``).
+
+    ``acc`` and ``frac`` are ``(class, row, col)`` float32, ``wsum`` ``(row, col)`` float32,
+    ``usable`` ``(row, col)`` bool, ``cmap`` ``(row, col)`` of the codes' dtype.
+    """
+    k, n_rows, n_cols = acc.shape
+    best = np.empty(n_cols, np.float32)
+    idx = np.empty(n_cols, np.int64)
+    first_nan = np.empty(n_cols, np.int64)  # NumPy's argmax returns the first NaN, if any
+    for y in range(n_rows):
+        ws = wsum[y]
+        for c in range(k):
+            a = acc[c, y]
+            f = frac[c, y]
+            for x in range(n_cols):
+                f[x] = a[x] / ws[x]
+        f0 = frac[0, y]
+        for x in range(n_cols):
+            v = f0[x]
+            best[x] = v
+            idx[x] = 0
+            first_nan[x] = 0 if v != v else k
+        for c in range(1, k):  # selects, no branches: the loop vectorises
+            f = frac[c, y]
+            for x in range(n_cols):
+                v = f[x]
+                up = v > best[x]
+                best[x] = v if up else best[x]
+                idx[x] = c if up else idx[x]
+                first_nan[x] = c if (v != v) & (first_nan[x] == k) else first_nan[x]
+        ok = usable[y]
+        out = cmap[y]
+        for x in range(n_cols):
+            i = first_nan[x] if first_nan[x] < k else idx[x]
+            out[x] = codes[i] if ok[x] else nodata
