@@ -178,19 +178,24 @@ def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums:
         m = min(_TILE, n - t0)
         na = _truncated_tile(frac, bits, fs, steps, t0, m, out, sums[t0 : t0 + m], qsum, ssum, act)
         need = 0
+        for j in range(m):  # (a NaN pixel has a NaN ssum: not counted)
+            need += (steps - qsum[j] > 0) & (ssum[j] > 0)
+        dense = 4 * need >= m and need > 0  # most pixels: ranked together (vectorised over pixels)
         for j in range(m):
             p = t0 + j
             miss[j] = 0
             if sums[p] != sums[p]:  # NaN in some class: NODATA
                 out[:, p] = fill
             elif steps - qsum[j] > 0 and ssum[j] > 0:  # steps missing: the correction
-                miss[j] = steps - qsum[j]
-                need += 1
-        if 4 * need >= m:  # most pixels: ranked together, the comparisons vectorise over pixels
+                if dense:
+                    miss[j] = steps - qsum[j]
+                else:
+                    _finish_pixel(frac, fs, p, steps - qsum[j], act, na, every, rem, qq, steps, out, p)
+        if dense:
             _correct_tile(frac, fs, steps, t0, m, act, na, miss, rem_t, above, bad, out)
-        for j in range(m):
-            if miss[j] > 0 and (4 * need < m or bad[j]):
-                _finish_pixel(frac, fs, t0 + j, miss[j], act, na, every, rem, qq, steps, out, t0 + j)
+            for j in range(m):
+                if bad[j]:
+                    _finish_pixel(frac, fs, t0 + j, miss[j], act, na, every, rem, qq, steps, out, t0 + j)
 
 
 @compiled()
