@@ -36,8 +36,15 @@ record the group layout and a resume with another layout is refused.
 
 Data-wait share: for every step the time spent waiting for the next batch (from the end
 of the previous step until the batch arrives) and the compute time (transfer, forward,
-backward, optimiser step, synchronised by reading the loss) are measured;
-``data_wait_share = wait / (wait + compute)`` is logged per epoch and per log row.
+backward, optimiser step) are measured; ``data_wait_share = wait / (wait + compute)`` is
+logged per epoch and per log row.
+
+The training loop does not wait for the device: a step's loss stays a tensor until a row,
+the progress bar (at most every :data:`POSTFIX_SECONDS`) or a caller reads it, and then
+all pending losses are read with one transfer. On a GPU the host therefore queues the next
+step while the device runs this one; a step's ``compute`` time is then the host's share
+(launching the work), and the device's share shows where the host next has to wait for it.
+On the CPU every operation completes when it returns, so both times are what they were.
 """
 
 from __future__ import annotations
@@ -943,13 +950,22 @@ class TrainState:
 
     def step(self, batch: Any) -> tuple[float, int]:
         """One optimisation step and one schedule step on ``batch``; returns (loss, batch size)."""
+        loss, n = self.launch(batch)
+        return float(loss), n
+
+    def launch(self, batch: Any) -> tuple[torch.Tensor, int]:
+        """:meth:`step` without waiting for the device: the detached loss tensor and the batch size.
+
+        Reading the loss (``float(loss)``) waits for the step; until then the host is free to
+        queue the next one.
+        """
         loss, n = _optimizer_step(
             self.model, batch, self.loss_fn, self.optimizer, self.scaler, self.device, self.amp_dtype,
             non_blocking=self.device.type == "cuda", grad_clip=self.grad_clip,
         )  # fmt: skip
         if self.scheduler.last_epoch < self.total_steps:
             self.scheduler.step()
-        return float(loss.detach()), n
+        return loss.detach(), n
 
     def state_dict(self) -> dict[str, Any]:
         """Optimiser, schedule and scaler state (what a checkpoint stores beside the weights)."""
@@ -969,28 +985,41 @@ class TrainState:
 
 @dataclass(frozen=True)
 class StepResult:
-    """One optimisation step: batch index in its pass, loss, batch size, data wait and compute seconds."""
+    """One optimisation step: batch index in its pass, loss, batch size, data wait and compute seconds.
+
+    ``loss_tensor`` is the step's detached loss on its device; :attr:`loss` reads it (and so
+    waits for the step to finish on a GPU).
+    """
 
     index: int
-    loss: float
+    loss_tensor: torch.Tensor
     batch_size: int
     wait: float
     compute: float
+
+    @property
+    def loss(self) -> float:
+        """The step's loss (waits for the device)."""
+        return float(self.loss_tensor)
+
+
+POSTFIX_SECONDS = 2.0
+"""The progress bar's loss is read (a wait for the device) at most this often."""
 
 
 def _run_steps(state: TrainState, loader: Iterable[Any], limit: int) -> Iterator[StepResult]:
     """Step ``state`` on at most ``limit`` batches of one pass over ``loader``, timing each.
 
     ``wait`` runs from the end of the consumer's work on the previous step until the batch
-    arrives; ``compute`` covers transfer, forward, backward and the steps (synchronised by
-    reading the loss).
+    arrives; ``compute`` covers transfer, forward, backward and the steps as the host sees
+    them (the loss is not read here, see :meth:`TrainState.launch`).
     """
     if limit < 1:
         return
     t_end = time.perf_counter()
     for i, batch in enumerate(loader):
         t_got = time.perf_counter()
-        loss, n = state.step(batch)
+        loss, n = state.launch(batch)
         yield StepResult(i, loss, n, t_got - t_end, time.perf_counter() - t_got)
         if i + 1 >= limit:
             break
@@ -1027,21 +1056,20 @@ def train_steps(
     every step; returning True stops early. A pass that yields no batch ends the loop.
     """
     state.model.train()
-    done = samples = passes = 0
-    loss_sum = 0.0
+    done = passes = 0
+    meter = _Meter()
     while done < n_batches:
         _reseed_loader(loader, seed, passes)
         before = done
         for s in _run_steps(state, loader, n_batches - done):
-            samples += s.batch_size
-            loss_sum += s.loss * s.batch_size
+            meter.add(s)
             done += 1
             if on_step is not None and on_step(s):
-                return TrainStepsResult(done, samples, loss_sum)
+                return TrainStepsResult(done, meter.n, meter.loss)
         if done == before:
             break
         passes += 1
-    return TrainStepsResult(done, samples, loss_sum)
+    return TrainStepsResult(done, meter.n, meter.loss)
 
 
 def to_device(
@@ -1282,18 +1310,32 @@ def _load_resume(ckdir: Path | None, layout: Mapping[str, Any]) -> dict[str, Any
 
 @dataclass
 class _Meter:
-    """Running sums of loss, samples, data wait and compute over some steps."""
+    """Running sums of loss (times batch size), samples, data wait and compute over some steps.
 
-    loss: float = 0.0
+    Losses are kept as device tensors until :attr:`loss` is read; then all pending ones are
+    read with one transfer and summed in step order (the same float64 sum as reading each).
+    """
+
+    loss_read: float = 0.0
     n: int = 0
     wait: float = 0.0
     compute: float = 0.0
+    pending: list[tuple[torch.Tensor, int]] = field(default_factory=list)
 
     def add(self, s: StepResult) -> None:
-        self.loss += s.loss * s.batch_size
+        self.pending.append((s.loss_tensor, s.batch_size))
         self.n += s.batch_size
         self.wait += s.wait
         self.compute += s.compute
+
+    @property
+    def loss(self) -> float:
+        if self.pending:
+            values = torch.stack([t.reshape(()).to(torch.float64) for t, _ in self.pending]).tolist()
+            for v, (_, b) in zip(values, self.pending, strict=True):
+                self.loss_read += float(v) * b
+            self.pending.clear()
+        return self.loss_read
 
     @property
     def busy(self) -> float:
@@ -1574,14 +1616,16 @@ class _Run:
             self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress, leave=False
         )
         budget_hit = callback_stop = False
+        t_postfix = -math.inf
         for s in _run_steps(self.state, self.train_loader, self.steps_per_epoch):
             self.step += 1
             self.samples_seen += s.batch_size
             meter.add(s)
             self.window.add(s)
             bar.update(1)
-            if cfg.progress:
+            if cfg.progress and time.perf_counter() - t_postfix >= POSTFIX_SECONDS:
                 bar.set_postfix(loss=f"{s.loss:.4f}", refresh=False)
+                t_postfix = time.perf_counter()
             budget_hit = cfg.max_samples is not None and self.samples_seen >= cfg.max_samples
             callback_stop = self._sample_row(epoch, s.index) or callback_stop
             if budget_hit or callback_stop:

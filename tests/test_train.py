@@ -381,3 +381,60 @@ def test_param_groups_are_validated() -> None:
     with pytest.raises(ValueError, match="not a submodule"):
         fit(model, [], None, _config(), class_codes=CODES, frozen_modules=[torch.nn.BatchNorm2d(3)])
     del p1
+
+
+class _WatchedLoss(torch.Tensor):
+    """A loss tensor that counts how often a single value is read from it (a device sync on a GPU)."""
+
+    reads = 0
+
+    def __float__(self) -> float:
+        _WatchedLoss.reads += 1
+        return super().__float__()
+
+    def item(self) -> Any:
+        _WatchedLoss.reads += 1
+        return super().item()
+
+
+def test_fit_does_not_wait_for_each_step_and_logs_the_same_losses(data: tuple[Patches, Patches]) -> None:
+    """The loop leaves each step's loss unread (on a GPU the host queues the next step meanwhile);
+    rows read the pending losses at once and get exactly the per-sample mean of the steps' losses."""
+    from landcover.losses import SoftLabelLoss
+    from landcover.train import TrainState, train_steps
+
+    train, _ = data
+    base = SoftLabelLoss("ce")
+    seen: list[tuple[float, int]] = []
+
+    def loss_fn(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        loss = base(logits, target, mask)
+        seen.append((float(loss.detach()), int(logits.shape[0])))
+        return loss.as_subclass(_WatchedLoss)
+
+    cfg = _config(epochs=2, log_every_samples=16, monitor="train_loss")
+    _WatchedLoss.reads = 0
+    hist = fit(_model(), cfg.loader(train), None, cfg, class_codes=CODES, loss_fn=loss_fn)
+    assert len(seen) == 12  # 48 windows, batch 8, 2 epochs
+    assert _WatchedLoss.reads == 0
+    for epoch, row in enumerate(hist.epochs):
+        steps = seen[6 * epoch : 6 * (epoch + 1)]
+        total = 0.0
+        for v, n in steps:  # the sum fit made when it read every step's loss
+            total += v * n
+        assert row["train_loss"] == total / 48
+    first = 0.0
+    for v, n in seen[:2]:
+        first += v * n
+    assert hist.samples[0]["samples_seen"] == 16 and hist.samples[0]["train_loss"] == first / 16
+
+    # the data-local legs' steps too: summed losses equal, nothing read step by step
+    seen.clear()
+    _WatchedLoss.reads = 0
+    state = TrainState.create(_model(), lr=1e-2, total_steps=5, loss_fn=loss_fn, device="cpu")
+    res = train_steps(state, cfg.loader(train), 5, seed=3)
+    assert _WatchedLoss.reads == 0 and res.batches == 5 and res.samples == 40
+    total = 0.0
+    for v, n in seen:
+        total += v * n
+    assert res.loss_sum == total
