@@ -132,6 +132,7 @@ __all__ = [
     "inspect_cube",
     "cube_stats",
     "make_loader",
+    "span_epochs",
     "PooledBatch",
     "STATS_ATTR",
     "STATS_FILE",
@@ -1150,4 +1151,84 @@ def make_loader(
         drop_last=drop_last,
         generator=generator,
         **kwargs,
+    )
+
+
+class _EpochSpan:
+    """Batch sampler giving several epochs of ``loader``'s batches back to back.
+
+    Before epoch ``e`` it calls ``before_epoch(e)`` (the caller reseeds the loader's
+    generator there) and draws from ``loader.generator`` what a new ``DataLoader``
+    iterator draws first (its workers' base seed), then yields the first ``steps`` batches
+    of ``loader.batch_sampler``: each epoch's batches are those a fresh iterator of
+    ``loader`` gives after ``before_epoch(e)``, whatever the number of workers.
+    """
+
+    def __init__(
+        self, loader: DataLoader[Any], epochs: Sequence[int], steps: int, before_epoch: Callable[[int], None]
+    ) -> None:
+        self.loader, self.epochs, self.steps, self.before_epoch = loader, list(epochs), steps, before_epoch
+
+    def __len__(self) -> int:
+        return len(self.epochs) * min(self.steps, len(self.loader))
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = self.loader.batch_sampler
+        assert batches is not None  # checked by span_epochs
+        for epoch in self.epochs:
+            self.before_epoch(epoch)
+            torch.empty((), dtype=torch.int64).random_(generator=self.loader.generator)
+            for i, batch in enumerate(batches):
+                if i >= self.steps:
+                    break
+                yield batch
+
+
+def span_epochs(
+    loader: Any,
+    epochs: Sequence[int],
+    steps: int,
+    *,
+    before_epoch: Callable[[int], None],
+    worker_seed: int,
+) -> DataLoader[Any] | None:
+    """One ``DataLoader`` whose single pass gives the batches of ``epochs`` passes of ``loader``.
+
+    A loader re-entered every epoch stops its workers' prefetching at the end of each pass
+    and refills from empty when the next one starts (PyTorch restarts the index stream per
+    epoch, persistent workers or not), so the consumer waits at every turnover; an epoch of
+    tens of batches feeding a GPU loses a large share of its time there. Iterated once, the
+    returned loader's workers read the next epoch's first batches while this one's last
+    ones are consumed.
+
+    Epoch ``e`` gives the first ``min(steps, len(loader))`` batches that a *fresh* iterator
+    of ``loader`` gives after ``before_epoch(e)`` (the same windows in the same batches and
+    order as with ``num_workers=0``, and as a run resumed at that epoch). A re-entered
+    loader with persistent workers does not: from its second epoch it skips the base-seed
+    draw, so its orders depended on the number of workers. Random draws made inside the
+    workers (augmentations) come from their torch generators, seeded from ``worker_seed``.
+
+    Returns None (iterate ``loader`` per epoch instead) unless ``loader`` is a
+    ``DataLoader`` over a map-style dataset with a batch sampler, worker processes and a
+    ``generator`` (the draws of the index stream must not touch the global RNG, which the
+    model's own draws use, at times that depend on prefetching).
+    """
+    if not isinstance(loader, DataLoader) or loader.num_workers == 0 or loader.generator is None:
+        return None
+    if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None or steps < 1:
+        return None
+    cls = _WindowLoader if isinstance(loader, _WindowLoader) else DataLoader
+    return cls(
+        loader.dataset,
+        batch_sampler=_EpochSpan(loader, epochs, steps, before_epoch),
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=torch.Generator().manual_seed(int(worker_seed)),
+        prefetch_factor=loader.prefetch_factor,
+        persistent_workers=False,
+        pin_memory_device=loader.pin_memory_device,
     )

@@ -23,7 +23,11 @@ are ignored); ``(image, target, mask)`` tuples work too.
 
 Reproducibility: :func:`fit` seeds Python, NumPy and torch from ``config.seed``, reseeds
 the loader's ``generator`` (and its sampler's) with ``(seed, epoch)`` at the start of
-every epoch, and calls ``dataset.set_epoch(epoch)`` when the dataset has it. Checkpoints
+every epoch, and calls ``dataset.set_epoch(epoch)`` when the dataset has it. A loader with
+worker processes and a generator over a map-style dataset is read in one pass for the whole
+run (:func:`landcover.datasets.span_epochs`, which does that reseeding as each epoch's
+indices begin): no refill from empty at epoch turnovers, and each epoch's batches are the
+ones a fresh iterator gives, with or without workers. Checkpoints
 hold every RNG state as tensors/primitives, so a run resumed from ``last.pt`` continues
 exactly as the uninterrupted run would have (on the same device, with the same data
 order and deterministic kernels).
@@ -1457,8 +1461,8 @@ class _Run:
         )
         self.t_start = 0.0
         self.last_log_mark = self.last_val_mark = 0
-        self.t_start = 0.0
-        self.last_log_mark = self.last_val_mark = 0
+        self.batches: Iterator[Any] | None = None  # the spanning loader's pass (see _span)
+        self.span_steps = steps_per_epoch
 
     def _meta(self, batch_size: int) -> dict[str, Any]:
         cfg, state = self.cfg, self.state
@@ -1582,6 +1586,7 @@ class _Run:
         self.t_start = time.perf_counter() - self.elapsed_before
         self.last_log_mark, self.last_val_mark = self._marks()
         self._train_mode()
+        self.batches = self._span()
         try:
             if not self.resumed and cfg.val_at_start and self.val_loader is not None:
                 self._start_row()
@@ -1591,9 +1596,28 @@ class _Run:
         except _Stop:
             pass
         finally:
+            self.batches = None  # stops the spanning loader's workers
             self.callbacks.tb.close()
         self.history.meta["stop_reason"] = self.stop_reason
         return self.history
+
+    def _span(self) -> Iterator[Any] | None:
+        """The batches of every remaining epoch from one loader pass (:func:`landcover.datasets.span_epochs`).
+
+        None when the training loader cannot be spanned: it is then iterated epoch by epoch.
+        """
+        from .datasets import span_epochs
+
+        cfg, loader = self.cfg, self.train_loader
+        spanned = span_epochs(
+            loader, range(self.start_epoch, cfg.epochs), self.steps_per_epoch,
+            before_epoch=lambda e: _reseed_loader(loader, cfg.seed, e),
+            worker_seed=_epoch_seed(cfg.seed, self.start_epoch),
+        )  # fmt: skip
+        if spanned is None:
+            return None
+        self.span_steps = min(self.steps_per_epoch, len(loader))  # type: ignore[arg-type]
+        return iter(spanned)
 
     def _start_row(self) -> None:
         row0: dict[str, Any] = {"epoch": 0.0, "samples_seen": 0, "step": 0, **self._lrs(), "time": 0.0}
@@ -1609,7 +1633,12 @@ class _Run:
         from .progress import progress_bar
 
         cfg = self.cfg
-        _reseed_loader(self.train_loader, cfg.seed, epoch)
+        source: Iterable[Any] = self.train_loader
+        limit = self.steps_per_epoch
+        if self.batches is not None:  # this epoch's batches come next (the span reseeds)
+            source, limit = self.batches, self.span_steps
+        else:
+            _reseed_loader(self.train_loader, cfg.seed, epoch)
         meter = _Meter()
         t_epoch = time.perf_counter()
         bar = progress_bar(
@@ -1617,7 +1646,7 @@ class _Run:
         )
         budget_hit = callback_stop = False
         t_postfix = -math.inf
-        for s in _run_steps(self.state, self.train_loader, self.steps_per_epoch):
+        for s in _run_steps(self.state, source, limit):
             self.step += 1
             self.samples_seen += s.batch_size
             meter.add(s)

@@ -438,3 +438,66 @@ def test_fit_does_not_wait_for_each_step_and_logs_the_same_losses(data: tuple[Pa
     for v, n in seen:
         total += v * n
     assert res.loss_sum == total
+
+
+def test_fit_with_loader_workers_trains_on_the_same_batches_as_without(data: tuple[Patches, Patches]) -> None:
+    """Epoch e's batches are those of a fresh loader iterator reseeded for e, whatever the worker count:
+    a loader with persistent workers re-entered every epoch skipped the base-seed draw from its second epoch,
+    so its order (and the trained model) depended on ``num_workers``."""
+    train, _ = data
+    runs = {}
+    for workers in (0, 2):
+        cfg = _config(epochs=3, num_workers=workers, monitor="train_loss")
+        hist = fit(_model(), cfg.loader(train), None, cfg, class_codes=CODES)
+        runs[workers] = [r["train_loss"] for r in hist.epochs]
+    assert runs[0] == runs[2]
+
+
+class _Numbers(Dataset[int]):
+    def __len__(self) -> int:
+        return 20
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def test_span_epochs_prefetches_across_epoch_turnovers() -> None:
+    """The spanning loader's workers are handed the next epoch's first batches before this epoch's last one
+    is consumed (a re-entered loader starts from empty), and each epoch is a fresh iterator's order."""
+    from landcover.datasets import make_loader, span_epochs
+    from landcover.train import _reseed_loader
+
+    loader = make_loader(_Numbers(), 4, 2, shuffle=True, generator=torch.Generator().manual_seed(0))
+    events: list[tuple[str, int]] = []
+
+    def before(e: int) -> None:
+        events.append(("epoch", e))
+        _reseed_loader(loader, 5, e)
+
+    spanned = span_epochs(loader, range(1, 4), 5, before_epoch=before, worker_seed=1)
+    assert spanned is not None and len(spanned) == 15
+    got = []
+    for i, batch in enumerate(spanned):
+        events.append(("batch", i))
+        got.append(batch.tolist())
+    # epoch 2 (and 3) were started while 2 or more batches of the previous epoch were still to come
+    assert events.index(("epoch", 2)) < events.index(("batch", 3))
+    assert events.index(("epoch", 3)) < events.index(("batch", 8))
+
+    single = make_loader(_Numbers(), 4, 0, shuffle=True, generator=torch.Generator().manual_seed(0))
+    want = []
+    for e in range(1, 4):
+        _reseed_loader(single, 5, e)
+        want += [b.tolist() for b in single]
+    assert got == want
+    assert sorted(sum(got[:5], [])) == list(range(20))
+    # a limit on the steps of an epoch cuts each epoch, not the run
+    short = span_epochs(
+        loader, range(1, 3), 3, before_epoch=lambda e: _reseed_loader(loader, 5, e), worker_seed=1
+    )
+    assert short is not None and len(short) == 6
+    assert [b.tolist() for b in short] == want[0:3] + want[5:8]
+    # what cannot be spanned is iterated epoch by epoch
+    assert span_epochs(single, range(2), 5, before_epoch=before, worker_seed=1) is None
+    unseeded = make_loader(_Numbers(), 4, 2, shuffle=True)
+    assert span_epochs(unseeded, range(2), 5, before_epoch=before, worker_seed=1) is None
