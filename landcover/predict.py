@@ -718,9 +718,7 @@ def _sweep_bands(
         acc = np.zeros((k, wh, bw), dtype="float32")
         wsum = np.zeros((wh, bw), dtype="float32")
         a0 = 0  # image row of acc[:, 0]
-        pend_f: list[np.ndarray] = []
-        pend_c: list[np.ndarray] = []
-        pend_start = 0
+        pending_rows = _PendingRows(k, min(h, ch + wh), bw, fractions_dtype)
         carried: tuple[np.ndarray, Any] | None = None  # this row's first batch, already running
         for i, r in enumerate(row_o):
             r = int(r)
@@ -765,9 +763,7 @@ def _sweep_bands(
                 pending = nxt_job
             if n_final > 0 and usable is not None:
                 ucols = usable[:, c0 - in_c0 : c1 - in_c0]
-                enc, cmap = _finalize(acc[:, :n_final], wsum[:n_final], ucols, codes, fractions_dtype)
-                pend_f.append(enc)
-                pend_c.append(cmap)
+                _finalize(acc[:, :n_final], wsum[:n_final], ucols, codes, *pending_rows.take(n_final))
                 keep = wh - n_final
                 acc[:, :keep] = acc[:, n_final:]
                 acc[:, keep:] = 0.0
@@ -775,15 +771,7 @@ def _sweep_bands(
                 wsum[keep:] = 0.0
                 a0 = nxt
             # flush complete output chunk rows (and everything at the end)
-            flush_to = h if a0 >= h else (a0 // ch) * ch
-            if flush_to > pend_start and pend_f:
-                f_all = np.concatenate(pend_f, axis=1)
-                c_all = np.concatenate(pend_c, axis=0)
-                n = flush_to - pend_start
-                writer.write(slice(pend_start, flush_to), slice(c0, c1), f_all[:, :n], c_all[:n])
-                pend_f = [f_all[:, n:]] if f_all.shape[1] > n else []
-                pend_c = [c_all[n:]] if c_all.shape[0] > n else []
-                pend_start = flush_to
+            pending_rows.flush(h if a0 >= h else (a0 // ch) * ch, writer, slice(c0, c1))
             if progress is not None:
                 progress(len(cols))
 
@@ -801,15 +789,58 @@ def _submit(
     return bcols, pool.submit(engine, batch)
 
 
+class _PendingRows:
+    """Finished rows of a column band waiting for a whole output chunk row: one reused buffer.
+
+    Rows are finished into it in place (:meth:`take`) and written from it (:meth:`flush`),
+    instead of a list of row blocks concatenated at every write: no copies, and no second
+    copy of the pending rows at the write.
+    """
+
+    def __init__(self, k: int, capacity: int, width: int, fractions_dtype: FractionsDType) -> None:
+        dtype = "uint8" if fractions_dtype == "uint8" else "float32"
+        self.fractions = np.empty((k, capacity, width), dtype=dtype)
+        self.class_map = np.empty((capacity, width), dtype="uint16")
+        self.start = 0  # image row of buffer row 0
+        self.n = 0  # rows held
+
+    def take(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Views of the next ``m`` rows (encoded fractions, class map), counted as held."""
+        r = slice(self.n, self.n + m)
+        if r.stop > self.class_map.shape[0]:
+            raise AssertionError(f"{r.stop} pending rows, room for {self.class_map.shape[0]}")
+        self.n = r.stop
+        return self.fractions[:, r], self.class_map[r]
+
+    def flush(self, to: int, writer: _Writer, cols: slice) -> None:
+        """Write the held rows above image row ``to`` and keep the rest at the buffer's top."""
+        n = min(to - self.start, self.n)
+        if n <= 0:
+            return
+        writer.write(slice(self.start, self.start + n), cols, self.fractions[:, :n], self.class_map[:n])
+        rest = self.n - n
+        if rest:  # numpy copies overlapping ranges as if through a temporary
+            self.fractions[:, :rest] = self.fractions[:, n : self.n]
+            self.class_map[:rest] = self.class_map[n : self.n]
+        self.start += n
+        self.n = rest
+
+
 def _finalize(
-    acc: np.ndarray, wsum: np.ndarray, usable: np.ndarray, codes: np.ndarray, fractions_dtype: FractionsDType
-) -> tuple[np.ndarray, np.ndarray]:
-    """Finished rows: blended fractions ``acc / wsum`` encoded as stored, and the class map."""
+    acc: np.ndarray,
+    wsum: np.ndarray,
+    usable: np.ndarray,
+    codes: np.ndarray,
+    enc: np.ndarray,
+    cmap: np.ndarray,
+) -> None:
+    """Finished rows into ``enc`` and ``cmap``: fractions ``acc / wsum`` as stored, and the class map.
+
+    ``enc``'s dtype says how fractions are stored: uint8 steps or float32.
+    """
     from .blend_kernels import finish_rows
 
     k, n_rows, bw = acc.shape
-    enc = np.empty((k, n_rows, bw), dtype="uint8" if fractions_dtype == "uint8" else "float32")
-    cmap = np.empty((n_rows, bw), dtype="uint16")
     buf = np.empty(k * n_rows * min(_FINALIZE_COLS, bw), dtype="float32")
     for x0 in range(0, bw, _FINALIZE_COLS):  # in pieces: bounded temporaries
         xs = slice(x0, min(x0 + _FINALIZE_COLS, bw))
@@ -817,14 +848,13 @@ def _finalize(
         ok = usable[:, xs]
         # frac = acc / wsum and the class map (np.argmax's rule), in one compiled pass
         finish_rows(acc[:, :, xs], wsum[:, xs], ok, codes, NODATA_CODE, frac, cmap[:, xs])
-        if fractions_dtype == "uint8":
+        if enc.dtype == np.uint8:
             piece = encode_fractions(frac)
             piece[:, ~ok] = LABEL_FILL
         else:
             piece = frac
             piece[:, ~ok] = np.nan
         enc[:, :, xs] = piece
-    return enc, cmap
 
 
 def check_window(

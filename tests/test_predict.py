@@ -647,3 +647,37 @@ def test_finished_rows_match_numpy_division_and_argmax() -> None:
     with np.errstate(divide="ignore", invalid="ignore"):
         finish_rows(acc[:, :, 10:30], wsum[:, 10:30], usable[:, 10:30], codes, 0, part, cpart)
     np.testing.assert_array_equal(cpart, want[:, 10:30])
+
+
+def test_pending_rows_write_each_row_once_in_order_and_keep_the_rest() -> None:
+    """Finished rows wait in one reused buffer until a whole output chunk row can be written; a flush
+    writes exactly the held rows above its limit and moves the others to the top."""
+    from landcover.predict import _PendingRows, _Writer
+
+    class Recorder(_Writer):
+        def __init__(self) -> None:
+            self.calls: list[tuple[slice, slice, np.ndarray, np.ndarray]] = []
+
+        def write(self, rows: slice, cols: slice, fractions: np.ndarray, class_map: np.ndarray) -> None:
+            self.calls.append((rows, cols, fractions.copy(), class_map.copy()))
+
+    for dtype in ("uint8", "float32"):
+        k, width, ch, h = 3, 5, 8, 40
+        buf = _PendingRows(k, ch + 6, width, dtype)  # type: ignore[arg-type]
+        writer = Recorder()
+        want_f = np.arange(k * h * width).reshape(k, h, width) % 251
+        want_c = np.arange(h * width, dtype="uint16").reshape(h, width)
+        a0 = 0
+        for n_final in (6, 6, 5, 6, 6, 6, 5):  # rows finished per window row: flush at chunk-row ends
+            f, c = buf.take(n_final)
+            f[...] = want_f[:, a0 : a0 + n_final]
+            c[...] = want_c[a0 : a0 + n_final]
+            a0 += n_final
+            buf.flush(h if a0 >= h else (a0 // ch) * ch, writer, slice(2, 7))
+        assert [(r.start, r.stop) for r, *_ in writer.calls] == [(i, i + 8) for i in range(0, 40, 8)]
+        got_f = np.concatenate([f for *_, f, _ in writer.calls], axis=1)
+        got_c = np.concatenate([c for *_, c in writer.calls], axis=0)
+        assert np.array_equal(got_f, want_f.astype(dtype)) and np.array_equal(got_c, want_c)
+        assert all(cols == slice(2, 7) for _, cols, *_ in writer.calls) and buf.n == 0
+        with pytest.raises(AssertionError, match="pending rows"):
+            buf.take(ch + 7)
