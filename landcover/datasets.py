@@ -1208,6 +1208,9 @@ def span_epochs(
     draw, so its orders depended on the number of workers. Random draws made inside the
     workers (augmentations) come from their torch generators, seeded from ``worker_seed``.
 
+    Workers that ``loader`` keeps from an earlier pass (persistent workers) are stopped
+    first; a later pass over ``loader`` starts new ones.
+
     Returns None (iterate ``loader`` per epoch instead) unless ``loader`` is a
     ``DataLoader`` over a map-style dataset with a batch sampler, worker processes and a
     ``generator`` (the draws of the index stream must not touch the global RNG, which the
@@ -1217,6 +1220,12 @@ def span_epochs(
         return None
     if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None or steps < 1:
         return None
+    held = getattr(loader, "_iterator", None)  # persistent workers of an earlier pass (say, an LR test)
+    if held is not None:  # would sit idle beside the span's, each with its own chunk cache
+        loader._iterator = None
+        shutdown = getattr(held, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
     cls = _WindowLoader if isinstance(loader, _WindowLoader) else DataLoader
     return cls(
         loader.dataset,

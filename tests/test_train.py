@@ -468,6 +468,9 @@ def test_span_epochs_prefetches_across_epoch_turnovers() -> None:
     from landcover.train import _reseed_loader
 
     loader = make_loader(_Numbers(), 4, 2, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert len(list(loader)) == 5  # an earlier pass (as an LR range test makes) leaves persistent workers
+    earlier = [w for w in loader._iterator._workers]  # type: ignore[union-attr]
+    assert all(w.is_alive() for w in earlier)
     events: list[tuple[str, int]] = []
 
     def before(e: int) -> None:
@@ -476,6 +479,9 @@ def test_span_epochs_prefetches_across_epoch_turnovers() -> None:
 
     spanned = span_epochs(loader, range(1, 4), 5, before_epoch=before, worker_seed=1)
     assert spanned is not None and len(spanned) == 15
+    for w in earlier:  # stopped, not left idle beside the span's workers
+        w.join(timeout=10)
+    assert not any(w.is_alive() for w in earlier) and loader._iterator is None
     got = []
     for i, batch in enumerate(spanned):
         events.append(("batch", i))
