@@ -7,9 +7,13 @@ One short run (< 5 min on a GPU machine) that gives the figure the issue asks fo
    (``experiment._datasets`` -> ``datasets.make_loader`` with ``--workers`` processes,
    shuffled, training-split statistics) for the arm ``--model`` (default ``native``) with
    ``preset="base"`` (ResNet-18 encoder U-Net), 256 px windows;
-3. trains ``--steps`` steps through ``fit`` on the GPU (AMP as ``fit`` chooses it) after a
-   warm-up (worker start, cuDNN autotuning), while a thread samples GPU utilisation every
-   0.2 s (``nvidia-smi``, else ``torch.cuda.utilization``);
+3. trains ``--warmup`` + ``--steps`` steps in one ``fit`` on the GPU (AMP as ``fit`` chooses
+   it): ``fit`` reads the loader once for the whole run (one set of workers), so the
+   warm-up (worker start, first chunk decodes, cuDNN autotuning) and the measured steps share
+   it; the figures come from ``fit``'s own sample rows, logged every ``--warmup`` steps
+   (samples and time between the row that ends the warm-up and the last one; the data-wait
+   share of those rows), while a thread samples GPU utilisation every 0.2 s (``nvidia-smi``,
+   else ``torch.cuda.utilization``) from the end of the warm-up on;
 4. trains the same number of steps on the same batches held in GPU memory (the baseline,
    measured in the same run: no loader at all).
 
@@ -44,6 +48,7 @@ class UtilSampler:
     def __init__(self, index: int, interval: float = 0.2) -> None:
         self.index, self.interval = index, interval
         self.samples: list[float] = []
+        self.active = False  # set when the measured steps begin (see _train)
         self.source = "nvidia-smi" if shutil.which("nvidia-smi") else "torch.cuda.utilization"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -68,7 +73,7 @@ class UtilSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            v = self._read()
+            v = self._read() if self.active else None
             if v is not None:
                 self.samples.append(v)
             self._stop.wait(self.interval)
@@ -83,31 +88,46 @@ class UtilSampler:
 
 
 def _train(
-    model_fn: Any, loader: Any, steps: int, device: str, codes: tuple[int, ...], batch: int
+    model_fn: Any,
+    loader: Any,
+    warmup: int,
+    steps: int,
+    device: str,
+    codes: tuple[int, ...],
+    batch: int,
+    sampler: Any = None,
 ) -> dict[str, float]:
-    """``steps`` optimisation steps through ``fit``, over as many passes of ``loader`` as they need.
+    """``warmup`` then ``steps`` optimisation steps in one ``fit``; figures of the measured steps only.
 
-    Returns samples/s over the whole call (wall clock, epoch turnovers included) and the
-    mean data-wait share of its epochs.
+    ``fit`` logs a sample row every ``warmup`` steps (reading the losses then, not per step);
+    samples/s is taken between the row that ends the warm-up and the last row (epoch
+    turnovers included), the data-wait share is the mean of the rows after the warm-up.
+    ``sampler.active`` is set when the warm-up ends.
     """
     import math
 
     from landcover.train import TrainConfig, fit
 
     per_pass = len(loader)
+    total = warmup + steps
     cfg = TrainConfig(
-        epochs=math.ceil(steps / per_pass), batch_size=batch, lr=1e-3, device=device, progress=False, seed=0,
-        steps_per_epoch=min(steps, per_pass),
+        epochs=math.ceil(total / per_pass), batch_size=batch, lr=1e-3, device=device, progress=False, seed=0,
+        steps_per_epoch=min(total, per_pass), max_samples=total * batch, log_every_samples=warmup * batch,
     )  # fmt: skip
-    model = model_fn()
-    t0 = time.perf_counter()
-    epochs = fit(model, loader, None, cfg, class_codes=codes).epochs
-    wall = time.perf_counter() - t0
-    samples = len(epochs) * min(steps, per_pass) * batch  # full batches only (drop_last)
+
+    def start(kind: str, row: dict[str, Any]) -> None:
+        if sampler is not None and kind == "samples" and row["step"] == warmup:
+            sampler.active = True
+
+    hist = fit(model_fn(), loader, None, cfg, class_codes=codes, callbacks=[start])
+    rows = [r for r in hist.samples if r["step"] >= warmup]
+    first, last = rows[0], rows[-1]
+    if first["step"] != warmup or last["step"] <= warmup:
+        raise RuntimeError(f"no sample rows at step {warmup} and after: {[r['step'] for r in hist.samples]}")
     return {
-        "samples_per_s": samples / wall,
-        "data_wait_share": statistics.fmean(e["data_wait_share"] for e in epochs),
-        "epochs": len(epochs),
+        "samples_per_s": (last["samples_seen"] - first["samples_seen"]) / (last["time"] - first["time"]),
+        "data_wait_share": statistics.fmean(r["data_wait_share"] for r in rows[1:]),
+        "steps": last["step"] - first["step"],
     }
 
 
@@ -176,15 +196,14 @@ def main() -> int:
         gen = torch.Generator().manual_seed(0)
         loader = make_loader(train_ds, args.batch, args.workers, shuffle=True, generator=gen, drop_last=True)
         print(
-            f"# {len(loader)} batches a pass: {args.steps} measured steps take "
-            f"{-(-args.steps // len(loader))} passes (each pass ends with the workers' refill)"
+            f"# {len(loader)} batches a pass: {args.warmup} warm-up + {args.steps} measured steps span "
+            f"{-(-(args.warmup + args.steps) // len(loader))} passes of one loader run (fit reads it once)"
         )
-        _train(new_model, loader, args.warmup, args.device, codes, args.batch)  # workers up, cuDNN tuned
         if gpu:
             torch.cuda.synchronize(index)
             torch.cuda.reset_peak_memory_stats(index)
         with UtilSampler(index) if gpu else _NoSampler() as sampler:
-            via = _train(new_model, loader, args.steps, args.device, codes, args.batch)
+            via = _train(new_model, loader, args.warmup, args.steps, args.device, codes, args.batch, sampler)
         peak = torch.cuda.max_memory_allocated(index) / 2**30 if gpu else 0.0
         # baseline: the same number of steps on batches already in device memory
         batches: list[dict[str, Any]] = []
@@ -193,10 +212,11 @@ def main() -> int:
             if len(batches) == min(args.steps, 16):
                 break
         del loader
-        mem_batches = [batches[i % len(batches)] for i in range(args.steps)]
-        _train(new_model, mem_batches[: args.warmup], args.warmup, args.device, codes, args.batch)
+        mem_batches = [batches[i % len(batches)] for i in range(args.warmup + args.steps)]
         with UtilSampler(index) if gpu else _NoSampler() as mem_sampler:
-            mem = _train(new_model, mem_batches, args.steps, args.device, codes, args.batch)
+            mem = _train(
+                new_model, mem_batches, args.warmup, args.steps, args.device, codes, args.batch, mem_sampler
+            )
 
     ratio = via["samples_per_s"] / mem["samples_per_s"]
     util = sampler.samples
@@ -230,6 +250,7 @@ def main() -> int:
 class _NoSampler:
     samples: list[float] = []
     source = "none"
+    active = False
 
     def __enter__(self) -> _NoSampler:
         return self

@@ -26,6 +26,8 @@ def test_gpu_check_dry_run_trains_through_the_loader_and_from_memory():
     assert text.startswith("no GPU: dry run")
     windows = int(re.search(r"and (\d+) training windows ready", text).group(1))
     per_pass = int(re.search(r"# (\d+) batches a pass", text).group(1))
+    # warm-up and measured steps share one fit (one loader run): the measurement starts warm
+    assert re.search(r"batches a pass: 1 warm-up \+ 3 measured steps span 1 passes of one loader run", text)
     assert per_pass == windows // 4  # batch 4, full batches only
     loader = float(re.search(r"through the loader:\s+([\d.]+) samples/s", text).group(1))
     memory = float(re.search(r"from device memory:\s+([\d.]+) samples/s", text).group(1))
