@@ -131,6 +131,26 @@ def _train(
     }
 
 
+def _loader_alone(loader: Any, device: str, warmup: int) -> float:
+    """Samples/s of one pass of ``loader`` after ``warmup`` batches, each batch copied to ``device``.
+
+    No model: the rate the loader (workers, pinning, host-to-device copy) can feed at most.
+    """
+    import torch
+
+    n = 0
+    t0 = time.perf_counter()
+    for i, b in enumerate(loader):
+        if i == warmup:
+            n, t0 = 0, time.perf_counter()
+        for k in ("image", "target", "mask"):
+            b[k].to(device, non_blocking=True)
+        n += int(b["image"].shape[0])
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return n / max(time.perf_counter() - t0, 1e-9)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=3072, help="synthetic cube side in px (default 3072)")
@@ -211,6 +231,18 @@ def main() -> int:
             batches.append({k: b[k].to(args.device) for k in ("image", "target", "mask")})
             if len(batches) == min(args.steps, 16):
                 break
+        # the loader alone (batches copied to the device, no model), pinned as fit's loader is and not:
+        # below the model's rate from memory, the loader is the limit; pinned below unpinned, the pinning
+        alone = {
+            pin: _loader_alone(
+                make_loader(
+                    train_ds, args.batch, args.workers, shuffle=True, drop_last=True, pin_memory=pin,
+                    generator=torch.Generator().manual_seed(0),
+                ),
+                args.device, args.warmup,
+            )
+            for pin in dict.fromkeys((gpu, False))  # (once without a GPU)
+        }  # fmt: skip
         del loader
         mem_batches = [batches[i % len(batches)] for i in range(args.warmup + args.steps)]
         with UtilSampler(index) if gpu else _NoSampler() as mem_sampler:
@@ -226,6 +258,10 @@ def main() -> int:
         f"through the loader: {via['samples_per_s']:8.1f} samples/s, data wait {via['data_wait_share']:.1%}"
     )
     print(f"from device memory: {mem['samples_per_s']:8.1f} samples/s")
+    print(
+        f"loader alone, to the device: {alone[gpu]:8.1f} samples/s ({'pinned' if gpu else 'not pinned'}); "
+        f"not pinned: {alone[False]:8.1f} samples/s (one pass each, after {args.warmup} batches)"
+    )
     if gpu:
         m_util = mem_sampler.samples
         m_mean = statistics.fmean(m_util) if m_util else float("nan")

@@ -32,5 +32,7 @@ def test_gpu_check_dry_run_trains_through_the_loader_and_from_memory():
     loader = float(re.search(r"through the loader:\s+([\d.]+) samples/s", text).group(1))
     memory = float(re.search(r"from device memory:\s+([\d.]+) samples/s", text).group(1))
     assert loader > 0 and memory > 0
+    alone = float(re.search(r"loader alone, to the device:\s+([\d.]+) samples/s", text).group(1))
+    assert alone > 0  # the loader's own ceiling (no model), the diagnosis when the figure is not met
     rows = [line for line in text.splitlines() if line.rstrip().endswith("dry run")]
     assert len(rows) == 3
