@@ -127,7 +127,6 @@ def _train(
     return {
         "samples_per_s": (last["samples_seen"] - first["samples_seen"]) / (last["time"] - first["time"]),
         "data_wait_share": statistics.fmean(r["data_wait_share"] for r in rows[1:]),
-        "steps": last["step"] - first["step"],
     }
 
 

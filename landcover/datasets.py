@@ -1167,10 +1167,11 @@ class _EpochSpan:
     def __init__(
         self, loader: DataLoader[Any], epochs: Sequence[int], steps: int, before_epoch: Callable[[int], None]
     ) -> None:
-        self.loader, self.epochs, self.steps, self.before_epoch = loader, list(epochs), steps, before_epoch
+        self.loader, self.epochs, self.before_epoch = loader, list(epochs), before_epoch
+        self.per_epoch = min(steps, len(loader))  # batches of each epoch
 
     def __len__(self) -> int:
-        return len(self.epochs) * min(self.steps, len(self.loader))
+        return len(self.epochs) * self.per_epoch
 
     def __iter__(self) -> Iterator[Any]:
         batches = self.loader.batch_sampler
@@ -1179,7 +1180,7 @@ class _EpochSpan:
             self.before_epoch(epoch)
             torch.empty((), dtype=torch.int64).random_(generator=self.loader.generator)
             for i, batch in enumerate(batches):
-                if i >= self.steps:
+                if i >= self.per_epoch:
                     break
                 yield batch
 

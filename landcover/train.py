@@ -1609,14 +1609,15 @@ class _Run:
         from .datasets import span_epochs
 
         cfg, loader = self.cfg, self.train_loader
+        epochs = range(self.start_epoch, cfg.epochs)
         spanned = span_epochs(
-            loader, range(self.start_epoch, cfg.epochs), self.steps_per_epoch,
+            loader, epochs, self.steps_per_epoch,
             before_epoch=lambda e: _reseed_loader(loader, cfg.seed, e),
             worker_seed=_epoch_seed(cfg.seed, self.start_epoch),
         )  # fmt: skip
         if spanned is None:
             return None
-        self.span_steps = min(self.steps_per_epoch, len(loader))  # type: ignore[arg-type]
+        self.span_steps = len(spanned) // max(len(epochs), 1)  # the batches the span gives each epoch
         return iter(spanned)
 
     def _start_row(self) -> None:
