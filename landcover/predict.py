@@ -571,11 +571,23 @@ class _MemoryWriter(_Writer):
 
 
 class _ZarrWriter(_Writer):
+    """Writes finished rows into the store's arrays.
+
+    uint8 fractions are written without zarr's comparison of every chunk with the array's fill
+    value (a full pass over 44 class planes per chunk): that value is 0 and a stored chunk holds
+    255 (unusable) or steps summing to 250 at every pixel, so the comparison can never drop one.
+    The class map (fill 0, which unusable pixels hold) and float32 fractions keep it: their
+    all-fill chunks are not stored.
+    """
+
     def __init__(self, store: Path) -> None:
         import zarr
 
         group = zarr.open_group(str(store), mode="r+")
-        self.fractions: Any = group["fractions"]
+        fractions: Any = group["fractions"]
+        if fractions.dtype == np.uint8 and fractions.fill_value == 0:
+            fractions = fractions.with_config({"write_empty_chunks": True})
+        self.fractions: Any = fractions
         self.class_map: Any = group["class_map"]
 
     def write(self, rows: slice, cols: slice, fractions: np.ndarray, class_map: np.ndarray) -> None:

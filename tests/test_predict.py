@@ -681,3 +681,29 @@ def test_pending_rows_write_each_row_once_in_order_and_keep_the_rest() -> None:
         assert all(cols == slice(2, 7) for _, cols, *_ in writer.calls) and buf.n == 0
         with pytest.raises(AssertionError, match="pending rows"):
             buf.take(ch + 7)
+
+
+def test_output_chunks_stored_are_the_same_with_and_without_zarrs_fill_check(tmp_path: Path) -> None:
+    """All-fill class-map chunks (and float32 fraction chunks) are not stored; uint8 fraction chunks
+    always are (zarr's fill value 0 never equals a stored chunk, so its comparison is skipped)."""
+    img = random_image((len(CODES), 96, 128), seed=4)
+    img[:, :, :64] = np.nan  # the left half is fill: output chunk columns 0 and 1 of 4
+    img[:, 40:44, 100:104] = np.nan  # a few unusable pixels inside chunks that have data
+    cube = write_test_cube(tmp_path / "c.zarr", img)
+    usable = ~np.isnan(img).any(axis=0)
+    every = {f"{r}/{c}" for r in range(3) for c in range(4)}
+    data = {f"{r}/{c}" for r in range(3) for c in (2, 3)}
+    for dtype, fraction_chunks in (("uint8", every), ("float32", data)):
+        out = tmp_path / f"p_{dtype}.zarr"
+        kw = dict(window=32, overlap=8, device="cpu", chunks=32, fractions_dtype=dtype)
+        pred = predict_cube(LogIdentity(), cube, out=out, **kw)
+        for name, expected in (("fractions", {f"0/{k}" for k in fraction_chunks}), ("class_map", data)):
+            files = (out / name / "c").rglob("*")
+            stored = {p.relative_to(out / name / "c").as_posix() for p in files if p.is_file()}
+            assert stored == expected, (dtype, name, sorted(stored))
+        back = xr.open_zarr(out)
+        np.testing.assert_array_equal(back["class_map"].values, pred["class_map"].values)
+        np.testing.assert_array_equal(back["class_map"].values != 0, usable)
+        assert np.isnan(back["fractions"].values[:, ~usable]).all()
+        exp = expected_fractions(img)[:, usable]
+        np.testing.assert_allclose(back["fractions"].values[:, usable], exp, atol=0.004)  # steps of 1/250
