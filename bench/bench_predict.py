@@ -24,6 +24,11 @@ Printed with a met / NOT-met table (issue 20 goals:
 predict windows/s / in-memory windows/s >= 0.8; peak RSS increase bounded whatever the size:
 < 1 GiB, with its ratio to the whole-scene float32 probabilities reported). ``cat /proc/loadavg``
 is printed at the start and the end.
+
+Both run with freed memory kept for reuse (:func:`landcover.allocator.keep_freed_memory`, what
+the ``landcover`` command does), which makes the bare model the strongest baseline: with the
+system allocator its forward pass faults its activations in afresh every batch (the tiny model
+ran twice as slow). ``--system-malloc`` measures without it.
 """
 
 from __future__ import annotations
@@ -79,8 +84,16 @@ def main() -> None:
     parser.add_argument(
         "--baseline-windows", type=int, default=None, help="windows timed by the baseline (default: all)"
     )
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave the C allocator as configured (default: freed memory kept for reuse, as the CLI does)",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    from landcover.allocator import keep_freed_memory
+
+    kept = not args.system_malloc and keep_freed_memory()
 
     import torch
 
@@ -101,6 +114,7 @@ def main() -> None:
         from landcover.predict import _resolve_device as resolve_device  # type: ignore[attr-defined,no-redef]
 
     print(f"# loadavg {_load()}")
+    print(f"allocator: {'freed memory kept for reuse (landcover.allocator)' if kept else 'system settings'}")
 
     codes = tuple(CLC_CODES[: args.classes])
     model = build_model("native", 6, len(codes), preset=args.preset, class_codes=codes, seed=0)

@@ -11,7 +11,9 @@ the median of the paired ratios is reported, so load from other users of the mac
 hits both alike. Threads are set deliberately: the model gets ``--threads`` torch/BLAS
 threads (:func:`landcover.threads.limit_threads`; default: all cores this process may
 use), every loader worker 1 torch thread (``landcover.datasets``' worker init), and Dask
-is not involved (workers read Zarr chunks directly).
+is not involved (workers read Zarr chunks directly). Freed memory is kept for reuse in this
+process and its workers (:func:`landcover.allocator.keep_freed_memory`, what the ``landcover``
+command does; ``--system-malloc`` measures without it).
 
 Part 2 (issue 19): ``--tasks`` concurrent training tasks (default: one per core) on a real
 ``LocalCluster`` (one single-threaded worker process per task, as ``compare`` runs them):
@@ -148,7 +150,15 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=None, help="concurrent tasks of part 2 (default: cores)")
     parser.add_argument("--share-steps", type=int, default=4, help="timed steps per task in part 2 (4)")
     parser.add_argument("--no-share", action="store_true", help="skip part 2 (thread shares)")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave the C allocator as configured (default: freed memory kept for reuse, as the CLI does)",
+    )
     args = parser.parse_args()
+    from landcover.allocator import keep_freed_memory
+
+    kept = not args.system_malloc and keep_freed_memory()  # before any thread or worker starts
 
     from landcover.datasets import WindowDataset
     from landcover.testing.cubes import make_cube
@@ -162,7 +172,7 @@ def main() -> None:
     print(
         f"# bench_train: torch {torch.__version__}, cores {cores}, model threads {threads}, loader workers "
         f"{args.workers} (1 torch thread each), preset {args.preset}, {args.window} px, batch {args.batch}, "
-        f"loadavg {' '.join(load)}"
+        f"allocator {'keeps freed memory' if kept else 'system'}, loadavg {' '.join(load)}"
     )
     rows: list[tuple[str, str, str, bool]] = []
     with tempfile.TemporaryDirectory() as tmp, limit_threads(threads):

@@ -161,9 +161,14 @@ def run_job(
     (130 on Ctrl-C); ``debug=True`` re-raises instead, for the traceback. ``context``
     (the command's input and output paths) lets the line name the file when the
     exception itself does not (see :mod:`landcover.cli._errors`). The job runs with GDAL's
-    block cache bounded (:data:`GDAL_CACHEMAX_MB`) unless the user set ``GDAL_CACHEMAX``.
+    block cache bounded (:data:`GDAL_CACHEMAX_MB`) unless the user set ``GDAL_CACHEMAX``, and
+    with freed memory kept for reuse (:func:`landcover.allocator.keep_freed_memory`, here and in
+    the processes it starts) unless the user configured the allocator.
     """
+    from ..allocator import keep_freed_memory
+
     _bound_gdal_cache()
+    keep_freed_memory()
     try:
         return int(job() or 0)
     except KeyboardInterrupt:
