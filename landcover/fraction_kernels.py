@@ -21,6 +21,7 @@ from .jit import compiled
 
 __all__ = [
     "encode_steps",
+    "merge_network",
     "encode_pixel",
     "encode_scattered",
     "footprint_pieces",
@@ -171,8 +172,11 @@ def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums:
     every = np.arange(k)
     miss = np.empty(_TILE, np.int64)
     rem_t = np.empty((k, _TILE), np.float32)
-    above = np.empty(_TILE, np.int32)
+    ranked = np.empty((k, _TILE), np.float32)
+    thr = np.empty(_TILE, np.float32)
+    left = np.empty(_TILE, np.int64)
     bad = np.empty(_TILE, np.bool_)
+    net_for, net = -1, merge_network(1)  # the sorting network of the tile's class count
     bits = frac.view(np.uint32)  # +-0.0 are the floats whose bits other than the sign are 0
     for t0 in range(0, n, _TILE):
         m = min(_TILE, n - t0)
@@ -192,27 +196,69 @@ def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums:
                 else:
                     _finish_pixel(frac, fs, p, steps - qsum[j], act, na, every, rem, qq, steps, out, p)
         if dense:
-            _correct_tile(frac, fs, steps, t0, m, act, na, miss, rem_t, above, bad, out)
+            if net_for != na:  # (a few microseconds: made again when the count changes)
+                net_for, net = na, merge_network(na)
+            work = (rem_t, ranked, thr, left, bad)
+            _correct_tile(frac, fs, steps, t0, m, act, na, miss, net, work, out)
             for j in range(m):
                 if bad[j]:
                     _finish_pixel(frac, fs, t0 + j, miss[j], act, na, every, rem, qq, steps, out, t0 + j)
 
 
 @compiled()
+def merge_network(n: int) -> np.ndarray:
+    """Comparators ``(a, b)``, ``a < b``, of Batcher's odd-even merge sort of ``n`` elements ((c, 2) int64).
+
+    Batcher's network for the next power of two, without the comparators that reach past ``n``:
+    placing the larger value at ``a`` sorts in descending order, and positions past ``n`` would
+    hold values below every other (they never move), so those comparators change nothing. Each
+    comparator is one branch-free pass over a tile's pixels; 44 classes take 347 of them, against
+    the 1892 comparisons of counting, for every class, the classes that rank above it.
+    """
+    p2 = 1
+    t = 0
+    while p2 < n:
+        p2 *= 2
+        t += 1
+    out = np.empty((max(1, p2 * (t * t + 4) // 4), 2), np.int64)
+    c = 0
+    p = 1
+    while p < p2:
+        k = p
+        while k >= 1:
+            j = k % p
+            while j + k < p2:
+                for i in range(min(k, p2 - j - k)):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        out[c, 0] = a
+                        out[c, 1] = b
+                        c += 1
+                j += 2 * k
+            k //= 2
+        p *= 2
+    return out[:c].copy()
+
+
+@compiled()
 def _correct_tile(
     frac: np.ndarray, fs: np.float32, steps: int, t0: int, m: int, act: np.ndarray, na: int,
-    miss: np.ndarray, rem_t: np.ndarray, above: np.ndarray, bad: np.ndarray, out: np.ndarray,
+    miss: np.ndarray, net: np.ndarray, work: Any, out: np.ndarray,
 ) -> None:  # fmt: skip
     """The largest-remainder correction of pixels ``t0 .. t0 + m`` at once, ranking ``act[:na]``.
 
-    The rule of :func:`_rank_steps` with ``positive_only``: in pixel ``j`` (``miss[j]`` > 0), class
-    ``act[a]`` gets one more step iff fewer than ``min(miss[j], classes)`` classes rank above it (a
-    larger remainder, or an equal one at a lower class), counted class pair by class pair over
-    the tile's pixels (no branches: the comparisons vectorise; a selection per pixel mispredicts
-    its branches, ~7x slower on softmax outputs). ``bad[j]`` is set where that would step a
+    The rule of :func:`_rank_steps` with ``positive_only``, vectorised over the tile's pixels (a
+    selection per pixel mispredicts its branches, ~7x slower on softmax outputs): each pixel's
+    remainders are sorted by the comparators of ``net`` (:func:`merge_network` of ``na``), which
+    gives its ``m_j = min(miss[j], classes)``-th largest remainder ``t``; the classes above ``t``
+    get a step, and of those equal to it the lowest, until ``m_j`` are stepped (counting, class
+    pair by class pair, the classes ranking above each class gave the same steps with 5.5 times
+    the comparisons: 6.2 -> 3.9 ms for 44 classes x 192² softmax outputs). ``work`` holds the
+    scratch ``(rem_t, ranked, thr, left, bad)``; ``bad[j]`` is set where that would step a
     remainder <= 0 or more classes than ``na``: those pixels must be ranked over every class
     (:func:`_finish_pixel`, which overwrites every class of them); ``out`` is final elsewhere.
     """
+    rem_t, ranked, thr, left, bad = work
     k = frac.shape[0]
     for j in range(m):
         mj = min(miss[j], k)
@@ -221,25 +267,38 @@ def _correct_tile(
     for a in range(na):
         fr = frac[act[a], t0 : t0 + m]
         ra = rem_t[a]
+        rs = ranked[a]
         for j in range(m):
             x = fr[j] * fs
-            ra[j] = x - np.float32(int(x) if x == x else 0)
+            r = x - np.float32(int(x) if x == x else 0)
+            ra[j] = r
+            rs[j] = r
+    for c in range(net.shape[0]):  # largest first (NaN only in NODATA pixels, which take no step)
+        ha, hb = ranked[net[c, 0]], ranked[net[c, 1]]
+        for j in range(m):
+            u = ha[j]
+            v = hb[j]
+            up = u >= v
+            ha[j] = u if up else v
+            hb[j] = v if up else u
+    for j in range(m):  # the m_j-th largest (any value where no step is missing: none is taken)
+        thr[j] = ranked[min(max(miss[j], 1), na) - 1, j]
+        left[j] = miss[j]
+    for a in range(na):  # the classes above it are stepped; ties get the steps left, lowest first
+        ra = rem_t[a]
+        for j in range(m):
+            left[j] -= ra[j] > thr[j]
     for a in range(na):
         ra = rem_t[a]
-        above[:m] = 0
-        for b in range(a):
-            rb = rem_t[b]
-            for j in range(m):
-                above[j] += rb[j] >= ra[j]
-        for b in range(a + 1, na):
-            rb = rem_t[b]
-            for j in range(m):
-                above[j] += rb[j] > ra[j]
         orow = out[act[a], t0 : t0 + m]
         fr = frac[act[a], t0 : t0 + m]
         for j in range(m):
-            if above[j] < miss[j]:
-                if not ra[j] > 0:
+            r = ra[j]
+            t = thr[j]
+            tie = (r == t) & (left[j] > 0)
+            left[j] -= tie
+            if ((r > t) | tie) & (miss[j] > 0):
+                if not r > 0:
                     bad[j] = True
                 x, q = _trunc(fr[j], fs)
                 orow[j] = min(max(q + 1, 0), steps)

@@ -17,7 +17,7 @@ from fraction_oracle import encode_fractions_reference
 from test_corine import LAEA, random_clc, utm_grid_over, write_raster
 
 from landcover.corine import _compute_block, aggregation, area_weights, read_clc
-from landcover.fraction_kernels import _kth_largest, encode_scattered
+from landcover.fraction_kernels import _kth_largest, encode_scattered, merge_network
 from landcover.grid import Grid
 from landcover.schema import LABEL_FILL, LABEL_STEPS, encode_fractions
 
@@ -82,6 +82,25 @@ def test_kth_largest_selects_like_a_sort() -> None:
         work = np.concatenate([a, np.full(3, 9.0, np.float32)])  # past n: not looked at
         assert _kth_largest(work, n, kth) == np.sort(a)[::-1][kth]
         assert sorted(work[:n]) == sorted(a)  # reordered, not changed
+
+
+def test_merge_network_sorts_every_input_largest_first() -> None:
+    # the comparators behind the tile correction: every 0/1 input up to 12 elements (the 0-1
+    # principle: a network that sorts those sorts anything), random values with ties up to 70
+    rng = np.random.default_rng(3)
+    for n in range(1, 71):
+        net = merge_network(n)
+        assert len(net) == 0 or ((net[:, 0] < net[:, 1]) & (net[:, 1] < n)).all()
+        if n <= 12:
+            cases = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.float32)
+        else:
+            cases = np.round(rng.random((400, n)) * rng.choice([3, 1000], (400, 1))).astype(np.float32)
+        got = cases.T.copy()  # (element, case), as the tile holds (class, pixel)
+        for a, b in net:
+            hi, lo = np.maximum(got[a], got[b]), np.minimum(got[a], got[b])
+            got[a], got[b] = hi, lo
+        np.testing.assert_array_equal(got.T, -np.sort(-cases, axis=1))
+    assert len(merge_network(44)) == 347 and len(merge_network(64)) == 543  # Batcher's counts
 
 
 def test_dense_fractions_correction_matches_the_reference() -> None:
