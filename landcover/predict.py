@@ -716,6 +716,8 @@ def _sweep_bands(
     slab: int,
 ) -> None:
     """The column bands of :func:`_sweep`, with ``pool`` running the model."""
+    from .blend_kernels import blend_window
+
     h, w = source.grid.shape
     wh, ww = window
     k = len(codes)
@@ -766,12 +768,8 @@ def _sweep_bands(
                     for p, o in zip(prob, pcols, strict=True):
                         o = int(o)
                         x0, x1 = max(o, c0), min(o + ww, c1)  # part of the window inside this band
-                        wx = slice(x0 - o, x1 - o)
-                        ax = slice(x0 - c0, x1 - c0)
-                        ry = slice(r - a0, r - a0 + wh)
-                        wgt = weights[:, wx]
-                        acc[:, ry, ax] += p[:, :, wx] * wgt
-                        wsum[ry, ax] += wgt
+                        # acc[:, r - a0 : r - a0 + wh, x0 - c0 : x1 - c0] += p[:, :, x0 - o : x1 - o] * w
+                        blend_window(acc, wsum, p, weights, r - a0, x0 - c0, x0 - o, x1 - o)
                 pending = nxt_job
             if n_final > 0 and usable is not None:
                 ucols = usable[:, c0 - in_c0 : c1 - in_c0]

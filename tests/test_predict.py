@@ -649,6 +649,32 @@ def test_finished_rows_match_numpy_division_and_argmax() -> None:
     np.testing.assert_array_equal(cpart, want[:, 10:30])
 
 
+def test_blended_windows_match_numpy_bit_for_bit() -> None:
+    """The compiled blend adds each window's probabilities times its weights as NumPy's
+    ``acc[...] += p * w`` did (product rounded, then added), for whole and clipped windows."""
+    from landcover.blend_kernels import blend_window
+
+    rng = np.random.default_rng(12)
+    k, wh, ww, rows, cols = 6, 24, 20, 40, 50
+    weights = blend_weights((wh, ww), overlap=(6, 5), mode="cosine")
+    acc = rng.random((k, rows, cols)).astype(np.float32)
+    wsum = rng.random((rows, cols)).astype(np.float32)
+    want_acc, want_wsum = acc.copy(), wsum.copy()
+    for y0, x0, wx0, wx1, dtype in [
+        (0, 0, 0, ww, "float32"),
+        (7, 31, 0, 19, "float32"),
+        (16, 0, 9, ww, "float64"),
+    ]:
+        p = rng.random((k, wh, ww)).astype(dtype)
+        p[0, 3, :4] = (np.nan, np.inf, -0.0, 1e-40)  # NaN, inf, -0 and a subnormal go through as in NumPy
+        blend_window(acc, wsum, p, weights, y0, x0, wx0, wx1)
+        n = wx1 - wx0
+        want_acc[:, y0 : y0 + wh, x0 : x0 + n] += p[:, :, wx0:wx1] * weights[:, wx0:wx1]
+        want_wsum[y0 : y0 + wh, x0 : x0 + n] += weights[:, wx0:wx1]
+    np.testing.assert_array_equal(acc.view(np.uint32), want_acc.view(np.uint32))
+    np.testing.assert_array_equal(wsum.view(np.uint32), want_wsum.view(np.uint32))
+
+
 def test_pending_rows_write_each_row_once_in_order_and_keep_the_rest() -> None:
     """Finished rows wait in one reused buffer until a whole output chunk row can be written; a flush
     writes exactly the held rows above its limit and moves the others to the top."""
