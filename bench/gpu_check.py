@@ -165,7 +165,15 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=20, help="warm-up steps, not measured (default 20)")
     p.add_argument("--model", default="native", choices=["native", "rgb-scratch"], help="compare arm")
     p.add_argument("--device", default="cuda", help="CUDA device (default cuda)")
+    p.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave the C allocator as configured (default: freed memory kept for reuse, as the CLI does)",
+    )
     args = p.parse_args()
+    from landcover.allocator import keep_freed_memory
+
+    kept = not args.system_malloc and keep_freed_memory()  # here and in the loader workers
 
     import torch
 
@@ -185,7 +193,8 @@ def main() -> int:
     name = torch.cuda.get_device_name(index) if gpu else "cpu"
     print(
         f"# gpu_check: {name}, torch {torch.__version__}, cores {available_cores()}, arm {args.model} "
-        f"(preset base: ResNet-18 U-Net), {args.window} px, batch {args.batch}, {args.workers} loader workers"
+        f"(preset base: ResNet-18 U-Net), {args.window} px, batch {args.batch}, {args.workers} loader "
+        f"workers, allocator {'keeps freed memory' if kept else 'system'}"
     )
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, limit_threads(available_cores()):
