@@ -197,6 +197,8 @@ def main() -> None:
             f"peak RSS increase during predict: {mem.increase_mib:.0f} MiB; whole-scene float32 "
             f"probabilities would be {full:.0f} MiB (ratio {mem.increase_mib / full:.3f})"
         )
+        # with freed memory kept, the base holds the bare model's freed blocks, which predict reuses
+        print(f"process RSS at predict's start {mem.base / 2**20:.0f} MiB, peak {mem.peak / 2**20:.0f} MiB")
         zarr_mib = sum(f.stat().st_size for f in (tmp / "pred.zarr").rglob("*") if f.is_file()) / 2**20
         print(f"output sizes: zarr {zarr_mib:.0f} MiB, COG {cog.stat().st_size / 2**20:.1f} MiB")
         ratio = t_compute / t_pred
