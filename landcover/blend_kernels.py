@@ -33,6 +33,12 @@ def blend_window(
     """
     k, h = prob.shape[0], prob.shape[1]
     n = wx1 - wx0
+    if (
+        min(y0, x0, wx0, n) < 0 or wx1 > prob.shape[2] or acc.shape[0] != k
+        or y0 + h > acc.shape[1] or x0 + n > acc.shape[2] or weights.shape[0] < h
+        or wx1 > weights.shape[1] or wsum.shape[0] < y0 + h or wsum.shape[1] < x0 + n
+    ):  # fmt: skip
+        raise ValueError("blend_window: the window does not fit the accumulator")  # (no bounds checks below)
     for c in range(k):
         for y in range(h):
             arow = acc[c, y0 + y, x0 : x0 + n]

@@ -673,6 +673,9 @@ def test_blended_windows_match_numpy_bit_for_bit() -> None:
         want_wsum[y0 : y0 + wh, x0 : x0 + n] += weights[:, wx0:wx1]
     np.testing.assert_array_equal(acc.view(np.uint32), want_acc.view(np.uint32))
     np.testing.assert_array_equal(wsum.view(np.uint32), want_wsum.view(np.uint32))
+    for y0, x0, wx0, wx1 in [(17, 0, 0, ww), (0, 31, 0, ww), (0, 0, 5, ww + 1), (-1, 0, 0, ww), (0, 0, 9, 8)]:
+        with pytest.raises(ValueError, match="does not fit"):  # compiled loops do not check bounds
+            blend_window(acc, wsum, p, weights, y0, x0, wx0, wx1)
 
 
 def test_pending_rows_write_each_row_once_in_order_and_keep_the_rest() -> None:
