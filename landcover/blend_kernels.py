@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .fraction_kernels import encode_steps
 from .jit import compiled
 
-__all__ = ["blend_window", "finish_rows"]
+__all__ = ["blend_window", "finish_encode_rows", "finish_rows"]
 
 
 @compiled()
@@ -93,3 +94,33 @@ def finish_rows(
         for x in range(n_cols):
             i = first_nan[x] if first_nan[x] < k else idx[x]
             out[x] = codes[i] if ok[x] else nodata
+
+
+@compiled(error_model="numpy")
+def finish_encode_rows(
+    acc: np.ndarray, wsum: np.ndarray, usable: np.ndarray, codes: np.ndarray, nodata: int,
+    steps: int, fill: int, enc: np.ndarray, cmap: np.ndarray,
+) -> None:  # fmt: skip
+    """:func:`finish_rows` and the uint8 encoding of its fractions, one row at a time.
+
+    ``enc`` ``(class, row, col)`` uint8 gets :func:`landcover.fraction_kernels.encode_steps` of
+    ``acc / wsum`` (``steps``, ``fill``) where ``usable``, ``fill`` elsewhere; ``cmap`` as
+    :func:`finish_rows` gives it. A row's float32 fractions stay in a buffer the size of one row
+    (in cache) between the division and the encoding, instead of going through memory for a
+    whole block of rows: the same values.
+    """
+    k, n_rows, n_cols = acc.shape
+    frac = np.empty((k, 1, n_cols), np.float32)
+    flat = frac.reshape(k, n_cols)
+    out = np.empty((k, n_cols), np.uint8)
+    sums = np.empty(n_cols, np.float32)
+    for y in range(n_rows):
+        row = slice(y, y + 1)
+        finish_rows(acc[:, row], wsum[row], usable[row], codes, nodata, frac, cmap[row])
+        encode_steps(flat, steps, fill, out, sums)
+        ok = usable[y]
+        for c in range(k):
+            e = enc[c, y]
+            o = out[c]
+            for x in range(n_cols):
+                e[x] = o[x] if ok[x] else fill

@@ -46,7 +46,7 @@ from . import atomic
 from .devices import resolve_device
 from .errors import ConfigError, InputFileError, LandcoverError
 from .grid import Grid
-from .schema import COMPLETE_ATTR, CONVENTIONS, LABEL_FILL, LABEL_SCALE, class_flag_attrs, encode_fractions
+from .schema import COMPLETE_ATTR, CONVENTIONS, LABEL_FILL, LABEL_SCALE, LABEL_STEPS, class_flag_attrs
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -78,7 +78,7 @@ NODATA_CODE = 0
 NODATA_INDEX = 0
 """Class-map COG value where the input is unusable; classes are 1..K in model order."""
 _WEIGHT_FLOOR = 1e-3
-_FINALIZE_COLS = 256  # columns encoded at a time (bounds the float temporaries)
+_FINALIZE_COLS = 256  # columns of float32 fractions finished at a time (bounds the temporaries)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -848,9 +848,12 @@ def _finalize(
 
     ``enc``'s dtype says how fractions are stored: uint8 steps or float32.
     """
-    from .blend_kernels import finish_rows
+    from .blend_kernels import finish_encode_rows, finish_rows
 
     k, n_rows, bw = acc.shape
+    if enc.dtype == np.uint8:  # row by row: a row's fractions stay in cache until encoded
+        finish_encode_rows(acc, wsum, usable, codes, NODATA_CODE, LABEL_STEPS, LABEL_FILL, enc, cmap)
+        return
     buf = np.empty(k * n_rows * min(_FINALIZE_COLS, bw), dtype="float32")
     for x0 in range(0, bw, _FINALIZE_COLS):  # in pieces: bounded temporaries
         xs = slice(x0, min(x0 + _FINALIZE_COLS, bw))
@@ -858,13 +861,8 @@ def _finalize(
         ok = usable[:, xs]
         # frac = acc / wsum and the class map (np.argmax's rule), in one compiled pass
         finish_rows(acc[:, :, xs], wsum[:, xs], ok, codes, NODATA_CODE, frac, cmap[:, xs])
-        if enc.dtype == np.uint8:
-            piece = encode_fractions(frac)
-            piece[:, ~ok] = LABEL_FILL
-        else:
-            piece = frac
-            piece[:, ~ok] = np.nan
-        enc[:, :, xs] = piece
+        frac[:, ~ok] = np.nan
+        enc[:, :, xs] = frac
 
 
 def check_window(
