@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fraction_kernels import encode_steps
+from .fraction_kernels import encode_scratch, encode_steps_with
 from .jit import compiled
 
 __all__ = ["blend_window", "finish_encode_rows", "finish_rows"]
@@ -114,10 +114,11 @@ def finish_encode_rows(
     flat = frac.reshape(k, n_cols)
     out = np.empty((k, n_cols), np.uint8)
     sums = np.empty(n_cols, np.float32)
+    scratch = encode_scratch(k)  # once, not once a row
     for y in range(n_rows):
         row = slice(y, y + 1)
         finish_rows(acc[:, row], wsum[row], usable[row], codes, nodata, frac, cmap[row])
-        encode_steps(flat, steps, fill, out, sums)
+        encode_steps_with(flat, steps, fill, out, sums, scratch)
         ok = usable[y]
         for c in range(k):
             e = enc[c, y]

@@ -20,7 +20,9 @@ import numpy as np
 from .jit import compiled
 
 __all__ = [
+    "encode_scratch",
     "encode_steps",
+    "encode_steps_with",
     "merge_network",
     "encode_pixel",
     "encode_scattered",
@@ -162,21 +164,38 @@ def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums:
     Where most pixels of a tile need the correction (dense fractions: softmax outputs), it runs
     for the whole tile at once (:func:`_correct_tile`); else pixel by pixel.
     """
+    encode_steps_with(frac, steps, fill, out, sums, encode_scratch(frac.shape[0]))
+
+
+@compiled()
+def encode_scratch(k: int) -> Any:
+    """Scratch of :func:`encode_steps_with` for ``k`` classes: made once, reused call after call."""
+    return (
+        np.empty(_TILE, np.int64),  # qsum
+        np.empty(_TILE, np.float32),  # ssum
+        np.empty(2 * k, np.float32),  # rem
+        np.empty(k, np.int64),  # qq
+        np.empty(k, np.int64),  # act
+        np.arange(k),  # every
+        np.empty(_TILE, np.int64),  # miss
+        np.empty((k, _TILE), np.float32),  # rem_t
+        np.empty((k, _TILE), np.float32),  # ranked
+        np.empty(_TILE, np.float32),  # thr
+        np.empty(_TILE, np.int64),  # left
+        np.empty(_TILE, np.bool_),  # bad
+        np.empty((_network_room(k), 2), np.int64),  # the sorting network of the last class count
+        np.array([-1, 0], np.int64),  # its class count and comparators
+    )
+
+
+@compiled()
+def encode_steps_with(
+    frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums: np.ndarray, scratch: Any
+) -> None:  # fmt: skip
+    """:func:`encode_steps` with the scratch of :func:`encode_scratch` (of ``frac``'s class count)."""
     k, n = frac.shape
     fs = np.float32(steps)
-    qsum = np.empty(_TILE, np.int64)
-    ssum = np.empty(_TILE, np.float32)
-    rem = np.empty(2 * k, np.float32)
-    qq = np.empty(k, np.int64)
-    act = np.empty(k, np.int64)
-    every = np.arange(k)
-    miss = np.empty(_TILE, np.int64)
-    rem_t = np.empty((k, _TILE), np.float32)
-    ranked = np.empty((k, _TILE), np.float32)
-    thr = np.empty(_TILE, np.float32)
-    left = np.empty(_TILE, np.int64)
-    bad = np.empty(_TILE, np.bool_)
-    net_for, net = -1, merge_network(1)  # the sorting network of the tile's class count
+    qsum, ssum, rem, qq, act, every, miss, rem_t, ranked, thr, left, bad, net_buf, net_of = scratch
     bits = frac.view(np.uint32)  # +-0.0 are the floats whose bits other than the sign are 0
     for t0 in range(0, n, _TILE):
         m = min(_TILE, n - t0)
@@ -196,10 +215,10 @@ def encode_steps(frac: np.ndarray, steps: int, fill: int, out: np.ndarray, sums:
                 else:
                     _finish_pixel(frac, fs, p, steps - qsum[j], act, na, every, rem, qq, steps, out, p)
         if dense:
-            if net_for != na:  # (a few microseconds: made again when the count changes)
-                net_for, net = na, merge_network(na)
+            if net_of[0] != na:  # made again when the count of classes held changes
+                net_of[0], net_of[1] = na, _merge_network_into(na, net_buf)
             work = (rem_t, ranked, thr, left, bad)
-            _correct_tile(frac, fs, steps, t0, m, act, na, miss, net, work, out)
+            _correct_tile(frac, fs, steps, t0, m, act, na, miss, net_buf[: net_of[1]], work, out)
             for j in range(m):
                 if bad[j]:
                     _finish_pixel(frac, fs, t0 + j, miss[j], act, na, every, rem, qq, steps, out, t0 + j)
@@ -215,12 +234,27 @@ def merge_network(n: int) -> np.ndarray:
     comparator is one branch-free pass over a tile's pixels; 44 classes take 347 of them, against
     the 1892 comparisons of counting, for every class, the classes that rank above it.
     """
+    out = np.empty((_network_room(n), 2), np.int64)
+    return out[: _merge_network_into(n, out)].copy()
+
+
+@compiled()
+def _network_room(n: int) -> int:
+    """An upper bound of the comparators of Batcher's network of ``2**t`` >= ``n``: ``2**t (t*t + 4) / 4``."""
     p2 = 1
     t = 0
     while p2 < n:
         p2 *= 2
         t += 1
-    out = np.empty((max(1, p2 * (t * t + 4) // 4), 2), np.int64)
+    return max(1, p2 * (t * t + 4) // 4)
+
+
+@compiled()
+def _merge_network_into(n: int, out: np.ndarray) -> int:
+    """:func:`merge_network` of ``n`` written to ``out`` (room: :func:`_network_room`); returns its length."""
+    p2 = 1
+    while p2 < n:
+        p2 *= 2
     c = 0
     p = 1
     while p < p2:
@@ -237,7 +271,7 @@ def merge_network(n: int) -> np.ndarray:
                 j += 2 * k
             k //= 2
         p *= 2
-    return out[:c].copy()
+    return c
 
 
 @compiled()

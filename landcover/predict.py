@@ -78,7 +78,6 @@ NODATA_CODE = 0
 NODATA_INDEX = 0
 """Class-map COG value where the input is unusable; classes are 1..K in model order."""
 _WEIGHT_FLOOR = 1e-3
-_FINALIZE_COLS = 256  # columns of float32 fractions finished at a time (bounds the temporaries)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -850,19 +849,12 @@ def _finalize(
     """
     from .blend_kernels import finish_encode_rows, finish_rows
 
-    k, n_rows, bw = acc.shape
     if enc.dtype == np.uint8:  # row by row: a row's fractions stay in cache until encoded
         finish_encode_rows(acc, wsum, usable, codes, NODATA_CODE, LABEL_STEPS, LABEL_FILL, enc, cmap)
         return
-    buf = np.empty(k * n_rows * min(_FINALIZE_COLS, bw), dtype="float32")
-    for x0 in range(0, bw, _FINALIZE_COLS):  # in pieces: bounded temporaries
-        xs = slice(x0, min(x0 + _FINALIZE_COLS, bw))
-        frac = buf[: k * n_rows * (xs.stop - x0)].reshape(k, n_rows, xs.stop - x0)
-        ok = usable[:, xs]
-        # frac = acc / wsum and the class map (np.argmax's rule), in one compiled pass
-        finish_rows(acc[:, :, xs], wsum[:, xs], ok, codes, NODATA_CODE, frac, cmap[:, xs])
-        frac[:, ~ok] = np.nan
-        enc[:, :, xs] = frac
+    # float32: the quotient and the class map (np.argmax's rule) straight into enc, in one compiled pass
+    finish_rows(acc, wsum, usable, codes, NODATA_CODE, enc, cmap)
+    enc[:, ~usable] = np.nan
 
 
 def check_window(
