@@ -43,6 +43,12 @@ baseline's, wall time and its ratio to the baseline's, rounds, bytes moved per e
 (weights + optimiser state, both ways) against the raw bytes of the windows that moving the
 data would have cost, and the mean worker utilisation (busy / wall). Writes
 ``OUT/results.json`` and ``OUT/distributed.png``.
+
+Freed memory is kept for reuse in this process and its workers alike
+(:func:`landcover.allocator.keep_freed_memory`, what the ``landcover`` command does), so that
+the single machine and the workers run with the same allocator; ``--system-malloc`` leaves
+both as configured (the legs then keep freed memory only while they run, see
+:func:`landcover.cluster.client.task_memory`).
 """
 
 from __future__ import annotations
@@ -195,7 +201,16 @@ def main() -> int:
     ap.add_argument("--powersgd-rank", type=int, default=4, help="--grad-compression powersgd: factor rank")
     ap.add_argument("--no-control", action="store_true", help="skip the 1 repo/batch control")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "distributed")
+    ap.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave the C allocator as configured (default: freed memory kept for reuse, as the CLI does)",
+    )
     args = ap.parse_args()
+    from landcover.allocator import keep_freed_memory
+
+    kept = not args.system_malloc and keep_freed_memory()  # before any thread or worker starts
+    print(f"allocator: {'freed memory kept for reuse' if kept else 'system settings'}", flush=True)
     bn_variants = [v.strip() for v in args.bn_stats.split(",") if v.strip()]
     modes = [v.strip() for v in args.modes.split(",") if v.strip()]
     for opt, given, allowed in (

@@ -889,11 +889,14 @@ def _run_one(
 ) -> RunResult:
     """One compare run (module-level so that Dask can ship it to a worker), on its thread share.
 
-    ``slots``: :func:`landcover.threads.host_slots` of the cluster running the task.
+    ``slots``: :func:`landcover.threads.host_slots` of the cluster running the task. On a
+    Dask worker, freed memory is kept for reuse while it trains
+    (:func:`landcover.cluster.client.task_memory`).
     """
+    from .cluster.client import task_memory
     from .threads import task_threads
 
-    with task_threads(cfg.threads, slots):
+    with task_threads(cfg.threads, slots), task_memory():
         return train_model(cfg, model_name, seed, preset=preset, weights=weights, budget=budget)
 
 

@@ -1241,7 +1241,12 @@ def _sweep_band_task(
     cols: tuple[int, int],
     sweep_kw: dict[str, Any],
 ) -> int:
-    """Sweep the column band ``cols`` into ``store`` (a Dask task); returns the windows predicted."""
+    """Sweep the column band ``cols`` into ``store`` (a Dask task); returns the windows predicted.
+
+    Freed memory is kept for reuse while it runs (:func:`landcover.cluster.client.task_memory`).
+    """
+    from .cluster.client import task_memory
+
     failure: str | None = None
     count = 0
     try:
@@ -1252,7 +1257,9 @@ def _sweep_band_task(
             nonlocal count
             count += n
 
-        _sweep(engine, source, _ZarrWriter(Path(store)), **{**sweep_kw, "progress": tally}, col_range=cols)
+        with task_memory():
+            kw = {**sweep_kw, "progress": tally}
+            _sweep(engine, source, _ZarrWriter(Path(store)), **kw, col_range=cols)
     except Exception as exc:  # noqa: BLE001 - one line crosses the wire (some causes do not pickle)
         from .messages import one_line
 

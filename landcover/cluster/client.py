@@ -41,6 +41,8 @@ __all__ = [
     "dashboard_link",
     "cluster_summary",
     "quiet_dask_logs",
+    "nanny_defaults",
+    "task_memory",
 ]
 
 
@@ -392,3 +394,44 @@ def _connect(options: ClusterOptions, default_threads: int | None, timeout: floa
         yield client
     finally:
         close_client(client)
+
+
+def nanny_defaults() -> dict[str, str]:
+    """The environment a Dask nanny gives the workers it starts unless told otherwise (strings).
+
+    Read from the configuration distributed ships (``distributed.yaml``,
+    ``distributed.nanny.pre-spawn-environ``), not from the configuration in effect: a value
+    the user configured is the user's.
+    """
+    import os
+
+    import distributed
+    import yaml
+
+    path = os.path.join(os.path.dirname(distributed.__file__), "distributed.yaml")
+    with open(path, encoding="utf-8") as f:
+        shipped = yaml.safe_load(f)
+    env = shipped.get("distributed", {}).get("nanny", {}).get("pre-spawn-environ") or {}
+    return {str(k): str(v) for k, v in env.items() if v is not None}
+
+
+@contextlib.contextmanager
+def task_memory() -> Iterator[bool]:
+    """Around a landcover task that may run on a Dask worker: freed memory kept while it runs.
+
+    On a worker, :func:`landcover.allocator.kept_in_task`, with the settings Dask's nanny gives
+    every worker by default (:func:`nanny_defaults`, e.g. ``MALLOC_TRIM_THRESHOLD_=65536``) not
+    counted as the user's; yields whether freed memory is kept. Elsewhere (in the calling
+    process, whose allocator is the caller's) it changes nothing and yields False.
+    """
+    from ..allocator import kept_in_task
+
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield False
+        return
+    with kept_in_task(host_set=nanny_defaults()) as kept:
+        yield kept

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..threads import task_threads
 from .aggregate import pool_bn, with_bn
+from .client import task_memory
 from .config import StepConfig
 from .payload import model_from_payload, to_numpy, to_torch
 
@@ -129,6 +130,8 @@ def survey_task(cubes: Sequence[str], step: StepConfig) -> dict[str, Any]:
 def task_env(job: Mapping[str, Any]) -> Iterator[tuple[str, str, float]]:
     """Inside a leg or validation task: announce the start, set torch threads/determinism, restore after.
 
+    Freed memory is kept for reuse while the task runs (:func:`~landcover.cluster.client.task_memory`).
+
     Yields the worker's address and name and the start time. The ``start`` event on
     :data:`LEG_TOPIC` is what the trainer's leg timeout counts from.
     """
@@ -144,7 +147,7 @@ def task_env(job: Mapping[str, Any]) -> Iterator[tuple[str, str, float]]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         # torch + BLAS threads: step.num_threads, or (None) the task's share of its host's cores
-        with task_threads(step.num_threads, job.get("slots")):
+        with task_threads(step.num_threads, job.get("slots")), task_memory():
             yield addr, wname, t0
     finally:
         if step.deterministic:
