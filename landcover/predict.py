@@ -684,7 +684,11 @@ def _sweep(
     weights = blend_weights((wh, ww), overlap=overlap, mode=blend)
     slab = max(source.chunks[0], 1)
     first, last = col_range if col_range is not None else (0, w)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="landcover-predict") as pool:
+    from .threads import helper_threads
+
+    # the model runs in the helper thread, with the torch threads set for this one
+    helper = helper_threads()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="landcover-predict", **helper) as pool:
         _sweep_bands(
             engine, source, writer, pool, codes=codes, mean=mean, std=std, window=window,
             batch_size=batch_size, out_chunks=out_chunks, band_width=band_width,
@@ -1240,12 +1244,16 @@ def _sweep_band_task(
     store: str,
     cols: tuple[int, int],
     sweep_kw: dict[str, Any],
+    slots: dict[str, int] | None = None,
 ) -> int:
     """Sweep the column band ``cols`` into ``store`` (a Dask task); returns the windows predicted.
 
-    Freed memory is kept for reuse while it runs (:func:`landcover.cluster.client.task_memory`).
+    The model runs on the task's share of its host's cores (:func:`landcover.threads.task_threads`
+    with ``slots``, :func:`landcover.threads.host_slots` of the cluster), with freed memory kept
+    for reuse (:func:`landcover.cluster.client.task_memory`).
     """
     from .cluster.client import task_memory
+    from .threads import task_threads
 
     failure: str | None = None
     count = 0
@@ -1257,7 +1265,7 @@ def _sweep_band_task(
             nonlocal count
             count += n
 
-        with task_memory():
+        with task_threads(None, slots), task_memory():
             kw = {**sweep_kw, "progress": tally}
             _sweep(engine, source, _ZarrWriter(Path(store)), **kw, col_range=cols)
     except Exception as exc:  # noqa: BLE001 - one line crosses the wire (some causes do not pickle)
@@ -1284,9 +1292,12 @@ def _sweep_on_client(
     """Sweep the column bands as tasks on ``client`` (one per band, model scattered once per worker)."""
     from distributed import as_completed
 
+    from .threads import host_slots
+
     band_width = int(sweep_kw["band_width"])
     kw = {k: v for k, v in sweep_kw.items() if k != "progress"}
     [model_f] = client.scatter([bundle], broadcast=True, hash=False)
+    slots = host_slots(client)
     token = uuid.uuid4().hex[:8]
     futures = [
         client.submit(
@@ -1298,6 +1309,7 @@ def _sweep_on_client(
             str(tmp),
             (c0, min(c0 + band_width, width)),
             kw,
+            slots,
             pure=False,
             key=f"predict-band-{c0}-{token}",
         )

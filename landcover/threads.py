@@ -15,7 +15,10 @@ per task (issue 19). This module gives each task its share of the cores delibera
   ``cores // slots`` of its host, at least 1; outside a Dask worker: all cores);
 * :func:`limit_threads` / :func:`task_threads`: context managers that set
   ``torch.set_num_threads`` and the BLAS/OpenMP pools (``threadpoolctl``) for the task
-  and restore the previous settings after it.
+  and restore the previous settings after it;
+* :func:`helper_threads`: the same number in a helper thread the task starts (OpenMP's
+  setting belongs to each thread: a new one starts from ``OMP_NUM_THREADS``, which a Dask
+  nanny sets to 1, or the core count).
 
 Users set the share with ``--threads`` on ``compare``, ``train`` and
 ``train --distributed`` (``threads`` in the config file); ``auto`` (the default) means
@@ -32,6 +35,7 @@ from typing import Any
 __all__ = [
     "THREADS_HELP",
     "available_cores",
+    "helper_threads",
     "host_slots",
     "limit_threads",
     "parse_threads",
@@ -171,3 +175,23 @@ def task_threads(threads: int | None = None, slots: Mapping[str, int] | None = N
     """:func:`limit_threads` with the :func:`task_share` of the calling task; yields the number set."""
     with limit_threads(task_share(threads, slots)) as n:
         yield n
+
+
+def helper_threads() -> dict[str, Any]:
+    """``ThreadPoolExecutor`` keywords giving its threads the calling thread's torch thread count.
+
+    ``torch.set_num_threads`` sets OpenMP's thread count for the calling thread only; a
+    thread started afterwards runs torch's operators with OpenMP's initial setting
+    (``OMP_NUM_THREADS``, 1 in a Dask nanny's workers, else every core). Measured in a
+    nanny-started worker: 20 matrix products of 2000² took 3.5 s in a helper thread against
+    2.0 s in the task thread with 2 threads set, 1.8 s with these keywords.
+    """
+    import torch
+
+    return {"initializer": _set_torch_threads, "initargs": (torch.get_num_threads(),)}
+
+
+def _set_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
