@@ -131,7 +131,8 @@ def kept_in_task(*, host_set: Mapping[str, str] | None = None) -> Iterator[bool]
     :func:`keep_freed_memory` (not the one arena: a thread keeps the arena it has) until the
     last task of the process running under them ends; then they go back to the values the
     process started with (its ``MALLOC_*`` variables, else glibc's 128 KiB, fixed) and
-    ``malloc_trim`` hands the freed memory back to the OS.
+    ``malloc_trim`` hands the freed memory back to the OS. The settings are the process's:
+    other tasks running in the worker meanwhile keep freed memory too.
     """
     with _LOCK:
         if (_APPLIED and _APPLIED[0]) or all(os.environ.get(k) == v for k, v in KEEP_ENV.items()):
