@@ -207,10 +207,10 @@ def test_tasks_at_once_keep_freed_memory_until_the_last_ends() -> None:
 
         def faults():
             for _ in range(2):
-                p = libc.malloc(48 << 20); ctypes.memset(p, 1, 48 << 20); libc.free(p)
+                p = libc.malloc(32 << 20); ctypes.memset(p, 1, 32 << 20); libc.free(p)
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             for _ in range(3):
-                p = libc.malloc(48 << 20); ctypes.memset(p, 1, 48 << 20); libc.free(p)
+                p = libc.malloc(32 << 20); ctypes.memset(p, 1, 32 << 20); libc.free(p)
             return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
         a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
