@@ -67,6 +67,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import _malloc  # noqa: E402 - bench/, this script's folder
 
 
 def _legs(text: str) -> list[int | None]:
@@ -201,15 +202,9 @@ def main() -> int:
     ap.add_argument("--powersgd-rank", type=int, default=4, help="--grad-compression powersgd: factor rank")
     ap.add_argument("--no-control", action="store_true", help="skip the 1 repo/batch control")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "distributed")
-    ap.add_argument(
-        "--system-malloc",
-        action="store_true",
-        help="leave the C allocator as configured (default: freed memory kept for reuse, as the CLI does)",
-    )
+    _malloc.add_option(ap)
     args = ap.parse_args()
-    from landcover.allocator import keep_freed_memory
-
-    kept = not args.system_malloc and keep_freed_memory()  # before any thread or worker starts
+    kept = _malloc.apply(args)  # before any thread or worker starts
     print(f"allocator: {'freed memory kept for reuse' if kept else 'system settings'}", flush=True)
     bn_variants = [v.strip() for v in args.bn_stats.split(",") if v.strip()]
     modes = [v.strip() for v in args.modes.split(",") if v.strip()]

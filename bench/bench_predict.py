@@ -40,6 +40,7 @@ import time
 import warnings
 from pathlib import Path
 
+import _malloc  # bench/, this script's folder
 import numpy as np
 
 from landcover.testing.memory import PeakRSS
@@ -84,16 +85,10 @@ def main() -> None:
     parser.add_argument(
         "--baseline-windows", type=int, default=None, help="windows timed by the baseline (default: all)"
     )
-    parser.add_argument(
-        "--system-malloc",
-        action="store_true",
-        help="leave the C allocator as configured (default: freed memory kept for reuse, as the CLI does)",
-    )
+    _malloc.add_option(parser)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    from landcover.allocator import keep_freed_memory
-
-    kept = not args.system_malloc and keep_freed_memory()
+    kept = _malloc.apply(args)
 
     import torch
 

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _malloc  # bench/, this script's folder
 import torch
 
 
@@ -150,15 +151,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=None, help="concurrent tasks of part 2 (default: cores)")
     parser.add_argument("--share-steps", type=int, default=4, help="timed steps per task in part 2 (4)")
     parser.add_argument("--no-share", action="store_true", help="skip part 2 (thread shares)")
-    parser.add_argument(
-        "--system-malloc",
-        action="store_true",
-        help="leave the C allocator as configured (default: freed memory kept for reuse, as the CLI does)",
-    )
+    _malloc.add_option(parser)
     args = parser.parse_args()
-    from landcover.allocator import keep_freed_memory
-
-    kept = not args.system_malloc and keep_freed_memory()  # before any thread or worker starts
+    kept = _malloc.apply(args)  # before any thread or worker starts
 
     from landcover.datasets import WindowDataset
     from landcover.testing.cubes import make_cube

@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _malloc  # bench/, this script's folder
+
 
 class UtilSampler:
     """Samples GPU utilisation (%) of one device every ``interval`` s in a background thread."""
@@ -165,15 +167,9 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=20, help="warm-up steps, not measured (default 20)")
     p.add_argument("--model", default="native", choices=["native", "rgb-scratch"], help="compare arm")
     p.add_argument("--device", default="cuda", help="CUDA device (default cuda)")
-    p.add_argument(
-        "--system-malloc",
-        action="store_true",
-        help="leave the C allocator as configured (default: freed memory kept for reuse, as the CLI does)",
-    )
+    _malloc.add_option(p)
     args = p.parse_args()
-    from landcover.allocator import keep_freed_memory
-
-    kept = not args.system_malloc and keep_freed_memory()  # here and in the loader workers
+    kept = _malloc.apply(args)  # here and in the loader workers
 
     import torch
 

@@ -68,6 +68,7 @@ _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc", "hoard", "snmalloc")
 _LOCK = threading.Lock()
 _APPLIED: list[bool] = []
 _TASK_SETTINGS = ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+"""The thresholds of :func:`keep_freed_memory`, which :func:`kept_in_task` sets alone (no one arena)."""
 _TASKS: list[int] = [0]
 """Tasks running under :func:`kept_in_task`'s thresholds in this process."""
 
@@ -200,6 +201,4 @@ def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
 def _mallopt_all() -> bool:
     """The three ``mallopt`` calls; False (nothing set, or only part) if glibc refuses one."""
     # the thresholds first: a refused one leaves the dynamic defaults (and mallopt returns 0)
-    return _mallopt(
-        ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_ARENA_MAX, 1))
-    )
+    return _mallopt((*_TASK_SETTINGS, (_M_ARENA_MAX, 1)))

@@ -47,6 +47,7 @@ from .devices import resolve_device
 from .errors import ConfigError, InputFileError, LandcoverError
 from .grid import Grid
 from .schema import COMPLETE_ATTR, CONVENTIONS, LABEL_FILL, LABEL_SCALE, LABEL_STEPS, class_flag_attrs
+from .threads import helper_threads, host_slots, task_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -684,8 +685,6 @@ def _sweep(
     weights = blend_weights((wh, ww), overlap=overlap, mode=blend)
     slab = max(source.chunks[0], 1)
     first, last = col_range if col_range is not None else (0, w)
-    from .threads import helper_threads
-
     # the model runs in the helper thread, with the torch threads set for this one
     helper = helper_threads()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="landcover-predict", **helper) as pool:
@@ -1253,7 +1252,6 @@ def _sweep_band_task(
     for reuse (:func:`landcover.cluster.client.task_memory`).
     """
     from .cluster.client import task_memory
-    from .threads import task_threads
 
     failure: str | None = None
     count = 0
@@ -1291,8 +1289,6 @@ def _sweep_on_client(
 ) -> None:
     """Sweep the column bands as tasks on ``client`` (one per band, model scattered once per worker)."""
     from distributed import as_completed
-
-    from .threads import host_slots
 
     band_width = int(sweep_kw["band_width"])
     kw = {k: v for k, v in sweep_kw.items() if k != "progress"}
