@@ -1,4 +1,9 @@
-"""Compiled kernels of whole-scene prediction (:mod:`landcover.predict`): blending and finishing rows.
+"""Compiled kernels of whole-scene prediction (:mod:`landcover.predict`): reading, blending, finishing rows.
+
+Input rows are decoded (:func:`decode_scaled`: CF scale, offset and fill of raw integers) and
+normalised (:func:`normalize_rows`: the model's mean and spread, 0 where not finite, and the
+usable mask) in one pass each, where NumPy made five and four passes over the block, with
+temporaries.
 
 The sweep accumulates each window's softmax probabilities times its blending weight
 (:func:`blend_window`: ``acc += p * w`` in one pass, where NumPy wrote the product to a
@@ -13,45 +18,107 @@ planes. Compiled without ``fastmath`` (IEEE operations): the same bits as the Nu
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
 from .fraction_kernels import encode_scratch, encode_steps_with
 from .jit import compiled
 
-__all__ = ["blend_window", "finish_encode_rows", "finish_rows"]
+__all__ = ["blend_window", "decode_scaled", "finish_encode_rows", "finish_rows", "normalize_rows"]
+
+
+@compiled()
+def decode_scaled(
+    raw: np.ndarray, scale: np.float32, offset: np.float32, has_fill: bool, fill: Any, out: np.ndarray
+) -> None:  # fmt: skip
+    """``out = float32(raw) * scale + offset``, NaN where ``has_fill`` and ``raw == fill`` (1-D arrays).
+
+    ``raw`` of an integer type, ``fill`` of the same type; ``out`` float32. The float32 product
+    then sum NumPy computes for ``raw.astype("float32") * scale + offset`` (multiplying by 1 and
+    adding 0 change no value), bit for bit.
+    """
+    for i in range(raw.shape[0]):
+        v = raw[i]
+        x = np.float32(v) * scale + offset
+        out[i] = np.float32(np.nan) if has_fill and v == fill else x
+
+
+@compiled()
+def normalize_rows(img: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, usable: np.ndarray) -> None:
+    """In place ``img[c] = (img[c] - mean[c]) * inv_std[c]``, 0 where that is not finite; ``usable`` set.
+
+    ``img`` ``(band, row, col)`` float32, ``mean`` and ``inv_std`` ``(band,)`` float32,
+    ``usable`` ``(row, col)`` bool: True where every band of ``img`` was finite before.
+    """
+    n_bands, n_rows, n_cols = img.shape
+    if mean.shape[0] != n_bands or inv_std.shape[0] != n_bands or usable.shape != (n_rows, n_cols):
+        raise ValueError("normalize_rows: band statistics or usable mask do not fit the image")
+    for y in range(n_rows):
+        u = usable[y]
+        for x in range(n_cols):
+            u[x] = True
+        for c in range(n_bands):
+            row = img[c, y]
+            m = mean[c]
+            s = inv_std[c]
+            for x in range(n_cols):
+                v = row[x]
+                u[x] = u[x] & math.isfinite(v)
+                z = (v - m) * s
+                row[x] = z if math.isfinite(z) else np.float32(0.0)
 
 
 @compiled()
 def blend_window(
     acc: np.ndarray, wsum: np.ndarray, prob: np.ndarray, weights: np.ndarray,
-    y0: int, x0: int, wx0: int, wx1: int,
+    y0: int, wy0: int, wy1: int, x0: int, wx0: int, wx1: int, fresh_y: int, fresh_x: int,
 ) -> None:  # fmt: skip
-    """``acc[:, y0:y0+h, x0:x0+n] += prob[:, :, wx0:wx1] * weights[:, wx0:wx1]`` and ``wsum`` likewise.
+    """``acc[:, y0:y0+m, x0:x0+n] += prob[:, wy0:wy1, wx0:wx1] * weights[wy0:wy1, wx0:wx1]``, ``wsum`` too.
 
-    ``prob`` ``(class, h, window width)``, ``weights`` ``(h, window width)``, ``n = wx1 - wx0``;
-    ``acc`` ``(class, rows, cols)`` and ``wsum`` ``(rows, cols)`` float32. The product is rounded
-    to the product's type, then added (no fused multiply-add): NumPy's result, bit for bit.
+    ``prob`` ``(class, window height, window width)``, ``weights`` ``(window height, window
+    width)``, ``m = wy1 - wy0``, ``n = wx1 - wx0``; ``acc`` ``(class, rows, cols)`` and ``wsum``
+    ``(rows, cols)`` float32. The product is rounded to the product's type, then added (no fused
+    multiply-add): NumPy's result, bit for bit. A row range lets the sweep's ring of rows take a
+    window in two pieces.
+
+    Window rows from ``fresh_y`` and columns from ``fresh_x`` on (window coordinates) are
+    *fresh*: no window wrote them since they were last finished, and what they hold is
+    stale. They get ``0 + product`` (the sum with a cleared accumulator, -0 included) without
+    reading it: the sweep clears nothing, and reads only what earlier windows wrote.
     """
-    k, h = prob.shape[0], prob.shape[1]
-    n = wx1 - wx0
+    k = prob.shape[0]
+    m, n = wy1 - wy0, wx1 - wx0
     if (
-        min(y0, x0, wx0, n) < 0 or wx1 > prob.shape[2] or acc.shape[0] != k
-        or y0 + h > acc.shape[1] or x0 + n > acc.shape[2] or weights.shape[0] < h
-        or wx1 > weights.shape[1] or wsum.shape[0] < y0 + h or wsum.shape[1] < x0 + n
+        min(y0, x0, wy0, wx0, m, n) < 0 or wy1 > prob.shape[1] or wx1 > prob.shape[2] or acc.shape[0] != k
+        or y0 + m > acc.shape[1] or x0 + n > acc.shape[2] or wy1 > weights.shape[0]
+        or wx1 > weights.shape[1] or wsum.shape[0] < y0 + m or wsum.shape[1] < x0 + n
     ):  # fmt: skip
         raise ValueError("blend_window: the window does not fit the accumulator")  # (no bounds checks below)
-    for c in range(k):
-        for y in range(h):
-            arow = acc[c, y0 + y, x0 : x0 + n]
-            prow = prob[c, y, wx0:wx1]
-            wrow = weights[y, wx0:wx1]
-            for x in range(n):
-                arow[x] += prow[x] * wrow[x]
-    for y in range(h):
-        srow = wsum[y0 + y, x0 : x0 + n]
-        wrow = weights[y, wx0:wx1]
-        for x in range(n):
-            srow[x] += wrow[x]
+    zero = np.float32(0.0)
+    for y in range(m):
+        wy = wy0 + y
+        # columns [0, split) of this row add to what is there, [split, n) are fresh
+        split = n if wy < fresh_y else min(max(fresh_x - wx0, 0), n)
+        wrow = weights[wy, wx0:wx1]
+        for c in range(k):
+            prow = prob[c, wy, wx0:wx1]
+            added = acc[c, y0 + y, x0 : x0 + split]
+            for x in range(split):
+                added[x] += prow[x] * wrow[x]
+            fresh = acc[c, y0 + y, x0 + split : x0 + n]
+            ptail = prow[split:]
+            wtail = wrow[split:]
+            for x in range(n - split):
+                fresh[x] = zero + ptail[x] * wtail[x]
+        added_w = wsum[y0 + y, x0 : x0 + split]
+        for x in range(split):
+            added_w[x] += wrow[x]
+        fresh_w = wsum[y0 + y, x0 + split : x0 + n]
+        wtail = wrow[split:]
+        for x in range(n - split):
+            fresh_w[x] = zero + wtail[x]
 
 
 @compiled(error_model="numpy")  # x / 0 is inf or NaN as in NumPy, not an exception

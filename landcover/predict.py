@@ -476,17 +476,30 @@ def _decoder(da: xr.DataArray) -> Callable[[np.ndarray], np.ndarray]:
     offset = np.float32(attrs.get("add_offset", 0.0))
     fill = attrs.get("_FillValue", attrs.get("missing_value"))
 
+    from .blend_kernels import decode_scaled
+
+    kind = da.dtype.type
+    # raw == fill is never true where the fill value is not one of the raw type's values
+    has_fill = fill is not None and _is_value_of(fill, da.dtype)
+    fill_raw = kind(fill) if has_fill else kind(0)
+
     def decode(raw: np.ndarray) -> np.ndarray:
-        out = raw.astype("float32")
-        if scale != 1:
-            out *= scale
-        if offset != 0:
-            out += offset
-        if fill is not None:
-            out[raw == fill] = np.nan
+        raw = np.ascontiguousarray(raw)
+        out = np.empty(raw.shape, dtype="float32")
+        decode_scaled(raw.reshape(-1), scale, offset, has_fill, fill_raw, out.reshape(-1))
         return out
 
     return decode
+
+
+def _is_value_of(value: Any, dtype: np.dtype[Any]) -> bool:
+    """Whether the number ``value`` equals a value of the integer type ``dtype``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    info = np.iinfo(dtype)
+    return v.is_integer() and info.min <= v <= info.max
 
 
 class _RowReader:
@@ -502,8 +515,8 @@ class _RowReader:
     ) -> None:
         self.source = source
         self.c0, self.c1 = cols
-        self.mean = mean[:, None, None].astype("float32")
-        self.inv_std = (1.0 / std)[:, None, None].astype("float32")
+        self.mean = np.ascontiguousarray(mean, dtype="float32")
+        self.inv_std = (1.0 / std).astype("float32")
         self.slab = slab
         self.start = 0
         n = len(mean)
@@ -513,17 +526,23 @@ class _RowReader:
     def _load(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.source.grid.shape
         n = self.buf.shape[0]
-        img = np.full((n, r1 - r0, self.c1 - self.c0), np.nan, dtype="float32")
         rr0, rr1 = max(r0, 0), min(r1, h)
         cc0, cc1 = max(self.c0, 0), min(self.c1, w)
-        if rr1 > rr0 and cc1 > cc0:
-            img[:, rr0 - r0 : rr1 - r0, cc0 - self.c0 : cc1 - self.c0] = self.source.read(
-                slice(rr0, rr1), slice(cc0, cc1)
-            )
-        usable = np.isfinite(img).all(axis=0)
-        img -= self.mean
-        img *= self.inv_std
-        np.nan_to_num(img, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        shape = (n, r1 - r0, self.c1 - self.c0)
+        if (rr0, rr1, cc0, cc1) == (r0, r1, self.c0, self.c1):  # inside the image: read in place
+            img = np.ascontiguousarray(self.source.read(slice(r0, r1), slice(self.c0, self.c1)), "float32")
+        else:  # past an edge: NaN (unusable) there
+            img = np.full(shape, np.nan, dtype="float32")
+            if rr1 > rr0 and cc1 > cc0:
+                img[:, rr0 - r0 : rr1 - r0, cc0 - self.c0 : cc1 - self.c0] = self.source.read(
+                    slice(rr0, rr1), slice(cc0, cc1)
+                )
+        if img.shape != shape:
+            raise LandcoverError(f"the image source gave a block of shape {img.shape}, expected {shape}")
+        from .blend_kernels import normalize_rows
+
+        usable = np.empty(shape[1:], dtype=bool)
+        normalize_rows(img, self.mean, self.inv_std, usable)
         return img, usable
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -731,9 +750,15 @@ def _sweep_bands(
         cols = col_o[(col_o < c1) & (col_o + ww > c0)]
         in_c0, in_c1 = int(cols[0]), int(cols[-1]) + ww
         reader = _RowReader(source, (in_c0, in_c1), mean, std, slab)
-        acc = np.zeros((k, wh, bw), dtype="float32")
-        wsum = np.zeros((wh, bw), dtype="float32")
-        a0 = 0  # image row of acc[:, 0]
+        # a ring of window-height rows: image row a0 (the first not finished) is acc row top and
+        # the rows below follow it, wrapping; finished rows become the ring's last rows for the
+        # next window row, whose windows write them afresh (blend_window's fresh rows and
+        # columns): no copying up, no clearing
+        acc = np.empty((k, wh, bw), dtype="float32")
+        wsum = np.empty((wh, bw), dtype="float32")
+        a0 = 0  # image row of acc[:, top]; every window of window row r starts at a0 == r
+        top = 0
+        written_to = 0  # image rows above this one hold sums of the window rows so far
         pending_rows = _PendingRows(k, min(h, ch + wh), bw, fractions_dtype)
         carried: tuple[np.ndarray, Any] | None = None  # this row's first batch, already running
         for i, r in enumerate(row_o):
@@ -749,6 +774,8 @@ def _sweep_bands(
             # batches, same order of sums: identical results)
             starts = list(range(0, len(cols), batch_size))
             pending, carried = carried, None
+            fresh_y = max(written_to - r, 0)  # window rows from here on are fresh, right of ...
+            fresh_x0 = 0  # ... band columns the windows of this row wrote already
             for b0 in [*(starts[1:] if pending is not None else starts), None]:
                 nxt_job: tuple[np.ndarray, Any] | None = None
                 if b0 is not None:
@@ -770,22 +797,41 @@ def _sweep_bands(
                     for p, o in zip(prob, pcols, strict=True):
                         o = int(o)
                         x0, x1 = max(o, c0), min(o + ww, c1)  # part of the window inside this band
-                        # acc[:, r - a0 : r - a0 + wh, x0 - c0 : x1 - c0] += p[:, :, x0 - o : x1 - o] * w
-                        blend_window(acc, wsum, p, weights, r - a0, x0 - c0, x0 - o, x1 - o)
+                        # rows [0, wh - top) of the window to ring rows [top, wh), the rest to [0, top):
+                        # acc[:, ring rows, x0 - c0 : x1 - c0] += p[:, rows, x0 - o : x1 - o] * w[rows]
+                        fresh_x = max(fresh_x0 + c0, x0) - o
+                        for y0, wy0, wy1 in _ring_pieces(top, 0, wh, wh):
+                            blend_window(
+                                acc, wsum, p, weights, y0, wy0, wy1, x0 - c0, x0 - o, x1 - o, fresh_y, fresh_x
+                            )
+                        fresh_x0 = max(fresh_x0, x1 - c0)
                 pending = nxt_job
-            if n_final > 0 and usable is not None:
-                ucols = usable[:, c0 - in_c0 : c1 - in_c0]
-                _finalize(acc[:, :n_final], wsum[:n_final], ucols, codes, *pending_rows.take(n_final))
-                keep = wh - n_final
-                acc[:, :keep] = acc[:, n_final:]
-                acc[:, keep:] = 0.0
-                wsum[:keep] = wsum[n_final:]
-                wsum[keep:] = 0.0
+            written_to = r + wh
+            if n_final > 0 and usable is not None:  # rows no further window reaches
+                _finalize(acc, wsum, top, usable[:, c0 - in_c0 : c1 - in_c0], codes, pending_rows)
+                top = (top + n_final) % wh
                 a0 = nxt
             # flush complete output chunk rows (and everything at the end)
             pending_rows.flush(h if a0 >= h else (a0 // ch) * ch, writer, slice(c0, c1))
             if progress is not None:
                 progress(len(cols))
+
+
+def _ring_pieces(top: int, r0: int, r1: int, size: int) -> list[tuple[int, int, int]]:
+    """Rows ``r0 .. r1`` counted from ring row ``top`` (of ``size``) as runs ``(ring row, from, to)``.
+
+    One run, or two where the rows wrap past the ring's last row.
+    """
+    if not (0 <= r0 <= r1 <= size and 0 <= top < size):
+        raise ValueError(f"rows {r0}..{r1} from row {top} do not fit a ring of {size} rows")
+    split = size - top  # the first row that wraps to ring row 0
+    pieces = []
+    if r0 < min(r1, split):
+        pieces.append((top + r0, r0, min(r1, split)))
+    if r1 > max(r0, split):
+        lo = max(r0, split)
+        pieces.append((lo - split, lo, r1))
+    return pieces
 
 
 def _submit(
@@ -841,23 +887,30 @@ class _PendingRows:
 def _finalize(
     acc: np.ndarray,
     wsum: np.ndarray,
+    top: int,
     usable: np.ndarray,
     codes: np.ndarray,
-    enc: np.ndarray,
-    cmap: np.ndarray,
+    pending: _PendingRows,
 ) -> None:
-    """Finished rows into ``enc`` and ``cmap``: fractions ``acc / wsum`` as stored, and the class map.
+    """The next ``len(usable)`` rows finished into ``pending``: fractions ``acc / wsum`` as stored, class map.
 
-    ``enc``'s dtype says how fractions are stored: uint8 steps or float32.
+    The rows are those of the ring ``acc``, ``wsum`` from row ``top`` on (wrapping).
+    ``pending``'s dtype says how fractions are stored: uint8 steps or float32.
     """
     from .blend_kernels import finish_encode_rows, finish_rows
 
-    if enc.dtype == np.uint8:  # row by row: a row's fractions stay in cache until encoded
-        finish_encode_rows(acc, wsum, usable, codes, NODATA_CODE, LABEL_STEPS, LABEL_FILL, enc, cmap)
-        return
-    # float32: the quotient and the class map (np.argmax's rule) straight into enc, in one compiled pass
-    finish_rows(acc, wsum, usable, codes, NODATA_CODE, enc, cmap)
-    enc[:, ~usable] = np.nan
+    for y0, u0, u1 in _ring_pieces(top, 0, usable.shape[0], acc.shape[1]):
+        rows = slice(y0, y0 + u1 - u0)
+        enc, cmap = pending.take(u1 - u0)
+        ok = usable[u0:u1]
+        if enc.dtype == np.uint8:  # row by row: a row's fractions stay in cache until encoded
+            finish_encode_rows(
+                acc[:, rows], wsum[rows], ok, codes, NODATA_CODE, LABEL_STEPS, LABEL_FILL, enc, cmap
+            )
+            continue
+        # float32: the quotient and the class map (np.argmax's rule) straight into enc, in one compiled pass
+        finish_rows(acc[:, rows], wsum[rows], ok, codes, NODATA_CODE, enc, cmap)
+        enc[:, ~ok] = np.nan
 
 
 def check_window(

@@ -202,6 +202,40 @@ def test_result_independent_of_processing_blocks(tmp_path: Path) -> None:
     np.testing.assert_array_equal(a["class_map"].values, b["class_map"].values)
 
 
+@pytest.mark.parametrize(("window", "overlap", "band_width"), [(24, 10, 32), (20, 8, 512), (16, 0, 16)])
+def test_sweep_equals_a_whole_scene_blend_of_every_window(
+    tmp_path: Path, window: int, overlap: int, band_width: int
+) -> None:
+    """Each pixel gets the weighted mean of the windows over it, as a whole-scene accumulator in
+    memory gives it: window rows land on the right rows of the sweep's ring of rows, wrapped or
+    not, and finished rows are cleared before the rows below reuse them (a model that depends on
+    the window's position: a padded convolution)."""
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(3, 4, 5, padding=2)
+    img = random_image((3, 75, 100), seed=9, nan_share=0.01)
+    cube = write_test_cube(tmp_path / "c.zarr", img, chunks=16, codes=CODES[:4])
+    got = predict_cube(
+        conv, cube, window=window, overlap=overlap, chunks=16, band_width=band_width, batch_size=3,
+        fractions_dtype="float32", device="cpu",
+    )["fractions"].values  # fmt: skip
+
+    x = np.nan_to_num(np.rint(np.nan_to_num(img) / SCALE).astype("float32") * np.float32(SCALE))
+    weights = blend_weights(window, overlap=overlap, mode="cosine").astype("float64")
+    acc = np.zeros((4, 75, 100))
+    wsum = np.zeros((75, 100))
+    stride = window - overlap
+    for r in window_origins(75, window, stride):
+        for c in window_origins(100, window, stride):
+            with torch.no_grad():
+                p = torch.softmax(conv(torch.from_numpy(x[None, :, r : r + window, c : c + window])), 1)
+            acc[:, r : r + window, c : c + window] += p[0].numpy() * weights
+            wsum[r : r + window, c : c + window] += weights
+    want = acc / wsum
+    usable = ~np.isnan(img).any(axis=0)
+    np.testing.assert_allclose(got[:, usable], want[:, usable], atol=2e-6)
+    assert np.isnan(got[:, ~usable]).all()
+
+
 def test_cosine_blending_hides_window_edge_artefacts(tmp_path: Path) -> None:
     # A 5x5 convolution with zero padding is wrong near every window edge; blending
     # must down-weight those edges so the mosaic approaches the whole-image result.
@@ -682,9 +716,56 @@ def test_finished_and_encoded_rows_match_finishing_then_encoding() -> None:
     np.testing.assert_array_equal(cmap, want_map)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "fill"),
+    [("uint16", 0), ("uint16", 65535.0), ("int16", -9999), ("uint16", -9999), ("int32", None)],
+)
+def test_decoded_and_normalised_rows_match_numpy(dtype: str, fill) -> None:
+    """Input rows decoded (CF scale, offset, fill) and normalised in one compiled pass each give
+    NumPy's float32 values and usable mask bit for bit; a fill value the raw type cannot hold
+    matches nothing, as in NumPy."""
+    from landcover.blend_kernels import normalize_rows
+    from landcover.predict import _decoder
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(4)
+    raw = rng.integers(max(info.min, -30000), min(info.max, 60000), (3, 9, 41), endpoint=True).astype(dtype)
+    if fill is not None and info.min <= fill <= info.max:
+        raw[:, 2, ::3] = fill
+    raw[1, 4, :7] = info.max
+    attrs = {"scale_factor": 2.75e-5, "add_offset": -0.2}
+    if fill is not None:
+        attrs["_FillValue"] = fill
+    got = _decoder(xr.DataArray(raw, dims=("band", "y", "x"), attrs=attrs))(raw)
+    want = raw.astype("float32") * np.float32(2.75e-5) + np.float32(-0.2)
+    if fill is not None:
+        want[raw == fill] = np.nan
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.isnan(got).any() == (fill is not None and info.min <= fill <= info.max)
+
+    want[0, 5, 3] = np.inf
+    want[2, 6, 8] = 3e38  # finite, but not once normalised: 0, and still usable
+    img = want.copy()
+    mean = np.array([0.05, -0.1, 0.2], np.float32)
+    inv = (1.0 / np.array([0.02, 0.03, 1e-3], np.float32)).astype(np.float32)
+    usable = np.empty(img.shape[1:], bool)
+    normalize_rows(img, mean, inv, usable)
+    want_usable = np.isfinite(want).all(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref = (want - mean[:, None, None]) * inv[:, None, None]
+    np.nan_to_num(ref, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    np.testing.assert_array_equal(usable, want_usable)
+    np.testing.assert_array_equal(img.view(np.uint32), ref.view(np.uint32))
+    assert usable[6, 8] and img[2, 6, 8] == 0
+    with pytest.raises(ValueError, match="do not fit"):
+        normalize_rows(img, mean[:2], inv[:2], usable)
+
+
 def test_blended_windows_match_numpy_bit_for_bit() -> None:
     """The compiled blend adds each window's probabilities times its weights as NumPy's
-    ``acc[...] += p * w`` did (product rounded, then added), for whole and clipped windows."""
+    ``acc[...] += p * w`` did (product rounded, then added), for whole and clipped windows and
+    row ranges; where rows and columns are fresh it writes ``0 + p * w`` (what adding to a
+    cleared accumulator gives, -0 included) whatever was there."""
     from landcover.blend_kernels import blend_window
 
     rng = np.random.default_rng(12)
@@ -693,22 +774,62 @@ def test_blended_windows_match_numpy_bit_for_bit() -> None:
     acc = rng.random((k, rows, cols)).astype(np.float32)
     wsum = rng.random((rows, cols)).astype(np.float32)
     want_acc, want_wsum = acc.copy(), wsum.copy()
-    for y0, x0, wx0, wx1, dtype in [
-        (0, 0, 0, ww, "float32"),
-        (7, 31, 0, 19, "float32"),
-        (16, 0, 9, ww, "float64"),
+    for y0, wy0, wy1, x0, wx0, wx1, fy, fx, dtype in [
+        (0, 0, wh, 0, 0, ww, wh, ww, "float32"),  # nothing fresh
+        (7, 0, wh, 31, 0, 19, wh, 0, "float32"),
+        (16, 0, wh, 0, 9, ww, 30, 30, "float64"),
+        (30, 14, wh, 2, 0, ww, wh, ww, "float32"),  # the rows of a window that wrap in the sweep's ring
+        (0, 3, 14, 40, 1, 11, wh, ww, "float32"),
+        (2, 0, wh, 5, 0, ww, 8, 12, "float32"),  # rows from 8 on, right of column 12, fresh
+        (10, 4, 20, 25, 3, 17, 0, 0, "float32"),  # all fresh
+        (3, 5, 22, 0, 2, 18, 10, -4, "float64"),  # fresh columns from before the part's first
     ]:
         p = rng.random((k, wh, ww)).astype(dtype)
         p[0, 3, :4] = (np.nan, np.inf, -0.0, 1e-40)  # NaN, inf, -0 and a subnormal go through as in NumPy
-        blend_window(acc, wsum, p, weights, y0, x0, wx0, wx1)
-        n = wx1 - wx0
-        want_acc[:, y0 : y0 + wh, x0 : x0 + n] += p[:, :, wx0:wx1] * weights[:, wx0:wx1]
-        want_wsum[y0 : y0 + wh, x0 : x0 + n] += weights[:, wx0:wx1]
+        p[:, 12, 3:7] = -0.0
+        m, n = wy1 - wy0, wx1 - wx0
+        fresh = (np.arange(wy0, wy1)[:, None] >= fy) & (np.arange(wx0, wx1)[None, :] >= fx)
+        region = (slice(y0, y0 + m), slice(x0, x0 + n))
+        stale = np.where(fresh, np.nan, 0).astype(np.float32)  # stale values in fresh places are not read
+        acc[:, region[0], region[1]] += stale
+        wsum[region] += stale
+        blend_window(acc, wsum, p, weights, y0, wy0, wy1, x0, wx0, wx1, fy, fx)
+        prod = p[:, wy0:wy1, wx0:wx1] * weights[wy0:wy1, wx0:wx1]
+        wts = weights[wy0:wy1, wx0:wx1]
+        want_acc[:, region[0], region[1]][:, fresh] = 0  # a cleared accumulator there
+        want_wsum[region][fresh] = 0
+        want_acc[:, region[0], region[1]] += prod
+        want_wsum[region] += wts
     np.testing.assert_array_equal(acc.view(np.uint32), want_acc.view(np.uint32))
     np.testing.assert_array_equal(wsum.view(np.uint32), want_wsum.view(np.uint32))
-    for y0, x0, wx0, wx1 in [(17, 0, 0, ww), (0, 31, 0, ww), (0, 0, 5, ww + 1), (-1, 0, 0, ww), (0, 0, 9, 8)]:
+    for y0, wy0, wy1, x0, wx0, wx1 in [
+        (17, 0, wh, 0, 0, ww), (0, 0, wh, 31, 0, ww), (0, 0, wh, 0, 5, ww + 1), (-1, 0, wh, 0, 0, ww),
+        (0, 0, wh, 0, 9, 8), (0, 5, 4, 0, 0, ww), (0, 0, wh + 1, 0, 0, ww), (30, 0, 11, 0, 0, ww),
+    ]:  # fmt: skip
         with pytest.raises(ValueError, match="does not fit"):  # compiled loops do not check bounds
-            blend_window(acc, wsum, p, weights, y0, x0, wx0, wx1)
+            blend_window(acc, wsum, p, weights, y0, wy0, wy1, x0, wx0, wx1, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("top", "r0", "r1", "want"),
+    [
+        (0, 0, 8, [(0, 0, 8)]),
+        (6, 0, 8, [(6, 0, 2), (0, 2, 8)]),
+        (6, 0, 2, [(6, 0, 2)]),
+        (6, 3, 5, [(1, 3, 5)]),
+        (3, 0, 6, [(3, 0, 5), (0, 5, 6)]),
+        (7, 4, 4, []),
+    ],
+)
+def test_ring_pieces_cover_the_rows_once_in_order(top: int, r0: int, r1: int, want: list) -> None:
+    """Rows counted from a ring row map to one or two runs of ring rows, each row once."""
+    from landcover.predict import _ring_pieces
+
+    got = _ring_pieces(top, r0, r1, 8)
+    assert got == want
+    assert [(top + r) % 8 for r in range(r0, r1)] == [y + i for y, a, b in got for i in range(b - a)]
+    with pytest.raises(ValueError, match="do not fit"):
+        _ring_pieces(top, r0, 9, 8)
 
 
 def test_pending_rows_write_each_row_once_in_order_and_keep_the_rest() -> None:
