@@ -97,12 +97,12 @@ def blend_window(
     ):  # fmt: skip
         raise ValueError("blend_window: the window does not fit the accumulator")  # (no bounds checks below)
     zero = np.float32(0.0)
-    for y in range(m):
-        wy = wy0 + y
-        # columns [0, split) of this row add to what is there, [split, n) are fresh
-        split = n if wy < fresh_y else min(max(fresh_x - wx0, 0), n)
-        wrow = weights[wy, wx0:wx1]
-        for c in range(k):
+    split_x = min(max(fresh_x - wx0, 0), n)  # in rows from fresh_y on: [0, split) add, [split, n) fresh
+    for c in range(k):
+        for y in range(m):
+            wy = wy0 + y
+            split = n if wy < fresh_y else split_x
+            wrow = weights[wy, wx0:wx1]
             prow = prob[c, wy, wx0:wx1]
             added = acc[c, y0 + y, x0 : x0 + split]
             for x in range(split):
@@ -112,6 +112,10 @@ def blend_window(
             wtail = wrow[split:]
             for x in range(n - split):
                 fresh[x] = zero + ptail[x] * wtail[x]
+    for y in range(m):
+        wy = wy0 + y
+        split = n if wy < fresh_y else split_x
+        wrow = weights[wy, wx0:wx1]
         added_w = wsum[y0 + y, x0 : x0 + split]
         for x in range(split):
             added_w[x] += wrow[x]
