@@ -72,6 +72,22 @@ def test_encoded_columns_scattered_pixel_by_pixel_match_the_reference(seed: int)
     np.testing.assert_array_equal(out, want)
 
 
+def test_one_missing_step_with_no_positive_remainder_is_ranked_over_every_class() -> None:
+    """One step missing goes to the first largest remainder; where every remainder is 0 the
+    rule ranks every class, so the lowest class gets it, even one the pixel does not hold."""
+    frac = np.zeros((4, 3), np.float32)
+    frac[1:3, 0] = (0.5, 0.496)  # 125 + 124 steps (0.496 * 250 rounds to 124.0): remainders 0
+    frac[1:3, 1] = (0.5, 0.4962)  # 125 + 124.05: the second class's remainder
+    frac[1:, 2] = (0.3336, 0.3328, 0.3336)  # 83.4, 83.2, 83.4: equal largest remainders, the first
+    want = encode_fractions_reference(frac.reshape(4, 1, 3)).reshape(4, 3)
+    assert want[:, 0].tolist() == [1, 125, 124, 0] and want[:, 1].tolist() == [0, 125, 125, 0]
+    assert want[:, 2].tolist() == [0, 84, 83, 83]
+    out = np.zeros((4, 3), np.uint8)
+    encode_scattered(frac, np.arange(4), np.arange(3), LABEL_STEPS, LABEL_FILL, out)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(encode_fractions(frac.reshape(4, 1, 3)).reshape(4, 3), want)
+
+
 def test_kth_largest_selects_like_a_sort() -> None:
     # the selection behind the largest-remainder correction (many ties, as remainders of 1/16 steps give)
     rng = np.random.default_rng(0)
