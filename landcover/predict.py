@@ -290,7 +290,10 @@ def blend_weights(
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class _Source:
-    """A lazily readable image: ``read(rows, cols) -> (C, h, w)`` float32 decoded, NaN = unusable."""
+    """A lazily readable image: ``read(rows, cols) -> (C, h, w)`` float32 decoded, NaN = unusable.
+
+    ``read`` returns a new array each call: the sweep normalises it in place.
+    """
 
     grid: Grid
     read: Callable[[slice, slice], np.ndarray]
@@ -478,13 +481,14 @@ def _decoder(da: xr.DataArray) -> Callable[[np.ndarray], np.ndarray]:
 
     from .blend_kernels import decode_scaled
 
-    kind = da.dtype.type
+    dtype = np.dtype(np.uint8) if da.dtype == np.bool_ else da.dtype  # (booleans as 0 and 1)
+    kind = dtype.type
     # raw == fill is never true where the fill value is not one of the raw type's values
-    has_fill = fill is not None and _is_value_of(fill, da.dtype)
-    fill_raw = kind(fill) if has_fill else kind(0)
+    has_fill = fill is not None and _is_value_of(fill, dtype)
+    fill_raw = kind(fill if has_fill and fill is not None else 0)
 
     def decode(raw: np.ndarray) -> np.ndarray:
-        raw = np.ascontiguousarray(raw)
+        raw = np.ascontiguousarray(raw, dtype=dtype)
         out = np.empty(raw.shape, dtype="float32")
         decode_scaled(raw.reshape(-1), scale, offset, has_fill, fill_raw, out.reshape(-1))
         return out

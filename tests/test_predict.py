@@ -759,6 +759,12 @@ def test_decoded_and_normalised_rows_match_numpy(dtype: str, fill) -> None:
     assert usable[6, 8] and img[2, 6, 8] == 0
     with pytest.raises(ValueError, match="do not fit"):
         normalize_rows(img, mean[:2], inv[:2], usable)
+    flags = raw[:1] > raw[1:2]  # a boolean band decodes as 0 and 1
+    got = _decoder(xr.DataArray(flags, dims=("band", "y", "x"), attrs=attrs))(flags)
+    want = flags.astype("float32") * np.float32(2.75e-5) + np.float32(-0.2)
+    if fill is not None and fill in (0, 1):
+        want[flags == fill] = np.nan
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def test_blended_windows_match_numpy_bit_for_bit() -> None:
