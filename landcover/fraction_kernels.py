@@ -377,8 +377,8 @@ def encode_pixel(
     One missing step (most mixed pixels of a resampled window or a CORINE block) goes to the
     first largest remainder, found on the way, as the ranking gives it when that remainder
     is > 0; any other correction is :func:`_correct_pixel`'s, out of line: its scratch kept
-    out of this loop's registers made the scattered encoding of a rotated window's mixed
-    pixels 193 -> 105 ns a pixel.
+    out of this loop's registers. A rotated window's mixed pixels: 129-146 -> 54-58 ns a
+    pixel; a 1024² block of the real Aachen CLC raster on a 30 m grid: 195-206 -> 152 ms.
     """
     fs = np.float32(steps)
     sm = np.float32(0.0)
@@ -413,7 +413,10 @@ def _correct_pixel(
 ) -> bool:  # fmt: skip
     """:func:`_finish_pixel` with scratch of its own (called, not inlined: for the few pixels needing it)."""
     k = frac.shape[0]
-    every, rem, qq = np.arange(k), np.empty(2 * k, np.float32), np.empty(k, np.int64)
+    buf = np.empty(3 * k, np.int64)  # one allocation: the steps, arange(k) and the remainders
+    qq, every, rem = buf[:k], buf[k : 2 * k], buf[2 * k :].view(np.float32)
+    for i in range(k):
+        every[i] = i
     fs = np.float32(steps)
     return bool(_finish_pixel(frac, fs, p, missing, cls, nc, every, rem, qq, steps, out, p_out))
 
