@@ -767,6 +767,29 @@ def test_decoded_and_normalised_rows_match_numpy(dtype: str, fill) -> None:
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+def test_a_source_block_of_the_wrong_shape_is_refused_with_both_shapes() -> None:
+    """The reader normalises what a source reads in place: a block of another shape is an error
+    naming both shapes, not a silently misplaced image."""
+    from affine import Affine as A
+
+    from landcover.errors import LandcoverError
+    from landcover.grid import Grid
+    from landcover.predict import _RowReader, _Source
+
+    grid = Grid(crs="EPSG:32633", transform=A(30, 0, 0, 0, -30, 0), shape=(40, 50))
+    good = _Source(
+        grid=grid,
+        read=lambda r, c: np.ones((2, r.stop - r.start, c.stop - c.start), "float32"),
+        chunks=(8, 8),
+    )
+    bad = _Source(grid=grid, read=lambda r, c: np.ones((2, 3, 3), "float32"), chunks=(8, 8))
+    mean, std = np.zeros(2, "float32"), np.ones(2, "float32")
+    img, usable = _RowReader(good, (0, 50), mean, std, 8).rows(0, 8)
+    assert img.shape == (2, 8, 50) and usable.all()
+    with pytest.raises(LandcoverError, match=r"shape \(2, 3, 3\), expected \(2, 8, 50\)"):
+        _RowReader(bad, (0, 50), mean, std, 8).rows(0, 8)
+
+
 def test_blended_windows_match_numpy_bit_for_bit() -> None:
     """The compiled blend adds each window's probabilities times its weights as NumPy's
     ``acc[...] += p * w`` did (product rounded, then added), for whole and clipped windows and
