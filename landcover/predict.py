@@ -480,11 +480,12 @@ def _decoder(da: xr.DataArray) -> Callable[[np.ndarray], np.ndarray]:
     fill = attrs.get("_FillValue", attrs.get("missing_value"))
 
     from .blend_kernels import decode_scaled
+    from .scene_plan import representable
 
     dtype = np.dtype(np.uint8) if da.dtype == np.bool_ else da.dtype  # (booleans as 0 and 1)
     kind = dtype.type
     # raw == fill is never true where the fill value is not one of the raw type's values
-    has_fill = fill is not None and _is_value_of(fill, dtype)
+    has_fill = fill is not None and representable(fill, dtype)
     fill_raw = kind(fill if has_fill and fill is not None else 0)
 
     def decode(raw: np.ndarray) -> np.ndarray:
@@ -494,16 +495,6 @@ def _decoder(da: xr.DataArray) -> Callable[[np.ndarray], np.ndarray]:
         return out
 
     return decode
-
-
-def _is_value_of(value: Any, dtype: np.dtype[Any]) -> bool:
-    """Whether the number ``value`` equals a value of the integer type ``dtype``."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return False
-    info = np.iinfo(dtype)
-    return v.is_integer() and info.min <= v <= info.max
 
 
 class _RowReader:
@@ -780,6 +771,8 @@ def _sweep_bands(
             pending, carried = carried, None
             fresh_y = max(written_to - r, 0)  # window rows from here on are fresh, right of ...
             fresh_x0 = 0  # ... band columns the windows of this row wrote already
+            # rows [0, wh - top) of the windows to ring rows [top, wh), the rest to [0, top)
+            ring = _ring_pieces(top, 0, wh, wh)
             for b0 in [*(starts[1:] if pending is not None else starts), None]:
                 nxt_job: tuple[np.ndarray, Any] | None = None
                 if b0 is not None:
@@ -801,10 +794,9 @@ def _sweep_bands(
                     for p, o in zip(prob, pcols, strict=True):
                         o = int(o)
                         x0, x1 = max(o, c0), min(o + ww, c1)  # part of the window inside this band
-                        # rows [0, wh - top) of the window to ring rows [top, wh), the rest to [0, top):
                         # acc[:, ring rows, x0 - c0 : x1 - c0] += p[:, rows, x0 - o : x1 - o] * w[rows]
                         fresh_x = max(fresh_x0 + c0, x0) - o
-                        for y0, wy0, wy1 in _ring_pieces(top, 0, wh, wh):
+                        for y0, wy0, wy1 in ring:
                             blend_window(
                                 acc, wsum, p, weights, y0, wy0, wy1, x0 - c0, x0 - o, x1 - o, fresh_y, fresh_x
                             )

@@ -218,7 +218,7 @@ def _fill_mask(raw: np.ndarray, nodata: float | None) -> np.ndarray:
         return np.isnan(raw) if floating else np.zeros(raw.shape, dtype=bool)
     if math.isnan(nodata):
         return np.isnan(raw) if floating else np.zeros(raw.shape, dtype=bool)
-    if not _representable(nodata, raw.dtype):
+    if not representable(nodata, raw.dtype):
         return np.isnan(raw) if floating else np.zeros(raw.shape, dtype=bool)
     fill: np.ndarray = raw == raw.dtype.type(nodata)
     if floating:
@@ -226,7 +226,7 @@ def _fill_mask(raw: np.ndarray, nodata: float | None) -> np.ndarray:
     return fill
 
 
-def _representable(value: float, dtype: np.dtype[Any]) -> bool:
+def representable(value: float, dtype: np.dtype[Any]) -> bool:
     """``value`` is exactly a value of ``dtype`` (e.g. 4294967295 in uint32, not in uint16)."""
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
